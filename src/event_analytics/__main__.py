@@ -1,0 +1,3 @@
+from event_analytics.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,24 @@
+"""Access to the per-app objects built at start-up."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from event_analytics.config import Settings
+from event_analytics.ingest import Ingestor
+from event_analytics.store import Store
+
+
+def settings(request: Request) -> Settings:
+    value: Settings = request.app.state.settings
+    return value
+
+
+def store(request: Request) -> Store:
+    value: Store = request.app.state.store
+    return value
+
+
+def ingestor(request: Request) -> Ingestor:
+    value: Ingestor = request.app.state.ingestor
+    return value

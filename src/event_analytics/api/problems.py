@@ -1,0 +1,155 @@
+"""RFC 9457 problem details: every error the API sends, and the handlers that build them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from event_analytics.model import (
+    BodyTooLarge,
+    FieldError,
+    InvalidEvent,
+    InvalidQuery,
+    MalformedJSON,
+    StorageUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "application/problem+json"
+RETRY_AFTER_S = 1
+
+
+class UnsupportedMediaType(Exception):
+    """The request's Content-Type is not one this endpoint reads."""
+
+    def __init__(self, got: str | None, accepted: tuple[str, ...]) -> None:
+        super().__init__(got)
+        self.got = got
+        self.accepted = accepted
+
+
+def problem(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": f"urn:event-analytics:problem:{slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = [e.as_dict() for e in errors]
+    return Response(orjson.dumps(body), status, headers=headers, media_type=PROBLEM_TYPE)
+
+
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "code": {"type": "string"},
+                    "field": {"type": "string"},
+                    "message": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error statuses."""
+    titles = {
+        400: "Malformed JSON",
+        404: "Not found",
+        413: "Body too large",
+        415: "Unsupported media type",
+        422: "Invalid input",
+        503: "Storage unavailable; retry after the Retry-After header",
+    }
+    return {
+        s: {"description": titles[s], "content": {PROBLEM_TYPE: {"schema": PROBLEM_SCHEMA}}}
+        for s in statuses
+    }
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    # FastAPI locs look like ("query", "minutes"): keep the name a client sent.
+    parts = [str(p) for p in loc[1:]] if len(loc) > 1 else [str(p) for p in loc]
+    return ".".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into problem+json."""
+
+    async def malformed(_: Request, exc: Exception) -> Response:
+        return problem(400, "malformed-json", "Malformed JSON", f"the body is not JSON: {exc}")
+
+    async def invalid_event(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, InvalidEvent | InvalidQuery)
+        return problem(422, "invalid-input", "Invalid input", str(exc), exc.errors)
+
+    async def too_large(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BodyTooLarge)
+        detail = f"the body is larger than the limit of {exc.limit} bytes"
+        return problem(413, "body-too-large", "Body too large", detail)
+
+    async def media_type(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, UnsupportedMediaType)
+        got = exc.got or "none"
+        detail = f"Content-Type {got} is not accepted; send {' or '.join(exc.accepted)}"
+        return problem(415, "unsupported-media-type", "Unsupported media type", detail)
+
+    async def unavailable(_: Request, exc: Exception) -> Response:
+        log.warning("storage unavailable: %s", exc)
+        return problem(
+            503,
+            "storage-unavailable",
+            "Storage unavailable",
+            f"{exc}; nothing was stored, retry after {RETRY_AFTER_S} s",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    async def request_validation(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            FieldError(code=e["type"], field=_location(tuple(e["loc"])), message=e["msg"])
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
+        return problem(422, "invalid-input", "Invalid input", detail, errors)
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        title = str(exc.detail)
+        return problem(exc.status_code, slug, title, title, headers=exc.headers)
+
+    app.add_exception_handler(MalformedJSON, malformed)
+    app.add_exception_handler(InvalidEvent, invalid_event)
+    app.add_exception_handler(InvalidQuery, invalid_event)
+    app.add_exception_handler(BodyTooLarge, too_large)
+    app.add_exception_handler(UnsupportedMediaType, media_type)
+    app.add_exception_handler(StorageUnavailable, unavailable)
+    app.add_exception_handler(RequestValidationError, request_validation)
+    app.add_exception_handler(StarletteHTTPException, http_error)

