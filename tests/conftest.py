@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -25,7 +24,9 @@ def _binary_or_skip(kind: str) -> str:
 
 
 @pytest.fixture(scope="session", params=ENGINES)
-def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+def engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EngineProcess]:
     """One engine per kind for the whole session (tests flush it through `redis_url`)."""
     kind = request.param
     proc = EngineProcess(_binary_or_skip(kind), tmp_path_factory.mktemp(f"engine-{kind}"))
@@ -44,7 +45,9 @@ def redis_url(engine: EngineProcess) -> str:
 
 
 @pytest.fixture(scope="session")
-def service(engine: EngineProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def service(
+    engine: EngineProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
     """The real service on the session's engine (REDIS_URL), over HTTP."""
     data_dir = tmp_path_factory.mktemp("service")
     svc = ServiceProcess(data_dir / "data", env={"REDIS_URL": engine.url})

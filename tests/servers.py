@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -141,12 +142,10 @@ class ServiceProcess:
     def kill_tree(self) -> None:
         """SIGKILL the service and everything it started (workers and engine) at once."""
         assert self.proc is not None
-        pids = _descendants(self.proc.pid) + [self.proc.pid]
+        pids = [*_descendants(self.proc.pid), self.proc.pid]
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.proc.wait(timeout=10)
         _wait_gone(pids)
         self.log.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,11 +17,23 @@ from event_analytics.config import Settings
 log = logging.getLogger("event_analytics")
 
 
+class _Terminated(Exception):
+    """SIGTERM/SIGINT arrived after the HTTP server finished shutting down."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
+
+
 def _serve(args: argparse.Namespace) -> int:
     # Flags become environment variables so that every uvicorn worker process,
     # which builds its own Settings, sees the same configuration.
-    overrides = {"EA_HOST": args.host, "EA_PORT": args.port, "EA_DATA_DIR": args.data_dir,
-                 "EA_WORKERS": args.workers}
+    overrides = {
+        "EA_HOST": args.host,
+        "EA_PORT": args.port,
+        "EA_DATA_DIR": args.data_dir,
+        "EA_WORKERS": args.workers,
+    }
     for name, value in overrides.items():
         if value is not None:
             os.environ[name] = str(value)
@@ -30,9 +43,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"event-analytics: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
 
-    import uvicorn  # noqa: PLC0415  (keeps `--help` fast)
+    import uvicorn
 
-    from event_analytics.store.embedded import (  # noqa: PLC0415
+    from event_analytics.store.embedded import (
         DataDirInUse,
         DataDirLock,
         EmbeddedServer,
@@ -56,6 +69,10 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("storage: embedded engine, data in %s", Path(settings.data_dir).resolve())
     else:
         log.info("storage: REDIS_URL")
+    # uvicorn re-raises the signal that stopped it once it has shut down; with these
+    # handlers in place that ends here, so the engine is stopped cleanly and we exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _raise_terminated)
     try:
         uvicorn.run(
             "event_analytics.api.app:create_app",
@@ -67,6 +84,8 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=False,
             timeout_keep_alive=5,
         )
+    except _Terminated:
+        pass
     finally:
         if engine is not None:
             engine.stop()
@@ -88,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code

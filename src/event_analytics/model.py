@@ -113,7 +113,9 @@ class Event(BaseModel):
         }
     )
 
-    event_id: UUID = Field(description="Client-chosen id; a resend with the same id is a duplicate.")
+    event_id: UUID = Field(
+        description="Client-chosen id; a resend with the same id is a duplicate."
+    )
     user_id: str = Field(pattern=USER_ID_PATTERN, description="1-255 of [A-Za-z0-9_.-]")
     timestamp: Timestamp = Field(
         description="ISO 8601; an offset is converted to UTC, no offset means UTC."

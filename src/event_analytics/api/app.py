@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="event-analytics",
         version=__version__,
-        description="Exact, live, per-minute event counts and unique users, with a durable archive.",
+        description="Exact, live, per-minute event counts and unique users; a durable archive.",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -51,8 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def openapi() -> dict[str, Any]:
         # The fast routes read raw bodies; their schemas are added here so /docs shows them.
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version,
-                                 description=app.description, routes=app.routes)
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
             event_schema = Event.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(event_schema.pop("$defs", {}))

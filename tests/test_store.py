@@ -1,0 +1,102 @@
+"""Storage layer on real engines: sharded keys, batches, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+import redis
+
+from event_analytics.config import Settings
+from event_analytics.ingest import Ingestor
+from event_analytics.keys import Keys
+from event_analytics.model import EVENT_ADAPTER, Event
+from event_analytics.store import Store, connect
+from tests.helpers import event
+
+
+def _events(n: int, minute: datetime, rng: random.Random) -> list[Event]:
+    return [
+        EVENT_ADAPTER.validate_python(
+            event(
+                user=f"user{rng.randrange(300)}", ts=minute + timedelta(seconds=rng.uniform(0, 59))
+            )
+        )
+        for _ in range(n)
+    ]
+
+
+def _run(redis_url: str, shards: int, work):  # type: ignore[no-untyped-def]
+    async def main():  # type: ignore[no-untyped-def]
+        settings = Settings(redis_url=redis_url, shards=shards)
+        store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
+        try:
+            return await work(Ingestor(settings, store), store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def test_sharded_batches_sum_exactly(redis_url: str) -> None:
+    rng = random.Random(7)
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
+    events = _events(1000, minute, rng)
+    batch = events + events[:100]  # in-batch duplicates too
+
+    async def work(ingestor: Ingestor, store: Store) -> tuple[list[bool], list[tuple[int, int]]]:
+        now = datetime.now(UTC)
+        flags = await store.ingest([ingestor.prepare(e, now) for e in batch])
+        return flags, await store.minute_stats("page_view", [minute])
+
+    flags, stats = _run(redis_url, 4, work)
+    assert flags == [True] * 1000 + [False] * 100
+    assert stats == [(1000, len({e.user_id for e in events}))]
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = client.keys("*")
+    tags = defaultdict(set)
+    for key in keys:
+        match = re.fullmatch(r"ea:\{(\d+)\}:(.+)", key)
+        assert match, key
+        tags[int(match[1])].add(match[2])
+    assert set(tags) == {0, 1, 2, 3}  # every shard got users
+    # The shards' user sets are disjoint: unique users add up.
+    label = minute.strftime("%Y-%m-%dT%H:%M")
+    shard_users = [client.smembers(f"ea:{{{s}}}:page_view:m:{label}:users") for s in range(4)]
+    assert sum(len(u) for u in shard_users) == len(set().union(*shard_users))
+    assert sum(client.xlen(f"ea:{{{s}}}:stream") for s in range(4)) == 1000
+    client.close()
+
+
+def test_expiry_follows_retention(redis_url: str) -> None:
+    ts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
+
+    async def work(ingestor: Ingestor, store: Store) -> list[bool]:
+        e = EVENT_ADAPTER.validate_python(event(ts=ts))
+        return await store.ingest([ingestor.prepare(e, datetime.now(UTC))])
+
+    assert _run(redis_url, 1, work) == [True]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    now = datetime.now(UTC).timestamp()
+    m, h, d = ts.strftime("%Y-%m-%dT%H:%M"), ts.strftime("%Y-%m-%dT%H"), ts.strftime("%Y-%m-%d")
+    expected = {
+        f"ea:{{0}}:page_view:m:{m}:count": ts.replace(second=0) + timedelta(minutes=1, days=7),
+        f"ea:{{0}}:page_view:m:{m}:users": ts.replace(second=0) + timedelta(minutes=1, days=7),
+        f"ea:{{0}}:page_view:h:{h}:count": ts.replace(minute=0, second=0)
+        + timedelta(hours=1, days=90),
+        f"ea:{{0}}:page_view:h:{h}:hll": ts.replace(minute=0, second=0)
+        + timedelta(hours=1, days=90),
+        f"ea:{{0}}:page_view:d:{d}:count": ts.replace(hour=0, minute=0, second=0)
+        + timedelta(days=731),
+        f"ea:{{0}}:seen:{h}": ts.replace(minute=0, second=0)
+        + timedelta(hours=1, days=7, minutes=6),
+    }
+    for key, when in expected.items():
+        ttl = client.ttl(key)
+        assert abs((now + ttl) - when.timestamp()) <= 2, key
+    assert client.ttl("ea:{0}:stream") == -1  # the stream is trimmed by the archiver, never expired
+    client.close()
