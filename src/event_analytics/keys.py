@@ -16,6 +16,12 @@ from datetime import datetime
 from event_analytics.timebucket import Interval, label
 
 _LETTER = {Interval.MINUTE: "m", Interval.HOUR: "h", Interval.DAY: "d"}
+# What the ingest script keeps per bucket; keep in step with store/ingest.lua.
+_BUCKET_SUFFIXES = {
+    Interval.MINUTE: ("count", "users"),
+    Interval.HOUR: ("count", "hll"),
+    Interval.DAY: ("count", "hll"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,13 @@ class Keys:
     def hll(self, shard: int, event_type: str, interval: Interval, start: datetime) -> str:
         """HyperLogLog of user ids in an hour or day bucket (PFADD / PFCOUNT)."""
         return self.bucket(shard, event_type, interval, start) + ":hll"
+
+    def bucket_keys(
+        self, shard: int, event_type: str, interval: Interval, start: datetime
+    ) -> tuple[str, ...]:
+        """Every key one bucket may have (rebuild deletes exactly these before replaying)."""
+        stem = self.bucket(shard, event_type, interval, start)
+        return tuple(f"{stem}:{suffix}" for suffix in _BUCKET_SUFFIXES[interval])
 
     def all_pattern(self) -> str:
         """SCAN pattern matching every key of this prefix (tests, rebuild)."""

@@ -4,16 +4,19 @@
 --   seen set (event ids of the timestamp's hour), minute count, minute users set,
 --   hour count, hour HLL, day count, day HLL
 -- ARGV[1]            number of events
--- per event i, ARGV[2+7i .. 8+7i]:
+-- ARGV[2]            "1": append new events to the stream; "0": replay from the archive
+--                    (rebuild), which must not archive them again
+-- per event i, ARGV[3+7i .. 9+7i]:
 --   event id, user id, seen expire-at, minute expire-at, hour expire-at, day expire-at,
 --   the archived record (JSON)
 -- Returns one integer per event: 1 = new (counted and streamed), 0 = duplicate (nothing changed).
 local n = tonumber(ARGV[1])
 local stream = KEYS[1]
+local to_stream = ARGV[2] == '1'
 local out = {}
 for i = 0, n - 1 do
   local k = 1 + 7 * i
-  local a = 1 + 7 * i
+  local a = 2 + 7 * i
   local seen = KEYS[k + 1]
   if redis.call('SADD', seen, ARGV[a + 1]) == 0 then
     out[i + 1] = 0
@@ -37,7 +40,9 @@ for i = 0, n - 1 do
         redis.call('EXPIREAT', users_key, ARGV[a + 4 + b])
       end
     end
-    redis.call('XADD', stream, '*', 'e', ARGV[a + 7])
+    if to_stream then
+      redis.call('XADD', stream, '*', 'e', ARGV[a + 7])
+    end
     out[i + 1] = 1
   end
 end

@@ -89,10 +89,11 @@ class Store:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def ingest(self, events: Sequence[PreparedEvent]) -> list[bool]:
+    async def ingest(self, events: Sequence[PreparedEvent], *, stream: bool = True) -> list[bool]:
         """Apply events atomically per shard; True where new, False where a duplicate.
 
         Each shard's events go in ONE script call, and all calls in one round trip.
+        ``stream=False`` replays archived events: counted, but not streamed again.
         """
         by_shard: dict[int, list[int]] = defaultdict(list)
         for index, event in enumerate(events):
@@ -101,20 +102,22 @@ class Store:
         async with engine_errors():
             if len(by_shard) == 1:
                 ((shard, indexes),) = by_shard.items()
-                replies = [await self._call(shard, [events[i] for i in indexes])]
+                replies = [await self._call(shard, [events[i] for i in indexes], stream)]
             else:
                 async with self.client.pipeline(transaction=False) as pipe:
                     for shard, indexes in by_shard.items():
-                        await self._call(shard, [events[i] for i in indexes], pipe)
+                        await self._call(shard, [events[i] for i in indexes], stream, pipe)
                     replies = await pipe.execute()
         for (_, indexes), reply in zip(by_shard.items(), replies, strict=True):
             for i, flag in zip(indexes, reply, strict=True):
                 results[i] = bool(flag)
         return results
 
-    async def _call(self, shard: int, batch: list[PreparedEvent], pipe: Any = None) -> list[int]:
+    async def _call(
+        self, shard: int, batch: list[PreparedEvent], stream: bool, pipe: Any = None
+    ) -> list[int]:
         keys: list[str] = [self.keys.stream(shard)]
-        args: list[str | bytes | int] = [len(batch)]
+        args: list[str | bytes | int] = [len(batch), 1 if stream else 0]
         for event in batch:
             keys.extend(event.keys)
             args.extend(event.args)
