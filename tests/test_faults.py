@@ -121,7 +121,9 @@ def test_embedded_engine_crash_is_restarted(embedded: ServiceProcess) -> None:
     assert embedded.proc is not None
     assert httpx.post(f"{embedded.url}/events", json=event()).status_code == 201
     (engine_pid,) = subprocess.run(
-        ["pgrep", "-P", str(embedded.proc.pid)], capture_output=True, text=True
+        ["pgrep", "-P", str(embedded.proc.pid), "valkey-server|redis-server"],
+        capture_output=True,
+        text=True,
     ).stdout.split()
     os.kill(int(engine_pid), signal.SIGKILL)
     statuses = _post_until_created(embedded.url, seconds=30)

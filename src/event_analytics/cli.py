@@ -1,14 +1,17 @@
-"""Command line: ``event-analytics serve`` (more commands join as they are built)."""
+"""Command line: serve | archiver | rebuild | verify."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -25,24 +28,26 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated(signum)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    # Flags become environment variables so that every uvicorn worker process,
-    # which builds its own Settings, sees the same configuration.
-    overrides = {
-        "EA_HOST": args.host,
-        "EA_PORT": args.port,
-        "EA_DATA_DIR": args.data_dir,
-        "EA_WORKERS": args.workers,
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, with this command's flags written into it first.
+
+    Flags become environment variables so that child processes (uvicorn workers,
+    the archiver) build the very same Settings.
+    """
+    flags = {
+        "EA_HOST": getattr(args, "host", None),
+        "EA_PORT": getattr(args, "port", None),
+        "EA_DATA_DIR": getattr(args, "data_dir", None),
+        "EA_ARCHIVE_DIR": getattr(args, "archive_dir", None),
+        "EA_WORKERS": getattr(args, "workers", None),
     }
-    for name, value in overrides.items():
+    for name, value in flags.items():
         if value is not None:
             os.environ[name] = str(value)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        print(f"event-analytics: invalid configuration:\n{exc}", file=sys.stderr)
-        return 2
+    return Settings()
 
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from event_analytics.store.embedded import (
@@ -51,9 +56,11 @@ def _serve(args: argparse.Namespace) -> int:
         EmbeddedServer,
         EngineNotFound,
     )
+    from event_analytics.supervisor import Supervised
 
     engine: EmbeddedServer | None = None
     lock: DataDirLock | None = None
+    archiver: Supervised | None = None
     if settings.redis_url is None:
         lock = DataDirLock(settings.data_dir)
         try:
@@ -69,8 +76,12 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("storage: embedded engine, data in %s", Path(settings.data_dir).resolve())
     else:
         log.info("storage: REDIS_URL")
+    if not args.no_archiver:
+        argv = [sys.executable, "-m", "event_analytics", "archiver"]
+        archiver = Supervised("archiver", argv, env=dict(os.environ))
+        archiver.start()
     # uvicorn re-raises the signal that stopped it once it has shut down; with these
-    # handlers in place that ends here, so the engine is stopped cleanly and we exit 0.
+    # handlers in place that ends here, so children are stopped cleanly and we exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_terminated)
     try:
@@ -87,6 +98,8 @@ def _serve(args: argparse.Namespace) -> int:
     except _Terminated:
         pass
     finally:
+        if archiver is not None:
+            archiver.stop()
         if engine is not None:
             engine.stop()
         if lock is not None:
@@ -94,15 +107,139 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _archiver(args: argparse.Namespace, settings: Settings) -> int:
+    from event_analytics.archive.worker import Archiver
+    from event_analytics.keys import Keys
+    from event_analytics.store import connect
+    from event_analytics.store.streams import StreamStore
+
+    async def run(url: str) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        client = connect(settings, url)
+        streams = StreamStore(client, Keys(settings.key_prefix, settings.shards))
+        archiver = Archiver(settings, streams, settings.archive_path, name=args.name)
+        log.info("archiver %s writing to %s", archiver.name, settings.archive_path)
+        try:
+            await archiver.run(stop)
+        finally:
+            await client.aclose()
+        return 0
+
+    return _with_engine(settings, run)
+
+
+def _when(text: str) -> datetime:
+    """An ISO 8601 date or date-time from the command line (naive = UTC)."""
+    from event_analytics.timebucket import to_utc
+
+    return to_utc(datetime.fromisoformat(text))
+
+
+def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from event_analytics.archive import files, rebuild
+    from event_analytics.console import progress_bar
+    from event_analytics.session import open_session
+
+    start, end = rebuild.day_range(args.start, args.end)
+    found = files.list_files(settings.archive_path, start, end)
+
+    async def run(url: str) -> int:
+        async with open_session(settings, url) as (ingestor, streams):
+            backlog = await streams.backlog()
+            if backlog["stream_length"] and not args.force:
+                print(
+                    f"event-analytics: {backlog['stream_length']} events are not archived yet; "
+                    "rebuilding now would drop them from the counters. Wait for the archiver "
+                    "(GET /persistent/status) or pass --force.",
+                    file=sys.stderr,
+                )
+                return 1
+            with progress_bar("rebuild", sum(f.size_bytes for f in found)) as advance:
+                report = await rebuild.rebuild(ingestor, found, advance)
+        print(
+            f"rebuilt {report.days} days from {report.files} files: {report.events} events "
+            f"in {report.seconds:.2f} s ({report.events_per_s:,.0f} events/s)"
+            + (f", {report.unreadable} unreadable lines skipped" if report.unreadable else "")
+            + (f", {report.duplicates} duplicate lines ignored" if report.duplicates else "")
+        )
+        return 0
+
+    return _with_engine(settings, run)
+
+
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    from event_analytics.archive import files
+    from event_analytics.archive.verify import Difference, verify
+    from event_analytics.console import print_differences
+    from event_analytics.session import open_session
+
+    start = args.start.replace(minute=0, second=0, microsecond=0) if args.start else None
+    found = files.list_files(settings.archive_path, start, args.end)
+
+    async def run(url: str) -> int:
+        differences: list[Difference] = []
+        async with open_session(settings, url) as (ingestor, streams):
+            backlog = await streams.backlog()
+            report = await verify(ingestor.store, found, settings.minute_retention_s, differences)
+        print_differences(differences)
+        print(
+            f"compared {report.minutes_compared} minutes ({report.events_in_archive} archived "
+            f"events); {len(differences)} differ"
+        )
+        if backlog["stream_length"]:
+            print(f"note: {backlog['stream_length']} events are not archived yet")
+        return 1 if differences else 0
+
+    return _with_engine(settings, run)
+
+
+def _with_engine(settings: Settings, run: Callable[[str], Coroutine[Any, Any, int]]) -> int:
+    from event_analytics.engine import engine_url
+    from event_analytics.store.embedded import DataDirInUse
+
+    try:
+        with engine_url(settings) as url:
+            return asyncio.run(run(url))
+    except DataDirInUse as exc:
+        print(f"event-analytics: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="event-analytics", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_dirs(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", help="embedded engine and archive (default ./data)")
+        p.add_argument("--archive-dir", help="archive root (default DATA_DIR/persistent_events)")
+
     serve = sub.add_parser("serve", help="run the HTTP service (embedded engine unless REDIS_URL)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
-    serve.add_argument("--data-dir", help="embedded engine and archive files (default ./data)")
+    add_dirs(serve)
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.add_argument("--no-archiver", action="store_true", help="do not run the archiver")
     serve.set_defaults(func=_serve)
+
+    archiver = sub.add_parser("archiver", help="archive the event streams to hourly JSONL files")
+    add_dirs(archiver)
+    archiver.add_argument("--name", help="consumer name (default host-pid-random)")
+    archiver.set_defaults(func=_archiver)
+
+    for name, func, text in (
+        ("rebuild", _rebuild, "recompute all counters of the covered days from the archive"),
+        ("verify", _verify, "compare live minute counters with the archive (exit 1 if any differ)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        add_dirs(p)
+        p.add_argument("--from", dest="start", type=_when, help="ISO date/time (UTC if naive)")
+        p.add_argument("--to", dest="end", type=_when, help="ISO date/time, exclusive")
+        if name == "rebuild":
+            p.add_argument("--force", action="store_true", help="even with unarchived events")
+        p.set_defaults(func=func)
     return parser
 
 
@@ -111,5 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        print(f"event-analytics: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    code: int = args.func(args, settings)
     return code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,13 @@ class Settings(BaseSettings):
     minute_retention_s: int = Field(default=7 * 24 * 3600, ge=60)
     hour_retention_s: int = Field(default=90 * 24 * 3600, ge=3600)
     day_retention_s: int = Field(default=2 * 365 * 24 * 3600, ge=24 * 3600)
+
+    # Archive.
+    archiver_lease_s: float = Field(default=10.0, ge=1, le=300)
+    archiver_batch: int = Field(default=1000, ge=1, le=100_000)
+    archiver_max_deliveries: int = Field(default=5, ge=1)
+    # Fault injection for the crash tests only: SIGKILL the archiver at this point.
+    archiver_crash_at: Literal["", "after_write", "mid_line"] = ""
 
     # Queries.
     max_query_minutes: int = Field(default=1440, ge=1)

@@ -68,9 +68,13 @@ class Ingestor:
             ]
         )
 
-    def prepare(self, event: Event, now: datetime) -> PreparedEvent:
-        """Key names, expiry times and the archived record for one valid event."""
-        ts = self.check_time(event, now)
+    def prepare(self, event: Event, now: datetime, *, replay: bool = False) -> PreparedEvent:
+        """Key names, expiry times and the archived record for one valid event.
+
+        ``replay`` (rebuild from the archive) skips the acceptance window, which applied
+        when the event first arrived, and the record, which is not streamed again.
+        """
+        ts = to_utc(event.timestamp) if replay else self.check_time(event, now)
         s = self.settings
         shard = self.keys.shard_of(event.user_id)
         minute, hour, day = (floor(ts, i) for i in Interval)
@@ -85,15 +89,19 @@ class Ingestor:
             k.count(shard, etype, Interval.DAY, day),
             k.hll(shard, etype, Interval.DAY, day),
         )
-        record = orjson.dumps(
-            {
-                "event_id": str(event.event_id),
-                "user_id": event.user_id,
-                "timestamp": iso_z(ts),
-                "event_type": etype,
-                "payload": event.payload.model_dump(exclude_none=True),
-                "received_at": iso_z(now),
-            }
+        record = (
+            b""
+            if replay
+            else orjson.dumps(
+                {
+                    "event_id": str(event.event_id),
+                    "user_id": event.user_id,
+                    "timestamp": iso_z(ts),
+                    "event_type": etype,
+                    "payload": event.payload.model_dump(exclude_none=True),
+                    "received_at": iso_z(now),
+                }
+            )
         )
         hour_end = bucket_end_epoch(hour, Interval.HOUR)
         args = (

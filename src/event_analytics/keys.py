@@ -15,6 +15,7 @@ from datetime import datetime
 
 from event_analytics.timebucket import Interval, label
 
+ARCHIVER_GROUP = "archiver"
 _LETTER = {Interval.MINUTE: "m", Interval.HOUR: "h", Interval.DAY: "d"}
 # What the ingest script keeps per bucket; keep in step with store/ingest.lua.
 _BUCKET_SUFFIXES = {
@@ -43,6 +44,22 @@ class Keys:
     def stream(self, shard: int) -> str:
         """The shard's event stream, read by the archiver."""
         return f"{self._base(shard)}:stream"
+
+    def deadletter(self, shard: int) -> str:
+        """Stream entries the archiver could not archive after several tries."""
+        return f"{self._base(shard)}:deadletter"
+
+    def archived(self, shard: int) -> str:
+        """Counter of events archived from the shard's stream (bumped with each XACK)."""
+        return f"{self._base(shard)}:archived"
+
+    def archiver_lease(self, shard: int) -> str:
+        """Which archiver owns the shard's stream now (a lease with a TTL)."""
+        return f"{self._base(shard)}:archiver-lease"
+
+    def archivers(self) -> str:
+        """Hash of archiver name -> JSON heartbeat and status (no shard: read by the API)."""
+        return f"{self.prefix}archivers"
 
     def seen(self, shard: int, hour: datetime) -> str:
         """Set of event ids whose timestamp falls in ``hour``: the dedup memory."""

@@ -12,11 +12,13 @@ from fastapi.openapi.utils import get_openapi
 
 from event_analytics import __version__
 from event_analytics.api import analytics, events, health, persistent, problems
+from event_analytics.archive.files import LineCounter
 from event_analytics.config import Settings, get_settings
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
 from event_analytics.model import Event
 from event_analytics.store import Store, connect
+from event_analytics.store.streams import StreamStore
 
 EMBEDDED_ENV = "EA_EMBEDDED_ENGINE"
 
@@ -30,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
         app.state.store = store
         app.state.ingestor = Ingestor(settings, store)
+        app.state.streams = StreamStore(store.client, store.keys)
         try:
             yield
         finally:
@@ -43,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.embedded = os.environ.get(EMBEDDED_ENV) == "1"
-    app.state.archiver_running = False
+    app.state.line_counter = LineCounter()
     problems.install(app)
     for module in (health, events, analytics, persistent):
         app.include_router(module.router)

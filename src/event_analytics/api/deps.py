@@ -7,6 +7,7 @@ from fastapi import Request
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
 from event_analytics.store import Store
+from event_analytics.store.streams import StreamStore
 
 
 def settings(request: Request) -> Settings:
@@ -16,6 +17,11 @@ def settings(request: Request) -> Settings:
 
 def store(request: Request) -> Store:
     value: Store = request.app.state.store
+    return value
+
+
+def streams(request: Request) -> StreamStore:
+    value: StreamStore = request.app.state.streams
     return value
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,7 +10,7 @@ from fastapi import APIRouter, Request
 
 from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
-from event_analytics.archive_files import list_files
+from event_analytics.archive.files import LineCounter, list_files
 from event_analytics.timebucket import iso_z
 
 router = APIRouter(prefix="/persistent", tags=["archive"])
@@ -17,41 +18,70 @@ router = APIRouter(prefix="/persistent", tags=["archive"])
 
 @router.get(
     "/status",
-    summary="Archive status: stream backlog and files on disk",
+    summary="Archive status: stream backlog, lag, archivers, files on disk",
+    description=(
+        "`lag_seconds` is the age of the oldest event not archived yet (0 when caught up). "
+        "`status` is `healthy` when at least one archiver is running and none is blocked."
+    ),
     responses=problem_responses(503),
 )
 async def status(request: Request) -> dict[str, Any]:
     settings = deps.settings(request)
-    files = list_files(settings.archive_path)
-    stream_length = await deps.store(request).stream_length()
-    running = bool(request.app.state.archiver_running)
+    streams = deps.streams(request)
+    backlog = await streams.backlog()
+    archivers = await streams.archivers(fresh_s=3 + settings.archiver_lease_s)
+    found = list_files(settings.archive_path)
+    oldest = backlog["oldest_unarchived_ms"]
+    lag = max(0.0, time.time() - oldest / 1000) if oldest else 0.0
+    blocked = [a for a in archivers.values() if a.get("state") == "blocked"]
+    fsyncs = [a["last_fsync"] for a in archivers.values() if a.get("last_fsync")]
+    if not archivers:
+        state = "archiver_not_running"
+    elif blocked:
+        state = "blocked"
+    else:
+        state = "healthy"
     return {
-        "status": "healthy" if running else "archiver_not_running",
+        "status": state,
         "stats": {
-            "stream_length": stream_length,
-            "pending_messages": 0,
-            "files_count": len(files),
-            "files_size_mb": round(sum(f.size_bytes for f in files) / 1_000_000, 3),
-            "is_processor_running": running,
+            "stream_length": backlog["stream_length"],
+            "pending_messages": backlog["pending"],
+            "lag_seconds": round(lag, 3),
+            "events_archived": backlog["archived"],
+            "dead_letters": backlog["dead_letters"],
+            "files_count": len(found),
+            "files_size_bytes": sum(f.size_bytes for f in found),
+            "files_size_mb": round(sum(f.size_bytes for f in found) / 1_000_000, 3),
+            "last_fsync": max(fsyncs) if fsyncs else None,
+            "is_processor_running": bool(archivers),
+            "running_consumers": len(archivers),
         },
+        "archivers": sorted(archivers.values(), key=lambda a: str(a.get("name"))),
+        "archive_dir": str(settings.archive_path),
         "timestamp": iso_z(datetime.now(UTC)),
     }
 
 
-@router.get("/files", summary="Archive files, oldest first")
+@router.get("/files", summary="Archive files, oldest first, with their event counts")
 async def files(request: Request) -> dict[str, Any]:
     root = deps.settings(request).archive_path
+    counter: LineCounter = request.app.state.line_counter
     found = list_files(root)
+    rows = [
+        {
+            "path": f.relative,
+            "hour": iso_z(f.hour),
+            "size_bytes": f.size_bytes,
+            # Counted incrementally: only bytes appended since the last call are read.
+            "events": counter.count(f.path, f.size_bytes),
+            "modified": iso_z(datetime.fromtimestamp(f.modified, UTC)),
+        }
+        for f in found
+    ]
     return {
         "directory": str(root),
-        "files": [
-            {
-                "path": f.path,
-                "size_bytes": f.size_bytes,
-                "modified": iso_z(datetime.fromtimestamp(f.modified, UTC)),
-            }
-            for f in found
-        ],
-        "total_files": len(found),
+        "files": rows,
+        "total_files": len(rows),
+        "total_events": sum(r["events"] for r in rows),
         "total_size_bytes": sum(f.size_bytes for f in found),
     }

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import redis
 
+from event_analytics.supervisor import Supervised
+
 log = logging.getLogger(__name__)
 
 # Unix socket paths are limited to 107 bytes; longer data dirs fall back to loopback TCP.
 _MAX_SOCKET_PATH = 100
-_PR_SET_PDEATHSIG = 1
 
 
 class DataDirInUse(RuntimeError):
@@ -52,17 +50,16 @@ def find_server_binary() -> str:
     )
 
 
-def _die_with_parent() -> None:
-    # If serve is SIGKILLed the engine must not linger, holding the data dir's files.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def url_file(data_dir: Path) -> Path:
+    """Where a running serve writes its embedded engine's URL."""
+    return data_dir.resolve() / "valkey" / "url"
 
 
 class DataDirLock:
@@ -114,10 +111,14 @@ class EmbeddedServer:
         sock = self.dir / "valkey.sock"
         self.socket_path = sock if len(str(sock)) <= _MAX_SOCKET_PATH else None
         self.port = 0 if self.socket_path else _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-        self._stopping = threading.Event()
-        self._watcher: threading.Thread | None = None
+        self.child = Supervised(
+            "embedded engine",
+            [self.binary, str(self.dir / "server.conf")],
+            before_start=self._before_start,
+            wait_ready=self.wait_ready,
+            pass_fds=(inherit_fd,) if inherit_fd is not None else (),
+            quiet=True,
+        )
 
     @property
     def url(self) -> str:
@@ -141,32 +142,22 @@ class EmbeddedServer:
             lines += ["bind 127.0.0.1", f"port {self.port}"]
         return "\n".join(lines) + "\n"
 
-    def _spawn(self) -> None:
+    def _before_start(self) -> None:
         conf = self.dir / "server.conf"
         conf.write_text(self._config())
         if self.socket_path:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
-        self.proc = subprocess.Popen(
-            [self.binary, str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-            pass_fds=(self.inherit_fd,) if self.inherit_fd is not None else (),
-            # Its own session: a Ctrl+C meant for serve must not stop the engine first.
-            start_new_session=True,
-        )
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
         """Block until the server answers PING (it may first replay a long AOF)."""
         client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout_s
         try:
             while True:
-                if self.proc is not None and self.proc.poll() is not None:
+                if proc.poll() is not None:
                     raise RuntimeError(
-                        f"embedded server exited with code {self.proc.returncode}; "
+                        f"embedded server exited with code {proc.returncode}; "
                         f"see {self.dir / 'server.log'}"
                     )
                 try:
@@ -183,42 +174,12 @@ class EmbeddedServer:
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
-        self._spawn()
-        self.wait_ready()
-        self._watcher = threading.Thread(target=self._watch, name="engine-watch", daemon=True)
-        self._watcher.start()
+        self.child.start()
+        # Other commands (rebuild, verify, archiver) find the running engine here.
+        url_file(self.data_dir).write_text(self.url)
         log.info("embedded engine %s ready at %s", Path(self.binary).name, self.url)
 
-    def _watch(self) -> None:
-        # Restarts from this thread; PDEATHSIG follows the thread that forked, which
-        # lives as long as serve does.
-        backoff = 0.2
-        while not self._stopping.wait(0.2):
-            proc = self.proc
-            if proc is None or proc.poll() is None:
-                backoff = 0.2
-                continue
-            log.warning("embedded engine exited with code %s; restarting", proc.returncode)
-            try:
-                self._spawn()
-                self.wait_ready()
-                self.restarts += 1
-                log.info("embedded engine restarted (%d so far)", self.restarts)
-            except Exception:
-                log.exception("embedded engine restart failed; retrying in %.1f s", backoff)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        self._stopping.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=2)
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)  # valkey flushes the AOF and exits
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    def stop(self) -> None:
+        # SIGTERM: valkey flushes the AOF and exits.
+        self.child.stop()
+        url_file(self.data_dir).unlink(missing_ok=True)

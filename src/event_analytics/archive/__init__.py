@@ -1,0 +1,1 @@
+"""The durable archive: stream -> hourly JSONL files, and counters rebuilt from them."""

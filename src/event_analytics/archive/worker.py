@@ -1,0 +1,270 @@
+"""The archiver: each shard's event stream -> hourly JSONL files, exactly once.
+
+Per batch: write the lines, fsync, and only then XACK + XDEL (one transaction), so an
+acknowledged entry is always on disk. One archiver at a time owns a shard (a lease in
+Redis), so two archivers never write the same entry concurrently. Whatever was pending
+when an owner died, the next owner claims (XAUTOCLAIM) and writes only the events that
+are not in their hour file yet: the archive never holds an event twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import secrets
+import signal
+import socket
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from event_analytics.archive import files
+from event_analytics.config import Settings
+from event_analytics.keys import Keys
+from event_analytics.model import StorageUnavailable
+from event_analytics.store.streams import Entry, NoGroup, StreamStore
+from event_analytics.timebucket import Interval, floor, iso_z
+
+log = logging.getLogger(__name__)
+HEARTBEAT_S = 1.0
+IDLE_SLEEP_S = 0.05
+MAX_BACKOFF_S = 5.0
+
+
+class InvalidRecord(ValueError):
+    """A stream entry that can never be archived (no event JSON with a timestamp)."""
+
+
+def _hour_of_record(fields: dict[bytes, bytes]) -> tuple[datetime, bytes]:
+    record = fields.get(b"e")
+    if not record:
+        raise InvalidRecord("entry has no 'e' field")
+    try:
+        parsed = orjson.loads(record)
+        ts = datetime.fromisoformat(parsed["timestamp"]).astimezone(UTC)
+        if not isinstance(parsed["event_id"], str) or len(parsed["event_id"]) != 36:
+            raise InvalidRecord("bad event_id")
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise InvalidRecord(f"unreadable event record: {exc}") from exc
+    if not record.startswith(b'{"event_id":"'):
+        # Lines are found by id at a fixed position; re-serialise foreign layouts.
+        record = orjson.dumps({"event_id": parsed["event_id"], **parsed})
+    return floor(ts, Interval.HOUR), record
+
+
+class Archiver:
+    """Archives the streams of the shards it holds leases for, until ``stop`` is set."""
+
+    def __init__(
+        self, settings: Settings, streams: StreamStore, root: Path, name: str | None = None
+    ) -> None:
+        self.settings = settings
+        self.streams = streams
+        self.keys: Keys = streams.keys
+        self.root = root
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.owned: set[int] = set()
+        # Shards whose pending entries (of any consumer) must be claimed and checked.
+        self.recovering: set[int] = set()
+        # Shards whose new entries may already be on disk (a group recreated from 0).
+        self.checking: set[int] = set()
+        # A batch that failed to write or to be acknowledged, retried as it is: re-reading
+        # it from the pending list would count a delivery each time (-> dead letters).
+        self.unfinished: dict[int, list[Entry]] = {}
+        self.lease_ms = int(settings.archiver_lease_s * 1000)
+        self.batch = settings.archiver_batch
+        self.events_archived = 0
+        self.last_fsync: float | None = None
+        self.last_error: str | None = None
+        self.state = "starting"
+        self._last_beat = 0.0
+
+    # -- the loop ---------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.1
+        try:
+            while not stop.is_set():
+                try:
+                    busy = await self._tick()
+                    backoff = 0.1
+                    if not busy:
+                        await _wait(stop, IDLE_SLEEP_S)
+                except (StorageUnavailable, OSError) as exc:
+                    # Nothing was acknowledged: the same entries are retried, exactly once.
+                    self._fail(exc)
+                    with contextlib.suppress(StorageUnavailable):
+                        await self._beat(force=True)
+                    await _wait(stop, backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+        finally:
+            with contextlib.suppress(StorageUnavailable):
+                for shard in list(self.owned):
+                    await self.streams.release_lease(shard, self.name)
+                await self.streams.forget(self.name)
+
+    def _fail(self, exc: Exception) -> None:
+        self.state = "blocked"
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        log.warning("archiver blocked: %s", self.last_error)
+
+    async def _tick(self) -> bool:
+        await self._beat()
+        busy = False
+        for shard in sorted(self.owned):
+            if not await self.streams.renew_lease(shard, self.name, self.lease_ms):
+                log.warning("lost the lease of shard %d", shard)
+                self.owned.discard(shard)
+                continue
+            if shard in self.unfinished:
+                await self._archive(shard, self.unfinished[shard], check_files=True)
+            if shard in self.recovering:
+                await self._recover(shard)
+                self.recovering.discard(shard)
+            try:
+                entries = await self.streams.read_new(shard, self.name, self.batch)
+            except NoGroup:
+                # The engine lost the group (and maybe acks): re-read the stream from its
+                # start, checking the files, until it is caught up.
+                await self.streams.ensure_group(shard)
+                self.checking.add(shard)
+                busy = True
+                continue
+            if entries:
+                await self._archive(shard, entries, check_files=shard in self.checking)
+                busy = True
+            else:
+                self.checking.discard(shard)
+        if self.state != "running":
+            self.state = "running"
+            self.last_error = None
+        return busy
+
+    # -- leases and heartbeats --------------------------------------------------------
+
+    async def _beat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_beat < HEARTBEAT_S:
+            return
+        self._last_beat = now
+        await self.streams.heartbeat(self.name, self.status())
+        live = await self.streams.archivers(
+            fresh_s=3 * HEARTBEAT_S + self.settings.archiver_lease_s
+        )
+        # Share the shards: hold about S / (live archivers) of them.
+        target = math.ceil(self.keys.shards / max(1, len(live)))
+        for shard in range(self.keys.shards):
+            if len(self.owned) >= target:
+                break
+            if shard not in self.owned and await self.streams.acquire_lease(
+                shard, self.name, self.lease_ms
+            ):
+                await self.streams.ensure_group(shard)
+                self.owned.add(shard)
+                self.recovering.add(shard)  # a previous owner may have died mid-batch
+                log.info("archiver %s took shard %d", self.name, shard)
+        while len(self.owned) > target:
+            shard = max(self.owned)
+            self.owned.discard(shard)
+            await self.streams.release_lease(shard, self.name)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "shards": sorted(self.owned),
+            "events_archived": self.events_archived,
+            "last_fsync": iso_z(datetime.fromtimestamp(self.last_fsync, UTC))
+            if self.last_fsync
+            else None,
+            "last_error": self.last_error,
+            "heartbeat": time.time(),
+            "pid": os.getpid(),
+        }
+
+    # -- archiving --------------------------------------------------------------------
+
+    async def _recover(self, shard: int) -> None:
+        """Claim every pending entry of the shard and archive what is not on disk yet."""
+        cursor: bytes | str = "0-0"
+        while True:
+            cursor, claimed = await self.streams.claim(shard, self.name, cursor, self.batch)
+            entries: list[Entry] = []
+            for entry, deliveries in claimed:
+                if deliveries > self.settings.archiver_max_deliveries:
+                    # Archivers keep dying on it: set it aside rather than loop forever.
+                    reason = f"delivered {deliveries} times without being archived"
+                    await self.streams.dead_letter(shard, entry, reason)
+                    log.error("shard %d: entry %r dead-lettered: %s", shard, entry[0], reason)
+                else:
+                    entries.append(entry)
+            if entries:
+                log.info("shard %d: recovering %d pending entries", shard, len(entries))
+                await self._archive(shard, entries, check_files=True)
+            if cursor in (b"0-0", "0-0"):
+                return
+
+    async def _archive(self, shard: int, entries: list[Entry], check_files: bool) -> None:
+        by_hour: dict[datetime, list[tuple[str, bytes]]] = defaultdict(list)
+        keep: list[Entry] = []
+        for entry in entries:
+            eid, fields = entry
+            if not fields:  # deleted from the stream meanwhile: nothing left to write
+                keep.append(entry)
+                continue
+            try:
+                hour, record = _hour_of_record(fields)
+            except InvalidRecord as exc:
+                await self.streams.dead_letter(shard, entry, str(exc))
+                log.error("shard %d: entry %r dead-lettered: %s", shard, eid, exc)
+                continue
+            by_hour[hour].append((files.event_id_of(record), record))
+            keep.append(entry)
+        self.unfinished[shard] = keep  # retried as it is until acknowledged
+        written = await asyncio.to_thread(self._write, by_hour, check_files)
+        if keep:
+            await self.streams.ack(shard, [eid for eid, _ in keep], written)
+        del self.unfinished[shard]
+        self.events_archived += written
+
+    def _write(self, by_hour: dict[datetime, list[tuple[str, bytes]]], check_files: bool) -> int:
+        """Append each hour's lines and fsync; returns the lines written. Runs in a thread."""
+        written = 0
+        for hour, records in sorted(by_hour.items()):
+            path = files.hour_path(self.root, hour)
+            with files.locked(path) as fd:
+                if check_files:
+                    present = files.present_ids(path, {event_id for event_id, _ in records})
+                    records = [r for r in records if r[0] not in present]
+                # One event id once per batch too (a replayed stream may repeat one).
+                unique = dict(records)
+                data = b"".join(line + b"\n" for line in unique.values())
+                if not data:
+                    continue
+                self._crash_point("mid_line", fd, data)
+                files.append(fd, data)
+                self.last_fsync = time.time()
+                written += len(unique)
+        self._crash_point("after_write", None, b"")
+        return written
+
+    def _crash_point(self, point: str, fd: int | None, data: bytes) -> None:
+        """Fault injection for the crash tests: die by SIGKILL at ``point``."""
+        if self.settings.archiver_crash_at != point:
+            return
+        if fd is not None:
+            os.write(fd, data[: max(1, len(data) // 2 + 7)])
+            os.fsync(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,195 @@
+"""Redis side of the archive: consumer groups, claims, acks, leases, heartbeats, status."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis import exceptions as rx
+
+from event_analytics.keys import ARCHIVER_GROUP, Keys
+from event_analytics.store.redis import engine_errors
+
+Entry = tuple[bytes, dict[bytes, bytes]]  # (stream id, fields)
+
+# Compare-and-act on a lease: only its owner may renew or drop it.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0"""
+
+
+def _entries(reply: Any) -> list[Entry]:
+    """The entries of a one-stream XREADGROUP reply (RESP2, the protocol we connect with)."""
+    if not reply:
+        return []
+    return [(eid, fields or {}) for eid, fields in reply[0][1]]
+
+
+def entry_ms(entry_id: bytes | str) -> int:
+    """Milliseconds since the epoch at which a stream entry was added (its id's first part)."""
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(raw.split("-", 1)[0])
+
+
+class StreamStore:
+    """The archiver's and the status endpoint's operations on the shards' event streams."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    async def ensure_group(self, shard: int) -> bool:
+        """Create the consumer group (from the stream's start) if missing; True if created."""
+        async with engine_errors():
+            try:
+                await self.client.xgroup_create(
+                    self.keys.stream(shard), ARCHIVER_GROUP, id="0", mkstream=True
+                )
+            except rx.ResponseError as exc:
+                if "BUSYGROUP" in str(exc):
+                    return False
+                raise
+            return True
+
+    async def read_new(self, shard: int, consumer: str, count: int) -> list[Entry]:
+        """Entries never delivered to any archiver (raises NoGroup when the group is gone)."""
+        async with engine_errors():
+            try:
+                reply = await self.client.xreadgroup(
+                    ARCHIVER_GROUP, consumer, {self.keys.stream(shard): ">"}, count=count
+                )
+            except rx.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    raise NoGroup(shard) from exc
+                raise
+        return _entries(reply)
+
+    async def claim(
+        self, shard: int, consumer: str, start: bytes | str, count: int
+    ) -> tuple[bytes | str, list[tuple[Entry, int]]]:
+        """Take the next pending entries of the group, whoever had them (XAUTOCLAIM).
+
+        The caller holds the shard's lease, so every other holder is dead. Returns the
+        cursor for the next call (``0-0`` when done) and the entries with their
+        delivery counts (this claim included).
+        """
+        stream = self.keys.stream(shard)
+        async with engine_errors():
+            reply = await self.client.xautoclaim(
+                stream, ARCHIVER_GROUP, consumer, 0, start, count=count
+            )
+            cursor, rows = reply[0], reply[1]
+            entries: list[Entry] = [(eid, fields or {}) for eid, fields in rows if eid]
+            if not entries:
+                return cursor, []
+            info = await self.client.xpending_range(
+                stream, ARCHIVER_GROUP, entries[0][0], entries[-1][0], len(entries) * 2,
+                consumername=consumer,
+            )  # fmt: skip
+        deliveries = {p["message_id"]: int(p["times_delivered"]) for p in info}
+        return cursor, [(entry, deliveries.get(entry[0], 1)) for entry in entries]
+
+    async def ack(self, shard: int, ids: Sequence[bytes], archived: int) -> None:
+        """Acknowledge, delete and count archived entries in one transaction (one slot)."""
+        stream = self.keys.stream(shard)
+        async with engine_errors(), self.client.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, ARCHIVER_GROUP, *ids)
+            pipe.xdel(stream, *ids)
+            if archived:
+                pipe.incrby(self.keys.archived(shard), archived)
+            await pipe.execute()
+
+    async def dead_letter(self, shard: int, entry: Entry, reason: str) -> None:
+        """Move one entry to the shard's dead-letter stream, atomically with its ack."""
+        stream = self.keys.stream(shard)
+        eid, fields = entry
+        record = {b"id": eid, b"reason": reason.encode(), **fields}
+        async with engine_errors(), self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.deadletter(shard), record)  # type: ignore[arg-type]
+            pipe.xack(stream, ARCHIVER_GROUP, eid)
+            pipe.xdel(stream, eid)
+            await pipe.execute()
+
+    async def acquire_lease(self, shard: int, owner: str, ttl_ms: int) -> bool:
+        async with engine_errors():
+            return bool(
+                await self.client.set(self.keys.archiver_lease(shard), owner, nx=True, px=ttl_ms)
+            )
+
+    async def renew_lease(self, shard: int, owner: str, ttl_ms: int) -> bool:
+        async with engine_errors():
+            return bool(
+                await self._renew(keys=[self.keys.archiver_lease(shard)], args=[owner, ttl_ms])
+            )
+
+    async def release_lease(self, shard: int, owner: str) -> None:
+        async with engine_errors():
+            await self._release(keys=[self.keys.archiver_lease(shard)], args=[owner])
+
+    async def heartbeat(self, name: str, status: dict[str, Any]) -> None:
+        async with engine_errors():
+            await self.client.hset(self.keys.archivers(), name, orjson.dumps(status))
+
+    async def forget(self, name: str) -> None:
+        async with engine_errors():
+            await self.client.hdel(self.keys.archivers(), name)
+
+    async def archivers(self, fresh_s: float) -> dict[str, dict[str, Any]]:
+        """Archivers whose last heartbeat is recent; stale entries are removed."""
+        async with engine_errors():
+            raw = await self.client.hgetall(self.keys.archivers())
+            now = time.time()
+            live: dict[str, dict[str, Any]] = {}
+            stale = []
+            for name, blob in raw.items():
+                status = orjson.loads(blob)
+                if now - float(status.get("heartbeat", 0)) <= fresh_s:
+                    live[name.decode() if isinstance(name, bytes) else name] = status
+                else:
+                    stale.append(name)
+            if stale:
+                await self.client.hdel(self.keys.archivers(), *stale)
+        return live
+
+    async def backlog(self) -> dict[str, int]:
+        """Stream length, pending, oldest unarchived entry, archived and dead letters, summed."""
+        shards = range(self.keys.shards)
+        async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
+            for shard in shards:
+                stream = self.keys.stream(shard)
+                pipe.xlen(stream)
+                pipe.xpending(stream, ARCHIVER_GROUP)
+                pipe.xrange(stream, "-", "+", count=1)
+                pipe.get(self.keys.archived(shard))
+                pipe.xlen(self.keys.deadletter(shard))
+            replies = await pipe.execute(raise_on_error=False)
+        out = {"stream_length": 0, "pending": 0, "archived": 0, "dead_letters": 0}
+        oldest: int | None = None
+        for i in range(0, len(replies), 5):
+            length, pending, first, archived, dead = replies[i : i + 5]
+            out["stream_length"] += int(length)
+            # No group yet (nothing archived ever) reads as an error: nothing is pending.
+            out["pending"] += 0 if isinstance(pending, Exception) else int(pending["pending"])
+            out["archived"] += int(archived or 0)
+            out["dead_letters"] += int(dead)
+            if first:
+                ms = entry_ms(first[0][0])
+                oldest = ms if oldest is None else min(oldest, ms)
+        out["oldest_unarchived_ms"] = oldest or 0
+        return out
+
+
+class NoGroup(Exception):
+    """The consumer group is gone (the engine lost it, e.g. a restart without persistence)."""
+
+    def __init__(self, shard: int) -> None:
+        super().__init__(f"consumer group missing on shard {shard}")
+        self.shard = shard

@@ -1,0 +1,112 @@
+"""Child processes of ``serve`` (the engine, the archiver): started, watched, restarted, stopped."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # If serve is SIGKILLed its children must not linger, holding the data dir's files.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Supervised:
+    """One child process, restarted with backoff whenever it exits until ``stop``."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        before_start: Callable[[], None] | None = None,
+        wait_ready: Callable[[subprocess.Popen[bytes]], None] | None = None,
+        pass_fds: Sequence[int] = (),
+        quiet: bool = False,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = env
+        self.before_start = before_start
+        self.wait_ready = wait_ready
+        self.pass_fds = tuple(pass_fds)
+        self.quiet = quiet
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._started = 0.0
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def _spawn(self) -> None:
+        self._started = time.monotonic()
+        if self.before_start:
+            self.before_start()
+        out = subprocess.DEVNULL if self.quiet else None
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            preexec_fn=_die_with_parent,  # only prctl: safe between fork and exec
+            pass_fds=self.pass_fds,
+            # Its own session: a Ctrl+C meant for serve must not stop the child first.
+            start_new_session=True,
+        )
+        if self.wait_ready:
+            self.wait_ready(self.proc)
+
+    def start(self) -> None:
+        self._spawn()
+        # Restarts happen on this thread; PDEATHSIG follows the thread that forked,
+        # and this one lives as long as serve does.
+        self._watcher = threading.Thread(target=self._watch, name=f"watch-{self.name}", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        backoff = 0.2
+        while not self._stopping.wait(0.2):
+            proc = self.proc
+            if proc is None or proc.poll() is None:
+                continue
+            log.warning("%s exited with code %s; restarting", self.name, proc.returncode)
+            # A child that keeps dying right after start is restarted ever more slowly.
+            if time.monotonic() - self._started < 5.0:
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            else:
+                backoff = 0.2
+            if self._stopping.is_set():
+                return
+            try:
+                self._spawn()
+                self.restarts += 1
+                log.info("%s restarted (%d so far)", self.name, self.restarts)
+            except Exception:
+                log.exception("%s restart failed; retrying in %.1f s", self.name, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=2)
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
