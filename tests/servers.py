@@ -94,13 +94,20 @@ class EngineProcess:
 class ServiceProcess:
     """``python -m event_analytics serve`` as a subprocess, reached over real HTTP."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, workers: int = 1):
+    def __init__(
+        self,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        args: list[str] | None = None,
+    ):
         self.data_dir = data_dir
         self.port = free_port()
         # Only what the test passes decides the engine, not the caller's environment.
         inherited = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "EA_REDIS_URL")}
         self.env = inherited | (env or {})
         self.workers = workers
+        self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"serve-{self.port}.log"
 
@@ -112,7 +119,7 @@ class ServiceProcess:
         cmd = [
             sys.executable, "-m", "event_analytics", "serve",
             "--port", str(self.port), "--data-dir", str(self.data_dir),
-            "--workers", str(self.workers),
+            "--workers", str(self.workers), *self.args,
         ]  # fmt: skip
         self.log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(

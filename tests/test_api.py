@@ -14,27 +14,27 @@ import orjson
 import pytest
 import redis
 
-from tests.helpers import IST, event, seed_key
+from tests.helpers import HTTP, IST, event, seed_key
 from tests.servers import ServiceProcess
 
 PROBLEM = "application/problem+json"
 
 
 def post(svc: ServiceProcess, body: object, **kw: object) -> httpx.Response:
-    return httpx.post(f"{svc.url}/events", json=body, timeout=10, **kw)  # type: ignore[arg-type]
+    return HTTP.post(f"{svc.url}/events", json=body, **kw)  # type: ignore[arg-type]
 
 
 def bucket(svc: ServiceProcess, key: str) -> dict[str, object]:
-    r = httpx.get(f"{svc.url}/analytics/minute-buckets/{key}", timeout=10)
+    r = HTTP.get(f"{svc.url}/analytics/minute-buckets/{key}", timeout=10)
     assert r.status_code == 200, r.text
     return r.json()
 
 
 def test_health_and_ready(live: ServiceProcess) -> None:
-    r = httpx.get(f"{live.url}/health/")
+    r = HTTP.get(f"{live.url}/health/")
     assert r.status_code == 200
     assert r.json()["status"] == "healthy" and r.json()["service"] == "event-analytics"
-    ready = httpx.get(f"{live.url}/health/ready").json()
+    ready = HTTP.get(f"{live.url}/health/ready").json()
     assert ready["status"] == "ready"
     assert ready["engine"]["reachable"] is True
     # The fixture engines run appendfsync always; readiness must report the policy it found.
@@ -96,7 +96,7 @@ def test_page_views_per_minute(live: ServiceProcess) -> None:
             assert post(live, event(user=user, ts=ts)).status_code == 201
     # A click is another type: not a page view.
     assert post(live, event(event_type="click", url=None)).status_code == 201
-    rows = httpx.get(f"{live.url}/analytics/page_views_per_minute", params={"minutes": 5}).json()
+    rows = HTTP.get(f"{live.url}/analytics/page_views_per_minute", params={"minutes": 5}).json()
     # The minute may have turned since `now`: locate rows by timestamp.
     by_minute = {r["minute_timestamp"]: (r["count"], r["unique_users"]) for r in rows}
     assert len(rows) == 5
@@ -107,7 +107,7 @@ def test_page_views_per_minute(live: ServiceProcess) -> None:
         if key in by_minute:
             assert by_minute[key] == (len(users), len(set(users)))
     assert sum(c for c, _ in by_minute.values()) <= 4
-    assert httpx.get(f"{live.url}/analytics/page_views_per_minute?minutes=1441").status_code == 422
+    assert HTTP.get(f"{live.url}/analytics/page_views_per_minute?minutes=1441").status_code == 422
 
 
 def test_minute_bucket_of_other_type_and_bad_key(live: ServiceProcess) -> None:
@@ -115,7 +115,7 @@ def test_minute_bucket_of_other_type_and_bad_key(live: ServiceProcess) -> None:
     assert post(live, event(event_type="signup", url=None, ts=ts)).status_code == 201
     assert bucket(live, seed_key(ts, "signup"))["count"] == 1
     for bad in ["page_view_2024-13-07_12:34", "nonsense", "Page_View_2024-06-07_12:34"]:
-        r = httpx.get(f"{live.url}/analytics/minute-buckets/{bad}")
+        r = HTTP.get(f"{live.url}/analytics/minute-buckets/{bad}")
         assert r.status_code == 422, bad
         assert r.headers["content-type"] == PROBLEM
         assert r.json()["errors"][0]["code"] == "invalid_bucket_key"
@@ -153,12 +153,12 @@ def test_persistent_endpoints_answer(live: ServiceProcess) -> None:
     body = event()
     assert post(live, body).status_code == 201
     assert _archived(live, {body["event_id"]}) == {body["event_id"]: 1}
-    status = httpx.get(f"{live.url}/persistent/status").json()
+    status = HTTP.get(f"{live.url}/persistent/status").json()
     assert status["status"] == "healthy"
     assert status["stats"]["running_consumers"] == 1
     assert status["stats"]["stream_length"] == 0
     assert status["stats"]["files_count"] >= 1
-    files = httpx.get(f"{live.url}/persistent/files").json()
+    files = HTTP.get(f"{live.url}/persistent/files").json()
     on_disk = sum(
         len((live.data_dir / "persistent_events" / f["path"]).read_text().splitlines())
         for f in files["files"]
@@ -167,14 +167,22 @@ def test_persistent_endpoints_answer(live: ServiceProcess) -> None:
 
 
 def test_openapi_docs(live: ServiceProcess) -> None:
-    spec = httpx.get(f"{live.url}/openapi.json").json()
+    spec = HTTP.get(f"{live.url}/openapi.json").json()
     assert "Event" in spec["components"]["schemas"]
     post_spec = spec["paths"]["/events"]["post"]
     assert post_spec["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "/Event"
     )
     for path in ("/docs", "/redoc"):
-        assert httpx.get(f"{live.url}{path}").status_code == 200
+        assert HTTP.get(f"{live.url}{path}").status_code == 200
+
+
+def assert_nothing_stored(redis_url: str) -> None:
+    """No counter, user set, dedup set or stream entry (the archiver's own keys aside)."""
+    client = redis.Redis.from_url(redis_url)
+    assert client.keys("ea:{0}:*:m:*") == [] and client.keys("ea:{0}:seen:*") == []
+    assert client.xlen("ea:{0}:stream") == 0 and client.get("ea:{0}:archived") is None
+    client.close()
 
 
 def _problem(r: httpx.Response, status: int) -> dict[str, object]:
@@ -236,9 +244,7 @@ def test_bad_event_is_422_and_stores_nothing(
     mutate(body)
     problem = _problem(post(live, body), 422)
     assert code in _codes(problem), problem
-    client = redis.Redis.from_url(redis_url)
-    assert client.dbsize() == 0
-    client.close()
+    assert_nothing_stored(redis_url)
 
 
 def test_any_valid_host_is_accepted(live: ServiceProcess) -> None:
@@ -258,20 +264,20 @@ def test_any_valid_host_is_accepted(live: ServiceProcess) -> None:
     [b"{", b"not json", b'{"event_id": }', b"\xff\xfe"],
 )
 def test_malformed_json_is_400(live: ServiceProcess, raw: bytes) -> None:
-    r = httpx.post(f"{live.url}/events", content=raw, headers={"content-type": "application/json"})
+    r = HTTP.post(f"{live.url}/events", content=raw, headers={"content-type": "application/json"})
     _problem(r, 400)
 
 
 @pytest.mark.parametrize("body", [b"[]", b"null", b"42", b'"x"'])
 def test_json_that_is_not_an_object_is_422(live: ServiceProcess, body: bytes) -> None:
-    r = httpx.post(f"{live.url}/events", content=body, headers={"content-type": "application/json"})
+    r = HTTP.post(f"{live.url}/events", content=body, headers={"content-type": "application/json"})
     _problem(r, 422)
 
 
 @pytest.mark.parametrize("ctype", [None, "text/html", "application/x-www-form-urlencoded"])
 def test_wrong_content_type_is_415(live: ServiceProcess, ctype: str | None) -> None:
     headers = {"content-type": ctype} if ctype else {}
-    r = httpx.post(f"{live.url}/events", content=orjson.dumps(event()), headers=headers)
+    r = HTTP.post(f"{live.url}/events", content=orjson.dumps(event()), headers=headers)
     body = _problem(r, 415)
     assert "application/json" in str(body["detail"])
 
@@ -280,7 +286,7 @@ def test_body_just_over_limit_is_413(live: ServiceProcess) -> None:
     body = event(note="x" * 1000)
     raw = orjson.dumps(body)
     raw = raw[:-1] + b" " * (64 * 1024 + 1 - len(raw)) + b"}"
-    r = httpx.post(f"{live.url}/events", content=raw, headers={"content-type": "application/json"})
+    r = HTTP.post(f"{live.url}/events", content=raw, headers={"content-type": "application/json"})
     _problem(r, 413)
 
 
@@ -332,14 +338,12 @@ def test_20mb_chunked_body_refused_while_reading(live: ServiceProcess, redis_url
     reply, sent = _send_until_answer(live.port, head, chunk, total)
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     assert sent < total
-    client = redis.Redis.from_url(redis_url)
-    assert client.dbsize() == 0
-    client.close()
+    assert_nothing_stored(redis_url)
 
 
 def test_unknown_path_is_problem_json(live: ServiceProcess) -> None:
-    _problem(httpx.get(f"{live.url}/nope"), 404)
-    _problem(httpx.delete(f"{live.url}/events"), 405)
+    _problem(HTTP.get(f"{live.url}/nope"), 404)
+    _problem(HTTP.delete(f"{live.url}/events"), 405)
 
 
 def test_event_id_forms_are_one_event(live: ServiceProcess) -> None:

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 import orjson
 import pytest
 
-from tests.helpers import event, seed_key
+from tests.helpers import HTTP, event, seed_key
 from tests.servers import EngineProcess, ServiceProcess, engine_binary
 
 pytestmark = pytest.mark.slow
@@ -63,7 +62,7 @@ async def _hammer(url: str, bodies: list[dict[str, Any]], stop_after: int, kill:
 
 
 def _bucket(svc: ServiceProcess, minute: datetime) -> int:
-    r = httpx.get(f"{svc.url}/analytics/minute-buckets/{seed_key(minute)}", timeout=10)
+    r = HTTP.get(f"{svc.url}/analytics/minute-buckets/{seed_key(minute)}", timeout=10)
     assert r.status_code == 200, r.text
     count: int = r.json()["count"]
     return count
@@ -81,13 +80,13 @@ def test_sigkill_service_and_engine_keeps_every_ack(embedded: ServiceProcess) ->
     # And each acknowledged event individually: a resend is a duplicate.
     for body in bodies:
         if body["event_id"] in acked:
-            r = httpx.post(f"{embedded.url}/events", json=body, timeout=10)
+            r = HTTP.post(f"{embedded.url}/events", json=body, timeout=10)
             assert r.status_code == 200, r.text
 
 
 def test_sigkill_of_serve_alone_takes_the_engine_down(embedded: ServiceProcess) -> None:
     assert embedded.proc is not None
-    assert httpx.post(f"{embedded.url}/events", json=event()).status_code == 201
+    assert HTTP.post(f"{embedded.url}/events", json=event()).status_code == 201
     children = subprocess.run(
         ["pgrep", "-P", str(embedded.proc.pid)], capture_output=True, text=True
     ).stdout.split()
@@ -100,7 +99,7 @@ def test_sigkill_of_serve_alone_takes_the_engine_down(embedded: ServiceProcess) 
         time.sleep(0.05)
     embedded.log.close()
     embedded.start()  # the data dir is free again, and the data intact
-    rows = httpx.get(f"{embedded.url}/analytics/page_views_per_minute?minutes=2").json()
+    rows = HTTP.get(f"{embedded.url}/analytics/page_views_per_minute?minutes=2").json()
     assert sum(r["count"] for r in rows) == 1
 
 
@@ -114,12 +113,12 @@ def test_second_serve_on_same_data_dir_is_refused(embedded: ServiceProcess) -> N
     assert other.returncode == 1
     assert "in use by another event-analytics serve" in other.stderr
     assert str(embedded.proc.pid if embedded.proc else "") in other.stderr
-    assert httpx.get(f"{embedded.url}/health/ready").status_code == 200
+    assert HTTP.get(f"{embedded.url}/health/ready").status_code == 200
 
 
 def test_embedded_engine_crash_is_restarted(embedded: ServiceProcess) -> None:
     assert embedded.proc is not None
-    assert httpx.post(f"{embedded.url}/events", json=event()).status_code == 201
+    assert HTTP.post(f"{embedded.url}/events", json=event()).status_code == 201
     (engine_pid,) = subprocess.run(
         ["pgrep", "-P", str(embedded.proc.pid), "valkey-server|redis-server"],
         capture_output=True,
@@ -129,7 +128,7 @@ def test_embedded_engine_crash_is_restarted(embedded: ServiceProcess) -> None:
     statuses = _post_until_created(embedded.url, seconds=30)
     assert statuses[-1] == 201
     assert set(statuses) <= {201, 503}
-    rows = httpx.get(f"{embedded.url}/analytics/page_views_per_minute?minutes=2").json()
+    rows = HTTP.get(f"{embedded.url}/analytics/page_views_per_minute?minutes=2").json()
     assert sum(r["count"] for r in rows) == 2
 
 
@@ -148,7 +147,7 @@ def _post_until_created(url: str, seconds: float) -> list[int]:
     statuses: list[int] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        r = httpx.post(f"{url}/events", json=event(), timeout=5)
+        r = HTTP.post(f"{url}/events", json=event(), timeout=5)
         statuses.append(r.status_code)
         if r.status_code == 503:
             assert r.headers["retry-after"] == "1"
@@ -172,20 +171,20 @@ def test_engine_restart_under_running_service(kind: str, tmp_path: Path) -> None
     svc.start()
     try:
         before = event()
-        assert httpx.post(f"{svc.url}/events", json=before).status_code == 201
+        assert HTTP.post(f"{svc.url}/events", json=before).status_code == 201
         engine.kill()
-        r = httpx.post(f"{svc.url}/events", json=event(), timeout=5)
+        r = HTTP.post(f"{svc.url}/events", json=event(), timeout=5)
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
-        ready = httpx.get(f"{svc.url}/health/ready", timeout=5)
+        ready = HTTP.get(f"{svc.url}/health/ready", timeout=5)
         assert ready.status_code == 503 and ready.json()["engine"]["reachable"] is False
-        rows = httpx.get(f"{svc.url}/analytics/page_views_per_minute", timeout=5)
+        rows = HTTP.get(f"{svc.url}/analytics/page_views_per_minute", timeout=5)
         assert rows.status_code == 503
         engine.start()
         _post_until_created(svc.url, seconds=20)
         # The event acknowledged before the crash survived it (AOF, fsync always).
-        dup = httpx.post(f"{svc.url}/events", json=before, timeout=5)
+        dup = HTTP.post(f"{svc.url}/events", json=before, timeout=5)
         assert dup.status_code == 200 and dup.json()["duplicate"] is True
-        assert httpx.get(f"{svc.url}/health/ready").status_code == 200
+        assert HTTP.get(f"{svc.url}/health/ready").status_code == 200
     finally:
         svc.stop()
         engine.stop()

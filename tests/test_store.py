@@ -31,7 +31,8 @@ def _events(n: int, minute: datetime, rng: random.Random) -> list[Event]:
 
 def _run(redis_url: str, shards: int, work):  # type: ignore[no-untyped-def]
     async def main():  # type: ignore[no-untyped-def]
-        settings = Settings(redis_url=redis_url, shards=shards)
+        # A prefix of its own: the session's service (and its archiver) share this engine.
+        settings = Settings(redis_url=redis_url, shards=shards, key_prefix="st:")
         store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
         try:
             return await work(Ingestor(settings, store), store)
@@ -57,18 +58,18 @@ def test_sharded_batches_sum_exactly(redis_url: str) -> None:
     assert stats == [(1000, len({e.user_id for e in events}))]
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    keys = client.keys("*")
+    keys = client.keys("st:*")
     tags = defaultdict(set)
     for key in keys:
-        match = re.fullmatch(r"ea:\{(\d+)\}:(.+)", key)
+        match = re.fullmatch(r"st:\{(\d+)\}:(.+)", key)
         assert match, key
         tags[int(match[1])].add(match[2])
     assert set(tags) == {0, 1, 2, 3}  # every shard got users
     # The shards' user sets are disjoint: unique users add up.
     label = minute.strftime("%Y-%m-%dT%H:%M")
-    shard_users = [client.smembers(f"ea:{{{s}}}:page_view:m:{label}:users") for s in range(4)]
+    shard_users = [client.smembers(f"st:{{{s}}}:page_view:m:{label}:users") for s in range(4)]
     assert sum(len(u) for u in shard_users) == len(set().union(*shard_users))
-    assert sum(client.xlen(f"ea:{{{s}}}:stream") for s in range(4)) == 1000
+    assert sum(client.xlen(f"st:{{{s}}}:stream") for s in range(4)) == 1000
     client.close()
 
 
@@ -84,19 +85,19 @@ def test_expiry_follows_retention(redis_url: str) -> None:
     now = datetime.now(UTC).timestamp()
     m, h, d = ts.strftime("%Y-%m-%dT%H:%M"), ts.strftime("%Y-%m-%dT%H"), ts.strftime("%Y-%m-%d")
     expected = {
-        f"ea:{{0}}:page_view:m:{m}:count": ts.replace(second=0) + timedelta(minutes=1, days=7),
-        f"ea:{{0}}:page_view:m:{m}:users": ts.replace(second=0) + timedelta(minutes=1, days=7),
-        f"ea:{{0}}:page_view:h:{h}:count": ts.replace(minute=0, second=0)
+        f"st:{{0}}:page_view:m:{m}:count": ts.replace(second=0) + timedelta(minutes=1, days=7),
+        f"st:{{0}}:page_view:m:{m}:users": ts.replace(second=0) + timedelta(minutes=1, days=7),
+        f"st:{{0}}:page_view:h:{h}:count": ts.replace(minute=0, second=0)
         + timedelta(hours=1, days=90),
-        f"ea:{{0}}:page_view:h:{h}:hll": ts.replace(minute=0, second=0)
+        f"st:{{0}}:page_view:h:{h}:hll": ts.replace(minute=0, second=0)
         + timedelta(hours=1, days=90),
-        f"ea:{{0}}:page_view:d:{d}:count": ts.replace(hour=0, minute=0, second=0)
+        f"st:{{0}}:page_view:d:{d}:count": ts.replace(hour=0, minute=0, second=0)
         + timedelta(days=731),
-        f"ea:{{0}}:seen:{h}": ts.replace(minute=0, second=0)
+        f"st:{{0}}:seen:{h}": ts.replace(minute=0, second=0)
         + timedelta(hours=1, days=7, minutes=6),
     }
     for key, when in expected.items():
         ttl = client.ttl(key)
         assert abs((now + ttl) - when.timestamp()) <= 2, key
-    assert client.ttl("ea:{0}:stream") == -1  # the stream is trimmed by the archiver, never expired
+    assert client.ttl("st:{0}:stream") == -1  # the stream is trimmed by the archiver, never expired
     client.close()

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     archiver_max_deliveries: int = Field(default=5, ge=1)
     # Fault injection for the crash tests only: SIGKILL the archiver at this point.
     archiver_crash_at: Literal["", "after_write", "mid_line"] = ""
+    rebuild_crash_after_batches: int = Field(default=0, ge=0)
 
     # Queries.
     max_query_minutes: int = Field(default=1440, ge=1)

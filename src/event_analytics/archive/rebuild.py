@@ -9,6 +9,8 @@ halfway, gives the same result.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ class RebuildReport:
     events: int = 0
     duplicates: int = 0
     unreadable: int = 0
+    batches: int = 0
     seconds: float = 0.0
 
     @property
@@ -98,10 +101,20 @@ async def rebuild(
                 batch.append(ingestor.prepare(event, now, replay=True))
                 if len(batch) >= BATCH:
                     await _flush(store, batch, report)
+                    _crash_point(ingestor, report)
             advance(f.size_bytes)
         await _flush(store, batch, report)
+        _crash_point(ingestor, report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _crash_point(ingestor: Ingestor, report: RebuildReport) -> None:
+    """Fault injection for the crash tests: SIGKILL after the configured day or batch."""
+    limit = ingestor.settings.rebuild_crash_after_batches
+    report.batches += 1
+    if limit and report.batches >= limit:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 async def _flush(store: Store, batch: list[PreparedEvent], report: RebuildReport) -> None:

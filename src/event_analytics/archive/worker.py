@@ -145,6 +145,7 @@ class Archiver:
         if self.state != "running":
             self.state = "running"
             self.last_error = None
+            await self._beat(force=True)  # show the recovery at once
         return busy
 
     # -- leases and heartbeats --------------------------------------------------------

@@ -1,0 +1,316 @@
+"""The archive under crashes and faults, with real processes: each acked event once on disk,
+and counters rebuilt from it equal the live ones."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from tests.helpers import HTTP, event
+from tests.servers import EngineProcess, ServiceProcess, engine_binary
+from tests.test_faults import _hammer
+
+pytestmark = pytest.mark.slow
+LIMIT = 1_000_000
+
+
+@pytest.fixture
+def engine1(tmp_path: Path) -> Iterator[EngineProcess]:
+    """A fresh Valkey for one test (these tests kill and restart it)."""
+    proc = EngineProcess(engine_binary("valkey") or "", tmp_path / "engine")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def cli(
+    args: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "event_analytics", *args],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+class Archiver:
+    """``event-analytics archiver`` as a subprocess."""
+
+    def __init__(self, env: dict[str, str], log: Path, fsize: int | None = None) -> None:
+        def limit() -> None:
+            if fsize is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.RLIM_INFINITY))
+
+        self.log = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "event_analytics", "archiver"],
+            env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=limit,
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+        self.log.close()
+
+
+def archive_ids(root: Path) -> collections.Counter[str]:
+    # Complete lines only: a torn tail is no event (the archiver cuts it off on its next write).
+    files = sorted(root.glob("*/*/*/*.jsonl"))
+    lines = [ln for f in files for ln in f.read_bytes().split(b"\n")[:-1]]
+    return collections.Counter(orjson.loads(ln)["event_id"] for ln in lines)
+
+
+def wait_archived(url: str, timeout_s: float = 60) -> dict[str, Any]:
+    """Poll /persistent/status until nothing is left in the streams; the last status."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = HTTP.get(f"{url}/persistent/status", timeout=5).json()
+        stats = status["stats"]
+        if stats["stream_length"] == 0 and stats["pending_messages"] == 0:
+            return status
+        assert time.monotonic() < deadline, f"archive did not catch up: {status}"
+        time.sleep(0.1)
+
+
+def answers(svc: ServiceProcess, minutes: list[datetime]) -> list[Any]:
+    """Everything the read API says about the given minutes (compared before/after rebuild)."""
+    out = [HTTP.get(f"{svc.url}/analytics/page_views_per_minute?minutes=1440", timeout=10).json()]
+    for m in minutes:
+        key = f"page_view_{m.strftime('%Y-%m-%d_%H:%M')}"
+        out.append(HTTP.get(f"{svc.url}/analytics/minute-buckets/{key}", timeout=10).json())
+    return out
+
+
+def assert_rebuild_reproduces(
+    svc: ServiceProcess, env: dict[str, str], minutes: list[datetime]
+) -> None:
+    before = answers(svc, minutes)
+    assert sum(r["count"] for r in before[0]) > 0
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    client.flushall()
+    client.close()
+    assert answers(svc, minutes) != before
+    done = cli(["rebuild"], env)
+    assert done.returncode == 0, done.stderr
+    assert "events/s" in done.stdout
+    assert answers(svc, minutes) == before
+    checked = cli(["verify"], env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "0 differ" in checked.stdout
+
+
+def send(url: str, bodies: list[dict[str, Any]]) -> None:
+    for body in bodies:
+        r = HTTP.post(f"{url}/events", json=body)
+        assert r.status_code == 201, r.text
+
+
+def _minutes(n: int) -> list[datetime]:
+    base = datetime.now(UTC).replace(second=0, microsecond=0)
+    return [base - timedelta(minutes=i) for i in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("crash_at", ["after_write", "mid_line"])
+def test_archiver_sigkill_mid_batch_leaves_each_event_once(
+    engine1: EngineProcess, tmp_path: Path, crash_at: str
+) -> None:
+    root = tmp_path / "archive"
+    env = {"REDIS_URL": engine1.url, "EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_LEASE_S": "2"}
+    svc = ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
+    svc.start()
+    try:
+        minutes = _minutes(3)
+        bodies = [
+            event(user=f"u{i % 37}", ts=minutes[i % 3] + timedelta(seconds=i % 60))
+            for i in range(600)
+        ]
+        send(svc.url, bodies)
+        crasher = Archiver(env | {"EA_ARCHIVER_CRASH_AT": crash_at}, tmp_path / "a1.log")
+        assert crasher.proc.wait(timeout=60) == -signal.SIGKILL  # died at the crash point
+        crasher.stop()
+        on_disk = archive_ids(root)
+        stream = redis.Redis.from_url(engine1.url)
+        # Written (at least partly) but not acknowledged: all 600 still pending.
+        assert stream.xpending("ea:{0}:stream", "archiver")["pending"] == 600
+        if crash_at == "mid_line":
+            assert not next(root.glob("*/*/*/*.jsonl")).read_bytes().endswith(b"\n")
+        else:
+            assert sum(on_disk.values()) == 600
+        survivor = Archiver(env, tmp_path / "a2.log")
+        try:
+            wait_archived(svc.url)
+        finally:
+            survivor.stop()
+        assert archive_ids(root) == collections.Counter({b["event_id"]: 1 for b in bodies})
+        assert stream.xlen("ea:{0}:stream") == 0
+        stream.close()
+        assert_rebuild_reproduces(svc, env, minutes)
+    finally:
+        svc.stop()
+
+
+def test_rebuild_sigkilled_halfway_then_rerun(engine1: EngineProcess, tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    env = {"REDIS_URL": engine1.url, "EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_LEASE_S": "2"}
+    svc = ServiceProcess(tmp_path / "data", env=env)
+    svc.start()
+    try:
+        # Three days of events (the rebuild works day by day) , 5,000 in all.
+        now = datetime.now(UTC)
+        bodies = [
+            event(user=f"u{i % 101}", ts=now - timedelta(days=i % 3, minutes=1 + i % 50))
+            for i in range(5000)
+        ]
+        asyncio.run(_hammer(svc.url, bodies, len(bodies) + 1, lambda: None))
+        wait_archived(svc.url)
+        assert sum(archive_ids(root).values()) == 5000
+        minutes = sorted(
+            {
+                datetime.fromisoformat(b["timestamp"]).replace(second=0, microsecond=0)
+                for b in bodies
+            }
+        )[:50]
+        before = answers(svc, minutes)
+        client = redis.Redis.from_url(engine1.url)
+        client.flushall()
+        half = cli(["rebuild"], env | {"EA_REBUILD_CRASH_AFTER_BATCHES": "1"})
+        assert half.returncode == -signal.SIGKILL
+        partial = cli(["verify"], env)
+        assert partial.returncode == 1  # the kill left the counters incomplete
+        done = cli(["rebuild"], env)
+        assert done.returncode == 0, done.stderr
+        assert answers(svc, minutes) == before
+        again = cli(["rebuild"], env)  # idempotent: a second run changes nothing
+        assert again.returncode == 0
+        assert answers(svc, minutes) == before
+        assert cli(["verify"], env).returncode == 0
+        client.close()
+    finally:
+        svc.stop()
+
+
+def test_engine_kill9_under_load(engine1: EngineProcess, tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    env = {"REDIS_URL": engine1.url, "EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_LEASE_S": "2"}
+    svc = ServiceProcess(tmp_path / "data", env=env)
+    svc.start()
+    try:
+        minutes = _minutes(2)
+        bodies = [
+            event(user=f"u{i % 50}", ts=minutes[i % 2] + timedelta(seconds=i % 60))
+            for i in range(4000)
+        ]
+        restarted = []
+
+        def crash_engine() -> None:
+            engine1.kill()
+            restarted.append(True)
+
+        acked = asyncio.run(_hammer(svc.url, bodies[:2500], 800, crash_engine))
+        engine1.start()
+        # Resend everything that was not acknowledged (as a client would), then more.
+        retry = [b for b in bodies[:2500] if b["event_id"] not in acked] + bodies[2500:]
+        acked |= asyncio.run(_hammer(svc.url, retry, len(retry) + 1, lambda: None))
+        for body in retry:  # anything still refused mid-recovery: send until it lands
+            if body["event_id"] not in acked:
+                r = HTTP.post(f"{svc.url}/events", json=body, timeout=10)
+                assert r.status_code in (200, 201), r.text
+                acked.add(body["event_id"])
+        assert restarted and len(acked) == 4000
+        wait_archived(svc.url)
+        assert archive_ids(root) == collections.Counter({i: 1 for i in acked})
+        assert_rebuild_reproduces(svc, env, minutes)
+    finally:
+        svc.stop()
+
+
+def test_archive_full_blocks_then_resumes(engine1: EngineProcess, tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    env = {"REDIS_URL": engine1.url, "EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_BATCH": "50"}
+    svc = ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
+    svc.start()
+    archiver = Archiver(env, tmp_path / "a.log", fsize=20_000)  # ~80 lines fit
+    try:
+        bodies = [event(user=f"u{i}", ts=_minutes(1)[0]) for i in range(300)]
+        send(svc.url, bodies)
+        deadline = time.monotonic() + 30
+        while True:
+            status = HTTP.get(f"{svc.url}/persistent/status").json()
+            if status["status"] == "blocked":
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+        (state,) = status["archivers"]
+        assert "File too large" in state["last_error"]
+        written = sum(archive_ids(root).values())
+        assert written < 300
+        assert status["stats"]["stream_length"] == 300 - written  # nothing acked unwritten
+        assert max(f.stat().st_size for f in root.glob("*/*/*/*.jsonl")) <= 20_000
+        # The fault clears (more space): the archiver resumes by itself.
+        resource.prlimit(archiver.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+        final = wait_archived(svc.url)
+        assert final["status"] == "healthy"
+        assert archive_ids(root) == collections.Counter({b["event_id"]: 1 for b in bodies})
+    finally:
+        archiver.stop()
+        svc.stop()
+
+
+def test_two_archivers_share_and_take_over(engine1: EngineProcess, tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    env = {
+        "REDIS_URL": engine1.url, "EA_ARCHIVE_DIR": str(root), "EA_SHARDS": "4",
+        "EA_ARCHIVER_LEASE_S": "2", "EA_ARCHIVER_BATCH": "100",
+    }  # fmt: skip
+    svc = ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
+    svc.start()
+    first, second = Archiver(env, tmp_path / "a1.log"), Archiver(env, tmp_path / "a2.log")
+    try:
+        minutes = _minutes(2)
+        bodies = [
+            event(user=f"u{i % 200}", ts=minutes[i % 2] + timedelta(seconds=i % 60))
+            for i in range(2000)
+        ]
+        # They split the 4 shards between them (leases in Redis): 2 each.
+        deadline = time.monotonic() + 20
+        while True:
+            held = [
+                a["shards"] for a in HTTP.get(f"{svc.url}/persistent/status").json()["archivers"]
+            ]
+            if sorted(len(h) for h in held) == [2, 2]:
+                break
+            assert time.monotonic() < deadline, held
+            time.sleep(0.1)
+        assert sorted(held[0] + held[1]) == [0, 1, 2, 3]
+        asyncio.run(_hammer(svc.url, bodies[:1000], 1001, lambda: None))
+        status = wait_archived(svc.url)
+        shares = {a["name"]: a["events_archived"] for a in status["archivers"]}
+        assert len(shares) == 2 and all(n > 0 for n in shares.values()), shares
+        # One dies mid-stream; the other takes its shards over when the lease lapses.
+        asyncio.run(_hammer(svc.url, bodies[1000:], 300, first.kill))
+        status = wait_archived(svc.url)
+        assert archive_ids(root) == collections.Counter({b["event_id"]: 1 for b in bodies})
+        assert_rebuild_reproduces(svc, env, minutes)
+    finally:
+        first.stop()
+        second.stop()
+        svc.stop()
