@@ -11,14 +11,24 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from event_analytics import __version__
-from event_analytics.api import analytics, events, health, persistent, problems
+from event_analytics.api import analytics, events, health, metrics, persistent, problems
 from event_analytics.config import Settings, get_settings
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
+from event_analytics.metrics import ArchiveGauges
 from event_analytics.model import Event
 from event_analytics.store import Store, connect
 
 EMBEDDED_ENV = "EA_EMBEDDED_ENGINE"
+
+
+async def archive_gauges(app: FastAPI) -> ArchiveGauges | None:
+    """Archive lag and dead letters for /metrics, read at scrape time; None while unknown.
+
+    The archiver knows both (its stream backlog and dead-letter stream): connecting it
+    here makes them real; until then /metrics reports them as NaN.
+    """
+    return None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,8 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.embedded = os.environ.get(EMBEDDED_ENV) == "1"
     app.state.archiver_running = False
+    app.state.archive_probe = archive_gauges
     problems.install(app)
-    for module in (health, events, analytics, persistent):
+    app.add_middleware(metrics.RequestTimer)
+    for module in (health, events, analytics, persistent, metrics):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
