@@ -63,7 +63,13 @@ ENGINE_ERRORS = Counter(
     ["kind"],
 )
 
-_type_labels: set[str] = set()
+# Series that exist from the start at 0, so that rate() and alerts see the first event.
+for _outcome in ("accepted", "duplicate", "rejected"):
+    EVENTS.labels(_outcome, "page_view")
+for _kind in ("unreachable", "busy"):
+    ENGINE_ERRORS.labels(_kind)
+
+_type_labels: set[str] = {"page_view"}
 
 
 def _type_label(event_type: str) -> str:
