@@ -177,8 +177,9 @@ class LoadTest:
                 )
             if not 200 <= r.status < 300:
                 return [_outcome_of_status(r.status, duplicate=False)] * len(bodies)
-        results = orjson.loads(raw).get("results", [])
-        if len(results) != len(bodies):
+        answer = orjson.loads(raw)
+        results = answer.get("results") if isinstance(answer, dict) else answer
+        if not isinstance(results, list) or len(results) != len(bodies):
             return [Outcome.ERROR] * len(bodies)
         return [_outcome_of_result(item) for item in results]
 
