@@ -74,7 +74,6 @@ class SentEvent:
     # True: some copy was acknowledged (201/200). False: every answer said "not stored".
     # None: a copy got no answer, so it may or may not be stored.
     stored: bool | None = False
-    unanswered: int = 0
 
 
 @dataclass(slots=True)
@@ -141,18 +140,22 @@ class LoadTest:
         self.tally.events.append(sent)
         return sent
 
-    def _take(self) -> list[tuple[SentEvent, bool]]:
-        """The next request's events, each with 'was already acknowledged' for resends."""
-        size = self.o.batch or 1
+    def _reserve(self) -> range:
+        """The slots of the next request (empty when all are taken)."""
+        first = self._next_slot
+        if not self._stopped:
+            self._next_slot = min(first + (self.o.batch or 1), self.o.events)
+        return range(first, self._next_slot)
+
+    def _build(self, slots: range) -> list[tuple[SentEvent, bool]]:
+        """The slots' events, each with 'was already acknowledged' for resends."""
         chunk: list[tuple[SentEvent, bool]] = []
-        while len(chunk) < size and self._next_slot < self.o.events and not self._stopped:
-            slot = self._next_slot
-            self._next_slot += 1
-            if self.resend_slots[slot]:
+        for slot in slots:
+            # (Under --rate a later slot may be built first: then there is nothing to resend.)
+            if self.resend_slots[slot] and self.tally.events:
                 self.tally.resends += 1
                 # Prefer an acknowledged event: its resend must come back as a duplicate.
-                pool = self._acked or self.tally.events
-                again = self.rng.choice(pool)
+                again = self.rng.choice(self._acked or self.tally.events)
                 chunk.append((again, again.stored is True))
             else:
                 chunk.append((self._new_event(), False))
@@ -161,7 +164,7 @@ class LoadTest:
     async def _post_one(self, session: aiohttp.ClientSession, body: bytes) -> list[Outcome]:
         async with session.post("/events", data=body, headers=JSON) as r:
             await r.read()
-            return [_outcome_of_status(r.status, duplicate=r.status == 200)]
+            return [_outcome_of_status(r.status)]
 
     async def _post_batch(
         self, session: aiohttp.ClientSession, bodies: list[bytes]
@@ -176,7 +179,7 @@ class LoadTest:
                     "endpoint yet; run without --batch to send events one by one"
                 )
             if not 200 <= r.status < 300:
-                return [_outcome_of_status(r.status, duplicate=False)] * len(bodies)
+                return [_outcome_of_status(r.status)] * len(bodies)
         answer = orjson.loads(raw)
         results = answer.get("results") if isinstance(answer, dict) else answer
         if not isinstance(results, list) or len(results) != len(bodies):
@@ -192,19 +195,20 @@ class LoadTest:
                 sent.stored = True
                 if was_acked and outcome is Outcome.ACCEPTED:
                     self.tally.resends_recounted += 1
-            elif outcome is Outcome.ERROR:
-                sent.unanswered += 1
-                if sent.stored is False:
-                    sent.stored = None
+            elif outcome is Outcome.ERROR and sent.stored is False:
+                sent.stored = None
 
     async def _client(
         self, session: aiohttp.ClientSession, start: float, progress: Progress, task: TaskID
     ) -> None:
-        while chunk := self._take():
+        while slots := self._reserve():
             if self.o.rate > 0:
                 # The schedule is shared: event k is due k/R seconds after the start.
-                due = start + (self._next_slot - len(chunk)) / self.o.rate
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                await asyncio.sleep(
+                    max(0.0, start + slots.start / self.o.rate - time.perf_counter())
+                )
+            # Built only now, so that its timestamp is the time it is sent.
+            chunk = self._build(slots)
             bodies = [sent.body for sent, _ in chunk]
             began = time.perf_counter()
             try:
@@ -256,11 +260,11 @@ async def check_ready(session: aiohttp.ClientSession) -> None:
         raise CannotRun(f"cannot reach the service: {exc or type(exc).__name__}") from None
 
 
-def _outcome_of_status(status: int, *, duplicate: bool) -> Outcome:
+def _outcome_of_status(status: int) -> Outcome:
     if status == 201:
         return Outcome.ACCEPTED
     if status == 200:
-        return Outcome.DUPLICATE if duplicate else Outcome.ACCEPTED
+        return Outcome.DUPLICATE
     if status in (429, 503):
         return Outcome.UNAVAILABLE
     if 400 <= status < 500:
