@@ -7,7 +7,9 @@ DATA_DIR ?= ./data
 WORKERS ?=
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+EVENTS ?= 3000
+
+.PHONY: run test lint bench clean loadtest status
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,13 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed
 	$(BIN)/event-analytics serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) $(if $(WORKERS),--workers $(WORKERS))
+
+# Against a running `make run` (same HOST/PORT): load, report, count check (exit 0 = PASS).
+loadtest: $(VENV)/.installed
+	$(BIN)/event-analytics loadtest --url http://$(HOST):$(PORT) --events $(EVENTS)
+
+status: $(VENV)/.installed
+	$(BIN)/event-analytics status --url http://$(HOST):$(PORT)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.servers import EngineProcess, ServiceProcess, engine_binary
+from tests.servers import EngineProcess, ServiceProcess, engine_binary, free_port
 
 ENGINES = ["valkey", "redis"]
 
@@ -60,3 +60,15 @@ def service(
 def live(service: ServiceProcess, redis_url: str) -> ServiceProcess:
     """The service, with its engine emptied before the test."""
     return service
+
+
+@pytest.fixture(scope="session")
+def engine_down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The service pointed at a port where no engine listens: alive, never ready."""
+    data_dir = tmp_path_factory.mktemp("engine-down")
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    svc = ServiceProcess(data_dir / "data", env={"REDIS_URL": url})
+    svc.start(wait=False)
+    svc.wait_alive()
+    yield svc
+    svc.stop()

@@ -143,6 +143,19 @@ class ServiceProcess:
                 raise AssertionError(f"serve not ready: {self.output()}")
             time.sleep(0.1)
 
+    def wait_alive(self, timeout_s: float = 60.0) -> None:
+        """Until /health/ answers (readiness aside: the engine may be down on purpose)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.proc is not None and self.proc.poll() is None, self.output()
+            try:
+                if httpx.get(f"{self.url}/health/", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"serve not alive: {self.output()}"
+            time.sleep(0.1)
+
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 

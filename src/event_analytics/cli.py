@@ -1,4 +1,4 @@
-"""Command line: serve | archiver | rebuild | verify."""
+"""Command line: serve | archiver | rebuild | verify | loadtest | status."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from event_analytics.config import Settings
 
 log = logging.getLogger("event_analytics")
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class _Terminated(Exception):
@@ -48,6 +49,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from event_analytics import metrics_dir
+
+    # First of all: every module that imports prometheus_client must see this variable,
+    # the store's included, and the worker processes inherit it.
+    run_dir = metrics_dir.prepare(settings.data_dir)
+    try:
+        return _run_service(args, settings)
+    finally:
+        metrics_dir.remove(run_dir)
+
+
+def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from event_analytics.store.embedded import (
@@ -129,6 +142,40 @@ def _archiver(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     return _with_engine(settings, run)
+
+
+def _loadtest(args: argparse.Namespace, settings: Settings) -> int:
+    from event_analytics.loadtest import Options, main
+
+    options = Options(
+        url=args.url,
+        events=args.events,
+        concurrency=args.concurrency,
+        batch=args.batch,
+        rate=args.rate,
+        duplicates=args.duplicates,
+        users=args.users,
+        seed=args.seed,
+        timeout_s=args.timeout,
+    )
+    return main(options)
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from event_analytics.status import main
+
+    return main(args.url, args.minutes)
+
+
+def _bounded(kind: type[int] | type[float], low: float, high: float | None = None) -> Any:
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}")
+        return value
+
+    return parse
 
 
 def _when(text: str) -> datetime:
@@ -240,6 +287,41 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "rebuild":
             p.add_argument("--force", action="store_true", help="even with unarchived events")
         p.set_defaults(func=func)
+
+    load = sub.add_parser(
+        "loadtest",
+        help="send page views, report throughput and latency, check the counts (exit 0 = PASS)",
+    )
+    load.add_argument("--url", default=DEFAULT_URL, help=f"service URL (default {DEFAULT_URL})")
+    load.add_argument("--events", type=_bounded(int, 1), default=1000, help="events to send")
+    load.add_argument(
+        "--concurrency", type=_bounded(int, 1, 1024), default=32, help="connections (default 32)"
+    )
+    load.add_argument(
+        "--batch", type=_bounded(int, 1, 1000), help="events per POST /events/batch request"
+    )
+    load.add_argument(
+        "--rate", type=_bounded(float, 0), default=0.0, help="events/s over all connections"
+    )
+    load.add_argument(
+        "--duplicates",
+        type=_bounded(float, 0, 0.99),
+        default=0.0,
+        help="share of events that resend an earlier one (must come back as duplicates)",
+    )
+    load.add_argument("--users", type=_bounded(int, 1), default=100, help="distinct users u0..")
+    load.add_argument("--seed", type=int, help="random seed for users, pages and resends")
+    load.add_argument(
+        "--timeout", type=_bounded(float, 0.1), default=10.0, help="per request, seconds"
+    )
+    load.set_defaults(func=_loadtest)
+
+    status = sub.add_parser(
+        "status", help="health, the last minutes' counts and the archive (exit 1 = not ready)"
+    )
+    status.add_argument("--url", default=DEFAULT_URL, help=f"service URL (default {DEFAULT_URL})")
+    status.add_argument("--minutes", type=_bounded(int, 1, 1440), default=10, help="minutes shown")
+    status.set_defaults(func=_status)
     return parser
 
 

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from event_analytics import metrics
 from event_analytics.config import Settings
 from event_analytics.keys import Keys
-from event_analytics.model import Event, FieldError, InvalidEvent, decode_event
+from event_analytics.model import Event, FieldError, InvalidEvent, MalformedJSON, decode_event
 from event_analytics.store import PreparedEvent, Store
 from event_analytics.timebucket import Interval, bucket_end_epoch, floor, iso_z, to_utc
 
@@ -118,10 +119,23 @@ class Ingestor:
 
     async def ingest(self, event: Event) -> IngestResult:
         """Store one event; returns only after the engine acknowledged it."""
-        prepared = self.prepare(event, datetime.now(UTC))
+        try:
+            prepared = self.prepare(event, datetime.now(UTC))
+        except InvalidEvent as exc:
+            metrics.event_rejected(exc.errors[0].code, event.event_type)
+            raise
         (new,) = await self.store.ingest([prepared])
+        metrics.event_stored(event.event_type, duplicate=not new)
         return IngestResult(event_id=str(event.event_id), duplicate=not new)
 
     async def ingest_json(self, body: bytes) -> IngestResult:
         """Decode, validate and store one event given as raw JSON."""
-        return await self.ingest(decode_event(body))
+        try:
+            event = decode_event(body)
+        except MalformedJSON:
+            metrics.event_rejected("malformed_json")
+            raise
+        except InvalidEvent as exc:
+            metrics.event_rejected(exc.errors[0].code)
+            raise
+        return await self.ingest(event)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,16 +12,29 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from event_analytics import __version__
-from event_analytics.api import analytics, events, health, persistent, problems
+from event_analytics.api import analytics, events, health, metrics, persistent, problems
 from event_analytics.archive.files import LineCounter
 from event_analytics.config import Settings, get_settings
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
-from event_analytics.model import Event
+from event_analytics.metrics import ArchiveGauges
+from event_analytics.model import Event, StorageUnavailable
 from event_analytics.store import Store, connect
 from event_analytics.store.streams import StreamStore
 
 EMBEDDED_ENV = "EA_EMBEDDED_ENGINE"
+
+
+async def archive_gauges(app: FastAPI) -> ArchiveGauges | None:
+    """Archive lag and dead letters for /metrics, read at scrape time; None while unknown."""
+    streams: StreamStore = app.state.streams
+    try:
+        backlog = await streams.backlog()
+    except StorageUnavailable:
+        return None
+    oldest = backlog["oldest_unarchived_ms"]
+    lag = max(0.0, time.time() - oldest / 1000) if oldest else 0.0
+    return ArchiveGauges(lag_seconds=lag, dead_letters=backlog["dead_letters"])
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,8 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.embedded = os.environ.get(EMBEDDED_ENV) == "1"
     app.state.line_counter = LineCounter()
+    app.state.archive_probe = archive_gauges
     problems.install(app)
-    for module in (health, events, analytics, persistent):
+    app.add_middleware(metrics.RequestTimer)
+    for module in (health, events, analytics, persistent, metrics):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

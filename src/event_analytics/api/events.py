@@ -6,10 +6,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from event_analytics import metrics
 from event_analytics.api import deps
 from event_analytics.api.body import read_limited, require_json
-from event_analytics.api.problems import problem_responses
+from event_analytics.api.problems import UnsupportedMediaType, problem_responses
 from event_analytics.api.render import json_response
+from event_analytics.model import BodyTooLarge
 
 router = APIRouter(tags=["events"])
 
@@ -47,8 +49,15 @@ DUPLICATE = "Duplicate event_id: already counted, nothing changed"
     },
 )
 async def post_event(request: Request) -> Response:
-    require_json(request)
-    body = await read_limited(request, deps.settings(request).max_body_bytes)
+    try:
+        require_json(request)
+        body = await read_limited(request, deps.settings(request).max_body_bytes)
+    except UnsupportedMediaType:
+        metrics.event_rejected("unsupported_media_type")
+        raise
+    except BodyTooLarge:
+        metrics.event_rejected("body_too_large")
+        raise
     result = await deps.ingestor(request).ingest_json(body)
     return json_response(
         {

@@ -15,6 +15,7 @@ from redis import exceptions as rx
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from event_analytics import metrics
 from event_analytics.config import Settings
 from event_analytics.keys import Keys
 from event_analytics.model import StorageUnavailable
@@ -54,9 +55,11 @@ async def engine_errors() -> AsyncIterator[None]:
     try:
         yield
     except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+        metrics.engine_error("unreachable")
         raise StorageUnavailable(f"storage unreachable: {type(exc).__name__}") from exc
     except rx.ResponseError as exc:
         if _is_transient(exc):
+            metrics.engine_error("busy")
             raise StorageUnavailable(f"storage busy: {str(exc).split(' ', 1)[0]}") from exc
         raise
 

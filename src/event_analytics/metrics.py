@@ -1,0 +1,152 @@
+"""Prometheus metrics: definitions, the recording helpers the service calls, the scrape.
+
+With several worker processes ``serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` before any
+worker starts; prometheus-client reads it when it is first imported, so nothing may
+import this module (or prometheus_client) earlier in ``serve``. Each worker then writes
+its values to files there and a scrape, served by any worker, adds them all up.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Decided with prometheus-client's own choice, at import: values live in files or in memory.
+MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Valid event types start with a letter (model.EVENT_TYPE_PATTERN): these never collide.
+UNKNOWN_TYPE = "_unknown"
+OTHER_TYPE = "_other"
+# Event types are client-chosen names: past this many per process, new ones share a label
+# so a client cannot grow the number of time series without bound.
+MAX_EVENT_TYPE_LABELS = 100
+
+EVENTS = Counter(
+    "ea_events",
+    "Events by outcome (accepted, duplicate, rejected) and event type",
+    ["outcome", "event_type"],
+)
+REJECTIONS = Counter(
+    "ea_event_rejections",
+    "Rejected events by the reason code of their first error",
+    ["code"],
+)
+HTTP_DURATION = Histogram(
+    "ea_http_request_duration_seconds",
+    "HTTP request latency by method, route template and status",
+    ["method", "route", "status"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BATCH_SIZE = Histogram(
+    "ea_batch_size_events",
+    "Events per POST /events/batch request",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+ENGINE_ERRORS = Counter(
+    "ea_engine_errors",
+    "Storage engine calls that failed as unavailable (answered 503), by kind",
+    ["kind"],
+)
+
+# Series that exist from the start at 0, so that rate() and alerts see the first event.
+for _outcome in ("accepted", "duplicate", "rejected"):
+    EVENTS.labels(_outcome, "page_view")
+for _kind in ("unreachable", "busy"):
+    ENGINE_ERRORS.labels(_kind)
+
+_type_labels: set[str] = {"page_view"}
+
+
+def _type_label(event_type: str) -> str:
+    if event_type in _type_labels:
+        return event_type
+    if len(_type_labels) >= MAX_EVENT_TYPE_LABELS:
+        return OTHER_TYPE
+    _type_labels.add(event_type)
+    return event_type
+
+
+def event_stored(event_type: str, duplicate: bool) -> None:
+    """Count one event the engine acknowledged, new or duplicate."""
+    EVENTS.labels("duplicate" if duplicate else "accepted", _type_label(event_type)).inc()
+
+
+def event_rejected(code: str, event_type: str | None = None) -> None:
+    """Count one refused event; ``event_type`` only when it was read and valid."""
+    EVENTS.labels("rejected", _type_label(event_type) if event_type else UNKNOWN_TYPE).inc()
+    REJECTIONS.labels(code).inc()
+
+
+def batch_received(size: int) -> None:
+    """Record the number of events in one batch request."""
+    BATCH_SIZE.observe(size)
+
+
+def engine_error(kind: str) -> None:
+    """Count one call that found the engine unreachable or busy."""
+    ENGINE_ERRORS.labels(kind).inc()
+
+
+def http_request(method: str, route: str, status: int, seconds: float) -> None:
+    """Record one HTTP request's latency."""
+    HTTP_DURATION.labels(method, route, str(status)).observe(seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveGauges:
+    """Archive health at scrape time: how far behind the archiver is, and its dead letters."""
+
+    lag_seconds: float
+    dead_letters: int
+
+
+class _ArchiveCollector(Collector):
+    def __init__(self, gauges: ArchiveGauges | None) -> None:
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        # NaN, not 0, while unknown: a lag of 0 would claim an archiver that is caught up.
+        lag = self.gauges.lag_seconds if self.gauges else math.nan
+        dead = float(self.gauges.dead_letters) if self.gauges else math.nan
+        yield GaugeMetricFamily(
+            "ea_archive_lag_seconds",
+            "Age of the oldest event not yet archived (NaN while unknown)",
+            value=lag,
+        )
+        yield GaugeMetricFamily(
+            "ea_archive_dead_letters",
+            "Events in the archiver's dead-letter stream (NaN while unknown)",
+            value=dead,
+        )
+
+
+def _registries(archive: ArchiveGauges | None) -> Iterable[CollectorRegistry]:
+    if MULTIPROCESS:
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        yield merged
+    else:
+        yield REGISTRY
+    extra = CollectorRegistry()
+    extra.register(_ArchiveCollector(archive))
+    yield extra
+
+
+def scrape(archive: ArchiveGauges | None) -> bytes:
+    """The Prometheus text exposition of every metric, summed over worker processes."""
+    return b"".join(generate_latest(r) for r in _registries(archive))

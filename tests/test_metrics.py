@@ -1,0 +1,155 @@
+"""GET /metrics over HTTP: outcomes, route templates, engine errors, and several workers."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import httpx
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from event_analytics import metrics_dir
+from tests.helpers import event, seed_key
+from tests.scrape import Samples, events, scrape, value
+from tests.servers import EngineProcess, ServiceProcess
+
+DURATION = "ea_http_request_duration_seconds_count"
+JSON = {"content-type": "application/json"}
+
+
+def delta(after: Samples, before: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+def test_outcomes_reasons_and_routes(live: ServiceProcess) -> None:
+    url = live.url
+    before = scrape(url)
+    ok = [event(user=f"m{i}") for i in range(3)]
+    for body in ok:
+        assert httpx.post(f"{url}/events", json=body).status_code == 201
+    assert httpx.post(f"{url}/events", json=ok[0]).status_code == 200
+    old = event(event_type="signup", url=None, ts=datetime.now(UTC) - timedelta(days=30))
+    assert httpx.post(f"{url}/events", json=old).status_code == 422
+    assert httpx.post(f"{url}/events", json=event(user="bad user")).status_code == 422
+    assert httpx.post(f"{url}/events", content=b"{", headers=JSON).status_code == 400
+    assert httpx.post(f"{url}/events", content=b"{}").status_code == 415
+    key = seed_key(datetime.now(UTC))
+    assert httpx.get(f"{url}/analytics/minute-buckets/{key}").status_code == 200
+    assert httpx.get(f"{url}/no/such/{key}").status_code == 404
+    after = scrape(url)
+
+    assert events(after, "accepted") - events(before, "accepted") == 3
+    assert events(after, "duplicate") - events(before, "duplicate") == 1
+    # A rejected event keeps its type when it was read and valid, else "_unknown".
+    assert events(after, "rejected", "signup") - events(before, "rejected", "signup") == 1
+    assert events(after, "rejected", "_unknown") - events(before, "rejected", "_unknown") == 3
+    reasons = {"timestamp_too_old", "string_pattern_mismatch", "malformed_json"}
+    for code in (*reasons, "unsupported_media_type"):
+        assert delta(after, before, "ea_event_rejections_total", code=code) == 1, code
+    # Latency by route template and status: never the raw path.
+    assert delta(after, before, DURATION, method="POST", route="/events", status="201") == 3
+    assert delta(after, before, DURATION, method="POST", route="/events", status="415") == 1
+    template = "/analytics/minute-buckets/{minute_key}"
+    assert delta(after, before, DURATION, method="GET", route=template, status="200") == 1
+    assert delta(after, before, DURATION, method="GET", route="unmatched", status="404") == 1
+    label_values = {v for _, labels in after for _, v in labels}
+    assert not any(key in v for v in label_values)
+    # Exposed before the batch endpoint exists to feed it.
+    assert ("ea_batch_size_events_count", frozenset()) in after
+    # The archiver runs inside serve: its lag is known (finite) and nothing is dead-lettered.
+    assert math.isfinite(value(after, "ea_archive_lag_seconds"))
+    assert value(after, "ea_archive_dead_letters") == 0
+
+
+def test_engine_errors_are_counted(engine_down: ServiceProcess) -> None:
+    before = scrape(engine_down.url)
+    r = httpx.post(f"{engine_down.url}/events", json=event(), timeout=10)
+    assert r.status_code == 503
+    after = scrape(engine_down.url)
+    assert delta(after, before, "ea_engine_errors_total", kind="unreachable") >= 1
+    assert events(after, "accepted") == events(before, "accepted")
+    # With the engine down the archive's state is unknown: NaN, never a reassuring 0.
+    assert math.isnan(value(after, "ea_archive_lag_seconds"))
+
+
+@pytest.fixture
+def two_workers(engine: EngineProcess, redis_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
+    svc = ServiceProcess(tmp_path / "data", env={"REDIS_URL": redis_url}, workers=2)
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+async def _send(url: str, count: int) -> None:
+    # Fresh connections opened together: the kernel hands them to both workers.
+    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=16)) as session:
+
+        async def one() -> None:
+            body = orjson.dumps(event(user="w"))
+            async with session.post("/events", data=body, headers=JSON) as r:
+                assert r.status == 201
+
+        await asyncio.gather(*(one() for _ in range(count)))
+
+
+def _per_worker(run_dir: Path, tmp: Path) -> list[float]:
+    """Accepted page views as each worker process wrote them (prometheus-client reads them)."""
+    found = []
+    for db in sorted(run_dir.glob("counter_*.db")):
+        alone = tmp / db.stem
+        alone.mkdir(exist_ok=True)
+        shutil.copy(db, alone / db.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(alone))
+        got = registry.get_sample_value(
+            "ea_events_total", {"outcome": "accepted", "event_type": "page_view"}
+        )
+        found.append(got or 0.0)
+    return found
+
+
+@pytest.mark.parametrize("engine", ["valkey"], indirect=True)
+def test_two_workers_add_up(two_workers: ServiceProcess, tmp_path: Path) -> None:
+    (run_dir,) = (two_workers.data_dir / "metrics").iterdir()
+    sent = 0
+    # Until both workers took some (bounded: the kernel spreads connections, not evenly).
+    for _ in range(10):
+        asyncio.run(_send(two_workers.url, 100))
+        sent += 100
+        per_worker = _per_worker(run_dir, tmp_path)
+        if sum(1 for v in per_worker if v > 0) >= 2:
+            break
+    assert sum(1 for v in per_worker if v > 0) >= 2, per_worker
+    assert sum(per_worker) == sent
+    # Whichever worker answers the scrape, it reports the total of both.
+    for _ in range(6):
+        samples = scrape(two_workers.url)
+        assert events(samples, "accepted") == sent
+        assert value(samples, DURATION, method="POST", route="/events", status="201") == sent
+
+
+def test_run_dir_is_new_per_run_and_stale_ones_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(metrics_dir.ENV, raising=False)
+    root = tmp_path / "metrics"
+    dead = root / "999999999"  # above any pid: a run that died without cleaning up
+    alive = root / "1"  # init: a live serve keeps its own
+    for d in (dead, alive):
+        d.mkdir(parents=True)
+        (d / "counter_1.db").write_bytes(b"x")
+    mine = metrics_dir.prepare(tmp_path)
+    assert not dead.exists() and alive.exists()
+    assert list(mine.iterdir()) == []
+    assert os.environ[metrics_dir.ENV] == str(mine.resolve())
+    metrics_dir.remove(mine)
+    assert not mine.exists()
