@@ -44,3 +44,7 @@ test: lint
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Throughput/latency ratios measured in one run (not part of `make test`).
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)

@@ -84,7 +84,8 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
             print(f"event-analytics: {exc}", file=sys.stderr)
             lock.release()
             return 1
-        os.environ["EA_REDIS_URL"] = engine.url
+        # Both names: children must not read an empty REDIS_URL left in the environment.
+        os.environ["EA_REDIS_URL"] = os.environ["REDIS_URL"] = engine.url
         os.environ["EA_EMBEDDED_ENGINE"] = "1"
         log.info("storage: embedded engine, data in %s", Path(settings.data_dir).resolve())
     else:

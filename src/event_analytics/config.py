@@ -34,6 +34,8 @@ class Settings(BaseSettings):
 
     # Ingest rules.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_batch_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_batch_events: int = Field(default=1000, ge=1, le=10_000)
     future_skew_s: int = Field(default=5 * 60, ge=0)
     max_age_s: int = Field(default=7 * 24 * 3600, ge=60)
     max_payload_properties: int = Field(default=32, ge=1, le=1024)

@@ -4,21 +4,42 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from event_analytics import metrics
+from event_analytics.batcher import GroupCommit
 from event_analytics.config import Settings
 from event_analytics.keys import Keys
-from event_analytics.model import Event, FieldError, InvalidEvent, MalformedJSON, decode_event
+from event_analytics.model import (
+    EVENT_ADAPTER,
+    Event,
+    FieldError,
+    InvalidEvent,
+    MalformedJSON,
+    decode_event,
+    errors_from_validation,
+)
 from event_analytics.store import PreparedEvent, Store
-from event_analytics.timebucket import Interval, bucket_end_epoch, floor, iso_z, to_utc
+from event_analytics.timebucket import iso_z, to_utc
 
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
     event_id: str
     duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """One event of a batch: accepted, duplicate, or rejected with its reasons."""
+
+    index: int
+    event_id: str | None
+    status: str
+    errors: tuple[FieldError, ...] = ()
 
 
 class Ingestor:
@@ -30,6 +51,17 @@ class Ingestor:
         self.keys: Keys = store.keys
         self._skew = timedelta(seconds=settings.future_skew_s)
         self._max_age = timedelta(seconds=settings.max_age_s)
+        self.batcher: GroupCommit | None = None
+
+    def start_batching(self) -> None:
+        """Share storage round trips between concurrent requests (inside a running loop)."""
+        self.batcher = GroupCommit(self.store, max_batch=self.settings.max_batch_events)
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+
+    # -- validation -------------------------------------------------------------------
 
     def check_time(self, event: Event, now: datetime) -> datetime:
         """The event's UTC timestamp, or InvalidEvent when outside the accepted window."""
@@ -46,76 +78,81 @@ class Ingestor:
         return ts
 
     def _too_old(self, now: datetime) -> InvalidEvent:
+        earliest = iso_z(now - self._max_age)
         return InvalidEvent(
             [
                 FieldError(
                     "timestamp_too_old",
                     "timestamp",
                     f"timestamp is older than the accepted {self.settings.max_age_s} s "
-                    f"(earliest now: {iso_z(now - self._max_age)})",
+                    f"(earliest now: {earliest})",
                 )
             ]
         )
 
     def _future(self, now: datetime) -> InvalidEvent:
+        latest = iso_z(now + self._skew)
         return InvalidEvent(
             [
                 FieldError(
                     "timestamp_in_future",
                     "timestamp",
                     f"timestamp is more than {self.settings.future_skew_s} s in the future "
-                    f"(latest now: {iso_z(now + self._skew)})",
+                    f"(latest now: {latest})",
                 )
             ]
         )
+
+    # -- preparation ------------------------------------------------------------------
 
     def prepare(self, event: Event, now: datetime, *, replay: bool = False) -> PreparedEvent:
         """Key names, expiry times and the archived record for one valid event.
 
         ``replay`` (rebuild from the archive) skips the acceptance window, which applied
         when the event first arrived, and the record, which is not streamed again.
+        This runs once per event on the hot path: labels are cut from one isoformat()
+        and bucket ends computed in integers, not with strftime and datetime arithmetic.
         """
         ts = to_utc(event.timestamp) if replay else self.check_time(event, now)
         s = self.settings
         shard = self.keys.shard_of(event.user_id)
-        minute, hour, day = (floor(ts, i) for i in Interval)
-        etype = event.event_type
-        k = self.keys
-        keys = (
-            k.seen(shard, hour),
-            k.count(shard, etype, Interval.MINUTE, minute),
-            k.users(shard, etype, Interval.MINUTE, minute),
-            k.count(shard, etype, Interval.HOUR, hour),
-            k.hll(shard, etype, Interval.HOUR, hour),
-            k.count(shard, etype, Interval.DAY, day),
-            k.hll(shard, etype, Interval.DAY, day),
-        )
-        record = (
-            b""
-            if replay
-            else orjson.dumps(
+        iso = ts.isoformat()  # YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00
+        keys = self.keys.event_keys(shard, event.event_type, iso[:16], iso[:13], iso[:10])
+        epoch = int(ts.timestamp())
+        minute_end = epoch - epoch % 60 + 60
+        hour_end = epoch - epoch % 3600 + 3600
+        day_end = epoch - epoch % 86400 + 86400
+        if replay:
+            record = b""
+        else:
+            record = orjson.dumps(
                 {
                     "event_id": str(event.event_id),
                     "user_id": event.user_id,
-                    "timestamp": iso_z(ts),
-                    "event_type": etype,
+                    "timestamp": iso[:-6] + "Z",
+                    "event_type": event.event_type,
                     "payload": event.payload.model_dump(exclude_none=True),
                     "received_at": iso_z(now),
                 }
             )
-        )
-        hour_end = bucket_end_epoch(hour, Interval.HOUR)
         args = (
             event.event_id.bytes,
             event.user_id,
             # An id is remembered for as long as an event with its timestamp is accepted.
             hour_end + s.dedup_window_s + 60,
-            bucket_end_epoch(minute, Interval.MINUTE) + s.minute_retention_s,
+            minute_end + s.minute_retention_s,
             hour_end + s.hour_retention_s,
-            bucket_end_epoch(day, Interval.DAY) + s.day_retention_s,
+            day_end + s.day_retention_s,
             record,
         )
         return PreparedEvent(shard=shard, keys=keys, args=args)
+
+    async def _store(self, prepared: list[PreparedEvent]) -> list[bool]:
+        if self.batcher is not None:
+            return await self.batcher.submit(prepared)
+        return await self.store.ingest(prepared)
+
+    # -- one event --------------------------------------------------------------------
 
     async def ingest(self, event: Event) -> IngestResult:
         """Store one event; returns only after the engine acknowledged it."""
@@ -124,7 +161,7 @@ class Ingestor:
         except InvalidEvent as exc:
             metrics.event_rejected(exc.errors[0].code, event.event_type)
             raise
-        (new,) = await self.store.ingest([prepared])
+        (new,) = await self._store([prepared])
         metrics.event_stored(event.event_type, duplicate=not new)
         return IngestResult(event_id=str(event.event_id), duplicate=not new)
 
@@ -139,3 +176,66 @@ class Ingestor:
             metrics.event_rejected(exc.errors[0].code)
             raise
         return await self.ingest(event)
+
+    # -- a batch ----------------------------------------------------------------------
+
+    async def ingest_batch_json(self, body: bytes) -> list[ItemResult]:
+        """Validate each event of ``{"events": [...]}`` on its own; store the valid ones.
+
+        One bad event never spoils the others. The envelope itself must be right:
+        MalformedJSON or InvalidEvent (a problem with ``events``) otherwise.
+        """
+        items = _batch_items(body, self.settings.max_batch_events)
+        metrics.batch_received(len(items))
+        now = datetime.now(UTC)
+        results: list[ItemResult | None] = [None] * len(items)
+        prepared: list[PreparedEvent] = []
+        positions: list[tuple[int, Event]] = []
+        for index, item in enumerate(items):
+            event_id = item.get("event_id") if isinstance(item, dict) else None
+            try:
+                event = EVENT_ADAPTER.validate_python(item)
+                prepared.append(self.prepare(event, now))
+            except ValidationError as exc:
+                errors = tuple(_in_batch(index, errors_from_validation(exc)))
+                results[index] = _rejected(index, event_id, errors)
+                continue
+            except InvalidEvent as exc:
+                results[index] = _rejected(index, event_id, tuple(_in_batch(index, exc.errors)))
+                continue
+            positions.append((index, event))
+        flags = await self._store(prepared) if prepared else []
+        for (index, event), new in zip(positions, flags, strict=True):
+            metrics.event_stored(event.event_type, duplicate=not new)
+            status = "accepted" if new else "duplicate"
+            results[index] = ItemResult(index, str(event.event_id), status)
+        return [r for r in results if r is not None]
+
+
+def _batch_items(body: bytes, limit: int) -> list[Any]:
+    try:
+        envelope = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        metrics.event_rejected("malformed_json")
+        raise MalformedJSON(str(exc)) from None
+    items = envelope.get("events") if isinstance(envelope, dict) else None
+    problem = None
+    if not isinstance(items, list):
+        problem = FieldError("missing", "events", 'the body must be {"events": [ ... ]}')
+    elif not items:
+        problem = FieldError("too_short", "events", "events must hold at least one event")
+    elif len(items) > limit:
+        problem = FieldError("too_long", "events", f"at most {limit} events per batch")
+    if problem is not None:
+        raise InvalidEvent([problem])
+    assert isinstance(items, list)
+    return items
+
+
+def _in_batch(index: int, errors: list[FieldError] | tuple[FieldError, ...]) -> list[FieldError]:
+    return [FieldError(e.code, f"events.{index}.{e.field}".rstrip("."), e.message) for e in errors]
+
+
+def _rejected(index: int, event_id: Any, errors: tuple[FieldError, ...]) -> ItemResult:
+    metrics.event_rejected(errors[0].code)
+    return ItemResult(index, event_id if isinstance(event_id, str) else None, "rejected", errors)

@@ -81,6 +81,28 @@ class Keys:
         """HyperLogLog of user ids in an hour or day bucket (PFADD / PFCOUNT)."""
         return self.bucket(shard, event_type, interval, start) + ":hll"
 
+    def event_keys(
+        self, shard: int, event_type: str, minute: str, hour: str, day: str
+    ) -> tuple[str, ...]:
+        """The keys one event touches, in the ingest script's order, from ready labels.
+
+        The hot path's version of seen()/count()/users()/hll(): labels are cut once from
+        the timestamp (``2026-11-27T22:14``, ``2026-11-27T22``, ``2026-11-27``).
+        """
+        base = self._base(shard)
+        m = f"{base}:{event_type}:m:{minute}"
+        h = f"{base}:{event_type}:h:{hour}"
+        d = f"{base}:{event_type}:d:{day}"
+        return (
+            f"{base}:seen:{hour}",
+            f"{m}:count",
+            f"{m}:users",
+            f"{h}:count",
+            f"{h}:hll",
+            f"{d}:count",
+            f"{d}:hll",
+        )
+
     def bucket_keys(
         self, shard: int, event_type: str, interval: Interval, start: datetime
     ) -> tuple[str, ...]:

@@ -13,12 +13,13 @@ from fastapi.openapi.utils import get_openapi
 
 from event_analytics import __version__
 from event_analytics.api import analytics, events, health, metrics, persistent, problems
+from event_analytics.api.ingest_http import IngestEndpoints
 from event_analytics.archive.files import LineCounter
 from event_analytics.config import Settings, get_settings
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
 from event_analytics.metrics import ArchiveGauges
-from event_analytics.model import Event, StorageUnavailable
+from event_analytics.model import StorageUnavailable
 from event_analytics.store import Store, connect
 from event_analytics.store.streams import StreamStore
 
@@ -45,11 +46,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
         app.state.store = store
-        app.state.ingestor = Ingestor(settings, store)
+        ingestor = Ingestor(settings, store)
+        ingestor.start_batching()
+        app.state.ingestor = ingestor
         app.state.streams = StreamStore(store.client, store.keys)
         try:
             yield
         finally:
+            await ingestor.close()
             await store.close()
 
     app = FastAPI(
@@ -63,20 +67,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.line_counter = LineCounter()
     app.state.archive_probe = archive_gauges
     problems.install(app)
+    # Added last = outermost: the timer sees the hot ingest routes too.
+    app.add_middleware(IngestEndpoints)
     app.add_middleware(metrics.RequestTimer)
-    for module in (health, events, analytics, persistent, metrics):
+    for module in (health, analytics, persistent, metrics):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
-        # The fast routes read raw bodies; their schemas are added here so /docs shows them.
+        # The hot ingest routes are plain ASGI; their description is added here so that
+        # /docs and /redoc show them like every other route.
         if app.openapi_schema is None:
             schema = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
-            event_schema = Event.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema["paths"] = {**events.PATHS, **schema["paths"]}
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(event_schema.pop("$defs", {}))
-            components["Event"] = event_schema
+            for model in events.MODELS:
+                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
             app.openapi_schema = schema
         return app.openapi_schema
 

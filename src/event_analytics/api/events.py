@@ -1,19 +1,17 @@
-"""Ingestion: POST /events."""
+"""OpenAPI description of POST /events and POST /events/batch.
+
+Both are answered by the plain-ASGI hot path in ``ingest_http.py``; this module only
+says what they take and give, so /docs and /redoc show them like every other route.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
-from pydantic import BaseModel
+from typing import Any, Literal
 
-from event_analytics import metrics
-from event_analytics.api import deps
-from event_analytics.api.body import read_limited, require_json
-from event_analytics.api.problems import UnsupportedMediaType, problem_responses
-from event_analytics.api.render import json_response
-from event_analytics.model import BodyTooLarge
+from pydantic import BaseModel, Field
 
-router = APIRouter(tags=["events"])
+from event_analytics.api.problems import problem_responses
+from event_analytics.model import Event
 
 
 class EventAccepted(BaseModel):
@@ -23,48 +21,78 @@ class EventAccepted(BaseModel):
     duplicate: bool
 
 
-ACCEPTED = "Page view event accepted and queued for processing"
-DUPLICATE = "Duplicate event_id: already counted, nothing changed"
+class EventBatch(BaseModel):
+    events: list[Event] = Field(min_length=1, max_length=1000)
 
 
-@router.post(
-    "/events",
-    status_code=201,
-    summary="Ingest one event",
-    description=(
-        "Validates and stores one event. **201** only after the storage engine "
-        "acknowledged it; **200** with `duplicate: true` when this `event_id` was "
-        "already counted (retries are safe). The body limit is enforced while reading."
-    ),
-    response_model=EventAccepted,
-    responses={
-        200: {"description": "Duplicate: already counted", "model": EventAccepted},
-        **problem_responses(400, 413, 415, 422, 503),
-    },
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Event"}}},
+class BatchItem(BaseModel):
+    index: int
+    event_id: str | None
+    status: Literal["accepted", "duplicate", "rejected"]
+    code: str | None = Field(default=None, description="first reason, when rejected")
+    field: str | None = None
+    message: str | None = None
+    errors: list[dict[str, str]] | None = None
+
+
+class BatchResult(BaseModel):
+    accepted: int
+    duplicate: int
+    rejected: int
+    results: list[BatchItem]
+
+
+MODELS: tuple[type[BaseModel], ...] = (Event, EventAccepted, EventBatch, BatchItem, BatchResult)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": _ref(name)}}
+
+
+PATHS: dict[str, Any] = {
+    "/events": {
+        "post": {
+            "tags": ["events"],
+            "summary": "Ingest one event",
+            "operationId": "post_event",
+            "description": (
+                "Validates and stores one event. **201** only after the storage engine "
+                "acknowledged it; **200** with `duplicate: true` when this `event_id` was "
+                "already counted (retries are safe). The body limit (64 KiB by default) "
+                "is enforced while reading."
+            ),
+            "requestBody": {"required": True, "content": _json("Event")},
+            "responses": {
+                "201": {"description": "Stored", "content": _json("EventAccepted")},
+                "200": {
+                    "description": "Duplicate: already counted",
+                    "content": _json("EventAccepted"),
+                },
+                **{str(k): v for k, v in problem_responses(400, 413, 415, 422, 503).items()},
+            },
         }
     },
-)
-async def post_event(request: Request) -> Response:
-    try:
-        require_json(request)
-        body = await read_limited(request, deps.settings(request).max_body_bytes)
-    except UnsupportedMediaType:
-        metrics.event_rejected("unsupported_media_type")
-        raise
-    except BodyTooLarge:
-        metrics.event_rejected("body_too_large")
-        raise
-    result = await deps.ingestor(request).ingest_json(body)
-    return json_response(
-        {
-            "success": True,
-            "message": DUPLICATE if result.duplicate else ACCEPTED,
-            "event_id": result.event_id,
-            "duplicate": result.duplicate,
-        },
-        200 if result.duplicate else 201,
-    )
+    "/events/batch": {
+        "post": {
+            "tags": ["events"],
+            "summary": "Ingest up to 1,000 events in one request",
+            "operationId": "post_events_batch",
+            "description": (
+                "Each event is validated on its own: one result per event, in request "
+                "order, `accepted`, `duplicate` or `rejected` (with `code`, `field`, "
+                "`message`). Valid events are stored even when others are refused. "
+                "Limits: 1,000 events, 1 MiB. On 503 nothing or part was stored: resend "
+                "the whole batch, duplicates are recognised."
+            ),
+            "requestBody": {"required": True, "content": _json("EventBatch")},
+            "responses": {
+                "200": {"description": "One result per event", "content": _json("BatchResult")},
+                **{str(k): v for k, v in problem_responses(400, 413, 415, 422, 503).items()},
+            },
+        }
+    },
+}

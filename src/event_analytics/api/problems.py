@@ -99,28 +99,20 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers that turn every error into problem+json."""
-
-    async def malformed(_: Request, exc: Exception) -> Response:
+def render_error(exc: Exception) -> Response:
+    """The problem+json answer for one of our domain errors (any other: re-raised)."""
+    if isinstance(exc, MalformedJSON):
         return problem(400, "malformed-json", "Malformed JSON", f"the body is not JSON: {exc}")
-
-    async def invalid_event(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, InvalidEvent | InvalidQuery)
+    if isinstance(exc, InvalidEvent | InvalidQuery):
         return problem(422, "invalid-input", "Invalid input", str(exc), exc.errors)
-
-    async def too_large(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, BodyTooLarge)
+    if isinstance(exc, BodyTooLarge):
         detail = f"the body is larger than the limit of {exc.limit} bytes"
         return problem(413, "body-too-large", "Body too large", detail)
-
-    async def media_type(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, UnsupportedMediaType)
+    if isinstance(exc, UnsupportedMediaType):
         got = exc.got or "none"
         detail = f"Content-Type {got} is not accepted; send {' or '.join(exc.accepted)}"
         return problem(415, "unsupported-media-type", "Unsupported media type", detail)
-
-    async def unavailable(_: Request, exc: Exception) -> Response:
+    if isinstance(exc, StorageUnavailable):
         log.warning("storage unavailable: %s", exc)
         return problem(
             503,
@@ -129,6 +121,14 @@ def install(app: FastAPI) -> None:
             f"{exc}; nothing was stored, retry after {RETRY_AFTER_S} s",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
+    raise exc
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into problem+json."""
+
+    async def domain_error(_: Request, exc: Exception) -> Response:
+        return render_error(exc)
 
     async def request_validation(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -145,11 +145,8 @@ def install(app: FastAPI) -> None:
         title = str(exc.detail)
         return problem(exc.status_code, slug, title, title, headers=dict(exc.headers or {}))
 
-    app.add_exception_handler(MalformedJSON, malformed)
-    app.add_exception_handler(InvalidEvent, invalid_event)
-    app.add_exception_handler(InvalidQuery, invalid_event)
-    app.add_exception_handler(BodyTooLarge, too_large)
-    app.add_exception_handler(UnsupportedMediaType, media_type)
-    app.add_exception_handler(StorageUnavailable, unavailable)
+    for kind in (MalformedJSON, InvalidEvent, InvalidQuery, BodyTooLarge, UnsupportedMediaType,
+                 StorageUnavailable):  # fmt: skip
+        app.add_exception_handler(kind, domain_error)
     app.add_exception_handler(RequestValidationError, request_validation)
     app.add_exception_handler(StarletteHTTPException, http_error)

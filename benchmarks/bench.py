@@ -1,0 +1,360 @@
+"""`make bench`: throughput and latency ratios measured in one run on this machine.
+
+Starts, one after the other: a bare ASGI app (the ceiling for Python HTTP ingest), the
+service with single events, the service with batches of 100, redis-benchmark (the
+storage ceiling), query latency under full ingest load, and `rebuild` from the archive
+the runs produced. Every run checks that the stored counts match the acknowledged
+events. Prints one table and writes the same as JSON under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import redis
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+console = Console()
+# The benchmark runs the embedded engine: an outer REDIS_URL must not redirect it.
+ENV = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "EA_REDIS_URL")}
+
+
+def need(tool: str, package: str) -> str:
+    """A Debian tool, installed on first use when we are root."""
+    found = shutil.which(tool)
+    if found:
+        return found
+    if os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env)
+        found = shutil.which(tool)
+    if not found:
+        sys.exit(f"bench: {tool} is missing: apt-get install {package}")
+    return found
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextlib.contextmanager
+def process(argv: list[str], cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        argv, env=ENV, cwd=cwd,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wrk(url: str, seconds: int, connections: int, ts: str, batch: int = 0) -> dict[str, float]:
+    """Run wrk with events.lua; requests/s, latency percentiles and the ack counts."""
+    prefix = secrets.token_hex(4)
+    out = subprocess.run(
+        [need("wrk", "wrk"), "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
+         "-s", str(HERE / "events.lua"), url, "--", ts, prefix, str(batch)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+    def grab(pattern: str) -> str:
+        match = re.search(pattern, out, re.M)
+        if not match:
+            raise RuntimeError(f"unexpected wrk output:\n{out}")
+        return match[1]
+
+    def ms(text: str) -> float:
+        value = float(re.match(r"[\d.]+", text)[0])  # type: ignore[index]
+        return (
+            value / 1000
+            if text.endswith("us")
+            else value * 1000
+            if text.endswith("s") and not text.endswith("ms")
+            else value
+        )
+
+    return {
+        "rps": float(grab(r"Requests/sec:\s+([\d.]+)")),
+        "p50_ms": ms(grab(r"^\s+50%\s+(\S+)")),
+        "p99_ms": ms(grab(r"^\s+99%\s+(\S+)")),
+        "acked": int(grab(r"^ACKED (\d+)")),
+        "bad": int(grab(r"^BAD (\d+)")),
+        "generated": int(grab(r"^GENERATED (\d+)")),
+    }
+
+
+def stored_in_minute(base: str, ts: str) -> int:
+    minute = ts[:16].replace("T", "_")
+    r = httpx.get(f"{base}/analytics/minute-buckets/page_view_{minute}", timeout=30)
+    return int(r.json()["count"])
+
+
+def check_counts(name: str, run: dict[str, float], stored: int, batch: int) -> dict[str, Any]:
+    """Stored must hold every acknowledged event, and nothing that was never generated."""
+    size = batch or 1
+    acked = int(run["acked"]) * size
+    generated = int(run["generated"])  # events.lua counts events, not requests
+    ok = run["bad"] == 0 and acked <= stored <= generated
+    verdict = "PASS" if ok else "FAIL"
+    console.print(
+        f"  {name}: acknowledged {acked}, stored {stored}, generated {generated}: {verdict}"
+    )
+    return {"acknowledged": acked, "stored": stored, "generated": generated, "check": verdict}
+
+
+async def query_latency(base: str, seconds: float, paths: list[str]) -> dict[str, float]:
+    """p50/p99 of read queries sent one after another while ingest runs."""
+    samples: dict[str, list[float]] = {p: [] for p in paths}
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession(base) as session:
+        while time.monotonic() < deadline:
+            for path in paths:
+                start = time.perf_counter()
+                async with session.get(path) as r:
+                    await r.read()
+                    assert r.status == 200, (path, r.status)
+                samples[path].append((time.perf_counter() - start) * 1000)
+    out: dict[str, float] = {}
+    for path, values in samples.items():
+        values.sort()
+        name = path.split("?")[0].rsplit("/", 1)[-1]
+        out[f"{name}_p50_ms"] = statistics.median(values)
+        out[f"{name}_p99_ms"] = values[min(len(values) - 1, int(len(values) * 0.99))]
+    return out
+
+
+def redis_benchmark(server_bin: str, work: Path) -> float:
+    """Pipelined INCR on a private server with AOF and fsync always: the storage ceiling."""
+    port = free_port()
+    work.mkdir(parents=True, exist_ok=True)
+    with process([server_bin, "--port", str(port), "--dir", str(work), "--appendonly", "yes",
+                  "--appendfsync", "always", "--save", ""]):  # fmt: skip
+        time.sleep(0.5)
+        out = subprocess.run(
+            [need("redis-benchmark", "redis-tools"), "-p", str(port), "-t", "incr", "-P", "16",
+             "-n", "300000", "-c", "32", "-q"],
+            capture_output=True, text=True, check=True, timeout=120,
+        ).stdout  # fmt: skip
+    return float(re.findall(r"([\d.]+) requests per second", out)[-1])
+
+
+def engine_memory(data_dir: Path) -> int:
+    url = (data_dir / "valkey" / "url").read_text().strip()
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("memory")["used_memory"])
+    finally:
+        client.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--batch", type=int, default=100)
+    args = parser.parse_args()
+    need("wrk", "wrk")
+    work = Path(tempfile.mkdtemp(prefix="ea-bench-"))
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "settings": vars(args),
+    }  # fmt: skip
+    ts = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+    console.print(f"[bold]1. bare ASGI ceiling[/] ({args.workers} uvicorn workers)")
+    port = free_port()
+    uvicorn = [str(VENV_BIN / "uvicorn"), "bare_app:app", "--port", str(port), "--workers",
+               str(args.workers), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    with process(uvicorn, cwd=HERE):
+        wait_http(f"http://127.0.0.1:{port}/")
+        bare = wrk(f"http://127.0.0.1:{port}/events", args.seconds, args.connections, ts)
+    results["bare_asgi"] = bare
+
+    console.print("[bold]2. service, single events[/] (embedded Valkey, fsync always)")
+    data_dir = work / "data"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    serve = [str(VENV_BIN / "event-analytics"), "serve", "--port", str(port), "--data-dir",
+             str(data_dir), "--workers", str(args.workers)]  # fmt: skip
+    with process(serve):
+        wait_http(f"{base}/health/ready")
+        memory_before = engine_memory(data_dir)
+        single = wrk(f"{base}/events", args.seconds, args.connections, ts)
+        single |= check_counts("single", single, stored_in_minute(base, ts), 0)
+        single["redis_bytes_per_event"] = round(
+            (engine_memory(data_dir) - memory_before) / max(1, single["stored"])
+        )
+        results["single"] = single
+
+        console.print(f"[bold]3. service, batches of {args.batch}[/]")
+        before = stored_in_minute(base, ts)
+        batch = wrk(f"{base}/events", args.seconds, args.connections // 4, ts, args.batch)
+        batch["events_per_s"] = batch["rps"] * args.batch
+        batch |= check_counts("batch", batch, stored_in_minute(base, ts) - before, args.batch)
+        results["batch"] = batch
+
+        console.print("[bold]5. query latency under full single-event ingest[/]")
+        paths = ["/analytics/page_views_per_minute?minutes=60",
+                 f"/analytics/minute-buckets/page_view_{ts[:16].replace('T', '_')}"]  # fmt: skip
+        with process(["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds}s", "-s",
+                      str(HERE / "events.lua"), f"{base}/events", "--", ts]):  # fmt: skip
+            time.sleep(1)
+            results["query_under_load"] = asyncio.run(query_latency(base, args.seconds - 2, paths))
+        # Let the archiver catch up before the rebuild reads its files.
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{base}/persistent/status", timeout=10).json()["stats"]["stream_length"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("archiver did not catch up")
+            time.sleep(0.5)
+        live_total = stored_in_minute(base, ts)
+
+    console.print("[bold]4. redis-benchmark[/] (pipelined INCR, AOF fsync always)")
+    from event_analytics.store.embedded import find_server_binary
+
+    results["redis_benchmark_incr_per_s"] = redis_benchmark(find_server_binary(), work / "rb")
+
+    console.print("[bold]6. rebuild from the archive[/]")
+    out = subprocess.run(
+        [str(VENV_BIN / "event-analytics"), "rebuild", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, check=True, env=ENV,
+    ).stdout  # fmt: skip
+    rebuilt = int(re.search(r": (\d+) events in", out)[1])  # type: ignore[index]
+    results["rebuild"] = {
+        "events": rebuilt,
+        "events_per_s": float(re.search(r"\(([\d,]+) events/s\)", out)[1].replace(",", "")),  # type: ignore[index]
+        "check": "PASS" if rebuilt >= live_total else "FAIL",
+    }
+
+    single_rps = results["single"]["rps"]
+    results["ratios"] = {
+        "single_vs_bare": round(single_rps / bare["rps"], 3),
+        "batch_events_vs_single": round(results["batch"]["events_per_s"] / single_rps, 2),
+        "rebuild_vs_batch": round(
+            results["rebuild"]["events_per_s"] / results["batch"]["events_per_s"], 2
+        ),
+        "single_vs_redis_incr": round(single_rps / results["redis_benchmark_incr_per_s"], 4),
+    }
+    checks = [results["single"]["check"], results["batch"]["check"], results["rebuild"]["check"]]
+    results["all_checks"] = "PASS" if all(c == "PASS" for c in checks) else "FAIL"
+    print_table(results)
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = results["when"].replace(":", "").replace("-", "")
+    for name in (f"bench-{stamp}.json", "latest.json"):
+        (out_dir / name).write_text(json.dumps(results, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if results["all_checks"] == "PASS" else 1
+
+
+def print_table(r: dict[str, Any]) -> None:
+    setup = r["settings"]
+    title = (
+        f"event-analytics bench ({r['machine']['cpus']} CPUs, {setup['workers']} workers, "
+        f"{setup['connections']} connections)"
+    )
+    table = Table(title=title)
+    for col in ("run", "throughput", "p50", "p99", "counts"):
+        table.add_column(col)
+    b, s, bt = r["bare_asgi"], r["single"], r["batch"]
+    q = r["query_under_load"]
+    table.add_row(
+        "bare ASGI (parse JSON only)",
+        f"{b['rps']:,.0f} req/s",
+        f"{b['p50_ms']:.1f} ms",
+        f"{b['p99_ms']:.1f} ms",
+        "-",
+    )
+    table.add_row(
+        "POST /events (durable ack)",
+        f"{s['rps']:,.0f} req/s",
+        f"{s['p50_ms']:.1f} ms",
+        f"{s['p99_ms']:.1f} ms",
+        s["check"],
+    )
+    table.add_row(
+        f"POST /events/batch ({r['settings']['batch']}/req)",
+        f"{bt['events_per_s']:,.0f} events/s",
+        f"{bt['p50_ms']:.1f} ms",
+        f"{bt['p99_ms']:.1f} ms",
+        bt["check"],
+    )
+    table.add_row(
+        "redis-benchmark INCR -P16", f"{r['redis_benchmark_incr_per_s']:,.0f} ops/s", "-", "-", "-"
+    )
+    for key in q:
+        if key.endswith("_p50_ms"):
+            name = key[: -len("_p50_ms")]
+            table.add_row(
+                f"query {name} under load",
+                "-",
+                f"{q[key]:.1f} ms",
+                f"{q[name + '_p99_ms']:.1f} ms",
+                "-",
+            )
+    table.add_row(
+        "rebuild from archive",
+        f"{r['rebuild']['events_per_s']:,.0f} events/s",
+        "-",
+        "-",
+        r["rebuild"]["check"],
+    )
+    console.print(table)
+    ratios = r["ratios"]
+    console.print(
+        f"single / bare = {ratios['single_vs_bare']:.0%}   batch events / single = "
+        f"{ratios['batch_events_vs_single']:.1f}x   "
+        f"rebuild / batch = {ratios['rebuild_vs_batch']:.1f}x   "
+        f"Redis bytes per event = {s['redis_bytes_per_event']}   all checks: {r['all_checks']}"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
