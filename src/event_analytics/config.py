@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,8 +43,12 @@ class Settings(BaseSettings):
     hour_retention_s: int = Field(default=90 * 24 * 3600, ge=3600)
     day_retention_s: int = Field(default=2 * 365 * 24 * 3600, ge=24 * 3600)
 
-    # Queries.
-    max_query_minutes: int = Field(default=1440, ge=1)
+    # Unique users of hour and day buckets: exact sets, or HyperLogLogs (0.81% standard
+    # error, 12 KiB at most per bucket). Minute buckets and page figures are always exact.
+    uniques: Literal["exact", "approx"] = "approx"
+
+    # Queries: the most buckets one query reads (timeseries points, top-pages buckets).
+    max_query_points: int = Field(default=1440, ge=1, le=5000)
 
     @field_validator("redis_url")
     @classmethod

@@ -75,16 +75,7 @@ class Ingestor:
         shard = self.keys.shard_of(event.user_id)
         minute, hour, day = (floor(ts, i) for i in Interval)
         etype = event.event_type
-        k = self.keys
-        keys = (
-            k.seen(shard, hour),
-            k.count(shard, etype, Interval.MINUTE, minute),
-            k.users(shard, etype, Interval.MINUTE, minute),
-            k.count(shard, etype, Interval.HOUR, hour),
-            k.hll(shard, etype, Interval.HOUR, hour),
-            k.count(shard, etype, Interval.DAY, day),
-            k.hll(shard, etype, Interval.DAY, day),
-        )
+        keys = self.keys.event_keys(shard, etype, minute, hour, day)
         record = orjson.dumps(
             {
                 "event_id": str(event.event_id),
@@ -96,9 +87,12 @@ class Ingestor:
             }
         )
         hour_end = bucket_end_epoch(hour, Interval.HOUR)
+        # And 9 arguments per event, also in the script's order.
         args = (
             event.event_id.bytes,
             event.user_id,
+            event.payload.page_url or "",
+            1 if s.uniques == "exact" else 0,
             # An id is remembered for as long as an event with its timestamp is accepted.
             hour_end + s.dedup_window_s + 60,
             bucket_end_epoch(minute, Interval.MINUTE) + s.minute_retention_s,
