@@ -11,12 +11,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from event_analytics import __version__
-from event_analytics.api import analytics, events, health, persistent, problems
+from event_analytics.api import analytics, events, health, persistent, problems, reports
 from event_analytics.config import Settings, get_settings
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
 from event_analytics.model import Event
 from event_analytics.store import Store, connect
+from event_analytics.store.reads import Reads
 
 EMBEDDED_ENV = "EA_EMBEDDED_ENGINE"
 
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
         app.state.store = store
         app.state.ingestor = Ingestor(settings, store)
+        app.state.reads = Reads(store)
         try:
             yield
         finally:
@@ -45,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.embedded = os.environ.get(EMBEDDED_ENV) == "1"
     app.state.archiver_running = False
     problems.install(app)
-    for module in (health, events, analytics, persistent):
+    for module in (health, events, analytics, reports, persistent):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

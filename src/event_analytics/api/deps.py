@@ -7,6 +7,7 @@ from fastapi import Request
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
 from event_analytics.store import Store
+from event_analytics.store.reads import Reads
 
 
 def settings(request: Request) -> Settings:
@@ -21,4 +22,9 @@ def store(request: Request) -> Store:
 
 def ingestor(request: Request) -> Ingestor:
     value: Ingestor = request.app.state.ingestor
+    return value
+
+
+def reads(request: Request) -> Reads:
+    value: Reads = request.app.state.reads
     return value
