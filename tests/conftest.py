@@ -60,3 +60,15 @@ def service(
 def live(service: ServiceProcess, redis_url: str) -> ServiceProcess:
     """The service, with its engine emptied before the test."""
     return service
+
+
+@pytest.fixture(scope="session")
+def exact_service(
+    engine: EngineProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """The real service with EA_UNIQUES=exact: hour and day unique users from sets."""
+    data_dir = tmp_path_factory.mktemp("service-exact")
+    svc = ServiceProcess(data_dir / "data", env={"REDIS_URL": engine.url, "EA_UNIQUES": "exact"})
+    svc.start()
+    yield svc
+    svc.stop()
