@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Literal
 
@@ -14,6 +16,7 @@ from event_analytics.keys import Keys
 from event_analytics.model import InvalidQuery
 from event_analytics.queries import (
     LATEST,
+    PagesPlan,
     SeriesPlan,
     method_fields,
     plan_series,
@@ -102,12 +105,16 @@ def test_unique_users_source() -> None:
     assert _series(Interval.MINUTE, NOW - timedelta(hours=1), to).source is UserSource.SETS
     assert _series(Interval.HOUR, frm, to).source is UserSource.HLL
     assert _series(Interval.DAY, frm, to, uniques="exact").source is UserSource.SETS
-    assert _series(Interval.HOUR, frm, to, page="https://e.com/").source is UserSource.PAGE
+    page = "https://e.com/"
+    assert _series(Interval.MINUTE, frm, frm + timedelta(hours=1), page).source is UserSource.PAGE
+    assert _series(Interval.HOUR, frm, to, page).source is UserSource.PAGE_HLL
+    assert _series(Interval.DAY, frm, to, page, uniques="exact").source is UserSource.PAGE
     assert method_fields(UserSource.HLL) == {
         "unique_users_method": "hll",
         "unique_users_standard_error": 0.0081,
     }
     assert method_fields(UserSource.PAGE)["unique_users_method"] == "exact"
+    assert method_fields(UserSource.PAGE_HLL)["unique_users_method"] == "hll"
 
 
 def test_a_page_day_is_the_union_of_its_hours() -> None:
@@ -133,23 +140,27 @@ def test_total_is_the_union_not_the_sum() -> None:
     ]
 
 
+def _pages(
+    frm: datetime | None, to: datetime | None, uniques: Literal["exact", "approx"] = "approx"
+) -> PagesPlan:
+    return plan_top_pages("page_view", frm, to, 10, now=NOW, uniques=uniques, max_points=1440)
+
+
 def test_top_pages_read_minutes_then_hours() -> None:
     frm = datetime(2026, 11, 26, 0, 30, tzinfo=UTC)
-    minutes = plan_top_pages(
-        "page_view", frm, frm + timedelta(days=1), 10, now=NOW, max_points=1440
-    )
+    minutes = _pages(frm, frm + timedelta(days=1))
     assert minutes.level is Interval.MINUTE and len(minutes.buckets) == 1440
-    hours = plan_top_pages(
-        "page_view", frm, frm + timedelta(days=1, seconds=1), 10, now=NOW, max_points=1440
-    )
-    assert hours.level is Interval.HOUR
+    assert minutes.source is UserSource.PAGE
+    hours = _pages(frm, frm + timedelta(days=1, seconds=1))
+    assert hours.level is Interval.HOUR and hours.source is UserSource.PAGE_HLL
     assert hours.start == datetime(2026, 11, 26, 0, tzinfo=UTC)
     assert hours.end == datetime(2026, 11, 27, 1, tzinfo=UTC)
-    default = plan_top_pages("page_view", None, None, 10, now=NOW, max_points=1440)
+    assert _pages(frm, frm + timedelta(days=2), "exact").source is UserSource.PAGE
+    default = _pages(None, None)
     assert default.level is Interval.MINUTE and len(default.buckets) == 1440
     assert default.end == datetime(2026, 11, 27, 22, 15, tzinfo=UTC)
     with pytest.raises(InvalidQuery) as err:
-        plan_top_pages("page_view", frm - timedelta(days=61), frm, 10, now=NOW, max_points=1440)
+        _pages(frm - timedelta(days=61), frm)
     assert "at most 1440 hours (60 days)" in str(err.value)
 
 
@@ -163,8 +174,15 @@ def test_event_keys_are_exactly_the_bucket_keys() -> None:
     keys = Keys("ea:", 4)
     minute = datetime(2026, 11, 27, 22, 14, tzinfo=UTC)
     starts = {i: floor(minute, i) for i in Interval}
-    block = keys.event_keys(3, "click", *starts.values())
-    assert len(block) == 13 and block[0] == keys.seen(3, starts[Interval.HOUR])
+    url = "https://example.com/a?b=c d"
+    block = keys.event_keys(3, "click", *starts.values(), url)
+    assert len(block) == 14 and block[0] == keys.seen(3, starts[Interval.HOUR])
     listed = [k for i, start in starts.items() for k in keys.bucket_keys(3, "click", i, start)]
-    assert sorted(block[1:]) == sorted(listed)
+    assert sorted(block[1:13]) == sorted(listed)
+    page_hll = block[13]
+    (pattern,) = keys.bucket_key_patterns(3, "click", Interval.HOUR, starts[Interval.HOUR])
+    assert fnmatch.fnmatchcase(page_hll, pattern)
+    assert re.fullmatch(r"ea:\{3\}:click:h:2026-11-27T22:page_hll:[0-9a-f]{16}", page_hll)
     assert all(k.startswith("ea:{3}:") for k in block)
+    # Without a page, the slot repeats a key the script leaves alone.
+    assert keys.event_keys(3, "click", *starts.values(), None)[13] in block[1:13]

@@ -75,7 +75,7 @@ class Ingestor:
         shard = self.keys.shard_of(event.user_id)
         minute, hour, day = (floor(ts, i) for i in Interval)
         etype = event.event_type
-        keys = self.keys.event_keys(shard, etype, minute, hour, day)
+        keys = self.keys.event_keys(shard, etype, minute, hour, day, event.payload.page_url)
         record = orjson.dumps(
             {
                 "event_id": str(event.event_id),

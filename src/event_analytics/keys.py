@@ -4,11 +4,14 @@ All keys of one shard share the hash tag ``{s}``, so one Lua call touches one
 cluster slot. Users are assigned to shards by a stable hash of ``user_id``, so
 the shards' user sets are disjoint and unique counts add up across shards.
 Client strings never become key names: event types are validated names, and
-users, pages and ids are only ever members or values.
+users, pages and ids are only ever members or values. One exception, by necessity:
+a per-page HyperLogLog is a key of its own, so its name carries a fixed-length hash
+of the page URL (never the URL itself).
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,16 +20,20 @@ from event_analytics.timebucket import Interval, label
 
 _LETTER = {Interval.MINUTE: "m", Interval.HOUR: "h", Interval.DAY: "d"}
 # What the ingest script keeps per bucket; keep in step with store/ingest.lua.
-# Hour and day ``users`` sets exist only with EA_UNIQUES=exact; page structures are kept
-# per minute and hour (day page figures are unions of the day's hours).
+# Hour ``users``/``page_users`` and day ``users`` exist only with EA_UNIQUES=exact. Page
+# structures are kept per minute and hour (a day's page figures are its hours' union).
 _BUCKET_SUFFIXES = {
     Interval.MINUTE: ("count", "users", "pages", "page_users"),
     Interval.HOUR: ("count", "hll", "users", "pages", "page_users"),
     Interval.DAY: ("count", "hll", "users"),
 }
-# Separates the page URL from the user id in ``page_users`` members. Neither a user id
-# nor a page URL may contain it (both are validated), so a member splits one way only.
-PAGE_USER_SEP = "\x00"
+# Families of per-page keys, ``<stem>:<family>:<url hash>``: one key per page, so they
+# cannot be listed without the bucket's pages (see bucket_key_patterns).
+_BUCKET_FAMILIES = {
+    Interval.MINUTE: (),
+    Interval.HOUR: ("page_hll",),
+    Interval.DAY: (),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,15 +85,34 @@ class Keys:
 
         Equal scores order members bytewise, so one page's users are one ZRANGEBYLEX
         range: exact unique users per page, with page URLs kept out of key names.
+        Neither a user id nor a page URL may contain NUL (both are validated).
         """
         return self.bucket(shard, event_type, interval, start) + ":page_users"
 
+    def page_hll(
+        self, shard: int, event_type: str, interval: Interval, start: datetime, page_url: str
+    ) -> str:
+        """HyperLogLog of one page's users in an hour bucket.
+
+        An HLL is a key, so per-page HLLs need one key per page. Its name carries a
+        64-bit BLAKE2b of the URL: fixed length and charset whatever the client sent.
+        """
+        digest = hashlib.blake2b(page_url.encode(), digest_size=8).hexdigest()
+        return f"{self.bucket(shard, event_type, interval, start)}:page_hll:{digest}"
+
     def event_keys(
-        self, shard: int, event_type: str, minute: datetime, hour: datetime, day: datetime
+        self,
+        shard: int,
+        event_type: str,
+        minute: datetime,
+        hour: datetime,
+        day: datetime,
+        page_url: str | None,
     ) -> tuple[str, ...]:
-        """The fixed block of 13 keys store/ingest.lua reads for one event, in its order.
+        """The fixed block of 14 keys store/ingest.lua reads for one event, in its order.
 
         Built from three bucket stems: this runs for every event, on the hot path.
+        Without a page URL the page HLL slot repeats the hour pages key (never touched).
         """
         m = self.bucket(shard, event_type, Interval.MINUTE, minute)
         h = self.bucket(shard, event_type, Interval.HOUR, hour)
@@ -105,14 +131,33 @@ class Keys:
             f"{d}:count",
             f"{d}:hll",
             f"{d}:users",
+            (
+                self.page_hll(shard, event_type, Interval.HOUR, hour, page_url)
+                if page_url
+                else f"{h}:pages"
+            ),
         )
 
     def bucket_keys(
         self, shard: int, event_type: str, interval: Interval, start: datetime
     ) -> tuple[str, ...]:
-        """Every key one bucket may have (rebuild deletes exactly these before replaying)."""
+        """Every fixed-name key one bucket may have (rebuild deletes these before replaying).
+
+        The bucket's per-page keys match ``bucket_key_patterns`` instead.
+        """
         stem = self.bucket(shard, event_type, interval, start)
         return tuple(f"{stem}:{suffix}" for suffix in _BUCKET_SUFFIXES[interval])
+
+    def bucket_key_patterns(
+        self, shard: int, event_type: str, interval: Interval, start: datetime
+    ) -> tuple[str, ...]:
+        """SCAN MATCH patterns of a bucket's per-page keys (hour: ``<stem>:page_hll:*``).
+
+        Replaying events into a page HLL that was not deleted gives the same HLL (PFADD
+        is idempotent), so deleting them matters only to drop pages the archive lacks.
+        """
+        stem = self.bucket(shard, event_type, interval, start)
+        return tuple(f"{stem}:{family}:*" for family in _BUCKET_FAMILIES[interval])
 
     def all_pattern(self) -> str:
         """SCAN pattern matching every key of this prefix (tests, rebuild)."""

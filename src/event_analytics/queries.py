@@ -62,6 +62,7 @@ class PagesPlan:
     end: datetime
     buckets: list[datetime]
     limit: int
+    source: UserSource
 
 
 def _invalid(code: str, field: str, message: str) -> InvalidQuery:
@@ -125,12 +126,11 @@ def plan_series(
                 "from",
                 f"a page's daily series reads its hours: at most {max_points // 24} days",
             )
+    exact = interval is Interval.MINUTE or uniques == "exact"
     if page_url is not None:
-        source = UserSource.PAGE
-    elif interval is Interval.MINUTE or uniques == "exact":
-        source = UserSource.SETS
+        source = UserSource.PAGE if exact else UserSource.PAGE_HLL
     else:
-        source = UserSource.HLL
+        source = UserSource.SETS if exact else UserSource.HLL
     return SeriesPlan(
         event_type=event_type,
         interval=interval,
@@ -151,6 +151,7 @@ def plan_top_pages(
     limit: int,
     *,
     now: datetime,
+    uniques: Uniques,
     max_points: int,
 ) -> PagesPlan:
     """Read minute buckets when the range has at most ``max_points`` of them, else hours."""
@@ -164,6 +165,11 @@ def plan_top_pages(
                 end=ceil(to, level),
                 buckets=buckets(frm, to, level),
                 limit=limit,
+                source=(
+                    UserSource.PAGE
+                    if level is Interval.MINUTE or uniques == "exact"
+                    else UserSource.PAGE_HLL
+                ),
             )
     raise _invalid(
         "too_many_points",
@@ -175,9 +181,9 @@ def plan_top_pages(
 
 def method_fields(source: UserSource) -> dict[str, Any]:
     """``unique_users_method`` and its standard error (null when exact)."""
-    if source is UserSource.HLL:
-        return {"unique_users_method": "hll", "unique_users_standard_error": HLL_STANDARD_ERROR}
-    return {"unique_users_method": "exact", "unique_users_standard_error": None}
+    if source.exact:
+        return {"unique_users_method": "exact", "unique_users_standard_error": None}
+    return {"unique_users_method": "hll", "unique_users_standard_error": HLL_STANDARD_ERROR}
 
 
 def series_body(plan: SeriesPlan, series: Series) -> dict[str, Any]:
@@ -213,7 +219,7 @@ def top_pages_body(plan: PagesPlan, top: list[tuple[str, int]], users: list[int]
         "from": iso_z(plan.start),
         "to": iso_z(plan.end),
         "bucket_interval": plan.level.value,
-        **method_fields(UserSource.PAGE),
+        **method_fields(plan.source),
         "pages": pages_rows(top, users),
     }
 

@@ -99,7 +99,8 @@ class Realtime(BaseModel):
         "at most 1440 of them by default (`EA_MAX_QUERY_POINTS`). `total.unique_users` is the "
         "number of distinct users over the whole range, not the sum of the points. "
         "Minute figures are exact; hour and day figures follow `EA_UNIQUES`. With "
-        "`page_url`, only that page's events and users, always exact. " + METHOD_DOC
+        "`page_url`, only that page's events and users (a day is read from its hours, "
+        "so at most 60 days). " + METHOD_DOC
     ),
     response_model=TimeSeries,
     responses=problem_responses(422, 503),
@@ -133,11 +134,12 @@ async def timeseries(
 
 @router.get(
     "/top-pages",
-    summary="Most viewed pages over a range, with exact unique users per page",
+    summary="Most viewed pages over a range, with unique users per page",
     description=(
         "Pages ordered by event count (then URL). Ranges up to 1440 minutes are read "
-        "from minute buckets, longer ones (up to 1440 hours) from hour buckets; `from` "
-        "and `to` in the answer show the whole buckets read. Default: the last 24 hours."
+        "from minute buckets (exact unique users), longer ones (up to 1440 hours) from "
+        "hour buckets (unique users per `EA_UNIQUES`); `from` and `to` in the answer "
+        "show the whole buckets read. Default: the last 24 hours. " + METHOD_DOC
     ),
     response_model=TopPages,
     responses=problem_responses(422, 503),
@@ -149,17 +151,20 @@ async def top_pages(
     event_type: EventType = "page_view",
     limit: Limit = 10,
 ) -> Response:
+    settings = deps.settings(request)
     plan = queries.plan_top_pages(
         event_type,
         from_,
         to,
         limit,
         now=datetime.now(UTC),
-        max_points=deps.settings(request).max_query_points,
+        uniques=settings.uniques,
+        max_points=settings.max_query_points,
     )
     reads = deps.reads(request)
     top = await reads.top_pages(event_type, plan.level, plan.buckets, limit)
-    users = await reads.page_users(event_type, plan.level, plan.buckets, [u for u, _ in top])
+    pages = [u for u, _ in top]
+    users = await reads.page_users(event_type, plan.level, plan.buckets, pages, plan.source)
     return json_response(queries.top_pages_body(plan, top, users))
 
 

@@ -1,21 +1,23 @@
 -- Ingest a batch of events of ONE shard atomically (every key shares the shard's hash tag).
 -- KEYS[1]            the shard's event stream
--- per event i (0-based), KEYS[2+13i .. 14+13i] (ingest.py `prepare` builds them in this order):
+-- per event i (0-based), KEYS[2+14i .. 15+14i] (keys.py `event_keys` builds them in this order):
 --   +0  seen set (event ids of the timestamp's hour)
 --   +1  minute count   +2  minute users set   +3  minute pages zset   +4  minute page_users zset
 --   +5  hour count     +6  hour HLL           +7  hour users set      +8  hour pages zset
 --   +9  hour page_users zset
 --   +10 day count      +11 day HLL            +12 day users set
+--   +13 hour HLL of the event's page (without a page: a repeated key, left alone)
 -- ARGV[1]            number of events
 -- ARGV[2]            "1": append new events to the stream; "0": replay from the archive
 --                    (rebuild), which must not archive them again
 -- per event i, ARGV[3+9i .. 11+9i]:
 --   +0 event id   +1 user id   +2 page url ("" = none)
---   +3 "1" = exact user sets for hour and day too (EA_UNIQUES=exact), "0" = HLL only
+--   +3 "1" = EA_UNIQUES=exact: exact user sets for hour and day, and exact page users per
+--        hour too; "0" = hour and day users in HLLs only
 --   +4 seen expire-at   +5 minute expire-at   +6 hour expire-at   +7 day expire-at
 --   +8 the archived record (JSON)
 -- Returns one integer per event: 1 = new (counted and streamed), 0 = duplicate (nothing changed).
-local KEYS_PER_EVENT = 13
+local KEYS_PER_EVENT = 14
 local ARGS_PER_EVENT = 9
 local n = tonumber(ARGV[1])
 local stream = KEYS[1]
@@ -30,14 +32,25 @@ local function add_user(key, user, at)
   end
 end
 
-local function add_page(pages, page_users, page, user, at)
+local function count_page(pages, page, at)
   if tonumber(redis.call('ZINCRBY', pages, 1, page)) == 1 and redis.call('ZCARD', pages) == 1 then
     redis.call('EXPIREAT', pages, at)
   end
+end
+
+local function add_page_user(page_users, page, user, at)
   -- "<url> NUL <user>": one page's users form one lexicographic range (see keys.py).
   if redis.call('ZADD', page_users, 0, page .. '\0' .. user) == 1
       and redis.call('ZCARD', page_users) == 1 then
     redis.call('EXPIREAT', page_users, at)
+  end
+end
+
+local function add_hll(key, user, at)
+  local new = redis.call('EXISTS', key) == 0
+  redis.call('PFADD', key, user)
+  if new then
+    redis.call('EXPIREAT', key, at)
   end
 end
 
@@ -66,7 +79,8 @@ for i = 0, n - 1 do
     count(KEYS[k + 2], m_at)
     add_user(KEYS[k + 3], user, m_at)
     if page ~= '' then
-      add_page(KEYS[k + 4], KEYS[k + 5], page, user, m_at)
+      count_page(KEYS[k + 4], page, m_at)
+      add_page_user(KEYS[k + 5], page, user, m_at)
     end
     -- hour and day: exact count and a HyperLogLog (born with the count, as it is written
     -- by every event); exact user sets only when configured, as they cost the most.
@@ -82,8 +96,14 @@ for i = 0, n - 1 do
         add_user(KEYS[c + 2], user, at)
       end
     end
+    -- hour pages: counts, a HyperLogLog per page (a key per page, at most 12 KiB) and,
+    -- when exact, the page-user pairs (about 135 bytes each: see README "Memory").
     if page ~= '' then
-      add_page(KEYS[k + 9], KEYS[k + 10], page, user, h_at)
+      count_page(KEYS[k + 9], page, h_at)
+      add_hll(KEYS[k + 14], user, h_at)
+      if exact then
+        add_page_user(KEYS[k + 10], page, user, h_at)
+      end
     end
     if to_stream then
       redis.call('XADD', stream, '*', 'e', ARGV[a + 9])

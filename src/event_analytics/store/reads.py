@@ -34,6 +34,11 @@ class UserSource(StrEnum):
     SETS = "set"
     HLL = "hll"
     PAGE = "page"
+    PAGE_HLL = "page_hll"
+
+    @property
+    def exact(self) -> bool:
+        return self in (UserSource.SETS, UserSource.PAGE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,24 +77,41 @@ class Reads:
     ) -> Series:
         """Count and unique users of each group of ``level`` buckets, plus their union."""
         k = self.keys
-        if source is UserSource.PAGE:
+        if source in (UserSource.PAGE, UserSource.PAGE_HLL):
             assert page is not None
-            pair = (k.pages, k.page_users)
-        else:
-            pair = (k.count, k.users if source is UserSource.SETS else k.hll)
         calls = []
         for shard in range(k.shards):
-            keys = [
-                build(shard, event_type, level, start)
-                for group in groups
-                for start in group
-                for build in pair
-            ]
+            keys: list[str] = []
+            for group in groups:
+                for start in group:
+                    keys += self._pair(source, shard, event_type, level, start, page or "")
             calls.append((keys, [source.value, page or "", *(len(g) for g in groups)]))
         replies = await self._per_shard(self._series, calls)
         sums = [sum(column) for column in zip(*replies, strict=True)]
         points = [(sums[i], sums[i + 1]) for i in range(0, 2 * len(groups), 2)]
         return Series(points=points, total_users=sums[-1] if sums else 0)
+
+    def _pair(
+        self,
+        source: UserSource,
+        shard: int,
+        event_type: str,
+        level: Interval,
+        start: datetime,
+        page: str,
+    ) -> tuple[str, str]:
+        """The (count, users) keys series.lua reads for one bucket."""
+        k = self.keys
+        if source is UserSource.SETS:
+            return k.count(shard, event_type, level, start), k.users(
+                shard, event_type, level, start
+            )
+        if source is UserSource.HLL:
+            return k.count(shard, event_type, level, start), k.hll(shard, event_type, level, start)
+        pages = k.pages(shard, event_type, level, start)
+        if source is UserSource.PAGE:
+            return pages, k.page_users(shard, event_type, level, start)
+        return pages, k.page_hll(shard, event_type, level, start, page)
 
     async def top_pages(
         self, event_type: str, level: Interval, starts: Sequence[datetime], limit: int
@@ -110,12 +132,24 @@ class Reads:
         return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
     async def page_users(
-        self, event_type: str, level: Interval, starts: Sequence[datetime], pages: Sequence[str]
+        self,
+        event_type: str,
+        level: Interval,
+        starts: Sequence[datetime],
+        pages: Sequence[str],
+        source: UserSource = UserSource.PAGE,
     ) -> list[int]:
-        """Distinct users of each page over the buckets."""
+        """Distinct users of each page over the buckets: exact pairs, or page HLLs."""
         if not pages:
             return []
         k = self.keys
+        if source is UserSource.PAGE_HLL:
+            async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
+                for page in pages:
+                    for s in range(k.shards):
+                        pipe.pfcount(*(k.page_hll(s, event_type, level, b, page) for b in starts))
+                counts = await pipe.execute()
+            return [sum(counts[i : i + k.shards]) for i in range(0, len(counts), k.shards)]
         calls = [
             ([k.page_users(s, event_type, level, b) for b in starts], list(pages))
             for s in range(k.shards)

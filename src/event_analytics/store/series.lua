@@ -1,13 +1,18 @@
 -- Counts and unique users of groups of buckets of ONE shard, and the union of all groups.
--- KEYS      two per bucket, group after group: the bucket's count key and users key
---           ("set" and "hll" modes), or its pages and page_users sorted sets ("page" mode)
--- ARGV[1]   "set": exact user sets · "hll": HyperLogLogs · "page": one page's figures
--- ARGV[2]   the page URL in "page" mode, "" otherwise
+-- KEYS      two per bucket, group after group: a count and a users structure, by mode:
+--             "set"       count string, users set            (exact)
+--             "hll"       count string, users HyperLogLog    (0.81%)
+--             "page"      pages zset, page_users zset        (one page, exact)
+--             "page_hll"  pages zset, the page's HyperLogLog (one page, 0.81%)
+-- ARGV[1]   the mode
+-- ARGV[2]   the page URL in the page modes, "" otherwise
 -- ARGV[3..] how many buckets each group has (a timeseries point is one group)
 -- Returns {count_1, users_1, ..., count_G, users_G, distinct users over every group}.
 -- Read-only on purpose: unions are made by SUNION and multi-key PFCOUNT, which reply
 -- without storing, and by Lua tables, so a query never writes to the AOF or replicas.
 local mode, page = ARGV[1], ARGV[2]
+local by_page = mode == 'page' or mode == 'page_hll'
+local hll = mode == 'hll' or mode == 'page_hll'
 -- One page's members "<url> NUL <user>" are exactly the bytewise range [url NUL, url \1).
 local lo, hi = '[' .. page .. '\0', '(' .. page .. '\1'
 local out = {}
@@ -18,7 +23,7 @@ local pos = 1
 local function union_size(keys)
   if #keys == 0 then
     return 0
-  elseif mode == 'hll' then
+  elseif hll then
     return redis.call('PFCOUNT', unpack(keys))
   elseif #keys == 1 then
     return redis.call('SCARD', keys[1])
@@ -34,8 +39,12 @@ for g = 3, #ARGV do
   for _ = 1, size do
     local count_key, users_key = KEYS[pos], KEYS[pos + 1]
     pos = pos + 2
-    if mode == 'page' then
+    if by_page then
       total = total + (tonumber(redis.call('ZSCORE', count_key, page)) or 0)
+    else
+      total = total + (tonumber(redis.call('GET', count_key)) or 0)
+    end
+    if mode == 'page' then
       for _, member in ipairs(redis.call('ZRANGEBYLEX', users_key, lo, hi)) do
         if not seen[member] then
           seen[member], n = true, n + 1
@@ -45,7 +54,6 @@ for g = 3, #ARGV do
         end
       end
     else
-      total = total + (tonumber(redis.call('GET', count_key)) or 0)
       users[#users + 1] = users_key
       every[#every + 1] = users_key
     end
