@@ -72,3 +72,15 @@ def engine_down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServicePro
     svc.wait_alive()
     yield svc
     svc.stop()
+
+
+@pytest.fixture(scope="session")
+def exact_service(
+    engine: EngineProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """The real service with EA_UNIQUES=exact: hour and day unique users from sets."""
+    data_dir = tmp_path_factory.mktemp("service-exact")
+    svc = ServiceProcess(data_dir / "data", env={"REDIS_URL": engine.url, "EA_UNIQUES": "exact"})
+    svc.start()
+    yield svc
+    svc.stop()

@@ -53,8 +53,12 @@ class Settings(BaseSettings):
     archiver_crash_at: Literal["", "after_write", "mid_line"] = ""
     rebuild_crash_after_batches: int = Field(default=0, ge=0)
 
-    # Queries.
-    max_query_minutes: int = Field(default=1440, ge=1)
+    # Unique users of hour and day buckets: exact sets, or HyperLogLogs (0.81% standard
+    # error, 12 KiB at most per bucket). Minute buckets and page figures are always exact.
+    uniques: Literal["exact", "approx"] = "approx"
+
+    # Queries: the most buckets one query reads (timeseries points, top-pages buckets).
+    max_query_points: int = Field(default=1440, ge=1, le=5000)
 
     @field_validator("redis_url")
     @classmethod

@@ -117,7 +117,8 @@ class Ingestor:
         s = self.settings
         shard = self.keys.shard_of(event.user_id)
         iso = ts.isoformat()  # YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00
-        keys = self.keys.event_keys(shard, event.event_type, iso[:16], iso[:13], iso[:10])
+        page_url = event.payload.page_url
+        keys = self.keys.event_keys(shard, event.event_type, iso[:16], iso[:13], iso[:10], page_url)
         epoch = int(ts.timestamp())
         minute_end = epoch - epoch % 60 + 60
         hour_end = epoch - epoch % 3600 + 3600
@@ -135,9 +136,12 @@ class Ingestor:
                     "received_at": iso_z(now),
                 }
             )
+        # And 9 arguments per event, also in the script's order.
         args = (
             event.event_id.bytes,
             event.user_id,
+            event.payload.page_url or "",
+            1 if s.uniques == "exact" else 0,
             # An id is remembered for as long as an event with its timestamp is accepted.
             hour_end + s.dedup_window_s + 60,
             minute_end + s.minute_retention_s,

@@ -4,11 +4,14 @@ All keys of one shard share the hash tag ``{s}``, so one Lua call touches one
 cluster slot. Users are assigned to shards by a stable hash of ``user_id``, so
 the shards' user sets are disjoint and unique counts add up across shards.
 Client strings never become key names: event types are validated names, and
-users, pages and ids are only ever members or values.
+users, pages and ids are only ever members or values. One exception, by necessity:
+a per-page HyperLogLog is a key of its own, so its name carries a fixed-length hash
+of the page URL (never the URL itself).
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,11 +21,25 @@ from event_analytics.timebucket import Interval, label
 ARCHIVER_GROUP = "archiver"
 _LETTER = {Interval.MINUTE: "m", Interval.HOUR: "h", Interval.DAY: "d"}
 # What the ingest script keeps per bucket; keep in step with store/ingest.lua.
+# Hour ``users``/``page_users`` and day ``users`` exist only with EA_UNIQUES=exact. Page
+# structures are kept per minute and hour (a day's page figures are its hours' union).
 _BUCKET_SUFFIXES = {
-    Interval.MINUTE: ("count", "users"),
-    Interval.HOUR: ("count", "hll"),
-    Interval.DAY: ("count", "hll"),
+    Interval.MINUTE: ("count", "users", "pages", "page_users"),
+    Interval.HOUR: ("count", "hll", "users", "pages", "page_users"),
+    Interval.DAY: ("count", "hll", "users"),
 }
+# Families of per-page keys, ``<stem>:<family>:<url hash>``: one key per page, so they
+# cannot be listed without the bucket's pages (see bucket_key_patterns).
+_BUCKET_FAMILIES = {
+    Interval.MINUTE: (),
+    Interval.HOUR: ("page_hll",),
+    Interval.DAY: (),
+}
+
+
+def _page_hll(hour_stem: str, page_url: str) -> str:
+    digest = hashlib.blake2b(page_url.encode(), digest_size=8).hexdigest()
+    return f"{hour_stem}:page_hll:{digest}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,20 +91,44 @@ class Keys:
         return self.bucket(shard, event_type, interval, start) + ":count"
 
     def users(self, shard: int, event_type: str, interval: Interval, start: datetime) -> str:
-        """Exact set of user ids in a minute bucket (SADD / SCARD)."""
+        """Exact set of user ids in a bucket (minutes always; hours and days if exact)."""
         return self.bucket(shard, event_type, interval, start) + ":users"
 
     def hll(self, shard: int, event_type: str, interval: Interval, start: datetime) -> str:
         """HyperLogLog of user ids in an hour or day bucket (PFADD / PFCOUNT)."""
         return self.bucket(shard, event_type, interval, start) + ":hll"
 
-    def event_keys(
-        self, shard: int, event_type: str, minute: str, hour: str, day: str
-    ) -> tuple[str, ...]:
-        """The keys one event touches, in the ingest script's order, from ready labels.
+    def pages(self, shard: int, event_type: str, interval: Interval, start: datetime) -> str:
+        """Sorted set page URL -> events in a minute or hour bucket (ZINCRBY)."""
+        return self.bucket(shard, event_type, interval, start) + ":pages"
 
-        The hot path's version of seen()/count()/users()/hll(): labels are cut once from
-        the timestamp (``2026-11-27T22:14``, ``2026-11-27T22``, ``2026-11-27``).
+    def page_users(self, shard: int, event_type: str, interval: Interval, start: datetime) -> str:
+        """Sorted set of ``<url> NUL <user>`` members, all scored 0, in a minute or hour bucket.
+
+        Equal scores order members bytewise, so one page's users are one ZRANGEBYLEX
+        range: exact unique users per page, with page URLs kept out of key names.
+        Neither a user id nor a page URL may contain NUL (both are validated).
+        """
+        return self.bucket(shard, event_type, interval, start) + ":page_users"
+
+    def page_hll(
+        self, shard: int, event_type: str, interval: Interval, start: datetime, page_url: str
+    ) -> str:
+        """HyperLogLog of one page's users in an hour bucket.
+
+        An HLL is a key, so per-page HLLs need one key per page. Its name carries a
+        64-bit BLAKE2b of the URL: fixed length and charset whatever the client sent.
+        """
+        return _page_hll(self.bucket(shard, event_type, interval, start), page_url)
+
+    def event_keys(
+        self, shard: int, event_type: str, minute: str, hour: str, day: str, page_url: str | None
+    ) -> tuple[str, ...]:
+        """The fixed block of 14 keys store/ingest.lua reads for one event, in its order.
+
+        Runs for every event, on the hot path: the labels (``2026-11-27T22:14``,
+        ``2026-11-27T22``, ``2026-11-27``) are cut once from the timestamp by the caller.
+        Without a page URL the page HLL slot repeats the hour pages key (never touched).
         """
         base = self._base(shard)
         m = f"{base}:{event_type}:m:{minute}"
@@ -97,18 +138,39 @@ class Keys:
             f"{base}:seen:{hour}",
             f"{m}:count",
             f"{m}:users",
+            f"{m}:pages",
+            f"{m}:page_users",
             f"{h}:count",
             f"{h}:hll",
+            f"{h}:users",
+            f"{h}:pages",
+            f"{h}:page_users",
             f"{d}:count",
             f"{d}:hll",
+            f"{d}:users",
+            _page_hll(h, page_url) if page_url else f"{h}:pages",
         )
 
     def bucket_keys(
         self, shard: int, event_type: str, interval: Interval, start: datetime
     ) -> tuple[str, ...]:
-        """Every key one bucket may have (rebuild deletes exactly these before replaying)."""
+        """Every fixed-name key one bucket may have (rebuild deletes these before replaying).
+
+        The bucket's per-page keys match ``bucket_key_patterns`` instead.
+        """
         stem = self.bucket(shard, event_type, interval, start)
         return tuple(f"{stem}:{suffix}" for suffix in _BUCKET_SUFFIXES[interval])
+
+    def bucket_key_patterns(
+        self, shard: int, event_type: str, interval: Interval, start: datetime
+    ) -> tuple[str, ...]:
+        """SCAN MATCH patterns of a bucket's per-page keys (hour: ``<stem>:page_hll:*``).
+
+        Replaying events into a page HLL that was not deleted gives the same HLL (PFADD
+        is idempotent), so deleting them matters only to drop pages the archive lacks.
+        """
+        stem = self.bucket(shard, event_type, interval, start)
+        return tuple(f"{stem}:{family}:*" for family in _BUCKET_FAMILIES[interval])
 
     def all_pattern(self) -> str:
         """SCAN pattern matching every key of this prefix (tests, rebuild)."""

@@ -28,6 +28,7 @@ PROPERTY_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 MAX_URL_LENGTH = 2048
 MAX_PROPERTY_STRING = 1024
 MAX_PROPERTIES = 32
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ISO_START = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]|$)")
 _URL_ADAPTER = TypeAdapter(HttpUrl)
 
@@ -46,6 +47,9 @@ def _check_url(value: str) -> str:
         raise PydanticCustomError(
             "url_too_long", "page_url is longer than {limit} characters", {"limit": MAX_URL_LENGTH}
         )
+    if _CONTROL.search(value):
+        # Page URLs are members of "<url> NUL <user>" pairs: a NUL in a URL would blur them.
+        raise PydanticCustomError("invalid_url", "page_url must not contain control characters")
     try:
         _URL_ADAPTER.validate_python(value)
     except ValidationError:

@@ -45,6 +45,25 @@ def floor(ts: datetime, interval: Interval) -> datetime:
     return ts.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def ceil(ts: datetime, interval: Interval) -> datetime:
+    """The first bucket boundary at or after ``ts`` (UTC)."""
+    start = floor(ts, interval)
+    return start if start == ts else start + interval.delta
+
+
+def bucket_count(start: datetime, end: datetime, interval: Interval) -> int:
+    """How many buckets of ``interval`` cover ``[start, end)``."""
+    if end <= start:
+        return 0
+    return (ceil(end, interval) - floor(start, interval)) // interval.delta
+
+
+def buckets(start: datetime, end: datetime, interval: Interval) -> list[datetime]:
+    """The starts of the buckets covering ``[start, end)``, oldest first."""
+    first = floor(start, interval)
+    return [first + interval.delta * i for i in range(bucket_count(start, end, interval))]
+
+
 def label(bucket: datetime, interval: Interval) -> str:
     """The bucket's name inside key names, e.g. ``2026-11-27T22:14``."""
     if interval is Interval.MINUTE:

@@ -6,11 +6,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
 
 from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
-from event_analytics.model import FieldError, InvalidQuery
+from event_analytics.api.render import json_response
+from event_analytics.model import EVENT_TYPE_PATTERN, FieldError, InvalidQuery
+from event_analytics.queries import USERS_CAP
 from event_analytics.timebucket import Interval, iso_z, last_buckets, parse_seed_bucket_key
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])
@@ -20,6 +23,12 @@ class MinuteRow(BaseModel):
     minute_timestamp: str
     count: int
     unique_users: int
+    users: list[str] | None = Field(
+        default=None, description="With include_users=true: the user ids, sorted"
+    )
+    truncated: bool | None = Field(
+        default=None, description=f"With include_users=true: more than {USERS_CAP} users"
+    )
 
 
 class MinuteBucket(BaseModel):
@@ -32,24 +41,36 @@ class MinuteBucket(BaseModel):
 
 @router.get(
     "/page_views_per_minute",
-    summary="Page views and exact unique users per minute, last N minutes",
+    summary="Events and exact unique users per minute, last N minutes",
     description=(
         "One row per minute, oldest first, for the `minutes` minutes ending with the "
-        "current one (UTC), zeros included."
+        "current one (UTC), zeros included. `include_users=true` adds each minute's user "
+        f"ids (at most {USERS_CAP}, with `truncated: true` when there are more)."
     ),
     response_model=list[MinuteRow],
+    response_model_exclude_none=True,
     responses=problem_responses(422, 503),
 )
 async def page_views_per_minute(
     request: Request,
     minutes: Annotated[int, Query(ge=1, le=1440, description="How many minutes")] = 5,
-) -> list[dict[str, Any]]:
+    event_type: Annotated[
+        str, Query(pattern=EVENT_TYPE_PATTERN, description="Event type to report on")
+    ] = "page_view",
+    include_users: Annotated[bool, Query(description="Add the user ids of each minute")] = False,
+) -> Response:
     buckets = last_buckets(datetime.now(UTC), minutes, Interval.MINUTE)
-    stats = await deps.store(request).minute_stats("page_view", buckets)
-    return [
+    stats = await deps.store(request).minute_stats(event_type, buckets)
+    rows: list[dict[str, Any]] = [
         {"minute_timestamp": iso_z(b), "count": c, "unique_users": u}
         for b, (c, u) in zip(buckets, stats, strict=True)
     ]
+    if include_users:
+        samples = await deps.reads(request).minute_users(event_type, buckets, USERS_CAP)
+        for row, users in zip(rows, samples, strict=True):
+            row["users"] = users
+            row["truncated"] = row["unique_users"] > len(users)
+    return json_response(rows)
 
 
 @router.get(

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from event_analytics import __version__
-from event_analytics.api import analytics, events, health, metrics, persistent, problems
+from event_analytics.api import analytics, events, health, metrics, persistent, problems, reports
 from event_analytics.api.ingest_http import IngestEndpoints
 from event_analytics.archive.files import LineCounter
 from event_analytics.config import Settings, get_settings
@@ -21,6 +21,7 @@ from event_analytics.keys import Keys
 from event_analytics.metrics import ArchiveGauges
 from event_analytics.model import StorageUnavailable
 from event_analytics.store import Store, connect
+from event_analytics.store.reads import Reads
 from event_analytics.store.streams import StreamStore
 
 EMBEDDED_ENV = "EA_EMBEDDED_ENGINE"
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ingestor = Ingestor(settings, store)
         ingestor.start_batching()
         app.state.ingestor = ingestor
+        app.state.reads = Reads(store)
         app.state.streams = StreamStore(store.client, store.keys)
         try:
             yield
@@ -70,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last = outermost: the timer sees the hot ingest routes too.
     app.add_middleware(IngestEndpoints)
     app.add_middleware(metrics.RequestTimer)
-    for module in (health, analytics, persistent, metrics):
+    for module in (health, analytics, reports, persistent, metrics):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

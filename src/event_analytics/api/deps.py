@@ -7,6 +7,7 @@ from fastapi import Request
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
 from event_analytics.store import Store
+from event_analytics.store.reads import Reads
 from event_analytics.store.streams import StreamStore
 
 
@@ -27,4 +28,9 @@ def streams(request: Request) -> StreamStore:
 
 def ingestor(request: Request) -> Ingestor:
     value: Ingestor = request.app.state.ingestor
+    return value
+
+
+def reads(request: Request) -> Reads:
+    value: Reads = request.app.state.reads
     return value

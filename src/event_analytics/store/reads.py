@@ -1,0 +1,178 @@
+"""Analytics reads: one read-only script call per shard, results summed over the shards.
+
+Users are split disjointly across shards (keys.py), so per-shard unique counts, unions
+included, add up exactly; event counts add up too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from importlib import resources
+from typing import Any
+
+from event_analytics.keys import Keys
+from event_analytics.store.redis import Store, engine_errors
+from event_analytics.timebucket import Interval
+
+
+def _script(name: str) -> str:
+    return resources.files("event_analytics.store").joinpath(name).read_text()
+
+
+SERIES_LUA = _script("series.lua")
+TOP_PAGES_LUA = _script("top_pages.lua")
+PAGE_USERS_LUA = _script("page_users.lua")
+
+
+class UserSource(StrEnum):
+    """Which structure a series reads unique users from (see series.lua)."""
+
+    SETS = "set"
+    HLL = "hll"
+    PAGE = "page"
+    PAGE_HLL = "page_hll"
+
+    @property
+    def exact(self) -> bool:
+        return self in (UserSource.SETS, UserSource.PAGE)
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """(count, unique users) per group of buckets, and the distinct users of all groups."""
+
+    points: list[tuple[int, int]]
+    total_users: int
+
+
+class Reads:
+    """Range queries over the bucket structures written by ingest.lua."""
+
+    def __init__(self, store: Store) -> None:
+        self.client = store.client
+        self.keys: Keys = store.keys
+        self._series = self.client.register_script(SERIES_LUA)
+        self._top_pages = self.client.register_script(TOP_PAGES_LUA)
+        self._page_users = self.client.register_script(PAGE_USERS_LUA)
+
+    async def _per_shard(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """One script call per shard, all in one round trip; the replies in shard order."""
+        async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            replies: list[Any] = await pipe.execute()
+        return replies
+
+    async def series(
+        self,
+        event_type: str,
+        level: Interval,
+        groups: Sequence[Sequence[datetime]],
+        source: UserSource,
+        page: str | None = None,
+    ) -> Series:
+        """Count and unique users of each group of ``level`` buckets, plus their union."""
+        k = self.keys
+        if source in (UserSource.PAGE, UserSource.PAGE_HLL):
+            assert page is not None
+        calls = []
+        for shard in range(k.shards):
+            keys: list[str] = []
+            for group in groups:
+                for start in group:
+                    keys += self._pair(source, shard, event_type, level, start, page or "")
+            calls.append((keys, [source.value, page or "", *(len(g) for g in groups)]))
+        replies = await self._per_shard(self._series, calls)
+        sums = [sum(column) for column in zip(*replies, strict=True)]
+        points = [(sums[i], sums[i + 1]) for i in range(0, 2 * len(groups), 2)]
+        return Series(points=points, total_users=sums[-1] if sums else 0)
+
+    def _pair(
+        self,
+        source: UserSource,
+        shard: int,
+        event_type: str,
+        level: Interval,
+        start: datetime,
+        page: str,
+    ) -> tuple[str, str]:
+        """The (count, users) keys series.lua reads for one bucket."""
+        k = self.keys
+        if source is UserSource.SETS:
+            return k.count(shard, event_type, level, start), k.users(
+                shard, event_type, level, start
+            )
+        if source is UserSource.HLL:
+            return k.count(shard, event_type, level, start), k.hll(shard, event_type, level, start)
+        pages = k.pages(shard, event_type, level, start)
+        if source is UserSource.PAGE:
+            return pages, k.page_users(shard, event_type, level, start)
+        return pages, k.page_hll(shard, event_type, level, start, page)
+
+    async def top_pages(
+        self, event_type: str, level: Interval, starts: Sequence[datetime], limit: int
+    ) -> list[tuple[str, int]]:
+        """The ``limit`` most counted pages over the buckets: count desc, then URL asc."""
+        k = self.keys
+        # One shard can rank by itself; several must send every page, or a page ranked
+        # just below the limit in each shard could be missed although first in the sum.
+        per_shard_limit = limit if k.shards == 1 else 0
+        calls = [
+            ([k.pages(s, event_type, level, b) for b in starts], [per_shard_limit])
+            for s in range(k.shards)
+        ]
+        totals: Counter[str] = Counter()
+        for flat in await self._per_shard(self._top_pages, calls):
+            for i in range(0, len(flat), 2):
+                totals[_text(flat[i])] += int(flat[i + 1])
+        return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
+
+    async def page_users(
+        self,
+        event_type: str,
+        level: Interval,
+        starts: Sequence[datetime],
+        pages: Sequence[str],
+        source: UserSource = UserSource.PAGE,
+    ) -> list[int]:
+        """Distinct users of each page over the buckets: exact pairs, or page HLLs."""
+        if not pages:
+            return []
+        k = self.keys
+        if source is UserSource.PAGE_HLL:
+            async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
+                for page in pages:
+                    for s in range(k.shards):
+                        pipe.pfcount(*(k.page_hll(s, event_type, level, b, page) for b in starts))
+                counts = await pipe.execute()
+            return [sum(counts[i : i + k.shards]) for i in range(0, len(counts), k.shards)]
+        calls = [
+            ([k.page_users(s, event_type, level, b) for b in starts], list(pages))
+            for s in range(k.shards)
+        ]
+        replies = await self._per_shard(self._page_users, calls)
+        return [sum(column) for column in zip(*replies, strict=True)]
+
+    async def minute_users(
+        self, event_type: str, minutes: Sequence[datetime], cap: int
+    ) -> list[list[str]]:
+        """Up to ``cap`` user ids of each minute, sorted (SRANDMEMBER never sends a big set)."""
+        k = self.keys
+        async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
+            for minute in minutes:
+                for shard in range(k.shards):
+                    pipe.srandmember(k.users(shard, event_type, Interval.MINUTE, minute), cap)
+            replies = await pipe.execute()
+        out = []
+        for i in range(len(minutes)):
+            chunk = replies[i * k.shards : (i + 1) * k.shards]
+            out.append(sorted(_text(u) for shard in chunk for u in shard)[:cap])
+        return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

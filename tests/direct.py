@@ -1,0 +1,44 @@
+"""Bulk ingest for tests: the real Ingestor and ingest script, without the HTTP hop."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from event_analytics.config import Settings
+from event_analytics.ingest import Ingestor
+from event_analytics.keys import Keys
+from event_analytics.model import EVENT_ADAPTER
+from event_analytics.store import Store, connect
+
+BATCH = 2000
+
+
+def ingest(
+    redis_url: str,
+    bodies: list[dict[str, Any]],
+    uniques: Literal["exact", "approx"] = "exact",
+    shards: int = 1,
+    prefix: str = "ea:",
+) -> list[bool]:
+    """Store events as POST /events would; True where new."""
+
+    async def main() -> list[bool]:
+        settings = Settings(redis_url=redis_url, uniques=uniques, shards=shards, key_prefix=prefix)
+        store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
+        ingestor = Ingestor(settings, store)
+        flags: list[bool] = []
+        try:
+            now = datetime.now(UTC)
+            for start in range(0, len(bodies), BATCH):
+                prepared = [
+                    ingestor.prepare(EVENT_ADAPTER.validate_python(b), now)
+                    for b in bodies[start : start + BATCH]
+                ]
+                flags += await store.ingest(prepared)
+        finally:
+            await store.close()
+        return flags
+
+    return asyncio.run(main())
