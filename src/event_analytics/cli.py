@@ -98,6 +98,8 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     # handlers in place that ends here, so children are stopped cleanly and we exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_terminated)
+    from event_analytics import logs
+
     try:
         uvicorn.run(
             "event_analytics.api.app:create_app",
@@ -105,9 +107,16 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            # httptools with a deadline and a size limit for request heads (api/protocol.py).
+            http="event_analytics.api.protocol:GuardedHttpToolsProtocol",
+            h11_max_incomplete_event_size=settings.max_header_bytes,
+            log_config=logs.config(),
             log_level="info",
+            # Our access log (EA_ACCESS_LOG) has the request id and no raw path.
             access_log=False,
             timeout_keep_alive=5,
+            limit_concurrency=settings.max_concurrency,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
         )
     except _Terminated:
         pass
@@ -327,9 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from event_analytics import logs
+
+    logs.configure()
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# A comma-separated list in the environment ("a,b,c"); blanks dropped.
+CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -31,6 +34,28 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
+
+    # Slow or greedy clients: whole request head within this time and size, whole body
+    # within its own time; at most this many connections and requests at once per worker.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=1024 * 1024)
+    body_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    max_concurrency: int = Field(default=1024, ge=1)
+    # Clients whose X-Forwarded-For is believed (the client address of rate limits).
+    forwarded_allow_ips: str = "127.0.0.1"
+    access_log: bool = False
+
+    # API keys: when a list is set, its scope requires one of its keys. Empty = open.
+    write_keys: CommaList = ()
+    read_keys: CommaList = ()
+    # Requests per window (0 = no limit), per API key and per client address, counted
+    # in Redis so all workers share them.
+    rate_limit_per_key: int = Field(default=0, ge=0)
+    rate_limit_per_address: int = Field(default=0, ge=0)
+    rate_limit_window_s: int = Field(default=60, ge=1, le=3600)
+    # Browser origins allowed to send events (CORS, sendBeacon); "*" = any. Reads: none.
+    cors_origins: CommaList = ()
+    cors_read_origins: CommaList = ()
 
     # Ingest rules.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
@@ -64,6 +89,32 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("write_keys", "read_keys", "cors_origins", "cors_read_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("write_keys", "read_keys")
+    @classmethod
+    def _long_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # A short key can be guessed, whatever the rate limit; say so at start.
+        for key in value:
+            if len(key) < 16 or any(c.isspace() or not c.isprintable() for c in key):
+                raise ValueError("each API key needs 16 or more printable characters, no spaces")
+        return value
+
+    @field_validator("cors_origins", "cors_read_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin != "*" and not (
+                origin.startswith(("http://", "https://")) and origin.count("/") == 2
+            ):
+                raise ValueError(f"an origin is scheme://host[:port] or *, not {origin!r}")
+        return tuple(o.rstrip("/") for o in value)
 
     @property
     def archive_path(self) -> Path:

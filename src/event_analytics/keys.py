@@ -172,6 +172,16 @@ class Keys:
         stem = self.bucket(shard, event_type, interval, start)
         return tuple(f"{stem}:{family}:*" for family in _BUCKET_FAMILIES[interval])
 
+    def rate(self, kind: str, digest: str, window: int) -> str:
+        """Requests in one rate-limit window of one API key or client address.
+
+        ``digest`` is a fixed-length hash of the key or address, never the key itself;
+        ``window`` is the window's number since the epoch, so each window has its own
+        counter and an old one only waits for its TTL. No hash tag: on a cluster the
+        counters spread over the slots.
+        """
+        return f"{self.prefix}rl:{kind}:{digest}:{window}"
+
     def all_pattern(self) -> str:
         """SCAN pattern matching every key of this prefix (tests, rebuild)."""
         return f"{self.prefix}*"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,7 @@ PROPERTY_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 MAX_URL_LENGTH = 2048
 MAX_PROPERTY_STRING = 1024
 MAX_PROPERTIES = 32
+MIN_INT, MAX_INT = -(2**63), 2**63 - 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ISO_START = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]|$)")
 _URL_ADAPTER = TypeAdapter(HttpUrl)
@@ -93,10 +95,19 @@ class Payload(BaseModel):
                     {"limit": MAX_PROPERTY_STRING},
                 )
             if not isinstance(value, str | int | float | bool) and value is not None:
+                # Flat on purpose: no nesting means no depth to bound and no deep recursion.
                 raise PydanticCustomError(
                     "invalid_property_value",
-                    "payload values must be strings, numbers, booleans or null",
+                    "payload values must be strings, numbers, booleans or null (no objects "
+                    "or arrays)",
                 )
+            if isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
+                # The archive is JSON written with orjson: 64-bit integers at most.
+                raise PydanticCustomError(
+                    "property_out_of_range", "payload integers must fit in 64 bits (signed)"
+                )
+            if isinstance(value, float) and not math.isfinite(value):
+                raise PydanticCustomError("property_out_of_range", "payload numbers must be finite")
         return self
 
 
@@ -171,6 +182,14 @@ class BodyTooLarge(EventAnalyticsError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"body is larger than {limit} bytes")
         self.limit = limit
+
+
+class BodyTimeout(EventAnalyticsError):
+    """The body did not arrive in full within the configured time (a slow client)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the body did not arrive within {seconds:g} s")
+        self.seconds = seconds
 
 
 class StorageUnavailable(EventAnalyticsError):

@@ -9,11 +9,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from event_analytics import __version__
 from event_analytics.api import analytics, events, health, metrics, persistent, problems, reports
+from event_analytics.api.context import RequestContext
 from event_analytics.api.ingest_http import IngestEndpoints
+from event_analytics.api.security import Guard, ReadGuard, document_security
 from event_analytics.archive.files import LineCounter
 from event_analytics.config import Settings, get_settings
 from event_analytics.ingest import Ingestor
@@ -21,6 +24,7 @@ from event_analytics.keys import Keys
 from event_analytics.metrics import ArchiveGauges
 from event_analytics.model import StorageUnavailable
 from event_analytics.store import Store, connect
+from event_analytics.store.ratelimit import RateLimits
 from event_analytics.store.reads import Reads
 from event_analytics.store.streams import StreamStore
 
@@ -52,6 +56,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ingestor = ingestor
         app.state.reads = Reads(store)
         app.state.streams = StreamStore(store.client, store.keys)
+        limits = None
+        if settings.rate_limit_per_key or settings.rate_limit_per_address:
+            limits = RateLimits(
+                store.client,
+                store.keys,
+                settings.rate_limit_per_key,
+                settings.rate_limit_per_address,
+                settings.rate_limit_window_s,
+            )
+        app.state.guard = Guard(settings, limits)
         try:
             yield
         finally:
@@ -69,9 +83,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.line_counter = LineCounter()
     app.state.archive_probe = archive_gauges
     problems.install(app)
-    # Added last = outermost: the timer sees the hot ingest routes too.
+    # Added last = outermost. Inside out: keys and limits of the FastAPI routes, their
+    # CORS (off unless EA_CORS_READ_ORIGINS), the hot ingest routes with their own gate,
+    # the timer (it sees the hot routes too), and the request id around everything.
+    app.add_middleware(ReadGuard)
+    if settings.cors_read_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_read_origins),
+            allow_methods=["GET"],
+            allow_headers=["authorization", "x-api-key", "x-request-id"],
+            expose_headers=["retry-after", "x-request-id"],
+        )
     app.add_middleware(IngestEndpoints)
     app.add_middleware(metrics.RequestTimer)
+    app.add_middleware(RequestContext, access_log=settings.access_log)
     for module in (health, analytics, reports, persistent, metrics):
         app.include_router(module.router)
 
@@ -88,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema
+            document_security(schema, settings)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ from fastapi.responses import Response
 from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
+from event_analytics.config import Settings
 from event_analytics.model import StorageUnavailable
 from event_analytics.timebucket import iso_z
 
@@ -33,11 +35,19 @@ async def health() -> dict[str, Any]:
 )
 async def ready(request: Request) -> Response:
     store = deps.store(request)
-    body: dict[str, Any] = {"timestamp": iso_z(datetime.now(UTC))}
+    settings = deps.settings(request)
+    body: dict[str, Any] = {
+        "timestamp": iso_z(datetime.now(UTC)),
+        "access": access_summary(settings),
+    }
     try:
-        engine = await store.engine_info()
-    except StorageUnavailable as exc:
-        body |= {"status": "unavailable", "engine": {"reachable": False, "error": str(exc)}}
+        # One deadline for the whole probe (it makes several calls): a hung engine turns
+        # readiness red within the per-command timeout, not a multiple of it.
+        async with asyncio.timeout(settings.redis_timeout_s):
+            engine = await store.engine_info()
+    except (StorageUnavailable, TimeoutError) as exc:
+        error = str(exc) or "storage did not answer in time"
+        body |= {"status": "unavailable", "engine": {"reachable": False, "error": error}}
         return json_response(body, 503, headers={"Retry-After": "1"})
     durable = engine["aof_enabled"] and engine["appendfsync"] == "always"
     engine |= {"reachable": True, "embedded": request.app.state.embedded}
@@ -48,3 +58,27 @@ async def ready(request: Request) -> Response:
         "ack_durability": "fsync_always" if durable else "engine_policy",
     }
     return json_response(body)
+
+
+def access_summary(settings: Settings) -> dict[str, Any]:
+    """Who may call the service, said plainly: off by default, for the single-user run."""
+    write = "api_key" if settings.write_keys else "open"
+    read = "api_key" if settings.read_keys else "open"
+    out: dict[str, Any] = {
+        "write": write,
+        "read": read,
+        "rate_limits": {
+            "per_key": settings.rate_limit_per_key or None,
+            "per_address": settings.rate_limit_per_address or None,
+            "window_s": settings.rate_limit_window_s,
+        },
+        "cors_origins": list(settings.cors_origins),
+    }
+    open_scopes = [name for name, mode in (("send events", write), ("read analytics", read))
+                   if mode == "open"]  # fmt: skip
+    if open_scopes:
+        out["warning"] = (
+            f"no API keys for: {' and '.join(open_scopes)}; anyone who can reach this "
+            "address may do that (set EA_WRITE_KEYS / EA_READ_KEYS before exposing it)"
+        )
+    return out

@@ -12,14 +12,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from event_analytics import metrics
-from event_analytics.api.body import ClientGone, read_limited, require_json
+from event_analytics.api.body import INGEST_TYPES, ClientGone, header, read_limited, require_json
 from event_analytics.api.problems import UnsupportedMediaType, problem, render_error
+from event_analytics.api.security import (
+    CORS_ALLOW_HEADERS,
+    CORS_EXPOSE_HEADERS,
+    Access,
+    Guard,
+)
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor, ItemResult
-from event_analytics.model import BodyTooLarge, EventAnalyticsError
+from event_analytics.model import BodyTimeout, BodyTooLarge, EventAnalyticsError
 
 ACCEPTED = "Page view event accepted and queued for processing"
 DUPLICATE = "Duplicate event_id: already counted, nothing changed"
@@ -36,6 +42,26 @@ class _Route:
 EVENTS_ROUTE = _Route("/events")
 BATCH_ROUTE = _Route("/events/batch")
 _ROUTES = {r.path: r for r in (EVENTS_ROUTE, BATCH_ROUTE)}
+_EXPOSE = (b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode())
+_PREFLIGHT = [
+    (b"access-control-allow-methods", b"POST"),
+    (b"access-control-allow-headers", CORS_ALLOW_HEADERS.encode()),
+    (b"access-control-max-age", b"600"),
+    (b"vary", b"Origin"),
+]
+
+
+def _with_cors(send: Send, origin: str) -> Send:
+    """``send`` that lets the allowed browser origin read the answer (and its errors)."""
+    extra = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin"),
+             _EXPOSE]  # fmt: skip
+
+    async def cors_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *extra]
+        await send(message)
+
+    return cors_send
 
 
 class IngestEndpoints:
@@ -50,6 +76,14 @@ class IngestEndpoints:
             await self.app(scope, receive, send)
             return
         scope["route"] = route
+        guard: Guard = scope["app"].state.guard
+        if guard.cors:
+            origin = header(scope, b"origin")
+            if origin is not None and guard.origin_allowed(origin):
+                if scope["method"] == "OPTIONS":
+                    await _preflight(send, origin)
+                    return
+                send = _with_cors(send, origin)
         if scope["method"] != "POST":
             allow = {"Allow": "POST"}
             answer = problem(
@@ -58,10 +92,19 @@ class IngestEndpoints:
             await answer(scope, receive, send)
             return
         handler = self._one if route is EVENTS_ROUTE else self._batch
-        await self._guarded(handler, scope, receive, send)
+        await self._guarded(handler, guard, scope, receive, send)
 
-    async def _guarded(self, handler: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _guarded(
+        self, handler: Any, guard: Guard, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         try:
+            # Keys, limits and origins before the body is read: a refused client costs
+            # no body buffering and no parsing.
+            if guard.write_active:
+                refusal = await guard.admit(scope, Access.WRITE)
+                if refusal is not None:
+                    await refusal(scope, receive, send)
+                    return
             status, body = await handler(scope, receive)
         except ClientGone:
             return
@@ -78,7 +121,7 @@ class IngestEndpoints:
 
     async def _one(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
         settings, ingestor = self._state(scope)
-        body = await _read_json(scope, receive, settings.max_body_bytes)
+        body = await _read_json(scope, receive, settings.max_body_bytes, settings.body_timeout_s)
         result = await ingestor.ingest_json(body)
         reply = {
             "success": True,
@@ -90,20 +133,29 @@ class IngestEndpoints:
 
     async def _batch(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
         settings, ingestor = self._state(scope)
-        body = await _read_json(scope, receive, settings.max_batch_bytes)
+        body = await _read_json(scope, receive, settings.max_batch_bytes, settings.body_timeout_s)
         results = await ingestor.ingest_batch_json(body)
         return 200, orjson.dumps(batch_reply(results))
 
 
-async def _read_json(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def _preflight(send: Send, origin: str) -> None:
+    headers = [(b"access-control-allow-origin", origin.encode("latin-1")), *_PREFLIGHT]
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _read_json(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> bytes:
     try:
-        require_json(scope)
-        return await read_limited(scope, receive, limit)
+        require_json(scope, INGEST_TYPES)
+        return await read_limited(scope, receive, limit, timeout_s)
     except UnsupportedMediaType:
         metrics.event_rejected("unsupported_media_type")
         raise
     except BodyTooLarge:
         metrics.event_rejected("body_too_large")
+        raise
+    except BodyTimeout:
+        metrics.event_rejected("body_timeout")
         raise
 
 

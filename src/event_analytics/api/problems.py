@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from event_analytics.model import (
+    BodyTimeout,
     BodyTooLarge,
     FieldError,
     InvalidEvent,
@@ -81,10 +82,14 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the given error statuses."""
     titles = {
         400: "Malformed JSON",
+        401: "API key missing or unknown (only when keys are configured)",
+        403: "API key without the needed scope, or a browser origin not allowed",
         404: "Not found",
+        408: "The body did not arrive in time",
         413: "Body too large",
         415: "Unsupported media type",
         422: "Invalid input",
+        429: "Rate limit exceeded; retry after the Retry-After header",
         503: "Storage unavailable; retry after the Retry-After header",
     }
     return {
@@ -108,6 +113,10 @@ def render_error(exc: Exception) -> Response:
     if isinstance(exc, BodyTooLarge):
         detail = f"the body is larger than the limit of {exc.limit} bytes"
         return problem(413, "body-too-large", "Body too large", detail)
+    if isinstance(exc, BodyTimeout):
+        detail = f"{exc}; send the whole body at once"
+        close = {"Connection": "close"}
+        return problem(408, "body-timeout", "Request timeout", detail, headers=close)
     if isinstance(exc, UnsupportedMediaType):
         got = exc.got or "none"
         detail = f"Content-Type {got} is not accepted; send {' or '.join(exc.accepted)}"
@@ -145,8 +154,8 @@ def install(app: FastAPI) -> None:
         title = str(exc.detail)
         return problem(exc.status_code, slug, title, title, headers=dict(exc.headers or {}))
 
-    for kind in (MalformedJSON, InvalidEvent, InvalidQuery, BodyTooLarge, UnsupportedMediaType,
-                 StorageUnavailable):  # fmt: skip
+    for kind in (MalformedJSON, InvalidEvent, InvalidQuery, BodyTooLarge, BodyTimeout,
+                 UnsupportedMediaType, StorageUnavailable):  # fmt: skip
         app.add_exception_handler(kind, domain_error)
     app.add_exception_handler(RequestValidationError, request_validation)
     app.add_exception_handler(StarletteHTTPException, http_error)

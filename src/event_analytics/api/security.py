@@ -1,0 +1,218 @@
+"""Who may call what: API keys with scopes, rate limits, browser origins.
+
+Everything here is decided from the raw ASGI scope, so the plain-ASGI ingest routes and
+the FastAPI routes share one gate. With no keys, no limits and no origins configured
+(the default) ``Guard.write_active``/``read_active`` are False: one attribute read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from enum import StrEnum
+from typing import Any
+
+from fastapi.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from event_analytics.api.body import header
+from event_analytics.api.problems import problem, problem_responses, render_error
+from event_analytics.config import Settings
+from event_analytics.model import StorageUnavailable
+from event_analytics.store.ratelimit import RateLimits
+
+# The routes anyone may call whatever the keys: probes and the API description.
+PUBLIC_PATHS = frozenset(
+    {"/health", "/health/", "/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc",
+     "/openapi.json"}
+)  # fmt: skip
+KEY_ID_SCOPE = "ea.key_id"
+CORS_ALLOW_HEADERS = "authorization, content-type, x-api-key, x-request-id"
+CORS_EXPOSE_HEADERS = "retry-after, x-request-id"
+
+
+class Access(StrEnum):
+    WRITE = "write"
+    READ = "read"
+
+
+def fingerprint(key: str) -> str:
+    """A short, stable id of a key for counters and logs (the key itself appears nowhere)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def presented_key(scope: Scope) -> str | None:
+    """The key of ``Authorization: Bearer <key>`` or, failing that, ``X-API-Key``."""
+    bearer = api_key = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = bytes(value).decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                bearer = token.strip()
+        elif name == b"x-api-key":
+            api_key = bytes(value).decode("latin-1").strip() or None
+    return bearer or api_key
+
+
+def client_address(scope: Scope) -> str | None:
+    """The client's address for rate limits: IPv6 clients by their /64, as they get one."""
+    client = scope.get("client")
+    if not client:
+        return None
+    host = str(client[0])
+    if ":" in host:
+        try:
+            return str(ipaddress.IPv6Network((host, 64), strict=False))
+        except ValueError:
+            return host
+    return host
+
+
+class KeyRing:
+    """The configured keys, kept as SHA-256 digests and compared in constant time."""
+
+    def __init__(self, write_keys: tuple[str, ...], read_keys: tuple[str, ...]) -> None:
+        self.required = {Access.WRITE: bool(write_keys), Access.READ: bool(read_keys)}
+        self._digests = {
+            Access.WRITE: [hashlib.sha256(k.encode()).digest() for k in write_keys],
+            Access.READ: [hashlib.sha256(k.encode()).digest() for k in read_keys],
+        }
+
+    def scopes_of(self, key: str) -> set[Access]:
+        """Every scope the key holds. Each configured digest is compared, match or not.
+
+        Digests have one length whatever the key's, and ``compare_digest`` takes the same
+        time for any content, so timing tells nothing about how close a guess was.
+        """
+        digest = hashlib.sha256(key.encode()).digest()
+        found: set[Access] = set()
+        for access, digests in self._digests.items():
+            hit = False
+            for known in digests:
+                hit |= hmac.compare_digest(known, digest)
+            if hit:
+                found.add(access)
+        return found
+
+
+def unauthorized(detail: str) -> Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="event-analytics"'}
+    return problem(401, "unauthorized", "Unauthorized", detail, headers=headers)
+
+
+def forbidden(access: Access) -> Response:
+    detail = f"this API key does not have the {access} scope"
+    headers = {"WWW-Authenticate": f'Bearer realm="event-analytics", scope="{access}", '
+               'error="insufficient_scope"'}  # fmt: skip
+    return problem(403, "forbidden", "Forbidden", detail, headers=headers)
+
+
+class Guard:
+    """API keys, rate limits and allowed browser origins, for every route."""
+
+    def __init__(self, settings: Settings, limits: RateLimits | None) -> None:
+        self.keys = KeyRing(settings.write_keys, settings.read_keys)
+        self.limits = limits
+        self.origins = frozenset(o for o in settings.cors_origins if o != "*")
+        self.any_origin = "*" in settings.cors_origins
+        self.cors = bool(settings.cors_origins)
+        limited = limits is not None
+        # Read on every request: plain attributes, not a lookup.
+        self.write_active = self.keys.required[Access.WRITE] or limited or self.cors
+        self.read_active = self.keys.required[Access.READ] or limited
+
+    def origin_allowed(self, origin: str) -> bool:
+        return self.any_origin or origin in self.origins
+
+    async def admit(self, scope: Scope, access: Access) -> Response | None:
+        """None when the request may go on; otherwise the answer that refuses it.
+
+        The address limit is counted before the key is judged, so guessing keys is rate
+        limited too; the key limit only counts requests with a valid key.
+        """
+        if access is Access.WRITE and self.cors:
+            origin = header(scope, b"origin")
+            if origin is not None and not self.origin_allowed(origin):
+                detail = "this browser origin may not send events here (EA_CORS_ORIGINS)"
+                return problem(403, "origin-not-allowed", "Origin not allowed", detail)
+        refusal: Response | None = None
+        key_id: str | None = None
+        if self.keys.required[access]:
+            key = presented_key(scope)
+            if key is None:
+                refusal = unauthorized(
+                    "an API key is required: Authorization: Bearer <key> or X-API-Key"
+                )
+            else:
+                scopes = self.keys.scopes_of(key)
+                if access in scopes:
+                    key_id = fingerprint(key)
+                    scope[KEY_ID_SCOPE] = key_id
+                elif scopes:
+                    refusal = forbidden(access)
+                else:
+                    refusal = unauthorized("unknown API key")
+        if self.limits is not None:
+            limited = await self.limits.hit(key_id, client_address(scope))
+            if limited is not None:
+                per = "API key" if limited.kind == "key" else "client address"
+                detail = (
+                    f"more than {limited.limit} requests in {self.limits.window_s} s "
+                    f"for this {per}; retry after {limited.retry_after_s} s"
+                )
+                return problem(
+                    429,
+                    "rate-limited",
+                    "Too many requests",
+                    detail,
+                    headers={"Retry-After": str(limited.retry_after_s)},
+                )
+        return refusal
+
+
+class ReadGuard:
+    """Pure ASGI gate in front of the FastAPI routes: every one needs the read scope,
+    except the public probes and docs (deny by default, so new routes are covered)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+            guard: Guard = scope["app"].state.guard
+            if guard.read_active and scope["method"] != "OPTIONS":
+                try:
+                    refusal = await guard.admit(scope, Access.READ)
+                except StorageUnavailable as exc:  # the rate limit's counter
+                    refusal = render_error(exc)
+                if refusal is not None:
+                    await refusal(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+INGEST_PATHS = frozenset({"/events", "/events/batch"})
+
+
+def document_security(schema: dict[str, Any], settings: Settings) -> None:
+    """Add the key schemes and the 401/403/429 answers to every guarded operation."""
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {}).update(
+        {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "an API key"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+    )
+    for path, operations in schema.get("paths", {}).items():
+        if path in PUBLIC_PATHS:
+            continue
+        ingest = path in INGEST_PATHS
+        required = settings.write_keys if ingest else settings.read_keys
+        statuses = (401, 403, 408, 429) if ingest else (401, 403, 429)
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for status, entry in problem_responses(*statuses).items():
+                responses.setdefault(str(status), entry)
+            if required:
+                operation["security"] = [{"bearer": []}, {"apiKey": []}]

@@ -1,0 +1,71 @@
+"""Fixed-window request counters in Redis, shared by every worker and every service node."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from event_analytics.keys import Keys
+from event_analytics.store.redis import engine_errors
+
+
+def digest(text: str) -> str:
+    """A fixed-length name for a key or address in key names (never the text itself)."""
+    return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Limited:
+    """Over the limit: which counter, and when its window ends."""
+
+    kind: str
+    limit: int
+    retry_after_s: int
+
+
+class RateLimits:
+    """Per-key and per-address request limits over windows of ``window_s`` seconds.
+
+    One round trip per request: INCR and EXPIRE of each counter, pipelined (plain
+    commands: nothing to reload after an engine restart, and each counter is one key,
+    so it works unchanged on a cluster). Fixed windows aligned on the clock: a client
+    may send up to twice the limit around a window boundary, never more.
+    """
+
+    def __init__(
+        self, client: aioredis.Redis, keys: Keys, per_key: int, per_address: int, window_s: int
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.per_key = per_key
+        self.per_address = per_address
+        self.window_s = window_s
+
+    async def hit(self, key_id: str | None, address: str | None) -> Limited | None:
+        """Count one request; a Limited when it is over one of the limits."""
+        now = time.time()
+        window = int(now // self.window_s)
+        counters: list[tuple[str, int, str]] = []
+        if self.per_address and address:
+            counters.append(("address", self.per_address, digest(address)))
+        if self.per_key and key_id:
+            counters.append(("key", self.per_key, key_id))
+        if not counters:
+            return None
+        # Twice the window: a counter outlives its window even when clocks differ a little.
+        ttl = 2 * self.window_s
+        async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
+            for kind, _, name in counters:
+                key = self.keys.rate(kind, name, window)
+                pipe.incr(key)
+                pipe.expire(key, ttl)
+            replies = await pipe.execute()
+        for (kind, limit, _), count in zip(counters, replies[0::2], strict=True):
+            if int(count) > limit:
+                retry = math.ceil((window + 1) * self.window_s - now)
+                return Limited(kind, limit, max(1, retry))
+        return None
