@@ -5,13 +5,19 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
+from datetime import UTC, datetime
 
 import orjson
 import pytest
-from hypothesis import given, settings
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from event_analytics.config import Settings
+from event_analytics.ingest import Ingestor
+from event_analytics.keys import Keys
 from event_analytics.model import InvalidEvent, MalformedJSON, decode_event
+from event_analytics.store import Store
 
 user_ids = st.from_regex(r"[A-Za-z0-9_.-]{1,255}", fullmatch=True)
 hosts = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}", fullmatch=True)
@@ -89,3 +95,51 @@ def test_payload_bounds(extra: dict[str, object]) -> None:
     )  # fmt: skip
     with pytest.raises(InvalidEvent):
         decode_event(raw)
+
+
+payload_values = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
+
+
+@pytest.fixture(scope="module")
+def ingestor() -> Ingestor:
+    # A client that is never connected: prepare() is pure (keys, expiries, the record).
+    return Ingestor(Settings(max_age_s=10**9), Store(aioredis.Redis(), Keys()))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    payload=st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True), payload_values,
+                            max_size=4),
+    user=user_ids,
+)  # fmt: skip
+def test_every_decoded_event_can_be_stored_and_archived(
+    ingestor: Ingestor, payload: dict[str, object], user: str
+) -> None:
+    # Whatever the decoder lets through must also survive preparation and the archive's
+    # JSON: a 64-bit overflow used to pass validation and fail here, as a 500.
+    raw = json.dumps(
+        {"event_id": str(uuid.uuid4()), "user_id": user, "timestamp": "2026-11-27T22:14:05Z",
+         "payload": {"page_url": "https://a.example/", **payload}}
+    )  # fmt: skip
+    try:
+        event = decode_event(raw)
+    except InvalidEvent:
+        return
+    prepared = ingestor.prepare(event, datetime(2026, 11, 27, 22, 15, tzinfo=UTC))
+    record = orjson.loads(prepared.args[-1])
+    assert record["user_id"] == user and record["payload"]["page_url"] == "https://a.example/"
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [({"a": 1}, "invalid_property_value"), ([1, 2], "invalid_property_value"),
+     (2**63, "property_out_of_range"), (-(2**63) - 1, "property_out_of_range")],
+)  # fmt: skip
+def test_payload_values_are_flat_and_bounded(value: object, code: str) -> None:
+    raw = json.dumps(
+        {"event_id": str(uuid.uuid4()), "user_id": "u", "timestamp": "2026-01-01T00:00:00",
+         "payload": {"page_url": "https://a.example/", "v": value}}
+    )  # fmt: skip
+    with pytest.raises(InvalidEvent) as caught:
+        decode_event(raw)
+    assert caught.value.errors[0].code == code

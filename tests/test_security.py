@@ -1,0 +1,264 @@
+"""API keys with scopes, rate limits shared by the workers, browser origins, beacons.
+
+One keyed service (two workers, on its own Valkey) serves the whole module; each test
+uses its own client addresses (X-Forwarded-For, trusted from loopback) and keys, so the
+rate-limit counters of one test never touch another's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import redis
+from pydantic import ValidationError
+
+from event_analytics.api.security import fingerprint
+from event_analytics.config import Settings
+from event_analytics.keys import Keys
+from event_analytics.store.ratelimit import digest
+from tests.helpers import HTTP, event
+from tests.servers import EngineProcess, ServiceProcess, engine_binary
+
+pytestmark = pytest.mark.slow
+
+WRITE = "write-key-aaaaaaaaaaaaaaaa"
+WRITE_LIMITED = "write-key-limited-bbbbbbbb"
+WRITE_OTHER = "write-key-other-cccccccccc"
+READ = "read-key-dddddddddddddddddd"
+BOTH = "both-scopes-eeeeeeeeeeeeeeee"
+ORIGIN = "https://shop.example"
+PER_KEY = 20
+PER_ADDRESS = 5
+WINDOW_S = 3600
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    binary = engine_binary("valkey")
+    assert binary is not None
+    proc = EngineProcess(binary, tmp_path_factory.mktemp("sec-engine"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def keyed(valkey: EngineProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = {
+        "REDIS_URL": valkey.url,
+        "EA_WRITE_KEYS": f"{WRITE},{WRITE_LIMITED}, {WRITE_OTHER},{BOTH}",
+        "EA_READ_KEYS": f"{READ},{BOTH}",
+        "EA_RATE_LIMIT_PER_KEY": str(PER_KEY),
+        "EA_RATE_LIMIT_PER_ADDRESS": str(PER_ADDRESS),
+        "EA_RATE_LIMIT_WINDOW_S": str(WINDOW_S),
+        "EA_CORS_ORIGINS": ORIGIN,
+    }
+    svc = ServiceProcess(tmp_path_factory.mktemp("keyed") / "data", env=env, workers=2)
+    svc.start()
+    yield svc.url
+    svc.stop()
+
+
+_address = iter(range(1, 250))
+
+
+def address() -> dict[str, str]:
+    """A client address of its own (a documentation range: never contacted)."""
+    return {"x-forwarded-for": f"192.0.2.{next(_address)}"}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}", **address()}
+
+
+def problem_type(r: httpx.Response) -> str:
+    assert r.headers["content-type"] == "application/problem+json", r.text
+    slug: str = r.json()["type"].rsplit(":", 1)[1]
+    return slug
+
+
+def test_write_scope(keyed: str) -> None:
+    body = event()
+    r = HTTP.post(f"{keyed}/events", json=body, headers=address())
+    assert r.status_code == 401 and problem_type(r) == "unauthorized"
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    r = HTTP.post(f"{keyed}/events", json=body, headers=bearer("not-a-key-not-a-key-000"))
+    assert r.status_code == 401
+    # Basic auth is not a key.
+    basic = {"authorization": f"Basic {WRITE}", **address()}
+    assert HTTP.post(f"{keyed}/events", json=body, headers=basic).status_code == 401
+    r = HTTP.post(f"{keyed}/events", json=body, headers=bearer(READ))
+    assert r.status_code == 403 and problem_type(r) == "forbidden"
+    assert "insufficient_scope" in r.headers["www-authenticate"]
+    # Nothing refused was stored: the first accepted send is new.
+    assert HTTP.post(f"{keyed}/events", json=body, headers=bearer(WRITE)).status_code == 201
+    lower = {"authorization": f"bearer {BOTH}", **address()}
+    assert HTTP.post(f"{keyed}/events", json=event(), headers=lower).status_code == 201
+    x_key = {"x-api-key": WRITE_OTHER, **address()}
+    r = HTTP.post(f"{keyed}/events/batch", json={"events": [event()]}, headers=x_key)
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    r = HTTP.post(f"{keyed}/events/batch", json={"events": [event()]}, headers=address())
+    assert r.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/analytics/realtime", "/analytics/page_views_per_minute", "/analytics/timeseries",
+     "/analytics/top-pages", "/analytics/minute-buckets/page_view_2026-01-01_00:00",
+     "/persistent/status", "/persistent/files", "/metrics", "/no-such-route"],
+)  # fmt: skip
+def test_read_scope(keyed: str, path: str) -> None:
+    r = HTTP.get(f"{keyed}{path}", headers=address())
+    assert r.status_code == 401 and problem_type(r) == "unauthorized"
+    assert HTTP.get(f"{keyed}{path}", headers=bearer(WRITE)).status_code == 403
+    expected = 404 if path == "/no-such-route" else 200
+    assert HTTP.get(f"{keyed}{path}", headers=bearer(READ)).status_code == expected
+    assert (
+        HTTP.get(f"{keyed}{path}", headers={"x-api-key": BOTH, **address()}).status_code == expected
+    )
+
+
+def test_probes_and_docs_stay_public_and_say_so(keyed: str, live: ServiceProcess) -> None:
+    for path in ("/health/", "/health/ready", "/openapi.json", "/docs"):
+        assert HTTP.get(f"{keyed}{path}").status_code == 200, path
+    access = HTTP.get(f"{keyed}/health/ready").json()["access"]
+    assert (access["write"], access["read"]) == ("api_key", "api_key")
+    assert "warning" not in access
+    assert access["rate_limits"] == {"per_key": 20, "per_address": 5, "window_s": 3600}
+    # The default service: open, and readiness says it plainly.
+    access = HTTP.get(f"{live.url}/health/ready").json()["access"]
+    assert (access["write"], access["read"]) == ("open", "open")
+    assert "anyone" in access["warning"]
+
+
+def test_openapi_documents_keys_and_refusals(keyed: str) -> None:
+    schema = HTTP.get(f"{keyed}/openapi.json").json()
+    assert {"bearer", "apiKey"} <= schema["components"]["securitySchemes"].keys()
+    post = schema["paths"]["/events"]["post"]
+    assert {"401", "403", "408", "429"} <= post["responses"].keys() and post["security"]
+    get = schema["paths"]["/analytics/realtime"]["get"]
+    assert {"401", "403", "429"} <= get["responses"].keys() and get["security"]
+    assert "security" not in schema["paths"]["/health/ready"]["get"]
+
+
+def _fresh_window() -> None:
+    # The counters are per clock-aligned window: do not start a count just before one ends.
+    left = WINDOW_S - time.time() % WINDOW_S
+    if left < 30:
+        time.sleep(left + 0.5)
+
+
+def test_rate_limit_per_address_is_shared_by_workers(keyed: str, valkey: EngineProcess) -> None:
+    _fresh_window()
+    client_address = address()
+    statuses = []
+    for _ in range(PER_ADDRESS + 4):
+        # A new connection each time: the kernel spreads them over both workers.
+        r = httpx.post(
+            f"{keyed}/events", json=event(), headers={**bearer(WRITE_OTHER), **client_address}
+        )
+        statuses.append(r.status_code)
+    assert statuses.count(201) == PER_ADDRESS and statuses[PER_ADDRESS:] == [429] * 4
+    r = httpx.post(f"{keyed}/events", json=event(), headers={**bearer(WRITE), **client_address})
+    assert r.status_code == 429 and problem_type(r) == "rate-limited"
+    assert 1 <= int(r.headers["retry-after"]) <= WINDOW_S
+    # Guessing keys counts too; reads share the address's budget.
+    assert HTTP.get(f"{keyed}/analytics/realtime", headers=client_address).status_code == 429
+    # One counter in the engine for all workers, named by a hash of the address.
+    client = redis.Redis.from_url(valkey.url)
+    window = int(time.time() // WINDOW_S)
+    name = Keys().rate("address", digest(client_address["x-forwarded-for"]), window)
+    assert int(client.get(name) or 0) == PER_ADDRESS + 6
+    assert 0 < client.ttl(name) <= 2 * WINDOW_S
+    client.close()
+    # Another address is not affected.
+    assert HTTP.post(f"{keyed}/events", json=event(), headers=bearer(WRITE)).status_code == 201
+
+
+def test_rate_limit_per_key(keyed: str, valkey: EngineProcess) -> None:
+    _fresh_window()
+    statuses = [
+        HTTP.post(f"{keyed}/events", json=event(), headers=bearer(WRITE_LIMITED)).status_code
+        for _ in range(PER_KEY + 2)
+    ]
+    assert statuses == [201] * PER_KEY + [429] * 2
+    r = HTTP.post(f"{keyed}/events", json=event(), headers=bearer(WRITE_LIMITED))
+    assert "API key" in r.json()["detail"] and int(r.headers["retry-after"]) >= 1
+    # The counter's name holds a fingerprint of the key, never the key.
+    client = redis.Redis.from_url(valkey.url)
+    names = [k.decode() for k in client.scan_iter(match="ea:rl:*")]
+    client.close()
+    assert any(fingerprint(WRITE_LIMITED) in n for n in names)
+    assert not any(WRITE_LIMITED in n or WRITE in n for n in names)
+
+
+def test_cors_for_ingest_only(keyed: str) -> None:
+    preflight = {"origin": ORIGIN, "access-control-request-method": "POST",
+                 "access-control-request-headers": "authorization, content-type"}  # fmt: skip
+    r = HTTP.options(f"{keyed}/events", headers=preflight)
+    assert r.status_code == 204
+    assert r.headers["access-control-allow-origin"] == ORIGIN
+    assert "authorization" in r.headers["access-control-allow-headers"]
+    assert "POST" in r.headers["access-control-allow-methods"]
+    evil = {**preflight, "origin": "https://evil.example"}
+    r = HTTP.options(f"{keyed}/events/batch", headers=evil)
+    assert r.status_code == 405 and "access-control-allow-origin" not in r.headers
+    # A simple request from the allowed origin can read its answer...
+    r = HTTP.post(
+        f"{keyed}/events", content=orjson.dumps(event()),
+        headers={**bearer(WRITE), "origin": ORIGIN, "content-type": "text/plain"},
+    )  # fmt: skip
+    assert r.status_code == 201 and r.headers["access-control-allow-origin"] == ORIGIN
+    assert "x-request-id" in r.headers["access-control-expose-headers"]
+    # ... one from another origin is refused, not only hidden by the browser.
+    r = HTTP.post(
+        f"{keyed}/events", json=event(), headers={**bearer(WRITE), "origin": "https://evil.example"}
+    )
+    assert r.status_code == 403 and problem_type(r) == "origin-not-allowed"
+    # Reads: no CORS unless EA_CORS_READ_ORIGINS.
+    r = HTTP.get(f"{keyed}/analytics/realtime", headers={**bearer(READ), "origin": ORIGIN})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+def test_beacon_text_plain_accepted(live: ServiceProcess) -> None:
+    # navigator.sendBeacon(url, JSON.stringify(event)) sends text/plain;charset=UTF-8.
+    beacon = {"content-type": "text/plain;charset=UTF-8"}
+    body = event()
+    r = HTTP.post(f"{live.url}/events", content=orjson.dumps(body), headers=beacon)
+    assert r.status_code == 201, r.text
+    r = HTTP.post(f"{live.url}/events", content=orjson.dumps(body), headers=beacon)
+    assert r.status_code == 200 and r.json()["duplicate"] is True
+    batch = orjson.dumps({"events": [event(), event()]})
+    r = HTTP.post(f"{live.url}/events/batch", content=batch, headers=beacon)
+    assert r.status_code == 200 and r.json()["accepted"] == 2
+    r = HTTP.post(f"{live.url}/events", content=b"{", headers=beacon)
+    assert r.status_code == 400
+    r = HTTP.post(f"{live.url}/events", content=orjson.dumps(event()),
+                  headers={"content-type": "text/html"})  # fmt: skip
+    assert r.status_code == 415
+
+
+def test_request_id_echoed_or_made(live: ServiceProcess) -> None:
+    r = HTTP.get(f"{live.url}/health/", headers={"x-request-id": "trace-42.a:b"})
+    assert r.headers["x-request-id"] == "trace-42.a:b"
+    made = HTTP.post(f"{live.url}/events", content=b"{", headers=JSON).headers["x-request-id"]
+    other = HTTP.post(f"{live.url}/events", content=b"{", headers=JSON).headers["x-request-id"]
+    assert made != other and len(made) == 16
+    # Something that could break a log line or a header is replaced, not echoed.
+    r = HTTP.get(f"{live.url}/health/", headers={"x-request-id": 'a b"c' + "x" * 200})
+    assert r.headers["x-request-id"] != 'a b"c' + "x" * 200 and len(r.headers["x-request-id"]) == 16
+
+
+def test_keys_must_be_long(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="16 or more"):
+        Settings(write_keys="short")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="origin"):
+        Settings(cors_origins="shop.example")  # type: ignore[arg-type]
+    ok = Settings(write_keys=" a-long-enough-key-123 ,, ", cors_origins="*")  # type: ignore[arg-type]
+    assert ok.write_keys == ("a-long-enough-key-123",) and ok.cors_origins == ("*",)
