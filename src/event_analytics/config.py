@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-# A comma-separated list in the environment ("a,b,c"); blanks dropped.
-CommaList = Annotated[tuple[str, ...], NoDecode]
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     """Everything configurable. Invalid values fail loudly at start."""
 
-    model_config = SettingsConfigDict(env_prefix="EA_", extra="ignore", frozen=True)
+    # No JSON decoding of list settings: they are comma-separated ("a,b,c"), see _comma_list.
+    model_config = SettingsConfigDict(
+        env_prefix="EA_", extra="ignore", frozen=True, enable_decoding=False
+    )
 
     # Storage. REDIS_URL (the seed's name) or EA_REDIS_URL; empty = embedded Valkey.
     redis_url: str | None = Field(
@@ -46,16 +46,16 @@ class Settings(BaseSettings):
     access_log: bool = False
 
     # API keys: when a list is set, its scope requires one of its keys. Empty = open.
-    write_keys: CommaList = ()
-    read_keys: CommaList = ()
+    write_keys: tuple[str, ...] = ()
+    read_keys: tuple[str, ...] = ()
     # Requests per window (0 = no limit), per API key and per client address, counted
     # in Redis so all workers share them.
     rate_limit_per_key: int = Field(default=0, ge=0)
     rate_limit_per_address: int = Field(default=0, ge=0)
     rate_limit_window_s: int = Field(default=60, ge=1, le=3600)
     # Browser origins allowed to send events (CORS, sendBeacon); "*" = any. Reads: none.
-    cors_origins: CommaList = ()
-    cors_read_origins: CommaList = ()
+    cors_origins: tuple[str, ...] = ()
+    cors_read_origins: tuple[str, ...] = ()
 
     # Ingest rules.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
@@ -90,6 +90,16 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None
 
+    @property
+    def archive_path(self) -> Path:
+        """Where the hourly JSONL archive lives (default ``DATA_DIR/persistent_events``)."""
+        return self.archive_dir or self.data_dir / "persistent_events"
+
+    @property
+    def dedup_window_s(self) -> int:
+        """How long an event id is remembered: as long as its timestamp could be accepted."""
+        return self.max_age_s + self.future_skew_s
+
     @field_validator("write_keys", "read_keys", "cors_origins", "cors_read_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
@@ -115,16 +125,6 @@ class Settings(BaseSettings):
             ):
                 raise ValueError(f"an origin is scheme://host[:port] or *, not {origin!r}")
         return tuple(o.rstrip("/") for o in value)
-
-    @property
-    def archive_path(self) -> Path:
-        """Where the hourly JSONL archive lives (default ``DATA_DIR/persistent_events``)."""
-        return self.archive_dir or self.data_dir / "persistent_events"
-
-    @property
-    def dedup_window_s(self) -> int:
-        """How long an event id is remembered: as long as its timestamp could be accepted."""
-        return self.max_age_s + self.future_skew_s
 
 
 @lru_cache(maxsize=1)
