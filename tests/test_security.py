@@ -7,6 +7,9 @@ rate-limit counters of one test never touch another's.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,3 +265,18 @@ def test_keys_must_be_long(tmp_path: Path) -> None:
         Settings(cors_origins="shop.example")  # type: ignore[arg-type]
     ok = Settings(write_keys=" a-long-enough-key-123 ,, ", cors_origins="*")  # type: ignore[arg-type]
     assert ok.write_keys == ("a-long-enough-key-123",) and ok.cors_origins == ("*",)
+
+
+def test_cli_status_sends_ea_api_key(keyed: str) -> None:
+    def status(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "event_analytics", "status", "--url", keyed, "--minutes", "2"],
+            capture_output=True, text=True, timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "EA_API_KEY"} | env,
+        )  # fmt: skip
+
+    without = status({})
+    with_key = status({"EA_API_KEY": BOTH})
+    assert "401" in without.stdout + without.stderr
+    assert with_key.returncode == 0, with_key.stdout + with_key.stderr
+    assert "401" not in with_key.stdout + with_key.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -125,6 +126,15 @@ class Settings(BaseSettings):
             ):
                 raise ValueError(f"an origin is scheme://host[:port] or *, not {origin!r}")
         return tuple(o.rstrip("/") for o in value)
+
+
+def client_headers() -> dict[str, str]:
+    """Headers of our own HTTP clients (loadtest, status): ``EA_API_KEY`` as a bearer key.
+
+    One key with both scopes serves both tools (a key may be in both lists).
+    """
+    key = os.environ.get("EA_API_KEY", "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 @lru_cache(maxsize=1)

@@ -14,6 +14,8 @@ import aiohttp
 from rich.console import Console
 from rich.table import Table
 
+from event_analytics.config import client_headers
+
 MINUTES = 10
 BAR_WIDTH = 30
 
@@ -38,6 +40,10 @@ class Snapshot:
 async def _get(session: aiohttp.ClientSession, path: str, snap: Snapshot) -> tuple[int, Any]:
     try:
         async with session.get(path) as r:
+            if r.status in (401, 403):
+                snap.errors.append(
+                    f"GET {path}: {r.status}, the read scope needs a key: EA_API_KEY"
+                )
             return r.status, await r.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         snap.errors.append(f"GET {path}: {exc or type(exc).__name__}")
@@ -48,7 +54,7 @@ async def fetch(url: str, minutes: int = MINUTES, timeout_s: float = 5.0) -> Sna
     """Read the four endpoints concurrently."""
     snap = Snapshot(url)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(url, timeout=timeout) as session:
+    async with aiohttp.ClientSession(url, timeout=timeout, headers=client_headers()) as session:
         (h, health), (r, ready), (m, rows), (a, archive) = await asyncio.gather(
             _get(session, "/health/", snap),
             _get(session, "/health/ready", snap),

@@ -14,6 +14,7 @@ import aiohttp
 from rich.console import Console
 from rich.table import Table
 
+from event_analytics.config import client_headers
 from event_analytics.loadtest.check import Verdict, read_buckets, verify
 from event_analytics.loadtest.send import (
     CannotRun,
@@ -42,7 +43,9 @@ def main(options: Options, out: Console | None = None, err: Console | None = Non
 
 async def _run(options: Options, out: Console, err: Console) -> int:
     timeout = aiohttp.ClientTimeout(total=options.timeout_s)
-    async with aiohttp.ClientSession(options.url, timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        options.url, timeout=timeout, headers=client_headers()
+    ) as session:
         await check_ready(session)
         # Read before sending: the current minute may hold events from earlier runs.
         start_minute = floor(datetime.now(UTC), Interval.MINUTE)

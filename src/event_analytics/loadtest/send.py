@@ -29,6 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from event_analytics.config import client_headers
 from event_analytics.timebucket import Interval, floor, iso_z
 
 PAGES = tuple(
@@ -228,7 +229,9 @@ class LoadTest:
         """Send every event; raises CannotRun when the service cannot take the test."""
         connector = aiohttp.TCPConnector(limit=self.o.concurrency)
         timeout = aiohttp.ClientTimeout(total=self.o.timeout_s)
-        async with aiohttp.ClientSession(self.o.url, connector=connector, timeout=timeout) as s:
+        async with aiohttp.ClientSession(
+            self.o.url, connector=connector, timeout=timeout, headers=client_headers()
+        ) as s:
             columns = (
                 TextColumn("[bold]sending"),
                 BarColumn(),
