@@ -33,6 +33,9 @@ _TRANSIENT_REPLIES = (
     "MISCONF",
     "OOM",
     "NOREPLICAS",
+    # The script did not run (flushed, or an engine restart lost it, between the load and
+    # the call): nothing was written, and the next call loads it again.
+    "NOSCRIPT",
 )
 
 
