@@ -14,8 +14,8 @@ from fastapi.openapi.utils import get_openapi
 
 from event_analytics import __version__
 from event_analytics.api import analytics, events, health, metrics, persistent, problems, reports
-from event_analytics.api.context import RequestContext
 from event_analytics.api.ingest_http import IngestEndpoints
+from event_analytics.api.request_context import RequestContext
 from event_analytics.api.security import Guard, ReadGuard, document_security
 from event_analytics.archive.files import LineCounter
 from event_analytics.config import Settings, get_settings

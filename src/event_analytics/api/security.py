@@ -22,11 +22,13 @@ from event_analytics.config import Settings
 from event_analytics.model import StorageUnavailable
 from event_analytics.store.ratelimit import RateLimits
 
-# The routes anyone may call whatever the keys: probes and the API description.
+# The routes anyone may call whatever the keys: probes, the API description, and the
+# dashboard's page and files (they hold no data: the page reads it with a key).
 PUBLIC_PATHS = frozenset(
     {"/health", "/health/", "/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc",
-     "/openapi.json"}
+     "/openapi.json", "/dashboard"}
 )  # fmt: skip
+PUBLIC_PREFIXES = ("/dashboard/static/",)
 KEY_ID_SCOPE = "ea.key_id"
 CORS_ALLOW_HEADERS = "authorization, content-type, x-api-key, x-request-id"
 CORS_EXPOSE_HEADERS = "retry-after, x-request-id"
@@ -179,7 +181,8 @@ class ReadGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+        path = scope["path"] if scope["type"] == "http" else None
+        if path is not None and path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
             guard: Guard = scope["app"].state.guard
             if guard.read_active and scope["method"] != "OPTIONS":
                 try:
@@ -205,7 +208,7 @@ def document_security(schema: dict[str, Any], settings: Settings) -> None:
         }
     )
     for path, operations in schema.get("paths", {}).items():
-        if path in PUBLIC_PATHS:
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             continue
         ingest = path in INGEST_PATHS
         required = settings.write_keys if ingest else settings.read_keys
