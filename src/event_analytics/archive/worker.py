@@ -99,6 +99,12 @@ class Archiver:
                         await _wait(stop, IDLE_SLEEP_S)
                 except (StorageUnavailable, OSError) as exc:
                     # Nothing was acknowledged: the same entries are retried, exactly once.
+                    if isinstance(exc, StorageUnavailable):
+                        # The engine may come back without our last acks (a replica promoted
+                        # before it received them): until each stream is caught up, claim
+                        # what is pending and skip what is already on disk.
+                        self.recovering |= self.owned
+                        self.checking |= self.owned
                     self._fail(exc)
                     with contextlib.suppress(StorageUnavailable):
                         await self._beat(force=True)
