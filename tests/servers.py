@@ -17,7 +17,6 @@ import redis
 
 from event_analytics.store.embedded import find_server_binary
 
-
 # Variables that choose the engine: a test's service uses only what the test passes.
 ENGINE_VARIABLES = frozenset(
     {"REDIS_URL", "EA_REDIS_URL", "REDIS_CLUSTER_URL", "EA_REDIS_CLUSTER_URL", "EA_SHARDS"}

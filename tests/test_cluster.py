@@ -117,7 +117,9 @@ def _send_split(urls: list[str], bodies: list[dict[str, object]]) -> list[int]:
 
     async def run() -> list[list[int]]:
         parts = [bodies[i :: len(urls)] for i in range(len(urls))]
-        return list(await asyncio.gather(*(_send_all(u, p) for u, p in zip(urls, parts))))
+        return list(
+            await asyncio.gather(*(_send_all(u, p) for u, p in zip(urls, parts, strict=True)))
+        )
 
     parts = asyncio.run(run())
     statuses = [0] * len(bodies)
