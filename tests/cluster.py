@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
 
-from tests.servers import EngineProcess, free_port
+from tests.servers import EngineProcess
 
 # Low, so that a killed master is replaced within a few seconds (default: 15 s).
 NODE_TIMEOUT_MS = 1000
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (held open together, so none is handed out twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def _info(reply: object) -> dict[str, str]:
@@ -28,17 +38,20 @@ class ClusterProcess:
 
     def __init__(self, binary: str, directory: Path, masters: int = 3) -> None:
         self.cli = str(Path(binary).with_name(Path(binary).name.replace("-server", "-cli")))
+        ports = free_ports(4 * masters)  # a client port and a bus port per node
         self.nodes = [
-            EngineProcess(binary, directory / f"node-{i}", free_port(), self._args())
+            EngineProcess(
+                binary, directory / f"node-{i}", ports[2 * i], self._args(ports[2 * i + 1])
+            )
             for i in range(2 * masters)
         ]
 
     @staticmethod
-    def _args() -> list[str]:
+    def _args(bus_port: int) -> list[str]:
         return [
             "--cluster-enabled", "yes",
             # Explicit bus port: the default (port + 10000) overflows for high free ports.
-            "--cluster-port", str(free_port()),
+            "--cluster-port", str(bus_port),
             "--cluster-config-file", "nodes.conf",  # in --dir: one per node
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
             # The other masters keep serving their slots while one has none (as deployed).

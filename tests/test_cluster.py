@@ -52,6 +52,19 @@ def start_cluster(directory: Path) -> ClusterProcess:
     return proc
 
 
+@contextlib.contextmanager
+def stopped_after(svc: ServiceProcess) -> Iterator[ServiceProcess]:
+    """Start ``svc``; stop it afterwards, also when it never became ready."""
+    try:
+        svc.start()
+        yield svc
+    finally:
+        if svc.proc is not None and svc.proc.poll() is None:
+            svc.stop()
+        elif svc.proc is not None:
+            svc.log.close()
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess]:
     """One cluster for the session; tests empty it (flush) before use."""
@@ -66,9 +79,8 @@ def cluster_service(
 ) -> Iterator[ServiceProcess]:
     data_dir = tmp_path_factory.mktemp("cluster-service")
     svc = ServiceProcess(data_dir / "data", env={"REDIS_CLUSTER_URL": cluster.url})
-    svc.start()
-    yield svc
-    svc.stop()
+    with stopped_after(svc):
+        yield svc
 
 
 @pytest.fixture
@@ -83,9 +95,8 @@ def two_workers(cluster: ClusterProcess, tmp_path: Path) -> Iterator[ServiceProc
     """Overrides test_concurrency's: two workers on the cluster (16 shards by default)."""
     cluster.flush()
     svc = ServiceProcess(tmp_path / "data", env={"REDIS_CLUSTER_URL": cluster.url}, workers=2)
-    svc.start()
-    yield svc
-    svc.stop()
+    with stopped_after(svc):
+        yield svc
 
 
 def event_keys_per_master(cluster: ClusterProcess) -> dict[int, int]:
@@ -139,9 +150,7 @@ def test_two_services_two_archivers_rebuild_verify(cluster: ClusterProcess, tmp_
     # Each serve runs its archiver: two archivers share the 16 shards and one archive.
     first = ServiceProcess(tmp_path / "a", env=env, workers=2)
     second = ServiceProcess(tmp_path / "b", env=env)
-    first.start()
-    second.start()
-    try:
+    with stopped_after(first), stopped_after(second):
         minutes = _minutes(3)
         bodies = [
             event(user=f"u{i % 300}", ts=minutes[i % 3] + timedelta(seconds=i % 60))
@@ -173,6 +182,3 @@ def test_two_services_two_archivers_rebuild_verify(cluster: ClusterProcess, tmp_
         checked = cli(["verify"], env)
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert "0 differ" in checked.stdout
-    finally:
-        first.stop()
-        second.stop()

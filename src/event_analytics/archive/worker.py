@@ -119,7 +119,8 @@ class Archiver:
     def _fail(self, exc: Exception) -> None:
         self.state = "blocked"
         self.last_error = f"{type(exc).__name__}: {exc}"
-        log.warning("archiver blocked: %s", self.last_error)
+        cause = f" ({exc.__cause__!r}: {exc.__cause__})" if exc.__cause__ else ""
+        log.warning("archiver blocked: %s%s", self.last_error, cause)
 
     async def _tick(self) -> bool:
         await self._beat()

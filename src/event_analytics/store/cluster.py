@@ -59,6 +59,21 @@ def connect_cluster(settings: Settings, url: str) -> RedisCluster:
     )
 
 
+async def by_key(client: Any, key: str) -> dict[str, Any]:
+    """``execute_command`` options sending a command to the node serving ``key``.
+
+    For commands whose keys redis-py cannot find itself (XREADGROUP has "movablekeys"):
+    it asks ``COMMAND GETKEYS`` of one node it picked at start, and when that node dies
+    it never picks another (its connection error does not trigger a slot-map refresh),
+    so such commands would fail forever after a failover. Routing them ourselves avoids
+    that; a dead node here does refresh the map for the next call.
+    """
+    if not isinstance(client, RedisCluster):
+        return {}
+    await client.initialize()  # a no-op unless the map is missing or marked stale
+    return {"target_nodes": client.get_node_from_key(key)}
+
+
 async def cluster_info(client: RedisCluster) -> dict[str, Any]:
     """Readiness facts: every master answers, and how each one persists and replicates."""
     await client.initialize()  # the node list is empty until the first command

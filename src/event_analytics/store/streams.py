@@ -10,6 +10,7 @@ import orjson
 from redis import exceptions as rx
 
 from event_analytics.keys import ARCHIVER_GROUP, Keys
+from event_analytics.store.cluster import by_key
 from event_analytics.store.redis import Client, engine_errors
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # (stream id, fields)
@@ -76,11 +77,14 @@ class StreamStore:
 
     async def read_new(self, shard: int, consumer: str, count: int) -> list[Entry]:
         """Entries never delivered to any archiver (raises NoGroup when the group is gone)."""
+        stream = self.keys.stream(shard)
         async with engine_errors():
             try:
-                reply = await self.client.xreadgroup(
-                    ARCHIVER_GROUP, consumer, {self.keys.stream(shard): ">"}, count=count
-                )
+                reply = await self.client.execute_command(
+                    "XREADGROUP", "GROUP", ARCHIVER_GROUP, consumer, "COUNT", count,
+                    "STREAMS", stream, ">",
+                    **await by_key(self.client, stream),
+                )  # fmt: skip
             except rx.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     raise NoGroup(shard) from exc
