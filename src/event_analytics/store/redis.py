@@ -64,6 +64,15 @@ class PreparedEvent:
 # progress, a node unreachable): the same request succeeds once the slot map settles.
 _CLUSTER_TRANSIENT = (rx.ClusterError, rx.TryAgainError, rx.AskError, rx.SlotNotCoveredError)
 _CLUSTER_UNREACHABLE = ("Redis Cluster cannot be connected", "All slots are not covered")
+_CONNECTION_CODE = ("redis/asyncio/connection.py", "uvloop/", "asyncio/streams.py")
+
+
+def _raised_in_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` came from the socket layer of the client (not from our code)."""
+    tb, where = exc.__traceback__, ""
+    while tb is not None:
+        where, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return any(part in where for part in _CONNECTION_CODE)
 
 
 def _reply_code(exc: rx.RedisError) -> str:
@@ -89,6 +98,15 @@ async def engine_errors() -> AsyncIterator[None]:
             metrics.engine_error("busy")
             raise StorageUnavailable(f"storage busy: {_reply_code(exc)}") from exc
         raise
+    except (RuntimeError, AttributeError) as exc:
+        # When a node dies, redis-py's cluster client may close a pooled connection while
+        # another request is writing to it: uvloop then raises RuntimeError ("handler is
+        # closed"), or the connection's writer is already None (AttributeError). The
+        # request was not answered by the engine: a 503 (retry) is the truthful reply.
+        if not _raised_in_connection(exc):
+            raise
+        metrics.engine_error("unreachable")
+        raise StorageUnavailable("storage unreachable: connection closed") from exc
     except rx.RedisClusterException as exc:
         if str(exc).startswith(_CLUSTER_UNREACHABLE):
             metrics.engine_error("unreachable")
