@@ -93,7 +93,10 @@ def wait_archived(url: str, timeout_s: float = 60) -> dict[str, Any]:
 
 def answers(svc: ServiceProcess, minutes: list[datetime]) -> list[Any]:
     """Everything the read API says about the given minutes (compared before/after rebuild)."""
-    out = [HTTP.get(f"{svc.url}/analytics/page_views_per_minute?minutes=1440", timeout=10).json()]
+    # Only the given minutes' rows: the 1440-minute window moves when the minute turns.
+    wanted = {m.strftime("%Y-%m-%dT%H:%M:00Z") for m in minutes}
+    rows = HTTP.get(f"{svc.url}/analytics/page_views_per_minute?minutes=1440", timeout=10).json()
+    out = [[r for r in rows if r["minute_timestamp"] in wanted]]
     for m in minutes:
         key = f"page_view_{m.strftime('%Y-%m-%d_%H:%M')}"
         out.append(HTTP.get(f"{svc.url}/analytics/minute-buckets/{key}", timeout=10).json())
