@@ -36,6 +36,11 @@ from tests.test_concurrency import (  # noqa: F401  (collected here: it runs on 
     _send_all,
     test_concurrent_offsets_and_retries_are_exact,
 )
+from tests.test_reports import (  # noqa: F401  (the analytics queries, on the cluster)
+    base,
+    test_realtime,
+    test_timeseries_is_gap_filled_and_total_is_a_union,
+)
 
 pytestmark = pytest.mark.slow
 
