@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
@@ -154,6 +155,47 @@ class Store:
         Each shard's events go in ONE script call, and all calls in one round trip.
         ``stream=False`` replays archived events: counted, but not streamed again.
         """
+        by_shard, calls = self._calls(events, stream)
+        async with engine_errors():
+            replies = await call_per_shard(self.client, self._ingest_script, calls)
+        results: list[bool] = [False] * len(events)
+        for indexes, reply in zip(by_shard.values(), replies, strict=True):
+            for i, flag in zip(indexes, reply, strict=True):
+                results[i] = bool(flag)
+        return results
+
+    async def ingest_each(self, events: Sequence[PreparedEvent]) -> list[bool | Exception]:
+        """Like ingest(), but a shard that fails fails only its own events.
+
+        The group-commit batcher mixes many requests' events: on a cluster, a master in
+        failover must not refuse the requests whose shards live on healthy masters. So
+        each shard's call runs on its own (concurrently); an event of a failed shard
+        gets that shard's StorageUnavailable in place of its flag.
+        """
+        by_shard, calls = self._calls(events, True)
+
+        async def one(call: Call) -> list[Any]:
+            async with engine_errors():
+                replies = await call_per_shard(self.client, self._ingest_script, [call])
+            return list(replies[0])
+
+        outcomes = await asyncio.gather(*(one(c) for c in calls), return_exceptions=True)
+        results: list[bool | Exception] = [False] * len(events)
+        for indexes, outcome in zip(by_shard.values(), outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    raise outcome
+                for i in indexes:
+                    results[i] = outcome
+            else:
+                for i, flag in zip(indexes, outcome, strict=True):
+                    results[i] = bool(flag)
+        return results
+
+    def _calls(
+        self, events: Sequence[PreparedEvent], stream: bool
+    ) -> tuple[dict[int, list[int]], list[Call]]:
+        """Group events by shard: one script call (keys, args) per shard."""
         by_shard: dict[int, list[int]] = defaultdict(list)
         for index, event in enumerate(events):
             by_shard[event.shard].append(index)
@@ -165,13 +207,7 @@ class Store:
                 keys.extend(events[i].keys)
                 args.extend(events[i].args)
             calls.append((keys, args))
-        async with engine_errors():
-            replies = await call_per_shard(self.client, self._ingest_script, calls)
-        results: list[bool] = [False] * len(events)
-        for indexes, reply in zip(by_shard.values(), replies, strict=True):
-            for i, flag in zip(indexes, reply, strict=True):
-                results[i] = bool(flag)
-        return results
+        return by_shard, calls
 
     async def minute_stats(
         self, event_type: str, minutes: Sequence[datetime]
