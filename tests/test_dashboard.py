@@ -28,6 +28,7 @@ import pytest
 from event_analytics import dashboard
 from tests.helpers import HTTP, event
 from tests.png import colour_counts, near
+from tests.scrape import scrape, value
 from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.slow
@@ -370,3 +371,8 @@ def test_dashboard_static_files_are_served(service: ServiceProcess) -> None:
         assert r.status_code == 200 and kind in r.headers["content-type"], name
         assert f"dashboard/static/{name}" in page.text
     assert HTTP.get(f"{service.url}/dashboard/static/nope.js").status_code == 404
+    # Timed under the mount's template, not as "unmatched" like unknown paths.
+    route = {"method": "GET", "route": "/dashboard/static/{path}"}
+    samples = scrape(service.url)
+    assert value(samples, "ea_http_request_duration_seconds_count", **route, status="200") >= 5
+    assert value(samples, "ea_http_request_duration_seconds_count", **route, status="404") == 1
