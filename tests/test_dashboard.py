@@ -44,6 +44,8 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--hide-scrollbars",
+    "--enable-logging=stderr",  # the page's console messages and uncaught errors
+    "--v=0",
     "--window-size=1280,900",
     # Virtual time stands still while fetches are pending, so one full refresh renders
     # whatever the machine's speed; under the page's 5 s period, so exactly one.
@@ -79,8 +81,14 @@ def chromium() -> str:
     return binary
 
 
-def run_chromium(binary: str, profile: Path, action: str, url: str) -> bytes:
-    """One headless run (--dump-dom or --screenshot=…); its stdout. Bounded, and reaped."""
+@dataclass
+class Run:
+    stdout: bytes
+    console: list[str]  # what the page logged, uncaught errors included
+
+
+def run_chromium(binary: str, profile: Path, action: str, url: str) -> Run:
+    """One headless run (--dump-dom or --screenshot=…). Bounded, and reaped."""
     cmd = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", action, url]
     proc = subprocess.Popen(
         cmd,
@@ -96,14 +104,18 @@ def run_chromium(binary: str, profile: Path, action: str, url: str) -> bytes:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
-    return out
+    log = err.decode(errors="replace")
+    assert proc.returncode == 0, log[-2000:]
+    return Run(out, [line for line in log.splitlines() if ":CONSOLE" in line])
 
 
 def render(binary: str, tmp_path: Path, url: str) -> Dom:
     """The DOM after the page's scripts ran (one refresh)."""
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
-    return Dom(run_chromium(binary, profile, "--dump-dom", url).decode())
+    run = run_chromium(binary, profile, "--dump-dom", url)
+    dom = Dom(run.stdout.decode())
+    dom.console = run.console
+    return dom
 
 
 # ---- the rendered DOM -------------------------------------------------------------------
@@ -140,6 +152,7 @@ class Dom(HTMLParser):
         super().__init__()
         self.root = Node("#root", {})
         self.stack = [self.root]
+        self.console: list[str] = []
         self.feed(html)
         self.ids = {n.attrs["id"]: n for n in self.root.walk() if n.attrs.get("id")}
 
@@ -255,9 +268,11 @@ def test_dashboard_renders_what_was_sent(
     send(service, events)
     wait_archived(service, len(events))
 
-    dom = render(chromium, tmp_path, f"{service.url}/dashboard")
+    url = f"{service.url}/dashboard"
+    dom = render(chromium, tmp_path, url)
 
-    # Nothing failed: no banner, no greyed-out panel, a fresh "updated" time.
+    # Nothing failed: no banner, no greyed-out panel, a fresh "updated" time, a quiet console.
+    assert dom.console == []
     assert dom["error"].attrs.get("hidden") is not None and dom["error"].text() == ""
     assert not [n.attrs.get("id") for n in dom.root.walk() if "stale" in n.classes()]
     assert dom["status-text"].text().startswith("live · updated"), dom["status-text"].text()
@@ -311,9 +326,8 @@ def test_dashboard_renders_what_was_sent(
 
     # The screenshot: the bars and the users line are painted, no error banner.
     shot = tmp_path / "dashboard.png"
-    run_chromium(
-        chromium, tmp_path / "profile-shot", f"--screenshot={shot}", f"{service.url}/dashboard"
-    )
+    run = run_chromium(chromium, tmp_path / "profile-shot", f"--screenshot={shot}", url)
+    assert run.console == []
     colours = colour_counts(shot)
     assert sum(colours.values()) == 1280 * 900
     assert near(colours, BAR_FILL, 4) > 2000, colours.most_common(10)

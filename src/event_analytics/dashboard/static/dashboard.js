@@ -311,7 +311,7 @@
     apply(realtime, renderRealtime, ["card-active", "card-current", "card-rate"]);
     apply(top, renderTopPages, ["pages-panel"]);
     apply(archive, renderArchive, ["archive-panel"]);
-    apply(metrics, renderMetrics, []);
+    apply(metrics, renderMetrics, ["ingest-now"]);
 
     failing = errors.length > 0;
     if (!failing) lastOk = new Date();
