@@ -12,7 +12,16 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from event_analytics import __version__
-from event_analytics.api import analytics, events, health, metrics, persistent, problems, reports
+from event_analytics.api import (
+    analytics,
+    dashboard,
+    events,
+    health,
+    metrics,
+    persistent,
+    problems,
+    reports,
+)
 from event_analytics.api.ingest_http import IngestEndpoints
 from event_analytics.archive.files import LineCounter
 from event_analytics.config import Settings, get_settings
@@ -74,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(metrics.RequestTimer)
     for module in (health, analytics, reports, persistent, metrics):
         app.include_router(module.router)
+    dashboard.install(app)
 
     def openapi() -> dict[str, Any]:
         # The hot ingest routes are plain ASGI; their description is added here so that
