@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 
 EVENTS ?= 3000
 
-.PHONY: run test lint bench clean loadtest status
+.PHONY: run test lint bench clean loadtest status screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,7 @@ clean:
 # Throughput/latency ratios measured in one run (not part of `make test`).
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# Re-render docs/dashboard.png: the dashboard test's screenshot (needs chromium).
+screenshot: $(VENV)/.installed-dev
+	EA_DOCS_SCREENSHOT=1 $(BIN)/python -m pytest tests/test_dashboard.py -k renders_what_was_sent

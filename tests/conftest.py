@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -51,6 +52,15 @@ def service(
     """The real service on the session's engine (REDIS_URL), over HTTP."""
     data_dir = tmp_path_factory.mktemp("service")
     svc = ServiceProcess(data_dir / "data", env={"REDIS_URL": engine.url})
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+def two_workers(engine: EngineProcess, redis_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
+    """The real service with two uvicorn worker processes, on the emptied engine."""
+    svc = ServiceProcess(tmp_path / "data", env={"REDIS_URL": redis_url}, workers=2)
     svc.start()
     yield svc
     svc.stop()

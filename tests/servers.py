@@ -17,6 +17,11 @@ import redis
 
 from event_analytics.store.embedded import find_server_binary
 
+# Variables that choose the engine: a test's service uses only what the test passes.
+ENGINE_VARIABLES = frozenset(
+    {"REDIS_URL", "EA_REDIS_URL", "REDIS_CLUSTER_URL", "EA_REDIS_CLUSTER_URL", "EA_SHARDS"}
+)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -35,10 +40,17 @@ def engine_binary(kind: str) -> str | None:
 class EngineProcess:
     """One private engine on a free loopback port, AOF with fsync always, killable."""
 
-    def __init__(self, binary: str, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        binary: str,
+        directory: Path,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.binary = binary
         self.dir = directory
         self.port = port or free_port()
+        self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -56,6 +68,7 @@ class EngineProcess:
             "--appendfsync", "always",
             "--save", "",
             "--logfile", str(self.dir / "server.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -104,7 +117,7 @@ class ServiceProcess:
         self.data_dir = data_dir
         self.port = free_port()
         # Only what the test passes decides the engine, not the caller's environment.
-        inherited = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "EA_REDIS_URL")}
+        inherited = {k: v for k, v in os.environ.items() if k not in ENGINE_VARIABLES}
         self.env = inherited | (env or {})
         self.workers = workers
         self.args = args or []

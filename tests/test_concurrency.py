@@ -5,29 +5,18 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
 import orjson
-import pytest
 
 from tests.helpers import IST, event, seed_key
-from tests.servers import EngineProcess, ServiceProcess
+from tests.servers import ServiceProcess
 
 CLIENTS = 64
 EVENTS = 5_000
-
-
-@pytest.fixture
-def two_workers(engine: EngineProcess, redis_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
-    svc = ServiceProcess(tmp_path / "data", env={"REDIS_URL": redis_url}, workers=2)
-    svc.start()
-    yield svc
-    svc.stop()
 
 
 async def _send_all(url: str, bodies: list[dict[str, Any]]) -> list[int]:

@@ -6,7 +6,6 @@ import asyncio
 import math
 import os
 import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from event_analytics import metrics_dir
 from tests.helpers import event, seed_key
 from tests.scrape import Samples, events, scrape, value
-from tests.servers import EngineProcess, ServiceProcess
+from tests.servers import ServiceProcess
 
 DURATION = "ea_http_request_duration_seconds_count"
 JSON = {"content-type": "application/json"}
@@ -79,14 +78,6 @@ def test_engine_errors_are_counted(engine_down: ServiceProcess) -> None:
     assert events(after, "accepted") == events(before, "accepted")
     # With the engine down the archive's state is unknown: NaN, never a reassuring 0.
     assert math.isnan(value(after, "ea_archive_lag_seconds"))
-
-
-@pytest.fixture
-def two_workers(engine: EngineProcess, redis_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
-    svc = ServiceProcess(tmp_path / "data", env={"REDIS_URL": redis_url}, workers=2)
-    svc.start()
-    yield svc
-    svc.stop()
 
 
 async def _send(url: str, count: int) -> None:

@@ -59,7 +59,7 @@ class GroupCommit:
 
     async def _flush(self, batch: list[Waiter]) -> None:
         try:
-            flags = await self.store.ingest([e for events, _ in batch for e in events])
+            flags = await self.store.ingest_each([e for events, _ in batch for e in events])
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
@@ -69,10 +69,16 @@ class GroupCommit:
         else:
             start = 0
             for events, future in batch:
-                # A caller that went away (client disconnect) no longer waits.
-                if not future.done():
-                    future.set_result(flags[start : start + len(events)])
+                mine = flags[start : start + len(events)]
                 start += len(events)
+                # A caller that went away (client disconnect) no longer waits.
+                if future.done():
+                    continue
+                failed = next((f for f in mine if isinstance(f, Exception)), None)
+                if failed is not None:
+                    future.set_exception(failed)  # its shard's outage: 503, retry is safe
+                else:
+                    future.set_result([bool(f) for f in mine])
         finally:
             self._inflight -= 1
             if self._waiting:

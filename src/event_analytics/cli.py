@@ -74,7 +74,7 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     engine: EmbeddedServer | None = None
     lock: DataDirLock | None = None
     archiver: Supervised | None = None
-    if settings.redis_url is None:
+    if settings.redis_url is None and settings.redis_cluster_url is None:
         lock = DataDirLock(settings.data_dir)
         try:
             lock.acquire()
@@ -89,7 +89,7 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["EA_EMBEDDED_ENGINE"] = "1"
         log.info("storage: embedded engine, data in %s", Path(settings.data_dir).resolve())
     else:
-        log.info("storage: REDIS_URL")
+        log.info("storage: %s", "REDIS_CLUSTER_URL" if settings.redis_cluster_url else "REDIS_URL")
     if not args.no_archiver:
         argv = [sys.executable, "-m", "event_analytics", "archiver"]
         archiver = Supervised("archiver", argv, env=dict(os.environ))

@@ -7,8 +7,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Shards on a cluster unless EA_SHARDS says otherwise: 16 hash tags land 6/6/4 on three
+# masters (no master below 25% of the keys), and a read sums 16 keys per bucket.
+CLUSTER_SHARDS = 16
 
 
 class Settings(BaseSettings):
@@ -23,9 +27,16 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_URL", "EA_REDIS_URL")
     )
+    # Redis Cluster: one or more seed nodes, "redis://host:port,host:port" (the scheme and
+    # credentials of the first apply to all). Exclusive with REDIS_URL.
+    redis_cluster_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_CLUSTER_URL", "EA_REDIS_CLUSTER_URL"),
+    )
     data_dir: Path = Path("data")
     archive_dir: Path | None = None
     key_prefix: str = Field(default="ea:", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
+    # User shards (one hash tag each). Default: 1 on a single node, CLUSTER_SHARDS on a cluster.
     shards: int = Field(default=1, ge=1, le=1024)
     redis_timeout_s: float = Field(default=2.0, gt=0, le=60)
     redis_connect_timeout_s: float = Field(default=0.5, gt=0, le=30)
@@ -86,10 +97,20 @@ class Settings(BaseSettings):
     # Queries: the most buckets one query reads (timeseries points, top-pages buckets).
     max_query_points: int = Field(default=1440, ge=1, le=5000)
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "redis_cluster_url")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @model_validator(mode="after")
+    def _cluster_defaults(self) -> Settings:
+        if self.redis_url and self.redis_cluster_url:
+            raise ValueError("set REDIS_URL or REDIS_CLUSTER_URL, not both")
+        if self.redis_cluster_url and "shards" not in self.model_fields_set:
+            # One shard would put every write of a minute on one master: spread them.
+            # (Frozen model: set once here, before anyone can read it.)
+            object.__setattr__(self, "shards", CLUSTER_SHARDS)
+        return self
 
     @property
     def archive_path(self) -> Path:

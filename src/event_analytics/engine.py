@@ -1,4 +1,5 @@
-"""Which engine a command talks to: REDIS_URL, a running serve's embedded engine, or its own."""
+"""Which engine a command talks to: REDIS_CLUSTER_URL or REDIS_URL, a running serve's
+embedded engine, or its own."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from event_analytics.store.embedded import (
 def engine_url(settings: Settings) -> Iterator[str]:
     """The URL to use for the command's duration.
 
-    REDIS_URL wins. Otherwise, when a ``serve`` owns the data dir, its embedded engine;
-    when none does, the data dir's engine is started for this command and stopped after.
+    REDIS_CLUSTER_URL or REDIS_URL wins (``store.connect`` makes a cluster client for the
+    former). Otherwise, when a ``serve`` owns the data dir, its embedded engine; when none
+    does, the data dir's engine is started for this command and stopped after.
     """
-    if settings.redis_url:
-        yield settings.redis_url
+    external = settings.redis_cluster_url or settings.redis_url
+    if external:
+        yield external
         return
     lock = DataDirLock(settings.data_dir)
     try:

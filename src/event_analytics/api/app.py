@@ -13,7 +13,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from event_analytics import __version__
-from event_analytics.api import analytics, events, health, metrics, persistent, problems, reports
+from event_analytics.api import (
+    analytics,
+    dashboard,
+    events,
+    health,
+    metrics,
+    persistent,
+    problems,
+    reports,
+)
 from event_analytics.api.ingest_http import IngestEndpoints
 from event_analytics.api.request_context import RequestContext
 from event_analytics.api.security import Guard, ReadGuard, document_security
@@ -100,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContext, access_log=settings.access_log)
     for module in (health, analytics, reports, persistent, metrics):
         app.include_router(module.router)
+    dashboard.install(app)
 
     def openapi() -> dict[str, Any]:
         # The hot ingest routes are plain ASGI; their description is added here so that

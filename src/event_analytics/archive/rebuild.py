@@ -20,6 +20,7 @@ from event_analytics.archive import files
 from event_analytics.ingest import Ingestor
 from event_analytics.model import Event, InvalidEvent, MalformedJSON, decode_event
 from event_analytics.store import PreparedEvent, Store
+from event_analytics.store.redis import engine_errors
 from event_analytics.timebucket import DAY, HOUR, MINUTE, Interval, floor, to_utc
 
 BATCH = 2000
@@ -67,9 +68,10 @@ async def _clear_day(store: Store, day: datetime, event_type: str | None) -> Non
                 names += keys.bucket_keys(shard, event_type, Interval.HOUR, day + HOUR * h)
             names += keys.bucket_keys(shard, event_type, Interval.DAY, day)
         # All names of one shard share its hash tag: one slot per UNLINK on a cluster too.
-        async with store.client.pipeline(transaction=False) as pipe:
+        # (execute_command: a cluster pipeline's unlink() is a coroutine that splits keys.)
+        async with engine_errors(), store.client.pipeline(transaction=False) as pipe:
             for i in range(0, len(names), UNLINK_CHUNK):
-                pipe.unlink(*names[i : i + UNLINK_CHUNK])
+                pipe.execute_command("UNLINK", *names[i : i + UNLINK_CHUNK])
             await pipe.execute()
 
 

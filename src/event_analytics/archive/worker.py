@@ -99,6 +99,12 @@ class Archiver:
                         await _wait(stop, IDLE_SLEEP_S)
                 except (StorageUnavailable, OSError) as exc:
                     # Nothing was acknowledged: the same entries are retried, exactly once.
+                    if isinstance(exc, StorageUnavailable):
+                        # The engine may come back without our last acks (a replica promoted
+                        # before it received them): until each stream is caught up, claim
+                        # what is pending and skip what is already on disk.
+                        self.recovering |= self.owned
+                        self.checking |= self.owned
                     self._fail(exc)
                     with contextlib.suppress(StorageUnavailable):
                         await self._beat(force=True)
@@ -113,7 +119,8 @@ class Archiver:
     def _fail(self, exc: Exception) -> None:
         self.state = "blocked"
         self.last_error = f"{type(exc).__name__}: {exc}"
-        log.warning("archiver blocked: %s", self.last_error)
+        cause = f" ({exc.__cause__!r}: {exc.__cause__})" if exc.__cause__ else ""
+        log.warning("archiver blocked: %s%s", self.last_error, cause)
 
     async def _tick(self) -> bool:
         await self._beat()

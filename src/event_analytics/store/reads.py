@@ -16,6 +16,7 @@ from typing import Any
 
 from event_analytics.keys import Keys
 from event_analytics.store.redis import Store, engine_errors
+from event_analytics.store.scripts import call_per_shard
 from event_analytics.timebucket import Interval
 
 
@@ -60,12 +61,12 @@ class Reads:
         self._page_users = self.client.register_script(PAGE_USERS_LUA)
 
     async def _per_shard(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """One script call per shard, all in one round trip; the replies in shard order."""
-        async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                await script(keys=keys, args=args, client=pipe)
-            replies: list[Any] = await pipe.execute()
-        return replies
+        """One script call per shard, all in one round trip; the replies in shard order.
+
+        Through call_per_shard: it works in cluster pipelines and survives NOSCRIPT.
+        """
+        async with engine_errors():
+            return await call_per_shard(self.client, script, calls)
 
     async def series(
         self,

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis import exceptions as rx
 
 from event_analytics.keys import ARCHIVER_GROUP, Keys
-from event_analytics.store.redis import engine_errors
+from event_analytics.store.cluster import by_key
+from event_analytics.store.redis import Client, engine_errors
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # (stream id, fields)
+ACK_CHUNK = 1000
 
 # Compare-and-act on a lease: only its owner may renew or drop it.
 _RENEW = """
@@ -22,6 +23,19 @@ return 0"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0"""
+# Scripts, not MULTI: atomic on one shard's keys (one slot) alike on a node and a cluster,
+# and one round trip. KEYS: stream, archived counter; ARGV: group, count, ids...
+_ACK = """
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3))
+redis.call('XDEL', KEYS[1], unpack(ARGV, 3))
+if tonumber(ARGV[2]) > 0 then redis.call('INCRBY', KEYS[2], ARGV[2]) end
+return 1"""
+# KEYS: stream, dead-letter stream; ARGV: group, id, field, value, field, value...
+_DEAD_LETTER = """
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1"""
 
 
 def _entries(reply: Any) -> list[Entry]:
@@ -40,11 +54,13 @@ def entry_ms(entry_id: bytes | str) -> int:
 class StreamStore:
     """The archiver's and the status endpoint's operations on the shards' event streams."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, client: Client, keys: Keys) -> None:
         self.client = client
         self.keys = keys
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._ack = client.register_script(_ACK)
+        self._dead_letter = client.register_script(_DEAD_LETTER)
 
     async def ensure_group(self, shard: int) -> bool:
         """Create the consumer group (from the stream's start) if missing; True if created."""
@@ -61,11 +77,14 @@ class StreamStore:
 
     async def read_new(self, shard: int, consumer: str, count: int) -> list[Entry]:
         """Entries never delivered to any archiver (raises NoGroup when the group is gone)."""
+        stream = self.keys.stream(shard)
         async with engine_errors():
             try:
-                reply = await self.client.xreadgroup(
-                    ARCHIVER_GROUP, consumer, {self.keys.stream(shard): ">"}, count=count
-                )
+                reply = await self.client.execute_command(
+                    "XREADGROUP", "GROUP", ARCHIVER_GROUP, consumer, "COUNT", count,
+                    "STREAMS", stream, ">",
+                    **await by_key(self.client, stream),
+                )  # fmt: skip
             except rx.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     raise NoGroup(shard) from exc
@@ -98,25 +117,24 @@ class StreamStore:
         return cursor, [(entry, deliveries.get(entry[0], 1)) for entry in entries]
 
     async def ack(self, shard: int, ids: Sequence[bytes], archived: int) -> None:
-        """Acknowledge, delete and count archived entries in one transaction (one slot)."""
-        stream = self.keys.stream(shard)
-        async with engine_errors(), self.client.pipeline(transaction=True) as pipe:
-            pipe.xack(stream, ARCHIVER_GROUP, *ids)
-            pipe.xdel(stream, *ids)
-            if archived:
-                pipe.incrby(self.keys.archived(shard), archived)
-            await pipe.execute()
+        """Acknowledge, delete and count archived entries, atomically (one slot)."""
+        keys = [self.keys.stream(shard), self.keys.archived(shard)]
+        # Bounded chunks: Lua's unpack() has a stack limit, and the batch size is a setting.
+        for start in range(0, len(ids), ACK_CHUNK):
+            chunk = ids[start : start + ACK_CHUNK]
+            count = archived if start == 0 else 0
+            async with engine_errors():
+                await self._ack(keys=keys, args=[ARCHIVER_GROUP, count, *chunk])
 
     async def dead_letter(self, shard: int, entry: Entry, reason: str) -> None:
         """Move one entry to the shard's dead-letter stream, atomically with its ack."""
-        stream = self.keys.stream(shard)
         eid, fields = entry
-        record = {b"id": eid, b"reason": reason.encode(), **fields}
-        async with engine_errors(), self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.keys.deadletter(shard), record)  # type: ignore[arg-type]
-            pipe.xack(stream, ARCHIVER_GROUP, eid)
-            pipe.xdel(stream, eid)
-            await pipe.execute()
+        record: list[bytes] = [b"id", eid, b"reason", reason.encode()]
+        for name, value in fields.items():
+            record += [name, value]
+        keys = [self.keys.stream(shard), self.keys.deadletter(shard)]
+        async with engine_errors():
+            await self._dead_letter(keys=keys, args=[ARCHIVER_GROUP, eid, *record])
 
     async def acquire_lease(self, shard: int, owner: str, ttl_ms: int) -> bool:
         async with engine_errors():

@@ -1,0 +1,356 @@
+// The event-analytics dashboard: polls the JSON API every 5 s and renders it.
+// Plain browser JavaScript, no build step. Every client-supplied string (page URLs) is
+// written with textContent, never parsed as HTML.
+(function () {
+  "use strict";
+
+  const REFRESH_MS = 5000;
+  const TIMEOUT_MS = 4000;
+  // API paths are resolved against the page's folder, so a path prefix keeps working.
+  const BASE = new URL(".", window.location.href);
+  const params = new URLSearchParams(window.location.search);
+  const EVENT_TYPE = params.get("event_type") || "page_view";
+  const NUM = new Intl.NumberFormat("en-US");
+
+  const $ = (id) => document.getElementById(id);
+  let plot = null;
+  let lastOk = null; // Date of the last refresh in which every request succeeded
+  let failing = false;
+  let previousAccepted = null; // {at: ms, value: accepted events, all types} from /metrics
+  let timer = null;
+  let running = false;
+
+  class ApiError extends Error {
+    constructor(path, message, unreachable) {
+      super(message);
+      this.path = path;
+      this.unreachable = unreachable;
+    }
+  }
+
+  // GET one endpoint; ApiError on a network failure, a timeout or a non-2xx answer.
+  async function get(path, query, asText) {
+    const url = new URL(path, BASE);
+    for (const [k, v] of Object.entries(query || {})) url.searchParams.set(k, v);
+    const abort = new AbortController();
+    const timeout = setTimeout(() => abort.abort(), TIMEOUT_MS);
+    let response;
+    try {
+      response = await fetch(url, { signal: abort.signal, cache: "no-store" });
+    } catch (err) {
+      const why = err.name === "AbortError" ? `no answer within ${TIMEOUT_MS / 1000} s` : "unreachable";
+      throw new ApiError(path, `GET /${path}: ${why}`, true);
+    } finally {
+      clearTimeout(timeout);
+    }
+    if (!response.ok) {
+      let detail = response.statusText;
+      try {
+        const problem = await response.json(); // RFC 9457 problem+json
+        detail = [problem.title, problem.detail].filter(Boolean).join(": ") || detail;
+      } catch (_) { /* not JSON: keep the status text */ }
+      throw new ApiError(path, `GET /${path}: ${response.status} ${detail}`, false);
+    }
+    return asText ? response.text() : response.json();
+  }
+
+  function setNumber(id, value, text) {
+    const el = $(id);
+    el.dataset.value = String(value);
+    el.textContent = text !== undefined ? text : NUM.format(value);
+  }
+
+  const hhmm = (iso) => iso.slice(11, 16);
+  const hhmmss = (date) => date.toISOString().slice(11, 19);
+
+  function formatRate(perSecond) {
+    if (perSecond >= 100) return NUM.format(Math.round(perSecond));
+    return perSecond.toFixed(perSecond >= 10 ? 1 : 2);
+  }
+
+  function formatDuration(seconds) {
+    if (seconds < 60) return `${seconds < 10 ? seconds.toFixed(1) : Math.round(seconds)} s`;
+    if (seconds < 3600) return `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
+    return `${(seconds / 3600).toFixed(1)} h`;
+  }
+
+  // ---- panels -------------------------------------------------------------------------
+
+  function renderRealtime(rt) {
+    setNumber("active-users", rt.active_users);
+    setNumber("current-minute", rt.current_minute.count);
+    $("current-minute-time").textContent = hhmm(rt.current_minute.timestamp);
+    setNumber("previous-minute", rt.previous_minute.count);
+    // The previous minute is the last complete one: its events / 60 is a steady rate.
+    const rate = rt.previous_minute.count / 60;
+    setNumber("ingest-rate", rate, formatRate(rate));
+    $("ingest-minute").textContent = hhmm(rt.previous_minute.timestamp);
+  }
+
+  function renderSeries(series) {
+    setNumber("total-count", series.total.count);
+    setNumber("total-users", series.total.unique_users);
+    const xs = series.points.map((p) => Date.parse(p.timestamp) / 1000);
+    const counts = series.points.map((p) => p.count);
+    const users = series.points.map((p) => p.unique_users);
+    drawChart([xs, counts, users]);
+
+    const body = document.createElement("tbody");
+    for (const p of series.points.slice().reverse()) {
+      const row = body.insertRow();
+      row.dataset.minute = p.timestamp;
+      row.insertCell().textContent = hhmm(p.timestamp);
+      row.insertCell().textContent = NUM.format(p.count);
+      row.insertCell().textContent = NUM.format(p.unique_users);
+    }
+    $("chart-data").tBodies[0].replaceWith(body);
+  }
+
+  function renderTopPages(top) {
+    const body = document.createElement("tbody");
+    const max = top.pages.length ? top.pages[0].count : 1;
+    for (const page of top.pages) {
+      const row = body.insertRow();
+      row.dataset.pageUrl = page.page_url;
+      const cell = row.insertCell();
+      cell.className = "page";
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.style.width = `${(100 * page.count) / max}%`;
+      const link = document.createElement("a");
+      link.textContent = page.page_url;
+      link.title = page.page_url;
+      if (/^https?:$/.test(safeProtocol(page.page_url))) {
+        link.href = page.page_url;
+        link.rel = "noopener noreferrer nofollow";
+        link.target = "_blank";
+      }
+      cell.append(bar, link);
+      const count = row.insertCell();
+      count.className = "num count";
+      count.dataset.value = String(page.count);
+      count.textContent = NUM.format(page.count);
+      const users = row.insertCell();
+      users.className = "num users";
+      users.dataset.value = String(page.unique_users);
+      users.textContent = NUM.format(page.unique_users);
+    }
+    $("top-pages").tBodies[0].replaceWith(body);
+    $("top-pages-empty").hidden = top.pages.length > 0;
+  }
+
+  function safeProtocol(url) {
+    try {
+      return new URL(url).protocol;
+    } catch (_) {
+      return "";
+    }
+  }
+
+  function renderArchive(status) {
+    const s = status.stats;
+    const badge = $("archive-status");
+    badge.textContent = status.status.replace(/_/g, " ");
+    badge.dataset.value = status.status;
+    badge.className = "badge " + (status.status === "healthy" ? "ok" : status.status === "blocked" ? "bad" : "warn");
+    const lag = $("archive-lag");
+    setNumber("archive-lag", s.lag_seconds, s.lag_seconds === 0 ? "0 s (caught up)" : formatDuration(s.lag_seconds));
+    lag.classList.toggle("warn", s.lag_seconds > 60);
+    setNumber("archive-waiting", s.stream_length);
+    setNumber("archive-archived", s.events_archived);
+    setNumber("archive-dead", s.dead_letters);
+    $("archive-dead").classList.toggle("warn", s.dead_letters > 0);
+    $("archive-files").textContent = `${NUM.format(s.files_count)} (${s.files_size_mb} MB)`;
+    if (s.last_fsync) {
+      const ago = (Date.parse(status.timestamp) - Date.parse(s.last_fsync)) / 1000;
+      $("archive-fsync").textContent = `${s.last_fsync.slice(11, 19)} UTC (${formatDuration(Math.max(0, ago))} ago)`;
+    } else {
+      $("archive-fsync").textContent = "none yet";
+    }
+  }
+
+  function renderMetrics(text) {
+    // ea_events_total{event_type="…",outcome="accepted"} 3001.0 — summed over event types.
+    let accepted = 0;
+    for (const line of text.split("\n")) {
+      if (line.startsWith("ea_events_total{") && line.includes('outcome="accepted"')) {
+        accepted += Number(line.slice(line.lastIndexOf(" ") + 1)) || 0;
+      }
+    }
+    const now = performance.now();
+    const prev = previousAccepted;
+    previousAccepted = { at: now, value: accepted };
+    if (prev && accepted >= prev.value && now > prev.at) {
+      const rate = (accepted - prev.value) / ((now - prev.at) / 1000);
+      $("ingest-now").textContent =
+        `all types, accepted over the last ${Math.round((now - prev.at) / 1000)} s: ${formatRate(rate)} events/s (from /metrics)`;
+    }
+  }
+
+  // ---- chart --------------------------------------------------------------------------
+
+  function drawChart(data) {
+    const el = $("chart");
+    if (plot) {
+      plot.setData(data);
+      return;
+    }
+    const opts = {
+      width: Math.max(300, el.clientWidth),
+      height: 260,
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
+      cursor: { points: { size: 7 } },
+      scales: {
+        // Half a minute of room on each side, so the first and last bars are whole.
+        x: { time: true, range: (u, min, max) => [min - 30, max + 30] },
+        y: { range: (u, min, max) => [0, Math.max(5, Math.ceil(max * 1.15))] },
+      },
+      axes: [
+        {
+          stroke: "#475569",
+          grid: { stroke: "#e2e8f0" },
+          ticks: { stroke: "#cbd5e1" },
+          values: (u, splits) => splits.map((ts) => new Date(ts * 1000).toISOString().slice(11, 16)),
+        },
+        {
+          stroke: "#475569",
+          grid: { stroke: "#e2e8f0" },
+          ticks: { stroke: "#cbd5e1" },
+          values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? NUM.format(v) : "")),
+        },
+      ],
+      series: [
+        { value: (u, ts) => (ts == null ? "–" : new Date(ts * 1000).toISOString().slice(11, 16) + " UTC") },
+        {
+          label: EVENT_TYPE + " events",
+          stroke: "#2563eb",
+          fill: "rgba(37, 99, 235, 0.35)",
+          width: 1,
+          paths: uPlot.paths.bars({ size: [0.7, 24] }),
+          points: { show: false },
+        },
+        { label: "unique users", stroke: "#ea580c", width: 2, points: { show: false } },
+      ],
+    };
+    plot = new uPlot(opts, data, el);
+    window.addEventListener("resize", () => plot.setSize({ width: Math.max(300, el.clientWidth), height: 260 }));
+  }
+
+  // ---- refresh loop -------------------------------------------------------------------
+
+  function markStale(panelIds, stale) {
+    for (const id of panelIds) $(id).classList.toggle("stale", stale);
+  }
+
+  function showErrors(errors) {
+    const banner = $("error");
+    banner.replaceChildren();
+    if (!errors.length) {
+      banner.hidden = true;
+      return;
+    }
+    const title = document.createElement("strong");
+    title.textContent = errors.every((e) => e.unreachable)
+      ? "Service unreachable: the numbers below are not current."
+      : "Some data could not be loaded: the greyed-out panels are not current.";
+    const list = document.createElement("ul");
+    for (const err of errors) {
+      const item = document.createElement("li");
+      item.textContent = err.message;
+      list.append(item);
+    }
+    banner.append(title, list);
+    banner.hidden = false;
+  }
+
+  function showStatus() {
+    const dot = $("status-dot");
+    const text = $("status-text");
+    dot.className = "dot " + (failing ? "bad" : "ok");
+    if (!lastOk) {
+      text.textContent = failing ? "no data yet" : "loading…";
+      return;
+    }
+    const ago = Math.round((Date.now() - lastOk.getTime()) / 1000);
+    text.textContent = failing
+      ? `last updated ${hhmmss(lastOk)} UTC, ${ago} s ago · refresh failing`
+      : `live · updated ${hhmmss(lastOk)} UTC · every ${REFRESH_MS / 1000} s`;
+    text.dataset.updated = lastOk.toISOString();
+  }
+
+  async function refresh() {
+    const type = { event_type: EVENT_TYPE };
+    const [series, realtime, archive, metrics] = await Promise.allSettled([
+      get("analytics/timeseries", { ...type, interval: "minute" }),
+      get("analytics/realtime", type),
+      get("persistent/status"),
+      get("metrics", null, true),
+    ]);
+    // Top pages over exactly the chart's window (the buckets the series read).
+    const top = series.status === "fulfilled"
+      ? await get("analytics/top-pages", { ...type, from: series.value.from, to: series.value.to, limit: 10 })
+          .then((value) => ({ status: "fulfilled", value }), (reason) => ({ status: "rejected", reason }))
+      : { status: "rejected", reason: null };
+
+    const errors = [];
+    const apply = (result, render, panels) => {
+      if (result.status === "fulfilled") {
+        try {
+          render(result.value);
+          markStale(panels, false);
+          return;
+        } catch (err) {
+          errors.push(new ApiError("", `could not show the answer: ${err.message}`, false));
+        }
+      } else if (result.reason) {
+        errors.push(result.reason);
+      }
+      markStale(panels, true);
+    };
+    apply(series, renderSeries, ["chart-panel", "card-total"]);
+    apply(realtime, renderRealtime, ["card-active", "card-current", "card-rate"]);
+    apply(top, renderTopPages, ["pages-panel"]);
+    apply(archive, renderArchive, ["archive-panel"]);
+    apply(metrics, renderMetrics, ["ingest-now"]);
+
+    failing = errors.length > 0;
+    if (!failing) lastOk = new Date();
+    showErrors(errors);
+    showStatus();
+    document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
+  }
+
+  async function loop() {
+    if (running) return; // a tab made visible again while a round is in flight
+    running = true;
+    clearTimeout(timer);
+    try {
+      await refresh();
+    } catch (err) {
+      failing = true;
+      showErrors([new ApiError("", `dashboard error: ${err.message}`, false)]);
+      showStatus();
+    } finally {
+      running = false;
+    }
+    // Poll again only after this round finished: a slow service never gets a pile-up.
+    if (!document.hidden) timer = setTimeout(loop, REFRESH_MS);
+  }
+
+  function start() {
+    for (const el of document.querySelectorAll(".type-name")) el.textContent = EVENT_TYPE;
+    $("event-type").textContent = EVENT_TYPE;
+    document.title = `${EVENT_TYPE} · event-analytics`;
+    if (typeof uPlot === "undefined") {
+      showErrors([new ApiError("", "the chart library (dashboard/static/uPlot.iife.min.js) did not load", false)]);
+    }
+    setInterval(showStatus, 1000);
+    // Hidden tabs stop polling; coming back refreshes at once.
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden) loop();
+    });
+    loop();
+  }
+
+  start();
+})();

@@ -1,0 +1,392 @@
+"""GET /dashboard as a person sees it: the real service, known events, headless Chromium.
+
+Chromium renders the page (its scripts fetch the real JSON endpoints); the test reads
+the rendered DOM and compares every number shown with a model of the events it sent,
+then takes a screenshot and checks that the chart was painted.
+
+Set EA_DOCS_SCREENSHOT=1 (or run `make screenshot`) to also write docs/dashboard.png.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from event_analytics import dashboard
+from tests.helpers import HTTP, event
+from tests.png import colour_counts, near
+from tests.scrape import scrape, value
+from tests.servers import ServiceProcess
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",  # the page's console messages and uncaught errors
+    "--v=0",
+    "--window-size=1280,900",
+    # Virtual time stands still while fetches are pending, so one full refresh renders
+    # whatever the machine's speed; under the page's 5 s period, so exactly one.
+    "--virtual-time-budget=4000",
+]
+PAGES = {  # page → weight: distinct counts, so the order of top pages is meaningful
+    "https://example.com/": 9,
+    "https://example.com/pricing": 5,
+    "https://example.com/docs/getting-started": 4,
+    "https://example.com/blog/launch": 2,
+    "https://example.com/signup": 1,
+}
+USERS = [f"user_{i}" for i in range(12)]
+MINUTES_BACK = 45  # inside the 60-minute window even if the minute turns during the test
+
+# Colours of dashboard.css / dashboard.js, as painted in a screenshot.
+BAR_FILL = (179, 201, 248)  # rgba(37, 99, 235, 0.35) over white
+USERS_LINE = (234, 88, 12)  # #ea580c
+BANNER = (254, 242, 242)  # #fef2f2
+
+
+# ---- Chromium ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        # .ci/run installs Debian's chromium: in CI a missing browser is a failure.
+        if os.environ.get("CI"):
+            pytest.fail("chromium missing in CI (.ci/run installs it)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return binary
+
+
+@dataclass
+class Run:
+    stdout: bytes
+    console: list[str]  # what the page logged, uncaught errors included
+
+
+def run_chromium(binary: str, profile: Path, action: str, url: str) -> Run:
+    """One headless run (--dump-dom or --screenshot=…). Bounded, and reaped."""
+    cmd = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", action, url]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=os.environ | {"TZ": "Europe/Berlin"},  # the page must show UTC anyway
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        # Renderer and helper processes share the session: none may outlive the test.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log = err.decode(errors="replace")
+    assert proc.returncode == 0, log[-2000:]
+    return Run(out, [line for line in log.splitlines() if ":CONSOLE" in line])
+
+
+def render(binary: str, tmp_path: Path, url: str) -> Dom:
+    """The DOM after the page's scripts ran (one refresh)."""
+    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
+    run = run_chromium(binary, profile, "--dump-dom", url)
+    dom = Dom(run.stdout.decode())
+    dom.console = run.console
+    return dom
+
+
+# ---- the rendered DOM -------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    tag: str
+    attrs: dict[str, str | None]
+    children: list[Node | str] = field(default_factory=list)
+
+    def text(self) -> str:
+        return " ".join(
+            " ".join((c if isinstance(c, str) else c.text()).split()) for c in self.children
+        ).strip()
+
+    def walk(self) -> Iterator[Node]:
+        yield self
+        for c in self.children:
+            if isinstance(c, Node):
+                yield from c.walk()
+
+    def all(self, tag: str) -> list[Node]:
+        return [n for n in self.walk() if n.tag == tag]
+
+    def classes(self) -> set[str]:
+        return set((self.attrs.get("class") or "").split())
+
+
+class Dom(HTMLParser):
+    VOID = {"meta", "link", "br", "img", "input", "hr", "col", "source", "wbr"}
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.root = Node("#root", {})
+        self.stack = [self.root]
+        self.console: list[str] = []
+        self.feed(html)
+        self.ids = {n.attrs["id"]: n for n in self.root.walk() if n.attrs.get("id")}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        node = Node(tag, dict(attrs))
+        self.stack[-1].children.append(node)
+        if tag not in self.VOID:
+            self.stack.append(node)
+
+    def handle_endtag(self, tag: str) -> None:
+        for i in range(len(self.stack) - 1, 0, -1):
+            if self.stack[i].tag == tag:
+                del self.stack[i:]
+                return
+
+    def handle_data(self, data: str) -> None:
+        self.stack[-1].children.append(data)
+
+    def __getitem__(self, element_id: str) -> Node:
+        return self.ids[element_id]
+
+    def value(self, element_id: str) -> float:
+        raw = self[element_id].attrs.get("data-value")
+        assert raw is not None, f"#{element_id} has no value: {self[element_id].text()!r}"
+        return float(raw)
+
+
+# ---- the service and its data -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The service as `make run` starts it: embedded Valkey, archiver on."""
+    svc = ServiceProcess(tmp_path_factory.mktemp("dashboard") / "data")
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+def minute_of(ts: datetime) -> datetime:
+    return ts.replace(second=0, microsecond=0)
+
+
+def traffic(now: datetime) -> list[dict[str, object]]:
+    """Seeded page views over the last 45 minutes, none in the future."""
+    rng = random.Random(8)
+    current = minute_of(now)
+    events = []
+    for back in range(MINUTES_BACK, -1, -1):
+        minute = current - timedelta(minutes=back)
+        span = min(59.0, (now - minute).total_seconds())
+        for _ in range(rng.randint(0, 14)):
+            ts = minute + timedelta(seconds=rng.uniform(0, span))
+            page = rng.choices(list(PAGES), weights=list(PAGES.values()))[0]
+            events.append(event(user=rng.choice(USERS), ts=ts, url=page))
+    return events
+
+
+@dataclass
+class Model:
+    """What the dashboard must show for the events sent."""
+
+    counts: Counter[datetime]
+    users: dict[datetime, set[str]]
+    pages: Counter[str]
+    page_users: dict[str, set[str]]
+
+    @classmethod
+    def of(cls, events: list[dict[str, object]]) -> Model:
+        model = cls(Counter(), {}, Counter(), {})
+        for e in events:
+            minute = minute_of(datetime.fromisoformat(str(e["timestamp"])).astimezone(UTC))
+            url = str(e["payload"]["page_url"])  # type: ignore[index]
+            model.counts[minute] += 1
+            model.users.setdefault(minute, set()).add(str(e["user_id"]))
+            model.pages[url] += 1
+            model.page_users.setdefault(url, set()).add(str(e["user_id"]))
+        return model
+
+    def active_users(self, current: datetime) -> int:
+        window = [current - timedelta(minutes=i) for i in range(5)]
+        return len(set().union(*(self.users.get(m, set()) for m in window)))
+
+
+def send(svc: ServiceProcess, events: list[dict[str, object]]) -> None:
+    reply = HTTP.post(f"{svc.url}/events/batch", json={"events": events})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["accepted"] == len(events), reply.text
+
+
+def wait_archived(svc: ServiceProcess, n: int, timeout_s: float = 30.0) -> None:
+    """Until the archiver wrote all n events, so the archive panel has settled numbers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = HTTP.get(f"{svc.url}/persistent/status").json()
+        stats = status["stats"]
+        seen = (stats["events_archived"], stats["lag_seconds"], stats["stream_length"])
+        if seen == (n, 0, 0) and status["status"] == "healthy":
+            return
+        assert time.monotonic() < deadline, f"archive did not catch up: {status}"
+        time.sleep(0.2)
+
+
+# ---- tests ------------------------------------------------------------------------------
+
+
+def test_dashboard_renders_what_was_sent(
+    service: ServiceProcess, chromium: str, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    events = traffic(now)
+    model = Model.of(events)
+    send(service, events)
+    wait_archived(service, len(events))
+
+    url = f"{service.url}/dashboard"
+    dom = render(chromium, tmp_path, url)
+
+    # Nothing failed: no banner, no greyed-out panel, a fresh "updated" time, a quiet console.
+    assert dom.console == []
+    assert dom["error"].attrs.get("hidden") is not None and dom["error"].text() == ""
+    assert not [n.attrs.get("id") for n in dom.root.walk() if "stale" in n.classes()]
+    assert dom["status-text"].text().startswith("live · updated"), dom["status-text"].text()
+    assert "ok" in dom["status-dot"].classes()
+
+    # The chart: a painted canvas, and its data (the page's data table) equal to the model.
+    (canvas,) = dom["chart"].all("canvas")
+    assert int(canvas.attrs["width"] or 0) > 300 and int(canvas.attrs["height"] or 0) > 100
+    rows = [r for r in dom["chart-data"].all("tr") if "data-minute" in r.attrs]
+    assert len(rows) == 60
+    shown = {
+        datetime.fromisoformat(str(r.attrs["data-minute"])): tuple(
+            int(td.text().replace(",", "")) for td in r.all("td")[1:]
+        )
+        for r in rows
+    }
+    expected = {m: (model.counts[m], len(model.users.get(m, ()))) for m in shown}
+    assert shown == expected
+    assert sum(c for c, _ in shown.values()) == len(events)
+    assert dom.value("total-count") == len(events)
+    assert dom["total-count"].text() == f"{len(events):,}"
+    assert dom.value("total-users") == len({e["user_id"] for e in events})
+
+    # Realtime cards, for the minute the page says is current.
+    current = max(shown)
+    assert dom["current-minute-time"].text() == current.strftime("%H:%M")
+    previous = current - timedelta(minutes=1)
+    assert dom.value("active-users") == model.active_users(current) > 0
+    assert dom.value("current-minute") == model.counts[current]
+    assert dom.value("previous-minute") == model.counts[previous]
+    assert dom["ingest-minute"].text() == previous.strftime("%H:%M")
+    assert dom.value("ingest-rate") == model.counts[previous] / 60
+    assert dom["ingest-rate"].text() == f"{model.counts[previous] / 60:.2f}"
+
+    # Top pages: order, counts and distinct users per page.
+    page_rows = dom["top-pages"].all("tbody")[0].all("tr")
+    table = [
+        (r.attrs["data-page-url"], int(r.all("td")[1].attrs["data-value"] or -1),
+         int(r.all("td")[2].attrs["data-value"] or -1), r.all("a")[0].text())
+        for r in page_rows
+    ]  # fmt: skip
+    ranked = sorted(model.pages.items(), key=lambda kv: (-kv[1], kv[0]))
+    assert table == [(u, c, len(model.page_users[u]), u) for u, c in ranked]
+    assert dom["top-pages-empty"].attrs.get("hidden") is not None
+
+    # Archive panel, after the archiver caught up.
+    assert dom["archive-status"].attrs["data-value"] == "healthy"
+    assert dom.value("archive-archived") == len(events)
+    assert dom.value("archive-lag") == 0 and dom.value("archive-waiting") == 0
+    assert dom.value("archive-dead") == 0
+
+    # The screenshot: the bars and the users line are painted, no error banner.
+    shot = tmp_path / "dashboard.png"
+    run = run_chromium(chromium, tmp_path / "profile-shot", f"--screenshot={shot}", url)
+    assert run.console == []
+    colours = colour_counts(shot)
+    assert sum(colours.values()) == 1280 * 900
+    assert near(colours, BAR_FILL, 4) > 2000, colours.most_common(10)
+    assert near(colours, USERS_LINE, 4) > 300, colours.most_common(10)
+    assert near(colours, BANNER, 1) == 0
+    if os.environ.get("EA_DOCS_SCREENSHOT"):
+        shutil.copyfile(shot, REPO / "docs" / "dashboard.png")
+
+
+def test_dashboard_shows_storage_errors(
+    engine_down: ServiceProcess, chromium: str, tmp_path: Path
+) -> None:
+    """The engine is down: the page says so, per endpoint, instead of showing numbers."""
+    dom = render(chromium, tmp_path, f"{engine_down.url}/dashboard")
+    banner = dom["error"]
+    assert banner.attrs.get("hidden") is None
+    assert "Some data could not be loaded" in banner.text()
+    items = [li.text() for li in banner.all("li")]
+    assert any(i.startswith("GET /analytics/timeseries: 503 Storage unavailable") for i in items)
+    assert any(i.startswith("GET /persistent/status: 503") for i in items), items
+    assert dom["status-text"].text() == "no data yet"
+    assert "bad" in dom["status-dot"].classes()
+    for panel in ("chart-panel", "card-active", "pages-panel", "archive-panel"):
+        assert "stale" in dom[panel].classes(), panel
+    assert dom["active-users"].text() == "\u2013"  # the placeholder: no number shown
+
+
+def test_dashboard_says_when_the_service_is_unreachable(chromium: str, tmp_path: Path) -> None:
+    """The page's files without the service behind them (every fetch fails)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text(dashboard.page())
+    (site / "dashboard").mkdir()
+    shutil.copytree(dashboard.STATIC_DIR, site / "dashboard" / "static")
+    dom = render(chromium, tmp_path, (site / "index.html").as_uri())
+    banner = dom["error"]
+    assert banner.attrs.get("hidden") is None
+    assert "Service unreachable" in banner.text(), banner.text()
+    assert len(banner.all("li")) == 4  # timeseries, realtime, persistent/status, metrics
+    assert dom["status-text"].text() == "no data yet"
+
+
+def test_dashboard_static_files_are_served(service: ServiceProcess) -> None:
+    page = HTTP.get(f"{service.url}/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "__VERSION__" not in page.text
+    for name, kind in [
+        ("uPlot.iife.min.js", "javascript"),
+        ("uPlot.min.css", "text/css"),
+        ("dashboard.js", "javascript"),
+        ("dashboard.css", "text/css"),
+        ("uPlot.LICENSE", ""),
+    ]:
+        r = HTTP.get(f"{service.url}/dashboard/static/{name}")
+        assert r.status_code == 200 and kind in r.headers["content-type"], name
+        assert f"dashboard/static/{name}" in page.text
+    assert HTTP.get(f"{service.url}/dashboard/static/nope.js").status_code == 404
+    # Timed under the mount's template, not as "unmatched" like unknown paths.
+    route = {"method": "GET", "route": "/dashboard/static/{path}"}
+    samples = scrape(service.url)
+    assert value(samples, "ea_http_request_duration_seconds_count", **route, status="200") >= 5
+    assert value(samples, "ea_http_request_duration_seconds_count", **route, status="404") == 1
