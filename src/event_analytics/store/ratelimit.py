@@ -7,10 +7,8 @@ import math
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from event_analytics.keys import Keys
-from event_analytics.store.redis import engine_errors
+from event_analytics.store.redis import Client, engine_errors
 
 
 def digest(text: str) -> str:
@@ -37,7 +35,7 @@ class RateLimits:
     """
 
     def __init__(
-        self, client: aioredis.Redis, keys: Keys, per_key: int, per_address: int, window_s: int
+        self, client: Client, keys: Keys, per_key: int, per_address: int, window_s: int
     ) -> None:
         self.client = client
         self.keys = keys
