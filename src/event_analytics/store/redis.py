@@ -11,6 +11,7 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.cluster import RedisCluster
@@ -130,7 +131,7 @@ def connect(settings: Settings, url: str | None = None) -> Client:
         return connect_cluster(settings, target)
     # One quick retry covers a pooled connection that went stale across an engine restart;
     # short timeouts make an outage answer 503 within about a second instead of hanging.
-    return aioredis.Redis.from_url(
+    client = aioredis.Redis.from_url(
         target,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_connect_timeout_s,
@@ -138,6 +139,34 @@ def connect(settings: Settings, url: str | None = None) -> Client:
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
     )
+    pool = client.connection_pool
+    pool.connection_class = _hiredis_packing(pool.connection_class)
+    return client
+
+
+class _HiredisPacking:
+    """Encode commands with hiredis (C) instead of redis-py's per-argument Python loop.
+
+    An ingest call carries 23 arguments per event: profiled, redis-py's pack_command was
+    ~30% of a rebuild's CPU and ~15% of the live hot path; hiredis.pack_command is ~8x
+    faster on such calls. redis-py itself uses it only for its synchronous client.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        # redis-py passes multi-word commands ("SCRIPT LOAD") as one argument.
+        if isinstance(args[0], str) and " " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        return [hiredis.pack_command(args)]
+
+
+_PACKING: dict[type[Any], type[Any]] = {}
+
+
+def _hiredis_packing(base: type[Any]) -> type[Any]:
+    """``base`` with hiredis packing (one class per base, so pools stay comparable)."""
+    if base not in _PACKING:
+        _PACKING[base] = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+    return _PACKING[base]
 
 
 class Store:
