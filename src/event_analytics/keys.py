@@ -181,7 +181,3 @@ class Keys:
         counters spread over the slots.
         """
         return f"{self.prefix}rl:{kind}:{digest}:{window}"
-
-    def all_pattern(self) -> str:
-        """SCAN pattern matching every key of this prefix (tests, rebuild)."""
-        return f"{self.prefix}*"

@@ -79,11 +79,6 @@ def iso_z(ts: datetime) -> str:
     return text + "Z"
 
 
-def bucket_end_epoch(bucket: datetime, interval: Interval) -> int:
-    """Unix time at which the bucket starting at ``bucket`` ends."""
-    return int((bucket + interval.delta).timestamp())
-
-
 def last_buckets(now: datetime, count: int, interval: Interval) -> list[datetime]:
     """The ``count`` buckets ending with the one holding ``now``, oldest first."""
     current = floor(now, interval)
