@@ -390,3 +390,39 @@ def test_dashboard_static_files_are_served(service: ServiceProcess) -> None:
     samples = scrape(service.url)
     assert value(samples, "ea_http_request_duration_seconds_count", **route, status="200") >= 5
     assert value(samples, "ea_http_request_duration_seconds_count", **route, status="404") == 1
+
+
+@pytest.fixture(scope="module")
+def keyed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The service with its read scope closed (EA_READ_KEYS)."""
+    svc = ServiceProcess(
+        tmp_path_factory.mktemp("dashboard-keyed") / "data",
+        env={"EA_READ_KEYS": READ_KEY},
+    )
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+READ_KEY = "dashboard-read-key-0123456789"
+
+
+def test_dashboard_with_a_read_key(
+    keyed_service: ServiceProcess, chromium: str, tmp_path: Path
+) -> None:
+    """With read keys on, the page reads its key from the fragment and sends it."""
+    now = datetime.now(UTC)
+    sent = [event(user=f"k{i % 3}", ts=now - timedelta(seconds=5)) for i in range(7)]
+    send(keyed_service, sent)
+    # Without the key: every data request is refused, and the page says what to do.
+    (tmp_path / "no-key").mkdir()
+    (tmp_path / "key").mkdir()
+    dom = render(chromium, tmp_path / "no-key", f"{keyed_service.url}/dashboard")
+    banner = dom["error"]
+    assert banner.attrs.get("hidden") is None
+    assert "needs a read key" in banner.text(), banner.text()
+    assert dom["active-users"].text() == "\u2013"
+    # With it (in the fragment, which the browser never sends): the numbers render.
+    dom = render(chromium, tmp_path / "key", f"{keyed_service.url}/dashboard#key={READ_KEY}")
+    assert dom["error"].attrs.get("hidden") is not None, dom["error"].text()
+    assert dom["active-users"].text() == "3"

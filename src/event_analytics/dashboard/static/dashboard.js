@@ -28,6 +28,19 @@
     }
   }
 
+  // A read key, when the service requires one (EA_READ_KEYS): given in the page's
+  // fragment, /dashboard#key=..., which browsers never send to a server or a log, and
+  // kept for this tab only. It goes out as X-API-Key on each data request.
+  const KEY = (() => {
+    const match = /(?:^#|&)key=([^&]+)/.exec(window.location.hash || "");
+    if (match) {
+      try { sessionStorage.setItem("ea-read-key", decodeURIComponent(match[1])); } catch (_) {}
+      history.replaceState(null, "", window.location.pathname + window.location.search);
+    }
+    try { return sessionStorage.getItem("ea-read-key"); } catch (_) { return null; }
+  })();
+  const HEADERS = KEY ? { "X-API-Key": KEY } : {};
+
   // GET one endpoint; ApiError on a network failure, a timeout or a non-2xx answer.
   async function get(path, query, asText) {
     const url = new URL(path, BASE);
@@ -36,7 +49,7 @@
     const timeout = setTimeout(() => abort.abort(), TIMEOUT_MS);
     let response;
     try {
-      response = await fetch(url, { signal: abort.signal, cache: "no-store" });
+      response = await fetch(url, { signal: abort.signal, cache: "no-store", headers: HEADERS });
     } catch (err) {
       const why = err.name === "AbortError" ? `no answer within ${TIMEOUT_MS / 1000} s` : "unreachable";
       throw new ApiError(path, `GET /${path}: ${why}`, true);
@@ -49,6 +62,9 @@
         const problem = await response.json(); // RFC 9457 problem+json
         detail = [problem.title, problem.detail].filter(Boolean).join(": ") || detail;
       } catch (_) { /* not JSON: keep the status text */ }
+      if (response.status === 401 || response.status === 403) {
+        detail += " (this service needs a read key: open /dashboard#key=YOUR_READ_KEY)";
+      }
       throw new ApiError(path, `GET /${path}: ${response.status} ${detail}`, false);
     }
     return asText ? response.text() : response.json();
