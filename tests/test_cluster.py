@@ -21,17 +21,30 @@ from tests.cluster import ClusterProcess
 from tests.helpers import HTTP, event
 from tests.servers import ServiceProcess, engine_binary
 from tests.test_api import (  # noqa: F401  (collected here: they run on the cluster)
+    test_20mb_body_refused_before_it_is_read,
     test_any_valid_host_is_accepted,
+    test_body_just_over_limit_is_413,
     test_event_id_forms_are_one_event,
     test_health_and_ready,
+    test_json_that_is_not_an_object_is_422,
     test_malformed_json_is_400,
     test_minute_bucket_of_other_type_and_bad_key,
     test_offset_lands_in_utc_minute,
+    test_openapi_docs,
     test_page_views_per_minute,
     test_persistent_endpoints_answer,
     test_seed_postman_event_shape,
+    test_unknown_path_is_problem_json,
+    test_wrong_content_type_is_415,
 )
 from tests.test_archive import _minutes, answers, archive_ids, cli, wait_archived
+from tests.test_batch import (  # noqa: F401  (the batch endpoint, on the cluster)
+    test_bad_envelopes,
+    test_batch_and_single_share_dedup,
+    test_batch_limits,
+    test_full_batch_of_1000,
+    test_mixed_batch,
+)
 from tests.test_concurrency import (  # noqa: F401  (collected here: it runs on the cluster)
     _send_all,
     test_concurrent_offsets_and_retries_are_exact,
