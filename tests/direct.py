@@ -19,13 +19,24 @@ def ingest(
     redis_url: str,
     bodies: list[dict[str, Any]],
     uniques: Literal["exact", "approx"] = "exact",
-    shards: int = 1,
+    shards: int | None = None,
     prefix: str = "ea:",
+    cluster: bool = False,
 ) -> list[bool]:
-    """Store events as POST /events would; True where new."""
+    """Store events as POST /events would; True where new.
+
+    ``cluster``: ``redis_url`` is a REDIS_CLUSTER_URL (16 shards unless ``shards``).
+    """
 
     async def main() -> list[bool]:
-        settings = Settings(redis_url=redis_url, uniques=uniques, shards=shards, key_prefix=prefix)
+        urls: dict[str, Any] = (
+            {"redis_cluster_url": redis_url, "redis_url": None}
+            if cluster
+            else {"redis_url": redis_url}
+        )
+        if shards is not None:
+            urls["shards"] = shards
+        settings = Settings(**urls, uniques=uniques, key_prefix=prefix)
         store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
         ingestor = Ingestor(settings, store)
         flags: list[bool] = []

@@ -51,8 +51,10 @@ from tests.test_concurrency import (  # noqa: F401  (collected here: it runs on 
 )
 from tests.test_reports import (  # noqa: F401  (the analytics queries, on the cluster)
     base,
+    test_include_users_is_capped,
     test_realtime,
     test_timeseries_is_gap_filled_and_total_is_a_union,
+    test_top_pages_order_counts_and_users,
 )
 
 pytestmark = pytest.mark.slow

@@ -85,7 +85,7 @@ def test_timeseries_is_gap_filled_and_total_is_a_union(
 def test_hour_and_day_method_follows_ea_uniques(
     live: ServiceProcess, exact_service: ServiceProcess, base: datetime
 ) -> None:
-    assert all(ingest(_redis_url(live), [event(user=f"u{i % 7}", ts=base) for i in range(20)]))
+    assert all(_ingest(live, [event(user=f"u{i % 7}", ts=base) for i in range(20)]))
     for interval in ("hour", "day"):
         params = {"interval": interval, "from": z(base), "to": z(base + timedelta(minutes=1))}
         approx = get(live, "timeseries", **params)
@@ -99,8 +99,11 @@ def test_hour_and_day_method_follows_ea_uniques(
         assert exact["total"]["count"] == approx["total"]["count"] == 20
 
 
-def _redis_url(svc: ServiceProcess) -> str:
-    return svc.env["REDIS_URL"]
+def _ingest(svc: ServiceProcess, bodies: list[dict[str, Any]], **kw: Any) -> list[bool]:
+    """Ingest straight into ``svc``'s engine (single node or cluster), as it would."""
+    cluster = "REDIS_CLUSTER_URL" in svc.env
+    url = svc.env["REDIS_CLUSTER_URL" if cluster else "REDIS_URL"]
+    return ingest(url, bodies, cluster=cluster, **kw)
 
 
 @pytest.mark.parametrize(
@@ -132,7 +135,7 @@ def test_top_pages_order_counts_and_users(live: ServiceProcess, base: datetime) 
         for i, (p, u) in enumerate(views)
     ]
     bodies.append(event(user="q", event_type="click", url=A_SUB, ts=base))
-    assert all(ingest(_redis_url(live), bodies))
+    assert all(_ingest(live, bodies))
     window = {"from": z(base), "to": z(base + timedelta(hours=1))}
     got = get(live, "top-pages", **window)
     assert got["bucket_interval"] == "minute" and got["unique_users_method"] == "exact"
@@ -189,7 +192,7 @@ def test_include_users_is_capped(live: ServiceProcess) -> None:
     minute = floor(datetime.now(UTC), Interval.MINUTE) - timedelta(minutes=2)
     crowd = [event(user=f"c{i:04d}", ts=minute) for i in range(1005)]
     pair = [event(user=u, ts=minute - timedelta(minutes=1)) for u in ("b", "a", "b")]
-    assert all(ingest(_redis_url(live), crowd + pair))
+    assert all(_ingest(live, crowd + pair))
     plain = get(live, "page_views_per_minute", minutes=5)
     assert all(set(row) == {"minute_timestamp", "count", "unique_users"} for row in plain)  # type: ignore[union-attr]
     rows = {
@@ -224,7 +227,7 @@ def test_hour_unique_users_are_the_union_of_its_minutes(
         users = regulars + [f"n{m}_{i}" for i in range(100)]
         bodies += [event(user=u, ts=ts, url=HOME if i % 2 else A) for i, u in enumerate(users)]
     distinct, summed = 900 + 60 * 100, 60 * 1000
-    assert all(ingest(_redis_url(live), bodies, uniques="exact"))
+    assert all(_ingest(live, bodies, uniques="exact"))
     window = {"from": z(base), "to": z(base + timedelta(hours=1))}
     minutes = get(exact_service, "timeseries", **window)
     assert all(p["unique_users"] == 1000 for p in minutes["points"])

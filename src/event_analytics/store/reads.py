@@ -148,7 +148,10 @@ class Reads:
             async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
                 for page in pages:
                     for s in range(k.shards):
-                        pipe.pfcount(*(k.page_hll(s, event_type, level, b, page) for b in starts))
+                        names = [k.page_hll(s, event_type, level, b, page) for b in starts]
+                        # Not pipe.pfcount(): redis-py blocks it in cluster pipelines, though
+                        # these keys share one hash tag (one slot) and route by the first.
+                        pipe.execute_command("PFCOUNT", *names)
                 counts = await pipe.execute()
             return [sum(counts[i : i + k.shards]) for i in range(0, len(counts), k.shards)]
         calls = [
