@@ -36,6 +36,17 @@ def engine(
     proc.stop()
 
 
+@pytest.fixture(scope="module")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    """A private bundled Valkey for one test module (its tests may reconfigure it)."""
+    binary = engine_binary("valkey")
+    assert binary is not None
+    proc = EngineProcess(binary, tmp_path_factory.mktemp("module-engine"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
 @pytest.fixture
 def redis_url(engine: EngineProcess) -> str:
     """The engine's URL, emptied before the test."""

@@ -31,16 +31,6 @@ JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    binary = engine_binary("valkey")
-    assert binary is not None
-    proc = EngineProcess(binary, tmp_path_factory.mktemp("hard-engine"))
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def strict(
     valkey: EngineProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:

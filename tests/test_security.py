@@ -25,7 +25,7 @@ from event_analytics.config import Settings
 from event_analytics.keys import Keys
 from event_analytics.store.ratelimit import digest
 from tests.helpers import HTTP, event
-from tests.servers import EngineProcess, ServiceProcess, engine_binary
+from tests.servers import EngineProcess, ServiceProcess
 
 pytestmark = pytest.mark.slow
 
@@ -39,16 +39,6 @@ PER_KEY = 20
 PER_ADDRESS = 5
 WINDOW_S = 3600
 JSON = {"content-type": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    binary = engine_binary("valkey")
-    assert binary is not None
-    proc = EngineProcess(binary, tmp_path_factory.mktemp("sec-engine"))
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")
