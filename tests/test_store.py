@@ -29,10 +29,10 @@ def _events(n: int, minute: datetime, rng: random.Random) -> list[Event]:
     ]
 
 
-def _run(redis_url: str, shards: int, work):  # type: ignore[no-untyped-def]
+def _run(redis_url: str, shards: int, work, uniques: str = "approx"):  # type: ignore[no-untyped-def]
     async def main():  # type: ignore[no-untyped-def]
         # A prefix of its own: the session's service (and its archiver) share this engine.
-        settings = Settings(redis_url=redis_url, shards=shards, key_prefix="st:")
+        settings = Settings(redis_url=redis_url, shards=shards, key_prefix="st:", uniques=uniques)
         store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
         try:
             return await work(Ingestor(settings, store), store)
@@ -101,3 +101,55 @@ def test_expiry_follows_retention(redis_url: str) -> None:
         assert abs((now + ttl) - when.timestamp()) <= 2, key
     assert client.ttl("st:{0}:stream") == -1  # the stream is trimmed by the archiver, never expired
     client.close()
+
+
+def test_every_key_expires_with_its_bucket(redis_url: str) -> None:
+    """Structures born late in a bucket (the first page URL after page-less events, exact
+    sets after a switch to EA_UNIQUES=exact, a second page) get the bucket's expiry too.
+
+    The script sets a key's expiry once, when a reply shows the key was just created: a
+    key that missed it would live forever. Every key is checked against its bucket.
+    """
+    ts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
+    steps = [
+        ("approx", event(user="a", ts=ts, url=None, event_type="click")),
+        ("approx", event(user="b", ts=ts, url="https://example.com/one", event_type="click")),
+        ("approx", event(user="a", ts=ts, url="https://example.com/two")),
+        ("exact", event(user="c", ts=ts, url="https://example.com/one")),
+        ("exact", event(user="d", ts=ts, url="https://example.com/three", event_type="click")),
+    ]
+    for uniques, body in steps:
+
+        async def work(ingestor: Ingestor, store: Store, body=body) -> list[bool]:  # type: ignore[no-untyped-def]
+            e = EVENT_ADAPTER.validate_python(body)
+            return await store.ingest([ingestor.prepare(e, datetime.now(UTC))])
+
+        assert _run(redis_url, 1, work, uniques=uniques) == [True]
+
+    settings = Settings(redis_url=redis_url)
+    minute_end = ts.replace(second=0) + timedelta(minutes=1)
+    hour_end = ts.replace(minute=0, second=0) + timedelta(hours=1)
+    day_end = ts.replace(hour=0, minute=0, second=0) + timedelta(days=1)
+    expected = {
+        "m": minute_end + timedelta(seconds=settings.minute_retention_s),
+        "h": hour_end + timedelta(seconds=settings.hour_retention_s),
+        "d": day_end + timedelta(seconds=settings.day_retention_s),
+        "seen": hour_end + timedelta(seconds=settings.dedup_window_s + 60),
+    }
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    now = datetime.now(UTC).timestamp()
+    keys = sorted(k for k in client.keys("st:*") if not k.endswith(":stream"))
+    kinds = defaultdict(list)
+    for key in keys:
+        kind = "seen" if ":seen:" in key else re.search(r":([mhd]):", key)[1]  # type: ignore[index]
+        kinds[kind].append(key)
+        ttl = client.ttl(key)
+        assert ttl > 0, key
+        assert abs((now + ttl) - expected[kind].timestamp()) <= 2, key
+    client.close()
+    # Every kind of structure was written, so every kind was checked.
+    suffixes = {
+        re.sub(r":[0-9a-f]{16}$", "", k.split(":", 5)[-1]) for k in keys if ":seen:" not in k
+    }
+    assert {"count", "users", "pages", "page_users", "hll", "page_hll"} <= suffixes, keys
+    assert len(kinds["m"]) == 2 * 4 and kinds["seen"]

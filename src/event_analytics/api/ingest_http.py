@@ -1,22 +1,26 @@
 """POST /events and POST /events/batch: the hot path, as plain ASGI.
 
 These two routes skip FastAPI's request machinery (dependency solving, Request objects,
-several middleware layers: about a quarter of the CPU per event in a profile) and
-answer with pre-shaped JSON. FastAPI still documents them (see ``events.py``), and
+and its whole middleware stack: each layer wraps ``send`` and adds awaits per request)
+and answer with pre-shaped JSON. FastAPI still documents them (see ``events.py``), and
 every other route goes through FastAPI as usual.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from event_analytics import metrics
 from event_analytics.api.body import INGEST_TYPES, ClientGone, header, read_limited, require_json
 from event_analytics.api.problems import UnsupportedMediaType, problem, render_error
+from event_analytics.api.request_context import begin, log_access
 from event_analytics.api.security import (
     CORS_ALLOW_HEADERS,
     CORS_EXPOSE_HEADERS,
@@ -25,11 +29,16 @@ from event_analytics.api.security import (
 )
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor, ItemResult
+from event_analytics.logs import request_id
 from event_analytics.model import BodyTimeout, BodyTooLarge, EventAnalyticsError
 
 ACCEPTED = "Page view event accepted and queued for processing"
 DUPLICATE = "Duplicate event_id: already counted, nothing changed"
-_JSON = [(b"content-type", b"application/json")]
+_JSON = (b"content-type", b"application/json")
+# Logged and timed for a client that left before its answer (nginx's code for it).
+CLIENT_CLOSED = 499
+Header = tuple[bytes, bytes]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +50,7 @@ class _Route:
 
 EVENTS_ROUTE = _Route("/events")
 BATCH_ROUTE = _Route("/events/batch")
-_ROUTES = {r.path: r for r in (EVENTS_ROUTE, BATCH_ROUTE)}
+ROUTES = {r.path: r for r in (EVENTS_ROUTE, BATCH_ROUTE)}
 _EXPOSE = (b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode())
 _PREFLIGHT = [
     (b"access-control-allow-methods", b"POST"),
@@ -65,54 +74,70 @@ def _with_cors(send: Send, origin: str) -> Send:
 
 
 class IngestEndpoints:
-    """Answers the two ingest routes itself; passes everything else on."""
+    """Answers the two ingest routes. The app calls it before FastAPI's middleware stack
+    (see ``app.App``), so it does that stack's work for them itself: the request id and
+    its echo, the timing metric, the access log, a 500 for an unexpected error."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, access_log: bool = False) -> None:
+        self.access_log = access_log
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = _ROUTES.get(scope["path"]) if scope["type"] == "http" else None
-        if route is None:
-            await self.app(scope, receive, send)
-            return
+    async def __call__(self, route: _Route, scope: Scope, receive: Receive, send: Send) -> None:
         scope["route"] = route
+        echo, token = begin(scope)
+        start = time.perf_counter()
+        sent = _Sent(send)
+        status = 500
+        try:
+            status = await self._answer(route, scope, receive, sent, echo)
+        except Exception:
+            # What ServerErrorMiddleware does for the other routes: log it, answer 500.
+            log.exception("unhandled error on %s", route.path)
+            if not sent.started:
+                detail = "an unexpected error; nothing was acknowledged, retry is safe"
+                oops = problem(500, "internal-error", "Internal server error", detail)
+                await _respond(oops, scope, receive, sent, echo)
+        finally:
+            metrics.http_request(scope["method"], route.path, status, time.perf_counter() - start)
+            if self.access_log:
+                log_access(scope, status, time.perf_counter() - start)
+            request_id.reset(token)
+
+    async def _answer(
+        self, route: _Route, scope: Scope, receive: Receive, send: Send, echo: Header
+    ) -> int:
         guard: Guard = scope["app"].state.guard
         if guard.cors:
             origin = header(scope, b"origin")
             if origin is not None and guard.origin_allowed(origin):
                 if scope["method"] == "OPTIONS":
-                    await _preflight(send, origin)
-                    return
+                    await _preflight(send, origin, echo)
+                    return 204
                 send = _with_cors(send, origin)
         if scope["method"] != "POST":
             allow = {"Allow": "POST"}
             answer = problem(
                 405, "method-not-allowed", "Method Not Allowed", "use POST", headers=allow
             )
-            await answer(scope, receive, send)
-            return
-        handler = self._one if route is EVENTS_ROUTE else self._batch
-        await self._guarded(handler, guard, scope, receive, send)
-
-    async def _guarded(
-        self, handler: Any, guard: Guard, scope: Scope, receive: Receive, send: Send
-    ) -> None:
+            return await _respond(answer, scope, receive, send, echo)
         try:
             # Keys, limits and origins before the body is read: a refused client costs
             # no body buffering and no parsing.
             if guard.write_active:
                 refusal = await guard.admit(scope, Access.WRITE)
                 if refusal is not None:
-                    await refusal(scope, receive, send)
-                    return
+                    return await _respond(refusal, scope, receive, send, echo)
+            handler = self._one if route is EVENTS_ROUTE else self._batch
             status, body = await handler(scope, receive)
         except ClientGone:
-            return
+            return CLIENT_CLOSED
         except (EventAnalyticsError, UnsupportedMediaType) as exc:
-            await render_error(exc)(scope, receive, send)
-            return
-        await send({"type": "http.response.start", "status": status, "headers": _JSON})
+            return await _respond(render_error(exc), scope, receive, send, echo)
+        # With its length, uvicorn frames the body as is instead of chunking it.
+        length = (b"content-length", b"%d" % len(body))
+        headers = [_JSON, length, echo]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        return status
 
     @staticmethod
     def _state(scope: Scope) -> tuple[Settings, Ingestor]:
@@ -138,8 +163,36 @@ class IngestEndpoints:
         return 200, orjson.dumps(batch_reply(results))
 
 
-async def _preflight(send: Send, origin: str) -> None:
-    headers = [(b"access-control-allow-origin", origin.encode("latin-1")), *_PREFLIGHT]
+class _Sent:
+    """``send`` that remembers whether the response has started."""
+
+    __slots__ = ("send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = True
+        await self.send(message)
+
+
+async def _respond(
+    response: Response, scope: Scope, receive: Receive, send: Send, echo: Header
+) -> int:
+    """Send one of the shared (Starlette) answers with the request id; its status."""
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), echo]
+        await send(message)
+
+    await response(scope, receive, send_with_id)
+    return response.status_code
+
+
+async def _preflight(send: Send, origin: str, echo: Header) -> None:
+    headers = [(b"access-control-allow-origin", origin.encode("latin-1")), *_PREFLIGHT, echo]
     await send({"type": "http.response.start", "status": 204, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
 

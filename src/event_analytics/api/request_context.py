@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import re
@@ -38,9 +39,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _incoming_id(scope) or os.urandom(8).hex()
-        token = request_id.set(rid)
-        echo = (REQUEST_ID_HEADER, rid.encode("latin-1"))
+        echo, token = begin(scope)
         status = 500
         start = time.perf_counter()
 
@@ -55,23 +54,30 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             if self.access_log:
-                self._log(scope, status, time.perf_counter() - start)
+                log_access(scope, status, time.perf_counter() - start)
             request_id.reset(token)
 
-    @staticmethod
-    def _log(scope: Scope, status: int, seconds: float) -> None:
-        # The route template, never the raw path or query: those may hold a page URL.
-        route = scope.get("route")
-        template = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")
-        client = scope.get("client")
-        log.info(
-            "request",
-            extra={
-                "method": scope["method"],
-                "route": str(template),
-                "status": status,
-                "duration_ms": round(seconds * 1000, 2),
-                "client": client[0] if client else None,
-                "key_id": scope.get(KEY_ID_SCOPE),
-            },
-        )
+
+def begin(scope: Scope) -> tuple[tuple[bytes, bytes], contextvars.Token[str | None]]:
+    """The request's id (the client's or a new one), set for logging: its echo header
+    and the token that resets it."""
+    rid = _incoming_id(scope) or os.urandom(8).hex()
+    return (REQUEST_ID_HEADER, rid.encode("latin-1")), request_id.set(rid)
+
+
+def log_access(scope: Scope, status: int, seconds: float) -> None:
+    """One access-log line; the route template, never the raw path or query (a page URL)."""
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")
+    client = scope.get("client")
+    log.info(
+        "request",
+        extra={
+            "method": scope["method"],
+            "route": str(template),
+            "status": status,
+            "duration_ms": round(seconds * 1000, 2),
+            "client": client[0] if client else None,
+            "key_id": scope.get(KEY_ID_SCOPE),
+        },
+    )

@@ -23,43 +23,41 @@ local n = tonumber(ARGV[1])
 local stream = KEYS[1]
 local to_stream = ARGV[2] == '1'
 
--- Each key gets its bucket's expiry once, when this call created it. "Created" is read
--- from the key itself (not from the bucket's count), so a structure that appears later in
--- a bucket (the first page URL, a switch to exact sets) still expires with the bucket.
+-- Each key gets its bucket's expiry once, when this call created it. A key's birth is
+-- read from a reply we get anyway wherever one key is always written with another: the
+-- minute's users set is born with its count (every event has a user), the page-user
+-- pairs with the pages zset, a page's HLL with the page's first count in the hour. Keys
+-- that can appear later in a bucket (exact sets, once EA_UNIQUES switches to exact) ask
+-- their own size. One EXPIREAT per key and bucket, not a check per event: this script
+-- is the engine's cost per event.
 local function add_user(key, user, at)
   if redis.call('SADD', key, user) == 1 and redis.call('SCARD', key) == 1 then
     redis.call('EXPIREAT', key, at)
   end
 end
 
-local function count_page(pages, page, at)
-  if tonumber(redis.call('ZINCRBY', pages, 1, page)) == 1 and redis.call('ZCARD', pages) == 1 then
-    redis.call('EXPIREAT', pages, at)
+-- Counts ``page`` in ``pages`` and adds (page, user) to ``page_users`` (if given).
+-- Returns true when this was the page's first count in the bucket.
+local function count_page(pages, page_users, page, user, at)
+  local first = tonumber(redis.call('ZINCRBY', pages, 1, page)) == 1
+  if page_users then
+    -- "<url> NUL <user>": one page's users form one lexicographic range (see keys.py).
+    redis.call('ZADD', page_users, 0, page .. '\0' .. user)
   end
+  if first and redis.call('ZCARD', pages) == 1 then
+    redis.call('EXPIREAT', pages, at)
+    if page_users then
+      redis.call('EXPIREAT', page_users, at)
+    end
+  end
+  return first
 end
 
 local function add_page_user(page_users, page, user, at)
-  -- "<url> NUL <user>": one page's users form one lexicographic range (see keys.py).
   if redis.call('ZADD', page_users, 0, page .. '\0' .. user) == 1
       and redis.call('ZCARD', page_users) == 1 then
     redis.call('EXPIREAT', page_users, at)
   end
-end
-
-local function add_hll(key, user, at)
-  local new = redis.call('EXISTS', key) == 0
-  redis.call('PFADD', key, user)
-  if new then
-    redis.call('EXPIREAT', key, at)
-  end
-end
-
-local function count(key, at)
-  if redis.call('INCR', key) == 1 then
-    redis.call('EXPIREAT', key, at)
-    return true
-  end
-  return false
 end
 
 local out = {}
@@ -76,20 +74,25 @@ for i = 0, n - 1 do
     local user, page, exact = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4] == '1'
     local m_at, h_at, d_at = ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
     -- minute: exact count, exact users, pages with exact users per page.
-    count(KEYS[k + 2], m_at)
-    add_user(KEYS[k + 3], user, m_at)
+    local m_count, m_users = KEYS[k + 2], KEYS[k + 3]
+    local m_first = redis.call('INCR', m_count) == 1
+    redis.call('SADD', m_users, user)
+    if m_first then
+      redis.call('EXPIREAT', m_count, m_at)
+      redis.call('EXPIREAT', m_users, m_at)
+    end
     if page ~= '' then
-      count_page(KEYS[k + 4], page, m_at)
-      add_page_user(KEYS[k + 5], page, user, m_at)
+      count_page(KEYS[k + 4], KEYS[k + 5], page, user, m_at)
     end
     -- hour and day: exact count and a HyperLogLog (born with the count, as it is written
     -- by every event); exact user sets only when configured, as they cost the most.
     for _, b in ipairs({{k + 6, h_at}, {k + 11, d_at}}) do
       local c, at = b[1], b[2]
       local hll = KEYS[c + 1]
-      local first = count(KEYS[c], at)
+      local first = redis.call('INCR', KEYS[c]) == 1
       redis.call('PFADD', hll, user)
       if first then
+        redis.call('EXPIREAT', KEYS[c], at)
         redis.call('EXPIREAT', hll, at)
       end
       if exact then
@@ -99,8 +102,12 @@ for i = 0, n - 1 do
     -- hour pages: counts, a HyperLogLog per page (a key per page, at most 12 KiB) and,
     -- when exact, the page-user pairs (about 135 bytes each: see README "Memory").
     if page ~= '' then
-      count_page(KEYS[k + 9], page, h_at)
-      add_hll(KEYS[k + 14], user, h_at)
+      local page_hll = KEYS[k + 14]
+      local first = count_page(KEYS[k + 9], false, page, user, h_at)
+      redis.call('PFADD', page_hll, user)
+      if first then
+        redis.call('EXPIREAT', page_hll, h_at)
+      end
       if exact then
         add_page_user(KEYS[k + 10], page, user, h_at)
       end
