@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -93,14 +95,68 @@ def process(argv: list[str], cwd: Path | None = None) -> Iterator[subprocess.Pop
             proc.wait()
 
 
-def wrk(url: str, seconds: int, connections: int, ts: str, batch: int = 0) -> dict[str, float]:
-    """Run wrk with events.lua; requests/s, latency percentiles and the ack counts."""
+# Where the CPU goes, by the role of each process under the server we started.
+ROLES = (("engine", "valkey-server"), ("archiver", " archiver"), ("api", "spawn_main"))
+
+
+def _proc_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command line, CPU seconds used so far), for every process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table: dict[int, tuple[int, str, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            cmd = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode("latin-1")
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state) on
+        table[int(entry.name)] = (int(fields[1]), cmd, (int(fields[11]) + int(fields[12])) / tick)
+    return table
+
+
+def cpu_by_role(root: int) -> dict[str, float]:
+    """CPU seconds used so far by ``root`` and its descendants, summed by role."""
+    table = _proc_table()
+    children: dict[int, list[int]] = defaultdict(list)
+    for pid, (ppid, _, _) in table.items():
+        children[ppid].append(pid)
+    used: dict[str, float] = defaultdict(float)
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children[pid])
+        if pid in table:
+            cmd = table[pid][1]
+            used[next((role for role, needle in ROLES if needle in cmd), "supervisor")] += table[
+                pid
+            ][2]
+    return used
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wrk(
+    url: str, seconds: int, connections: int, ts: str, batch: int = 0, server: int | None = None
+) -> dict[str, Any]:
+    """Run wrk with events.lua; requests/s, latency percentiles, the ack counts and, for the
+    processes under ``server`` and for wrk itself ("load"), the CPU seconds the run took."""
     prefix = secrets.token_hex(4)
+    before = cpu_by_role(server) if server else {}
+    load_before = _children_cpu()
     out = subprocess.run(
         [need("wrk", "wrk"), "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
          "-s", str(HERE / "events.lua"), url, "--", ts, prefix, str(batch)],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+    cpu = {"load": _children_cpu() - load_before}  # wrk is our only child to end meanwhile
+    if server:
+        after = cpu_by_role(server)
+        cpu |= {role: after[role] - before.get(role, 0.0) for role in after}
 
     def grab(pattern: str) -> str:
         match = re.search(pattern, out, re.M)
@@ -125,7 +181,17 @@ def wrk(url: str, seconds: int, connections: int, ts: str, batch: int = 0) -> di
         "acked": int(grab(r"^ACKED (\d+)")),
         "bad": int(grab(r"^BAD (\d+)")),
         "generated": int(grab(r"^GENERATED (\d+)")),
+        "cpu_s": cpu,
     }
+
+
+def cpu_per_event(run: dict[str, Any], events: int) -> dict[str, float]:
+    """Microseconds of CPU per event by role, their total, and the event rate this
+    machine's cores could sustain at that cost if nothing else ran."""
+    us = {role: round(seconds * 1e6 / max(1, events), 1) for role, seconds in run["cpu_s"].items()}
+    us["total"] = round(sum(us.values()), 1)
+    us["cores_ceiling_per_s"] = round((os.cpu_count() or 1) * 1e6 / max(us["total"], 1e-9))
+    return us
 
 
 def stored_in_minute(base: str, ts: str) -> int:
@@ -214,9 +280,11 @@ def main() -> int:
     port = free_port()
     uvicorn = [str(VENV_BIN / "uvicorn"), "bare_app:app", "--port", str(port), "--workers",
                str(args.workers), "--log-level", "warning", "--no-access-log"]  # fmt: skip
-    with process(uvicorn, cwd=HERE):
+    with process(uvicorn, cwd=HERE) as bare_server:
         wait_http(f"http://127.0.0.1:{port}/")
-        bare = wrk(f"http://127.0.0.1:{port}/events", args.seconds, args.connections, ts)
+        bare = wrk(f"http://127.0.0.1:{port}/events", args.seconds, args.connections, ts,
+                   server=bare_server.pid)  # fmt: skip
+    bare["cpu_us_per_event"] = cpu_per_event(bare, int(bare["acked"]))
     results["bare_asgi"] = bare
 
     console.print("[bold]2. service, single events[/] (embedded Valkey, fsync always)")
@@ -225,11 +293,12 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     serve = [str(VENV_BIN / "event-analytics"), "serve", "--port", str(port), "--data-dir",
              str(data_dir), "--workers", str(args.workers)]  # fmt: skip
-    with process(serve):
+    with process(serve) as server:
         wait_http(f"{base}/health/ready")
         memory_before = engine_memory(data_dir)
-        single = wrk(f"{base}/events", args.seconds, args.connections, ts)
+        single = wrk(f"{base}/events", args.seconds, args.connections, ts, server=server.pid)
         single |= check_counts("single", single, stored_in_minute(base, ts), 0)
+        single["cpu_us_per_event"] = cpu_per_event(single, single["acknowledged"])
         single["redis_bytes_per_event"] = round(
             (engine_memory(data_dir) - memory_before) / max(1, single["stored"])
         )
@@ -237,9 +306,11 @@ def main() -> int:
 
         console.print(f"[bold]3. service, batches of {args.batch}[/]")
         before = stored_in_minute(base, ts)
-        batch = wrk(f"{base}/events", args.seconds, args.connections // 4, ts, args.batch)
+        batch = wrk(f"{base}/events", args.seconds, args.connections // 4, ts, args.batch,
+                    server=server.pid)  # fmt: skip
         batch["events_per_s"] = batch["rps"] * args.batch
         batch |= check_counts("batch", batch, stored_in_minute(base, ts) - before, args.batch)
+        batch["cpu_us_per_event"] = cpu_per_event(batch, batch["acknowledged"])
         results["batch"] = batch
 
         console.print("[bold]5. query latency under full single-event ingest[/]")
@@ -284,10 +355,14 @@ def main() -> int:
             results["rebuild"]["events_per_s"] / results["batch"]["events_per_s"], 2
         ),
         "single_vs_redis_incr": round(single_rps / results["redis_benchmark_incr_per_s"], 4),
+        # The most single events these cores could take if the API's Python cost no more
+        # than the bare app's, with the engine and archiver as measured: an upper bound.
+        "single_bound_vs_bare": round(single_bound(results) / bare["rps"], 3),
     }
     checks = [results["single"]["check"], results["batch"]["check"], results["rebuild"]["check"]]
     results["all_checks"] = "PASS" if all(c == "PASS" for c in checks) else "FAIL"
     print_table(results)
+    print_cpu_table(results)
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
     stamp = results["when"].replace(":", "").replace("-", "")
@@ -295,6 +370,34 @@ def main() -> int:
         (out_dir / name).write_text(json.dumps(results, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return 0 if results["all_checks"] == "PASS" else 1
+
+
+def single_bound(r: dict[str, Any]) -> float:
+    bare, single = r["bare_asgi"]["cpu_us_per_event"], r["single"]["cpu_us_per_event"]
+    floor = bare["total"] + single.get("engine", 0.0) + single.get("archiver", 0.0)
+    return float((os.cpu_count() or 1) * 1e6 / floor)
+
+
+def print_cpu_table(r: dict[str, Any]) -> None:
+    roles = ("api", "engine", "archiver", "supervisor", "load")
+    table = Table(title="CPU per event (us), from /proc, by process role")
+    for col in ("run", *roles, "total", "cores' ceiling"):
+        table.add_column(col, justify="right")
+    for name, key in (("bare ASGI", "bare_asgi"), ("POST /events", "single"),
+                      ("POST /events/batch", "batch")):  # fmt: skip
+        us = r[key]["cpu_us_per_event"]
+        table.add_row(
+            name,
+            *(f"{us[role]:.0f}" if role in us else "-" for role in roles),
+            f"{us['total']:.0f}",
+            f"{us['cores_ceiling_per_s']:,}/s",
+        )
+    console.print(table)
+    console.print(
+        f"bound for single events (API as cheap as bare ASGI, engine and archiver as "
+        f"measured): {single_bound(r):,.0f} req/s = "
+        f"{r['ratios']['single_bound_vs_bare']:.0%} of bare"
+    )
 
 
 def print_table(r: dict[str, Any]) -> None:
