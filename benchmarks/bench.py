@@ -259,6 +259,30 @@ def engine_memory(data_dir: Path) -> int:
         client.close()
 
 
+# Key name ending -> what it holds (keys.py names them; the rest is "other").
+MEMORY_KINDS = (
+    ("dedup", re.compile(r":seen:[^:]+$")),
+    ("stream", re.compile(r":stream$")),
+    ("counters", re.compile(r":count$")),
+    ("pages", re.compile(r":pages$")),
+    ("uniques", re.compile(r":(users|hll|page_users|page_hll:[0-9a-f]+)$")),
+)
+
+
+def engine_memory_by_kind(data_dir: Path, events: int) -> dict[str, float]:
+    """Bytes per stored event held by each kind of key (MEMORY USAGE of every key)."""
+    url = (data_dir / "valkey" / "url").read_text().strip()
+    client = redis.Redis.from_url(url, decode_responses=True)
+    used: dict[str, int] = defaultdict(int)
+    try:
+        for key in client.scan_iter(count=1000):
+            kind = next((k for k, pattern in MEMORY_KINDS if pattern.search(key)), "other")
+            used[kind] += int(client.memory_usage(key, samples=0) or 0)
+    finally:
+        client.close()
+    return {kind: round(total / max(1, events), 1) for kind, total in sorted(used.items())}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
@@ -302,6 +326,10 @@ def main() -> int:
         single["redis_bytes_per_event"] = round(
             (engine_memory(data_dir) - memory_before) / max(1, single["stored"])
         )
+        # Dedup ids and the stream grow with every event; unique users and pages with the
+        # distinct users and pages (10,000 and 50 here, in one minute, hour and day). The
+        # stream is what the archiver has not yet trimmed.
+        single["redis_bytes_per_event_by_kind"] = engine_memory_by_kind(data_dir, single["stored"])
         results["single"] = single
 
         console.print(f"[bold]3. service, batches of {args.batch}[/]")
@@ -459,6 +487,11 @@ def print_table(r: dict[str, Any]) -> None:
         f"{ratios['batch_events_vs_single']:.1f}x   "
         f"rebuild / batch = {ratios['rebuild_vs_batch']:.1f}x   "
         f"Redis bytes per event = {s['redis_bytes_per_event']}   all checks: {r['all_checks']}"
+    )
+    kinds = s["redis_bytes_per_event_by_kind"]
+    console.print(
+        "  of which (MEMORY USAGE by key kind, bytes per event): "
+        + ", ".join(f"{kind} {value:g}" for kind, value in kinds.items())
     )
 
 

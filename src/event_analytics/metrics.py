@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -81,9 +82,20 @@ def _type_label(event_type: str) -> str:
     return event_type
 
 
+# Children of the per-request series, by label values: ``labels()`` takes a lock and
+# checks the values each call, a cost on every ingest request (see benchmarks/).
+_stored_children: dict[tuple[bool, str], Any] = {}
+_http_children: dict[tuple[str, str, int], Any] = {}
+
+
 def event_stored(event_type: str, duplicate: bool) -> None:
     """Count one event the engine acknowledged, new or duplicate."""
-    EVENTS.labels("duplicate" if duplicate else "accepted", _type_label(event_type)).inc()
+    child = _stored_children.get((duplicate, event_type))
+    if child is None:
+        child = EVENTS.labels("duplicate" if duplicate else "accepted", _type_label(event_type))
+        if len(_stored_children) < 4 * MAX_EVENT_TYPE_LABELS:
+            _stored_children[duplicate, event_type] = child
+    child.inc()
 
 
 def event_rejected(code: str, event_type: str | None = None) -> None:
@@ -104,7 +116,11 @@ def engine_error(kind: str) -> None:
 
 def http_request(method: str, route: str, status: int, seconds: float) -> None:
     """Record one HTTP request's latency."""
-    HTTP_DURATION.labels(method, route, str(status)).observe(seconds)
+    child = _http_children.get((method, route, status))
+    if child is None:
+        child = HTTP_DURATION.labels(method, route, str(status))
+        _http_children[method, route, status] = child  # routes are templates: bounded
+    child.observe(seconds)
 
 
 @dataclass(frozen=True, slots=True)
