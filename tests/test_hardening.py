@@ -95,6 +95,56 @@ def test_head_too_large_gets_431(strict: ServiceProcess) -> None:
     assert HTTP.get(f"{strict.url}/health/", headers={"x-ok": "a" * 2000}).status_code == 200
 
 
+def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One response's head and its body (by Content-Length) from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (int(v) for k, _, v in (h.partition(b": ") for h in head.split(b"\r\n")[1:])
+         if k.lower() == b"content-length"),
+        0,
+    )  # fmt: skip
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, body
+        body += chunk
+    return head, body
+
+
+def test_responses_without_body_writes_and_100_continue(live: ServiceProcess) -> None:
+    """The protocol sends a response's head together with its body (one write): a HEAD
+    answer (no body is ever written) and an interim 100 Continue must still go out."""
+    with _connect(live) as sock:
+        sock.sendall(b"HEAD /health/ HTTP/1.1\r\nhost: x\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert data.split(b"\r\n", 1)[0] in (b"HTTP/1.1 200 OK", b"HTTP/1.1 405 Method Not Allowed")
+        # The same connection goes on: a client that waits for 100 Continue gets it
+        # before it sends the body, then the answer.
+        body = orjson.dumps(event(user="continue"))
+        sock.sendall(
+            b"POST /events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"expect: 100-continue\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n"
+        )
+        interim = sock.recv(65536)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
+        sock.sendall(body)
+        head, reply = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 201"), head
+        assert orjson.loads(reply)["duplicate"] is False
+        # And keep-alive still works after both.
+        sock.sendall(b"GET /health/ HTTP/1.1\r\nhost: x\r\n\r\n")
+        head, _ = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200"), head
+
+
 def test_payload_numbers_and_nesting_are_bounded(live: ServiceProcess) -> None:
     # An integer past 64 bits used to pass validation and fail when archived (a 500).
     for raw_value in (b"1" + b"0" * 30, b"-1" + b"0" * 30, b"1e400", b'{"a": {"b": 1}}', b"[1]"):
