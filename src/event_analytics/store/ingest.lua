@@ -53,6 +53,19 @@ local function count_page(pages, page_users, page, user, at)
   return first
 end
 
+-- An hour or a day: KEYS[c] its count, KEYS[c + 1] its HLL, KEYS[c + 2] its exact users.
+local function count_span(c, user, exact, at)
+  local first = redis.call('INCR', KEYS[c]) == 1
+  redis.call('PFADD', KEYS[c + 1], user)
+  if first then
+    redis.call('EXPIREAT', KEYS[c], at)
+    redis.call('EXPIREAT', KEYS[c + 1], at)
+  end
+  if exact then
+    add_user(KEYS[c + 2], user, at)
+  end
+end
+
 local function add_page_user(page_users, page, user, at)
   if redis.call('ZADD', page_users, 0, page .. '\0' .. user) == 1
       and redis.call('ZCARD', page_users) == 1 then
@@ -86,19 +99,8 @@ for i = 0, n - 1 do
     end
     -- hour and day: exact count and a HyperLogLog (born with the count, as it is written
     -- by every event); exact user sets only when configured, as they cost the most.
-    for _, b in ipairs({{k + 6, h_at}, {k + 11, d_at}}) do
-      local c, at = b[1], b[2]
-      local hll = KEYS[c + 1]
-      local first = redis.call('INCR', KEYS[c]) == 1
-      redis.call('PFADD', hll, user)
-      if first then
-        redis.call('EXPIREAT', KEYS[c], at)
-        redis.call('EXPIREAT', hll, at)
-      end
-      if exact then
-        add_user(KEYS[c + 2], user, at)
-      end
-    end
+    count_span(k + 6, user, exact, h_at)
+    count_span(k + 11, user, exact, d_at)
     -- hour pages: counts, a HyperLogLog per page (a key per page, at most 12 KiB) and,
     -- when exact, the page-user pairs (about 135 bytes each: see README "Memory").
     if page ~= '' then
