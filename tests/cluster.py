@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from tests.servers import EngineProcess
+from tests.servers import EngineProcess, engine_binary
 
 # Low, so that a killed master is replaced within a few seconds (default: 15 s).
 NODE_TIMEOUT_MS = 1000
@@ -135,3 +135,16 @@ class ClusterProcess:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def start_cluster(directory: Path) -> ClusterProcess:
+    """A started 3+3 cluster of the bundled Valkey (stopped again if it fails to form)."""
+    binary = engine_binary("valkey")
+    assert binary is not None, "the bundled Valkey server is missing"
+    proc = ClusterProcess(binary, directory)
+    try:
+        proc.start()
+    except BaseException:
+        proc.stop()
+        raise
+    return proc

@@ -1,4 +1,10 @@
-"""Fixtures: private engines (bundled Valkey, Debian's redis-server) and the real service."""
+"""Fixtures: private engines (bundled Valkey, Debian's redis-server, a 3+3 Valkey
+Cluster) and the real service.
+
+Every fixture built on ``engine`` runs its tests on each engine: a test that touches
+storage runs on the cluster too, unless it pins ``engine`` (parametrize indirect) and
+says why.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests.servers import EngineProcess, ServiceProcess, engine_binary, free_port
+from tests.backends import Backend
+from tests.cluster import ClusterProcess, start_cluster
+from tests.servers import EngineProcess, ServiceProcess, engine_binary, free_port, stopped_after
 
-ENGINES = ["valkey", "redis"]
+ENGINES = ["valkey", "redis", "cluster"]
 
 
 def _binary_or_skip(kind: str) -> str:
@@ -24,61 +31,75 @@ def _binary_or_skip(kind: str) -> str:
     return binary
 
 
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess]:
+    """One 3+3 cluster for the whole session (starting one takes seconds); tests flush it."""
+    proc = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield proc
+    proc.stop()
+
+
 @pytest.fixture(scope="session", params=ENGINES)
 def engine(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[EngineProcess]:
-    """One engine per kind for the whole session (tests flush it through `redis_url`)."""
+) -> Iterator[Backend]:
+    """One engine per kind for the whole session (tests flush it through ``db``)."""
     kind = request.param
+    if kind == "cluster":
+        # Not stopped here: pytest may tear this fixture down between groups of tests,
+        # and the cluster outlives that (its own session fixture).
+        yield Backend(kind, request.getfixturevalue("cluster"))
+        return
     proc = EngineProcess(_binary_or_skip(kind), tmp_path_factory.mktemp(f"engine-{kind}"))
     proc.start()
-    yield proc
+    yield Backend(kind, proc)
     proc.stop()
 
 
-@pytest.fixture(scope="module")
-def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    """A private bundled Valkey for one test module (its tests may reconfigure it)."""
-    binary = engine_binary("valkey")
-    assert binary is not None
-    proc = EngineProcess(binary, tmp_path_factory.mktemp("module-engine"))
+@pytest.fixture(params=["valkey", "cluster"])
+def killable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """An engine the test may kill, hang or restart, with a key prefix of its own.
+
+    A fresh single node of its kind, or the session's cluster, emptied (starting one per
+    test would cost seconds each); it is made whole again afterwards.
+    """
+    kind = request.param
+    if kind == "cluster":
+        backend = Backend(kind, request.getfixturevalue("cluster"), prefix="own:")
+        backend.flush()
+        yield backend
+        backend.start()  # any killed node restarted, the cluster ok again
+        return
+    proc = EngineProcess(_binary_or_skip(kind), tmp_path / f"engine-{kind}")
     proc.start()
-    yield proc
+    yield Backend(kind, proc, prefix="own:")
     proc.stop()
 
 
 @pytest.fixture
-def redis_url(engine: EngineProcess) -> str:
-    """The engine's URL, emptied before the test."""
-    client = redis.Redis.from_url(engine.url)
-    client.flushall()
-    client.close()
-    return engine.url
+def db(engine: Backend) -> Backend:
+    """The engine, emptied before the test."""
+    engine.flush()
+    return engine
 
 
 @pytest.fixture(scope="session")
-def service(
-    engine: EngineProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServiceProcess]:
-    """The real service on the session's engine (REDIS_URL), over HTTP."""
-    data_dir = tmp_path_factory.mktemp("service")
-    svc = ServiceProcess(data_dir / "data", env={"REDIS_URL": engine.url})
-    svc.start()
-    yield svc
-    svc.stop()
+def service(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The real service on the session's engine (REDIS_URL or REDIS_CLUSTER_URL), over HTTP."""
+    data_dir = tmp_path_factory.mktemp(f"service-{engine.kind}")
+    with stopped_after(ServiceProcess(data_dir / "data", env=engine.env)) as svc:
+        yield svc
 
 
 @pytest.fixture
-def two_workers(engine: EngineProcess, redis_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
+def two_workers(db: Backend, tmp_path: Path) -> Iterator[ServiceProcess]:
     """The real service with two uvicorn worker processes, on the emptied engine."""
-    svc = ServiceProcess(tmp_path / "data", env={"REDIS_URL": redis_url}, workers=2)
-    svc.start()
-    yield svc
-    svc.stop()
+    with stopped_after(ServiceProcess(tmp_path / "data", env=db.env, workers=2)) as svc:
+        yield svc
 
 
 @pytest.fixture
-def live(service: ServiceProcess, redis_url: str) -> ServiceProcess:
+def live(service: ServiceProcess, db: Backend) -> ServiceProcess:
     """The service, with its engine emptied before the test."""
     return service
 
@@ -97,11 +118,10 @@ def engine_down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServicePro
 
 @pytest.fixture(scope="session")
 def exact_service(
-    engine: EngineProcess, tmp_path_factory: pytest.TempPathFactory
+    engine: Backend, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """The real service with EA_UNIQUES=exact: hour and day unique users from sets."""
-    data_dir = tmp_path_factory.mktemp("service-exact")
-    svc = ServiceProcess(data_dir / "data", env={"REDIS_URL": engine.url, "EA_UNIQUES": "exact"})
-    svc.start()
-    yield svc
-    svc.stop()
+    data_dir = tmp_path_factory.mktemp(f"service-exact-{engine.kind}")
+    env = engine.env | {"EA_UNIQUES": "exact"}
+    with stopped_after(ServiceProcess(data_dir / "data", env=env)) as svc:
+        yield svc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -16,23 +17,23 @@ BATCH = 2000
 
 
 def ingest(
-    redis_url: str,
+    env: Mapping[str, str],
     bodies: list[dict[str, Any]],
     uniques: Literal["exact", "approx"] = "exact",
     shards: int | None = None,
     prefix: str = "ea:",
-    cluster: bool = False,
 ) -> list[bool]:
     """Store events as POST /events would; True where new.
 
-    ``cluster``: ``redis_url`` is a REDIS_CLUSTER_URL (16 shards unless ``shards``).
+    ``env``: a service's engine variables (``Backend.env``, ``ServiceProcess.env``):
+    REDIS_URL, or REDIS_CLUSTER_URL (16 shards unless ``shards``).
     """
 
     async def main() -> list[bool]:
         urls: dict[str, Any] = (
-            {"redis_cluster_url": redis_url, "redis_url": None}
-            if cluster
-            else {"redis_url": redis_url}
+            {"redis_cluster_url": env["REDIS_CLUSTER_URL"], "redis_url": None}
+            if "REDIS_CLUSTER_URL" in env
+            else {"redis_url": env["REDIS_URL"]}
         )
         if shards is not None:
             urls["shards"] = shards

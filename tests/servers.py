@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -193,6 +194,19 @@ class ServiceProcess:
                 self.kill_tree()
         self.log.close()
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def stopped_after(svc: ServiceProcess) -> Iterator[ServiceProcess]:
+    """Start ``svc``; stop it afterwards, also when it never became ready."""
+    try:
+        svc.start()
+        yield svc
+    finally:
+        if svc.proc is not None and svc.proc.poll() is None:
+            svc.stop()
+        elif svc.proc is not None:
+            svc.log.close()
 
 
 def _descendants(pid: int) -> list[int]:

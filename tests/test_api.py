@@ -12,8 +12,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import orjson
 import pytest
-import redis
 
+from event_analytics.timebucket import Interval
+from tests.backends import Backend
 from tests.helpers import HTTP, IST, event, seed_key
 from tests.servers import ServiceProcess
 
@@ -54,14 +55,15 @@ def test_seed_postman_event_shape(live: ServiceProcess) -> None:
     }
 
 
-def test_duplicate_changes_nothing(live: ServiceProcess, redis_url: str) -> None:
+def test_duplicate_changes_nothing(live: ServiceProcess, db: Backend) -> None:
     body = event(user="dup_user")
     assert post(live, body).status_code == 201
-    client = redis.Redis.from_url(redis_url)
+    client = db.client()
+    tag = f"ea:{{{db.keys().shard_of('dup_user')}}}:"
 
-    def counters() -> dict[bytes, object]:
+    def counters() -> dict[str, object]:
         # Counters, user sets and dedup sets; the stream is drained by the archiver.
-        names = client.keys("ea:{0}:page_view:*") + client.keys("ea:{0}:seen:*")
+        names = db.scan(f"{tag}page_view:*") + db.scan(f"{tag}seen:*")
         return {k: (client.type(k), client.dump(k)) for k in names}
 
     before = counters()
@@ -121,12 +123,13 @@ def test_minute_bucket_of_other_type_and_bad_key(live: ServiceProcess) -> None:
         assert r.json()["errors"][0]["code"] == "invalid_bucket_key"
 
 
-def test_old_minutes_are_retained(live: ServiceProcess, redis_url: str) -> None:
+def test_old_minutes_are_retained(live: ServiceProcess, db: Backend) -> None:
     ts = datetime.now(UTC) - timedelta(days=6, hours=23)
     assert post(live, event(ts=ts)).status_code == 201
     assert bucket(live, seed_key(ts))["count"] == 1
-    client = redis.Redis.from_url(redis_url)
-    ttl = client.ttl(f"ea:{{0}}:page_view:m:{ts.strftime('%Y-%m-%dT%H:%M')}:count")
+    keys = db.keys()
+    client = db.client()
+    ttl = client.ttl(keys.count(keys.shard_of("user_1"), "page_view", Interval.MINUTE, ts))
     client.close()
     # Kept 7 days after the minute ends: at least 60 minutes remain for a 6d23h-old event.
     assert 55 * 60 < ttl <= 62 * 60
@@ -177,11 +180,13 @@ def test_openapi_docs(live: ServiceProcess) -> None:
         assert HTTP.get(f"{live.url}{path}").status_code == 200
 
 
-def assert_nothing_stored(redis_url: str) -> None:
+def assert_nothing_stored(db: Backend) -> None:
     """No counter, user set, dedup set or stream entry (the archiver's own keys aside)."""
-    client = redis.Redis.from_url(redis_url)
-    assert client.keys("ea:{0}:*:m:*") == [] and client.keys("ea:{0}:seen:*") == []
-    assert client.xlen("ea:{0}:stream") == 0 and client.get("ea:{0}:archived") is None
+    assert db.scan("ea:{*}:*:m:*") == [] and db.scan("ea:{*}:seen:*") == []
+    keys = db.keys()
+    client = db.client()
+    for shard in range(keys.shards):
+        assert client.xlen(keys.stream(shard)) == 0 and client.get(keys.archived(shard)) is None
     client.close()
 
 
@@ -236,15 +241,13 @@ BAD_EVENTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_EVENTS))
-def test_bad_event_is_422_and_stores_nothing(
-    live: ServiceProcess, redis_url: str, case: str
-) -> None:
+def test_bad_event_is_422_and_stores_nothing(live: ServiceProcess, db: Backend, case: str) -> None:
     body = event()
     mutate, code = BAD_EVENTS[case]
     mutate(body)
     problem = _problem(post(live, body), 422)
     assert code in _codes(problem), problem
-    assert_nothing_stored(redis_url)
+    assert_nothing_stored(db)
 
 
 def test_any_valid_host_is_accepted(live: ServiceProcess) -> None:
@@ -327,7 +330,7 @@ def test_20mb_body_refused_before_it_is_read(live: ServiceProcess) -> None:
     assert sent < total  # answered long before the client finished sending
 
 
-def test_20mb_chunked_body_refused_while_reading(live: ServiceProcess, redis_url: str) -> None:
+def test_20mb_chunked_body_refused_while_reading(live: ServiceProcess, db: Backend) -> None:
     total = 20 * 1024 * 1024
     head = (
         b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -338,7 +341,7 @@ def test_20mb_chunked_body_refused_while_reading(live: ServiceProcess, redis_url
     reply, sent = _send_until_answer(live.port, head, chunk, total)
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     assert sent < total
-    assert_nothing_stored(redis_url)
+    assert_nothing_stored(db)
 
 
 def test_unknown_path_is_problem_json(live: ServiceProcess) -> None:

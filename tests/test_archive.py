@@ -1,5 +1,9 @@
 """The archive under crashes and faults, with real processes: each acked event once on disk,
-and counters rebuilt from it equal the live ones."""
+and counters rebuilt from it equal the live ones.
+
+Each test runs on a fresh Valkey and on the session's 3+3 cluster (``killable``); there,
+killing "the engine" kills every node at once, and all of them come back with their AOF.
+"""
 
 from __future__ import annotations
 
@@ -11,30 +15,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import redis
 
+from tests.backends import Backend
 from tests.helpers import HTTP, event
-from tests.servers import EngineProcess, ServiceProcess, engine_binary
+from tests.servers import ServiceProcess
 from tests.test_faults import _hammer
 
 pytestmark = pytest.mark.slow
 LIMIT = 1_000_000
-
-
-@pytest.fixture
-def engine1(tmp_path: Path) -> Iterator[EngineProcess]:
-    """A fresh Valkey for one test (these tests kill and restart it)."""
-    proc = EngineProcess(engine_binary("valkey") or "", tmp_path / "engine")
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 def cli(
@@ -104,13 +98,11 @@ def answers(svc: ServiceProcess, minutes: list[datetime]) -> list[Any]:
 
 
 def assert_rebuild_reproduces(
-    svc: ServiceProcess, env: dict[str, str], minutes: list[datetime]
+    svc: ServiceProcess, db: Backend, env: dict[str, str], minutes: list[datetime]
 ) -> None:
     before = answers(svc, minutes)
     assert sum(r["count"] for r in before[0]) > 0
-    client = redis.Redis.from_url(env["REDIS_URL"])
-    client.flushall()
-    client.close()
+    db.flush()
     assert answers(svc, minutes) != before
     done = cli(["rebuild"], env)
     assert done.returncode == 0, done.stderr
@@ -134,10 +126,10 @@ def _minutes(n: int) -> list[datetime]:
 
 @pytest.mark.parametrize("crash_at", ["after_write", "mid_line"])
 def test_archiver_sigkill_mid_batch_leaves_each_event_once(
-    engine1: EngineProcess, tmp_path: Path, crash_at: str
+    killable: Backend, tmp_path: Path, crash_at: str
 ) -> None:
     root = tmp_path / "archive"
-    env = {"REDIS_URL": engine1.url, "EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_LEASE_S": "2"}
+    env = killable.env | {"EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_LEASE_S": "2"}
     svc = ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
     svc.start()
     try:
@@ -151,29 +143,37 @@ def test_archiver_sigkill_mid_batch_leaves_each_event_once(
         assert crasher.proc.wait(timeout=60) == -signal.SIGKILL  # died at the crash point
         crasher.stop()
         on_disk = archive_ids(root)
-        stream = redis.Redis.from_url(engine1.url)
-        # Written (at least partly) but not acknowledged: all 600 still pending.
-        assert stream.xpending("ea:{0}:stream", "archiver")["pending"] == 600
+        keys = killable.keys()
+        streams = [keys.stream(shard) for shard in range(keys.shards)]
+        stream = killable.client()
+        lengths = {s: stream.xlen(s) for s in streams}
+        pending = {s: stream.xpending(s, "archiver")["pending"] for s in streams}
+        # Nothing acknowledged (so nothing trimmed); it died in its first batch, which is
+        # one shard's whole stream (all 600 on a single node): written, at least partly,
+        # and all of it pending.
+        assert sum(lengths.values()) == 600
+        (crashed,) = [s for s in streams if pending[s]]
+        assert pending[crashed] == lengths[crashed] > 0
         if crash_at == "mid_line":
             assert not next(root.glob("*/*/*/*.jsonl")).read_bytes().endswith(b"\n")
         else:
-            assert sum(on_disk.values()) == 600
+            assert sum(on_disk.values()) == pending[crashed]
         survivor = Archiver(env, tmp_path / "a2.log")
         try:
             wait_archived(svc.url)
         finally:
             survivor.stop()
         assert archive_ids(root) == collections.Counter({b["event_id"]: 1 for b in bodies})
-        assert stream.xlen("ea:{0}:stream") == 0
+        assert sum(stream.xlen(s) for s in streams) == 0
         stream.close()
-        assert_rebuild_reproduces(svc, env, minutes)
+        assert_rebuild_reproduces(svc, killable, env, minutes)
     finally:
         svc.stop()
 
 
-def test_rebuild_sigkilled_halfway_then_rerun(engine1: EngineProcess, tmp_path: Path) -> None:
+def test_rebuild_sigkilled_halfway_then_rerun(killable: Backend, tmp_path: Path) -> None:
     root = tmp_path / "archive"
-    env = {"REDIS_URL": engine1.url, "EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_LEASE_S": "2"}
+    env = killable.env | {"EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_LEASE_S": "2"}
     svc = ServiceProcess(tmp_path / "data", env=env)
     svc.start()
     try:
@@ -193,8 +193,7 @@ def test_rebuild_sigkilled_halfway_then_rerun(engine1: EngineProcess, tmp_path: 
             }
         )[:50]
         before = answers(svc, minutes)
-        client = redis.Redis.from_url(engine1.url)
-        client.flushall()
+        killable.flush()
         half = cli(["rebuild"], env | {"EA_REBUILD_CRASH_AFTER_BATCHES": "1"})
         assert half.returncode == -signal.SIGKILL
         partial = cli(["verify"], env)
@@ -206,14 +205,13 @@ def test_rebuild_sigkilled_halfway_then_rerun(engine1: EngineProcess, tmp_path: 
         assert again.returncode == 0
         assert answers(svc, minutes) == before
         assert cli(["verify"], env).returncode == 0
-        client.close()
     finally:
         svc.stop()
 
 
-def test_engine_kill9_under_load(engine1: EngineProcess, tmp_path: Path) -> None:
+def test_engine_kill9_under_load(killable: Backend, tmp_path: Path) -> None:
     root = tmp_path / "archive"
-    env = {"REDIS_URL": engine1.url, "EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_LEASE_S": "2"}
+    env = killable.env | {"EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_LEASE_S": "2"}
     svc = ServiceProcess(tmp_path / "data", env=env)
     svc.start()
     try:
@@ -225,11 +223,11 @@ def test_engine_kill9_under_load(engine1: EngineProcess, tmp_path: Path) -> None
         restarted = []
 
         def crash_engine() -> None:
-            engine1.kill()
+            killable.kill()  # on the cluster: every node, a full outage
             restarted.append(True)
 
         acked = asyncio.run(_hammer(svc.url, bodies[:2500], 800, crash_engine))
-        engine1.start()
+        killable.start()
         # Resend everything that was not acknowledged (as a client would), then more.
         retry = [b for b in bodies[:2500] if b["event_id"] not in acked] + bodies[2500:]
         acked |= asyncio.run(_hammer(svc.url, retry, len(retry) + 1, lambda: None))
@@ -241,14 +239,14 @@ def test_engine_kill9_under_load(engine1: EngineProcess, tmp_path: Path) -> None
         assert restarted and len(acked) == 4000
         wait_archived(svc.url)
         assert archive_ids(root) == collections.Counter({i: 1 for i in acked})
-        assert_rebuild_reproduces(svc, env, minutes)
+        assert_rebuild_reproduces(svc, killable, env, minutes)
     finally:
         svc.stop()
 
 
-def test_archive_full_blocks_then_resumes(engine1: EngineProcess, tmp_path: Path) -> None:
+def test_archive_full_blocks_then_resumes(killable: Backend, tmp_path: Path) -> None:
     root = tmp_path / "archive"
-    env = {"REDIS_URL": engine1.url, "EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_BATCH": "50"}
+    env = killable.env | {"EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_BATCH": "50"}
     svc = ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
     svc.start()
     archiver = Archiver(env, tmp_path / "a.log", fsize=20_000)  # ~80 lines fit
@@ -278,10 +276,10 @@ def test_archive_full_blocks_then_resumes(engine1: EngineProcess, tmp_path: Path
         svc.stop()
 
 
-def test_two_archivers_share_and_take_over(engine1: EngineProcess, tmp_path: Path) -> None:
+def test_two_archivers_share_and_take_over(killable: Backend, tmp_path: Path) -> None:
     root = tmp_path / "archive"
-    env = {
-        "REDIS_URL": engine1.url, "EA_ARCHIVE_DIR": str(root), "EA_SHARDS": "4",
+    env = killable.env | {
+        "EA_ARCHIVE_DIR": str(root), "EA_SHARDS": "4",
         "EA_ARCHIVER_LEASE_S": "2", "EA_ARCHIVER_BATCH": "100",
     }  # fmt: skip
     svc = ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
@@ -320,7 +318,7 @@ def test_two_archivers_share_and_take_over(engine1: EngineProcess, tmp_path: Pat
         asyncio.run(_hammer(svc.url, bodies[1000:], 300, first.kill))
         status = wait_archived(svc.url)
         assert archive_ids(root) == collections.Counter({b["event_id"]: 1 for b in bodies})
-        assert_rebuild_reproduces(svc, env, minutes)
+        assert_rebuild_reproduces(svc, killable, env, minutes)
     finally:
         first.stop()
         second.stop()

@@ -17,9 +17,9 @@ import pytest
 
 from tests.cluster import ClusterProcess
 from tests.helpers import HTTP, event
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, stopped_after
 from tests.test_archive import archive_ids, wait_archived
-from tests.test_cluster import _send_all, start_cluster, stopped_after
+from tests.test_concurrency import _send_all
 
 pytestmark = pytest.mark.slow
 HEADERS = {"content-type": "application/json"}
@@ -35,11 +35,15 @@ LOSS_BOUND = CONNECTIONS
 
 
 @pytest.fixture
-def own_cluster(tmp_path: Path) -> Iterator[ClusterProcess]:
-    """A cluster of its own: this test leaves it with a dead master."""
-    proc = start_cluster(tmp_path / "cluster")
-    yield proc
-    proc.stop()
+def own_cluster(cluster: ClusterProcess) -> Iterator[ClusterProcess]:
+    """The session's cluster, emptied; the master this test kills comes back afterwards
+    (as a replica of the node that replaced it) and the cluster is ok again."""
+    cluster.flush()
+    yield cluster
+    for node in cluster.nodes:
+        if node.proc is None or node.proc.poll() is not None:
+            node.start()
+    cluster.wait_ok()
 
 
 @dataclass
@@ -121,7 +125,11 @@ def _wait_ready(url: str, timeout_s: float = 30) -> dict[str, Any]:
 
 def test_master_sigkill_under_load(own_cluster: ClusterProcess, tmp_path: Path) -> None:
     root = tmp_path / "archive"
-    env = {"REDIS_CLUSTER_URL": own_cluster.url, "EA_ARCHIVE_DIR": str(root)}
+    # Own key prefix: the session's services (and their archivers) use this cluster too.
+    env = {
+        "REDIS_CLUSTER_URL": own_cluster.url, "EA_ARCHIVE_DIR": str(root),
+        "EA_KEY_PREFIX": "fo:",
+    }  # fmt: skip
     with stopped_after(ServiceProcess(tmp_path / "data", env=env)) as svc:
         victim = own_cluster.masters()[0]
         t = asyncio.run(_traffic(svc.url, victim.kill))

@@ -26,10 +26,11 @@ from pathlib import Path
 import pytest
 
 from event_analytics import dashboard
+from tests.backends import Backend
 from tests.helpers import HTTP, event
 from tests.png import colour_counts, near
 from tests.scrape import scrape, value
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, stopped_after
 
 pytestmark = pytest.mark.slow
 
@@ -183,13 +184,24 @@ class Dom(HTMLParser):
 # ---- the service and its data -----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """The service as `make run` starts it: embedded Valkey, archiver on."""
-    svc = ServiceProcess(tmp_path_factory.mktemp("dashboard") / "data")
-    svc.start()
-    yield svc
-    svc.stop()
+def _engine_env(request: pytest.FixtureRequest, prefix: str) -> dict[str, str]:
+    """No engine variables (the embedded Valkey, as `make run`), or the session's cluster,
+    emptied, with a key prefix of its own (the session's services use it too)."""
+    if request.param == "embedded":
+        return {}
+    backend = Backend("cluster", request.getfixturevalue("cluster"), prefix=prefix)
+    backend.flush()
+    return backend.env
+
+
+@pytest.fixture(scope="module", params=["embedded", "cluster"])
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """The service as `make run` starts it (embedded Valkey), or on the cluster; archiver on."""
+    env = _engine_env(request, "dash:")
+    with stopped_after(ServiceProcess(tmp_path_factory.mktemp("dashboard") / "data", env)) as svc:
+        yield svc
 
 
 def minute_of(ts: datetime) -> datetime:
@@ -392,16 +404,15 @@ def test_dashboard_static_files_are_served(service: ServiceProcess) -> None:
     assert value(samples, "ea_http_request_duration_seconds_count", **route, status="404") == 1
 
 
-@pytest.fixture(scope="module")
-def keyed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+@pytest.fixture(scope="module", params=["embedded", "cluster"])
+def keyed_service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
     """The service with its read scope closed (EA_READ_KEYS)."""
-    svc = ServiceProcess(
-        tmp_path_factory.mktemp("dashboard-keyed") / "data",
-        env={"EA_READ_KEYS": READ_KEY},
-    )
-    svc.start()
-    yield svc
-    svc.stop()
+    env = _engine_env(request, "dashkey:") | {"EA_READ_KEYS": READ_KEY}
+    data_dir = tmp_path_factory.mktemp("dashboard-keyed") / "data"
+    with stopped_after(ServiceProcess(data_dir, env=env)) as svc:
+        yield svc
 
 
 READ_KEY = "dashboard-read-key-0123456789"

@@ -1,4 +1,10 @@
-"""Crashes and outages with real processes: nothing acknowledged is lost, nothing hangs."""
+"""Crashes and outages with real processes: nothing acknowledged is lost, nothing hangs.
+
+The ``embedded`` tests are about the private Valkey that ``serve`` starts and supervises
+when no engine is configured (its child process, its data dir lock, its restarts): there
+is no cluster in that mode, so they run without one. An engine restart under a running
+service runs on every engine, the cluster included (all its nodes killed and restarted).
+"""
 
 from __future__ import annotations
 
@@ -17,8 +23,9 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.backends import Backend
 from tests.helpers import HTTP, event, seed_key
-from tests.servers import EngineProcess, ServiceProcess, engine_binary
+from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.slow
 HEADERS = {"content-type": "application/json"}
@@ -158,28 +165,21 @@ def _post_until_created(url: str, seconds: float) -> list[int]:
     raise AssertionError(f"no recovery within {seconds} s: {statuses[-5:]}")
 
 
-@pytest.mark.parametrize("kind", ["valkey", "redis"])
-def test_engine_restart_under_running_service(kind: str, tmp_path: Path) -> None:
-    binary = engine_binary(kind)
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server missing in CI")
-        pytest.skip("redis-server not installed")
-    engine = EngineProcess(binary, tmp_path / "engine")
-    engine.start()
-    svc = ServiceProcess(tmp_path / "data", env={"REDIS_URL": engine.url})
+@pytest.mark.parametrize("killable", ["valkey", "redis", "cluster"], indirect=True)
+def test_engine_restart_under_running_service(killable: Backend, tmp_path: Path) -> None:
+    svc = ServiceProcess(tmp_path / "data", env=killable.env)
     svc.start()
     try:
         before = event()
         assert HTTP.post(f"{svc.url}/events", json=before).status_code == 201
-        engine.kill()
+        killable.kill()  # on the cluster: every node at once
         r = HTTP.post(f"{svc.url}/events", json=event(), timeout=5)
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         ready = HTTP.get(f"{svc.url}/health/ready", timeout=5)
         assert ready.status_code == 503 and ready.json()["engine"]["reachable"] is False
         rows = HTTP.get(f"{svc.url}/analytics/page_views_per_minute", timeout=5)
         assert rows.status_code == 503
-        engine.start()
+        killable.start()
         _post_until_created(svc.url, seconds=20)
         # The event acknowledged before the crash survived it (AOF, fsync always).
         dup = HTTP.post(f"{svc.url}/events", json=before, timeout=5)
@@ -187,4 +187,3 @@ def test_engine_restart_under_running_service(kind: str, tmp_path: Path) -> None
         assert HTTP.get(f"{svc.url}/health/ready").status_code == 200
     finally:
         svc.stop()
-        engine.stop()

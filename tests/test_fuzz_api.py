@@ -1,8 +1,9 @@
 """Schemathesis against the real service's /openapi.json: no 5xx, answers as documented.
 
-Bounded: 30 examples per operation, one engine. Timestamps generated from the schema are
-mostly outside the acceptance window, so most events come back 422; the point is that
-no input, valid or not, finds a 5xx or an answer the schema does not describe.
+Bounded: 30 examples per operation, on a single node and on the cluster. Timestamps
+generated from the schema are mostly outside the acceptance window, so most events come
+back 422; the point is that no input, valid or not, finds a 5xx or an answer the schema
+does not describe.
 """
 
 from __future__ import annotations
@@ -24,21 +25,31 @@ from schemathesis.specs.openapi.checks import (
 
 from event_analytics.api.app import create_app
 from event_analytics.config import Settings
-from tests.servers import EngineProcess, ServiceProcess, engine_binary
+from tests.backends import Backend
+from tests.cluster import ClusterProcess
+from tests.servers import EngineProcess, ServiceProcess, engine_binary, stopped_after
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+@pytest.fixture(scope="module", params=["valkey", "cluster"])
+def fuzzed(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """The service on a fresh Valkey, or on the session's cluster (own key prefix)."""
+    data_dir = tmp_path_factory.mktemp("fuzz") / "data"
+    if request.param == "cluster":
+        cluster: ClusterProcess = request.getfixturevalue("cluster")
+        backend = Backend("cluster", cluster, prefix="fz:")
+        with stopped_after(ServiceProcess(data_dir, env=backend.env)) as svc:
+            yield svc
+        return
     binary = engine_binary("valkey")
     assert binary is not None
     engine = EngineProcess(binary, tmp_path_factory.mktemp("fuzz-engine"))
     engine.start()
-    svc = ServiceProcess(tmp_path_factory.mktemp("fuzz") / "data", env={"REDIS_URL": engine.url})
-    svc.start()
-    yield svc
-    svc.stop()
+    with stopped_after(ServiceProcess(data_dir, env={"REDIS_URL": engine.url})) as svc:
+        yield svc
     engine.stop()
 
 

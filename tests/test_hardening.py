@@ -1,7 +1,12 @@
-"""Slow and oversized clients, scripts lost by the engine, a hung engine, and the logs."""
+"""Slow and oversized clients, scripts lost by the engine, a hung engine, and the logs.
+
+The slow-client and head-size tests end before the engine is used: they run on one
+engine only. Everything that stores or reads runs on the cluster too.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,13 +20,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-import redis
 from pydantic import ValidationError
 
 from event_analytics.logs import JsonFormatter
 from event_analytics.model import EVENT_ADAPTER
+from tests.backends import Backend
 from tests.helpers import HTTP, event, seed_key
-from tests.servers import EngineProcess, ServiceProcess, engine_binary
+from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.slow
 
@@ -30,13 +35,14 @@ READ = "hardening-read-key-00002"
 JSON = {"content-type": "application/json"}
 
 
+# The HTTP layer refuses these before any engine call: one engine says all there is.
+http_only = pytest.mark.parametrize("engine", ["valkey"], indirect=True)
+
+
 @pytest.fixture(scope="module")
-def strict(
-    valkey: EngineProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServiceProcess]:
+def strict(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """Short deadlines, a small head limit, keys, and the access log on."""
-    env = {
-        "REDIS_URL": valkey.url,
+    env = engine.env | {
         "EA_HEADER_TIMEOUT_S": "1",
         "EA_BODY_TIMEOUT_S": "1",
         "EA_MAX_HEADER_BYTES": "8192",
@@ -63,6 +69,7 @@ def _read_all(sock: socket.socket) -> bytes:
     return data
 
 
+@http_only
 def test_slow_body_gets_408(strict: ServiceProcess) -> None:
     with _connect(strict) as sock:
         sock.sendall(
@@ -75,6 +82,7 @@ def test_slow_body_gets_408(strict: ServiceProcess) -> None:
     assert b"application/problem+json" in reply and b"body-timeout" in reply
 
 
+@http_only
 def test_slow_head_is_cut_off(strict: ServiceProcess) -> None:
     with _connect(strict) as sock:
         sock.sendall(b"POST /events HTTP/1.1\r\nhost: x\r\n")
@@ -87,6 +95,7 @@ def test_slow_head_is_cut_off(strict: ServiceProcess) -> None:
     assert HTTP.get(f"{strict.url}/health/").status_code == 200
 
 
+@http_only
 def test_head_too_large_gets_431(strict: ServiceProcess) -> None:
     with _connect(strict) as sock:
         sock.sendall(b"GET /health/ HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 20000 + b"\r\n\r\n")
@@ -156,47 +165,45 @@ def test_payload_numbers_and_nesting_are_bounded(live: ServiceProcess) -> None:
     assert HTTP.post(f"{live.url}/events", content=body, headers=JSON).status_code == 201
 
 
-def test_scripts_reloaded_after_script_flush(live: ServiceProcess, redis_url: str) -> None:
+def test_scripts_reloaded_after_script_flush(live: ServiceProcess, db: Backend) -> None:
     # An engine restart without its scripts (or SCRIPT FLUSH) answers NOSCRIPT to EVALSHA.
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    # Several users: on the cluster they span shards on every master.
+    users = [f"user-{i}" for i in range(24)]
     assert HTTP.post(f"{live.url}/events", json=event(ts=minute)).status_code == 201
     assert HTTP.get(f"{live.url}/analytics/top-pages").status_code == 200
-    client = redis.Redis.from_url(redis_url)
-    client.script_flush()
+    db.script_flush()
     assert HTTP.post(f"{live.url}/events", json=event(ts=minute)).status_code == 201
-    client.script_flush()
-    r = HTTP.post(f"{live.url}/events/batch", json={"events": [event(ts=minute), event(ts=minute)]})
-    assert r.status_code == 200 and r.json()["accepted"] == 2
-    client.script_flush()
+    db.script_flush()
+    batch = {"events": [event(ts=minute, user=u) for u in users]}
+    r = HTTP.post(f"{live.url}/events/batch", json=batch)
+    assert r.status_code == 200 and r.json()["accepted"] == len(users), r.text
+    db.script_flush()
     for path in ("/analytics/timeseries", "/analytics/top-pages", "/analytics/realtime",
                  "/analytics/page_views_per_minute?include_users=true"):  # fmt: skip
         assert HTTP.get(f"{live.url}{path}").status_code == 200, path
-    client.close()
     got = HTTP.get(f"{live.url}/analytics/minute-buckets/{seed_key(minute)}").json()
-    assert got["count"] == 4
+    assert got["count"] == 2 + len(users)
 
 
-def test_hung_engine_answers_503_then_recovers(tmp_path: Path) -> None:
-    binary = engine_binary("valkey")
-    assert binary is not None
-    engine = EngineProcess(binary, tmp_path / "engine")
-    engine.start()
-    svc = ServiceProcess(
-        tmp_path / "data", env={"REDIS_URL": engine.url, "EA_REDIS_TIMEOUT_S": "0.5"}
-    )
+def test_hung_engine_answers_503_then_recovers(killable: Backend, tmp_path: Path) -> None:
+    svc = ServiceProcess(tmp_path / "data", env=killable.env | {"EA_REDIS_TIMEOUT_S": "0.5"})
     svc.start()
-    assert engine.proc is not None
+    # On the cluster: every master (see Backend.pids), so no replica takes over meanwhile.
+    pids = killable.pids()
     minute = datetime.now(UTC).replace(second=0, microsecond=0)
     first, during = event(ts=minute), event(ts=minute)
     try:
         assert HTTP.post(f"{svc.url}/events", json=first).status_code == 201
-        os.kill(engine.proc.pid, signal.SIGSTOP)  # alive but silent: timeouts, not refusals
+        for pid in pids:  # alive but silent: timeouts, not refusals
+            os.kill(pid, signal.SIGSTOP)
         r = HTTP.post(f"{svc.url}/events", json=during, timeout=10)
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         ready = HTTP.get(f"{svc.url}/health/ready", timeout=10)
         assert ready.status_code == 503 and ready.json()["engine"]["reachable"] is False
         assert HTTP.get(f"{svc.url}/analytics/realtime", timeout=10).status_code == 503
-        os.kill(engine.proc.pid, signal.SIGCONT)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
         deadline = time.monotonic() + 20
         while HTTP.get(f"{svc.url}/health/ready", timeout=10).status_code != 200:
             assert time.monotonic() < deadline, "no recovery"
@@ -207,10 +214,10 @@ def test_hung_engine_answers_503_then_recovers(tmp_path: Path) -> None:
         got = HTTP.get(f"{svc.url}/analytics/minute-buckets/{seed_key(minute)}").json()
         assert got["count"] == 2
     finally:
-        if engine.proc.poll() is None:
-            os.kill(engine.proc.pid, signal.SIGCONT)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         svc.stop()
-        engine.stop()
 
 
 def test_logs_are_json_with_request_ids_and_no_user_data(strict: ServiceProcess) -> None:

@@ -74,8 +74,9 @@ def test_loadtest_passes_and_metrics_show_its_events(live: ServiceProcess) -> No
     assert events(after, "rejected", "_unknown") == events(before, "rejected", "_unknown")
 
 
-# The load test speaks HTTP only: one engine is enough to show that its check can fail.
-@pytest.mark.parametrize("engine", ["valkey"], indirect=True)
+# The load test speaks HTTP only: a single node and the cluster (whose minute counts are
+# sums over shards) are enough to show that its check can fail.
+@pytest.mark.parametrize("engine", ["valkey", "cluster"], indirect=True)
 def test_loadtest_fails_when_another_client_adds_to_its_minute(live: ServiceProcess) -> None:
     # Slow enough (about 3 s) that one extra event lands while the run is still going.
     args = ["--events", "300", "--concurrency", "4", "--rate", "100", "--users", "20"]

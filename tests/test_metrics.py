@@ -108,7 +108,8 @@ def _per_worker(run_dir: Path, tmp: Path) -> list[float]:
     return found
 
 
-@pytest.mark.parametrize("engine", ["valkey"], indirect=True)
+# Metrics are per process, not in the engine: a single node and the cluster suffice.
+@pytest.mark.parametrize("engine", ["valkey", "cluster"], indirect=True)
 def test_two_workers_add_up(two_workers: ServiceProcess, tmp_path: Path) -> None:
     (run_dir,) = (two_workers.data_dir / "metrics").iterdir()
     sent = 0

@@ -9,13 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from event_analytics.config import Settings
 from event_analytics.keys import Keys
 from event_analytics.store import Store, connect
 from event_analytics.store.reads import Reads, UserSource
 from event_analytics.timebucket import Interval, floor
+from tests.backends import Backend
 from tests.direct import ingest
 from tests.helpers import IST, event
 from tests.servers import ServiceProcess
@@ -101,9 +100,7 @@ def test_hour_and_day_method_follows_ea_uniques(
 
 def _ingest(svc: ServiceProcess, bodies: list[dict[str, Any]], **kw: Any) -> list[bool]:
     """Ingest straight into ``svc``'s engine (single node or cluster), as it would."""
-    cluster = "REDIS_CLUSTER_URL" in svc.env
-    url = svc.env["REDIS_CLUSTER_URL" if cluster else "REDIS_URL"]
-    return ingest(url, bodies, cluster=cluster, **kw)
+    return ingest(svc.env, bodies, **kw)
 
 
 @pytest.mark.parametrize(
@@ -259,9 +256,9 @@ def test_control_characters_in_page_url_are_refused(live: ServiceProcess) -> Non
     assert r.json()["errors"][0]["code"] == "invalid_url"
 
 
-def _reads(redis_url: str, shards: int, prefix: str, work: Callable[[Reads], Any]) -> Any:
+def _reads(db: Backend, shards: int, prefix: str, work: Callable[[Reads], Any]) -> Any:
     async def main() -> Any:
-        settings = Settings(redis_url=redis_url, shards=shards, key_prefix=prefix)
+        settings = db.settings(shards=shards, key_prefix=prefix)
         store = Store(connect(settings), Keys(prefix, shards))
         try:
             return await work(Reads(store))
@@ -271,7 +268,7 @@ def _reads(redis_url: str, shards: int, prefix: str, work: Callable[[Reads], Any
     return asyncio.run(main())
 
 
-def test_shards_add_up_to_one_shard(redis_url: str, base: datetime) -> None:
+def test_shards_add_up_to_one_shard(db: Backend, base: datetime) -> None:
     users = [f"user{i}" for i in range(300)]
     bodies = [
         event(
@@ -296,18 +293,19 @@ def test_shards_add_up_to_one_shard(redis_url: str, base: datetime) -> None:
 
     results = []
     for shards, prefix in ((1, "one:"), (4, "four:")):
-        assert all(ingest(redis_url, bodies, shards=shards, prefix=prefix))
-        results.append(_reads(redis_url, shards, prefix, query))
+        assert all(ingest(db.env, bodies, shards=shards, prefix=prefix))
+        results.append(_reads(db, shards, prefix, query))
     assert results[0] == results[1]
     sets = results[0][0]
     assert sets.total_users == 300 and sum(c for c, _ in sets.points) == 1500
 
 
-def test_bucket_keys_list_every_key_ingest_writes(redis_url: str, base: datetime) -> None:
+def test_bucket_keys_list_every_key_ingest_writes(db: Backend, base: datetime) -> None:
     # rebuild deletes Keys.bucket_keys() before replaying: every bucket key must be listed.
     bodies = [event(user="a", ts=base), event(user="b", event_type="signup", url=None, ts=base)]
-    assert all(ingest(redis_url, bodies, uniques="exact"))
-    keys = Keys()
+    # A prefix of its own: the session's archivers keep their leases under "ea:".
+    assert all(ingest(db.env, bodies, uniques="exact", shards=1, prefix="bk:"))
+    keys = Keys("bk:")
     listed = {
         key
         for etype in ("page_view", "signup")
@@ -315,10 +313,8 @@ def test_bucket_keys_list_every_key_ingest_writes(redis_url: str, base: datetime
         for key in keys.bucket_keys(0, etype, interval, floor(base, interval))
     }
     patterns = keys.bucket_key_patterns(0, "page_view", Interval.HOUR, floor(base, Interval.HOUR))
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    written = {k for k in client.keys("*") if ":seen:" not in k and not k.endswith(":stream")}
-    per_page = {k for p in patterns for k in client.keys(p)}
-    client.close()
+    written = {k for k in db.scan("bk:*") if ":seen:" not in k and not k.endswith(":stream")}
+    per_page = {k for p in patterns for k in db.scan(p)}
     assert written - per_page <= listed
     assert len(per_page) == 1  # the page's hour HLL
     assert len(written) == 12 + 8 + 1  # page_view: every structure; signup: none of a page's

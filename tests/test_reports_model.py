@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest
-import redis
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -28,6 +27,7 @@ from hypothesis.stateful import (
 )
 
 from event_analytics.timebucket import Interval, bucket_count, buckets, floor
+from tests.backends import Backend
 from tests.direct import ingest
 from tests.helpers import IST, event, seed_key
 from tests.servers import ServiceProcess
@@ -70,7 +70,7 @@ def parse(text: str) -> datetime:
 
 class AnalyticsModel(RuleBasedStateMachine):
     svc: ClassVar[ServiceProcess]
-    redis_url: ClassVar[str]
+    db: ClassVar[Backend]
     exact: ClassVar[bool]
     base: ClassVar[datetime]
 
@@ -78,9 +78,7 @@ class AnalyticsModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        client = redis.Redis.from_url(self.redis_url)
-        client.flushall()
-        client.close()
+        self.db.flush()
         self.http = httpx.Client(base_url=self.svc.url, timeout=30)
         self.events: list[Sent] = []
         self.crowded = False
@@ -161,7 +159,7 @@ class AnalyticsModel(RuleBasedStateMachine):
         ts = self.base + timedelta(minutes=minute, seconds=30)
         bodies = [event(user=f"c{i}", ts=ts, url=page) for i in range(size)]
         uniques = "exact" if self.exact else "approx"
-        assert all(ingest(self.redis_url, bodies, uniques=uniques))
+        assert all(ingest(self.db.env, bodies, uniques=uniques))
         self.events += [Sent(b, b["user_id"], "page_view", page, ts) for b in bodies]
         self.crowded = True
 
@@ -294,9 +292,7 @@ RUN = settings(
 
 
 @pytest.mark.parametrize("mode", ["approx", "exact"])
-def test_endpoints_equal_the_model(
-    request: pytest.FixtureRequest, redis_url: str, mode: str
-) -> None:
+def test_endpoints_equal_the_model(request: pytest.FixtureRequest, db: Backend, mode: str) -> None:
     svc: ServiceProcess = request.getfixturevalue(
         "service" if mode == "approx" else "exact_service"
     )
@@ -304,7 +300,7 @@ def test_endpoints_equal_the_model(
     class Machine(AnalyticsModel):
         pass
 
-    Machine.svc, Machine.redis_url, Machine.exact = svc, redis_url, mode == "exact"
+    Machine.svc, Machine.db, Machine.exact = svc, db, mode == "exact"
     # Two days back from the start of a day: every MINUTES offset is inside the 7 days.
     Machine.base = floor(datetime.now(UTC) - timedelta(days=3), Interval.DAY)
     run_state_machine_as_test(Machine, settings=RUN)

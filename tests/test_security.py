@@ -1,8 +1,9 @@
 """API keys with scopes, rate limits shared by the workers, browser origins, beacons.
 
-One keyed service (two workers, on its own Valkey) serves the whole module; each test
-uses its own client addresses (X-Forwarded-For, trusted from loopback) and keys, so the
-rate-limit counters of one test never touch another's.
+One keyed service (two workers) per engine serves the module's tests, the cluster's
+included (the rate-limit counters live in the engine); each test uses its own client
+addresses (X-Forwarded-For, trusted from loopback) and keys, so the rate-limit counters
+of one test never touch another's.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-import redis
 from pydantic import ValidationError
 
 from event_analytics.api.security import fingerprint
 from event_analytics.config import Settings
 from event_analytics.keys import Keys
 from event_analytics.store.ratelimit import digest
+from tests.backends import Backend
 from tests.helpers import HTTP, event
-from tests.servers import EngineProcess, ServiceProcess
+from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +43,8 @@ JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def keyed(valkey: EngineProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    env = {
-        "REDIS_URL": valkey.url,
+def keyed(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = engine.env | {
         "EA_WRITE_KEYS": f"{WRITE},{WRITE_LIMITED}, {WRITE_OTHER},{BOTH}",
         "EA_READ_KEYS": f"{READ},{BOTH}",
         "EA_RATE_LIMIT_PER_KEY": str(PER_KEY),
@@ -58,12 +58,15 @@ def keyed(valkey: EngineProcess, tmp_path_factory: pytest.TempPathFactory) -> It
     svc.stop()
 
 
-_address = iter(range(1, 250))
+# The three documentation ranges: never contacted, and enough for every engine's run.
+_address = iter(
+    f"{net}.{host}" for net in ("192.0.2", "198.51.100", "203.0.113") for host in range(1, 255)
+)
 
 
 def address() -> dict[str, str]:
-    """A client address of its own (a documentation range: never contacted)."""
-    return {"x-forwarded-for": f"192.0.2.{next(_address)}"}
+    """A client address of its own."""
+    return {"x-forwarded-for": next(_address)}
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -130,6 +133,8 @@ def test_probes_and_docs_stay_public_and_say_so(keyed: str, live: ServiceProcess
     assert "anyone" in access["warning"]
 
 
+# The schema does not depend on the engine.
+@pytest.mark.parametrize("engine", ["valkey"], indirect=True)
 def test_openapi_documents_keys_and_refusals(keyed: str) -> None:
     schema = HTTP.get(f"{keyed}/openapi.json").json()
     assert {"bearer", "apiKey"} <= schema["components"]["securitySchemes"].keys()
@@ -147,7 +152,7 @@ def _fresh_window() -> None:
         time.sleep(left + 0.5)
 
 
-def test_rate_limit_per_address_is_shared_by_workers(keyed: str, valkey: EngineProcess) -> None:
+def test_rate_limit_per_address_is_shared_by_workers(keyed: str, engine: Backend) -> None:
     _fresh_window()
     client_address = address()
     statuses = []
@@ -164,7 +169,7 @@ def test_rate_limit_per_address_is_shared_by_workers(keyed: str, valkey: EngineP
     # Guessing keys counts too; reads share the address's budget.
     assert HTTP.get(f"{keyed}/analytics/realtime", headers=client_address).status_code == 429
     # One counter in the engine for all workers, named by a hash of the address.
-    client = redis.Redis.from_url(valkey.url)
+    client = engine.client()
     window = int(time.time() // WINDOW_S)
     name = Keys().rate("address", digest(client_address["x-forwarded-for"]), window)
     assert int(client.get(name) or 0) == PER_ADDRESS + 6
@@ -174,7 +179,7 @@ def test_rate_limit_per_address_is_shared_by_workers(keyed: str, valkey: EngineP
     assert HTTP.post(f"{keyed}/events", json=event(), headers=bearer(WRITE)).status_code == 201
 
 
-def test_rate_limit_per_key(keyed: str, valkey: EngineProcess) -> None:
+def test_rate_limit_per_key(keyed: str, engine: Backend) -> None:
     _fresh_window()
     statuses = [
         HTTP.post(f"{keyed}/events", json=event(), headers=bearer(WRITE_LIMITED)).status_code
@@ -184,9 +189,7 @@ def test_rate_limit_per_key(keyed: str, valkey: EngineProcess) -> None:
     r = HTTP.post(f"{keyed}/events", json=event(), headers=bearer(WRITE_LIMITED))
     assert "API key" in r.json()["detail"] and int(r.headers["retry-after"]) >= 1
     # The counter's name holds a fingerprint of the key, never the key.
-    client = redis.Redis.from_url(valkey.url)
-    names = [k.decode() for k in client.scan_iter(match="ea:rl:*")]
-    client.close()
+    names = engine.scan("ea:rl:*")
     assert any(fingerprint(WRITE_LIMITED) in n for n in names)
     assert not any(WRITE_LIMITED in n or WRITE in n for n in names)
 

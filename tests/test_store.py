@@ -8,13 +8,11 @@ import re
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
-import redis
-
-from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
 from event_analytics.model import EVENT_ADAPTER, Event
 from event_analytics.store import Store, connect
+from tests.backends import Backend
 from tests.helpers import event
 
 
@@ -29,10 +27,10 @@ def _events(n: int, minute: datetime, rng: random.Random) -> list[Event]:
     ]
 
 
-def _run(redis_url: str, shards: int, work, uniques: str = "approx"):  # type: ignore[no-untyped-def]
+def _run(db: Backend, shards: int, work, uniques: str = "approx"):  # type: ignore[no-untyped-def]
     async def main():  # type: ignore[no-untyped-def]
         # A prefix of its own: the session's service (and its archiver) share this engine.
-        settings = Settings(redis_url=redis_url, shards=shards, key_prefix="st:", uniques=uniques)
+        settings = db.settings(shards=shards, key_prefix="st:", uniques=uniques)
         store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
         try:
             return await work(Ingestor(settings, store), store)
@@ -42,7 +40,7 @@ def _run(redis_url: str, shards: int, work, uniques: str = "approx"):  # type: i
     return asyncio.run(main())
 
 
-def test_sharded_batches_sum_exactly(redis_url: str) -> None:
+def test_sharded_batches_sum_exactly(db: Backend) -> None:
     rng = random.Random(7)
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
     events = _events(1000, minute, rng)
@@ -53,12 +51,12 @@ def test_sharded_batches_sum_exactly(redis_url: str) -> None:
         flags = await store.ingest([ingestor.prepare(e, now) for e in batch])
         return flags, await store.minute_stats("page_view", [minute])
 
-    flags, stats = _run(redis_url, 4, work)
+    flags, stats = _run(db, 4, work)
     assert flags == [True] * 1000 + [False] * 100
     assert stats == [(1000, len({e.user_id for e in events}))]
 
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    keys = client.keys("st:*")
+    client = db.client(decode_responses=True)
+    keys = db.scan("st:*")
     tags = defaultdict(set)
     for key in keys:
         match = re.fullmatch(r"st:\{(\d+)\}:(.+)", key)
@@ -73,15 +71,15 @@ def test_sharded_batches_sum_exactly(redis_url: str) -> None:
     client.close()
 
 
-def test_expiry_follows_retention(redis_url: str) -> None:
+def test_expiry_follows_retention(db: Backend) -> None:
     ts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
 
     async def work(ingestor: Ingestor, store: Store) -> list[bool]:
         e = EVENT_ADAPTER.validate_python(event(ts=ts))
         return await store.ingest([ingestor.prepare(e, datetime.now(UTC))])
 
-    assert _run(redis_url, 1, work) == [True]
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert _run(db, 1, work) == [True]
+    client = db.client(decode_responses=True)
     now = datetime.now(UTC).timestamp()
     m, h, d = ts.strftime("%Y-%m-%dT%H:%M"), ts.strftime("%Y-%m-%dT%H"), ts.strftime("%Y-%m-%d")
     expected = {
@@ -103,7 +101,7 @@ def test_expiry_follows_retention(redis_url: str) -> None:
     client.close()
 
 
-def test_every_key_expires_with_its_bucket(redis_url: str) -> None:
+def test_every_key_expires_with_its_bucket(db: Backend) -> None:
     """Structures born late in a bucket (the first page URL after page-less events, exact
     sets after a switch to EA_UNIQUES=exact, a second page) get the bucket's expiry too.
 
@@ -124,9 +122,9 @@ def test_every_key_expires_with_its_bucket(redis_url: str) -> None:
             e = EVENT_ADAPTER.validate_python(body)
             return await store.ingest([ingestor.prepare(e, datetime.now(UTC))])
 
-        assert _run(redis_url, 1, work, uniques=uniques) == [True]
+        assert _run(db, 1, work, uniques=uniques) == [True]
 
-    settings = Settings(redis_url=redis_url)
+    settings = db.settings()
     minute_end = ts.replace(second=0) + timedelta(minutes=1)
     hour_end = ts.replace(minute=0, second=0) + timedelta(hours=1)
     day_end = ts.replace(hour=0, minute=0, second=0) + timedelta(days=1)
@@ -136,9 +134,9 @@ def test_every_key_expires_with_its_bucket(redis_url: str) -> None:
         "d": day_end + timedelta(seconds=settings.day_retention_s),
         "seen": hour_end + timedelta(seconds=settings.dedup_window_s + 60),
     }
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = db.client(decode_responses=True)
     now = datetime.now(UTC).timestamp()
-    keys = sorted(k for k in client.keys("st:*") if not k.endswith(":stream"))
+    keys = sorted(k for k in db.scan("st:*") if not k.endswith(":stream"))
     kinds = defaultdict(list)
     for key in keys:
         kind = "seen" if ":seen:" in key else re.search(r":([mhd]):", key)[1]  # type: ignore[index]
