@@ -104,12 +104,21 @@ def live(service: ServiceProcess, db: Backend) -> ServiceProcess:
     return service
 
 
-@pytest.fixture(scope="session")
-def engine_down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """The service pointed at a port where no engine listens: alive, never ready."""
-    data_dir = tmp_path_factory.mktemp("engine-down")
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    svc = ServiceProcess(data_dir / "data", env={"REDIS_URL": url})
+@pytest.fixture(scope="session", params=["single", "cluster"])
+def engine_down(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """The service pointed at ports where no engine listens: alive, never ready.
+
+    REDIS_URL of one node, or a REDIS_CLUSTER_URL of three seed nodes.
+    """
+    data_dir = tmp_path_factory.mktemp(f"engine-down-{request.param}")
+    if request.param == "cluster":
+        seeds = ",".join(f"127.0.0.1:{free_port()}" for _ in range(3))
+        env = {"REDIS_CLUSTER_URL": f"redis://{seeds}"}
+    else:
+        env = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    svc = ServiceProcess(data_dir / "data", env=env)
     svc.start(wait=False)
     svc.wait_alive()
     yield svc

@@ -21,13 +21,15 @@ def ingest(
     bodies: list[dict[str, Any]],
     uniques: Literal["exact", "approx"] = "exact",
     shards: int | None = None,
-    prefix: str = "ea:",
+    prefix: str | None = None,
 ) -> list[bool]:
     """Store events as POST /events would; True where new.
 
     ``env``: a service's engine variables (``Backend.env``, ``ServiceProcess.env``):
-    REDIS_URL, or REDIS_CLUSTER_URL (16 shards unless ``shards``).
+    REDIS_URL, or REDIS_CLUSTER_URL (16 shards unless ``shards``), and EA_KEY_PREFIX
+    unless ``prefix``.
     """
+    prefix = prefix or env.get("EA_KEY_PREFIX", "ea:")
 
     async def main() -> list[bool]:
         urls: dict[str, Any] = (
