@@ -22,7 +22,12 @@ from typing import Any
 import orjson
 import pytest
 
+from event_analytics.archive import worker
+from event_analytics.keys import ARCHIVER_GROUP, Keys
+from event_analytics.store import connect
+from event_analytics.store.streams import StreamStore
 from tests.backends import Backend
+from tests.direct import ingest
 from tests.helpers import HTTP, event
 from tests.servers import ServiceProcess
 from tests.test_faults import _hammer
@@ -323,3 +328,35 @@ def test_two_archivers_share_and_take_over(killable: Backend, tmp_path: Path) ->
         first.stop()
         second.stop()
         svc.stop()
+
+
+def test_group_lost_while_recovering_is_recreated(killable: Backend, tmp_path: Path) -> None:
+    """The consumer group vanishes while the archiver holds the shard and has it to recover
+    (FLUSHALL, a restart without it, a replica promoted before it got it): the archiver
+    recreates the group and archives the stream, instead of dying on NOGROUP.
+
+    In-process, to place the loss between taking the shards and recovering them.
+    """
+    root = tmp_path / "archive"
+    settings = killable.settings(key_prefix=killable.prefix, archive_dir=root)
+    keys = Keys(settings.key_prefix, settings.shards)
+    bodies = [event(user=f"u{i}", ts=_minutes(1)[0]) for i in range(200)]
+    assert all(ingest(killable.env, bodies))
+
+    async def main() -> list[int]:
+        client = connect(settings)
+        archiver = worker.Archiver(settings, StreamStore(client, keys), root, "lost-group")
+        try:
+            await archiver._beat(force=True)  # takes every shard: all are to be recovered
+            assert archiver.owned == archiver.recovering == set(range(keys.shards))
+            for shard in range(keys.shards):
+                await client.xgroup_destroy(keys.stream(shard), ARCHIVER_GROUP)
+            for _ in range(100):  # bounded: 200 events take a few ticks
+                if not await archiver._tick():
+                    break
+            return [await client.xlen(keys.stream(shard)) for shard in range(keys.shards)]
+        finally:
+            await client.aclose()
+
+    assert sum(asyncio.run(main())) == 0  # every entry archived, acknowledged and deleted
+    assert archive_ids(root) == collections.Counter({b["event_id"]: 1 for b in bodies})

@@ -140,16 +140,18 @@ class Archiver:
                 continue
             if shard in self.unfinished:
                 await self._archive(shard, self.unfinished[shard], check_files=True)
-            if shard in self.recovering:
-                await self._recover(shard)
-                self.recovering.discard(shard)
             try:
+                if shard in self.recovering:
+                    await self._recover(shard)
+                    self.recovering.discard(shard)
                 entries = await self.streams.read_new(shard, self.name, self.batch)
             except NoGroup:
-                # The engine lost the group (and maybe acks): re-read the stream from its
-                # start, checking the files, until it is caught up.
+                # The engine lost the group (and maybe acks), also between taking the shard
+                # and recovering it: re-read the stream from its start, checking the files,
+                # until it is caught up. A new group has nothing pending to recover.
                 await self.streams.ensure_group(shard)
                 self.checking.add(shard)
+                self.recovering.discard(shard)
                 busy = True
                 continue
             if entries:

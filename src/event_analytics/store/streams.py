@@ -98,13 +98,18 @@ class StreamStore:
 
         The caller holds the shard's lease, so every other holder is dead. Returns the
         cursor for the next call (``0-0`` when done) and the entries with their
-        delivery counts (this claim included).
+        delivery counts (this claim included). Raises NoGroup when the group is gone.
         """
         stream = self.keys.stream(shard)
         async with engine_errors():
-            reply = await self.client.xautoclaim(
-                stream, ARCHIVER_GROUP, consumer, 0, start, count=count
-            )
+            try:
+                reply = await self.client.xautoclaim(
+                    stream, ARCHIVER_GROUP, consumer, 0, start, count=count
+                )
+            except rx.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    raise NoGroup(shard) from exc
+                raise
             cursor, rows = reply[0], reply[1]
             entries: list[Entry] = [(eid, fields or {}) for eid, fields in rows if eid]
             if not entries:
