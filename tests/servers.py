@@ -114,7 +114,10 @@ class ServiceProcess:
         env: dict[str, str] | None = None,
         workers: int = 1,
         args: list[str] | None = None,
+        command: list[str] | None = None,
     ):
+        """``command`` replaces ``python -m event_analytics serve --port ...`` (then the
+        environment must say where to listen)."""
         self.data_dir = data_dir
         self.port = free_port()
         # Only what the test passes decides the engine, not the caller's environment.
@@ -122,6 +125,7 @@ class ServiceProcess:
         self.env = inherited | (env or {})
         self.workers = workers
         self.args = args or []
+        self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"serve-{self.port}.log"
 
@@ -130,7 +134,7 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> None:
-        cmd = [
+        cmd = self.command or [
             sys.executable, "-m", "event_analytics", "serve",
             "--port", str(self.port), "--data-dir", str(self.data_dir),
             "--workers", str(self.workers), *self.args,
