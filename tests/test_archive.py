@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import resource
 import signal
@@ -26,6 +27,7 @@ from event_analytics.archive import worker
 from event_analytics.keys import ARCHIVER_GROUP, Keys
 from event_analytics.store import connect
 from event_analytics.store.streams import StreamStore
+from event_analytics.timebucket import Interval
 from tests.backends import Backend
 from tests.direct import ingest
 from tests.helpers import HTTP, event
@@ -360,3 +362,45 @@ def test_group_lost_while_recovering_is_recreated(killable: Backend, tmp_path: P
 
     assert sum(asyncio.run(main())) == 0  # every entry archived, acknowledged and deleted
     assert archive_ids(root) == collections.Counter({b["event_id"]: 1 for b in bodies})
+
+
+def test_rebuild_drops_pages_the_archive_lacks(killable: Backend, tmp_path: Path) -> None:
+    """Rebuild makes the counters what the archive says, per page too: a page whose
+    events are not in the archive keeps neither its ranking nor its unique users."""
+    root = tmp_path / "archive"
+    env = killable.env | {"EA_ARCHIVE_DIR": str(root)}
+    svc = ServiceProcess(tmp_path / "data", env=env)
+    svc.start()
+    try:
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        ts = max(hour, datetime.now(UTC) - timedelta(minutes=2))
+        kept, lost = "https://example.com/kept", "https://example.com/lost"
+        bodies = [event(user=f"u{i}", ts=ts, url=kept if i % 3 else lost) for i in range(30)]
+        send(svc.url, bodies)
+        wait_archived(svc.url)
+        # The archive loses the "lost" page's lines (as a restored older copy would).
+        for path in root.glob("*/*/*/*.jsonl"):
+            lines = path.read_bytes().splitlines(keepends=True)
+            path.write_bytes(b"".join(ln for ln in lines if lost.encode() not in ln))
+        keys = killable.keys()
+        hlls = {
+            url: {
+                keys.page_hll(s, "page_view", Interval.HOUR, hour, url) for s in range(keys.shards)
+            }
+            for url in (kept, lost)
+        }
+        with contextlib.closing(killable.client()) as client:
+            assert sum(client.exists(k) for k in hlls[lost]) > 0
+            done = cli(["rebuild"], env)
+            assert done.returncode == 0, done.stderr
+            assert sum(client.exists(k) for k in hlls[lost]) == 0
+            assert sum(client.exists(k) for k in hlls[kept]) > 0
+        # Over 1440 minutes: read from the hour buckets, so from the page HLLs.
+        since = (hour - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        until = (hour + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        top = HTTP.get(f"{svc.url}/analytics/top-pages", params={"from": since, "to": until}).json()
+        assert top["bucket_interval"] == "hour"
+        assert [(p["page_url"], p["count"]) for p in top["pages"]] == [(kept, 20)]
+        assert abs(top["pages"][0]["unique_users"] - 20) <= 1  # HyperLogLog: 0.81%
+    finally:
+        svc.stop()

@@ -166,8 +166,8 @@ class Keys:
     ) -> tuple[str, ...]:
         """SCAN MATCH patterns of a bucket's per-page keys (hour: ``<stem>:page_hll:*``).
 
-        Replaying events into a page HLL that was not deleted gives the same HLL (PFADD
-        is idempotent), so deleting them matters only to drop pages the archive lacks.
+        A SCAN walks the whole keyspace, so rebuild names these keys after the pages
+        the hour's ranking lists instead (``page_hll``); the patterns serve inspection.
         """
         stem = self.bucket(shard, event_type, interval, start)
         return tuple(f"{stem}:{family}:*" for family in _BUCKET_FAMILIES[interval])
