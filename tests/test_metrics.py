@@ -6,6 +6,8 @@ import asyncio
 import math
 import os
 import shutil
+import socket
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -67,6 +69,28 @@ def test_outcomes_reasons_and_routes(live: ServiceProcess) -> None:
     # The archiver runs inside serve: its lag is known (finite) and nothing is dead-lettered.
     assert math.isfinite(value(after, "ea_archive_lag_seconds"))
     assert value(after, "ea_archive_dead_letters") == 0
+
+
+def test_client_gone_before_its_answer_is_499(live: ServiceProcess) -> None:
+    """A client that leaves mid-body is timed as 499 (nginx's "client closed request"):
+    not a server error, and nothing was stored for it."""
+    before = scrape(live.url)
+    body = orjson.dumps(event(user="gone"))
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:10]
+        )
+    deadline = time.monotonic() + 10
+    while True:
+        after = scrape(live.url)
+        gone = delta(after, before, DURATION, method="POST", route="/events", status="499")
+        if gone or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert gone == 1
+    assert delta(after, before, DURATION, method="POST", route="/events", status="500") == 0
+    assert events(after, "accepted") == events(before, "accepted")
 
 
 def test_engine_errors_are_counted(engine_down: ServiceProcess) -> None:
