@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -52,6 +53,9 @@ class Ingestor:
         self._skew = timedelta(seconds=settings.future_skew_s)
         self._max_age = timedelta(seconds=settings.max_age_s)
         self.batcher: GroupCommit | None = None
+        # ``now`` is one value for a whole batch: its text is made once (see prepare).
+        self._now: datetime | None = None
+        self._now_text = ""
 
     def start_batching(self) -> None:
         """Share storage round trips between concurrent requests (inside a running loop)."""
@@ -133,7 +137,7 @@ class Ingestor:
                     "timestamp": iso[:-6] + "Z",
                     "event_type": event.event_type,
                     "payload": event.payload.model_dump(exclude_none=True),
-                    "received_at": iso_z(now),
+                    "received_at": self._received_at(now),
                 }
             )
         # And 9 arguments per event, also in the script's order.
@@ -150,6 +154,11 @@ class Ingestor:
             record,
         )
         return PreparedEvent(shard=shard, keys=keys, args=args)
+
+    def _received_at(self, now: datetime) -> str:
+        if now is not self._now:
+            self._now, self._now_text = now, iso_z(now)
+        return self._now_text
 
     async def _store(self, prepared: list[PreparedEvent]) -> list[bool]:
         if self.batcher is not None:
@@ -209,10 +218,13 @@ class Ingestor:
                 continue
             positions.append((index, event))
         flags = await self._store(prepared) if prepared else []
+        stored: Counter[tuple[str, bool]] = Counter()
         for (index, event), new in zip(positions, flags, strict=True):
-            metrics.event_stored(event.event_type, duplicate=not new)
+            stored[event.event_type, not new] += 1
             status = "accepted" if new else "duplicate"
             results[index] = ItemResult(index, str(event.event_id), status)
+        for (event_type, duplicate), n in stored.items():
+            metrics.event_stored(event_type, duplicate=duplicate, n=n)
         return [r for r in results if r is not None]
 
 

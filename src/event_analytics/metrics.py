@@ -88,14 +88,14 @@ _stored_children: dict[tuple[bool, str], Any] = {}
 _http_children: dict[tuple[str, str, int], Any] = {}
 
 
-def event_stored(event_type: str, duplicate: bool) -> None:
-    """Count one event the engine acknowledged, new or duplicate."""
+def event_stored(event_type: str, duplicate: bool, n: int = 1) -> None:
+    """Count ``n`` events of one type the engine acknowledged, new or duplicate."""
     child = _stored_children.get((duplicate, event_type))
     if child is None:
         child = EVENTS.labels("duplicate" if duplicate else "accepted", _type_label(event_type))
         if len(_stored_children) < 4 * MAX_EVENT_TYPE_LABELS:
             _stored_children[duplicate, event_type] = child
-    child.inc()
+    child.inc(n)
 
 
 def event_rejected(code: str, event_type: str | None = None) -> None:
