@@ -44,10 +44,16 @@ def free_port() -> int:
         return port
 
 
-def start_engine(binary: str, directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_engine(
+    binary: str, directory: Path, aof: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A private engine; ``aof``: as the service runs it (AOF, fsync always)."""
     port = free_port()
+    persistence = (
+        ["--appendonly", "yes", "--appendfsync", "always"] if aof else ["--appendonly", "no"]
+    )
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-            "--save", "", "--appendonly", "no"]  # fmt: skip
+            "--save", "", *persistence]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(port=port)
     for _ in range(200):

@@ -1,0 +1,104 @@
+"""What one event costs the engine: the ingest script's time and commands per event.
+
+Stores ``--events`` unique page views (10,000 users, 50 pages, one minute) through the
+real Store in calls of ``--batch`` events, on a private engine run as the service runs
+it (AOF, fsync always), and prints from the engine's own counters (INFO commandstats,
+INFO cpu): the script's time per event, the commands it runs per event by name, and the
+engine's whole CPU per event (script, protocol, AOF). The engine is single-threaded, so
+1,000,000 / (engine µs per event) bounds the events/s of one engine, whatever the API.
+
+    .venv/bin/python benchmarks/script_cost.py [--events 20000] [--batch 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis
+from memory import start_engine
+
+from event_analytics.config import Settings
+from event_analytics.ingest import Ingestor
+from event_analytics.keys import Keys
+from event_analytics.model import EVENT_ADAPTER
+from event_analytics.store import Store, connect
+from event_analytics.store.embedded import find_server_binary
+
+# Not the script's own work: the call itself and what the measurement sends.
+OUTSIDE = {"evalsha", "config|resetstat", "info", "script|load", "hello", "client|setinfo"}
+
+
+async def store_all(url: str, n: int, batch: int) -> None:
+    settings = Settings(redis_url=url)
+    store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
+    ingestor = Ingestor(settings, store)
+    now = datetime.now(UTC)
+    ts = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    prefix = secrets.token_hex(4)
+    prepared = [
+        ingestor.prepare(
+            EVENT_ADAPTER.validate_python(
+                {
+                    "event_id": f"{prefix}-0000-4000-8000-{i:012x}",
+                    "user_id": f"u{i * 7919 % 10000}",
+                    "timestamp": ts,
+                    "event_type": "page_view",
+                    "payload": {"page_url": f"https://example.com/p{i % 50}"},
+                }
+            ),
+            now,
+        )
+        for i in range(n)
+    ]
+    client = redis.Redis.from_url(url)
+    client.config_resetstat()
+    cpu_before = client.info("cpu")
+    started = time.perf_counter()
+    try:
+        for start in range(0, n, batch):
+            flags = await store.ingest(prepared[start : start + batch])
+            assert all(flags), "every event is new"
+    finally:
+        await store.close()
+    seconds = time.perf_counter() - started
+    cpu_after, stats = client.info("cpu"), client.info("commandstats")
+    client.close()
+
+    def used(info: dict[str, float]) -> float:
+        return info["used_cpu_user"] + info["used_cpu_sys"]
+
+    script = stats["cmdstat_evalsha"]
+    inner = {k[len("cmdstat_") :]: v for k, v in stats.items()}
+    inner = {k: v for k, v in inner.items() if k not in OUTSIDE}
+    print(f"{n:,} events in calls of {batch}: {n / seconds:,.0f} events/s (wall, one client)")
+    print(f"  script time per event:      {script['usec'] / n:6.1f} µs")
+    print(f"  engine CPU per event:       {(used(cpu_after) - used(cpu_before)) * 1e6 / n:6.1f} µs")
+    print(f"  commands per event:         {sum(v['calls'] for v in inner.values()) / n:6.2f}")
+    for name, v in sorted(inner.items(), key=lambda kv: -kv[1]["usec"]):
+        print(f"    {name:<10} {v['calls'] / n:5.2f} per event, {v['usec'] / n:5.2f} µs per event")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=100)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ea-script-cost-"))
+    proc, url = start_engine(find_server_binary(), work, aof=True)
+    try:
+        asyncio.run(store_all(url, args.events, args.batch))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
