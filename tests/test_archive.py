@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,12 @@ class Archiver:
             self.proc.wait(timeout=20)
         self.log.close()
 
+    def __enter__(self) -> Archiver:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
 
 def archive_ids(root: Path) -> collections.Counter[str]:
     # Complete lines only: a torn tail is no event (the archiver cuts it off on its next write).
@@ -120,6 +127,22 @@ def assert_rebuild_reproduces(
     assert "0 differ" in checked.stdout
 
 
+@contextlib.contextmanager
+def archiving_service(
+    db: Backend, tmp_path: Path, settings: dict[str, str], args: list[str] | None = None
+) -> Iterator[tuple[ServiceProcess, dict[str, str], Path]]:
+    """The service on ``db`` with its archive under ``tmp_path``: (service, its env, the
+    archive's root), stopped afterwards. ``settings``: more EA_* for it and the CLIs."""
+    root = tmp_path / "archive"
+    env = db.env | {"EA_ARCHIVE_DIR": str(root), **settings}
+    svc = ServiceProcess(tmp_path / "data", env=env, args=args)
+    svc.start()
+    try:
+        yield svc, env, root
+    finally:
+        svc.stop()
+
+
 def send(url: str, bodies: list[dict[str, Any]]) -> None:
     for body in bodies:
         r = HTTP.post(f"{url}/events", json=body)
@@ -135,11 +158,9 @@ def _minutes(n: int) -> list[datetime]:
 def test_archiver_sigkill_mid_batch_leaves_each_event_once(
     killable: Backend, tmp_path: Path, crash_at: str
 ) -> None:
-    root = tmp_path / "archive"
-    env = killable.env | {"EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_LEASE_S": "2"}
-    svc = ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
-    svc.start()
-    try:
+    with archiving_service(
+        killable, tmp_path, {"EA_ARCHIVER_LEASE_S": "2"}, args=["--no-archiver"]
+    ) as (svc, env, root):
         minutes = _minutes(3)
         bodies = [
             event(user=f"u{i % 37}", ts=minutes[i % 3] + timedelta(seconds=i % 60))
@@ -174,16 +195,10 @@ def test_archiver_sigkill_mid_batch_leaves_each_event_once(
         assert sum(stream.xlen(s) for s in streams) == 0
         stream.close()
         assert_rebuild_reproduces(svc, killable, env, minutes)
-    finally:
-        svc.stop()
 
 
 def test_rebuild_sigkilled_halfway_then_rerun(killable: Backend, tmp_path: Path) -> None:
-    root = tmp_path / "archive"
-    env = killable.env | {"EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_LEASE_S": "2"}
-    svc = ServiceProcess(tmp_path / "data", env=env)
-    svc.start()
-    try:
+    with archiving_service(killable, tmp_path, {"EA_ARCHIVER_LEASE_S": "2"}) as (svc, env, root):
         # Three days of events (the rebuild works day by day) , 5,000 in all.
         now = datetime.now(UTC)
         bodies = [
@@ -212,16 +227,10 @@ def test_rebuild_sigkilled_halfway_then_rerun(killable: Backend, tmp_path: Path)
         assert again.returncode == 0
         assert answers(svc, minutes) == before
         assert cli(["verify"], env).returncode == 0
-    finally:
-        svc.stop()
 
 
 def test_engine_kill9_under_load(killable: Backend, tmp_path: Path) -> None:
-    root = tmp_path / "archive"
-    env = killable.env | {"EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_LEASE_S": "2"}
-    svc = ServiceProcess(tmp_path / "data", env=env)
-    svc.start()
-    try:
+    with archiving_service(killable, tmp_path, {"EA_ARCHIVER_LEASE_S": "2"}) as (svc, env, root):
         minutes = _minutes(2)
         bodies = [
             event(user=f"u{i % 50}", ts=minutes[i % 2] + timedelta(seconds=i % 60))
@@ -247,17 +256,15 @@ def test_engine_kill9_under_load(killable: Backend, tmp_path: Path) -> None:
         wait_archived(svc.url)
         assert archive_ids(root) == collections.Counter({i: 1 for i in acked})
         assert_rebuild_reproduces(svc, killable, env, minutes)
-    finally:
-        svc.stop()
 
 
 def test_archive_full_blocks_then_resumes(killable: Backend, tmp_path: Path) -> None:
-    root = tmp_path / "archive"
-    env = killable.env | {"EA_ARCHIVE_DIR": str(root), "EA_ARCHIVER_BATCH": "50"}
-    svc = ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
-    svc.start()
-    archiver = Archiver(env, tmp_path / "a.log", fsize=20_000)  # ~80 lines fit
-    try:
+    with (
+        archiving_service(
+            killable, tmp_path, {"EA_ARCHIVER_BATCH": "50"}, args=["--no-archiver"]
+        ) as (svc, env, root),
+        Archiver(env, tmp_path / "a.log", fsize=20_000) as archiver,  # ~80 lines fit
+    ):
         bodies = [event(user=f"u{i}", ts=_minutes(1)[0]) for i in range(300)]
         send(svc.url, bodies)
         deadline = time.monotonic() + 30
@@ -278,21 +285,23 @@ def test_archive_full_blocks_then_resumes(killable: Backend, tmp_path: Path) -> 
         final = wait_archived(svc.url)
         assert final["status"] == "healthy"
         assert archive_ids(root) == collections.Counter({b["event_id"]: 1 for b in bodies})
-    finally:
-        archiver.stop()
-        svc.stop()
 
 
 def test_two_archivers_share_and_take_over(killable: Backend, tmp_path: Path) -> None:
-    root = tmp_path / "archive"
-    env = killable.env | {
-        "EA_ARCHIVE_DIR": str(root), "EA_SHARDS": "4",
-        "EA_ARCHIVER_LEASE_S": "2", "EA_ARCHIVER_BATCH": "100",
-    }  # fmt: skip
-    svc = ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
-    svc.start()
-    first, second = Archiver(env, tmp_path / "a1.log"), Archiver(env, tmp_path / "a2.log")
-    try:
+    with (
+        archiving_service(
+            killable,
+            tmp_path,
+            {
+                "EA_SHARDS": "4",
+                "EA_ARCHIVER_LEASE_S": "2",
+                "EA_ARCHIVER_BATCH": "100",
+            },
+            args=["--no-archiver"],
+        ) as (svc, env, root),
+        Archiver(env, tmp_path / "a1.log") as first,
+        Archiver(env, tmp_path / "a2.log"),  # the one that takes over
+    ):
         minutes = _minutes(2)
         bodies = [
             event(user=f"u{i % 200}", ts=minutes[i % 2] + timedelta(seconds=i % 60))
@@ -326,10 +335,6 @@ def test_two_archivers_share_and_take_over(killable: Backend, tmp_path: Path) ->
         status = wait_archived(svc.url)
         assert archive_ids(root) == collections.Counter({b["event_id"]: 1 for b in bodies})
         assert_rebuild_reproduces(svc, killable, env, minutes)
-    finally:
-        first.stop()
-        second.stop()
-        svc.stop()
 
 
 def test_group_lost_while_recovering_is_recreated(killable: Backend, tmp_path: Path) -> None:
@@ -367,11 +372,7 @@ def test_group_lost_while_recovering_is_recreated(killable: Backend, tmp_path: P
 def test_rebuild_drops_pages_the_archive_lacks(killable: Backend, tmp_path: Path) -> None:
     """Rebuild makes the counters what the archive says, per page too: a page whose
     events are not in the archive keeps neither its ranking nor its unique users."""
-    root = tmp_path / "archive"
-    env = killable.env | {"EA_ARCHIVE_DIR": str(root)}
-    svc = ServiceProcess(tmp_path / "data", env=env)
-    svc.start()
-    try:
+    with archiving_service(killable, tmp_path, {}) as (svc, env, root):
         hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         ts = max(hour, datetime.now(UTC) - timedelta(minutes=2))
         kept, lost = "https://example.com/kept", "https://example.com/lost"
@@ -402,5 +403,3 @@ def test_rebuild_drops_pages_the_archive_lacks(killable: Backend, tmp_path: Path
         assert top["bucket_interval"] == "hour"
         assert [(p["page_url"], p["count"]) for p in top["pages"]] == [(kept, 20)]
         assert abs(top["pages"][0]["unique_users"] - 20) <= 1  # HyperLogLog: 0.81%
-    finally:
-        svc.stop()
