@@ -250,9 +250,14 @@ def redis_benchmark(server_bin: str, work: Path) -> float:
     return float(re.findall(r"([\d.]+) requests per second", out)[-1])
 
 
-def engine_memory(data_dir: Path) -> int:
+def engine_client(data_dir: Path, decode_responses: bool = False) -> redis.Redis:
+    """A client of the embedded engine ``serve`` started for ``data_dir``."""
     url = (data_dir / "valkey" / "url").read_text().strip()
-    client = redis.Redis.from_url(url)
+    return redis.Redis.from_url(url, decode_responses=decode_responses)
+
+
+def engine_memory(data_dir: Path) -> int:
+    client = engine_client(data_dir)
     try:
         return int(client.info("memory")["used_memory"])
     finally:
@@ -271,8 +276,7 @@ MEMORY_KINDS = (
 
 def engine_memory_by_kind(data_dir: Path, events: int) -> dict[str, float]:
     """Bytes per stored event held by each kind of key (MEMORY USAGE of every key)."""
-    url = (data_dir / "valkey" / "url").read_text().strip()
-    client = redis.Redis.from_url(url, decode_responses=True)
+    client = engine_client(data_dir, decode_responses=True)
     used: dict[str, int] = defaultdict(int)
     try:
         for key in client.scan_iter(count=1000):

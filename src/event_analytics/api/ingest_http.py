@@ -97,9 +97,10 @@ class IngestEndpoints:
                 oops = problem(500, "internal-error", "Internal server error", detail)
                 await _respond(oops, scope, receive, sent, echo)
         finally:
-            metrics.http_request(scope["method"], route.path, status, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            metrics.http_request(scope["method"], route.path, status, seconds)
             if self.access_log:
-                log_access(scope, status, time.perf_counter() - start)
+                log_access(scope, status, seconds)
             request_id.reset(token)
 
     async def _answer(
