@@ -294,6 +294,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch", type=int, default=100)
     args = parser.parse_args()
+    if args.seconds < 4:
+        # Query latency is sampled for seconds - 2 (after the load has begun).
+        parser.error("--seconds must be at least 4")
     need("wrk", "wrk")
     work = Path(tempfile.mkdtemp(prefix="ea-bench-"))
     results: dict[str, Any] = {
