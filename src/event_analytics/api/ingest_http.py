@@ -19,7 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from event_analytics import metrics
 from event_analytics.api.body import INGEST_TYPES, ClientGone, header, read_limited, require_json
-from event_analytics.api.problems import UnsupportedMediaType, problem, render_error
+from event_analytics.api.problems import problem, render_error
 from event_analytics.api.request_context import begin, log_access
 from event_analytics.api.security import (
     CORS_ALLOW_HEADERS,
@@ -30,7 +30,12 @@ from event_analytics.api.security import (
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor, ItemResult
 from event_analytics.logs import request_id
-from event_analytics.model import BodyTimeout, BodyTooLarge, EventAnalyticsError
+from event_analytics.model import (
+    BodyTimeout,
+    BodyTooLarge,
+    EventAnalyticsError,
+    UnsupportedMediaType,
+)
 
 ACCEPTED = "Page view event accepted and queued for processing"
 DUPLICATE = "Duplicate event_id: already counted, nothing changed"
@@ -131,7 +136,7 @@ class IngestEndpoints:
             status, body = await handler(scope, receive)
         except ClientGone:
             return CLIENT_CLOSED
-        except (EventAnalyticsError, UnsupportedMediaType) as exc:
+        except EventAnalyticsError as exc:
             return await _respond(render_error(exc), scope, receive, send, echo)
         # With its length, uvicorn frames the body as is instead of chunking it.
         length = (b"content-length", b"%d" % len(body))
@@ -202,14 +207,9 @@ async def _read_json(scope: Scope, receive: Receive, limit: int, timeout_s: floa
     try:
         require_json(scope, INGEST_TYPES)
         return await read_limited(scope, receive, limit, timeout_s)
-    except UnsupportedMediaType:
-        metrics.event_rejected("unsupported_media_type")
-        raise
-    except BodyTooLarge:
-        metrics.event_rejected("body_too_large")
-        raise
-    except BodyTimeout:
-        metrics.event_rejected("body_timeout")
+    except (UnsupportedMediaType, BodyTooLarge, BodyTimeout) as exc:
+        # The reason code of the metric is the problem's slug (body-too-large: body_too_large).
+        metrics.event_rejected(exc.slug.replace("-", "_"))
         raise
 
 

@@ -11,29 +11,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from event_analytics.model import (
-    BodyTimeout,
-    BodyTooLarge,
-    FieldError,
-    InvalidEvent,
-    InvalidQuery,
-    MalformedJSON,
-    StorageUnavailable,
-)
+from event_analytics.model import EventAnalyticsError, FieldError
 
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "application/problem+json"
-RETRY_AFTER_S = 1
-
-
-class UnsupportedMediaType(Exception):
-    """The request's Content-Type is not one this endpoint reads."""
-
-    def __init__(self, got: str | None, accepted: tuple[str, ...]) -> None:
-        super().__init__(got)
-        self.got = got
-        self.accepted = accepted
 
 
 def problem(
@@ -104,39 +86,18 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
-def render_error(exc: Exception) -> Response:
-    """The problem+json answer for one of our domain errors (any other: re-raised)."""
-    if isinstance(exc, MalformedJSON):
-        return problem(400, "malformed-json", "Malformed JSON", f"the body is not JSON: {exc}")
-    if isinstance(exc, InvalidEvent | InvalidQuery):
-        return problem(422, "invalid-input", "Invalid input", str(exc), exc.errors)
-    if isinstance(exc, BodyTooLarge):
-        detail = f"the body is larger than the limit of {exc.limit} bytes"
-        return problem(413, "body-too-large", "Body too large", detail)
-    if isinstance(exc, BodyTimeout):
-        detail = f"{exc}; send the whole body at once"
-        close = {"Connection": "close"}
-        return problem(408, "body-timeout", "Request timeout", detail, headers=close)
-    if isinstance(exc, UnsupportedMediaType):
-        got = exc.got or "none"
-        detail = f"Content-Type {got} is not accepted; send {' or '.join(exc.accepted)}"
-        return problem(415, "unsupported-media-type", "Unsupported media type", detail)
-    if isinstance(exc, StorageUnavailable):
-        log.warning("storage unavailable: %s", exc)
-        return problem(
-            503,
-            "storage-unavailable",
-            "Storage unavailable",
-            f"{exc}; nothing was stored, retry after {RETRY_AFTER_S} s",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
-    raise exc
+def render_error(exc: EventAnalyticsError) -> Response:
+    """The problem+json answer for one of our domain errors: the facts it carries."""
+    if exc.status >= 500:
+        log.warning("%s: %s", exc.slug, exc)
+    return problem(exc.status, exc.slug, exc.title, exc.detail(), exc.errors, exc.headers())
 
 
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into problem+json."""
 
     async def domain_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, EventAnalyticsError)
         return render_error(exc)
 
     async def request_validation(_: Request, exc: Exception) -> Response:
@@ -154,8 +115,7 @@ def install(app: FastAPI) -> None:
         title = str(exc.detail)
         return problem(exc.status_code, slug, title, title, headers=dict(exc.headers or {}))
 
-    for kind in (MalformedJSON, InvalidEvent, InvalidQuery, BodyTooLarge, BodyTimeout,
-                 UnsupportedMediaType, StorageUnavailable):  # fmt: skip
-        app.add_exception_handler(kind, domain_error)
+    # Starlette looks a handler up along the exception's MRO: the base class covers all.
+    app.add_exception_handler(EventAnalyticsError, domain_error)
     app.add_exception_handler(RequestValidationError, request_validation)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -40,20 +40,23 @@ return out"""
 # A single-node client or a cluster client: the commands used here exist on both.
 Client = aioredis.Redis | RedisCluster
 
-# Errors meaning "the engine cannot serve this now; the same request may succeed later".
-_TRANSIENT_REPLIES = (
-    "LOADING",
-    "READONLY",
-    "MASTERDOWN",
-    "CLUSTERDOWN",
-    "TRYAGAIN",
-    "MISCONF",
-    "OOM",
-    "NOREPLICAS",
+# Replies meaning "the engine cannot serve this now; the same request may succeed later".
+# redis-py maps each reply code to its own class (LOADING, a ConnectionError subclass, is
+# caught as unreachable before these).
+_BUSY = (
+    rx.ReadOnlyError,  # READONLY: a replica, or a master demoted by a failover
+    rx.ClusterError,  # CLUSTERDOWN, MASTERDOWN, and the cluster client's own give-ups
+    rx.TryAgainError,  # TRYAGAIN: a slot migrating
+    rx.AskError,
+    rx.SlotNotCoveredError,  # no master serves the slot (a failover in progress)
+    rx.OutOfMemoryError,  # OOM: at maxmemory with noeviction
     # The script did not run (flushed, or an engine restart lost it, between the load and
     # the call): nothing was written, and the next call loads it again.
-    "NOSCRIPT",
+    rx.NoScriptError,
 )
+# The two transient replies redis-py has no class for: they arrive as ResponseError with
+# the code as the first word.
+_BUSY_UNMAPPED = ("MISCONF", "NOREPLICAS")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +68,7 @@ class PreparedEvent:
     args: tuple[str | bytes | int, ...]
 
 
-# Cluster client errors that mean "no master serves this slot right now" (a failover in
-# progress, a node unreachable): the same request succeeds once the slot map settles.
-_CLUSTER_TRANSIENT = (rx.ClusterError, rx.TryAgainError, rx.AskError, rx.SlotNotCoveredError)
+# redis-py raises a bare RedisClusterException when no seed node answers at all.
 _CLUSTER_UNREACHABLE = ("Redis Cluster cannot be connected", "All slots are not covered")
 _CONNECTION_CODE = ("redis/asyncio/connection.py", "uvloop/", "asyncio/streams.py")
 
@@ -80,13 +81,6 @@ def _raised_in_connection(exc: BaseException) -> bool:
     return any(part in where for part in _CONNECTION_CODE)
 
 
-def _reply_code(exc: rx.RedisError) -> str:
-    # redis-py strips the code of the replies it maps to a class (READONLY, CLUSTERDOWN...)
-    # and keeps it in status_code; the others still start with it.
-    code = getattr(exc, "status_code", None)
-    return str(code) if code else str(exc).split(" ", 1)[0]
-
-
 @contextlib.asynccontextmanager
 async def engine_errors() -> AsyncIterator[None]:
     """Turn an outage of the engine into StorageUnavailable (HTTP 503 in the API)."""
@@ -95,19 +89,22 @@ async def engine_errors() -> AsyncIterator[None]:
     except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
         metrics.engine_error("unreachable")
         raise StorageUnavailable(f"storage unreachable: {type(exc).__name__}") from exc
-    except _CLUSTER_TRANSIENT as exc:
+    except _BUSY as exc:
         metrics.engine_error("busy")
-        raise StorageUnavailable(f"storage busy: {type(exc).__name__}") from exc
+        code = getattr(exc, "status_code", None) or type(exc).__name__
+        raise StorageUnavailable(f"storage busy: {code}") from exc
     except rx.ResponseError as exc:
-        if _reply_code(exc).startswith(_TRANSIENT_REPLIES):
+        code = str(exc).split(" ", 1)[0]
+        if code in _BUSY_UNMAPPED:
             metrics.engine_error("busy")
-            raise StorageUnavailable(f"storage busy: {_reply_code(exc)}") from exc
+            raise StorageUnavailable(f"storage busy: {code}") from exc
         raise
     except (RuntimeError, AttributeError) as exc:
         # When a node dies, redis-py's cluster client may close a pooled connection while
         # another request is writing to it: uvloop then raises RuntimeError ("handler is
-        # closed"), or the connection's writer is already None (AttributeError). The
-        # request was not answered by the engine: a 503 (retry) is the truthful reply.
+        # closed"), or the connection's writer is already None (AttributeError). redis-py
+        # has no class for these, so where they were raised tells them from a bug of ours.
+        # The request was not answered by the engine: a 503 (retry) is the truthful reply.
         if not _raised_in_connection(exc):
             raise
         metrics.engine_error("unreachable")
