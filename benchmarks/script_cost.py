@@ -26,9 +26,8 @@ from memory import start_engine
 
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
-from event_analytics.keys import Keys
 from event_analytics.model import EVENT_ADAPTER
-from event_analytics.store import Store, connect
+from event_analytics.store import Store
 from event_analytics.store.embedded import find_server_binary
 
 # Not the script's own work: the call itself and what the measurement sends.
@@ -37,7 +36,7 @@ OUTSIDE = {"evalsha", "config|resetstat", "info", "script|load", "hello", "clien
 
 async def store_all(url: str, n: int, batch: int) -> None:
     settings = Settings(redis_url=url)
-    store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
+    store = Store.from_settings(settings)
     ingestor = Ingestor(settings, store)
     now = datetime.now(UTC)
     ts = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")

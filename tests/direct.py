@@ -9,9 +9,8 @@ from typing import Any, Literal
 
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
-from event_analytics.keys import Keys
 from event_analytics.model import EVENT_ADAPTER
-from event_analytics.store import Store, connect
+from event_analytics.store import Store
 
 BATCH = 2000
 
@@ -40,7 +39,7 @@ def ingest(
         if shards is not None:
             urls["shards"] = shards
         settings = Settings(**urls, uniques=uniques, key_prefix=prefix)
-        store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
+        store = Store.from_settings(settings)
         ingestor = Ingestor(settings, store)
         flags: list[bool] = []
         try:

@@ -16,11 +16,14 @@ from pathlib import Path
 import httpx
 import redis
 
+from event_analytics.config import SETTINGS_ENV
 from event_analytics.store.embedded import find_server_binary
 
 # Variables that choose the engine: a test's service uses only what the test passes.
+# (and a parent serve's hand-off of its whole settings)
 ENGINE_VARIABLES = frozenset(
     {"REDIS_URL", "EA_REDIS_URL", "REDIS_CLUSTER_URL", "EA_REDIS_CLUSTER_URL", "EA_SHARDS"}
+    | {SETTINGS_ENV}
 )
 
 

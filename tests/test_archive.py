@@ -346,7 +346,7 @@ def test_group_lost_while_recovering_is_recreated(killable: Backend, tmp_path: P
     """
     root = tmp_path / "archive"
     settings = killable.settings(key_prefix=killable.prefix, archive_dir=root)
-    keys = Keys(settings.key_prefix, settings.shards)
+    keys = Keys.from_settings(settings)
     bodies = [event(user=f"u{i}", ts=_minutes(1)[0]) for i in range(200)]
     assert all(ingest(killable.env, bodies))
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from event_analytics.keys import Keys
-from event_analytics.store import Store, connect
+from event_analytics.store import Store
 from event_analytics.store.reads import Reads, UserSource
 from event_analytics.timebucket import Interval, floor
 from tests.backends import Backend
@@ -259,7 +259,7 @@ def test_control_characters_in_page_url_are_refused(live: ServiceProcess) -> Non
 def _reads(db: Backend, shards: int, prefix: str, work: Callable[[Reads], Any]) -> Any:
     async def main() -> Any:
         settings = db.settings(shards=shards, key_prefix=prefix)
-        store = Store(connect(settings), Keys(prefix, shards))
+        store = Store.from_settings(settings)
         try:
             return await work(Reads(store))
         finally:

@@ -9,9 +9,8 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 from event_analytics.ingest import Ingestor
-from event_analytics.keys import Keys
 from event_analytics.model import EVENT_ADAPTER, Event
-from event_analytics.store import Store, connect
+from event_analytics.store import Store
 from tests.backends import Backend
 from tests.helpers import event
 
@@ -31,7 +30,7 @@ def _run(db: Backend, shards: int, work, uniques: str = "approx"):  # type: igno
     async def main():  # type: ignore[no-untyped-def]
         # A prefix of its own: the session's service (and its archiver) share this engine.
         settings = db.settings(shards=shards, key_prefix="st:", uniques=uniques)
-        store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
+        store = Store.from_settings(settings)
         try:
             return await work(Ingestor(settings, store), store)
         finally:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from event_analytics.config import Settings
+from event_analytics.config import Settings, load_settings
 
 log = logging.getLogger("event_analytics")
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -29,23 +29,12 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated(signum)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    """Settings from the environment, with this command's flags written into it first.
+_FLAGS = ("host", "port", "data_dir", "archive_dir", "workers")
 
-    Flags become environment variables so that child processes (uvicorn workers,
-    the archiver) build the very same Settings.
-    """
-    flags = {
-        "EA_HOST": getattr(args, "host", None),
-        "EA_PORT": getattr(args, "port", None),
-        "EA_DATA_DIR": getattr(args, "data_dir", None),
-        "EA_ARCHIVE_DIR": getattr(args, "archive_dir", None),
-        "EA_WORKERS": getattr(args, "workers", None),
-    }
-    for name, value in flags.items():
-        if value is not None:
-            os.environ[name] = str(value)
-    return Settings()
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment with this command's flags over it."""
+    return load_settings({name: getattr(args, name, None) for name in _FLAGS})
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -74,7 +63,7 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     engine: EmbeddedServer | None = None
     lock: DataDirLock | None = None
     archiver: Supervised | None = None
-    if settings.redis_url is None and settings.redis_cluster_url is None:
+    if settings.engine_kind == "embedded":
         lock = DataDirLock(settings.data_dir)
         try:
             lock.acquire()
@@ -84,12 +73,15 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
             print(f"event-analytics: {exc}", file=sys.stderr)
             lock.release()
             return 1
-        # Both names: children must not read an empty REDIS_URL left in the environment.
-        os.environ["EA_REDIS_URL"] = os.environ["REDIS_URL"] = engine.url
-        os.environ["EA_EMBEDDED_ENGINE"] = "1"
+        settings = settings.model_copy(update={"redis_url": engine.url, "embedded_engine": True})
         log.info("storage: embedded engine, data in %s", Path(settings.data_dir).resolve())
     else:
-        log.info("storage: %s", "REDIS_CLUSTER_URL" if settings.redis_cluster_url else "REDIS_URL")
+        log.info(
+            "storage: %s", "REDIS_CLUSTER_URL" if settings.engine_kind == "cluster" else "REDIS_URL"
+        )
+    # The uvicorn workers (spawned, they inherit this environment) and the archiver run
+    # with exactly these settings: the embedded engine's URL and the flags included.
+    os.environ.update(settings.handoff())
     if not args.no_archiver:
         argv = [sys.executable, "-m", "event_analytics", "archiver"]
         archiver = Supervised("archiver", argv, env=dict(os.environ))
@@ -132,23 +124,22 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
 
 def _archiver(args: argparse.Namespace, settings: Settings) -> int:
     from event_analytics.archive.worker import Archiver
-    from event_analytics.keys import Keys
-    from event_analytics.store import connect
+    from event_analytics.store import Store
     from event_analytics.store.streams import StreamStore
 
-    async def run(url: str) -> int:
+    async def run(settings: Settings) -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        client = connect(settings, url)
-        streams = StreamStore(client, Keys(settings.key_prefix, settings.shards))
+        store = Store.from_settings(settings)
+        streams = StreamStore(store.client, store.keys)
         archiver = Archiver(settings, streams, settings.archive_path, name=args.name)
         log.info("archiver %s writing to %s", archiver.name, settings.archive_path)
         try:
             await archiver.run(stop)
         finally:
-            await client.aclose()
+            await store.close()
         return 0
 
     return _with_engine(settings, run)
@@ -203,8 +194,8 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     start, end = rebuild.day_range(args.start, args.end)
     found = files.list_files(settings.archive_path, start, end)
 
-    async def run(url: str) -> int:
-        async with open_session(settings, url) as (ingestor, streams):
+    async def run(settings: Settings) -> int:
+        async with open_session(settings) as (ingestor, streams):
             backlog = await streams.backlog()
             if backlog["stream_length"] and not args.force:
                 print(
@@ -236,9 +227,9 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     start = args.start.replace(minute=0, second=0, microsecond=0) if args.start else None
     found = files.list_files(settings.archive_path, start, args.end)
 
-    async def run(url: str) -> int:
+    async def run(settings: Settings) -> int:
         differences: list[Difference] = []
-        async with open_session(settings, url) as (ingestor, streams):
+        async with open_session(settings) as (ingestor, streams):
             backlog = await streams.backlog()
             report = await verify(ingestor.store, found, settings.minute_retention_s, differences)
         print_differences(differences)
@@ -253,13 +244,14 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     return _with_engine(settings, run)
 
 
-def _with_engine(settings: Settings, run: Callable[[str], Coroutine[Any, Any, int]]) -> int:
-    from event_analytics.engine import engine_url
+def _with_engine(settings: Settings, run: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
+    """Run ``run`` with the settings of the engine to use (see ``engine_settings``)."""
+    from event_analytics.engine import engine_settings
     from event_analytics.store.embedded import DataDirInUse
 
     try:
-        with engine_url(settings) as url:
-            return asyncio.run(run(url))
+        with engine_settings(settings) as resolved:
+            return asyncio.run(run(resolved))
     except DataDirInUse as exc:
         print(f"event-analytics: {exc}", file=sys.stderr)
         return 1

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,14 +13,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Shards on a cluster unless EA_SHARDS says otherwise: 16 hash tags land 6/6/4 on three
 # masters (no master below 25% of the keys), and a read sums 16 keys per bucket.
 CLUSTER_SHARDS = 16
+# The processes that ``serve`` starts (uvicorn workers, the archiver) receive its resolved
+# Settings whole, in this one variable, rather than flags re-encoded as EA_* variables.
+SETTINGS_ENV = "EA_SETTINGS_JSON"
+_CLUSTER_URL_NAMES = ("redis_cluster_url", "REDIS_CLUSTER_URL", "EA_REDIS_CLUSTER_URL")
 
 
 class Settings(BaseSettings):
     """Everything configurable. Invalid values fail loudly at start."""
 
     # No JSON decoding of list settings: they are comma-separated ("a,b,c"), see _comma_list.
+    # Fields by name too: the hand-off (SETTINGS_ENV) is a dump by field name.
     model_config = SettingsConfigDict(
-        env_prefix="EA_", extra="ignore", frozen=True, enable_decoding=False
+        env_prefix="EA_",
+        extra="ignore",
+        frozen=True,
+        enable_decoding=False,
+        populate_by_name=True,
     )
 
     # Storage. REDIS_URL (the seed's name) or EA_REDIS_URL; empty = embedded Valkey.
@@ -41,6 +50,8 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(default=2.0, gt=0, le=60)
     redis_connect_timeout_s: float = Field(default=0.5, gt=0, le=30)
     redis_max_connections: int = Field(default=256, ge=1)
+    # Set by ``serve`` when it started the private engine (what readiness reports).
+    embedded_engine: bool = False
 
     # HTTP server.
     host: str = "127.0.0.1"
@@ -75,7 +86,6 @@ class Settings(BaseSettings):
     max_batch_events: int = Field(default=1000, ge=1, le=10_000)
     future_skew_s: int = Field(default=5 * 60, ge=0)
     max_age_s: int = Field(default=7 * 24 * 3600, ge=60)
-    max_payload_properties: int = Field(default=32, ge=1, le=1024)
 
     # Retention of aggregates (seconds after the bucket ends).
     minute_retention_s: int = Field(default=7 * 24 * 3600, ge=60)
@@ -102,15 +112,32 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _cluster_shards(cls, data: Any) -> Any:
+        # One shard would put every write of a minute on one master: on a cluster the
+        # default is CLUSTER_SHARDS. Decided before validation, so the model stays frozen.
+        cluster = isinstance(data, dict) and any(data.get(n) for n in _CLUSTER_URL_NAMES)
+        if cluster and "shards" not in data:
+            return {**data, "shards": CLUSTER_SHARDS}
+        return data
+
     @model_validator(mode="after")
-    def _cluster_defaults(self) -> Settings:
+    def _one_engine(self) -> Settings:
         if self.redis_url and self.redis_cluster_url:
             raise ValueError("set REDIS_URL or REDIS_CLUSTER_URL, not both")
-        if self.redis_cluster_url and "shards" not in self.model_fields_set:
-            # One shard would put every write of a minute on one master: spread them.
-            # (Frozen model: set once here, before anyone can read it.)
-            object.__setattr__(self, "shards", CLUSTER_SHARDS)
         return self
+
+    @property
+    def engine_kind(self) -> Literal["cluster", "redis", "embedded"]:
+        """The one place the backend is chosen: a cluster, one external server, or ours."""
+        if self.redis_cluster_url:
+            return "cluster"
+        return "redis" if self.redis_url else "embedded"
+
+    def handoff(self) -> dict[str, str]:
+        """Environment for a child process that must run with exactly these settings."""
+        return {SETTINGS_ENV: self.model_dump_json()}
 
     @property
     def archive_path(self) -> Path:
@@ -158,7 +185,16 @@ def client_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
-    return Settings()
+def load_settings(flags: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from the environment (or the hand-off of a parent ``serve``), then flags.
+
+    Flags (CLI options; None = not given) win over the environment. Raises pydantic's
+    ValidationError on an invalid value.
+    """
+    given = {name: value for name, value in (flags or {}).items() if value is not None}
+    handed = os.environ.get(SETTINGS_ENV)
+    if handed is None:
+        return Settings(**given)
+    if not given:
+        return Settings.model_validate_json(handed)
+    return Settings.model_validate({**Settings.model_validate_json(handed).model_dump(), **given})

@@ -16,16 +16,15 @@ from event_analytics.store.embedded import (
 
 
 @contextlib.contextmanager
-def engine_url(settings: Settings) -> Iterator[str]:
-    """The URL to use for the command's duration.
+def engine_settings(settings: Settings) -> Iterator[Settings]:
+    """``settings`` with the engine to use for the command's duration.
 
-    REDIS_CLUSTER_URL or REDIS_URL wins (``store.connect`` makes a cluster client for the
-    former). Otherwise, when a ``serve`` owns the data dir, its embedded engine; when none
-    does, the data dir's engine is started for this command and stopped after.
+    REDIS_CLUSTER_URL or REDIS_URL: as they are. The embedded engine: when a ``serve``
+    owns the data dir, its engine's URL; when none does, the data dir's engine is
+    started for this command (and stopped after), and its URL.
     """
-    external = settings.redis_cluster_url or settings.redis_url
-    if external:
-        yield external
+    if settings.engine_kind != "embedded":
+        yield settings
         return
     lock = DataDirLock(settings.data_dir)
     try:
@@ -34,12 +33,12 @@ def engine_url(settings: Settings) -> Iterator[str]:
         found = url_file(settings.data_dir)
         if not found.exists():
             raise
-        yield found.read_text().strip()
+        yield settings.model_copy(update={"redis_url": found.read_text().strip()})
         return
     engine = EmbeddedServer(settings.data_dir, inherit_fd=lock.fd)
     try:
         engine.start()
-        yield engine.url
+        yield settings.model_copy(update={"redis_url": engine.url})
     finally:
         engine.stop()
         lock.release()

@@ -16,6 +16,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime
 
+from event_analytics.config import Settings
 from event_analytics.timebucket import Interval, label
 
 ARCHIVER_GROUP = "archiver"
@@ -48,6 +49,10 @@ class Keys:
 
     prefix: str = "ea:"
     shards: int = 1
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Keys:
+        return cls(settings.key_prefix, settings.shards)
 
     def shard_of(self, user_id: str) -> int:
         """Stable shard of a user (crc32: identical in every process and language)."""

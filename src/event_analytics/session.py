@@ -7,14 +7,13 @@ from collections.abc import AsyncIterator
 
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
-from event_analytics.keys import Keys
-from event_analytics.store import Store, connect
+from event_analytics.store import Store
 from event_analytics.store.streams import StreamStore
 
 
 @contextlib.asynccontextmanager
-async def open_session(settings: Settings, url: str) -> AsyncIterator[tuple[Ingestor, StreamStore]]:
-    store = Store(connect(settings, url), Keys(settings.key_prefix, settings.shards))
+async def open_session(settings: Settings) -> AsyncIterator[tuple[Ingestor, StreamStore]]:
+    store = Store.from_settings(settings)
     try:
         yield Ingestor(settings, store), StreamStore(store.client, store.keys)
     finally:

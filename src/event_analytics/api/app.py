@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,17 +27,14 @@ from event_analytics.api.ingest_http import ROUTES, IngestEndpoints
 from event_analytics.api.request_context import RequestContext
 from event_analytics.api.security import Guard, ReadGuard, document_security
 from event_analytics.archive.files import LineCounter
-from event_analytics.config import Settings, get_settings
+from event_analytics.config import Settings, load_settings
 from event_analytics.ingest import Ingestor
-from event_analytics.keys import Keys
 from event_analytics.metrics import ArchiveGauges
 from event_analytics.model import StorageUnavailable
-from event_analytics.store import Store, connect
+from event_analytics.store import Store
 from event_analytics.store.ratelimit import RateLimits
 from event_analytics.store.reads import Reads
 from event_analytics.store.streams import StreamStore
-
-EMBEDDED_ENV = "EA_EMBEDDED_ENGINE"
 
 
 async def archive_gauges(app: FastAPI) -> ArchiveGauges | None:
@@ -70,12 +66,16 @@ class App(FastAPI):
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; storage connects in the lifespan, so one factory serves every worker."""
-    settings = settings or get_settings()
+    """Build the app; storage connects in the lifespan, so one factory serves every worker.
+
+    Without ``settings`` (uvicorn's factory call in a worker), the environment's: the
+    hand-off of the ``serve`` that started the worker.
+    """
+    settings = settings or load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store(connect(settings), Keys(settings.key_prefix, settings.shards))
+        store = Store.from_settings(settings)
         app.state.store = store
         ingestor = Ingestor(settings, store)
         ingestor.start_batching()
@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.embedded = os.environ.get(EMBEDDED_ENV) == "1"
+    app.state.embedded = settings.embedded_engine
     app.state.line_counter = LineCounter()
     app.state.archive_probe = archive_gauges
     app.hot = IngestEndpoints(access_log=settings.access_log)

@@ -20,7 +20,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from event_analytics.config import get_settings
+from event_analytics.config import Settings
 
 
 class HeadersTooLarge(Exception):
@@ -77,12 +77,26 @@ class _HeadHolder:
         return getattr(self._transport, name)
 
 
+def settings_of(app: Any) -> Settings:
+    """The Settings the app was built with (``create_app``), behind uvicorn's wrappers.
+
+    uvicorn builds the protocol, not us; it hands it the loaded app, wrapped in its own
+    middleware (proxy headers, ...), each wrapper keeping the next one as ``.app``.
+    """
+    for _ in range(8):
+        settings = getattr(getattr(app, "state", None), "settings", None)
+        if isinstance(settings, Settings):
+            return settings
+        app = getattr(app, "app", None)
+    raise RuntimeError("the ASGI app behind uvicorn is not event-analytics' create_app()")
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol plus the head's deadline and size limit (per connection)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        settings = get_settings()
+        settings = settings_of(self.app)
         self.header_timeout_s = settings.header_timeout_s
         self.max_header_bytes = settings.max_header_bytes
         self._head_timer: asyncio.TimerHandle | None = None

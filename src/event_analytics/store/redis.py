@@ -116,20 +116,20 @@ async def engine_errors() -> AsyncIterator[None]:
         raise
 
 
-def connect(settings: Settings, url: str | None = None) -> Client:
-    """An asyncio client for ``url`` (default: REDIS_CLUSTER_URL, else REDIS_URL).
+def connect(settings: Settings) -> Client:
+    """An asyncio client for the engine the settings name (``Settings.engine_kind``).
 
-    The cluster URL (and only it) gives a cluster client.
+    The embedded engine has no URL until it runs: ``serve`` and ``engine_settings`` start
+    or find it and put its URL in ``redis_url``.
     """
-    target = url or settings.redis_cluster_url or settings.redis_url
-    if not target:
+    if settings.redis_cluster_url:
+        return connect_cluster(settings, settings.redis_cluster_url)
+    if not settings.redis_url:
         raise ValueError("no Redis URL: start the embedded server or set REDIS_URL")
-    if target == settings.redis_cluster_url:
-        return connect_cluster(settings, target)
     # One quick retry covers a pooled connection that went stale across an engine restart;
     # short timeouts make an outage answer 503 within about a second instead of hanging.
     client = aioredis.Redis.from_url(
-        target,
+        settings.redis_url,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_connect_timeout_s,
         max_connections=settings.redis_max_connections,
@@ -174,6 +174,11 @@ class Store:
         self.keys = keys
         self._ingest_script = client.register_script(INGEST_LUA)
         self._minute_stats_script = client.register_script(MINUTE_STATS_LUA)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """The one factory: the client of the engine the settings choose, and its Keys."""
+        return cls(connect(settings), Keys.from_settings(settings))
 
     async def close(self) -> None:
         await self.client.aclose()
