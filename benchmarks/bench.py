@@ -19,7 +19,6 @@ import re
 import resource
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 import aiohttp
 import httpx
 import redis
+from procs import EngineProcess, free_port, stop_group
 from rich.console import Console
 from rich.table import Table
 
@@ -59,14 +59,6 @@ def need(tool: str, package: str) -> str:
     return found
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_http(url: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -86,13 +78,7 @@ def process(argv: list[str], cwd: Path | None = None) -> Iterator[subprocess.Pop
     try:
         yield proc
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
 
 # Where the CPU goes, by the role of each process under the server we started.
@@ -237,14 +223,10 @@ async def query_latency(base: str, seconds: float, paths: list[str]) -> dict[str
 
 def redis_benchmark(server_bin: str, work: Path) -> float:
     """Pipelined INCR on a private server with AOF and fsync always: the storage ceiling."""
-    port = free_port()
-    work.mkdir(parents=True, exist_ok=True)
-    with process([server_bin, "--port", str(port), "--dir", str(work), "--appendonly", "yes",
-                  "--appendfsync", "always", "--save", ""]):  # fmt: skip
-        time.sleep(0.5)
+    with EngineProcess(server_bin, work) as engine:
         out = subprocess.run(
-            [need("redis-benchmark", "redis-tools"), "-p", str(port), "-t", "incr", "-P", "16",
-             "-n", "300000", "-c", "32", "-q"],
+            [need("redis-benchmark", "redis-tools"), "-p", str(engine.port), "-t", "incr",
+             "-P", "16", "-n", "300000", "-c", "32", "-q"],
             capture_output=True, text=True, check=True, timeout=120,
         ).stdout  # fmt: skip
     return float(re.findall(r"([\d.]+) requests per second", out)[-1])

@@ -15,10 +15,8 @@ import argparse
 import asyncio
 import random
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import redis
+from procs import EngineProcess
 
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
@@ -34,35 +33,6 @@ from event_analytics.store import Store
 from event_analytics.store.embedded import find_server_binary
 
 Mode = Literal["approx", "exact"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_engine(
-    binary: str, directory: Path, aof: bool = False
-) -> tuple[subprocess.Popen[bytes], str]:
-    """A private engine; ``aof``: as the service runs it (AOF, fsync always)."""
-    port = free_port()
-    persistence = (
-        ["--appendonly", "yes", "--appendfsync", "always"] if aof else ["--appendonly", "no"]
-    )
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-            "--save", "", *persistence]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            client.close()
-            return proc, f"redis://127.0.0.1:{port}/0"
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("engine did not start")
 
 
 def traffic(minutes: int, per_minute: int, distinct: int, pages: int) -> list[dict[str, Any]]:
@@ -156,14 +126,12 @@ def main() -> None:
           f" a minute has {args.users_per_minute} users of 20,000, {args.pages} pages")  # fmt: skip
     modes: tuple[Mode, ...] = ("approx", "exact")
     for mode in modes:
-        with tempfile.TemporaryDirectory() as tmp:
-            proc, url = start_engine(binary, Path(tmp))
-            try:
-                us = asyncio.run(load(url, bodies, mode))
-                report(mode, measure(url), len(bodies), us)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=10)
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            EngineProcess(binary, Path(tmp), aof=False) as engine,
+        ):
+            us = asyncio.run(load(engine.url, bodies, mode))
+            report(mode, measure(engine.url), len(bodies), us)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
-from memory import start_engine
+from procs import EngineProcess
 
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
@@ -90,12 +90,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ea-script-cost-"))
-    proc, url = start_engine(find_server_binary(), work, aof=True)
     try:
-        asyncio.run(store_all(url, args.events, args.batch))
+        with EngineProcess(find_server_binary(), work) as engine:
+            asyncio.run(store_all(engine.url, args.events, args.batch))
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -28,8 +28,6 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,67 +42,13 @@ from typing import Any
 import aiohttp
 import orjson
 import redis
+from procs import EngineProcess, free_port, stop_group
 
 from event_analytics.store.embedded import find_server_binary
 
 WRITE_KEY = "soak-write-key-0123456789abcdef"
 READ_KEY = "soak-read-key-0123456789abcdef"
 ENV_DROP = ("REDIS_URL", "EA_REDIS_URL")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Engine:
-    """A private Valkey on a fixed port and directory, killable and restartable."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            find_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
-            "--save", "", "--logfile", str(self.dir / "server.log"),
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=2)
-        deadline = time.monotonic() + 60
-        try:
-            while time.monotonic() < deadline:
-                with contextlib.suppress(redis.RedisError):
-                    if client.ping():
-                        return
-                time.sleep(0.05)
-        finally:
-            client.close()
-        raise RuntimeError("engine did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -308,7 +252,7 @@ class Soak:
             await asyncio.sleep(0.5)
 
 
-async def sample(base: str, serve_pid: int, engine: Engine, start: float, t: Tally) -> None:
+async def sample(base: str, serve_pid: int, engine: EngineProcess, start: float, t: Tally) -> None:
     row: dict[str, Any] = {"t_s": round(time.monotonic() - start)}
     row["service_rss_mb"] = round(tree_rss_mb(serve_pid), 1)
     row["engine_rss_mb"] = round(tree_rss_mb(engine.proc.pid), 1) if engine.proc else None
@@ -337,7 +281,7 @@ async def sample(base: str, serve_pid: int, engine: Engine, start: float, t: Tal
     print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 
 
-async def faults(soak: Soak, engine: Engine, args: argparse.Namespace, start: float) -> None:
+async def faults(soak: Soak, engine: EngineProcess, args: argparse.Namespace, start: float) -> None:
     n = 0
     while True:
         await asyncio.sleep(args.fault_every)
@@ -348,8 +292,7 @@ async def faults(soak: Soak, engine: Engine, args: argparse.Namespace, start: fl
         if n % 2:
             engine.kill()
             await asyncio.sleep(args.down_s)
-            await asyncio.to_thread(engine.start)
-            engine.restarts += 1
+            await asyncio.to_thread(engine.start, 60)
             soak.t.faults.append(f"{at} s: engine SIGKILL, restarted after {args.down_s:g} s")
         else:
             client = redis.Redis(port=engine.port, socket_timeout=2)
@@ -358,7 +301,9 @@ async def faults(soak: Soak, engine: Engine, args: argparse.Namespace, start: fl
             soak.t.faults.append(f"{at} s: SCRIPT FLUSH")
 
 
-async def run_load(args: argparse.Namespace, base: str, serve_pid: int, engine: Engine) -> Tally:
+async def run_load(
+    args: argparse.Namespace, base: str, serve_pid: int, engine: EngineProcess
+) -> Tally:
     t = Tally()
     soak = Soak(args, base, t)
     start = time.monotonic()
@@ -553,8 +498,8 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ea-soak-"))
-    engine = Engine(work / "engine")
-    engine.start()
+    engine = EngineProcess(find_server_binary(), work / "engine")
+    engine.start(timeout_s=60)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ENV_DROP} | {
         "REDIS_URL": engine.url,
@@ -590,12 +535,7 @@ def main() -> int:
         seconds = time.monotonic() - began
         checks = asyncio.run(verify(base, tally, work / "data" / "persistent_events", first))
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(serve.pid, signal.SIGTERM)
-        try:
-            serve.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
+        stop_group(serve)
         engine.stop()
         log.close()
     text = report(args, tally, checks, seconds)

@@ -12,10 +12,10 @@ from typing import Any
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
+from benchmarks.procs import EngineProcess
 from event_analytics.config import Settings
 from event_analytics.keys import Keys
 from tests.cluster import ClusterProcess
-from tests.servers import EngineProcess
 
 # A sync client for either engine: the commands the tests use exist on both.
 Client = redis.Redis | RedisCluster

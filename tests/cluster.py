@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
 
-from tests.servers import EngineProcess, engine_binary
+from benchmarks.procs import EngineProcess, free_ports
+from tests.servers import engine_binary
 
 # Low, so that a killed master is replaced within a few seconds (default: 15 s).
 NODE_TIMEOUT_MS = 1000
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (held open together, so none is handed out twice)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def _info(reply: object) -> dict[str, str]:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.procs import EngineProcess, free_port, free_ports
 from tests.backends import Backend
 from tests.cluster import ClusterProcess, start_cluster
-from tests.servers import EngineProcess, ServiceProcess, engine_binary, free_port, stopped_after
+from tests.servers import ServiceProcess, engine_binary, stopped_after
 
 ENGINES = ["valkey", "redis", "cluster"]
 
@@ -114,7 +115,7 @@ def engine_down(
     """
     data_dir = tmp_path_factory.mktemp(f"engine-down-{request.param}")
     if request.param == "cluster":
-        seeds = ",".join(f"127.0.0.1:{free_port()}" for _ in range(3))
+        seeds = ",".join(f"127.0.0.1:{port}" for port in free_ports(3))
         env = {"REDIS_CLUSTER_URL": f"redis://{seeds}"}
     else:
         env = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}

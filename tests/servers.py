@@ -1,4 +1,5 @@
-"""Real servers for tests: Valkey/Redis engines and the service itself, as subprocesses."""
+"""Real servers for tests: the service itself as a subprocess, and which engine binary to run
+(the engine process itself is ``benchmarks.procs.EngineProcess``, shared with the benchmarks)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import redis
 
+from benchmarks.procs import free_port
 from event_analytics.config import SETTINGS_ENV
 from event_analytics.store.embedded import find_server_binary
 
@@ -27,85 +27,11 @@ ENGINE_VARIABLES = frozenset(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def engine_binary(kind: str) -> str | None:
     """'valkey' = the bundled Valkey; 'redis' = Debian's redis-server, if installed."""
     if kind == "valkey":
         return find_server_binary()
     return shutil.which("redis-server")
-
-
-class EngineProcess:
-    """One private engine on a free loopback port, AOF with fsync always, killable."""
-
-    def __init__(
-        self,
-        binary: str,
-        directory: Path,
-        port: int | None = None,
-        extra_args: list[str] | None = None,
-    ) -> None:
-        self.binary = binary
-        self.dir = directory
-        self.port = port or free_port()
-        self.extra_args = extra_args or []
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.dir),
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--save", "",
-            "--logfile", str(self.dir / "server.log"),
-            *self.extra_args,
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=2)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while True:
-                assert self.proc.poll() is None, f"engine exited: see {self.dir}/server.log"
-                try:
-                    if client.ping():
-                        return
-                except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-                    pass
-                assert time.monotonic() < deadline, "engine did not start"
-                time.sleep(0.05)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown work, as in a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 class ServiceProcess:

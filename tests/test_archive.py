@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from event_analytics.archive import worker
@@ -31,25 +30,25 @@ from event_analytics.store.streams import StreamStore
 from event_analytics.timebucket import Interval
 from tests.backends import Backend
 from tests.direct import ingest
-from tests.helpers import HTTP, event
+from tests.helpers import (
+    HTTP,
+    answers,
+    archive_ids,
+    assert_rebuild_reproduces,
+    cli,
+    event,
+    hammer,
+    past_minutes,
+    wait_archived,
+)
 from tests.servers import ServiceProcess
-from tests.test_faults import _hammer
 
 pytestmark = pytest.mark.slow
 LIMIT = 1_000_000
 
 
-def cli(
-    args: list[str], env: dict[str, str], timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "event_analytics", *args],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
-
-
-class Archiver:
-    """``event-analytics archiver`` as a subprocess."""
+class ArchiverProcess:
+    """``event-analytics archiver`` as a subprocess (``worker.Archiver`` is what it runs)."""
 
     def __init__(self, env: dict[str, str], log: Path, fsize: int | None = None) -> None:
         def limit() -> None:
@@ -73,58 +72,11 @@ class Archiver:
             self.proc.wait(timeout=20)
         self.log.close()
 
-    def __enter__(self) -> Archiver:
+    def __enter__(self) -> ArchiverProcess:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.stop()
-
-
-def archive_ids(root: Path) -> collections.Counter[str]:
-    # Complete lines only: a torn tail is no event (the archiver cuts it off on its next write).
-    files = sorted(root.glob("*/*/*/*.jsonl"))
-    lines = [ln for f in files for ln in f.read_bytes().split(b"\n")[:-1]]
-    return collections.Counter(orjson.loads(ln)["event_id"] for ln in lines)
-
-
-def wait_archived(url: str, timeout_s: float = 60) -> dict[str, Any]:
-    """Poll /persistent/status until nothing is left in the streams; the last status."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = HTTP.get(f"{url}/persistent/status", timeout=5).json()
-        stats = status["stats"]
-        if stats["stream_length"] == 0 and stats["pending_messages"] == 0:
-            return status
-        assert time.monotonic() < deadline, f"archive did not catch up: {status}"
-        time.sleep(0.1)
-
-
-def answers(svc: ServiceProcess, minutes: list[datetime]) -> list[Any]:
-    """Everything the read API says about the given minutes (compared before/after rebuild)."""
-    # Only the given minutes' rows: the 1440-minute window moves when the minute turns.
-    wanted = {m.strftime("%Y-%m-%dT%H:%M:00Z") for m in minutes}
-    rows = HTTP.get(f"{svc.url}/analytics/page_views_per_minute?minutes=1440", timeout=10).json()
-    out = [[r for r in rows if r["minute_timestamp"] in wanted]]
-    for m in minutes:
-        key = f"page_view_{m.strftime('%Y-%m-%d_%H:%M')}"
-        out.append(HTTP.get(f"{svc.url}/analytics/minute-buckets/{key}", timeout=10).json())
-    return out
-
-
-def assert_rebuild_reproduces(
-    svc: ServiceProcess, db: Backend, env: dict[str, str], minutes: list[datetime]
-) -> None:
-    before = answers(svc, minutes)
-    assert sum(r["count"] for r in before[0]) > 0
-    db.flush()
-    assert answers(svc, minutes) != before
-    done = cli(["rebuild"], env)
-    assert done.returncode == 0, done.stderr
-    assert "events/s" in done.stdout
-    assert answers(svc, minutes) == before
-    checked = cli(["verify"], env)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "0 differ" in checked.stdout
 
 
 @contextlib.contextmanager
@@ -149,11 +101,6 @@ def send(url: str, bodies: list[dict[str, Any]]) -> None:
         assert r.status_code == 201, r.text
 
 
-def _minutes(n: int) -> list[datetime]:
-    base = datetime.now(UTC).replace(second=0, microsecond=0)
-    return [base - timedelta(minutes=i) for i in range(1, n + 1)]
-
-
 @pytest.mark.parametrize("crash_at", ["after_write", "mid_line"])
 def test_archiver_sigkill_mid_batch_leaves_each_event_once(
     killable: Backend, tmp_path: Path, crash_at: str
@@ -161,13 +108,13 @@ def test_archiver_sigkill_mid_batch_leaves_each_event_once(
     with archiving_service(
         killable, tmp_path, {"EA_ARCHIVER_LEASE_S": "2"}, args=["--no-archiver"]
     ) as (svc, env, root):
-        minutes = _minutes(3)
+        minutes = past_minutes(3)
         bodies = [
             event(user=f"u{i % 37}", ts=minutes[i % 3] + timedelta(seconds=i % 60))
             for i in range(600)
         ]
         send(svc.url, bodies)
-        crasher = Archiver(env | {"EA_ARCHIVER_CRASH_AT": crash_at}, tmp_path / "a1.log")
+        crasher = ArchiverProcess(env | {"EA_ARCHIVER_CRASH_AT": crash_at}, tmp_path / "a1.log")
         assert crasher.proc.wait(timeout=60) == -signal.SIGKILL  # died at the crash point
         crasher.stop()
         on_disk = archive_ids(root)
@@ -186,7 +133,7 @@ def test_archiver_sigkill_mid_batch_leaves_each_event_once(
             assert not next(root.glob("*/*/*/*.jsonl")).read_bytes().endswith(b"\n")
         else:
             assert sum(on_disk.values()) == pending[crashed]
-        survivor = Archiver(env, tmp_path / "a2.log")
+        survivor = ArchiverProcess(env, tmp_path / "a2.log")
         try:
             wait_archived(svc.url)
         finally:
@@ -194,7 +141,7 @@ def test_archiver_sigkill_mid_batch_leaves_each_event_once(
         assert archive_ids(root) == collections.Counter({b["event_id"]: 1 for b in bodies})
         assert sum(stream.xlen(s) for s in streams) == 0
         stream.close()
-        assert_rebuild_reproduces(svc, killable, env, minutes)
+        assert_rebuild_reproduces(svc, killable.flush, env, minutes)
 
 
 def test_rebuild_sigkilled_halfway_then_rerun(killable: Backend, tmp_path: Path) -> None:
@@ -205,7 +152,7 @@ def test_rebuild_sigkilled_halfway_then_rerun(killable: Backend, tmp_path: Path)
             event(user=f"u{i % 101}", ts=now - timedelta(days=i % 3, minutes=1 + i % 50))
             for i in range(5000)
         ]
-        asyncio.run(_hammer(svc.url, bodies, len(bodies) + 1, lambda: None))
+        asyncio.run(hammer(svc.url, bodies, len(bodies) + 1, lambda: None))
         wait_archived(svc.url)
         assert sum(archive_ids(root).values()) == 5000
         minutes = sorted(
@@ -231,7 +178,7 @@ def test_rebuild_sigkilled_halfway_then_rerun(killable: Backend, tmp_path: Path)
 
 def test_engine_kill9_under_load(killable: Backend, tmp_path: Path) -> None:
     with archiving_service(killable, tmp_path, {"EA_ARCHIVER_LEASE_S": "2"}) as (svc, env, root):
-        minutes = _minutes(2)
+        minutes = past_minutes(2)
         bodies = [
             event(user=f"u{i % 50}", ts=minutes[i % 2] + timedelta(seconds=i % 60))
             for i in range(4000)
@@ -242,11 +189,11 @@ def test_engine_kill9_under_load(killable: Backend, tmp_path: Path) -> None:
             killable.kill()  # on the cluster: every node, a full outage
             restarted.append(True)
 
-        acked = asyncio.run(_hammer(svc.url, bodies[:2500], 800, crash_engine))
+        acked = asyncio.run(hammer(svc.url, bodies[:2500], 800, crash_engine))
         killable.start()
         # Resend everything that was not acknowledged (as a client would), then more.
         retry = [b for b in bodies[:2500] if b["event_id"] not in acked] + bodies[2500:]
-        acked |= asyncio.run(_hammer(svc.url, retry, len(retry) + 1, lambda: None))
+        acked |= asyncio.run(hammer(svc.url, retry, len(retry) + 1, lambda: None))
         for body in retry:  # anything still refused mid-recovery: send until it lands
             if body["event_id"] not in acked:
                 r = HTTP.post(f"{svc.url}/events", json=body, timeout=10)
@@ -255,7 +202,7 @@ def test_engine_kill9_under_load(killable: Backend, tmp_path: Path) -> None:
         assert restarted and len(acked) == 4000
         wait_archived(svc.url)
         assert archive_ids(root) == collections.Counter({i: 1 for i in acked})
-        assert_rebuild_reproduces(svc, killable, env, minutes)
+        assert_rebuild_reproduces(svc, killable.flush, env, minutes)
 
 
 def test_archive_full_blocks_then_resumes(killable: Backend, tmp_path: Path) -> None:
@@ -263,9 +210,9 @@ def test_archive_full_blocks_then_resumes(killable: Backend, tmp_path: Path) -> 
         archiving_service(
             killable, tmp_path, {"EA_ARCHIVER_BATCH": "50"}, args=["--no-archiver"]
         ) as (svc, env, root),
-        Archiver(env, tmp_path / "a.log", fsize=20_000) as archiver,  # ~80 lines fit
+        ArchiverProcess(env, tmp_path / "a.log", fsize=20_000) as archiver,  # ~80 lines fit
     ):
-        bodies = [event(user=f"u{i}", ts=_minutes(1)[0]) for i in range(300)]
+        bodies = [event(user=f"u{i}", ts=past_minutes(1)[0]) for i in range(300)]
         send(svc.url, bodies)
         deadline = time.monotonic() + 30
         while True:
@@ -299,10 +246,10 @@ def test_two_archivers_share_and_take_over(killable: Backend, tmp_path: Path) ->
             },
             args=["--no-archiver"],
         ) as (svc, env, root),
-        Archiver(env, tmp_path / "a1.log") as first,
-        Archiver(env, tmp_path / "a2.log"),  # the one that takes over
+        ArchiverProcess(env, tmp_path / "a1.log") as first,
+        ArchiverProcess(env, tmp_path / "a2.log"),  # the one that takes over
     ):
-        minutes = _minutes(2)
+        minutes = past_minutes(2)
         bodies = [
             event(user=f"u{i % 200}", ts=minutes[i % 2] + timedelta(seconds=i % 60))
             for i in range(2000)
@@ -318,7 +265,7 @@ def test_two_archivers_share_and_take_over(killable: Backend, tmp_path: Path) ->
             assert time.monotonic() < deadline, held
             time.sleep(0.1)
         assert sorted(held[0] + held[1]) == [0, 1, 2, 3]
-        asyncio.run(_hammer(svc.url, bodies[:1000], 1001, lambda: None))
+        asyncio.run(hammer(svc.url, bodies[:1000], 1001, lambda: None))
         wait_archived(svc.url)
         # Heartbeats (each archiver's own count) trail the streams by up to a second.
         deadline = time.monotonic() + 10
@@ -331,10 +278,10 @@ def test_two_archivers_share_and_take_over(killable: Backend, tmp_path: Path) ->
         assert len(shares) == 2 and all(n > 0 for n in shares.values()), shares
         assert sum(shares.values()) == 1000
         # One dies mid-stream; the other takes its shards over when the lease lapses.
-        asyncio.run(_hammer(svc.url, bodies[1000:], 300, first.kill))
+        asyncio.run(hammer(svc.url, bodies[1000:], 300, first.kill))
         status = wait_archived(svc.url)
         assert archive_ids(root) == collections.Counter({b["event_id"]: 1 for b in bodies})
-        assert_rebuild_reproduces(svc, killable, env, minutes)
+        assert_rebuild_reproduces(svc, killable.flush, env, minutes)
 
 
 def test_group_lost_while_recovering_is_recreated(killable: Backend, tmp_path: Path) -> None:
@@ -347,7 +294,7 @@ def test_group_lost_while_recovering_is_recreated(killable: Backend, tmp_path: P
     root = tmp_path / "archive"
     settings = killable.settings(key_prefix=killable.prefix, archive_dir=root)
     keys = Keys.from_settings(settings)
-    bodies = [event(user=f"u{i}", ts=_minutes(1)[0]) for i in range(200)]
+    bodies = [event(user=f"u{i}", ts=past_minutes(1)[0]) for i in range(200)]
     assert all(ingest(killable.env, bodies))
 
     async def main() -> list[int]:

@@ -16,13 +16,10 @@ import orjson
 import pytest
 
 from tests.cluster import ClusterProcess
-from tests.helpers import HTTP, event
+from tests.helpers import HTTP, JSON, archive_ids, event, send_all, wait_archived
 from tests.servers import ServiceProcess, stopped_after
-from tests.test_archive import archive_ids, wait_archived
-from tests.test_concurrency import _send_all
 
 pytestmark = pytest.mark.slow
-HEADERS = {"content-type": "application/json"}
 CONNECTIONS = 16
 CLIENT_TIMEOUT_S = 10  # a request slower than this counts as a hang
 KILL_AFTER_ACKS = 400
@@ -82,9 +79,7 @@ async def _traffic(url: str, kill: Any) -> Traffic:
                 body = event(user=f"user-{next(counter)}")
                 sent = time.monotonic()
                 try:
-                    async with session.post(
-                        "/events", data=orjson.dumps(body), headers=HEADERS
-                    ) as r:
+                    async with session.post("/events", data=orjson.dumps(body), headers=JSON) as r:
                         await r.read()
                         status, retry_after = r.status, r.headers.get("retry-after")
                         ctype = r.headers.get("content-type")
@@ -152,14 +147,14 @@ def test_master_sigkill_under_load(own_cluster: ClusterProcess, tmp_path: Path) 
         own_cluster.wait_ok()
 
         # Every acknowledged event survived the failover: resent, it is a duplicate.
-        again = asyncio.run(_send_all(svc.url, t.acked))
+        again = asyncio.run(send_all(svc.url, t.acked))
         lost = [b["event_id"] for b, s in zip(t.acked, again, strict=True) if s == 201]
         print(f"failover: {len(lost)} of {len(t.acked)} acknowledged events lost")
         assert set(again) <= {200, 201}
         assert len(lost) <= LOSS_BOUND, lost  # see LOSS_BOUND; docs/deploy.md
 
         # Clients resend what was refused; then each event is counted, and archived, once.
-        retried = asyncio.run(_send_all(svc.url, t.refused))
+        retried = asyncio.run(send_all(svc.url, t.refused))
         assert set(retried) <= {200, 201}
         everything = t.acked + t.refused
         rows = HTTP.get(f"{svc.url}/analytics/page_views_per_minute?minutes=10").json()

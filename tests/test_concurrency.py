@@ -8,38 +8,12 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 import httpx
-import orjson
 
-from tests.helpers import IST, event, seed_key
+from tests.helpers import IST, event, seed_key, send_all
 from tests.servers import ServiceProcess
 
-CLIENTS = 64
 EVENTS = 5_000
-
-
-async def _send_all(url: str, bodies: list[dict[str, Any]]) -> list[int]:
-    """POST every body from CLIENTS concurrent keep-alive connections; the statuses in order."""
-    queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
-    for index, body in enumerate(bodies):
-        queue.put_nowait((index, orjson.dumps(body)))
-    statuses = [0] * len(bodies)
-    # aiohttp, not httpx: httpx's pool manages ~200 req/s at 64 connections here.
-    connector = aiohttp.TCPConnector(limit=CLIENTS)
-    timeout = aiohttp.ClientTimeout(total=30)
-    headers = {"content-type": "application/json"}
-    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
-
-        async def client() -> None:
-            while not queue.empty():
-                index, raw = queue.get_nowait()
-                async with session.post("/events", data=raw, headers=headers) as r:
-                    await r.read()
-                    statuses[index] = r.status
-
-        await asyncio.gather(*(client() for _ in range(CLIENTS)))
-    return statuses
 
 
 def test_concurrent_offsets_and_retries_are_exact(two_workers: ServiceProcess) -> None:
@@ -63,10 +37,10 @@ def test_concurrent_offsets_and_retries_are_exact(two_workers: ServiceProcess) -
         counts[minute] += 1
         users[minute].add(b["user_id"])
 
-    first = asyncio.run(_send_all(two_workers.url, bodies))
+    first = asyncio.run(send_all(two_workers.url, bodies))
     assert first.count(201) == EVENTS, {s: first.count(s) for s in set(first)}
     resend = rng.sample(bodies, EVENTS // 10)
-    again = asyncio.run(_send_all(two_workers.url, resend))
+    again = asyncio.run(send_all(two_workers.url, resend))
     assert again.count(200) == len(resend), {s: again.count(s) for s in set(again)}
 
     for minute in minutes:

@@ -17,18 +17,14 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import aiohttp
-import orjson
 import pytest
 
 from tests.backends import Backend
-from tests.helpers import HTTP, event, seed_key
+from tests.helpers import HTTP, event, hammer, seed_key
 from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.slow
-HEADERS = {"content-type": "application/json"}
 
 
 @pytest.fixture
@@ -38,34 +34,6 @@ def embedded(tmp_path: Path) -> Iterator[ServiceProcess]:
     yield svc
     if svc.proc is not None and svc.proc.poll() is None:
         svc.stop()
-
-
-async def _hammer(url: str, bodies: list[dict[str, Any]], stop_after: int, kill: Any) -> set[str]:
-    """Send with 16 connections; after ``stop_after`` acks call ``kill``. -> acked event ids."""
-    acked: set[str] = set()
-    pending = list(reversed(bodies))
-    killed = False
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(url, timeout=timeout) as session:
-
-        async def client() -> None:
-            nonlocal killed
-            while pending:
-                body = pending.pop()
-                try:
-                    async with session.post(
-                        "/events", data=orjson.dumps(body), headers=HEADERS
-                    ) as r:
-                        if r.status == 201:
-                            acked.add(body["event_id"])
-                except (TimeoutError, aiohttp.ClientError):
-                    return
-                if len(acked) >= stop_after and not killed:
-                    killed = True
-                    kill()
-
-        await asyncio.gather(*(client() for _ in range(16)))
-    return acked
 
 
 def _bucket(svc: ServiceProcess, minute: datetime) -> int:
@@ -78,7 +46,7 @@ def _bucket(svc: ServiceProcess, minute: datetime) -> int:
 def test_sigkill_service_and_engine_keeps_every_ack(embedded: ServiceProcess) -> None:
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
     bodies = [event(user=f"u{i % 50}", ts=minute + timedelta(seconds=i % 60)) for i in range(3000)]
-    acked = asyncio.run(_hammer(embedded.url, bodies, 400, embedded.kill_tree))
+    acked = asyncio.run(hammer(embedded.url, bodies, 400, embedded.kill_tree))
     assert len(acked) >= 400
     embedded.start()
     count = _bucket(embedded, minute)

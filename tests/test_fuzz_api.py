@@ -23,11 +23,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from benchmarks.procs import EngineProcess
 from event_analytics.api.app import create_app
 from event_analytics.config import Settings
 from tests.backends import Backend
 from tests.cluster import ClusterProcess
-from tests.servers import EngineProcess, ServiceProcess, engine_binary, stopped_after
+from tests.servers import ServiceProcess, engine_binary, stopped_after
 
 pytestmark = pytest.mark.slow
 

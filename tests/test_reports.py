@@ -16,7 +16,7 @@ from event_analytics.store.reads import Reads, UserSource
 from event_analytics.timebucket import Interval, floor
 from tests.backends import Backend
 from tests.direct import ingest
-from tests.helpers import IST, event
+from tests.helpers import IST, event, hll_close, z
 from tests.servers import ServiceProcess
 
 PROBLEM = "application/problem+json"
@@ -28,15 +28,6 @@ def get(svc: ServiceProcess, path: str, **params: Any) -> dict[str, Any]:
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     return body
-
-
-def z(ts: datetime) -> str:
-    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def hll_close(got: int, exact: int) -> bool:
-    """Within three standard errors (3 x 0.81%), or one user for tiny sets."""
-    return abs(got - exact) <= max(1.0, 3 * 0.0081 * exact)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 from event_analytics.timebucket import Interval, bucket_count, buckets, floor
 from tests.backends import Backend
 from tests.direct import ingest
-from tests.helpers import IST, event, seed_key
+from tests.helpers import IST, event, hll_close, seed_key, z
 from tests.servers import ServiceProcess
 
 TYPES = ("page_view", "click", "signup")
@@ -44,7 +44,6 @@ PAGES = (
 # Minutes after BASE: both sides of hour and day boundaries, all within the 7-day window.
 MINUTES = (0, 1, 59, 60, 61, 1439, 1440, 1441, 2000)
 EDGES = (-30, 0, 1, 59, 60, 61, 1439, 1440, 1441, 2000, 2880, 4000)
-HLL_ERROR = 0.0081
 
 
 @dataclass(frozen=True)
@@ -54,14 +53,6 @@ class Sent:
     event_type: str
     page: str | None
     ts: datetime
-
-
-def hll_close(got: int, exact: int) -> bool:
-    return abs(got - exact) <= max(1.0, 3 * HLL_ERROR * exact)
-
-
-def z(ts: datetime) -> str:
-    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse(text: str) -> datetime:

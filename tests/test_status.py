@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 
 import httpx
 
+from benchmarks.procs import free_port
 from tests.helpers import event
-from tests.servers import ServiceProcess, free_port
+from tests.servers import ServiceProcess
 
 
 def status(url: str) -> subprocess.CompletedProcess[str]:
