@@ -129,18 +129,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     dashboard.install(app)
 
     def openapi() -> dict[str, Any]:
-        # The hot ingest routes are plain ASGI; their description is added here so that
-        # /docs and /redoc show them like every other route.
+        # The hot ingest routes are plain ASGI; their description, built from the models
+        # that validate them (events.py), is added here so that /docs and /redoc show them
+        # like every other route.
         if app.openapi_schema is None:
             schema = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
-            schema["paths"] = {**events.PATHS, **schema["paths"]}
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in events.MODELS:
-                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(model_schema.pop("$defs", {}))
-                components[model.__name__] = model_schema
+            schema["paths"] = {**events.paths(settings, components), **schema["paths"]}
             document_security(schema, settings)
             app.openapi_schema = schema
         return app.openapi_schema
