@@ -1,5 +1,7 @@
 """Processes for the benchmarks and the tests: free ports, a private engine, group teardown.
 
+A private engine is waited for as ``serve`` waits for its embedded one (``wait_for_ping``).
+
 Here, not in the product (``src/``) and not under ``tests/``: the benchmark scripts run as
 ``python benchmarks/x.py``, so their own folder is on ``sys.path`` and they import this as
 ``procs``; under pytest the repository root is on ``sys.path``, so the tests import it as
@@ -13,10 +15,11 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-import redis
+from event_analytics.store.embedded import free_port, wait_for_ping
+
+__all__ = ["EngineProcess", "free_port", "free_ports", "stop_group"]
 
 
 def free_ports(n: int) -> list[int]:
@@ -26,10 +29,6 @@ def free_ports(n: int) -> list[int]:
         for sock in socks:
             sock.bind(("127.0.0.1", 0))
         return [int(sock.getsockname()[1]) for sock in socks]
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 class EngineProcess:
@@ -76,22 +75,7 @@ class EngineProcess:
         self.proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=2)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"engine exited: see {self.dir}/server.log")
-                try:
-                    if client.ping():
-                        return
-                except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"engine did not start: see {self.dir}/server.log")
-                time.sleep(0.05)
-        finally:
-            client.close()
+        wait_for_ping(self.url, self.proc, "engine", self.dir / "server.log", timeout_s)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown work, as in a crash."""

@@ -50,11 +50,35 @@ def find_server_binary() -> str:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free loopback TCP port."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_for_ping(
+    url: str, proc: subprocess.Popen[bytes], name: str, log_path: Path, timeout_s: float
+) -> None:
+    """Block until the server ``proc`` runs answers PING at ``url`` (it may first replay a
+    long AOF); RuntimeError if it exits or ``timeout_s`` passes first."""
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode}; see {log_path}")
+            try:
+                if client.ping():
+                    return
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready after {timeout_s:.0f} s")
+            time.sleep(0.05)
+    finally:
+        client.close()
 
 
 def url_file(data_dir: Path) -> Path:
@@ -110,7 +134,7 @@ class EmbeddedServer:
         self.inherit_fd = inherit_fd
         sock = self.dir / "valkey.sock"
         self.socket_path = sock if len(str(sock)) <= _MAX_SOCKET_PATH else None
-        self.port = 0 if self.socket_path else _free_port()
+        self.port = 0 if self.socket_path else free_port()
         self.child = Supervised(
             "embedded engine",
             [self.binary, str(self.dir / "server.conf")],
@@ -150,26 +174,7 @@ class EmbeddedServer:
                 self.socket_path.unlink()
 
     def wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-        """Block until the server answers PING (it may first replay a long AOF)."""
-        client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=1)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"embedded server exited with code {proc.returncode}; "
-                        f"see {self.dir / 'server.log'}"
-                    )
-                try:
-                    if client.ping():
-                        return
-                except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"embedded server not ready after {timeout_s:.0f} s")
-                time.sleep(0.05)
-        finally:
-            client.close()
+        wait_for_ping(self.url, proc, "embedded server", self.dir / "server.log", timeout_s)
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
