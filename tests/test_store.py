@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import re
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 
 from event_analytics.ingest import Ingestor
 from event_analytics.model import EVENT_ADAPTER, Event
 from event_analytics.store import Store
+from event_analytics.store.scripts import Lua, source
 from tests.backends import Backend
 from tests.helpers import event
 
@@ -150,3 +153,22 @@ def test_every_key_expires_with_its_bucket(db: Backend) -> None:
     }
     assert {"count", "users", "pages", "page_users", "hll", "page_hll"} <= suffixes, keys
     assert len(kinds["m"]) == 2 * 4 and kinds["seen"]
+
+
+def test_every_script_is_a_registered_file_the_engine_compiles(db: Backend) -> None:
+    # One registry: each store/*.lua is a Lua member and each member is a file, so no
+    # script hides inline in a module or sits unused.
+    files = {
+        f.name.removesuffix(".lua")
+        for f in resources.files("event_analytics.store").iterdir()
+        if f.name.endswith(".lua")
+    }
+    assert files == {script.value for script in Lua}
+    client = db.client()
+    try:
+        for script in Lua:
+            # SCRIPT LOAD compiles it: a syntax error is refused here, not on first use.
+            sha = client.script_load(source(script))
+            assert sha == hashlib.sha1(source(script).encode()).hexdigest(), script
+    finally:
+        client.close()

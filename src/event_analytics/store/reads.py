@@ -11,22 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from importlib import resources
 from typing import Any
 
 from event_analytics.keys import Keys
 from event_analytics.store.redis import Store, engine_errors
-from event_analytics.store.scripts import call_per_shard
+from event_analytics.store.scripts import Lua, call_per_shard, register
 from event_analytics.timebucket import Interval
-
-
-def _script(name: str) -> str:
-    return resources.files("event_analytics.store").joinpath(name).read_text()
-
-
-SERIES_LUA = _script("series.lua")
-TOP_PAGES_LUA = _script("top_pages.lua")
-PAGE_USERS_LUA = _script("page_users.lua")
 
 
 class UserSource(StrEnum):
@@ -56,9 +46,9 @@ class Reads:
     def __init__(self, store: Store) -> None:
         self.client = store.client
         self.keys: Keys = store.keys
-        self._series = self.client.register_script(SERIES_LUA)
-        self._top_pages = self.client.register_script(TOP_PAGES_LUA)
-        self._page_users = self.client.register_script(PAGE_USERS_LUA)
+        self._series = register(self.client, Lua.SERIES)
+        self._top_pages = register(self.client, Lua.TOP_PAGES)
+        self._page_users = register(self.client, Lua.PAGE_USERS)
 
     async def _per_shard(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """One script call per shard, all in one round trip; the replies in shard order.

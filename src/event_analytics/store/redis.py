@@ -8,7 +8,6 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
 import hiredis
@@ -23,19 +22,8 @@ from event_analytics.config import Settings
 from event_analytics.keys import Keys
 from event_analytics.model import StorageUnavailable
 from event_analytics.store.cluster import cluster_info, connect_cluster
-from event_analytics.store.scripts import Call, call_per_shard
+from event_analytics.store.scripts import Call, Lua, call_per_shard, register
 from event_analytics.timebucket import Interval
-
-INGEST_LUA = resources.files("event_analytics.store").joinpath("ingest.lua").read_text()
-
-# Count and unique users of each minute bucket of ONE shard: KEYS = count, users, count...
-MINUTE_STATS_LUA = """
-local out = {}
-for i = 1, #KEYS, 2 do
-  out[i] = tonumber(redis.call('GET', KEYS[i])) or 0
-  out[i + 1] = redis.call('SCARD', KEYS[i + 1])
-end
-return out"""
 
 # A single-node client or a cluster client: the commands used here exist on both.
 Client = aioredis.Redis | RedisCluster
@@ -172,8 +160,8 @@ class Store:
     def __init__(self, client: Client, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self._ingest_script = client.register_script(INGEST_LUA)
-        self._minute_stats_script = client.register_script(MINUTE_STATS_LUA)
+        self._ingest_script = register(client, Lua.INGEST)
+        self._minute_stats_script = register(client, Lua.MINUTE_STATS)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
