@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from event_analytics.model import FieldError, InvalidQuery
-from event_analytics.store.reads import Series, UserSource
+from event_analytics.series import Series, UserSource
 from event_analytics.timebucket import (
     Interval,
     bucket_count,

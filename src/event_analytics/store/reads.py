@@ -8,36 +8,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from event_analytics.keys import Keys
+from event_analytics.series import Series, UserSource
 from event_analytics.store.redis import Store, engine_errors
 from event_analytics.store.scripts import Lua, call_per_shard, register
 from event_analytics.timebucket import Interval
-
-
-class UserSource(StrEnum):
-    """Which structure a series reads unique users from (see series.lua)."""
-
-    SETS = "set"
-    HLL = "hll"
-    PAGE = "page"
-    PAGE_HLL = "page_hll"
-
-    @property
-    def exact(self) -> bool:
-        return self in (UserSource.SETS, UserSource.PAGE)
-
-
-@dataclass(frozen=True, slots=True)
-class Series:
-    """(count, unique users) per group of buckets, and the distinct users of all groups."""
-
-    points: list[tuple[int, int]]
-    total_users: int
 
 
 class Reads:
