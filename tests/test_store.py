@@ -13,6 +13,7 @@ from importlib import resources
 from event_analytics.ingest import Ingestor
 from event_analytics.model import EVENT_ADAPTER, Event
 from event_analytics.store import Store
+from event_analytics.store.reads import Reads
 from event_analytics.store.scripts import Lua, source
 from tests.backends import Backend
 from tests.helpers import event
@@ -51,7 +52,7 @@ def test_sharded_batches_sum_exactly(db: Backend) -> None:
     async def work(ingestor: Ingestor, store: Store) -> tuple[list[bool], list[tuple[int, int]]]:
         now = datetime.now(UTC)
         flags = await store.ingest([ingestor.prepare(e, now) for e in batch])
-        return flags, await store.minute_stats("page_view", [minute])
+        return flags, await Reads(store).minute_stats("page_view", [minute])
 
     flags, stats = _run(db, 4, work)
     assert flags == [True] * 1000 + [False] * 100

@@ -10,6 +10,7 @@ import orjson
 
 from event_analytics.archive import files
 from event_analytics.store import Store
+from event_analytics.store.reads import Reads
 from event_analytics.timebucket import MINUTE, Interval, floor
 
 
@@ -42,6 +43,7 @@ async def verify(
     Works a day at a time so memory stays bounded by one day of user sets.
     """
     report = VerifyReport()
+    reads = Reads(store)
     oldest_live = floor(datetime.now(UTC) - timedelta(seconds=retention_s), Interval.MINUTE)
     for day, day_files in files.by_day(found):
         counts: dict[tuple[str, datetime], int] = defaultdict(int)
@@ -61,7 +63,7 @@ async def verify(
             m += MINUTE
         report.skipped_expired += sum(1 for (_, minute) in counts if minute < start)
         for event_type in sorted({t for t, _ in counts}):
-            live = await store.minute_stats(event_type, minutes)
+            live = await reads.minute_stats(event_type, minutes)
             for minute, (live_count, live_users) in zip(minutes, live, strict=True):
                 key = (event_type, minute)
                 want_count, want_users = counts.get(key, 0), len(users.get(key, ()))

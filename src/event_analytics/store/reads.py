@@ -14,7 +14,7 @@ from typing import Any
 from event_analytics.keys import Keys
 from event_analytics.series import Series, UserSource
 from event_analytics.store.redis import Store, engine_errors
-from event_analytics.store.scripts import Lua, call_per_shard, register
+from event_analytics.store.scripts import Call, Lua, call_per_shard, register
 from event_analytics.timebucket import Interval
 
 
@@ -27,14 +27,38 @@ class Reads:
         self._series = register(self.client, Lua.SERIES)
         self._top_pages = register(self.client, Lua.TOP_PAGES)
         self._page_users = register(self.client, Lua.PAGE_USERS)
+        self._minute_stats = register(self.client, Lua.MINUTE_STATS)
 
-    async def _per_shard(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    async def _per_shard(self, script: Any, calls: Sequence[Call]) -> list[Any]:
         """One script call per shard, all in one round trip; the replies in shard order.
 
         Through call_per_shard: it works in cluster pipelines and survives NOSCRIPT.
         """
         async with engine_errors():
             return await call_per_shard(self.client, script, calls)
+
+    async def minute_stats(
+        self, event_type: str, minutes: Sequence[datetime]
+    ) -> list[tuple[int, int]]:
+        """(count, unique users) of each minute, summed over the disjoint user shards.
+
+        One script call per shard reads all the minutes: on a cluster, a pipeline of
+        single GET/SCARD commands costs the client ~0.1 ms each, 16 x more with 16 shards.
+        """
+        calls: list[Call] = []
+        for shard in range(self.keys.shards):
+            keys: list[str] = []
+            for minute in minutes:
+                keys.append(self.keys.count(shard, event_type, Interval.MINUTE, minute))
+                keys.append(self.keys.users(shard, event_type, Interval.MINUTE, minute))
+            calls.append((keys, []))
+        replies = await self._per_shard(self._minute_stats, calls)
+        out = [(0, 0)] * len(minutes)
+        for reply in replies:
+            for m in range(len(minutes)):
+                count, users = out[m]
+                out[m] = (count + int(reply[2 * m]), users + int(reply[2 * m + 1]))
+        return out
 
     async def series(
         self,

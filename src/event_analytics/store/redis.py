@@ -7,7 +7,6 @@ import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import hiredis
@@ -23,7 +22,6 @@ from event_analytics.keys import Keys
 from event_analytics.model import StorageUnavailable
 from event_analytics.store.cluster import cluster_info, connect_cluster
 from event_analytics.store.scripts import Call, Lua, call_per_shard, register
-from event_analytics.timebucket import Interval
 
 # A single-node client or a cluster client: the commands used here exist on both.
 Client = aioredis.Redis | RedisCluster
@@ -161,7 +159,6 @@ class Store:
         self.client = client
         self.keys = keys
         self._ingest_script = register(client, Lua.INGEST)
-        self._minute_stats_script = register(client, Lua.MINUTE_STATS)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -230,30 +227,6 @@ class Store:
                 args.extend(events[i].args)
             calls.append((keys, args))
         return by_shard, calls
-
-    async def minute_stats(
-        self, event_type: str, minutes: Sequence[datetime]
-    ) -> list[tuple[int, int]]:
-        """(count, unique users) of each minute, summed over the disjoint user shards.
-
-        One script call per shard reads all the minutes: on a cluster, a pipeline of
-        single GET/SCARD commands costs the client ~0.1 ms each, 16 x more with 16 shards.
-        """
-        calls: list[Call] = []
-        for shard in range(self.keys.shards):
-            keys: list[str] = []
-            for minute in minutes:
-                keys.append(self.keys.count(shard, event_type, Interval.MINUTE, minute))
-                keys.append(self.keys.users(shard, event_type, Interval.MINUTE, minute))
-            calls.append((keys, []))
-        async with engine_errors():
-            replies = await call_per_shard(self.client, self._minute_stats_script, calls)
-        out = [(0, 0)] * len(minutes)
-        for reply in replies:
-            for m in range(len(minutes)):
-                count, users = out[m]
-                out[m] = (count + int(reply[2 * m]), users + int(reply[2 * m + 1]))
-        return out
 
     async def stream_length(self) -> int:
         """Events in all shards' streams (not yet trimmed by the archiver)."""
