@@ -168,7 +168,8 @@ def test_top_pages_read_minutes_then_hours() -> None:
 
 def test_realtime_window() -> None:
     got = realtime_minutes(NOW)
-    assert len(got) == 5 and got[-1] == datetime(2026, 11, 27, 22, 14, tzinfo=UTC)
+    # The current minute and the four before it, oldest first.
+    assert got == [datetime(2026, 11, 27, 22, m, tzinfo=UTC) for m in range(10, 15)]
 
 
 def test_event_keys_are_exactly_the_bucket_keys() -> None:
