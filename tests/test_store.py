@@ -16,6 +16,7 @@ from event_analytics.store import Store
 from event_analytics.store.clear import clear_day
 from event_analytics.store.reads import Reads
 from event_analytics.store.scripts import Lua, source
+from event_analytics.store.streams import archive_lag_s
 from event_analytics.timebucket import Interval, floor
 from tests.backends import Backend
 from tests.helpers import event
@@ -219,3 +220,11 @@ def test_clear_day_deletes_exactly_that_days_keys(db: Backend) -> None:
     assert any(
         f":page_view:d:{(day + timedelta(days=1)).strftime('%Y-%m-%d')}:" in k for k in dedup
     )
+
+
+def test_archive_lag_is_the_age_of_the_oldest_unarchived_event() -> None:
+    # One definition for /metrics and /persistent/status.
+    assert archive_lag_s({"oldest_unarchived_ms": 0}, now_s=1_000.0) == 0.0  # caught up
+    assert archive_lag_s({"oldest_unarchived_ms": 990_250}, now_s=1_000.0) == 9.75
+    # This host's clock behind the engine's: no negative lag.
+    assert archive_lag_s({"oldest_unarchived_ms": 1_000_500}, now_s=1_000.0) == 0.0

@@ -31,6 +31,15 @@ def entry_ms(entry_id: bytes | str) -> int:
     return int(raw.split("-", 1)[0])
 
 
+def archive_lag_s(backlog: dict[str, int], now_s: float | None = None) -> float:
+    """Age in seconds of the oldest event not archived yet, from ``backlog()`` (0 when
+    caught up, and never negative when this host's clock is behind the engine's)."""
+    oldest = backlog["oldest_unarchived_ms"]
+    if not oldest:
+        return 0.0
+    return max(0.0, (time.time() if now_s is None else now_s) - oldest / 1000)
+
+
 class StreamStore:
     """The archiver's and the status endpoint's operations on the shards' event streams."""
 
