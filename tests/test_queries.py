@@ -192,7 +192,7 @@ def test_event_keys_are_exactly_the_bucket_keys() -> None:
     assert keys.event_keys(3, "click", *labels, None)[13] in block[1:13]
 
 
-PURE = ["config", "model", "timebucket", "keys", "series", "queries"]
+PURE = ["config", "model", "timebucket", "keys", "series", "queries", "archive.record"]
 
 
 @pytest.mark.parametrize("module", PURE)

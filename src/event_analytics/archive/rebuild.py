@@ -16,11 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from uuid import UUID
 
-import orjson
-
-from event_analytics.archive import files
+from event_analytics.archive import files, record
 from event_analytics.ingest import Ingestor
 from event_analytics.model import Event, Payload
 from event_analytics.store import PreparedEvent, Store
@@ -101,21 +98,20 @@ def _archived_event(line: bytes) -> Event | None:
     """An archived line as an Event, without validating it again (None if unreadable).
 
     Archived events were validated when they arrived; rebuilding only needs what the
-    ingest script is given, and re-running pydantic's validators costs more than the
-    rest of the replay on the Python side.
+    ingest script is given (of the payload, the page), and re-running pydantic's
+    validators costs more than the rest of the replay on the Python side.
     """
     try:
-        record = orjson.loads(line)
-        payload = record.get("payload") or {}
-        return Event.model_construct(
-            event_id=UUID(record["event_id"]),
-            user_id=str(record["user_id"]),
-            timestamp=datetime.fromisoformat(record["timestamp"]),
-            event_type=str(record["event_type"]),
-            payload=Payload.model_construct(page_url=payload.get("page_url")),
-        )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        got = record.decode(line)
+    except record.InvalidRecord:
         return None
+    return Event.model_construct(
+        event_id=got.event_id,
+        user_id=got.user_id,
+        timestamp=got.timestamp,
+        event_type=got.event_type,
+        payload=Payload.model_construct(page_url=got.payload.get("page_url")),
+    )
 
 
 def _crash_point(ingestor: Ingestor, report: RebuildReport) -> None:
