@@ -16,22 +16,26 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from event_analytics.archive import worker
+from event_analytics.archive import files, record, worker
+from event_analytics.archive.verify import Difference, VerifyReport, verify
 from event_analytics.keys import ARCHIVER_GROUP, Keys
-from event_analytics.store import connect
+from event_analytics.store import Store, connect
 from event_analytics.store.streams import StreamStore
 from event_analytics.timebucket import Interval
 from tests.backends import Backend
 from tests.direct import ingest
 from tests.helpers import (
     HTTP,
+    IST,
     answers,
     archive_ids,
     assert_rebuild_reproduces,
@@ -350,3 +354,72 @@ def test_rebuild_drops_pages_the_archive_lacks(killable: Backend, tmp_path: Path
         assert top["bucket_interval"] == "hour"
         assert [(p["page_url"], p["count"]) for p in top["pages"]] == [(kept, 20)]
         assert abs(top["pages"][0]["unique_users"] - 20) <= 1  # HyperLogLog: 0.81%
+
+
+def test_unarchivable_entries_are_dead_lettered_and_foreign_layouts_reordered(
+    db: Backend, tmp_path: Path
+) -> None:
+    """Every stream entry is archived through the record codec: a record laid out
+    otherwise is written with its id first (files find ids at a fixed offset); what is
+    no record goes to the dead-letter stream with its reason and fields, never lost.
+    Verify then reads the files through the codec too, and skips a line that is none.
+
+    In-process, to write foreign entries straight onto a stream.
+    """
+    root = tmp_path / "archive"
+    settings = db.settings(key_prefix="dl:", archive_dir=root)
+    keys = Keys.from_settings(settings)
+    ts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    ours = record.Record(uuid.uuid4(), "u1", ts, "page_view", {"page_url": "https://a.example/"},
+                         datetime.now(UTC))  # fmt: skip
+    theirs = {"user_id": "u2", "timestamp": ts.astimezone(IST).isoformat(),
+              "event_type": "click", "event_id": str(uuid.uuid4()), "extra": 1}  # fmt: skip
+    bad = {
+        b"no e field": {b"x": b"1"},
+        b"not JSON": {b"e": b"{oops"},
+        b"short id": {b"e": orjson.dumps({**theirs, "event_id": "short"})},
+        b"no user": {b"e": orjson.dumps({k: v for k, v in theirs.items() if k != "user_id"})},
+    }
+
+    async def main() -> tuple[list[int], list[Any]]:
+        client = connect(settings)
+        archiver = worker.Archiver(settings, StreamStore(client, keys), root, "codec")
+        try:
+            await client.xadd(keys.stream(0), {b"e": record.encode(ours)})
+            await client.xadd(keys.stream(0), {b"e": orjson.dumps(theirs)})
+            for fields in bad.values():
+                await client.xadd(keys.stream(0), fields)
+            await archiver._beat(force=True)
+            for _ in range(100):  # bounded: a handful of entries take a tick or two
+                if not await archiver._tick():
+                    break
+            left = [await client.xlen(keys.stream(shard)) for shard in range(keys.shards)]
+            return left, await client.xrange(keys.deadletter(0))
+        finally:
+            await client.aclose()
+
+    left, dead = asyncio.run(main())
+    assert sum(left) == 0  # every entry acknowledged: archived or dead-lettered
+    assert len(dead) == len(bad)
+    for (_, fields), (what, sent) in zip(dead, bad.items(), strict=True):
+        assert fields[b"reason"], what
+        assert {k: v for k, v in fields.items() if k not in (b"id", b"reason")} == sent, what
+    (path,) = root.glob("*/*/*/*.jsonl")
+    assert path == files.hour_path(root, ts.replace(minute=0, second=0))
+    first, second = path.read_bytes().splitlines()
+    assert first == record.encode(ours)  # the service's own bytes, untouched
+    assert second.startswith(record.ID_PREFIX)
+    assert orjson.loads(second) == theirs and files.event_id_of(second) == theirs["event_id"]
+
+    path.write_bytes(path.read_bytes() + b"not a record\n")
+    differences: list[Difference] = []
+
+    async def check() -> VerifyReport:
+        store = Store.from_settings(settings)
+        try:
+            return await verify(store, files.list_files(root), 3600, differences)
+        finally:
+            await store.close()
+
+    report = asyncio.run(check())
+    assert report.unreadable == 1 and report.events_in_archive == 2

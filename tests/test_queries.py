@@ -5,6 +5,8 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Literal
 
@@ -24,7 +26,7 @@ from event_analytics.queries import (
     realtime_minutes,
     series_body,
 )
-from event_analytics.store.reads import Series, UserSource
+from event_analytics.series import Series, UserSource
 from event_analytics.timebucket import Interval, bucket_count, buckets, ceil, floor, iso_z, label
 
 instants = st.datetimes(
@@ -166,7 +168,8 @@ def test_top_pages_read_minutes_then_hours() -> None:
 
 def test_realtime_window() -> None:
     got = realtime_minutes(NOW)
-    assert len(got) == 5 and got[-1] == datetime(2026, 11, 27, 22, 14, tzinfo=UTC)
+    # The current minute and the four before it, oldest first.
+    assert got == [datetime(2026, 11, 27, 22, m, tzinfo=UTC) for m in range(10, 15)]
 
 
 def test_event_keys_are_exactly_the_bucket_keys() -> None:
@@ -187,3 +190,20 @@ def test_event_keys_are_exactly_the_bucket_keys() -> None:
     assert all(k.startswith("ea:{3}:") for k in block)
     # Without a page, the slot repeats a key the script leaves alone.
     assert keys.event_keys(3, "click", *labels, None)[13] in block[1:13]
+
+
+PURE = ["config", "model", "timebucket", "keys", "series", "queries", "archive.record"]
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_modules_import_no_io(module: str) -> None:
+    # Layering: the pure modules never pull in the engine client, the store or HTTP.
+    # A fresh interpreter, so what other tests imported does not count.
+    code = (
+        f"import sys, event_analytics.{module}\n"
+        "io = ('redis', 'hiredis', 'fastapi', 'starlette', 'aiohttp', 'uvicorn')\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in io"
+        " or n.startswith('event_analytics.store')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

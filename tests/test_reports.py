@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from event_analytics.keys import Keys
+from event_analytics.series import UserSource
 from event_analytics.store import Store
-from event_analytics.store.reads import Reads, UserSource
+from event_analytics.store.reads import Reads
 from event_analytics.timebucket import Interval, floor
 from tests.backends import Backend
 from tests.direct import ingest

@@ -138,8 +138,9 @@ def test_probes_and_docs_stay_public_and_say_so(keyed: str, live: ServiceProcess
 def test_openapi_documents_keys_and_refusals(keyed: str) -> None:
     schema = HTTP.get(f"{keyed}/openapi.json").json()
     assert {"bearer", "apiKey"} <= schema["components"]["securitySchemes"].keys()
-    post = schema["paths"]["/events"]["post"]
-    assert {"401", "403", "408", "429"} <= post["responses"].keys() and post["security"]
+    for path in ("/events", "/events/batch"):  # both ingest routes take the write scope
+        post = schema["paths"][path]["post"]
+        assert {"401", "403", "408", "429"} <= post["responses"].keys() and post["security"]
     get = schema["paths"]["/analytics/realtime"]["get"]
     assert {"401", "403", "429"} <= get["responses"].keys() and get["security"]
     assert "security" not in schema["paths"]["/health/ready"]["get"]

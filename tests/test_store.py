@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import re
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 
 from event_analytics.ingest import Ingestor
 from event_analytics.model import EVENT_ADAPTER, Event
 from event_analytics.store import Store
+from event_analytics.store.clear import clear_day
+from event_analytics.store.reads import Reads
+from event_analytics.store.scripts import Lua, source
+from event_analytics.store.streams import archive_lag_s
+from event_analytics.timebucket import Interval, floor
 from tests.backends import Backend
 from tests.helpers import event
 
@@ -48,7 +55,7 @@ def test_sharded_batches_sum_exactly(db: Backend) -> None:
     async def work(ingestor: Ingestor, store: Store) -> tuple[list[bool], list[tuple[int, int]]]:
         now = datetime.now(UTC)
         flags = await store.ingest([ingestor.prepare(e, now) for e in batch])
-        return flags, await store.minute_stats("page_view", [minute])
+        return flags, await Reads(store).minute_stats("page_view", [minute])
 
     flags, stats = _run(db, 4, work)
     assert flags == [True] * 1000 + [False] * 100
@@ -150,3 +157,74 @@ def test_every_key_expires_with_its_bucket(db: Backend) -> None:
     }
     assert {"count", "users", "pages", "page_users", "hll", "page_hll"} <= suffixes, keys
     assert len(kinds["m"]) == 2 * 4 and kinds["seen"]
+
+
+def test_every_script_is_a_registered_file_the_engine_compiles(db: Backend) -> None:
+    # One registry: each store/*.lua is a Lua member and each member is a file, so no
+    # script hides inline in a module or sits unused.
+    files = {
+        f.name.removesuffix(".lua")
+        for f in resources.files("event_analytics.store").iterdir()
+        if f.name.endswith(".lua")
+    }
+    assert files == {script.value for script in Lua}
+    client = db.client()
+    try:
+        for script in Lua:
+            # SCRIPT LOAD compiles it: a syntax error is refused here, not on first use.
+            sha = client.script_load(source(script))
+            assert sha == hashlib.sha1(source(script).encode()).hexdigest(), script
+    finally:
+        client.close()
+
+
+def test_clear_day_deletes_exactly_that_days_keys(db: Backend) -> None:
+    # Rebuild clears a day before replaying it: that day's buckets of one type (per-page
+    # HLLs included), then its dedup sets; the other day and the other type stay.
+    day = floor(datetime.now(UTC) - timedelta(days=3), Interval.DAY)
+    offsets = [
+        timedelta(minutes=30),
+        timedelta(hours=13, minutes=59),
+        timedelta(hours=23, minutes=59, seconds=59),
+        timedelta(days=1),
+    ]
+    bodies = [
+        event(user=f"u{i}", ts=day + offset, url=f"https://example.com/{i % 3}", event_type=kind)
+        for i, offset in enumerate(offsets * 6)
+        for kind in ("page_view", "click")
+    ]
+    label = day.strftime("%Y-%m-%d")
+
+    def of_day(name: str, kind: str | None) -> bool:
+        if kind is None:
+            return re.fullmatch(rf"st:\{{\d+\}}:seen:{label}T\d\d", name) is not None
+        return re.match(rf"st:\{{\d+\}}:{kind}:[mhd]:{label}[T:]", name) is not None
+
+    async def work(ingestor: Ingestor, store: Store) -> list[list[str]]:
+        now = datetime.now(UTC)
+        events = [EVENT_ADAPTER.validate_python(b) for b in bodies]
+        assert all(await store.ingest([ingestor.prepare(e, now) for e in events]))
+        seen = [db.scan("st:*")]
+        await clear_day(store, day, "page_view")
+        seen.append(db.scan("st:*"))
+        await clear_day(store, day, None)
+        seen.append(db.scan("st:*"))
+        return seen
+
+    before, typed, dedup = _run(db, 4, work)
+    assert any(":page_hll:" in k and of_day(k, "page_view") for k in before)
+    assert any(of_day(k, "click") for k in before) and any(of_day(k, None) for k in before)
+    assert typed == [k for k in before if not of_day(k, "page_view")]
+    assert dedup == [k for k in typed if not of_day(k, None)]
+    assert any(k.endswith(":stream") for k in dedup)  # the next day and the streams stay
+    assert any(
+        f":page_view:d:{(day + timedelta(days=1)).strftime('%Y-%m-%d')}:" in k for k in dedup
+    )
+
+
+def test_archive_lag_is_the_age_of_the_oldest_unarchived_event() -> None:
+    # One definition for /metrics and /persistent/status.
+    assert archive_lag_s({"oldest_unarchived_ms": 0}, now_s=1_000.0) == 0.0  # caught up
+    assert archive_lag_s({"oldest_unarchived_ms": 990_250}, now_s=1_000.0) == 9.75
+    # This host's clock behind the engine's: no negative lag.
+    assert archive_lag_s({"oldest_unarchived_ms": 1_000_500}, now_s=1_000.0) == 0.0

@@ -236,6 +236,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"compared {report.minutes_compared} minutes ({report.events_in_archive} archived "
             f"events); {len(differences)} differ"
+            + (f"; {report.unreadable} unreadable lines skipped" if report.unreadable else "")
         )
         if backlog["stream_length"]:
             print(f"note: {backlog['stream_length']} events are not archived yet")

@@ -11,6 +11,7 @@ import orjson
 from pydantic import ValidationError
 
 from event_analytics import metrics
+from event_analytics.archive.record import Record, encode
 from event_analytics.batcher import GroupCommit
 from event_analytics.config import Settings
 from event_analytics.keys import Keys
@@ -53,9 +54,6 @@ class Ingestor:
         self._skew = timedelta(seconds=settings.future_skew_s)
         self._max_age = timedelta(seconds=settings.max_age_s)
         self.batcher: GroupCommit | None = None
-        # ``now`` is one value for a whole batch: its text is made once (see prepare).
-        self._now: datetime | None = None
-        self._now_text = ""
 
     def start_batching(self) -> None:
         """Share storage round trips between concurrent requests (inside a running loop)."""
@@ -130,15 +128,9 @@ class Ingestor:
         if replay:
             record = b""
         else:
-            record = orjson.dumps(
-                {
-                    "event_id": str(event.event_id),
-                    "user_id": event.user_id,
-                    "timestamp": iso[:-6] + "Z",
-                    "event_type": event.event_type,
-                    "payload": event.payload.model_dump(exclude_none=True),
-                    "received_at": self._received_at(now),
-                }
+            payload = event.payload.model_dump(exclude_none=True)
+            record = encode(
+                Record(event.event_id, event.user_id, ts, event.event_type, payload, now)
             )
         # And 9 arguments per event, also in the script's order.
         args = (
@@ -154,11 +146,6 @@ class Ingestor:
             record,
         )
         return PreparedEvent(shard=shard, keys=keys, args=args)
-
-    def _received_at(self, now: datetime) -> str:
-        if now is not self._now:
-            self._now, self._now_text = now, iso_z(now)
-        return self._now_text
 
     async def _store(self, prepared: list[PreparedEvent]) -> list[bool]:
         if self.batcher is not None:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from event_analytics.model import FieldError, InvalidQuery
-from event_analytics.store.reads import Series, UserSource
+from event_analytics.series import Series, UserSource
 from event_analytics.timebucket import (
     Interval,
     bucket_count,
@@ -19,6 +19,7 @@ from event_analytics.timebucket import (
     ceil,
     floor,
     iso_z,
+    last_buckets,
     to_utc,
 )
 
@@ -226,8 +227,7 @@ def top_pages_body(plan: PagesPlan, top: list[tuple[str, int]], users: list[int]
 
 def realtime_minutes(now: datetime) -> list[datetime]:
     """The realtime window: the current minute and the ones before it, oldest first."""
-    current = floor(now, Interval.MINUTE)
-    return [current - Interval.MINUTE.delta * i for i in range(REALTIME_MINUTES - 1, -1, -1)]
+    return last_buckets(now, REALTIME_MINUTES, Interval.MINUTE)
 
 
 def realtime_body(

@@ -60,7 +60,7 @@ async def page_views_per_minute(
     include_users: Annotated[bool, Query(description="Add the user ids of each minute")] = False,
 ) -> Response:
     buckets = last_buckets(datetime.now(UTC), minutes, Interval.MINUTE)
-    stats = await deps.store(request).minute_stats(event_type, buckets)
+    stats = await deps.reads(request).minute_stats(event_type, buckets)
     rows: list[dict[str, Any]] = [
         {"minute_timestamp": iso_z(b), "count": c, "unique_users": u}
         for b, (c, u) in zip(buckets, stats, strict=True)
@@ -102,7 +102,7 @@ async def minute_bucket(
             ]
         )
     event_type, minute = parsed
-    ((count, uniques),) = await deps.store(request).minute_stats(event_type, [minute])
+    ((count, uniques),) = await deps.reads(request).minute_stats(event_type, [minute])
     return {
         minute_key: count,
         "bucket_key": minute_key,

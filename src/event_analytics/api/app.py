@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,7 +33,7 @@ from event_analytics.model import StorageUnavailable
 from event_analytics.store import Store
 from event_analytics.store.ratelimit import RateLimits
 from event_analytics.store.reads import Reads
-from event_analytics.store.streams import StreamStore
+from event_analytics.store.streams import StreamStore, archive_lag_s
 
 
 async def archive_gauges(app: FastAPI) -> ArchiveGauges | None:
@@ -44,9 +43,7 @@ async def archive_gauges(app: FastAPI) -> ArchiveGauges | None:
         backlog = await streams.backlog()
     except StorageUnavailable:
         return None
-    oldest = backlog["oldest_unarchived_ms"]
-    lag = max(0.0, time.time() - oldest / 1000) if oldest else 0.0
-    return ArchiveGauges(lag_seconds=lag, dead_letters=backlog["dead_letters"])
+    return ArchiveGauges(lag_seconds=archive_lag_s(backlog), dead_letters=backlog["dead_letters"])
 
 
 class App(FastAPI):

@@ -22,8 +22,10 @@ from event_analytics.api.body import INGEST_TYPES, ClientGone, header, read_limi
 from event_analytics.api.problems import problem, render_error
 from event_analytics.api.request_context import begin, log_access
 from event_analytics.api.security import (
+    BATCH_PATH,
     CORS_ALLOW_HEADERS,
     CORS_EXPOSE_HEADERS,
+    EVENTS_PATH,
     Access,
     Guard,
 )
@@ -53,8 +55,8 @@ class _Route:
     path: str
 
 
-EVENTS_ROUTE = _Route("/events")
-BATCH_ROUTE = _Route("/events/batch")
+EVENTS_ROUTE = _Route(EVENTS_PATH)
+BATCH_ROUTE = _Route(BATCH_PATH)
 ROUTES = {r.path: r for r in (EVENTS_ROUTE, BATCH_ROUTE)}
 _EXPOSE = (b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode())
 _PREFLIGHT = [

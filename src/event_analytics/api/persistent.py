@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +10,7 @@ from fastapi import APIRouter, Request
 from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.archive.files import LineCounter, list_files
+from event_analytics.store.streams import archive_lag_s
 from event_analytics.timebucket import iso_z
 
 router = APIRouter(prefix="/persistent", tags=["archive"])
@@ -31,8 +31,6 @@ async def status(request: Request) -> dict[str, Any]:
     backlog = await streams.backlog()
     archivers = await streams.archivers(fresh_s=3 + settings.archiver_lease_s)
     found = list_files(settings.archive_path)
-    oldest = backlog["oldest_unarchived_ms"]
-    lag = max(0.0, time.time() - oldest / 1000) if oldest else 0.0
     blocked = [a for a in archivers.values() if a.get("state") == "blocked"]
     fsyncs = [a["last_fsync"] for a in archivers.values() if a.get("last_fsync")]
     if not archivers:
@@ -46,7 +44,7 @@ async def status(request: Request) -> dict[str, Any]:
         "stats": {
             "stream_length": backlog["stream_length"],
             "pending_messages": backlog["pending"],
-            "lag_seconds": round(lag, 3),
+            "lag_seconds": round(archive_lag_s(backlog), 3),
             "events_archived": backlog["archived"],
             "dead_letters": backlog["dead_letters"],
             "files_count": len(found),

@@ -14,7 +14,7 @@ from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.model import EVENT_TYPE_PATTERN, MAX_URL_LENGTH
-from event_analytics.store.reads import UserSource
+from event_analytics.series import UserSource
 from event_analytics.timebucket import Interval
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])

@@ -29,6 +29,10 @@ PUBLIC_PATHS = frozenset(
      "/openapi.json", "/dashboard"}
 )  # fmt: skip
 PUBLIC_PREFIXES = ("/dashboard/static/",)
+# The routes that take the write scope: answered by ingest_http, before FastAPI.
+EVENTS_PATH = "/events"
+BATCH_PATH = "/events/batch"
+INGEST_PATHS = frozenset({EVENTS_PATH, BATCH_PATH})
 KEY_ID_SCOPE = "ea.key_id"
 CORS_ALLOW_HEADERS = "authorization, content-type, x-api-key, x-request-id"
 CORS_EXPOSE_HEADERS = "retry-after, x-request-id"
@@ -193,9 +197,6 @@ class ReadGuard:
                     await refusal(scope, receive, send)
                     return
         await self.app(scope, receive, send)
-
-
-INGEST_PATHS = frozenset({"/events", "/events/batch"})
 
 
 def document_security(schema: dict[str, Any], settings: Settings) -> None:

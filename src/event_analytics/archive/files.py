@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from event_analytics.archive import record
+
 ARCHIVE_GLOB = "[0-9][0-9][0-9][0-9]/[0-9][0-9]/[0-9][0-9]/events_*.jsonl"
 _NAME = re.compile(r"^events_(\d{4}-\d{2}-\d{2}-\d{2})\.jsonl$")
-# Records are written by us with event_id first: {"event_id":"<36 chars>",...
-_ID_START = len('{"event_id":"')
-_ID_END = _ID_START + 36
 
 
 def hour_path(root: Path, hour: datetime) -> Path:
@@ -36,8 +35,8 @@ def hour_of(path: Path) -> datetime | None:
 
 
 def event_id_of(line: bytes) -> str:
-    """The event id of one archived line (fixed position: we write it first)."""
-    return line[_ID_START:_ID_END].decode()
+    """The event id of one archived line (fixed position: the record codec puts it first)."""
+    return line[record.ID_START : record.ID_END].decode()
 
 
 def _fsync_dir(path: Path) -> None:

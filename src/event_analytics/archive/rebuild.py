@@ -16,20 +16,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from uuid import UUID
 
-import orjson
-
-from event_analytics.archive import files
+from event_analytics.archive import files, record
 from event_analytics.ingest import Ingestor
 from event_analytics.model import Event, Payload
 from event_analytics.store import PreparedEvent, Store
-from event_analytics.store.redis import engine_errors
-from event_analytics.timebucket import DAY, HOUR, MINUTE, Interval, floor, to_utc
+from event_analytics.store.clear import clear_day
+from event_analytics.timebucket import DAY, Interval, floor, to_utc
 
 BATCH = 2000
 MAX_INFLIGHT = 3
-UNLINK_CHUNK = 500
 
 
 @dataclass
@@ -59,46 +55,6 @@ def day_range(start: datetime | None, end: datetime | None) -> Span:
     return lo, hi if hi == to_utc(end) else hi + DAY
 
 
-async def _clear_day(store: Store, day: datetime, event_type: str | None) -> None:
-    """Delete one day's buckets of ``event_type`` (or, for None, its dedup sets)."""
-    keys = store.keys
-    for shard in range(keys.shards):
-        names: list[str] = []
-        if event_type is None:
-            names = [keys.seen(shard, day + HOUR * h) for h in range(24)]
-        else:
-            for m in range(24 * 60):
-                names += keys.bucket_keys(shard, event_type, Interval.MINUTE, day + MINUTE * m)
-            hours = [day + HOUR * h for h in range(24)]
-            for hour in hours:
-                names += keys.bucket_keys(shard, event_type, Interval.HOUR, hour)
-            names += keys.bucket_keys(shard, event_type, Interval.DAY, day)
-            names += await _page_keys(store, shard, event_type, hours)
-        # All names of one shard share its hash tag: one slot per UNLINK on a cluster too.
-        # (execute_command: a cluster pipeline's unlink() is a coroutine that splits keys.)
-        async with engine_errors(), store.client.pipeline(transaction=False) as pipe:
-            for i in range(0, len(names), UNLINK_CHUNK):
-                pipe.execute_command("UNLINK", *names[i : i + UNLINK_CHUNK])
-            await pipe.execute()
-
-
-async def _page_keys(store: Store, shard: int, event_type: str, hours: list[datetime]) -> list[str]:
-    """The per-page keys of these hours (one HLL per page), named after the pages their
-    rankings list: a page the archive lacks must not keep its users (SCAN would have to
-    walk every key of the engine to find them)."""
-    keys = store.keys
-    pages_keys = [keys.pages(shard, event_type, Interval.HOUR, h) for h in hours]
-    async with engine_errors(), store.client.pipeline(transaction=False) as pipe:
-        for name in pages_keys:
-            pipe.zrange(name, 0, -1)
-        ranked: list[list[bytes]] = await pipe.execute()
-    return [
-        keys.page_hll(shard, event_type, Interval.HOUR, hour, page.decode())
-        for hour, pages in zip(hours, ranked, strict=True)
-        for page in pages
-    ]
-
-
 async def rebuild(
     ingestor: Ingestor,
     found: list[files.ArchiveFile],
@@ -112,7 +68,7 @@ async def rebuild(
     inflight: set[asyncio.Task[None]] = set()
     for day, day_files in files.by_day(found):
         report.days += 1
-        await _clear_day(store, day, None)
+        await clear_day(store, day, None)
         cleared: set[str] = set()
         batch: list[PreparedEvent] = []
         for f in day_files:
@@ -122,7 +78,7 @@ async def rebuild(
                     report.unreadable += 1
                     continue
                 if event.event_type not in cleared:
-                    await _clear_day(store, day, event.event_type)
+                    await clear_day(store, day, event.event_type)
                     cleared.add(event.event_type)
                 batch.append(ingestor.prepare(event, now, replay=True))
                 if len(batch) >= BATCH:
@@ -142,21 +98,20 @@ def _archived_event(line: bytes) -> Event | None:
     """An archived line as an Event, without validating it again (None if unreadable).
 
     Archived events were validated when they arrived; rebuilding only needs what the
-    ingest script is given, and re-running pydantic's validators costs more than the
-    rest of the replay on the Python side.
+    ingest script is given (of the payload, the page), and re-running pydantic's
+    validators costs more than the rest of the replay on the Python side.
     """
     try:
-        record = orjson.loads(line)
-        payload = record.get("payload") or {}
-        return Event.model_construct(
-            event_id=UUID(record["event_id"]),
-            user_id=str(record["user_id"]),
-            timestamp=datetime.fromisoformat(record["timestamp"]),
-            event_type=str(record["event_type"]),
-            payload=Payload.model_construct(page_url=payload.get("page_url")),
-        )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        got = record.decode(line)
+    except record.InvalidRecord:
         return None
+    return Event.model_construct(
+        event_id=got.event_id,
+        user_id=got.user_id,
+        timestamp=got.timestamp,
+        event_type=got.event_type,
+        payload=Payload.model_construct(page_url=got.payload.get("page_url")),
+    )
 
 
 def _crash_point(ingestor: Ingestor, report: RebuildReport) -> None:

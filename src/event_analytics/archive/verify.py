@@ -6,10 +6,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import orjson
-
-from event_analytics.archive import files
+from event_analytics.archive import files, record
 from event_analytics.store import Store
+from event_analytics.store.reads import Reads
 from event_analytics.timebucket import MINUTE, Interval, floor
 
 
@@ -28,6 +27,7 @@ class VerifyReport:
     minutes_compared: int = 0
     events_in_archive: int = 0
     skipped_expired: int = 0
+    unreadable: int = 0
 
 
 async def verify(
@@ -42,16 +42,20 @@ async def verify(
     Works a day at a time so memory stays bounded by one day of user sets.
     """
     report = VerifyReport()
+    reads = Reads(store)
     oldest_live = floor(datetime.now(UTC) - timedelta(seconds=retention_s), Interval.MINUTE)
     for day, day_files in files.by_day(found):
         counts: dict[tuple[str, datetime], int] = defaultdict(int)
         users: dict[tuple[str, datetime], set[str]] = defaultdict(set)
         for line in files.read_lines(f.path for f in day_files):
-            record = orjson.loads(line)
-            ts = datetime.fromisoformat(record["timestamp"]).astimezone(UTC)
-            key = (record["event_type"], floor(ts, Interval.MINUTE))
+            try:
+                got = record.decode(line)
+            except record.InvalidRecord:
+                report.unreadable += 1  # rebuild skips it too: it is in no counter
+                continue
+            key = (got.event_type, floor(got.timestamp, Interval.MINUTE))
             counts[key] += 1
-            users[key].add(record["user_id"])
+            users[key].add(got.user_id)
             report.events_in_archive += 1
         start = max(day, oldest_live + MINUTE)
         minutes = []
@@ -61,7 +65,7 @@ async def verify(
             m += MINUTE
         report.skipped_expired += sum(1 for (_, minute) in counts if minute < start)
         for event_type in sorted({t for t, _ in counts}):
-            live = await store.minute_stats(event_type, minutes)
+            live = await reads.minute_stats(event_type, minutes)
             for minute, (live_count, live_users) in zip(minutes, live, strict=True):
                 key = (event_type, minute)
                 want_count, want_users = counts.get(key, 0), len(users.get(key, ()))

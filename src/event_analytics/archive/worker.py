@@ -23,9 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from event_analytics.archive import files
+from event_analytics.archive.record import InvalidRecord, archive_line
 from event_analytics.config import Settings
 from event_analytics.keys import Keys
 from event_analytics.model import StorageUnavailable
@@ -43,25 +42,13 @@ LINGER_S = 0.05
 MAX_BACKOFF_S = 5.0
 
 
-class InvalidRecord(ValueError):
-    """A stream entry that can never be archived (no event JSON with a timestamp)."""
-
-
 def _hour_of_record(fields: dict[bytes, bytes]) -> tuple[datetime, bytes]:
-    record = fields.get(b"e")
-    if not record:
+    """The UTC hour file of a stream entry's record, and the line to write there."""
+    raw = fields.get(b"e")
+    if not raw:
         raise InvalidRecord("entry has no 'e' field")
-    try:
-        parsed = orjson.loads(record)
-        ts = datetime.fromisoformat(parsed["timestamp"]).astimezone(UTC)
-        if not isinstance(parsed["event_id"], str) or len(parsed["event_id"]) != 36:
-            raise InvalidRecord("bad event_id")
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise InvalidRecord(f"unreadable event record: {exc}") from exc
-    if not record.startswith(b'{"event_id":"'):
-        # Lines are found by id at a fixed position; re-serialise foreign layouts.
-        record = orjson.dumps({"event_id": parsed["event_id"], **parsed})
-    return floor(ts, Interval.HOUR), record
+    parsed, line = archive_line(raw)
+    return floor(parsed.timestamp, Interval.HOUR), line
 
 
 class Archiver:

@@ -8,46 +8,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
-from importlib import resources
 from typing import Any
 
 from event_analytics.keys import Keys
+from event_analytics.series import Series, UserSource
 from event_analytics.store.redis import Store, engine_errors
-from event_analytics.store.scripts import call_per_shard
+from event_analytics.store.scripts import Call, Lua, call_per_shard, register
 from event_analytics.timebucket import Interval
-
-
-def _script(name: str) -> str:
-    return resources.files("event_analytics.store").joinpath(name).read_text()
-
-
-SERIES_LUA = _script("series.lua")
-TOP_PAGES_LUA = _script("top_pages.lua")
-PAGE_USERS_LUA = _script("page_users.lua")
-
-
-class UserSource(StrEnum):
-    """Which structure a series reads unique users from (see series.lua)."""
-
-    SETS = "set"
-    HLL = "hll"
-    PAGE = "page"
-    PAGE_HLL = "page_hll"
-
-    @property
-    def exact(self) -> bool:
-        return self in (UserSource.SETS, UserSource.PAGE)
-
-
-@dataclass(frozen=True, slots=True)
-class Series:
-    """(count, unique users) per group of buckets, and the distinct users of all groups."""
-
-    points: list[tuple[int, int]]
-    total_users: int
 
 
 class Reads:
@@ -56,17 +24,41 @@ class Reads:
     def __init__(self, store: Store) -> None:
         self.client = store.client
         self.keys: Keys = store.keys
-        self._series = self.client.register_script(SERIES_LUA)
-        self._top_pages = self.client.register_script(TOP_PAGES_LUA)
-        self._page_users = self.client.register_script(PAGE_USERS_LUA)
+        self._series = register(self.client, Lua.SERIES)
+        self._top_pages = register(self.client, Lua.TOP_PAGES)
+        self._page_users = register(self.client, Lua.PAGE_USERS)
+        self._minute_stats = register(self.client, Lua.MINUTE_STATS)
 
-    async def _per_shard(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    async def _per_shard(self, script: Any, calls: Sequence[Call]) -> list[Any]:
         """One script call per shard, all in one round trip; the replies in shard order.
 
         Through call_per_shard: it works in cluster pipelines and survives NOSCRIPT.
         """
         async with engine_errors():
             return await call_per_shard(self.client, script, calls)
+
+    async def minute_stats(
+        self, event_type: str, minutes: Sequence[datetime]
+    ) -> list[tuple[int, int]]:
+        """(count, unique users) of each minute, summed over the disjoint user shards.
+
+        One script call per shard reads all the minutes: on a cluster, a pipeline of
+        single GET/SCARD commands costs the client ~0.1 ms each, 16 x more with 16 shards.
+        """
+        calls: list[Call] = []
+        for shard in range(self.keys.shards):
+            keys: list[str] = []
+            for minute in minutes:
+                keys.append(self.keys.count(shard, event_type, Interval.MINUTE, minute))
+                keys.append(self.keys.users(shard, event_type, Interval.MINUTE, minute))
+            calls.append((keys, []))
+        replies = await self._per_shard(self._minute_stats, calls)
+        out = [(0, 0)] * len(minutes)
+        for reply in replies:
+            for m in range(len(minutes)):
+                count, users = out[m]
+                out[m] = (count + int(reply[2 * m]), users + int(reply[2 * m + 1]))
+        return out
 
     async def series(
         self,

@@ -7,8 +7,6 @@ import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from importlib import resources
 from typing import Any
 
 import hiredis
@@ -23,19 +21,7 @@ from event_analytics.config import Settings
 from event_analytics.keys import Keys
 from event_analytics.model import StorageUnavailable
 from event_analytics.store.cluster import cluster_info, connect_cluster
-from event_analytics.store.scripts import Call, call_per_shard
-from event_analytics.timebucket import Interval
-
-INGEST_LUA = resources.files("event_analytics.store").joinpath("ingest.lua").read_text()
-
-# Count and unique users of each minute bucket of ONE shard: KEYS = count, users, count...
-MINUTE_STATS_LUA = """
-local out = {}
-for i = 1, #KEYS, 2 do
-  out[i] = tonumber(redis.call('GET', KEYS[i])) or 0
-  out[i + 1] = redis.call('SCARD', KEYS[i + 1])
-end
-return out"""
+from event_analytics.store.scripts import Call, Lua, call_per_shard, register
 
 # A single-node client or a cluster client: the commands used here exist on both.
 Client = aioredis.Redis | RedisCluster
@@ -172,8 +158,7 @@ class Store:
     def __init__(self, client: Client, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self._ingest_script = client.register_script(INGEST_LUA)
-        self._minute_stats_script = client.register_script(MINUTE_STATS_LUA)
+        self._ingest_script = register(client, Lua.INGEST)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -242,30 +227,6 @@ class Store:
                 args.extend(events[i].args)
             calls.append((keys, args))
         return by_shard, calls
-
-    async def minute_stats(
-        self, event_type: str, minutes: Sequence[datetime]
-    ) -> list[tuple[int, int]]:
-        """(count, unique users) of each minute, summed over the disjoint user shards.
-
-        One script call per shard reads all the minutes: on a cluster, a pipeline of
-        single GET/SCARD commands costs the client ~0.1 ms each, 16 x more with 16 shards.
-        """
-        calls: list[Call] = []
-        for shard in range(self.keys.shards):
-            keys: list[str] = []
-            for minute in minutes:
-                keys.append(self.keys.count(shard, event_type, Interval.MINUTE, minute))
-                keys.append(self.keys.users(shard, event_type, Interval.MINUTE, minute))
-            calls.append((keys, []))
-        async with engine_errors():
-            replies = await call_per_shard(self.client, self._minute_stats_script, calls)
-        out = [(0, 0)] * len(minutes)
-        for reply in replies:
-            for m in range(len(minutes)):
-                count, users = out[m]
-                out[m] = (count + int(reply[2 * m]), users + int(reply[2 * m + 1]))
-        return out
 
     async def stream_length(self) -> int:
         """Events in all shards' streams (not yet trimmed by the archiver)."""

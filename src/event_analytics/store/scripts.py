@@ -1,7 +1,11 @@
-"""Run a Lua script once per shard in one round trip, on a single node and on a cluster.
+"""The Lua scripts (``store/*.lua``, one registry) and how to run one per shard.
 
-redis-py's script object cannot be called in a cluster pipeline (it refuses: such a
-pipeline cannot load scripts first), and a node that never saw the script (fresh,
+Every script is a file beside this module, named by a ``Lua`` member: one way to find,
+read and register them.
+
+``call_per_shard`` runs one in one round trip per shard, on a single node and on a
+cluster. redis-py's script object cannot be called in a cluster pipeline (it refuses:
+such a pipeline cannot load scripts first), and a node that never saw the script (fresh,
 restarted, or a replica just promoted by a failover) answers NOSCRIPT. So calls are
 sent as plain EVALSHA, and a call that found no script, which therefore did not run,
 is run again alone through the script object, which loads the script and retries.
@@ -10,13 +14,41 @@ Every call's keys share one hash tag, so the cluster client routes it by its fir
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from enum import StrEnum
+from importlib import resources
 from typing import Any
 
 from redis import exceptions as rx
 from redis.commands.core import AsyncScript
 
 Call = tuple[Sequence[Any], Sequence[Any]]  # (keys, args) of one script call
+
+
+class Lua(StrEnum):
+    """Every script the service runs: ``store/<value>.lua`` (each file says its contract)."""
+
+    INGEST = "ingest"
+    MINUTE_STATS = "minute_stats"
+    SERIES = "series"
+    TOP_PAGES = "top_pages"
+    PAGE_USERS = "page_users"
+    LEASE_RENEW = "lease_renew"
+    LEASE_RELEASE = "lease_release"
+    STREAM_ACK = "stream_ack"
+    DEAD_LETTER = "dead_letter"
+
+
+@functools.cache
+def source(script: Lua) -> str:
+    """The text of ``script`` (read once from the package)."""
+    return resources.files(__package__).joinpath(f"{script.value}.lua").read_text()
+
+
+def register(client: Any, script: Lua) -> AsyncScript:
+    """``script`` bound to ``client``: callable, loads itself on first use and on NOSCRIPT."""
+    return client.register_script(source(script))  # type: ignore[no-any-return]
 
 
 async def call_per_shard(client: Any, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:

@@ -12,30 +12,10 @@ from redis import exceptions as rx
 from event_analytics.keys import ARCHIVER_GROUP, Keys
 from event_analytics.store.cluster import by_key
 from event_analytics.store.redis import Client, engine_errors
+from event_analytics.store.scripts import Lua, register
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # (stream id, fields)
 ACK_CHUNK = 1000
-
-# Compare-and-act on a lease: only its owner may renew or drop it.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0"""
-# Scripts, not MULTI: atomic on one shard's keys (one slot) alike on a node and a cluster,
-# and one round trip. KEYS: stream, archived counter; ARGV: group, count, ids...
-_ACK = """
-redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3))
-redis.call('XDEL', KEYS[1], unpack(ARGV, 3))
-if tonumber(ARGV[2]) > 0 then redis.call('INCRBY', KEYS[2], ARGV[2]) end
-return 1"""
-# KEYS: stream, dead-letter stream; ARGV: group, id, field, value, field, value...
-_DEAD_LETTER = """
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-return 1"""
 
 
 def _entries(reply: Any) -> list[Entry]:
@@ -51,16 +31,25 @@ def entry_ms(entry_id: bytes | str) -> int:
     return int(raw.split("-", 1)[0])
 
 
+def archive_lag_s(backlog: dict[str, int], now_s: float | None = None) -> float:
+    """Age in seconds of the oldest event not archived yet, from ``backlog()`` (0 when
+    caught up, and never negative when this host's clock is behind the engine's)."""
+    oldest = backlog["oldest_unarchived_ms"]
+    if not oldest:
+        return 0.0
+    return max(0.0, (time.time() if now_s is None else now_s) - oldest / 1000)
+
+
 class StreamStore:
     """The archiver's and the status endpoint's operations on the shards' event streams."""
 
     def __init__(self, client: Client, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-        self._ack = client.register_script(_ACK)
-        self._dead_letter = client.register_script(_DEAD_LETTER)
+        self._renew = register(client, Lua.LEASE_RENEW)
+        self._release = register(client, Lua.LEASE_RELEASE)
+        self._ack = register(client, Lua.STREAM_ACK)
+        self._dead_letter = register(client, Lua.DEAD_LETTER)
 
     async def ensure_group(self, shard: int) -> bool:
         """Create the consumer group (from the stream's start) if missing; True if created."""

@@ -1,0 +1,50 @@
+"""Deleting one UTC day of derived state: what rebuild clears before it replays that day."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from event_analytics.store.redis import Store, engine_errors
+from event_analytics.timebucket import HOUR, MINUTE, Interval
+
+UNLINK_CHUNK = 500
+
+
+async def clear_day(store: Store, day: datetime, event_type: str | None) -> None:
+    """Delete one day's buckets of ``event_type`` (or, for None, its dedup sets)."""
+    keys = store.keys
+    for shard in range(keys.shards):
+        names: list[str] = []
+        if event_type is None:
+            names = [keys.seen(shard, day + HOUR * h) for h in range(24)]
+        else:
+            for m in range(24 * 60):
+                names += keys.bucket_keys(shard, event_type, Interval.MINUTE, day + MINUTE * m)
+            hours = [day + HOUR * h for h in range(24)]
+            for hour in hours:
+                names += keys.bucket_keys(shard, event_type, Interval.HOUR, hour)
+            names += keys.bucket_keys(shard, event_type, Interval.DAY, day)
+            names += await _page_keys(store, shard, event_type, hours)
+        # All names of one shard share its hash tag: one slot per UNLINK on a cluster too.
+        # (execute_command: a cluster pipeline's unlink() is a coroutine that splits keys.)
+        async with engine_errors(), store.client.pipeline(transaction=False) as pipe:
+            for i in range(0, len(names), UNLINK_CHUNK):
+                pipe.execute_command("UNLINK", *names[i : i + UNLINK_CHUNK])
+            await pipe.execute()
+
+
+async def _page_keys(store: Store, shard: int, event_type: str, hours: list[datetime]) -> list[str]:
+    """The per-page keys of these hours (one HLL per page), named after the pages their
+    rankings list: a page the archive lacks must not keep its users (SCAN would have to
+    walk every key of the engine to find them)."""
+    keys = store.keys
+    pages_keys = [keys.pages(shard, event_type, Interval.HOUR, h) for h in hours]
+    async with engine_errors(), store.client.pipeline(transaction=False) as pipe:
+        for name in pages_keys:
+            pipe.zrange(name, 0, -1)
+        ranked: list[list[bytes]] = await pipe.execute()
+    return [
+        keys.page_hll(shard, event_type, Interval.HOUR, hour, page.decode())
+        for hour, pages in zip(hours, ranked, strict=True)
+        for page in pages
+    ]
