@@ -3,8 +3,9 @@
 Replays synthetic traffic (default: one hour, 2,000 events a minute from 1,000 distinct
 users a minute out of a 20,000-user pool, 100 page URLs of ~45 characters, Zipf-like)
 through the real ingest script, once per EA_UNIQUES mode on a fresh engine, and prints
-bytes per bucket and per member of every structure, and bytes per event. The stream
-is left out (replay mode: it is the archiver's, trimmed once archived).
+bytes per bucket and per member of every structure, and bytes per event. Events go in as
+live traffic (dedup memory included); the stream is deleted before measuring: it is the
+archiver's, trimmed once archived.
 
     .venv/bin/python benchmarks/memory.py [--engine valkey|redis] [--minutes 60] ...
 """
@@ -59,15 +60,16 @@ def traffic(minutes: int, per_minute: int, distinct: int, pages: int) -> list[di
 
 
 async def load(url: str, bodies: list[dict[str, Any]], uniques: Mode) -> float:
-    """Ingest (replay mode, no stream); the script's server time per event, in µs."""
+    """Ingest as live traffic; the script's server time per event, in µs."""
     settings = Settings(redis_url=url, uniques=uniques)
     store = Store.from_settings(settings)
     ingestor = Ingestor(settings, store)
     now = datetime.now(UTC)
     events = [ingestor.prepare(EVENT_ADAPTER.validate_python(b), now) for b in bodies]
     for i in range(0, len(events), 1000):
-        await store.ingest(events[i : i + 1000], stream=False)
+        await store.ingest(events[i : i + 1000])
     stats = await store.client.info("commandstats")
+    await store.client.delete(store.keys.stream(0), store.keys.stream_extra(0))
     await store.close()
     usec = sum(v["usec"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
     return float(usec) / len(events)
@@ -76,7 +78,7 @@ async def load(url: str, bodies: list[dict[str, Any]], uniques: Mode) -> float:
 def measure(url: str) -> dict[tuple[str, str], list[int]]:
     """(interval, structure) -> [keys, bytes, members], summed over the buckets."""
     client = redis.Redis.from_url(url, decode_responses=True)
-    sizes = {"set": client.scard, "zset": client.zcard}
+    sizes = {"set": client.scard, "zset": client.zcard, "hash": client.hlen}
     out: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     for key in client.scan_iter("ea:*", count=1000):
         parts = key.split(":")
@@ -97,8 +99,8 @@ def measure(url: str) -> dict[tuple[str, str], list[int]]:
 def report(mode: Mode, rows: dict[tuple[str, str], list[int]], events: int, us: float) -> None:
     seen = rows.pop(("-", "seen"), [0, 0, 0])
     total = sum(r[1] for r in rows.values())
-    print(f"\nEA_UNIQUES={mode}: aggregates {total / events:.0f} B/event; dedup set "
-          f"{seen[1] / events:.0f} B/event; ingest script {us:.1f} µs/event")  # fmt: skip
+    print(f"\nEA_UNIQUES={mode}: aggregates {total / events:.0f} B/event; dedup "
+          f"{seen[1] / max(1, seen[2]):.0f} B per id; ingest script {us:.1f} µs/event")  # fmt: skip
     print(f"{'bucket':6} {'structure':10} {'keys':>5} {'bytes/bucket':>13} {'members/key':>12} "
           f"{'bytes/member':>13} {'B/event':>8}")  # fmt: skip
     order = {"m": 0, "h": 1, "d": 2}

@@ -76,6 +76,22 @@ def test_duplicate_changes_nothing(live: ServiceProcess, db: Backend) -> None:
     assert _archived(live, {body["event_id"]}) == {body["event_id"]: 1}
 
 
+def test_a_resend_with_another_hour_or_body_is_a_duplicate(live: ServiceProcess) -> None:
+    # An event_id counts once whatever a resend changes (here its hour and page): 200
+    # duplicate, not counted, not archived again. The first body wins (docs/api.md).
+    now = datetime.now(UTC).replace(microsecond=0)
+    first = event(user="dup_hour", ts=now - timedelta(minutes=1))
+    assert post(live, first).status_code == 201
+    for hours in (2, 30):
+        again = {**first, "timestamp": (now - timedelta(hours=hours)).isoformat()}
+        again["payload"] = {"page_url": "https://example.com/another"}
+        r = post(live, again)
+        assert r.status_code == 200 and r.json()["duplicate"] is True
+        r = HTTP.post(f"{live.url}/events/batch", json={"events": [again]})
+        assert r.json()["results"][0]["status"] == "duplicate"
+    assert _archived(live, {first["event_id"]}) == {first["event_id"]: 1}
+
+
 def test_offset_lands_in_utc_minute(live: ServiceProcess) -> None:
     utc_ts = (datetime.now(UTC) - timedelta(minutes=2)).replace(second=30, microsecond=0)
     assert post(live, event(ts=utc_ts.astimezone(IST))).status_code == 201

@@ -148,6 +148,42 @@ def test_archiver_sigkill_mid_batch_leaves_each_event_once(
         assert_rebuild_reproduces(svc, killable.flush, env, minutes)
 
 
+@pytest.mark.parametrize("crash_at", ["after_write", "mid_line"])
+def test_archiver_sigkill_amid_entries_of_many_events_leaves_each_once(
+    killable: Backend, tmp_path: Path, crash_at: str
+) -> None:
+    # A batch request is one ingest call per shard, so one stream entry per shard holds
+    # its events' records, one per line: a crash while writing them, and the recovery
+    # that follows, must still leave every event in its hour's file exactly once.
+    with archiving_service(
+        killable, tmp_path, {"EA_ARCHIVER_LEASE_S": "2", "EA_ARCHIVER_BATCH": "100"},
+        args=["--no-archiver"],
+    ) as (svc, env, root):  # fmt: skip
+        minutes = [*past_minutes(3), datetime.now(UTC) - timedelta(hours=1, minutes=5)]
+        bodies = [
+            event(user=f"u{i % 37}", ts=minutes[i % 4] + timedelta(seconds=i % 60))
+            for i in range(600)
+        ]
+        for start in range(0, 600, 150):
+            r = HTTP.post(f"{svc.url}/events/batch", json={"events": bodies[start : start + 150]})
+            assert [x["status"] for x in r.json()["results"]] == ["accepted"] * 150
+        stats = HTTP.get(f"{svc.url}/persistent/status").json()["stats"]
+        assert stats["stream_length"] == 600  # events, though far fewer entries
+        crasher = ArchiverProcess(env | {"EA_ARCHIVER_CRASH_AT": crash_at}, tmp_path / "a1.log")
+        assert crasher.proc.wait(timeout=60) == -signal.SIGKILL
+        crasher.stop()
+        # Nothing acknowledged: all of it still in the stream, some or all of it on disk.
+        assert HTTP.get(f"{svc.url}/persistent/status").json()["stats"]["stream_length"] == 600
+        assert archive_ids(root)
+        survivor = ArchiverProcess(env, tmp_path / "a2.log")
+        try:
+            wait_archived(svc.url)
+        finally:
+            survivor.stop()
+        assert archive_ids(root) == collections.Counter({b["event_id"]: 1 for b in bodies})
+        assert_rebuild_reproduces(svc, killable.flush, env, minutes[:3])
+
+
 def test_rebuild_sigkilled_halfway_then_rerun(killable: Backend, tmp_path: Path) -> None:
     with archiving_service(killable, tmp_path, {"EA_ARCHIVER_LEASE_S": "2"}) as (svc, env, root):
         # Three days of events (the rebuild works day by day) , 5,000 in all.

@@ -126,7 +126,7 @@ def test_every_decoded_event_can_be_stored_and_archived(
     except InvalidEvent:
         return
     prepared = ingestor.prepare(event, datetime(2026, 11, 27, 22, 15, tzinfo=UTC))
-    record = orjson.loads(prepared.args[-1])
+    record = orjson.loads(prepared.record)
     assert record["user_id"] == user and record["payload"]["page_url"] == "https://a.example/"
 
 

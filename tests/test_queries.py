@@ -172,24 +172,21 @@ def test_realtime_window() -> None:
     assert got == [datetime(2026, 11, 27, 22, m, tzinfo=UTC) for m in range(10, 15)]
 
 
-def test_event_keys_are_exactly_the_bucket_keys() -> None:
-    # ingest.lua writes event_keys(); rebuild deletes bucket_keys(): they must agree.
+def test_stems_name_the_bucket_keys() -> None:
+    # ingest.lua appends bucket_keys()'s suffixes to stems(); rebuild deletes bucket_keys().
     keys = Keys("ea:", 4)
     minute = datetime(2026, 11, 27, 22, 14, tzinfo=UTC)
     starts = {i: floor(minute, i) for i in Interval}
-    url = "https://example.com/a?b=c d"
     labels = [label(start, i) for i, start in starts.items()]
-    block = keys.event_keys(3, "click", *labels, url)
-    assert len(block) == 14 and block[0] == keys.seen(3, starts[Interval.HOUR])
-    listed = [k for i, start in starts.items() for k in keys.bucket_keys(3, "click", i, start)]
-    assert sorted(block[1:13]) == sorted(listed)
-    page_hll = block[13]
+    stems = keys.stems(3, "click", *labels)
+    assert keys.seen(3, 9876) == keys.seen_stem(3) + "9876" == "ea:{3}:seen:9876"
+    for stem, (interval, start) in zip(stems, starts.items(), strict=True):
+        assert stem == keys.bucket(3, "click", interval, start)
+        assert all(k.startswith(stem + ":") for k in keys.bucket_keys(3, "click", interval, start))
+    page_hll = keys.page_hll(3, "click", Interval.HOUR, starts[Interval.HOUR], "https://e.x/a b")
     (pattern,) = keys.bucket_key_patterns(3, "click", Interval.HOUR, starts[Interval.HOUR])
     assert fnmatch.fnmatchcase(page_hll, pattern)
     assert re.fullmatch(r"ea:\{3\}:click:h:2026-11-27T22:page_hll:[0-9a-f]{16}", page_hll)
-    assert all(k.startswith("ea:{3}:") for k in block)
-    # Without a page, the slot repeats a key the script leaves alone.
-    assert keys.event_keys(3, "click", *labels, None)[13] in block[1:13]
 
 
 PURE = ["config", "model", "timebucket", "keys", "series", "queries", "archive.record"]

@@ -6,16 +6,23 @@ import asyncio
 import hashlib
 import random
 import re
+import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from importlib import resources
+from typing import Any
+
+import orjson
+import pytest
 
 from event_analytics.ingest import Ingestor
+from event_analytics.keys import Keys
 from event_analytics.model import EVENT_ADAPTER, Event
 from event_analytics.store import Store
 from event_analytics.store.clear import clear_day
 from event_analytics.store.reads import Reads
-from event_analytics.store.scripts import Lua, source
+from event_analytics.store.redis import AGGREGATE_ABOVE, DEDUP_GENERATIONS
+from event_analytics.store.scripts import Lua, call_per_shard, source
 from event_analytics.store.streams import archive_lag_s
 from event_analytics.timebucket import Interval, floor
 from tests.backends import Backend
@@ -33,11 +40,18 @@ def _events(n: int, minute: datetime, rng: random.Random) -> list[Event]:
     ]
 
 
-def _run(db: Backend, shards: int, work, uniques: str = "approx"):  # type: ignore[no-untyped-def]
+def _run(  # type: ignore[no-untyped-def]
+    db: Backend,
+    shards: int,
+    work,
+    uniques: str = "approx",
+    aggregate_above: int = AGGREGATE_ABOVE,
+    prefix: str = "st:",
+):
     async def main():  # type: ignore[no-untyped-def]
         # A prefix of its own: the session's service (and its archiver) share this engine.
-        settings = db.settings(shards=shards, key_prefix="st:", uniques=uniques)
-        store = Store.from_settings(settings)
+        settings = db.settings(shards=shards, key_prefix=prefix, uniques=uniques)
+        store = Store.from_settings(settings, aggregate_above=aggregate_above)
         try:
             return await work(Ingestor(settings, store), store)
         finally:
@@ -73,7 +87,16 @@ def test_sharded_batches_sum_exactly(db: Backend) -> None:
     label = minute.strftime("%Y-%m-%dT%H:%M")
     shard_users = [client.smembers(f"st:{{{s}}}:page_view:m:{label}:users") for s in range(4)]
     assert sum(len(u) for u in shard_users) == len(set().union(*shard_users))
-    assert sum(client.xlen(f"st:{{{s}}}:stream") for s in range(4)) == 1000
+    # One stream entry per shard and call, holding its new events' records, one per line
+    # (two calls per shard: the events whose id lives on their user's shard, the others).
+    entries = [e for s in range(4) for _, e in client.xrange(f"st:{{{s}}}:stream")]
+    lines = [ln for e in entries for ln in e["e"].split("\n")]
+    assert len(entries) <= 2 * 4
+    assert sorted(orjson.loads(ln)["event_id"] for ln in lines) == sorted(
+        str(e.event_id) for e in events
+    )
+    extra = sum(int(client.get(f"st:{{{s}}}:stream-extra") or 0) for s in range(4))
+    assert len(entries) + extra == 1000  # XLEN + extra = events in the stream
     client.close()
 
 
@@ -97,17 +120,30 @@ def test_expiry_follows_retention(db: Backend) -> None:
         + timedelta(hours=1, days=90),
         f"st:{{0}}:page_view:d:{d}:count": ts.replace(hour=0, minute=0, second=0)
         + timedelta(days=731),
-        f"st:{{0}}:seen:{h}": ts.replace(minute=0, second=0)
-        + timedelta(hours=1, days=7, minutes=6),
     }
     for key, when in expected.items():
         ttl = client.ttl(key)
         assert abs((now + ttl) - when.timestamp()) <= 2, key
+    (seen,) = db.scan("st:{0}:seen:*")
+    assert client.expiretime(seen) == _seen_expiry(seen, db.settings().dedup_window_s, now)
     assert client.ttl("st:{0}:stream") == -1  # the stream is trimmed by the archiver, never expired
     client.close()
 
 
-def test_every_key_expires_with_its_bucket(db: Backend) -> None:
+def _seen_expiry(key: str, window_s: int, now: float) -> int:
+    """When a dedup generation's hash expires: once the window has passed for its last id."""
+    g = int(key.rsplit(":", 1)[1])
+    gen_s = -(-window_s // DEDUP_GENERATIONS)
+    assert g in (int(now // gen_s), int(now // gen_s) - 1), key  # now's (the engine's clock)
+    return (g + DEDUP_GENERATIONS + 1) * gen_s + 60
+
+
+# Both paths of the ingest script: per event (small calls), per distinct key (big calls).
+PATHS = pytest.mark.parametrize("aggregate_above", [1_000_000, 0], ids=["per_event", "per_key"])
+
+
+@PATHS
+def test_every_key_expires_with_its_bucket(db: Backend, aggregate_above: int) -> None:
     """Structures born late in a bucket (the first page URL after page-less events, exact
     sets after a switch to EA_UNIQUES=exact, a second page) get the bucket's expiry too.
 
@@ -128,7 +164,7 @@ def test_every_key_expires_with_its_bucket(db: Backend) -> None:
             e = EVENT_ADAPTER.validate_python(body)
             return await store.ingest([ingestor.prepare(e, datetime.now(UTC))])
 
-        assert _run(db, 1, work, uniques=uniques) == [True]
+        assert _run(db, 1, work, uniques=uniques, aggregate_above=aggregate_above) == [True]
 
     settings = db.settings()
     minute_end = ts.replace(second=0) + timedelta(minutes=1)
@@ -138,7 +174,6 @@ def test_every_key_expires_with_its_bucket(db: Backend) -> None:
         "m": minute_end + timedelta(seconds=settings.minute_retention_s),
         "h": hour_end + timedelta(seconds=settings.hour_retention_s),
         "d": day_end + timedelta(seconds=settings.day_retention_s),
-        "seen": hour_end + timedelta(seconds=settings.dedup_window_s + 60),
     }
     client = db.client(decode_responses=True)
     now = datetime.now(UTC).timestamp()
@@ -149,7 +184,10 @@ def test_every_key_expires_with_its_bucket(db: Backend) -> None:
         kinds[kind].append(key)
         ttl = client.ttl(key)
         assert ttl > 0, key
-        assert abs((now + ttl) - expected[kind].timestamp()) <= 2, key
+        if kind == "seen":
+            assert client.expiretime(key) == _seen_expiry(key, settings.dedup_window_s, now)
+        else:
+            assert abs((now + ttl) - expected[kind].timestamp()) <= 2, key
     client.close()
     # Every kind of structure was written, so every kind was checked.
     suffixes = {
@@ -180,7 +218,8 @@ def test_every_script_is_a_registered_file_the_engine_compiles(db: Backend) -> N
 
 def test_clear_day_deletes_exactly_that_days_keys(db: Backend) -> None:
     # Rebuild clears a day before replaying it: that day's buckets of one type (per-page
-    # HLLs included), then its dedup sets; the other day and the other type stay.
+    # HLLs included); the other day, the other type and the dedup memory (keyed by
+    # arrival, not by day) stay.
     day = floor(datetime.now(UTC) - timedelta(days=3), Interval.DAY)
     offsets = [
         timedelta(minutes=30),
@@ -195,9 +234,7 @@ def test_clear_day_deletes_exactly_that_days_keys(db: Backend) -> None:
     ]
     label = day.strftime("%Y-%m-%d")
 
-    def of_day(name: str, kind: str | None) -> bool:
-        if kind is None:
-            return re.fullmatch(rf"st:\{{\d+\}}:seen:{label}T\d\d", name) is not None
+    def of_day(name: str, kind: str) -> bool:
         return re.match(rf"st:\{{\d+\}}:{kind}:[mhd]:{label}[T:]", name) is not None
 
     async def work(ingestor: Ingestor, store: Store) -> list[list[str]]:
@@ -207,18 +244,15 @@ def test_clear_day_deletes_exactly_that_days_keys(db: Backend) -> None:
         seen = [db.scan("st:*")]
         await clear_day(store, day, "page_view")
         seen.append(db.scan("st:*"))
-        await clear_day(store, day, None)
-        seen.append(db.scan("st:*"))
         return seen
 
-    before, typed, dedup = _run(db, 4, work)
+    before, typed = _run(db, 4, work)
     assert any(":page_hll:" in k and of_day(k, "page_view") for k in before)
-    assert any(of_day(k, "click") for k in before) and any(of_day(k, None) for k in before)
+    assert any(of_day(k, "click") for k in before)
     assert typed == [k for k in before if not of_day(k, "page_view")]
-    assert dedup == [k for k in typed if not of_day(k, None)]
-    assert any(k.endswith(":stream") for k in dedup)  # the next day and the streams stay
+    assert any(":seen:" in k for k in typed) and any(k.endswith(":stream") for k in typed)
     assert any(
-        f":page_view:d:{(day + timedelta(days=1)).strftime('%Y-%m-%d')}:" in k for k in dedup
+        f":page_view:d:{(day + timedelta(days=1)).strftime('%Y-%m-%d')}:" in k for k in typed
     )
 
 
@@ -228,3 +262,270 @@ def test_archive_lag_is_the_age_of_the_oldest_unarchived_event() -> None:
     assert archive_lag_s({"oldest_unarchived_ms": 990_250}, now_s=1_000.0) == 9.75
     # This host's clock behind the engine's: no negative lag.
     assert archive_lag_s({"oldest_unarchived_ms": 1_000_500}, now_s=1_000.0) == 0.0
+
+
+def _mixed_events(rng: random.Random, n: int, now: datetime) -> list[Event]:
+    """Events over two types, minutes of two hours, with and without pages, and resends."""
+    starts = [now - timedelta(minutes=3), now - timedelta(hours=1, minutes=1)]
+    pages = [None, "https://example.com/a", "https://example.com/b?c=d e", "https://x.test/"]
+    out: list[Event] = []
+    for _ in range(n):
+        if out and rng.random() < 0.1:
+            out.append(rng.choice(out))  # the same event again: a duplicate
+            continue
+        event_type = rng.choice(["page_view", "click"])
+        body = event(
+            user=f"u{rng.randrange(40)}",
+            ts=rng.choice(starts) + timedelta(seconds=rng.uniform(-90, 90)),
+            url=rng.choice(pages[event_type == "page_view" :]),  # page views have a page
+            event_type=event_type,
+        )
+        out.append(EVENT_ADAPTER.validate_python(body))
+    return out
+
+
+@PATHS
+def test_the_script_writes_exactly_the_names_keys_py_defines(
+    db: Backend, aggregate_above: int
+) -> None:
+    # The call carries stems; ingest.lua appends the suffixes. Every key the engine holds
+    # afterwards must be a name keys.py builds for these events, and every such name of a
+    # structure these events create must exist (exact uniques: all of them do).
+    now = datetime.now(UTC)
+    events = _mixed_events(random.Random(3), 120, now)
+    events.append(
+        EVENT_ADAPTER.validate_python(event(user="solo", ts=now, url=None, event_type="signup"))
+    )
+
+    async def work(ingestor: Ingestor, store: Store) -> list[bool]:
+        return await store.ingest([ingestor.prepare(e, now) for e in events])
+
+    _run(db, 4, work, uniques="exact", aggregate_above=aggregate_above)
+    keys = Keys("st:", 4)
+    gen_s = -(-db.settings().dedup_window_s // DEDUP_GENERATIONS)
+    expected: set[str] = set()
+    for e in events:
+        shard = keys.shard_of(e.user_id)
+        ts = e.timestamp.astimezone(UTC)
+        expected |= {keys.stream(shard), keys.seen(shard, int(now.timestamp()) // gen_s)}
+        expected.add(keys.stream_extra(shard))  # one call: more than one event per shard
+        for interval in Interval:
+            start = floor(ts, interval)
+            names = keys.bucket_keys(shard, e.event_type, interval, start)
+            has_page = any(
+                o.payload.page_url
+                and keys.shard_of(o.user_id) == shard
+                and o.event_type == e.event_type
+                and floor(o.timestamp.astimezone(UTC), interval) == start
+                for o in events
+            )
+            pageless = (":pages", ":page_users")
+            expected |= {n for n in names if has_page or not n.endswith(pageless)}
+            url = e.payload.page_url
+            if interval is Interval.HOUR and url:
+                expected.add(keys.page_hll(shard, e.event_type, interval, start, url))
+    # The dedup hash is the generation of the engine's clock (one second later at most).
+    got = {
+        re.sub(r"seen:\d+$", f"seen:{int(now.timestamp()) // gen_s}", k) for k in db.scan("st:*")
+    }
+    assert got == expected
+
+
+def _dump(client, prefix: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Every key under ``prefix``, by name without the prefix: type, content, expiry."""
+    out: dict[str, object] = {}
+    for key in sorted(k.decode() for k in client.scan_iter(match=f"{prefix}*", count=1000)):
+        kind = client.type(key).decode()
+        content: object
+        if kind == "string":
+            content = client.get(key)
+        elif kind == "set":
+            content = sorted(client.smembers(key))
+        elif kind == "zset":
+            content = client.zrange(key, 0, -1, withscores=True)
+        elif kind == "stream":
+            content = [fields for _, fields in client.xrange(key)]
+        elif kind == "hash":  # dedup: id -> the token of the call, which differs by run
+            content = sorted(client.hkeys(key))
+        else:
+            raise AssertionError(f"{key}: {kind}")
+        if key.endswith(":hll") or ":page_hll:" in key:  # the same users, maybe another layout
+            content = client.pfcount(key)
+        out[key[len(prefix) :]] = (kind, content, client.expiretime(key))
+    return out
+
+
+@pytest.mark.parametrize("uniques", ["approx", "exact"])
+def test_aggregated_writes_equal_per_event_writes(db: Backend, uniques: str) -> None:
+    # The same calls through both paths of the script leave identical keys, values and
+    # expiry times, and the same new/duplicate flags (in-call duplicates included).
+    now = datetime.now(UTC)
+    events = _mixed_events(random.Random(11), 400, now)
+    sizes = [1, 3, 17, 100, 279]
+
+    def work_for(prefix_events):  # type: ignore[no-untyped-def]
+        async def work(ingestor: Ingestor, store: Store) -> list[bool]:
+            flags: list[bool] = []
+            start = 0
+            for size in sizes:
+                chunk = prefix_events[start : start + size]
+                start += size
+                flags += await store.ingest([ingestor.prepare(e, now) for e in chunk])
+            return flags
+
+        return work
+
+    per_event = _run(db, 2, work_for(events), uniques, aggregate_above=1_000_000, prefix="pa:")
+    per_key = _run(db, 2, work_for(events), uniques, aggregate_above=0, prefix="pb:")
+    assert per_event == per_key
+    assert sum(per_event) == len({e.event_id for e in events})
+    client = db.client()  # the seen sets hold ids as 16 raw bytes
+    try:
+        a, b = _dump(client, "pa:"), _dump(client, "pb:")
+    finally:
+        client.close()
+    # Records differ only in received_at (identical here: one ``now``).
+    assert a.keys() == b.keys() and a == b
+
+
+def test_an_id_counts_once_whatever_timestamp_or_user_a_resend_carries(db: Backend) -> None:
+    # Dedup by id alone: the same event_id with another hour, day, minute or user (on the
+    # same shard here; across shards see test_cluster) is a duplicate and changes nothing.
+    now = datetime.now(UTC)
+    first = event(user="alice", ts=now - timedelta(minutes=1))
+    resends = [
+        {**first, "timestamp": (now - timedelta(hours=2)).isoformat()},
+        {**first, "timestamp": (now - timedelta(days=3)).isoformat()},
+        {**first, "user_id": "bob", "payload": {"page_url": "https://example.com/other"}},
+        {**first, "event_type": "click"},
+    ]
+
+    async def work(ingestor: Ingestor, store: Store) -> tuple[list[bool], list[bool]]:
+        flags = await store.ingest([ingestor.prepare(EVENT_ADAPTER.validate_python(first), now)])
+        batch = [ingestor.prepare(EVENT_ADAPTER.validate_python(b), now) for b in resends]
+        singles = [f for e in batch for f in await store.ingest([e])]
+        return flags + singles, await store.ingest(batch)
+
+    flags, together = _run(db, 1, work)
+    assert flags == [True, False, False, False, False] and together == [False] * 4
+    counted = [k for k in db.scan("st:*") if k.endswith(":count")]
+    client = db.client(decode_responses=True)
+    assert {k: client.get(k) for k in counted} == {k: "1" for k in counted} and len(
+        counted
+    ) == 3  # one minute, hour and day: the first send's
+    assert client.xlen("st:{0}:stream") == 1
+    client.close()
+
+
+@PATHS
+def test_a_call_sent_twice_by_the_client_library_reports_what_it_did(
+    db: Backend, aggregate_above: int
+) -> None:
+    # redis-py may send a call again when the reply was lost (a timeout, a dropped
+    # connection): the first attempt ran. The same call (same token) must then answer
+    # "new" for what it stored, never "duplicate", and count nothing twice; another call
+    # with the same ids is a duplicate.
+    now = datetime.now(UTC)
+    bodies = [event(user=f"u{i}", ts=now) for i in range(20)]
+    bodies.append(bodies[3])  # an in-call duplicate stays one
+
+    async def work(ingestor: Ingestor, store: Store) -> tuple[list[list[int]], list[bool]]:
+        prepared = [ingestor.prepare(EVENT_ADAPTER.validate_python(b), now) for b in bodies]
+        _, calls = store._calls(prepared, True)
+        script = store._ingest_script
+        replies = [await call_per_shard(store.client, script, calls) for _ in range(2)]
+        return [r[0] for r in replies], await store.ingest(prepared)
+
+    (first, retried), later = _run(db, 1, work, aggregate_above=aggregate_above)
+    assert first == retried == [1] * 20 + [0]
+    assert later == [False] * 21
+    client = db.client(decode_responses=True)
+    ((_, entry),) = client.xrange("st:{0}:stream")  # one entry, the first attempt's
+    assert len(entry["e"].split("\n")) == 20
+    (count,) = [k for k in db.scan("st:*:m:*") if k.endswith(":count")]
+    assert client.get(count) == "20"
+    client.close()
+
+
+def _crossing(keys: Keys, now: datetime) -> tuple[dict[str, Any], str]:
+    """An event whose id lives on another shard than its user, and a user of a third."""
+    while True:
+        body = event(user=f"u{random.randrange(10**6)}", ts=now - timedelta(minutes=1))
+        id_shard = keys.id_shard(uuid.UUID(body["event_id"]).bytes)
+        if id_shard != keys.shard_of(body["user_id"]):
+            break
+    other = next(
+        f"o{i}"
+        for i in range(1000)
+        if keys.shard_of(f"o{i}") not in (id_shard, keys.shard_of(body["user_id"]))
+    )
+    return body, other
+
+
+def _counted(db: Backend) -> tuple[dict[str, str], int, int]:
+    """Minute counts by key, stream entries and outbox entries under ``st:``."""
+    client = db.client(decode_responses=True)
+    try:
+        counts = {k: client.get(k) for k in db.scan("st:*:m:*") if k.endswith(":count")}
+        streamed = sum(client.xlen(k) for k in db.scan("st:*:stream"))
+        outbox = sum(client.hlen(k) for k in db.scan("st:*:outbox"))
+    finally:
+        client.close()
+    return counts, streamed, outbox
+
+
+# Where a request may die in the cross-shard protocol: after claiming the id on its own
+# shard, or after applying the event on the user's shard (before forgetting the claim).
+@pytest.mark.parametrize("dies_after", ["nothing", "claim", "apply"])
+@pytest.mark.parametrize("then", ["resend", "sweep"])
+def test_an_id_counts_once_across_user_shards(db: Backend, dies_after: str, then: str) -> None:
+    # Four user shards (on the cluster: on three masters). The resend carries a user of
+    # another shard: still the same event_id, so a duplicate, and the event is counted
+    # exactly once, on its FIRST user's shard, whatever step the first request died at.
+    now = datetime.now(UTC)
+    body, other_user = _crossing(Keys("st:", 4), now)
+    resend = {**body, "user_id": other_user}
+
+    async def work(ingestor: Ingestor, store: Store) -> tuple[list[bool], int, int]:
+        first = ingestor.prepare(EVENT_ADAPTER.validate_python(body), now)
+        if dies_after == "nothing":
+            flags = await store.ingest([first])
+        else:
+            flags = [await store._claim([first]) == [1]]
+            if dies_after == "apply":
+                assert await store._each([first], True) == [True]
+        again = ingestor.prepare(EVENT_ADAPTER.validate_python(resend), now)
+        swept = await store.sweep_outbox(older_than_s=0) if then == "sweep" else 0
+        flags += await store.ingest([again])
+        return flags, swept, await store.sweep_outbox(older_than_s=0)
+
+    flags, swept, left = _run(db, 4, work)
+    assert flags == [True, False]
+    assert swept == (then == "sweep" and dies_after != "nothing") and left == 0
+    counts, streamed, outbox = _counted(db)
+    (key,) = counts
+    assert counts[key] == "1" and key.startswith(
+        f"st:{{{Keys('st:', 4).shard_of(body['user_id'])}}}"
+    )
+    assert streamed == 1 and outbox == 0
+
+
+def test_a_replay_call_sent_twice_counts_once(db: Backend) -> None:
+    # Replay (rebuild) has no dedup memory, so its calls carry a marker of their own: the
+    # client library's resend of a call whose reply was lost must not count it twice.
+    now = datetime.now(UTC)
+    bodies = [event(user=f"u{i}", ts=now - timedelta(minutes=2)) for i in range(30)]
+
+    async def work(ingestor: Ingestor, store: Store) -> list[list[int]]:
+        prepared = [
+            ingestor.prepare(EVENT_ADAPTER.validate_python(b), now, replay=True) for b in bodies
+        ]
+        _, calls = store._calls(prepared, False)
+        return [(await call_per_shard(store.client, store._ingest_script, calls))[0] for _ in "ab"]
+
+    first, again = _run(db, 1, work)
+    assert first == again == [1] * 30
+    client = db.client(decode_responses=True)
+    (count,) = [k for k in db.scan("st:*:m:*") if k.endswith(":count")]
+    assert client.get(count) == "30" and not db.scan("st:*:seen:*")
+    client.close()

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     max_batch_events: int = Field(default=1000, ge=1, le=10_000)
     future_skew_s: int = Field(default=5 * 60, ge=0)
     max_age_s: int = Field(default=7 * 24 * 3600, ge=60)
+    # How long an event id is remembered after it was first stored, whatever timestamp
+    # or user a resend carries (kept up to 1.5 x this: see store/redis.py).
+    dedup_window_s: int = Field(default=7 * 24 * 3600, ge=60)
 
     # Retention of aggregates (seconds after the bucket ends).
     minute_retention_s: int = Field(default=7 * 24 * 3600, ge=60)
@@ -143,11 +146,6 @@ class Settings(BaseSettings):
     def archive_path(self) -> Path:
         """Where the hourly JSONL archive lives (default ``DATA_DIR/persistent_events``)."""
         return self.archive_dir or self.data_dir / "persistent_events"
-
-    @property
-    def dedup_window_s(self) -> int:
-        """How long an event id is remembered: as long as its timestamp could be accepted."""
-        return self.max_age_s + self.future_skew_s
 
     @field_validator("write_keys", "read_keys", "cors_origins", "cors_read_origins", mode="before")
     @classmethod

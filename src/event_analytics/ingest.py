@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,11 +24,17 @@ from event_analytics.model import (
     FieldError,
     InvalidEvent,
     MalformedJSON,
+    StorageUnavailable,
     decode_event,
     errors_from_validation,
 )
-from event_analytics.store import PreparedEvent, Store
+from event_analytics.store import Bucket, PreparedEvent, Store
+from event_analytics.store.claims import SWEEP_AFTER_S
 from event_analytics.timebucket import iso_z, to_utc
+
+log = logging.getLogger(__name__)
+# Buckets kept for reuse by prepare(): live traffic touches a few minutes, a rebuild a day.
+_BUCKET_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +63,35 @@ class Ingestor:
         self._skew = timedelta(seconds=settings.future_skew_s)
         self._max_age = timedelta(seconds=settings.max_age_s)
         self.batcher: GroupCommit | None = None
+        self._buckets: dict[tuple[int, str, str], Bucket] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
     def start_batching(self) -> None:
-        """Share storage round trips between concurrent requests (inside a running loop)."""
+        """Share storage round trips between concurrent requests (inside a running loop).
+
+        With several shards, also sweep the outboxes: events whose id was claimed on its
+        own shard by a request that died before applying them (store/claims.py).
+        """
         self.batcher = GroupCommit(self.store, max_batch=self.settings.max_batch_events)
+        if self.keys.shards > 1:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self.batcher is not None:
             await self.batcher.close()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_AFTER_S)
+            try:
+                if applied := await self.store.sweep_outbox():
+                    log.info("applied %d events left claimed by a request that died", applied)
+            except StorageUnavailable as exc:  # the next round retries
+                log.warning("outbox sweep: %s", exc)
 
     # -- validation -------------------------------------------------------------------
 
@@ -108,23 +138,19 @@ class Ingestor:
     # -- preparation ------------------------------------------------------------------
 
     def prepare(self, event: Event, now: datetime, *, replay: bool = False) -> PreparedEvent:
-        """Key names, expiry times and the archived record for one valid event.
+        """Bucket, values and the archived record for one valid event.
 
         ``replay`` (rebuild from the archive) skips the acceptance window, which applied
         when the event first arrived, and the record, which is not streamed again.
-        This runs once per event on the hot path: labels are cut from one isoformat()
-        and bucket ends computed in integers, not with strftime and datetime arithmetic.
+        This runs once per event on the hot path: names and expiry times are made once
+        per bucket (``_bucket``), labels cut from one isoformat().
         """
         ts = to_utc(event.timestamp) if replay else self.check_time(event, now)
-        s = self.settings
         shard = self.keys.shard_of(event.user_id)
         iso = ts.isoformat()  # YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00
-        page_url = event.payload.page_url
-        keys = self.keys.event_keys(shard, event.event_type, iso[:16], iso[:13], iso[:10], page_url)
-        epoch = int(ts.timestamp())
-        minute_end = epoch - epoch % 60 + 60
-        hour_end = epoch - epoch % 3600 + 3600
-        day_end = epoch - epoch % 86400 + 86400
+        bucket = self._buckets.get((shard, event.event_type, iso[:16]))
+        if bucket is None:
+            bucket = self._bucket(shard, event.event_type, iso, ts)
         if replay:
             record = b""
         else:
@@ -132,20 +158,31 @@ class Ingestor:
             record = encode(
                 Record(event.event_id, event.user_id, ts, event.event_type, payload, now)
             )
-        # And 9 arguments per event, also in the script's order.
-        args = (
-            event.event_id.bytes,
-            event.user_id,
-            event.payload.page_url or "",
-            1 if s.uniques == "exact" else 0,
-            # An id is remembered for as long as an event with its timestamp is accepted.
-            hour_end + s.dedup_window_s + 60,
-            minute_end + s.minute_retention_s,
-            hour_end + s.hour_retention_s,
-            day_end + s.day_retention_s,
-            record,
+        return PreparedEvent(
+            shard, bucket, event.event_id.bytes, event.user_id, event.payload.page_url, record
         )
-        return PreparedEvent(shard=shard, keys=keys, args=args)
+
+    def _bucket(self, shard: int, event_type: str, iso: str, ts: datetime) -> Bucket:
+        """Names and expiry times of one (shard, event type, minute), kept for reuse."""
+        s = self.settings
+        epoch = int(ts.timestamp())
+        minute_end = epoch - epoch % 60 + 60
+        hour_end = epoch - epoch % 3600 + 3600
+        day_end = epoch - epoch % 86400 + 86400
+        bucket = Bucket(
+            stems=self.keys.stems(shard, event_type, iso[:16], iso[:13], iso[:10]),
+            expire_at=(
+                minute_end + s.minute_retention_s,
+                hour_end + s.hour_retention_s,
+                day_end + s.day_retention_s,
+            ),
+            exact=s.uniques == "exact",
+            dedup_window_s=s.dedup_window_s,
+        )
+        if len(self._buckets) >= _BUCKET_CACHE:
+            self._buckets.clear()  # old minutes: the live ones come back at once
+        self._buckets[shard, event_type, iso[:16]] = bucket
+        return bucket
 
     async def _store(self, prepared: list[PreparedEvent]) -> list[bool]:
         if self.batcher is not None:

@@ -15,13 +15,15 @@ import hashlib
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from event_analytics.config import Settings
 from event_analytics.timebucket import Interval, label
 
 ARCHIVER_GROUP = "archiver"
 _LETTER = {Interval.MINUTE: "m", Interval.HOUR: "h", Interval.DAY: "d"}
-# What the ingest script keeps per bucket; keep in step with store/ingest.lua.
+# What the ingest script keeps per bucket: store/ingest.lua appends these suffixes to the
+# stems (``stems``); tests/test_store.py checks the names it writes are these.
 # Hour ``users``/``page_users`` and day ``users`` exist only with EA_UNIQUES=exact. Page
 # structures are kept per minute and hour (a day's page figures are its hours' union).
 _BUCKET_SUFFIXES = {
@@ -38,9 +40,17 @@ _BUCKET_FAMILIES = {
 }
 
 
+@lru_cache(maxsize=4096)  # a call names each of its pages: the same few, again and again
+def page_digest(page_url: str) -> str:
+    """The fixed-length part of a page HLL's name: 64-bit BLAKE2b of the URL, in hex.
+
+    Computed here (the ingest script is given it): Lua in the engine has no BLAKE2b.
+    """
+    return hashlib.blake2b(page_url.encode(), digest_size=8).hexdigest()
+
+
 def _page_hll(hour_stem: str, page_url: str) -> str:
-    digest = hashlib.blake2b(page_url.encode(), digest_size=8).hexdigest()
-    return f"{hour_stem}:page_hll:{digest}"
+    return f"{hour_stem}:page_hll:{page_digest(page_url)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +70,23 @@ class Keys:
             return 0
         return zlib.crc32(user_id.encode()) % self.shards
 
+    def id_shard(self, event_id: bytes) -> int:
+        """The shard that remembers an event id (its 16 bytes), whichever user sends it."""
+        if self.shards == 1:
+            return 0
+        return zlib.crc32(event_id) % self.shards
+
     def _base(self, shard: int) -> str:
         return f"{self.prefix}{{{shard}}}"
 
     def stream(self, shard: int) -> str:
         """The shard's event stream, read by the archiver."""
         return f"{self._base(shard)}:stream"
+
+    def stream_extra(self, shard: int) -> str:
+        """The stream's records beyond one per entry (an entry holds one call's records):
+        events in the stream = XLEN + this. Bumped by the ingest script, lowered by acks."""
+        return f"{self._base(shard)}:stream-extra"
 
     def deadletter(self, shard: int) -> str:
         """Stream entries the archiver could not archive after several tries."""
@@ -83,9 +104,28 @@ class Keys:
         """Hash of archiver name -> JSON heartbeat and status (no shard: read by the API)."""
         return f"{self.prefix}archivers"
 
-    def seen(self, shard: int, hour: datetime) -> str:
-        """Set of event ids whose timestamp falls in ``hour``: the dedup memory."""
-        return f"{self._base(shard)}:seen:{label(hour, Interval.HOUR)}"
+    def seen(self, shard: int, generation: int) -> str:
+        """Hash event id -> call token of the ids first stored in one dedup generation.
+
+        A generation is ``generation * g`` to ``(generation + 1) * g`` seconds of the
+        engine's clock (``g``: half the dedup window); the ingest script appends the
+        number to ``seen_stem``.
+        """
+        return f"{self.seen_stem(shard)}{generation}"
+
+    def seen_stem(self, shard: int) -> str:
+        """The shard's dedup hashes without their generation: ``ea:{3}:seen:``."""
+        return f"{self._base(shard)}:seen:"
+
+    def outbox(self, shard: int) -> str:
+        """Hash event id -> event, of ids claimed on this shard whose user lives on another
+        shard, until the event is applied there (store/claims.py)."""
+        return f"{self._base(shard)}:outbox"
+
+    def replayed_stem(self, shard: int) -> str:
+        """Markers ``<stem><call token>`` of replay calls (rebuild) already applied: a call
+        sent again by the client library after a lost reply is applied once."""
+        return f"{self._base(shard)}:replayed:"
 
     def bucket(self, shard: int, event_type: str, interval: Interval, start: datetime) -> str:
         """Common stem of one bucket's keys, e.g. ``ea:{0}:page_view:m:2026-11-27T22:14``."""
@@ -126,34 +166,20 @@ class Keys:
         """
         return _page_hll(self.bucket(shard, event_type, interval, start), page_url)
 
-    def event_keys(
-        self, shard: int, event_type: str, minute: str, hour: str, day: str, page_url: str | None
+    def stems(
+        self, shard: int, event_type: str, minute: str, hour: str, day: str
     ) -> tuple[str, ...]:
-        """The fixed block of 14 keys store/ingest.lua reads for one event, in its order.
+        """The minute, hour and day stems of one bucket, as the ingest script takes them
+        (store/ingest.lua appends the suffixes of ``bucket_keys``).
 
-        Runs for every event, on the hot path: the labels (``2026-11-27T22:14``,
-        ``2026-11-27T22``, ``2026-11-27``) are cut once from the timestamp by the caller.
-        Without a page URL the page HLL slot repeats the hour pages key (never touched).
+        The labels (``2026-11-27T22:14``, ``2026-11-27T22``, ``2026-11-27``) are cut once
+        from the timestamp by the caller, and this runs once per bucket, not per event.
         """
         base = self._base(shard)
-        m = f"{base}:{event_type}:m:{minute}"
-        h = f"{base}:{event_type}:h:{hour}"
-        d = f"{base}:{event_type}:d:{day}"
         return (
-            f"{base}:seen:{hour}",
-            f"{m}:count",
-            f"{m}:users",
-            f"{m}:pages",
-            f"{m}:page_users",
-            f"{h}:count",
-            f"{h}:hll",
-            f"{h}:users",
-            f"{h}:pages",
-            f"{h}:page_users",
-            f"{d}:count",
-            f"{d}:hll",
-            f"{d}:users",
-            _page_hll(h, page_url) if page_url else f"{h}:pages",
+            f"{base}:{event_type}:m:{minute}",
+            f"{base}:{event_type}:h:{hour}",
+            f"{base}:{event_type}:d:{day}",
         )
 
     def bucket_keys(

@@ -265,6 +265,24 @@ class StorageUnavailable(EventAnalyticsError):
         return f"{self}; nothing was stored, retry after {self.retry_after_s} s"
 
 
+class StorageOutcomeUnknown(StorageUnavailable):
+    """A write was sent, but its reply never came (a timeout, a connection lost mid-call).
+
+    It may have been applied or not: only a retry tells, and a retry with the same
+    event_id is always safe (an id counts once; our own client-side resend of the call is
+    recognised by its token, see store/ingest.lua).
+    """
+
+    slug, title = "storage-outcome-unknown", "Storage outcome unknown"
+
+    def detail(self) -> str:
+        return (
+            f"{self}; the events may or may not have been stored: retry after "
+            f"{self.retry_after_s} s with the same event_id (safe: an event_id counts once, "
+            "a resend of a stored event answers duplicate)"
+        )
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "body"
 

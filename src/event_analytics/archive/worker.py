@@ -42,13 +42,17 @@ LINGER_S = 0.05
 MAX_BACKOFF_S = 5.0
 
 
-def _hour_of_record(fields: dict[bytes, bytes]) -> tuple[datetime, bytes]:
-    """The UTC hour file of a stream entry's record, and the line to write there."""
+def _records(fields: dict[bytes, bytes]) -> list[tuple[datetime, bytes]]:
+    """(UTC hour file, line to write there) of each event record of a stream entry: one
+    ingest call's records, one per line."""
     raw = fields.get(b"e")
     if not raw:
         raise InvalidRecord("entry has no 'e' field")
-    parsed, line = archive_line(raw)
-    return floor(parsed.timestamp, Interval.HOUR), line
+    out: list[tuple[datetime, bytes]] = []
+    for record in raw.split(b"\n"):
+        parsed, line = archive_line(record)
+        out.append((floor(parsed.timestamp, Interval.HOUR), line))
+    return out
 
 
 class Archiver:
@@ -72,6 +76,7 @@ class Archiver:
         self.unfinished: dict[int, list[Entry]] = {}
         self.lease_ms = int(settings.archiver_lease_s * 1000)
         self.batch = settings.archiver_batch
+        self._count = self.batch  # entries per read
         self.events_archived = 0
         self.last_fsync: float | None = None
         self.last_error: str | None = None
@@ -131,7 +136,7 @@ class Archiver:
                 if shard in self.recovering:
                     await self._recover(shard)
                     self.recovering.discard(shard)
-                entries = await self.streams.read_new(shard, self.name, self.batch)
+                entries = await self.streams.read_new(shard, self.name, self._count)
             except NoGroup:
                 # The engine lost the group (and maybe acks), also between taking the shard
                 # and recovering it: re-read the stream from its start, checking the files,
@@ -225,17 +230,22 @@ class Archiver:
                 keep.append(entry)
                 continue
             try:
-                hour, record = _hour_of_record(fields)
+                records = _records(fields)
             except InvalidRecord as exc:
+                # The whole entry (one call's records) is set aside, none of it written.
                 await self.streams.dead_letter(shard, entry, str(exc))
                 log.error("shard %d: entry %r dead-lettered: %s", shard, eid, exc)
                 continue
-            by_hour[hour].append((files.event_id_of(record), record))
+            for hour, record in records:
+                by_hour[hour].append((files.event_id_of(record), record))
             keep.append(entry)
         self.unfinished[shard] = keep  # retried as it is until acknowledged
+        # An entry holds one ingest call's records: read about ``batch`` events next time.
+        lines = sum(len(v) for v in by_hour.values())
+        self._count = max(1, self.batch * len(entries) // max(lines, len(entries)))
         written = await asyncio.to_thread(self._write, by_hour, check_files)
         if keep:
-            await self.streams.ack(shard, [eid for eid, _ in keep], written)
+            await self.streams.ack(shard, keep, written)
         del self.unfinished[shard]
         self.events_archived += written
 

@@ -1,5 +1,6 @@
 """Redis/Valkey access: connections, the ingest script, read queries, the embedded server."""
 
-from event_analytics.store.redis import PreparedEvent, Store, connect
+from event_analytics.store.prepared import Bucket, PreparedEvent
+from event_analytics.store.redis import Store, connect
 
-__all__ = ["PreparedEvent", "Store", "connect"]
+__all__ = ["Bucket", "PreparedEvent", "Store", "connect"]

@@ -10,21 +10,22 @@ from event_analytics.timebucket import HOUR, MINUTE, Interval
 UNLINK_CHUNK = 500
 
 
-async def clear_day(store: Store, day: datetime, event_type: str | None) -> None:
-    """Delete one day's buckets of ``event_type`` (or, for None, its dedup sets)."""
+async def clear_day(store: Store, day: datetime, event_type: str) -> None:
+    """Delete one day's buckets of ``event_type``.
+
+    The dedup memory stays: it is keyed by arrival, not by the events' days, and replay
+    neither reads nor writes it (the archive holds each event once).
+    """
     keys = store.keys
     for shard in range(keys.shards):
         names: list[str] = []
-        if event_type is None:
-            names = [keys.seen(shard, day + HOUR * h) for h in range(24)]
-        else:
-            for m in range(24 * 60):
-                names += keys.bucket_keys(shard, event_type, Interval.MINUTE, day + MINUTE * m)
-            hours = [day + HOUR * h for h in range(24)]
-            for hour in hours:
-                names += keys.bucket_keys(shard, event_type, Interval.HOUR, hour)
-            names += keys.bucket_keys(shard, event_type, Interval.DAY, day)
-            names += await _page_keys(store, shard, event_type, hours)
+        for m in range(24 * 60):
+            names += keys.bucket_keys(shard, event_type, Interval.MINUTE, day + MINUTE * m)
+        hours = [day + HOUR * h for h in range(24)]
+        for hour in hours:
+            names += keys.bucket_keys(shard, event_type, Interval.HOUR, hour)
+        names += keys.bucket_keys(shard, event_type, Interval.DAY, day)
+        names += await _page_keys(store, shard, event_type, hours)
         # All names of one shard share its hash tag: one slot per UNLINK on a cluster too.
         # (execute_command: a cluster pipeline's unlink() is a coroutine that splits keys.)
         async with engine_errors(), store.client.pipeline(transaction=False) as pipe:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import hiredis
@@ -18,9 +19,11 @@ from redis.backoff import NoBackoff
 
 from event_analytics import metrics
 from event_analytics.config import Settings
-from event_analytics.keys import Keys
-from event_analytics.model import StorageUnavailable
+from event_analytics.keys import Keys, page_digest
+from event_analytics.model import StorageOutcomeUnknown, StorageUnavailable
+from event_analytics.store import claims
 from event_analytics.store.cluster import cluster_info, connect_cluster
+from event_analytics.store.prepared import Bucket, PreparedEvent
 from event_analytics.store.scripts import Call, Lua, call_per_shard, register
 
 # A single-node client or a cluster client: the commands used here exist on both.
@@ -45,13 +48,16 @@ _BUSY = (
 _BUSY_UNMAPPED = ("MISCONF", "NOREPLICAS")
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedEvent:
-    """An event reduced to what the ingest script needs: its shard, key names and values."""
-
-    shard: int
-    keys: tuple[str, ...]
-    args: tuple[str | bytes | int, ...]
+# Calls of more events than this write per distinct key (one INCRBY, one variadic SADD...),
+# smaller ones per event. Measured with benchmarks/script_cost.py, interleaved, engine CPU
+# per event, per event / per key: 1: 478 / 480, 493 / 449; 2: 266 / 275, 225 / 225;
+# 4: 181 / 174, 168 / 135; 8: 115 / 108, 109 / 86; 16: 70 / 59, 66 / 58 µs. From 4 events
+# up the aggregated path's bookkeeping pays; below it is a wash.
+AGGREGATE_ABOVE = 4
+# Dedup memory is kept in generations of (window / this) seconds: an id is remembered for
+# the window at least and one generation more at most (so 1.5 x the window's ids at most),
+# for one lookup per generation and call.
+DEDUP_GENERATIONS = 2
 
 
 # redis-py raises a bare RedisClusterException when no seed node answers at all.
@@ -67,13 +73,27 @@ def _raised_in_connection(exc: BaseException) -> bool:
     return any(part in where for part in _CONNECTION_CODE)
 
 
+def _sent(exc: BaseException) -> bool:
+    """Whether a connection error may have come after the command was sent.
+
+    redis-py says "... connecting to ..." when it never got a connection, so nothing
+    was sent; any other connection error or timeout may follow a command the engine ran.
+    """
+    return "connecting to" not in str(exc)
+
+
 @contextlib.asynccontextmanager
-async def engine_errors() -> AsyncIterator[None]:
-    """Turn an outage of the engine into StorageUnavailable (HTTP 503 in the API)."""
+async def engine_errors(*, write: bool = False) -> AsyncIterator[None]:
+    """Turn an outage of the engine into StorageUnavailable (HTTP 503 in the API).
+
+    ``write``: a lost reply of a write is StorageOutcomeUnknown, never "nothing stored".
+    """
     try:
         yield
     except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
         metrics.engine_error("unreachable")
+        if write and _sent(exc):
+            raise StorageOutcomeUnknown(f"storage did not answer: {type(exc).__name__}") from exc
         raise StorageUnavailable(f"storage unreachable: {type(exc).__name__}") from exc
     except _BUSY as exc:
         metrics.engine_error("busy")
@@ -94,6 +114,8 @@ async def engine_errors() -> AsyncIterator[None]:
         if not _raised_in_connection(exc):
             raise
         metrics.engine_error("unreachable")
+        if write:
+            raise StorageOutcomeUnknown("storage did not answer: connection closed") from exc
         raise StorageUnavailable("storage unreachable: connection closed") from exc
     except rx.RedisClusterException as exc:
         if str(exc).startswith(_CLUSTER_UNREACHABLE):
@@ -130,9 +152,10 @@ def connect(settings: Settings) -> Client:
 class _HiredisPacking:
     """Encode commands with hiredis (C) instead of redis-py's per-argument Python loop.
 
-    An ingest call carries 23 arguments per event: profiled, redis-py's pack_command was
-    ~30% of a rebuild's CPU and ~15% of the live hot path; hiredis.pack_command is ~8x
-    faster on such calls. redis-py itself uses it only for its synchronous client.
+    An ingest call carried 23 arguments per event before names went once per call (5 now):
+    profiled then, redis-py's pack_command was ~30% of a rebuild's CPU and ~15% of the live
+    hot path; hiredis.pack_command is ~8x faster on such calls. redis-py itself uses it
+    only for its synchronous client.
     """
 
     def pack_command(self, *args: Any) -> list[bytes]:
@@ -155,15 +178,20 @@ def _hiredis_packing(base: type[Any]) -> type[Any]:
 class Store:
     """Ingest and read operations over one Redis connection pool."""
 
-    def __init__(self, client: Client, keys: Keys) -> None:
+    def __init__(self, client: Client, keys: Keys, aggregate_above: int = AGGREGATE_ABOVE) -> None:
         self.client = client
         self.keys = keys
+        self.aggregate_above = aggregate_above
         self._ingest_script = register(client, Lua.INGEST)
+        self._claim_script = register(client, Lua.CLAIM)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Store:
-        """The one factory: the client of the engine the settings choose, and its Keys."""
-        return cls(connect(settings), Keys.from_settings(settings))
+    def from_settings(cls, settings: Settings, aggregate_above: int = AGGREGATE_ABOVE) -> Store:
+        """The one factory: the client of the engine the settings choose, and its Keys.
+
+        ``aggregate_above``: for measurements and tests of the script's two paths.
+        """
+        return cls(connect(settings), Keys.from_settings(settings), aggregate_above)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -174,8 +202,14 @@ class Store:
         Each shard's events go in ONE script call, and all calls in one round trip.
         ``stream=False`` replays archived events: counted, but not streamed again.
         """
+        if stream and self.keys.shards > 1:
+            outcomes = await self.ingest_each(events)  # ids may live on other shards
+            for outcome in outcomes:
+                if isinstance(outcome, Exception):
+                    raise outcome
+            return [bool(o) for o in outcomes]
         by_shard, calls = self._calls(events, stream)
-        async with engine_errors():
+        async with engine_errors(write=True):
             replies = await call_per_shard(self.client, self._ingest_script, calls)
         results: list[bool] = [False] * len(events)
         for indexes, reply in zip(by_shard.values(), replies, strict=True):
@@ -183,18 +217,65 @@ class Store:
                 results[i] = bool(flag)
         return results
 
-    async def ingest_each(self, events: Sequence[PreparedEvent]) -> list[bool | Exception]:
+    async def ingest_each(
+        self, events: Sequence[PreparedEvent], *, stream: bool = True
+    ) -> list[bool | Exception]:
         """Like ingest(), but a shard that fails fails only its own events.
 
         The group-commit batcher mixes many requests' events: on a cluster, a master in
         failover must not refuse the requests whose shards live on healthy masters. So
         each shard's call runs on its own (concurrently); an event of a failed shard
         gets that shard's StorageUnavailable in place of its flag.
+
+        An event whose id lives on another shard than its user is claimed there first
+        (store/claims.py): dedup by id whatever user a resend carries.
         """
-        by_shard, calls = self._calls(events, True)
+        if not stream or self.keys.shards == 1:
+            return await self._each(events, stream)
+        cross = [i for i, e in enumerate(events) if self.keys.id_shard(e.event_id) != e.shard]
+        if not cross:
+            return await self._each(events, stream)
+        crossing = set(cross)
+        local = [i for i in range(len(events)) if i not in crossing]
+        results: list[bool | Exception] = [False] * len(events)
+        local_flags, claimed = await asyncio.gather(
+            self._each([events[i] for i in local], True),
+            self._claim([events[i] for i in cross]),
+        )
+        for i, flag in zip(local, local_flags, strict=True):
+            results[i] = flag
+        # Step 2: apply what was claimed now, and what an earlier claim left unconfirmed.
+        apply: list[tuple[int, PreparedEvent]] = []
+        for i, reply in zip(cross, claimed, strict=True):
+            if isinstance(reply, Exception):
+                results[i] = reply
+            elif isinstance(reply, bytes):
+                apply.append((i, claims.decode(events[i].event_id, reply)[1]))
+            else:
+                results[i] = reply == 1
+                if reply == 1:
+                    apply.append((i, events[i]))
+        applied = await self._each([e for _, e in apply], True)
+        done: list[bytes] = []
+        for (i, event), outcome in zip(apply, applied, strict=True):
+            if isinstance(outcome, Exception):
+                # Claimed, so stored (in the outbox): counted once its shard answers.
+                results[i] = StorageOutcomeUnknown(
+                    f"event stored, its user's shard did not answer yet ({outcome})"
+                )
+            else:
+                done.append(event.event_id)
+        await self._commit(done)
+        return results
+
+    async def _each(self, events: Sequence[PreparedEvent], stream: bool) -> list[bool | Exception]:
+        """One ingest call per user shard, concurrently; a failed shard fails its events."""
+        if not events:
+            return []
+        by_shard, calls = self._calls(events, stream)
 
         async def one(call: Call) -> list[Any]:
-            async with engine_errors():
+            async with engine_errors(write=True):
                 replies = await call_per_shard(self.client, self._ingest_script, [call])
             return list(replies[0])
 
@@ -211,21 +292,119 @@ class Store:
                     results[i] = bool(flag)
         return results
 
+    async def _claim(self, events: Sequence[PreparedEvent]) -> list[int | bytes | Exception]:
+        """Step 1 for events whose id lives on another shard: claim.lua's reply per event."""
+        window = events[0].bucket.dedup_window_s
+        gen_s = -(-window // DEDUP_GENERATIONS)
+        calls = claims.claim_calls(self.keys, events, gen_s, DEDUP_GENERATIONS, time.time())
+
+        async def one(call: Call) -> list[Any]:
+            async with engine_errors(write=True):
+                replies = await call_per_shard(self.client, self._claim_script, [call])
+            return list(replies[0])
+
+        outcomes = await asyncio.gather(*(one(c) for _, c in calls), return_exceptions=True)
+        results: list[int | bytes | Exception] = [0] * len(events)
+        for (indexes, _), outcome in zip(calls, outcomes, strict=True):
+            for n, i in enumerate(indexes):
+                if isinstance(outcome, BaseException):
+                    if not isinstance(outcome, Exception):
+                        raise outcome
+                    results[i] = outcome
+                else:
+                    results[i] = outcome[n]
+        return results
+
+    async def _commit(self, event_ids: Sequence[bytes]) -> None:
+        """Step 3: forget the outbox entries of applied events. Best effort: an entry left
+        behind is applied again (idempotently) by a resend or the sweeper."""
+        if not event_ids:
+            return
+        by_shard: dict[int, list[bytes]] = defaultdict(list)
+        for event_id in event_ids:
+            by_shard[self.keys.id_shard(event_id)].append(event_id)
+        with contextlib.suppress(StorageUnavailable):
+            async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
+                for shard, ids in by_shard.items():
+                    for start in range(0, len(ids), claims.CHUNK):
+                        chunk = ids[start : start + claims.CHUNK]
+                        pipe.execute_command("HDEL", self.keys.outbox(shard), *chunk)
+                await pipe.execute()
+
+    async def sweep_outbox(self, older_than_s: float = claims.SWEEP_AFTER_S) -> int:
+        """Apply the outbox entries claimed more than ``older_than_s`` ago (a request that
+        died between the steps), at most 1,000 per shard; the number applied."""
+        cutoff = time.time() - older_than_s
+        due: list[PreparedEvent] = []
+        for shard in range(self.keys.shards):
+            async with engine_errors():
+                reply: Any = await self.client.hscan(self.keys.outbox(shard), 0, count=1000)
+            rows: dict[bytes, bytes] = reply[1]
+            for event_id, blob in rows.items():
+                at, event = claims.decode(event_id, blob)
+                if at <= cutoff:
+                    due.append(event)
+        applied = await self._each(due, True)
+        ok = [not isinstance(a, Exception) for a in applied]
+        done = [e.event_id for e, fine in zip(due, ok, strict=True) if fine]
+        await self._commit(done)
+        return len(done)
+
     def _calls(
         self, events: Sequence[PreparedEvent], stream: bool
     ) -> tuple[dict[int, list[int]], list[Call]]:
-        """Group events by shard: one script call (keys, args) per shard."""
+        """Group events by shard: one script call (keys, args) per shard.
+
+        Per call each distinct bucket's names and each distinct page once, per event five
+        values (store/ingest.lua documents the layout). ``stream=False`` (replay) counts
+        without dedup and without streaming.
+        """
         by_shard: dict[int, list[int]] = defaultdict(list)
         for index, event in enumerate(events):
             by_shard[event.shard].append(index)
         calls: list[Call] = []
         for shard, indexes in by_shard.items():
-            keys: list[str] = [self.keys.stream(shard)]
-            args: list[str | bytes | int] = [len(indexes), 1 if stream else 0]
+            buckets: dict[Bucket, int] = {}
+            pages: dict[str, int] = {}
+            keys = [
+                self.keys.stream(shard),
+                # Live: dedup by id. Replay: a marker of the call, applied once.
+                self.keys.seen_stem(shard) if stream else self.keys.replayed_stem(shard),
+                self.keys.stream_extra(shard),
+            ]
+            bucket_args: list[int] = []
+            page_args: list[str] = []
+            event_args: list[str | bytes | int] = []
             for i in indexes:
-                keys.extend(events[i].keys)
-                args.extend(events[i].args)
-            calls.append((keys, args))
+                event = events[i]
+                b = buckets.get(event.bucket)
+                if b is None:
+                    b = buckets[event.bucket] = len(buckets) + 1
+                    keys.extend(event.bucket.stems)
+                    bucket_args.extend(event.bucket.expire_at)
+                p = 0
+                if event.page_url:
+                    p = pages.get(event.page_url, 0)
+                    if not p:
+                        p = pages[event.page_url] = len(pages) + 1
+                        page_args += (event.page_url, page_digest(event.page_url))
+                event_args += (event.event_id, event.user_id, p, b, event.record)
+            rules = events[indexes[0]].bucket
+            head = (
+                len(indexes),
+                len(buckets),
+                len(pages),
+                1 if stream else 0,
+                1 if rules.exact else 0,
+                1 if len(indexes) > self.aggregate_above else 0,
+                # The window in DEDUP_GENERATIONS generations, plus the one being filled.
+                -(-rules.dedup_window_s // DEDUP_GENERATIONS),
+                DEDUP_GENERATIONS,
+                # Lets the script recognise its own earlier write if this very call is sent
+                # again (a client-side retry after a lost reply): never a false duplicate.
+                secrets.token_bytes(8),
+            )
+            calls.append((keys, [*head, *bucket_args, *page_args, *event_args]))
         return by_shard, calls
 
     async def stream_length(self) -> int:
@@ -233,7 +412,8 @@ class Store:
         async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
             for shard in range(self.keys.shards):
                 pipe.xlen(self.keys.stream(shard))
-            return sum(await pipe.execute())
+                pipe.get(self.keys.stream_extra(shard))  # an entry holds a call's records
+            return sum(int(n or 0) for n in await pipe.execute())
 
     async def engine_info(self) -> dict[str, Any]:
         """Reachability and durability facts for /health/ready."""

@@ -30,6 +30,7 @@ class Lua(StrEnum):
     """Every script the service runs: ``store/<value>.lua`` (each file says its contract)."""
 
     INGEST = "ingest"
+    CLAIM = "claim"
     MINUTE_STATS = "minute_stats"
     SERIES = "series"
     TOP_PAGES = "top_pages"

@@ -18,6 +18,11 @@ Entry = tuple[bytes, dict[bytes, bytes]]  # (stream id, fields)
 ACK_CHUNK = 1000
 
 
+def records_in(fields: dict[bytes, bytes]) -> int:
+    """How many event records a stream entry holds (one per line of its ``e`` field)."""
+    return max(1, fields.get(b"e", b"").count(b"\n") + 1)
+
+
 def _entries(reply: Any) -> list[Entry]:
     """The entries of a one-stream XREADGROUP reply (RESP2, the protocol we connect with)."""
     if not reply:
@@ -110,15 +115,17 @@ class StreamStore:
         deliveries = {p["message_id"]: int(p["times_delivered"]) for p in info}
         return cursor, [(entry, deliveries.get(entry[0], 1)) for entry in entries]
 
-    async def ack(self, shard: int, ids: Sequence[bytes], archived: int) -> None:
+    async def ack(self, shard: int, entries: Sequence[Entry], archived: int) -> None:
         """Acknowledge, delete and count archived entries, atomically (one slot)."""
-        keys = [self.keys.stream(shard), self.keys.archived(shard)]
+        keys = [self.keys.stream(shard), self.keys.archived(shard), self.keys.stream_extra(shard)]
         # Bounded chunks: Lua's unpack() has a stack limit, and the batch size is a setting.
-        for start in range(0, len(ids), ACK_CHUNK):
-            chunk = ids[start : start + ACK_CHUNK]
+        for start in range(0, len(entries), ACK_CHUNK):
+            chunk = entries[start : start + ACK_CHUNK]
             count = archived if start == 0 else 0
+            ids = [eid for eid, _ in chunk]
+            records = [records_in(fields) for _, fields in chunk]
             async with engine_errors():
-                await self._ack(keys=keys, args=[ARCHIVER_GROUP, count, *chunk])
+                await self._ack(keys=keys, args=[ARCHIVER_GROUP, count, len(chunk), *ids, *records])
 
     async def dead_letter(self, shard: int, entry: Entry, reason: str) -> None:
         """Move one entry to the shard's dead-letter stream, atomically with its ack."""
@@ -126,9 +133,10 @@ class StreamStore:
         record: list[bytes] = [b"id", eid, b"reason", reason.encode()]
         for name, value in fields.items():
             record += [name, value]
-        keys = [self.keys.stream(shard), self.keys.deadletter(shard)]
+        keys = [self.keys.stream(shard), self.keys.deadletter(shard), self.keys.stream_extra(shard)]
+        args: list[str | bytes | int] = [ARCHIVER_GROUP, eid, records_in(fields), *record]
         async with engine_errors():
-            await self._dead_letter(keys=keys, args=[ARCHIVER_GROUP, eid, *record])
+            await self._dead_letter(keys=keys, args=args)
 
     async def acquire_lease(self, shard: int, owner: str, ttl_ms: int) -> bool:
         async with engine_errors():
@@ -172,7 +180,8 @@ class StreamStore:
         return live
 
     async def backlog(self) -> dict[str, int]:
-        """Stream length, pending, oldest unarchived entry, archived and dead letters, summed."""
+        """Events in the streams, pending entries, oldest unarchived entry, archived events
+        and dead letters, summed over the shards."""
         shards = range(self.keys.shards)
         async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
             for shard in shards:
@@ -182,12 +191,13 @@ class StreamStore:
                 pipe.xrange(stream, "-", "+", count=1)
                 pipe.get(self.keys.archived(shard))
                 pipe.xlen(self.keys.deadletter(shard))
+                pipe.get(self.keys.stream_extra(shard))
             replies = await pipe.execute(raise_on_error=False)
         out = {"stream_length": 0, "pending": 0, "archived": 0, "dead_letters": 0}
         oldest: int | None = None
-        for i in range(0, len(replies), 5):
-            length, pending, first, archived, dead = replies[i : i + 5]
-            out["stream_length"] += int(length)
+        for i in range(0, len(replies), 6):
+            length, pending, first, archived, dead, extra = replies[i : i + 6]
+            out["stream_length"] += int(length) + int(extra or 0)  # events, not entries
             # No group yet (nothing archived ever) reads as an error: nothing is pending.
             out["pending"] += 0 if isinstance(pending, Exception) else int(pending["pending"])
             out["archived"] += int(archived or 0)
