@@ -200,7 +200,7 @@ def test_ingest_streams_the_codecs_record(
     body = {"event_id": str(eid), "user_id": "u1", "timestamp": sent.isoformat(),
             "event_type": "click", "payload": payload}  # fmt: skip
     event = EVENT_ADAPTER.validate_python(body)
-    raw = INGESTOR.prepare(event, NOW).args[-1]
+    raw = INGESTOR.prepare(event, NOW).record
     assert isinstance(raw, bytes)
     # The record says what was sent: the time in UTC, the payload without its nulls.
     want = Record(

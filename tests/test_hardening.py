@@ -196,6 +196,11 @@ def test_hung_engine_answers_503_then_recovers(killable: Backend, tmp_path: Path
             os.kill(pid, signal.SIGSTOP)
         r = HTTP.post(f"{svc.url}/events", json=during, timeout=10)
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        # The call was sent and its reply never came: it may have run. The answer says so
+        # (never "nothing was stored") and that a resend with the same event_id is safe.
+        problem = r.json()
+        assert problem["type"].endswith(":storage-outcome-unknown"), problem
+        assert "may or may not" in problem["detail"] and "same event_id" in problem["detail"]
         ready = HTTP.get(f"{svc.url}/health/ready", timeout=10)
         assert ready.status_code == 503 and ready.json()["engine"]["reachable"] is False
         assert HTTP.get(f"{svc.url}/analytics/realtime", timeout=10).status_code == 503
