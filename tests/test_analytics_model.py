@@ -238,7 +238,7 @@ def test_query_matches_model(
             st.tuples(st.sampled_from(names), st.sampled_from(["asc", "desc"])),
             max_size=2,
             unique_by=lambda t: t[0],
-        )  # fmt: skip
+        )
     )
     start = BASE - timedelta(hours=1)
     end = start + timedelta(hours=hours)
@@ -288,7 +288,7 @@ def test_empty_archive_answers_zeros(tmp_path: Path, kind: str) -> None:
                 "from": iso(BASE),
                 "to": iso(BASE + timedelta(days=1)),
                 "steps": [{"event_type": "a"}, {"event_type": "b"}],
-            }  # fmt: skip
+            }
         )
         assert [s["users"] for s in funnel.run(ENGINE, spec, root, BASE)["steps"]] == [0, 0]
     elif kind == "retention":
@@ -300,7 +300,7 @@ def test_empty_archive_answers_zeros(tmp_path: Path, kind: str) -> None:
                 "periods": 2,
                 "cohort_event": {"event_type": "a"},
                 "return_event": {"event_type": "b"},
-            }  # fmt: skip
+            }
         )
         got = retention.run(ENGINE, rspec, root, BASE)
         assert [c["values"] for c in got["cohorts"]] == [[0, 0, 0], [0, 0, 0]]
