@@ -18,13 +18,20 @@ T = TypeVar("T")
 class QueryBusy(EventAnalyticsError):
     """As many analytics queries as allowed are running; retry shortly."""
 
-    def __init__(self, limit: int, retry_after_s: int) -> None:
+    status, slug, title = 503, "analytics-busy", "Too many analytics queries"
+    retry_after_s = 1
+
+    def __init__(self, limit: int) -> None:
         super().__init__(f"{limit} analytics queries are running, the most allowed at once")
-        self.retry_after_s = retry_after_s
+
+    def detail(self) -> str:
+        return f"{self}; retry after {self.retry_after_s} s"
 
 
 class QueryTimeout(EventAnalyticsError):
     """A query ran past its time limit and was interrupted."""
+
+    status, slug, title = 504, "analytics-timeout", "Analytics query timed out"
 
     def __init__(self, seconds: float) -> None:
         super().__init__(
@@ -93,7 +100,7 @@ class QueryEngine:
         """``work(self, *args)`` in the pool; QueryBusy at once when the pool is full."""
         with self._lock:
             if self._running >= self.max_concurrent:
-                raise QueryBusy(self.max_concurrent, retry_after_s=1)
+                raise QueryBusy(self.max_concurrent)
             self._running += 1
         try:
             future = self._pool.submit(work, self, *args)

@@ -215,7 +215,13 @@ def _parse_time(value: Any) -> datetime:
         ) from None
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def check_range(start: datetime, end: datetime) -> None:
+    if not (start >= EARLIEST and end <= LATEST):
+        raise _invalid("out_of_range", "times lie between 1970 and 9000")
     if end <= start:
         raise _invalid("empty_range", "'to' must be after 'from'")
     if end - start > MAX_RANGE:
@@ -230,8 +236,12 @@ class _Ranged(BaseModel):
 
     @model_validator(mode="after")
     def _range(self) -> Any:
-        object.__setattr__(self, "start", _utc(self.start))
-        object.__setattr__(self, "end", _utc(self.end))
+        try:
+            start, end = _utc(self.start), _utc(self.end)
+        except OverflowError:
+            raise _invalid("out_of_range", "times lie between 1970 and 9000") from None
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
         check_range(self.start, self.end)
         return self
 
