@@ -57,36 +57,28 @@ class QueryEngine:
         self._db = duckdb.connect(
             ":memory:", config={"memory_limit": memory_limit, "threads": threads}
         )
-        self._db.execute("SET TimeZone = 'UTC'")
         self._pool = ThreadPoolExecutor(max_concurrent, thread_name_prefix="analytics")
         self._running = 0
         self._lock = threading.Lock()
 
     def fetch(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one statement on a new cursor, interrupted at the time limit."""
-        cursor = self._db.cursor()
-        timer = threading.Timer(self.timeout_s, cursor.interrupt)
-        timer.daemon = True
-        timer.start()
-        try:
-            cursor.execute("SET TimeZone = 'UTC'")
-            return cursor.execute(sql, params or {}).fetchall()
-        except duckdb.InterruptException:
-            raise QueryTimeout(self.timeout_s) from None
-        finally:
-            timer.cancel()
-            cursor.close()
+        return self.describe(sql, params)[1]
 
     def describe(
         self, sql: str, params: dict[str, Any] | None = None
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Column names and rows (for the operator's ``sql`` command)."""
+        """Column names and rows of one statement, interrupted at the time limit."""
         cursor = self._db.cursor()
         timer = threading.Timer(self.timeout_s, cursor.interrupt)
         timer.daemon = True
         timer.start()
         try:
+            # Session settings: each cursor is a connection of its own.
             cursor.execute("SET TimeZone = 'UTC'")
+            # DuckDB cannot estimate read_json's rows; under this threshold it would plan
+            # an ASOF join as a nested loop, quadratic in each user's events.
+            cursor.execute("SET asof_loop_join_threshold = 0")
             result = cursor.execute(sql, params or {})
             names = [d[0] for d in result.description or []]
             return names, result.fetchall()

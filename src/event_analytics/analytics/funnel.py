@@ -112,7 +112,7 @@ WITH events AS ({src}),
 ev AS (SELECT * FROM (
     SELECT user_id, ts, received_at, event_id, {bd} AS bd, {matches} FROM events
     WHERE ts >= {start} AND ts < {read_end}) {relevant}),
-seq AS (SELECT *, row_number() OVER (
+seq AS MATERIALIZED (SELECT *, row_number() OVER (
     PARTITION BY user_id ORDER BY ts, received_at, event_id) AS n FROM ev),
 c1 AS (SELECT user_id, bd, n AS n1, ts AS t1 FROM seq WHERE s1 AND ts >= {start} AND ts < {end}),
 {chains},
