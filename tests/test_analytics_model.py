@@ -13,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from event_analytics.analytics import funnel, query, retention
+from event_analytics.analytics.compact import compact_closed, covered
 from event_analytics.analytics.engine import QueryEngine
+from event_analytics.analytics.snapshot import hour_files
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
 from tests import analytics_model as model
 
@@ -86,9 +88,21 @@ def steps_strategy() -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-def write(tmp_path: Path, recs: list[dict[str, Any]]) -> Path:
+STORAGE = st.sampled_from(["jsonl", "parquet", "parquet+tail"])
+
+
+def write(tmp_path: Path, recs: list[dict[str, Any]], storage: str = "jsonl") -> Path:
+    """The records in hour files; with ``parquet`` every hour compacted; with
+    ``parquet+tail`` the second half appended after compaction (late events)."""
     root = tmp_path / f"archive-{uuid.uuid4().hex[:8]}"
-    model.archive(root, recs)
+    if storage == "jsonl":
+        model.archive(root, recs)
+        return root
+    half = len(recs) // 2 if storage == "parquet+tail" else len(recs)
+    model.archive(root, recs[:half])
+    hours, _ = compact_closed(root, datetime(9000, 1, 1, tzinfo=UTC))
+    assert hours == len(list(root.rglob("*.jsonl")))
+    model.archive(root, recs[half:])
     return root
 
 
@@ -117,6 +131,7 @@ def same_steps(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
     start_s=st.sampled_from([0, 50, 200]),
     length_s=st.sampled_from([500, 150, 30]),
     breakdown=st.sampled_from([None, None, "page_url", "event_type", "property:plan"]),
+    storage=STORAGE,
 )
 def test_funnel_matches_model(
     tmp_path: Path,
@@ -127,6 +142,7 @@ def test_funnel_matches_model(
     start_s: int,
     length_s: int,
     breakdown: str | None,
+    storage: str,
 ) -> None:
     body = {
         "from": iso(BASE + timedelta(seconds=start_s)),
@@ -137,7 +153,7 @@ def test_funnel_matches_model(
         "breakdown": breakdown,
     }
     spec = FunnelSpec.model_validate(body)
-    got = funnel.run(ENGINE, spec, write(tmp_path, recs), BASE)
+    got = funnel.run(ENGINE, spec, write(tmp_path, recs, storage), BASE)
     want = model.funnel(recs, {**body, "from": body["from"][:-1] + "+00:00",
                                "to": body["to"][:-1] + "+00:00"})  # fmt: skip
     if breakdown is None:
@@ -161,6 +177,7 @@ def test_funnel_matches_model(
     start_days=st.sampled_from([-40, -1, 0, 1]),
     length_days=st.sampled_from([1, 2, 10, 40]),
     until_days=st.sampled_from([0, 1, 3, 100]),
+    storage=STORAGE,
 )
 def test_retention_matches_model(
     tmp_path: Path,
@@ -173,6 +190,7 @@ def test_retention_matches_model(
     start_days: int,
     length_days: int,
     until_days: int,
+    storage: str,
 ) -> None:
     start = BASE.replace(hour=0) + timedelta(days=start_days, hours=start_days % 3)
     end = start + timedelta(days=length_days)
@@ -181,7 +199,9 @@ def test_retention_matches_model(
     body = {"from": iso(start), "to": iso(end), "period": period, "periods": periods,
             "cohort_event": cohort, "return_event": back, "type": kind}  # fmt: skip
     until = BASE + timedelta(days=until_days)
-    got = retention.run(ENGINE, RetentionSpec.model_validate(body), write(tmp_path, recs), until)
+    got = retention.run(
+        ENGINE, RetentionSpec.model_validate(body), write(tmp_path, recs, storage), until
+    )
     want = model.retention(recs, {**body, "from": start.isoformat(), "to": end.isoformat()}, until)
     assert [c["start"] for c in got["cohorts"]] == [iso(c["start"]) for c in want["cohorts"]]
     for g, w in zip(got["cohorts"], want["cohorts"], strict=True):
@@ -220,6 +240,7 @@ METRICS = ["events", "visitors", "events_per_visitor"]
     limit=st.sampled_from([1, 3, 100]),
     offset=st.sampled_from([0, 0, 2, 50]),
     hours=st.sampled_from([1, 12, 60]),
+    storage=STORAGE,
 )
 def test_query_matches_model(
     tmp_path: Path,
@@ -231,6 +252,7 @@ def test_query_matches_model(
     limit: int,
     offset: int,
     hours: int,
+    storage: str,
 ) -> None:
     names = metrics + dimensions
     order_by = data.draw(
@@ -246,7 +268,7 @@ def test_query_matches_model(
             "filters": filters, "order_by": [list(t) for t in order_by],
             "pagination": {"limit": limit, "offset": offset}}  # fmt: skip
     spec = QuerySpec.model_validate(body)
-    got = query.run(ENGINE, spec, write(tmp_path, recs), BASE, BASE)
+    got = query.run(ENGINE, spec, write(tmp_path, recs, storage), BASE, BASE)
     want = model.query(recs, body, start, end)
     assert got["meta"]["total_rows"] == want["total_rows"]
     expected = [
@@ -308,3 +330,29 @@ def test_empty_archive_answers_zeros(tmp_path: Path, kind: str) -> None:
         qspec = QuerySpec.model_validate({"date_range": "7d", "metrics": ["events", "visitors"]})
         got = query.run(ENGINE, qspec, root, BASE, BASE)
         assert got["results"] == [{"dimensions": [], "metrics": [0, 0]}]
+
+
+def test_a_copy_is_used_only_while_it_matches_its_jsonl(tmp_path: Path) -> None:
+    """A Parquet copy whose JSONL was replaced (another inode) is not read, and a copy
+    never hides events appended after it."""
+    recs = [
+        {"event_id": str(uuid.uuid4()), "user_id": f"u{i}", "timestamp": iso(BASE),
+         "event_type": "signup", "payload": {}, "received_at": iso(BASE)}
+        for i in range(5)
+    ]  # fmt: skip
+    root = write(tmp_path, recs[:3], "parquet")
+    (jsonl,) = root.rglob("*.jsonl")
+    assert covered(jsonl) is not None
+    spec = QuerySpec.model_validate(
+        {"date_range": [iso(BASE), iso(BASE + timedelta(hours=1))], "metrics": ["events"]}
+    )
+    with hour_files(root, BASE, BASE + timedelta(hours=1)) as found:
+        assert found.parquet and not found.jsonl  # the copy alone answers
+    model.archive(root, recs[3:4])
+    assert query.run(ENGINE, spec, root, BASE, BASE)["results"][0]["metrics"] == [4]
+    # The same file name, another file: the copy no longer proves anything.
+    replacement = jsonl.with_suffix(".new")
+    replacement.write_bytes(jsonl.read_bytes().split(b"\n", 1)[1])
+    replacement.replace(jsonl)
+    assert covered(jsonl) is None
+    assert query.run(ENGINE, spec, root, BASE, BASE)["results"][0]["metrics"] == [3]

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from event_analytics.analytics import funnel, query, retention
 from event_analytics.analytics.engine import QueryEngine
-from event_analytics.analytics.snapshot import hour_files
+from event_analytics.analytics.snapshot import Sources, hour_files
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
 from event_analytics.analytics.sql import COLUMNS
 from event_analytics.config import Settings
@@ -44,6 +44,36 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _view(found: Sources) -> str:
+    """The archive's records; a view cannot hold parameters, so the paths (our own file
+    names) are quoted literals."""
+    names = ", ".join(f'"{c}"' for c in COLUMNS)
+    parts = []
+    if found.parquet:
+        listed = ", ".join(_literal(p) for p in found.parquet)
+        parts.append(f"SELECT {names} FROM read_parquet([{listed}])")
+    if found.jsonl:
+        listed = ", ".join(_literal(p) for p in found.jsonl)
+        columns = "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in COLUMNS.items())
+        parts.append(
+            f"SELECT {names} FROM read_json([{listed}], format='newline_delimited', "
+            f"columns={columns}}}, ignore_errors=true) WHERE event_id IS NOT NULL"
+        )
+    if not parts:
+        nulls = ", ".join(f"NULL::{t} AS {k}" for k, t in COLUMNS.items())
+        return f"SELECT {nulls} WHERE false"
+    return " UNION ALL ".join(parts)
+
+
+def _compact(args: argparse.Namespace, settings: Settings) -> int:
+    from event_analytics.analytics.compact import compact_closed
+
+    began = datetime.now(UTC)
+    hours, events = compact_closed(settings.archive_path, began)
+    print(f"compacted {hours} hours ({events:,} events) to Parquet")
+    return 0
+
+
 def _sql(args: argparse.Namespace, settings: Settings) -> int:
     try:
         statements = duckdb.extract_statements(args.statement)
@@ -54,19 +84,8 @@ def _sql(args: argparse.Namespace, settings: Settings) -> int:
         print("event-analytics sql: one read-only SELECT statement, please", file=sys.stderr)
         return 2
     engine = _engine(settings)
-    with hour_files(settings.archive_path, None, datetime(9000, 1, 1, tzinfo=UTC)) as paths:
-        # A view cannot hold parameters: the paths are quoted literals (our own file names).
-        columns = "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in COLUMNS.items()) + "}"
-        source = (
-            f"SELECT * FROM read_json([{', '.join(_literal(p) for p in paths)}], "
-            f"format='newline_delimited', columns={columns}, ignore_errors=true) "
-            "WHERE event_id IS NOT NULL"
-            if paths
-            else "SELECT "
-            + ", ".join(f"NULL::{t} AS {k}" for k, t in COLUMNS.items())
-            + " WHERE false"
-        )
-        engine.fetch(f"CREATE OR REPLACE VIEW events AS {source}")
+    with hour_files(settings.archive_path, None, datetime(9000, 1, 1, tzinfo=UTC)) as found:
+        engine.fetch(f"CREATE OR REPLACE VIEW events AS {_view(found)}")
         try:
             names, rows = engine.describe(args.statement)
         except duckdb.Error as exc:
@@ -210,6 +229,11 @@ def add_commands(sub: Any, add_dirs: Any) -> None:
     sql.add_argument("statement", help='e.g. "SELECT event_type, count(*) FROM events GROUP BY 1"')
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     sql.set_defaults(func=_sql)
+    compact = sub.add_parser(
+        "compact", help="Parquet copies of closed hours (used only while equal to the JSONL)"
+    )
+    add_dirs(compact)
+    compact.set_defaults(func=_compact)
     for name, text in (
         ("funnel", "users reaching each step of a funnel (POST /analytics/funnel)"),
         ("retention", "cohort retention (POST /analytics/retention)"),

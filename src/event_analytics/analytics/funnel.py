@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from event_analytics.analytics.engine import QueryEngine
-from event_analytics.analytics.snapshot import hour_files
+from event_analytics.analytics.snapshot import Sources, hour_files
 from event_analytics.analytics.spec import FunnelSpec, parse_field
 from event_analytics.analytics.sql import Params, field_sql, source, step_sql
 from event_analytics.timebucket import iso_z
@@ -79,11 +79,11 @@ def _chain_sql(spec: FunnelSpec, w: str) -> tuple[str, str]:
     return ", ".join([*ctes, body]), "chains"
 
 
-def build(spec: FunnelSpec, paths: list[str]) -> tuple[str, dict[str, Any]]:
+def build(spec: FunnelSpec, files: Sources) -> tuple[str, dict[str, Any]]:
     """The funnel's SQL: one row per (breakdown label, step) aggregate set."""
     p = Params()
     n = len(spec.steps)
-    src = source(p, paths)
+    src = source(p, files)
     start, end = p.bind(spec.start), p.bind(spec.end)
     read_end = p.bind(spec.end + timedelta(seconds=spec.window_s))
     w = f"to_seconds({p.bind(spec.window_s)})"
@@ -195,7 +195,7 @@ def run(
     engine: QueryEngine, spec: FunnelSpec, root: Path, archived_until: datetime
 ) -> dict[str, Any]:
     """Read the hour files of ``[from, to + window)`` and answer (in the engine's pool)."""
-    with hour_files(root, spec.start, spec.end + timedelta(seconds=spec.window_s)) as paths:
-        sql, params = build(spec, paths)
+    with hour_files(root, spec.start, spec.end + timedelta(seconds=spec.window_s)) as files:
+        sql, params = build(spec, files)
         rows = engine.fetch(sql, params)
     return shape(spec, rows, archived_until)

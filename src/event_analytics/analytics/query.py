@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from event_analytics.analytics.engine import QueryEngine
-from event_analytics.analytics.snapshot import hour_files
+from event_analytics.analytics.snapshot import Sources, hour_files
 from event_analytics.analytics.spec import Pagination, QuerySpec, parse_field
 from event_analytics.analytics.sql import Params, field_sql, filters_sql, source
 from event_analytics.timebucket import iso_z
@@ -44,10 +44,10 @@ def order_terms(spec: QuerySpec) -> list[tuple[str, str]]:
 
 
 def build(
-    spec: QuerySpec, paths: list[str], start: datetime, end: datetime
+    spec: QuerySpec, files: Sources, start: datetime, end: datetime
 ) -> tuple[str, dict[str, Any]]:
     p = Params()
-    src = source(p, paths)
+    src = source(p, files)
     dims = [f"{_dimension_sql(p, d)} AS d{i}" for i, d in enumerate(spec.dimensions)]
     where = filters_sql(p, spec.parsed_filters)
     group = "GROUP BY ALL" if dims else ""
@@ -113,14 +113,14 @@ def run(
     engine: QueryEngine, spec: QuerySpec, root: Path, archived_until: datetime, now: datetime
 ) -> dict[str, Any]:
     start, end = spec.time_range(now)
-    with hour_files(root, start, end) as paths:
-        sql, params = build(spec, paths, start, end)
+    with hour_files(root, start, end) as files:
+        sql, params = build(spec, files, start, end)
         rows = engine.fetch(sql, params)
         total = int(rows[0][-1]) if rows else 0
         if not rows and spec.pagination.offset:
             # A page past the end still says how many rows there are.
             first = spec.model_copy(update={"pagination": Pagination(limit=1, offset=0)})
-            sql, params = build(first, paths, start, end)
+            sql, params = build(first, files, start, end)
             head = engine.fetch(sql, params)
             total = int(head[0][-1]) if head else 0
     return shape(spec, rows, total, start, end, archived_until)

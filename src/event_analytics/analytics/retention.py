@@ -14,38 +14,41 @@ from typing import Any
 
 from event_analytics.analytics.engine import QueryEngine
 from event_analytics.analytics.periods import Period
-from event_analytics.analytics.snapshot import hour_files
+from event_analytics.analytics.snapshot import Sources, hour_files
 from event_analytics.analytics.spec import RetentionSpec
 from event_analytics.analytics.sql import Params, source, step_sql
 from event_analytics.timebucket import iso_z
 
 
-def build(spec: RetentionSpec, paths: list[str], cohorts: list[int]) -> tuple[str, dict[str, Any]]:
+def build(spec: RetentionSpec, files: Sources, cohorts: list[int]) -> tuple[str, dict[str, Any]]:
     """SQL with rows (cohort index, k, users); k = 0 is the cohort's size."""
     p = Params()
     period = Period(spec.period)
-    src = source(p, paths)
+    src = source(p, files)
     first, last = cohorts[0], cohorts[-1]
     cohort_end = p.bind(period.start(last + 1))
     if spec.type == "first_time":
         cohort = (
-            f"SELECT user_id, {period.sql('min(ts)')} AS c FROM events "
-            f"WHERE {step_sql(p, spec.cohort_event)} AND ts < {cohort_end} GROUP BY user_id"
+            f"SELECT user_id, {period.sql('min(ts)')} AS c FROM ev "
+            f"WHERE is_cohort AND ts < {cohort_end} GROUP BY user_id"
         )
     else:
         cohort = (
-            f"SELECT DISTINCT user_id, {period.sql('ts')} AS c FROM events "
-            f"WHERE {step_sql(p, spec.cohort_event)} AND ts >= {p.bind(period.start(first))} "
-            f"AND ts < {cohort_end}"
+            f"SELECT DISTINCT user_id, {period.sql('ts')} AS c FROM ev "
+            f"WHERE is_cohort AND ts >= {p.bind(period.start(first))} AND ts < {cohort_end}"
         )
     lo, hi = p.bind(first), p.bind(last)
     ret_start = p.bind(period.start(first + 1))
     ret_end = p.bind(period.start(last + spec.periods + 1))
+    # One pass over the files: the two selectors as flags of the rows either matches.
     sql = f"""
 WITH events AS ({src}),
+ev AS MATERIALIZED (SELECT * FROM (SELECT user_id, ts,
+    {step_sql(p, spec.cohort_event)} AS is_cohort, {step_sql(p, spec.return_event)} AS is_return
+    FROM events) WHERE is_cohort OR is_return),
 cohort AS (SELECT * FROM ({cohort}) WHERE c BETWEEN {lo} AND {hi}),
-ret AS (SELECT DISTINCT user_id, {period.sql("ts")} AS r FROM events
-    WHERE {step_sql(p, spec.return_event)} AND ts >= {ret_start} AND ts < {ret_end})
+ret AS (SELECT DISTINCT user_id, {period.sql("ts")} AS r FROM ev
+    WHERE is_return AND ts >= {ret_start} AND ts < {ret_end})
 SELECT c, 0 AS k, count(*) FROM cohort GROUP BY c
 UNION ALL
 SELECT c, r - c AS k, count(*) FROM cohort JOIN ret USING (user_id)
@@ -96,7 +99,7 @@ def run(
         return shape(spec, [], [], archived_until)
     # first_time looks back to the archive's start for each user's first cohort event.
     start = None if spec.type == "first_time" else period.start(cohorts[0])
-    with hour_files(root, start, period.start(cohorts[-1] + spec.periods + 1)) as paths:
-        sql, params = build(spec, paths, cohorts)
+    with hour_files(root, start, period.start(cohorts[-1] + spec.periods + 1)) as files:
+        sql, params = build(spec, files, cohorts)
         rows = engine.fetch(sql, params)
     return shape(spec, cohorts, rows, archived_until)

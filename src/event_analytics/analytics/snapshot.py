@@ -12,9 +12,11 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from event_analytics.analytics.compact import covered, parquet_path
 from event_analytics.archive.files import list_files
 from event_analytics.timebucket import Interval, floor
 
@@ -33,39 +35,54 @@ def _last_newline(fd: int, size: int) -> int:
     return 0
 
 
-def _copy_prefix(fd: int, length: int, target: Path) -> None:
+def _copy_range(fd: int, start: int, end: int, target: Path) -> None:
     with target.open("wb") as out:
-        offset = 0
-        while offset < length:
-            sent = os.sendfile(out.fileno(), fd, offset, length - offset)
+        offset = start
+        while offset < end:
+            sent = os.sendfile(out.fileno(), fd, offset, end - offset)
             if sent == 0:
                 break
             offset += sent
 
 
+@dataclass(slots=True)
+class Sources:
+    """What to read: Parquet copies (compact.py) and JSONL files or their tails."""
+
+    parquet: list[str] = field(default_factory=list)
+    jsonl: list[str] = field(default_factory=list)
+
+
 @contextlib.contextmanager
-def hour_files(root: Path, start: datetime | None, end: datetime) -> Iterator[list[str]]:
-    """Paths to read for events with timestamps in ``[start, end)``; copies are removed after."""
+def hour_files(root: Path, start: datetime | None, end: datetime) -> Iterator[Sources]:
+    """The files to read for events with timestamps in ``[start, end)``; copies are
+    removed after."""
     first = floor(start, Interval.HOUR) if start is not None else None
     with tempfile.TemporaryDirectory(prefix="ea-query-") as scratch:
-        paths: list[str] = []
+        out = Sources()
         for found in list_files(root, first, end):
+            copy = covered(found.path)
             try:
                 fd = os.open(found.path, os.O_RDONLY)
             except FileNotFoundError:
                 continue
             try:
                 size = os.fstat(fd).st_size
-                if size == 0:
+                done = 0
+                if copy is not None:
+                    out.parquet.append(str(parquet_path(found.path)))
+                    done = copy.jsonl_bytes
+                if size <= done:
                     continue
-                if os.pread(fd, 1, size - 1) == b"\n":
-                    paths.append(str(found.path))
+                whole = size if os.pread(fd, 1, size - 1) == b"\n" else _last_newline(fd, size)
+                if whole <= done:
                     continue
-                keep = _last_newline(fd, size)
-                if keep:
-                    copy = Path(scratch) / found.path.name
-                    _copy_prefix(fd, keep, copy)
-                    paths.append(str(copy))
+                if done == 0 and whole == size:
+                    out.jsonl.append(str(found.path))
+                else:  # a tail after the copy, or a file whose last line is not whole
+                    part = Path(scratch) / f"{found.path.stem}.{done}.jsonl"
+                    _copy_range(fd, done, whole, part)
+                    out.jsonl.append(str(part))
             finally:
                 os.close(fd)
-        yield paths
+        yield out

@@ -6,9 +6,12 @@ into SQL text are column names chosen here from fixed lists.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from event_analytics.analytics.spec import Condition, Field_, Filter, Not, Or, Step, glob_to_like
+
+if TYPE_CHECKING:
+    from event_analytics.analytics.snapshot import Sources
 
 # The archive record as DuckDB reads it (archive/record.py is the codec of the same record).
 COLUMNS = {
@@ -35,25 +38,34 @@ class Params:
         return f"${name}"
 
 
-def source(params: Params, paths: list[str]) -> str:
-    """A SELECT of the ``events`` columns from these JSONL files (none: an empty relation).
+def source(params: Params, files: Sources) -> str:
+    """A SELECT of the ``events`` columns from Parquet copies and JSONL files.
 
     ``ignore_errors`` reads a line a live archiver is appending at this moment as a row
     of NULLs instead of failing the query; ``event_id IS NOT NULL`` drops it. (A torn
-    tail left by a crash is never read at all: see ``files.snapshot``.)
+    tail left by a crash is never read at all: see ``snapshot.hour_files``.)
     """
-    if not paths:
+    parts = []
+    if files.parquet:
+        parts.append(
+            f'SELECT {EVENT_COLUMNS} FROM (SELECT event_id, user_id, "timestamp" AS ts, '
+            "event_type, page_url, payload::JSON AS payload, received_at "
+            f"FROM read_parquet({params.bind(files.parquet)}))"
+        )
+    if files.jsonl:
+        parts.append(
+            'SELECT event_id, user_id, "timestamp" AS ts, event_type, '
+            "payload->>'page_url' AS page_url, payload, received_at "
+            f"FROM read_json({params.bind(files.jsonl)}, format='newline_delimited', "
+            f"columns={params.bind(COLUMNS)}, ignore_errors=true) WHERE event_id IS NOT NULL"
+        )
+    if not parts:
         return (
             "SELECT NULL::VARCHAR AS event_id, NULL::VARCHAR AS user_id, "
             "NULL::TIMESTAMPTZ AS ts, NULL::VARCHAR AS event_type, NULL::VARCHAR AS page_url, "
             "NULL::JSON AS payload, NULL::TIMESTAMPTZ AS received_at WHERE false"
         )
-    return (
-        'SELECT event_id, user_id, "timestamp" AS ts, event_type, '
-        "payload->>'page_url' AS page_url, payload, received_at "
-        f"FROM read_json({params.bind(paths)}, format='newline_delimited', "
-        f"columns={params.bind(COLUMNS)}, ignore_errors=true) WHERE event_id IS NOT NULL"
-    )
+    return " UNION ALL ".join(parts)
 
 
 def field_sql(params: Params, field: Field_) -> str:
