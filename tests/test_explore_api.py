@@ -21,8 +21,7 @@ from event_analytics.archive import files
 from tests import analytics_model as model
 from tests.backends import Backend
 from tests.helpers import HTTP, event
-from tests.servers import ServiceProcess
-from tests.test_archive import Archiver, archiving_service
+from tests.servers import ArchiverProcess, ServiceProcess, archiving_service
 
 WAIT_S = 30
 
@@ -275,7 +274,7 @@ def test_a_crash_restarted_archiver_leaves_answers_exact(
         ]  # fmt: skip
         records = _sent(bodies, svc.url)
         sent_at = datetime.now(UTC)
-        crasher = Archiver(env | {"EA_ARCHIVER_CRASH_AT": crash_at}, tmp_path / "a1.log")
+        crasher = ArchiverProcess(env | {"EA_ARCHIVER_CRASH_AT": crash_at}, tmp_path / "a1.log")
         assert crasher.proc.wait(timeout=60) == -signal.SIGKILL
         crasher.stop()
         frm, to = (now - timedelta(hours=1)).isoformat(), (now + timedelta(minutes=1)).isoformat()
@@ -290,7 +289,7 @@ def test_a_crash_restarted_archiver_leaves_answers_exact(
         funnel_body = {"from": frm, "to": to, "window_s": 3600,
                        "steps": [{"event_type": "view"}, {"event_type": "join"},
                                  {"event_type": "buy"}]}  # fmt: skip
-        with Archiver(env, tmp_path / "a2.log"):
+        with ArchiverProcess(env, tmp_path / "a2.log"):
             answer = _archived(svc.url, "/analytics/funnel", funnel_body, sent_at)
         want = model.funnel(records, funnel_body)
         assert [s["users"] for s in answer["steps"]] == [s["users"] for s in want["steps"]]

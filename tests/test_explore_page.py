@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from tests import analytics_model as model
+from tests.browser import render
 from tests.helpers import HTTP, event
 from tests.servers import ServiceProcess, stopped_after
-from tests.test_dashboard import chromium, render  # noqa: F401 (chromium: a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def _records(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_explore_shows_the_funnel_and_the_heat_map(
     service: ServiceProcess,
-    chromium: str,  # noqa: F811 (the fixture imported above)
+    chromium: str,
     tmp_path: Path,
 ) -> None:
     now = datetime.now(UTC)
