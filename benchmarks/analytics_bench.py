@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.console import Console
 from rich.table import Table
 
@@ -32,7 +31,7 @@ from event_analytics.analytics import funnel, query, retention
 from event_analytics.analytics.compact import compact_closed
 from event_analytics.analytics.engine import QueryEngine
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
-from event_analytics.archive import files
+from event_analytics.archive import files, record
 
 TYPES = ["page_view", "signup", "purchase", "add_to_cart", "search", "logout"]
 WEIGHTS = [60, 8, 4, 12, 12, 4]
@@ -44,7 +43,8 @@ def iso(ts: datetime) -> str:
 
 
 def generate(root: Path, events: int, days: int, users: int, pages: int, end: datetime) -> None:
-    """``events`` records spread over ``days`` before ``end``, hour file by hour file."""
+    """``events`` records spread over ``days`` before ``end``, hour file by hour file,
+    encoded by the archive's record codec and appended by its file code."""
     rng = random.Random(42)
     hours = days * 24
     start = end - timedelta(hours=hours)
@@ -63,15 +63,15 @@ def generate(root: Path, events: int, days: int, users: int, pages: int, end: da
                 payload["page_url"] = urls[min(int(rng.paretovariate(1.2)) - 1, pages - 1)]
             if kind in ("signup", "purchase"):
                 payload["plan"] = rng.choice(["free", "pro", "team"])
-            record = {
-                "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
-                "user_id": f"user_{rng.randrange(users)}",
-                "timestamp": iso(ts),
-                "event_type": kind,
-                "payload": payload,
-                "received_at": iso(ts + timedelta(milliseconds=rng.randrange(1, 500))),
-            }
-            lines.append(orjson.dumps(record) + b"\n")
+            event = record.Record(
+                event_id=uuid.UUID(int=rng.getrandbits(128)),
+                user_id=f"user_{rng.randrange(users)}",
+                timestamp=ts,
+                event_type=kind,
+                payload=payload,
+                received_at=ts + timedelta(milliseconds=rng.randrange(1, 500)),
+            )
+            lines.append(record.encode(event) + b"\n")
         with files.locked(files.hour_path(root, hour)) as fd:
             files.append(fd, b"".join(lines))
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from event_analytics.archive import files
+from event_analytics.archive import files, record
 from event_analytics.timebucket import Interval, floor
 
 
@@ -25,7 +25,9 @@ def archive(root: Path, records: list[dict[str, Any]]) -> None:
     """Write records into hour files with the archiver's own file code."""
     by_hour: dict[datetime, list[bytes]] = defaultdict(list)
     for r in records:
-        by_hour[floor(ts_of(r), Interval.HOUR)].append(orjson.dumps(r) + b"\n")
+        # The archiver's own line: the record codec's encoding of the event.
+        line = record.encode(record.decode(orjson.dumps(r)))
+        by_hour[floor(ts_of(r), Interval.HOUR)].append(line + b"\n")
     for hour, lines in by_hour.items():
         with files.locked(files.hour_path(root, hour)) as fd:
             files.append(fd, b"".join(lines))

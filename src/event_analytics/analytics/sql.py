@@ -9,19 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from event_analytics.analytics.spec import Condition, Field_, Filter, Not, Or, Step, glob_to_like
+from event_analytics.archive import record
 
 if TYPE_CHECKING:
     from event_analytics.analytics.snapshot import Sources
 
-# The archive record as DuckDB reads it (archive/record.py is the codec of the same record).
-COLUMNS = {
-    "event_id": "VARCHAR",
-    "user_id": "VARCHAR",
-    "timestamp": "TIMESTAMPTZ",
-    "event_type": "VARCHAR",
-    "payload": "JSON",
-    "received_at": "TIMESTAMPTZ",
-}
+# The archive record as DuckDB reads it: its codec's column list (archive/record.py).
+COLUMNS = dict(record.COLUMNS)
 # The columns of the ``events`` relation every plan reads.
 EVENT_COLUMNS = "event_id, user_id, ts, event_type, page_url, payload, received_at"
 
