@@ -162,6 +162,11 @@ BAD = [
         "steps.0.event_type",
     ),
     ("/analytics/retention", {**GOOD_RETENTION, "periods": 61}, "periods"),
+    (  # found by the fuzz test: a non-string page_url was a 500
+        "/analytics/retention",
+        {**GOOD_RETENTION, "cohort_event": {"event_type": "a", "page_url": 79504}},
+        "cohort_event.page_url",
+    ),
     ("/analytics/retention", {**GOOD_RETENTION, "period": "fortnight"}, "period"),
     ("/analytics/retention", {**GOOD_RETENTION, "type": "sometimes"}, "type"),
     (

@@ -154,8 +154,8 @@ def parse_filter(raw: Any, *, bare_is_property: bool, depth: int = 0) -> Filter:
     return Condition(op, field, values)  # type: ignore[arg-type]
 
 
-def _glob_ok(value: str) -> str:
-    if not value or len(value) > 2048:
+def _glob_ok(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 2048:
         raise _invalid("invalid_page_url", "page_url is 1-2048 characters, * matches any run")
     return value
 

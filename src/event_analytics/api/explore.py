@@ -21,7 +21,7 @@ from event_analytics.api.render import json_response
 from event_analytics.config import Settings
 
 router = APIRouter(prefix="/analytics", tags=["explore"])
-ERRORS = problem_responses(422, 503, 504)
+ERRORS = problem_responses(400, 422, 503, 504)
 FRESHNESS = (
     " `archived_until` is the receive time before which every accepted event is in the "
     "archive (so in this answer); `method` is `exact`."
