@@ -356,3 +356,24 @@ def test_a_copy_is_used_only_while_it_matches_its_jsonl(tmp_path: Path) -> None:
     replacement.replace(jsonl)
     assert covered(jsonl) is None
     assert query.run(ENGINE, spec, root, BASE, BASE)["results"][0]["metrics"] == [3]
+
+
+def test_breakdown_value_is_the_chosen_chains_even_when_missing(tmp_path: Path) -> None:
+    """The chain reaching furthest has no plan; a later entry (shorter chain) has one:
+    the user is counted under (none), as the model says."""
+
+    def rec(t: int, kind: str, **payload: Any) -> dict[str, Any]:
+        ts = iso(BASE + timedelta(seconds=t))
+        return {"event_id": str(uuid.uuid4()), "user_id": "u1", "timestamp": ts,
+                "event_type": kind, "payload": payload, "received_at": ts}  # fmt: skip
+
+    recs = [rec(0, "signup"), rec(10, "purchase"), rec(20, "signup", plan="pro")]
+    body = {"from": iso(BASE), "to": iso(BASE + timedelta(hours=1)), "window_s": 3600,
+            "steps": [{"event_type": "signup"}, {"event_type": "purchase"}],
+            "breakdown": "property:plan"}  # fmt: skip
+    got = funnel.run(ENGINE, FunnelSpec.model_validate(body), write(tmp_path, recs), BASE)
+    want = model.funnel(recs, {**body, "from": BASE.isoformat(),
+                               "to": (BASE + timedelta(hours=1)).isoformat()})  # fmt: skip
+    assert [b["value"] for b in got["breakdowns"]] == [b["value"] for b in want["breakdowns"]]
+    assert got["breakdowns"][0]["value"] == "(none)"
+    assert [s["users"] for s in got["breakdowns"][0]["steps"]] == [1, 1]
