@@ -48,6 +48,7 @@ clean:
 # Throughput/latency ratios measured in one run (not part of `make test`).
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/analytics_bench.py $(ANALYTICS_BENCH_ARGS)
 
 # Re-render docs/dashboard.png: the dashboard test's screenshot (needs chromium).
 screenshot: $(VENV)/.installed-dev

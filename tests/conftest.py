@@ -9,6 +9,7 @@ says why.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,3 +136,14 @@ def exact_service(
     env = engine.env | {"EA_UNIQUES": "exact"}
     with stopped_after(ServiceProcess(data_dir / "data", env=env)) as svc:
         yield svc
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        # .ci/run installs Debian's chromium: in CI a missing browser is a failure.
+        if os.environ.get("CI"):
+            pytest.fail("chromium missing in CI (.ci/run installs it)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return binary

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -12,12 +13,16 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from benchmarks.procs import free_port
 from event_analytics.config import SETTINGS_ENV
 from event_analytics.store.embedded import find_server_binary
+
+if TYPE_CHECKING:
+    from tests.backends import Backend
 
 # Variables that choose the engine: a test's service uses only what the test passes.
 # (and a parent serve's hand-off of its whole settings)
@@ -170,3 +175,51 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
     except (FileNotFoundError, IndexError):
         return "X"
+
+
+class ArchiverProcess:
+    """``event-analytics archiver`` as a subprocess (``worker.Archiver`` is what it runs)."""
+
+    def __init__(self, env: dict[str, str], log: Path, fsize: int | None = None) -> None:
+        def limit() -> None:
+            if fsize is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.RLIM_INFINITY))
+
+        self.log = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "event_analytics", "archiver"],
+            env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=limit,
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+        self.log.close()
+
+    def __enter__(self) -> ArchiverProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def archiving_service(
+    db: Backend, tmp_path: Path, settings: dict[str, str], args: list[str] | None = None
+) -> Iterator[tuple[ServiceProcess, dict[str, str], Path]]:
+    """The service on ``db`` with its archive under ``tmp_path``: (service, its env, the
+    archive's root), stopped afterwards. ``settings``: more EA_* for it and the CLIs."""
+    root = tmp_path / "archive"
+    env = db.env | {"EA_ARCHIVE_DIR": str(root), **settings}
+    svc = ServiceProcess(tmp_path / "data", env=env, args=args)
+    svc.start()
+    try:
+        yield svc, env, root
+    finally:
+        svc.stop()

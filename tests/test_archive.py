@@ -10,14 +10,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import os
 import resource
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,58 +41,10 @@ from tests.helpers import (
     past_minutes,
     wait_archived,
 )
-from tests.servers import ServiceProcess
+from tests.servers import ArchiverProcess, archiving_service
 
 pytestmark = pytest.mark.slow
 LIMIT = 1_000_000
-
-
-class ArchiverProcess:
-    """``event-analytics archiver`` as a subprocess (``worker.Archiver`` is what it runs)."""
-
-    def __init__(self, env: dict[str, str], log: Path, fsize: int | None = None) -> None:
-        def limit() -> None:
-            if fsize is not None:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.RLIM_INFINITY))
-
-        self.log = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "event_analytics", "archiver"],
-            env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
-            preexec_fn=limit,
-        )  # fmt: skip
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
-        self.log.close()
-
-    def __enter__(self) -> ArchiverProcess:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-
-@contextlib.contextmanager
-def archiving_service(
-    db: Backend, tmp_path: Path, settings: dict[str, str], args: list[str] | None = None
-) -> Iterator[tuple[ServiceProcess, dict[str, str], Path]]:
-    """The service on ``db`` with its archive under ``tmp_path``: (service, its env, the
-    archive's root), stopped afterwards. ``settings``: more EA_* for it and the CLIs."""
-    root = tmp_path / "archive"
-    env = db.env | {"EA_ARCHIVE_DIR": str(root), **settings}
-    svc = ServiceProcess(tmp_path / "data", env=env, args=args)
-    svc.start()
-    try:
-        yield svc, env, root
-    finally:
-        svc.stop()
 
 
 def send(url: str, bodies: list[dict[str, Any]]) -> None:

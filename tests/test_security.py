@@ -274,3 +274,20 @@ def test_cli_status_sends_ea_api_key(keyed: str) -> None:
     assert "401" in without.stdout + without.stderr
     assert with_key.returncode == 0, with_key.stdout + with_key.stderr
     assert "401" not in with_key.stdout + with_key.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/analytics/funnel", {"from": "2026-11-28T00:00:00Z", "to": "2026-11-29T00:00:00Z",
+                            "steps": [{"event_type": "a"}, {"event_type": "b"}]}),
+     ("/analytics/retention", {"from": "2026-11-28T00:00:00Z", "to": "2026-11-29T00:00:00Z",
+                               "cohort_event": {"event_type": "a"},
+                               "return_event": {"event_type": "b"}}),
+     ("/analytics/query", {"date_range": "24h", "metrics": ["events"]})],
+)  # fmt: skip
+def test_archive_analytics_need_the_read_scope(keyed: str, path: str, body: dict) -> None:
+    r = HTTP.post(f"{keyed}{path}", json=body, headers=address())
+    assert r.status_code == 401 and problem_type(r) == "unauthorized"
+    assert HTTP.post(f"{keyed}{path}", json=body, headers=bearer(WRITE)).status_code == 403
+    r = HTTP.post(f"{keyed}{path}", json=body, headers=bearer(READ))
+    assert r.status_code == 200 and r.json()

@@ -325,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--url", default=DEFAULT_URL, help=f"service URL (default {DEFAULT_URL})")
     status.add_argument("--minutes", type=_bounded(int, 1, 1440), default=10, help="minutes shown")
     status.set_defaults(func=_status)
+
+    from event_analytics import explore_cli
+
+    explore_cli.add_commands(sub, add_dirs)
     return parser
 
 

@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     # Queries: the most buckets one query reads (timeseries points, top-pages buckets).
     max_query_points: int = Field(default=1440, ge=1, le=5000)
 
+    # Analytics over the archive (DuckDB): queries at once per worker (more: 503), each
+    # stopped after this long (504), DuckDB's memory and threads per worker.
+    analytics_max_concurrent: int = Field(default=2, ge=1, le=64)
+    analytics_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    analytics_memory_limit: str = Field(default="1GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+    analytics_threads: int = Field(default=2, ge=1, le=64)
+
     @field_validator("redis_url", "redis_cluster_url")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:

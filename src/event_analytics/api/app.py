@@ -16,6 +16,7 @@ from event_analytics.api import (
     analytics,
     dashboard,
     events,
+    explore,
     health,
     metrics,
     persistent,
@@ -89,9 +90,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.rate_limit_window_s,
             )
         app.state.guard = Guard(settings, limits)
+        app.state.query_engine = explore.make_engine(settings)
         try:
             yield
         finally:
+            app.state.query_engine.close()
             await ingestor.close()
             await store.close()
 
@@ -121,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(metrics.RequestTimer)
     app.add_middleware(RequestContext, access_log=settings.access_log)
-    for module in (health, analytics, reports, persistent, metrics):
+    for module in (health, analytics, explore, reports, persistent, metrics):
         app.include_router(module.router)
     dashboard.install(app)
 

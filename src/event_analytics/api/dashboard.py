@@ -33,6 +33,20 @@ async def page() -> HTMLResponse:
     return HTMLResponse(dashboard.page(), headers={"Cache-Control": "no-cache"})
 
 
+@router.get(
+    "/dashboard/explore",
+    summary="Explore (HTML): a funnel builder and a retention heat map over the archive",
+    description=(
+        "Runs `POST /analytics/funnel` and `/analytics/retention` from the browser; "
+        "`?range=1h|24h|7d|30d&steps=a,b&window=S&cohort=T&return=T&period=P`."
+    ),
+    response_class=HTMLResponse,
+    responses={200: {"content": {"text/html": {}}, "description": "The page"}},
+)
+async def explore() -> HTMLResponse:
+    return HTMLResponse(dashboard.page("explore.html"), headers={"Cache-Control": "no-cache"})
+
+
 @dataclass(frozen=True, slots=True)
 class _Route:
     """What the request-timing middleware reads to label the route."""

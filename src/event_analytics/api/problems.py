@@ -72,7 +72,8 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         415: "Unsupported media type",
         422: "Invalid input",
         429: "Rate limit exceeded; retry after the Retry-After header",
-        503: "Storage unavailable; retry after the Retry-After header",
+        503: "Storage unavailable, or too many analytics queries; retry after Retry-After",
+        504: "The analytics query ran past its time limit",
     }
     return {
         s: {"description": titles[s], "content": {PROBLEM_TYPE: {"schema": PROBLEM_SCHEMA}}}

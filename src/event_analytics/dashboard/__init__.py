@@ -18,6 +18,6 @@ STATIC_DIR = HERE / "static"
 
 
 @cache
-def page() -> str:
-    """The page, its static URLs tagged with the version so an upgrade is not served stale."""
-    return (HERE / "index.html").read_text(encoding="utf-8").replace("__VERSION__", __version__)
+def page(name: str = "index.html") -> str:
+    """A page, its static URLs tagged with the version so an upgrade is not served stale."""
+    return (HERE / name).read_text(encoding="utf-8").replace("__VERSION__", __version__)

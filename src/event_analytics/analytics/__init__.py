@@ -1,0 +1,1 @@
+"""Product analytics over the archive on DuckDB: funnels, retention, breakdowns."""

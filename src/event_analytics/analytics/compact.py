@@ -1,0 +1,143 @@
+"""Parquet copies of hour files, used only where they provably hold the same events.
+
+``compact`` writes ``events_…-HH.parquet`` beside an hour's JSONL from its complete
+lines, then checks the copy against the JSONL itself (event count and a checksum of the
+event ids, read from the JSONL by plain Python, not DuckDB) and records the JSONL's
+inode and byte length it covers in ``events_…-HH.parquet.json``. The JSONL stays the
+source of truth: a copy is read only while that record still matches the JSONL's inode,
+and covers at most its length; lines appended after it (late events) are read from the
+JSONL, so a grown hour is still answered exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+from event_analytics.analytics.sql import COLUMNS
+from event_analytics.archive.files import event_id_of, list_files
+
+
+def parquet_path(jsonl: Path) -> Path:
+    return jsonl.with_suffix(".parquet")
+
+
+def _record_path(jsonl: Path) -> Path:
+    return jsonl.with_suffix(".parquet.json")
+
+
+def checksum(ids: list[str] | None = None) -> tuple[int, int]:
+    """(count, sum of the first 8 bytes of each id's SHA-256, mod 2**64)."""
+    total = 0
+    for event_id in ids or []:
+        total += int.from_bytes(hashlib.sha256(event_id.encode()).digest()[:8], "big")
+    return len(ids or []), total % 2**64
+
+
+@dataclass(frozen=True, slots=True)
+class Covered:
+    """What a Parquet copy holds: the first ``jsonl_bytes`` of the JSONL with ``inode``."""
+
+    inode: int
+    jsonl_bytes: int
+    events: int
+    checksum: int
+
+
+def covered(jsonl: Path) -> Covered | None:
+    """The record of a valid copy of ``jsonl``, or None (then read the JSONL)."""
+    try:
+        raw = json.loads(_record_path(jsonl).read_text())
+        record = Covered(**raw)
+        stat = jsonl.stat()
+    except (OSError, ValueError, TypeError):
+        return None
+    if record.inode != stat.st_ino or record.jsonl_bytes > stat.st_size:
+        return None
+    if not parquet_path(jsonl).exists():
+        return None
+    return record
+
+
+def _jsonl_prefix(jsonl: Path) -> tuple[int, list[str]]:
+    """The complete-line prefix length of ``jsonl`` and its event ids, in one pass."""
+    ids: list[str] = []
+    length = 0
+    with jsonl.open("rb") as handle:
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break
+            ids.append(event_id_of(line))
+            length += len(line)
+    return length, ids
+
+
+def compact(jsonl: Path) -> Covered | None:
+    """Write and check the Parquet copy of ``jsonl``'s complete lines; None if none.
+
+    An hour with a valid copy is left alone: a copy in use is never replaced (a query
+    that chose it reads the copy it chose); lines appended since are its JSONL tail.
+    """
+    existing = covered(jsonl)
+    if existing is not None:
+        return existing
+    # No record while the copy is being replaced: a crash leaves the JSONL in use.
+    _record_path(jsonl).unlink(missing_ok=True)
+    length, ids = _jsonl_prefix(jsonl)
+    if not ids:
+        return None
+    inode = jsonl.stat().st_ino
+    target = parquet_path(jsonl)
+    scratch = target.with_suffix(".parquet.tmp")
+    prefix = jsonl.with_suffix(".prefix.tmp")
+    with jsonl.open("rb") as src, prefix.open("wb") as out:
+        out.write(src.read(length))
+    connection = duckdb.connect(config={"threads": 1})
+    try:
+        connection.execute("SET TimeZone = 'UTC'")
+        connection.execute(
+            'COPY (SELECT event_id, user_id, "timestamp", event_type, payload, received_at, '
+            "payload->>'page_url' AS page_url FROM read_json($path, format='newline_delimited', "
+            "columns=$columns)) TO '" + str(scratch).replace("'", "''") + "' (FORMAT parquet)",
+            {"path": str(prefix), "columns": COLUMNS},
+        )
+        stored = [
+            row[0]
+            for row in connection.execute(
+                "SELECT event_id FROM read_parquet($p)", {"p": str(scratch)}
+            ).fetchall()
+        ]
+    finally:
+        connection.close()
+        prefix.unlink(missing_ok=True)
+    want = checksum(ids)
+    if checksum(stored) != want:
+        scratch.unlink(missing_ok=True)
+        raise ValueError(f"{jsonl}: the Parquet copy differs from the JSONL; not used")
+    with scratch.open("rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(scratch, target)
+    record = Covered(inode=inode, jsonl_bytes=length, events=want[0], checksum=want[1])
+    staged = _record_path(jsonl).with_suffix(".tmp")
+    staged.write_text(json.dumps(asdict(record)))
+    os.replace(staged, _record_path(jsonl))
+    return record
+
+
+def compact_closed(root: Path, before: datetime) -> tuple[int, int]:
+    """Compact every hour that ended before ``before``; (hours compacted, events in them)."""
+    hours = events = 0
+    for found in list_files(root, None, before - timedelta(hours=1)):
+        if covered(found.path) is not None:
+            continue
+        record = compact(found.path)
+        if record is not None:
+            hours += 1
+            events += record.events
+    return hours, events

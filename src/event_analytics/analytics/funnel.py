@@ -1,0 +1,207 @@
+"""Funnels: which users reached which step, how long each step took (docs/api.md).
+
+A user's events are ordered by (timestamp, received_at, event_id), so ties have one
+order. From every entry (a step-1 event in ``[from, to)``) the chain takes, for each
+next step, the first later matching event (``ordered``), the very next event of the
+user if it matches (``strict``); it stops at the first step out of the window. The
+earliest next match is always the best choice, so this finds the furthest step any
+chain of that entry reaches. ``any`` only asks, per step, whether a matching event
+other than the entry lies in ``[t1, t1 + window]``. Each user counts once, with the
+chain reaching furthest (the earliest entry among equals): its step-1 event is the
+user's breakdown value, its step times their durations.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from event_analytics.analytics.engine import QueryEngine
+from event_analytics.analytics.snapshot import Sources, hour_files
+from event_analytics.analytics.spec import FunnelSpec, parse_field
+from event_analytics.analytics.sql import Params, field_sql, source, step_sql
+from event_analytics.timebucket import iso_z
+
+TOP_BREAKDOWNS = 20
+OTHER = "(other)"
+NONE = "(none)"
+
+
+def _chain_sql(spec: FunnelSpec, w: str) -> tuple[str, str]:
+    """CTEs c2..cn extending the entries, and the SELECT of the last one with ``level``."""
+    n = len(spec.steps)
+    ctes = []
+    if spec.order == "any":
+        oks = []
+        for k in range(2, n + 1):
+            ctes.append(
+                f"a{k} AS (SELECT c.user_id, c.n1, "
+                f"(coalesce(nx.ts <= c.t1 + {w}, false) OR coalesce(pv.ts = c.t1, false)) AS ok "
+                f"FROM c1 c "
+                f"ASOF LEFT JOIN (SELECT user_id, n, ts FROM seq WHERE s{k}) nx "
+                f"ON c.user_id = nx.user_id AND nx.n > c.n1 "
+                f"ASOF LEFT JOIN (SELECT user_id, n, ts FROM seq WHERE s{k}) pv "
+                f"ON c.user_id = pv.user_id AND pv.n < c.n1)"
+            )
+            oks.append(f"a{k}.ok AS ok{k}")
+        joins = " ".join(f"JOIN a{k} USING (user_id, n1)" for k in range(2, n + 1))
+        level = (
+            "CASE "
+            + " ".join(f"WHEN NOT ok{k} THEN {k - 1}" for k in range(2, n + 1))
+            + f" ELSE {n} END"
+        )
+        times = ", ".join(f"NULL::TIMESTAMPTZ AS t{k}" for k in range(2, n + 1))
+        body = (
+            f"chains AS (SELECT user_id, bd, n1, t1, {times}, {level} AS level FROM ("
+            f"SELECT c1.*, {', '.join(oks)} FROM c1 {joins}))"
+        )
+        return ", ".join([*ctes, body]), "chains"
+    for k in range(2, n + 1):
+        prev = f"c{k - 1}"
+        if spec.order == "ordered":
+            ctes.append(
+                f"c{k} AS (SELECT c.*, "
+                f"CASE WHEN m.ts <= c.t1 + {w} THEN m.n END AS n{k}, "
+                f"CASE WHEN m.ts <= c.t1 + {w} THEN m.ts END AS t{k} "
+                f"FROM {prev} c ASOF LEFT JOIN (SELECT user_id, n, ts FROM seq WHERE s{k}) m "
+                f"ON c.user_id = m.user_id AND m.n > c.n{k - 1})"
+            )
+        else:  # strict: the user's very next event
+            ctes.append(
+                f"c{k} AS (SELECT c.*, m.n AS n{k}, m.ts AS t{k} FROM {prev} c "
+                f"LEFT JOIN seq m ON m.user_id = c.user_id AND m.n = c.n{k - 1} + 1 "
+                f"AND m.s{k} AND m.ts <= c.t1 + {w})"
+            )
+    level = " + ".join(["1"] + [f"(n{k} IS NOT NULL)::INTEGER" for k in range(2, n + 1)])
+    times = ", ".join(f"t{k}" for k in range(2, n + 1))
+    body = f"chains AS (SELECT user_id, bd, n1, t1, {times}, {level} AS level FROM c{n})"
+    return ", ".join([*ctes, body]), "chains"
+
+
+def build(spec: FunnelSpec, files: Sources) -> tuple[str, dict[str, Any]]:
+    """The funnel's SQL: one row per (breakdown label, step) aggregate set."""
+    p = Params()
+    n = len(spec.steps)
+    src = source(p, files)
+    start, end = p.bind(spec.start), p.bind(spec.end)
+    read_end = p.bind(spec.end + timedelta(seconds=spec.window_s))
+    w = f"to_seconds({p.bind(spec.window_s)})"
+    matches = ", ".join(f"{step_sql(p, s)} AS s{i}" for i, s in enumerate(spec.steps, 1))
+    bd = (
+        field_sql(p, parse_field(spec.breakdown, bare_is_property=False))
+        if spec.breakdown
+        else "NULL::VARCHAR"
+    )
+    # Strict needs every event of the user (any other event breaks the chain); the other
+    # orders only the events that match some step.
+    relevant = (
+        "" if spec.order == "strict" else "WHERE " + " OR ".join(f"s{i}" for i in range(1, n + 1))
+    )
+    chains, last = _chain_sql(spec, w)
+    # Each user's chain: the furthest level, then the earliest entry (n1 is unique per
+    # user), chosen by one aggregate instead of a sort of every entry.
+    key = "level * 4294967296 - n1"
+    durations = [
+        f"arg_max_null((epoch_us(t{k}) - epoch_us(t{k - 1})) / 1e6, {key}) AS d{k}"
+        for k in range(2, n + 1)
+    ]
+    aggregates = ["count(*) AS u1"]
+    for k in range(2, n + 1):
+        aggregates += [
+            f"count(*) FILTER (level >= {k}) AS u{k}",
+            f"median(d{k}) FILTER (level >= {k}) AS m{k}",
+            f"avg(d{k}) FILTER (level >= {k}) AS a{k}",
+        ]
+    sql = f"""
+WITH events AS ({src}),
+ev AS (SELECT * FROM (
+    SELECT user_id, ts, received_at, event_id, {bd} AS bd, {matches} FROM events
+    WHERE ts >= {start} AND ts < {read_end}) {relevant}),
+seq AS MATERIALIZED (SELECT *, row_number() OVER (
+    PARTITION BY user_id ORDER BY ts, received_at, event_id) AS n FROM ev),
+c1 AS (SELECT user_id, bd, n AS n1, ts AS t1 FROM seq WHERE s1 AND ts >= {start} AND ts < {end}),
+{chains},
+best AS (SELECT user_id, coalesce(arg_max_null(bd, {key}), '{NONE}') AS bd, max(level) AS level,
+    {", ".join(durations)} FROM {last} GROUP BY user_id),
+grp AS (SELECT bd, count(*) AS entered FROM best GROUP BY bd),
+ranked AS (SELECT bd, CASE WHEN row_number() OVER (ORDER BY entered DESC, bd)
+    <= {TOP_BREAKDOWNS} THEN bd ELSE '{OTHER}' END AS label FROM grp)
+SELECT label, {", ".join(aggregates)}
+FROM best JOIN ranked USING (bd) GROUP BY label ORDER BY u1 DESC, label
+"""
+    return sql, p.values
+
+
+def _steps(spec: FunnelSpec, row: tuple[Any, ...]) -> list[dict[str, Any]]:
+    n = len(spec.steps)
+    users = [int(row[1])] + [int(row[2 + 3 * (k - 2)]) for k in range(2, n + 1)]
+    out = []
+    for i, step in enumerate(spec.steps):
+        k = i + 1
+        median = avg = None
+        if k > 1 and spec.order != "any":
+            median, avg = row[3 + 3 * (k - 2)], row[4 + 3 * (k - 2)]
+        out.append(
+            {
+                "index": k,
+                "event_type": step.event_type,
+                "page_url": step.page_url,
+                "users": users[i],
+                "conversion_from_start": _share(users[i], users[0]),
+                "conversion_from_previous": _share(users[i], users[i - 1]) if i else 1.0,
+                "dropped": users[i - 1] - users[i] if i else 0,
+                "median_s_from_previous": _seconds(median),
+                "average_s_from_previous": _seconds(avg),
+            }
+        )
+    return out
+
+
+def _share(part: int, whole: int) -> float:
+    return round(part / whole, 6) if whole else 0.0
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def shape(
+    spec: FunnelSpec, rows: list[tuple[Any, ...]], archived_until: datetime
+) -> dict[str, Any]:
+    """The answer for the aggregate rows of ``build``'s SQL."""
+    answer: dict[str, Any] = {
+        "from": iso_z(spec.start),
+        "to": iso_z(spec.end),
+        "window_s": spec.window_s,
+        "order": spec.order,
+        "breakdown": spec.breakdown,
+        "method": "exact",
+        "archived_until": iso_z(archived_until),
+    }
+    if spec.breakdown is None:
+        empty = (NONE, 0, *([0, None, None] * (len(spec.steps) - 1)))
+        answer["steps"] = _steps(spec, rows[0] if rows else empty)
+        return answer
+    # (other) last, whatever its size: it is not one value.
+    ordered = sorted(rows, key=lambda r: r[0] == OTHER)
+    answer["breakdowns"] = [{"value": r[0], "steps": _steps(spec, r)} for r in ordered]
+    total = [0] * len(spec.steps)
+    for r in rows:
+        for i, step in enumerate(_steps(spec, r)):
+            total[i] += step["users"]
+    answer["steps"] = [
+        {"index": i + 1, "event_type": s.event_type, "page_url": s.page_url, "users": total[i]}
+        for i, s in enumerate(spec.steps)
+    ]
+    return answer
+
+
+def run(
+    engine: QueryEngine, spec: FunnelSpec, root: Path, archived_until: datetime
+) -> dict[str, Any]:
+    """Read the hour files of ``[from, to + window)`` and answer (in the engine's pool)."""
+    with hour_files(root, spec.start, spec.end + timedelta(seconds=spec.window_s)) as files:
+        sql, params = build(spec, files)
+        rows = engine.fetch(sql, params)
+    return shape(spec, rows, archived_until)

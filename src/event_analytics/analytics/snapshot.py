@@ -1,0 +1,88 @@
+"""The hour files a query reads, each cut to its complete lines.
+
+Lines up to a file's last newline never change (the archiver only appends whole lines
+and cuts back only a torn tail past the last newline), so a file ending in a newline is
+read in place. A file that does not (a tail torn by a crashed archiver, or a line being
+written this instant) is copied up to its last newline, and the copy is read instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from event_analytics.analytics.compact import covered, parquet_path
+from event_analytics.archive.files import list_files
+from event_analytics.timebucket import Interval, floor
+
+_BLOCK = 1 << 16
+
+
+def _last_newline(fd: int, size: int) -> int:
+    """The length of the file's complete-line prefix (0 when it has no newline)."""
+    end = size
+    while end > 0:
+        start = max(0, end - _BLOCK)
+        cut = os.pread(fd, end - start, start).rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0
+
+
+def _copy_range(fd: int, start: int, end: int, target: Path) -> None:
+    with target.open("wb") as out:
+        offset = start
+        while offset < end:
+            sent = os.sendfile(out.fileno(), fd, offset, end - offset)
+            if sent == 0:
+                break
+            offset += sent
+
+
+@dataclass(slots=True)
+class Sources:
+    """What to read: Parquet copies (compact.py) and JSONL files or their tails."""
+
+    parquet: list[str] = field(default_factory=list)
+    jsonl: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def hour_files(root: Path, start: datetime | None, end: datetime) -> Iterator[Sources]:
+    """The files to read for events with timestamps in ``[start, end)``; copies are
+    removed after."""
+    first = floor(start, Interval.HOUR) if start is not None else None
+    with tempfile.TemporaryDirectory(prefix="ea-query-") as scratch:
+        out = Sources()
+        for found in list_files(root, first, end):
+            copy = covered(found.path)
+            try:
+                fd = os.open(found.path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                done = 0
+                if copy is not None:
+                    out.parquet.append(str(parquet_path(found.path)))
+                    done = copy.jsonl_bytes
+                if size <= done:
+                    continue
+                whole = size if os.pread(fd, 1, size - 1) == b"\n" else _last_newline(fd, size)
+                if whole <= done:
+                    continue
+                if done == 0 and whole == size:
+                    out.jsonl.append(str(found.path))
+                else:  # a tail after the copy, or a file whose last line is not whole
+                    part = Path(scratch) / f"{found.path.stem}.{done}.jsonl"
+                    _copy_range(fd, done, whole, part)
+                    out.jsonl.append(str(part))
+            finally:
+                os.close(fd)
+        yield out
