@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=256, ge=1)
     # Set by ``serve`` when it started the private engine (what readiness reports).
     embedded_engine: bool = False
+    # The embedded engine's maxmemory ("512mb", "2gb", bytes); empty = a quarter of the
+    # machine's memory (or of the cgroup's limit, if lower): see store/embedded.py.
+    engine_maxmemory: str = Field(default="", pattern=r"^(|[0-9]+([kmg]b?)?)$")
+    # An engine whose maxmemory-policy may evict keys loses counters and dedup ids
+    # silently: readiness is red and ingest refuses, unless this says the risk is accepted.
+    allow_evicting_engine: bool = False
 
     # HTTP server.
     host: str = "127.0.0.1"
@@ -110,6 +116,11 @@ class Settings(BaseSettings):
 
     # Queries: the most buckets one query reads (timeseries points, top-pages buckets).
     max_query_points: int = Field(default=1440, ge=1, le=5000)
+
+    @field_validator("engine_maxmemory", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("redis_url", "redis_cluster_url")
     @classmethod

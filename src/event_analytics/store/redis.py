@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 from event_analytics import metrics
 from event_analytics.config import Settings
 from event_analytics.keys import Keys
-from event_analytics.model import StorageUnavailable
+from event_analytics.model import EngineFull, StorageUnavailable
 from event_analytics.store.cluster import cluster_info, connect_cluster
 from event_analytics.store.scripts import Call, call_per_shard
 from event_analytics.timebucket import Interval
@@ -49,7 +49,6 @@ _BUSY = (
     rx.TryAgainError,  # TRYAGAIN: a slot migrating
     rx.AskError,
     rx.SlotNotCoveredError,  # no master serves the slot (a failover in progress)
-    rx.OutOfMemoryError,  # OOM: at maxmemory with noeviction
     # The script did not run (flushed, or an engine restart lost it, between the load and
     # the call): nothing was written, and the next call loads it again.
     rx.NoScriptError,
@@ -89,6 +88,11 @@ async def engine_errors() -> AsyncIterator[None]:
     except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
         metrics.engine_error("unreachable")
         raise StorageUnavailable(f"storage unreachable: {type(exc).__name__}") from exc
+    except rx.OutOfMemoryError as exc:
+        # OOM: at maxmemory with noeviction. A script is refused at its first write, so
+        # nothing of it was written.
+        metrics.engine_error("full")
+        raise EngineFull("storage full: OOM") from exc
     except _BUSY as exc:
         metrics.engine_error("busy")
         code = getattr(exc, "status_code", None) or type(exc).__name__
