@@ -103,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.rate_limit_window_s,
             )
         app.state.guard = Guard(settings, limits)
-        watch = EngineWatch(store.client, settings.allow_evicting_engine)
+        watch = EngineWatch(store, settings)
         app.state.watch = watch
         await watch.refresh()  # before the first event: an evicting engine is refused
         watching = asyncio.create_task(watch.run())
