@@ -135,3 +135,12 @@ def exact_service(
     env = engine.env | {"EA_UNIQUES": "exact"}
     with stopped_after(ServiceProcess(data_dir / "data", env=env)) as svc:
         yield svc
+
+
+@pytest.fixture
+def own_valkey(tmp_path: Path) -> Iterator[EngineProcess]:
+    """A private Valkey of the test's own, which it may reconfigure (CONFIG SET)."""
+    proc = EngineProcess(_binary_or_skip("valkey"), tmp_path / "own-valkey")
+    proc.start()
+    yield proc
+    proc.stop()
