@@ -42,11 +42,26 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     # First of all: every module that imports prometheus_client must see this variable,
     # the store's included, and the worker processes inherit it.
-    run_dir = metrics_dir.prepare(settings.data_dir)
+    run_dir = metrics_dir.prepare(settings.metrics_path)
     try:
         return _run_service(args, settings)
     finally:
         metrics_dir.remove(run_dir)
+
+
+def _raise_fd_limit(settings: Settings) -> None:
+    """Room for EA_MAX_CONNECTIONS sockets per worker (the soft limit is often 1,024):
+    past the fd limit accept() fails and the cap's idle-first eviction never runs."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = settings.max_connections + 256  # engine, metrics and archive files too
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning("open files limited to %d: fewer than EA_MAX_CONNECTIONS=%d sockets",
+                        new, settings.max_connections)  # fmt: skip
 
 
 def _run_service(args: argparse.Namespace, settings: Settings) -> int:
@@ -60,6 +75,7 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     )
     from event_analytics.supervisor import Supervised
 
+    _raise_fd_limit(settings)
     engine: EmbeddedServer | None = None
     lock: DataDirLock | None = None
     archiver: Supervised | None = None
@@ -67,7 +83,12 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
         lock = DataDirLock(settings.data_dir)
         try:
             lock.acquire()
-            engine = EmbeddedServer(settings.data_dir, inherit_fd=lock.fd)
+            engine = EmbeddedServer(
+                settings.data_dir,
+                inherit_fd=lock.fd,
+                maxmemory=settings.engine_maxmemory,
+                engine_dir=settings.engine_path,
+            )
             engine.start()
         except (DataDirInUse, EngineNotFound, RuntimeError) as exc:
             print(f"event-analytics: {exc}", file=sys.stderr)
@@ -107,7 +128,7 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
             # Our access log (EA_ACCESS_LOG) has the request id and no raw path.
             access_log=False,
             timeout_keep_alive=5,
-            limit_concurrency=settings.max_concurrency,
+            # No limit_concurrency: it counts idle sockets; ours count requests (protocol.py).
             forwarded_allow_ips=settings.forwarded_allow_ips,
         )
     except _Terminated:

@@ -43,7 +43,19 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REDIS_CLUSTER_URL", "EA_REDIS_CLUSTER_URL"),
     )
     data_dir: Path = Path("data")
+    # Each may live on a filesystem of its own (defaults: under DATA_DIR): the embedded
+    # engine's files (DATA_DIR/valkey), the archive (DATA_DIR/persistent_events), the
+    # workers' metrics files (DATA_DIR/metrics, preallocated: see metrics.py).
     archive_dir: Path | None = None
+    engine_dir: Path | None = None
+    metrics_dir: Path | None = None
+    # Below this much free space on the embedded engine's filesystem, ingest refuses
+    # (503 storage-full) before the engine's AOF write fails (it exits on that error).
+    min_free_disk_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    # Events waiting in the streams for the archiver (XLEN, read every second): past
+    # this, ingest refuses (503 archive-backlog-full) instead of filling the engine's
+    # memory while the archive is blocked. 0 = no bound.
+    max_archive_backlog: int = Field(default=1_000_000, ge=0)
     key_prefix: str = Field(default="ea:", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
     # User shards (one hash tag each). Default: 1 on a single node, CLUSTER_SHARDS on a cluster.
     shards: int = Field(default=1, ge=1, le=1024)
@@ -52,18 +64,28 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=256, ge=1)
     # Set by ``serve`` when it started the private engine (what readiness reports).
     embedded_engine: bool = False
+    # The embedded engine's maxmemory ("512mb", "2gb", bytes); empty = a quarter of the
+    # machine's memory (or of the cgroup's limit, if lower): see store/embedded.py.
+    engine_maxmemory: str = Field(default="", pattern=r"^(|[0-9]+([kmg]b?)?)$")
+    # An engine whose maxmemory-policy may evict keys loses counters and dedup ids
+    # silently: readiness is red and ingest refuses, unless this says the risk is accepted.
+    allow_evicting_engine: bool = False
 
     # HTTP server.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
 
-    # Slow or greedy clients: whole request head within this time and size, whole body
-    # within its own time; at most this many connections and requests at once per worker.
-    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # Slow or greedy clients: whole request head within this time (from the connection's
+    # start, or the request's first byte) and size, whole body within its own time. Per
+    # worker: requests handled at once (idle sockets do not count), open connections (at
+    # the cap the oldest idle one is closed), connections per client address (0 = any).
+    header_timeout_s: float = Field(default=5.0, gt=0, le=300)
     max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=1024 * 1024)
     body_timeout_s: float = Field(default=30.0, gt=0, le=600)
     max_concurrency: int = Field(default=1024, ge=1)
+    max_connections: int = Field(default=4096, ge=1)
+    max_connections_per_address: int = Field(default=256, ge=0)
     # Clients whose X-Forwarded-For is believed (the client address of rate limits).
     forwarded_allow_ips: str = "127.0.0.1"
     access_log: bool = False
@@ -76,6 +98,10 @@ class Settings(BaseSettings):
     rate_limit_per_key: int = Field(default=0, ge=0)
     rate_limit_per_address: int = Field(default=0, ge=0)
     rate_limit_window_s: int = Field(default=60, ge=1, le=3600)
+    # Events per window (0 = no limit), per API key and per client address, on the ingest
+    # routes: a batch counts its events, so a request limit cannot be beaten by batching.
+    event_limit_per_key: int = Field(default=0, ge=0)
+    event_limit_per_address: int = Field(default=0, ge=0)
     # Browser origins allowed to send events (CORS, sendBeacon); "*" = any. Reads: none.
     cors_origins: tuple[str, ...] = ()
     cors_read_origins: tuple[str, ...] = ()
@@ -109,6 +135,20 @@ class Settings(BaseSettings):
 
     # Queries: the most buckets one query reads (timeseries points, top-pages buckets).
     max_query_points: int = Field(default=1440, ge=1, le=5000)
+    # Top pages: the most (bucket, page) entries one query may merge (ZCARDs summed before
+    # it runs; the writer chooses pages x buckets): past it, 422 query_too_costly.
+    max_query_cost: int = Field(default=500_000, ge=1)
+    # ... merged in engine calls of at most this many entries each (~1-2 us per entry:
+    # a few ms), one after another, so ingest's calls run in between.
+    read_chunk_entries: int = Field(default=2_000, ge=1)
+    # Heavy reads (top pages, time series) in progress per worker; past it a read waits
+    # up to EA_HEAVY_READ_WAIT_S, then 503 reads-busy. Ingest has its own limit.
+    max_heavy_reads: int = Field(default=4, ge=1)
+    heavy_read_wait_s: float = Field(default=1.0, ge=0, le=60)
+    # Analytics reads from another engine, e.g. a replica of REDIS_URL (single node only).
+    redis_read_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_READ_URL", "EA_REDIS_READ_URL")
+    )
 
     # Analytics over the archive (DuckDB): queries at once per worker (more: 503), each
     # stopped after this long (504), DuckDB's memory and threads per worker.
@@ -118,6 +158,12 @@ class Settings(BaseSettings):
     analytics_threads: int = Field(default=2, ge=1, le=64)
 
     @field_validator("redis_url", "redis_cluster_url")
+    @field_validator("engine_maxmemory", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("redis_url", "redis_cluster_url", "redis_read_url")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None
@@ -153,6 +199,16 @@ class Settings(BaseSettings):
     def archive_path(self) -> Path:
         """Where the hourly JSONL archive lives (default ``DATA_DIR/persistent_events``)."""
         return self.archive_dir or self.data_dir / "persistent_events"
+
+    @property
+    def engine_path(self) -> Path:
+        """The embedded engine's directory (AOF, config, socket)."""
+        return self.engine_dir or self.data_dir / "valkey"
+
+    @property
+    def metrics_path(self) -> Path:
+        """Root of the per-run directories of the workers' Prometheus files."""
+        return self.metrics_dir or self.data_dir / "metrics"
 
     @field_validator("write_keys", "read_keys", "cors_origins", "cors_read_origins", mode="before")
     @classmethod

@@ -35,7 +35,12 @@ def engine_settings(settings: Settings) -> Iterator[Settings]:
             raise
         yield settings.model_copy(update={"redis_url": found.read_text().strip()})
         return
-    engine = EmbeddedServer(settings.data_dir, inherit_fd=lock.fd)
+    engine = EmbeddedServer(
+        settings.data_dir,
+        inherit_fd=lock.fd,
+        maxmemory=settings.engine_maxmemory,
+        engine_dir=settings.engine_path,
+    )
     try:
         engine.start()
         yield settings.model_copy(update={"redis_url": engine.url})

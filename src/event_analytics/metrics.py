@@ -8,12 +8,14 @@ its values to files there and a scrape, served by any worker, adds them all up.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import prometheus_client.values
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -22,12 +24,66 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Decided with prometheus-client's own choice, at import: values live in files or in memory.
 MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
+# Bytes reserved on disk for each values file when it is created (prometheus-client starts
+# at 64 KiB and doubles): ~5,000 label sets, more than the bounded labels here make.
+PREALLOCATE_BYTES = 1024 * 1024
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks up to ``size`` now. prometheus-client grows its files with
+    truncate (sparse) and writes them through mmap: on a full disk the first write to a
+    page without a block is a SIGBUS that kills the process; reserved, a full disk is an
+    OSError here instead, and writes into reserved blocks never fail."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        # No fallocate on this filesystem: write the zeros (same effect, slower).
+        have = os.fstat(fd).st_size
+        if have < size:
+            os.pwrite(fd, bytes(size - have), have)
+
+
+class _ReservedMmapedDict(MmapedDict):
+    """prometheus-client's values file, with its blocks reserved before they are mapped."""
+
+    def __init__(self, filename: str, read_mode: bool = False) -> None:
+        if not read_mode:
+            fd = os.open(filename, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_size < PREALLOCATE_BYTES:
+                    _reserve(fd, PREALLOCATE_BYTES)
+            except OSError:
+                # No half-made file for a scrape to trip over (it reads every file).
+                os.unlink(filename)
+                raise
+            finally:
+                os.close(fd)
+        super().__init__(filename, read_mode)  # type: ignore[no-untyped-call]
+
+    def _init_value(self, key: str) -> None:
+        # The same size as the parent computes: reserve the doubled file before it grows.
+        size = len(key.encode("utf-8")) + 4
+        size += 8 - size % 8 + 16
+        capacity = self._capacity
+        while self._used + size > capacity:
+            capacity *= 2
+        if capacity != self._capacity:
+            _reserve(self._f.fileno(), capacity)
+        super()._init_value(key)  # type: ignore[no-untyped-call]
+
+
+if MULTIPROCESS:
+    # values.MultiProcessValue opens its files through this module-level name.
+    setattr(prometheus_client.values, "MmapedDict", _ReservedMmapedDict)  # noqa: B010
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Valid event types start with a letter (model.EVENT_TYPE_PATTERN): these never collide.
@@ -67,7 +123,7 @@ ENGINE_ERRORS = Counter(
 # Series that exist from the start at 0, so that rate() and alerts see the first event.
 for _outcome in ("accepted", "duplicate", "rejected"):
     EVENTS.labels(_outcome, "page_view")
-for _kind in ("unreachable", "busy"):
+for _kind in ("unreachable", "busy", "full"):
     ENGINE_ERRORS.labels(_kind)
 
 _type_labels: set[str] = {"page_view"}
@@ -131,9 +187,18 @@ class ArchiveGauges:
     dead_letters: int
 
 
+@dataclass(frozen=True, slots=True)
+class EngineGauges:
+    """The engine's memory at scrape time (summed over a cluster's masters)."""
+
+    used_bytes: int
+    limit_bytes: int  # 0: no maxmemory
+
+
 class _ArchiveCollector(Collector):
-    def __init__(self, gauges: ArchiveGauges | None) -> None:
+    def __init__(self, gauges: ArchiveGauges | None, engine: EngineGauges | None) -> None:
         self.gauges = gauges
+        self.engine = engine
 
     def collect(self) -> Iterator[Metric]:
         # NaN, not 0, while unknown: a lag of 0 would claim an archiver that is caught up.
@@ -149,9 +214,21 @@ class _ArchiveCollector(Collector):
             "Events in the archiver's dead-letter stream (NaN while unknown)",
             value=dead,
         )
+        yield GaugeMetricFamily(
+            "ea_engine_memory_used_bytes",
+            "Memory the engine uses (INFO used_memory; NaN while unknown)",
+            value=float(self.engine.used_bytes) if self.engine else math.nan,
+        )
+        yield GaugeMetricFamily(
+            "ea_engine_memory_limit_bytes",
+            "The engine's maxmemory: writes are refused past it (0 = none; NaN while unknown)",
+            value=float(self.engine.limit_bytes) if self.engine else math.nan,
+        )
 
 
-def _registries(archive: ArchiveGauges | None) -> Iterable[CollectorRegistry]:
+def _registries(
+    archive: ArchiveGauges | None, engine: EngineGauges | None
+) -> Iterable[CollectorRegistry]:
     if MULTIPROCESS:
         merged = CollectorRegistry()
         MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
@@ -159,10 +236,10 @@ def _registries(archive: ArchiveGauges | None) -> Iterable[CollectorRegistry]:
     else:
         yield REGISTRY
     extra = CollectorRegistry()
-    extra.register(_ArchiveCollector(archive))
+    extra.register(_ArchiveCollector(archive, engine))
     yield extra
 
 
-def scrape(archive: ArchiveGauges | None) -> bytes:
+def scrape(archive: ArchiveGauges | None, engine: EngineGauges | None = None) -> bytes:
     """The Prometheus text exposition of every metric, summed over worker processes."""
-    return b"".join(generate_latest(r) for r in _registries(archive))
+    return b"".join(generate_latest(r) for r in _registries(archive, engine))

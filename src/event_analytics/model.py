@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar
 from uuid import UUID
 
+from jiter import LosslessFloat
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -94,7 +95,10 @@ class Payload(BaseModel):
                     "payload string values are at most {limit} characters",
                     {"limit": MAX_PROPERTY_STRING},
                 )
-            if not isinstance(value, str | int | float | bool) and value is not None:
+            if (
+                not isinstance(value, str | int | float | bool | LosslessFloat)
+                and value is not None
+            ):
                 # Flat on purpose: no nesting means no depth to bound and no deep recursion.
                 raise PydanticCustomError(
                     "invalid_property_value",
@@ -108,6 +112,14 @@ class Payload(BaseModel):
                 )
             if isinstance(value, float) and not math.isfinite(value):
                 raise PydanticCustomError("property_out_of_range", "payload numbers must be finite")
+            if isinstance(value, LosslessFloat):
+                # decode.py left it as text: no 64-bit float is that number (too many
+                # digits, or beyond the float range); storing it would change it.
+                raise PydanticCustomError(
+                    "property_not_exact",
+                    "payload numbers must be exact as 64-bit floats (at most 17 significant "
+                    "digits, no underflow to 0)",
+                )
         return self
 
 
@@ -191,6 +203,15 @@ class MalformedJSON(EventAnalyticsError):
         return f"the body is not JSON: {self}"
 
 
+class DuplicateKey(MalformedJSON):
+    """A JSON object of the body has the same key twice (which one counts is undefined)."""
+
+    slug, title = "duplicate-key", "Duplicate key"
+
+    def detail(self) -> str:
+        return f"{self}; send each key once per object"
+
+
 class InvalidInput(EventAnalyticsError):
     """JSON or parameters that break the schema, with one FieldError per reason."""
 
@@ -260,6 +281,8 @@ class StorageUnavailable(EventAnalyticsError):
 
     status, slug, title = 503, "storage-unavailable", "Storage unavailable"
     retry_after_s = 1
+    # Readiness's ``reason`` when this keeps the service from taking events.
+    reason: ClassVar[str] = "engine_unreachable"
 
     def detail(self) -> str:
         return f"{self}; nothing was stored, retry after {self.retry_after_s} s"
@@ -283,6 +306,113 @@ class StorageOutcomeUnknown(StorageUnavailable):
         )
 
 
+class EngineFull(StorageUnavailable):
+    """The engine is at its maxmemory and refuses writes (OOM, with noeviction)."""
+
+    slug, title = "engine-full", "Storage full"
+    reason = "engine_full"
+    retry_after_s = 5
+
+    def detail(self) -> str:
+        return (
+            f"the engine is at its memory limit (maxmemory); nothing was stored, retry after "
+            f"{self.retry_after_s} s (the operator raises maxmemory or shortens retention)"
+        )
+
+
+class QueryTooCostly(InvalidQuery):
+    """A read would merge more (bucket, page) entries than EA_MAX_QUERY_COST."""
+
+    def __init__(self, cost: int, bound: int) -> None:
+        super().__init__(
+            [
+                FieldError(
+                    "query_too_costly",
+                    "from",
+                    f"this range holds {cost} (bucket, page) entries, more than the bound of "
+                    f"{bound}: ask for a shorter range",
+                )
+            ]
+        )
+        self.cost, self.bound = cost, bound
+
+
+class ReadsBusy(EventAnalyticsError):
+    """EA_MAX_HEAVY_READS heavy reads are in progress and none ended in time."""
+
+    status, slug, title = 503, "reads-busy", "Reads busy"
+    retry_after_s = 1
+
+    def detail(self) -> str:
+        return f"{self}; retry after {self.retry_after_s} s (events are still taken)"
+
+
+class EventsRateLimited(EventAnalyticsError):
+    """Over an events-per-window limit (EA_EVENT_LIMIT_PER_KEY / _PER_ADDRESS)."""
+
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+    def __init__(self, limit: int, window_s: int, per: str, retry_after_s: int) -> None:
+        super().__init__(f"more than {limit} events in {window_s} s for this {per}")
+        self.retry_s = retry_after_s
+
+    def detail(self) -> str:
+        return f"{self}; nothing was stored, retry after {self.retry_s} s"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_s)}
+
+
+class StorageFull(StorageUnavailable):
+    """The embedded engine's filesystem has less free space than EA_MIN_FREE_DISK_BYTES."""
+
+    slug, title = "storage-full", "Storage full"
+    reason = "storage_full"
+    retry_after_s = 5
+
+    def detail(self) -> str:
+        return (
+            f"{self}; nothing was stored, retry after {self.retry_after_s} s (writes resume "
+            "by themselves once space is freed)"
+        )
+
+
+class ArchiveBacklogFull(StorageUnavailable):
+    """More events wait for the archiver than EA_MAX_ARCHIVE_BACKLOG: it is blocked or behind."""
+
+    slug, title = "archive-backlog-full", "Archive backlog full"
+    reason = "archive_backlog_full"
+    retry_after_s = 5
+
+    def __init__(self, backlog: int, bound: int) -> None:
+        super().__init__(f"{backlog} events wait for the archiver, the bound is {bound}")
+
+    def detail(self) -> str:
+        return (
+            f"{self} (the archive is blocked or behind); nothing was stored, retry after "
+            f"{self.retry_after_s} s"
+        )
+
+
+class EngineMayEvict(StorageUnavailable):
+    """The engine's maxmemory-policy may evict keys: counters and dedup ids could vanish."""
+
+    slug, title = "engine-may-evict", "Storage may evict data"
+    reason = "engine_may_evict"
+    retry_after_s = 30
+
+    def __init__(self, policy: str) -> None:
+        super().__init__(f"the engine's maxmemory-policy is {policy}")
+        self.policy = policy
+
+    def detail(self) -> str:
+        return (
+            f"{self}, so it may silently drop counters and the ids that make a resend a "
+            "duplicate; nothing was stored. The operator sets maxmemory-policy noeviction "
+            "(or EA_ALLOW_EVICTING_ENGINE=1 to accept that risk)"
+        )
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "body"
 
@@ -295,12 +425,9 @@ def errors_from_validation(exc: ValidationError) -> list[FieldError]:
     ]
 
 
-def decode_event(body: bytes | str) -> Event:
-    """Parse and validate one event from raw JSON. Raises MalformedJSON or InvalidEvent."""
+def validate_event(value: Any) -> Event:
+    """Validate one decoded event (see ``decode.decode_json``). Raises InvalidEvent."""
     try:
-        return EVENT_ADAPTER.validate_json(body)
+        return EVENT_ADAPTER.validate_python(value)
     except ValidationError as exc:
-        errors = errors_from_validation(exc)
-        if any(e.code == "json_invalid" for e in errors):
-            raise MalformedJSON(errors[0].message) from None
-        raise InvalidEvent(errors) from None
+        raise InvalidEvent(errors_from_validation(exc)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,18 +24,20 @@ from event_analytics.api import (
     problems,
     reports,
 )
+from event_analytics.api.heavy import HeavyReads
 from event_analytics.api.ingest_http import ROUTES, IngestEndpoints
 from event_analytics.api.request_context import RequestContext
 from event_analytics.api.security import Guard, ReadGuard, document_security
 from event_analytics.archive.files import LineCounter
 from event_analytics.config import Settings, load_settings
 from event_analytics.ingest import Ingestor
-from event_analytics.metrics import ArchiveGauges
+from event_analytics.metrics import ArchiveGauges, EngineGauges
 from event_analytics.model import StorageUnavailable
-from event_analytics.store import Store
+from event_analytics.store import Store, connect
 from event_analytics.store.ratelimit import RateLimits
 from event_analytics.store.reads import Reads
 from event_analytics.store.streams import StreamStore, archive_lag_s
+from event_analytics.store.watch import EngineWatch
 
 
 async def archive_gauges(app: FastAPI) -> ArchiveGauges | None:
@@ -45,6 +48,15 @@ async def archive_gauges(app: FastAPI) -> ArchiveGauges | None:
     except StorageUnavailable:
         return None
     return ArchiveGauges(lag_seconds=archive_lag_s(backlog), dead_letters=backlog["dead_letters"])
+
+
+async def engine_gauges(app: FastAPI) -> EngineGauges | None:
+    """The engine's memory used and its limit for /metrics, read at scrape time."""
+    watch: EngineWatch = app.state.watch
+    memory = await watch.refresh()
+    if memory is None:
+        return None
+    return EngineGauges(memory.used_bytes, memory.limit_bytes)
 
 
 class App(FastAPI):
@@ -78,24 +90,47 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ingestor = Ingestor(settings, store)
         ingestor.start_batching()
         app.state.ingestor = ingestor
-        app.state.reads = Reads(store)
+        read_client = None
+        if settings.redis_read_url:
+            read_settings = settings.model_copy(
+                update={"redis_url": settings.redis_read_url, "redis_cluster_url": None}
+            )
+            read_client = connect(read_settings)
+        app.state.reads = Reads(
+            store, read_client, settings.max_query_cost, settings.read_chunk_entries
+        )
+        app.state.heavy_reads = HeavyReads(settings.max_heavy_reads, settings.heavy_read_wait_s)
         app.state.streams = StreamStore(store.client, store.keys)
         limits = None
-        if settings.rate_limit_per_key or settings.rate_limit_per_address:
+        if (
+            settings.rate_limit_per_key
+            or settings.rate_limit_per_address
+            or settings.event_limit_per_key
+            or settings.event_limit_per_address
+        ):
             limits = RateLimits(
                 store.client,
                 store.keys,
                 settings.rate_limit_per_key,
                 settings.rate_limit_per_address,
                 settings.rate_limit_window_s,
+                settings.event_limit_per_key,
+                settings.event_limit_per_address,
             )
         app.state.guard = Guard(settings, limits)
         app.state.query_engine = explore.make_engine(settings)
+        watch = EngineWatch(store, settings)
+        app.state.watch = watch
+        await watch.refresh()  # before the first event: an evicting engine is refused
+        watching = asyncio.create_task(watch.run())
         try:
             yield
         finally:
             app.state.query_engine.close()
+            watching.cancel()
             await ingestor.close()
+            if read_client is not None:
+                await read_client.aclose()
             await store.close()
 
     app = App(
@@ -108,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.embedded = settings.embedded_engine
     app.state.line_counter = LineCounter()
     app.state.archive_probe = archive_gauges
+    app.state.engine_probe = engine_gauges
     app.hot = IngestEndpoints(access_log=settings.access_log)
     problems.install(app)
     # Added last = outermost. Inside out: keys and limits of the FastAPI routes, their

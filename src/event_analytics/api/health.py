@@ -14,6 +14,7 @@ from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.config import Settings
 from event_analytics.model import StorageUnavailable
+from event_analytics.store.watch import EngineWatch
 from event_analytics.timebucket import iso_z
 
 router = APIRouter(tags=["health"])
@@ -45,18 +46,29 @@ async def ready(request: Request) -> Response:
         # readiness red within the per-command timeout, not a multiple of it.
         async with asyncio.timeout(settings.redis_timeout_s):
             engine = await store.engine_info()
+            watch: EngineWatch = request.app.state.watch
+            await watch.refresh()
     except (StorageUnavailable, TimeoutError) as exc:
         error = str(exc) or "storage did not answer in time"
-        body |= {"status": "unavailable", "engine": {"reachable": False, "error": error}}
+        body |= {
+            "status": "unavailable",
+            "reason": "engine_unreachable",
+            "engine": {"reachable": False, "error": error},
+        }
         return json_response(body, 503, headers={"Retry-After": "1"})
     durable = engine["aof_enabled"] and engine["appendfsync"] == "always"
     engine |= {"reachable": True, "embedded": request.app.state.embedded}
+    engine |= watch.facts()
     body |= {
         "status": "ready",
         "engine": engine,
         # What a 201 means: survives a crash of the engine's machine only with fsync always.
         "ack_durability": "fsync_always" if durable else "engine_policy",
     }
+    refusal = watch.not_ready()
+    if refusal is not None:
+        body |= {"status": "unavailable", "reason": refusal.reason, "detail": refusal.detail()}
+        return json_response(body, 503, headers=refusal.headers())
     return json_response(body)
 
 
@@ -70,6 +82,8 @@ def access_summary(settings: Settings) -> dict[str, Any]:
         "rate_limits": {
             "per_key": settings.rate_limit_per_key or None,
             "per_address": settings.rate_limit_per_address or None,
+            "events_per_key": settings.event_limit_per_key or None,
+            "events_per_address": settings.event_limit_per_address or None,
             "window_s": settings.rate_limit_window_s,
         },
         "cors_origins": list(settings.cors_origins),
