@@ -157,7 +157,6 @@ class Settings(BaseSettings):
     analytics_memory_limit: str = Field(default="1GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
     analytics_threads: int = Field(default=2, ge=1, le=64)
 
-    @field_validator("redis_url", "redis_cluster_url")
     @field_validator("engine_maxmemory", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
