@@ -49,6 +49,21 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         metrics_dir.remove(run_dir)
 
 
+def _raise_fd_limit(settings: Settings) -> None:
+    """Room for EA_MAX_CONNECTIONS sockets per worker (the soft limit is often 1,024):
+    past the fd limit accept() fails and the cap's idle-first eviction never runs."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = settings.max_connections + 256  # engine, metrics and archive files too
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning("open files limited to %d: fewer than EA_MAX_CONNECTIONS=%d sockets",
+                        new, settings.max_connections)  # fmt: skip
+
+
 def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -60,6 +75,7 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     )
     from event_analytics.supervisor import Supervised
 
+    _raise_fd_limit(settings)
     engine: EmbeddedServer | None = None
     lock: DataDirLock | None = None
     archiver: Supervised | None = None
@@ -107,7 +123,7 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
             # Our access log (EA_ACCESS_LOG) has the request id and no raw path.
             access_log=False,
             timeout_keep_alive=5,
-            limit_concurrency=settings.max_concurrency,
+            # No limit_concurrency: it counts idle sockets; ours count requests (protocol.py).
             forwarded_allow_ips=settings.forwarded_allow_ips,
         )
     except _Terminated:

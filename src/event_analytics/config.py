@@ -58,12 +58,16 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
 
-    # Slow or greedy clients: whole request head within this time and size, whole body
-    # within its own time; at most this many connections and requests at once per worker.
-    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # Slow or greedy clients: whole request head within this time (from the connection's
+    # start, or the request's first byte) and size, whole body within its own time. Per
+    # worker: requests handled at once (idle sockets do not count), open connections (at
+    # the cap the oldest idle one is closed), connections per client address (0 = any).
+    header_timeout_s: float = Field(default=5.0, gt=0, le=300)
     max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=1024 * 1024)
     body_timeout_s: float = Field(default=30.0, gt=0, le=600)
     max_concurrency: int = Field(default=1024, ge=1)
+    max_connections: int = Field(default=4096, ge=1)
+    max_connections_per_address: int = Field(default=256, ge=0)
     # Clients whose X-Forwarded-For is believed (the client address of rate limits).
     forwarded_allow_ips: str = "127.0.0.1"
     access_log: bool = False

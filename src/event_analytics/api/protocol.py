@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol with a deadline and a size limit for the request head.
+"""uvicorn's httptools protocol with a deadline and a size limit for the request head,
+and connection and concurrency limits that idle sockets cannot exhaust.
 
 uvicorn times out idle keep-alive connections, but not a request whose head arrives
 slowly (slowloris: a byte every few seconds holds a connection forever), nor a fresh
@@ -6,6 +7,18 @@ connection that sends nothing, and its httptools parser accepts headers of any s
 This subclass closes a connection whose request line and headers are not complete
 within ``EA_HEADER_TIMEOUT_S`` (answering 408 if a request had begun), and answers 431
 to a head over ``EA_MAX_HEADER_BYTES``. The body has its own deadline, in ``body.py``.
+
+Limits (per worker process), all answered in problem+json with Retry-After, never
+uvicorn's plain text. uvicorn's own ``limit_concurrency`` is not used: it counts open
+sockets, so ~1,000 idle ones (no request sent) made every route, readiness included,
+answer 503. Instead:
+
+- ``EA_MAX_CONCURRENCY``: requests being handled at once (not sockets). Over it: 503
+  ``overloaded``, except ``/health/`` and ``/health/ready``, which stay answerable.
+- ``EA_MAX_CONNECTIONS``: open sockets. At the cap a new connection closes the oldest
+  idle one (no request in progress); when none is idle, it is answered 503.
+- ``EA_MAX_CONNECTIONS_PER_ADDRESS``: open sockets per client address (the peer's, not
+  X-Forwarded-For; behind a proxy raise it or set 0). Over it: 429.
 
 It also sends each response's head and body in one write: uvicorn writes them apart,
 two syscalls and, on loopback, two wakeups of the client per response (those writes were
@@ -16,26 +29,77 @@ per request).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
 
+import httptools
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from event_analytics.config import Settings
 
+RETRY_AFTER_S = 1
+# Answered whatever the load: a saturated ingest must not make the service look dead.
+UNLIMITED_PATHS = frozenset({b"/health/", b"/health/ready", b"/health"})
 
-class HeadersTooLarge(Exception):
-    """Raised inside the parser's callback; the parser turns it into a parse error."""
+
+class Refused(Exception):
+    """Raised inside a parser callback to stop parsing (the parser turns it into a parse
+    error): the connection is answered ``_refusal`` and closed."""
 
 
-def _plain(status: bytes, text: bytes) -> bytes:
+def _problem(status: int, reason: bytes, slug: str, title: str, detail: str) -> bytes:
+    """A whole problem+json response that closes the connection (written before, or
+    instead of, the app: these refusals need no request object)."""
+    body = orjson.dumps(
+        {"type": f"urn:event-analytics:problem:{slug}", "title": title, "status": status,
+         "detail": detail}
+    )  # fmt: skip
+    retry = b"retry-after: %d\r\n" % RETRY_AFTER_S if status in (429, 503) else b""
     return (
-        b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        b"content-length: " + str(len(text)).encode() + b"\r\nconnection: close\r\n\r\n" + text
+        b"HTTP/1.1 %d " % status
+        + reason
+        + b"\r\ncontent-type: application/problem+json\r\n"
+        + retry
+        + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        + body
     )
 
 
-TIMEOUT_408 = _plain(b"408 Request Timeout", b"request head not received in time")
-TOO_LARGE_431 = _plain(b"431 Request Header Fields Too Large", b"request head too large")
+TIMEOUT_408 = _problem(
+    408, b"Request Timeout", "head-timeout", "Request timeout",
+    "the request head was not received in time; send it at once",
+)  # fmt: skip
+TOO_LARGE_431 = _problem(
+    431, b"Request Header Fields Too Large", "head-too-large", "Request head too large",
+    "the request line and headers are larger than the limit",
+)  # fmt: skip
+MALFORMED_400 = _problem(
+    400, b"Bad Request", "malformed-http", "Malformed HTTP", "the request is not valid HTTP/1.1"
+)
+TOO_MANY_CONNECTIONS_429 = _problem(
+    429, b"Too Many Requests", "too-many-connections", "Too many connections",
+    f"too many open connections from this address; close idle ones or reuse one "
+    f"(keep-alive), retry after {RETRY_AFTER_S} s",
+)  # fmt: skip
+NO_CONNECTION_503 = _problem(
+    503, b"Service Unavailable", "overloaded", "Overloaded",
+    f"every connection slot is busy with a request; retry after {RETRY_AFTER_S} s",
+)  # fmt: skip
+OVERLOADED_503 = _problem(
+    503, b"Service Unavailable", "overloaded", "Overloaded",
+    f"too many requests in progress; nothing was done, retry after {RETRY_AFTER_S} s",
+)  # fmt: skip
+
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+async def _overloaded(scope: Any, receive: Any, send: Any) -> None:
+    """The app of a request over the concurrency limit (its body is not read)."""
+    head, _, body = OVERLOADED_503.partition(b"\r\n\r\n")
+    headers = [tuple(line.split(b": ", 1)) for line in head.split(b"\r\n")[1:]]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _HeadHolder:
@@ -92,17 +156,27 @@ def settings_of(app: Any) -> Settings:
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol plus the head's deadline and size limit (per connection)."""
+    """HttpToolsProtocol plus the head's deadline and size limit (per connection) and
+    the connection and concurrency limits (per worker process)."""
+
+    # Every open connection of this process, oldest first, and how many per address.
+    _open: ClassVar[dict[GuardedHttpToolsProtocol, None]] = {}
+    _per_address: ClassVar[dict[str, int]] = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         settings = settings_of(self.app)
         self.header_timeout_s = settings.header_timeout_s
         self.max_header_bytes = settings.max_header_bytes
+        self.max_concurrency = settings.max_concurrency
+        self.max_connections = settings.max_connections
+        self.max_per_address = settings.max_connections_per_address
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._in_request = False
-        self._too_large = False
+        # The answer to give instead of parsing on (raised out of a parser callback).
+        self._refusal: bytes | None = None
+        self._address: str | None = None
 
     def _arm(self) -> None:
         if self._head_timer is None:
@@ -122,11 +196,53 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if len(self._open) >= self.max_connections and not self._close_an_idle_one():
+            transport.write(NO_CONNECTION_503)
+            transport.close()
+            return
+        self._open[self] = None
+        if self.client is not None:
+            self._address = address = self.client[0]
+            count = self._per_address.get(address, 0) + 1
+            self._per_address[address] = count
+            if self.max_per_address and count > self.max_per_address:
+                # Answered when its request begins (a reply before any request is one
+                # most clients never read); cut at the head deadline if none comes.
+                self._refusal = TOO_MANY_CONNECTIONS_429
         self._arm()
+
+    def _busy(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _close_an_idle_one(self) -> bool:
+        """Make room: close the oldest connection that is not handling a request (one
+        that never sent a whole head, or a kept-alive one between requests)."""
+        for other in self._open:
+            if not other._busy() and not other.transport.is_closing():
+                other._disarm()
+                other.transport.close()
+                other._forget()
+                return True
+        return False
+
+    def _forget(self) -> None:
+        if self._open.pop(self, False) is None and self._address is not None:
+            left = self._per_address[self._address] - 1
+            if left:
+                self._per_address[self._address] = left
+            else:
+                del self._per_address[self._address]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._forget()
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is TOO_MANY_CONNECTIONS_429:
+            self.send_400_response("")  # not parsed, not logged (an attacker's volume)
+            return
+        super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -145,14 +261,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _count(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > self.max_header_bytes:
-            self._too_large = True
-            raise HeadersTooLarge
+            self._refusal = TOO_LARGE_431
+            raise Refused
 
     def on_headers_complete(self) -> None:
         self._disarm()
         self._in_request = False
         previous = self.cycle
-        super().on_headers_complete()
+        if self._over_concurrency():
+            # uvicorn starts the request's task with self.app; this one request gets ours.
+            app, self.app = self.app, _overloaded
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+        else:
+            super().on_headers_complete()
         cycle = self.cycle  # this request's (its task starts on the next loop turn)
         if cycle is not None and cycle is not previous:
             holder = _HeadHolder(self.transport)
@@ -165,11 +289,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
             cycle.on_response = on_response
 
+    def _over_concurrency(self) -> bool:
+        return (
+            len(self.tasks) >= self.max_concurrency
+            and httptools.parse_url(self.url).path not in UNLIMITED_PATHS
+        )
+
     def send_400_response(self, msg: str) -> None:
-        # uvicorn answers every parse error 400; ours, a head too large, is a 431.
-        if self._too_large:
+        # uvicorn answers every parse error in plain text; ours in problem+json, and a
+        # refusal raised from a callback (head too large, too many connections) as itself.
+        if self._refusal == TOO_LARGE_431:
             self.logger.warning("Request head over %d bytes refused.", self.max_header_bytes)
-            self.transport.write(TOO_LARGE_431)
-            self.transport.close()
-            return
-        super().send_400_response(msg)
+        self.transport.write(self._refusal or MALFORMED_400)
+        self.transport.close()
