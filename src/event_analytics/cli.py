@@ -83,7 +83,9 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
         lock = DataDirLock(settings.data_dir)
         try:
             lock.acquire()
-            engine = EmbeddedServer(settings.data_dir, inherit_fd=lock.fd)
+            engine = EmbeddedServer(
+                settings.data_dir, inherit_fd=lock.fd, maxmemory=settings.engine_maxmemory
+            )
             engine.start()
         except (DataDirInUse, EngineNotFound, RuntimeError) as exc:
             print(f"event-analytics: {exc}", file=sys.stderr)

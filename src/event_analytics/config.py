@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=256, ge=1)
     # Set by ``serve`` when it started the private engine (what readiness reports).
     embedded_engine: bool = False
+    # The embedded engine's maxmemory ("512mb", "2gb", bytes); empty = a quarter of the
+    # machine's memory (or of the cgroup's limit, if lower): see store/embedded.py.
+    engine_maxmemory: str = Field(default="", pattern=r"^(|[0-9]+([kmg]b?)?)$")
+    # An engine whose maxmemory-policy may evict keys loses counters and dedup ids
+    # silently: readiness is red and ingest refuses, unless this says the risk is accepted.
+    allow_evicting_engine: bool = False
 
     # HTTP server.
     host: str = "127.0.0.1"
@@ -120,6 +126,10 @@ class Settings(BaseSettings):
     analytics_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     analytics_memory_limit: str = Field(default="1GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
     analytics_threads: int = Field(default=2, ge=1, le=64)
+    @field_validator("engine_maxmemory", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("redis_url", "redis_cluster_url")
     @classmethod

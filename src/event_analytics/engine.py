@@ -35,7 +35,9 @@ def engine_settings(settings: Settings) -> Iterator[Settings]:
             raise
         yield settings.model_copy(update={"redis_url": found.read_text().strip()})
         return
-    engine = EmbeddedServer(settings.data_dir, inherit_fd=lock.fd)
+    engine = EmbeddedServer(
+        settings.data_dir, inherit_fd=lock.fd, maxmemory=settings.engine_maxmemory
+    )
     try:
         engine.start()
         yield settings.model_copy(update={"redis_url": engine.url})

@@ -67,7 +67,7 @@ ENGINE_ERRORS = Counter(
 # Series that exist from the start at 0, so that rate() and alerts see the first event.
 for _outcome in ("accepted", "duplicate", "rejected"):
     EVENTS.labels(_outcome, "page_view")
-for _kind in ("unreachable", "busy"):
+for _kind in ("unreachable", "busy", "full"):
     ENGINE_ERRORS.labels(_kind)
 
 _type_labels: set[str] = {"page_view"}
@@ -131,9 +131,18 @@ class ArchiveGauges:
     dead_letters: int
 
 
+@dataclass(frozen=True, slots=True)
+class EngineGauges:
+    """The engine's memory at scrape time (summed over a cluster's masters)."""
+
+    used_bytes: int
+    limit_bytes: int  # 0: no maxmemory
+
+
 class _ArchiveCollector(Collector):
-    def __init__(self, gauges: ArchiveGauges | None) -> None:
+    def __init__(self, gauges: ArchiveGauges | None, engine: EngineGauges | None) -> None:
         self.gauges = gauges
+        self.engine = engine
 
     def collect(self) -> Iterator[Metric]:
         # NaN, not 0, while unknown: a lag of 0 would claim an archiver that is caught up.
@@ -149,9 +158,21 @@ class _ArchiveCollector(Collector):
             "Events in the archiver's dead-letter stream (NaN while unknown)",
             value=dead,
         )
+        yield GaugeMetricFamily(
+            "ea_engine_memory_used_bytes",
+            "Memory the engine uses (INFO used_memory; NaN while unknown)",
+            value=float(self.engine.used_bytes) if self.engine else math.nan,
+        )
+        yield GaugeMetricFamily(
+            "ea_engine_memory_limit_bytes",
+            "The engine's maxmemory: writes are refused past it (0 = none; NaN while unknown)",
+            value=float(self.engine.limit_bytes) if self.engine else math.nan,
+        )
 
 
-def _registries(archive: ArchiveGauges | None) -> Iterable[CollectorRegistry]:
+def _registries(
+    archive: ArchiveGauges | None, engine: EngineGauges | None
+) -> Iterable[CollectorRegistry]:
     if MULTIPROCESS:
         merged = CollectorRegistry()
         MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
@@ -159,10 +180,10 @@ def _registries(archive: ArchiveGauges | None) -> Iterable[CollectorRegistry]:
     else:
         yield REGISTRY
     extra = CollectorRegistry()
-    extra.register(_ArchiveCollector(archive))
+    extra.register(_ArchiveCollector(archive, engine))
     yield extra
 
 
-def scrape(archive: ArchiveGauges | None) -> bytes:
+def scrape(archive: ArchiveGauges | None, engine: EngineGauges | None = None) -> bytes:
     """The Prometheus text exposition of every metric, summed over worker processes."""
-    return b"".join(generate_latest(r) for r in _registries(archive))
+    return b"".join(generate_latest(r) for r in _registries(archive, engine))

@@ -283,6 +283,39 @@ class StorageOutcomeUnknown(StorageUnavailable):
         )
 
 
+class EngineFull(StorageUnavailable):
+    """The engine is at its maxmemory and refuses writes (OOM, with noeviction)."""
+
+    slug, title = "engine-full", "Storage full"
+    reason = "engine_full"
+    retry_after_s = 5
+
+    def detail(self) -> str:
+        return (
+            f"the engine is at its memory limit (maxmemory); nothing was stored, retry after "
+            f"{self.retry_after_s} s (the operator raises maxmemory or shortens retention)"
+        )
+
+
+class EngineMayEvict(StorageUnavailable):
+    """The engine's maxmemory-policy may evict keys: counters and dedup ids could vanish."""
+
+    slug, title = "engine-may-evict", "Storage may evict data"
+    reason = "engine_may_evict"
+    retry_after_s = 30
+
+    def __init__(self, policy: str) -> None:
+        super().__init__(f"the engine's maxmemory-policy is {policy}")
+        self.policy = policy
+
+    def detail(self) -> str:
+        return (
+            f"{self}, so it may silently drop counters and the ids that make a resend a "
+            "duplicate; nothing was stored. The operator sets maxmemory-policy noeviction "
+            "(or EA_ALLOW_EVICTING_ENGINE=1 to accept that risk)"
+        )
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "body"
 

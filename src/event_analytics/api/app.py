@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,12 +30,13 @@ from event_analytics.api.security import Guard, ReadGuard, document_security
 from event_analytics.archive.files import LineCounter
 from event_analytics.config import Settings, load_settings
 from event_analytics.ingest import Ingestor
-from event_analytics.metrics import ArchiveGauges
+from event_analytics.metrics import ArchiveGauges, EngineGauges
 from event_analytics.model import StorageUnavailable
 from event_analytics.store import Store
 from event_analytics.store.ratelimit import RateLimits
 from event_analytics.store.reads import Reads
 from event_analytics.store.streams import StreamStore, archive_lag_s
+from event_analytics.store.watch import EngineWatch
 
 
 async def archive_gauges(app: FastAPI) -> ArchiveGauges | None:
@@ -45,6 +47,15 @@ async def archive_gauges(app: FastAPI) -> ArchiveGauges | None:
     except StorageUnavailable:
         return None
     return ArchiveGauges(lag_seconds=archive_lag_s(backlog), dead_letters=backlog["dead_letters"])
+
+
+async def engine_gauges(app: FastAPI) -> EngineGauges | None:
+    """The engine's memory used and its limit for /metrics, read at scrape time."""
+    watch: EngineWatch = app.state.watch
+    memory = await watch.refresh()
+    if memory is None:
+        return None
+    return EngineGauges(memory.used_bytes, memory.limit_bytes)
 
 
 class App(FastAPI):
@@ -91,9 +102,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         app.state.guard = Guard(settings, limits)
         app.state.query_engine = explore.make_engine(settings)
+        watch = EngineWatch(store.client, settings.allow_evicting_engine)
+        app.state.watch = watch
+        await watch.refresh()  # before the first event: an evicting engine is refused
+        watching = asyncio.create_task(watch.run())
         try:
             yield
         finally:
+            watching.cancel()
             app.state.query_engine.close()
             await ingestor.close()
             await store.close()
@@ -108,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.embedded = settings.embedded_engine
     app.state.line_counter = LineCounter()
     app.state.archive_probe = archive_gauges
+    app.state.engine_probe = engine_gauges
     app.hot = IngestEndpoints(access_log=settings.access_log)
     problems.install(app)
     # Added last = outermost. Inside out: keys and limits of the FastAPI routes, their

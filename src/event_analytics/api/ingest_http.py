@@ -134,6 +134,8 @@ class IngestEndpoints:
                 refusal = await guard.admit(scope, Access.WRITE)
                 if refusal is not None:
                     return await _respond(refusal, scope, receive, send, echo)
+            # An engine that may evict would forget what it acknowledges: refuse first.
+            scope["app"].state.watch.check_writes()
             handler = self._one if route is EVENTS_ROUTE else self._batch
             status, body = await handler(scope, receive)
         except ClientGone:

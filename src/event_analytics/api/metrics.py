@@ -15,6 +15,7 @@ router = APIRouter(tags=["metrics"])
 
 # Set on app.state by the app factory: archive lag and dead letters at scrape time.
 ArchiveProbe = Callable[[FastAPI], Awaitable[metrics.ArchiveGauges | None]]
+EngineProbe = Callable[[FastAPI], Awaitable[metrics.EngineGauges | None]]
 
 UNMATCHED = "unmatched"
 
@@ -26,8 +27,10 @@ UNMATCHED = "unmatched"
     responses={200: {"content": {metrics.CONTENT_TYPE: {}}, "description": "Text format 0.0.4"}},
 )
 async def prometheus(request: Request) -> Response:
-    probe: ArchiveProbe = request.app.state.archive_probe
-    return Response(metrics.scrape(await probe(request.app)), media_type=metrics.CONTENT_TYPE)
+    archive: ArchiveProbe = request.app.state.archive_probe
+    engine: EngineProbe = request.app.state.engine_probe
+    body = metrics.scrape(await archive(request.app), await engine(request.app))
+    return Response(body, media_type=metrics.CONTENT_TYPE)
 
 
 class RequestTimer:

@@ -50,6 +50,30 @@ def find_server_binary() -> str:
     )
 
 
+# The embedded engine's default maxmemory: this share of the machine's (or cgroup's)
+# memory. A quarter, because the engine is not alone: an AOF rewrite forks it (copy-on-
+# write pages can double its footprint while the rewrite runs), the workers and the
+# archiver need their own memory, and the archive's writes want page cache.
+DEFAULT_MEMORY_SHARE = 0.25
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def machine_memory() -> int:
+    """Physical memory in bytes, or the cgroup's memory limit when that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in _CGROUP_LIMITS:
+        with contextlib.suppress(OSError, ValueError):
+            limit = Path(path).read_text().strip()
+            if limit != "max":
+                total = min(total, int(limit))
+    return total
+
+
+def default_maxmemory() -> int:
+    """The embedded engine's maxmemory when EA_ENGINE_MAXMEMORY is empty."""
+    return int(machine_memory() * DEFAULT_MEMORY_SHARE)
+
+
 def free_port() -> int:
     """A free loopback TCP port."""
     with socket.socket() as sock:
@@ -127,8 +151,17 @@ class DataDirLock:
 class EmbeddedServer:
     """Runs one private Valkey with AOF + fsync on every write, restarting it if it dies."""
 
-    def __init__(self, data_dir: Path, binary: str | None = None, inherit_fd: int | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        binary: str | None = None,
+        inherit_fd: int | None = None,
+        maxmemory: str = "",
+    ):
         self.data_dir = data_dir.resolve()
+        # At maxmemory writes are refused (503 engine-full), never keys evicted: eviction
+        # would silently forget counters and the ids that make a resend a duplicate.
+        self.maxmemory = maxmemory or str(default_maxmemory())
         self.dir = self.data_dir / "valkey"
         self.binary = binary or find_server_binary()
         self.inherit_fd = inherit_fd
@@ -159,6 +192,8 @@ class EmbeddedServer:
             'save ""',
             f'logfile "{self.dir / "server.log"}"',
             "protected-mode yes",
+            f"maxmemory {self.maxmemory}",
+            "maxmemory-policy noeviction",
         ]
         if self.socket_path:
             lines += ["port 0", f'unixsocket "{self.socket_path}"', "unixsocketperm 700"]

@@ -20,7 +20,7 @@ from redis.backoff import NoBackoff
 from event_analytics import metrics
 from event_analytics.config import Settings
 from event_analytics.keys import Keys, page_digest
-from event_analytics.model import StorageOutcomeUnknown, StorageUnavailable
+from event_analytics.model import EngineFull, StorageOutcomeUnknown, StorageUnavailable
 from event_analytics.store import claims
 from event_analytics.store.cluster import cluster_info, connect_cluster
 from event_analytics.store.prepared import Bucket, PreparedEvent
@@ -38,7 +38,6 @@ _BUSY = (
     rx.TryAgainError,  # TRYAGAIN: a slot migrating
     rx.AskError,
     rx.SlotNotCoveredError,  # no master serves the slot (a failover in progress)
-    rx.OutOfMemoryError,  # OOM: at maxmemory with noeviction
     # The script did not run (flushed, or an engine restart lost it, between the load and
     # the call): nothing was written, and the next call loads it again.
     rx.NoScriptError,
@@ -95,6 +94,11 @@ async def engine_errors(*, write: bool = False) -> AsyncIterator[None]:
         if write and _sent(exc):
             raise StorageOutcomeUnknown(f"storage did not answer: {type(exc).__name__}") from exc
         raise StorageUnavailable(f"storage unreachable: {type(exc).__name__}") from exc
+    except rx.OutOfMemoryError as exc:
+        # OOM: at maxmemory with noeviction. A script is refused at its first write, so
+        # nothing of it was written.
+        metrics.engine_error("full")
+        raise EngineFull("storage full: OOM") from exc
     except _BUSY as exc:
         metrics.engine_error("busy")
         code = getattr(exc, "status_code", None) or type(exc).__name__

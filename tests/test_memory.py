@@ -1,0 +1,140 @@
+"""The engine's memory (issue 13): an evicting maxmemory-policy is refused, an engine at
+maxmemory turns readiness red, /metrics shows memory used vs limit, and the embedded
+engine runs with a maxmemory and noeviction.
+
+Each test runs a private engine it reconfigures (CONFIG SET), so the session's engines
+keep their settings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from event_analytics.store.embedded import default_maxmemory, url_file
+from tests.conftest import _binary_or_skip
+from tests.helpers import HTTP, event
+from tests.scrape import scrape, value
+from tests.servers import EngineProcess, ServiceProcess, stopped_after
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def own_engine(tmp_path: Path) -> Iterator[EngineProcess]:
+    proc = EngineProcess(_binary_or_skip("valkey"), tmp_path / "engine")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def _until(check: object, timeout_s: float = 15.0) -> None:
+    """Poll ``check()`` until true (bounded): the service reads the engine every second."""
+    deadline = time.monotonic() + timeout_s
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.1)
+
+
+def _ready(svc: ServiceProcess) -> tuple[int, dict[str, object]]:
+    r = HTTP.get(f"{svc.url}/health/ready")
+    return r.status_code, r.json()
+
+
+def test_evicting_policy_is_refused_until_noeviction(
+    own_engine: EngineProcess, tmp_path: Path
+) -> None:
+    """Table row: an external engine with allkeys-lru silently dropped counted events and
+    dedup ids; the service never read the policy."""
+    client = redis.Redis(port=own_engine.port)
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    env = {"REDIS_URL": own_engine.url}
+    svc = ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
+    svc.start(wait=False)  # never ready while the policy evicts
+    try:
+        svc.wait_alive()
+        status, body = _ready(svc)
+        assert status == 503 and body["reason"] == "engine_may_evict", body
+        r = HTTP.post(f"{svc.url}/events", json=event())
+        assert r.status_code == 503 and r.headers["retry-after"], r.text
+        assert r.json()["type"].endswith(":engine-may-evict"), r.text
+        batch = HTTP.post(f"{svc.url}/events/batch", json={"events": [event()]})
+        assert batch.status_code == 503, batch.text
+        assert client.dbsize() == 0  # nothing written
+        # The operator fixes the engine: the service sees it by itself.
+        client.config_set("maxmemory-policy", "noeviction")
+        _until(lambda: _ready(svc)[0] == 200)
+        assert HTTP.post(f"{svc.url}/events", json=event()).status_code == 201
+        # A policy changed under a running service (volatile-* evicts our TTL'd keys too).
+        client.config_set("maxmemory-policy", "volatile-lru")
+        _until(lambda: HTTP.post(f"{svc.url}/events", json=event()).status_code == 503)
+        assert _ready(svc)[1]["reason"] == "engine_may_evict"
+    finally:
+        svc.stop()
+        client.close()
+
+
+def test_evicting_policy_accepted_by_the_operator(
+    own_engine: EngineProcess, tmp_path: Path
+) -> None:
+    client = redis.Redis(port=own_engine.port)
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    env = {"REDIS_URL": own_engine.url, "EA_ALLOW_EVICTING_ENGINE": "1"}
+    try:
+        with stopped_after(
+            ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
+        ) as svc:
+            status, body = _ready(svc)
+            assert status == 200, body
+            memory = body["engine"]["memory"]  # type: ignore[index]
+            assert memory["maxmemory_policy"] == "allkeys-lru" and "warning" in memory
+            assert HTTP.post(f"{svc.url}/events", json=event()).status_code == 201
+    finally:
+        client.close()
+
+
+def test_engine_at_maxmemory_turns_readiness_red(own_engine: EngineProcess, tmp_path: Path) -> None:
+    """Table row: at maxmemory (noeviction) ingest answered 503 but readiness said ready."""
+    client = redis.Redis(port=own_engine.port)
+    env = {"REDIS_URL": own_engine.url}
+    try:
+        with stopped_after(
+            ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
+        ) as svc:
+            assert HTTP.post(f"{svc.url}/events", json=event()).status_code == 201
+            used = int(client.info("memory")["used_memory"])
+            client.config_set("maxmemory", str(used // 2))  # below what it holds already
+            r = HTTP.post(f"{svc.url}/events", json=event())
+            assert r.status_code == 503 and r.json()["type"].endswith(":engine-full"), r.text
+            status, body = _ready(svc)
+            assert status == 503 and body["reason"] == "engine_full", body
+            samples = scrape(svc.url)
+            limit = value(samples, "ea_engine_memory_limit_bytes")
+            assert limit == used // 2 < value(samples, "ea_engine_memory_used_bytes"), samples
+            assert value(samples, "ea_engine_errors_total", kind="full") >= 1
+            client.config_set("maxmemory", "0")
+            _until(lambda: _ready(svc)[0] == 200)
+            assert HTTP.post(f"{svc.url}/events", json=event()).status_code == 201
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("setting", ["", "64mb"])
+def test_embedded_engine_has_maxmemory_and_noeviction(setting: str, tmp_path: Path) -> None:
+    env = {"EA_ENGINE_MAXMEMORY": setting} if setting else {}
+    data = tmp_path / "data"
+    with stopped_after(ServiceProcess(data, env=env, args=["--no-archiver"])) as svc:
+        engine = redis.Redis.from_url(url_file(data).read_text())
+        try:
+            config = engine.config_get("maxmemory*")
+        finally:
+            engine.close()
+        want = 64 * 1024 * 1024 if setting else default_maxmemory()
+        assert int(config["maxmemory"]) == want > 0
+        assert config["maxmemory-policy"] == "noeviction"
+        memory = _ready(svc)[1]["engine"]["memory"]  # type: ignore[index]
+        assert memory["limit_bytes"] == want and memory["maxmemory_policy"] == "noeviction"
