@@ -17,6 +17,7 @@ from event_analytics import metrics
 from event_analytics.archive.record import Record, encode
 from event_analytics.batcher import GroupCommit
 from event_analytics.config import Settings
+from event_analytics.decode import decode_event, decode_json
 from event_analytics.keys import Keys
 from event_analytics.model import (
     EVENT_ADAPTER,
@@ -25,7 +26,6 @@ from event_analytics.model import (
     InvalidEvent,
     MalformedJSON,
     StorageUnavailable,
-    decode_event,
     errors_from_validation,
 )
 from event_analytics.store import Bucket, PreparedEvent, Store
@@ -205,9 +205,10 @@ class Ingestor:
     async def ingest_json(self, body: bytes) -> IngestResult:
         """Decode, validate and store one event given as raw JSON."""
         try:
+            # The same decoder and rules as a batch's events (one number model).
             event = decode_event(body)
-        except MalformedJSON:
-            metrics.event_rejected("malformed_json")
+        except MalformedJSON as exc:
+            metrics.event_rejected(exc.slug.replace("-", "_"))
             raise
         except InvalidEvent as exc:
             metrics.event_rejected(exc.errors[0].code)
@@ -254,10 +255,10 @@ class Ingestor:
 
 def _batch_items(body: bytes, limit: int) -> list[Any]:
     try:
-        envelope = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        metrics.event_rejected("malformed_json")
-        raise MalformedJSON(str(exc)) from None
+        envelope = decode_json(body)
+    except MalformedJSON as exc:
+        metrics.event_rejected(exc.slug.replace("-", "_"))
+        raise
     items = envelope.get("events") if isinstance(envelope, dict) else None
     problem = None
     if not isinstance(items, list):

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar
 from uuid import UUID
 
+from jiter import LosslessFloat
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -94,7 +95,10 @@ class Payload(BaseModel):
                     "payload string values are at most {limit} characters",
                     {"limit": MAX_PROPERTY_STRING},
                 )
-            if not isinstance(value, str | int | float | bool) and value is not None:
+            if (
+                not isinstance(value, str | int | float | bool | LosslessFloat)
+                and value is not None
+            ):
                 # Flat on purpose: no nesting means no depth to bound and no deep recursion.
                 raise PydanticCustomError(
                     "invalid_property_value",
@@ -108,6 +112,14 @@ class Payload(BaseModel):
                 )
             if isinstance(value, float) and not math.isfinite(value):
                 raise PydanticCustomError("property_out_of_range", "payload numbers must be finite")
+            if isinstance(value, LosslessFloat):
+                # decode.py left it as text: no 64-bit float is that number (too many
+                # digits, or beyond the float range); storing it would change it.
+                raise PydanticCustomError(
+                    "property_not_exact",
+                    "payload numbers must be exact as 64-bit floats (at most 17 significant "
+                    "digits, no underflow to 0)",
+                )
         return self
 
 
@@ -189,6 +201,15 @@ class MalformedJSON(EventAnalyticsError):
 
     def detail(self) -> str:
         return f"the body is not JSON: {self}"
+
+
+class DuplicateKey(MalformedJSON):
+    """A JSON object of the body has the same key twice (which one counts is undefined)."""
+
+    slug, title = "duplicate-key", "Duplicate key"
+
+    def detail(self) -> str:
+        return f"{self}; send each key once per object"
 
 
 class InvalidInput(EventAnalyticsError):
@@ -328,12 +349,9 @@ def errors_from_validation(exc: ValidationError) -> list[FieldError]:
     ]
 
 
-def decode_event(body: bytes | str) -> Event:
-    """Parse and validate one event from raw JSON. Raises MalformedJSON or InvalidEvent."""
+def validate_event(value: Any) -> Event:
+    """Validate one decoded event (see ``decode.decode_json``). Raises InvalidEvent."""
     try:
-        return EVENT_ADAPTER.validate_json(body)
+        return EVENT_ADAPTER.validate_python(value)
     except ValidationError as exc:
-        errors = errors_from_validation(exc)
-        if any(e.code == "json_invalid" for e in errors):
-            raise MalformedJSON(errors[0].message) from None
-        raise InvalidEvent(errors) from None
+        raise InvalidEvent(errors_from_validation(exc)) from None

@@ -1,0 +1,74 @@
+"""The one JSON decoder of request bodies: /events and /events/batch read numbers and
+keys the same way, so they accept and refuse exactly the same values.
+
+jiter (pydantic's own JSON parser) with:
+
+- integers exact, of any size (then refused past 64 bits by the payload's rules), where
+  orjson turned a 30-digit integer into the float ``1e+30``;
+- floats kept as their text (``LosslessFloat``) until checked: a float whose text is not
+  the number that will be stored (a 60,000-digit ``1.000...1`` is stored as ``1.0``) stays
+  a LosslessFloat, which the payload refuses (``property_not_exact``); the others become
+  floats (one beyond the float range becomes infinity: out of range). ``NaN`` and
+  ``Infinity`` are not JSON: refused as malformed;
+- a key twice in one object refused (400 ``duplicate-key``) instead of the last one
+  silently winning.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from typing import Any
+
+import jiter
+
+from event_analytics.model import DuplicateKey, Event, MalformedJSON, validate_event
+
+# jiter reports errors as ValueError with text only; this one is a key sent twice.
+_DUPLICATE = "Detected duplicate key"
+
+
+def decode_json(body: bytes | str) -> Any:
+    """Parse a request body. Raises DuplicateKey or MalformedJSON."""
+    data = body.encode() if isinstance(body, str) else body
+    try:
+        value = jiter.from_json(
+            data, allow_inf_nan=False, catch_duplicate_keys=True, float_mode="lossless-float"
+        )
+    except ValueError as exc:
+        message = str(exc)
+        if message.startswith(_DUPLICATE):
+            raise DuplicateKey(message) from None
+        raise MalformedJSON(message) from None
+    return _floats(value, depth=0)
+
+
+# Events are flat: an event's values (depth 1 in a body of one event, 3 in a batch) and
+# its payload's (2 or 4). Deeper values are refused by the schema anyway (no nesting).
+_MAX_DEPTH = 4
+
+
+def _floats(value: Any, depth: int) -> Any:
+    if isinstance(value, jiter.LosslessFloat):
+        return _exact(value)
+    if depth >= _MAX_DEPTH:
+        return value
+    if isinstance(value, dict):
+        return {k: _floats(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_floats(v, depth + 1) for v in value]
+    return value
+
+
+def _exact(value: jiter.LosslessFloat) -> float | jiter.LosslessFloat:
+    """The float, when it is the number the text says (what the archive will hold); an
+    overflow becomes infinity, which the payload refuses as out of range."""
+    number = float(value)
+    if not math.isfinite(number) or Decimal(bytes(value).decode()) == Decimal(repr(number)):
+        return number
+    return value
+
+
+def decode_event(body: bytes | str) -> Event:
+    """Parse and validate one event. Raises MalformedJSON (DuplicateKey) or InvalidEvent."""
+    return validate_event(decode_json(body))
