@@ -163,7 +163,7 @@ def test_run_dir_is_new_per_run_and_stale_ones_go(
     for d in (dead, alive):
         d.mkdir(parents=True)
         (d / "counter_1.db").write_bytes(b"x")
-    mine = metrics_dir.prepare(tmp_path)
+    mine = metrics_dir.prepare(root)
     assert not dead.exists() and alive.exists()
     assert list(mine.iterdir()) == []
     assert os.environ[metrics_dir.ENV] == str(mine.resolve())

@@ -42,7 +42,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     # First of all: every module that imports prometheus_client must see this variable,
     # the store's included, and the worker processes inherit it.
-    run_dir = metrics_dir.prepare(settings.data_dir)
+    run_dir = metrics_dir.prepare(settings.metrics_path)
     try:
         return _run_service(args, settings)
     finally:
@@ -84,7 +84,10 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
         try:
             lock.acquire()
             engine = EmbeddedServer(
-                settings.data_dir, inherit_fd=lock.fd, maxmemory=settings.engine_maxmemory
+                settings.data_dir,
+                inherit_fd=lock.fd,
+                maxmemory=settings.engine_maxmemory,
+                engine_dir=settings.engine_path,
             )
             engine.start()
         except (DataDirInUse, EngineNotFound, RuntimeError) as exc:

@@ -43,7 +43,19 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REDIS_CLUSTER_URL", "EA_REDIS_CLUSTER_URL"),
     )
     data_dir: Path = Path("data")
+    # Each may live on a filesystem of its own (defaults: under DATA_DIR): the embedded
+    # engine's files (DATA_DIR/valkey), the archive (DATA_DIR/persistent_events), the
+    # workers' metrics files (DATA_DIR/metrics, preallocated: see metrics.py).
     archive_dir: Path | None = None
+    engine_dir: Path | None = None
+    metrics_dir: Path | None = None
+    # Below this much free space on the embedded engine's filesystem, ingest refuses
+    # (503 storage-full) before the engine's AOF write fails (it exits on that error).
+    min_free_disk_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    # Events waiting in the streams for the archiver (XLEN, read every second): past
+    # this, ingest refuses (503 archive-backlog-full) instead of filling the engine's
+    # memory while the archive is blocked. 0 = no bound.
+    max_archive_backlog: int = Field(default=1_000_000, ge=0)
     key_prefix: str = Field(default="ea:", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
     # User shards (one hash tag each). Default: 1 on a single node, CLUSTER_SHARDS on a cluster.
     shards: int = Field(default=1, ge=1, le=1024)
@@ -167,6 +179,16 @@ class Settings(BaseSettings):
     def archive_path(self) -> Path:
         """Where the hourly JSONL archive lives (default ``DATA_DIR/persistent_events``)."""
         return self.archive_dir or self.data_dir / "persistent_events"
+
+    @property
+    def engine_path(self) -> Path:
+        """The embedded engine's directory (AOF, config, socket)."""
+        return self.engine_dir or self.data_dir / "valkey"
+
+    @property
+    def metrics_path(self) -> Path:
+        """Root of the per-run directories of the workers' Prometheus files."""
+        return self.metrics_dir or self.data_dir / "metrics"
 
     @field_validator("write_keys", "read_keys", "cors_origins", "cors_read_origins", mode="before")
     @classmethod

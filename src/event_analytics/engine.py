@@ -36,7 +36,10 @@ def engine_settings(settings: Settings) -> Iterator[Settings]:
         yield settings.model_copy(update={"redis_url": found.read_text().strip()})
         return
     engine = EmbeddedServer(
-        settings.data_dir, inherit_fd=lock.fd, maxmemory=settings.engine_maxmemory
+        settings.data_dir,
+        inherit_fd=lock.fd,
+        maxmemory=settings.engine_maxmemory,
+        engine_dir=settings.engine_path,
     )
     try:
         engine.start()

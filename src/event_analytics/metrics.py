@@ -8,12 +8,14 @@ its values to files there and a scrape, served by any worker, adds them all up.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import prometheus_client.values
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -22,12 +24,66 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Decided with prometheus-client's own choice, at import: values live in files or in memory.
 MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
+# Bytes reserved on disk for each values file when it is created (prometheus-client starts
+# at 64 KiB and doubles): ~5,000 label sets, more than the bounded labels here make.
+PREALLOCATE_BYTES = 1024 * 1024
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks up to ``size`` now. prometheus-client grows its files with
+    truncate (sparse) and writes them through mmap: on a full disk the first write to a
+    page without a block is a SIGBUS that kills the process; reserved, a full disk is an
+    OSError here instead, and writes into reserved blocks never fail."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        # No fallocate on this filesystem: write the zeros (same effect, slower).
+        have = os.fstat(fd).st_size
+        if have < size:
+            os.pwrite(fd, bytes(size - have), have)
+
+
+class _ReservedMmapedDict(MmapedDict):
+    """prometheus-client's values file, with its blocks reserved before they are mapped."""
+
+    def __init__(self, filename: str, read_mode: bool = False) -> None:
+        if not read_mode:
+            fd = os.open(filename, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_size < PREALLOCATE_BYTES:
+                    _reserve(fd, PREALLOCATE_BYTES)
+            except OSError:
+                # No half-made file for a scrape to trip over (it reads every file).
+                os.unlink(filename)
+                raise
+            finally:
+                os.close(fd)
+        super().__init__(filename, read_mode)  # type: ignore[no-untyped-call]
+
+    def _init_value(self, key: str) -> None:
+        # The same size as the parent computes: reserve the doubled file before it grows.
+        size = len(key.encode("utf-8")) + 4
+        size += 8 - size % 8 + 16
+        capacity = self._capacity
+        while self._used + size > capacity:
+            capacity *= 2
+        if capacity != self._capacity:
+            _reserve(self._f.fileno(), capacity)
+        super()._init_value(key)  # type: ignore[no-untyped-call]
+
+
+if MULTIPROCESS:
+    # values.MultiProcessValue opens its files through this module-level name.
+    setattr(prometheus_client.values, "MmapedDict", _ReservedMmapedDict)  # noqa: B010
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Valid event types start with a letter (model.EVENT_TYPE_PATTERN): these never collide.

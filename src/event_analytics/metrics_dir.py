@@ -23,14 +23,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def prepare(data_dir: Path) -> Path:
-    """Create ``DATA_DIR/metrics/<pid>`` empty, point prometheus-client at it, and return it.
+def prepare(root: Path) -> Path:
+    """Create ``root/<pid>`` empty (``EA_METRICS_DIR``, default ``DATA_DIR/metrics``), point
+    prometheus-client at it, and return it.
 
     Values left by a previous run would be added to this one's, so the directory is new
     for every run; those of runs that died without cleaning up are removed here, while
     a live ``serve`` sharing the data dir (external Redis) keeps its own.
     """
-    root = data_dir / "metrics"
     root.mkdir(parents=True, exist_ok=True)
     for old in root.iterdir():
         if old.name.isdigit() and not _alive(int(old.name)):

@@ -281,6 +281,8 @@ class StorageUnavailable(EventAnalyticsError):
 
     status, slug, title = 503, "storage-unavailable", "Storage unavailable"
     retry_after_s = 1
+    # Readiness's ``reason`` when this keeps the service from taking events.
+    reason: ClassVar[str] = "engine_unreachable"
 
     def detail(self) -> str:
         return f"{self}; nothing was stored, retry after {self.retry_after_s} s"
@@ -315,6 +317,37 @@ class EngineFull(StorageUnavailable):
         return (
             f"the engine is at its memory limit (maxmemory); nothing was stored, retry after "
             f"{self.retry_after_s} s (the operator raises maxmemory or shortens retention)"
+        )
+
+
+class StorageFull(StorageUnavailable):
+    """The embedded engine's filesystem has less free space than EA_MIN_FREE_DISK_BYTES."""
+
+    slug, title = "storage-full", "Storage full"
+    reason = "storage_full"
+    retry_after_s = 5
+
+    def detail(self) -> str:
+        return (
+            f"{self}; nothing was stored, retry after {self.retry_after_s} s (writes resume "
+            "by themselves once space is freed)"
+        )
+
+
+class ArchiveBacklogFull(StorageUnavailable):
+    """More events wait for the archiver than EA_MAX_ARCHIVE_BACKLOG: it is blocked or behind."""
+
+    slug, title = "archive-backlog-full", "Archive backlog full"
+    reason = "archive_backlog_full"
+    retry_after_s = 5
+
+    def __init__(self, backlog: int, bound: int) -> None:
+        super().__init__(f"{backlog} events wait for the archiver, the bound is {bound}")
+
+    def detail(self) -> str:
+        return (
+            f"{self} (the archive is blocked or behind); nothing was stored, retry after "
+            f"{self.retry_after_s} s"
         )
 
 

@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         app.state.guard = Guard(settings, limits)
         app.state.query_engine = explore.make_engine(settings)
-        watch = EngineWatch(store.client, settings.allow_evicting_engine)
+        watch = EngineWatch(store, settings)
         app.state.watch = watch
         await watch.refresh()  # before the first event: an evicting engine is refused
         watching = asyncio.create_task(watch.run())

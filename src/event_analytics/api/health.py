@@ -13,8 +13,8 @@ from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.config import Settings
-from event_analytics.model import EngineFull, EngineMayEvict, StorageUnavailable
-from event_analytics.store.watch import EngineMemory, EngineWatch
+from event_analytics.model import StorageUnavailable
+from event_analytics.store.watch import EngineWatch
 from event_analytics.timebucket import iso_z
 
 router = APIRouter(tags=["health"])
@@ -47,7 +47,7 @@ async def ready(request: Request) -> Response:
         async with asyncio.timeout(settings.redis_timeout_s):
             engine = await store.engine_info()
             watch: EngineWatch = request.app.state.watch
-            memory = await watch.refresh()
+            await watch.refresh()
     except (StorageUnavailable, TimeoutError) as exc:
         error = str(exc) or "storage did not answer in time"
         body |= {
@@ -58,45 +58,18 @@ async def ready(request: Request) -> Response:
         return json_response(body, 503, headers={"Retry-After": "1"})
     durable = engine["aof_enabled"] and engine["appendfsync"] == "always"
     engine |= {"reachable": True, "embedded": request.app.state.embedded}
-    if memory is not None:
-        engine["memory"] = _memory(memory, watch)
+    engine |= watch.facts()
     body |= {
         "status": "ready",
         "engine": engine,
         # What a 201 means: survives a crash of the engine's machine only with fsync always.
         "ack_durability": "fsync_always" if durable else "engine_policy",
     }
-    refusal = _refusal(memory, watch)
+    refusal = watch.not_ready()
     if refusal is not None:
         body |= {"status": "unavailable", "reason": refusal.reason, "detail": refusal.detail()}
         return json_response(body, 503, headers=refusal.headers())
     return json_response(body)
-
-
-def _refusal(memory: EngineMemory | None, watch: EngineWatch) -> EngineMayEvict | EngineFull | None:
-    """Why the engine, though reachable, cannot take events now."""
-    if memory is None:
-        return None
-    policy = watch.may_evict(memory)
-    if policy is not None:
-        return EngineMayEvict(policy)
-    if memory.full:
-        return EngineFull("storage full")
-    return None
-
-
-def _memory(memory: EngineMemory, watch: EngineWatch) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "used_bytes": memory.used_bytes,
-        "limit_bytes": memory.limit_bytes or None,
-        "maxmemory_policy": ",".join(memory.policies),
-    }
-    if memory.evicting_policy and watch.allow_evicting:
-        out["warning"] = (
-            f"maxmemory-policy {memory.evicting_policy} may evict counters and dedup ids; "
-            "accepted by EA_ALLOW_EVICTING_ENGINE"
-        )
-    return out
 
 
 def access_summary(settings: Settings) -> dict[str, Any]:

@@ -157,12 +157,13 @@ class EmbeddedServer:
         binary: str | None = None,
         inherit_fd: int | None = None,
         maxmemory: str = "",
+        engine_dir: Path | None = None,
     ):
         self.data_dir = data_dir.resolve()
         # At maxmemory writes are refused (503 engine-full), never keys evicted: eviction
         # would silently forget counters and the ids that make a resend a duplicate.
         self.maxmemory = maxmemory or str(default_maxmemory())
-        self.dir = self.data_dir / "valkey"
+        self.dir = (engine_dir or self.data_dir / "valkey").resolve()
         self.binary = binary or find_server_binary()
         self.inherit_fd = inherit_fd
         sock = self.dir / "valkey.sock"
@@ -216,6 +217,7 @@ class EmbeddedServer:
         os.chmod(self.dir, 0o700)
         self.child.start()
         # Other commands (rebuild, verify, archiver) find the running engine here.
+        url_file(self.data_dir).parent.mkdir(parents=True, exist_ok=True)
         url_file(self.data_dir).write_text(self.url)
         log.info("embedded engine %s ready at %s", Path(self.binary).name, self.url)
 

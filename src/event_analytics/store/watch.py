@@ -1,9 +1,12 @@
-"""The engine's memory facts, read at start and then every second: its eviction policy
-(an evicting engine silently forgets counters and dedup ids) and how full it is.
+"""What may stop the engine from keeping what it acknowledges, read at start and then
+every second: its eviction policy (an evicting engine silently forgets counters and dedup
+ids), how full its memory is, the free space of the embedded engine's filesystem, and
+the archive backlog (events in the streams).
 
 Polling covers a reconnect too: an engine restarted with another configuration, or
 changed by CONFIG SET, is seen within one interval. Ingest consults the last reading
-(no engine call on the hot path); readiness reads afresh.
+(no engine call on the hot path); readiness reads afresh. So each bound is exact to
+within what one interval of ingest adds (per worker, all reading the same engine).
 """
 
 from __future__ import annotations
@@ -11,13 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from event_analytics.model import EngineMayEvict, StorageUnavailable
-from event_analytics.store.redis import Client, engine_errors
+from event_analytics.config import Settings
+from event_analytics.model import (
+    ArchiveBacklogFull,
+    EngineFull,
+    EngineMayEvict,
+    StorageFull,
+    StorageUnavailable,
+)
+from event_analytics.store.redis import Client, Store, engine_errors
 
 log = logging.getLogger(__name__)
 NO_EVICTION = "noeviction"
@@ -67,17 +79,37 @@ async def read_memory(client: Client) -> EngineMemory:
     )
 
 
-class EngineWatch:
-    """The last memory reading, refreshed in the background by ``run``."""
+def free_bytes(path: Path) -> int | None:
+    """Free space for an unprivileged writer on ``path``'s filesystem (None: no such dir)."""
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
 
-    def __init__(self, client: Client, allow_evicting: bool, interval_s: float = 1.0) -> None:
-        self.client = client
-        self.allow_evicting = allow_evicting
+
+class EngineWatch:
+    """The last readings, refreshed in the background by ``run``."""
+
+    def __init__(self, store: Store, settings: Settings, interval_s: float = 1.0) -> None:
+        self.store = store
+        self.client: Client = store.client
+        self.allow_evicting = settings.allow_evicting_engine
+        self.max_backlog = settings.max_archive_backlog
+        self.min_free = settings.min_free_disk_bytes
+        # Only the embedded engine's files are ours to watch; an external engine's disk
+        # shows as its own errors (MISCONF: a 503).
+        self.engine_path = settings.engine_path if settings.embedded_engine else None
+        self.archive_path = settings.archive_path
         self.interval_s = interval_s
         self.memory: EngineMemory | None = None
+        self.backlog: int | None = None
+        self.engine_free: int | None = None
 
     async def refresh(self) -> EngineMemory | None:
         """Read now; on an outage keep the last reading (the outage answers for itself)."""
+        if self.engine_path is not None:
+            self.engine_free = free_bytes(self.engine_path)
         with contextlib.suppress(StorageUnavailable):
             memory = await read_memory(self.client)
             if memory.evicting_policy and (self.memory is None or not self.memory.evicting_policy):
@@ -86,6 +118,8 @@ class EngineWatch:
                     "" if self.allow_evicting else ": ingest refused (EA_ALLOW_EVICTING_ENGINE)",
                 )  # fmt: skip
             self.memory = memory
+            if self.max_backlog:
+                self.backlog = await self.store.stream_length()
         return self.memory
 
     async def run(self) -> None:
@@ -100,8 +134,54 @@ class EngineWatch:
             return None
         return memory.evicting_policy
 
-    def check_writes(self) -> None:
-        """Raise EngineMayEvict when the last reading says the engine may evict."""
+    def refusal(self) -> StorageUnavailable | None:
+        """Why ingest must not write now (from the last readings), or None."""
         policy = self.may_evict()
         if policy is not None:
-            raise EngineMayEvict(policy)
+            return EngineMayEvict(policy)
+        if self.engine_free is not None and self.engine_free < self.min_free:
+            return StorageFull(
+                f"the engine's filesystem has {self.engine_free} bytes free, below "
+                f"EA_MIN_FREE_DISK_BYTES={self.min_free}"
+            )
+        if self.max_backlog and self.backlog is not None and self.backlog >= self.max_backlog:
+            return ArchiveBacklogFull(self.backlog, self.max_backlog)
+        return None
+
+    def not_ready(self) -> StorageUnavailable | None:
+        """Why readiness is red though the engine answers: a refusal, or a full engine."""
+        refusal = self.refusal()
+        if refusal is None and self.memory is not None and self.memory.full:
+            return EngineFull("storage full")
+        return refusal
+
+    def check_writes(self) -> None:
+        """Raise the refusal, if any."""
+        refusal = self.refusal()
+        if refusal is not None:
+            raise refusal
+
+    def facts(self) -> dict[str, Any]:
+        """What readiness shows of these readings."""
+        out: dict[str, Any] = {}
+        if self.memory is not None:
+            memory = self.memory
+            out["memory"] = {
+                "used_bytes": memory.used_bytes,
+                "limit_bytes": memory.limit_bytes or None,
+                "maxmemory_policy": ",".join(memory.policies),
+            }
+            if memory.evicting_policy and self.allow_evicting:
+                out["memory"]["warning"] = (
+                    f"maxmemory-policy {memory.evicting_policy} may evict counters and dedup "
+                    "ids; accepted by EA_ALLOW_EVICTING_ENGINE"
+                )
+        disk: dict[str, Any] = {"min_free_bytes": self.min_free}
+        if self.engine_path is not None:
+            disk["engine_free_bytes"] = self.engine_free
+        # The archive may fill up without refusing ingest: the streams buffer (bounded).
+        disk["archive_free_bytes"] = free_bytes(self.archive_path)
+        out["disk"] = disk
+        if self.max_backlog:
+            out["archive_backlog"] = {"events": self.backlog, "bound": self.max_backlog}
+        return out
