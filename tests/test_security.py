@@ -126,7 +126,8 @@ def test_probes_and_docs_stay_public_and_say_so(keyed: str, live: ServiceProcess
     access = HTTP.get(f"{keyed}/health/ready").json()["access"]
     assert (access["write"], access["read"]) == ("api_key", "api_key")
     assert "warning" not in access
-    assert access["rate_limits"] == {"per_key": 20, "per_address": 5, "window_s": 3600}
+    assert access["rate_limits"] == {"per_key": 20, "per_address": 5, "events_per_key": None,
+                                     "events_per_address": None, "window_s": 3600}  # fmt: skip
     # The default service: open, and readiness says it plainly.
     access = HTTP.get(f"{live.url}/health/ready").json()["access"]
     assert (access["write"], access["read"]) == ("open", "open")
@@ -291,3 +292,55 @@ def test_archive_analytics_need_the_read_scope(keyed: str, path: str, body: dict
     assert HTTP.post(f"{keyed}{path}", json=body, headers=bearer(WRITE)).status_code == 403
     r = HTTP.post(f"{keyed}{path}", json=body, headers=bearer(READ))
     assert r.status_code == 200 and r.json()
+
+
+EVENTS_PER_KEY = 100
+EVENTS_PER_ADDRESS = 150
+
+
+@pytest.fixture(scope="module")
+def event_limited(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """5 requests per key and window, as in the issue's case, plus limits of events."""
+    env = engine.env | {
+        "EA_KEY_PREFIX": "evlim:",
+        "EA_WRITE_KEYS": f"{WRITE},{WRITE_OTHER}",
+        "EA_RATE_LIMIT_PER_KEY": "5",
+        "EA_EVENT_LIMIT_PER_KEY": str(EVENTS_PER_KEY),
+        "EA_EVENT_LIMIT_PER_ADDRESS": str(EVENTS_PER_ADDRESS),
+        "EA_RATE_LIMIT_WINDOW_S": str(WINDOW_S),
+    }
+    svc = ServiceProcess(tmp_path_factory.mktemp("evlim") / "data", env=env, args=["--no-archiver"])
+    svc.start()
+    yield svc.url
+    svc.stop()
+
+
+def _batch(url: str, n: int, headers: dict[str, str], user: str) -> httpx.Response:
+    body = {"events": [event(user=f"{user}-{i}") for i in range(n)]}
+    return HTTP.post(f"{url}/events/batch", json=body, headers=headers)
+
+
+def test_rate_limits_count_events_not_only_requests(event_limited: str) -> None:
+    """Table row: 5 requests/min per key let 5,000 events/min in (batches of 1,000)."""
+    _fresh_window()
+    headers = bearer(WRITE)  # one key, one address of its own
+    sent: list[str] = []
+    first = _batch(event_limited, 60, headers, "a")
+    assert first.status_code == 200 and first.json()["accepted"] == 60, first.text
+    sent += ["a"] * 60
+    over = _batch(event_limited, 60, headers, "b")  # 120 > 100: refused whole
+    assert over.status_code == 429, over.text
+    assert over.json()["type"].endswith(":rate-limited") and "events" in over.json()["detail"]
+    assert int(over.headers["retry-after"]) >= 1
+    # A refused batch stored nothing and took nothing from the budget: 40 more still fit.
+    rest = _batch(event_limited, EVENTS_PER_KEY - 60, headers, "c")
+    assert rest.status_code == 200 and rest.json()["accepted"] == 40, rest.text
+    one = HTTP.post(f"{event_limited}/events", json=event(), headers=headers)
+    assert one.status_code == 429, one.text
+    # The per-address limit counts across keys: another key from the same address gets
+    # what is left of the address's 150.
+    other = {**headers, "authorization": f"Bearer {WRITE_OTHER}"}
+    assert _batch(event_limited, 51, other, "d").status_code == 429
+    assert _batch(event_limited, 50, other, "e").status_code == 200
+    realtime = HTTP.get(f"{event_limited}/analytics/realtime").json()
+    assert realtime["events"] == 150, realtime

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     rate_limit_per_key: int = Field(default=0, ge=0)
     rate_limit_per_address: int = Field(default=0, ge=0)
     rate_limit_window_s: int = Field(default=60, ge=1, le=3600)
+    # Events per window (0 = no limit), per API key and per client address, on the ingest
+    # routes: a batch counts its events, so a request limit cannot be beaten by batching.
+    event_limit_per_key: int = Field(default=0, ge=0)
+    event_limit_per_address: int = Field(default=0, ge=0)
     # Browser origins allowed to send events (CORS, sendBeacon); "*" = any. Reads: none.
     cors_origins: tuple[str, ...] = ()
     cors_read_origins: tuple[str, ...] = ()

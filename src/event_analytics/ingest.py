@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -217,13 +218,17 @@ class Ingestor:
 
     # -- a batch ----------------------------------------------------------------------
 
-    async def ingest_batch_json(self, body: bytes) -> list[ItemResult]:
+    async def ingest_batch_json(
+        self, body: bytes, admit: Callable[[int], Awaitable[None]] | None = None
+    ) -> list[ItemResult]:
         """Validate each event of ``{"events": [...]}`` on its own; store the valid ones.
 
         One bad event never spoils the others. The envelope itself must be right:
         MalformedJSON or InvalidEvent (a problem with ``events``) otherwise.
         """
         items = _batch_items(body, self.settings.max_batch_events)
+        if admit is not None:
+            await admit(len(items))  # the event rate limits: may refuse the whole batch
         metrics.batch_received(len(items))
         now = datetime.now(UTC)
         results: list[ItemResult | None] = [None] * len(items)

@@ -320,6 +320,22 @@ class EngineFull(StorageUnavailable):
         )
 
 
+class EventsRateLimited(EventAnalyticsError):
+    """Over an events-per-window limit (EA_EVENT_LIMIT_PER_KEY / _PER_ADDRESS)."""
+
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+    def __init__(self, limit: int, window_s: int, per: str, retry_after_s: int) -> None:
+        super().__init__(f"more than {limit} events in {window_s} s for this {per}")
+        self.retry_s = retry_after_s
+
+    def detail(self) -> str:
+        return f"{self}; nothing was stored, retry after {self.retry_s} s"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_s)}
+
+
 class StorageFull(StorageUnavailable):
     """The embedded engine's filesystem has less free space than EA_MIN_FREE_DISK_BYTES."""
 

@@ -92,13 +92,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.reads = Reads(store)
         app.state.streams = StreamStore(store.client, store.keys)
         limits = None
-        if settings.rate_limit_per_key or settings.rate_limit_per_address:
+        if (
+            settings.rate_limit_per_key
+            or settings.rate_limit_per_address
+            or settings.event_limit_per_key
+            or settings.event_limit_per_address
+        ):
             limits = RateLimits(
                 store.client,
                 store.keys,
                 settings.rate_limit_per_key,
                 settings.rate_limit_per_address,
                 settings.rate_limit_window_s,
+                settings.event_limit_per_key,
+                settings.event_limit_per_address,
             )
         app.state.guard = Guard(settings, limits)
         app.state.query_engine = explore.make_engine(settings)

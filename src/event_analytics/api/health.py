@@ -82,6 +82,8 @@ def access_summary(settings: Settings) -> dict[str, Any]:
         "rate_limits": {
             "per_key": settings.rate_limit_per_key or None,
             "per_address": settings.rate_limit_per_address or None,
+            "events_per_key": settings.event_limit_per_key or None,
+            "events_per_address": settings.event_limit_per_address or None,
             "window_s": settings.rate_limit_window_s,
         },
         "cors_origins": list(settings.cors_origins),

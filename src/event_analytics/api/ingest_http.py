@@ -157,6 +157,9 @@ class IngestEndpoints:
     async def _one(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
         settings, ingestor = self._state(scope)
         body = await _read_json(scope, receive, settings.max_body_bytes, settings.body_timeout_s)
+        guard: Guard = scope["app"].state.guard
+        if guard.counts_events:
+            await guard.take_events(scope, 1)
         result = await ingestor.ingest_json(body)
         reply = {
             "success": True,
@@ -169,7 +172,12 @@ class IngestEndpoints:
     async def _batch(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
         settings, ingestor = self._state(scope)
         body = await _read_json(scope, receive, settings.max_batch_bytes, settings.body_timeout_s)
-        results = await ingestor.ingest_batch_json(body)
+        guard: Guard = scope["app"].state.guard
+
+        async def admit(n: int) -> None:
+            await guard.take_events(scope, n)
+
+        results = await ingestor.ingest_batch_json(body, admit if guard.counts_events else None)
         return 200, orjson.dumps(batch_reply(results))
 
 

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from event_analytics.api.body import header
 from event_analytics.api.problems import problem, problem_responses, render_error
 from event_analytics.config import Settings
-from event_analytics.model import StorageUnavailable
+from event_analytics.model import EventsRateLimited, StorageUnavailable
 from event_analytics.store.ratelimit import RateLimits
 
 # The routes anyone may call whatever the keys: probes, the API description, and the
@@ -124,6 +124,7 @@ class Guard:
         self.any_origin = "*" in settings.cors_origins
         self.cors = bool(settings.cors_origins)
         limited = limits is not None
+        self.counts_events = limits is not None and limits.counts_events
         # Read on every request: plain attributes, not a lookup.
         self.write_active = self.keys.required[Access.WRITE] or limited or self.cors
         self.read_active = self.keys.required[Access.READ] or limited
@@ -175,6 +176,16 @@ class Guard:
                     headers={"Retry-After": str(limited.retry_after_s)},
                 )
         return refusal
+
+    async def take_events(self, scope: Scope, n: int) -> None:
+        """Count ``n`` events of an admitted ingest request against the event limits;
+        raises EventsRateLimited when over one (nothing is stored then)."""
+        if self.limits is None or not self.counts_events:
+            return
+        limited = await self.limits.take(scope.get(KEY_ID_SCOPE), client_address(scope), n)
+        if limited is not None:
+            per = "API key" if limited.kind == "key" else "client address"
+            raise EventsRateLimited(limited.limit, self.limits.window_s, per, limited.retry_after_s)
 
 
 class ReadGuard:

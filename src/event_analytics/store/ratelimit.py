@@ -26,7 +26,8 @@ class Limited:
 
 
 class RateLimits:
-    """Per-key and per-address request limits over windows of ``window_s`` seconds.
+    """Per-key and per-address limits over windows of ``window_s`` seconds: of requests
+    (``hit``) and, separately, of events (``take``).
 
     One round trip per request: INCR and EXPIRE of each counter, pipelined (plain
     commands: nothing to reload after an engine restart, and each counter is one key,
@@ -35,13 +36,59 @@ class RateLimits:
     """
 
     def __init__(
-        self, client: Client, keys: Keys, per_key: int, per_address: int, window_s: int
+        self,
+        client: Client,
+        keys: Keys,
+        per_key: int,
+        per_address: int,
+        window_s: int,
+        events_per_key: int = 0,
+        events_per_address: int = 0,
     ) -> None:
         self.client = client
         self.keys = keys
         self.per_key = per_key
         self.per_address = per_address
         self.window_s = window_s
+        self.events_per_key = events_per_key
+        self.events_per_address = events_per_address
+
+    @property
+    def counts_events(self) -> bool:
+        return bool(self.events_per_key or self.events_per_address)
+
+    async def take(self, key_id: str | None, address: str | None, n: int) -> Limited | None:
+        """Count ``n`` events; a Limited (and the ``n`` given back) when that is over one of
+        the event limits: a refused batch stores nothing, so it costs nothing either."""
+        now = time.time()
+        window = int(now // self.window_s)
+        counters: list[tuple[str, int, str]] = []
+        if self.events_per_address and address:
+            counters.append(("address_events", self.events_per_address, digest(address)))
+        if self.events_per_key and key_id:
+            counters.append(("key_events", self.events_per_key, key_id))
+        if not counters:
+            return None
+        ttl = 2 * self.window_s
+        async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
+            for kind, _, name in counters:
+                key = self.keys.rate(kind, name, window)
+                pipe.incrby(key, n)
+                pipe.expire(key, ttl)
+            replies = await pipe.execute()
+        over = next(
+            ((kind, limit) for (kind, limit, _), count in zip(counters, replies[0::2], strict=True)
+             if int(count) > limit),
+            None,
+        )  # fmt: skip
+        if over is None:
+            return None
+        async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
+            for kind, _, name in counters:
+                pipe.decrby(self.keys.rate(kind, name, window), n)
+            await pipe.execute()
+        retry = math.ceil((window + 1) * self.window_s - now)
+        return Limited(over[0].removesuffix("_events"), over[1], max(1, retry))
 
     async def hit(self, key_id: str | None, address: str | None) -> Limited | None:
         """Count one request; a Limited when it is over one of the limits."""
