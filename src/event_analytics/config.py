@@ -135,6 +135,20 @@ class Settings(BaseSettings):
 
     # Queries: the most buckets one query reads (timeseries points, top-pages buckets).
     max_query_points: int = Field(default=1440, ge=1, le=5000)
+    # Top pages: the most (bucket, page) entries one query may merge (ZCARDs summed before
+    # it runs; the writer chooses pages x buckets): past it, 422 query_too_costly.
+    max_query_cost: int = Field(default=500_000, ge=1)
+    # ... merged in engine calls of at most this many entries each (~1-2 us per entry:
+    # a few ms), one after another, so ingest's calls run in between.
+    read_chunk_entries: int = Field(default=2_000, ge=1)
+    # Heavy reads (top pages, time series) in progress per worker; past it a read waits
+    # up to EA_HEAVY_READ_WAIT_S, then 503 reads-busy. Ingest has its own limit.
+    max_heavy_reads: int = Field(default=4, ge=1)
+    heavy_read_wait_s: float = Field(default=1.0, ge=0, le=60)
+    # Analytics reads from another engine, e.g. a replica of REDIS_URL (single node only).
+    redis_read_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_READ_URL", "EA_REDIS_READ_URL")
+    )
 
     # Analytics over the archive (DuckDB): queries at once per worker (more: 503), each
     # stopped after this long (504), DuckDB's memory and threads per worker.
@@ -147,7 +161,7 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("redis_url", "redis_cluster_url")
+    @field_validator("redis_url", "redis_cluster_url", "redis_read_url")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None

@@ -320,6 +320,33 @@ class EngineFull(StorageUnavailable):
         )
 
 
+class QueryTooCostly(InvalidQuery):
+    """A read would merge more (bucket, page) entries than EA_MAX_QUERY_COST."""
+
+    def __init__(self, cost: int, bound: int) -> None:
+        super().__init__(
+            [
+                FieldError(
+                    "query_too_costly",
+                    "from",
+                    f"this range holds {cost} (bucket, page) entries, more than the bound of "
+                    f"{bound}: ask for a shorter range",
+                )
+            ]
+        )
+        self.cost, self.bound = cost, bound
+
+
+class ReadsBusy(EventAnalyticsError):
+    """EA_MAX_HEAVY_READS heavy reads are in progress and none ended in time."""
+
+    status, slug, title = 503, "reads-busy", "Reads busy"
+    retry_after_s = 1
+
+    def detail(self) -> str:
+        return f"{self}; retry after {self.retry_after_s} s (events are still taken)"
+
+
 class EventsRateLimited(EventAnalyticsError):
     """Over an events-per-window limit (EA_EVENT_LIMIT_PER_KEY / _PER_ADDRESS)."""
 

@@ -24,6 +24,7 @@ from event_analytics.api import (
     problems,
     reports,
 )
+from event_analytics.api.heavy import HeavyReads
 from event_analytics.api.ingest_http import ROUTES, IngestEndpoints
 from event_analytics.api.request_context import RequestContext
 from event_analytics.api.security import Guard, ReadGuard, document_security
@@ -32,7 +33,7 @@ from event_analytics.config import Settings, load_settings
 from event_analytics.ingest import Ingestor
 from event_analytics.metrics import ArchiveGauges, EngineGauges
 from event_analytics.model import StorageUnavailable
-from event_analytics.store import Store
+from event_analytics.store import Store, connect
 from event_analytics.store.ratelimit import RateLimits
 from event_analytics.store.reads import Reads
 from event_analytics.store.streams import StreamStore, archive_lag_s
@@ -89,7 +90,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ingestor = Ingestor(settings, store)
         ingestor.start_batching()
         app.state.ingestor = ingestor
-        app.state.reads = Reads(store)
+        read_client = None
+        if settings.redis_read_url:
+            read_settings = settings.model_copy(
+                update={"redis_url": settings.redis_read_url, "redis_cluster_url": None}
+            )
+            read_client = connect(read_settings)
+        app.state.reads = Reads(
+            store, read_client, settings.max_query_cost, settings.read_chunk_entries
+        )
+        app.state.heavy_reads = HeavyReads(settings.max_heavy_reads, settings.heavy_read_wait_s)
         app.state.streams = StreamStore(store.client, store.keys)
         limits = None
         if (
@@ -119,6 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             watching.cancel()
             app.state.query_engine.close()
             await ingestor.close()
+            if read_client is not None:
+                await read_client.aclose()
             await store.close()
 
     app = App(

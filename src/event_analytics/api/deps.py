@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from event_analytics.api.heavy import HeavyReads
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
 from event_analytics.store import Store
@@ -33,4 +34,9 @@ def ingestor(request: Request) -> Ingestor:
 
 def reads(request: Request) -> Reads:
     value: Reads = request.app.state.reads
+    return value
+
+
+def heavy_reads(request: Request) -> HeavyReads:
+    value: HeavyReads = request.app.state.heavy_reads
     return value

@@ -126,9 +126,10 @@ async def timeseries(
         uniques=settings.uniques,
         max_points=settings.max_query_points,
     )
-    series = await deps.reads(request).series(
-        event_type, plan.level, plan.groups, plan.source, page_url
-    )
+    async with deps.heavy_reads(request).slot():
+        series = await deps.reads(request).series(
+            event_type, plan.level, plan.groups, plan.source, page_url
+        )
     return json_response(queries.series_body(plan, series))
 
 
@@ -162,9 +163,10 @@ async def top_pages(
         max_points=settings.max_query_points,
     )
     reads = deps.reads(request)
-    top = await reads.top_pages(event_type, plan.level, plan.buckets, limit)
-    pages = [u for u, _ in top]
-    users = await reads.page_users(event_type, plan.level, plan.buckets, pages, plan.source)
+    async with deps.heavy_reads(request).slot():
+        top = await reads.top_pages(event_type, plan.level, plan.buckets, limit)
+        pages = [u for u, _ in top]
+        users = await reads.page_users(event_type, plan.level, plan.buckets, pages, plan.source)
     return json_response(queries.top_pages_body(plan, top, users))
 
 

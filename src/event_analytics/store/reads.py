@@ -12,18 +12,34 @@ from datetime import datetime
 from typing import Any
 
 from event_analytics.keys import Keys
+from event_analytics.model import QueryTooCostly
 from event_analytics.series import Series, UserSource
-from event_analytics.store.redis import Store, engine_errors
+from event_analytics.store.redis import Client, Store, engine_errors
 from event_analytics.store.scripts import Call, Lua, call_per_shard, register
 from event_analytics.timebucket import Interval
 
 
 class Reads:
-    """Range queries over the bucket structures written by ingest.lua."""
+    """Range queries over the bucket structures written by ingest.lua.
 
-    def __init__(self, store: Store) -> None:
-        self.client = store.client
+    Top pages are bounded and split: the pages sets' sizes (ZCARD, O(1) each) are read
+    first, a range holding more than ``max_cost`` entries is refused, and the merge runs
+    in calls of at most ``chunk_entries`` entries each, one round after another, so no
+    single call holds the engine for more than a few ms and ingest runs in between.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        client: Client | None = None,
+        max_cost: int = 500_000,
+        chunk_entries: int = 2_000,
+    ) -> None:
+        # ``client``: another engine for reads (REDIS_READ_URL, e.g. a replica).
+        self.client = client or store.client
         self.keys: Keys = store.keys
+        self.max_cost = max_cost
+        self.chunk_entries = chunk_entries
         self._series = register(self.client, Lua.SERIES)
         self._top_pages = register(self.client, Lua.TOP_PAGES)
         self._page_users = register(self.client, Lua.PAGE_USERS)
@@ -109,20 +125,41 @@ class Reads:
     async def top_pages(
         self, event_type: str, level: Interval, starts: Sequence[datetime], limit: int
     ) -> list[tuple[str, int]]:
-        """The ``limit`` most counted pages over the buckets: count desc, then URL asc."""
+        """The ``limit`` most counted pages over the buckets: count desc, then URL asc.
+
+        Raises QueryTooCostly past ``max_cost`` entries."""
         k = self.keys
-        # One shard can rank by itself; several must send every page, or a page ranked
-        # just below the limit in each shard could be missed although first in the sum.
-        per_shard_limit = limit if k.shards == 1 else 0
-        calls = [
-            ([k.pages(s, event_type, level, b) for b in starts], [per_shard_limit])
-            for s in range(k.shards)
-        ]
+        names = [[k.pages(s, event_type, level, b) for b in starts] for s in range(k.shards)]
+        sizes = await self._sizes(names)
+        cost = sum(map(sum, sizes))
+        if cost > self.max_cost:
+            raise QueryTooCostly(cost, self.max_cost)
+        chunks = [_chunks(n, z, self.chunk_entries) for n, z in zip(names, sizes, strict=True)]
+        # One call alone can rank by itself; several must send every page, or a page
+        # ranked just below the limit in each could be missed although first in the sum.
+        per_call_limit = limit if k.shards == 1 and len(chunks[0]) <= 1 else 0
         totals: Counter[str] = Counter()
-        for flat in await self._per_shard(self._top_pages, calls):
-            for i in range(0, len(flat), 2):
-                totals[_text(flat[i])] += int(flat[i + 1])
+        for round_ in range(max((len(c) for c in chunks), default=0)):
+            # A round: at most one chunk per shard (on a cluster, shards on other masters
+            # run in parallel); the next round only after this one answered.
+            calls = [(c[round_], [per_call_limit]) for c in chunks if round_ < len(c)]
+            for flat in await self._per_shard(self._top_pages, calls):
+                for i in range(0, len(flat), 2):
+                    totals[_text(flat[i])] += int(flat[i + 1])
         return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
+
+    async def _sizes(self, names: list[list[str]]) -> list[list[int]]:
+        """ZCARD of every key, per shard (O(1) each, pipelined)."""
+        async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
+            for shard_names in names:
+                for name in shard_names:
+                    pipe.zcard(name)
+            flat = [int(n) for n in await pipe.execute()]
+        out, at = [], 0
+        for shard_names in names:
+            out.append(flat[at : at + len(shard_names)])
+            at += len(shard_names)
+        return out
 
     async def page_users(
         self,
@@ -146,12 +183,17 @@ class Reads:
                         pipe.execute_command("PFCOUNT", *names)
                 counts = await pipe.execute()
             return [sum(counts[i : i + k.shards]) for i in range(0, len(counts), k.shards)]
-        calls = [
-            ([k.page_users(s, event_type, level, b) for b in starts], list(pages))
-            for s in range(k.shards)
-        ]
-        replies = await self._per_shard(self._page_users, calls)
-        return [sum(column) for column in zip(*replies, strict=True)]
+        # One page per call: a call's work is that page's users over the buckets, not
+        # every page's at once (distinct users need one call to see all buckets).
+        out = []
+        for page in pages:
+            calls = [
+                ([k.page_users(s, event_type, level, b) for b in starts], [page])
+                for s in range(k.shards)
+            ]
+            replies = await self._per_shard(self._page_users, calls)
+            out.append(sum(int(reply[0]) for reply in replies))
+        return out
 
     async def minute_users(
         self, event_type: str, minutes: Sequence[datetime], cap: int
@@ -168,6 +210,25 @@ class Reads:
             chunk = replies[i * k.shards : (i + 1) * k.shards]
             out.append(sorted(_text(u) for shard in chunk for u in shard)[:cap])
         return out
+
+
+def _chunks(names: list[str], sizes: list[int], budget: int) -> list[list[str]]:
+    """Consecutive keys grouped so that each group holds at most ``budget`` entries (a
+    key bigger than that alone); empty keys are left out."""
+    out: list[list[str]] = []
+    current: list[str] = []
+    held = 0
+    for name, size in zip(names, sizes, strict=True):
+        if not size:
+            continue
+        if current and held + size > budget:
+            out.append(current)
+            current, held = [], 0
+        current.append(name)
+        held += size
+    if current:
+        out.append(current)
+    return out
 
 
 def _text(value: bytes | str) -> str:

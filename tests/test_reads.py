@@ -1,0 +1,189 @@
+"""Reads never starve writes (issue 13): top pages have a cost bound (422 with the bound)
+and are merged in small engine calls whose answer equals one big merge; heavy reads have
+their own concurrency cap (503 reads-busy) while ingest goes on untouched; analytics may
+read from a replica (REDIS_READ_URL).
+
+Timings are not asserted here: benchmarks/read_storm.py measures ingest p99 under a
+query storm.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.backends import Backend
+from tests.conftest import _binary_or_skip
+from tests.helpers import HTTP, event
+from tests.servers import EngineProcess, ServiceProcess, stopped_after
+
+pytestmark = pytest.mark.slow
+PAGES = 40
+COST_BOUND = 1500
+URL = "https://example.com/p{:02d}"
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def _send(url: str, events: list[dict[str, Any]]) -> None:
+    for i in range(0, len(events), 1000):
+        r = HTTP.post(f"{url}/events/batch", json={"events": events[i : i + 1000]})
+        assert r.status_code == 200 and r.json()["accepted"] == len(events[i : i + 1000]), r.text
+
+
+def _range_events(start: datetime, minutes: int, tag: str, extra: bool) -> list[dict[str, Any]]:
+    """One event per (minute, page), each by a user of its own; with ``extra``, page p
+    gets p % 5 more events in the first minute (so the pages rank apart)."""
+    out = []
+    for m in range(minutes):
+        for p in range(PAGES):
+            n = 1 + (p % 5 if extra and m == 0 else 0)
+            for i in range(n):
+                ts = start + timedelta(minutes=m, seconds=1)
+                out.append(event(ts=ts, url=URL.format(p), user=f"{tag}-{m}-{p}-{i}"))
+    return out
+
+
+def _model_top(events: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    counts = Counter(e["payload"]["page_url"] for e in events)
+    users: dict[str, set[str]] = {}
+    for e in events:
+        users.setdefault(e["payload"]["page_url"], set()).add(e["user_id"])
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    return [{"page_url": u, "count": c, "unique_users": len(users[u])} for u, c in ranked]
+
+
+@pytest.fixture
+def bounded(db: Backend, tmp_path: Path) -> Iterator[ServiceProcess]:
+    env = db.env | {
+        "EA_MAX_QUERY_COST": str(COST_BOUND),
+        "EA_READ_CHUNK_ENTRIES": "50",  # one minute's 40 pages per call: many rounds
+        "EA_MAX_HEAVY_READS": "1",
+        "EA_HEAVY_READ_WAIT_S": "0",
+    }
+    with stopped_after(ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])) as svc:
+        yield svc
+
+
+def test_top_pages_bounded_and_split_answer_like_the_model(bounded: ServiceProcess) -> None:
+    """Table row: 240 minutes x 1,000 pages written by one client made one top-pages
+    query take 595 ms in one engine call: the cost is pages x minutes, the writer's."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    recent = now - timedelta(minutes=10)
+    older = now - timedelta(minutes=80)
+    small = _range_events(recent, 10, "a", extra=True)
+    _send(bounded.url, small)
+    r = HTTP.get(f"{bounded.url}/analytics/top-pages",
+                 params={"from": _iso(recent), "to": _iso(now), "limit": 15})  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["pages"] == _model_top(small, 15)
+    # 60 more minutes x 40 pages: at least 2,400 (bucket, page) entries on any sharding.
+    _send(bounded.url, _range_events(older, 60, "b", extra=False))
+    r = HTTP.get(f"{bounded.url}/analytics/top-pages",
+                 params={"from": _iso(older), "to": _iso(now)})  # fmt: skip
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["errors"]
+    assert error["code"] == "query_too_costly" and str(COST_BOUND) in error["message"], error
+
+
+def test_query_storm_leaves_ingest_whole(bounded: ServiceProcess) -> None:
+    """Table row: 50 concurrent heavy queries while ingesting made ingest wait for seconds,
+    answer 503 "nothing was stored" for stored events, and answer first sends "duplicate".
+    Now heavy reads past their cap are refused (503 reads-busy) and every event sent is
+    acknowledged once, as new, and counted."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=30)
+    _send(bounded.url, _range_events(start, 30, "s", extra=False))
+    params = {"from": _iso(start), "to": _iso(now), "limit": 100}
+    minute = now - timedelta(minutes=2)
+    sent = [event(ts=minute, user=f"w{i}", url="https://example.com/storm") for i in range(200)]
+
+    def query(_: int) -> int:
+        return HTTP.get(f"{bounded.url}/analytics/top-pages", params=params).status_code
+
+    def ingest(e: dict[str, Any]) -> int:
+        return HTTP.post(f"{bounded.url}/events", json=e).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=58) as pool:
+        queries = [pool.submit(query, i) for i in range(150)]  # 50 threads' worth, 3 each
+        writes = list(pool.map(ingest, sent))
+        answers = Counter(f.result() for f in queries)
+    assert writes == [201] * len(sent), Counter(writes)
+    assert set(answers) <= {200, 503} and answers[200] >= 1, answers
+    if answers[503]:
+        r = HTTP.get(f"{bounded.url}/analytics/top-pages", params=params)
+        assert r.status_code in (200, 503)
+    storm = HTTP.get(f"{bounded.url}/analytics/timeseries",
+                     params={"from": _iso(minute), "to": _iso(minute + timedelta(minutes=1)),
+                             "page_url": "https://example.com/storm"}).json()  # fmt: skip
+    assert storm["total"]["count"] == len(sent), storm
+
+
+def test_reads_busy_is_a_problem_503(bounded: ServiceProcess) -> None:
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=20)
+    _send(bounded.url, _range_events(start, 20, "c", extra=False))
+    params = {"from": _iso(start), "to": _iso(now), "limit": 100}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        replies = list(pool.map(lambda _: HTTP.get(f"{bounded.url}/analytics/top-pages",
+                                                   params=params), range(40)))  # fmt: skip
+    busy = [r for r in replies if r.status_code == 503]
+    assert busy, "the cap of 1 heavy read never refused one of 40 concurrent reads"
+    assert all(r.json()["type"].endswith(":reads-busy") for r in busy)
+    assert all(int(r.headers["retry-after"]) >= 1 for r in busy)
+
+
+@pytest.fixture
+def replicated(tmp_path: Path) -> Iterator[tuple[EngineProcess, EngineProcess]]:
+    binary = _binary_or_skip("valkey")
+    master = EngineProcess(binary, tmp_path / "master")
+    master.start()
+    replica = EngineProcess(binary, tmp_path / "replica",
+                            extra_args=["--replicaof", "127.0.0.1", str(master.port)])  # fmt: skip
+    replica.start()
+    yield master, replica
+    replica.stop()
+    master.stop()
+
+
+def test_reads_from_a_replica(
+    replicated: tuple[EngineProcess, EngineProcess], tmp_path: Path
+) -> None:
+    master, replica = replicated
+    env = {"REDIS_URL": master.url, "REDIS_READ_URL": replica.url}
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=5)
+    events = _range_events(start, 5, "r", extra=True)
+    with stopped_after(ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])) as svc:
+        _send(svc.url, events)
+        params = {"from": _iso(start), "to": _iso(now), "limit": 10}
+        want = _model_top(events, 10)
+        deadline = time.monotonic() + 20
+        while (got := HTTP.get(f"{svc.url}/analytics/top-pages", params=params).json()).get(
+            "pages"
+        ) != want:
+            assert time.monotonic() < deadline, got  # replication is asynchronous
+            time.sleep(0.1)
+        # The replica stops answering: reads fail, ingest (on the master) does not.
+        assert replica.proc is not None
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        try:
+            r = HTTP.get(f"{svc.url}/analytics/top-pages", params=params, timeout=20)
+            assert r.status_code == 503, r.text
+            assert HTTP.post(f"{svc.url}/events", json=event()).status_code == 201
+        finally:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+    with redis.Redis(port=replica.port) as client:
+        assert client.info("replication")["role"] == "slave"
