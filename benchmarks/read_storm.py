@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -97,11 +98,30 @@ async def _storm(
             try:
                 r = await client.get(f"{url}/analytics/top-pages", params=params, timeout=60)
                 answers[r.status_code] += 1
+                if r.status_code in (429, 503):
+                    # As the clients the service answers are told to (not a tight loop of
+                    # refusals, which would measure the HTTP stack's CPU, not the reads).
+                    await asyncio.sleep(float(r.headers.get("retry-after", "1")))
             except httpx.TimeoutException:
                 answers[0] += 1
 
     await asyncio.gather(*(loop() for _ in range(clients)))
     return answers
+
+
+def _storm_process(
+    url: str, params: dict[str, str], clients: int, seconds: float, out: Any
+) -> None:
+    async def main() -> Counter[int]:
+        stop = asyncio.Event()
+        limits = httpx.Limits(max_connections=clients + 4)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            task = asyncio.create_task(_storm(client, url, params, clients, stop))
+            await asyncio.sleep(seconds)
+            stop.set()
+            return await task
+
+    out.put(dict(asyncio.run(main())))
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -119,15 +139,30 @@ async def run(args: argparse.Namespace, url: str, engine: redis.Redis) -> int:
         r = await client.get(f"{url}/analytics/top-pages", params=params)
         print(f"seeded {seeded} events; one top-pages query: {r.status_code}, "
               f"{r.elapsed.total_seconds() * 1000:.0f} ms")  # fmt: skip
+        # The archiver catches up on the seeded events first (it would share the CPU).
+        for _ in range(600):
+            status = (await client.get(f"{url}/persistent/status")).json()["stats"]
+            if status["stream_length"] == 0 or (
+                status["pending_messages"] == 0 and status["events_archived"] >= seeded
+            ):
+                break
+            await asyncio.sleep(0.5)
         engine.slowlog_reset()
         alone, s_alone = await _ingest(client, url, args.seconds, args.writers, minute, "a")
-        stop = asyncio.Event()
-        storm = asyncio.create_task(_storm(client, url, params, args.queries, stop))
+        # The storm's clients run in a process of their own, as other machines' would:
+        # in this one, their event loop would delay the ingest clients' and be measured.
+        answers_q: multiprocessing.Queue[dict[int, int]] = multiprocessing.Queue()
+        storm = multiprocessing.Process(
+            target=_storm_process, args=(url, params, args.queries, args.seconds + 2, answers_q)
+        )
+        storm.start()
         await asyncio.sleep(1)  # the storm under way
         loaded, s_loaded = await _ingest(client, url, args.seconds, args.writers, minute, "b")
-        stop.set()
-        answers = await storm
-        slowest = max((e["duration"] for e in engine.slowlog_get(128)), default=0)
+        answers = answers_q.get(timeout=120)
+        storm.join(timeout=60)
+        slow = sorted(engine.slowlog_get(128), key=lambda e: -e["duration"])
+        slowest = slow[0]["duration"] if slow else 0
+        slowest_name = slow[0]["command"][:24] if slow else b""
         live = (await client.get(f"{url}/analytics/timeseries", params={
             "from": minute.isoformat(), "to": (minute + timedelta(minutes=1)).isoformat(),
             "page_url": "https://ex.com/live"})).json()["total"]["count"]  # fmt: skip
@@ -136,8 +171,8 @@ async def run(args: argparse.Namespace, url: str, engine: redis.Redis) -> int:
         print(f"ingest {name:10}: {len(lat)} events, p50 {_pct(lat, 50):.1f} ms, "
               f"p99 {_pct(lat, 99):.1f} ms, statuses {dict(st)}")  # fmt: skip
     print(f"p99 ratio: {p99b / p99a:.2f} (target <= 3)")
-    print(f"queries ({args.queries} clients): {dict(answers)} (status: count)")
-    print(f"slowest engine command during both runs: {slowest / 1000:.1f} ms (SLOWLOG)")
+    print(f"queries ({args.queries} clients, each waiting Retry-After on a 503): {dict(answers)}")
+    print(f"slowest engine command during both runs: {slowest / 1000:.1f} ms {slowest_name!r}")
     sent = len(alone) + len(loaded)
     ok = s_alone[201] + s_loaded[201] == sent and live == sent
     print(f"every event acknowledged as new and counted: {ok} ({live} counted of {sent})")
