@@ -147,3 +147,12 @@ def chromium() -> str:
             pytest.fail("chromium missing in CI (.ci/run installs it)")
         pytest.skip("chromium not installed (apt-get install chromium)")
     return binary
+
+
+@pytest.fixture
+def own_valkey(tmp_path: Path) -> Iterator[EngineProcess]:
+    """A private Valkey of the test's own, which it may reconfigure (CONFIG SET)."""
+    proc = EngineProcess(_binary_or_skip("valkey"), tmp_path / "own-valkey")
+    proc.start()
+    yield proc
+    proc.stop()

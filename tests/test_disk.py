@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,10 +21,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import _binary_or_skip
+from benchmarks.procs import EngineProcess
 from tests.helpers import HTTP, event, seed_key
-from tests.servers import EngineProcess, ServiceProcess, stopped_after
-from tests.test_archive import Archiver
+from tests.servers import ServiceProcess, stopped_after
 
 pytestmark = pytest.mark.slow
 DISK_BYTES = 24 * 1024 * 1024
@@ -133,22 +133,14 @@ def test_files_on_separate_paths(tmp_path: Path) -> None:
     assert not (tmp_path / "data" / "valkey" / "appendonlydir").exists()
 
 
-@pytest.fixture
-def own_engine(tmp_path: Path) -> Iterator[EngineProcess]:
-    proc = EngineProcess(_binary_or_skip("valkey"), tmp_path / "engine")
-    proc.start()
-    yield proc
-    proc.stop()
-
-
 def test_stream_is_bounded_while_the_archiver_is_blocked(
-    own_engine: EngineProcess, tmp_path: Path
+    own_valkey: EngineProcess, tmp_path: Path
 ) -> None:
     """Table row: archive disk full: ingest went on and the stream grew without bound."""
     bound = 60
-    env = {"REDIS_URL": own_engine.url, "EA_MAX_ARCHIVE_BACKLOG": str(bound),
+    env = {"REDIS_URL": own_valkey.url, "EA_MAX_ARCHIVE_BACKLOG": str(bound),
            "EA_ARCHIVE_DIR": str(tmp_path / "archive")}  # fmt: skip
-    client = redis.Redis(port=own_engine.port)
+    client = redis.Redis(port=own_valkey.port)
     minute = datetime.now(UTC).replace(second=0, microsecond=0)
     try:
         # No archiver: the backlog only grows.
@@ -168,9 +160,18 @@ def test_stream_is_bounded_while_the_archiver_is_blocked(
             # service saw the bound (none arrive concurrently in this test).
             assert bound <= stored["count"] <= bound + 1 + 20, stored
             # The archiver comes back: it archives and trims, and ingest resumes.
-            with Archiver(env, tmp_path / "archiver.log"):
-                _until(lambda: _ready(svc)[0] == 200, timeout_s=30)
-                assert HTTP.post(f"{svc.url}/events", json=event(ts=minute)).status_code == 201
+            with (tmp_path / "archiver.log").open("ab") as log:
+                archiver = subprocess.Popen(
+                    [sys.executable, "-m", "event_analytics", "archiver"],
+                    env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+                try:
+                    _until(lambda: _ready(svc)[0] == 200, timeout_s=30)
+                    r = HTTP.post(f"{svc.url}/events", json=event(ts=minute))
+                    assert r.status_code == 201, r.text
+                finally:
+                    archiver.terminate()
+                    archiver.wait(timeout=20)
     finally:
         with contextlib.suppress(redis.RedisError):
             client.close()

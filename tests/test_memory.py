@@ -9,27 +9,18 @@ keep their settings.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from benchmarks.procs import EngineProcess
 from event_analytics.store.embedded import default_maxmemory, url_file
-from tests.conftest import _binary_or_skip
 from tests.helpers import HTTP, event
 from tests.scrape import scrape, value
-from tests.servers import EngineProcess, ServiceProcess, stopped_after
+from tests.servers import ServiceProcess, stopped_after
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def own_engine(tmp_path: Path) -> Iterator[EngineProcess]:
-    proc = EngineProcess(_binary_or_skip("valkey"), tmp_path / "engine")
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 def _until(check: object, timeout_s: float = 15.0) -> None:
@@ -46,13 +37,13 @@ def _ready(svc: ServiceProcess) -> tuple[int, dict[str, object]]:
 
 
 def test_evicting_policy_is_refused_until_noeviction(
-    own_engine: EngineProcess, tmp_path: Path
+    own_valkey: EngineProcess, tmp_path: Path
 ) -> None:
     """Table row: an external engine with allkeys-lru silently dropped counted events and
     dedup ids; the service never read the policy."""
-    client = redis.Redis(port=own_engine.port)
+    client = redis.Redis(port=own_valkey.port)
     client.config_set("maxmemory-policy", "allkeys-lru")
-    env = {"REDIS_URL": own_engine.url}
+    env = {"REDIS_URL": own_valkey.url}
     svc = ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
     svc.start(wait=False)  # never ready while the policy evicts
     try:
@@ -79,11 +70,11 @@ def test_evicting_policy_is_refused_until_noeviction(
 
 
 def test_evicting_policy_accepted_by_the_operator(
-    own_engine: EngineProcess, tmp_path: Path
+    own_valkey: EngineProcess, tmp_path: Path
 ) -> None:
-    client = redis.Redis(port=own_engine.port)
+    client = redis.Redis(port=own_valkey.port)
     client.config_set("maxmemory-policy", "allkeys-lru")
-    env = {"REDIS_URL": own_engine.url, "EA_ALLOW_EVICTING_ENGINE": "1"}
+    env = {"REDIS_URL": own_valkey.url, "EA_ALLOW_EVICTING_ENGINE": "1"}
     try:
         with stopped_after(
             ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
@@ -97,10 +88,10 @@ def test_evicting_policy_accepted_by_the_operator(
         client.close()
 
 
-def test_engine_at_maxmemory_turns_readiness_red(own_engine: EngineProcess, tmp_path: Path) -> None:
+def test_engine_at_maxmemory_turns_readiness_red(own_valkey: EngineProcess, tmp_path: Path) -> None:
     """Table row: at maxmemory (noeviction) ingest answered 503 but readiness said ready."""
-    client = redis.Redis(port=own_engine.port)
-    env = {"REDIS_URL": own_engine.url}
+    client = redis.Redis(port=own_valkey.port)
+    env = {"REDIS_URL": own_valkey.url}
     try:
         with stopped_after(
             ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import redis
 
+from benchmarks.procs import EngineProcess
 from tests.backends import Backend
-from tests.conftest import _binary_or_skip
 from tests.helpers import HTTP, event
-from tests.servers import EngineProcess, ServiceProcess, stopped_after
+from tests.servers import ServiceProcess, engine_binary, stopped_after
 
 pytestmark = pytest.mark.slow
 PAGES = 40
@@ -147,7 +147,8 @@ def test_reads_busy_is_a_problem_503(bounded: ServiceProcess) -> None:
 
 @pytest.fixture
 def replicated(tmp_path: Path) -> Iterator[tuple[EngineProcess, EngineProcess]]:
-    binary = _binary_or_skip("valkey")
+    binary = engine_binary("valkey")
+    assert binary is not None  # the bundled Valkey: always there
     master = EngineProcess(binary, tmp_path / "master")
     master.start()
     replica = EngineProcess(binary, tmp_path / "replica",

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.procs import free_port
 from tests.helpers import HTTP, event
-from tests.servers import ServiceProcess, free_port, stopped_after
+from tests.servers import ServiceProcess, stopped_after
 
 pytestmark = pytest.mark.slow
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
