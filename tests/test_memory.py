@@ -93,16 +93,18 @@ def test_engine_at_maxmemory_turns_readiness_red(own_valkey: EngineProcess, tmp_
     client = redis.Redis(port=own_valkey.port)
     env = {"REDIS_URL": own_valkey.url}
     try:
-        with stopped_after(
-            ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
-        ) as svc:
+        with stopped_after(ServiceProcess(tmp_path / "data", env=env)) as svc:
             assert HTTP.post(f"{svc.url}/events", json=event()).status_code == 201
+            status_url = f"{svc.url}/persistent/status"
+            _until(lambda: HTTP.get(status_url).json()["status"] == "healthy")
             used = int(client.info("memory")["used_memory"])
             client.config_set("maxmemory", str(used // 2))  # below what it holds already
             r = HTTP.post(f"{svc.url}/events", json=event())
             assert r.status_code == 503 and r.json()["type"].endswith(":engine-full"), r.text
             status, body = _ready(svc)
             assert status == 503 and body["reason"] == "engine_full", body
+            archive = HTTP.get(f"{svc.url}/persistent/status").json()
+            assert archive["status"] == "engine_full", archive
             samples = scrape(svc.url)
             limit = value(samples, "ea_engine_memory_limit_bytes")
             assert limit == used // 2 < value(samples, "ea_engine_memory_used_bytes"), samples

@@ -11,6 +11,7 @@ from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.archive.files import LineCounter, list_files
 from event_analytics.store.streams import archive_lag_s
+from event_analytics.store.watch import EngineWatch
 from event_analytics.timebucket import iso_z
 
 router = APIRouter(prefix="/persistent", tags=["archive"])
@@ -21,7 +22,10 @@ router = APIRouter(prefix="/persistent", tags=["archive"])
     summary="Archive status: stream backlog, lag, archivers, files on disk",
     description=(
         "`lag_seconds` is the age of the oldest event not archived yet (0 when caught up). "
-        "`status` is `healthy` when at least one archiver is running and none is blocked."
+        "`status` is `healthy` when at least one archiver is running, none is blocked and "
+        "the engine takes events; else `archiver_not_running`, `blocked`, or the readiness "
+        "reason that keeps events out (`engine_full`, `engine_may_evict`, `storage_full`, "
+        "`archive_backlog_full`)."
     ),
     responses=problem_responses(503),
 )
@@ -33,10 +37,16 @@ async def status(request: Request) -> dict[str, Any]:
     found = list_files(settings.archive_path)
     blocked = [a for a in archivers.values() if a.get("state") == "blocked"]
     fsyncs = [a["last_fsync"] for a in archivers.values() if a.get("last_fsync")]
+    # Events cannot reach the archive while the engine refuses them (full, evicting,
+    # out of disk, backlog over its bound): that is not healthy either.
+    watch: EngineWatch = request.app.state.watch
+    refusal = watch.not_ready()
     if not archivers:
         state = "archiver_not_running"
     elif blocked:
         state = "blocked"
+    elif refusal is not None:
+        state = refusal.reason
     else:
         state = "healthy"
     return {
