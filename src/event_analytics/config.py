@@ -156,6 +156,7 @@ class Settings(BaseSettings):
     analytics_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     analytics_memory_limit: str = Field(default="1GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
     analytics_threads: int = Field(default=2, ge=1, le=64)
+
     @field_validator("engine_maxmemory", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
