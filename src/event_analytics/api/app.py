@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            watching.cancel()
             app.state.query_engine.close()
             watching.cancel()
             await ingestor.close()
