@@ -128,7 +128,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             watching.cancel()
             app.state.query_engine.close()
-            watching.cancel()
             await ingestor.close()
             if read_client is not None:
                 await read_client.aclose()
