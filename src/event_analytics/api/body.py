@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from starlette.types import Receive, Scope
 
+from event_analytics import metrics
 from event_analytics.model import BodyTimeout, BodyTooLarge, MalformedJSON, UnsupportedMediaType
 
 JSON_TYPES = ("application/json",)
@@ -129,6 +130,17 @@ async def _read(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_ingest_body(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> bytes:
+    """An ingest route's body (JSON or text/plain), its refusals counted as rejections."""
+    try:
+        require_json(scope, INGEST_TYPES)
+        return await read_limited(scope, receive, limit, timeout_s)
+    except (UnsupportedMediaType, BodyTooLarge, BodyTimeout) as exc:
+        # The reason code of the metric is the problem's slug (body-too-large: body_too_large).
+        metrics.event_rejected(exc.slug.replace("-", "_"))
+        raise
 
 
 class ClientGone(Exception):
