@@ -18,8 +18,10 @@
 
   function send(name, options) {
     options = options || {};
+    var done = typeof options.callback === "function" ? options.callback : null;
     if (local && !allowLocal) {
       if (console && console.warn) console.warn("event-analytics: ignoring events from localhost");
+      if (done) done();  // as Plausible's: a callback with no result means "not sent"
       return;
     }
     var body = { n: name, u: options.u || location.href, d: domain, r: document.referrer || null };
@@ -27,7 +29,6 @@
     if (options.revenue) body.$ = options.revenue;
     if (options.interactive === false) body.i = false;
     var text = JSON.stringify(body);
-    var done = typeof options.callback === "function" ? options.callback : null;
     // A string body is sent as text/plain: no CORS preflight, and the beacon outlives
     // the page (it is queued even when the user is navigating away).
     if (!done && navigator.sendBeacon && navigator.sendBeacon(api, text)) return;
