@@ -5,8 +5,8 @@ CORS is exercised), and reports to its own site when it has done everything."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,16 @@ from tests.servers import ServiceProcess
 pytestmark = pytest.mark.slow
 
 SCRIPT_PAGE = """<!doctype html><html><head><title>shop</title>
-<script>window.ea = window.ea || function () {{ (window.ea.q = window.ea.q || []).push(arguments) }};
+<script>
+window.ea = window.ea || function () {{ (window.ea.q = window.ea.q || []).push(arguments) }};
 ea('early', {{props: {{queued: true}}}});  // before the script loaded: queued, then sent</script>
 <script defer data-domain="{domain}" {allow} src="{service}/js/script.js"></script>
 </head><body><script>
 function step(f, ms) {{ return new Promise(r => setTimeout(() => {{ f(); r(); }}, ms)); }}
 window.addEventListener('load', async () => {{
-  await step(() => history.pushState({{}}, '', '/pricing?utm_source=news&utm_campaign=launch'), 300);
-  await step(() => history.pushState({{}}, '', '/pricing?utm_source=news&utm_campaign=launch'), 300);
+  const pricing = '/pricing?utm_source=news&utm_campaign=launch';
+  await step(() => history.pushState({{}}, '', pricing), 300);
+  await step(() => history.pushState({{}}, '', pricing), 300);
   let status = 'none';
   await new Promise(r => setTimeout(() => {{
     if (!window.ea.q) ea('Signup', {{props: {{plan: 'pro', seats: 3}}, callback: (res) => {{
