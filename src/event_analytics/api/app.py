@@ -16,6 +16,7 @@ from event_analytics import __version__
 from event_analytics.api import (
     analytics,
     compat,
+    compat_docs,
     dashboard,
     events,
     explore,
@@ -180,7 +181,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            schema["paths"] = {**events.paths(settings, components), **schema["paths"]}
+            schema["paths"] = {
+                **events.paths(settings, components),
+                **compat_docs.paths(components),
+                **schema["paths"],
+            }
             document_security(schema, settings)
             app.openapi_schema = schema
         return app.openapi_schema

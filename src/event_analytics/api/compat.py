@@ -181,9 +181,9 @@ ROUTES = {r.path: r for r in (*SEGMENT_ROUTES, PLAUSIBLE_ROUTE)}
 router = APIRouter(tags=["browser"])
 
 
-@router.api_route(
+@router.head(SCRIPT_PATH, include_in_schema=False)
+@router.get(
     SCRIPT_PATH,
-    methods=["GET", "HEAD"],
     summary="The tracking script for web pages (Plausible-compatible)",
     description=(
         'Paste `<script defer data-domain="example.com" src="http://HOST/js/script.js">'

@@ -34,7 +34,11 @@ PUBLIC_PREFIXES = ("/dashboard/static/",)
 # The routes that take the write scope: answered by ingest_http, before FastAPI.
 EVENTS_PATH = "/events"
 BATCH_PATH = "/events/batch"
-INGEST_PATHS = frozenset({EVENTS_PATH, BATCH_PATH})
+SEGMENT_PATHS = frozenset({"/v1/batch", "/v1/track", "/v1/page", "/v1/screen", "/v1/identify",
+                           "/v1/group", "/v1/alias"})  # fmt: skip
+INGEST_PATHS = frozenset({EVENTS_PATH, BATCH_PATH, *SEGMENT_PATHS})
+# Ingest without a key (browsers hold no secret): origins and address limits still apply.
+KEYLESS_PATHS = frozenset({"/api/event"})
 KEY_ID_SCOPE = "ea.key_id"
 CORS_ALLOW_HEADERS = "authorization, content-type, x-api-key, x-request-id"
 CORS_EXPOSE_HEADERS = "retry-after, x-request-id"
@@ -242,7 +246,10 @@ def document_security(schema: dict[str, Any], settings: Settings) -> None:
             continue
         ingest = path in INGEST_PATHS
         required = settings.write_keys if ingest else settings.read_keys
-        statuses = (401, 403, 408, 429) if ingest else (401, 403, 429)
+        statuses: tuple[int, ...] = (401, 403, 408, 429) if ingest else (401, 403, 429)
+        if path in KEYLESS_PATHS:
+            # No key, but origins and address limits apply.
+            required, statuses = (), (403, 408, 429)
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
             for status, entry in problem_responses(*statuses).items():
