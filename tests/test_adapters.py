@@ -464,6 +464,8 @@ def test_referrer_sources_have_their_usual_names(host: str, name: str) -> None:
             "bot",
         ),
         ("", "bot"),
+        ("curl/8.5.0", "bot"),
+        ("python-requests/2.31", "bot"),
     ],
 )
 def test_devices_from_the_user_agent(ua: str, device: str) -> None:

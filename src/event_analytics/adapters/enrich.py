@@ -40,8 +40,12 @@ SOURCES = {
     "threads": "Threads", "chatgpt": "ChatGPT", "perplexity": "Perplexity",
 }  # fmt: skip
 _SECOND_LEVEL = frozenset({"co", "com", "org", "net", "ac", "gov", "edu", "ne", "or"})
-_BOT_WORDS = re.compile(r"bot|crawl|spider|slurp|headless|phantomjs|lighthouse|scrape",
-                        re.IGNORECASE)  # fmt: skip
+# Crawlers, headless browsers and HTTP libraries: no person behind the page view.
+_BOT_WORDS = re.compile(
+    r"bot|crawl|spider|slurp|headless|phantomjs|lighthouse|scrape|curl/|wget/|python-|"
+    r"httpx|aiohttp|go-http-client|okhttp|java/|libwww|apache-httpclient|node-fetch|axios/",
+    re.IGNORECASE,
+)
 _MOBILE_OS = frozenset({"iOS", "Android", "Windows Phone", "BlackBerry OS", "KaiOS",
                         "Firefox OS", "HarmonyOS"})  # fmt: skip
 _TABLETS = re.compile(r"iPad|Tablet|Kindle|Silk|Nexus (7|9|10)|SM-T|Tab", re.IGNORECASE)
