@@ -46,6 +46,7 @@ from event_analytics.store.watch import EngineWatch
 # The plain-ASGI ingest routes: native, Segment's, Plausible's.
 HOT_ROUTES = {**ingest_http.ROUTES, **compat.ROUTES}
 
+
 async def archive_gauges(app: FastAPI) -> ArchiveGauges | None:
     """Archive lag and dead letters for /metrics, read at scrape time; None while unknown."""
     streams: StreamStore = app.state.streams
