@@ -45,11 +45,17 @@ class Dropped:
         return {"property": self.property, "reason": self.reason}
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def _leaves(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
     """(path, value) of every leaf in sent order; a container past MAX_DEPTH is one leaf."""
     if isinstance(value, Mapping) and len(path) < MAX_DEPTH:
         for key, inner in value.items():
-            yield from _leaves(inner, (*path, str(key)))
+            if type(inner) in _SCALARS:  # most properties: no generator to recurse into
+                yield (*path, str(key)), inner
+            else:
+                yield from _leaves(inner, (*path, str(key)))
     elif isinstance(value, list) and len(path) < MAX_DEPTH:
         for index, inner in enumerate(value):
             yield from _leaves(inner, (*path, str(index)))

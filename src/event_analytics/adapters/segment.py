@@ -90,13 +90,19 @@ def map_request(
     kind: str | None,
     received_at: datetime,
     enricher: Enricher | None,
+    body_bytes: int | None = None,
 ) -> list[Mapped]:
-    """Every message of one request mapped on its own: one bad message spoils no other."""
+    """Every message of one request mapped on its own: one bad message spoils no other.
+
+    ``body_bytes``, the request's size: when it is within one message's limit, no message
+    can be over it, and the per-message size check (a JSON encoding each) is skipped.
+    """
     items = messages(envelope, kind)
     shared_context = envelope.get("context")
     sent_at = envelope.get("sentAt") if kind is None else None
+    check_size = body_bytes is None or body_bytes > MAX_MESSAGE_BYTES
     return [
-        map_message(i, m, received_at, enricher, sent_at, shared_context)
+        map_message(i, m, received_at, enricher, sent_at, shared_context, check_size=check_size)
         for i, m in enumerate(items)
     ]
 
@@ -119,6 +125,8 @@ def map_message(
     enricher: Enricher | None,
     batch_sent_at: Any = None,
     shared_context: Any = None,
+    *,
+    check_size: bool = True,
 ) -> Mapped:
     out = Mapped(index)
     if not isinstance(message, dict):
@@ -126,7 +134,7 @@ def map_message(
     raw_id = message.get("messageId")
     if isinstance(raw_id, str):
         out.ref = raw_id[:MAX_MESSAGE_ID]
-    if len(orjson.dumps(message)) > MAX_MESSAGE_BYTES:
+    if check_size and len(orjson.dumps(message)) > MAX_MESSAGE_BYTES:
         return out.reject(
             "message_too_large", "", f"a message is at most {MAX_MESSAGE_BYTES} bytes as JSON"
         )

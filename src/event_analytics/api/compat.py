@@ -114,7 +114,8 @@ async def segment_route(kind: str | None, scope: Scope, receive: Receive) -> Rep
         if refusal is not None:
             return refusal
     now = datetime.now(UTC)
-    mapped = segment.map_request(envelope, kind, now, _compat(scope).segment_enricher)
+    enricher = _compat(scope).segment_enricher
+    mapped = segment.map_request(envelope, kind, now, enricher, body_bytes=len(body))
     results = await ingestor.ingest_items(_items(mapped), now, "batch" if kind is None else "")
     _count_drops(mapped, results)
     if kind is not None and results[0].status == "rejected":
