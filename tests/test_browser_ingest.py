@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.compat import Site, archived, browsing, node_clients, total, wait_for
-from tests.helpers import HTTP
+from tests.helpers import HTTP, Site, archived, browsing, node_clients, total, wait_for
 from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.slow

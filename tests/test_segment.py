@@ -18,8 +18,7 @@ from segment.analytics import Client
 from segment.analytics.request import APIError
 
 from event_analytics.adapters.segment import event_id
-from tests.compat import LossyProxy, archived, total
-from tests.helpers import HTTP
+from tests.helpers import HTTP, LossyProxy, archived, total
 from tests.servers import ServiceProcess, stopped_after
 
 pytestmark = pytest.mark.slow

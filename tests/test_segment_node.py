@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.compat import NODE_DIR, LossyProxy, node_clients, total
+from tests.helpers import NODE_DIR, LossyProxy, node_clients, total
 from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.slow
