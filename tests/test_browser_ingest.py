@@ -12,8 +12,18 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import HTTP, Site, archived, browsing, node_clients, total, wait_for
-from tests.servers import ServiceProcess
+from tests.helpers import (
+    DESKTOP_CHROME,
+    HTTP,
+    Site,
+    archived,
+    browsing,
+    event,
+    node_clients,
+    total,
+    wait_for,
+)
+from tests.servers import ServiceProcess, stopped_after
 
 pytestmark = pytest.mark.slow
 
@@ -169,3 +179,42 @@ def test_api_event_answers(live: ServiceProcess) -> None:
     script = HTTP.get(f"{live.url}/js/script.js")
     assert script.status_code == 200 and "sendBeacon" in script.text
     assert script.headers["content-type"].startswith("application/javascript")
+
+
+@pytest.fixture
+def logged(tmp_path: Path) -> Iterator[ServiceProcess]:
+    with stopped_after(ServiceProcess(tmp_path / "data", {"EA_ACCESS_LOG": "1"})) as svc:
+        yield svc
+
+
+def test_the_client_ip_is_never_logged_stored_or_archived(logged: ServiceProcess) -> None:
+    ip = "81.2.69.160"  # a GB address, forwarded by the (trusted, local) proxy
+    headers = {"content-type": "text/plain", "x-forwarded-for": ip, "user-agent": DESKTOP_CHROME}
+    body = b'{"n":"pageview","u":"https://ip.example/","d":"ip.example"}'
+    reply = HTTP.post(f"{logged.url}/api/event", content=body, headers=headers)
+    assert reply.status_code == 202, reply.text
+    event_id = reply.json()["event_id"]
+    wait_for(lambda: any(r["event_id"] == event_id for r in archived(logged.data_dir)))
+    (record,) = [r for r in archived(logged.data_dir) if r["event_id"] == event_id]
+    assert record["payload"]["country"] == "GB"  # the forwarded address was the one used
+    native = HTTP.post(f"{logged.url}/events", json=event(), headers={"x-forwarded-for": ip})
+    assert native.status_code == 201
+    log = logged.output()
+    assert '"route": "/api/event"' in log or '"route":"/api/event"' in log
+    # The native route logs its client address; the browser path never does.
+    lines = [line for line in log.splitlines() if "/api/event" in line]
+    assert lines and not any(ip in line for line in lines)
+    assert any(ip in line for line in log.splitlines() if '"/events"' in line)
+    assert ip not in str(archived(logged.data_dir))
+
+
+def test_storage_down_is_503_with_retry_after(engine_down: ServiceProcess) -> None:
+    batch = {"batch": [{"type": "track", "event": "E", "userId": "u", "messageId": "m"}]}
+    seg = HTTP.post(f"{engine_down.url}/v1/batch", json=batch)
+    assert seg.status_code == 503 and int(seg.headers["retry-after"]) >= 1, seg.text
+    body = b'{"n":"pageview","u":"https://a.example/","d":"a.example"}'
+    pl = HTTP.post(
+        f"{engine_down.url}/api/event", content=body, headers={"content-type": "text/plain"}
+    )
+    assert pl.status_code == 503 and int(pl.headers["retry-after"]) >= 1, pl.text
+    assert pl.headers["content-type"] == "application/problem+json"

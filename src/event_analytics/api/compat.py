@@ -26,6 +26,7 @@ from event_analytics.adapters.enrich import Countries, Enricher
 from event_analytics.api.body import header, read_ingest_body
 from event_analytics.api.ingest_http import Admission, IngestRoute, Reply, ingest_state
 from event_analytics.api.problems import problem
+from event_analytics.api.request_context import NO_ADDRESS_SCOPE
 from event_analytics.api.security import Access, Guard
 from event_analytics.config import Settings
 from event_analytics.ingest import ItemResult, Refused
@@ -147,6 +148,7 @@ def _address(scope: Scope) -> str:
 
 
 async def plausible_route(scope: Scope, receive: Receive) -> Reply:
+    scope[NO_ADDRESS_SCOPE] = True  # the address identifies a visitor: not in the access log
     settings, ingestor = ingest_state(scope)
     if not settings.browser_ingest:
         return problem(404, "not-found", "Not Found", "browser ingest is off (EA_BROWSER_INGEST)")
