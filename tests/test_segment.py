@@ -5,6 +5,7 @@ included; the endpoints' answers, keys and limits over plain HTTP."""
 from __future__ import annotations
 
 import base64
+import gzip
 import logging
 import random
 import uuid
@@ -83,6 +84,26 @@ def test_python_sdk_in_sync_mode_counts_each_message_once(live: ServiceProcess) 
     for (kind, kw), message_id in zip(calls[:10], ids, strict=False):
         getattr(again, kind)(message_id=message_id, **kw)
     assert _counts(live, since) == _model(calls)
+
+
+def test_python_sdk_gzip_bodies(live: ServiceProcess) -> None:
+    since = datetime.now(UTC)
+    calls = _traffic(random.Random(5), 20)
+    _send(Client("any-key", host=live.url, sync_mode=True, gzip=True), calls)
+    assert _counts(live, since) == _model(calls)
+    bomb = gzip.compress(b'{"batch": [' + b" " * 2_000_000 + b"]}")  # 2 MB inflated
+    reply = HTTP.post(
+        f"{live.url}/v1/batch",
+        content=bomb,
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    assert reply.status_code == 400 and "larger than" in reply.json()["detail"]
+    brotli = HTTP.post(
+        f"{live.url}/v1/batch",
+        content=b"{}",
+        headers={"content-type": "application/json", "content-encoding": "br"},
+    )
+    assert brotli.status_code == 415
 
 
 def test_python_sdk_batching_thread_retries_lost_answers_exactly_once(

@@ -23,7 +23,7 @@ from event_analytics import metrics, tracker
 from event_analytics.adapters import plausible, segment
 from event_analytics.adapters.common import Mapped
 from event_analytics.adapters.enrich import Countries, Enricher
-from event_analytics.api.body import header, read_ingest_body
+from event_analytics.api.body import decoded, header, read_ingest_body
 from event_analytics.api.ingest_http import Admission, IngestRoute, Reply, ingest_state
 from event_analytics.api.problems import problem
 from event_analytics.api.request_context import NO_ADDRESS_SCOPE
@@ -105,6 +105,7 @@ async def segment_route(kind: str | None, scope: Scope, receive: Receive) -> Rep
     limit = segment.MAX_BATCH_BYTES if kind is None else segment.MAX_MESSAGE_BYTES
     try:
         body = await read_ingest_body(scope, receive, limit, settings.body_timeout_s)
+        body = decoded(scope, body, limit)
     except BodyTooLarge as exc:
         raise SegmentTooLarge(exc.limit) from None
     envelope = segment.load(body)
