@@ -3,6 +3,7 @@ enrichment. Every mapped event must pass the native validation unchanged."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -193,9 +194,19 @@ def test_a_track_becomes_its_normalised_type_with_the_name_kept() -> None:
 
 def test_message_ids_map_deterministically() -> None:
     some = str(uuid.uuid4())
-    assert segment.event_id(some) == uuid.UUID(some)
+    assert segment.event_id(some) == some
+    assert segment.event_id(some.upper()) == some  # one UUID, however it is written
     assert segment.event_id("abc") == segment.event_id("abc") != segment.event_id("abd")
     assert _one(_seg(messageId="abc")).event == _one(_seg(messageId="abc")).event
+
+
+@given(st.text(min_size=1, max_size=100))
+def test_message_ids_become_uuid5_in_our_namespace(message_id: str) -> None:
+    expected = str(uuid.uuid5(segment.NAMESPACE, message_id))
+    if len(message_id) == 36:
+        with contextlib.suppress(ValueError):
+            expected = str(uuid.UUID(message_id))
+    assert segment.event_id(message_id) == expected
 
 
 def test_the_clients_clock_is_corrected_with_sent_at() -> None:

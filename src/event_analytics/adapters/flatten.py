@@ -50,7 +50,8 @@ _SCALARS = (str, int, float, bool, type(None))
 
 def _leaves(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
     """(path, value) of every leaf in sent order; a container past MAX_DEPTH is one leaf."""
-    if isinstance(value, Mapping) and len(path) < MAX_DEPTH:
+    # JSON gives dicts and lists: exact types, cheaper to test than the Mapping ABC.
+    if isinstance(value, dict) and len(path) < MAX_DEPTH:
         for key, inner in value.items():
             if type(inner) in _SCALARS:  # most properties: no generator to recurse into
                 yield (*path, str(key)), inner
@@ -64,7 +65,7 @@ def _leaves(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...]
 
 
 def _problem(value: Any) -> str | None:
-    if isinstance(value, Mapping | list):
+    if isinstance(value, dict | list):
         # Empty containers have no leaves and vanish without loss; a non-empty one here
         # sits deeper than MAX_DEPTH.
         return "too_deep"
@@ -93,7 +94,7 @@ def flatten_into(
         if not path:
             continue
         shown = ".".join(path)
-        if isinstance(value, Mapping | list) and not value:
+        if isinstance(value, dict | list) and not value:
             continue
         problem = _problem(value)
         if problem is not None:

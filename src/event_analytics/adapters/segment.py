@@ -7,6 +7,7 @@ docs/api.md ("Segment").
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -34,19 +35,29 @@ MAX_MESSAGE_ID = 100
 TYPES = ("track", "page", "screen", "identify", "group", "alias")
 EVENT_TYPES = {"page": "page_view", "screen": "screen_view", "identify": "identify",
                "group": "group", "alias": "alias"}  # fmt: skip
+_OTHER_IDS = {"group": ("groupId", "group_id"), "alias": ("previousId", "previous_id")}
 # messageIds that are not UUIDs become UUIDv5 in this namespace: the same messageId is
 # always the same event id, so an SDK's retry is a duplicate. (Fixed forever.)
 NAMESPACE = uuid.UUID("6f1b2a4e-8c3d-5e7f-9a0b-1c2d3e4f5a6b")
 
 
-def event_id(message_id: str) -> uuid.UUID:
-    """The event id of a messageId: itself when it is a UUID (36 characters), else UUIDv5."""
+_NAMESPACE_BYTES = NAMESPACE.bytes
+
+
+def event_id(message_id: str) -> str:
+    """The event id of a messageId: itself when it is a UUID (36 characters), else UUIDv5.
+
+    ``uuid.uuid5`` without its UUID objects (this runs per message): SHA-1 of namespace and
+    name, version 5 and the RFC 4122 variant set in the text (tests hold it to uuid5).
+    """
     if len(message_id) == 36:
         try:
-            return uuid.UUID(message_id)
+            return str(uuid.UUID(message_id))
         except ValueError:
             pass
-    return uuid.uuid5(NAMESPACE, message_id)
+    h = hashlib.sha1(_NAMESPACE_BYTES + message_id.encode(), usedforsecurity=False).hexdigest()
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
 
 def load(body: bytes) -> dict[str, Any]:
@@ -143,7 +154,8 @@ def map_message(
         return out.reject("invalid_type", "type", f"type must be one of {', '.join(TYPES)}")
     # -- id: the dedup key
     if raw_id is None:
-        ident = uuid.uuid4()  # nothing to recognise a retry by (Segment's SDKs always send one)
+        # Nothing to recognise a retry by (Segment's SDKs always send one).
+        ident = str(uuid.uuid4())
     elif not isinstance(raw_id, str) or not 1 <= len(raw_id) <= MAX_MESSAGE_ID:
         return out.reject(
             "invalid_message_id", "messageId", f"messageId is a string of 1-{MAX_MESSAGE_ID} chars"
@@ -197,27 +209,28 @@ def map_message(
         ours = {"page_url": url, **ours}
     if user_id is not None and isinstance(anonymous_id, str):
         ours["anonymous_id"] = anonymous_id
-    for kind_with_id, field, name in (("group", "groupId", "group_id"),
-                                      ("alias", "previousId", "previous_id")):  # fmt: skip
+    if kind in _OTHER_IDS:
+        field, name = _OTHER_IDS[kind]
         other = _id_text(message.get(field))
-        if kind == kind_with_id and isinstance(other, str):
+        if isinstance(other, str):
             ours[name] = other
     seen = None
-    if enricher is not None:
-        referrer = page.get("referrer")
-        agent = context.get("userAgent")
-        ip = context.get("ip")
+    referrer, agent, ip = page.get("referrer"), context.get("userAgent"), context.get("ip")
+    campaign = context.get("campaign")
+    utm = isinstance(url, str) and "utm_" in url
+    # Server-side messages mostly carry none of these: no enrichment to run then.
+    if enricher is not None and (referrer or agent or ip or campaign or utm):
         seen = Seen(
             page_url=url if isinstance(url, str) else None,
             referrer=referrer if isinstance(referrer, str) else None,
             user_agent=agent if isinstance(agent, str) else None,
             ip=ip if isinstance(ip, str) else None,
-            campaign=_dict(context.get("campaign")),
+            campaign=_dict(campaign),
         )
     sent_props = traits if kind in ("identify", "group") else properties
     payload, bot = build_payload(out, ours, seen, enricher, sent_props)
     out.event = {
-        "event_id": str(ident),
+        "event_id": ident,
         "user_id": user,
         "timestamp": stamp_text,
         "event_type": bot_type(event_type) if bot else event_type,
