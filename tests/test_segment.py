@@ -244,3 +244,10 @@ def test_write_key_as_basic_user_or_in_the_body(keyed: ServiceProcess) -> None:
         Client("not-the-key-0123456789", host=keyed.url, sync_mode=True).track("u3", "Signed Up")
     assert info.value.status == 401
     assert total(keyed, "signed_up", since) == 3
+
+
+def test_the_routes_are_the_paths_security_knows() -> None:
+    from event_analytics.api import compat
+    from event_analytics.api.security import KEYLESS_PATHS, SEGMENT_PATHS
+
+    assert set(compat.ROUTES) == SEGMENT_PATHS | KEYLESS_PATHS
