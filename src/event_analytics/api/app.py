@@ -131,12 +131,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await watch.refresh()  # before the first event: an evicting engine is refused
         watching = asyncio.create_task(watch.run())
         app.state.compat = compat.CompatState.build(settings, DailySalt(store.client, store.keys))
-        app.state.compat.warm()
+        # The enrichment data (a second or so to load) loads beside startup, not in it: the
+        # service is ready at once, and a request that needs it first waits for it.
+        warming = asyncio.create_task(asyncio.to_thread(app.state.compat.warm))
         try:
             yield
         finally:
             app.state.query_engine.close()
             watching.cancel()
+            await warming
             await ingestor.close()
             if read_client is not None:
                 await read_client.aclose()

@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope
 from event_analytics import metrics, tracker
 from event_analytics.adapters import plausible, segment
 from event_analytics.adapters.common import Mapped
-from event_analytics.adapters.enrich import Countries, Enricher
+from event_analytics.adapters.enrich import Countries, Enricher, parse_agent
 from event_analytics.api.body import decoded, header, read_ingest_body
 from event_analytics.api.ingest_http import Admission, IngestRoute, Reply, ingest_state
 from event_analytics.api.problems import problem
@@ -52,6 +52,9 @@ class CompatState:
 
     @classmethod
     def build(cls, settings: Settings, salt: DailySalt) -> CompatState:
+        if settings.geoip_db is not None and not settings.geoip_db.is_file():
+            # At start, loudly: the database itself is read in the background (warm).
+            raise ValueError(f"EA_GEOIP_DB: no such file: {settings.geoip_db}")
         enrichers = settings.enrich_segment or settings.enrich_browser
         shared = Enricher(Countries(settings.geoip_db)) if enrichers else None
         return cls(
@@ -61,10 +64,12 @@ class CompatState:
         )
 
     def warm(self) -> None:
-        """Load the country database now, not in the first request that needs it."""
+        """Load the country database and the User-Agent rules now (in a thread), not in
+        the first request that needs them."""
         for enricher in (self.segment_enricher, self.browser_enricher):
             if enricher is not None:
                 enricher.countries.load()
+                parse_agent("Mozilla/5.0")
 
 
 def _compat(scope: Scope) -> CompatState:
