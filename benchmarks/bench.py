@@ -127,7 +127,13 @@ def _children_cpu() -> float:
 
 
 def wrk(
-    url: str, seconds: int, connections: int, ts: str, batch: int = 0, server: int | None = None
+    url: str,
+    seconds: int,
+    connections: int,
+    ts: str,
+    batch: int = 0,
+    server: int | None = None,
+    mode: str = "native",
 ) -> dict[str, Any]:
     """Run wrk with events.lua; requests/s, latency percentiles, the ack counts and, for the
     processes under ``server`` and for wrk itself ("load"), the CPU seconds the run took."""
@@ -136,7 +142,7 @@ def wrk(
     load_before = _children_cpu()
     out = subprocess.run(
         [need("wrk", "wrk"), "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
-         "-s", str(HERE / "events.lua"), url, "--", ts, prefix, str(batch)],
+         "-s", str(HERE / "events.lua"), url, "--", ts, prefix, str(batch), mode],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     cpu = {"load": _children_cpu() - load_before}  # wrk is our only child to end meanwhile
@@ -178,6 +184,16 @@ def cpu_per_event(run: dict[str, Any], events: int) -> dict[str, float]:
     us["total"] = round(sum(us.values()), 1)
     us["cores_ceiling_per_s"] = round((os.cpu_count() or 1) * 1e6 / max(us["total"], 1e-9))
     return us
+
+
+def page_views_since(base: str, since: datetime) -> int:
+    """Page views counted from ``since``'s minute to now (what /api/event adds: it is
+    stamped on arrival, so not in the one minute the other runs write)."""
+    start = (since - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:00Z")
+    end = (datetime.now(UTC) + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:00Z")
+    params = {"from": start, "to": end, "interval": "minute"}
+    r = httpx.get(f"{base}/analytics/timeseries", params=params, timeout=30)
+    return int(r.json()["total"]["count"])
 
 
 def stored_in_minute(base: str, ts: str) -> int:
@@ -330,6 +346,24 @@ def main() -> int:
         batch["cpu_us_per_event"] = cpu_per_event(batch, batch["acknowledged"])
         results["batch"] = batch
 
+        console.print(f"[bold]3b. Segment's /v1/batch, the Python SDK's shape, {args.batch}/req[/]")
+        before = stored_in_minute(base, ts)
+        seg = wrk(f"{base}/v1/batch", args.seconds, args.connections // 4, ts, args.batch,
+                  server=server.pid, mode="segment")  # fmt: skip
+        seg["events_per_s"] = seg["rps"] * args.batch
+        seg |= check_counts("segment", seg, stored_in_minute(base, ts) - before, args.batch)
+        seg["cpu_us_per_event"] = cpu_per_event(seg, seg["acknowledged"])
+        results["segment_batch"] = seg
+
+        console.print("[bold]3c. Plausible's /api/event, as the script tag sends it[/]")
+        started = datetime.now(UTC)
+        before = page_views_since(base, started)
+        pl = wrk(f"{base}/api/event", args.seconds, args.connections, ts, server=server.pid,
+                 mode="plausible")  # fmt: skip
+        pl |= check_counts("api/event", pl, page_views_since(base, started) - before, 0)
+        pl["cpu_us_per_event"] = cpu_per_event(pl, pl["acknowledged"])
+        results["plausible_event"] = pl
+
         console.print("[bold]5. query latency under full single-event ingest[/]")
         hour_ago = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:00Z")
         paths = ["/analytics/page_views_per_minute?minutes=60",
@@ -372,11 +406,23 @@ def main() -> int:
             results["rebuild"]["events_per_s"] / results["batch"]["events_per_s"], 2
         ),
         "single_vs_redis_incr": round(single_rps / results["redis_benchmark_incr_per_s"], 4),
+        # Issue 15's budget: the drop-in paths at most 1.5x the native CPU per event.
+        "segment_cpu_vs_batch": round(
+            results["segment_batch"]["cpu_us_per_event"]["total"]
+            / results["batch"]["cpu_us_per_event"]["total"],
+            2,
+        ),
+        "plausible_cpu_vs_single": round(
+            results["plausible_event"]["cpu_us_per_event"]["total"]
+            / results["single"]["cpu_us_per_event"]["total"],
+            2,
+        ),
         # The most single events these cores could take if the API's Python cost no more
         # than the bare app's, with the engine and archiver as measured: an upper bound.
         "single_bound_vs_bare": round(single_bound(results) / bare["rps"], 3),
     }
-    checks = [results["single"]["check"], results["batch"]["check"], results["rebuild"]["check"]]
+    checks = [results[k]["check"] for k in ("single", "batch", "segment_batch",
+                                             "plausible_event", "rebuild")]  # fmt: skip
     results["all_checks"] = "PASS" if all(c == "PASS" for c in checks) else "FAIL"
     print_table(results)
     print_cpu_table(results)
@@ -401,7 +447,8 @@ def print_cpu_table(r: dict[str, Any]) -> None:
     for col in ("run", *roles, "total", "cores' ceiling"):
         table.add_column(col, justify="right")
     for name, key in (("bare ASGI", "bare_asgi"), ("POST /events", "single"),
-                      ("POST /events/batch", "batch")):  # fmt: skip
+                      ("POST /events/batch", "batch"), ("POST /v1/batch", "segment_batch"),
+                      ("POST /api/event", "plausible_event")):  # fmt: skip
         us = r[key]["cpu_us_per_event"]
         table.add_row(
             name,
@@ -449,6 +496,21 @@ def print_table(r: dict[str, Any]) -> None:
         f"{bt['p99_ms']:.1f} ms",
         bt["check"],
     )
+    seg, pl = r["segment_batch"], r["plausible_event"]
+    table.add_row(
+        f"POST /v1/batch (Segment, {r['settings']['batch']}/req)",
+        f"{seg['events_per_s']:,.0f} events/s",
+        f"{seg['p50_ms']:.1f} ms",
+        f"{seg['p99_ms']:.1f} ms",
+        seg["check"],
+    )
+    table.add_row(
+        "POST /api/event (Plausible)",
+        f"{pl['rps']:,.0f} req/s",
+        f"{pl['p50_ms']:.1f} ms",
+        f"{pl['p99_ms']:.1f} ms",
+        pl["check"],
+    )
     table.add_row(
         "redis-benchmark INCR -P16", f"{r['redis_benchmark_incr_per_s']:,.0f} ops/s", "-", "-", "-"
     )
@@ -475,6 +537,8 @@ def print_table(r: dict[str, Any]) -> None:
         f"single / bare = {ratios['single_vs_bare']:.0%}   batch events / single = "
         f"{ratios['batch_events_vs_single']:.1f}x   "
         f"rebuild / batch = {ratios['rebuild_vs_batch']:.1f}x   "
+        f"CPU per event: /v1/batch / batch = {ratios['segment_cpu_vs_batch']:.2f}x, "
+        f"/api/event / single = {ratios['plausible_cpu_vs_single']:.2f}x (budget 1.5x)   "
         f"Redis bytes per event = {s['redis_bytes_per_event']}   all checks: {r['all_checks']}"
     )
     kinds = s["redis_bytes_per_event_by_kind"]

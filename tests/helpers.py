@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import http.server
 import os
+import shutil
+import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,7 @@ from typing import Any
 import aiohttp
 import httpx
 import orjson
+import pytest
 
 from tests.servers import ServiceProcess
 
@@ -195,3 +204,223 @@ def assert_rebuild_reproduces(
     checked = cli(["verify"], env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "0 differ" in checked.stdout
+
+
+# -- drop-in ingest (Segment, Plausible, the script tag) ------------------------------
+
+
+def total(svc: ServiceProcess, event_type: str, since: datetime) -> int:
+    """Events of one type counted since ``since`` (minute buckets, exact)."""
+    params = {"event_type": event_type, "from": z(since - timedelta(minutes=1)),
+              "to": z(datetime.now(UTC) + timedelta(minutes=2))}  # fmt: skip
+    reply = HTTP.get(f"{svc.url}/analytics/timeseries", params=params)
+    assert reply.status_code == 200, reply.text
+    count: int = reply.json()["total"]["count"]
+    return count
+
+
+def archived(data_dir: Path) -> list[dict[str, Any]]:
+    """Every record in the service's hourly archive files."""
+    records = []
+    for path in sorted(data_dir.glob("persistent_events/**/*.jsonl")):
+        records += [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
+    return records
+
+
+class LossyProxy:
+    """Forwards each HTTP request to the service, and for the first ``lose`` requests
+    closes the client's connection instead of passing the answer on: the events were
+    stored, the client never heard it, so it retries (the case dedup exists for).
+
+    One request per connection (``Connection: close`` both ways); bounded by timeouts.
+    """
+
+    def __init__(self, upstream_port: int, lose: int) -> None:
+        self.upstream_port = upstream_port
+        self.lose = lose
+        self.forwarded = 0
+        self.lost = 0
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.2)
+        self.port = self._server.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LossyProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._server.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._one, args=(client,), daemon=True).start()
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return b""
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = 0
+        kept = [lines[0]]
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+            if name.strip().lower() != b"connection":
+                kept.append(line)
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return b"\r\n".join([*kept, b"Connection: close"]) + b"\r\n\r\n" + body
+
+    def _one(self, client: socket.socket) -> None:
+        with client:
+            client.settimeout(10)
+            request = self._read_request(client)
+            if not request:
+                return
+            with socket.create_connection(("127.0.0.1", self.upstream_port), timeout=10) as up:
+                up.sendall(request)
+                answer = b""
+                while chunk := up.recv(65536):
+                    answer += chunk
+            with self._lock:
+                self.forwarded += 1
+                lose = self.lost < self.lose
+                if lose:
+                    self.lost += 1
+            if lose:
+                # RST instead of FIN: the client sees a reset, as when a network drops.
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
+            client.sendall(answer)
+
+
+# -- browsers and node clients ----------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+NODE_DIR = REPO / "tests" / "node"
+# A desktop Chrome: HeadlessChrome's own User-Agent is (rightly) counted as a bot.
+DESKTOP_CHROME = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Safari/537.36"
+)
+
+
+def chromium_binary() -> str:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        # .ci/run installs Debian's chromium: in CI a missing browser is a failure.
+        if os.environ.get("CI"):
+            pytest.fail("chromium missing in CI (.ci/run installs it)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return binary
+
+
+def node_clients() -> Path:
+    """tests/node/node_modules as tests/node/package-lock.json pins it (npm ci, once)."""
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        if os.environ.get("CI"):
+            pytest.fail("node/npm missing in CI (.ci/run installs them)")
+        pytest.skip("node and npm not installed (apt-get install nodejs npm)")
+    stamp = NODE_DIR / "node_modules" / ".package-lock.json"
+    lock = NODE_DIR / "package-lock.json"
+    if not stamp.exists() or stamp.stat().st_mtime < lock.stat().st_mtime:
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR,
+                       check=True, timeout=300)  # fmt: skip
+    return NODE_DIR / "node_modules"
+
+
+class Site:
+    """A static web site on its own port (another origin than the service) that records
+    the query of every ``/done`` request its pages make when they are finished."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.done: list[dict[str, list[str]]] = []
+        site = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kw: Any) -> None:
+                super().__init__(*args, directory=str(site.root), **kw)
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                if url.path == "/done":
+                    site.done.append(urllib.parse.parse_qs(url.query))
+                    self.send_response(204)
+                    self.end_headers()
+                    return
+                super().do_GET()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Site:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_done(self, n: int = 1, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.done) < n:
+            assert time.monotonic() < deadline, "the page did not finish"
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def browsing(url: str, profile: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Headless Chromium showing ``url`` in real time, until the block ends."""
+    cmd = [chromium_binary(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-agent={DESKTOP_CHROME}", f"--user-data-dir={profile}", url]  # fmt: skip
+    log = open(profile.parent / f"{profile.name}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the browser's processes
+        proc.wait(timeout=10)
+        log.close()
+
+
+def wait_for(
+    check: Callable[[], bool], timeout_s: float = 30.0, on_fail: Callable[[], object] = str
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"condition not met in time: {on_fail()}"
+        time.sleep(0.2)

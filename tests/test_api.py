@@ -220,7 +220,8 @@ def _codes(body: dict[str, object]) -> set[str]:
 
 BAD_EVENTS = {
     "bad_uuid": (lambda e: e.update(event_id="not-a-uuid"), "uuid_parsing"),
-    "user_with_space": (lambda e: e.update(user_id="a b"), "string_pattern_mismatch"),
+    "user_with_newline": (lambda e: e.update(user_id="a\nb"), "string_pattern_mismatch"),
+    "user_with_nul": (lambda e: e.update(user_id="a\x00b"), "string_pattern_mismatch"),
     "user_empty": (lambda e: e.update(user_id=""), "string_pattern_mismatch"),
     "user_too_long": (lambda e: e.update(user_id="u" * 256), "string_pattern_mismatch"),
     "timestamp_unix": (lambda e: e.update(timestamp=1717763696), "invalid_timestamp"),

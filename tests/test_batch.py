@@ -22,7 +22,7 @@ def test_mixed_batch(live: ServiceProcess) -> None:
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
     good = [event(user=f"u{i % 3}", ts=minute + timedelta(seconds=i)) for i in range(5)]
     old = event(ts=datetime.now(UTC) - timedelta(days=30))
-    bad_user = event(user="has space")
+    bad_user = event(user="has\ttab")
     status, body = batch(live, [*good, old, good[0], bad_user, "not an object"])
     assert status == 200
     assert (body["accepted"], body["duplicate"], body["rejected"]) == (5, 1, 3)

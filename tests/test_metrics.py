@@ -40,7 +40,7 @@ def test_outcomes_reasons_and_routes(live: ServiceProcess) -> None:
     assert httpx.post(f"{url}/events", json=ok[0]).status_code == 200
     old = event(event_type="signup", url=None, ts=datetime.now(UTC) - timedelta(days=30))
     assert httpx.post(f"{url}/events", json=old).status_code == 422
-    assert httpx.post(f"{url}/events", json=event(user="bad user")).status_code == 422
+    assert httpx.post(f"{url}/events", json=event(user="bad\tuser")).status_code == 422
     assert httpx.post(f"{url}/events", content=b"{", headers=JSON).status_code == 400
     assert httpx.post(f"{url}/events", content=b"{}").status_code == 415
     key = seed_key(datetime.now(UTC))

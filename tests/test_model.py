@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 
@@ -20,7 +21,8 @@ from event_analytics.keys import Keys
 from event_analytics.model import InvalidEvent, MalformedJSON
 from event_analytics.store import Store
 
-user_ids = st.from_regex(r"[A-Za-z0-9_.-]{1,255}", fullmatch=True)
+# Any printable text (emails, other trackers' ids): no control characters, no surrogates.
+user_ids = st.text(st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=255)
 hosts = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}", fullmatch=True)
 
 
@@ -148,3 +150,16 @@ def test_payload_values_are_flat_and_bounded(value: object, code: str) -> None:
     with pytest.raises(InvalidEvent) as caught:
         decode_event(raw)
     assert caught.value.errors[0].code == code
+
+
+@given(
+    user=st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=300).filter(
+        lambda u: len(u) > 255 or any(unicodedata.category(c) == "Cc" for c in u)
+    )
+)
+def test_user_ids_with_control_characters_or_too_long_are_refused(user: str) -> None:
+    body = {"event_id": str(uuid.uuid4()), "user_id": user, "timestamp": "2026-01-01T00:00:00Z",
+            "payload": {"page_url": "https://a.example/"}}  # fmt: skip
+    with pytest.raises(InvalidEvent) as info:
+        decode_event(orjson.dumps(body))
+    assert [e.field for e in info.value.errors] == ["user_id"]

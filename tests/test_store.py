@@ -529,3 +529,33 @@ def test_a_replay_call_sent_twice_counts_once(db: Backend) -> None:
     (count,) = [k for k in db.scan("st:*:m:*") if k.endswith(":count")]
     assert client.get(count) == "30" and not db.scan("st:*:seen:*")
     client.close()
+
+
+def test_the_daily_salt_is_shared_rotates_and_expires(db: Backend) -> None:
+    from event_analytics.store.salt import GRACE_S, DailySalt
+
+    # Today (a past day's salt would be expired at once, as it should be).
+    day = datetime.now(UTC).replace(hour=0, minute=5, second=0, microsecond=0)
+
+    async def main() -> tuple[bytes, bytes, bytes, bytes]:
+        settings = db.settings(key_prefix="salt:")
+        one, two = Store.from_settings(settings), Store.from_settings(settings)
+        try:
+            a = await DailySalt(one.client, one.keys).of(day)
+            b = await DailySalt(two.client, two.keys).of(day + timedelta(hours=1))
+            c = await DailySalt(two.client, two.keys).of(day + timedelta(hours=2))
+            d = await DailySalt(one.client, one.keys).of(day + timedelta(days=1))
+            return a, b, c, d
+        finally:
+            await one.close()
+            await two.close()
+
+    a, b, c, d = asyncio.run(main())
+    assert len(a) == 32 and a == b == c  # one salt per day, whoever asks first
+    assert d != a  # the next day has its own
+    midnight = int((day.replace(minute=0) + timedelta(days=1)).timestamp())
+    raw = db.client()
+    try:
+        assert raw.expiretime(f"salt:salt:{day.date().isoformat()}") == midnight + GRACE_S
+    finally:
+        raw.close()

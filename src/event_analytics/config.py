@@ -116,6 +116,17 @@ class Settings(BaseSettings):
     # or user a resend carries (kept up to 1.5 x this: see store/redis.py).
     dedup_window_s: int = Field(default=7 * 24 * 3600, ge=60)
 
+    # Drop-in ingest (Segment's /v1/*, Plausible's /api/event): enrichment of each path
+    # (referrer/source, utm, browser/os/device, country; the raw IP is never kept). The
+    # Segment path enriches only from what a message's context says of its end user.
+    enrich_segment: bool = True
+    enrich_browser: bool = True
+    # A MaxMind-format country database (.mmdb) instead of geoip2fast's bundled data.
+    geoip_db: Path | None = None
+    # POST /api/event and /js/script.js: browsers hold no secret, so this path takes no
+    # key (EA_CORS_ORIGINS and the address rate limit still apply); False = not served.
+    browser_ingest: bool = True
+
     # Retention of aggregates (seconds after the bucket ends).
     minute_retention_s: int = Field(default=7 * 24 * 3600, ge=60)
     hour_retention_s: int = Field(default=90 * 24 * 3600, ge=3600)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,6 +41,13 @@ _BUCKET_CACHE = 4096
 class IngestResult:
     event_id: str
     duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A batch item an adapter already refused (its reasons), for ``ingest_items``."""
+
+    errors: tuple[FieldError, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,21 +236,34 @@ class Ingestor:
         if admit is not None:
             await admit(len(items))  # the event rate limits: may refuse the whole batch
         metrics.batch_received(len(items))
-        now = datetime.now(UTC)
+        return await self.ingest_items(items, datetime.now(UTC))
+
+    async def ingest_items(
+        self, items: Sequence[Any], now: datetime, where: str = "events"
+    ) -> list[ItemResult]:
+        """Validate and store a batch: each item an event dict or ``Refused`` already.
+
+        The events of every ingest path (native batches, Segment's, Plausible's) pass
+        here, so all get the same validation, time window, dedup and storage call.
+        Errors name their place as ``<where>.<index>.<field>``.
+        """
         results: list[ItemResult | None] = [None] * len(items)
         prepared: list[PreparedEvent] = []
         positions: list[tuple[int, Event]] = []
         for index, item in enumerate(items):
+            if isinstance(item, Refused):
+                results[index] = _rejected(index, None, _in_batch(where, index, item.errors))
+                continue
             event_id = item.get("event_id") if isinstance(item, dict) else None
             try:
                 event = EVENT_ADAPTER.validate_python(item)
                 prepared.append(self.prepare(event, now))
             except ValidationError as exc:
-                errors = tuple(_in_batch(index, errors_from_validation(exc)))
+                errors = _in_batch(where, index, errors_from_validation(exc))
                 results[index] = _rejected(index, event_id, errors)
                 continue
             except InvalidEvent as exc:
-                results[index] = _rejected(index, event_id, tuple(_in_batch(index, exc.errors)))
+                results[index] = _rejected(index, event_id, _in_batch(where, index, exc.errors))
                 continue
             positions.append((index, event))
         flags = await self._store(prepared) if prepared else []
@@ -277,8 +297,12 @@ def _batch_items(body: bytes, limit: int) -> list[Any]:
     return items
 
 
-def _in_batch(index: int, errors: list[FieldError] | tuple[FieldError, ...]) -> list[FieldError]:
-    return [FieldError(e.code, f"events.{index}.{e.field}".rstrip("."), e.message) for e in errors]
+def _in_batch(where: str, index: int, errors: Sequence[FieldError]) -> tuple[FieldError, ...]:
+    if not where:  # a request of one message: its fields as they are
+        return tuple(errors)
+    return tuple(
+        FieldError(e.code, f"{where}.{index}.{e.field}".rstrip("."), e.message) for e in errors
+    )
 
 
 def _rejected(index: int, event_id: Any, errors: tuple[FieldError, ...]) -> ItemResult:

@@ -212,3 +212,11 @@ class Keys:
         counters spread over the slots.
         """
         return f"{self.prefix}rl:{kind}:{digest}:{window}"
+
+    def salt(self, day: str) -> str:
+        """The secret salt of one UTC day (``2026-11-27``) for browser visitor ids.
+
+        Shared by every worker and node, so a visitor is one id wherever it lands; it
+        expires just after its day, so ids of two days cannot be linked.
+        """
+        return f"{self.prefix}salt:{day}"

@@ -114,6 +114,12 @@ BATCH_SIZE = Histogram(
     "Events per POST /events/batch request",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
+PROPERTIES_DROPPED = Counter(
+    "ea_properties_dropped",
+    "Properties of Segment/Plausible messages not kept, by reason (each is also listed in "
+    "its message's result)",
+    ["reason"],
+)
 ENGINE_ERRORS = Counter(
     "ea_engine_errors",
     "Storage engine calls that failed as unavailable (answered 503), by kind",
@@ -158,6 +164,10 @@ def event_rejected(code: str, event_type: str | None = None) -> None:
     """Count one refused event; ``event_type`` only when it was read and valid."""
     EVENTS.labels("rejected", _type_label(event_type) if event_type else UNKNOWN_TYPE).inc()
     REJECTIONS.labels(code).inc()
+
+
+def properties_dropped(reason: str, n: int = 1) -> None:
+    PROPERTIES_DROPPED.labels(reason).inc(n)
 
 
 def batch_received(size: int) -> None:

@@ -25,7 +25,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
-USER_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,255}$"
+# Printable text: emails and other trackers' anonymous ids. No control characters (C0,
+# DEL, C1): a NUL would blur the "<url> NUL <user>" members of page_users.
+USER_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]{1,255}$"
 PROPERTY_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 MAX_URL_LENGTH = 2048
 MAX_PROPERTY_STRING = 1024
@@ -143,7 +145,9 @@ class Event(BaseModel):
     event_id: UUID = Field(
         description="Client-chosen id; a resend with the same id is a duplicate."
     )
-    user_id: str = Field(pattern=USER_ID_PATTERN, description="1-255 of [A-Za-z0-9_.-]")
+    user_id: str = Field(
+        pattern=USER_ID_PATTERN, description="1-255 printable characters (no control characters)"
+    )
     timestamp: Timestamp = Field(
         description="ISO 8601; an offset is converted to UTC, no offset means UTC."
     )

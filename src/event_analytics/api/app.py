@@ -15,17 +15,20 @@ from starlette.types import Receive, Scope, Send
 from event_analytics import __version__
 from event_analytics.api import (
     analytics,
+    compat,
+    compat_docs,
     dashboard,
     events,
     explore,
     health,
+    ingest_http,
     metrics,
     persistent,
     problems,
     reports,
 )
 from event_analytics.api.heavy import HeavyReads
-from event_analytics.api.ingest_http import ROUTES, IngestEndpoints
+from event_analytics.api.ingest_http import IngestEndpoints
 from event_analytics.api.request_context import RequestContext
 from event_analytics.api.security import Guard, ReadGuard, document_security
 from event_analytics.archive.files import LineCounter
@@ -36,8 +39,12 @@ from event_analytics.model import StorageUnavailable
 from event_analytics.store import Store, connect
 from event_analytics.store.ratelimit import RateLimits
 from event_analytics.store.reads import Reads
+from event_analytics.store.salt import DailySalt
 from event_analytics.store.streams import StreamStore, archive_lag_s
 from event_analytics.store.watch import EngineWatch
+
+# The plain-ASGI ingest routes: native, Segment's, Plausible's.
+HOT_ROUTES = {**ingest_http.ROUTES, **compat.ROUTES}
 
 
 async def archive_gauges(app: FastAPI) -> ArchiveGauges | None:
@@ -67,7 +74,7 @@ class App(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            route = ROUTES.get(scope["path"])
+            route = HOT_ROUTES.get(scope["path"])
             if route is not None:
                 scope["app"] = self  # as Starlette sets it: the handlers read app.state
                 await self.hot(route, scope, receive, send)
@@ -123,11 +130,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.watch = watch
         await watch.refresh()  # before the first event: an evicting engine is refused
         watching = asyncio.create_task(watch.run())
+        app.state.compat = compat.CompatState.build(settings, DailySalt(store.client, store.keys))
+        # The enrichment data (a second or so to load) loads beside startup, not in it: the
+        # service is ready at once, and a request that needs it first waits for it.
+        warming = asyncio.create_task(asyncio.to_thread(app.state.compat.warm))
         try:
             yield
         finally:
             watching.cancel()
             app.state.query_engine.close()
+            await warming
             await ingestor.close()
             if read_client is not None:
                 await read_client.aclose()
@@ -160,7 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(metrics.RequestTimer)
     app.add_middleware(RequestContext, access_log=settings.access_log)
-    for module in (health, analytics, explore, reports, persistent, metrics):
+    for module in (health, analytics, explore, reports, persistent, metrics, compat):
         app.include_router(module.router)
     dashboard.install(app)
 
@@ -173,7 +185,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            schema["paths"] = {**events.paths(settings, components), **schema["paths"]}
+            schema["paths"] = {
+                **events.paths(settings, components),
+                **compat_docs.paths(components),
+                **schema["paths"],
+            }
             document_security(schema, settings)
             app.openapi_schema = schema
         return app.openapi_schema

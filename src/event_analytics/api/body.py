@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+import zlib
 from typing import Any, ClassVar
 
 from starlette.types import Receive, Scope
 
+from event_analytics import metrics
 from event_analytics.model import BodyTimeout, BodyTooLarge, MalformedJSON, UnsupportedMediaType
 
 JSON_TYPES = ("application/json",)
@@ -129,6 +131,44 @@ async def _read(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_ingest_body(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> bytes:
+    """An ingest route's body (JSON or text/plain), its refusals counted as rejections."""
+    try:
+        require_json(scope, INGEST_TYPES)
+        return await read_limited(scope, receive, limit, timeout_s)
+    except (UnsupportedMediaType, BodyTooLarge, BodyTimeout) as exc:
+        # The reason code of the metric is the problem's slug (body-too-large: body_too_large).
+        metrics.event_rejected(exc.slug.replace("-", "_"))
+        raise
+
+
+class UnsupportedEncoding(UnsupportedMediaType):
+    """A ``Content-Encoding`` this endpoint cannot undo (415, as RFC 9110 says)."""
+
+    def detail(self) -> str:
+        return f"Content-Encoding {self.got} is not accepted; send {' or '.join(self.accepted)}"
+
+
+def decoded(scope: Scope, body: bytes, limit: int) -> bytes:
+    """The body as sent before its ``Content-Encoding``: none, or gzip (Segment's SDKs'
+    option), inflated to at most ``limit`` bytes (BodyTooLarge past it: no zip bomb)."""
+    encoding = (header(scope, b"content-encoding") or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding != "gzip":
+        raise UnsupportedEncoding(encoding, ("identity", "gzip"))
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise MalformedJSON(f"the gzip body is corrupt: {exc}") from None
+    if len(out) > limit:
+        raise BodyTooLarge(limit)
+    if not inflater.eof:
+        raise MalformedJSON("the gzip body is truncated")
+    return out
 
 
 class ClientGone(Exception):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import orjson
@@ -18,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from event_analytics import metrics
-from event_analytics.api.body import INGEST_TYPES, ClientGone, header, read_limited, require_json
+from event_analytics.api.body import ClientGone, header, read_ingest_body
 from event_analytics.api.problems import problem, render_error
 from event_analytics.api.request_context import begin, log_access
 from event_analytics.api.security import (
@@ -32,12 +34,7 @@ from event_analytics.api.security import (
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor, ItemResult
 from event_analytics.logs import request_id
-from event_analytics.model import (
-    BodyTimeout,
-    BodyTooLarge,
-    EventAnalyticsError,
-    UnsupportedMediaType,
-)
+from event_analytics.model import EventAnalyticsError
 
 ACCEPTED = "Page view event accepted and queued for processing"
 DUPLICATE = "Duplicate event_id: already counted, nothing changed"
@@ -48,16 +45,30 @@ Header = tuple[bytes, bytes]
 log = logging.getLogger(__name__)
 
 
+# What a handler answers: status and JSON body, or a whole (refusal) response.
+Reply = tuple[int, bytes] | Response
+Handler = Callable[[Scope, Receive], Awaitable[Reply]]
+
+
+class Admission(Enum):
+    """When a route's key is checked."""
+
+    HEADER = "header"  # from the headers, before the body is read
+    BODY = "body"  # by the handler once it read the body (Segment's writeKey)
+    KEYLESS = "keyless"  # no key (browsers hold no secret); origins and limits apply
+
+
 @dataclass(frozen=True, slots=True)
-class _Route:
-    """What the request-timing middleware reads to label the route."""
+class IngestRoute:
+    """One plain-ASGI ingest route. ``path`` is what the request-timing middleware reads
+    to label it; ``any_origin``: CORS for every origin unless EA_CORS_ORIGINS narrows it."""
 
     path: str
+    handler: Handler
+    admission: Admission = Admission.HEADER
+    any_origin: bool = False
 
 
-EVENTS_ROUTE = _Route(EVENTS_PATH)
-BATCH_ROUTE = _Route(BATCH_PATH)
-ROUTES = {r.path: r for r in (EVENTS_ROUTE, BATCH_ROUTE)}
 _EXPOSE = (b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode())
 _PREFLIGHT = [
     (b"access-control-allow-methods", b"POST"),
@@ -88,7 +99,9 @@ class IngestEndpoints:
     def __init__(self, access_log: bool = False) -> None:
         self.access_log = access_log
 
-    async def __call__(self, route: _Route, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(
+        self, route: IngestRoute, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         scope["route"] = route
         echo, token = begin(scope)
         start = time.perf_counter()
@@ -111,12 +124,12 @@ class IngestEndpoints:
             request_id.reset(token)
 
     async def _answer(
-        self, route: _Route, scope: Scope, receive: Receive, send: Send, echo: Header
+        self, route: IngestRoute, scope: Scope, receive: Receive, send: Send, echo: Header
     ) -> int:
         guard: Guard = scope["app"].state.guard
-        if guard.cors:
+        if guard.cors or route.any_origin:
             origin = header(scope, b"origin")
-            if origin is not None and guard.origin_allowed(origin):
+            if origin is not None and (guard.origin_allowed(origin) or not guard.cors):
                 if scope["method"] == "OPTIONS":
                     await _preflight(send, origin, echo)
                     return 204
@@ -130,14 +143,17 @@ class IngestEndpoints:
         try:
             # Keys, limits and origins before the body is read: a refused client costs
             # no body buffering and no parsing.
-            if guard.write_active:
-                refusal = await guard.admit(scope, Access.WRITE)
+            if guard.write_active and route.admission is not Admission.BODY:
+                keyless = route.admission is Admission.KEYLESS
+                refusal = await guard.admit(scope, Access.WRITE, keyless=keyless)
                 if refusal is not None:
                     return await _respond(refusal, scope, receive, send, echo)
             # An engine that may evict would forget what it acknowledges: refuse first.
             scope["app"].state.watch.check_writes()
-            handler = self._one if route is EVENTS_ROUTE else self._batch
-            status, body = await handler(scope, receive)
+            reply = await route.handler(scope, receive)
+            if isinstance(reply, Response):
+                return await _respond(reply, scope, receive, send, echo)
+            status, body = reply
         except ClientGone:
             return CLIENT_CLOSED
         except EventAnalyticsError as exc:
@@ -149,36 +165,43 @@ class IngestEndpoints:
         await send({"type": "http.response.body", "body": body})
         return status
 
-    @staticmethod
-    def _state(scope: Scope) -> tuple[Settings, Ingestor]:
-        state = scope["app"].state
-        return state.settings, state.ingestor
 
-    async def _one(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
-        settings, ingestor = self._state(scope)
-        body = await _read_json(scope, receive, settings.max_body_bytes, settings.body_timeout_s)
-        guard: Guard = scope["app"].state.guard
-        if guard.counts_events:
-            await guard.take_events(scope, 1)
-        result = await ingestor.ingest_json(body)
-        reply = {
-            "success": True,
-            "message": DUPLICATE if result.duplicate else ACCEPTED,
-            "event_id": result.event_id,
-            "duplicate": result.duplicate,
-        }
-        return (200 if result.duplicate else 201), orjson.dumps(reply)
+def ingest_state(scope: Scope) -> tuple[Settings, Ingestor]:
+    state = scope["app"].state
+    return state.settings, state.ingestor
 
-    async def _batch(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
-        settings, ingestor = self._state(scope)
-        body = await _read_json(scope, receive, settings.max_batch_bytes, settings.body_timeout_s)
-        guard: Guard = scope["app"].state.guard
 
-        async def admit(n: int) -> None:
-            await guard.take_events(scope, n)
+async def _one(scope: Scope, receive: Receive) -> Reply:
+    settings, ingestor = ingest_state(scope)
+    body = await read_ingest_body(scope, receive, settings.max_body_bytes, settings.body_timeout_s)
+    guard: Guard = scope["app"].state.guard
+    if guard.counts_events:
+        await guard.take_events(scope, 1)
+    result = await ingestor.ingest_json(body)
+    reply = {
+        "success": True,
+        "message": DUPLICATE if result.duplicate else ACCEPTED,
+        "event_id": result.event_id,
+        "duplicate": result.duplicate,
+    }
+    return (200 if result.duplicate else 201), orjson.dumps(reply)
 
-        results = await ingestor.ingest_batch_json(body, admit if guard.counts_events else None)
-        return 200, orjson.dumps(batch_reply(results))
+
+async def _batch(scope: Scope, receive: Receive) -> Reply:
+    settings, ingestor = ingest_state(scope)
+    body = await read_ingest_body(scope, receive, settings.max_batch_bytes, settings.body_timeout_s)
+    guard: Guard = scope["app"].state.guard
+
+    async def admit(n: int) -> None:
+        await guard.take_events(scope, n)
+
+    results = await ingestor.ingest_batch_json(body, admit if guard.counts_events else None)
+    return 200, orjson.dumps(batch_reply(results))
+
+
+EVENTS_ROUTE = IngestRoute(EVENTS_PATH, _one)
+BATCH_ROUTE = IngestRoute(BATCH_PATH, _batch)
+ROUTES = {r.path: r for r in (EVENTS_ROUTE, BATCH_ROUTE)}
 
 
 class _Sent:
@@ -213,16 +236,6 @@ async def _preflight(send: Send, origin: str, echo: Header) -> None:
     headers = [(b"access-control-allow-origin", origin.encode("latin-1")), *_PREFLIGHT, echo]
     await send({"type": "http.response.start", "status": 204, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
-
-
-async def _read_json(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> bytes:
-    try:
-        require_json(scope, INGEST_TYPES)
-        return await read_limited(scope, receive, limit, timeout_s)
-    except (UnsupportedMediaType, BodyTooLarge, BodyTimeout) as exc:
-        # The reason code of the metric is the problem's slug (body-too-large: body_too_large).
-        metrics.event_rejected(exc.slug.replace("-", "_"))
-        raise
 
 
 def batch_reply(results: list[ItemResult]) -> dict[str, Any]:

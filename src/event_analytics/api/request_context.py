@@ -65,11 +65,16 @@ def begin(scope: Scope) -> tuple[tuple[bytes, bytes], contextvars.Token[str | No
     return (REQUEST_ID_HEADER, rid.encode("latin-1")), request_id.set(rid)
 
 
+# Set on a request whose client address must not be logged: on the browser path the
+# address is what identifies a visitor (it is hashed with a daily salt, never kept).
+NO_ADDRESS_SCOPE = "ea.no_address"
+
+
 def log_access(scope: Scope, status: int, seconds: float) -> None:
     """One access-log line; the route template, never the raw path or query (a page URL)."""
     route = scope.get("route")
     template = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")
-    client = scope.get("client")
+    client = None if scope.get(NO_ADDRESS_SCOPE) else scope.get("client")
     log.info(
         "request",
         extra={

@@ -7,6 +7,8 @@ the FastAPI routes share one gate. With no keys, no limits and no origins config
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -26,13 +28,17 @@ from event_analytics.store.ratelimit import RateLimits
 # dashboard's page and files (they hold no data: the page reads it with a key).
 PUBLIC_PATHS = frozenset(
     {"/health", "/health/", "/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc",
-     "/openapi.json", "/dashboard"}
+     "/openapi.json", "/dashboard", "/js/script.js"}
 )  # fmt: skip
 PUBLIC_PREFIXES = ("/dashboard/static/",)
 # The routes that take the write scope: answered by ingest_http, before FastAPI.
 EVENTS_PATH = "/events"
 BATCH_PATH = "/events/batch"
-INGEST_PATHS = frozenset({EVENTS_PATH, BATCH_PATH})
+SEGMENT_PATHS = frozenset({"/v1/batch", "/v1/track", "/v1/page", "/v1/screen", "/v1/identify",
+                           "/v1/group", "/v1/alias"})  # fmt: skip
+INGEST_PATHS = frozenset({EVENTS_PATH, BATCH_PATH, *SEGMENT_PATHS})
+# Ingest without a key (browsers hold no secret): origins and address limits still apply.
+KEYLESS_PATHS = frozenset({"/api/event"})
 KEY_ID_SCOPE = "ea.key_id"
 CORS_ALLOW_HEADERS = "authorization, content-type, x-api-key, x-request-id"
 CORS_EXPOSE_HEADERS = "retry-after, x-request-id"
@@ -49,16 +55,27 @@ def fingerprint(key: str) -> str:
 
 
 def presented_key(scope: Scope) -> str | None:
-    """The key of ``Authorization: Bearer <key>`` or, failing that, ``X-API-Key``."""
+    """The key of ``Authorization: Bearer <key>``, or the user of ``Authorization: Basic``
+    (Segment's SDKs send ``base64(writeKey + ":")``), or failing that ``X-API-Key``."""
     bearer = api_key = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = bytes(value).decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 bearer = token.strip()
+            elif scheme.lower() == "basic" and token.strip():
+                bearer = _basic_user(token.strip())
         elif name == b"x-api-key":
             api_key = bytes(value).decode("latin-1").strip() or None
     return bearer or api_key
+
+
+def _basic_user(token: str) -> str | None:
+    try:
+        decoded = base64.b64decode(token, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[0] or None
 
 
 def client_address(scope: Scope) -> str | None:
@@ -132,11 +149,15 @@ class Guard:
     def origin_allowed(self, origin: str) -> bool:
         return self.any_origin or origin in self.origins
 
-    async def admit(self, scope: Scope, access: Access) -> Response | None:
+    async def admit(
+        self, scope: Scope, access: Access, *, body_key: str | None = None, keyless: bool = False
+    ) -> Response | None:
         """None when the request may go on; otherwise the answer that refuses it.
 
         The address limit is counted before the key is judged, so guessing keys is rate
-        limited too; the key limit only counts requests with a valid key.
+        limited too; the key limit only counts requests with a valid key. ``body_key`` is
+        a key sent in the body (Segment's ``writeKey``), used when no header carries one;
+        ``keyless`` routes (the browser's /api/event) need none.
         """
         if access is Access.WRITE and self.cors:
             origin = header(scope, b"origin")
@@ -145,11 +166,12 @@ class Guard:
                 return problem(403, "origin-not-allowed", "Origin not allowed", detail)
         refusal: Response | None = None
         key_id: str | None = None
-        if self.keys.required[access]:
-            key = presented_key(scope)
+        if self.keys.required[access] and not keyless:
+            key = presented_key(scope) or body_key
             if key is None:
                 refusal = unauthorized(
-                    "an API key is required: Authorization: Bearer <key> or X-API-Key"
+                    "an API key is required: Authorization: Bearer <key> or X-API-Key "
+                    "(Segment's SDKs: Basic with the key as user, or writeKey in the body)"
                 )
             else:
                 scopes = self.keys.scopes_of(key)
@@ -224,7 +246,10 @@ def document_security(schema: dict[str, Any], settings: Settings) -> None:
             continue
         ingest = path in INGEST_PATHS
         required = settings.write_keys if ingest else settings.read_keys
-        statuses = (401, 403, 408, 429) if ingest else (401, 403, 429)
+        statuses: tuple[int, ...] = (401, 403, 408, 429) if ingest else (401, 403, 429)
+        if path in KEYLESS_PATHS:
+            # No key, but origins and address limits apply.
+            required, statuses = (), (403, 408, 429)
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
             for status, entry in problem_responses(*statuses).items():

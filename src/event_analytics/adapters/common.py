@@ -1,0 +1,96 @@
+"""What every adapter returns per message, and the steps they share."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from event_analytics.adapters.enrich import Enricher, Seen
+from event_analytics.adapters.flatten import Dropped, Scalar, flatten_into
+from event_analytics.adapters.names import MAX_TYPE_LENGTH
+from event_analytics.model import MAX_PROPERTY_STRING, FieldError
+
+MAX_USER_ID = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+@dataclass(slots=True)
+class Mapped:
+    """One message: the native event it became (a dict for EVENT_ADAPTER), or why not.
+
+    ``dropped`` lists the properties that were not kept; ``ref`` is the client's own id
+    of the message (Segment's messageId), echoed in its result.
+    """
+
+    index: int
+    event: dict[str, Any] | None = None
+    errors: list[FieldError] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)
+    ref: str | None = None
+
+    def reject(self, code: str, where: str, message: str) -> Mapped:
+        self.errors.append(FieldError(code, where, message))
+        self.event = None
+        return self
+
+
+def user_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a user id (None when it can): printable, 1-255 characters."""
+    if not isinstance(value, str) or not value:
+        return "must be a non-empty string"
+    if len(value) > MAX_USER_ID:
+        return f"is longer than {MAX_USER_ID} characters"
+    if _CONTROL.search(value):
+        return "must not contain control characters"
+    return None
+
+
+def iso_z(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 time (naive = UTC), or None when it is not one."""
+    if not isinstance(value, str) or not 10 <= len(value) <= 40:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def build_payload(
+    mapped: Mapped,
+    ours: dict[str, Scalar],
+    seen: Seen | None,
+    enricher: Enricher | None,
+    sent: Mapping[str, Any],
+) -> tuple[dict[str, Scalar], bool]:
+    """Our fields, then enrichment, then the sent properties flattened; and "is a bot".
+
+    A mapped string longer than the payload allows is dropped like a sent one.
+    """
+    payload: dict[str, Scalar] = {}
+    for name, value in ours.items():
+        if value is None:
+            continue
+        if isinstance(value, str) and len(value) > MAX_PROPERTY_STRING and name != "page_url":
+            mapped.dropped.append(Dropped(name, "too_long"))
+            continue
+        payload[name] = value
+    bot = False
+    if seen is not None and enricher is not None:
+        extra = enricher.fields(seen)
+        bot = bool(extra.get("bot"))
+        payload |= extra
+    flatten_into(payload, sent, mapped.dropped)
+    return payload, bot
+
+
+def bot_type(event_type: str) -> str:
+    """Bots are counted apart: their events get their own types (``bot_page_view``)."""
+    return ("bot_" + event_type)[:MAX_TYPE_LENGTH].rstrip("_")
