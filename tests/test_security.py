@@ -303,7 +303,7 @@ def event_limited(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> 
     """5 requests per key and window, as in the issue's case, plus limits of events."""
     env = engine.env | {
         "EA_KEY_PREFIX": "evlim:",
-        "EA_WRITE_KEYS": f"{WRITE},{WRITE_OTHER}",
+        "EA_WRITE_KEYS": f"{WRITE},{WRITE_OTHER},{WRITE_LIMITED}",
         "EA_RATE_LIMIT_PER_KEY": "5",
         "EA_EVENT_LIMIT_PER_KEY": str(EVENTS_PER_KEY),
         "EA_EVENT_LIMIT_PER_ADDRESS": str(EVENTS_PER_ADDRESS),
@@ -344,3 +344,18 @@ def test_rate_limits_count_events_not_only_requests(event_limited: str) -> None:
     assert _batch(event_limited, 50, other, "e").status_code == 200
     realtime = HTTP.get(f"{event_limited}/analytics/realtime").json()
     assert realtime["events"] == 150, realtime
+
+
+def test_segment_batches_count_their_messages_against_the_event_limit(event_limited: str) -> None:
+    _fresh_window()
+    # A key and an address of its own: only this test counts against them.
+    headers = bearer(WRITE_LIMITED)
+
+    def batch(n: int, tag: str) -> httpx.Response:
+        messages = [{"type": "track", "event": "Signed Up", "userId": f"{tag}{i}",
+                     "messageId": f"{tag}-{i}"} for i in range(n)]  # fmt: skip
+        return HTTP.post(f"{event_limited}/v1/batch", json={"batch": messages}, headers=headers)
+
+    assert batch(EVENTS_PER_KEY, "s").status_code == 200
+    over = batch(1, "t")
+    assert over.status_code == 429 and "events" in over.json()["detail"], over.text
