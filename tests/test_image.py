@@ -1,9 +1,9 @@
 """What the container image runs, checked without a container engine (the image itself
-is built and run in tests/test_containers.py): the wheel the Dockerfile's build stage makes, installed on its own, started by
-the image's ENTRYPOINT + CMD with the image's environment, must answer the image's
-HEALTHCHECK command, store and count an event, archive it, and serve the dashboard. A
-file the package forgets (a Lua script, the dashboard) fails here, fast and without
-building an image.
+is built and run in tests/test_containers.py): the wheel the Dockerfile's build stage
+makes, installed on its own, started by the image's ENTRYPOINT + CMD with the image's
+environment, must answer the image's HEALTHCHECK command, store and count an event,
+archive it, and serve the dashboard. A file the package forgets (a Lua script, the
+dashboard) fails here, fast and without building an image.
 """
 
 from __future__ import annotations
