@@ -1,4 +1,4 @@
-"""Command line: serve | archiver | rebuild | verify | loadtest | status."""
+"""Command line: serve | archiver | rebuild | verify | backup | restore | loadtest | status."""
 
 from __future__ import annotations
 
@@ -266,6 +266,12 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     return _with_engine(settings, run)
 
 
+def _backup(args: argparse.Namespace, settings: Settings) -> int:
+    from event_analytics import backup
+
+    return _with_engine(settings, lambda resolved: backup.main(resolved, args.command, args.dir))
+
+
 def _with_engine(settings: Settings, run: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
     """Run ``run`` with the settings of the engine to use (see ``engine_settings``)."""
     from event_analytics.engine import engine_settings
@@ -311,6 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "rebuild":
             p.add_argument("--force", action="store_true", help="even with unarchived events")
         p.set_defaults(func=func)
+
+    for name, text in (
+        ("backup", "write an engine snapshot and the archive, with a manifest, into DIR"),
+        ("restore", "restore a backup DIR into an empty engine and archive"),
+    ):
+        p = sub.add_parser(name, help=text)
+        add_dirs(p)
+        p.add_argument("dir", type=Path, metavar="DIR")
+        p.set_defaults(func=_backup)
 
     load = sub.add_parser(
         "loadtest",

@@ -203,6 +203,15 @@ class Keys:
         stem = self.bucket(shard, event_type, interval, start)
         return tuple(f"{stem}:{family}:*" for family in _BUCKET_FAMILIES[interval])
 
+    def ephemeral_patterns(self) -> list[str]:
+        """Keys of running processes, not data (leases, archiver heartbeats, rate-limit
+        windows): glob patterns of what a restore leaves out."""
+        return [
+            f"{self.prefix}{{*}}:archiver-lease",
+            self.archivers(),
+            f"{self.prefix}rl:*",
+        ]
+
     def rate(self, kind: str, digest: str, window: int) -> str:
         """Requests in one rate-limit window of one API key or client address.
 

@@ -1,0 +1,443 @@
+"""``backup DEST`` and ``restore SOURCE``: a consistent, restorable copy of a running service.
+
+What a backup holds, in this order:
+
+1. The engine's data: one RDB snapshot per master, pulled with ``valkey-cli --rdb``
+   (the replication protocol: the engine forks and streams a point-in-time RDB). RDB,
+   not AOF files: one self-contained file per master, taken from a remote engine or a
+   container as easily as from the embedded one, never half-rewritten (multi-part AOF
+   files change under a copy while the engine rewrites them), and smaller.
+2. The archive's hourly files, copied *after* the snapshots and cut at their last
+   complete line (the watermark): every event the snapshot's streams had already handed
+   to the archive is in the copy. The copy may also hold events archived after the
+   snapshot: those the snapshot still had in its streams the archiver skips after a
+   restore (it never writes an event twice); those ingested after the snapshot are
+   not in its counters, and ``restore`` leaves them out (their ids are not in the
+   snapshot's dedup sets).
+3. ``manifest.json`` last, with the size, SHA-256 and (archive) event count of every
+   file: a backup without a manifest is incomplete.
+
+``restore`` checks every checksum, refuses an engine or archive that is not empty, copies
+the archive files and loads each snapshot into a private engine process from which its
+keys are copied (DUMP/RESTORE, with their TTLs) into the target: a single node or a
+cluster with the same ``EA_KEY_PREFIX`` and ``EA_SHARDS``. Archiver leases and rate-limit
+windows are not restored (they belong to processes of the old deployment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from event_analytics.archive import files
+from event_analytics.config import Settings
+from event_analytics.store import Store
+from event_analytics.store.embedded import find_server_binary
+from event_analytics.store.streams import StreamStore
+from event_analytics.timebucket import iso_z
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+SNAPSHOT_TIMEOUT_S = 3600.0
+COPY_BATCH = 200
+
+
+class BackupError(Exception):
+    """A backup or restore that cannot go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    path: str  # relative to the backup directory
+    bytes: int
+    sha256: str
+    events: int | None = None  # archive files: complete lines
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _cli() -> str:
+    """valkey-cli beside the bundled server, else one on PATH (redis-cli works too)."""
+    beside = Path(find_server_binary()).with_name("valkey-cli")
+    for candidate in (str(beside), shutil.which("valkey-cli"), shutil.which("redis-cli")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise BackupError("no valkey-cli or redis-cli found (it pulls the engine's snapshot)")
+
+
+def _cli_args(
+    kwargs: dict[str, Any], host: str | None = None, port: int | str | None = None
+) -> list[str]:
+    """valkey-cli options reaching one node with the client's credentials."""
+    if kwargs.get("path"):
+        where = ["-s", str(kwargs["path"])]
+    else:
+        where = ["-h", str(host or kwargs.get("host", "localhost")),
+                 "-p", str(port or kwargs.get("port", 6379))]  # fmt: skip
+    if kwargs.get("username"):
+        where += ["--user", str(kwargs["username"])]
+    if kwargs.get("password"):
+        where += ["--pass", str(kwargs["password"]), "--no-auth-warning"]
+    return where
+
+
+async def _masters(store: Store) -> list[tuple[str, list[str]]]:
+    """(node, valkey-cli options) of the node, or of each master of a cluster."""
+    client = store.client
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+        kwargs = client.get_connection_kwargs()
+        return [(n.name, _cli_args(kwargs, n.host, n.port)) for n in client.get_primaries()]
+    kwargs = client.connection_pool.connection_kwargs
+    node = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+    return [(str(node), _cli_args(kwargs))]
+
+
+def _snapshot(cli: str, args: list[str], target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([cli, *args, "--rdb", str(target)], capture_output=True,
+                          text=True, timeout=SNAPSHOT_TIMEOUT_S)  # fmt: skip
+    if done.returncode != 0 or not target.exists():
+        raise BackupError(f"snapshot failed: {(done.stderr or done.stdout).strip()[-500:]}")
+
+
+def _copy_cut(source: Path, target: Path) -> int:
+    """Copy ``source`` up to its last complete line; the number of lines."""
+    data = source.read_bytes()
+    data = data[: data.rfind(b"\n") + 1]
+    _write_durably(target, data)
+    return data.count(b"\n")
+
+
+def _require_empty(dest: Path) -> None:
+    if dest.exists() and any(dest.iterdir()):
+        raise BackupError(f"{dest} is not empty: back up into a new directory")
+
+
+def _file_entry(dest: Path, path: Path, events: int | None = None) -> dict[str, Any]:
+    return asdict(
+        FileEntry(str(path.relative_to(dest)), path.stat().st_size, _sha256(path), events)
+    )
+
+
+def _copy_archive(root: Path, dest: Path) -> list[dict[str, Any]]:
+    """Every archive file, cut at its last complete line, into ``dest``/archive."""
+    entries = []
+    for found in files.list_files(root):
+        target = dest / "archive" / found.relative
+        entries.append(_file_entry(dest, target, _copy_cut(found.path, target)))
+    return entries
+
+
+async def backup(settings: Settings, dest: Path) -> dict[str, Any]:
+    """Write a backup of the engine the settings name, and of its archive, into ``dest``."""
+    _require_empty(dest)
+    started = datetime.now(UTC)
+    store = Store.from_settings(settings)
+    try:
+        engine = await store.engine_info()
+        backlog = await StreamStore(store.client, store.keys).backlog()
+        masters = await _masters(store)
+    finally:
+        await store.close()
+    cli = _cli()
+    snapshots = []
+    for i, (node, args) in enumerate(masters):
+        path = dest / "engine" / f"node-{i}.rdb"
+        await asyncio.to_thread(_snapshot, cli, args, path)
+        snapshots.append(_file_entry(dest, path) | {"node": node})
+    watermark = datetime.now(UTC)  # the archive is cut after every snapshot
+    archive = await asyncio.to_thread(_copy_archive, settings.archive_path, dest)
+    manifest = {
+        "format": FORMAT,
+        "started_at": iso_z(started),
+        "archive_watermark": iso_z(watermark),
+        "engine": {k: engine[k] for k in ("engine", "version") if k in engine},
+        "cluster": settings.engine_kind == "cluster",
+        "key_prefix": settings.key_prefix,
+        "shards": settings.shards,
+        "unarchived_events_at_start": backlog["stream_length"],
+        "snapshots": snapshots,
+        "archive": archive,
+        "archive_events": sum(f["events"] for f in archive),
+    }
+    _write_durably(dest / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
+    return manifest
+
+
+def read_manifest(source: Path) -> dict[str, Any]:
+    """The manifest, after checking the size and checksum of every file it lists."""
+    path = source / MANIFEST
+    if not path.exists():
+        raise BackupError(f"{path} missing: not a backup, or an incomplete one")
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise BackupError(f"backup format {manifest.get('format')} unknown (want {FORMAT})")
+    bad = []
+    for entry in [*manifest["snapshots"], *manifest["archive"]]:
+        file = source / entry["path"]
+        if not file.exists():
+            bad.append(f"{entry['path']}: missing")
+        elif file.stat().st_size != entry["bytes"] or _sha256(file) != entry["sha256"]:
+            bad.append(f"{entry['path']}: size or checksum differs from the manifest")
+    if bad:
+        raise BackupError("damaged backup: " + "; ".join(bad))
+    return manifest
+
+
+@contextlib.contextmanager
+def _snapshot_server(rdb: Path, engine: str) -> Iterator[str]:
+    """A private engine process that loaded ``rdb``: the path of its socket."""
+    redis_server = shutil.which("redis-server") if engine == "redis" else None
+    binary = redis_server or find_server_binary()  # an RDB loads in its own family
+    with tempfile.TemporaryDirectory(prefix="ea-restore-") as tmp:
+        shutil.copyfile(rdb, Path(tmp) / "dump.rdb")
+        sock = str(Path(tmp) / "engine.sock")
+        args = [
+            binary, "--port", "0", "--unixsocket", sock, "--dir", tmp,
+            "--dbfilename", "dump.rdb", "--appendonly", "no", "--save", "",
+            "--logfile", "engine.log",
+        ]  # fmt: skip
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            yield sock
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+async def _loaded(sock: str, timeout_s: float = 600.0) -> aioredis.Redis:
+    client = aioredis.Redis(unix_socket_path=sock)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await client.ping()  # refused until the socket exists, LOADING until loaded
+            return client
+        except (aioredis.ConnectionError, aioredis.BusyLoadingError, FileNotFoundError):
+            if time.monotonic() > deadline:
+                raise BackupError(f"the snapshot did not load within {timeout_s:.0f} s") from None
+            await asyncio.sleep(0.05)
+
+
+async def _copy_keys(source: aioredis.Redis, target: Any, prefix: str, skip: list[str]) -> int:
+    copied = 0
+    keys: list[bytes] = []
+
+    async def flush() -> None:
+        nonlocal copied
+        async with source.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.dump(key)
+                pipe.pttl(key)
+            replies = await pipe.execute()
+        restores = []
+        for key, payload, ttl in zip(keys, replies[::2], replies[1::2], strict=True):
+            if payload is not None and ttl != -2:  # gone (expired) since the scan
+                restores.append(target.restore(key, max(ttl, 0), payload))
+        await asyncio.gather(*restores)
+        copied += len(restores)
+        keys.clear()
+
+    async for key in source.scan_iter(match=f"{prefix}*", count=1000):
+        if not any(fnmatch.fnmatchcase(key.decode(), pattern) for pattern in skip):
+            keys.append(key)
+            if len(keys) >= COPY_BATCH:
+                await flush()
+    await flush()
+    return copied
+
+
+def _read_lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def _write_lines(path: Path, lines: list[bytes]) -> None:
+    _write_durably(path, b"".join(lines))
+
+
+async def _in_snapshot(
+    store: Store, hour: datetime, lines: list[bytes], watermark: datetime, window_s: int
+) -> list[bool]:
+    """Which archived events the restored engine has: the archive was copied after the
+    snapshot, so it may hold events ingested after it, which the counters lack.
+
+    An event is in the snapshot iff its id is in its hour's dedup set there. Where that
+    set is gone, it had expired (the hour closed for new events before the watermark:
+    keep) or the snapshot had no event of that shard and hour yet (drop).
+    """
+    by_key: dict[str, list[int]] = defaultdict(list)
+    ids: list[bytes] = []
+    for i, line in enumerate(lines):
+        record = orjson.loads(line)
+        ids.append(uuid.UUID(record["event_id"]).bytes)
+        by_key[store.keys.seen(store.keys.shard_of(record["user_id"]), hour)].append(i)
+    expired = hour.timestamp() + 3600 + window_s <= watermark.timestamp()
+    keep = [False] * len(lines)
+    for key, indexes in by_key.items():
+        if await store.client.exists(key):
+            found = await store.client.smismember(key, [ids[i] for i in indexes])
+        else:
+            found = [1 if expired else 0] * len(indexes)
+        for i, hit in zip(indexes, found, strict=True):
+            keep[i] = bool(hit)
+    return keep
+
+
+async def _unarchived(store: Store) -> dict[str, tuple[int, bytes]]:
+    """Event id -> (shard, entry id) of every event in the restored streams."""
+    found: dict[str, tuple[int, bytes]] = {}
+    for shard in range(store.keys.shards):
+        start = "-"
+        while True:
+            stream = store.keys.stream(shard)
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = await store.client.xrange(  # type: ignore[assignment]
+                stream, start, "+", 1000
+            )
+            for entry_id, fields in entries:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    found[orjson.loads(fields[b"e"])["event_id"]] = (shard, entry_id)
+            if len(entries) < 1000:
+                break
+            start = "(" + entries[-1][0].decode()
+    return found
+
+
+async def _ack_archived(store: Store, archived: list[tuple[int, bytes]]) -> None:
+    """Take events the restored archive holds out of the restored streams, as the archiver
+    would have: the archive copy may have events the snapshot still had to archive."""
+    streams = StreamStore(store.client, store.keys)
+    by_shard: dict[int, list[bytes]] = defaultdict(list)
+    for shard, entry_id in archived:
+        by_shard[shard].append(entry_id)
+    for shard, ids in by_shard.items():
+        await streams.ack(shard, ids, len(ids))
+
+
+async def _restore_archive(
+    manifest: dict[str, Any], source: Path, settings: Settings, store: Store
+) -> tuple[int, int]:
+    """Write the backup's archive files, less events the snapshot lacks: (kept, dropped)."""
+    unarchived = await _unarchived(store)
+    archived: list[tuple[int, bytes]] = []
+    watermark = datetime.fromisoformat(manifest["archive_watermark"])
+    # As ingest sets it: an id is remembered this long after its hour ends (+ 60 s).
+    window_s = settings.dedup_window_s + 60
+    kept = dropped = 0
+    for entry in manifest["archive"]:
+        relative = Path(entry["path"]).relative_to("archive")
+        hour = files.hour_of(settings.archive_path / relative)
+        lines = await asyncio.to_thread(_read_lines, source / entry["path"])
+        flags = (
+            await _in_snapshot(store, hour, lines, watermark, window_s)
+            if hour is not None
+            else [True] * len(lines)
+        )
+        chosen = [line for line, keep in zip(lines, flags, strict=True) if keep]
+        await asyncio.to_thread(_write_lines, settings.archive_path / relative, chosen)
+        kept += len(chosen)
+        dropped += len(lines) - len(chosen)
+        for line in chosen:
+            if (where := unarchived.get(files.event_id_of(line))) is not None:
+                archived.append(where)
+    await _ack_archived(store, archived)
+    return kept, dropped
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreReport:
+    keys: int
+    files: int
+    events: int
+    dropped: int  # archived after the snapshot: not in the restored counters
+
+
+async def restore(settings: Settings, source: Path) -> RestoreReport:
+    """Restore ``source`` into the (empty) engine and archive directory the settings name."""
+    manifest = await asyncio.to_thread(read_manifest, source)
+    for name in ("key_prefix", "shards"):
+        if manifest[name] != getattr(settings, name):
+            raise BackupError(
+                f"the backup has {name}={manifest[name]!r}, these settings "
+                f"{getattr(settings, name)!r}: set EA_{name.upper()} to the backup's value "
+                "(to change shards, restore first, then follow the rebuild procedure)"
+            )
+    if files.list_files(settings.archive_path):
+        raise BackupError(f"{settings.archive_path} has archive files: restore into an empty one")
+    store = Store.from_settings(settings)
+    try:
+        if await store.client.dbsize():
+            raise BackupError("the engine is not empty: restore into an empty engine")
+        keys = 0
+        for snapshot in manifest["snapshots"]:
+            rdb = source / snapshot["path"]
+            with _snapshot_server(rdb, manifest["engine"]["engine"]) as sock:
+                loaded = await _loaded(sock)
+                try:
+                    skip = store.keys.ephemeral_patterns()
+                    keys += await _copy_keys(loaded, store.client, settings.key_prefix, skip)
+                finally:
+                    await loaded.aclose()
+        kept, dropped = await _restore_archive(manifest, source, settings, store)
+    finally:
+        await store.close()
+    return RestoreReport(keys, len(manifest["archive"]), kept, dropped)
+
+
+async def main(settings: Settings, command: str, directory: Path) -> int:
+    """The ``backup`` / ``restore`` commands: a one-line summary, or why it failed."""
+    try:
+        if command == "backup":
+            m = await backup(settings, directory)
+            print(
+                f"backup in {directory}: {len(m['snapshots'])} engine snapshot(s), "
+                f"{len(m['archive'])} archive files ({m['archive_events']} events) up to "
+                f"{m['archive_watermark']}; {m['unarchived_events_at_start']} events were "
+                "not archived yet (they are in the snapshot)"
+            )
+        else:
+            r = await restore(settings, directory)
+            print(
+                f"restored {r.keys} keys and {r.files} archive files ({r.events} events; "
+                f"{r.dropped} archived after the snapshot left out) from {directory}; start "
+                "the service, let its archiver catch up, then verify"
+            )
+    except BackupError as exc:
+        print(f"event-analytics {command}: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,204 @@
+"""``event-analytics backup DIR`` under load, ``restore DIR`` into a fresh engine and an
+empty archive: the restored service answers exactly as the original did for every minute
+the backup covers, ``verify`` finds no difference, the archive holds each event once."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.backends import Backend
+from tests.cluster import ClusterProcess, start_cluster
+from tests.helpers import event
+from tests.servers import EngineProcess, ServiceProcess, engine_binary, stopped_after
+from tests.test_archive import answers, archive_ids, cli, wait_archived
+from tests.test_concurrency import _send_all
+
+pytestmark = pytest.mark.slow
+PREFIX = "bk:"  # the session's services share the session cluster with prefix ea:
+BEFORE = 300  # events whose minutes the backup covers (all sent before it starts)
+UNDER_LOAD_ACKS = 200  # the backup starts once this many events of the load were acked
+
+
+def _fresh(kind: str, where: Path, cluster: ClusterProcess | None = None) -> Backend:
+    if kind == "cluster":
+        assert cluster is not None
+        return Backend(kind, cluster, prefix=PREFIX)
+    binary = engine_binary(kind)
+    if binary is None:
+        pytest.skip(f"{kind} server not installed")
+    proc = EngineProcess(binary, where)
+    proc.start()
+    return Backend(kind, proc, prefix=PREFIX)
+
+
+@contextlib.contextmanager
+def _engines(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Backend, Backend]]:
+    """(source, target): for the cluster, the session's (emptied) and a new 3+3 one."""
+    if kind == "cluster":
+        source = _fresh(kind, tmp_path, request.getfixturevalue("cluster"))
+        source.flush()
+        target_cluster = start_cluster(tmp_path / "target-cluster")
+        try:
+            yield source, Backend(kind, target_cluster, prefix=PREFIX)
+        finally:
+            target_cluster.stop()
+        return
+    source, target = _fresh(kind, tmp_path / "source"), _fresh(kind, tmp_path / "target")
+    try:
+        yield source, target
+    finally:
+        for b in (source, target):
+            assert isinstance(b.engine, EngineProcess)
+            b.engine.stop()
+
+
+def _events(minutes: list[datetime], n: int, rng: random.Random) -> list[dict[str, Any]]:
+    pages = [f"https://example.com/p{i}" for i in range(5)]
+
+    def one() -> dict[str, Any]:
+        ts = rng.choice(minutes) + timedelta(seconds=rng.randrange(60))
+        return event(user=f"u{rng.randrange(40)}", url=rng.choice(pages), ts=ts)
+
+    return [one() for _ in range(n)]
+
+
+class Load(threading.Thread):
+    """New events into ``minutes`` until stopped; the acked ones."""
+
+    def __init__(self, url: str, minutes: list[datetime], rng: random.Random) -> None:
+        super().__init__(daemon=True)
+        self.url, self.minutes, self.rng = url, minutes, rng
+        self.stop = threading.Event()
+        self.acked: list[dict[str, Any]] = []
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 120
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            bodies = _events(self.minutes, 40, self.rng)
+            statuses = asyncio.run(_send_all(self.url, bodies))
+            self.acked += [b for b, s in zip(bodies, statuses, strict=True) if s == 201]
+
+
+@pytest.mark.parametrize("kind", ["valkey", "redis", "cluster"])
+def test_backup_under_load_restores_into_a_fresh_engine_with_identical_answers(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    rng = random.Random(20261201)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    covered = [now - timedelta(minutes=m) for m in (5, 4, 3)]
+    loaded = [now - timedelta(minutes=m) for m in (2, 1)]
+    dest = tmp_path / "backup"
+    with _engines(kind, tmp_path, request) as (source, target):
+        env = source.env | {"EA_ARCHIVE_DIR": str(tmp_path / "archive")}
+        with stopped_after(ServiceProcess(tmp_path / "data", env=env)) as svc:
+            before = _events(covered, BEFORE, rng)
+            assert asyncio.run(_send_all(svc.url, before)) == [201] * BEFORE
+            load = Load(svc.url, loaded, rng)
+            load.start()
+            deadline = time.monotonic() + 60
+            while len(load.acked) < UNDER_LOAD_ACKS:
+                assert time.monotonic() < deadline and load.is_alive(), len(load.acked)
+                time.sleep(0.05)
+            done = cli(["backup", str(dest)], env, timeout=300)
+            acked_during_backup = len(load.acked)
+            load.stop.set()
+            load.join(timeout=60)
+            assert done.returncode == 0, done.stdout + done.stderr
+            expected = answers(svc, covered)
+            source_loaded = answers(svc, loaded)[0]
+
+        manifest = json.loads((dest / "manifest.json").read_text())
+        assert len(manifest["snapshots"]) == (3 if kind == "cluster" else 1)
+        assert manifest["archive_events"] == sum(f["events"] for f in manifest["archive"])
+
+        restored_env = target.env | {"EA_ARCHIVE_DIR": str(tmp_path / "restored-archive")}
+        done = cli(["restore", str(dest)], restored_env, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        with stopped_after(ServiceProcess(tmp_path / "restored", env=restored_env)) as restored:
+            wait_archived(restored.url)
+            assert answers(restored, covered) == expected
+            # The load's minutes: what was stored by the snapshot, never more than the
+            # original had, and at least what was acked before the backup started.
+            got = {r["minute_timestamp"]: r["count"] for r in answers(restored, loaded)[0]}
+            had = {r["minute_timestamp"]: r["count"] for r in source_loaded}
+            assert all(got[m] <= had[m] for m in had), (got, had)
+            assert UNDER_LOAD_ACKS <= sum(got.values()) <= acked_during_backup + 64
+            checked = cli(["verify"], restored_env)
+            assert checked.returncode == 0 and " 0 differ" in checked.stdout, checked.stdout
+        ids = archive_ids(tmp_path / "restored-archive")
+        assert set(ids.values()) == {1}  # nothing archived twice
+        assert {b["event_id"] for b in before} <= set(ids)
+        assert len(ids) == sum(r["count"] for r in expected[0]) + sum(got.values())
+
+
+@pytest.fixture
+def backed_up(tmp_path: Path) -> Iterator[tuple[Backend, Path, dict[str, str]]]:
+    """A valkey engine with a few events, its backup, and the env of an empty target."""
+    source = _fresh("valkey", tmp_path / "source")
+    target = _fresh("valkey", tmp_path / "target")
+    try:
+        env = source.env | {"EA_ARCHIVE_DIR": str(tmp_path / "archive")}
+        with stopped_after(ServiceProcess(tmp_path / "data", env=env)) as svc:
+            assert asyncio.run(_send_all(svc.url, [event() for _ in range(20)])) == [201] * 20
+            wait_archived(svc.url)
+            done = cli(["backup", str(tmp_path / "backup")], env)
+            assert done.returncode == 0, done.stderr
+        target_env = target.env | {"EA_ARCHIVE_DIR": str(tmp_path / "restored")}
+        yield target, tmp_path / "backup", target_env
+    finally:
+        for b in (source, target):
+            assert isinstance(b.engine, EngineProcess)
+            b.engine.stop()
+
+
+def test_restore_refuses_a_damaged_backup_and_touches_nothing(
+    backed_up: tuple[Backend, Path, dict[str, str]],
+) -> None:
+    target, backup, env = backed_up
+    archived = next((backup / "archive").rglob("*.jsonl"))
+    data = bytearray(archived.read_bytes())
+    data[5] ^= 1
+    archived.write_bytes(bytes(data))
+    done = cli(["restore", str(backup)], env)
+    assert done.returncode == 1
+    assert "damaged backup" in done.stderr and archived.name in done.stderr, done.stderr
+    assert target.scan("*") == [] and not Path(env["EA_ARCHIVE_DIR"]).exists()
+
+
+def test_restore_refuses_a_non_empty_engine_or_other_shards(
+    backed_up: tuple[Backend, Path, dict[str, str]],
+) -> None:
+    target, backup, env = backed_up
+    done = cli(["restore", str(backup)], env | {"EA_SHARDS": "4"})
+    assert done.returncode == 1 and "EA_SHARDS" in done.stderr, done.stderr
+    with contextlib.closing(target.client()) as c:
+        c.set("something", "1")
+    done = cli(["restore", str(backup)], env)
+    assert done.returncode == 1 and "not empty" in done.stderr, done.stderr
+    assert target.scan(f"{PREFIX}*") == [] and not Path(env["EA_ARCHIVE_DIR"]).exists()
+
+
+def test_backup_refuses_a_non_empty_directory(
+    backed_up: tuple[Backend, Path, dict[str, str]],
+) -> None:
+    _, backup, env = backed_up
+    done = cli(["backup", str(backup)], env)
+    assert done.returncode == 1 and "not empty" in done.stderr, done.stderr
+    # The backup itself is unchanged: it still restores.
+    assert cli(["restore", str(backup)], env).returncode == 0
+    ids = collections.Counter(archive_ids(Path(env["EA_ARCHIVE_DIR"])))
+    assert len(ids) == 20 and set(ids.values()) == {1}
