@@ -13,17 +13,19 @@ FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The service and its dependencies in a venv of their own, copied whole into the runtime
+# stage: COPY's layer cache follows the content (a RUN with a bind mount of this stage
+# was reused by podman's buildah after the source changed, shipping the old code).
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check .
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install /wheels/*.whl \
- && useradd --system --uid 10001 --user-group --home-dir /app --create-home ea \
+    PATH=/opt/venv/bin:$PATH
+RUN useradd --system --uid 10001 --user-group --home-dir /app --create-home ea \
  && mkdir /data && chown ea:ea /data
+COPY --from=build /opt/venv /opt/venv
 USER ea
 WORKDIR /app
 # Listen on all interfaces inside the container; the archive (and an embedded engine's

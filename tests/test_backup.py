@@ -202,3 +202,37 @@ def test_backup_refuses_a_non_empty_directory(
     assert cli(["restore", str(backup)], env).returncode == 0
     ids = collections.Counter(archive_ids(Path(env["EA_ARCHIVE_DIR"])))
     assert len(ids) == 20 and set(ids.values()) == {1}
+
+
+def test_a_single_node_backup_restores_into_a_cluster_with_its_shard_count(
+    cluster: ClusterProcess, tmp_path: Path
+) -> None:
+    """A cluster runs one shard too (all on one master): the backup's EA_SHARDS=1."""
+    source = _fresh("valkey", tmp_path / "source")
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    minutes = [now - timedelta(minutes=m) for m in (3, 2)]
+    try:
+        env = source.env | {"EA_ARCHIVE_DIR": str(tmp_path / "archive")}
+        with stopped_after(ServiceProcess(tmp_path / "data", env=env)) as svc:
+            bodies = _events(minutes, 100, random.Random(7))
+            assert asyncio.run(_send_all(svc.url, bodies)) == [201] * len(bodies)
+            expected = answers(svc, minutes)
+            done = cli(["backup", str(tmp_path / "backup")], env)
+            assert done.returncode == 0, done.stderr
+    finally:
+        assert isinstance(source.engine, EngineProcess)
+        source.engine.stop()
+    target = Backend("cluster", cluster, prefix=PREFIX)
+    target.flush()
+    cluster_env = target.env | {"EA_ARCHIVE_DIR": str(tmp_path / "restored")}
+    done = cli(["restore", str(tmp_path / "backup")], cluster_env)
+    assert done.returncode == 1 and "EA_SHARDS" in done.stderr  # the cluster default: 16
+    cluster_env["EA_SHARDS"] = "1"
+    done = cli(["restore", str(tmp_path / "backup")], cluster_env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with stopped_after(ServiceProcess(tmp_path / "restored-data", env=cluster_env)) as svc:
+        wait_archived(svc.url)
+        assert answers(svc, minutes) == expected
+        checked = cli(["verify"], cluster_env)
+        assert checked.returncode == 0 and " 0 differ" in checked.stdout, checked.stdout
+    assert set(archive_ids(tmp_path / "restored")) == {b["event_id"] for b in bodies}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import os
 import re
 import threading
@@ -139,6 +140,11 @@ def test_image_runs_as_non_root_passes_its_healthcheck_counts_archives_and_survi
     assert _counts(box.url) == _model(bodies)
     assert {p: p.read_bytes() for p in archive.rglob("*.jsonl")} == before
     assert set(archive_ids(archive)) == ids
+
+    # The image carries what `backup` needs (valkey-cli): a backup into the volume.
+    containers("exec", box.name, "event-analytics", "backup", "/data/backup")
+    manifest = json.loads((containers.mountpoint(data) / "backup/manifest.json").read_text())
+    assert manifest["archive_events"] == len(bodies) and len(manifest["snapshots"]) == 1
     box.remove()
 
 
