@@ -18,12 +18,11 @@ from typing import Any
 
 import pytest
 
+from benchmarks.procs import EngineProcess
 from tests.backends import Backend
 from tests.cluster import ClusterProcess, start_cluster
-from tests.helpers import event
-from tests.servers import EngineProcess, ServiceProcess, engine_binary, stopped_after
-from tests.test_archive import answers, archive_ids, cli, wait_archived
-from tests.test_concurrency import _send_all
+from tests.helpers import answers, archive_ids, cli, event, send_all, wait_archived
+from tests.servers import ServiceProcess, engine_binary, stopped_after
 
 pytestmark = pytest.mark.slow
 PREFIX = "bk:"  # the session's services share the session cluster with prefix ea:
@@ -89,7 +88,7 @@ class Load(threading.Thread):
         deadline = time.monotonic() + 120
         while not self.stop.is_set() and time.monotonic() < deadline:
             bodies = _events(self.minutes, 40, self.rng)
-            statuses = asyncio.run(_send_all(self.url, bodies))
+            statuses = asyncio.run(send_all(self.url, bodies))
             self.acked += [b for b, s in zip(bodies, statuses, strict=True) if s == 201]
 
 
@@ -106,7 +105,7 @@ def test_backup_under_load_restores_into_a_fresh_engine_with_identical_answers(
         env = source.env | {"EA_ARCHIVE_DIR": str(tmp_path / "archive")}
         with stopped_after(ServiceProcess(tmp_path / "data", env=env)) as svc:
             before = _events(covered, BEFORE, rng)
-            assert asyncio.run(_send_all(svc.url, before)) == [201] * BEFORE
+            assert asyncio.run(send_all(svc.url, before)) == [201] * BEFORE
             load = Load(svc.url, loaded, rng)
             load.start()
             deadline = time.monotonic() + 60
@@ -153,7 +152,7 @@ def backed_up(tmp_path: Path) -> Iterator[tuple[Backend, Path, dict[str, str]]]:
     try:
         env = source.env | {"EA_ARCHIVE_DIR": str(tmp_path / "archive")}
         with stopped_after(ServiceProcess(tmp_path / "data", env=env)) as svc:
-            assert asyncio.run(_send_all(svc.url, [event() for _ in range(20)])) == [201] * 20
+            assert asyncio.run(send_all(svc.url, [event() for _ in range(20)])) == [201] * 20
             wait_archived(svc.url)
             done = cli(["backup", str(tmp_path / "backup")], env)
             assert done.returncode == 0, done.stderr
@@ -215,7 +214,7 @@ def test_a_single_node_backup_restores_into_a_cluster_with_its_shard_count(
         env = source.env | {"EA_ARCHIVE_DIR": str(tmp_path / "archive")}
         with stopped_after(ServiceProcess(tmp_path / "data", env=env)) as svc:
             bodies = _events(minutes, 100, random.Random(7))
-            assert asyncio.run(_send_all(svc.url, bodies)) == [201] * len(bodies)
+            assert asyncio.run(send_all(svc.url, bodies)) == [201] * len(bodies)
             expected = answers(svc, minutes)
             done = cli(["backup", str(tmp_path / "backup")], env)
             assert done.returncode == 0, done.stderr

@@ -20,10 +20,9 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-import aiohttp
-import orjson
 import pytest
 
+from benchmarks.procs import free_port
 from tests.containers import (
     BASE_IMAGES,
     ROOT,
@@ -37,15 +36,19 @@ from tests.containers import (
     run,
     wait_ready,
 )
-from tests.helpers import HTTP, event
+from tests.helpers import (
+    HAMMER_CLIENTS,
+    HTTP,
+    LOSS_BOUND,
+    archive_ids,
+    event,
+    failover_traffic,
+    hammer,
+    send_all,
+)
 from tests.postman import Runner, items, load
-from tests.servers import free_port
-from tests.test_archive import archive_ids
-from tests.test_cluster_failover import LOSS_BOUND, _traffic
-from tests.test_concurrency import _send_all
 
 pytestmark = pytest.mark.slow
-HEADERS = {"content-type": "application/json"}
 IMAGE_TAG = "localhost/event-analytics:pytest"
 KILL_AFTER_ACKS = 300
 
@@ -127,7 +130,7 @@ def test_image_runs_as_non_root_passes_its_healthcheck_counts_archives_and_survi
     assert uids and all(line.split()[1:] == ["10001"] * 4 for line in uids.splitlines()), uids
 
     bodies = [event(user=f"u{i}") for i in range(40)]
-    assert asyncio.run(_send_all(box.url, bodies)) == [201] * len(bodies)
+    assert asyncio.run(send_all(box.url, bodies)) == [201] * len(bodies)
     assert _counts(box.url) == _model(bodies)
     ids = {b["event_id"] for b in bodies}
     _wait_archived(containers, data, ids)
@@ -148,53 +151,24 @@ def test_image_runs_as_non_root_passes_its_healthcheck_counts_archives_and_survi
     box.remove()
 
 
-def _then(first: Any, second: Any) -> None:
-    first()
-    second()
-
-
-async def _load_until_killed(url: str, kill: Any) -> list[dict[str, Any]]:
-    """New events from 8 connections; ``kill`` after KILL_AFTER_ACKS acks; the acked ones."""
-    acked: list[dict[str, Any]] = []
-    killed = threading.Event()
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(url, timeout=timeout) as session:
-
-        async def client() -> None:
-            while not killed.is_set():
-                body = event(user=f"k{len(acked)}")
-                try:
-                    async with session.post("/events", data=orjson.dumps(body),
-                                            headers=HEADERS) as r:  # fmt: skip
-                        await r.read()
-                        status = r.status
-                except (TimeoutError, aiohttp.ClientError):
-                    continue  # the container died under this request
-                if status == 201:
-                    acked.append(body)
-                    if len(acked) == KILL_AFTER_ACKS:
-                        # In a thread: requests stay in flight while the engine kills it.
-                        threading.Thread(target=_then, args=(kill, killed.set)).start()
-
-        await asyncio.wait_for(asyncio.gather(*(client() for _ in range(8))), timeout=120)
-    return acked
-
-
 def test_image_sigkill_under_load_keeps_every_acknowledged_event(
     containers: Engine, image: str, volumes: list[str]
 ) -> None:
     box = Container(containers, image, _volume(containers, volumes), free_port())
     box.run()
-    acked = asyncio.run(_load_until_killed(box.url, lambda: containers("kill", box.name)))
+    bodies = [event(user=f"k{i}") for i in range(20 * KILL_AFTER_ACKS)]
+    kill = lambda: containers("kill", box.name)  # noqa: E731
+    acked_ids = asyncio.run(hammer(box.url, bodies, KILL_AFTER_ACKS, kill))
+    acked = [b for b in bodies if b["event_id"] in acked_ids]
     assert len(acked) >= KILL_AFTER_ACKS
     assert not containers.inspect(box.name)["State"]["Running"]
     box.start()
     # Resent, every acknowledged event is a duplicate: it was on disk before its 201.
-    again = asyncio.run(_send_all(box.url, acked))
+    again = asyncio.run(send_all(box.url, acked))
     assert collections.Counter(again) == {200: len(acked)}
     counted = sum(_counts(box.url).values())
     # In-flight requests at the kill may be stored without an ack: at most one each.
-    assert len(acked) <= counted <= len(acked) + 8
+    assert len(acked) <= counted <= len(acked) + HAMMER_CLIENTS
     box.remove()
 
 
@@ -232,7 +206,7 @@ def test_compose_serves_the_seed_probe_and_rides_out_a_redis_restart(project: Co
     def restart() -> None:
         threading.Thread(target=project.compose, args=("restart", "redis")).start()
 
-    t = asyncio.run(_traffic(project.url, restart))
+    t = asyncio.run(failover_traffic(project.url, restart))
     assert t.bad == [], (t.bad[:10], t.statuses)
     assert t.first_503 is not None and t.killed_at is not None, t.statuses
     assert t.recovered, t.statuses
@@ -241,7 +215,7 @@ def test_compose_serves_the_seed_probe_and_rides_out_a_redis_restart(project: Co
           f"({t.statuses[503]} of {sum(t.statuses.values())} requests)")  # fmt: skip
     wait_ready(project.url, timeout_s=30)
     # AOF with fsync always, a clean restart: every acknowledged event is still there.
-    again = asyncio.run(_send_all(project.url, t.acked))
+    again = asyncio.run(send_all(project.url, t.acked))
     assert collections.Counter(again) == {200: len(t.acked)}
 
 
@@ -261,7 +235,7 @@ def test_compose_cluster_counts_exactly_and_fails_over_by_itself(project: Compos
     assert (cluster["state"], cluster["masters"], cluster["replicas"]) == ("ok", 3, 3)
 
     bodies = [event(user=f"c{i}") for i in range(600)]
-    assert asyncio.run(_send_all(project.url, bodies)) == [201] * len(bodies)
+    assert asyncio.run(send_all(project.url, bodies)) == [201] * len(bodies)
     assert _counts(project.url) == _model(bodies)
     nodes = {f"valkey-{i}": project.container(f"valkey-{i}") for i in range(1, 7)}
     listing = _nodes(containers, nodes["valkey-1"])
@@ -271,7 +245,7 @@ def test_compose_cluster_counts_exactly_and_fails_over_by_itself(project: Compos
         assert int(containers("exec", nodes[name], "valkey-cli", "dbsize").stdout) > 0, name
 
     victim = masters[0]
-    t = asyncio.run(_traffic(project.url, lambda: containers("kill", nodes[victim])))
+    t = asyncio.run(failover_traffic(project.url, lambda: containers("kill", nodes[victim])))
     assert t.bad == [], (t.bad[:10], t.statuses)
     assert t.first_503 is not None and t.killed_at is not None and t.last_503 is not None
     assert t.recovered, t.statuses
@@ -283,10 +257,10 @@ def test_compose_cluster_counts_exactly_and_fails_over_by_itself(project: Compos
     promoted = [n for n in _nodes(containers, alive) if "master" in n[2] and "fail" not in n[2]]
     assert len(promoted) == 3 and victim not in {n[1].split(",")[1] for n in promoted}
 
-    again = asyncio.run(_send_all(project.url, t.acked))
+    again = asyncio.run(send_all(project.url, t.acked))
     lost = again.count(201)
     assert set(again) <= {200, 201} and lost <= LOSS_BOUND, lost
-    retried = asyncio.run(_send_all(project.url, t.refused))
+    retried = asyncio.run(send_all(project.url, t.refused))
     assert set(retried) <= {200, 201}
     assert sum(_counts(project.url).values()) == len(bodies) + len(t.acked) + len(t.refused)
 
