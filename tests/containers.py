@@ -159,6 +159,19 @@ class Compose:
     def compose(self, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> None:
         run(*self.engine.compose, "-p", self.project, *args, env=self.env, timeout=timeout)
 
+    def wait_exited(self, service: str, timeout_s: float = 120.0) -> float:
+        """Until a one-shot service's container exited 0 (fails on another exit code);
+        the seconds it took."""
+        start = time.monotonic()
+        name = self.container(service)
+        while True:
+            state = self.engine.inspect(name)["State"]
+            if not state["Running"] and state.get("Status") in ("exited", "stopped"):
+                assert state["ExitCode"] == 0, self.engine.logs(name)
+                return time.monotonic() - start
+            assert time.monotonic() - start < timeout_s, self.engine.logs(name)
+            time.sleep(0.3)
+
     def container(self, service: str) -> str:
         """The container of a service (docker and podman-compose name them differently)."""
         names = self.engine.labelled("container", f"com.docker.compose.service={service}")

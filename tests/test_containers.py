@@ -230,7 +230,12 @@ def _nodes(containers: Engine, container: str) -> list[list[str]]:
 def test_compose_cluster_counts_exactly_and_fails_over_by_itself(project: Compose) -> None:
     containers = project.engine
     up_s = project.up("cluster")
-    print(f"\ncompose (cluster): ready {up_s:.1f} s after `make compose-up PROFILE=cluster`")
+    # The API answers once every master does; cluster-init may still be attaching the
+    # replicas then (podman-compose starts the API without waiting for it): until it
+    # exits 0, /health/ready can show state "fail" or fewer replicas.
+    formed_s = up_s + project.wait_exited("cluster-init")
+    print(f"\ncompose (cluster): API ready {up_s:.1f} s, cluster formed {formed_s:.1f} s "
+          "after `make compose-up PROFILE=cluster`")  # fmt: skip
     cluster = HTTP.get(f"{project.url}/health/ready").json()["engine"]["cluster"]
     assert (cluster["state"], cluster["masters"], cluster["replicas"]) == ("ok", 3, 3)
 
