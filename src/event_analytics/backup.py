@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -45,11 +44,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from event_analytics.archive import files
+from event_analytics.archive import files, record
 from event_analytics.config import Settings
 from event_analytics.store import Store
 from event_analytics.store.embedded import find_server_binary
@@ -302,13 +300,17 @@ async def _in_snapshot(
     keep) or the snapshot had no event of that shard and hour yet (drop).
     """
     by_key: dict[str, list[int]] = defaultdict(list)
-    ids: list[bytes] = []
-    for i, line in enumerate(lines):
-        record = orjson.loads(line)
-        ids.append(uuid.UUID(record["event_id"]).bytes)
-        by_key[store.keys.seen(store.keys.shard_of(record["user_id"]), hour)].append(i)
-    expired = hour.timestamp() + 3600 + window_s <= watermark.timestamp()
+    ids: dict[int, bytes] = {}
     keep = [False] * len(lines)
+    for i, line in enumerate(lines):
+        try:
+            event = record.decode(line)
+        except record.InvalidRecord:
+            keep[i] = True  # not an event: readers skip it; left as the backup has it
+            continue
+        ids[i] = event.event_id.bytes  # the dedup sets hold the 16 bytes
+        by_key[store.keys.seen(store.keys.shard_of(event.user_id), hour)].append(i)
+    expired = hour.timestamp() + 3600 + window_s <= watermark.timestamp()
     for key, indexes in by_key.items():
         if await store.client.exists(key):
             found = await store.client.smismember(key, [ids[i] for i in indexes])
@@ -330,8 +332,8 @@ async def _unarchived(store: Store) -> dict[str, tuple[int, bytes]]:
                 stream, start, "+", 1000
             )
             for entry_id, fields in entries:
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    found[orjson.loads(fields[b"e"])["event_id"]] = (shard, entry_id)
+                with contextlib.suppress(KeyError, record.InvalidRecord):
+                    found[str(record.decode(fields[b"e"]).event_id)] = (shard, entry_id)
             if len(entries) < 1000:
                 break
             start = "(" + entries[-1][0].decode()
