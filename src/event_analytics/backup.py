@@ -1,19 +1,17 @@
 """``backup DEST`` and ``restore SOURCE``: a consistent, restorable copy of a running service.
 
-What a backup holds, in this order:
+What a backup holds, taken while every archiver is paused (a key with a TTL, see
+``StreamStore.pause``; they confirm in their heartbeats, between batches), so that
+nothing moves from the streams to the archive between the two copies:
 
-1. The engine's data: one RDB snapshot per master, pulled with ``valkey-cli --rdb``
+1. The archive's hourly files, each cut at its last complete line (the watermark).
+2. The engine's data: one RDB snapshot per master, pulled with ``valkey-cli --rdb``
    (the replication protocol: the engine forks and streams a point-in-time RDB). RDB,
    not AOF files: one self-contained file per master, taken from a remote engine or a
    container as easily as from the embedded one, never half-rewritten (multi-part AOF
-   files change under a copy while the engine rewrites them), and smaller.
-2. The archive's hourly files, copied *after* the snapshots and cut at their last
-   complete line (the watermark): every event the snapshot's streams had already handed
-   to the archive is in the copy. The copy may also hold events archived after the
-   snapshot: those the snapshot still had in its streams the archiver skips after a
-   restore (it never writes an event twice); those ingested after the snapshot are
-   not in its counters, and ``restore`` leaves them out (their ids are not in the
-   snapshot's dedup sets).
+   files change under a copy while the engine rewrites them), and smaller. Events
+   ingested meanwhile are in the snapshot's counters and streams, not in the archive
+   copy: after a restore the archiver archives them, as it would have.
 3. ``manifest.json`` last, with the size, SHA-256 and (archive) event count of every
    file: a backup without a manifest is incomplete.
 
@@ -37,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -47,7 +44,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from event_analytics.archive import files, record
+from event_analytics.archive import files
 from event_analytics.config import Settings
 from event_analytics.store import Store
 from event_analytics.store.embedded import find_server_binary
@@ -57,6 +54,10 @@ from event_analytics.timebucket import iso_z
 MANIFEST = "manifest.json"
 FORMAT = 1
 SNAPSHOT_TIMEOUT_S = 3600.0
+# The archive pause expires by itself: a backup that dies never stops archiving for long
+# (archivers write nothing while it lasts: the archive lag grows by the backup's time).
+PAUSE_TTL_S = 600.0
+PAUSE_WAIT_S = 30.0
 COPY_BATCH = 200
 
 
@@ -163,25 +164,55 @@ def _copy_archive(root: Path, dest: Path) -> list[dict[str, Any]]:
     return entries
 
 
+async def _wait_paused(streams: StreamStore, since: float, fresh_s: float) -> None:
+    """Until every live archiver has said "paused" in a heartbeat sent after ``since``."""
+    deadline = time.monotonic() + PAUSE_WAIT_S
+    while True:
+        live = await streams.archivers(fresh_s=fresh_s)
+        waiting = [
+            name
+            for name, status in live.items()
+            if status.get("state") != "paused" or float(status.get("heartbeat", 0)) < since
+        ]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise BackupError(
+                f"archivers {', '.join(sorted(waiting))} did not pause within "
+                f"{PAUSE_WAIT_S:.0f} s (an older version?): nothing was backed up"
+            )
+        await asyncio.sleep(0.1)
+
+
 async def backup(settings: Settings, dest: Path) -> dict[str, Any]:
     """Write a backup of the engine the settings name, and of its archive, into ``dest``."""
     _require_empty(dest)
     started = datetime.now(UTC)
     store = Store.from_settings(settings)
+    streams = StreamStore(store.client, store.keys)
+    owner = f"backup-{os.getpid()}-{time.time_ns()}"
     try:
         engine = await store.engine_info()
-        backlog = await StreamStore(store.client, store.keys).backlog()
         masters = await _masters(store)
+        cli = _cli()
+        if not await streams.pause(owner, int(PAUSE_TTL_S * 1000)):
+            raise BackupError("another backup is running (the archive is paused for it)")
+        try:
+            await _wait_paused(streams, time.time(), 3 + settings.archiver_lease_s)
+            # Nothing is archived from here until resume: the archive copy and the
+            # snapshots' streams hold every event exactly once between them.
+            watermark = datetime.now(UTC)
+            archive = await asyncio.to_thread(_copy_archive, settings.archive_path, dest)
+            backlog = await streams.backlog()
+            snapshots = []
+            for i, (node, args) in enumerate(masters):
+                path = dest / "engine" / f"node-{i}.rdb"
+                await asyncio.to_thread(_snapshot, cli, args, path)
+                snapshots.append(_file_entry(dest, path) | {"node": node})
+        finally:
+            await streams.resume(owner)
     finally:
         await store.close()
-    cli = _cli()
-    snapshots = []
-    for i, (node, args) in enumerate(masters):
-        path = dest / "engine" / f"node-{i}.rdb"
-        await asyncio.to_thread(_snapshot, cli, args, path)
-        snapshots.append(_file_entry(dest, path) | {"node": node})
-    watermark = datetime.now(UTC)  # the archive is cut after every snapshot
-    archive = await asyncio.to_thread(_copy_archive, settings.archive_path, dest)
     manifest = {
         "format": FORMAT,
         "started_at": iso_z(started),
@@ -190,7 +221,7 @@ async def backup(settings: Settings, dest: Path) -> dict[str, Any]:
         "cluster": settings.engine_kind == "cluster",
         "key_prefix": settings.key_prefix,
         "shards": settings.shards,
-        "unarchived_events_at_start": backlog["stream_length"],
+        "unarchived_events": backlog["stream_length"],
         "snapshots": snapshots,
         "archive": archive,
         "archive_events": sum(f["events"] for f in archive),
@@ -281,104 +312,10 @@ async def _copy_keys(source: aioredis.Redis, target: Any, prefix: str, skip: lis
     return copied
 
 
-def _read_lines(path: Path) -> list[bytes]:
-    return path.read_bytes().splitlines(keepends=True)
-
-
-def _write_lines(path: Path, lines: list[bytes]) -> None:
-    _write_durably(path, b"".join(lines))
-
-
-async def _in_snapshot(
-    store: Store, hour: datetime, lines: list[bytes], watermark: datetime, window_s: int
-) -> list[bool]:
-    """Which archived events the restored engine has: the archive was copied after the
-    snapshot, so it may hold events ingested after it, which the counters lack.
-
-    An event is in the snapshot iff its id is in its hour's dedup set there. Where that
-    set is gone, it had expired (the hour closed for new events before the watermark:
-    keep) or the snapshot had no event of that shard and hour yet (drop).
-    """
-    by_key: dict[str, list[int]] = defaultdict(list)
-    ids: dict[int, bytes] = {}
-    keep = [False] * len(lines)
-    for i, line in enumerate(lines):
-        try:
-            event = record.decode(line)
-        except record.InvalidRecord:
-            keep[i] = True  # not an event: readers skip it; left as the backup has it
-            continue
-        ids[i] = event.event_id.bytes  # the dedup sets hold the 16 bytes
-        by_key[store.keys.seen(store.keys.shard_of(event.user_id), hour)].append(i)
-    expired = hour.timestamp() + 3600 + window_s <= watermark.timestamp()
-    for key, indexes in by_key.items():
-        if await store.client.exists(key):
-            found = await store.client.smismember(key, [ids[i] for i in indexes])
-        else:
-            found = [1 if expired else 0] * len(indexes)
-        for i, hit in zip(indexes, found, strict=True):
-            keep[i] = bool(hit)
-    return keep
-
-
-async def _unarchived(store: Store) -> dict[str, tuple[int, bytes]]:
-    """Event id -> (shard, entry id) of every event in the restored streams."""
-    found: dict[str, tuple[int, bytes]] = {}
-    for shard in range(store.keys.shards):
-        start = "-"
-        while True:
-            stream = store.keys.stream(shard)
-            entries: list[tuple[bytes, dict[bytes, bytes]]] = await store.client.xrange(  # type: ignore[assignment]
-                stream, start, "+", 1000
-            )
-            for entry_id, fields in entries:
-                with contextlib.suppress(KeyError, record.InvalidRecord):
-                    found[str(record.decode(fields[b"e"]).event_id)] = (shard, entry_id)
-            if len(entries) < 1000:
-                break
-            start = "(" + entries[-1][0].decode()
-    return found
-
-
-async def _ack_archived(store: Store, archived: list[tuple[int, bytes]]) -> None:
-    """Take events the restored archive holds out of the restored streams, as the archiver
-    would have: the archive copy may have events the snapshot still had to archive."""
-    streams = StreamStore(store.client, store.keys)
-    by_shard: dict[int, list[bytes]] = defaultdict(list)
-    for shard, entry_id in archived:
-        by_shard[shard].append(entry_id)
-    for shard, ids in by_shard.items():
-        await streams.ack(shard, ids, len(ids))
-
-
-async def _restore_archive(
-    manifest: dict[str, Any], source: Path, settings: Settings, store: Store
-) -> tuple[int, int]:
-    """Write the backup's archive files, less events the snapshot lacks: (kept, dropped)."""
-    unarchived = await _unarchived(store)
-    archived: list[tuple[int, bytes]] = []
-    watermark = datetime.fromisoformat(manifest["archive_watermark"])
-    # As ingest sets it: an id is remembered this long after its hour ends (+ 60 s).
-    window_s = settings.dedup_window_s + 60
-    kept = dropped = 0
+def _restore_archive(manifest: dict[str, Any], source: Path, root: Path) -> None:
     for entry in manifest["archive"]:
         relative = Path(entry["path"]).relative_to("archive")
-        hour = files.hour_of(settings.archive_path / relative)
-        lines = await asyncio.to_thread(_read_lines, source / entry["path"])
-        flags = (
-            await _in_snapshot(store, hour, lines, watermark, window_s)
-            if hour is not None
-            else [True] * len(lines)
-        )
-        chosen = [line for line, keep in zip(lines, flags, strict=True) if keep]
-        await asyncio.to_thread(_write_lines, settings.archive_path / relative, chosen)
-        kept += len(chosen)
-        dropped += len(lines) - len(chosen)
-        for line in chosen:
-            if (where := unarchived.get(files.event_id_of(line))) is not None:
-                archived.append(where)
-    await _ack_archived(store, archived)
-    return kept, dropped
+        _write_durably(root / relative, (source / entry["path"]).read_bytes())
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +323,6 @@ class RestoreReport:
     keys: int
     files: int
     events: int
-    dropped: int  # archived after the snapshot: not in the restored counters
 
 
 async def restore(settings: Settings, source: Path) -> RestoreReport:
@@ -415,10 +351,10 @@ async def restore(settings: Settings, source: Path) -> RestoreReport:
                     keys += await _copy_keys(loaded, store.client, settings.key_prefix, skip)
                 finally:
                     await loaded.aclose()
-        kept, dropped = await _restore_archive(manifest, source, settings, store)
+        await asyncio.to_thread(_restore_archive, manifest, source, settings.archive_path)
     finally:
         await store.close()
-    return RestoreReport(keys, len(manifest["archive"]), kept, dropped)
+    return RestoreReport(keys, len(manifest["archive"]), manifest["archive_events"])
 
 
 async def main(settings: Settings, command: str, directory: Path) -> int:
@@ -429,15 +365,14 @@ async def main(settings: Settings, command: str, directory: Path) -> int:
             print(
                 f"backup in {directory}: {len(m['snapshots'])} engine snapshot(s), "
                 f"{len(m['archive'])} archive files ({m['archive_events']} events) up to "
-                f"{m['archive_watermark']}; {m['unarchived_events_at_start']} events were "
-                "not archived yet (they are in the snapshot)"
+                f"{m['archive_watermark']}; {m['unarchived_events']} events were not archived "
+                "yet (they are in the snapshot's streams)"
             )
         else:
             r = await restore(settings, directory)
             print(
-                f"restored {r.keys} keys and {r.files} archive files ({r.events} events; "
-                f"{r.dropped} archived after the snapshot left out) from {directory}; start "
-                "the service, let its archiver catch up, then verify"
+                f"restored {r.keys} keys and {r.files} archive files ({r.events} events) "
+                f"from {directory}; start the service, let its archiver catch up, then verify"
             )
     except BackupError as exc:
         print(f"event-analytics {command}: {exc}", file=sys.stderr)

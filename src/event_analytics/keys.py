@@ -104,6 +104,10 @@ class Keys:
         """Hash of archiver name -> JSON heartbeat and status (no shard: read by the API)."""
         return f"{self.prefix}archivers"
 
+    def archive_pause(self) -> str:
+        """Set (with a TTL) while a backup copies the archive: archivers write nothing."""
+        return f"{self.prefix}archive-pause"
+
     def seen(self, shard: int, generation: int) -> str:
         """Hash event id -> call token of the ids first stored in one dedup generation.
 
@@ -209,6 +213,7 @@ class Keys:
         return [
             f"{self.prefix}{{*}}:archiver-lease",
             self.archivers(),
+            self.archive_pause(),
             f"{self.prefix}rl:*",
         ]
 

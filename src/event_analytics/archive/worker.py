@@ -124,6 +124,16 @@ class Archiver:
 
     async def _tick(self) -> bool:
         await self._beat()
+        if await self.streams.paused():
+            # A backup is copying the archive: write nothing (between batches, so nothing
+            # is half done), keep the leases, and say so in the heartbeat it waits for.
+            for shard in sorted(self.owned):
+                if not await self.streams.renew_lease(shard, self.name, self.lease_ms):
+                    self.owned.discard(shard)
+            if self.state != "paused":
+                self.state = "paused"
+                await self._beat(force=True)
+            return False
         busy = False
         for shard in sorted(self.owned):
             if not await self.streams.renew_lease(shard, self.name, self.lease_ms):

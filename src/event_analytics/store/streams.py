@@ -138,6 +138,20 @@ class StreamStore:
         async with engine_errors():
             await self._dead_letter(keys=keys, args=args)
 
+    async def pause(self, owner: str, ttl_ms: int) -> bool:
+        """Ask every archiver to stop writing (``backup``); False if one already asked."""
+        async with engine_errors():
+            return bool(await self.client.set(self.keys.archive_pause(), owner, nx=True, px=ttl_ms))
+
+    async def resume(self, owner: str) -> None:
+        async with engine_errors():
+            if await self.client.get(self.keys.archive_pause()) == owner.encode():
+                await self.client.delete(self.keys.archive_pause())
+
+    async def paused(self) -> bool:
+        async with engine_errors():
+            return bool(await self.client.exists(self.keys.archive_pause()))
+
     async def acquire_lease(self, shard: int, owner: str, ttl_ms: int) -> bool:
         async with engine_errors():
             return bool(
