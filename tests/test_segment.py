@@ -251,3 +251,28 @@ def test_the_routes_are_the_paths_security_knows() -> None:
     from event_analytics.api.security import KEYLESS_PATHS, SEGMENT_PATHS
 
     assert set(compat.ROUTES) == SEGMENT_PATHS | KEYLESS_PATHS
+
+
+@pytest.fixture
+def event_limited(tmp_path: Path) -> Iterator[ServiceProcess]:
+    env = {"EA_EVENT_LIMIT_PER_ADDRESS": "5", "EA_RATE_LIMIT_WINDOW_S": "3600"}
+    with stopped_after(ServiceProcess(tmp_path / "data", env)) as svc:
+        yield svc
+
+
+def test_event_rate_limits_count_messages(event_limited: ServiceProcess) -> None:
+    since = datetime.now(UTC)
+    msgs = [{"type": "track", "event": "E", "userId": "u", "messageId": f"r-{i}"} for i in range(4)]
+    assert HTTP.post(f"{event_limited.url}/v1/batch", json={"batch": msgs}).status_code == 200
+    over = HTTP.post(f"{event_limited.url}/v1/batch", json={"batch": msgs[:2]})
+    assert over.status_code == 429 and int(over.headers["retry-after"]) >= 1
+    body = b'{"n":"pageview","u":"https://a.example/","d":"a.example"}'
+    one = HTTP.post(
+        f"{event_limited.url}/api/event", content=body, headers={"content-type": "text/plain"}
+    )
+    assert one.status_code == 202  # the fifth event
+    again = HTTP.post(
+        f"{event_limited.url}/api/event", content=body, headers={"content-type": "text/plain"}
+    )
+    assert again.status_code == 429
+    assert total(event_limited, "e", since) == 4

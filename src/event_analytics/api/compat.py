@@ -120,6 +120,9 @@ async def segment_route(kind: str | None, scope: Scope, receive: Receive) -> Rep
         refusal = await guard.admit(scope, Access.WRITE, body_key=body_key)
         if refusal is not None:
             return refusal
+    if guard.counts_events:
+        # The event rate limits, by messages as sent: may refuse the whole request.
+        await guard.take_events(scope, len(segment.messages(envelope, kind)))
     now = datetime.now(UTC)
     enricher = _compat(scope).segment_enricher
     mapped = segment.map_request(envelope, kind, now, enricher, body_bytes=len(body))
@@ -162,6 +165,9 @@ async def plausible_route(scope: Scope, receive: Receive) -> Reply:
         return problem(404, "not-found", "Not Found", "browser ingest is off (EA_BROWSER_INGEST)")
     body = await read_ingest_body(scope, receive, settings.max_body_bytes, settings.body_timeout_s)
     message = segment.load(body)
+    guard: Guard = scope["app"].state.guard
+    if guard.counts_events:
+        await guard.take_events(scope, 1)
     now = datetime.now(UTC)
     state = _compat(scope)
     mapped = plausible.map_event(
