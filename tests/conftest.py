@@ -9,7 +9,6 @@ says why.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 from benchmarks.procs import EngineProcess, free_port, free_ports
 from tests.backends import Backend
 from tests.cluster import ClusterProcess, start_cluster
+from tests.helpers import chromium_binary
 from tests.servers import ServiceProcess, engine_binary, stopped_after
 
 ENGINES = ["valkey", "redis", "cluster"]
@@ -140,13 +140,7 @@ def exact_service(
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    if binary is None:
-        # .ci/run installs Debian's chromium: in CI a missing browser is a failure.
-        if os.environ.get("CI"):
-            pytest.fail("chromium missing in CI (.ci/run installs it)")
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    return binary
+    return chromium_binary()
 
 
 @pytest.fixture

@@ -199,7 +199,14 @@ def test_the_client_ip_is_never_logged_stored_or_archived(logged: ServiceProcess
     assert record["payload"]["country"] == "GB"  # the forwarded address was the one used
     native = HTTP.post(f"{logged.url}/events", json=event(), headers={"x-forwarded-for": ip})
     assert native.status_code == 201
-    log = logged.output()
+
+    def whole_log() -> str:
+        # The access log line is written after the answer went out: wait for it, and read
+        # the whole file (output() keeps only its tail).
+        return logged.log_path.read_text(errors="replace")
+
+    wait_for(lambda: any('"/events"' in line for line in whole_log().splitlines()))
+    log = whole_log()
     assert '"route": "/api/event"' in log or '"route":"/api/event"' in log
     # The native route logs its client address; the browser path never does.
     lines = [line for line in log.splitlines() if "/api/event" in line]

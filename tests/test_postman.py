@@ -80,7 +80,9 @@ def test_collection_is_well_formed(collection: dict[str, Any]) -> None:
         if item.method == "POST":
             body = item.request["body"]["raw"]
             json.loads(VARIABLE.sub("x", body))
-            assert "{{$guid}}" in body or "{{eventId}}" in body, where
+            if not item.raw_url.startswith("{{baseUrl}}/analytics/"):
+                # An ingest request sends a fresh id each run (or the one it resends).
+                assert "{{$guid}}" in body or "{{eventId}}" in body, where
         assert item.examples, f"{where}: no example response"
         for example in item.examples:
             if example["_postman_previewlanguage"] == "json":

@@ -126,8 +126,6 @@ async def segment_route(kind: str | None, scope: Scope, receive: Receive) -> Rep
     now = datetime.now(UTC)
     enricher = _compat(scope).segment_enricher
     mapped = segment.map_request(envelope, kind, now, enricher, body_bytes=len(body))
-    if guard.counts_events:
-        await guard.take_events(scope, len(mapped))  # a batch counts its messages
     results = await ingestor.ingest_items(_items(mapped), now, "batch" if kind is None else "")
     _count_drops(mapped, results)
     if kind is not None and results[0].status == "rejected":
@@ -178,9 +176,6 @@ async def plausible_route(scope: Scope, receive: Receive) -> Reply:
         user_agent=header(scope, b"user-agent") or "",
         enricher=state.browser_enricher,
     )
-    guard: Guard = scope["app"].state.guard
-    if guard.counts_events:
-        await guard.take_events(scope, 1)
     results = await ingestor.ingest_items(_items([mapped]), now, "")
     _count_drops([mapped], results)
     (result,) = results
