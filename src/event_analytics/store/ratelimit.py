@@ -60,15 +60,31 @@ class RateLimits:
     async def take(self, key_id: str | None, address: str | None, n: int) -> Limited | None:
         """Count ``n`` events; a Limited (and the ``n`` given back) when that is over one of
         the event limits: a refused batch stores nothing, so it costs nothing either."""
-        now = time.time()
-        window = int(now // self.window_s)
-        counters: list[tuple[str, int, str]] = []
-        if self.events_per_address and address:
-            counters.append(("address_events", self.events_per_address, digest(address)))
-        if self.events_per_key and key_id:
-            counters.append(("key_events", self.events_per_key, key_id))
+        counters = _counters(key_id, address, self.events_per_key, self.events_per_address)
+        limited = await self._count([(f"{k}_events", lim, name) for k, lim, name in counters], n)
+        if limited is None:
+            return None
+        async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
+            for kind, _, name in counters:
+                pipe.decrby(self.keys.rate(f"{kind}_events", name, limited.window), n)
+            await pipe.execute()
+        return Limited(limited.kind.removesuffix("_events"), limited.limit, limited.retry_after_s)
+
+    async def hit(self, key_id: str | None, address: str | None) -> Limited | None:
+        """Count one request; a Limited when it is over one of the limits."""
+        counters = _counters(key_id, address, self.per_key, self.per_address)
+        limited = await self._count(counters, 1)
+        if limited is None:
+            return None
+        return Limited(limited.kind, limited.limit, limited.retry_after_s)
+
+    async def _count(self, counters: list[tuple[str, int, str]], n: int) -> _Over | None:
+        """Add ``n`` to each (kind, limit, name) counter of this window; the first over."""
         if not counters:
             return None
+        now = time.time()
+        window = int(now // self.window_s)
+        # Twice the window: a counter outlives its window even when clocks differ a little.
         ttl = 2 * self.window_s
         async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
             for kind, _, name in counters:
@@ -76,41 +92,28 @@ class RateLimits:
                 pipe.incrby(key, n)
                 pipe.expire(key, ttl)
             replies = await pipe.execute()
-        over = next(
-            ((kind, limit) for (kind, limit, _), count in zip(counters, replies[0::2], strict=True)
-             if int(count) > limit),
-            None,
-        )  # fmt: skip
-        if over is None:
-            return None
-        async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
-            for kind, _, name in counters:
-                pipe.decrby(self.keys.rate(kind, name, window), n)
-            await pipe.execute()
-        retry = math.ceil((window + 1) * self.window_s - now)
-        return Limited(over[0].removesuffix("_events"), over[1], max(1, retry))
-
-    async def hit(self, key_id: str | None, address: str | None) -> Limited | None:
-        """Count one request; a Limited when it is over one of the limits."""
-        now = time.time()
-        window = int(now // self.window_s)
-        counters: list[tuple[str, int, str]] = []
-        if self.per_address and address:
-            counters.append(("address", self.per_address, digest(address)))
-        if self.per_key and key_id:
-            counters.append(("key", self.per_key, key_id))
-        if not counters:
-            return None
-        # Twice the window: a counter outlives its window even when clocks differ a little.
-        ttl = 2 * self.window_s
-        async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
-            for kind, _, name in counters:
-                key = self.keys.rate(kind, name, window)
-                pipe.incr(key)
-                pipe.expire(key, ttl)
-            replies = await pipe.execute()
         for (kind, limit, _), count in zip(counters, replies[0::2], strict=True):
             if int(count) > limit:
                 retry = math.ceil((window + 1) * self.window_s - now)
-                return Limited(kind, limit, max(1, retry))
+                return _Over(kind, limit, max(1, retry), window)
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Over:
+    kind: str
+    limit: int
+    retry_after_s: int
+    window: int
+
+
+def _counters(
+    key_id: str | None, address: str | None, per_key: int, per_address: int
+) -> list[tuple[str, int, str]]:
+    """(kind, limit, name) of each limit that applies: the address's first, then the key's."""
+    counters: list[tuple[str, int, str]] = []
+    if per_address and address:
+        counters.append(("address", per_address, digest(address)))
+    if per_key and key_id:
+        counters.append(("key", per_key, key_id))
+    return counters
