@@ -19,7 +19,7 @@ from segment.analytics import Client
 from segment.analytics.request import APIError
 
 from event_analytics.adapters.segment import event_id
-from tests.helpers import HTTP, LossyProxy, archived, total, wait_archived
+from tests.helpers import HTTP, LossyProxy, archived, total, wait_for
 from tests.servers import ServiceProcess, stopped_after
 
 pytestmark = pytest.mark.slow
@@ -127,7 +127,10 @@ def test_python_sdk_batching_thread_retries_lost_answers_exactly_once(
 
 def test_mapped_fields_reach_the_archive(live: ServiceProcess) -> None:
     run = uuid.uuid4().hex[:8]  # the session's archive holds other tests' events too
-    client = Client("any-key", host=live.url, sync_mode=True)
+    errors: list[object] = []
+    client = Client(
+        "any-key", host=live.url, sync_mode=True, on_error=lambda e, _: errors.append(e)
+    )
     client.track(
         "ada@example.com",
         "Order Completed",
@@ -141,13 +144,16 @@ def test_mapped_fields_reach_the_archive(live: ServiceProcess) -> None:
         },
     )
     client.identify("ada@example.com", {"plan": "pro"}, message_id=f"ident-{run}")
+    assert not errors, errors  # both sends answered 200
     reply = HTTP.post(
         f"{live.url}/v1/track", json={"userId": "u", "event": "E", "properties": {"x": "y" * 2000}}
     )
     assert reply.status_code == 200
     assert reply.json()["results"][0]["dropped"] == [{"property": "x", "reason": "too_long"}]
     mine = {str(event_id(f"order-{run}")), str(event_id(f"ident-{run}"))}
-    wait_archived(live.url)  # every stored event is in the files: read them once
+    # Until both are in the files (bounded). Reading the files once after the streams'
+    # backlog read empty missed both records in some full-suite runs: not explained yet.
+    wait_for(lambda: mine <= {str(r["event_id"]) for r in archived(live.data_dir)}, 60)
     found = archived(live.data_dir)
     records = {str(r["event_type"]): r for r in found if r["event_id"] in mine}
     order = records["order_completed"]
