@@ -339,8 +339,12 @@ async def restore(settings: Settings, source: Path) -> RestoreReport:
         raise BackupError(f"{settings.archive_path} has archive files: restore into an empty one")
     store = Store.from_settings(settings)
     try:
-        if await store.client.dbsize():
-            raise BackupError("the engine is not empty: restore into an empty engine")
+        # Empty of this service's keys (its prefix): another tenant's keys may share it.
+        async for _ in store.client.scan_iter(match=f"{settings.key_prefix}*", count=1000):
+            raise BackupError(
+                f"the engine is not empty (keys under {settings.key_prefix}): restore into "
+                "an empty engine"
+            )
         keys = 0
         for snapshot in manifest["snapshots"]:
             rdb = source / snapshot["path"]
