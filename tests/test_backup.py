@@ -190,10 +190,12 @@ def test_restore_refuses_a_non_empty_engine_or_other_shards(
     done = cli(["restore", str(backup)], env | {"EA_SHARDS": "4"})
     assert done.returncode == 1 and "EA_SHARDS" in done.stderr, done.stderr
     with contextlib.closing(target.client()) as c:
-        c.set("something", "1")
+        c.set("other-tenant", "1")  # not ours: the engine is still empty of our keys
+        c.set(f"{PREFIX}something", "1")
     done = cli(["restore", str(backup)], env)
     assert done.returncode == 1 and "not empty" in done.stderr, done.stderr
-    assert target.scan(f"{PREFIX}*") == [] and not Path(env["EA_ARCHIVE_DIR"]).exists()
+    assert target.scan(f"{PREFIX}*") == [f"{PREFIX}something"]  # nothing restored
+    assert not Path(env["EA_ARCHIVE_DIR"]).exists()
 
 
 def test_backup_refuses_a_non_empty_directory(
