@@ -156,7 +156,10 @@ def test_two_workers_add_up(two_workers: ServiceProcess, tmp_path: Path) -> None
 def test_run_dir_is_new_per_run_and_stale_ones_go(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(metrics_dir.ENV, raising=False)
+    # prepare() sets the variable in this process: setenv first so monkeypatch records its
+    # original state (absent) and restores it; a delenv of an unset name records nothing.
+    monkeypatch.setenv(metrics_dir.ENV, "")
+    monkeypatch.delenv(metrics_dir.ENV)
     root = tmp_path / "metrics"
     dead = root / "999999999"  # above any pid: a run that died without cleaning up
     alive = root / "1"  # init: a live serve keeps its own
@@ -169,3 +172,9 @@ def test_run_dir_is_new_per_run_and_stale_ones_go(
     assert os.environ[metrics_dir.ENV] == str(mine.resolve())
     metrics_dir.remove(mine)
     assert not mine.exists()
+
+
+def test_run_dir_test_leaves_the_environment_as_it_found_it() -> None:
+    # Runs after the test above (file order): a leaked PROMETHEUS_MULTIPROC_DIR points later
+    # tests' in-process apps at a deleted directory.
+    assert metrics_dir.ENV not in os.environ
