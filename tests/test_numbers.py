@@ -7,9 +7,13 @@ Refused before storage: one engine says all there is.
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+
+import orjson
 import pytest
 
-from tests.helpers import HTTP, event
+from tests.helpers import HTTP, archived, event, total, wait_for
 from tests.servers import ServiceProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("engine", ["valkey"], indirect=True)]
@@ -78,3 +82,96 @@ def test_duplicate_keys_are_refused_on_both_routes(live: ServiceProcess, body: b
     twice = b'{"events": [], "events": [' + raw.replace(b"b.example", b"c.example") + b"]}"
     r = HTTP.post(f"{live.url}/events/batch", content=twice, headers=JSON)
     assert r.status_code == 400 and r.json()["type"].endswith(":duplicate-key"), r.text
+
+
+# -- the drop-in routes: the same numbers through Segment's and Plausible's mappings -----
+# There a property that cannot be kept is dropped visibly (the message is kept, the drop
+# listed in its result); a number is kept only when it is stored as the number sent.
+DROP_REASON = {"property_out_of_range": "out_of_range", "property_not_exact": "not_exact"}
+
+
+def _exactly(raw: bytes) -> int | float:
+    text = raw.decode()
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def _segment_message(i: int, raw: bytes) -> bytes:
+    message = (b'{"type": "track", "event": "Numbers", "userId": "num", "messageId": "n-%s-%d", '
+               b'"properties": {"cart": {"n": %s}}}')  # fmt: skip
+    return message % (str(uuid.uuid4()).encode(), i, raw)
+
+
+# A Segment message is at most 32 KB (a Plausible body 64 KB): 20,000 digits here.
+DROP_IN_NUMBERS = [(r if len(r) < 1000 else b"1." + b"0" * 20_000 + b"1", c) for r, c in NUMBERS]
+
+
+def test_segment_keeps_a_number_only_as_sent(live: ServiceProcess) -> None:
+    messages = b",".join(_segment_message(i, r) for i, (r, _) in enumerate(DROP_IN_NUMBERS))
+    reply = HTTP.post(f"{live.url}/v1/batch", content=b'{"batch": [' + messages + b"]}",
+                      headers=JSON)  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    rows = reply.json()["results"]
+    assert [r["status"] for r in rows] == ["accepted"] * len(NUMBERS), rows
+    for (raw, code), row in zip(DROP_IN_NUMBERS, rows, strict=True):
+        want = [] if code is None else [{"property": "cart.n", "reason": DROP_REASON[code]}]
+        assert row.get("dropped", []) == want, (raw[:30], row)
+    ids = {r["event_id"]: raw for r, (raw, _) in zip(rows, DROP_IN_NUMBERS, strict=True)}
+    wait_for(lambda: set(ids) <= {r["event_id"] for r in archived(live.data_dir)}, 60)
+    for record in archived(live.data_dir):
+        if record["event_id"] in ids:
+            raw = ids[record["event_id"]]
+            stored = record["payload"].get("cart.n")
+            code = dict(DROP_IN_NUMBERS)[raw]
+            assert stored == (None if code else _exactly(raw)), (raw[:30], stored)
+    # One message on its own route reads numbers the same way.
+    one = _segment_message(99, b"1" + b"0" * 29).replace(b'"type": "track", ', b"")
+    single = HTTP.post(f"{live.url}/v1/track", content=one, headers=JSON)
+    assert single.status_code == 200, single.text
+    assert single.json()["results"][0]["dropped"] == [{"property": "cart.n",
+                                                      "reason": "out_of_range"}]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "code"), DROP_IN_NUMBERS, ids=lambda v: str(v)[:24])
+def test_plausible_props_and_revenue_read_numbers_as_sent(
+    live: ServiceProcess, raw: bytes, code: str | None
+) -> None:
+    # Props as the tracker sends them (JSON text inside the body) and as an object.
+    number = raw.decode()
+    as_text = orjson.dumps({"n": "Buy", "u": "https://num.example/", "d": "num.example",
+                            "p": f'{{"n": {number}}}',
+                            "$": f'{{"amount": {number}, "currency": "EUR"}}'})  # fmt: skip
+    as_object = (b'{"n": "Buy", "u": "https://num.example/", "d": "num.example", '
+                 b'"props": {"n": %s}}' % raw)  # fmt: skip
+    for body, names in ((as_text, ["revenue_amount", "n"]), (as_object, ["n"])):
+        reply = HTTP.post(f"{live.url}/api/event", content=body, headers=JSON)
+        assert reply.status_code == 202, reply.text
+        dropped = reply.json().get("dropped", [])
+        want = [] if code is None else [{"property": n, "reason": DROP_REASON[code]} for n in names]
+        assert dropped == want, (raw[:30], dropped)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/batch", b'{"batch": [{"type": "track", "event": "E", "userId": "u",'
+                      b' "userId": "v"}]}'),
+        ("/v1/track", b'{"event": "E", "userId": "u", "properties": {"a": 1, "a": 2}}'),
+        ("/v1/batch", b'{"batch": [], "batch": [{"type": "track", "event": "E", "userId": "u"}]}'),
+        ("/api/event", b'{"n": "pageview", "u": "https://a.example/", "u": "https://b.example/",'
+                       b' "d": "a.example"}'),
+        ("/api/event", b'{"n": "Buy", "u": "https://a.example/", "d": "a.example",'
+                       b' "p": "{\\"plan\\": \\"a\\", \\"plan\\": \\"b\\"}"}'),
+    ],
+    ids=["segment-message", "segment-properties", "segment-envelope", "plausible-body",
+         "plausible-props-text"],
+)  # fmt: skip
+def test_duplicate_keys_are_refused_on_the_drop_in_routes(
+    live: ServiceProcess, path: str, body: bytes
+) -> None:
+    since = datetime.now(UTC)
+    r = HTTP.post(f"{live.url}{path}", content=body, headers=JSON)
+    assert r.status_code == 400, (path, r.text)
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["type"].endswith(":duplicate-key"), r.text
+    assert total(live, "e", since) == total(live, "page_view", since) == 0
+    assert total(live, "buy", since) == 0

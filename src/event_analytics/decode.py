@@ -1,5 +1,6 @@
-"""The one JSON decoder of request bodies: /events and /events/batch read numbers and
-keys the same way, so they accept and refuse exactly the same values.
+"""The one JSON decoder of request bodies: /events, /events/batch and the drop-in routes
+(Segment's /v1/*, Plausible's /api/event) read numbers and keys the same way, so no path
+stores a number other than the one sent.
 
 jiter (pydantic's own JSON parser) with:
 
@@ -28,8 +29,10 @@ from event_analytics.model import DuplicateKey, Event, MalformedJSON, validate_e
 _DUPLICATE = "Detected duplicate key"
 
 
-def decode_json(body: bytes | str) -> Any:
-    """Parse a request body. Raises DuplicateKey or MalformedJSON."""
+def parse_json(body: bytes | str) -> Any:
+    """Parse a body, every float left a LosslessFloat (``exact_number`` turns one into a
+    float where it is read: the drop-in mappings walk their nested properties anyway).
+    Raises DuplicateKey or MalformedJSON."""
     data = body.encode() if isinstance(body, str) else body
     try:
         value = jiter.from_json(
@@ -40,7 +43,13 @@ def decode_json(body: bytes | str) -> Any:
         if message.startswith(_DUPLICATE):
             raise DuplicateKey(message) from None
         raise MalformedJSON(message) from None
-    return _floats(value, depth=0)
+    return value
+
+
+def decode_json(body: bytes | str) -> Any:
+    """Parse a native request body: its floats, as deep as events go, exact or refused.
+    Raises DuplicateKey or MalformedJSON."""
+    return _floats(parse_json(body), depth=0)
 
 
 # Events are flat: an event's values (depth 1 in a body of one event, 3 in a batch) and
@@ -50,7 +59,7 @@ _MAX_DEPTH = 4
 
 def _floats(value: Any, depth: int) -> Any:
     if isinstance(value, jiter.LosslessFloat):
-        return _exact(value)
+        return exact_number(value)
     if depth >= _MAX_DEPTH:
         return value
     if isinstance(value, dict):
@@ -60,7 +69,7 @@ def _floats(value: Any, depth: int) -> Any:
     return value
 
 
-def _exact(value: jiter.LosslessFloat) -> float | jiter.LosslessFloat:
+def exact_number(value: jiter.LosslessFloat) -> float | jiter.LosslessFloat:
     """The float, when it is the number the text says (what the archive will hold); an
     overflow becomes infinity, which the payload refuses as out of range."""
     number = float(value)

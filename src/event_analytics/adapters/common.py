@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from event_analytics.adapters.enrich import Enricher, Seen
-from event_analytics.adapters.flatten import Dropped, Scalar, flatten_into
+from event_analytics.adapters.flatten import Dropped, Scalar, flatten_into, number, problem
 from event_analytics.adapters.names import MAX_TYPE_LENGTH
 from event_analytics.model import MAX_PROPERTY_STRING, FieldError
 
@@ -75,11 +75,17 @@ def build_payload(
     A mapped string longer than the payload allows is dropped like a sent one.
     """
     payload: dict[str, Scalar] = {}
-    for name, value in ours.items():
-        if value is None:
+    for name, sent_value in ours.items():
+        if sent_value is None:
             continue
-        if isinstance(value, str) and len(value) > MAX_PROPERTY_STRING and name != "page_url":
-            mapped.dropped.append(Dropped(name, "too_long"))
+        if isinstance(sent_value, str):
+            why = "too_long" if len(sent_value) > MAX_PROPERTY_STRING else None
+            value: Any = sent_value
+        else:  # a number sent (Plausible's revenue amount): the same rules as properties'
+            value = number(sent_value)
+            why = problem(value)
+        if why is not None and name != "page_url":
+            mapped.dropped.append(Dropped(name, why))
             continue
         payload[name] = value
     bot = False

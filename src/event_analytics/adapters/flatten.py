@@ -8,17 +8,23 @@
 - ``duplicate_name``: two names that normalise to the same one (the first is kept);
 - ``reserved``: a name our mapping sets itself (``page_url``, ``event_name``, ...);
 - ``too_long``: a string longer than ``model.MAX_PROPERTY_STRING`` characters;
-- ``out_of_range``: an integer outside 64 bits;
+- ``out_of_range``: an integer outside 64 bits, or a float beyond the float range;
+- ``not_exact``: a float whose text is not the number a 64-bit float holds (issue 13's
+  number model, as on /events: ``0.12345678901234567890123`` is not stored as ``0.1234...``);
 - ``too_many``: past ``model.MAX_PROPERTIES`` properties in all (ours count first).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jiter import LosslessFloat
+
 from event_analytics.adapters.names import property_name
+from event_analytics.decode import exact_number
 from event_analytics.model import MAX_INT, MAX_PROPERTIES, MAX_PROPERTY_STRING, MIN_INT
 
 MAX_DEPTH = 4
@@ -30,6 +36,7 @@ DROP_REASONS = (
     "reserved",
     "too_long",
     "out_of_range",
+    "not_exact",
     "too_many",
 )
 
@@ -45,7 +52,7 @@ class Dropped:
         return {"property": self.property, "reason": self.reason}
 
 
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = (str, int, float, bool, type(None), LosslessFloat)
 
 
 def _leaves(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
@@ -64,7 +71,18 @@ def _leaves(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...]
         yield path, value
 
 
-def _problem(value: Any) -> str | None:
+def number(value: Any) -> Any:
+    """A parsed float (decode.parse_json leaves them LosslessFloat) as the float it is, or
+    left a LosslessFloat when no float is exactly it (``problem`` says ``not_exact``)."""
+    return exact_number(value) if isinstance(value, LosslessFloat) else value
+
+
+def problem(value: Any) -> str | None:
+    """Why a leaf (after ``number``) cannot be a payload value, or None."""
+    if isinstance(value, LosslessFloat):
+        return "not_exact"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "out_of_range"
     if isinstance(value, dict | list):
         # Empty containers have no leaves and vanish without loss; a non-empty one here
         # sits deeper than MAX_DEPTH.
@@ -96,9 +114,10 @@ def flatten_into(
         shown = ".".join(path)
         if isinstance(value, dict | list) and not value:
             continue
-        problem = _problem(value)
-        if problem is not None:
-            dropped.append(Dropped(shown[:128], problem))
+        value = number(value)
+        why = problem(value)
+        if why is not None:
+            dropped.append(Dropped(shown[:128], why))
             continue
         name = property_name(shown)
         if name is None:

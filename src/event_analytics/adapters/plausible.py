@@ -14,12 +14,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-import orjson
+from jiter import LosslessFloat
 
 from event_analytics.adapters import names
 from event_analytics.adapters.common import Mapped, bot_type, build_payload, iso_z
 from event_analytics.adapters.enrich import Enricher, Seen
-from event_analytics.adapters.flatten import Scalar
+from event_analytics.adapters.flatten import Scalar, number
+from event_analytics.decode import parse_json
+from event_analytics.model import DuplicateKey, MalformedJSON
 
 FIELDS = {"n": "name", "u": "url", "d": "domain", "r": "referrer", "p": "props", "m": "props",
           "meta": "props", "$": "revenue", "i": "interactive", "h": "hash"}  # fmt: skip
@@ -47,11 +49,14 @@ def long_keys(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _json_object(value: Any) -> dict[str, Any] | None:
-    # The tracker sends props and revenue as JSON text inside the JSON body.
+    # The tracker sends props and revenue as JSON text inside the JSON body: read by the
+    # same decoder as the body (a key twice in it refuses the request, as in the body).
     if isinstance(value, str):
         try:
-            value = orjson.loads(value)
-        except orjson.JSONDecodeError:
+            value = parse_json(value)
+        except DuplicateKey:
+            raise
+        except MalformedJSON:
             return None
     return value if isinstance(value, dict) else None
 
@@ -88,8 +93,8 @@ def map_event(
     revenue = _json_object(event.get("revenue"))
     if revenue is not None:
         amount, currency = revenue.get("amount"), revenue.get("currency")
-        if isinstance(amount, int | float | str) and not isinstance(amount, bool):
-            ours["revenue_amount"] = amount
+        if isinstance(amount, int | float | str | LosslessFloat) and not isinstance(amount, bool):
+            ours["revenue_amount"] = number(amount)  # a LosslessFloat checked by build_payload
         if isinstance(currency, str):
             ours["revenue_currency"] = currency
     props = _json_object(event.get("props")) or {}

@@ -8,12 +8,14 @@ docs/api.md ("Segment").
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 import orjson
+from jiter import LosslessFloat
 
 from event_analytics.adapters import names
 from event_analytics.adapters.common import (
@@ -26,6 +28,7 @@ from event_analytics.adapters.common import (
 )
 from event_analytics.adapters.enrich import Enricher, Seen
 from event_analytics.adapters.flatten import Scalar
+from event_analytics.decode import parse_json
 from event_analytics.model import FieldError, InvalidEvent, MalformedJSON
 
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -61,14 +64,30 @@ def event_id(message_id: str) -> str:
 
 
 def load(body: bytes) -> dict[str, Any]:
-    """The JSON object of a request body (MalformedJSON otherwise)."""
-    try:
-        envelope = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedJSON(str(exc)) from None
+    """The JSON object of a request body (MalformedJSON, DuplicateKey otherwise).
+
+    Read by the one decoder of every ingest path (``decode.py``): integers exact at any
+    size, floats as their text until ``flatten`` checks them, a key twice refused.
+    """
+    envelope = parse_json(body)
     if not isinstance(envelope, dict):
         raise MalformedJSON("the body must be a JSON object")
     return envelope
+
+
+def _number_text(value: Any) -> Any:
+    if isinstance(value, LosslessFloat):
+        return orjson.Fragment(bytes(value))  # as sent
+    raise TypeError
+
+
+def json_size(message: Any) -> int:
+    """Bytes of a message as compact JSON (about what it took in the body)."""
+    try:
+        return len(orjson.dumps(message, default=_number_text))
+    except orjson.JSONEncodeError:  # an integer past 64 bits: rare, so the slow encoder
+        text = json.dumps(message, default=lambda v: bytes(v).decode(), separators=(",", ":"))
+        return len(text.encode())
 
 
 def write_key(envelope: Mapping[str, Any]) -> str | None:
@@ -145,7 +164,7 @@ def map_message(
     raw_id = message.get("messageId")
     if isinstance(raw_id, str):
         out.ref = raw_id[:MAX_MESSAGE_ID]
-    if check_size and len(orjson.dumps(message)) > MAX_MESSAGE_BYTES:
+    if check_size and json_size(message) > MAX_MESSAGE_BYTES:
         return out.reject(
             "message_too_large", "", f"a message is at most {MAX_MESSAGE_BYTES} bytes as JSON"
         )
