@@ -9,6 +9,7 @@ Set EA_DOCS_SCREENSHOT=1 (or run `make screenshot`) to also write docs/dashboard
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import shutil
@@ -18,13 +19,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from event_analytics import dashboard
 from tests.backends import Backend
 from tests.browser import render, run_chromium
-from tests.helpers import HTTP, event
+from tests.helpers import DESKTOP_CHROME, HTTP, event
 from tests.png import colour_counts, near
 from tests.scrape import scrape, value
 from tests.servers import ServiceProcess, stopped_after
@@ -160,10 +163,10 @@ def test_dashboard_renders_what_was_sent(
     # The chart: a painted canvas, and its data (the page's data table) equal to the model.
     (canvas,) = dom["chart"].all("canvas")
     assert int(canvas.attrs["width"] or 0) > 300 and int(canvas.attrs["height"] or 0) > 100
-    rows = [r for r in dom["chart-data"].all("tr") if "data-minute" in r.attrs]
+    rows = [r for r in dom["chart-data"].all("tr") if "data-start" in r.attrs]
     assert len(rows) == 60
     shown = {
-        datetime.fromisoformat(str(r.attrs["data-minute"])): tuple(
+        datetime.fromisoformat(str(r.attrs["data-start"])): tuple(
             int(td.text().replace(",", "")) for td in r.all("td")[1:]
         )
         for r in rows
@@ -196,6 +199,10 @@ def test_dashboard_renders_what_was_sent(
     ranked = sorted(model.pages.items(), key=lambda kv: (-kv[1], kv[0]))
     assert table == [(u, c, len(model.page_users[u]), u) for u, c in ranked]
     assert dom["top-pages-empty"].attrs.get("hidden") is not None
+    # Native events carry no referrer, address or User-Agent: one row each, without a value.
+    whole = [("", len(events), len({e["user_id"] for e in events}))]
+    for table in ("sources", "countries", "devices"):
+        assert breakdown_table(dom, table) == whole, table
 
     # Archive panel, after the archiver caught up.
     assert dom["archive-status"].attrs["data-value"] == "healthy"
@@ -245,7 +252,10 @@ def test_dashboard_says_when_the_service_is_unreachable(chromium: str, tmp_path:
     banner = dom["error"]
     assert banner.attrs.get("hidden") is None
     assert "Service unreachable" in banner.text(), banner.text()
-    assert len(banner.all("li")) == 4  # timeseries, realtime, persistent/status, metrics
+    # timeseries, realtime, persistent/status, metrics, and the breakdowns' query (once)
+    assert [li.text().split(":")[0] for li in banner.all("li")] == [
+        "GET /analytics/timeseries", "GET /analytics/realtime", "GET /persistent/status",
+        "GET /metrics", "POST /analytics/query"]  # fmt: skip
     assert dom["status-text"].text() == "no data yet"
 
 
@@ -304,3 +314,140 @@ def test_dashboard_with_a_read_key(
     dom = render(chromium, tmp_path / "key", f"{keyed_service.url}/dashboard#key={READ_KEY}")
     assert dom["error"].attrs.get("hidden") is not None, dom["error"].text()
     assert dom["active-users"].text() == "3"
+
+
+# ---- sources, countries, devices and the range picker -----------------------------------
+
+# Known mappings the test relies on: what each sent value must become.
+COUNTRY_OF = {"81.2.69.160": "GB", "8.8.8.8": "US", "193.99.144.80": "DE",
+              "200.147.67.142": "BR", "133.242.0.1": "JP"}  # fmt: skip
+IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 "
+          "(KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1")  # fmt: skip
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+DEVICE_OF = {DESKTOP_CHROME: "desktop", IPHONE: "mobile", GOOGLEBOT: "bot"}
+SITE = "https://shop.example"
+# (referrer, page query) -> the source shown; None: no source (direct, or moving in the site)
+SOURCE_OF = {
+    ("https://www.google.com/search?q=shoes", ""): "Google",
+    ("https://news.ycombinator.com/item?id=1", ""): "Hacker News",
+    ("https://t.co/x1", ""): "Twitter",
+    ("https://blog.friend.example/post", ""): "blog.friend.example",
+    ("", "?utm_source=newsletter&utm_medium=email"): "newsletter",
+    (f"{SITE}/", ""): None,
+    ("", ""): None,
+}
+
+
+@dataclass(frozen=True)
+class Visit:
+    ip: str
+    agent: str
+    referrer: str
+    query: str
+    page: str
+
+    @property
+    def visitor(self) -> tuple[str, str]:
+        return (self.ip, self.agent)  # the site is one: a visitor is its IP and User-Agent
+
+
+def visits(n: int) -> list[Visit]:
+    rng = random.Random(15)
+    out = []
+    for _ in range(n):
+        referrer, query = rng.choices(list(SOURCE_OF), weights=[7, 5, 3, 2, 4, 3, 6])[0]
+        agent = rng.choices(list(DEVICE_OF), weights=[6, 3, 1])[0]
+        ip = rng.choices(list(COUNTRY_OF), weights=[8, 6, 3, 2, 1])[0]
+        out.append(Visit(ip, agent, referrer, query, rng.choice(["/", "/shoes", "/cart"])))
+    return out
+
+
+def ranked(rows: dict[str | None, list[Visit]]) -> list[tuple[str, int, int]]:
+    """The query API's order: events descending, then the value (no value last)."""
+    order = sorted(rows.items(), key=lambda kv: (-len(kv[1]), kv[0] is None, kv[0] or ""))
+    return [(k or "", len(v), len({x.visitor for x in v})) for k, v in order][:10]
+
+
+def breakdown_table(dom: Any, table: str) -> list[tuple[str, int, int]]:
+    rows = dom[table].all("tbody")[0].all("tr")
+    return [(str(r.attrs["data-value"]), int(r.all("td")[1].attrs["data-value"] or -1),
+             int(r.all("td")[2].attrs["data-value"] or -1)) for r in rows]  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=["embedded", "cluster"])
+def browser_service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """A service of its own: its archive holds only this test's page views."""
+    env = _engine_env(request, "dashsrc:")
+    with stopped_after(ServiceProcess(tmp_path_factory.mktemp("dash-src") / "data", env)) as svc:
+        yield svc
+
+
+def test_sources_countries_devices_and_the_range_picker(
+    browser_service: ServiceProcess, chromium: str, tmp_path: Path
+) -> None:
+    svc = browser_service
+    sent = visits(60)
+    for v in sent:  # as the script tag sends them, from a browser behind the trusted proxy
+        body = orjson.dumps({"n": "pageview", "u": f"{SITE}{v.page}{v.query}",
+                             "d": "shop.example", "r": v.referrer or None})  # fmt: skip
+        headers = {"content-type": "text/plain", "user-agent": v.agent, "x-forwarded-for": v.ip}
+        reply = HTTP.post(f"{svc.url}/api/event", content=body, headers=headers)
+        assert reply.status_code == 202, reply.text
+    until = datetime.now(UTC)
+    probe = {"date_range": "1h", "metrics": ["events"]}
+    deadline = time.monotonic() + 30
+    while True:  # until the archive's answers hold every page view sent
+        meta = HTTP.post(f"{svc.url}/analytics/query", json=probe).json()["meta"]
+        if datetime.fromisoformat(meta["archived_until"].replace("Z", "+00:00")) > until:
+            break
+        assert time.monotonic() < deadline, meta
+        time.sleep(0.3)
+
+    people = [v for v in sent if DEVICE_OF[v.agent] != "bot"]
+    bots = len(sent) - len(people)
+    assert 0 < bots < len(sent)
+    by_source: dict[str | None, list[Visit]] = {}
+    by_country: dict[str | None, list[Visit]] = {}
+    by_device: dict[str | None, list[Visit]] = {}
+    for v in people:
+        by_source.setdefault(SOURCE_OF[(v.referrer, v.query)], []).append(v)
+        by_country.setdefault(COUNTRY_OF[v.ip], []).append(v)
+        by_device.setdefault(DEVICE_OF[v.agent], []).append(v)
+
+    for name in ("1h", "24h"):
+        query = "" if name == "1h" else f"?range={name}"  # 1 h is the dashboard's default
+        dom = render(chromium, tmp_path, f"{svc.url}/dashboard{query}")
+        assert dom.console == []
+        assert dom["error"].attrs.get("hidden") is not None, dom["error"].text()
+        assert not [n.attrs.get("id") for n in dom.root.walk() if "stale" in n.classes()]
+        # The picker: its buttons (made by range.js), the range in the URL marked.
+        buttons = dom["ranges"].all("button")
+        assert [b.attrs["data-range"] for b in buttons] == ["1h", "24h", "7d", "30d"]
+        assert [b.attrs["data-range"] for b in buttons if "on" in b.classes()] == [name]
+        # Bots are in none of the numbers: not the live counters', not the breakdowns'.
+        assert dom.value("total-count") == len(people)
+        assert breakdown_table(dom, "sources") == ranked(by_source)
+        assert breakdown_table(dom, "countries") == ranked(by_country)
+        assert breakdown_table(dom, "devices") == ranked(by_device)
+        assert dom.value("bot-events") == bots
+        gb = next(r for r in dom["countries"].all("tr") if r.attrs.get("data-value") == "GB")
+        assert gb.all("a")[0].text() == "United Kingdom (GB)"
+        direct = next(r for r in dom["sources"].all("tr") if r.attrs.get("data-value") == "")
+        assert direct.all("a")[0].text() == "Direct / none"
+        assert "counted up to" in dom["breakdown-note"].text()
+        # The chart's buckets follow the range: 60 minutes, or 24 hours.
+        rows = [r for r in dom["chart-data"].all("tr") if "data-start" in r.attrs]
+        starts = [datetime.fromisoformat(str(r.attrs["data-start"])) for r in rows]
+        step = timedelta(minutes=1) if name == "1h" else timedelta(hours=1)
+        assert len(rows) == (60 if name == "1h" else 24)
+        assert all(a - b == step for a, b in itertools.pairwise(starts))  # newest first
+        assert sum(int(r.all("td")[1].text().replace(",", "")) for r in rows) == len(people)
+        assert dom["chart-unit"].text() == ("minute" if name == "1h" else "hour")
+
+    # Explore uses the same picker: the buttons come from the same script.
+    dom = render(chromium, tmp_path, f"{svc.url}/dashboard/explore?range=7d")
+    buttons = dom["ranges"].all("button")
+    assert [b.attrs["data-range"] for b in buttons] == ["1h", "24h", "7d", "30d"]
+    assert [b.attrs["data-range"] for b in buttons if "on" in b.classes()] == ["7d"]

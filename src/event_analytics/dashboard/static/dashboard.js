@@ -6,11 +6,31 @@
 
   const REFRESH_MS = 5000;
   const TIMEOUT_MS = 4000;
+  // The breakdowns read the archive (DuckDB over the hour files): every 30 s is plenty for
+  // numbers that move with the archiver, and spares the query pool five-second polling.
+  const BREAKDOWN_MS = 30000;
+  // What each range of the picker shows: the live counters' buckets (minute buckets for the
+  // last hour, hours for a day or a week, days for a month). ``points`` beyond the API's
+  // default for the interval are asked for with ``from``.
+  const VIEWS = {
+    "1h": { interval: "minute", seconds: 60, points: 60 },
+    "24h": { interval: "hour", seconds: 3600, points: 24 },
+    "7d": { interval: "hour", seconds: 3600, points: 168 },
+    "30d": { interval: "day", seconds: 86400, points: 30 },
+  };
+  const DEFAULT_POINTS = { minute: 60, hour: 24, day: 30 };
   // API paths are resolved against the page's folder, so a path prefix keeps working.
   const BASE = new URL(".", window.location.href);
   const params = new URLSearchParams(window.location.search);
   const EVENT_TYPE = params.get("event_type") || "page_view";
+  // Bots are counted apart, under their own type (bot_page_view): never in the numbers
+  // of EVENT_TYPE, shown on their own with ?event_type=bot_page_view.
+  const BOT_TYPE = EVENT_TYPE.startsWith("bot_") ? null : ("bot_" + EVENT_TYPE).slice(0, 64).replace(/_+$/, "");
   const NUM = new Intl.NumberFormat("en-US");
+  const REGIONS = typeof Intl.DisplayNames === "function" ? new Intl.DisplayNames(["en"], { type: "region" }) : null;
+  let range = null; // the picked range: {name, words, from, to} (range.js)
+  let view = null; // VIEWS[range.name]
+  let breakdownsAt = null; // {at: ms, name: range} of the last breakdown round
 
   const $ = (id) => document.getElementById(id);
   let plot = null;
@@ -19,6 +39,7 @@
   let previousAccepted = null; // {at: ms, value: accepted events, all types} from /metrics
   let timer = null;
   let running = false;
+  let again = false; // a range picked while a round was in flight: run once more after it
 
   class ApiError extends Error {
     constructor(path, message, unreachable) {
@@ -41,18 +62,24 @@
   })();
   const HEADERS = KEY ? { "X-API-Key": KEY } : {};
 
-  // GET one endpoint; ApiError on a network failure, a timeout or a non-2xx answer.
-  async function get(path, query, asText) {
+  // One request (GET, or POST with a JSON body); ApiError on a network failure, a timeout
+  // or a non-2xx answer.
+  async function request(method, path, query, body, asText) {
     const url = new URL(path, BASE);
     for (const [k, v] of Object.entries(query || {})) url.searchParams.set(k, v);
     const abort = new AbortController();
     const timeout = setTimeout(() => abort.abort(), TIMEOUT_MS);
+    const init = { method, signal: abort.signal, cache: "no-store", headers: HEADERS };
+    if (body !== undefined) {
+      init.headers = { ...HEADERS, "Content-Type": "application/json" };
+      init.body = JSON.stringify(body);
+    }
     let response;
     try {
-      response = await fetch(url, { signal: abort.signal, cache: "no-store", headers: HEADERS });
+      response = await fetch(url, init);
     } catch (err) {
       const why = err.name === "AbortError" ? `no answer within ${TIMEOUT_MS / 1000} s` : "unreachable";
-      throw new ApiError(path, `GET /${path}: ${why}`, true);
+      throw new ApiError(path, `${method} /${path}: ${why}`, true);
     } finally {
       clearTimeout(timeout);
     }
@@ -60,15 +87,18 @@
       let detail = response.statusText;
       try {
         const problem = await response.json(); // RFC 9457 problem+json
-        detail = [problem.title, problem.detail].filter(Boolean).join(": ") || detail;
+        const reasons = (problem.errors || []).map((e) => `${e.field}: ${e.message}`).join("; ");
+        detail = [problem.title, reasons || problem.detail].filter(Boolean).join(": ") || detail;
       } catch (_) { /* not JSON: keep the status text */ }
       if (response.status === 401 || response.status === 403) {
         detail += " (this service needs a read key: open /dashboard#key=YOUR_READ_KEY)";
       }
-      throw new ApiError(path, `GET /${path}: ${response.status} ${detail}`, false);
+      throw new ApiError(path, `${method} /${path}: ${response.status} ${detail}`, false);
     }
     return asText ? response.text() : response.json();
   }
+  const get = (path, query, asText) => request("GET", path, query, undefined, asText);
+  const post = (path, body) => request("POST", path, null, body, false);
 
   function setNumber(id, value, text) {
     const el = $(id);
@@ -78,6 +108,12 @@
 
   const hhmm = (iso) => iso.slice(11, 16);
   const hhmmss = (date) => date.toISOString().slice(11, 19);
+  // A bucket's start as the chart and its table show it, for the range's interval.
+  function bucketLabel(iso) {
+    if (view.interval === "minute") return hhmm(iso);
+    if (view.interval === "day") return iso.slice(0, 10);
+    return view.points > 24 ? `${iso.slice(5, 10)} ${hhmm(iso)}` : hhmm(iso);
+  }
 
   function formatRate(perSecond) {
     if (perSecond >= 100) return NUM.format(Math.round(perSecond));
@@ -114,45 +150,115 @@
     const body = document.createElement("tbody");
     for (const p of series.points.slice().reverse()) {
       const row = body.insertRow();
-      row.dataset.minute = p.timestamp;
-      row.insertCell().textContent = hhmm(p.timestamp);
+      row.dataset.start = p.timestamp;
+      row.insertCell().textContent = bucketLabel(p.timestamp);
       row.insertCell().textContent = NUM.format(p.count);
       row.insertCell().textContent = NUM.format(p.unique_users);
     }
     $("chart-data").tBodies[0].replaceWith(body);
   }
 
-  function renderTopPages(top) {
+  // A ranked table (top pages, sources, countries, devices): rows of {key, label, link,
+  // count, users}, most first, each with a bar as wide as its share of the first row's.
+  function fillTable(tableId, rows, keyName) {
     const body = document.createElement("tbody");
-    const max = top.pages.length ? top.pages[0].count : 1;
-    for (const page of top.pages) {
+    const max = rows.length ? Math.max(1, rows[0].count) : 1;
+    for (const item of rows) {
       const row = body.insertRow();
-      row.dataset.pageUrl = page.page_url;
+      row.dataset[keyName] = item.key;
       const cell = row.insertCell();
       cell.className = "page";
       const bar = document.createElement("span");
       bar.className = "bar";
-      bar.style.width = `${(100 * page.count) / max}%`;
+      bar.style.width = `${(100 * item.count) / max}%`;
       const link = document.createElement("a");
-      link.textContent = page.page_url;
-      link.title = page.page_url;
-      if (/^https?:$/.test(safeProtocol(page.page_url))) {
-        link.href = page.page_url;
+      link.textContent = item.label;
+      link.title = item.key;
+      if (item.link && /^https?:$/.test(safeProtocol(item.key))) {
+        link.href = item.key;
         link.rel = "noopener noreferrer nofollow";
         link.target = "_blank";
       }
       cell.append(bar, link);
       const count = row.insertCell();
       count.className = "num count";
-      count.dataset.value = String(page.count);
-      count.textContent = NUM.format(page.count);
+      count.dataset.value = String(item.count);
+      count.textContent = NUM.format(item.count);
       const users = row.insertCell();
       users.className = "num users";
-      users.dataset.value = String(page.unique_users);
-      users.textContent = NUM.format(page.unique_users);
+      users.dataset.value = String(item.users);
+      users.textContent = NUM.format(item.users);
     }
-    $("top-pages").tBodies[0].replaceWith(body);
-    $("top-pages-empty").hidden = top.pages.length > 0;
+    $(tableId).tBodies[0].replaceWith(body);
+    $(`${tableId}-empty`).hidden = rows.length > 0;
+  }
+
+  function renderTopPages(top) {
+    const rows = top.pages.map((page) => ({
+      key: page.page_url, label: page.page_url, link: true, count: page.count, users: page.unique_users,
+    }));
+    fillTable("top-pages", rows, "pageUrl");
+  }
+
+  // ---- breakdowns from the archive (POST /analytics/query) ------------------------------
+
+  const UNSET = { source: "Direct / none", country: "unknown", device: "unknown" };
+
+  function breakdownQuery(dimensions, types) {
+    return post("analytics/query", {
+      date_range: range.name,
+      metrics: ["events", "visitors"],
+      dimensions,
+      filters: [["is", "event_type", types]],
+      pagination: { limit: 10 },
+    });
+  }
+
+  // Rows of one property's answer (the property's value is the last dimension).
+  function breakdownRows(results, name) {
+    return results.map((r) => {
+      const value = r.dimensions[r.dimensions.length - 1];
+      let label = value === null ? UNSET[name] : String(value);
+      if (name === "country" && value !== null && REGIONS) {
+        try { label = `${REGIONS.of(String(value))} (${value})`; } catch (_) { /* not a region code */ }
+      }
+      return { key: value === null ? "" : String(value), label, link: false, count: r.metrics[0], users: r.metrics[1] };
+    });
+  }
+
+  function renderBreakdown(tableId, name) {
+    return (answer) => {
+      fillTable(tableId, breakdownRows(answer.results, name), "value");
+      showFreshness(answer.meta.archived_until);
+    };
+  }
+
+  // Devices: the event type's rows, and its bots' (another type) summed apart.
+  function renderDevices(answer) {
+    const people = answer.results.filter((r) => r.dimensions[0] === EVENT_TYPE);
+    const bots = answer.results.filter((r) => r.dimensions[0] !== EVENT_TYPE);
+    fillTable("devices", breakdownRows(people, "device"), "value");
+    setNumber("bot-events", bots.reduce((sum, r) => sum + r.metrics[0], 0));
+    showFreshness(answer.meta.archived_until);
+  }
+
+  // One after another: the service runs few archive queries at once (EA_ANALYTICS_MAX_CONCURRENT,
+  // 503 past it), and the page should not take them all.
+  async function runBreakdowns() {
+    const settle = (promise) => promise.then(
+      (value) => ({ status: "fulfilled", value }), (reason) => ({ status: "rejected", reason }));
+    const sources = await settle(breakdownQuery(["property:source"], [EVENT_TYPE]));
+    const countries = await settle(breakdownQuery(["property:country"], [EVENT_TYPE]));
+    const devices = await settle(breakdownQuery(["event_type", "property:device"],
+      BOT_TYPE ? [EVENT_TYPE, BOT_TYPE] : [EVENT_TYPE]));
+    return [sources, countries, devices];
+  }
+
+  function showFreshness(archivedUntil) {
+    const note = $("breakdown-note");
+    note.dataset.archivedUntil = archivedUntil;
+    note.textContent = `Sources, countries and devices (${range.words}): exact, from the archive, ` +
+      `counted up to ${archivedUntil.slice(11, 19)} UTC · refreshed every ${BREAKDOWN_MS / 1000} s`;
   }
 
   function safeProtocol(url) {
@@ -217,8 +323,8 @@
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
       cursor: { points: { size: 7 } },
       scales: {
-        // Half a minute of room on each side, so the first and last bars are whole.
-        x: { time: true, range: (u, min, max) => [min - 30, max + 30] },
+        // Half a bucket of room on each side, so the first and last bars are whole.
+        x: { time: true, range: (u, min, max) => [min - view.seconds / 2, max + view.seconds / 2] },
         y: { range: (u, min, max) => [0, Math.max(5, Math.ceil(max * 1.15))] },
       },
       axes: [
@@ -226,7 +332,7 @@
           stroke: "#475569",
           grid: { stroke: "#e2e8f0" },
           ticks: { stroke: "#cbd5e1" },
-          values: (u, splits) => splits.map((ts) => new Date(ts * 1000).toISOString().slice(11, 16)),
+          values: (u, splits) => splits.map((ts) => bucketLabel(new Date(ts * 1000).toISOString())),
         },
         {
           stroke: "#475569",
@@ -236,7 +342,7 @@
         },
       ],
       series: [
-        { value: (u, ts) => (ts == null ? "–" : new Date(ts * 1000).toISOString().slice(11, 16) + " UTC") },
+        { value: (u, ts) => (ts == null ? "–" : bucketLabel(new Date(ts * 1000).toISOString()) + " UTC") },
         {
           label: EVENT_TYPE + " events",
           stroke: "#2563eb",
@@ -270,9 +376,10 @@
       ? "Service unreachable: the numbers below are not current."
       : "Some data could not be loaded: the greyed-out panels are not current.";
     const list = document.createElement("ul");
-    for (const err of errors) {
+    // Once each: the three breakdowns fail alike when the query API does.
+    for (const message of new Set(errors.map((e) => e.message))) {
       const item = document.createElement("li");
-      item.textContent = err.message;
+      item.textContent = message;
       list.append(item);
     }
     banner.append(title, list);
@@ -294,10 +401,25 @@
     text.dataset.updated = lastOk.toISOString();
   }
 
+  function seriesQuery() {
+    const query = { event_type: EVENT_TYPE, interval: view.interval };
+    if (view.points !== DEFAULT_POINTS[view.interval]) {
+      // The last ``points`` buckets, the current one included (what the default does).
+      const now = Date.now();
+      const current = now - (now % (view.seconds * 1000));
+      query.from = new Date(current - (view.points - 1) * view.seconds * 1000).toISOString();
+    }
+    return query;
+  }
+
   async function refresh() {
     const type = { event_type: EVENT_TYPE };
+    const now = Date.now();
+    const due = !breakdownsAt || breakdownsAt.name !== range.name || now - breakdownsAt.at >= BREAKDOWN_MS;
+    const breakdowns = due ? runBreakdowns() : null;
+    if (due) breakdownsAt = { at: now, name: range.name };
     const [series, realtime, archive, metrics] = await Promise.allSettled([
-      get("analytics/timeseries", { ...type, interval: "minute" }),
+      get("analytics/timeseries", seriesQuery()),
       get("analytics/realtime", type),
       get("persistent/status"),
       get("metrics", null, true),
@@ -328,6 +450,14 @@
     apply(top, renderTopPages, ["pages-panel"]);
     apply(archive, renderArchive, ["archive-panel"]);
     apply(metrics, renderMetrics, ["ingest-now"]);
+    if (breakdowns) {
+      const [sources, countries, devices] = await breakdowns;
+      apply(sources, renderBreakdown("sources", "source"), ["sources-panel"]);
+      apply(countries, renderBreakdown("countries", "country"), ["countries-panel"]);
+      apply(devices, renderDevices, ["devices-panel"]);
+      // A failed round is tried again at the next refresh, not in 30 s.
+      if ([sources, countries, devices].some((r) => r.status === "rejected")) breakdownsAt = null;
+    }
 
     failing = errors.length > 0;
     if (!failing) lastOk = new Date();
@@ -337,7 +467,10 @@
   }
 
   async function loop() {
-    if (running) return; // a tab made visible again while a round is in flight
+    if (running) {
+      again = true; // a tab made visible again, or a range picked, while a round is in flight
+      return;
+    }
     running = true;
     clearTimeout(timer);
     try {
@@ -349,11 +482,33 @@
     } finally {
       running = false;
     }
+    if (again) {
+      again = false;
+      loop();
+      return;
+    }
     // Poll again only after this round finished: a slow service never gets a pile-up.
     if (!document.hidden) timer = setTimeout(loop, REFRESH_MS);
   }
 
+  function pickRange(picked) {
+    range = picked;
+    view = VIEWS[range.name];
+    for (const el of document.querySelectorAll(".range-words")) el.textContent = range.words;
+    $("chart-unit").textContent = view.interval;
+    $("chart-unit-head").textContent = `${view.interval} (UTC)`;
+  }
+
   function start() {
+    pickRange(window.EARange.install($("ranges"), (picked) => { pickRange(picked); loop(); }, "1h"));
+    for (const el of document.querySelectorAll(".bot-type")) el.textContent = BOT_TYPE || "";
+    if (BOT_TYPE) {
+      const link = new URLSearchParams(window.location.search);
+      link.set("event_type", BOT_TYPE);
+      $("bot-link").href = `?${link}`;
+    } else {
+      $("bots").hidden = true;
+    }
     for (const el of document.querySelectorAll(".type-name")) el.textContent = EVENT_TYPE;
     $("event-type").textContent = EVENT_TYPE;
     document.title = `${EVENT_TYPE} · event-analytics`;

@@ -163,7 +163,7 @@
   function start() {
     range = window.EARange.install($("ranges"), (picked) => {
       range = picked; showRange(); runFunnel(); runRetention(); loadTypes();
-    });
+    }, "24h");
     showRange();
     const steps = (params.get("steps") || "page_view,signup").split(",").slice(0, MAX_STEPS);
     for (const s of steps) addStep(s);
