@@ -64,14 +64,24 @@ def _engine_env(request: pytest.FixtureRequest, prefix: str) -> dict[str, str]:
     return backend.env
 
 
+def _serve(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    env: dict[str, str] | None = None,
+) -> Iterator[ServiceProcess]:
+    """A service of its own (archive, key prefix ``name:``) on the fixture's engine."""
+    env = _engine_env(request, f"{name}:") | (env or {})
+    with stopped_after(ServiceProcess(tmp_path_factory.mktemp(name) / "data", env)) as svc:
+        yield svc
+
+
 @pytest.fixture(scope="module", params=["embedded", "cluster"])
 def service(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """The service as `make run` starts it (embedded Valkey), or on the cluster; archiver on."""
-    env = _engine_env(request, "dash:")
-    with stopped_after(ServiceProcess(tmp_path_factory.mktemp("dashboard") / "data", env)) as svc:
-        yield svc
+    yield from _serve(request, tmp_path_factory, "dash")
 
 
 def minute_of(ts: datetime) -> datetime:
@@ -286,10 +296,7 @@ def keyed_service(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """The service with its read scope closed (EA_READ_KEYS)."""
-    env = _engine_env(request, "dashkey:") | {"EA_READ_KEYS": READ_KEY}
-    data_dir = tmp_path_factory.mktemp("dashboard-keyed") / "data"
-    with stopped_after(ServiceProcess(data_dir, env=env)) as svc:
-        yield svc
+    yield from _serve(request, tmp_path_factory, "dashkey", {"EA_READ_KEYS": READ_KEY})
 
 
 READ_KEY = "dashboard-read-key-0123456789"
@@ -379,9 +386,7 @@ def browser_service(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     """A service of its own: its archive holds only this test's page views."""
-    env = _engine_env(request, "dashsrc:")
-    with stopped_after(ServiceProcess(tmp_path_factory.mktemp("dash-src") / "data", env)) as svc:
-        yield svc
+    yield from _serve(request, tmp_path_factory, "dashsrc")
 
 
 def test_sources_countries_devices_and_the_range_picker(
