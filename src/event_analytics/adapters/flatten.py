@@ -114,8 +114,11 @@ def flatten_into(
         shown = ".".join(path)
         if isinstance(value, dict | list) and not value:
             continue
-        value = number(value)
-        why = problem(value)
+        if type(value) is str:  # most leaves: one check, not problem()'s chain
+            why = "too_long" if len(value) > MAX_PROPERTY_STRING else None
+        else:
+            value = number(value)
+            why = problem(value)
         if why is not None:
             dropped.append(Dropped(shown[:128], why))
             continue
