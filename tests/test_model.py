@@ -141,6 +141,26 @@ def test_every_decoded_event_can_be_stored_and_archived(
     assert record["user_id"] == user and record["payload"]["page_url"] == "https://a.example/"
 
 
+@given(
+    payload=st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True), payload_values,
+                            max_size=5),
+    page=st.sampled_from([None, "https://a.example/", "http://b.example/x?y=1"]),
+)  # fmt: skip
+def test_the_records_payload_is_what_pydantic_dumps(
+    payload: dict[str, object], page: str | None
+) -> None:
+    # as_record() stands in for model_dump(exclude_none=True) on the hot path: the archive
+    # must hold the same payload, key order included.
+    body = {"event_id": str(uuid.uuid4()), "user_id": "u", "timestamp": "2026-11-27T22:14:05Z",
+            "event_type": "click", "payload": {**payload, "page_url": page}}  # fmt: skip
+    try:
+        event = decode_event(json.dumps(body))
+    except (InvalidEvent, MalformedJSON):
+        return
+    dumped = event.payload.model_dump(exclude_none=True)
+    assert list(event.payload.as_record().items()) == list(dumped.items())
+
+
 @pytest.mark.parametrize(
     ("value", "code"),
     [({"a": 1}, "invalid_property_value"), ([1, 2], "invalid_property_value"),

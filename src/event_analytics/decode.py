@@ -61,18 +61,32 @@ def decode_json(body: bytes | str) -> Any:
 # Events are flat: an event's values (depth 1 in a body of one event, 3 in a batch) and
 # its payload's (2 or 4). Deeper values are refused by the schema anyway (no nesting).
 _MAX_DEPTH = 4
+_Lossless = jiter.LosslessFloat
 
 
 def _floats(value: Any, depth: int) -> Any:
-    if isinstance(value, jiter.LosslessFloat):
+    if type(value) is _Lossless:
         return exact_number(value)
-    if depth >= _MAX_DEPTH:
-        return value
-    if isinstance(value, dict):
-        return {k: _floats(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_floats(v, depth + 1) for v in value]
+    if type(value) is dict or type(value) is list:
+        _floats_in(value, depth)
     return value
+
+
+def _floats_in(container: dict[str, Any] | list[Any], depth: int) -> None:
+    """Replace, in place, the LosslessFloats of ``container`` (the values at ``depth`` + 1)
+    and of its containers down to ``_MAX_DEPTH``."""
+    if depth >= _MAX_DEPTH:
+        return
+    pairs = container.items() if type(container) is dict else enumerate(container)
+    found: list[tuple[Any, float | jiter.LosslessFloat]] = []
+    for key, value in pairs:
+        kind = type(value)
+        if kind is _Lossless:
+            found.append((key, exact_number(value)))
+        elif kind is dict or kind is list:
+            _floats_in(value, depth + 1)
+    for key, number in found:
+        container[key] = number
 
 
 def exact_number(value: jiter.LosslessFloat) -> float | jiter.LosslessFloat:

@@ -50,7 +50,7 @@ class Refused:
     errors: tuple[FieldError, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: that costs ~1 us per event of a batch
 class ItemResult:
     """One event of a batch: accepted, duplicate, or rejected with its reasons."""
 
@@ -161,7 +161,7 @@ class Ingestor:
         if replay:
             record = b""
         else:
-            payload = event.payload.model_dump(exclude_none=True)
+            payload = event.payload.as_record()
             record = encode(
                 Record(event.event_id, event.user_id, ts, event.event_type, payload, now)
             )

@@ -1,8 +1,14 @@
-"""The seed's persistent-events endpoints: archive status and files."""
+"""The seed's persistent-events endpoints: archive status and files.
+
+Listing, stat-ing and counting archive files runs in a worker thread, never on the event
+loop: a slow or busy disk (the archiver fsyncs onto it) must not stall ingest.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -34,7 +40,7 @@ async def status(request: Request) -> dict[str, Any]:
     streams = deps.streams(request)
     backlog = await streams.backlog()
     archivers = await streams.archivers(fresh_s=3 + settings.archiver_lease_s)
-    found = list_files(settings.archive_path)
+    found = await asyncio.to_thread(list_files, settings.archive_path)
     blocked = [a for a in archivers.values() if a.get("state") == "blocked"]
     fsyncs = [a["last_fsync"] for a in archivers.values() if a.get("last_fsync")]
     # Events cannot reach the archive while the engine refuses them (full, evicting,
@@ -74,6 +80,10 @@ async def status(request: Request) -> dict[str, Any]:
 async def files(request: Request) -> dict[str, Any]:
     root = deps.settings(request).archive_path
     counter: LineCounter = request.app.state.line_counter
+    return await asyncio.to_thread(_files, root, counter)
+
+
+def _files(root: Path, counter: LineCounter) -> dict[str, Any]:
     found = list_files(root)
     rows = [
         {

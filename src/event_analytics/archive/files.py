@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -166,12 +167,20 @@ def read_lines(paths: Iterable[Path]) -> Iterator[bytes]:
 
 
 class LineCounter:
-    """Event counts per file, re-reading only what was appended since the last call."""
+    """Event counts per file, re-reading only what was appended since the last call.
+
+    Called from worker threads (never on the event loop), so one count at a time.
+    """
 
     def __init__(self) -> None:
         self._seen: dict[Path, tuple[int, int]] = {}  # path -> (bytes counted, lines)
+        self._lock = threading.Lock()
 
     def count(self, path: Path, size: int) -> int:
+        with self._lock:
+            return self._count(path, size)
+
+    def _count(self, path: Path, size: int) -> int:
         done, lines = self._seen.get(path, (0, 0))
         if size < done:  # cut back (torn-line repair): count again from the start
             done, lines = 0, 0
