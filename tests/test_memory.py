@@ -16,6 +16,7 @@ import redis
 
 from benchmarks.procs import EngineProcess
 from event_analytics.store.embedded import default_maxmemory, url_file
+from tests.cluster import ClusterProcess
 from tests.helpers import HTTP, event
 from tests.scrape import scrape, value
 from tests.servers import ServiceProcess, stopped_after
@@ -106,8 +107,9 @@ def test_engine_at_maxmemory_turns_readiness_red(own_valkey: EngineProcess, tmp_
             archive = HTTP.get(f"{svc.url}/persistent/status").json()
             assert archive["status"] == "engine_full", archive
             samples = scrape(svc.url)
-            limit = value(samples, "ea_engine_memory_limit_bytes")
-            assert limit == used // 2 < value(samples, "ea_engine_memory_used_bytes"), samples
+            node = f"127.0.0.1:{own_valkey.port}"  # per node (master), by its address
+            limit = value(samples, "ea_engine_memory_limit_bytes", node=node)
+            assert limit == used // 2 < value(samples, "ea_engine_memory_used_bytes", node=node)
             assert value(samples, "ea_engine_errors_total", kind="full") >= 1
             client.config_set("maxmemory", "0")
             _until(lambda: _ready(svc)[0] == 200)
@@ -131,3 +133,23 @@ def test_embedded_engine_has_maxmemory_and_noeviction(setting: str, tmp_path: Pa
         assert config["maxmemory-policy"] == "noeviction"
         memory = _ready(svc)[1]["engine"]["memory"]  # type: ignore[index]
         assert memory["limit_bytes"] == want and memory["maxmemory_policy"] == "noeviction"
+
+
+def test_memory_metrics_are_per_master_on_a_cluster(
+    cluster: ClusterProcess, tmp_path: Path
+) -> None:
+    """One sample per master, labelled with its address: a sum hid one full master."""
+    masters = {node.port for node in cluster.masters()}
+    env = {"REDIS_CLUSTER_URL": cluster.url, "EA_KEY_PREFIX": "mm:"}
+    with stopped_after(ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])) as svc:
+        samples = scrape(svc.url)
+    used = {
+        dict(labels)["node"]: v
+        for (name, labels), v in samples.items()
+        if name == "ea_engine_memory_used_bytes"
+    }
+    assert {int(node.rsplit(":", 1)[1]) for node in used} == masters, used
+    assert all(v > 0 for v in used.values()), used
+    limits = [n for (name, labels), _ in samples.items() if name == "ea_engine_memory_limit_bytes"
+              for n in [dict(labels)["node"]]]  # fmt: skip
+    assert sorted(limits) == sorted(used)

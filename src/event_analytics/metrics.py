@@ -199,10 +199,10 @@ class ArchiveGauges:
 
 @dataclass(frozen=True, slots=True)
 class EngineGauges:
-    """The engine's memory at scrape time (summed over a cluster's masters)."""
+    """The engine's memory at scrape time, per master (``node``: its address): one full
+    master among healthy ones refuses its slots' writes, which a sum would hide."""
 
-    used_bytes: int
-    limit_bytes: int  # 0: no maxmemory
+    nodes: tuple[tuple[str, int, int], ...]  # (node, used bytes, maxmemory; 0 = none)
 
 
 class _ArchiveCollector(Collector):
@@ -224,16 +224,21 @@ class _ArchiveCollector(Collector):
             "Events in the archiver's dead-letter stream (NaN while unknown)",
             value=dead,
         )
-        yield GaugeMetricFamily(
+        used = GaugeMetricFamily(
             "ea_engine_memory_used_bytes",
-            "Memory the engine uses (INFO used_memory; NaN while unknown)",
-            value=float(self.engine.used_bytes) if self.engine else math.nan,
+            "Memory each engine node (master) uses (INFO used_memory; absent while unknown)",
+            labels=["node"],
         )
-        yield GaugeMetricFamily(
+        limit = GaugeMetricFamily(
             "ea_engine_memory_limit_bytes",
-            "The engine's maxmemory: writes are refused past it (0 = none; NaN while unknown)",
-            value=float(self.engine.limit_bytes) if self.engine else math.nan,
+            "Each master's maxmemory: its writes are refused past it (0 = none)",
+            labels=["node"],
         )
+        for node, used_bytes, limit_bytes in self.engine.nodes if self.engine else ():
+            used.add_metric([node], float(used_bytes))
+            limit.add_metric([node], float(limit_bytes))
+        yield used
+        yield limit
 
 
 def _registries(

@@ -58,12 +58,12 @@ async def archive_gauges(app: FastAPI) -> ArchiveGauges | None:
 
 
 async def engine_gauges(app: FastAPI) -> EngineGauges | None:
-    """The engine's memory used and its limit for /metrics, read at scrape time."""
+    """Each master's memory used and its limit for /metrics, read at scrape time."""
     watch: EngineWatch = app.state.watch
     memory = await watch.refresh()
     if memory is None:
         return None
-    return EngineGauges(memory.used_bytes, memory.limit_bytes)
+    return EngineGauges(tuple((n.node, n.used_bytes, n.limit_bytes) for n in memory.nodes))
 
 
 class App(FastAPI):

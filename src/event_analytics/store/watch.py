@@ -36,8 +36,18 @@ NO_EVICTION = "noeviction"
 
 
 @dataclass(frozen=True, slots=True)
+class NodeMemory:
+    """One master's memory: ``node`` is its address as the service reaches it."""
+
+    node: str
+    used_bytes: int
+    limit_bytes: int  # 0: no maxmemory
+
+
+@dataclass(frozen=True, slots=True)
 class EngineMemory:
-    """Memory of the engine (summed over a cluster's masters)."""
+    """Memory of the engine (summed over a cluster's masters), and of each master: one
+    full master among healthy ones refuses the writes of its slots."""
 
     used_bytes: int
     # 0 = no maxmemory on some master (then the machine is the limit).
@@ -46,6 +56,7 @@ class EngineMemory:
     policies: tuple[str, ...]
     # Some master at or over its maxmemory: with noeviction it refuses writes (OOM).
     full: bool
+    nodes: tuple[NodeMemory, ...] = ()
 
     @property
     def evicting_policy(self) -> str | None:
@@ -62,11 +73,15 @@ async def read_memory(client: Client) -> EngineMemory:
     async with engine_errors():
         if isinstance(client, RedisCluster):
             await client.initialize()
+            primaries = client.get_primaries()
+            names = [str(node.name) for node in primaries]
             infos = [
                 await client.execute_command("INFO", "memory", target_nodes=node)
-                for node in client.get_primaries()
+                for node in primaries
             ]
         else:
+            kwargs = client.connection_pool.connection_kwargs
+            names = [str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")]
             infos = [await client.info("memory")]
     used = [_int(i, "used_memory") for i in infos]
     limits = [_int(i, "maxmemory") for i in infos]
@@ -76,6 +91,9 @@ async def read_memory(client: Client) -> EngineMemory:
         limit_bytes=0 if 0 in limits else sum(limits),
         policies=tuple(sorted(policies)),
         full=any(limit and u >= limit for u, limit in zip(used, limits, strict=True)),
+        nodes=tuple(
+            NodeMemory(name, u, limit) for name, u, limit in zip(names, used, limits, strict=True)
+        ),
     )
 
 
