@@ -328,6 +328,23 @@ class StorageOutcomeUnknown(StorageUnavailable):
         )
 
 
+class EngineRefused(StorageUnavailable):
+    """The engine answers but refuses this client: protected mode (DENIED), a wrong or
+    missing password (WRONGPASS, NOAUTH), or an ACL user lacking a permission (NOPERM).
+    Retrying does not help; the operator's configuration does."""
+
+    slug, title = "storage-refused", "Storage refused the service"
+    reason = "engine_refused"
+    retry_after_s = 30
+
+    def __init__(self, code: str, fix: str) -> None:
+        super().__init__(f"the engine refused the service's connection ({code})")
+        self.code, self.fix = code, fix
+
+    def detail(self) -> str:
+        return f"{self}: {self.fix}; nothing was stored"
+
+
 class EngineFull(StorageUnavailable):
     """The engine is at its maxmemory and refuses writes (OOM, with noeviction)."""
 

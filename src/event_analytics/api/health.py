@@ -13,7 +13,7 @@ from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.config import Settings
-from event_analytics.model import StorageUnavailable
+from event_analytics.model import EngineRefused, StorageUnavailable
 from event_analytics.store.watch import EngineWatch
 from event_analytics.timebucket import iso_z
 
@@ -52,9 +52,13 @@ async def ready(request: Request) -> Response:
         error = str(exc) or "storage did not answer in time"
         body |= {
             "status": "unavailable",
-            "reason": "engine_unreachable",
-            "engine": {"reachable": False, "error": error},
+            # engine_unreachable, or engine_refused (it answers, but keeps us out).
+            "reason": getattr(exc, "reason", "engine_unreachable"),
+            "engine": {"reachable": isinstance(exc, EngineRefused), "error": error},
         }
+        if isinstance(exc, EngineRefused):
+            body["detail"] = exc.detail()  # what the operator changes: a retry will not do
+            return json_response(body, 503, headers=exc.headers())
         return json_response(body, 503, headers={"Retry-After": "1"})
     durable = engine["aof_enabled"] and engine["appendfsync"] == "always"
     engine |= {"reachable": True, "embedded": request.app.state.embedded}

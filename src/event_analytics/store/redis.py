@@ -20,7 +20,12 @@ from redis.backoff import NoBackoff
 from event_analytics import metrics
 from event_analytics.config import Settings
 from event_analytics.keys import Keys, page_digest
-from event_analytics.model import EngineFull, StorageOutcomeUnknown, StorageUnavailable
+from event_analytics.model import (
+    EngineFull,
+    EngineRefused,
+    StorageOutcomeUnknown,
+    StorageUnavailable,
+)
 from event_analytics.store import claims
 from event_analytics.store.cluster import cluster_info, connect_cluster
 from event_analytics.store.prepared import Bucket, PreparedEvent
@@ -45,6 +50,24 @@ _BUSY = (
 # The two transient replies redis-py has no class for: they arrive as ResponseError with
 # the code as the first word.
 _BUSY_UNMAPPED = ("MISCONF", "NOREPLICAS")
+# Replies refusing this client whatever it retries (the engine runs, its configuration
+# keeps the service out), with what the operator does about each. DENIED arrives as a
+# plain ResponseError to the first command of a connection; NOAUTH and WRONGPASS as
+# AuthenticationError (a ConnectionError), NOPERM as NoPermissionError.
+_REFUSED = {
+    "DENIED": (
+        "it runs in protected mode (no password for its default user, and the service "
+        "connects from another address than loopback): give the engine a password "
+        "(requirepass, or an ACL user) and put it in REDIS_URL (redis://:PASSWORD@host:port), "
+        "or bind it to a trusted network with protected-mode no"
+    ),
+    "NOAUTH": "it requires a password: put it in REDIS_URL (redis://:PASSWORD@host:port)",
+    "WRONGPASS": "the user or password in REDIS_URL is not the engine's: correct them",
+    "NOPERM": (
+        "the ACL user in REDIS_URL lacks a command or key permission: grant it the "
+        "service's keys (~PREFIX*) and commands (docs/deploy.md)"
+    ),
+}
 
 
 # Calls of more events than this write per distinct key (one INCRBY, one variadic SADD...),
@@ -89,6 +112,9 @@ async def engine_errors(*, write: bool = False) -> AsyncIterator[None]:
     """
     try:
         yield
+    except (rx.AuthenticationError, rx.NoPermissionError) as exc:
+        # Before ConnectionError, AuthenticationError's base: not an outage, a refusal.
+        raise _refused(exc) from exc
     except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
         metrics.engine_error("unreachable")
         if write and _sent(exc):
@@ -108,6 +134,8 @@ async def engine_errors(*, write: bool = False) -> AsyncIterator[None]:
         if code in _BUSY_UNMAPPED:
             metrics.engine_error("busy")
             raise StorageUnavailable(f"storage busy: {code}") from exc
+        if code in _REFUSED:
+            raise _refused(exc) from exc
         raise
     except (RuntimeError, AttributeError) as exc:
         # When a node dies, redis-py's cluster client may close a pooled connection while
@@ -126,6 +154,21 @@ async def engine_errors(*, write: bool = False) -> AsyncIterator[None]:
             metrics.engine_error("unreachable")
             raise StorageUnavailable("storage unreachable: no cluster node answers") from exc
         raise
+
+
+def _refused(exc: rx.RedisError) -> EngineRefused:
+    metrics.engine_error("refused")
+    code = str(exc).split(" ", 1)[0]
+    if code not in _REFUSED:  # redis-py replaced the code by its own words
+        if isinstance(exc, rx.NoPermissionError):
+            code = "NOPERM"
+        elif "authenticated" in str(exc) or "required" in str(exc):
+            # NOAUTH: "HELLO must be called with the client already authenticated ...",
+            # or "Authentication required." to a first command
+            code = "NOAUTH"
+        else:  # "invalid username-password pair ..." (WRONGPASS)
+            code = "WRONGPASS"
+    return EngineRefused(code, _REFUSED[code])
 
 
 def connect(settings: Settings) -> Client:
