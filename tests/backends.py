@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import pytest
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
@@ -120,3 +121,14 @@ class Backend:
         if isinstance(self.engine, ClusterProcess):
             return self.engine.nodes
         return [self.engine]
+
+
+def own_engine_env(request: pytest.FixtureRequest, prefix: str) -> dict[str, str]:
+    """Engine variables of a service a fixture starts itself, by its param: none for
+    "embedded" (the bundled Valkey, as `make run`), or the session's cluster, emptied under
+    a key prefix of the service's own (the session's services share the cluster)."""
+    if request.param == "embedded":
+        return {}
+    backend = Backend("cluster", request.getfixturevalue("cluster"), prefix=prefix)
+    backend.flush()
+    return backend.env

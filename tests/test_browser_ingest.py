@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.backends import own_engine_env
 from tests.helpers import (
     DESKTOP_CHROME,
     HTTP,
@@ -181,9 +182,10 @@ def test_api_event_answers(live: ServiceProcess) -> None:
     assert script.headers["content-type"].startswith("application/javascript")
 
 
-@pytest.fixture
-def logged(tmp_path: Path) -> Iterator[ServiceProcess]:
-    with stopped_after(ServiceProcess(tmp_path / "data", {"EA_ACCESS_LOG": "1"})) as svc:
+@pytest.fixture(params=["embedded", "cluster"])
+def logged(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServiceProcess]:
+    env = own_engine_env(request, "iplog:") | {"EA_ACCESS_LOG": "1"}
+    with stopped_after(ServiceProcess(tmp_path / "data", env)) as svc:
         yield svc
 
 

@@ -25,7 +25,7 @@ import orjson
 import pytest
 
 from event_analytics import dashboard
-from tests.backends import Backend
+from tests.backends import own_engine_env
 from tests.browser import render, run_chromium
 from tests.helpers import DESKTOP_CHROME, HTTP, event
 from tests.png import colour_counts, near
@@ -54,16 +54,6 @@ BANNER = (254, 242, 242)  # #fef2f2
 # ---- the service and its data -----------------------------------------------------------
 
 
-def _engine_env(request: pytest.FixtureRequest, prefix: str) -> dict[str, str]:
-    """No engine variables (the embedded Valkey, as `make run`), or the session's cluster,
-    emptied, with a key prefix of its own (the session's services use it too)."""
-    if request.param == "embedded":
-        return {}
-    backend = Backend("cluster", request.getfixturevalue("cluster"), prefix=prefix)
-    backend.flush()
-    return backend.env
-
-
 def _serve(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -71,7 +61,7 @@ def _serve(
     env: dict[str, str] | None = None,
 ) -> Iterator[ServiceProcess]:
     """A service of its own (archive, key prefix ``name:``) on the fixture's engine."""
-    env = _engine_env(request, f"{name}:") | (env or {})
+    env = own_engine_env(request, f"{name}:") | (env or {})
     with stopped_after(ServiceProcess(tmp_path_factory.mktemp(name) / "data", env)) as svc:
         yield svc
 

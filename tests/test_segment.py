@@ -19,6 +19,7 @@ from segment.analytics import Client
 from segment.analytics.request import APIError
 
 from event_analytics.adapters.segment import event_id
+from tests.backends import own_engine_env
 from tests.helpers import HTTP, LossyProxy, archived, total, wait_for
 from tests.servers import ServiceProcess, stopped_after
 
@@ -219,9 +220,9 @@ def test_bad_requests_are_problems_not_5xx(live: ServiceProcess, body: bytes, st
     assert reply.headers["content-type"] == "application/problem+json"
 
 
-@pytest.fixture
-def keyed(tmp_path: Path) -> Iterator[ServiceProcess]:
-    env = {"EA_WRITE_KEYS": WRITE_KEY}
+@pytest.fixture(params=["embedded", "cluster"])
+def keyed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServiceProcess]:
+    env = own_engine_env(request, "segkey:") | {"EA_WRITE_KEYS": WRITE_KEY}
     with stopped_after(ServiceProcess(tmp_path / "data", env)) as svc:
         yield svc
 
@@ -257,9 +258,12 @@ def test_the_routes_are_the_paths_security_knows() -> None:
     assert set(compat.ROUTES) == SEGMENT_PATHS | KEYLESS_PATHS
 
 
-@pytest.fixture
-def event_limited(tmp_path: Path) -> Iterator[ServiceProcess]:
-    env = {"EA_EVENT_LIMIT_PER_ADDRESS": "5", "EA_RATE_LIMIT_WINDOW_S": "3600"}
+@pytest.fixture(params=["embedded", "cluster"])
+def event_limited(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServiceProcess]:
+    env = own_engine_env(request, "segrl:") | {
+        "EA_EVENT_LIMIT_PER_ADDRESS": "5",
+        "EA_RATE_LIMIT_WINDOW_S": "3600",
+    }
     with stopped_after(ServiceProcess(tmp_path / "data", env)) as svc:
         yield svc
 
