@@ -172,8 +172,17 @@ local function dedup()
       out[j] = out[first[id]] == 2 and 2 or 0
     end
   end
-  local current = KEYS[2] .. g
-  expire_if_born(current, variadic('HSET', current, fresh), 'HLEN', (g + older + 1) * gen_s + 60)
+  -- The hash's birth from HSET's own reply: each call that stores ids also sets the field
+  -- "" (no id is empty), which is new only in a hash this call created (or one claim.lua
+  -- created: then the same expiry is set again). One command fewer than asking HLEN.
+  if #fresh > 0 then
+    local current = KEYS[2] .. g
+    fresh[#fresh + 1] = ''
+    fresh[#fresh + 1] = ''
+    if variadic('HSET', current, fresh) > (#fresh - 2) / 2 then
+      redis.call('EXPIREAT', current, (g + older + 1) * gen_s + 60)
+    end
+  end
 end
 
 
@@ -375,9 +384,14 @@ local function aggregated()
       local a = ea + 5 * i
       local b = B[tonumber(ARGV[a + 3])]
       local user, pn = ARGV[a + 1], tonumber(ARGV[a + 2])
-      local m = span(minutes, m_order, b.m, b.m_at)
-      local h = span(hours, h_order, b.h, b.h_at)
-      local d = span(days, d_order, b.d, b.d_at)
+      -- A bucket's spans, looked up once per call (buckets of one hour share its span).
+      local m, h, d = b.ms, b.hs, b.ds
+      if not m then
+        m = span(minutes, m_order, b.m, b.m_at)
+        h = span(hours, h_order, b.h, b.h_at)
+        d = span(days, d_order, b.d, b.d_at)
+        b.ms, b.hs, b.ds = m, h, d
+      end
       m.n, h.n, d.n = m.n + 1, h.n + 1, d.n + 1
       m.users[#m.users + 1] = user
       h.users[#h.users + 1] = user
