@@ -31,6 +31,9 @@ import httpx
 import orjson
 import pytest
 
+from event_analytics.ingest import Ingestor
+from event_analytics.store import Store
+from event_analytics.store.redis import AGGREGATE_ABOVE
 from tests.servers import ServiceProcess
 
 # One client for all tests: httpx.post() builds a new client (and TLS context) per call,
@@ -62,6 +65,21 @@ def event(
 
 
 IST = timezone(timedelta(hours=5, minutes=30))
+
+
+def run_store(db: Any, work: Any, aggregate_above: int = AGGREGATE_ABOVE, **settings: Any) -> Any:
+    """``await work(ingestor, store)`` on the Backend ``db`` (Settings from ``settings``,
+    e.g. a key prefix of its own: the session's services share the engine)."""
+
+    async def main() -> Any:
+        chosen = db.settings(**settings)
+        store = Store.from_settings(chosen, aggregate_above=aggregate_above)
+        try:
+            return await work(Ingestor(chosen, store), store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
 
 
 def seed_key(minute: datetime, event_type: str = "page_view") -> str:

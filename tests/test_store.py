@@ -26,7 +26,7 @@ from event_analytics.store.scripts import Lua, call_per_shard, source
 from event_analytics.store.streams import archive_lag_s
 from event_analytics.timebucket import Interval, floor
 from tests.backends import Backend
-from tests.helpers import event
+from tests.helpers import event, run_store
 
 
 def _events(n: int, minute: datetime, rng: random.Random) -> list[Event]:
@@ -48,16 +48,8 @@ def _run(  # type: ignore[no-untyped-def]
     aggregate_above: int = AGGREGATE_ABOVE,
     prefix: str = "st:",
 ):
-    async def main():  # type: ignore[no-untyped-def]
-        # A prefix of its own: the session's service (and its archiver) share this engine.
-        settings = db.settings(shards=shards, key_prefix=prefix, uniques=uniques)
-        store = Store.from_settings(settings, aggregate_above=aggregate_above)
-        try:
-            return await work(Ingestor(settings, store), store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
+    # A prefix of its own: the session's service (and its archiver) share this engine.
+    return run_store(db, work, aggregate_above, shards=shards, key_prefix=prefix, uniques=uniques)
 
 
 def test_sharded_batches_sum_exactly(db: Backend) -> None:
@@ -177,7 +169,11 @@ def test_every_key_expires_with_its_bucket(db: Backend, aggregate_above: int) ->
     }
     client = db.client(decode_responses=True)
     now = datetime.now(UTC).timestamp()
-    keys = sorted(k for k in db.scan("st:*") if not k.endswith(":stream"))
+    # The set of event types is kept for good (EA_MAX_EVENT_TYPES: a type taken keeps
+    # working), so it is the one key without an expiry.
+    types = Keys("st:").event_types(0)
+    assert client.ttl(types) == -1 and client.smembers(types) == {"click", "page_view"}
+    keys = sorted(k for k in db.scan("st:*") if not k.endswith(":stream") and k != types)
     kinds = defaultdict(list)
     for key in keys:
         kind = "seen" if ":seen:" in key else re.search(r":([mhd]):", key)[1]  # type: ignore[index]
@@ -309,6 +305,7 @@ def test_the_script_writes_exactly_the_names_keys_py_defines(
         ts = e.timestamp.astimezone(UTC)
         expected |= {keys.stream(shard), keys.seen(shard, int(now.timestamp()) // gen_s)}
         expected.add(keys.stream_extra(shard))  # one call: more than one event per shard
+        expected.add(keys.event_types(shard))
         for interval in Interval:
             start = floor(ts, interval)
             names = keys.bucket_keys(shard, e.event_type, interval, start)

@@ -12,9 +12,9 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 
-from event_analytics.store import PreparedEvent, Store
+from event_analytics.store import Outcome, PreparedEvent, Store
 
-Waiter = tuple[Sequence[PreparedEvent], "asyncio.Future[list[bool]]"]
+Waiter = tuple[Sequence[PreparedEvent], "asyncio.Future[list[Outcome]]"]
 
 
 class GroupCommit:
@@ -27,9 +27,9 @@ class GroupCommit:
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, events: Sequence[PreparedEvent]) -> list[bool]:
-        """Store ``events`` with whatever else is waiting; their new/duplicate flags."""
-        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+    async def submit(self, events: Sequence[PreparedEvent]) -> list[Outcome]:
+        """Store ``events`` with whatever else is waiting; their outcomes."""
+        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
         self._waiting.append((events, future))
         self._schedule()
         return await future
@@ -74,11 +74,12 @@ class GroupCommit:
                 # A caller that went away (client disconnect) no longer waits.
                 if future.done():
                     continue
-                failed = next((f for f in mine if isinstance(f, Exception)), None)
-                if failed is not None:
+                outcomes = [f for f in mine if not isinstance(f, Exception)]
+                if len(outcomes) < len(mine):
+                    failed = next(f for f in mine if isinstance(f, Exception))
                     future.set_exception(failed)  # its shard's outage: 503, retry is safe
                 else:
-                    future.set_result([bool(f) for f in mine])
+                    future.set_result(outcomes)
         finally:
             self._inflight -= 1
             if self._waiting:

@@ -112,6 +112,12 @@ class Settings(BaseSettings):
     max_batch_events: int = Field(default=1000, ge=1, le=10_000)
     future_skew_s: int = Field(default=5 * 60, ge=0)
     max_age_s: int = Field(default=7 * 24 * 3600, ge=60)
+    # Cardinality caps, enforced by the ingest script atomically with the write. Event
+    # types per shard, for good (a type taken keeps working; a new one past the cap is
+    # refused, 422 too_many_event_types). Pages per minute and hour bucket: a page new to
+    # a full bucket counts into "(other)" (totals stay exact; top pages say pages_capped).
+    max_event_types: int = Field(default=1000, ge=1)
+    max_pages_per_bucket: int = Field(default=10_000, ge=1)
     # How long an event id is remembered after it was first stored, whatever timestamp
     # or user a resend carries (kept up to 1.5 x this: see store/redis.py).
     dedup_window_s: int = Field(default=7 * 24 * 3600, ge=60)

@@ -27,8 +27,9 @@ from event_analytics.model import (
     MalformedJSON,
     StorageUnavailable,
     errors_from_validation,
+    too_many_event_types,
 )
-from event_analytics.store import Bucket, PreparedEvent, Store
+from event_analytics.store import Bucket, Outcome, PreparedEvent, Store
 from event_analytics.store.claims import SWEEP_AFTER_S
 from event_analytics.timebucket import iso_z, to_utc
 
@@ -177,6 +178,7 @@ class Ingestor:
         hour_end = epoch - epoch % 3600 + 3600
         day_end = epoch - epoch % 86400 + 86400
         bucket = Bucket(
+            event_type=event_type,
             stems=self.keys.stems(shard, event_type, iso[:16], iso[:13], iso[:10]),
             expire_at=(
                 minute_end + s.minute_retention_s,
@@ -191,7 +193,7 @@ class Ingestor:
         self._buckets[shard, event_type, iso[:16]] = bucket
         return bucket
 
-    async def _store(self, prepared: list[PreparedEvent]) -> list[bool]:
+    async def _store(self, prepared: list[PreparedEvent]) -> list[Outcome]:
         if self.batcher is not None:
             return await self.batcher.submit(prepared)
         return await self.store.ingest(prepared)
@@ -205,9 +207,16 @@ class Ingestor:
         except InvalidEvent as exc:
             metrics.event_rejected(exc.errors[0].code, event.event_type)
             raise
-        (new,) = await self._store([prepared])
-        metrics.event_stored(event.event_type, duplicate=not new)
-        return IngestResult(event_id=str(event.event_id), duplicate=not new)
+        (outcome,) = await self._store([prepared])
+        if outcome is Outcome.TOO_MANY_EVENT_TYPES:
+            refused = InvalidEvent([self._too_many_types(event.event_type)])
+            metrics.event_rejected(refused.errors[0].code, event.event_type)
+            raise refused
+        metrics.event_stored(event.event_type, duplicate=outcome is Outcome.DUPLICATE)
+        return IngestResult(event_id=str(event.event_id), duplicate=outcome is Outcome.DUPLICATE)
+
+    def _too_many_types(self, event_type: str) -> FieldError:
+        return too_many_event_types(event_type, self.store.caps.event_types)
 
     async def ingest_json(self, body: bytes) -> IngestResult:
         """Decode, validate and store one event given as raw JSON."""
@@ -266,9 +275,14 @@ class Ingestor:
                 results[index] = _rejected(index, event_id, _in_batch(where, index, exc.errors))
                 continue
             positions.append((index, event))
-        flags = await self._store(prepared) if prepared else []
+        outcomes = await self._store(prepared) if prepared else []
         stored: Counter[tuple[str, bool]] = Counter()
-        for (index, event), new in zip(positions, flags, strict=True):
+        for (index, event), outcome in zip(positions, outcomes, strict=True):
+            if outcome is Outcome.TOO_MANY_EVENT_TYPES:
+                errors = _in_batch(where, index, [self._too_many_types(event.event_type)])
+                results[index] = _rejected(index, str(event.event_id), errors)
+                continue
+            new = outcome is Outcome.NEW
             stored[event.event_type, not new] += 1
             status = "accepted" if new else "duplicate"
             results[index] = ItemResult(index, str(event.event_id), status)

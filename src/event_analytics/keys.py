@@ -40,6 +40,11 @@ _BUCKET_FAMILIES = {
 }
 
 
+# Where a bucket's pages beyond EA_MAX_PAGES_PER_BUCKET are counted: a member of the pages
+# (and page-user) sorted sets, like a URL. No page URL can be this (URLs are absolute).
+OTHER_PAGE = "(other)"
+
+
 @lru_cache(maxsize=4096)  # a call names each of its pages: the same few, again and again
 def page_digest(page_url: str) -> str:
     """The fixed-length part of a page HLL's name: 64-bit BLAKE2b of the URL, in hex.
@@ -120,6 +125,14 @@ class Keys:
     def seen_stem(self, shard: int) -> str:
         """The shard's dedup hashes without their generation: ``ea:{3}:seen:``."""
         return f"{self._base(shard)}:seen:"
+
+    def event_types(self, shard: int) -> str:
+        """Set of the event types the shard has counted (EA_MAX_EVENT_TYPES caps it).
+
+        Per shard, under its hash tag, so the ingest script checks and grows it in the
+        same atomic call as the write (one slot on a cluster). No expiry: a type, once
+        taken, keeps working (store/ingest.lua)."""
+        return f"{self._base(shard)}:types"
 
     def outbox(self, shard: int) -> str:
         """Hash event id -> event, of ids claimed on this shard whose user lives on another

@@ -359,6 +359,17 @@ class EngineFull(StorageUnavailable):
         )
 
 
+def too_many_event_types(event_type: str, limit: int) -> FieldError:
+    """The reason a new event type was refused: its shard holds EA_MAX_EVENT_TYPES."""
+    return FieldError(
+        "too_many_event_types",
+        "event_type",
+        f"event type {event_type!r} would be a new type, and the service is at its cap of "
+        f"{limit} event types (EA_MAX_EVENT_TYPES, per shard): nothing of this event was "
+        "stored; send one of the types in use, or ask the operator to raise the cap",
+    )
+
+
 class QueryTooCostly(InvalidQuery):
     """A read would merge more (bucket, page) entries than EA_MAX_QUERY_COST."""
 

@@ -214,7 +214,15 @@ def pages_rows(top: list[tuple[str, int]], users: list[int]) -> list[dict[str, A
     ]
 
 
-def top_pages_body(plan: PagesPlan, top: list[tuple[str, int]], users: list[int]) -> dict[str, Any]:
+def capped_fields(other: int) -> dict[str, Any]:
+    """Whether some bucket read held more pages than EA_MAX_PAGES_PER_BUCKET: their events
+    are counted (totals stay exact), but under no page, so the ranking may miss them."""
+    return {"pages_capped": other > 0, "other_pages_count": other}
+
+
+def top_pages_body(
+    plan: PagesPlan, top: list[tuple[str, int]], users: list[int], other: int
+) -> dict[str, Any]:
     return {
         "event_type": plan.event_type,
         "from": iso_z(plan.start),
@@ -222,6 +230,7 @@ def top_pages_body(plan: PagesPlan, top: list[tuple[str, int]], users: list[int]
         "bucket_interval": plan.level.value,
         **method_fields(plan.source),
         "pages": pages_rows(top, users),
+        **capped_fields(other),
     }
 
 
@@ -237,6 +246,7 @@ def realtime_body(
     series: Series,
     top: list[tuple[str, int]],
     users: list[int],
+    other: int,
 ) -> dict[str, Any]:
     (prev_count, prev_users), (cur_count, cur_users) = series.points[-2:]
     return {
@@ -261,4 +271,5 @@ def realtime_body(
             "unique_users": prev_users,
         },
         "top_pages": pages_rows(top, users),
+        **capped_fields(other),
     }

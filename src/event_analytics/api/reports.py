@@ -64,7 +64,16 @@ class PageRow(Figures):
     page_url: str
 
 
-class TopPages(BaseModel):
+class Capped(BaseModel):
+    pages_capped: bool = Field(
+        description="Some bucket read had more pages than EA_MAX_PAGES_PER_BUCKET: the "
+        "events of the pages past it are counted (totals stay exact) but ranked under no "
+        "page, so a page may be missing from the list or counted short"
+    )
+    other_pages_count: int = Field(description="The events of those pages (0 when not capped)")
+
+
+class TopPages(Capped):
     event_type: str
     from_: str = Field(alias="from")
     to: str
@@ -78,7 +87,7 @@ class Minute(Figures):
     timestamp: str
 
 
-class Realtime(BaseModel):
+class Realtime(Capped):
     event_type: str
     timestamp: str
     window: dict[str, str | int]
@@ -165,9 +174,9 @@ async def top_pages(
     reads = deps.reads(request)
     async with deps.heavy_reads(request).slot():
         top = await reads.top_pages(event_type, plan.level, plan.buckets, limit)
-        pages = [u for u, _ in top]
+        pages = [u for u, _ in top.pages]
         users = await reads.page_users(event_type, plan.level, plan.buckets, pages, plan.source)
-    return json_response(queries.top_pages_body(plan, top, users))
+    return json_response(queries.top_pages_body(plan, top.pages, users, top.other))
 
 
 @router.get(
@@ -190,5 +199,7 @@ async def realtime(
         event_type, Interval.MINUTE, [[m] for m in minutes], UserSource.SETS
     )
     top = await reads.top_pages(event_type, Interval.MINUTE, minutes, limit)
-    users = await reads.page_users(event_type, Interval.MINUTE, minutes, [u for u, _ in top])
-    return json_response(queries.realtime_body(event_type, now, minutes, series, top, users))
+    pages = [u for u, _ in top.pages]
+    users = await reads.page_users(event_type, Interval.MINUTE, minutes, pages)
+    body = queries.realtime_body(event_type, now, minutes, series, top.pages, users, top.other)
+    return json_response(body)

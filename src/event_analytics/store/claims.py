@@ -37,14 +37,17 @@ def encode(event: PreparedEvent, claimed_at: float) -> bytes:
     b = event.bucket
     return orjson.dumps(
         [claimed_at, event.shard, b.stems, b.expire_at, b.exact, b.dedup_window_s,
-         event.user_id, event.page_url, event.record.decode()]
+         event.user_id, event.page_url, event.record.decode(), b.event_type]
     )  # fmt: skip
 
 
 def decode(event_id: bytes, blob: bytes) -> tuple[float, PreparedEvent]:
     """(claimed_at, event) of an outbox entry."""
-    at, shard, stems, expire_at, exact, window, user, page, record = orjson.loads(blob)
-    bucket = Bucket(tuple(stems), tuple(expire_at), exact, window)
+    at, shard, stems, expire_at, exact, window, user, page, record, *rest = orjson.loads(blob)
+    # Entries parked before the event type was stored: it is the minute stem's third
+    # field from the end (``<prefix>{s}:<type>:m:<day>T<hh>:<mm>``).
+    event_type = rest[0] if rest else stems[0].rsplit(":", 4)[1]
+    bucket = Bucket(event_type, tuple(stems), tuple(expire_at), exact, window)
     return at, PreparedEvent(shard, bucket, event_id, user, page, record.encode())
 
 

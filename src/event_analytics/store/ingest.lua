@@ -9,7 +9,8 @@
 -- KEYS[2]            live: the stem of the shard's dedup hashes (keys.seen_stem); replay:
 --                    the stem of its replayed-call markers (keys.replayed_stem)
 -- KEYS[3]            the stream's extra records: sum over its entries of (records - 1)
--- per bucket b (0-based; a bucket = one event type and minute), KEYS[4+3b .. 6+3b]:
+-- KEYS[4]            the shard's set of event types (keys.event_types)
+-- per bucket b (0-based; a bucket = one event type and minute), KEYS[5+3b .. 7+3b]:
 --   the minute, hour and day stems (like ea:{3}:page_view:m:2026-11-27T22:14, keys.bucket)
 -- ARGV[1] events   ARGV[2] buckets   ARGV[3] distinct pages
 -- ARGV[4] "1": dedup, count and stream the events; "0": replay from the archive (rebuild):
@@ -19,11 +20,16 @@
 -- ARGV[6] "1": aggregate the writes per distinct key (big calls); "0": per event
 -- ARGV[7] seconds per dedup generation   ARGV[8] older generations still checked
 -- ARGV[9] this call's token (random, made once per call by the caller)
--- per bucket b, ARGV[10+3b .. 12+3b]: minute, hour, day expire-at (unix seconds)
+-- ARGV[10] the most event types the shard takes (Caps.event_types)
+-- ARGV[11] the most pages per minute and hour bucket (Caps.pages_per_bucket)
+-- ARGV[12], ARGV[13] the page the others count into past it (keys.OTHER_PAGE), its digest
+-- per bucket b, ARGV[14+4b .. 17+4b]: its event type; minute, hour, day expire-at (unix s)
 -- per page p, the next 2 ARGV: its URL and its digest (the page HLL's name, keys.py)
 -- per event i, the next 5 ARGV: id, user, page number (1-based; 0 = none),
 --   bucket number (1-based), the archived record (JSON; "" on replay)
--- Returns one integer per event: 1 = new (counted and streamed), 0 = duplicate (nothing changed).
+-- Returns one integer per event (store.Outcome): 1 = new (counted and streamed),
+-- 0 = duplicate (nothing changed), 2 = refused: a new event type on a shard that holds
+-- the most it takes (nothing of the event was written, its id is not remembered).
 local S_COUNT, S_USERS, S_HLL = ':count', ':users', ':hll'
 local S_PAGES, S_PAGE_USERS, S_PAGE_HLL = ':pages', ':page_users', ':page_hll:'
 
@@ -31,14 +37,16 @@ local n, nb, np = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local stream, live = KEYS[1], ARGV[4] == '1'
 local exact, aggregate = ARGV[5] == '1', ARGV[6] == '1'
 local gen_s, older, token = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local max_types, max_pages = tonumber(ARGV[10]), tonumber(ARGV[11])
+local OTHER = {url = ARGV[12], digest = ARGV[13]}
 local to_stream = live
 
 local B = {}
 for b = 0, nb - 1 do
-  local k, a = 4 + 3 * b, 10 + 3 * b
+  local k, a = 5 + 3 * b, 14 + 4 * b
   local m, h, d = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   B[b + 1] = {
-    m_at = ARGV[a], h_at = ARGV[a + 1], d_at = ARGV[a + 2],
+    type = ARGV[a], m_at = ARGV[a + 1], h_at = ARGV[a + 2], d_at = ARGV[a + 3],
     m = m, h = h, d = d,
     m_count = m .. S_COUNT, m_users = m .. S_USERS, m_pages = m .. S_PAGES,
     m_page_users = m .. S_PAGE_USERS,
@@ -48,7 +56,7 @@ for b = 0, nb - 1 do
   }
 end
 local P = {}
-local pa = 10 + 3 * nb
+local pa = 14 + 4 * nb
 for p = 0, np - 1 do
   P[p + 1] = {url = ARGV[pa + 2 * p], digest = ARGV[pa + 2 * p + 1]}
 end
@@ -72,9 +80,42 @@ local function expire_if_born(key, added, size_cmd, at)
   end
 end
 
--- out[i]: the reply (1 new, 0 duplicate); write[i]: whether this call counts event i.
+-- out[i]: the reply (1 new, 0 duplicate, 2 refused); write[i]: whether this call counts
+-- event i.
 local out, write = {}, {}
 local records = {}  -- of the new events, for the stream
+
+local function bucket_of(i)  -- 1-based event number -> its bucket
+  return B[tonumber(ARGV[ea + 5 * (i - 1) + 3])]
+end
+
+-- Event types: a shard takes at most ``max_types`` distinct ones, for good (the set has
+-- no expiry: a type it holds keeps working whatever else is sent; a new one past the cap
+-- is refused). Asked only for the types of the call's new events, before anything is
+-- written, so a refused event leaves nothing behind. Returns the set of allowed types.
+local function admit_types(events)
+  local names, listed = {}, {}
+  for _, i in ipairs(events) do
+    local t = bucket_of(i).type
+    if not listed[t] then
+      listed[t] = true
+      names[#names + 1] = t
+    end
+  end
+  local allowed, missing = {}, {}
+  local member = redis.call('SMISMEMBER', KEYS[4], unpack(names))
+  for j, t in ipairs(names) do
+    if member[j] == 1 then allowed[t] = true else missing[#missing + 1] = t end
+  end
+  if #missing > 0 then
+    local take = math.min(#missing, max_types - redis.call('SCARD', KEYS[4]))
+    if take > 0 then
+      for j = 1, take do allowed[missing[j]] = true end
+      redis.call('SADD', KEYS[4], unpack(missing, 1, take))
+    end
+  end
+  return allowed
+end
 
 -- Dedup by event id alone, whatever the event's timestamp or user: hashes id -> token of
 -- the call that stored it, one per generation of ``gen_s`` seconds of the engine's own
@@ -99,23 +140,49 @@ local function dedup()
       end
     end
   end
-  local taken, fresh = {}, {}
+  local first, candidates = {}, {}
   for j, id in ipairs(ids) do
-    if taken[id] then
-      out[j] = 0  -- twice in this call: the first one counts
+    if first[id] then
+      out[j] = first[id]  -- twice in this call: the first one counts (resolved below)
     else
-      taken[id] = true
+      first[id] = j
       if known[j] then
         out[j] = known[j] == token and 1 or 0
       else
-        out[j], write[j] = 1, true
-        fresh[#fresh + 1] = id
-        fresh[#fresh + 1] = token
+        candidates[#candidates + 1] = j
       end
     end
   end
-  local current = KEYS[2] .. g
-  expire_if_born(current, variadic('HSET', current, fresh), 'HLEN', (g + older + 1) * gen_s + 60)
+  local fresh = {}
+  if #candidates > 0 then
+    local allowed = admit_types(candidates)
+    for _, j in ipairs(candidates) do
+      if allowed[bucket_of(j).type] then
+        out[j], write[j] = 1, true
+        fresh[#fresh + 1] = ids[j]
+        fresh[#fresh + 1] = token
+      else
+        out[j] = 2
+      end
+    end
+  end
+  for j, id in ipairs(ids) do
+    if first[id] ~= j then
+      -- a repeat within the call: a duplicate of its first, or refused with it
+      out[j] = out[first[id]] == 2 and 2 or 0
+    end
+  end
+  -- The hash's birth from HSET's own reply: each call that stores ids also sets the field
+  -- "" (no id is empty), which is new only in a hash this call created (or one claim.lua
+  -- created: then the same expiry is set again). One command fewer than asking HLEN.
+  if #fresh > 0 then
+    local current = KEYS[2] .. g
+    fresh[#fresh + 1] = ''
+    fresh[#fresh + 1] = ''
+    if variadic('HSET', current, fresh) > (#fresh - 2) / 2 then
+      redis.call('EXPIREAT', current, (g + older + 1) * gen_s + 60)
+    end
+  end
 end
 
 
@@ -135,21 +202,39 @@ local function add_user(key, user, at)
   end
 end
 
+-- Pages: at most ``max_pages`` distinct ones per bucket; a page new to a full bucket
+-- counts into OTHER instead (so the bucket's page counts still sum to its events).
+-- Counts ``page`` (P[pn]) ``by`` times in ``pages``; returns the page it counted into
+-- (``page`` or OTHER), whether that was its first count in the bucket, and whether the
+-- zset was born in this call. Asks ZCARD only when a page is new to the bucket.
+local function place(pages, page, by, at)
+  if tonumber(redis.call('ZINCRBY', pages, by, page.url)) ~= by then
+    return page, false, false
+  end
+  local card = redis.call('ZCARD', pages)
+  if card == 1 then
+    redis.call('EXPIREAT', pages, at)
+    return page, true, true
+  end
+  if card <= max_pages then
+    return page, true, false
+  end
+  redis.call('ZREM', pages, page.url)
+  return OTHER, tonumber(redis.call('ZINCRBY', pages, by, OTHER.url)) == by, false
+end
+
 -- Counts ``page`` in ``pages`` and adds (page, user) to ``page_users`` (if given).
--- Returns true when this was the page's first count in the bucket.
+-- Returns the page counted into and whether this was its first count in the bucket.
 local function count_page(pages, page_users, page, user, at)
-  local first = tonumber(redis.call('ZINCRBY', pages, 1, page)) == 1
+  local counted, first, born = place(pages, page, 1, at)
   if page_users then
     -- "<url> NUL <user>": one page's users form one lexicographic range (see keys.py).
-    redis.call('ZADD', page_users, 0, page .. '\0' .. user)
-  end
-  if first and redis.call('ZCARD', pages) == 1 then
-    redis.call('EXPIREAT', pages, at)
-    if page_users then
+    redis.call('ZADD', page_users, 0, counted.url .. '\0' .. user)
+    if born then
       redis.call('EXPIREAT', page_users, at)
     end
   end
-  return first
+  return counted, first
 end
 
 -- An hour or a day: its count, its HLL, its exact users.
@@ -178,7 +263,7 @@ local function per_event()
     local b = B[tonumber(ARGV[a + 3])]
     if write[i + 1] then
       local user, pn = ARGV[a + 1], tonumber(ARGV[a + 2])
-      local page = pn > 0 and P[pn].url or nil
+      local page = pn > 0 and P[pn] or nil
       -- minute: exact count, exact users, pages with exact users per page.
       local m_first = redis.call('INCR', b.m_count) == 1
       redis.call('SADD', b.m_users, user)
@@ -196,14 +281,14 @@ local function per_event()
       -- hour pages: counts, a HyperLogLog per page (a key per page, at most 12 KiB) and,
       -- when exact, the page-user pairs (about 135 bytes each: see README "Memory").
       if page then
-        local page_hll = b.h .. S_PAGE_HLL .. P[pn].digest
-        local first = count_page(b.h_pages, false, page, user, b.h_at)
+        local counted, first = count_page(b.h_pages, false, page, user, b.h_at)
+        local page_hll = b.h .. S_PAGE_HLL .. counted.digest
         redis.call('PFADD', page_hll, user)
         if first then
           redis.call('EXPIREAT', page_hll, b.h_at)
         end
         if exact then
-          add_page_user(b.h_page_users, page, user, b.h_at)
+          add_page_user(b.h_page_users, counted.url, user, b.h_at)
         end
       end
       if to_stream then records[#records + 1] = ARGV[a + 4] end
@@ -225,34 +310,69 @@ local function span(spans, order, stem, at)
   return s
 end
 
-local function add_page(s, pn, user, keep_users)
-  if not s.pages[pn] then
-    s.pages[pn] = 0
+local function add_page(s, pn, user)
+  local list = s.page_users[pn]
+  if not list then
+    list = {}
+    s.pages[pn], s.page_users[pn] = 0, list
     s.page_order[#s.page_order + 1] = pn
-    if keep_users then s.page_users[pn] = {} end
   end
   s.pages[pn] = s.pages[pn] + 1
-  if keep_users then
-    local list = s.page_users[pn]
-    list[#list + 1] = user
-  end
+  list[#list + 1] = user
 end
 
--- ZINCRBY once per distinct page; returns whether the zset was born in this call.
+-- ZINCRBY once per distinct page; a page new to a bucket at ``max_pages`` counts into
+-- OTHER instead (place() for one page; here one ZCARD per bucket, as nothing else writes
+-- the zset meanwhile). Returns whether the zset was born in this call, the page each page
+-- number counted into, and, by URL, whether that was its first count in the bucket.
 local function write_pages(s, key)
-  local all_first = true
-  local firsts = {}
-  for _, pn in ipairs(s.page_order) do
-    local by = s.pages[pn]
-    local first = tonumber(redis.call('ZINCRBY', key, by, P[pn].url)) == by
-    firsts[pn] = first
-    all_first = all_first and first
+  local born, counted, firsts, card, other_by = false, {}, {}, nil, 0
+  for idx, pn in ipairs(s.page_order) do
+    local by, page = s.pages[pn], P[pn]
+    counted[pn] = page
+    if tonumber(redis.call('ZINCRBY', key, by, page.url)) == by then
+      if card then card = card + 1 else card = redis.call('ZCARD', key) end
+      if idx == 1 and card == 1 then born = true end
+      if card > max_pages then
+        redis.call('ZREM', key, page.url)
+        card = card - 1
+        counted[pn], other_by = OTHER, other_by + by
+      else
+        firsts[page.url] = true
+      end
+    end
   end
-  local born = all_first and redis.call('ZCARD', key) == #s.page_order
+  if other_by > 0 then
+    firsts[OTHER.url] = tonumber(redis.call('ZINCRBY', key, other_by, OTHER.url)) == other_by
+  end
   if born then
     redis.call('EXPIREAT', key, s.at)
   end
-  return born, firsts
+  return born, counted, firsts
+end
+
+-- The (score 0, "<url> NUL <user>") pairs of a span's pages (if ``with_pairs``), each
+-- under the page it counted into; and the users of each page counted into, by URL, and
+-- those pages in first-seen order.
+local function page_pairs(s, counted, with_pairs)
+  local pairs_, users, order = {}, {}, {}
+  for _, pn in ipairs(s.page_order) do
+    local page = counted[pn]
+    local list = users[page.url]
+    if not list then
+      list = {}
+      users[page.url] = list
+      order[#order + 1] = page
+    end
+    for _, user in ipairs(s.page_users[pn]) do
+      if with_pairs then
+        pairs_[#pairs_ + 1] = 0
+        pairs_[#pairs_ + 1] = page.url .. '\0' .. user
+      end
+      list[#list + 1] = user
+    end
+  end
+  return pairs_, users, order
 end
 
 local function aggregated()
@@ -264,23 +384,21 @@ local function aggregated()
       local a = ea + 5 * i
       local b = B[tonumber(ARGV[a + 3])]
       local user, pn = ARGV[a + 1], tonumber(ARGV[a + 2])
-      local m = span(minutes, m_order, b.m, b.m_at)
-      local h = span(hours, h_order, b.h, b.h_at)
-      local d = span(days, d_order, b.d, b.d_at)
+      -- A bucket's spans, looked up once per call (buckets of one hour share its span).
+      local m, h, d = b.ms, b.hs, b.ds
+      if not m then
+        m = span(minutes, m_order, b.m, b.m_at)
+        h = span(hours, h_order, b.h, b.h_at)
+        d = span(days, d_order, b.d, b.d_at)
+        b.ms, b.hs, b.ds = m, h, d
+      end
       m.n, h.n, d.n = m.n + 1, h.n + 1, d.n + 1
       m.users[#m.users + 1] = user
       h.users[#h.users + 1] = user
       d.users[#d.users + 1] = user
       if pn > 0 then
-        add_page(m, pn, user, false)
-        add_page(h, pn, user, true)
-        local pair = P[pn].url .. '\0' .. user
-        m.pairs[#m.pairs + 1] = 0
-        m.pairs[#m.pairs + 1] = pair
-        if exact then
-          h.pairs[#h.pairs + 1] = 0
-          h.pairs[#h.pairs + 1] = pair
-        end
+        add_page(m, pn, user)
+        add_page(h, pn, user)
       end
       if to_stream then records[#records + 1] = ARGV[a + 4] end
     end
@@ -296,8 +414,8 @@ local function aggregated()
     end
     if #m.page_order > 0 then
       local page_users = m.stem .. S_PAGE_USERS
-      local pages_born = write_pages(m, m.stem .. S_PAGES)
-      variadic('ZADD', page_users, m.pairs)
+      local pages_born, counted = write_pages(m, m.stem .. S_PAGES)
+      variadic('ZADD', page_users, (page_pairs(m, counted, true)))
       if pages_born then
         redis.call('EXPIREAT', page_users, m.at)
       end
@@ -320,17 +438,18 @@ local function aggregated()
   end
   for _, h in ipairs(h_order) do
     if #h.page_order > 0 then
-      local _, firsts = write_pages(h, h.stem .. S_PAGES)
-      for _, pn in ipairs(h.page_order) do
-        local page_hll = h.stem .. S_PAGE_HLL .. P[pn].digest
-        variadic('PFADD', page_hll, h.page_users[pn])
-        if firsts[pn] then
+      local _, counted, firsts = write_pages(h, h.stem .. S_PAGES)
+      local pairs_, users, order = page_pairs(h, counted, exact)
+      for _, page in ipairs(order) do
+        local page_hll = h.stem .. S_PAGE_HLL .. page.digest
+        variadic('PFADD', page_hll, users[page.url])
+        if firsts[page.url] then
           redis.call('EXPIREAT', page_hll, h.at)
         end
       end
       if exact then
         local page_users = h.stem .. S_PAGE_USERS
-        expire_if_born(page_users, variadic('ZADD', page_users, h.pairs), 'ZCARD', h.at)
+        expire_if_born(page_users, variadic('ZADD', page_users, pairs_), 'ZCARD', h.at)
       end
     end
   end
@@ -345,6 +464,16 @@ else
   if not redis.call('SET', KEYS[2] .. token, 1, 'NX', 'EX', 3600) then
     return out
   end
+  -- The archive's events were taken: their types join the set whatever the cap (counters
+  -- rebuilt from it are the live ones).
+  local names, listed = {}, {}
+  for b = 1, nb do
+    if not listed[B[b].type] then
+      listed[B[b].type] = true
+      names[#names + 1] = B[b].type
+    end
+  end
+  if #names > 0 then redis.call('SADD', KEYS[4], unpack(names)) end
 end
 if aggregate then
   aggregated()

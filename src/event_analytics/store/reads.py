@@ -9,14 +9,21 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from event_analytics.keys import Keys
+from event_analytics.keys import OTHER_PAGE, Keys
 from event_analytics.model import QueryTooCostly
 from event_analytics.series import Series, UserSource
 from event_analytics.store.redis import Client, Store, engine_errors
 from event_analytics.store.scripts import Call, Lua, call_per_shard, register
 from event_analytics.timebucket import Interval
+
+
+class Ranking(NamedTuple):
+    """Top pages, and the events of pages past EA_MAX_PAGES_PER_BUCKET (not ranked)."""
+
+    pages: list[tuple[str, int]]  # (URL, events), count desc then URL asc
+    other: int  # events counted into keys.OTHER_PAGE; 0 = no bucket was capped
 
 
 class Reads:
@@ -124,8 +131,9 @@ class Reads:
 
     async def top_pages(
         self, event_type: str, level: Interval, starts: Sequence[datetime], limit: int
-    ) -> list[tuple[str, int]]:
-        """The ``limit`` most counted pages over the buckets: count desc, then URL asc.
+    ) -> Ranking:
+        """The ``limit`` most counted pages over the buckets: count desc, then URL asc;
+        and the events counted into OTHER_PAGE (buckets past EA_MAX_PAGES_PER_BUCKET).
 
         Raises QueryTooCostly past ``max_cost`` entries."""
         k = self.keys
@@ -139,14 +147,17 @@ class Reads:
         # ranked just below the limit in each could be missed although first in the sum.
         per_call_limit = limit if k.shards == 1 and len(chunks[0]) <= 1 else 0
         totals: Counter[str] = Counter()
+        other = 0
         for round_ in range(max((len(c) for c in chunks), default=0)):
             # A round: at most one chunk per shard (on a cluster, shards on other masters
             # run in parallel); the next round only after this one answered.
-            calls = [(c[round_], [per_call_limit]) for c in chunks if round_ < len(c)]
+            calls = [(c[round_], [per_call_limit, OTHER_PAGE]) for c in chunks if round_ < len(c)]
             for flat in await self._per_shard(self._top_pages, calls):
-                for i in range(0, len(flat), 2):
+                other += int(flat[0])
+                for i in range(1, len(flat), 2):
                     totals[_text(flat[i])] += int(flat[i + 1])
-        return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
+        top = sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
+        return Ranking(top, other)
 
     async def _sizes(self, names: list[list[str]]) -> list[list[int]]:
         """ZCARD of every key, per shard (O(1) each, pipelined)."""

@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 
 from event_analytics import metrics
 from event_analytics.config import Settings
-from event_analytics.keys import Keys, page_digest
+from event_analytics.keys import OTHER_PAGE, Keys, page_digest
 from event_analytics.model import (
     EngineFull,
     EngineRefused,
@@ -28,7 +28,7 @@ from event_analytics.model import (
 )
 from event_analytics.store import claims
 from event_analytics.store.cluster import cluster_info, connect_cluster
-from event_analytics.store.prepared import Bucket, PreparedEvent
+from event_analytics.store.prepared import Bucket, Caps, Outcome, PreparedEvent
 from event_analytics.store.scripts import Call, Lua, call_per_shard, register
 
 # A single-node client or a cluster client: the commands used here exist on both.
@@ -225,12 +225,20 @@ def _hiredis_packing(base: type[Any]) -> type[Any]:
 class Store:
     """Ingest and read operations over one Redis connection pool."""
 
-    def __init__(self, client: Client, keys: Keys, aggregate_above: int = AGGREGATE_ABOVE) -> None:
+    def __init__(
+        self,
+        client: Client,
+        keys: Keys,
+        aggregate_above: int = AGGREGATE_ABOVE,
+        caps: Caps = Caps(),  # noqa: B008 (frozen)
+    ) -> None:
         self.client = client
         self.keys = keys
         self.aggregate_above = aggregate_above
+        self.caps = caps
         self._ingest_script = register(client, Lua.INGEST)
         self._claim_script = register(client, Lua.CLAIM)
+        self._unclaim_script = register(client, Lua.UNCLAIM)
 
     @classmethod
     def from_settings(cls, settings: Settings, aggregate_above: int = AGGREGATE_ABOVE) -> Store:
@@ -238,13 +246,17 @@ class Store:
 
         ``aggregate_above``: for measurements and tests of the script's two paths.
         """
-        return cls(connect(settings), Keys.from_settings(settings), aggregate_above)
+        caps = Caps(settings.max_event_types, settings.max_pages_per_bucket)
+        return cls(connect(settings), Keys.from_settings(settings), aggregate_above, caps)
 
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def ingest(self, events: Sequence[PreparedEvent], *, stream: bool = True) -> list[bool]:
-        """Apply events atomically per shard; True where new, False where a duplicate.
+    async def ingest(
+        self, events: Sequence[PreparedEvent], *, stream: bool = True
+    ) -> list[Outcome]:
+        """Apply events atomically per shard; each event's Outcome (NEW is truthy, the
+        others are not).
 
         Each shard's events go in ONE script call, and all calls in one round trip.
         ``stream=False`` replays archived events: counted, but not streamed again.
@@ -254,19 +266,19 @@ class Store:
             for outcome in outcomes:
                 if isinstance(outcome, Exception):
                     raise outcome
-            return [bool(o) for o in outcomes]
+            return [o for o in outcomes if not isinstance(o, Exception)]
         by_shard, calls = self._calls(events, stream)
         async with engine_errors(write=True):
             replies = await call_per_shard(self.client, self._ingest_script, calls)
-        results: list[bool] = [False] * len(events)
+        results: list[Outcome] = [Outcome.DUPLICATE] * len(events)
         for indexes, reply in zip(by_shard.values(), replies, strict=True):
             for i, flag in zip(indexes, reply, strict=True):
-                results[i] = bool(flag)
+                results[i] = Outcome(flag)
         return results
 
     async def ingest_each(
         self, events: Sequence[PreparedEvent], *, stream: bool = True
-    ) -> list[bool | Exception]:
+    ) -> list[Outcome | Exception]:
         """Like ingest(), but a shard that fails fails only its own events.
 
         The group-commit batcher mixes many requests' events: on a cluster, a master in
@@ -284,7 +296,7 @@ class Store:
             return await self._each(events, stream)
         crossing = set(cross)
         local = [i for i in range(len(events)) if i not in crossing]
-        results: list[bool | Exception] = [False] * len(events)
+        results: list[Outcome | Exception] = [Outcome.DUPLICATE] * len(events)
         local_flags, claimed = await asyncio.gather(
             self._each([events[i] for i in local], True),
             self._claim([events[i] for i in cross]),
@@ -299,23 +311,32 @@ class Store:
             elif isinstance(reply, bytes):
                 apply.append((i, claims.decode(events[i].event_id, reply)[1]))
             else:
-                results[i] = reply == 1
+                results[i] = Outcome.NEW if reply == 1 else Outcome.DUPLICATE
                 if reply == 1:
                     apply.append((i, events[i]))
         applied = await self._each([e for _, e in apply], True)
         done: list[bytes] = []
+        refused: list[PreparedEvent] = []
         for (i, event), outcome in zip(apply, applied, strict=True):
             if isinstance(outcome, Exception):
                 # Claimed, so stored (in the outbox): counted once its shard answers.
                 results[i] = StorageOutcomeUnknown(
                     f"event stored, its user's shard did not answer yet ({outcome})"
                 )
+            elif outcome is Outcome.TOO_MANY_EVENT_TYPES:
+                # Its user's shard takes no new type: the claim is undone, so the id is
+                # not remembered for an event that was never counted.
+                results[i] = outcome
+                refused.append(event)
             else:
                 done.append(event.event_id)
         await self._commit(done)
+        await self._unclaim(refused)
         return results
 
-    async def _each(self, events: Sequence[PreparedEvent], stream: bool) -> list[bool | Exception]:
+    async def _each(
+        self, events: Sequence[PreparedEvent], stream: bool
+    ) -> list[Outcome | Exception]:
         """One ingest call per user shard, concurrently; a failed shard fails its events."""
         if not events:
             return []
@@ -327,7 +348,7 @@ class Store:
             return list(replies[0])
 
         outcomes = await asyncio.gather(*(one(c) for c in calls), return_exceptions=True)
-        results: list[bool | Exception] = [False] * len(events)
+        results: list[Outcome | Exception] = [Outcome.DUPLICATE] * len(events)
         for indexes, outcome in zip(by_shard.values(), outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 if not isinstance(outcome, Exception):
@@ -336,7 +357,7 @@ class Store:
                     results[i] = outcome
             else:
                 for i, flag in zip(indexes, outcome, strict=True):
-                    results[i] = bool(flag)
+                    results[i] = Outcome(flag)
         return results
 
     async def _claim(self, events: Sequence[PreparedEvent]) -> list[int | bytes | Exception]:
@@ -378,6 +399,28 @@ class Store:
                         pipe.execute_command("HDEL", self.keys.outbox(shard), *chunk)
                 await pipe.execute()
 
+    async def _unclaim(self, events: Sequence[PreparedEvent]) -> None:
+        """Forget the claims of events their user's shard refused (unclaim.lua). Best
+        effort like _commit: an entry left behind is refused again by the sweeper."""
+        if not events:
+            return
+        by_shard: dict[int, list[bytes]] = defaultdict(list)
+        for event in events:
+            by_shard[self.keys.id_shard(event.event_id)].append(event.event_id)
+        gen_s = -(-events[0].bucket.dedup_window_s // DEDUP_GENERATIONS)
+        calls: list[Call] = []
+        for shard, ids in by_shard.items():
+            for start in range(0, len(ids), claims.CHUNK):
+                calls.append(
+                    (
+                        [self.keys.seen_stem(shard), self.keys.outbox(shard)],
+                        [gen_s, DEDUP_GENERATIONS, *ids[start : start + claims.CHUNK]],
+                    )
+                )
+        with contextlib.suppress(StorageUnavailable):
+            async with engine_errors(write=True):
+                await call_per_shard(self.client, self._unclaim_script, calls)
+
     async def sweep_outbox(self, older_than_s: float = claims.SWEEP_AFTER_S) -> int:
         """Apply the outbox entries claimed more than ``older_than_s`` ago (a request that
         died between the steps), at most 1,000 per shard; the number applied."""
@@ -392,9 +435,15 @@ class Store:
                 if at <= cutoff:
                     due.append(event)
         applied = await self._each(due, True)
-        ok = [not isinstance(a, Exception) for a in applied]
-        done = [e.event_id for e, fine in zip(due, ok, strict=True) if fine]
+        done: list[bytes] = []
+        refused: list[PreparedEvent] = []
+        for event, outcome in zip(due, applied, strict=True):
+            if outcome is Outcome.TOO_MANY_EVENT_TYPES:
+                refused.append(event)
+            elif not isinstance(outcome, Exception):
+                done.append(event.event_id)
         await self._commit(done)
+        await self._unclaim(refused)
         return len(done)
 
     def _calls(
@@ -418,8 +467,9 @@ class Store:
                 # Live: dedup by id. Replay: a marker of the call, applied once.
                 self.keys.seen_stem(shard) if stream else self.keys.replayed_stem(shard),
                 self.keys.stream_extra(shard),
+                self.keys.event_types(shard),
             ]
-            bucket_args: list[int] = []
+            bucket_args: list[str | int] = []
             page_args: list[str] = []
             event_args: list[str | bytes | int] = []
             for i in indexes:
@@ -428,6 +478,7 @@ class Store:
                 if b is None:
                     b = buckets[event.bucket] = len(buckets) + 1
                     keys.extend(event.bucket.stems)
+                    bucket_args.append(event.bucket.event_type)
                     bucket_args.extend(event.bucket.expire_at)
                 p = 0
                 if event.page_url:
@@ -450,6 +501,10 @@ class Store:
                 # Lets the script recognise its own earlier write if this very call is sent
                 # again (a client-side retry after a lost reply): never a false duplicate.
                 secrets.token_bytes(8),
+                self.caps.event_types,
+                self.caps.pages_per_bucket,
+                OTHER_PAGE,
+                page_digest(OTHER_PAGE),
             )
             calls.append((keys, [*head, *bucket_args, *page_args, *event_args]))
         return by_shard, calls

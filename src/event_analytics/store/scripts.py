@@ -31,6 +31,7 @@ class Lua(StrEnum):
 
     INGEST = "ingest"
     CLAIM = "claim"
+    UNCLAIM = "unclaim"
     MINUTE_STATS = "minute_stats"
     SERIES = "series"
     TOP_PAGES = "top_pages"
