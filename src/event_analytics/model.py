@@ -180,6 +180,8 @@ class Event(BaseModel):
 
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+# A batch's events in one call, when all are valid (ingest.py); same rules, same Event.
+EVENTS_ADAPTER: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
 
 
 @dataclass(frozen=True, slots=True)
