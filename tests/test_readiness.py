@@ -107,3 +107,42 @@ def test_a_password_mismatch_is_a_503_saying_what_to_change(
         env = {"REDIS_URL": f"redis://{auth}127.0.0.1:{engine.port}/0"}
         with _alive(ServiceProcess(tmp_path / "data", env=env)) as svc:
             _refused_everywhere(svc, code, words)
+
+
+def test_a_cluster_still_forming_is_not_ready_until_it_serves_every_slot(tmp_path: Path) -> None:
+    """Before: ready (200) on a cluster whose slots were not all assigned, and ingest into
+    an unassigned slot answered 503 while readiness said ready (or a 500 with none)."""
+    binary = engine_binary("valkey")
+    assert binary is not None, "the bundled Valkey server is missing"
+    node = EngineProcess(
+        binary, tmp_path / "node", extra_args=["--cluster-enabled", "yes",
+        "--cluster-config-file", str(tmp_path / "nodes.conf")],
+    )  # fmt: skip
+    node.start()
+    try:
+        admin = redis.Redis(port=node.port)
+        admin.execute_command("CLUSTER ADDSLOTSRANGE", 0, 8000)  # half assigned: forming
+        env = {"REDIS_CLUSTER_URL": f"redis://127.0.0.1:{node.port}", "EA_KEY_PREFIX": "cf:"}
+        with _alive(ServiceProcess(tmp_path / "data", env=env)) as svc:
+            body = _until_ready_says(svc, "cluster_forming").json()
+            assert "8001 of 16384 slots" in body["engine"]["error"], body
+            assert "forming" in body["detail"], body
+            statuses = {
+                HTTP.post(f"{svc.url}/events", json=event(user=f"u{i}"), timeout=10).status_code
+                for i in range(20)  # users on both halves of the slots
+            }
+            assert statuses <= {201, 503}, statuses
+            admin.execute_command("CLUSTER ADDSLOTSRANGE", 8001, 16383)  # formed
+            deadline = time.monotonic() + 30
+            while HTTP.get(f"{svc.url}/health/ready", timeout=10).status_code != 200:
+                assert time.monotonic() < deadline, "not ready after the last slots"
+                time.sleep(0.1)
+            bodies = [event(user=f"u{i}") for i in range(20)]
+            deadline = time.monotonic() + 30
+            for b in bodies:  # the client learns the new slots at its first miss
+                while (r := HTTP.post(f"{svc.url}/events", json=b, timeout=10)).status_code != 201:
+                    assert r.status_code == 503 and time.monotonic() < deadline, r.text
+                    time.sleep(0.1)
+        admin.close()
+    finally:
+        node.stop()

@@ -347,6 +347,32 @@ class EngineRefused(StorageUnavailable):
         return f"{self}: {self.fix}; nothing was stored"
 
 
+class ClusterForming(StorageUnavailable):
+    """The cluster does not serve all 16384 slots: it is still being created (slots not
+    assigned yet, nodes still meeting), or a master is down and no replica took over yet.
+    Writes to an uncovered slot would fail: not ready."""
+
+    slug, title = "cluster-forming", "Cluster not serving all slots"
+    reason = "cluster_forming"
+    retry_after_s = 1
+
+    def __init__(self, state: str, slots_ok: int | None) -> None:
+        if slots_ok is None:
+            super().__init__("the cluster does not serve all 16384 slots")
+        else:
+            super().__init__(
+                f"the cluster serves {slots_ok} of 16384 slots (cluster_state {state})"
+            )
+        self.state, self.slots_ok = state, slots_ok
+
+    def detail(self) -> str:
+        return (
+            f"{self}: it is still forming (slots not all assigned: finish `valkey-cli "
+            "--cluster create`, or wait for the compose cluster-init), or a master is down "
+            f"and no replica took over yet; nothing was stored, retry after {self.retry_after_s} s"
+        )
+
+
 class EngineFull(StorageUnavailable):
     """The engine is at its maxmemory and refuses writes (OOM, with noeviction)."""
 

@@ -13,7 +13,7 @@ from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.config import Settings
-from event_analytics.model import EngineRefused, StorageUnavailable
+from event_analytics.model import ClusterForming, EngineRefused, StorageUnavailable
 from event_analytics.store.watch import EngineWatch
 from event_analytics.timebucket import iso_z
 
@@ -52,12 +52,14 @@ async def ready(request: Request) -> Response:
         error = str(exc) or "storage did not answer in time"
         body |= {
             "status": "unavailable",
-            # engine_unreachable, or engine_refused (it answers, but keeps us out).
+            # engine_unreachable; engine_refused (it answers, but keeps us out);
+            # cluster_forming (it answers, but does not serve all slots yet).
             "reason": getattr(exc, "reason", "engine_unreachable"),
-            "engine": {"reachable": isinstance(exc, EngineRefused), "error": error},
-        }
-        if isinstance(exc, EngineRefused):
-            body["detail"] = exc.detail()  # what the operator changes: a retry will not do
+            "engine": {"reachable": isinstance(exc, EngineRefused | ClusterForming),
+                       "error": error},
+        }  # fmt: skip
+        if isinstance(exc, EngineRefused | ClusterForming):
+            body["detail"] = exc.detail()  # what to change, or to wait for
             return json_response(body, 503, headers=exc.headers())
         return json_response(body, 503, headers={"Retry-After": "1"})
     durable = engine["aof_enabled"] and engine["appendfsync"] == "always"

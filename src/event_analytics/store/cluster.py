@@ -18,6 +18,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from event_analytics.config import Settings
+from event_analytics.model import ClusterForming
+
+SLOTS = 16384
 
 # Attempts after the first on a connection error, CLUSTERDOWN or an unmapped slot; each
 # one re-reads the slot map, so a request that arrives just after a promotion succeeds.
@@ -74,13 +77,28 @@ async def by_key(client: Any, key: str) -> dict[str, Any]:
     return {"target_nodes": client.get_node_from_key(key)}
 
 
+async def known_slots(client: RedisCluster) -> None:
+    """Initialise the client, and re-read its slot map while it lacks slots: started on a
+    cluster still forming, it would otherwise keep failing the slots assigned since (its
+    pipelines never re-read the map on their own). Readiness and the engine watch (every
+    second) call it."""
+    await client.initialize()  # the node list is empty until the first command
+    if len(client.nodes_manager.slots_cache) < SLOTS:
+        await client.nodes_manager.initialize()
+
+
 async def cluster_info(client: RedisCluster) -> dict[str, Any]:
     """Readiness facts: every master answers, and how each one persists and replicates."""
-    await client.initialize()  # the node list is empty until the first command
+    await known_slots(client)
     masters = client.get_primaries()
     if not masters:
         raise rx.ConnectionError("no master known")
     state = _text_info(await client.execute_command("CLUSTER INFO", target_nodes=masters[0]))
+    slots_ok = int(state.get("cluster_slots_ok", 0))
+    if state.get("cluster_state") != "ok" or slots_ok < SLOTS:
+        # The client starts on a partly covered cluster (require_full_coverage=False):
+        # a forming one answers, but writes to its unassigned slots fail.
+        raise ClusterForming(state.get("cluster_state", "unknown"), slots_ok)
     engines: list[tuple[str, str]] = []
     aof: list[bool] = []
     fsync: set[str] = set()
@@ -108,7 +126,7 @@ async def cluster_info(client: RedisCluster) -> dict[str, Any]:
             "state": state.get("cluster_state", "unknown"),
             "masters": len(masters),
             "replicas": replicas,
-            "slots_ok": int(state.get("cluster_slots_ok", 0)),
+            "slots_ok": slots_ok,
             # Replicas receive writes after the ack: a failover can lose the last ones.
             "replication": "async",
         },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import time
 from collections import defaultdict
@@ -21,6 +22,7 @@ from event_analytics import metrics
 from event_analytics.config import Settings
 from event_analytics.keys import OTHER_PAGE, Keys, page_digest
 from event_analytics.model import (
+    ClusterForming,
     EngineFull,
     EngineRefused,
     StorageOutcomeUnknown,
@@ -83,16 +85,22 @@ DEDUP_GENERATIONS = 2
 
 
 # redis-py raises a bare RedisClusterException when no seed node answers at all.
-_CLUSTER_UNREACHABLE = ("Redis Cluster cannot be connected", "All slots are not covered")
+_CLUSTER_UNREACHABLE = "Redis Cluster cannot be connected"
+_CLUSTER_UNCOVERED = "All slots are not covered"  # ... 8001 of 16384 covered...
 _CONNECTION_CODE = ("redis/asyncio/connection.py", "uvloop/", "asyncio/streams.py")
 
 
 def _raised_in_connection(exc: BaseException) -> bool:
     """Whether ``exc`` came from the socket layer of the client (not from our code)."""
+    return any(part in _raised_in(exc) for part in _CONNECTION_CODE)
+
+
+def _raised_in(exc: BaseException) -> str:
+    """The file of the innermost frame ``exc`` was raised in."""
     tb, where = exc.__traceback__, ""
     while tb is not None:
         where, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
-    return any(part in where for part in _CONNECTION_CODE)
+    return where
 
 
 def _sent(exc: BaseException) -> bool:
@@ -137,6 +145,14 @@ async def engine_errors(*, write: bool = False) -> AsyncIterator[None]:
         if code in _REFUSED:
             raise _refused(exc) from exc
         raise
+    except KeyError as exc:
+        # redis-py's cluster pipeline looks a key's slot up in its slot map unchecked: a
+        # slot no master serves (a cluster still forming) raises KeyError, where a single
+        # command raises SlotNotCoveredError. Nothing was sent for it.
+        if not _raised_in(exc).endswith("redis/asyncio/cluster.py"):
+            raise
+        metrics.engine_error("busy")
+        raise ClusterForming("unknown", None) from exc
     except (RuntimeError, AttributeError) as exc:
         # When a node dies, redis-py's cluster client may close a pooled connection while
         # another request is writing to it: uvloop then raises RuntimeError ("handler is
@@ -150,6 +166,10 @@ async def engine_errors(*, write: bool = False) -> AsyncIterator[None]:
             raise StorageOutcomeUnknown("storage did not answer: connection closed") from exc
         raise StorageUnavailable("storage unreachable: connection closed") from exc
     except rx.RedisClusterException as exc:
+        if str(exc).startswith(_CLUSTER_UNCOVERED):
+            metrics.engine_error("busy")
+            covered = re.search(r"(\d+) of 16384", str(exc))
+            raise ClusterForming("fail", int(covered[1]) if covered else None) from exc
         if str(exc).startswith(_CLUSTER_UNREACHABLE):
             metrics.engine_error("unreachable")
             raise StorageUnavailable("storage unreachable: no cluster node answers") from exc

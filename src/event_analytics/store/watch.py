@@ -29,6 +29,7 @@ from event_analytics.model import (
     StorageFull,
     StorageUnavailable,
 )
+from event_analytics.store.cluster import known_slots
 from event_analytics.store.redis import Client, Store, engine_errors
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ async def read_memory(client: Client) -> EngineMemory:
     """INFO memory of the node, or of every master (INFO works where CONFIG is disabled)."""
     async with engine_errors():
         if isinstance(client, RedisCluster):
-            await client.initialize()
+            await known_slots(client)
             primaries = client.get_primaries()
             names = [str(node.name) for node in primaries]
             infos = [
