@@ -315,3 +315,31 @@ def test_restore_applies_the_events_parked_between_shards(tmp_path: Path) -> Non
         for b in (source, target):
             assert isinstance(b.engine, EngineProcess)
             b.engine.stop()
+
+
+def test_restore_refuses_an_older_engine_family_up_front(
+    backed_up: tuple[Backend, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """A Valkey 8 backup into Debian's Redis 7.0: its RDB format is newer than Redis 7.0
+    loads. Before: every RESTORE failed, with a traceback, after the checks had passed."""
+    _, backup, _ = backed_up
+    redis_target = _fresh("redis", tmp_path / "redis-target")
+    try:
+        env = redis_target.env | {"EA_ARCHIVE_DIR": str(tmp_path / "redis-restored")}
+        done = cli(["restore", str(backup)], env)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "cannot load the backup's data" in done.stderr, done.stderr
+        assert "valkey" in done.stderr and "Nothing was restored" in done.stderr, done.stderr
+        assert redis_target.scan("*") == [] and not Path(env["EA_ARCHIVE_DIR"]).exists()
+    finally:
+        assert isinstance(redis_target.engine, EngineProcess)
+        redis_target.engine.stop()
+
+
+def test_backup_refuses_tls_up_front(tmp_path: Path) -> None:
+    """TLS for the snapshot is not wired (valkey-cli --rdb --tls): a clear refusal, not a
+    failed snapshot after the archive was paused."""
+    env = {"REDIS_URL": "rediss://127.0.0.1:1/0", "EA_ARCHIVE_DIR": str(tmp_path / "archive")}
+    done = cli(["backup", str(tmp_path / "backup")], env)
+    assert done.returncode == 1 and "TLS (rediss://) is not supported" in done.stderr, done.stderr
+    assert not (tmp_path / "backup").exists()

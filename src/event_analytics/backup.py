@@ -63,9 +63,6 @@ from event_analytics.timebucket import iso_z
 MANIFEST = "manifest.json"
 FORMAT = 1
 SNAPSHOT_TIMEOUT_S = 3600.0
-# The archive pause expires by itself: a backup that dies never stops archiving for long
-# (archivers write nothing while it lasts: the archive lag grows by the backup's time).
-PAUSE_TTL_S = 600.0
 PAUSE_WAIT_S = 30.0
 COPY_BATCH = 200
 # Rounds of outbox sweeping on restore (each applies up to 1,000 events per shard).
@@ -195,9 +192,26 @@ async def _wait_paused(streams: StreamStore, since: float, fresh_s: float) -> No
         await asyncio.sleep(0.1)
 
 
+async def _keep_paused(streams: StreamStore, owner: str, ttl_ms: int) -> None:
+    """Renew the pause every third of its TTL; if it was lost (expired under an engine
+    outage longer than the TTL), the backup cannot be consistent: say so."""
+    while True:
+        await asyncio.sleep(ttl_ms / 3000)
+        if not await streams.renew_pause(owner, ttl_ms):
+            raise BackupError("the archive pause expired during the backup")
+
+
 async def backup(settings: Settings, dest: Path) -> dict[str, Any]:
     """Write a backup of the engine the settings name, and of its archive, into ``dest``."""
     _require_empty(dest)
+    url = settings.redis_cluster_url or settings.redis_url or ""
+    if url.startswith("rediss://"):
+        # valkey-cli --rdb would need --tls and the client's certificates: not wired yet.
+        raise BackupError(
+            "backup over TLS (rediss://) is not supported: the snapshot is pulled with "
+            "valkey-cli --rdb without TLS. Run it against a plain-TCP port of the engine "
+            "(or of each master) reachable from a trusted host; nothing was backed up"
+        )
     started = datetime.now(UTC)
     store = Store.from_settings(settings)
     streams = StreamStore(store.client, store.keys)
@@ -206,8 +220,13 @@ async def backup(settings: Settings, dest: Path) -> dict[str, Any]:
         engine = await store.engine_info()
         masters = await _masters(store)
         cli = _cli()
-        if not await streams.pause(owner, int(PAUSE_TTL_S * 1000)):
+        ttl_ms = int(settings.backup_pause_ttl_s * 1000)
+        if not await streams.pause(owner, ttl_ms):
             raise BackupError("another backup is running (the archive is paused for it)")
+        # The pause follows the backup's duration: renewed while it runs, it expires by
+        # itself EA_BACKUP_PAUSE_TTL_S after a backup that died (archivers write nothing
+        # while it lasts: the archive lag grows by the backup's time).
+        renewing = asyncio.create_task(_keep_paused(streams, owner, ttl_ms))
         try:
             await _wait_paused(streams, time.time(), 3 + settings.archiver_lease_s)
             # Nothing is archived from here until resume: the archive copy and the
@@ -220,7 +239,12 @@ async def backup(settings: Settings, dest: Path) -> dict[str, Any]:
                 path = dest / "engine" / f"node-{i}.rdb"
                 await asyncio.to_thread(_snapshot, cli, args, path)
                 snapshots.append(_file_entry(dest, path) | {"node": node})
+            if renewing.done():
+                renewing.result()  # the pause was lost: raises why
         finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
             await streams.resume(owner)
     finally:
         await store.close()
@@ -323,6 +347,36 @@ async def _copy_keys(source: aioredis.Redis, target: Any, prefix: str, skip: lis
     return copied
 
 
+async def _check_payloads(
+    loaded: aioredis.Redis, target: Any, prefix: str, manifest: dict[str, Any]
+) -> None:
+    """Refuse up front a target engine that cannot load the backup's key payloads: DUMP
+    payloads carry the RDB version of the engine that wrote them, and an older engine
+    (a Redis 7.0 target of a Valkey 8 backup) refuses every RESTORE. One probe key, with
+    a 1 s TTL, deleted at once: nothing else is written before the answer."""
+    probe = f"{prefix}restore-probe"
+    await loaded.set(probe, b"1")
+    payload = await loaded.dump(probe)
+    await loaded.delete(probe)
+    assert payload is not None
+    version = int.from_bytes(payload[-10:-8], "little")  # then an 8-byte CRC64
+    try:
+        await target.restore(probe, 1000, payload, replace=True)
+    except aioredis.ResponseError as exc:
+        if "payload version" not in str(exc):
+            raise
+        made = manifest["engine"]
+        raise BackupError(
+            f"this engine cannot load the backup's data: the backup was written by "
+            f"{made.get('engine')} {made.get('version')} (RDB format {version}), which this "
+            f"engine is older than ({exc}). Restore into {made.get('engine')} "
+            f"{made.get('version')} or newer; or restore into such an engine, then move to "
+            "this one by rebuilding from the archive (docs/deploy.md, Backup and restore). "
+            "Nothing was restored"
+        ) from None
+    await target.delete(probe)
+
+
 def _restore_archive(manifest: dict[str, Any], source: Path, root: Path) -> None:
     for entry in manifest["archive"]:
         relative = Path(entry["path"]).relative_to("archive")
@@ -378,11 +432,13 @@ async def restore(settings: Settings, source: Path) -> RestoreReport:
                 "an empty engine"
             )
         keys = 0
-        for snapshot in manifest["snapshots"]:
+        for i, snapshot in enumerate(manifest["snapshots"]):
             rdb = source / snapshot["path"]
             with _snapshot_server(rdb, manifest["engine"]["engine"]) as sock:
                 loaded = await _loaded(sock)
                 try:
+                    if i == 0:
+                        await _check_payloads(loaded, store.client, settings.key_prefix, manifest)
                     skip = store.keys.ephemeral_patterns()
                     keys += await _copy_keys(loaded, store.client, settings.key_prefix, skip)
                 finally:

@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     archiver_lease_s: float = Field(default=10.0, ge=1, le=300)
     archiver_batch: int = Field(default=1000, ge=1, le=100_000)
     archiver_max_deliveries: int = Field(default=5, ge=1)
+    # A backup pauses the archivers with a key of this TTL, renewed every third of it while
+    # the backup runs: the pause lasts as long as the backup, and ends by itself this long
+    # after a backup that died (archive lag grows meanwhile; nothing is lost).
+    backup_pause_ttl_s: float = Field(default=60.0, ge=5, le=3600)
     # Fault injection for the crash tests only: SIGKILL the archiver at this point.
     archiver_crash_at: Literal["", "after_write", "mid_line"] = ""
     rebuild_crash_after_batches: int = Field(default=0, ge=0)

@@ -143,6 +143,11 @@ class StreamStore:
         async with engine_errors():
             return bool(await self.client.set(self.keys.archive_pause(), owner, nx=True, px=ttl_ms))
 
+    async def renew_pause(self, owner: str, ttl_ms: int) -> bool:
+        """Extend our pause (False: it expired, or is another backup's)."""
+        async with engine_errors():
+            return bool(await self._renew(keys=[self.keys.archive_pause()], args=[owner, ttl_ms]))
+
     async def resume(self, owner: str) -> None:
         async with engine_errors():
             if await self.client.get(self.keys.archive_pause()) == owner.encode():
