@@ -8,7 +8,10 @@ import asyncio
 import collections
 import contextlib
 import json
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -343,3 +346,37 @@ def test_backup_refuses_tls_up_front(tmp_path: Path) -> None:
     done = cli(["backup", str(tmp_path / "backup")], env)
     assert done.returncode == 1 and "TLS (rediss://) is not supported" in done.stderr, done.stderr
     assert not (tmp_path / "backup").exists()
+
+
+def test_the_archive_pause_lasts_as_long_as_the_backup(tmp_path: Path) -> None:
+    """The pause's TTL (EA_BACKUP_PAUSE_TTL_S=5) is renewed while the backup runs: its
+    snapshot takes longer (the engine waits repl-diskless-sync-delay=8 s before it
+    streams), and the pause is there all along, then lifted."""
+    source = _fresh("valkey", tmp_path / "source")
+    try:
+        with contextlib.closing(source.client()) as c:
+            c.config_set("repl-diskless-sync-delay", "8")
+            env = source.env | {
+                "EA_ARCHIVE_DIR": str(tmp_path / "archive"), "EA_BACKUP_PAUSE_TTL_S": "5"
+            }  # fmt: skip
+            pause = source.keys().archive_pause()
+            backup = subprocess.Popen(
+                [sys.executable, "-m", "event_analytics", "backup", str(tmp_path / "backup")],
+                env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            seen: list[float] = []
+            deadline = time.monotonic() + 120
+            while backup.poll() is None:
+                assert time.monotonic() < deadline, "backup did not end"
+                ttl = c.pttl(pause)
+                if ttl > 0:
+                    seen.append(time.monotonic())
+                    assert ttl <= 5000, ttl
+                time.sleep(0.1)
+            out, err = backup.communicate()
+            assert backup.returncode == 0, out + err
+            assert seen and seen[-1] - seen[0] > 5, "the pause did not outlive its TTL"
+            assert c.exists(pause) == 0  # lifted at the end
+    finally:
+        assert isinstance(source.engine, EngineProcess)
+        source.engine.stop()

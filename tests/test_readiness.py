@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import redis
 
-from benchmarks.procs import EngineProcess
+from benchmarks.procs import EngineProcess, free_ports
+from tests.cluster import ClusterProcess
 from tests.helpers import HTTP, event
 from tests.servers import ServiceProcess, engine_binary, stopped_after
 
@@ -114,10 +115,8 @@ def test_a_cluster_still_forming_is_not_ready_until_it_serves_every_slot(tmp_pat
     an unassigned slot answered 503 while readiness said ready (or a 500 with none)."""
     binary = engine_binary("valkey")
     assert binary is not None, "the bundled Valkey server is missing"
-    node = EngineProcess(
-        binary, tmp_path / "node", extra_args=["--cluster-enabled", "yes",
-        "--cluster-config-file", str(tmp_path / "nodes.conf")],
-    )  # fmt: skip
+    port, bus = free_ports(2)
+    node = EngineProcess(binary, tmp_path / "node", port, ClusterProcess._args(bus))
     node.start()
     try:
         admin = redis.Redis(port=node.port)
