@@ -230,9 +230,9 @@ def _nodes(containers: Engine, container: str) -> list[list[str]]:
 def test_compose_cluster_counts_exactly_and_fails_over_by_itself(project: Compose) -> None:
     containers = project.engine
     up_s = project.up("cluster")
-    # The API answers once every master does; cluster-init may still be attaching the
-    # replicas then (podman-compose starts the API without waiting for it): until it
-    # exits 0, /health/ready can show state "fail" or fewer replicas.
+    # The API is ready once the cluster serves every slot (503 cluster_forming before);
+    # cluster-init may still be attaching the replicas then (podman-compose starts the
+    # API without waiting for it): until it exits 0, readiness can show fewer replicas.
     formed_s = up_s + project.wait_exited("cluster-init")
     print(f"\ncompose (cluster): API ready {up_s:.1f} s, cluster formed {formed_s:.1f} s "
           "after `make compose-up PROFILE=cluster`")  # fmt: skip
