@@ -40,6 +40,10 @@ _URL_ADAPTER = TypeAdapter(HttpUrl)
 
 
 def _iso_only(value: Any) -> Any:
+    if type(value) is datetime:
+        # Only the drop-in mappings (adapters/) hand one over, already parsed from ISO 8601
+        # text (JSON holds no datetimes): not written out and parsed again per event.
+        return value
     # pydantic also reads digit strings as unix times; the API promises ISO 8601 only.
     if not isinstance(value, str) or not _ISO_START.match(value):
         raise PydanticCustomError(

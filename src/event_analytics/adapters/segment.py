@@ -11,7 +11,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -22,7 +22,6 @@ from event_analytics.adapters.common import (
     Mapped,
     bot_type,
     build_payload,
-    iso_z,
     parse_time,
     user_problem,
 )
@@ -201,17 +200,24 @@ def map_message(
         return out.reject("invalid_timestamp", "sentAt", "sentAt must be ISO 8601")
     try:
         moment = received_at if ts is None else ts if sent is None else received_at - (sent - ts)
-        stamp_text = iso_z(moment)
+        # A datetime for validation (model._iso_only): no text to write and parse again.
+        moment = moment.astimezone(UTC)
     except OverflowError:
         return out.reject("invalid_timestamp", "timestamp", "timestamp is out of range")
     # -- type, page and what is kept
-    context = {**_dict(shared_context), **_dict(message.get("context"))}
+    context = _dict(message.get("context"))
+    if shared_context:  # the batch's own context (rare): the message's fields win
+        context = {**_dict(shared_context), **context}
     page = _dict(context.get("page"))
-    properties = dict(_dict(message.get("properties")))
-    traits = _dict(message.get("traits"))
-    url = properties.pop("url", None) if "url" in properties else None
-    url = url if isinstance(url, str) else page.get("url")
+    properties = _dict(message.get("properties"))
+    url = page.get("url")
+    if "url" in properties:  # not a property: it is the page's URL
+        properties = dict(properties)
+        sent_url = properties.pop("url")
+        url = sent_url if isinstance(sent_url, str) else url
     ours: dict[str, Scalar] = {}
+    if isinstance(url, str) and (kind == "page" or url.startswith(("http://", "https://"))):
+        ours["page_url"] = url
     if kind == "track":
         name = message.get("event")
         if not isinstance(name, str) or not name:
@@ -224,8 +230,6 @@ def map_message(
             value = message.get(field)
             if isinstance(value, str):
                 ours[field] = value
-    if isinstance(url, str) and (kind == "page" or url.startswith(("http://", "https://"))):
-        ours = {"page_url": url, **ours}
     if user_id is not None and isinstance(anonymous_id, str):
         ours["anonymous_id"] = anonymous_id
     if kind in _OTHER_IDS:
@@ -246,12 +250,12 @@ def map_message(
             ip=ip if isinstance(ip, str) else None,
             campaign=_dict(campaign),
         )
-    sent_props = traits if kind in ("identify", "group") else properties
+    sent_props = _dict(message.get("traits")) if kind in ("identify", "group") else properties
     payload, bot = build_payload(out, ours, seen, enricher, sent_props)
     out.event = {
         "event_id": ident,
         "user_id": user,
-        "timestamp": stamp_text,
+        "timestamp": moment,
         "event_type": bot_type(event_type) if bot else event_type,
         "payload": payload,
     }
