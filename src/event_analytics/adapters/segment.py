@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -43,7 +44,10 @@ _OTHER_IDS = {"group": ("groupId", "group_id"), "alias": ("previousId", "previou
 NAMESPACE = uuid.UUID("6f1b2a4e-8c3d-5e7f-9a0b-1c2d3e4f5a6b")
 
 
-_NAMESPACE_BYTES = NAMESPACE.bytes
+# SHA-1 of the namespace alone, copied per name: the namespace is hashed once.
+_NAMESPACE_SHA1 = hashlib.sha1(NAMESPACE.bytes, usedforsecurity=False)
+# A UUID as str(uuid.UUID(...)) writes it: such a messageId (lower-cased) is its own text.
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def event_id(message_id: str) -> str:
@@ -51,13 +55,19 @@ def event_id(message_id: str) -> str:
 
     ``uuid.uuid5`` without its UUID objects (this runs per message): SHA-1 of namespace and
     name, version 5 and the RFC 4122 variant set in the text (tests hold it to uuid5).
+    A UUID written the usual way (what the SDKs send) is matched, not parsed.
     """
     if len(message_id) == 36:
-        try:
+        low = message_id.lower()
+        if _UUID_TEXT.fullmatch(low):
+            return low
+        try:  # the other spellings uuid.UUID reads ("{...}", hyphens elsewhere)
             return str(uuid.UUID(message_id))
         except ValueError:
             pass
-    h = hashlib.sha1(_NAMESPACE_BYTES + message_id.encode(), usedforsecurity=False).hexdigest()
+    sha1 = _NAMESPACE_SHA1.copy()
+    sha1.update(message_id.encode())
+    h = sha1.hexdigest()
     variant = "89ab"[int(h[16], 16) & 3]
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
