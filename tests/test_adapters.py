@@ -209,6 +209,17 @@ def test_message_ids_become_uuid5_in_our_namespace(message_id: str) -> None:
     assert segment.event_id(message_id) == expected
 
 
+@given(st.uuids(), st.lists(st.booleans(), min_size=36, max_size=36), st.sampled_from(["", "{}"]))
+def test_uuid_message_ids_are_their_own_event_ids(
+    some: uuid.UUID, upper: list[bool], braces: str
+) -> None:
+    # However a UUID is spelt (case, braces: what uuid.UUID reads), it is its own id.
+    text = "".join(c.upper() if up else c for c, up in zip(str(some), upper, strict=True))
+    if braces:
+        text = "{" + text.replace("-", "", 2) + "}"  # 36 characters still
+    assert segment.event_id(text) == str(some)
+
+
 def test_the_clients_clock_is_corrected_with_sent_at() -> None:
     # The client's clock is 1 h fast: it stamped 23:10 and sent at 23:14:00.
     mapped = _one(_seg(timestamp="2026-11-27T23:10:00Z", sentAt="2026-11-27T23:14:00+00:00"))
