@@ -48,10 +48,6 @@ def user_problem(value: Any) -> str | None:
     return None
 
 
-def iso_z(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def parse_time(value: Any) -> datetime | None:
     """An ISO 8601 time (naive = UTC), or None when it is not one."""
     if not isinstance(value, str) or not 10 <= len(value) <= 40:

@@ -71,6 +71,17 @@ def _leaves(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...]
         yield path, value
 
 
+def _named_leaves(sources: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(dotted path, value) of every leaf of ``sources``; a top-level scalar under a string
+    key (most properties) as it is, without a path to build and join."""
+    for key, value in sources.items():
+        if type(value) in _SCALARS and type(key) is str:
+            yield key, value
+        else:
+            for path, leaf in _leaves(value, (str(key),)):
+                yield ".".join(path), leaf
+
+
 def number(value: Any) -> Any:
     """A parsed float (decode.parse_json leaves them LosslessFloat) as the float it is, or
     left a LosslessFloat when no float is exactly it (``problem`` says ``not_exact``)."""
@@ -108,14 +119,11 @@ def flatten_into(
     """
     used = len(payload) - ("page_url" in payload)
     ours = frozenset(payload)
-    for path, value in _leaves(sources, ()):
-        if not path:
-            continue
-        shown = ".".join(path)
-        if isinstance(value, dict | list) and not value:
-            continue
+    for shown, value in _named_leaves(sources):
         if type(value) is str:  # most leaves: one check, not problem()'s chain
             why = "too_long" if len(value) > MAX_PROPERTY_STRING else None
+        elif isinstance(value, dict | list) and not value:
+            continue
         else:
             value = number(value)
             why = problem(value)

@@ -17,7 +17,7 @@ from typing import Any
 from jiter import LosslessFloat
 
 from event_analytics.adapters import names
-from event_analytics.adapters.common import Mapped, bot_type, build_payload, iso_z
+from event_analytics.adapters.common import Mapped, bot_type, build_payload
 from event_analytics.adapters.enrich import Enricher, Seen
 from event_analytics.adapters.flatten import Scalar, number
 from event_analytics.decode import parse_json
@@ -109,7 +109,7 @@ def map_event(
     out.event = {
         "event_id": str(uuid.uuid4()),  # every request is an event: nothing to dedup by
         "user_id": visitor_id(salt, domain, ip, user_agent),
-        "timestamp": iso_z(received_at),
+        "timestamp": received_at,  # a datetime: see model._iso_only
         "event_type": bot_type(event_type) if bot else event_type,
         "payload": payload,
     }

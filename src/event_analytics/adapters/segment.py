@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -22,7 +23,6 @@ from event_analytics.adapters.common import (
     Mapped,
     bot_type,
     build_payload,
-    iso_z,
     parse_time,
     user_problem,
 )
@@ -44,7 +44,10 @@ _OTHER_IDS = {"group": ("groupId", "group_id"), "alias": ("previousId", "previou
 NAMESPACE = uuid.UUID("6f1b2a4e-8c3d-5e7f-9a0b-1c2d3e4f5a6b")
 
 
-_NAMESPACE_BYTES = NAMESPACE.bytes
+# SHA-1 of the namespace alone, copied per name: the namespace is hashed once.
+_NAMESPACE_SHA1 = hashlib.sha1(NAMESPACE.bytes, usedforsecurity=False)
+# A UUID as str(uuid.UUID(...)) writes it: such a messageId (lower-cased) is its own text.
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def event_id(message_id: str) -> str:
@@ -52,13 +55,19 @@ def event_id(message_id: str) -> str:
 
     ``uuid.uuid5`` without its UUID objects (this runs per message): SHA-1 of namespace and
     name, version 5 and the RFC 4122 variant set in the text (tests hold it to uuid5).
+    A UUID written the usual way (what the SDKs send) is matched, not parsed.
     """
     if len(message_id) == 36:
-        try:
+        low = message_id.lower()
+        if _UUID_TEXT.fullmatch(low):
+            return low
+        try:  # the other spellings uuid.UUID reads ("{...}", hyphens elsewhere)
             return str(uuid.UUID(message_id))
         except ValueError:
             pass
-    h = hashlib.sha1(_NAMESPACE_BYTES + message_id.encode(), usedforsecurity=False).hexdigest()
+    sha1 = _NAMESPACE_SHA1.copy()
+    sha1.update(message_id.encode())
+    h = sha1.hexdigest()
     variant = "89ab"[int(h[16], 16) & 3]
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
@@ -201,17 +210,24 @@ def map_message(
         return out.reject("invalid_timestamp", "sentAt", "sentAt must be ISO 8601")
     try:
         moment = received_at if ts is None else ts if sent is None else received_at - (sent - ts)
-        stamp_text = iso_z(moment)
+        # A datetime for validation (model._iso_only): no text to write and parse again.
+        moment = moment.astimezone(UTC)
     except OverflowError:
         return out.reject("invalid_timestamp", "timestamp", "timestamp is out of range")
     # -- type, page and what is kept
-    context = {**_dict(shared_context), **_dict(message.get("context"))}
+    context = _dict(message.get("context"))
+    if shared_context:  # the batch's own context (rare): the message's fields win
+        context = {**_dict(shared_context), **context}
     page = _dict(context.get("page"))
-    properties = dict(_dict(message.get("properties")))
-    traits = _dict(message.get("traits"))
-    url = properties.pop("url", None) if "url" in properties else None
-    url = url if isinstance(url, str) else page.get("url")
+    properties = _dict(message.get("properties"))
+    url = page.get("url")
+    if "url" in properties:  # not a property: it is the page's URL
+        properties = dict(properties)
+        sent_url = properties.pop("url")
+        url = sent_url if isinstance(sent_url, str) else url
     ours: dict[str, Scalar] = {}
+    if isinstance(url, str) and (kind == "page" or url.startswith(("http://", "https://"))):
+        ours["page_url"] = url
     if kind == "track":
         name = message.get("event")
         if not isinstance(name, str) or not name:
@@ -224,8 +240,6 @@ def map_message(
             value = message.get(field)
             if isinstance(value, str):
                 ours[field] = value
-    if isinstance(url, str) and (kind == "page" or url.startswith(("http://", "https://"))):
-        ours = {"page_url": url, **ours}
     if user_id is not None and isinstance(anonymous_id, str):
         ours["anonymous_id"] = anonymous_id
     if kind in _OTHER_IDS:
@@ -246,12 +260,12 @@ def map_message(
             ip=ip if isinstance(ip, str) else None,
             campaign=_dict(campaign),
         )
-    sent_props = traits if kind in ("identify", "group") else properties
+    sent_props = _dict(message.get("traits")) if kind in ("identify", "group") else properties
     payload, bot = build_payload(out, ours, seen, enricher, sent_props)
     out.event = {
         "event_id": ident,
         "user_id": user,
-        "timestamp": stamp_text,
+        "timestamp": moment,
         "event_type": bot_type(event_type) if bot else event_type,
         "payload": payload,
     }
