@@ -154,22 +154,43 @@ class Ingestor:
         This runs once per event on the hot path: names and expiry times are made once
         per bucket (``_bucket``), labels cut from one isoformat().
         """
-        ts = to_utc(event.timestamp) if replay else self.check_time(event, now)
-        shard = self.keys.shard_of(event.user_id)
-        iso = ts.isoformat()  # YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00
-        bucket = self._buckets.get((shard, event.event_type, iso[:16]))
-        if bucket is None:
-            bucket = self._bucket(shard, event.event_type, iso, ts)
         if replay:
-            record = b""
-        else:
-            payload = event.payload.as_record()
-            record = encode(
-                Record(event.event_id, event.user_id, ts, event.event_type, payload, now)
+            return self.prepare_archived(
+                Record(
+                    event.event_id,
+                    event.user_id,
+                    to_utc(event.timestamp),
+                    event.event_type,
+                    {"page_url": event.payload.page_url},
+                )
             )
+        ts = self.check_time(event, now)
+        shard = self.keys.shard_of(event.user_id)
+        bucket = self._bucket_of(shard, event.event_type, ts)
+        payload = event.payload.as_record()
+        record = encode(Record(event.event_id, event.user_id, ts, event.event_type, payload, now))
         return PreparedEvent(
             shard, bucket, event.event_id.bytes, event.user_id, event.payload.page_url, record
         )
+
+    def prepare_archived(self, got: Record) -> PreparedEvent:
+        """What replaying an archived record needs (rebuild): straight from the archive's
+        codec, without an Event (it was validated when it arrived; building a pydantic
+        model per line cost more than the rest of the replay on the Python side)."""
+        shard = self.keys.shard_of(got.user_id)
+        bucket = self._bucket_of(shard, got.event_type, got.timestamp)
+        page = got.payload.get("page_url")
+        return PreparedEvent(
+            shard, bucket, got.event_id.bytes, got.user_id, page if page else None, b""
+        )
+
+    def _bucket_of(self, shard: int, event_type: str, ts: datetime) -> Bucket:
+        """The bucket of a UTC timestamp (cached: labels cut from one isoformat())."""
+        iso = ts.isoformat()  # YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00
+        bucket = self._buckets.get((shard, event_type, iso[:16]))
+        if bucket is None:
+            bucket = self._bucket(shard, event_type, iso, ts)
+        return bucket
 
     def _bucket(self, shard: int, event_type: str, iso: str, ts: datetime) -> Bucket:
         """Names and expiry times of one (shard, event type, minute), kept for reuse."""

@@ -16,11 +16,10 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from event_analytics.archive import files, record
 from event_analytics.ingest import Ingestor
-from event_analytics.model import Event, Payload
 from event_analytics.store import PreparedEvent, Store
 from event_analytics.store.clear import clear_day
 from event_analytics.timebucket import DAY, Interval, floor, to_utc
@@ -65,7 +64,6 @@ async def rebuild(
     store = ingestor.store
     report = RebuildReport(files=len(found))
     started = time.perf_counter()
-    now = datetime.now(UTC)
     inflight: set[asyncio.Task[None]] = set()
     for day, day_files in files.by_day(found):
         report.days += 1
@@ -76,18 +74,20 @@ async def rebuild(
         batch: list[PreparedEvent] = []
         for f in day_files:
             for line in files.read_lines([f.path]):
-                event = _archived_event(line)
-                if event is None:
-                    report.unreadable += 1
+                try:
+                    got = record.decode(line)
+                except record.InvalidRecord:
+                    report.unreadable += 1  # verify skips it too
                     continue
-                if event.event_id.bytes in ids:
+                prepared = ingestor.prepare_archived(got)
+                if prepared.event_id in ids:
                     report.duplicates += 1
                     continue
-                ids.add(event.event_id.bytes)
-                if event.event_type not in cleared:
-                    await clear_day(store, day, event.event_type)
-                    cleared.add(event.event_type)
-                batch.append(ingestor.prepare(event, now, replay=True))
+                ids.add(prepared.event_id)
+                if got.event_type not in cleared:
+                    await clear_day(store, day, got.event_type)
+                    cleared.add(got.event_type)
+                batch.append(prepared)
                 if len(batch) >= BATCH:
                     await _flush(store, batch, report, inflight)
                     batch = []
@@ -99,26 +99,6 @@ async def rebuild(
         _crash_point(ingestor, report)
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _archived_event(line: bytes) -> Event | None:
-    """An archived line as an Event, without validating it again (None if unreadable).
-
-    Archived events were validated when they arrived; rebuilding only needs what the
-    ingest script is given (of the payload, the page), and re-running pydantic's
-    validators costs more than the rest of the replay on the Python side.
-    """
-    try:
-        got = record.decode(line)
-    except record.InvalidRecord:
-        return None
-    return Event.model_construct(
-        event_id=got.event_id,
-        user_id=got.user_id,
-        timestamp=got.timestamp,
-        event_type=got.event_type,
-        payload=Payload.model_construct(page_url=got.payload.get("page_url")),
-    )
 
 
 def _crash_point(ingestor: Ingestor, report: RebuildReport) -> None:

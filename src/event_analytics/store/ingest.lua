@@ -355,21 +355,22 @@ end
 -- under the page it counted into; and the users of each page counted into, by URL, and
 -- those pages in first-seen order.
 local function page_pairs(s, counted, with_pairs)
-  local pairs_, users, order = {}, {}, {}
+  local pairs_, users, order, k = {}, {}, {}, 0
   for _, pn in ipairs(s.page_order) do
-    local page = counted[pn]
-    local list = users[page.url]
-    if not list then
-      list = {}
-      users[page.url] = list
-      order[#order + 1] = page
-    end
-    for _, user in ipairs(s.page_users[pn]) do
-      if with_pairs then
-        pairs_[#pairs_ + 1] = 0
-        pairs_[#pairs_ + 1] = page.url .. '\0' .. user
+    local page, list = counted[pn], s.page_users[pn]
+    if with_pairs then
+      local head = page.url .. '\0'
+      for j = 1, #list do
+        pairs_[k + 1], pairs_[k + 2] = 0, head .. list[j]
+        k = k + 2
       end
-      list[#list + 1] = user
+    end
+    local have = users[page.url]
+    if not have then
+      users[page.url] = list  -- the page's own list (read once, after this)
+      order[#order + 1] = page
+    else
+      for j = 1, #list do have[#have + 1] = list[j] end  -- pages counted into OTHER
     end
   end
   return pairs_, users, order
