@@ -180,3 +180,23 @@ def test_sigkill_mid_compaction_leaves_no_copy_in_use_then_restart_compacts(
         )
     assert assert_copies_true(root) == hours
     assert answers(root, first, hours) == before
+
+
+def test_concurrent_compactions_of_one_hour_write_one_true_copy(tmp_path: Path) -> None:
+    """Two archivers (or one and ``event-analytics compact``) on one hour: the per-hour
+    lock lets one write the copy and the others find it valid."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from event_analytics.analytics.compact import compact
+
+    root = tmp_path / "archive"
+    first = hours_ago(3)
+    recs = records(first, 1, 2000, seed=4)
+    model.archive(root, recs)
+    before = answers(root, first, 1)
+    (path,) = closed(root, first, 1)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: compact(path), range(4)))
+    assert {r.events for r in results if r is not None} == {len(recs)}
+    assert assert_copies_true(root) == 1
+    assert answers(root, first, 1) == before
