@@ -7,13 +7,19 @@ inode and byte length it covers in ``events_…-HH.parquet.json``. The JSONL sta
 source of truth: a copy is read only while that record still matches the JSONL's inode,
 and covers at most its length; lines appended after it (late events) are read from the
 JSONL, so a grown hour is still answered exactly.
+
+One compaction of an hour at a time (an flock on ``events_…-HH.parquet.lock``): two
+archivers, or an archiver and ``event-analytics compact``, never write one copy at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,6 +36,16 @@ def parquet_path(jsonl: Path) -> Path:
 
 def _record_path(jsonl: Path) -> Path:
     return jsonl.with_suffix(".parquet.json")
+
+
+@contextlib.contextmanager
+def _hour_lock(jsonl: Path) -> Iterator[None]:
+    fd = os.open(jsonl.with_suffix(".parquet.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by close, or by the kernel on a crash
+        yield
+    finally:
+        os.close(fd)
 
 
 def checksum(ids: list[str] | None = None) -> tuple[int, int]:
@@ -78,12 +94,18 @@ def _jsonl_prefix(jsonl: Path) -> tuple[int, list[str]]:
     return length, ids
 
 
-def compact(jsonl: Path) -> Covered | None:
+def compact(jsonl: Path, crash_point: Callable[[str], None] | None = None) -> Covered | None:
     """Write and check the Parquet copy of ``jsonl``'s complete lines; None if none.
 
     An hour with a valid copy is left alone: a copy in use is never replaced (a query
     that chose it reads the copy it chose); lines appended since are its JSONL tail.
+    ``crash_point`` is the archiver's fault injection (its crash tests die there).
     """
+    with _hour_lock(jsonl):
+        return _compact(jsonl, crash_point or (lambda _point: None))
+
+
+def _compact(jsonl: Path, crash_point: Callable[[str], None]) -> Covered | None:
     existing = covered(jsonl)
     if existing is not None:
         return existing
@@ -122,21 +144,30 @@ def compact(jsonl: Path) -> Covered | None:
         raise ValueError(f"{jsonl}: the Parquet copy differs from the JSONL; not used")
     with scratch.open("rb") as handle:
         os.fsync(handle.fileno())
+    crash_point("compact_written")
     os.replace(scratch, target)
+    crash_point("compact_renamed")
     record = Covered(inode=inode, jsonl_bytes=length, events=want[0], checksum=want[1])
-    staged = _record_path(jsonl).with_suffix(".tmp")
+    staged = jsonl.with_suffix(".parquet.json.tmp")
     staged.write_text(json.dumps(asdict(record)))
     os.replace(staged, _record_path(jsonl))
     return record
 
 
+def uncompacted(root: Path, before: datetime) -> list[Path]:
+    """The hour files that ended by ``before`` and have no valid copy, oldest first."""
+    return [
+        found.path
+        for found in list_files(root, None, before - timedelta(hours=1))
+        if covered(found.path) is None
+    ]
+
+
 def compact_closed(root: Path, before: datetime) -> tuple[int, int]:
     """Compact every hour that ended before ``before``; (hours compacted, events in them)."""
     hours = events = 0
-    for found in list_files(root, None, before - timedelta(hours=1)):
-        if covered(found.path) is not None:
-            continue
-        record = compact(found.path)
+    for path in uncompacted(root, before):
+        record = compact(path)
         if record is not None:
             hours += 1
             events += record.events

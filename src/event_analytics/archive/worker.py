@@ -5,6 +5,10 @@ acknowledged entry is always on disk. One archiver at a time owns a shard (a lea
 Redis), so two archivers never write the same entry concurrently. Whatever was pending
 when an owner died, the next owner claims (XAUTOCLAIM) and writes only the events that
 are not in their hour file yet: the archive never holds an event twice.
+
+Beside that, off the write path (its own task, one hour per worker-thread call), it
+writes the Parquet copies of closed hours that queries read instead of their JSONL
+(analytics/compact.py; EA_COMPACT, EA_COMPACT_AFTER_S).
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ import signal
 import socket
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
+from event_analytics.analytics import compact
 from event_analytics.archive import files
 from event_analytics.archive.record import InvalidRecord, archive_line
 from event_analytics.config import Settings
@@ -40,6 +47,9 @@ IDLE_SLEEP_S = 0.05
 # before, reading a few events at a time). The archive lags by at most this much more.
 LINGER_S = 0.05
 MAX_BACKOFF_S = 5.0
+# How often the compactor looks for closed hours without a Parquet copy (a glob of the
+# archive and a stat and a small read per hour file).
+COMPACT_SCAN_S = 30.0
 
 
 def _records(fields: dict[bytes, bytes]) -> list[tuple[datetime, bytes]]:
@@ -78,6 +88,7 @@ class Archiver:
         self.batch = settings.archiver_batch
         self._count = self.batch  # entries per read
         self.events_archived = 0
+        self.hours_compacted = 0
         self.last_fsync: float | None = None
         self.last_error: str | None = None
         self.state = "starting"
@@ -87,6 +98,7 @@ class Archiver:
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.1
+        compactor = asyncio.create_task(self._compact(stop)) if self.settings.compact else None
         try:
             while not stop.is_set():
                 try:
@@ -111,6 +123,11 @@ class Archiver:
                     await _wait(stop, backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
         finally:
+            if compactor is not None:
+                # Waits for the hour being compacted, if any (its thread is not stopped).
+                compactor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await compactor
             with contextlib.suppress(StorageUnavailable):
                 for shard in list(self.owned):
                     await self.streams.release_lease(shard, self.name)
@@ -166,6 +183,44 @@ class Archiver:
             self.last_error = None
             await self._beat(force=True)  # show the recovery at once
         return busy
+
+    # -- Parquet copies of closed hours ------------------------------------------------
+
+    async def _compact(self, stop: asyncio.Event) -> None:
+        """Compact closed hours without a valid copy, one at a time, until ``stop``.
+
+        Each hour is one call in a worker thread (DuckDB on one thread), so batches go on
+        being written meanwhile; a crash mid-hour leaves no copy that queries read.
+        """
+        failed: dict[Path, int] = {}  # hour file -> its size when it could not be copied
+        while not stop.is_set():
+            before = datetime.now(UTC) - timedelta(seconds=self.settings.compact_after_s)
+            try:
+                todo = await asyncio.to_thread(compact.uncompacted, self.root, before)
+            except OSError as exc:
+                log.warning("compaction: cannot list %s: %s", self.root, exc)
+                todo = []
+            for path in todo:
+                if stop.is_set():
+                    break
+                size = -1
+                try:
+                    size = path.stat().st_size
+                    if failed.get(path) == size:
+                        continue  # the same file failed before: not again until it grows
+                    done = await asyncio.to_thread(compact.compact, path, self._compact_crash)
+                except (OSError, ValueError, duckdb.Error) as exc:
+                    log.warning("compaction of %s failed: %s", path, exc)
+                    done = None
+                if done is None:
+                    failed[path] = size  # or no complete line yet
+                else:
+                    self.hours_compacted += 1
+                    log.info("compacted %s (%d events) to Parquet", path.name, done.events)
+            await _wait(stop, COMPACT_SCAN_S)
+
+    def _compact_crash(self, point: str) -> None:
+        self._crash_point(point, None, b"")
 
     # -- leases and heartbeats --------------------------------------------------------
 
