@@ -58,12 +58,28 @@ def checksum(ids: list[str] | None = None) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class Covered:
-    """What a Parquet copy holds: the first ``jsonl_bytes`` of the JSONL with ``inode``."""
+    """What a Parquet copy holds: the first ``jsonl_bytes`` of the JSONL with ``inode``,
+    whose first line hashes to ``head`` (an inode number is reused once a file is deleted:
+    a recreated hour file must not pass for the one that was compacted)."""
 
     inode: int
     jsonl_bytes: int
     events: int
     checksum: int
+    head: str
+
+
+def _head(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()
+
+
+def _first_line(jsonl: Path) -> bytes:
+    with jsonl.open("rb") as handle:
+        return handle.readline(_MAX_LINE)
+
+
+# The longest line the archive writes is far below this; readline stops here regardless.
+_MAX_LINE = 1 << 20
 
 
 def covered(jsonl: Path) -> Covered | None:
@@ -75,6 +91,11 @@ def covered(jsonl: Path) -> Covered | None:
     except (OSError, ValueError, TypeError):
         return None
     if record.inode != stat.st_ino or record.jsonl_bytes > stat.st_size:
+        return None
+    try:
+        if _head(_first_line(jsonl)) != record.head:
+            return None
+    except OSError:
         return None
     if not parquet_path(jsonl).exists():
         return None
@@ -115,6 +136,7 @@ def _compact(jsonl: Path, crash_point: Callable[[str], None]) -> Covered | None:
     if not ids:
         return None
     inode = jsonl.stat().st_ino
+    head = _head(_first_line(jsonl))
     target = parquet_path(jsonl)
     scratch = target.with_suffix(".parquet.tmp")
     prefix = jsonl.with_suffix(".prefix.tmp")
@@ -147,7 +169,7 @@ def _compact(jsonl: Path, crash_point: Callable[[str], None]) -> Covered | None:
     crash_point("compact_written")
     os.replace(scratch, target)
     crash_point("compact_renamed")
-    record = Covered(inode=inode, jsonl_bytes=length, events=want[0], checksum=want[1])
+    record = Covered(inode=inode, jsonl_bytes=length, events=want[0], checksum=want[1], head=head)
     staged = jsonl.with_suffix(".parquet.json.tmp")
     staged.write_text(json.dumps(asdict(record)))
     os.replace(staged, _record_path(jsonl))
