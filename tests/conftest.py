@@ -131,10 +131,16 @@ def engine_down(
 def exact_service(
     engine: Backend, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
-    """The real service with EA_UNIQUES=exact: hour and day unique users from sets."""
+    """The real service with EA_UNIQUES=exact: hour and day unique users from sets.
+
+    Without an archiver: it shares the engine and prefix with ``service``, whose archiver
+    must be the only one. A second one took a share of the streams into its own archive,
+    so later tests of ``live`` waited in vain for their events in the files.
+    """
     data_dir = tmp_path_factory.mktemp(f"service-exact-{engine.kind}")
     env = engine.env | {"EA_UNIQUES": "exact"}
-    with stopped_after(ServiceProcess(data_dir / "data", env=env)) as svc:
+    service = ServiceProcess(data_dir / "data", env=env, args=["--no-archiver"])
+    with stopped_after(service) as svc:
         yield svc
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from event_analytics.store.reads import Reads
 from event_analytics.timebucket import Interval, floor
 from tests.backends import Backend
 from tests.direct import ingest
-from tests.helpers import IST, event, hll_close, z
+from tests.helpers import IST, event, hll_close, wait_for, z
 from tests.servers import ServiceProcess
 
 PROBLEM = "application/problem+json"
@@ -315,3 +316,24 @@ def test_bucket_keys_list_every_key_ingest_writes(db: Backend, base: datetime) -
     assert written - per_page <= listed
     assert len(per_page) == 1  # the page's hour HLL
     assert len(written) == 12 + 8 + 1  # page_view: every structure; signup: none of a page's
+
+
+def test_the_exact_service_runs_no_archiver_of_its_own(
+    live: ServiceProcess, exact_service: ServiceProcess
+) -> None:
+    """Both services share the engine and prefix: a second archiver would take a share of
+    the streams into its own files, and tests of ``live`` would miss their events."""
+    from event_analytics.archive.worker import HEARTBEAT_S
+
+    def archivers() -> set[str]:
+        status = httpx.get(f"{live.url}/persistent/status", timeout=10).json()
+        return {str(a["name"]) for a in status["archivers"]}
+
+    seen: set[str] = set()
+    wait_for(lambda: bool(archivers()))  # the flush removed the heartbeats
+    # Heartbeats come every HEARTBEAT_S: watching three of them sees every archiver.
+    deadline = time.monotonic() + 3 * HEARTBEAT_S
+    while time.monotonic() < deadline:
+        seen |= archivers()
+        time.sleep(0.2)
+    assert len(seen) == 1, seen
