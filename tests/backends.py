@@ -90,18 +90,18 @@ class Backend:
 
     def script_flush(self) -> None:
         """SCRIPT FLUSH on every node that may serve a call (masters and replicas)."""
-        for node in self._nodes():
+        for node in self.nodes():
             with contextlib.closing(redis.Redis(port=node.port, socket_timeout=5)) as c:
                 c.script_flush()
 
     def kill(self) -> None:
         """SIGKILL the engine: the one node, or every node of the cluster (a full outage)."""
-        for node in self._nodes():
+        for node in self.nodes():
             node.kill()
 
     def start(self) -> None:
         """Start what kill() stopped, with its data (AOF); on the cluster, until it is ok."""
-        for node in self._nodes():
+        for node in self.nodes():
             if node.proc is None or node.proc.poll() is not None:
                 node.start()
         if isinstance(self.engine, ClusterProcess):
@@ -117,7 +117,8 @@ class Backend:
         nodes = engine.masters() if isinstance(engine, ClusterProcess) else [engine]
         return [n.proc.pid for n in nodes if n.proc is not None and n.proc.poll() is None]
 
-    def _nodes(self) -> list[EngineProcess]:
+    def nodes(self) -> list[EngineProcess]:
+        """Every engine process: the one node, or all six of the cluster."""
         if isinstance(self.engine, ClusterProcess):
             return self.engine.nodes
         return [self.engine]

@@ -406,16 +406,17 @@ def too_many_event_types(event_type: str, limit: int) -> FieldError:
 
 
 class QueryTooCostly(InvalidQuery):
-    """A read would merge more (bucket, page) entries than EA_MAX_QUERY_COST."""
+    """A read would merge more (bucket, page) or (bucket, user) entries than
+    EA_MAX_QUERY_COST."""
 
-    def __init__(self, cost: int, bound: int) -> None:
+    def __init__(self, cost: int, bound: int, what: str = "(bucket, page)") -> None:
         super().__init__(
             [
                 FieldError(
                     "query_too_costly",
                     "from",
-                    f"this range holds {cost} (bucket, page) entries, more than the bound of "
-                    f"{bound}: ask for a shorter range",
+                    f"this range holds {cost} {what} entries, more than the bound of "
+                    f"{bound}: ask for a shorter range or a coarser interval",
                 )
             ]
         )

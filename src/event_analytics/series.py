@@ -7,7 +7,7 @@ from enum import StrEnum
 
 
 class UserSource(StrEnum):
-    """Which structure a series reads unique users from (see store/series.lua)."""
+    """Which structure a series reads unique users from (see store/figures.lua)."""
 
     SETS = "set"
     HLL = "hll"

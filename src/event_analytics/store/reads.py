@@ -15,6 +15,7 @@ from event_analytics.keys import OTHER_PAGE, Keys
 from event_analytics.model import QueryTooCostly
 from event_analytics.series import Series, UserSource
 from event_analytics.store.redis import Client, Store, engine_errors
+from event_analytics.store.rounds import Held, members, script_rounds
 from event_analytics.store.scripts import Call, Lua, call_per_shard, register
 from event_analytics.timebucket import Interval
 
@@ -29,10 +30,11 @@ class Ranking(NamedTuple):
 class Reads:
     """Range queries over the bucket structures written by ingest.lua.
 
-    Top pages are bounded and split: the pages sets' sizes (ZCARD, O(1) each) are read
-    first, a range holding more than ``max_cost`` entries is refused, and the merge runs
-    in calls of at most ``chunk_entries`` entries each, one round after another, so no
-    single call holds the engine for more than a few ms and ingest runs in between.
+    Every read is bounded and split: what a read must merge is sized first with O(1)
+    commands (ZCARD, SCARD, ZLEXCOUNT), a read holding more than ``max_cost`` entries is
+    refused (QueryTooCostly), and the merge runs in calls of at most ``chunk_entries``
+    entries each, one round after another (store/rounds.py), so no single call holds the
+    engine for more than a few ms and ingest runs in between.
     """
 
     def __init__(
@@ -41,16 +43,18 @@ class Reads:
         client: Client | None = None,
         max_cost: int = 500_000,
         chunk_entries: int = 2_000,
+        *,
+        read_only: bool = False,
     ) -> None:
         # ``client``: another engine for reads (REDIS_READ_URL, e.g. a replica).
+        # ``read_only``: scripts as EVALSHA_RO, which a cluster client sends to replicas.
         self.client = client or store.client
         self.keys: Keys = store.keys
         self.max_cost = max_cost
         self.chunk_entries = chunk_entries
-        self._series = register(self.client, Lua.SERIES)
+        self.read_only = read_only
+        self._figures = register(self.client, Lua.FIGURES)
         self._top_pages = register(self.client, Lua.TOP_PAGES)
-        self._page_users = register(self.client, Lua.PAGE_USERS)
-        self._minute_stats = register(self.client, Lua.MINUTE_STATS)
 
     async def _per_shard(self, script: Any, calls: Sequence[Call]) -> list[Any]:
         """One script call per shard, all in one round trip; the replies in shard order.
@@ -58,29 +62,47 @@ class Reads:
         Through call_per_shard: it works in cluster pipelines and survives NOSCRIPT.
         """
         async with engine_errors():
-            return await call_per_shard(self.client, script, calls)
+            return await call_per_shard(self.client, script, calls, read_only=self.read_only)
 
     async def minute_stats(
         self, event_type: str, minutes: Sequence[datetime]
     ) -> list[tuple[int, int]]:
-        """(count, unique users) of each minute, summed over the disjoint user shards.
+        """(count, unique users) of each minute, summed over the disjoint user shards."""
+        pairs = [
+            [
+                (self.keys.count(s, event_type, Interval.MINUTE, m),
+                 self.keys.users(s, event_type, Interval.MINUTE, m))
+                for m in minutes
+            ]
+            for s in range(self.keys.shards)
+        ]  # fmt: skip
+        figures = await self._bucket_figures(UserSource.SETS, "", pairs)
+        return [
+            (sum(f[b][0] for f in figures), sum(f[b][1] for f in figures))
+            for b in range(len(minutes))
+        ]
 
-        One script call per shard reads all the minutes: on a cluster, a pipeline of
-        single GET/SCARD commands costs the client ~0.1 ms each, 16 x more with 16 shards.
-        """
-        calls: list[Call] = []
-        for shard in range(self.keys.shards):
-            keys: list[str] = []
-            for minute in minutes:
-                keys.append(self.keys.count(shard, event_type, Interval.MINUTE, minute))
-                keys.append(self.keys.users(shard, event_type, Interval.MINUTE, minute))
-            calls.append((keys, []))
-        replies = await self._per_shard(self._minute_stats, calls)
-        out = [(0, 0)] * len(minutes)
-        for reply in replies:
-            for m in range(len(minutes)):
-                count, users = out[m]
-                out[m] = (count + int(reply[2 * m]), users + int(reply[2 * m + 1]))
+    async def _bucket_figures(
+        self, source: UserSource, page: str, pairs: list[list[tuple[str, str]]]
+    ) -> list[list[tuple[int, int]]]:
+        """(count, users) of each bucket of each shard (figures.lua): O(1) per bucket, in
+        calls of at most chunk_entries // 2 buckets (two commands each)."""
+        step = max(1, self.chunk_entries // 2)
+        calls = [
+            [
+                (
+                    [name for pair in shard_pairs[i : i + step] for name in pair],
+                    [source.value, page],
+                )
+                for i in range(0, len(shard_pairs), step)
+            ]
+            for shard_pairs in pairs
+        ]
+        replies = await script_rounds(self.client, self._figures, calls, read_only=self.read_only)
+        out = []
+        for shard_replies in replies:
+            flat = [int(v) for reply in shard_replies for v in reply]
+            out.append([(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)])
         return out
 
     async def series(
@@ -91,21 +113,122 @@ class Reads:
         source: UserSource,
         page: str | None = None,
     ) -> Series:
-        """Count and unique users of each group of ``level`` buckets, plus their union."""
-        k = self.keys
+        """Count and unique users of each group of ``level`` buckets, plus their union.
+
+        Counts and single buckets' users come from O(1) commands; unions of several
+        buckets are PFCOUNTs (HyperLogLogs: ~2 us per key, and a query reads at most
+        EA_MAX_QUERY_POINTS x 24 keys) or, exact, the members fetched in bounded rounds
+        and united here (refused past max_cost members).
+        """
         if source in (UserSource.PAGE, UserSource.PAGE_HLL):
             assert page is not None
-        calls = []
-        for shard in range(k.shards):
-            keys: list[str] = []
-            for group in groups:
-                for start in group:
-                    keys += self._pair(source, shard, event_type, level, start, page or "")
-            calls.append((keys, [source.value, page or "", *(len(g) for g in groups)]))
-        replies = await self._per_shard(self._series, calls)
-        sums = [sum(column) for column in zip(*replies, strict=True)]
-        points = [(sums[i], sums[i + 1]) for i in range(0, 2 * len(groups), 2)]
-        return Series(points=points, total_users=sums[-1] if sums else 0)
+        (series,) = await self._unions(event_type, level, groups, source, [page or ""])
+        return series
+
+    async def _unions(
+        self,
+        event_type: str,
+        level: Interval,
+        groups: Sequence[Sequence[datetime]],
+        source: UserSource,
+        pages: Sequence[str],
+    ) -> list[Series]:
+        """``series`` of each page (one "" without a page), their cost bounded together."""
+        k = self.keys
+        flat = [b for group in groups for b in group]
+        # Spans of ``flat`` whose users need a union: each group of several buckets, and
+        # all of them for the total (one group's total is its own figure).
+        spans, at = [], 0
+        for group in groups:
+            spans.append(range(at, at + len(group)))
+            at += len(group)
+        unite = [span for span in spans if len(span) > 1]
+        if len(spans) > 1:
+            unite.append(range(len(flat)))
+        names = [
+            [
+                [self._pair(source, s, event_type, level, b, page) for b in flat]
+                for s in range(k.shards)
+            ]
+            for page in pages
+        ]
+        figures = [
+            await self._bucket_figures(source, p, n) for p, n in zip(pages, names, strict=True)
+        ]
+        if not source.exact:
+            unions = await self._hll_unions(names, unite)
+        else:
+            cost = sum(size for f in figures for shard in f for _, size in shard) if unite else 0
+            if cost > self.max_cost:
+                raise QueryTooCostly(cost, self.max_cost, "(bucket, user)")
+            unions = []
+            for page, page_names, page_figures in zip(pages, names, figures, strict=True):
+                unions.append(
+                    await self._exact_unions(page_names, page_figures, unite, page, source)
+                )
+        out = []
+        for page_figures, page_unions in zip(figures, unions, strict=True):
+            united = iter(page_unions)  # in the order of ``unite``
+            points = []
+            for span in spans:
+                count = sum(f[b][0] for f in page_figures for b in span)
+                users = next(united) if len(span) > 1 else sum(f[span[0]][1] for f in page_figures)
+                points.append((count, users))
+            total = next(united) if len(spans) > 1 else (points[0][1] if points else 0)
+            out.append(Series(points=points, total_users=total))
+        return out
+
+    async def _hll_unions(
+        self, names: list[list[list[tuple[str, str]]]], unite: list[range]
+    ) -> list[list[int]]:
+        """Per page, the estimated union of each span's HLLs, summed over the shards."""
+        if not unite:
+            return [[] for _ in names]
+        async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
+            for page_names in names:
+                for span in unite:
+                    for shard_names in page_names:
+                        # Not pipe.pfcount(): redis-py blocks it in cluster pipelines,
+                        # though these keys share one hash tag (one slot).
+                        pipe.execute_command("PFCOUNT", *(shard_names[b][1] for b in span))
+            flat = [int(n) for n in await pipe.execute()]
+        shards, out, at = self.keys.shards, [], 0
+        for _ in names:
+            out.append(
+                [sum(flat[at + i * shards : at + (i + 1) * shards]) for i in range(len(unite))]
+            )
+            at += len(unite) * shards
+        return out
+
+    async def _exact_unions(
+        self,
+        names: list[list[tuple[str, str]]],
+        figures: list[list[tuple[int, int]]],
+        unite: list[range],
+        page: str,
+        source: UserSource,
+    ) -> list[int]:
+        """The exact union of each span: the buckets' members fetched in bounded rounds.
+
+        Users are disjoint across shards, so one set per span serves every shard."""
+        if not unite:
+            return []
+        held = [
+            Held(shard, shard_names[b][1], figures[shard][b][1])
+            for shard, shard_names in enumerate(names)
+            for b in range(len(shard_names))
+        ]
+        by_page = page if source is UserSource.PAGE else None
+        fetched = await members(self.client, held, by_page, self.chunk_entries)
+        width = len(names[0]) if names else 0
+        out = []
+        for span in unite:
+            united: set[bytes] = set()
+            for shard in range(len(names)):
+                for b in span:
+                    united.update(fetched[shard * width + b])
+            out.append(len(united))
+        return out
 
     def _pair(
         self,
@@ -116,7 +239,7 @@ class Reads:
         start: datetime,
         page: str,
     ) -> tuple[str, str]:
-        """The (count, users) keys series.lua reads for one bucket."""
+        """The (count, users) keys figures.lua reads for one bucket."""
         k = self.keys
         if source is UserSource.SETS:
             return k.count(shard, event_type, level, start), k.users(
@@ -180,31 +303,12 @@ class Reads:
         pages: Sequence[str],
         source: UserSource = UserSource.PAGE,
     ) -> list[int]:
-        """Distinct users of each page over the buckets: exact pairs, or page HLLs."""
+        """Distinct users of each page over the buckets: exact pairs, or page HLLs (the
+        same bounded reads as ``series``, the pages' costs counted together)."""
         if not pages:
             return []
-        k = self.keys
-        if source is UserSource.PAGE_HLL:
-            async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
-                for page in pages:
-                    for s in range(k.shards):
-                        names = [k.page_hll(s, event_type, level, b, page) for b in starts]
-                        # Not pipe.pfcount(): redis-py blocks it in cluster pipelines, though
-                        # these keys share one hash tag (one slot) and route by the first.
-                        pipe.execute_command("PFCOUNT", *names)
-                counts = await pipe.execute()
-            return [sum(counts[i : i + k.shards]) for i in range(0, len(counts), k.shards)]
-        # One page per call: a call's work is that page's users over the buckets, not
-        # every page's at once (distinct users need one call to see all buckets).
-        out = []
-        for page in pages:
-            calls = [
-                ([k.page_users(s, event_type, level, b) for b in starts], [page])
-                for s in range(k.shards)
-            ]
-            replies = await self._per_shard(self._page_users, calls)
-            out.append(sum(int(reply[0]) for reply in replies))
-        return out
+        series = await self._unions(event_type, level, [list(starts)], source, pages)
+        return [s.total_users for s in series]
 
     async def minute_users(
         self, event_type: str, minutes: Sequence[datetime], cap: int

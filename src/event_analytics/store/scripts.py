@@ -32,10 +32,8 @@ class Lua(StrEnum):
     INGEST = "ingest"
     CLAIM = "claim"
     UNCLAIM = "unclaim"
-    MINUTE_STATS = "minute_stats"
-    SERIES = "series"
+    FIGURES = "figures"
     TOP_PAGES = "top_pages"
-    PAGE_USERS = "page_users"
     LEASE_RENEW = "lease_renew"
     LEASE_RELEASE = "lease_release"
     STREAM_ACK = "stream_ack"
@@ -53,22 +51,32 @@ def register(client: Any, script: Lua) -> AsyncScript:
     return client.register_script(source(script))  # type: ignore[no-any-return]
 
 
-async def call_per_shard(client: Any, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
+async def call_per_shard(
+    client: Any, script: AsyncScript, calls: Sequence[Call], *, read_only: bool = False
+) -> list[Any]:
     """The replies of ``script`` for each (keys, args), in order; raises the first error.
 
+    ``read_only``: sent as EVALSHA_RO (Redis 7+), which a cluster client configured to
+    read from replicas sends to a replica; a replica that lacks the script (SCRIPT LOAD
+    goes to masters only) gets EVAL_RO with its text, which also caches it there.
     Callers wrap this in ``engine_errors()`` so outages become StorageUnavailable.
     """
-    if len(calls) == 1:
+    if len(calls) == 1 and not read_only:
         ((keys, args),) = calls
         return [await script(keys=keys, args=args)]
+    command = "EVALSHA_RO" if read_only else "EVALSHA"
     async with client.pipeline(transaction=False) as pipe:
         for keys, args in calls:
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            pipe.execute_command(command, script.sha, len(keys), *keys, *args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
     for n, reply in enumerate(replies):
         if isinstance(reply, rx.NoScriptError):
             keys, args = calls[n]
-            replies[n] = await script(keys=keys, args=args)
+            if read_only:
+                text = script.script
+                replies[n] = await client.execute_command("EVAL_RO", text, len(keys), *keys, *args)
+            else:
+                replies[n] = await script(keys=keys, args=args)
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply

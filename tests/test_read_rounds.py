@@ -1,0 +1,193 @@
+"""Heavy reads are split (issue 13): time series, unique users over long ranges, top
+pages and realtime answer exactly as a model of the events over many buckets, while no
+single engine call merges more than the chunk bound of entries.
+
+The engine itself is the witness: SLOWLOG with a threshold of 0 records every command of
+the reads with its arguments, and each one's size is checked (entries of the keys it
+names, its COUNT/LIMIT, its number of keys), not its duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from event_analytics.model import QueryTooCostly
+from event_analytics.queries import plan_series
+from event_analytics.series import Series, UserSource
+from event_analytics.store import Store
+from event_analytics.store.reads import Reads
+from event_analytics.timebucket import Interval, floor
+from tests.backends import Backend
+from tests.direct import ingest
+from tests.helpers import event
+
+CHUNK = 24  # entries per engine call: tiny, so every read takes many rounds
+PAGES = [f"https://example.com/r{i}" for i in range(6)]
+_prefixes = itertools.count()
+
+
+@pytest.fixture
+def base() -> datetime:
+    """Three whole hours well in the past."""
+    return floor(datetime.now(UTC) - timedelta(hours=5), Interval.HOUR)
+
+
+@contextlib.contextmanager
+def engine_log(db: Backend) -> Iterator[list[list[bytes]]]:
+    """Every command every node runs inside the block, arguments included (SLOWLOG)."""
+    clients = [redis.Redis(port=n.port, socket_timeout=10) for n in db.nodes()]
+    for c in clients:
+        c.config_set("slowlog-log-slower-than", 0)
+        c.config_set("slowlog-max-len", 200_000)
+        c.slowlog_reset()
+    calls: list[list[bytes]] = []
+    try:
+        yield calls
+    finally:
+        for c in clients:
+            calls.extend(_args(e) for e in c.slowlog_get(200_000))
+            c.config_set("slowlog-log-slower-than", 10_000)
+            c.close()
+
+
+def _args(entry: dict[str, Any]) -> list[bytes]:
+    command = entry["command"]
+    return command.split(b" ") if isinstance(command, bytes) else [str(command).encode()]
+
+
+def _size(db: Backend, call: list[bytes], prefix: bytes) -> int | None:
+    """The entries a read call of ours merged (None: not one of the reads' calls)."""
+    if not any(prefix in a for a in call) or len(call) < 2:
+        return None
+    name = call[0].upper()
+    with contextlib.closing(db.client()) as c:
+        if name in (b"EVALSHA", b"EVALSHA_RO", b"EVAL_RO"):
+            return int(call[2])  # figures.lua: two O(1) commands per bucket
+        if name == b"SMEMBERS":
+            return int(c.scard(call[1]))
+        if name == b"SSCAN":
+            return int(call[call.index(b"COUNT") + 1])
+        if name == b"ZRANGEBYLEX":
+            if b"LIMIT" in call:
+                return int(call[call.index(b"LIMIT") + 2])
+            return int(c.zlexcount(call[1], call[2], call[3]))
+        if name == b"ZUNION":
+            return sum(int(c.zcard(k)) for k in call[2 : 2 + int(call[1])])
+        if name in (b"ZCARD", b"PFCOUNT"):
+            return 1  # O(1) per key (a PFCOUNT of many HLLs: ~2 us per key, bounded by points)
+    return None
+
+
+def _model(
+    sent: Sequence[tuple[datetime, str, str]],
+    level: Interval,
+    groups: Sequence[Sequence[datetime]],
+    page: str | None = None,
+) -> Series:
+    points, every = [], set()
+    for group in groups:
+        starts = set(group)
+        hits = [(u, p) for ts, u, p in sent if floor(ts, level) in starts and page in (None, p)]
+        users = {u for u, _ in hits}
+        every |= users
+        points.append((len(hits), len(users)))
+    return Series(points=points, total_users=len(every))
+
+
+def _read(db: Backend, prefix: str, work: Callable[[Reads], Any], chunk: int = CHUNK) -> Any:
+    async def main() -> Any:
+        store = Store.from_settings(db.settings(key_prefix=prefix, uniques="exact"))
+        try:
+            return await work(Reads(store, max_cost=100_000, chunk_entries=chunk))
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+events = st.lists(
+    st.tuples(
+        st.integers(0, 179),  # minute of the three hours
+        st.integers(0, 59),  # user
+        st.sampled_from(PAGES),
+    ),
+    min_size=1,
+    max_size=400,
+)
+
+
+@settings(
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(drawn=events)
+def test_split_reads_answer_like_the_model_with_bounded_calls(
+    db: Backend, base: datetime, drawn: list[tuple[int, int, str]]
+) -> None:
+    """Minute and hour series, a page's daily series (a union of hours), top pages with
+    their users and the totals over every bucket: as the model, each call <= CHUNK."""
+    prefix = f"rr{next(_prefixes)}:"
+    sent = [(base + timedelta(minutes=m, seconds=7), f"user-{u}", p) for m, u, p in drawn]
+    # Two more users each in many minutes: their sets are bigger than one call's bound.
+    sent += [(base + timedelta(minutes=m), f"big-{i}", PAGES[0]) for m in range(0, 180, 7)
+             for i in range(CHUNK + 5)]  # fmt: skip
+    bodies = [event(user=u, ts=ts, url=p) for ts, u, p in sent]
+    assert all(ingest(db.env, bodies, prefix=prefix))
+    end = base + timedelta(hours=3)
+    plans = [
+        plan_series("page_view", Interval.MINUTE, base, end, None,
+                    now=end, uniques="exact", max_points=1440),
+        plan_series("page_view", Interval.HOUR, base, end, None,
+                    now=end, uniques="exact", max_points=1440),
+        plan_series("page_view", Interval.DAY, base, end, PAGES[0],
+                    now=end, uniques="exact", max_points=1440),
+        plan_series("page_view", Interval.MINUTE, base, end, PAGES[1],
+                    now=end, uniques="exact", max_points=1440),
+    ]  # fmt: skip
+    minutes = [base + timedelta(minutes=m) for m in range(180)]
+
+    async def work(reads: Reads) -> tuple[Any, ...]:
+        series = [
+            await reads.series(p.event_type, p.level, p.groups, p.source, p.page_url) for p in plans
+        ]
+        top = await reads.top_pages("page_view", Interval.MINUTE, minutes, 4)
+        users = await reads.page_users("page_view", Interval.MINUTE, minutes, [u for u, _ in top])
+        stats = await reads.minute_stats("page_view", minutes)
+        return series, top, users, stats
+
+    with engine_log(db) as calls:
+        series, top, users, stats = _read(db, prefix, work)
+    for plan, got in zip(plans, series, strict=True):
+        assert got == _model(sent, plan.level, plan.groups, plan.page_url), plan
+    counts = Counter(p for _, _, p in sent)
+    want_top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:4]
+    assert top == want_top
+    assert users == [len({u for _, u, p in sent if p == url}) for url, _ in top]
+    assert stats == _model(sent, Interval.MINUTE, [[m] for m in minutes]).points
+    sizes = [s for call in calls if (s := _size(db, call, prefix.encode())) is not None]
+    assert len(sizes) > 50, "the reads made too few calls to have been split"
+    assert max(sizes) <= CHUNK, max(sizes)
+
+
+def test_exact_unions_past_the_cost_bound_are_refused(db: Backend, base: datetime) -> None:
+    prefix = f"rr{next(_prefixes)}:"
+    bodies = [event(user=f"u{i}", ts=base + timedelta(minutes=i % 30)) for i in range(300)]
+    assert all(ingest(db.env, bodies, prefix=prefix))
+    minutes = [[base + timedelta(minutes=m)] for m in range(30)]
+
+    async def work(reads: Reads) -> Series:
+        reads.max_cost = 299
+        return await reads.series("page_view", Interval.MINUTE, minutes, UserSource.SETS)
+
+    with pytest.raises(QueryTooCostly, match="300 \\(bucket, user\\) entries"):
+        _read(db, prefix, work)
