@@ -33,7 +33,6 @@ class Lua(StrEnum):
     CLAIM = "claim"
     UNCLAIM = "unclaim"
     FIGURES = "figures"
-    TOP_PAGES = "top_pages"
     LEASE_RENEW = "lease_renew"
     LEASE_RELEASE = "lease_release"
     STREAM_ACK = "stream_ack"
