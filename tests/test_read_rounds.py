@@ -27,8 +27,10 @@ from event_analytics.queries import plan_series
 from event_analytics.series import Series, UserSource
 from event_analytics.store import Store
 from event_analytics.store.reads import Reads
+from event_analytics.store.redis import connect_reads
 from event_analytics.timebucket import Interval, floor
 from tests.backends import Backend
+from tests.cluster import ClusterProcess
 from tests.direct import ingest
 from tests.helpers import event
 
@@ -191,3 +193,62 @@ def test_exact_unions_past_the_cost_bound_are_refused(db: Backend, base: datetim
 
     with pytest.raises(QueryTooCostly, match="300 \\(bucket, user\\) entries"):
         _read(db, prefix, work)
+
+
+READS = ("evalsha_ro", "eval_ro", "zunion", "smembers", "zcard", "zrangebylex", "sscan")
+
+
+def _read_calls(node: Any) -> int:
+    with contextlib.closing(redis.Redis(port=node.port, socket_timeout=10)) as c:
+        stats = c.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in READS)
+
+
+@pytest.mark.parametrize("engine", ["cluster"], indirect=True)  # replicas: the 3+3 cluster
+def test_cluster_reads_from_replicas(db: Backend, base: datetime) -> None:
+    """EA_READ_FROM_REPLICAS: every analytics read of the 3+3 cluster reaches a replica
+    (their INFO commandstats count the reads, the masters' do not), ingest writes to the
+    masters, and the answers are the model's."""
+    assert isinstance(db.engine, ClusterProcess)
+    prefix = f"rr{next(_prefixes)}:"
+    sent = [(base + timedelta(minutes=i % 40, seconds=3), f"u{i % 70}", PAGES[i % 4])
+            for i in range(600)]  # fmt: skip
+    assert all(ingest(db.env, [event(user=u, ts=ts, url=p) for ts, u, p in sent], prefix=prefix))
+    masters = db.engine.masters()
+    replicas = [n for n in db.engine.alive() if n not in masters]
+    assert len(replicas) == 3
+    for node in masters:  # replication is asynchronous: until each replica has it all
+        with contextlib.closing(redis.Redis(port=node.port, socket_timeout=10)) as c:
+            assert c.execute_command("WAIT", 1, 5000) == 1
+    for node in db.engine.alive():
+        with contextlib.closing(redis.Redis(port=node.port, socket_timeout=10)) as c:
+            c.config_resetstat()
+    minutes = [base + timedelta(minutes=m) for m in range(40)]
+    settings = db.settings(key_prefix=prefix, uniques="exact", read_from_replicas=True)
+
+    async def main() -> tuple[Any, ...]:
+        store = Store.from_settings(settings)
+        client, read_only = connect_reads(settings)
+        try:
+            reads = Reads(store, client, chunk_entries=CHUNK, read_only=read_only)
+            series = await reads.series(
+                "page_view", Interval.MINUTE, [[m] for m in minutes], UserSource.SETS
+            )
+            top = await reads.top_pages("page_view", Interval.MINUTE, minutes, 3)
+            users = await reads.page_users(
+                "page_view", Interval.MINUTE, minutes, [u for u, _ in top]
+            )
+            return series, top, users
+        finally:
+            if client is not None:
+                await client.aclose()
+            await store.close()
+
+    series, top, users = asyncio.run(main())
+    assert series == _model(sent, Interval.MINUTE, [[m] for m in minutes])
+    counts = Counter(p for _, _, p in sent)
+    assert top == sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    assert users == [len({u for _, u, p in sent if p == url}) for url, _ in top]
+    on_replicas = [_read_calls(n) for n in replicas]
+    assert all(n > 0 for n in on_replicas), on_replicas  # every shard's slots read
+    assert [_read_calls(n) for n in masters] == [0, 0, 0]

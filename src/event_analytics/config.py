@@ -177,6 +177,9 @@ class Settings(BaseSettings):
     redis_read_url: str | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_READ_URL", "EA_REDIS_READ_URL")
     )
+    # On a cluster: analytics reads from the masters' replicas (round robin over them;
+    # a slot without a replica is read from its master); ingest stays on the masters.
+    read_from_replicas: bool = False
 
     # Analytics over the archive (DuckDB): queries at once per worker (more: 503), each
     # stopped after this long (504), DuckDB's memory and threads per worker.

@@ -36,9 +36,10 @@ from event_analytics.config import Settings, load_settings
 from event_analytics.ingest import Ingestor
 from event_analytics.metrics import ArchiveGauges, EngineGauges
 from event_analytics.model import StorageUnavailable
-from event_analytics.store import Store, connect
+from event_analytics.store import Store
 from event_analytics.store.ratelimit import RateLimits
 from event_analytics.store.reads import Reads
+from event_analytics.store.redis import connect_reads
 from event_analytics.store.salt import DailySalt
 from event_analytics.store.streams import StreamStore, archive_lag_s
 from event_analytics.store.watch import EngineWatch
@@ -97,14 +98,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ingestor = Ingestor(settings, store)
         ingestor.start_batching()
         app.state.ingestor = ingestor
-        read_client = None
-        if settings.redis_read_url:
-            read_settings = settings.model_copy(
-                update={"redis_url": settings.redis_read_url, "redis_cluster_url": None}
-            )
-            read_client = connect(read_settings)
+        read_client, read_only = connect_reads(settings)
         app.state.reads = Reads(
-            store, read_client, settings.max_query_cost, settings.read_chunk_entries
+            store,
+            read_client,
+            settings.max_query_cost,
+            settings.read_chunk_entries,
+            read_only=read_only,
         )
         app.state.heavy_reads = HeavyReads(settings.max_heavy_reads, settings.heavy_read_wait_s)
         app.state.streams = StreamStore(store.client, store.keys)

@@ -16,6 +16,7 @@ from redis import exceptions as rx
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.cluster import LoadBalancingStrategy
 
 from event_analytics.config import Settings
 from event_analytics.model import ClusterForming
@@ -45,10 +46,28 @@ def parse_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
     return parts[0], seeds
 
 
-def connect_cluster(settings: Settings, url: str) -> RedisCluster:
-    """A cluster client that knows every seed node (any one reachable is enough)."""
+class ReplicaReads(RedisCluster):
+    """A cluster client whose read commands go to replicas, read-only scripts included.
+
+    redis-py routes EVAL/EVALSHA by their key arguments, but asks a node for the keys of
+    EVAL_RO/EVALSHA_RO (COMMAND GETKEYS: a round trip per call, to a node picked once);
+    their arguments have the same layout, so they are routed the same way.
+    """
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        if command.upper() in ("EVAL_RO", "EVALSHA_RO"):
+            command = "EVALSHA"
+        return await super()._determine_slot(command, *args)
+
+
+def connect_cluster(settings: Settings, url: str, *, replicas: bool = False) -> RedisCluster:
+    """A cluster client that knows every seed node (any one reachable is enough).
+
+    ``replicas``: read commands go to the slots' replicas, round robin (ReplicaReads)."""
     first, seeds = parse_seeds(url)
-    return RedisCluster.from_url(
+    kind = ReplicaReads if replicas else RedisCluster
+    balance = {"load_balancing_strategy": LoadBalancingStrategy.ROUND_ROBIN_REPLICAS}
+    return kind.from_url(
         first,
         startup_nodes=[ClusterNode(host, port) for host, port in seeds[1:]],
         socket_timeout=settings.redis_timeout_s,
@@ -59,6 +78,7 @@ def connect_cluster(settings: Settings, url: str) -> RedisCluster:
         require_full_coverage=False,
         reinitialize_steps=0,
         health_check_interval=30,
+        **(balance if replicas else {}),
     )
 
 

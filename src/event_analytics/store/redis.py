@@ -216,6 +216,20 @@ def connect(settings: Settings) -> Client:
     return client
 
 
+def connect_reads(settings: Settings) -> tuple[Client | None, bool]:
+    """The client of analytics reads when they have their own, and whether its scripts go
+    as EVALSHA_RO: REDIS_READ_URL (one node, e.g. a replica), or the cluster's replicas
+    with EA_READ_FROM_REPLICAS; (None, False) reads where ingest writes."""
+    if settings.redis_cluster_url and settings.read_from_replicas:
+        return connect_cluster(settings, settings.redis_cluster_url, replicas=True), True
+    if settings.redis_read_url:
+        read = settings.model_copy(
+            update={"redis_url": settings.redis_read_url, "redis_cluster_url": None}
+        )
+        return connect(read), False
+    return None, False
+
+
 class _HiredisPacking:
     """Encode commands with hiredis (C) instead of redis-py's per-argument Python loop.
 
