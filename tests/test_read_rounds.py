@@ -162,7 +162,7 @@ def test_split_reads_answer_like_the_model_with_bounded_calls(
         series = [
             await reads.series(p.event_type, p.level, p.groups, p.source, p.page_url) for p in plans
         ]
-        top = await reads.top_pages("page_view", Interval.MINUTE, minutes, 4)
+        top = (await reads.top_pages("page_view", Interval.MINUTE, minutes, 4)).pages
         users = await reads.page_users("page_view", Interval.MINUTE, minutes, [u for u, _ in top])
         stats = await reads.minute_stats("page_view", minutes)
         return series, top, users, stats
@@ -234,7 +234,7 @@ def test_cluster_reads_from_replicas(db: Backend, base: datetime) -> None:
             series = await reads.series(
                 "page_view", Interval.MINUTE, [[m] for m in minutes], UserSource.SETS
             )
-            top = await reads.top_pages("page_view", Interval.MINUTE, minutes, 3)
+            top = (await reads.top_pages("page_view", Interval.MINUTE, minutes, 3)).pages
             users = await reads.page_users(
                 "page_view", Interval.MINUTE, minutes, [u for u, _ in top]
             )
