@@ -46,7 +46,7 @@ class Reads:
         store: Store,
         client: Client | None = None,
         max_cost: int = 500_000,
-        chunk_entries: int = 2_000,
+        chunk_entries: int = 10_000,
         *,
         read_only: bool = False,
     ) -> None:
