@@ -7,8 +7,12 @@ archiver, API keys and rate limits on), then for ``--minutes``:
 - sends bad input all along: malformed JSON, invalid events, oversized and slow bodies,
   slow request heads, wrong content types, missing, unknown and wrong-scope keys;
 - reads analytics and the archive status;
-- every ``--fault-every`` seconds: SIGKILL of the engine and a restart on the same
-  files, or SCRIPT FLUSH (the service must reload its scripts), in turn;
+- every ``--fault-every`` seconds, in turn: SIGKILL of the engine and a restart on the
+  same files; SCRIPT FLUSH (the service must reload its scripts); a flood of idle
+  sockets (each must be cut within the head timeout, readiness must answer meanwhile);
+  a storm of 50 concurrent heavy queries (only 200, 422 or 503 reads-busy); the engine
+  switched to ``maxmemory-policy allkeys-lru`` (readiness must say engine_may_evict,
+  then be ready again once it is back to noeviction), each bounded in time;
 - every ``--sample-every`` seconds samples memory (service processes, engine), stream
   length and pending entries.
 
@@ -49,6 +53,7 @@ from event_analytics.store.embedded import find_server_binary
 WRITE_KEY = "soak-write-key-0123456789abcdef"
 READ_KEY = "soak-read-key-0123456789abcdef"
 ENV_DROP = ("REDIS_URL", "EA_REDIS_URL")
+HEADER_TIMEOUT_S = 2  # the service's: idle sockets are cut after it
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -281,6 +286,104 @@ async def sample(base: str, serve_pid: int, engine: EngineProcess, start: float,
     print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 
 
+async def ready_answer(base: str) -> tuple[int | None, str]:
+    """/health/ready's status and body (None: no answer within 5 s)."""
+    try:
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(base, timeout=timeout) as s, s.get("/health/ready") as r:
+            return r.status, await r.text()
+    except (TimeoutError, aiohttp.ClientError):
+        return None, ""
+
+
+async def idle_flood(soak: Soak, sockets: int, cut_within_s: float) -> str:
+    """``sockets`` connections that never send a byte: readiness must answer while they
+    are open, and every one must be closed by the service within ``cut_within_s``."""
+    host, port = "127.0.0.1", int(soak.base.rsplit(":", 1)[1])
+    opened = []
+    for _ in range(sockets):
+        with contextlib.suppress(OSError):
+            opened.append(await asyncio.open_connection(host, port))
+    status, body = await ready_answer(soak.base)
+    if status != 200 and "problem" not in body and '"status"' not in body:
+        soak.t.bad_unexpected.append(f"idle flood: readiness answered {status} {body[:40]!r}")
+
+    async def cut(reader: asyncio.StreamReader) -> bool:
+        with contextlib.suppress(TimeoutError, OSError):
+            async with asyncio.timeout(cut_within_s):
+                while await reader.read(4096):
+                    pass  # a 408 head or nothing, then EOF
+                return True
+        return False
+
+    flags = await asyncio.gather(*(cut(r) for r, _ in opened))
+    for _, writer in opened:
+        writer.close()
+    held = flags.count(False)
+    if held:
+        soak.t.bad_unexpected.append(f"idle flood: {held} idle sockets not cut")
+    return (f"idle flood: {len(opened)} sockets opened, {flags.count(True)} cut within "
+            f"{cut_within_s:g} s, readiness meanwhile {status}")  # fmt: skip
+
+
+async def query_storm(soak: Soak, clients: int, seconds: float) -> str:
+    """``clients`` concurrent heavy reads for ``seconds``: only 200, 422 or 503."""
+    paths = ["/analytics/top-pages?limit=100", "/analytics/timeseries?interval=minute",
+             "/analytics/realtime"]  # fmt: skip
+    answers: Counter[int] = Counter()
+    stop_at = time.monotonic() + seconds
+    timeout = aiohttp.ClientTimeout(total=30)
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(soak.base, timeout=timeout, connector=connector) as s:
+
+        async def loop(i: int) -> None:
+            while time.monotonic() < stop_at:
+                try:
+                    async with s.get(paths[i % len(paths)], headers=READ) as r:
+                        await r.read()
+                        answers[r.status] += 1
+                        if r.status == 503:
+                            await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+                except (TimeoutError, aiohttp.ClientError):
+                    answers[0] += 1
+
+        await asyncio.gather(*(loop(i) for i in range(clients)))
+    odd = {k: v for k, v in answers.items() if k not in (200, 422, 503)}
+    if odd:
+        soak.t.bad_unexpected.append(f"query storm: {odd}")
+    return f"query storm: {clients} clients for {seconds:g} s, answers {dict(answers)}"
+
+
+async def evicting(soak: Soak, engine: EngineProcess, seconds: float) -> str:
+    """The engine on allkeys-lru: readiness must say engine_may_evict within ``seconds``,
+    then turn ready again within ``seconds`` of noeviction."""
+
+    def policy(name: str) -> None:
+        with contextlib.closing(redis.Redis(port=engine.port, socket_timeout=2)) as c:
+            c.config_set("maxmemory-policy", name)
+
+    async def until(check: Any) -> tuple[int | None, str]:
+        deadline = time.monotonic() + seconds
+        while True:
+            status, body = await ready_answer(soak.base)
+            if check(status, body) or time.monotonic() > deadline:
+                return status, body
+            await asyncio.sleep(0.2)
+
+    await asyncio.to_thread(policy, "allkeys-lru")
+    try:
+        red, body = await until(lambda st, b: st == 503 and "engine_may_evict" in b)
+        said = red == 503 and "engine_may_evict" in body
+        if not said:
+            soak.t.bad_unexpected.append(f"allkeys-lru: readiness {red} {body[:60]!r}")
+    finally:
+        await asyncio.to_thread(policy, "noeviction")
+    back, _ = await until(lambda st, b: st == 200)
+    if back != 200:
+        soak.t.bad_unexpected.append(f"allkeys-lru: not ready again after noeviction: {back}")
+    return f"engine on allkeys-lru: readiness said engine_may_evict: {said}; ready again: {back}"
+
+
 async def faults(soak: Soak, engine: EngineProcess, args: argparse.Namespace, start: float) -> None:
     n = 0
     while True:
@@ -289,16 +392,24 @@ async def faults(soak: Soak, engine: EngineProcess, args: argparse.Namespace, st
             return
         n += 1
         at = round(time.monotonic() - start)
-        if n % 2:
+        kind = n % 5
+        if kind == 1:
             engine.kill()
             await asyncio.sleep(args.down_s)
             await asyncio.to_thread(engine.start, 60)
             soak.t.faults.append(f"{at} s: engine SIGKILL, restarted after {args.down_s:g} s")
-        else:
+        elif kind == 2:
             client = redis.Redis(port=engine.port, socket_timeout=2)
             client.script_flush()
             client.close()
             soak.t.faults.append(f"{at} s: SCRIPT FLUSH")
+        elif kind == 3:
+            done = await idle_flood(soak, args.idle_sockets, HEADER_TIMEOUT_S + 5)
+            soak.t.faults.append(f"{at} s: {done}")
+        elif kind == 4:
+            soak.t.faults.append(f"{at} s: {await query_storm(soak, 50, args.storm_s)}")
+        else:
+            soak.t.faults.append(f"{at} s: {await evicting(soak, engine, 15)}")
 
 
 async def run_load(
@@ -494,6 +605,8 @@ def main() -> int:
     parser.add_argument("--fault-every", type=float, default=75)
     parser.add_argument("--down-s", type=float, default=3)
     parser.add_argument("--sample-every", type=float, default=30)
+    parser.add_argument("--idle-sockets", type=int, default=200, help="sockets of a flood")
+    parser.add_argument("--storm-s", type=float, default=10, help="seconds of a query storm")
     parser.add_argument("--report", type=Path, help="write the Markdown report here")
     args = parser.parse_args()
 
@@ -508,7 +621,7 @@ def main() -> int:
         "EA_RATE_LIMIT_PER_KEY": "1000000",
         "EA_RATE_LIMIT_PER_ADDRESS": "1000000",
         "EA_BODY_TIMEOUT_S": "2",
-        "EA_HEADER_TIMEOUT_S": "2",
+        "EA_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
         "EA_REDIS_TIMEOUT_S": "1",
     }
     log = open(work / "serve.log", "wb")  # noqa: SIM115
