@@ -75,7 +75,14 @@ def _size(db: Backend, call: list[bytes], prefix: bytes) -> int | None:
     name = call[0].upper()
     with contextlib.closing(db.client()) as c:
         if name in (b"EVALSHA", b"EVALSHA_RO", b"EVAL_RO"):
-            return int(call[2])  # figures.lua: two O(1) commands per bucket
+            n = int(call[2])
+            names, argv = call[3 : 3 + n], call[3 + n :]
+            if names[0].endswith(b":users"):  # members.lua: whole sets
+                return sum(int(c.scard(k)) for k in names)
+            if names[0].endswith(b":page_users"):  # members.lua: one page's ranges
+                lo, hi = b"[" + argv[1] + b"\0", b"(" + argv[1] + b"\1"
+                return sum(int(c.zlexcount(k, lo, hi)) for k in names)
+            return n  # figures.lua: two O(1) commands per bucket
         if name == b"SMEMBERS":
             return int(c.scard(call[1]))
         if name == b"SSCAN":

@@ -58,6 +58,7 @@ class Reads:
         self.chunk_entries = chunk_entries
         self.read_only = read_only
         self._figures = register(self.client, Lua.FIGURES)
+        self._members = register(self.client, Lua.MEMBERS)
 
     async def _per_shard(self, script: Any, calls: Sequence[Call]) -> list[Any]:
         """One script call per shard, all in one round trip; the replies in shard order.
@@ -222,7 +223,9 @@ class Reads:
             for b in range(len(shard_names))
         ]
         by_page = page if source is UserSource.PAGE else None
-        fetched = await members(self.client, held, by_page, self.chunk_entries)
+        fetched = await members(
+            self.client, self._members, held, by_page, self.chunk_entries, read_only=self.read_only
+        )
         width = len(names[0]) if names else 0
         out = []
         for span in unite:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis import exceptions as rx
 from redis.commands.core import AsyncScript
 
 from event_analytics.store.redis import Client, engine_errors
@@ -49,11 +50,17 @@ async def script_rounds(
 
 
 async def members(
-    client: Client, held: Sequence[Held], page: str | None, budget: int
+    client: Client,
+    script: AsyncScript,
+    held: Sequence[Held],
+    page: str | None,
+    budget: int,
+    *,
+    read_only: bool,
 ) -> list[list[bytes]]:
     """The members of each structure, fetched in rounds of at most ``budget`` entries per
-    shard: small structures whole (SMEMBERS, ZRANGEBYLEX of the page's range), a bigger
-    one in pages of ``budget`` (SSCAN, ZRANGEBYLEX from the last member read), alone.
+    shard: small structures whole, several in one call (members.lua), a bigger one in
+    pages of ``budget`` (SSCAN, ZRANGEBYLEX from the last member read), alone.
 
     Sizes may have grown since they were read (ingest goes on): a call then returns a
     few more entries than planned, which changes nothing about its bound.
@@ -67,22 +74,22 @@ async def members(
     resume: dict[int, int | bytes] = {}
     lo = f"[{page}\0".encode() if page is not None else b""
     hi = f"({page}\1".encode() if page is not None else b""
+    args = ["set", ""] if page is None else ["page", page]
+    command = "EVALSHA_RO" if read_only else "EVALSHA"
     while any(queues.values()):
-        sent: list[tuple[int, bool]] = []  # (structure, paged)
+        # In the pipeline's order: a page of one structure (int), or a call reading
+        # several whole (their list).
+        sent: list[int | list[int]] = []
         async with engine_errors(), client.pipeline(transaction=False) as pipe:
             for queue in queues.values():
-                room = budget
+                room, whole = budget, []
                 while queue:
                     i = queue[0]
                     h = held[i]
                     if i not in resume and h.size <= room:
                         queue.popleft()
                         room -= h.size
-                        if page is None:
-                            pipe.smembers(h.name)
-                        else:
-                            pipe.zrangebylex(h.name, lo, hi)
-                        sent.append((i, False))
+                        whole.append(i)
                     elif room == budget:
                         # Too big for one call: a page of it fills this shard's round.
                         if page is None:
@@ -91,27 +98,40 @@ async def members(
                             last = resume.get(i)
                             start = b"(" + last if isinstance(last, bytes) else lo
                             pipe.zrangebylex(h.name, start, hi, start=0, num=budget)
-                        sent.append((i, True))
+                        sent.append(i)
                         break
                     else:
                         break
-            replies = await pipe.execute()
-        for (i, paged), reply in zip(sent, replies, strict=True):
-            if page is None and paged:
+                if whole:
+                    names = [held[i].name for i in whole]
+                    pipe.execute_command(command, script.sha, len(names), *names, *args)
+                    sent.append(whole)
+            replies = await pipe.execute(raise_on_error=False)
+            for n, reply in enumerate(replies):
+                if isinstance(reply, rx.NoScriptError):  # not run: load it and run it
+                    names = [held[i].name for i in sent[n]]  # type: ignore[union-attr]
+                    (replies[n],) = await call_per_shard(
+                        client, script, [(names, args)], read_only=read_only
+                    )
+                elif isinstance(reply, Exception):
+                    raise reply
+        for what, reply in zip(sent, replies, strict=True):
+            if isinstance(what, list):
+                for i, chunk in zip(what, reply, strict=True):
+                    out[i].extend(chunk)
+            elif page is None:
                 cursor, chunk = reply
-                out[i].extend(chunk)
+                out[what].extend(chunk)
                 if int(cursor) == 0:
-                    _done(queues, held[i].shard, i, resume)
+                    _done(queues, held[what].shard, what, resume)
                 else:
-                    resume[i] = int(cursor)
-            elif paged:
-                out[i].extend(reply)
-                if len(reply) < budget:
-                    _done(queues, held[i].shard, i, resume)
-                else:
-                    resume[i] = reply[-1]
+                    resume[what] = int(cursor)
             else:
-                out[i].extend(reply)
+                out[what].extend(reply)
+                if len(reply) < budget:
+                    _done(queues, held[what].shard, what, resume)
+                else:
+                    resume[what] = reply[-1]
     return out
 
 

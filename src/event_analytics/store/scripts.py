@@ -33,6 +33,7 @@ class Lua(StrEnum):
     CLAIM = "claim"
     UNCLAIM = "unclaim"
     FIGURES = "figures"
+    MEMBERS = "members"
     LEASE_RENEW = "lease_renew"
     LEASE_RELEASE = "lease_release"
     STREAM_ACK = "stream_ack"
