@@ -174,7 +174,7 @@ class Soak:
         old = {**new_event(1), "timestamp": "2001-01-01T00:00:00Z"}
         cases: list[tuple[str, str, bytes, dict[str, str], set[int]]] = [
             ("malformed json", "/events", b'{"event_id": ', WRITE, {400}),
-            ("invalid user", "/events", orjson.dumps({**new_event(1), "user_id": "a b"}),
+            ("invalid user", "/events", orjson.dumps({**new_event(1), "user_id": "a\x01b"}),
              WRITE, {422}),
             ("too old", "/events", orjson.dumps(old), WRITE, {422}),
             ("nested payload", "/events",
