@@ -68,33 +68,32 @@ def _args(entry: dict[str, Any]) -> list[bytes]:
     return command.split(b" ") if isinstance(command, bytes) else [str(command).encode()]
 
 
-def _size(db: Backend, call: list[bytes], prefix: bytes) -> int | None:
+def _size(c: Any, call: list[bytes], prefix: bytes) -> int | None:
     """The entries a read call of ours merged (None: not one of the reads' calls)."""
     if not any(prefix in a for a in call) or len(call) < 2:
         return None
     name = call[0].upper()
-    with contextlib.closing(db.client()) as c:
-        if name in (b"EVALSHA", b"EVALSHA_RO", b"EVAL_RO"):
-            n = int(call[2])
-            names, argv = call[3 : 3 + n], call[3 + n :]
-            if names[0].endswith(b":users"):  # members.lua: whole sets
-                return sum(int(c.scard(k)) for k in names)
-            if names[0].endswith(b":page_users"):  # members.lua: one page's ranges
-                lo, hi = b"[" + argv[1] + b"\0", b"(" + argv[1] + b"\1"
-                return sum(int(c.zlexcount(k, lo, hi)) for k in names)
-            return n  # figures.lua: two O(1) commands per bucket
-        if name == b"SMEMBERS":
-            return int(c.scard(call[1]))
-        if name == b"SSCAN":
-            return int(call[call.index(b"COUNT") + 1])
-        if name == b"ZRANGEBYLEX":
-            if b"LIMIT" in call:
-                return int(call[call.index(b"LIMIT") + 2])
-            return int(c.zlexcount(call[1], call[2], call[3]))
-        if name == b"ZUNION":
-            return sum(int(c.zcard(k)) for k in call[2 : 2 + int(call[1])])
-        if name in (b"ZCARD", b"PFCOUNT"):
-            return 1  # O(1) per key (a PFCOUNT of many HLLs: ~2 us per key, bounded by points)
+    if name in (b"EVALSHA", b"EVALSHA_RO", b"EVAL_RO"):
+        n = int(call[2])
+        names, argv = call[3 : 3 + n], call[3 + n :]
+        if names[0].endswith(b":users"):  # members.lua: whole sets
+            return sum(int(c.scard(k)) for k in names)
+        if names[0].endswith(b":page_users"):  # members.lua: one page's ranges
+            lo, hi = b"[" + argv[1] + b"\0", b"(" + argv[1] + b"\1"
+            return sum(int(c.zlexcount(k, lo, hi)) for k in names)
+        return n  # figures.lua: two O(1) commands per bucket
+    if name == b"SMEMBERS":
+        return int(c.scard(call[1]))
+    if name == b"SSCAN":
+        return int(call[call.index(b"COUNT") + 1])
+    if name == b"ZRANGEBYLEX":
+        if b"LIMIT" in call:
+            return int(call[call.index(b"LIMIT") + 2])
+        return int(c.zlexcount(call[1], call[2], call[3]))
+    if name == b"ZUNION":
+        return sum(int(c.zcard(k)) for k in call[2 : 2 + int(call[1])])
+    if name in (b"ZCARD", b"PFCOUNT"):
+        return 1  # O(1) per key (a PFCOUNT of many HLLs: ~2 us per key, bounded by points)
     return None
 
 
@@ -183,7 +182,8 @@ def test_split_reads_answer_like_the_model_with_bounded_calls(
     assert top == want_top
     assert users == [len({u for _, u, p in sent if p == url}) for url, _ in top]
     assert stats == _model(sent, Interval.MINUTE, [[m] for m in minutes]).points
-    sizes = [s for call in calls if (s := _size(db, call, prefix.encode())) is not None]
+    with contextlib.closing(db.client()) as c:
+        sizes = [s for call in calls if (s := _size(c, call, prefix.encode())) is not None]
     assert len(sizes) > 50, "the reads made too few calls to have been split"
     assert max(sizes) <= CHUNK, max(sizes)
 
