@@ -12,22 +12,38 @@
   const KEY = (() => { try { return sessionStorage.getItem("ea-read-key"); } catch (_) { return null; } })();
   const HEADERS = Object.assign({ "Content-Type": "application/json" }, KEY ? { "X-API-Key": KEY } : {});
 
+  // The service runs few archive queries at once (EA_ANALYTICS_MAX_CONCURRENT) and answers
+  // 503 + Retry-After past it: wait as told and ask again, a bounded number of times.
+  const RETRIES = 4;
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
   async function post(path, body) {
-    const response = await fetch(new URL(path, BASE), {
-      method: "POST", headers: HEADERS, body: JSON.stringify(body), cache: "no-store",
-    });
-    const answer = await response.json().catch(() => ({}));
-    if (!response.ok) {
-      const reasons = (answer.errors || []).map((e) => `${e.field}: ${e.message}`).join("; ");
-      throw new Error(`${path}: ${response.status} ${reasons || answer.detail || response.statusText}`);
+    for (let attempt = 0; ; attempt++) {
+      const response = await fetch(new URL(path, BASE), {
+        method: "POST", headers: HEADERS, body: JSON.stringify(body), cache: "no-store",
+      });
+      const answer = await response.json().catch(() => ({}));
+      if (response.status === 503 && attempt < RETRIES) {
+        const wait = Number(response.headers.get("Retry-After")) || 1;
+        await sleep(Math.min(wait, 5) * 1000);
+        continue;
+      }
+      if (!response.ok) {
+        const reasons = (answer.errors || []).map((e) => `${e.field}: ${e.message}`).join("; ");
+        throw new Error(`${path}: ${response.status} ${reasons || answer.detail || response.statusText}`);
+      }
+      return answer;
     }
-    return answer;
   }
 
-  function showError(err) {
+  // One error per part of the page: the funnel's success must not hide the retention's failure.
+  const errors = new Map();
+  function showError(part, err) {
+    if (err) errors.set(part, String(err.message || err));
+    else errors.delete(part);
     const banner = $("error");
-    if (err) { banner.textContent = String(err.message || err); banner.hidden = false; }
-    else { banner.textContent = ""; banner.hidden = true; }
+    banner.textContent = [...errors.values()].join(" · ");
+    banner.hidden = errors.size === 0;
   }
 
   function el(tag, attrs, text) {
@@ -96,8 +112,8 @@
   async function runFunnel() {
     try {
       drawFunnel(await post("analytics/funnel", funnelBody()));
-      showError(null);
-    } catch (err) { showError(err); }
+      showError("funnel", null);
+    } catch (err) { showError("funnel", err); }
   }
 
   // ---- retention ---------------------------------------------------------------------
@@ -142,8 +158,8 @@
   async function runRetention() {
     try {
       drawRetention(await post("analytics/retention", retentionBody()));
-      showError(null);
-    } catch (err) { showError(err); }
+      showError("retention", null);
+    } catch (err) { showError("retention", err); }
   }
 
   async function loadTypes() {
@@ -162,7 +178,7 @@
 
   function start() {
     range = window.EARange.install($("ranges"), (picked) => {
-      range = picked; showRange(); runFunnel(); runRetention(); loadTypes();
+      range = picked; showRange(); runAll();
     }, "24h");
     showRange();
     const steps = (params.get("steps") || "page_view,signup").split(",").slice(0, MAX_STEPS);
@@ -176,7 +192,15 @@
     $("add-step").addEventListener("click", () => addStep(""));
     $("funnel-form").addEventListener("submit", (e) => { e.preventDefault(); runFunnel(); });
     $("retention-form").addEventListener("submit", (e) => { e.preventDefault(); runRetention(); });
-    runFunnel(); runRetention(); loadTypes();
+    runAll();
+  }
+
+  // One query after another, so the page alone never takes more than one of the service's
+  // archive-query slots.
+  async function runAll() {
+    await runFunnel();
+    await runRetention();
+    await loadTypes();
   }
   start();
 })();
