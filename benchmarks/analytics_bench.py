@@ -35,6 +35,7 @@ from event_analytics.analytics.compact import compact_closed
 from event_analytics.analytics.engine import QueryEngine
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
 from event_analytics.archive import files, record
+from event_analytics.config import Settings
 
 TYPES = ["page_view", "signup", "purchase", "add_to_cart", "search", "logout"]
 WEIGHTS = [60, 8, 4, 12, 12, 4]
@@ -192,14 +193,14 @@ def main() -> int:
     parser.add_argument(
         "--service-threads",
         type=lambda v: [int(t) for t in v.split(",")],
-        default=[2],
+        default=[Settings.model_fields["analytics_threads"].default],
         help="EA_ANALYTICS_THREADS settings, A/B interleaved: 1,2",
     )
     parser.add_argument("--writers", type=int, default=8, help="ingest clients")
     parser.add_argument(
         "--query-clients",
         type=int,
-        default=2,
+        default=Settings.model_fields["analytics_max_concurrent"].default,
         help="analytics clients at once (the pool's default size)",
     )
     args = parser.parse_args()
