@@ -172,6 +172,8 @@ def print_ingest(r: dict[str, Any], args: argparse.Namespace) -> None:
             f"{x['every_event_counted']} ({x['counted']} of {x['sent']})",
         )
     console.print(table)
+    for t, x in r.items():
+        console.print(f"threads {t}: query answers by status {x['query_statuses']}")
 
 
 def main() -> int:
