@@ -2,18 +2,20 @@
 query on DuckDB, over archived events written with the archive's own file code.
 
     python benchmarks/analytics_bench.py [--events 3000000] [--days 7] [--runs 7]
+        [--ingest-seconds 8] [--ingest-rounds 2] [--service-threads 1,2]
 
 Generates the archive once under --dir (kept and reused when it holds the same
 parameters), then times each query in-process through the same code the service runs
-(``analytics.funnel/retention/query.run``) and, with --with-ingest, the same again
-while the service takes events at full speed (ingest p99 beside it, with and without
-the queries).
+(``analytics.funnel/retention/query.run``), then (unless --ingest-seconds 0) the same
+questions over HTTP to the real service while it takes events at full speed, with its
+ingest p99 with and without the queries (analytics_ingest.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -24,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import analytics_ingest
 from rich.console import Console
 from rich.table import Table
 
@@ -32,6 +35,7 @@ from event_analytics.analytics.compact import compact_closed
 from event_analytics.analytics.engine import QueryEngine
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
 from event_analytics.archive import files, record
+from event_analytics.config import Settings
 
 TYPES = ["page_view", "signup", "purchase", "add_to_cart", "search", "logout"]
 WEIGHTS = [60, 8, 4, 12, 12, 4]
@@ -90,21 +94,22 @@ def timed(runs: int, work: Callable[[], Any]) -> dict[str, float]:
     }
 
 
-def questions(end: datetime, days: int) -> dict[str, Any]:
+def questions(end: datetime, days: int) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each question's endpoint kind and request body."""
     start = end - timedelta(days=days)
     frm, to = iso(start), iso(end)
     return {
-        "3-step funnel, 7 days": FunnelSpec.model_validate({
+        "3-step funnel, 7 days": ("funnel", {
             "from": frm, "to": to, "window_s": 86400,
             "steps": [{"event_type": "page_view", "page_url": "https://shop.example/pricing"},
                       {"event_type": "signup"},
                       {"event_type": "purchase", "where": [["is", "plan", ["pro", "team"]]]}],
         }),
-        "daily retention, 7 days": RetentionSpec.model_validate({
+        "daily retention, 7 days": ("retention", {
             "from": frm, "to": to, "period": "day", "periods": 7,
             "cohort_event": {"event_type": "signup"}, "return_event": {"event_type": "page_view"},
         }),
-        "top 100 pages with visitors": QuerySpec.model_validate({
+        "top 100 pages with visitors": ("query", {
             "date_range": [frm, to], "metrics": ["events", "visitors"],
             "dimensions": ["page_url"], "filters": [["is", "event_type", ["page_view"]]],
             "order_by": [["visitors", "desc"]], "pagination": {"limit": 100},
@@ -116,14 +121,59 @@ def run_queries(
     engine: QueryEngine, root: Path, end: datetime, days: int, runs: int
 ) -> dict[str, dict[str, float]]:
     out = {}
-    for name, spec in questions(end, days).items():
-        if isinstance(spec, FunnelSpec):
-            out[name] = timed(runs, lambda s=spec: funnel.run(engine, s, root, end))
-        elif isinstance(spec, RetentionSpec):
-            out[name] = timed(runs, lambda s=spec: retention.run(engine, s, root, end))
+    for name, (kind, body) in questions(end, days).items():
+        if kind == "funnel":
+            f = FunnelSpec.model_validate(body)
+            out[name] = timed(runs, lambda s=f: funnel.run(engine, s, root, end))
+        elif kind == "retention":
+            r = RetentionSpec.model_validate(body)
+            out[name] = timed(runs, lambda s=r: retention.run(engine, s, root, end))
         else:
-            out[name] = timed(runs, lambda s=spec: query.run(engine, s, root, end, end))
+            q = QuerySpec.model_validate(body)
+            out[name] = timed(runs, lambda s=q: query.run(engine, s, root, end, end))
     return out
+
+
+def print_ingest(r: dict[str, Any], args: argparse.Namespace) -> None:
+    load = os.getloadavg()
+    console = Console()
+    table = Table(title=(
+        f"The service over the same archive (Parquet copies), {args.writers} clients ingesting "
+        f"single events at full speed, {args.query_clients} posting the queries; "
+        f"{args.ingest_rounds} rounds x {args.ingest_seconds:g} s; load avg after "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"))  # fmt: skip
+    for col in ("DuckDB threads", "query", "runs", "p50 s", "p95 s"):
+        table.add_column(col, justify="left" if col == "query" else "right")
+    for t, x in r.items():
+        for name, q in x["queries"].items():
+            table.add_row(t, name, str(q["runs"]), f"{q['p50_ms'] / 1000:.3f}",
+                          f"{q['p95_ms'] / 1000:.3f}")  # fmt: skip
+    console.print(table)
+    table = Table(title="Ingest p99 with and without the queries (target: ratio <= 2)")
+    for col in (
+        "DuckDB threads",
+        "alone p50/p99 ms",
+        "under queries p50/p99 ms",
+        "p99 ratio (pooled)",
+        "per round",
+        "target",
+        "every event counted",
+    ):
+        table.add_column(col, justify="right")
+    for t, x in r.items():
+        a, b = x["ingest_alone"], x["ingest_under_queries"]
+        table.add_row(
+            t,
+            f"{a['p50_ms']:.1f} / {a['p99_ms']:.1f}",
+            f"{b['p50_ms']:.1f} / {b['p99_ms']:.1f}",
+            f"{x['p99_ratio_pooled']:.2f}",
+            " ".join(f"{v:.2f}" for v in x["p99_ratio_rounds"]),
+            "met" if x["p99_ratio_pooled"] <= 2 else "missed",
+            f"{x['every_event_counted']} ({x['counted']} of {x['sent']})",
+        )
+    console.print(table)
+    for t, x in r.items():
+        console.print(f"threads {t}: query answers by status {x['query_statuses']}")
 
 
 def main() -> int:
@@ -135,6 +185,26 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/ea-analytics-bench"))
     parser.add_argument("--threads", type=int, default=2, help="DuckDB threads")
+    parser.add_argument(
+        "--ingest-seconds",
+        type=float,
+        default=8,
+        help="ingest alone, then under the queries, this long a round; 0: skip",
+    )
+    parser.add_argument("--ingest-rounds", type=int, default=2)
+    parser.add_argument(
+        "--service-threads",
+        type=lambda v: [int(t) for t in v.split(",")],
+        default=[Settings.model_fields["analytics_threads"].default],
+        help="EA_ANALYTICS_THREADS settings, A/B interleaved: 1,2",
+    )
+    parser.add_argument("--writers", type=int, default=8, help="ingest clients")
+    parser.add_argument(
+        "--query-clients",
+        type=int,
+        default=Settings.model_fields["analytics_max_concurrent"].default,
+        help="analytics clients at once (the pool's default size)",
+    )
     args = parser.parse_args()
     # A fixed end (a past hour) so a kept archive is the same archive.
     end = datetime(2026, 11, 1, tzinfo=UTC)
@@ -173,9 +243,13 @@ def main() -> int:
                       f"{q['p95_s']:.3f}", ok)  # fmt: skip
     console.print(table)
     console.print(f"compact: {hours} hours in {results['compact_s']:.0f} s")
+    if args.ingest_seconds > 0:
+        results["ingest"] = analytics_ingest.run(root, questions(end, args.days), args)
+        print_ingest(results["ingest"], args)
     out = Path(__file__).parent / "results" / "analytics.json"
     out.write_text(json.dumps({"params": params, "results": results}, indent=2) + "\n")
-    return 0
+    counted = all(x["every_event_counted"] for x in results.get("ingest", {}).values())
+    return 0 if counted else 1
 
 
 if __name__ == "__main__":
