@@ -78,6 +78,7 @@ def _refused_everywhere(svc: ServiceProcess, code: str, words: str) -> None:
     assert r.headers["content-type"].startswith("application/problem+json")
     problem = r.json()
     assert problem["type"].endswith(":storage-refused") and words in problem["detail"], problem
+    assert "a retry with the same event_id is safe" in problem["detail"], problem
 
 
 def test_protected_mode_denied_is_a_503_saying_what_to_change(tmp_path: Path) -> None:

@@ -351,7 +351,9 @@ class EngineRefused(StorageUnavailable):
         self.code, self.fix = code, fix
 
     def detail(self) -> str:
-        return f"{self}: {self.fix}; nothing was stored"
+        # Not "nothing was stored": a NOPERM can come inside the ingest script after its
+        # first writes, or on a cluster between an id's claim and its apply.
+        return f"{self}: {self.fix}; a retry with the same event_id is safe"
 
 
 class ClusterForming(StorageUnavailable):
