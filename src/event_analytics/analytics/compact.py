@@ -102,17 +102,21 @@ def covered(jsonl: Path) -> Covered | None:
     return record
 
 
-def _jsonl_prefix(jsonl: Path) -> tuple[int, list[str]]:
-    """The complete-line prefix length of ``jsonl`` and its event ids, in one pass."""
+def _jsonl_prefix(jsonl: Path) -> tuple[int, list[str], str]:
+    """The complete-line prefix length of ``jsonl``, its event ids and its first line's
+    hash, in one pass."""
     ids: list[str] = []
     length = 0
+    head = ""
     with jsonl.open("rb") as handle:
         for line in handle:
             if not line.endswith(b"\n"):
                 break
+            if not ids:
+                head = _head(line)
             ids.append(event_id_of(line))
             length += len(line)
-    return length, ids
+    return length, ids, head
 
 
 def compact(jsonl: Path, crash_point: Callable[[str], None] | None = None) -> Covered | None:
@@ -132,11 +136,10 @@ def _compact(jsonl: Path, crash_point: Callable[[str], None]) -> Covered | None:
         return existing
     # No record while the copy is being replaced: a crash leaves the JSONL in use.
     _record_path(jsonl).unlink(missing_ok=True)
-    length, ids = _jsonl_prefix(jsonl)
+    length, ids, head = _jsonl_prefix(jsonl)
     if not ids:
         return None
     inode = jsonl.stat().st_ino
-    head = _head(_first_line(jsonl))
     target = parquet_path(jsonl)
     scratch = target.with_suffix(".parquet.tmp")
     prefix = jsonl.with_suffix(".prefix.tmp")
