@@ -24,7 +24,7 @@ import redis
 
 from benchmarks.procs import EngineProcess
 from tests.backends import Backend
-from tests.helpers import HTTP, event
+from tests.helpers import HTTP, ThreadClients, event
 from tests.servers import ServiceProcess, engine_binary, stopped_after
 
 pytestmark = pytest.mark.slow
@@ -110,13 +110,15 @@ def test_query_storm_leaves_ingest_whole(bounded: ServiceProcess) -> None:
     minute = now - timedelta(minutes=2)
     sent = [event(ts=minute, user=f"w{i}", url="https://example.com/storm") for i in range(200)]
 
+    clients = ThreadClients()
+
     def query(_: int) -> int:
-        return HTTP.get(f"{bounded.url}/analytics/top-pages", params=params).status_code
+        return clients.get().get(f"{bounded.url}/analytics/top-pages", params=params).status_code
 
     def ingest(e: dict[str, Any]) -> int:
-        return HTTP.post(f"{bounded.url}/events", json=e).status_code
+        return clients.get().post(f"{bounded.url}/events", json=e).status_code
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=58) as pool:
+    with clients, concurrent.futures.ThreadPoolExecutor(max_workers=58) as pool:
         queries = [pool.submit(query, i) for i in range(150)]  # 50 threads' worth, 3 each
         writes = list(pool.map(ingest, sent))
         answers = Counter(f.result() for f in queries)
@@ -136,9 +138,9 @@ def test_reads_busy_is_a_problem_503(bounded: ServiceProcess) -> None:
     start = now - timedelta(minutes=20)
     _send(bounded.url, _range_events(start, 20, "c", extra=False))
     params = {"from": _iso(start), "to": _iso(now), "limit": 100}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
-        replies = list(pool.map(lambda _: HTTP.get(f"{bounded.url}/analytics/top-pages",
-                                                   params=params), range(40)))  # fmt: skip
+    with ThreadClients() as clients, concurrent.futures.ThreadPoolExecutor(20) as pool:
+        replies = list(pool.map(lambda _: clients.get().get(
+            f"{bounded.url}/analytics/top-pages", params=params), range(40)))  # fmt: skip
     busy = [r for r in replies if r.status_code == 503]
     assert busy, "the cap of 1 heavy read never refused one of 40 concurrent reads"
     assert all(r.json()["type"].endswith(":reads-busy") for r in busy)
