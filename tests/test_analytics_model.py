@@ -132,6 +132,8 @@ def same_steps(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
     length_s=st.sampled_from([500, 150, 30]),
     breakdown=st.sampled_from([None, None, "page_url", "event_type", "property:plan"]),
     storage=STORAGE,
+    tie_free=st.booleans(),
+    fast_key=st.sampled_from([funnel.FAST_KEY, funnel.FAST_KEY, "hash(user_id) % 2"]),
 )
 def test_funnel_matches_model(
     tmp_path: Path,
@@ -143,7 +145,15 @@ def test_funnel_matches_model(
     length_s: int,
     breakdown: str | None,
     storage: str,
+    tie_free: bool,
+    fast_key: str,
 ) -> None:
+    """Both plans: ``records`` makes timestamp ties common (the fast plan must see them
+    and give way to the exact one); ``tie_free`` moves every event by its own microsecond
+    (the fast plan answers); ``hash(user_id) % 2`` makes users share a number."""
+    if tie_free:
+        recs = [{**r, "timestamp": iso(model.ts_of(r) + timedelta(microseconds=i + 1))}
+                for i, r in enumerate(recs)]  # fmt: skip
     body = {
         "from": iso(BASE + timedelta(seconds=start_s)),
         "to": iso(BASE + timedelta(seconds=start_s + length_s)),
@@ -153,7 +163,19 @@ def test_funnel_matches_model(
         "breakdown": breakdown,
     }
     spec = FunnelSpec.model_validate(body)
-    got = funnel.run(ENGINE, spec, write(tmp_path, recs, storage), BASE)
+    root = write(tmp_path, recs, storage)
+    got = funnel.run(ENGINE, spec, root, BASE, fast_key)
+    with hour_files(root, spec.start, spec.end + timedelta(seconds=window)) as files:
+        fast = ENGINE.fetch(*funnel.build(spec, files, fast_key))
+        exact = ENGINE.fetch(*funnel.build(spec, files, None))
+    suspect = any(row[-1] for row in fast)
+    if tie_free and fast_key == funnel.FAST_KEY:
+        assert not suspect, "no ties and no shared hash, yet the fast plan gave way"
+    if not suspect:  # the fast plan's answer is the exact plan's
+        assert len(fast) == len(exact)
+        for f, e in zip(fast, exact, strict=True):
+            values = zip(f[1:-1], e[1:-1], strict=True)
+            assert f[0] == e[0] and all(close(a, b) for a, b in values), (f, e)
     want = model.funnel(recs, {**body, "from": body["from"][:-1] + "+00:00",
                                "to": body["to"][:-1] + "+00:00"})  # fmt: skip
     if breakdown is None:
@@ -377,3 +399,30 @@ def test_breakdown_value_is_the_chosen_chains_even_when_missing(tmp_path: Path) 
     assert [b["value"] for b in got["breakdowns"]] == [b["value"] for b in want["breakdowns"]]
     assert got["breakdowns"][0]["value"] == "(none)"
     assert [s["users"] for s in got["breakdowns"][0]["steps"]] == [1, 1]
+
+
+@pytest.mark.parametrize("clash", ["user", "timestamp"])
+def test_fast_funnel_plan_gives_way_when_its_order_is_not_exact(tmp_path: Path, clash: str) -> None:
+    """Two users with one user number (u0 and u1 under ``hash % 2``) would pass for one
+    user; a user's two events at one timestamp need (received_at, event_id) to order them.
+    The fast plan flags both, and the answer is the exact plan's (the model's)."""
+    second = ("u1", 5) if clash == "user" else ("u0", 0)
+    rows = [("u0", 0, "page_view"), (*second, "page_view"), ("u0", 10, "signup")]
+    recs = [
+        {"event_id": str(uuid.UUID(int=i + 1)), "user_id": u, "event_type": kind,
+         "timestamp": iso(BASE + timedelta(seconds=t)), "payload": {}, "received_at": iso(BASE)}
+        for i, (u, t, kind) in enumerate(rows)
+    ]  # fmt: skip
+    body = {"from": iso(BASE), "to": iso(BASE + timedelta(minutes=1)), "window_s": 60,
+            "steps": [{"event_type": "page_view"}, {"event_type": "signup"}]}  # fmt: skip
+    spec = FunnelSpec.model_validate(body)
+    root = write(tmp_path, recs)
+    with hour_files(root, spec.start, spec.end + timedelta(minutes=1)) as files:
+        fast = ENGINE.fetch(*funnel.build(spec, files, "hash(user_id) % 2"))
+    assert [row[-1] for row in fast] == [True], fast
+    got = funnel.run(ENGINE, spec, root, BASE, "hash(user_id) % 2")["steps"]
+    want = model.funnel(recs, {**body, "from": body["from"][:-1] + "+00:00",
+                               "to": body["to"][:-1] + "+00:00"})["steps"]  # fmt: skip
+    entered = 2 if clash == "user" else 1
+    assert [s["users"] for s in got] == [s["users"] for s in want] == [entered, 1]
+    same_steps(got, want)
