@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import gc
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -83,6 +84,17 @@ class App(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+async def _freeze_after(startup: Awaitable[None]) -> None:
+    """Once the worker has loaded what it keeps (the app, its schemas, the enrichment
+    data), move those objects out of the collector's reach. A full collection otherwise
+    walks all of them while requests wait: single events at 64 connections had p99
+    76-120 ms without this and 36-44 ms with it, at the same throughput and CPU (three
+    interleaved A/B rounds). Garbage is collected first so that none of it is kept."""
+    await startup
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; storage connects in the lifespan, so one factory serves every worker.
 
@@ -133,7 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.compat = compat.CompatState.build(settings, DailySalt(store.client, store.keys))
         # The enrichment data (a second or so to load) loads beside startup, not in it: the
         # service is ready at once, and a request that needs it first waits for it.
-        warming = asyncio.create_task(asyncio.to_thread(app.state.compat.warm))
+        warming = asyncio.create_task(_freeze_after(asyncio.to_thread(app.state.compat.warm)))
         try:
             yield
         finally:
