@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import select
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -65,6 +69,106 @@ def render(binary: str, tmp_path: Path, url: str) -> Dom:
     dom = Dom(run.stdout.decode())
     dom.console = run.console
     return dom
+
+
+@contextlib.contextmanager
+def live_page(binary: str, profile: Path) -> Iterator[LivePage]:
+    """Chromium in real time, driven over the DevTools protocol on a pipe (no dependency).
+
+    For a test that acts while the page runs (a query slot let go after the page met the
+    503, say): virtual time (``render``) fast-forwards the page's timers, so its waits
+    would pass in no time at all, before anything outside could change.
+    """
+    flags = [f for f in CHROMIUM_FLAGS if not f.startswith("--virtual-time-budget")]
+    to_browser, commands = os.pipe()
+    answers, from_browser = os.pipe()
+    log = open(profile.parent / f"{profile.name}.log", "w+b")  # noqa: SIM115
+    # --remote-debugging-pipe reads commands on fd 3 and writes on fd 4: the shell puts
+    # the pipes there (given as its stdin and stdout).
+    proc = subprocess.Popen(
+        ["sh", "-c", 'exec "$@" 3<&0 4>&1 0</dev/null 1>&2', "sh", binary, *flags,
+         "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"],
+        stdin=to_browser, stdout=from_browser, stderr=log, start_new_session=True,
+        env=os.environ | {"TZ": "Europe/Berlin"},
+    )  # fmt: skip
+    os.close(to_browser)
+    os.close(from_browser)
+    try:
+        yield LivePage(proc, commands, answers, log)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: every browser process
+        proc.wait(timeout=10)
+        os.close(commands)
+        os.close(answers)
+        log.close()
+
+
+class LivePage:
+    """One tab of ``live_page``'s browser; every call is bounded by ``timeout_s``."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], commands: int, answers: int, log: Any):
+        self.proc, self.commands, self.answers, self.log = proc, commands, answers, log
+        self.buffer = b""
+        self.last_id = 0
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
+
+    def send(self, method: str, params: dict[str, Any], session: str | None = None,
+             timeout_s: float = 10.0) -> dict[str, Any]:  # fmt: skip
+        """One command's result (the events in between are passed over)."""
+        self.last_id += 1
+        message: dict[str, Any] = {"id": self.last_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self.commands, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            while b"\0" in self.buffer:
+                raw, self.buffer = self.buffer.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self.last_id:
+                    assert "error" not in reply, (method, reply["error"])
+                    result: dict[str, Any] = reply["result"]
+                    return result
+            left = deadline - time.monotonic()
+            assert left > 0, f"no answer to {method} within {timeout_s} s"
+            ready, _, _ = select.select([self.answers], [], [], left)
+            if ready:
+                chunk = os.read(self.answers, 1 << 16)
+                assert chunk, f"the browser closed the pipe: {self.console()}"
+                self.buffer += chunk
+
+    def open(self, url: str) -> None:
+        self.send("Page.navigate", {"url": url}, self.session)
+
+    def evaluate(self, expression: str) -> Any:
+        answer = self.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True}, self.session
+        )
+        assert "exceptionDetails" not in answer, answer
+        return answer["result"].get("value")
+
+    def wait_until(self, expression: str, timeout_s: float) -> None:
+        """Until ``expression`` is true in the page, polled every 0.1 s, at most timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while not self.evaluate(expression):
+            assert time.monotonic() < deadline, f"not within {timeout_s} s: {expression}"
+            time.sleep(0.1)
+
+    def console(self) -> list[str]:
+        """What the page logged so far, as ``render``'s ``Dom.console``."""
+        self.log.seek(0)
+        text = self.log.read().decode(errors="replace")
+        return [line for line in text.splitlines() if ":CONSOLE" in line]
+
+    def dom(self) -> Dom:
+        """The DOM as it is now, as ``render`` reads it."""
+        dom = Dom(self.evaluate("document.documentElement.outerHTML"))
+        dom.console = self.console()
+        return dom
 
 
 # ---- the rendered DOM -------------------------------------------------------------------

@@ -9,25 +9,28 @@ Set EA_DOCS_SCREENSHOT=1 (or run `make screenshot`) to also write docs/dashboard
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
 import shutil
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
 from event_analytics import dashboard
 from tests.backends import own_engine_env
-from tests.browser import render, run_chromium
-from tests.helpers import DESKTOP_CHROME, HTTP, event
+from tests.browser import live_page, render, run_chromium
+from tests.helpers import DESKTOP_CHROME, HTTP, event, wait_for
 from tests.png import colour_counts, near
 from tests.scrape import scrape, value
 from tests.servers import ServiceProcess, stopped_after
@@ -267,6 +270,7 @@ def test_dashboard_static_files_are_served(service: ServiceProcess) -> None:
         ("uPlot.iife.min.js", "javascript"),
         ("uPlot.min.css", "text/css"),
         ("dashboard.js", "javascript"),
+        ("retry.js", "javascript"),
         ("dashboard.css", "text/css"),
         ("uPlot.LICENSE", ""),
     ]:
@@ -379,12 +383,10 @@ def browser_service(
     yield from _serve(request, tmp_path_factory, "dashsrc")
 
 
-def test_sources_countries_devices_and_the_range_picker(
-    browser_service: ServiceProcess, chromium: str, tmp_path: Path
-) -> None:
-    svc = browser_service
-    sent = visits(60)
-    for v in sent:  # as the script tag sends them, from a browser behind the trusted proxy
+def send_visits(svc: ServiceProcess, sent: list[Visit]) -> None:
+    """As the script tag sends them, from a browser behind the trusted proxy; returns once
+    the archive's answers hold every page view sent."""
+    for v in sent:
         body = orjson.dumps({"n": "pageview", "u": f"{SITE}{v.page}{v.query}",
                              "d": "shop.example", "r": v.referrer or None})  # fmt: skip
         headers = {"content-type": "text/plain", "user-agent": v.agent, "x-forwarded-for": v.ip}
@@ -393,13 +395,21 @@ def test_sources_countries_devices_and_the_range_picker(
     until = datetime.now(UTC)
     probe = {"date_range": "1h", "metrics": ["events"]}
     deadline = time.monotonic() + 30
-    while True:  # until the archive's answers hold every page view sent
+    while True:
         meta = HTTP.post(f"{svc.url}/analytics/query", json=probe).json()["meta"]
         if datetime.fromisoformat(meta["archived_until"].replace("Z", "+00:00")) > until:
-            break
+            return
         assert time.monotonic() < deadline, meta
         time.sleep(0.3)
 
+
+def assert_breakdowns(dom: Any, sent: list[Visit]) -> None:
+    """The page shows no error, and the breakdowns and the total equal the model of
+    ``sent``: bots are in none of the numbers (not the live counters', not the
+    breakdowns'), only in their own count."""
+    assert dom.console == []
+    assert dom["error"].attrs.get("hidden") is not None, dom["error"].text()
+    assert not [n.attrs.get("id") for n in dom.root.walk() if "stale" in n.classes()]
     people = [v for v in sent if DEVICE_OF[v.agent] != "bot"]
     bots = len(sent) - len(people)
     assert 0 < bots < len(sent)
@@ -410,23 +420,29 @@ def test_sources_countries_devices_and_the_range_picker(
         by_source.setdefault(SOURCE_OF[(v.referrer, v.query)], []).append(v)
         by_country.setdefault(COUNTRY_OF[v.ip], []).append(v)
         by_device.setdefault(DEVICE_OF[v.agent], []).append(v)
+    assert dom.value("total-count") == len(people)
+    assert breakdown_table(dom, "sources") == ranked(by_source)
+    assert breakdown_table(dom, "countries") == ranked(by_country)
+    assert breakdown_table(dom, "devices") == ranked(by_device)
+    assert dom.value("bot-events") == bots
+
+
+def test_sources_countries_devices_and_the_range_picker(
+    browser_service: ServiceProcess, chromium: str, tmp_path: Path
+) -> None:
+    svc = browser_service
+    sent = visits(60)
+    send_visits(svc, sent)
+    people = [v for v in sent if DEVICE_OF[v.agent] != "bot"]
 
     for name in ("1h", "24h"):
         query = "" if name == "1h" else f"?range={name}"  # 1 h is the dashboard's default
         dom = render(chromium, tmp_path, f"{svc.url}/dashboard{query}")
-        assert dom.console == []
-        assert dom["error"].attrs.get("hidden") is not None, dom["error"].text()
-        assert not [n.attrs.get("id") for n in dom.root.walk() if "stale" in n.classes()]
+        assert_breakdowns(dom, sent)
         # The picker: its buttons (made by range.js), the range in the URL marked.
         buttons = dom["ranges"].all("button")
         assert [b.attrs["data-range"] for b in buttons] == ["1h", "24h", "7d", "30d"]
         assert [b.attrs["data-range"] for b in buttons if "on" in b.classes()] == [name]
-        # Bots are in none of the numbers: not the live counters', not the breakdowns'.
-        assert dom.value("total-count") == len(people)
-        assert breakdown_table(dom, "sources") == ranked(by_source)
-        assert breakdown_table(dom, "countries") == ranked(by_country)
-        assert breakdown_table(dom, "devices") == ranked(by_device)
-        assert dom.value("bot-events") == bots
         gb = next(r for r in dom["countries"].all("tr") if r.attrs.get("data-value") == "GB")
         assert gb.all("a")[0].text() == "United Kingdom (GB)"
         direct = next(r for r in dom["sources"].all("tr") if r.attrs.get("data-value") == "")
@@ -446,3 +462,81 @@ def test_sources_countries_devices_and_the_range_picker(
     buttons = dom["ranges"].all("button")
     assert [b.attrs["data-range"] for b in buttons] == ["1h", "24h", "7d", "30d"]
     assert [b.attrs["data-range"] for b in buttons if "on" in b.classes()] == ["7d"]
+
+
+# ---- a full archive-query pool ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["embedded"])
+def one_slot(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """One archive query at a time (EA_ANALYTICS_MAX_CONCURRENT=1), as a small deployment
+    runs. The pool is the service's, whatever the engine: the embedded one only."""
+    yield from _serve(request, tmp_path_factory, "dashbusy", {"EA_ANALYTICS_MAX_CONCURRENT": "1"})
+
+
+def refused_queries(svc: ServiceProcess) -> float:
+    """How many POST /analytics/query the service has answered 503."""
+    route = {"method": "POST", "route": "/analytics/query", "status": "503"}
+    return value(scrape(svc.url), "ea_http_request_duration_seconds_count", **route)
+
+
+@contextlib.contextmanager
+def slot_taken(svc: ServiceProcess) -> Iterator[Callable[[], None]]:
+    """The one query slot taken by someone else's query until the test lets it go (the
+    function yielded): a query over an hour whose file is stuck as on a stalled disk, a
+    FIFO that no one writes yet, so that the query's thread blocks opening it. Its hour,
+    in 2020, is in no range the dashboard reads, and an empty FIFO (size 0) is never
+    opened by the archive's status."""
+    hour = svc.data_dir / "persistent_events" / "2020/01/01/events_2020-01-01-00.jsonl"
+    hour.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(hour)
+    held: dict[str, httpx.Response] = {}
+    spec = {"date_range": ["2020-01-01T00:00:00Z", "2020-01-01T01:00:00Z"], "metrics": ["events"]}
+
+    def hold() -> None:
+        held["reply"] = httpx.post(f"{svc.url}/analytics/query", json=spec, timeout=30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    probe = {"date_range": "1h", "metrics": ["events"]}
+    wait_for(lambda: HTTP.post(f"{svc.url}/analytics/query", json=probe).status_code == 503, 10)
+
+    def release() -> None:
+        if not hour.exists():
+            return
+        # Opens only while the query's thread waits in its open (else ENXIO): the slot was
+        # held until now. The reader then sees an empty file and reads nothing.
+        os.close(os.open(hour, os.O_WRONLY | os.O_NONBLOCK))
+        hour.unlink()
+
+    try:
+        yield release
+    finally:
+        release()
+        holder.join(timeout=30)
+        assert not holder.is_alive()
+    assert held["reply"].status_code == 200, held["reply"].text
+
+
+def test_breakdowns_wait_out_a_full_query_pool(
+    one_slot: ServiceProcess, chromium: str, tmp_path: Path
+) -> None:
+    """Another tab or the Explore page holds the only query slot as the dashboard loads:
+    its breakdowns are refused (503 analytics-busy), wait the Retry-After and ask again,
+    and fill with the right numbers, no error shown. In real time (``live_page``): under
+    ``render``'s virtual time the page's waits would pass before the slot could be let go."""
+    svc = one_slot
+    sent = visits(60)
+    send_visits(svc, sent)
+    with live_page(chromium, tmp_path / "profile") as page, slot_taken(svc) as release:
+        before = refused_queries(svc)
+        page.open(f"{svc.url}/dashboard")
+        # The page met the full pool (not a test that passes by never meeting it) ...
+        wait_for(lambda: refused_queries(svc) > before, 10)
+        release()
+        # ... and its first round still ends with every panel filled.
+        page.wait_until("Number(document.body.dataset.refreshed || 0) >= 1", 30)
+        dom = page.dom()
+    assert_breakdowns(dom, sent)

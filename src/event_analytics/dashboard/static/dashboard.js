@@ -63,25 +63,24 @@
   const HEADERS = KEY ? { "X-API-Key": KEY } : {};
 
   // One request (GET, or POST with a JSON body); ApiError on a network failure, a timeout
-  // or a non-2xx answer.
+  // or a non-2xx answer. The archive queries (the POSTs: the breakdowns) wait out a full
+  // query pool (retry.js, shared with Explore): another tab or the Explore page may hold
+  // its slots for a moment. The GETs never meet that 503, so they are asked once.
+  // TIMEOUT_MS bounds each attempt.
   async function request(method, path, query, body, asText) {
     const url = new URL(path, BASE);
     for (const [k, v] of Object.entries(query || {})) url.searchParams.set(k, v);
-    const abort = new AbortController();
-    const timeout = setTimeout(() => abort.abort(), TIMEOUT_MS);
-    const init = { method, signal: abort.signal, cache: "no-store", headers: HEADERS };
+    const init = { method, cache: "no-store", headers: HEADERS };
     if (body !== undefined) {
       init.headers = { ...HEADERS, "Content-Type": "application/json" };
       init.body = JSON.stringify(body);
     }
     let response;
     try {
-      response = await fetch(url, init);
+      response = await window.EARetry.fetch(url, init, TIMEOUT_MS);
     } catch (err) {
       const why = err.name === "AbortError" ? `no answer within ${TIMEOUT_MS / 1000} s` : "unreachable";
       throw new ApiError(path, `${method} /${path}: ${why}`, true);
-    } finally {
-      clearTimeout(timeout);
     }
     if (!response.ok) {
       let detail = response.statusText;
@@ -243,7 +242,8 @@
   }
 
   // One after another: the service runs few archive queries at once (EA_ANALYTICS_MAX_CONCURRENT,
-  // 503 past it), and the page should not take them all.
+  // 503 past it), and the page should not take them all. The 503 that others cause (the
+  // Explore page, another tab) is waited out in request(), not shown.
   async function runBreakdowns() {
     const settle = (promise) => promise.then(
       (value) => ({ status: "fulfilled", value }), (reason) => ({ status: "rejected", reason }));

@@ -12,28 +12,18 @@
   const KEY = (() => { try { return sessionStorage.getItem("ea-read-key"); } catch (_) { return null; } })();
   const HEADERS = Object.assign({ "Content-Type": "application/json" }, KEY ? { "X-API-Key": KEY } : {});
 
-  // The service runs few archive queries at once (EA_ANALYTICS_MAX_CONCURRENT) and answers
-  // 503 + Retry-After past it: wait as told and ask again, a bounded number of times.
-  const RETRIES = 4;
-  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
+  // Waits out a full archive-query pool (retry.js, shared with the dashboard), then any
+  // error of the answer is this page's to show.
   async function post(path, body) {
-    for (let attempt = 0; ; attempt++) {
-      const response = await fetch(new URL(path, BASE), {
-        method: "POST", headers: HEADERS, body: JSON.stringify(body), cache: "no-store",
-      });
-      const answer = await response.json().catch(() => ({}));
-      if (response.status === 503 && attempt < RETRIES) {
-        const wait = Number(response.headers.get("Retry-After")) || 1;
-        await sleep(Math.min(wait, 5) * 1000);
-        continue;
-      }
-      if (!response.ok) {
-        const reasons = (answer.errors || []).map((e) => `${e.field}: ${e.message}`).join("; ");
-        throw new Error(`${path}: ${response.status} ${reasons || answer.detail || response.statusText}`);
-      }
-      return answer;
+    const response = await window.EARetry.fetch(new URL(path, BASE), {
+      method: "POST", headers: HEADERS, body: JSON.stringify(body), cache: "no-store",
+    });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const reasons = (answer.errors || []).map((e) => `${e.field}: ${e.message}`).join("; ");
+      throw new Error(`${path}: ${response.status} ${reasons || answer.detail || response.statusText}`);
     }
+    return answer;
   }
 
   // One error per part of the page: the funnel's success must not hide the retention's failure.
