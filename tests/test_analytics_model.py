@@ -149,11 +149,11 @@ def test_funnel_matches_model(
     fast_key: str,
 ) -> None:
     """Both plans: ``records`` makes timestamp ties common (the fast plan must see them
-    and give way to the exact one); ``tie_free`` moves every event by its own microsecond
-    (the fast plan answers); ``hash(user_id) % 2`` makes users share a number."""
+    and give way to the exact one); ``tie_free`` keeps one event per user and timestamp
+    (the fast plan answers, on the same grid of times, so window edges are hit);
+    ``hash(user_id) % 2`` makes users share a number."""
     if tie_free:
-        recs = [{**r, "timestamp": iso(model.ts_of(r) + timedelta(microseconds=i + 1))}
-                for i, r in enumerate(recs)]  # fmt: skip
+        recs = list({(r["user_id"], model.ts_of(r)): r for r in reversed(recs)}.values())[::-1]
     body = {
         "from": iso(BASE + timedelta(seconds=start_s)),
         "to": iso(BASE + timedelta(seconds=start_s + length_s)),
@@ -425,4 +425,38 @@ def test_fast_funnel_plan_gives_way_when_its_order_is_not_exact(tmp_path: Path, 
                                "to": body["to"][:-1] + "+00:00"})["steps"]  # fmt: skip
     entered = 2 if clash == "user" else 1
     assert [s["users"] for s in got] == [s["users"] for s in want] == [entered, 1]
+    same_steps(got, want)
+
+
+def test_fast_ordered_funnel_at_the_window_edges(tmp_path: Path) -> None:
+    """The fast plan's ordered chain (the next step's time from the sorted events) at the
+    window's edges: an event exactly ``window_s`` after the entry counts, one a second
+    later does not, and a later entry can reach further than an earlier one (user e:
+    from 0 s only step 2 is in the window, from 6 s all three)."""
+    users = {
+        "a": [(0, "page_view"), (10, "signup"), (30, "purchase")],
+        "b": [(0, "page_view"), (10, "signup"), (31, "purchase")],
+        "c": [(0, "page_view"), (30, "signup")],
+        "d": [(0, "page_view"), (31, "signup")],
+        "e": [(0, "page_view"), (5, "signup"), (6, "page_view"), (20, "signup"), (36, "purchase")],
+    }
+    recs = [
+        {"event_id": str(uuid.uuid4()), "user_id": u, "event_type": kind,
+         "timestamp": iso(BASE + timedelta(seconds=t)), "payload": {}, "received_at": iso(BASE)}
+        for u, events in users.items() for t, kind in events
+    ]  # fmt: skip
+    body = {"from": iso(BASE), "to": iso(BASE + timedelta(minutes=1)), "window_s": 30,
+            "steps": [{"event_type": "page_view"}, {"event_type": "signup"},
+                      {"event_type": "purchase"}]}  # fmt: skip
+    spec = FunnelSpec.model_validate(body)
+    root = write(tmp_path, recs)
+    with hour_files(root, spec.start, spec.end + timedelta(minutes=1)) as files:
+        fast = ENGINE.fetch(*funnel.build(spec, files))
+    assert [row[-1] for row in fast] == [False], fast  # the fast plan answers
+    got = funnel.run(ENGINE, spec, root, BASE)["steps"]
+    want = model.funnel(recs, {**body, "from": body["from"][:-1] + "+00:00",
+                               "to": body["to"][:-1] + "+00:00"})["steps"]  # fmt: skip
+    assert [s["users"] for s in got] == [s["users"] for s in want] == [5, 4, 2]
+    # Step 2 from a, b, c (10, 10, 30 s) and e's 6 s entry (14 s); step 3: a 20, e 16.
+    assert [s["median_s_from_previous"] for s in got] == [None, 12.0, 18.0]
     same_steps(got, want)

@@ -30,6 +30,25 @@ NONE = "(none)"
 FAST_KEY = "hash(user_id)"
 
 
+def _windowed_chain_sql(spec: FunnelSpec, w: str) -> str:
+    """``ordered`` on the fast plan: every row of ``seq`` carries ``nx<k>``, the time of
+    the user's next step-k event after it (computed in the sort ``seq`` already makes);
+    an entry's step 2 is its own ``nx2``, step k the ``nx<k>`` of its step k-1 event,
+    found by (user, time): without ties a user's time names one event."""
+    n = len(spec.steps)
+    ctes = [f"c2 AS (SELECT c.*, CASE WHEN c.nx2 <= c.t1 + {w} THEN c.nx2 END AS t2 FROM c1 c)"]
+    for k in range(3, n + 1):
+        ctes.append(
+            f"c{k} AS (SELECT c.*, CASE WHEN m.nx{k} <= c.t1 + {w} THEN m.nx{k} END AS t{k} "
+            f"FROM c{k - 1} c LEFT JOIN (SELECT uk, ts, nx{k} FROM seq WHERE s{k - 1}) m "
+            f"ON m.uk = c.uk AND m.ts = c.t{k - 1})"
+        )
+    level = " + ".join(["1"] + [f"(t{k} IS NOT NULL)::INTEGER" for k in range(2, n + 1)])
+    times = ", ".join(f"t{k}" for k in range(2, n + 1))
+    body = f"chains AS (SELECT uk, bd, n1, t1, {times}, {level} AS level FROM c{n})"
+    return ", ".join([*ctes, body])
+
+
 def _chain_sql(spec: FunnelSpec, w: str) -> tuple[str, str]:
     """CTEs c2..cn extending the entries, and the SELECT of the last one with ``level``."""
     n = len(spec.steps)
@@ -81,7 +100,7 @@ def _chain_sql(spec: FunnelSpec, w: str) -> tuple[str, str]:
     return ", ".join([*ctes, body]), "chains"
 
 
-def _sequence_sql(fast_key: str | None) -> str:
+def _sequence_sql(fast_key: str | None, nexts: int) -> str:
     """``seq``: the relevant events with ``uk`` (the user as an integer) and ``n`` (their
     position in one order by user, then (timestamp, received_at, event_id)), and
     ``suspect``: whether that order may be wrong.
@@ -101,10 +120,13 @@ def _sequence_sql(fast_key: str | None) -> str:
 seq AS MATERIALIZED (SELECT ev.*, uk, row_number() OVER (
     ORDER BY uk, ts, received_at, event_id) AS n, false AS suspect
     FROM ev JOIN users USING (user_id))"""
-    return f"""seq AS MATERIALIZED (SELECT *, row_number() OVER w AS n,
-    coalesce(lag(uk) OVER w = uk AND (lag(user_id) OVER w <> user_id OR lag(ts) OVER w = ts),
-        false) AS suspect
-    FROM (SELECT *, {fast_key} AS uk FROM ev) WINDOW w AS (ORDER BY uk, ts))"""
+    nx = "".join(
+        f"lead(CASE WHEN s{k} THEN ts END IGNORE NULLS) OVER w AS nx{k}, "
+        for k in range(2, nexts + 1)
+    )
+    return f"""seq AS MATERIALIZED (SELECT *, row_number() OVER w AS n, {nx}
+    coalesce(lag(user_id) OVER w <> user_id OR lag(ts) OVER w = ts, false) AS suspect
+    FROM (SELECT *, {fast_key} AS uk FROM ev) WINDOW w AS (PARTITION BY uk ORDER BY ts))"""
 
 
 def build(
@@ -129,7 +151,11 @@ def build(
     relevant = (
         "" if spec.order == "strict" else "WHERE " + " OR ".join(f"s{i}" for i in range(1, n + 1))
     )
-    chains, last = _chain_sql(spec, w)
+    windowed = fast_key is not None and spec.order == "ordered"
+    if windowed:
+        chains, last = _windowed_chain_sql(spec, w), "chains"
+    else:
+        chains, last = _chain_sql(spec, w)
     # Each user's chain: the furthest level, then the earliest entry (n1 is unique per
     # user), chosen by one aggregate instead of a sort of every entry.
     key = "level * 4294967296 - n1"
@@ -149,8 +175,9 @@ WITH events AS ({src}),
 ev AS (SELECT * FROM (
     SELECT user_id, ts, received_at, event_id, {bd} AS bd, {matches} FROM events
     WHERE ts >= {start} AND ts < {read_end}) {relevant}),
-{_sequence_sql(fast_key)},
-c1 AS (SELECT uk, bd, n AS n1, ts AS t1 FROM seq WHERE s1 AND ts >= {start} AND ts < {end}),
+{_sequence_sql(fast_key, n if windowed else 0)},
+c1 AS (SELECT uk, bd, n AS n1, ts AS t1{", nx2" if windowed else ""} FROM seq
+    WHERE s1 AND ts >= {start} AND ts < {end}),
 {chains},
 best AS (SELECT uk, coalesce(arg_max_null(bd, {key}), '{NONE}') AS bd, max(level) AS level,
     {", ".join(durations)} FROM {last} GROUP BY uk),
