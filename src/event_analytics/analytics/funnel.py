@@ -30,6 +30,14 @@ NONE = "(none)"
 FAST_KEY = "hash(user_id)"
 
 
+def _chains(n: int) -> str:
+    """``chains`` over ``c<n>``: a chain's level is 1 + the steps it reached (``t<k>`` is
+    NULL where step k was not reached, in every plan)."""
+    level = " + ".join(["1"] + [f"(t{k} IS NOT NULL)::INTEGER" for k in range(2, n + 1)])
+    times = ", ".join(f"t{k}" for k in range(2, n + 1))
+    return f"chains AS (SELECT uk, bd, n1, t1, {times}, {level} AS level FROM c{n})"
+
+
 def _windowed_chain_sql(spec: FunnelSpec, w: str) -> str:
     """``ordered`` on the fast plan: every row of ``seq`` carries ``nx<k>``, the time of
     the user's next step-k event after it (computed in the sort ``seq`` already makes);
@@ -43,10 +51,7 @@ def _windowed_chain_sql(spec: FunnelSpec, w: str) -> str:
             f"FROM c{k - 1} c LEFT JOIN (SELECT uk, ts, nx{k} FROM seq WHERE s{k - 1}) m "
             f"ON m.uk = c.uk AND m.ts = c.t{k - 1})"
         )
-    level = " + ".join(["1"] + [f"(t{k} IS NOT NULL)::INTEGER" for k in range(2, n + 1)])
-    times = ", ".join(f"t{k}" for k in range(2, n + 1))
-    body = f"chains AS (SELECT uk, bd, n1, t1, {times}, {level} AS level FROM c{n})"
-    return ", ".join([*ctes, body])
+    return ", ".join([*ctes, _chains(n)])
 
 
 def _chain_sql(spec: FunnelSpec, w: str) -> tuple[str, str]:
@@ -94,10 +99,7 @@ def _chain_sql(spec: FunnelSpec, w: str) -> tuple[str, str]:
                 f"LEFT JOIN seq m ON m.uk = c.uk AND m.n = c.n{k - 1} + 1 "
                 f"AND m.s{k} AND m.ts <= c.t1 + {w})"
             )
-    level = " + ".join(["1"] + [f"(n{k} IS NOT NULL)::INTEGER" for k in range(2, n + 1)])
-    times = ", ".join(f"t{k}" for k in range(2, n + 1))
-    body = f"chains AS (SELECT uk, bd, n1, t1, {times}, {level} AS level FROM c{n})"
-    return ", ".join([*ctes, body]), "chains"
+    return ", ".join([*ctes, _chains(n)]), "chains"
 
 
 def _sequence_sql(fast_key: str | None, nexts: int) -> str:
