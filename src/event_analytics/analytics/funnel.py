@@ -9,6 +9,10 @@ chain of that entry reaches. ``any`` only asks, per step, whether a matching eve
 other than the entry lies in ``[t1, t1 + window]``. Each user counts once, with the
 chain reaching furthest (the earliest entry among equals): its step-1 event is the
 user's breakdown value, its step times their durations.
+
+Two plans give the same answer: a fast one, which orders events by time alone and
+says when that order is not exact here, and then the exact one (``_sequence_sql``).
+A funnel whose data has such ties runs both, each within the engine's time limit.
 """
 
 from __future__ import annotations
