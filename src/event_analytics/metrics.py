@@ -129,7 +129,7 @@ ENGINE_ERRORS = Counter(
 # Series that exist from the start at 0, so that rate() and alerts see the first event.
 for _outcome in ("accepted", "duplicate", "rejected"):
     EVENTS.labels(_outcome, "page_view")
-for _kind in ("unreachable", "busy", "full"):
+for _kind in ("unreachable", "busy", "full", "refused"):
     ENGINE_ERRORS.labels(_kind)
 
 _type_labels: set[str] = {"page_view"}
