@@ -58,6 +58,26 @@ def _windowed_chain_sql(spec: FunnelSpec, w: str) -> str:
     return ", ".join([*ctes, _chains(n)])
 
 
+def _windowed_any_sql(spec: FunnelSpec, w: str) -> str:
+    """``any`` on the fast plan: step k is reached when the user's next step-k event after
+    the entry (``nx<k>`` of the entry's row) is within the window. Without ties no other
+    event shares the entry's time, so none before it in the order can count."""
+    n = len(spec.steps)
+    oks = ", ".join(f"coalesce(nx{k} <= t1 + {w}, false) AS ok{k}" for k in range(2, n + 1))
+    return _any_chains(n, f"SELECT *, {oks} FROM c1")
+
+
+def _any_chains(n: int, with_oks: str) -> str:
+    """``chains`` for ``any`` over a SELECT of the entries with ``ok<k>``: the level is
+    the first step not reached, minus one (no step times: they have no order)."""
+    level = " ".join(f"WHEN NOT ok{k} THEN {k - 1}" for k in range(2, n + 1))
+    times = ", ".join(f"NULL::TIMESTAMPTZ AS t{k}" for k in range(2, n + 1))
+    return (
+        f"chains AS (SELECT uk, bd, n1, t1, {times}, CASE {level} ELSE {n} END AS level "
+        f"FROM ({with_oks}))"
+    )
+
+
 def _chain_sql(spec: FunnelSpec, w: str) -> tuple[str, str]:
     """CTEs c2..cn extending the entries, and the SELECT of the last one with ``level``."""
     n = len(spec.steps)
@@ -76,16 +96,7 @@ def _chain_sql(spec: FunnelSpec, w: str) -> tuple[str, str]:
             )
             oks.append(f"a{k}.ok AS ok{k}")
         joins = " ".join(f"JOIN a{k} USING (uk, n1)" for k in range(2, n + 1))
-        level = (
-            "CASE "
-            + " ".join(f"WHEN NOT ok{k} THEN {k - 1}" for k in range(2, n + 1))
-            + f" ELSE {n} END"
-        )
-        times = ", ".join(f"NULL::TIMESTAMPTZ AS t{k}" for k in range(2, n + 1))
-        body = (
-            f"chains AS (SELECT uk, bd, n1, t1, {times}, {level} AS level FROM ("
-            f"SELECT c1.*, {', '.join(oks)} FROM c1 {joins}))"
-        )
+        body = _any_chains(n, f"SELECT c1.*, {', '.join(oks)} FROM c1 {joins}")
         return ", ".join([*ctes, body]), "chains"
     for k in range(2, n + 1):
         prev = f"c{k - 1}"
@@ -157,9 +168,13 @@ def build(
     relevant = (
         "" if spec.order == "strict" else "WHERE " + " OR ".join(f"s{i}" for i in range(1, n + 1))
     )
-    windowed = fast_key is not None and spec.order == "ordered"
-    if windowed:
-        chains, last = _windowed_chain_sql(spec, w), "chains"
+    windowed = fast_key is not None and spec.order in ("ordered", "any")
+    entry_nexts = ""
+    if windowed and spec.order == "ordered":
+        chains, last, entry_nexts = _windowed_chain_sql(spec, w), "chains", ", nx2"
+    elif windowed:
+        chains, last = _windowed_any_sql(spec, w), "chains"
+        entry_nexts = "".join(f", nx{k}" for k in range(2, n + 1))
     else:
         chains, last = _chain_sql(spec, w)
     # Each user's chain: the furthest level, then the earliest entry (n1 is unique per
@@ -182,7 +197,7 @@ ev AS (SELECT * FROM (
     SELECT user_id, ts, received_at, event_id, {bd} AS bd, {matches} FROM events
     WHERE ts >= {start} AND ts < {read_end}) {relevant}),
 {_sequence_sql(fast_key, n if windowed else 0)},
-c1 AS (SELECT uk, bd, n AS n1, ts AS t1{", nx2" if windowed else ""} FROM seq
+c1 AS (SELECT uk, bd, n AS n1, ts AS t1{entry_nexts} FROM seq
     WHERE s1 AND ts >= {start} AND ts < {end}),
 {chains},
 best AS (SELECT uk, coalesce(arg_max_null(bd, {key}), '{NONE}') AS bd, max(level) AS level,
