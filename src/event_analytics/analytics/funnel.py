@@ -78,8 +78,8 @@ def _any_chains(n: int, with_oks: str) -> str:
     )
 
 
-def _chain_sql(spec: FunnelSpec, w: str) -> tuple[str, str]:
-    """CTEs c2..cn extending the entries, and the SELECT of the last one with ``level``."""
+def _chain_sql(spec: FunnelSpec, w: str) -> str:
+    """CTEs c2..cn extending the entries, and ``chains``: the last one with ``level``."""
     n = len(spec.steps)
     ctes = []
     if spec.order == "any":
@@ -97,7 +97,7 @@ def _chain_sql(spec: FunnelSpec, w: str) -> tuple[str, str]:
             oks.append(f"a{k}.ok AS ok{k}")
         joins = " ".join(f"JOIN a{k} USING (uk, n1)" for k in range(2, n + 1))
         body = _any_chains(n, f"SELECT c1.*, {', '.join(oks)} FROM c1 {joins}")
-        return ", ".join([*ctes, body]), "chains"
+        return ", ".join([*ctes, body])
     for k in range(2, n + 1):
         prev = f"c{k - 1}"
         if spec.order == "ordered":
@@ -114,7 +114,7 @@ def _chain_sql(spec: FunnelSpec, w: str) -> tuple[str, str]:
                 f"LEFT JOIN seq m ON m.uk = c.uk AND m.n = c.n{k - 1} + 1 "
                 f"AND m.s{k} AND m.ts <= c.t1 + {w})"
             )
-    return ", ".join([*ctes, _chains(n)]), "chains"
+    return ", ".join([*ctes, _chains(n)])
 
 
 def _sequence_sql(fast_key: str | None, nexts: int) -> str:
@@ -168,15 +168,14 @@ def build(
     relevant = (
         "" if spec.order == "strict" else "WHERE " + " OR ".join(f"s{i}" for i in range(1, n + 1))
     )
-    windowed = fast_key is not None and spec.order in ("ordered", "any")
-    entry_nexts = ""
-    if windowed and spec.order == "ordered":
-        chains, last, entry_nexts = _windowed_chain_sql(spec, w), "chains", ", nx2"
-    elif windowed:
-        chains, last = _windowed_any_sql(spec, w), "chains"
-        entry_nexts = "".join(f", nx{k}" for k in range(2, n + 1))
+    # On the fast plan ``seq`` carries nx2..nx<n>; an entry takes the ones it reads itself.
+    if fast_key is not None and spec.order == "ordered":
+        chains, seq_nexts, entry_nexts = _windowed_chain_sql(spec, w), n, 2
+    elif fast_key is not None and spec.order == "any":
+        chains, seq_nexts, entry_nexts = _windowed_any_sql(spec, w), n, n
     else:
-        chains, last = _chain_sql(spec, w)
+        chains, seq_nexts, entry_nexts = _chain_sql(spec, w), 0, 0
+    nexts = "".join(f", nx{k}" for k in range(2, entry_nexts + 1))
     # Each user's chain: the furthest level, then the earliest entry (n1 is unique per
     # user), chosen by one aggregate instead of a sort of every entry.
     key = "level * 4294967296 - n1"
@@ -196,12 +195,12 @@ WITH events AS ({src}),
 ev AS (SELECT * FROM (
     SELECT user_id, ts, received_at, event_id, {bd} AS bd, {matches} FROM events
     WHERE ts >= {start} AND ts < {read_end}) {relevant}),
-{_sequence_sql(fast_key, n if windowed else 0)},
-c1 AS (SELECT uk, bd, n AS n1, ts AS t1{entry_nexts} FROM seq
+{_sequence_sql(fast_key, seq_nexts)},
+c1 AS (SELECT uk, bd, n AS n1, ts AS t1{nexts} FROM seq
     WHERE s1 AND ts >= {start} AND ts < {end}),
 {chains},
 best AS (SELECT uk, coalesce(arg_max_null(bd, {key}), '{NONE}') AS bd, max(level) AS level,
-    {", ".join(durations)} FROM {last} GROUP BY uk),
+    {", ".join(durations)} FROM chains GROUP BY uk),
 grp AS (SELECT bd, count(*) AS entered FROM best GROUP BY bd),
 ranked AS (SELECT bd, CASE WHEN row_number() OVER (ORDER BY entered DESC, bd)
     <= {TOP_BREAKDOWNS} THEN bd ELSE '{OTHER}' END AS label FROM grp)
