@@ -296,6 +296,15 @@ class InvalidQuery(InvalidInput):
     """A query parameter or path is not understood."""
 
 
+class NotFound(EventAnalyticsError):
+    """A thing the request names by id (a goal) does not exist."""
+
+    status, slug, title = 404, "not-found", "Not found"
+
+    def detail(self) -> str:
+        return f"{self}; list them to see which exist"
+
+
 class BodyTooLarge(EventAnalyticsError):
     """The body is over the configured limit (detected while reading)."""
 
