@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.backends import Backend
 from tests.helpers import HTTP
 from tests.servers import ServiceProcess, stopped_after
 
@@ -152,3 +153,16 @@ def test_keys_and_a_restart_of_the_embedded_engine(tmp_path: Path) -> None:
         url = svc.url + GOALS
         listed = HTTP.get(url, params={"site_id": "keyed.example"}, headers=auth(READ))
         assert listed.json()["goals"] == [{k: v for k, v in made.json().items() if k != "domain"}]
+
+
+def test_with_only_read_keys_goal_changes_need_one(db: Backend, tmp_path: Path) -> None:
+    # No write keys: ingest is open, but a goal change is never more open than reads.
+    env = db.env | {"EA_READ_KEYS": READ}
+    goal = {"site_id": "reads.example", "goal_type": "page", "page_path": "/a"}
+    with stopped_after(ServiceProcess(tmp_path / "data", env=env)) as svc:
+        url = svc.url + GOALS
+        _problem(HTTP.put(url, json=goal), 401)
+        made = HTTP.put(url, json=goal, headers={"authorization": f"Bearer {READ}"})
+        assert made.status_code == 201, made.text
+        _problem(HTTP.delete(f"{url}/{made.json()['id']}", params={"site_id": "reads.example"}),
+                 401)  # fmt: skip

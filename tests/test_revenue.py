@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import duckdb
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -68,6 +69,49 @@ def test_every_bounded_amount_survives_exactly_into_duckdbs_decimal(value: Decim
         assert kept is not None and Decimal(kept) == value, spelling
         cast = DB.execute(f"SELECT CAST(? AS {revenue.SQL_TYPE})", [kept]).fetchone()
         assert cast is not None and cast[0] == value
+
+
+AMOUNTS = st.decimals(allow_nan=False, allow_infinity=False, places=9, min_value=-(10**6),
+                      max_value=10**6)  # fmt: skip
+
+
+@given(st.lists(st.tuples(st.sampled_from(["USD", "EUR", None]), AMOUNTS), max_size=30))
+def test_amount_sql_sums_exactly_per_currency(rows: list[tuple[str | None, Decimal]]) -> None:
+    # What the planner sums: revenue.amount_sql over archived payloads, per currency,
+    # equals the exact decimal sum of what was sent (events without revenue are NULL).
+    payloads = []
+    for code, value in rows:
+        payload: dict[str, Any] = {"page_url": "https://a.example/"}
+        if code is not None:
+            payload |= {"revenue_amount": revenue.amount(str(value)), "revenue_currency": code}
+        payloads.append((orjson.dumps(payload).decode(),))
+    DB.execute("CREATE OR REPLACE TEMP TABLE rec (payload JSON)")
+    if payloads:
+        DB.executemany("INSERT INTO rec VALUES (?)", payloads)
+    got = DB.execute(
+        f"SELECT {revenue.currency_sql('payload')} AS c, sum({revenue.amount_sql('payload')}) "
+        "FROM rec WHERE c IS NOT NULL GROUP BY c ORDER BY c"
+    ).fetchall()
+    want: dict[str, Decimal] = {}
+    for code, value in rows:
+        if code is not None:
+            want[code] = want.get(code, Decimal(0)) + value
+    assert got == sorted(want.items())
+
+
+def test_amount_sql_reads_legacy_numbers_and_skips_bad_text() -> None:
+    # Plausible revenue archived before this shape: a JSON number, a lower-case code.
+    rows = [
+        '{"revenue_amount": 15.99, "revenue_currency": "usd"}',
+        '{"revenue_amount": "lots", "revenue_currency": "USD"}',
+        '{"page_url": "x"}',
+    ]
+    got = DB.execute(
+        f"SELECT {revenue.currency_sql('p')}, {revenue.amount_sql('p')} "
+        "FROM (SELECT unnest(?)::JSON AS p)",
+        [rows],
+    ).fetchall()
+    assert got == [("USD", Decimal("15.99")), ("USD", None), (None, None)]
 
 
 # -- Plausible's events API: {"amount", "currency"}, as an object or as JSON text ------

@@ -75,6 +75,18 @@ def amount(value: Any) -> str | None:
     return format(Decimal((sign, digits, exponent)), "f")
 
 
+def amount_sql(payload: str) -> str:
+    """DuckDB: the exact amount of a record whose JSON payload is the expression
+    ``payload`` (the caller's own column, never request text), NULL without one. A legacy
+    record's amount (kept as a JSON number before this shape) is read from its text."""
+    return f"TRY_CAST(json_extract_string({payload}, '$.{AMOUNT_FIELD}') AS {SQL_TYPE})"
+
+
+def currency_sql(payload: str) -> str:
+    """DuckDB: the record's revenue currency (upper-case code), NULL without one."""
+    return f"upper(json_extract_string({payload}, '$.{CURRENCY_FIELD}'))"
+
+
 def currency(value: Any) -> str | None:
     """The upper-cased ISO 4217 code of ``value``, or None when it is not three letters."""
     if isinstance(value, str) and _CURRENCY.fullmatch(value):
