@@ -60,3 +60,23 @@ def test_find_or_create_list_and_delete(db: Backend) -> None:
     # All goal keys share one hash tag (one slot on the cluster), none carries a site.
     keys = db.scan(f"{PREFIX}*")
     assert keys and all(re.fullmatch(r"gl:\{goals\}:goal(s|-index|-ids)", k) for k in keys), keys
+
+
+def test_goals_are_bounded(db: Backend) -> None:
+    async def work() -> None:
+        store = Store.from_settings(db.settings(key_prefix=PREFIX))
+        goals = GoalStore(store.client, store.keys, max_goals=3)
+        try:
+            made = [await goals.put(new_goal("a.example", "event", event_name=f"E{i}"))
+                    for i in range(3)]  # fmt: skip
+            with pytest.raises(InvalidInput) as caught:
+                await goals.put(new_goal("b.example", "event", event_name="E"))
+            assert caught.value.errors[0].code == "too_many_goals"
+            # An existing goal is still found at the bound, and a deletion makes room.
+            assert await goals.put(made[0][0]) == (made[0][0], False)
+            await goals.delete("a.example", made[0][0].id)
+            assert (await goals.put(new_goal("b.example", "event", event_name="E")))[1]
+        finally:
+            await store.close()
+
+    asyncio.run(work())

@@ -4,7 +4,8 @@ Three keys under one hash tag (``Keys.goals``, ``goal_index``, ``goal_ids``): th
 by id as JSON, an index from identity (site, kind, name or pattern) to id, and the id
 counter. They are ordinary keys under the prefix, so they live in the AOF, survive a
 restart, and are in every backup (backup.py copies every key of the prefix). Goals are
-few (tens per site): a site's list is read from the one hash and filtered here.
+few (tens per site): a site's list is read from the one hash and filtered here, and
+``MAX_GOALS`` bounds them all (the hash is read whole).
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ def _encode(goal: Goal) -> bytes:
     return orjson.dumps(fields)
 
 
+MAX_GOALS = 10_000
+
+
 class GoalStore:
-    def __init__(self, client: Client, keys: Keys) -> None:
+    def __init__(self, client: Client, keys: Keys, max_goals: int = MAX_GOALS) -> None:
         self.client = client
         self.keys = keys
+        self.max_goals = max_goals
         self._put = register(client, Lua.GOAL_PUT)
         self._delete = register(client, Lua.GOAL_DELETE)
 
@@ -41,9 +46,20 @@ class GoalStore:
         InvalidInput naming ``currency``: a goal's currency is part of what it sums."""
         keys = [self.keys.goals(), self.keys.goal_index(), self.keys.goal_ids()]
         async with engine_errors(write=True):
-            created, goal_id, raw = await self._put(
-                keys=keys, args=[goal.identity(), _encode(goal)]
+            reply = await self._put(
+                keys=keys, args=[goal.identity(), _encode(goal), self.max_goals]
             )
+        if reply[0] == -1:
+            raise InvalidInput(
+                [
+                    FieldError(
+                        "too_many_goals",
+                        "goal_type",
+                        f"the service holds {self.max_goals} goals, its most: delete some first",
+                    )
+                ]
+            )
+        created, goal_id, raw = reply
         stored = _decode(goal_id, raw)
         if not created and stored.currency != goal.currency:
             have = stored.currency or "no currency"
