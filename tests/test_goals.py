@@ -57,8 +57,30 @@ PIECES = st.sampled_from(["*", "**", "/", "a", "b", ".", "\\", "(", "[", "|", "$
                           "+", "{", "}", "-", " ", "\n", "é", "🙂", "%", "_"])  # fmt: skip
 
 
+@st.composite
+def pattern_and_path(draw: st.DrawFn) -> tuple[str, str]:
+    """A pattern, and a path made from it (each wildcard filled with any pieces, "/" and
+    newlines included), sometimes changed after: mostly near-matches, where the two
+    translations could disagree, not random pairs that never match."""
+    pieces = draw(st.lists(PIECES, max_size=8))
+    path = "".join(
+        "".join(draw(st.lists(PIECES, max_size=3))) if piece in ("*", "**") else piece
+        for piece in pieces
+    )
+    if draw(st.booleans()):
+        path = "".join(draw(st.permutations(list(path)))) + draw(PIECES)[: draw(st.integers(0, 1))]
+    return "".join(pieces), path
+
+
+@given(pattern_and_path())
+def test_the_sql_pattern_and_the_python_predicate_agree(case: tuple[str, str]) -> None:
+    pattern, path = case
+    row = DB.execute("SELECT regexp_full_match(?, ?)", [path, page_regex(pattern)]).fetchone()
+    assert row is not None and row[0] is path_matches(pattern, path), page_regex(pattern)
+
+
 @given(st.lists(PIECES, max_size=8).map("".join), st.lists(PIECES, max_size=10).map("".join))
-def test_the_sql_pattern_and_the_python_predicate_agree(pattern: str, path: str) -> None:
+def test_the_two_agree_on_unrelated_pairs(pattern: str, path: str) -> None:
     row = DB.execute("SELECT regexp_full_match(?, ?)", [path, page_regex(pattern)]).fetchone()
     assert row is not None and row[0] is path_matches(pattern, path), page_regex(pattern)
 
