@@ -28,8 +28,9 @@ def test_cli_and_api_share_the_running_services_goals(tmp_path: Path) -> None:
         assert json.loads(again.stdout) == made | {"created": False}
         api = HTTP.get(f"{svc.url}/api/v1/sites/goals", params={"site_id": "shop.example"})
         listed = cli(["goals", "list", *where, *SITE, "--json"], {})
-        assert json.loads(listed.stdout)["goals"] == api.json()["goals"]
-        assert [g["goal_type"] for g in api.json()["goals"]] == ["event", "page"]
+        # The CLI lists oldest first, the API newest first (as Plausible does).
+        assert json.loads(listed.stdout)["goals"] == api.json()["goals"][::-1]
+        assert [g["goal_type"] for g in api.json()["goals"]] == ["page", "event"]
         gone = cli(["goals", "delete", *where, *SITE, str(made["id"])], {})
         assert gone.returncode == 0 and gone.stdout.startswith(f"deleted goal {made['id']}\t")
         api = HTTP.get(f"{svc.url}/api/v1/sites/goals", params={"site_id": "shop.example"})

@@ -27,7 +27,7 @@ from event_analytics.store.goals import GoalStore
 
 router = APIRouter(prefix="/api/v1/sites", tags=["goals"])
 MAX_BODY = 16 * 1024
-MAX_LIMIT = 100
+MAX_LIMIT = 1000  # Plausible's maximum (its default is 100)
 FORM = "application/x-www-form-urlencoded"
 FIELDS = frozenset({"site_id", "goal_type", "event_name", "page_path", "currency", "display_name"})
 _BODY_DOC = {
@@ -113,10 +113,8 @@ def _unknown(fields: dict[str, Any], allowed: frozenset[str]) -> None:
         "characters but `/`) and `**` (any characters). `currency` (event goals only) makes "
         "it a revenue goal. Needs a key with the write scope when write keys are set."
     ),
-    status_code=201,
     responses={
-        200: {"description": "The goal existed: it is returned as it is"},
-        201: {"description": "The goal was created"},
+        200: {"description": "The goal, found or created"},
         **problem_responses(400, 401, 403, 413, 415, 422, 503),
     },
     openapi_extra=_BODY_DOC,
@@ -135,36 +133,37 @@ async def put_goal(request: Request) -> Response:
         currency_code=fields.get("currency"),
         display_name=fields.get("display_name"),
     )
-    stored, created = await _store(request).put(goal)
-    return json_response({"domain": stored.site, **shown(stored)}, 201 if created else 200)
+    stored, _ = await _store(request).put(goal)
+    return json_response({"domain": stored.site, **shown(stored)})
 
 
 @router.get(
     "/goals",
     summary="A site's goals (Plausible's Sites API)",
     description=(
-        "Oldest first. Pagination as Plausible's: `meta.after` (or `meta.before`) is the "
-        "cursor of the next (previous) page, null when there is none; pass it back as "
-        "`after` (`before`)."
+        "Newest first (Plausible's order). Pagination as Plausible's: `meta.after` (or "
+        "`meta.before`) is the cursor of the next (previous) page, null when there is none; "
+        "pass it back as `after` (`before`). `limit`: 1-1000, default 100."
     ),
     responses=problem_responses(401, 403, 422, 503),
 )
 async def list_goals(
     request: Request,
     site_id: Annotated[str, Query(description="The site's domain")],
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Goals per page")] = MAX_LIMIT,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Goals per page")] = 100,
     after: Annotated[int | None, Query(ge=0, description="Cursor: goals after this one")] = None,
     before: Annotated[int | None, Query(ge=0, description="Cursor: goals before it")] = None,
 ) -> Response:
     if after is not None and before is not None:
         raise InvalidInput([FieldError("invalid", "before", "send after or before, not both")])
-    goals = await _store(request).list(check_site(site_id))
+    # Newest first, as Plausible lists them: the cursors are goal ids in that order.
+    goals = (await _store(request).list(check_site(site_id)))[::-1]
     if before is not None:
-        earlier = [g for g in goals if g.id < before]
+        earlier = [g for g in goals if g.id > before]
         page = earlier[-limit:]
         more_before, more_after = len(earlier) > limit, len(earlier) < len(goals)
     else:
-        later = [g for g in goals if after is None or g.id > after]
+        later = [g for g in goals if after is None or g.id < after]
         page = later[:limit]
         more_before, more_after = len(later) < len(goals), len(later) > limit
     meta = {
