@@ -186,8 +186,9 @@ def test_a_track_becomes_its_normalised_type_with_the_name_kept() -> None:
     assert event.event_id == uuid.uuid5(segment.NAMESPACE, "m-1")
     assert event.timestamp == datetime(2026, 11, 27, 22, 10, tzinfo=UTC)
     assert mapped.event["payload"] == {
+        "revenue_amount": "12.5",  # Segment's revenue, USD when no currency is sent
+        "revenue_currency": "USD",
         "event_name": "Order Completed",
-        "revenue": 12.5,
         "product.sku": "A1",
     }
 

@@ -231,6 +231,10 @@ def test_a_single_node_backup_restores_into_a_cluster_with_its_shard_count(
             bodies = _events(minutes, 100, random.Random(7))
             assert asyncio.run(send_all(svc.url, bodies)) == [201] * len(bodies)
             expected = answers(svc, minutes)
+            # A goal is engine data like the counters: in the backup, and restored.
+            goal = ["--site", "shop.example", "--json"]
+            added = cli(["goals", "add", "--event", "Buy", "--currency", "EUR", *goal], env)
+            assert added.returncode == 0, added.stderr
             done = cli(["backup", str(tmp_path / "backup")], env)
             assert done.returncode == 0, done.stderr
     finally:
@@ -249,6 +253,10 @@ def test_a_single_node_backup_restores_into_a_cluster_with_its_shard_count(
         assert answers(svc, minutes) == expected
         checked = cli(["verify"], cluster_env)
         assert checked.returncode == 0 and " 0 differ" in checked.stdout, checked.stdout
+        listed = cli(["goals", "list", *goal], cluster_env)
+        made = json.loads(added.stdout)
+        del made["created"]
+        assert json.loads(listed.stdout) == {"goals": [made]}, listed.stderr
     assert set(archive_ids(tmp_path / "restored")) == {b["event_id"] for b in bodies}
 
 

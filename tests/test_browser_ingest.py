@@ -154,7 +154,7 @@ def test_plausibles_own_npm_tracker_against_api_event(
     assert views == [f"{site.url}/index.html", f"{site.url}/docs"]
     (purchase,) = [r for r in records if r["event_type"] == "purchase"]
     assert purchase["payload"]["tier"] == "startup"
-    assert purchase["payload"]["revenue_amount"] == 15.99
+    assert purchase["payload"]["revenue_amount"] == "15.99"  # exact decimal text
     assert purchase["payload"]["revenue_currency"] == "USD"
     assert len(records) == 3
 

@@ -189,7 +189,17 @@ def test_stems_name_the_bucket_keys() -> None:
     assert re.fullmatch(r"ea:\{3\}:click:h:2026-11-27T22:page_hll:[0-9a-f]{16}", page_hll)
 
 
-PURE = ["config", "model", "timebucket", "keys", "series", "queries", "archive.record"]
+PURE = [
+    "config",
+    "model",
+    "timebucket",
+    "keys",
+    "series",
+    "queries",
+    "archive.record",
+    "goals",
+    "revenue",
+]
 
 
 @pytest.mark.parametrize("module", PURE)

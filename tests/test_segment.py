@@ -135,7 +135,8 @@ def test_mapped_fields_reach_the_archive(live: ServiceProcess) -> None:
     client.track(
         "ada@example.com",
         "Order Completed",
-        {"product": {"sku": "A1"}, "x": "y" * 2000},
+        # Segment's revenue and currency: the payload's exact revenue fields.
+        {"product": {"sku": "A1"}, "x": "y" * 2000, "revenue": 1322.22, "currency": "eur"},
         message_id=f"order-{run}",
         context={
             "userAgent": "Mozilla/5.0 (iPhone; CPU iPhone "
@@ -160,6 +161,8 @@ def test_mapped_fields_reach_the_archive(live: ServiceProcess) -> None:
     order = records["order_completed"]
     assert order["user_id"] == "ada@example.com"
     assert order["payload"] == {
+        "revenue_amount": "1322.22",
+        "revenue_currency": "EUR",
         "event_name": "Order Completed",
         "browser": "Mobile Safari",
         "os": "iOS",

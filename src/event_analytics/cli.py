@@ -1,4 +1,5 @@
-"""Command line: serve | archiver | rebuild | verify | backup | restore | loadtest | status."""
+"""Command line: serve | archiver | rebuild | verify | backup | restore | loadtest | status |
+goals (and explore_cli's sql | compact | funnel | retention | query)."""
 
 from __future__ import annotations
 
@@ -362,9 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--minutes", type=_bounded(int, 1, 1440), default=10, help="minutes shown")
     status.set_defaults(func=_status)
 
-    from event_analytics import explore_cli
+    from event_analytics import explore_cli, goals_cli
 
     explore_cli.add_commands(sub, add_dirs)
+    goals_cli.add_commands(sub, add_dirs)
     return parser
 
 

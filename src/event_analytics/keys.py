@@ -247,3 +247,18 @@ class Keys:
         expires just after its day, so ids of two days cannot be linked.
         """
         return f"{self.prefix}salt:{day}"
+
+    # -- goals: three keys under one hash tag, so goal_put.lua / goal_delete.lua touch
+    # one slot on a cluster. Sites are values (in the goals' JSON), never key names.
+
+    def goals(self) -> str:
+        """Hash goal id -> the goal as JSON (site, kind, name or pattern, currency)."""
+        return f"{self.prefix}{{goals}}:goals"
+
+    def goal_index(self) -> str:
+        """Hash goal identity (site, kind, name or pattern) -> id: find-or-create's index."""
+        return f"{self.prefix}{{goals}}:goal-index"
+
+    def goal_ids(self) -> str:
+        """Counter of goal ids ever given (INCR): an id is never reused."""
+        return f"{self.prefix}{{goals}}:goal-ids"

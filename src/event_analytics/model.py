@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from event_analytics import revenue
+
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 # Printable text: emails and other trackers' anonymous ids. No control characters (C0,
 # DEL, C1): a NUL would blur the "<url> NUL <user>" members of page_users.
@@ -80,6 +82,27 @@ def _is_http_url(value: str) -> bool:
 
 
 PageUrl = Annotated[str, Strict(), AfterValidator(_check_url)]
+
+
+def _revenue_amount(value: Any) -> str:
+    text = revenue.amount(value)
+    if text is None:
+        raise PydanticCustomError("invalid_revenue", f"revenue_amount is {revenue.AMOUNT_RULE}")
+    return text
+
+
+def _revenue_currency(value: Any) -> str:
+    code = revenue.currency(value)
+    if code is None:
+        raise PydanticCustomError(
+            "invalid_currency", f"revenue_currency is {revenue.CURRENCY_RULE}"
+        )
+    return code
+
+
+# Kept as revenue.py's canonical text: an exact decimal string and an upper-case code.
+RevenueAmount = Annotated[str, BeforeValidator(_revenue_amount)]
+RevenueCurrency = Annotated[str, BeforeValidator(_revenue_currency)]
 Timestamp = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
@@ -89,17 +112,28 @@ class Payload(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     page_url: PageUrl | None = None
+    # Revenue (revenue.py): both or neither; absent from most events, so free for them.
+    revenue_amount: RevenueAmount | None = None
+    revenue_currency: RevenueCurrency | None = None
 
     def as_record(self) -> dict[str, Any]:
         """``model_dump(exclude_none=True)``, at a fraction of its cost (the values are
         flat and plain, nothing to serialise): the archive record's payload, per event."""
         out: dict[str, Any] = {} if self.page_url is None else {"page_url": self.page_url}
+        if self.revenue_amount is not None:
+            out["revenue_amount"] = self.revenue_amount
+            out["revenue_currency"] = self.revenue_currency
         if self.__pydantic_extra__:
             out.update((k, v) for k, v in self.__pydantic_extra__.items() if v is not None)
         return out
 
     @model_validator(mode="after")
     def _bounded_extras(self) -> Payload:
+        if (self.revenue_amount is None) is not (self.revenue_currency is None):
+            raise PydanticCustomError(
+                "incomplete_revenue",
+                "revenue_amount and revenue_currency go together: send both or neither",
+            )
         extras = self.__pydantic_extra__ or {}
         if len(extras) > MAX_PROPERTIES:
             raise PydanticCustomError(
@@ -260,6 +294,15 @@ class InvalidEvent(InvalidInput):
 
 class InvalidQuery(InvalidInput):
     """A query parameter or path is not understood."""
+
+
+class NotFound(EventAnalyticsError):
+    """A thing the request names by id (a goal) does not exist."""
+
+    status, slug, title = 404, "not-found", "Not found"
+
+    def detail(self) -> str:
+        return f"{self}; list them to see which exist"
 
 
 class BodyTooLarge(EventAnalyticsError):

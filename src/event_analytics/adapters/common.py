@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from event_analytics import revenue
 from event_analytics.adapters.enrich import Enricher, Seen
 from event_analytics.adapters.flatten import Dropped, Scalar, flatten_into, number, problem
 from event_analytics.adapters.names import MAX_TYPE_LENGTH
@@ -89,8 +90,24 @@ def build_payload(
         extra = enricher.fields(seen)
         bot = bool(extra.get("bot"))
         payload |= extra
-    flatten_into(payload, sent, mapped.dropped)
+    # A sent property may not pose as revenue: only add_revenue's checked values are.
+    flatten_into(payload, sent, mapped.dropped, reserved=revenue.FIELDS)
     return payload, bot
+
+
+def add_revenue(
+    ours: dict[str, Scalar], mapped: Mapped, where: str, amount: Any, currency: Any
+) -> None:
+    """Set the payload's revenue fields (revenue.py's exact form) from what a tracker sent,
+    or list ``where`` as dropped: ``invalid_revenue`` (no exact bounded amount) or
+    ``invalid_currency`` (no three-letter code). Both fields are kept, or neither."""
+    text, code = revenue.amount(amount), revenue.currency(currency)
+    if text is None:
+        mapped.dropped.append(Dropped(where, "invalid_revenue"))
+    elif code is None:
+        mapped.dropped.append(Dropped(where, "invalid_currency"))
+    else:
+        ours[revenue.AMOUNT_FIELD], ours[revenue.CURRENCY_FIELD] = text, code
 
 
 def bot_type(event_type: str) -> str:

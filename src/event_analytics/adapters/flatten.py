@@ -11,7 +11,9 @@
 - ``out_of_range``: an integer outside 64 bits, or a float beyond the float range;
 - ``not_exact``: a float whose text is not the number a 64-bit float holds (issue 13's
   number model, as on /events: ``0.12345678901234567890123`` is not stored as ``0.1234...``);
-- ``too_many``: past ``model.MAX_PROPERTIES`` properties in all (ours count first).
+- ``too_many``: past ``model.MAX_PROPERTIES`` properties in all (ours count first);
+- ``invalid_revenue`` / ``invalid_currency``: a tracker's revenue without an exact bounded
+  amount / a three-letter currency (``common.add_revenue``; then neither field is kept).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ DROP_REASONS = (
     "out_of_range",
     "not_exact",
     "too_many",
+    "invalid_revenue",
+    "invalid_currency",
 )
 
 

@@ -14,12 +14,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from jiter import LosslessFloat
-
 from event_analytics.adapters import names
-from event_analytics.adapters.common import Mapped, bot_type, build_payload
+from event_analytics.adapters.common import Mapped, add_revenue, bot_type, build_payload
 from event_analytics.adapters.enrich import Enricher, Seen
-from event_analytics.adapters.flatten import Scalar, number
+from event_analytics.adapters.flatten import Scalar
 from event_analytics.decode import parse_json
 from event_analytics.model import DuplicateKey, MalformedJSON
 
@@ -90,13 +88,11 @@ def map_event(
         ours["event_name"] = name
     if event.get("interactive") is False:
         ours["interactive"] = False
-    revenue = _json_object(event.get("revenue"))
-    if revenue is not None:
-        amount, currency = revenue.get("amount"), revenue.get("currency")
-        if isinstance(amount, int | float | str | LosslessFloat) and not isinstance(amount, bool):
-            ours["revenue_amount"] = number(amount)  # a LosslessFloat checked by build_payload
-        if isinstance(currency, str):
-            ours["revenue_currency"] = currency
+    sent_revenue = event.get("revenue")
+    if sent_revenue is not None:
+        # {"amount": 1322.22 or "1322.22", "currency": "USD"}: kept exact (revenue.py).
+        money = _json_object(sent_revenue) or {}
+        add_revenue(ours, out, "revenue", money.get("amount"), money.get("currency"))
     props = _json_object(event.get("props")) or {}
     referrer = event.get("referrer")
     seen = Seen(

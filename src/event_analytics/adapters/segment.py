@@ -21,6 +21,7 @@ from jiter import LosslessFloat
 from event_analytics.adapters import names
 from event_analytics.adapters.common import (
     Mapped,
+    add_revenue,
     bot_type,
     build_payload,
     parse_time,
@@ -226,6 +227,12 @@ def map_message(
         sent_url = properties.pop("url")
         url = sent_url if isinstance(sent_url, str) else url
     ours: dict[str, Scalar] = {}
+    if "revenue" in properties and kind == "track":
+        # Segment's revenue and currency (USD when absent, as Segment reads it) become
+        # the payload's exact revenue fields, in place of the properties (revenue.py).
+        properties = dict(properties)
+        sent_amount, sent_currency = properties.pop("revenue"), properties.pop("currency", "USD")
+        add_revenue(ours, out, "revenue", sent_amount, sent_currency)
     if isinstance(url, str) and (kind == "page" or url.startswith(("http://", "https://"))):
         ours["page_url"] = url
     if kind == "track":

@@ -39,6 +39,11 @@ SEGMENT_PATHS = frozenset({"/v1/batch", "/v1/track", "/v1/page", "/v1/screen", "
 INGEST_PATHS = frozenset({EVENTS_PATH, BATCH_PATH, *SEGMENT_PATHS})
 # Ingest without a key (browsers hold no secret): origins and address limits still apply.
 KEYLESS_PATHS = frozenset({"/api/event"})
+# Goal changes (api/goals.py): a goal changes what every reader's figures mean, so it takes
+# the write scope (the read scope when only read keys are set: never open while reads
+# are closed).
+GOALS_PATH = "/api/v1/sites/goals"
+GOAL_WRITE_METHODS = frozenset({"PUT", "DELETE"})
 KEY_ID_SCOPE = "ea.key_id"
 CORS_ALLOW_HEADERS = "authorization, content-type, x-api-key, x-request-id"
 CORS_EXPOSE_HEADERS = "retry-after, x-request-id"
@@ -221,9 +226,14 @@ class ReadGuard:
         path = scope["path"] if scope["type"] == "http" else None
         if path is not None and path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
             guard: Guard = scope["app"].state.guard
-            if guard.read_active and scope["method"] != "OPTIONS":
+            access, active = Access.READ, guard.read_active
+            if scope["method"] in GOAL_WRITE_METHODS and path.startswith(GOALS_PATH):
+                if guard.keys.required[Access.WRITE]:
+                    access = Access.WRITE
+                active = guard.read_active or guard.write_active
+            if active and scope["method"] != "OPTIONS":
                 try:
-                    refusal = await guard.admit(scope, Access.READ)
+                    refusal = await guard.admit(scope, access)
                 except StorageUnavailable as exc:  # the rate limit's counter
                     refusal = render_error(exc)
                 if refusal is not None:
@@ -250,9 +260,12 @@ def document_security(schema: dict[str, Any], settings: Settings) -> None:
         if path in KEYLESS_PATHS:
             # No key, but origins and address limits apply.
             required, statuses = (), (403, 408, 429)
-        for operation in operations.values():
+        for method, operation in operations.items():
+            keys = required
+            if path.startswith(GOALS_PATH) and method.upper() in GOAL_WRITE_METHODS:
+                keys = settings.write_keys or settings.read_keys
             responses = operation.setdefault("responses", {})
             for status, entry in problem_responses(*statuses).items():
                 responses.setdefault(str(status), entry)
-            if required:
+            if keys:
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]

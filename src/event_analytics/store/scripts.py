@@ -38,6 +38,8 @@ class Lua(StrEnum):
     LEASE_RELEASE = "lease_release"
     STREAM_ACK = "stream_ack"
     DEAD_LETTER = "dead_letter"
+    GOAL_PUT = "goal_put"
+    GOAL_DELETE = "goal_delete"
 
 
 @functools.cache
