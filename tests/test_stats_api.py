@@ -86,6 +86,9 @@ EXAMPLES = [
     {"site_id": SITE, "metrics": ["visits"], "date_range": "day",
      "dimensions": ["visit:entry_page", "visit:exit_page"],
      "filters": [["not", ["is", "visit:source", ["Google"]]]]},
+    {"site_id": SITE, "metrics": ["visitors", "visits"], "date_range": "7d",
+     "dimensions": ["visit:country"], "filters": [["has_done", ["contains", "event:page",
+     ["PRICING"], {"case_sensitive": False}]]]},
 ]  # fmt: skip
 
 
@@ -136,7 +139,10 @@ BAD = [
     ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d",
       "filters": [["is", "event:goal", ["Signup"]]]}, "filters[0][1]"),
     ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d",
-      "filters": [["has_done", ["is", "event:name", ["x"]]]]}, "filters[0][0]"),
+      "filters": [["has_done", ["is", "visit:source", ["x"]]]]}, "filters[0][1]"),
+    ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d",
+      "filters": [["is", "event:page", ["/"], {"case_sensitive": "no"}]]},
+     "filters[0][3].case_sensitive"),
     ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d", "order_by": [["bounce_rate",
       "desc"]]}, "order_by[0]"),
     ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d",

@@ -79,6 +79,20 @@ FILTERS = st.one_of(
     st.builds(lambda v: ["is", "event:props:plan", [v]], st.sampled_from(["pro", "7", "(none)"])),
     st.builds(lambda v: ["not", ["is", "visit:device", [v]]], st.sampled_from(["Desktop"])),
     st.builds(
+        lambda op, v: [op, ["is", "event:name", [v]]],
+        st.sampled_from(["has_done", "has_not_done"]),
+        st.sampled_from(["Signup", "Download"]),
+    ),
+    st.builds(
+        lambda op, v: [op, "event:page", [v], {"case_sensitive": False}],
+        st.sampled_from(["is", "contains", "matches", "contains_not"]),
+        st.sampled_from(["/PRICING", "Blog", "^/B"]),
+    ),
+    st.builds(
+        lambda v: ["is", "event:name", [v], {"case_sensitive": False}],
+        st.sampled_from(["SIGNUP", "pageview"]),
+    ),
+    st.builds(
         lambda a, b: ["or", [["is", "visit:exit_page", [a]], ["is", "event:name", [b]]]],
         st.sampled_from(["/pricing", "/"]),
         st.sampled_from(["Download"]),

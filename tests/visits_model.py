@@ -12,7 +12,7 @@ from fractions import Fraction
 from typing import Any
 
 from event_analytics.analytics.sites import host_of, path_of, site_of
-from event_analytics.analytics.stats_spec import Condition, Filter, Logic, Not, StatsQuery
+from event_analytics.analytics.stats_spec import Condition, Done, Filter, Logic, Not, StatsQuery
 from tests.analytics_model import text_of, ts_of
 
 UTM = ("utm_medium", "utm_source", "utm_campaign", "utm_content", "utm_term")
@@ -108,23 +108,33 @@ def value(name: str, visit: Visit, event: dict[str, Any], unit: str | None = Non
     return text_of(event["payload"].get(name.removeprefix("event:props:"))) or "(none)"
 
 
-def holds(f: Filter, visit: Visit, event: dict[str, Any]) -> bool:
+def holds(f: Filter, visit: Visit, event: dict[str, Any], counted: list[Visit]) -> bool:
+    """Whether ``event`` of ``visit`` passes ``f``; ``counted``: all the range's visits."""
     if isinstance(f, Not):
-        return not holds(f.inner, visit, event)
+        return not holds(f.inner, visit, event, counted)
+    if isinstance(f, Done):
+        did = any(
+            holds(f.inner, v, e, counted) for v in counted if v.user == visit.user for e in v.events
+        )
+        return did != f.negated
     if isinstance(f, Logic):
-        results = [holds(g, visit, event) for g in f.items]
+        results = [holds(g, visit, event, counted) for g in f.items]
         return all(results) if f.op == "and" else any(results)
     assert isinstance(f, Condition)
     got = value(f.dimension, visit, event)
     base = f.op.removesuffix("_not")
+    values = list(f.values)
+    if got is not None and not f.case_sensitive and base != "matches":
+        got, values = got.lower(), [v.lower() for v in values]
     if got is None:
         positive = False
     elif base == "is":
-        positive = got in f.values
+        positive = got in values
     elif base == "contains":
-        positive = any(v in got for v in f.values)
+        positive = any(v in got for v in values)
     else:
-        positive = any(re.search(v, got) for v in f.values)
+        flags = 0 if f.case_sensitive else re.IGNORECASE
+        positive = any(re.search(v, got, flags) for v in values)
     return not positive if f.op.endswith("_not") else positive
 
 
@@ -141,9 +151,10 @@ def query(
         lambda: defaultdict(list)
     )
     selected: dict[tuple[str, int], Visit] = {}
-    for i, visit in enumerate(visits_of(records, q.site_id, start, end, timeout_s)):
+    counted = visits_of(records, q.site_id, start, end, timeout_s)
+    for i, visit in enumerate(counted):
         for e in visit.events:
-            if all(holds(f, visit, e) for f in q.filters):
+            if all(holds(f, visit, e, counted) for f in q.filters):
                 key = tuple(value(d, visit, e, unit) for d in q.dimensions)
                 rows[key][(visit.user, i)].append(e)
                 selected[(visit.user, i)] = visit

@@ -22,7 +22,7 @@ from event_analytics.analytics.engine import QueryEngine
 from event_analytics.analytics.periods import Period
 from event_analytics.analytics.snapshot import Sources, hour_files
 from event_analytics.analytics.sql import Params
-from event_analytics.analytics.stats_spec import Condition, Filter, Logic, Not, StatsQuery
+from event_analytics.analytics.stats_spec import Condition, Done, Filter, Logic, Not, StatsQuery
 from event_analytics.archive.files import list_files
 from event_analytics.timebucket import iso_z
 
@@ -66,6 +66,9 @@ def filter_sql(p: Params, f: Filter, start: datetime, end: datetime) -> str:
     """A filter over one row of ``vev`` as a never-NULL boolean."""
     if isinstance(f, Not):
         return f"(NOT {filter_sql(p, f.inner, start, end)})"
+    if isinstance(f, Done):
+        inner = filter_sql(p, f.inner, start, end)
+        return f"(user_id {'NOT ' if f.negated else ''}IN (SELECT user_id FROM vev WHERE {inner}))"
     if isinstance(f, Logic):
         joiner = " AND " if f.op == "and" else " OR "
         return "(" + joiner.join(filter_sql(p, g, start, end) for g in f.items) + ")"
@@ -75,11 +78,17 @@ def filter_sql(p: Params, f: Filter, start: datetime, end: datetime) -> str:
 def _condition_sql(p: Params, c: Condition, start: datetime, end: datetime) -> str:
     column = _dimension_sql(p, c.dimension, start, end)
     base = c.op.removesuffix("_not")
+    # case_sensitive: false lower-cases both sides with DuckDB's lower(), one judge.
+    fold = (lambda sql: sql) if c.case_sensitive else (lambda sql: f"lower({sql})")
     if base == "is":
-        positive = f"coalesce({column} IN ({', '.join(p.bind(v) for v in c.values)}), false)"
+        listed = ", ".join(fold(p.bind(v)) for v in c.values)
+        positive = f"coalesce({fold(column)} IN ({listed}), false)"
+    elif base == "contains":
+        either = " OR ".join(f"contains({fold(column)}, {fold(p.bind(v))})" for v in c.values)
+        positive = f"coalesce({either}, false)"
     else:
-        function = "contains" if base == "contains" else "regexp_matches"
-        either = " OR ".join(f"{function}({column}, {p.bind(v)})" for v in c.values)
+        flags = "" if c.case_sensitive else ", 'i'"
+        either = " OR ".join(f"regexp_matches({column}, {p.bind(v)}{flags})" for v in c.values)
         positive = f"coalesce({either}, false)"
     return f"(NOT {positive})" if c.op.endswith("_not") else positive
 
@@ -223,8 +232,11 @@ def echo(q: StatsQuery, start: datetime) -> dict[str, Any]:
 
 
 def _filter_json(f: Filter) -> list[Any]:
+    if isinstance(f, Done):
+        return ["has_not_done" if f.negated else "has_done", _filter_json(f.inner)]
     if isinstance(f, Not):
         return ["not", _filter_json(f.inner)]
     if isinstance(f, Logic):
         return [f.op, [_filter_json(g) for g in f.items]]
-    return [f.op, f.dimension, list(f.values)]
+    modifiers = [] if f.case_sensitive else [{"case_sensitive": False}]
+    return [f.op, f.dimension, list(f.values), *modifiers]

@@ -52,6 +52,16 @@ class Condition:
     op: str  # one of OPERATORS
     dimension: str  # event:*, event:props:<name> or visit:*
     values: tuple[str, ...]
+    case_sensitive: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """``has_done`` / ``has_not_done``: the visitor did (not) do an event matching
+    ``inner`` (event:* filters only) in a visit counted by this query."""
+
+    negated: bool
+    inner: Filter
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +75,7 @@ class Not:
     inner: Filter
 
 
-Filter = Condition | Logic | Not
+Filter = Condition | Logic | Not | Done
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +112,19 @@ def _reads_events(f: Filter) -> bool:
         return f.dimension.startswith("event:")
     if isinstance(f, Not):
         return _reads_events(f.inner)
+    if isinstance(f, Done):  # a condition on the visitor, not on which events count
+        return False
     return any(_reads_events(g) for g in f.items)
+
+
+def _only_events(f: Filter) -> bool:
+    if isinstance(f, Condition):
+        return f.dimension.startswith("event:")
+    if isinstance(f, Not):
+        return _only_events(f.inner)
+    if isinstance(f, Done):
+        return False
+    return all(_only_events(g) for g in f.items)
 
 
 def _is_prop(name: str) -> bool:
@@ -154,12 +176,24 @@ def parse_filter(raw: Any, where: str, depth: int = 0) -> Filter:
             raise StatsQueryError(where, "Invalid filter: not takes one filter")
         return Not(parse_filter(raw[1], f"{where}[1]", depth + 1))
     if op in ("has_done", "has_not_done"):
-        raise StatsQueryError(f"{where}[0]", f"Filter operator '{op}' is not supported yet")
+        if len(raw) != 2:
+            raise StatsQueryError(where, f"Invalid filter: {op} takes one filter")
+        inner = parse_filter(raw[1], f"{where}[1]", depth + 1)
+        if not _only_events(inner):
+            raise StatsQueryError(f"{where}[1]", f"Invalid filter: {op} takes filters on "
+                                  "event:* dimensions only")  # fmt: skip
+        return Done(op == "has_not_done", inner)
     if op not in OPERATORS:
         raise StatsQueryError(f"{where}[0]", f"Invalid filter operator '{op}'")
-    if len(raw) == 4 and raw[3] not in ({}, {"case_sensitive": True}):
-        raise StatsQueryError(f"{where}[3]", "Filter modifiers other than case_sensitive: "
-                              "true are not supported yet")  # fmt: skip
+    case_sensitive = True
+    if len(raw) == 4:
+        modifiers = raw[3]
+        if not isinstance(modifiers, dict) or set(modifiers) - {"case_sensitive"}:
+            raise StatsQueryError(f"{where}[3]", "Filter modifiers are {\"case_sensitive\": "
+                                  "true|false}")  # fmt: skip
+        case_sensitive = modifiers.get("case_sensitive", True)
+        if not isinstance(case_sensitive, bool):
+            raise StatsQueryError(f"{where}[3].case_sensitive", "case_sensitive is true or false")
     if len(raw) not in (3, 4) or not isinstance(raw[2], list) or not raw[2]:
         raise StatsQueryError(where, f"Invalid filter {_show(raw)}: expected "
                               "[operator, dimension, [values]]")  # fmt: skip
@@ -172,7 +206,7 @@ def parse_filter(raw: Any, where: str, depth: int = 0) -> Filter:
             error = _regex_error(pattern)
             if error:
                 raise StatsQueryError(f"{where}[2][{i}]", f"Invalid regular expression: {error}")
-    return Condition(op, dimension, values)
+    return Condition(op, dimension, values, case_sensitive)
 
 
 def _day(value: str) -> date | None:
