@@ -120,10 +120,14 @@ def build(
         f"{alias_of.get(name) or _ORDER_SQL[name]} {direction.upper()} NULLS LAST"
         for name, direction in order_terms(q)
     )
+    if q.event_scoped:
+        sel = f"""SELECT user_id, vn, {picked}count(*) AS events,
+    count_if(event_type = 'page_view') AS pageviews FROM vev WHERE {where} GROUP BY ALL"""
+    else:  # every event of a visit passes or none: one row per visit, no join back
+        sel = f"""SELECT user_id, vn, {picked}visit_events AS events,
+    visit_pageviews AS pageviews FROM visits WHERE {where}"""
     sql = f"""WITH {ctes},
-sel AS (SELECT user_id, vn, {picked}count(*) AS events,
-    count_if(event_type = 'page_view') AS pageviews
-    FROM vev WHERE {where} GROUP BY ALL),
+sel AS ({sel}),
 grp AS (SELECT {keys}count(*) AS visits, count(DISTINCT s.user_id) AS visitors,
     coalesce(sum(s.pageviews), 0) AS pageviews, coalesce(sum(s.events), 0) AS events,
     coalesce(count_if(v.bounce), 0) AS bounces, coalesce(sum(v.duration_us), 0) AS duration_us,

@@ -56,7 +56,9 @@ def prop_sql(p: Params, name: str) -> str:
 
 
 def _first(expr: str) -> str:
-    return f"first({expr} ORDER BY {ORDER})"
+    # ``seq`` numbers a visitor's events in ORDER: one pass, where an ordered aggregate
+    # (first(x ORDER BY ...)) sorts each visit again, once per column.
+    return f"arg_min_null({expr}, seq)"
 
 
 def _visit_columns() -> str:
@@ -66,12 +68,13 @@ def _visit_columns() -> str:
         "start": "min(ts)",
         "duration_us": "epoch_us(max(ts)) - epoch_us(min(ts))",
         "visit_pageviews": "count_if(event_type = 'page_view')",
+        "visit_events": "count(*)",
         "bounce": (
             "count_if(event_type = 'page_view') = 1 AND "
             f"count_if(event_type <> 'page_view' AND NOT {NON_INTERACTIVE}) = 0"
         ),
-        "entry_page": f"first({page} ORDER BY {ORDER}) FILTER (WHERE event_type = 'page_view')",
-        "exit_page": f"last({page} ORDER BY {ORDER}) FILTER (WHERE event_type = 'page_view')",
+        "entry_page": f"arg_min_null({page}, seq) FILTER (WHERE event_type = 'page_view')",
+        "exit_page": f"arg_max_null({page}, seq) FILTER (WHERE event_type = 'page_view')",
         "source": "coalesce(" + _first("payload->>'source'") + f", '{DIRECT}')",
         "referrer": "coalesce(" + _first("payload->>'referrer'") + f", '{DIRECT}')",
         # Plausible's device names are capitalised (Desktop, Mobile, Tablet).
@@ -90,9 +93,10 @@ def ctes(
 ev AS (SELECT event_id, user_id, ts, received_at, event_type, payload, page_url FROM events
     WHERE ts >= {p.bind(lookback)} AND ts < {p.bind(end)} AND NOT starts_with(event_type, 'bot_')
     AND {sites.SITE_SQL} = {p.bind(site)}),
-seq AS (SELECT *, CASE WHEN epoch_us(ts) - epoch_us(lag(ts) OVER (PARTITION BY user_id
-    ORDER BY {ORDER})) <= {p.bind(timeout_s * 1_000_000)} THEN 0 ELSE 1 END AS starts FROM ev),
-numbered AS (SELECT *, sum(starts) OVER (PARTITION BY user_id ORDER BY {ORDER}
+seq AS (SELECT *, CASE WHEN epoch_us(ts) - epoch_us(lag(ts) OVER w)
+    <= {p.bind(timeout_s * 1_000_000)} THEN 0 ELSE 1 END AS starts, row_number() OVER w AS seq
+    FROM ev WINDOW w AS (PARTITION BY user_id ORDER BY {ORDER})),
+numbered AS (SELECT *, sum(starts) OVER (PARTITION BY user_id ORDER BY seq
     ROWS UNBOUNDED PRECEDING) AS vn FROM seq),
 visits AS (SELECT user_id, vn,
     {_visit_columns()}
