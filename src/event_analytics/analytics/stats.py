@@ -104,11 +104,26 @@ def order_terms(q: StatsQuery) -> list[tuple[str, str]]:
     return terms + [(d, "asc") for d in q.dimensions if d not in named]
 
 
+def _attributes(q: StatsQuery) -> frozenset[str]:
+    """The visit columns the query's dimensions and filters read."""
+    names = set(q.dimensions)
+    stack: list[Filter] = list(q.filters)
+    while stack:
+        f = stack.pop()
+        if isinstance(f, Condition):
+            names.add(f.dimension)
+        elif isinstance(f, Logic):
+            stack.extend(f.items)
+        else:
+            stack.append(f.inner)
+    return frozenset(visits.VISIT_COLUMNS[n] for n in names if n in visits.VISIT_COLUMNS)
+
+
 def build(
     q: StatsQuery, files: Sources, start: datetime, end: datetime, timeout_s: int
 ) -> tuple[str, dict[str, Any]]:
     p = Params()
-    ctes = visits.ctes(p, files, q.site_id, start, end, timeout_s)
+    ctes = visits.ctes(p, files, q.site_id, start, end, timeout_s, _attributes(q))
     dims = [_dimension_sql(p, d, start, end) for d in q.dimensions]
     where = " AND ".join(filter_sql(p, f, start, end) for f in q.filters) or "true"
     aliases = [f"d{i}" for i in range(len(dims))]

@@ -61,7 +61,7 @@ def _first(expr: str) -> str:
     return f"arg_min_null({expr}, seq)"
 
 
-def _visit_columns() -> str:
+def _visit_columns(attributes: frozenset[str]) -> str:
     page = sites.path_sql("page_url")
     device = "(payload->>'device')"
     columns = {
@@ -81,13 +81,24 @@ def _visit_columns() -> str:
         "device": _first(f"upper({device}[1]) || {device}[2:]"),
         **{name: _first(f"payload->>'{name}'") for name in (*UTM, "browser", "os", "country")},
     }
-    return ",\n    ".join(f"{sql} AS {name}" for name, sql in columns.items())
+    # Only the attributes the query reads: each costs a pass over the visit's events.
+    always = ("start", "duration_us", "visit_pageviews", "visit_events", "bounce")
+    return ",\n    ".join(
+        f"{sql} AS {name}" for name, sql in columns.items() if name in always or name in attributes
+    )
 
 
 def ctes(
-    p: Params, files: Sources, site: str, start: datetime, end: datetime, timeout_s: int
+    p: Params,
+    files: Sources,
+    site: str,
+    start: datetime,
+    end: datetime,
+    timeout_s: int,
+    attributes: frozenset[str] = frozenset(VISIT_COLUMNS.values()),
 ) -> str:
-    """The CTE list (without ``WITH``) ending in ``visits`` and ``vev``."""
+    """The CTE list (without ``WITH``) ending in ``visits`` and ``vev``; ``visits`` has
+    the columns of ``attributes`` (names from VISIT_COLUMNS) besides the metrics'."""
     lookback = start - timedelta(seconds=timeout_s)
     return f"""events AS ({source(p, files)}),
 ev AS (SELECT event_id, user_id, ts, received_at, event_type, payload, page_url FROM events
@@ -99,7 +110,7 @@ seq AS (SELECT *, CASE WHEN epoch_us(ts) - epoch_us(lag(ts) OVER w)
 numbered AS (SELECT *, sum(starts) OVER (PARTITION BY user_id ORDER BY seq
     ROWS UNBOUNDED PRECEDING) AS vn FROM seq),
 visits AS (SELECT user_id, vn,
-    {_visit_columns()}
+    {_visit_columns(attributes)}
     FROM numbered GROUP BY user_id, vn HAVING min(ts) >= {p.bind(start)}),
 vev AS (SELECT n.event_id, n.ts, n.received_at, n.event_type, n.payload, n.page_url,
     v.* FROM numbered n JOIN visits v USING (user_id, vn))"""
