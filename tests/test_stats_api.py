@@ -39,22 +39,23 @@ def _ask(svc: ServiceProcess, body: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def sent(svc: ServiceProcess) -> list[dict[str, Any]]:
-    """Visits of three visitors yesterday and today: a bounce from Google, a two-page
-    visit from Twitter, a visit split by a 31-minute gap, and another site's event."""
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    """Visits of three visitors in the last day: a bounce from Google, a two-page visit
+    from Twitter, a visit split by a 31-minute gap, and another site's event. All in the
+    past (no future skew) and inside "7d" whatever the time of day."""
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
     plan = [
-        ("a", -86400 + 3600, "/", {"source": "Google", "country": "US"}),
+        ("a", -20 * 3600, "/", {"source": "Google", "country": "US"}),
         ("b", 600, "/", {"source": "Twitter", "country": "DE"}),
         ("b", 660, "/pricing", {"country": "DE"}),
         ("c", 60, "/blog", {"country": "US"}),
         ("c", 60 + 31 * 60, "/pricing", {"country": "US"}),
     ]
     bodies = [
-        event(user=u, ts=today + timedelta(seconds=t), url=f"https://{SITE}{page}",
+        event(user=u, ts=t0 + timedelta(seconds=t), url=f"https://{SITE}{page}",
               domain=SITE, **extra)
         for u, t, page, extra in plan
     ]  # fmt: skip
-    bodies.append(event(user="a", ts=today + timedelta(seconds=5), url="https://other.example/"))
+    bodies.append(event(user="a", ts=t0 + timedelta(seconds=5), url="https://other.example/"))
     r = HTTP.post(f"{svc.url}/events/batch", json={"events": bodies},
                   headers={"Authorization": f"Bearer {WRITE}"})  # fmt: skip
     assert r.status_code in (200, 201, 207), r.text
@@ -83,7 +84,7 @@ EXAMPLES = [
     {"site_id": SITE, "metrics": ["visitors", "pageviews"], "date_range": "7d",
      "dimensions": ["event:page"], "filters": [["is", "visit:country", ["US", "DE"]],
      ["contains", "event:page", ["pric", "blog"]]], "include": {"total_rows": True}},
-    {"site_id": SITE, "metrics": ["visits"], "date_range": "day",
+    {"site_id": SITE, "metrics": ["visits"], "date_range": "7d",
      "dimensions": ["visit:entry_page", "visit:exit_page"],
      "filters": [["not", ["is", "visit:source", ["Google"]]]]},
     {"site_id": SITE, "metrics": ["visitors", "visits"], "date_range": "7d",
@@ -118,7 +119,7 @@ def test_documented_examples_answer_as_the_model(
 
 
 def test_aggregate_numbers(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
-    """By hand: 4 visits today and yesterday (c's split in two), 3 of them bounces."""
+    """By hand: 4 visits (c's split in two), 3 of them bounces."""
     body = {"site_id": SITE, "metrics": ["visitors", "visits", "pageviews", "bounce_rate",
             "visit_duration", "views_per_visit"], "date_range": "7d"}  # fmt: skip
     got = _ask(svc, body).json()["results"]
