@@ -189,6 +189,9 @@ class Settings(BaseSettings):
     analytics_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     analytics_memory_limit: str = Field(default="1GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
     analytics_threads: int = Field(default=2, ge=1, le=64)
+    # Web analytics (Stats API): a gap of more than this since a visitor's previous
+    # event on a site starts a new visit (Plausible's 30 minutes).
+    session_timeout_s: int = Field(default=1800, ge=1, le=86400)
 
     @field_validator("engine_maxmemory", mode="before")
     @classmethod

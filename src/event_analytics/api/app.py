@@ -28,6 +28,7 @@ from event_analytics.api import (
     persistent,
     problems,
     reports,
+    stats,
 )
 from event_analytics.api.heavy import HeavyReads
 from event_analytics.api.ingest_http import IngestEndpoints
@@ -185,7 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(metrics.RequestTimer)
     app.add_middleware(RequestContext, access_log=settings.access_log)
-    for module in (health, analytics, explore, reports, persistent, metrics, compat, goals):
+    for module in (health, analytics, explore, stats, reports, persistent, metrics, compat, goals):
         app.include_router(module.router)
     dashboard.install(app)
 

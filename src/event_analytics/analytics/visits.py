@@ -1,0 +1,116 @@
+"""Visits as SQL: a site's events cut into visits by the session timeout, per visit its
+entry and exit page, pageviews, duration, bounce and first-event attributes.
+
+The semantics (docs/api.md, "Visits"), which ``tests/visits_model.py`` restates in Python:
+
+- A visit is one visitor's (``user_id``) events of one site in the order
+  (timestamp, received_at, event_id); an event more than the timeout after the
+  visitor's previous one starts a new visit (exactly the timeout apart: the same visit).
+- Bot events (types ``bot_*``) are no part of any visit.
+- A visit belongs to the range in which it starts. Whether an event in ``[from, to)``
+  starts a visit depends only on the visitor's previous event, so events from
+  ``from - timeout`` on are read, and no earlier: that decides it exactly. Events at or
+  after ``to`` are not read: a visit crossing ``to`` ends, for this answer, at its last
+  event before ``to``.
+
+``ctes`` gives the CTEs ``visits`` (one row per visit starting in the range) and
+``vev`` (those visits' events, each with its visit's columns).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from event_analytics.analytics import sites
+from event_analytics.analytics.snapshot import Sources
+from event_analytics.analytics.sql import Params, source
+
+ORDER = "ts, received_at, event_id"
+NON_INTERACTIVE = "coalesce(payload->>'interactive', '') = 'false'"
+DIRECT = "Direct / None"
+UTM = ("utm_medium", "utm_source", "utm_campaign", "utm_content", "utm_term")
+# visit:* dimension -> its column in ``visits`` (and ``vev``).
+VISIT_COLUMNS = {
+    "visit:entry_page": "entry_page",
+    "visit:exit_page": "exit_page",
+    "visit:source": "source",
+    "visit:referrer": "referrer",
+    **{f"visit:{u}": u for u in UTM},
+    "visit:device": "device",
+    "visit:browser": "browser",
+    "visit:os": "os",
+    "visit:country": "country",
+}
+# event:* dimension -> its SQL over one event row of ``vev``.
+EVENT_SQL = {
+    "event:page": sites.path_sql("page_url"),
+    "event:hostname": sites.host_sql("page_url"),
+    "event:name": "(CASE WHEN event_type = 'page_view' THEN 'pageview' "
+    "ELSE coalesce(payload->>'event_name', event_type) END)",
+}
+NONE = "(none)"  # a custom property an event lacks, as Plausible shows it
+
+
+def prop_sql(p: Params, name: str) -> str:
+    return f"coalesce(payload->>{p.bind(name)}, '{NONE}')"
+
+
+def _first(expr: str) -> str:
+    # ``seq`` numbers a visitor's events in ORDER: one pass, where an ordered aggregate
+    # (first(x ORDER BY ...)) sorts each visit again, once per column.
+    return f"arg_min_null({expr}, seq)"
+
+
+def _visit_columns(attributes: frozenset[str]) -> str:
+    page = sites.path_sql("page_url")
+    device = "(payload->>'device')"
+    columns = {
+        "start": "min(ts)",
+        "duration_us": "epoch_us(max(ts)) - epoch_us(min(ts))",
+        "visit_pageviews": "count_if(event_type = 'page_view')",
+        "visit_events": "count(*)",
+        "bounce": (
+            "count_if(event_type = 'page_view') = 1 AND "
+            f"count_if(event_type <> 'page_view' AND NOT {NON_INTERACTIVE}) = 0"
+        ),
+        "entry_page": f"arg_min_null({page}, seq) FILTER (WHERE event_type = 'page_view')",
+        "exit_page": f"arg_max_null({page}, seq) FILTER (WHERE event_type = 'page_view')",
+        "source": "coalesce(" + _first("payload->>'source'") + f", '{DIRECT}')",
+        "referrer": "coalesce(" + _first("payload->>'referrer'") + f", '{DIRECT}')",
+        # Plausible's device names are capitalised (Desktop, Mobile, Tablet).
+        "device": _first(f"upper({device}[1]) || {device}[2:]"),
+        **{name: _first(f"payload->>'{name}'") for name in (*UTM, "browser", "os", "country")},
+    }
+    # Only the attributes the query reads: each costs a pass over the visit's events.
+    always = ("start", "duration_us", "visit_pageviews", "visit_events", "bounce")
+    return ",\n    ".join(
+        f"{sql} AS {name}" for name, sql in columns.items() if name in always or name in attributes
+    )
+
+
+def ctes(
+    p: Params,
+    files: Sources,
+    site: str,
+    start: datetime,
+    end: datetime,
+    timeout_s: int,
+    attributes: frozenset[str] = frozenset(VISIT_COLUMNS.values()),
+) -> str:
+    """The CTE list (without ``WITH``) ending in ``visits`` and ``vev``; ``visits`` has
+    the columns of ``attributes`` (names from VISIT_COLUMNS) besides the metrics'."""
+    lookback = start - timedelta(seconds=timeout_s)
+    return f"""events AS ({source(p, files)}),
+ev AS (SELECT event_id, user_id, ts, received_at, event_type, payload, page_url FROM events
+    WHERE ts >= {p.bind(lookback)} AND ts < {p.bind(end)} AND NOT starts_with(event_type, 'bot_')
+    AND {sites.SITE_SQL} = {p.bind(site)}),
+seq AS (SELECT *, CASE WHEN epoch_us(ts) - epoch_us(lag(ts) OVER w)
+    <= {p.bind(timeout_s * 1_000_000)} THEN 0 ELSE 1 END AS starts, row_number() OVER w AS seq
+    FROM ev WINDOW w AS (PARTITION BY user_id ORDER BY {ORDER})),
+numbered AS (SELECT *, sum(starts) OVER (PARTITION BY user_id ORDER BY seq
+    ROWS UNBOUNDED PRECEDING) AS vn FROM seq),
+visits AS (SELECT user_id, vn,
+    {_visit_columns(attributes)}
+    FROM numbered GROUP BY user_id, vn HAVING min(ts) >= {p.bind(start)}),
+vev AS (SELECT n.event_id, n.ts, n.received_at, n.event_type, n.payload, n.page_url,
+    v.* FROM numbered n JOIN visits v USING (user_id, vn))"""

@@ -1,0 +1,74 @@
+"""Plausible's Stats API v2 (``POST /api/v2/query``): visits, pageviews, bounce rate and
+visit duration by dimension, from the archive (docs/api.md, "Stats API").
+
+The body is parsed by ``analytics/stats_spec.py`` (a 400 names the field at fault, in
+Plausible's style of message) and answered by DuckDB in the query engine's pool, off the
+event loop, with the limits of the other archive queries (503 busy, 504 too long).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from event_analytics.analytics import stats
+from event_analytics.analytics.stats_spec import StatsQueryError, parse_query
+from event_analytics.api import deps
+from event_analytics.api.explore import _engine, _until
+from event_analytics.api.problems import problem_responses
+from event_analytics.api.render import json_response
+from event_analytics.model import BodyTooLarge, MalformedJSON
+
+router = APIRouter(tags=["stats"])
+MAX_BODY = 64 * 1024
+_EXAMPLE: dict[str, Any] = {
+    "site_id": "example.com",
+    "metrics": ["visitors", "visits", "bounce_rate", "visit_duration"],
+    "date_range": "7d",
+    "dimensions": ["visit:source"],
+    "filters": [["is", "visit:country", ["US", "DE"]]],
+}
+_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {"type": "object", "required": ["site_id", "metrics", "date_range"]},
+            "example": _EXAMPLE,
+        }
+    },
+}
+
+
+@router.post(
+    "/api/v2/query",
+    summary="Plausible Stats API v2: metrics of visits by dimensions, filtered",
+    description=(
+        "Plausible's request and answer shapes; what differs is listed in docs/api.md. "
+        "`meta.archived_until` is the receive time before which every accepted event is in "
+        "the archive (so in this answer); `meta.method` is `exact`."
+    ),
+    responses=problem_responses(400, 413, 503, 504),
+    openapi_extra={"requestBody": _BODY},
+)
+async def post_query(request: Request) -> Response:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise BodyTooLarge(MAX_BODY)
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJSON(str(exc)) from None
+    query = parse_query(raw, datetime.now(UTC))
+    settings = deps.settings(request)
+    until = await _until(request)
+    answer = await _engine(request).run(
+        stats.run, query, settings.archive_path, until, settings.session_timeout_s
+    )
+    return json_response(answer)
+
+
+__all__ = ["StatsQueryError", "router"]

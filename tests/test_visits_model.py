@@ -1,0 +1,216 @@
+"""The Stats API planner's visits and metrics (DuckDB) against tests/visits_model.py, on
+archive files written by the archiver's own file code."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from event_analytics.analytics import stats
+from event_analytics.analytics.sites import SITE_SQL, host_of, host_sql, path_of, path_sql
+from event_analytics.analytics.stats_spec import parse_query
+from tests import visits_model as model
+from tests.test_analytics_model import ENGINE, HYPOTHESIS, STORAGE, iso, write
+
+BASE = datetime(2026, 11, 28, 22, 0, tzinfo=UTC)
+TIMEOUT = 1800
+URLS = ["https://a.example/", "https://www.a.example/pricing?utm_source=x#top",
+        "https://a.example/blog/post", "https://b.example/pricing", "http://A.example:8080/x",
+        "/bare/path?q=1", None]  # fmt: skip
+GAPS = [0, 0, 5, 600, TIMEOUT - 1, TIMEOUT, TIMEOUT + 1, 2 * 3600]
+
+
+@st.composite
+def sequences(draw: st.DrawFn) -> list[dict[str, Any]]:
+    out = []
+    for u in range(draw(st.integers(1, 4))):
+        t = draw(st.sampled_from([0, 600, 3000]))
+        for _ in range(draw(st.integers(1, 9))):
+            t += draw(st.sampled_from(GAPS)) + draw(st.sampled_from([0, 0, 0.25]))
+            kind = draw(st.sampled_from(["page_view", "page_view", "signup", "bot_page_view"]))
+            payload: dict[str, Any] = {}
+            url = draw(st.sampled_from(URLS))
+            if url is not None or kind != "signup":
+                payload["page_url"] = url or "https://a.example/"
+            site = draw(st.sampled_from(["domain", "site", "host", "host"]))
+            if site != "host":
+                payload[site] = draw(st.sampled_from(["a.example", "b.example"]))
+            if kind == "signup":
+                payload["event_name"] = draw(st.sampled_from(["Signup", "Download"]))
+                if draw(st.booleans()):
+                    payload["interactive"] = False
+            for name, choices in (("source", ["Google", "Twitter"]), ("device", ["desktop",
+                                  "mobile"]), ("country", ["US", "DE"]), ("plan", ["pro", 7]),
+                                  ("referrer", ["https://google.com/"]),
+                                  ("utm_source", ["news"])):  # fmt: skip
+                if draw(st.booleans()):
+                    payload[name] = draw(st.sampled_from(choices))
+            ts = BASE + timedelta(seconds=t)
+            received = ts + timedelta(seconds=draw(st.sampled_from([0, 0, 1])))
+            out.append({"event_id": str(uuid.UUID(int=draw(st.integers(0, 2**64)))),
+                        "user_id": f"u{u}", "timestamp": iso(ts), "event_type": kind,
+                        "payload": payload, "received_at": iso(received)})  # fmt: skip
+    return out
+
+
+DIMENSIONS = ["event:page", "event:hostname", "event:name", "event:props:plan",
+              "visit:entry_page", "visit:exit_page", "visit:source", "visit:referrer",
+              "visit:utm_source", "visit:device", "visit:country", "visit:browser",
+              "time:hour", "time:day", "time"]  # fmt: skip
+FILTERS = st.one_of(
+    st.builds(
+        lambda v: ["is", "visit:country", v],
+        st.lists(st.sampled_from(["US", "DE"]), min_size=1, unique=True),
+    ),
+    st.builds(
+        lambda v: ["is_not", "visit:source", [v]], st.sampled_from(["Google", "Direct / None"])
+    ),
+    st.builds(lambda v: ["contains", "event:page", [v]], st.sampled_from(["/pricing", "blog"])),
+    st.builds(lambda v: ["contains_not", "visit:entry_page", [v]], st.sampled_from(["/", "x"])),
+    st.builds(lambda v: ["matches", "event:page", [v]], st.sampled_from(["^/b", "g$"])),
+    st.builds(lambda v: ["matches_not", "event:hostname", [v]], st.sampled_from(["^a\\."])),
+    st.builds(lambda v: ["is", "event:name", [v]], st.sampled_from(["pageview", "Signup"])),
+    st.builds(lambda v: ["is", "event:props:plan", [v]], st.sampled_from(["pro", "7", "(none)"])),
+    st.builds(lambda v: ["not", ["is", "visit:device", [v]]], st.sampled_from(["Desktop"])),
+    st.builds(
+        lambda op, v: [op, ["is", "event:name", [v]]],
+        st.sampled_from(["has_done", "has_not_done"]),
+        st.sampled_from(["Signup", "Download"]),
+    ),
+    st.builds(
+        lambda op, v: [op, "event:page", [v], {"case_sensitive": False}],
+        st.sampled_from(["is", "contains", "matches", "contains_not"]),
+        st.sampled_from(["/PRICING", "Blog", "^/B"]),
+    ),
+    st.builds(
+        lambda v: ["is", "event:name", [v], {"case_sensitive": False}],
+        st.sampled_from(["SIGNUP", "pageview"]),
+    ),
+    st.builds(
+        lambda a, b: ["or", [["is", "visit:exit_page", [a]], ["is", "event:name", [b]]]],
+        st.sampled_from(["/pricing", "/"]),
+        st.sampled_from(["Download"]),
+    ),
+)
+METRICS = ["visitors", "visits", "pageviews", "views_per_visit", "bounce_rate",
+           "visit_duration", "events", "percentage"]  # fmt: skip
+
+
+@HYPOTHESIS
+@given(
+    recs=sequences(),
+    site=st.sampled_from(["a.example", "b.example"]),
+    metrics=st.lists(st.sampled_from(METRICS), min_size=1, max_size=4, unique=True),
+    dimensions=st.lists(st.sampled_from(DIMENSIONS), max_size=2, unique=True).filter(
+        lambda ds: sum(d.startswith("time") for d in ds) <= 1
+    ),
+    filters=st.lists(FILTERS, max_size=2),
+    start_s=st.sampled_from([0, 1800, 3601, 7200]),
+    length_s=st.sampled_from([1800, 3600, 4 * 3600, 86400]),
+    page=st.sampled_from([(10_000, 0), (2, 0), (2, 1)]),
+    storage=STORAGE,
+    data=st.data(),
+)
+def test_stats_match_model(
+    tmp_path: Path,
+    recs: list[dict[str, Any]],
+    site: str,
+    metrics: list[str],
+    dimensions: list[str],
+    filters: list[Any],
+    start_s: int,
+    length_s: int,
+    page: tuple[int, int],
+    storage: str,
+    data: st.DataObject,
+) -> None:
+    start = BASE + timedelta(seconds=start_s)
+    end = start + timedelta(seconds=length_s)
+    event_scoped = any(d.startswith("event:") for d in dimensions) or any(
+        "event:" in str(f) for f in filters
+    )
+    if event_scoped and "views_per_visit" in metrics:
+        metrics.remove("views_per_visit")
+    if not dimensions and "percentage" in metrics:
+        metrics.remove("percentage")
+    if not metrics:
+        metrics = ["visits"]
+    names = metrics + dimensions
+    order_by = data.draw(st.lists(st.tuples(st.sampled_from(names), st.sampled_from(["asc",
+                         "desc"])), max_size=2, unique_by=lambda t: t[0]))  # fmt: skip
+    body = {"site_id": site, "metrics": metrics, "date_range": [iso(start), iso(end)],
+            "dimensions": dimensions, "filters": filters, "order_by": [list(t) for t in order_by],
+            "pagination": {"limit": page[0], "offset": page[1]},
+            "include": {"total_rows": True}}  # fmt: skip
+    q = parse_query(body, BASE)
+    got = stats.run(ENGINE, q, write(tmp_path, recs, storage), BASE, TIMEOUT)
+    times = [d for d in dimensions if d.startswith("time")]
+    unit = stats.time_unit(times[0], start, end) if times else None
+    want, total = model.query(recs, q, start, end, TIMEOUT, unit)
+    for row in want:
+        row["dimensions"] = [
+            stats.label(v, unit or "") if d.startswith("time") else v
+            for d, v in zip(dimensions, row["dimensions"], strict=True)
+        ]
+    assert got["meta"]["total_rows"] == total
+    assert got["results"] == want
+
+
+def test_timeout_edge_ties_and_range_ends(tmp_path: Path) -> None:
+    """Exactly the timeout apart: one visit; a second more: two. A visit started before
+    ``from`` is not counted, nor are its events in the range; events after ``to`` are not
+    read (the crossing visit's duration stops at its last event before ``to``)."""
+
+    def rec(user: str, t: float, kind: str = "page_view", page: str = "/") -> dict[str, Any]:
+        ts = iso(BASE + timedelta(seconds=t))
+        return {"event_id": str(uuid.uuid4()), "user_id": user, "timestamp": ts,
+                "event_type": kind, "received_at": ts,
+                "payload": {"page_url": f"https://a.example{page}"}}  # fmt: skip
+
+    recs = [
+        rec("same", 3600),
+        rec("same", 3600 + TIMEOUT, page="/b"),  # one visit, 1800 s
+        rec("split", 3600),
+        rec("split", 3600 + TIMEOUT + 1),  # two bounces
+        rec("before", 3000),
+        rec("before", 3700),  # started before from: not counted
+        rec("cross", 7000),
+        rec("cross", 7150),
+        rec("cross", 7300),  # crosses to (7200)
+    ]
+    root = write(tmp_path, recs)
+    body = {"site_id": "a.example", "metrics": ["visitors", "visits", "pageviews",
+            "bounce_rate", "visit_duration"],
+            "date_range": [iso(BASE + timedelta(seconds=3600)),
+                           iso(BASE + timedelta(seconds=7200))]}  # fmt: skip
+    got = stats.run(ENGINE, parse_query(body, BASE), root, BASE, TIMEOUT)
+    # visits: same(1800 s), split x2 (0 s), cross (150 s, 2 pageviews before to)
+    assert got["results"] == [{"metrics": [3, 4, 6, 50, round((1800 + 150) / 4)],
+                               "dimensions": []}]  # fmt: skip
+
+
+@given(st.sampled_from(URLS[:-1]) | st.text(max_size=30).map(lambda s: "https://" + s))
+@HYPOTHESIS
+def test_site_rules_in_sql_are_the_python_ones(url: str) -> None:
+    sql = f"SELECT {path_sql('u')}, {host_sql('u')}, {SITE_SQL.replace('page_url', 'u')} " \
+          "FROM (SELECT $u AS u, '{}'::JSON AS payload)"  # fmt: skip
+    got = ENGINE.fetch(sql, {"u": url})[0]
+    assert got == (path_of(url), host_of(url), host_of(url))
+
+
+@pytest.mark.parametrize(
+    ("payload", "site"),
+    [({"domain": "x.com", "page_url": "https://y.com/"}, "x.com"),
+     ({"site": "s.com", "page_url": "https://y.com/"}, "s.com"),
+     ({"page_url": "https://www.Y.com:443/a"}, "y.com"), ({}, None)],
+)  # fmt: skip
+def test_site_rule(payload: dict[str, Any], site: str | None) -> None:
+    from event_analytics.analytics.sites import site_of
+
+    assert site_of(payload) == site

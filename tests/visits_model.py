@@ -1,0 +1,214 @@
+"""A plain-Python model of visits and the Stats API v2 semantics of docs/api.md, to
+compare DuckDB's answers with. Written from the definitions, not from the SQL: each
+visitor's events sorted and cut into visits in a loop, metrics counted per row."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from typing import Any
+
+from event_analytics.analytics.sites import host_of, path_of, site_of
+from event_analytics.analytics.stats_spec import Condition, Done, Filter, Logic, Not, StatsQuery
+from tests.analytics_model import text_of, ts_of
+
+UTM = ("utm_medium", "utm_source", "utm_campaign", "utm_content", "utm_term")
+
+
+def _key(r: dict[str, Any]) -> tuple[datetime, datetime, str]:
+    return ts_of(r), datetime.fromisoformat(r["received_at"]), r["event_id"]
+
+
+@dataclass
+class Visit:
+    user: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def start(self) -> datetime:
+        return ts_of(self.events[0])
+
+    @property
+    def pages(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event_type"] == "page_view"]
+
+    @property
+    def bounce(self) -> bool:
+        others = [e for e in self.events if e["event_type"] != "page_view"
+                  and text_of(e["payload"].get("interactive")) != "false"]  # fmt: skip
+        return len(self.pages) == 1 and not others
+
+    @property
+    def duration_us(self) -> int:
+        return (ts_of(self.events[-1]) - self.start) // timedelta(microseconds=1)
+
+    def attribute(self, name: str) -> str | None:
+        first = self.events[0]["payload"]
+        if name == "entry_page":
+            return path_of(self.pages[0]["payload"].get("page_url")) if self.pages else None
+        if name == "exit_page":
+            return path_of(self.pages[-1]["payload"].get("page_url")) if self.pages else None
+        if name in ("source", "referrer"):
+            return text_of(first.get(name)) or "Direct / None"
+        if name == "device":
+            device = text_of(first.get("device"))
+            return device[:1].upper() + device[1:] if device is not None else None
+        return text_of(first.get(name))
+
+
+def visits_of(
+    records: list[dict[str, Any]], site: str, start: datetime, end: datetime, timeout_s: int
+) -> list[Visit]:
+    """Visits of ``site`` starting in [start, end), with their events before ``end``."""
+    by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r["event_type"].startswith("bot_") or site_of(r["payload"]) != site:
+            continue
+        if ts_of(r) < end:  # all earlier events: the lookback is the SQL's business
+            by_user[r["user_id"]].append(r)
+    out = []
+    for user, events in by_user.items():
+        events.sort(key=_key)
+        current: Visit | None = None
+        for e in events:
+            gap = ts_of(e) - ts_of(current.events[-1]) if current else None
+            if gap is None or gap > timedelta(seconds=timeout_s):
+                current = Visit(user)
+                out.append(current)
+            current.events.append(e)
+    return [v for v in out if v.start >= start]
+
+
+def value(name: str, visit: Visit, event: dict[str, Any], unit: str | None = None) -> Any:
+    if name.startswith("time"):
+        assert unit is not None
+        s = visit.start
+        if unit == "hour":
+            return s.replace(minute=0, second=0, microsecond=0)
+        day = s.replace(hour=0, minute=0, second=0, microsecond=0)
+        if unit == "day":
+            return day
+        if unit == "week":
+            return day - timedelta(days=day.weekday())
+        return day.replace(day=1)
+    if name.startswith("visit:"):
+        return visit.attribute(name.removeprefix("visit:"))
+    url = text_of(event["payload"].get("page_url"))
+    if name == "event:page":
+        return path_of(url)
+    if name == "event:hostname":
+        return host_of(url)
+    if name == "event:name":
+        if event["event_type"] == "page_view":
+            return "pageview"
+        return text_of(event["payload"].get("event_name")) or event["event_type"]
+    return text_of(event["payload"].get(name.removeprefix("event:props:"))) or "(none)"
+
+
+def holds(f: Filter, visit: Visit, event: dict[str, Any], counted: list[Visit]) -> bool:
+    """Whether ``event`` of ``visit`` passes ``f``; ``counted``: all the range's visits."""
+    if isinstance(f, Not):
+        return not holds(f.inner, visit, event, counted)
+    if isinstance(f, Done):
+        did = any(
+            holds(f.inner, v, e, counted) for v in counted if v.user == visit.user for e in v.events
+        )
+        return did != f.negated
+    if isinstance(f, Logic):
+        results = [holds(g, visit, event, counted) for g in f.items]
+        return all(results) if f.op == "and" else any(results)
+    assert isinstance(f, Condition)
+    got = value(f.dimension, visit, event)
+    base = f.op.removesuffix("_not")
+    values = list(f.values)
+    if got is not None and not f.case_sensitive and base != "matches":
+        got, values = got.lower(), [v.lower() for v in values]
+    if got is None:
+        positive = False
+    elif base == "is":
+        positive = got in values
+    elif base == "contains":
+        positive = any(v in got for v in values)
+    else:
+        flags = 0 if f.case_sensitive else re.IGNORECASE
+        positive = any(re.search(v, got, flags) for v in values)
+    return not positive if f.op.endswith("_not") else positive
+
+
+def _round(x: Fraction, digits: int = 0) -> Any:
+    return round(x, digits) if digits else round(x)
+
+
+def query(
+    records: list[dict[str, Any]], q: StatsQuery, start: datetime, end: datetime,
+    timeout_s: int, unit: str | None,
+) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
+    """Plausible-shaped results (all rows, paged) and the number of rows."""
+    rows: dict[tuple[Any, ...], dict[tuple[str, int], list[dict[str, Any]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    selected: dict[tuple[str, int], Visit] = {}
+    counted = visits_of(records, q.site_id, start, end, timeout_s)
+    for i, visit in enumerate(counted):
+        for e in visit.events:
+            if all(holds(f, visit, e, counted) for f in q.filters):
+                key = tuple(value(d, visit, e, unit) for d in q.dimensions)
+                rows[key][(visit.user, i)].append(e)
+                selected[(visit.user, i)] = visit
+    if not q.dimensions and not rows:
+        rows[()] = defaultdict(list)
+    all_visitors = len({user for user, _ in selected})
+    out = []
+    for key, by_visit in rows.items():
+        vs = [selected[k] for k in by_visit]
+        n = len(vs)
+        sums = {
+            "visitors": len({v.user for v in vs}),
+            "visits": n,
+            "pageviews": sum(
+                e["event_type"] == "page_view" for es in by_visit.values() for e in es
+            ),
+            "events": sum(len(es) for es in by_visit.values()),
+        }
+        exact = {
+            **{k: Fraction(v) for k, v in sums.items()},
+            "percentage": Fraction(sums["visitors"]),
+            "views_per_visit": Fraction(sum(len(v.pages) for v in vs), n) if n else None,
+            "bounce_rate": Fraction(100 * sum(v.bounce for v in vs), n) if n else None,
+            "visit_duration": Fraction(sum(v.duration_us for v in vs), n * 10**6) if n else None,
+        }
+        shown: dict[str, Any] = dict(sums)
+        shown["views_per_visit"] = float(round(exact["views_per_visit"] or Fraction(0), 2))
+        shown["bounce_rate"] = round(exact["bounce_rate"] or Fraction(0))
+        shown["visit_duration"] = round(exact["visit_duration"] or Fraction(0))
+        pct = Fraction(100 * sums["visitors"], all_visitors) if all_visitors else Fraction(0)
+        shown["percentage"] = float(round(pct, 1))
+        out.append((dict(zip(q.dimensions, key, strict=True)), exact, shown))
+    terms = list(q.order_by)
+    if not terms:
+        times = [d for d in q.dimensions if d.startswith("time")]
+        terms = [(times[0], "asc")] if times else [(q.metrics[0], "desc")]
+    named = {n for n, _ in terms}
+    terms += [(d, "asc") for d in q.dimensions if d not in named]
+    for name, direction in reversed(terms):
+
+        def sort_key(row: Any, name: str = name) -> Any:
+            v = row[0][name] if name in row[0] else row[1][name]
+            return v
+
+        present = [r for r in out if sort_key(r) is not None]
+        missing = [r for r in out if sort_key(r) is None]
+        present.sort(key=sort_key, reverse=direction == "desc")
+        out = present + missing
+    results = [
+        {"metrics": [r[2][m] for m in q.metrics], "dimensions": [r[0][d] for d in q.dimensions]}
+        for r in out
+    ]
+    return results[q.offset : q.offset + q.limit], len(results)
+
+
+def iso_day(value: datetime) -> datetime:
+    return value.astimezone(UTC)
