@@ -21,6 +21,7 @@ from event_analytics.api import (
     dashboard,
     events,
     explore,
+    export,
     health,
     ingest_http,
     metrics,
@@ -184,7 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(metrics.RequestTimer)
     app.add_middleware(RequestContext, access_log=settings.access_log)
-    for module in (health, analytics, explore, reports, persistent, metrics, compat):
+    for module in (health, analytics, explore, reports, persistent, metrics, compat, export):
         app.include_router(module.router)
     dashboard.install(app)
 
