@@ -33,9 +33,10 @@ def parse_time(name: str, text: str | None) -> datetime:
         raise BadArgument(f"{name} is required (ISO 8601, e.g. 2026-11-27 or 2026-11-27T10:00Z)")
     try:
         return to_utc(datetime.fromisoformat(text))
-    except ValueError:
+    except (ValueError, OverflowError):  # e.g. year 1 with an offset east of UTC
         raise BadArgument(
-            f"{name} {text!r} is not an ISO 8601 date or date-time, e.g. 2026-11-27T10:00Z"
+            f"{name} {text!r} is not an ISO 8601 date or date-time within years 1-9999 UTC, "
+            "e.g. 2026-11-27T10:00Z"
         ) from None
 
 

@@ -39,9 +39,11 @@ def _time(name: str, text: str | None) -> datetime:
         raise _bad("missing_parameter", name, f"{name} is required, e.g. 2026-11-27T10:00:00Z")
     try:
         return to_utc(datetime.fromisoformat(text))
-    except ValueError:
+    except (ValueError, OverflowError):  # e.g. year 1 with an offset east of UTC
         raise _bad(
-            "invalid_time", name, "expected an ISO 8601 date or date-time, e.g. 2026-11-27T10:00Z"
+            "invalid_time",
+            name,
+            "expected an ISO 8601 date or date-time within years 1-9999 UTC, e.g. 2026-11-27",
         ) from None
 
 
