@@ -27,11 +27,11 @@ import orjson
 import psycopg
 import pytest
 
+from benchmarks.pg import PostgresServer
 from event_analytics.archive import record
 from event_analytics.config import SETTINGS_ENV
 from event_analytics.site import site_of
 from tests.helpers import event
-from tests.pg import PostgresServer
 from tests.servers import ServiceProcess, stopped_after
 from tests.test_alerts import DESTINATION_METRICS
 from tests.test_export import make, write

@@ -1,4 +1,6 @@
-"""A private PostgreSQL server for tests: Debian's binaries, a fresh cluster, a free port.
+"""A private PostgreSQL server for the tests and benchmarks: Debian's binaries, a fresh
+cluster, a free port (imported as ``benchmarks.pg`` by the tests, ``pg`` by the scripts,
+like procs.py).
 
 initdb and the server refuse to run as root, so as root they run as the ``postgres``
 user (runuser) in a directory that user owns. Listening on 127.0.0.1 and a private
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 
-from benchmarks.procs import free_port
+from event_analytics.store.embedded import free_port
 
 
 def find_bin() -> Path | None:
@@ -56,6 +58,9 @@ class PostgresServer:
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-t", "60",
                   "-o", options, "start")  # fmt: skip
+
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
