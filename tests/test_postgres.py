@@ -372,3 +372,18 @@ def test_service_delivers_what_was_sent_through_a_postgres_restart(
     archive = tmp_path / "data" / "persistent_events"
     checked = cli(tmp_path / "cli", url, "verify", "--postgres", archive=archive)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_nul_in_a_payload_does_not_stop_delivery(tmp_path: Path, pg: str) -> None:
+    # The API accepts NUL in payload strings; PostgreSQL stores none in text or jsonb.
+    records = spread(20, hours=2)
+    odd = make(10, 500)
+    odd.payload = {**odd.payload, "note": "a\x00b", "k\x00": ["\x00"]}
+    write(tmp_path / "archive", [*records[:10], odd, *records[10:]])
+    with delivering(tmp_path, pg) as d:
+        d.wait(caught_up, "stuck on the NUL")
+    got = {r[0]: r for r in table(pg)}
+    assert len(got) == 21
+    clean = {k: v for k, v in odd.payload.items() if k != "k\x00"}
+    assert got[str(odd.event_id)][8] == {**clean, "note": "a\ufffdb", "k\ufffd": ["\ufffd"]}
+    assert cli(tmp_path, pg, "verify", "--postgres").returncode == 0

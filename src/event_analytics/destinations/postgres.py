@@ -115,11 +115,26 @@ def _stage(
             except record.InvalidRecord:
                 bad += 1  # never archived by the service; rebuild and verify skip it too
                 continue
+            if b"\\u0000" in line:
+                rec.payload = _without_nul(rec.payload)
             copy.write_row(row(rec))
             n += 1
             if crash is not None and n == len(lines) // 2 + 1:
                 crash("mid_copy")
     return n, bad
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` with each NUL character of its strings (keys too) replaced by U+FFFD:
+    PostgreSQL stores no NUL in text or jsonb, and one such event must not stop delivery
+    of all that follow. The archive keeps the original."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def _insert(conn: psycopg.Connection[Any], hour: datetime) -> int:
