@@ -387,3 +387,28 @@ def test_a_nul_in_a_payload_does_not_stop_delivery(tmp_path: Path, pg: str) -> N
     clean = {k: v for k, v in odd.payload.items() if k != "k\x00"}
     assert got[str(odd.event_id)][8] == {**clean, "note": "a\ufffdb", "k\ufffd": ["\ufffd"]}
     assert cli(tmp_path, pg, "verify", "--postgres").returncode == 0
+
+
+def test_a_refusing_database_shows_the_exact_lag_then_catches_up(
+    tmp_path: Path, pg_server: PostgresServer
+) -> None:
+    url = pg_server.new_database()
+    name = url.rsplit("/", 1)[1]
+    records = spread(50, hours=3)
+    write(tmp_path / "archive", records)
+    with delivering(tmp_path, url) as d:
+        d.wait(caught_up, "not caught up")
+    more = [make(100 + i, 1000 + i) for i in range(25)]
+    write(tmp_path / "archive", more)
+    with psycopg.connect(pg_server.url(), autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+        with delivering(tmp_path, url) as d:
+            blocked = d.wait(
+                lambda s: s.get("state") == "blocked" and s.get("events_behind") == 25,
+                "lag not shown",
+            )
+            assert blocked["seconds_behind"] > 0
+            assert "read-only" in blocked["last_error"]
+            admin.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+            d.wait(caught_up, "did not catch up by itself")
+    assert table(url) == model(records + more)

@@ -51,7 +51,9 @@ class Delivery:
         self.root = settings.archive_path
         self.conn: psycopg.Connection[Any] | None = None
         self.done: dict[str, Progress] | None = None  # None until read from PostgreSQL
-        self.counter = files.LineCounter()
+        # Per file: (bytes counted from the start, lines in them), seeded with what was
+        # delivered, so that only undelivered bytes are ever read to count the lag.
+        self._counted: dict[Path, tuple[int, int]] = {}
         self.state = "starting"
         self.last_error: str | None = None
         self.events_delivered = 0
@@ -112,7 +114,8 @@ class Delivery:
         """One batch from each file with lines not yet delivered; whether any was sent."""
         assert self.conn is not None and self.done is not None
         busy = False
-        for found in files.list_files(self.root):
+        listed = files.list_files(self.root)
+        for found in listed:
             if stop.is_set():
                 break
             at = self.done.get(found.relative, Progress(0, 0))
@@ -138,25 +141,46 @@ class Delivery:
                 self.last_delivery = time.time()
             busy = True
             self._write_status()
-        self._measure_lag()
+        self._measure_lag(listed)
         return busy
 
-    def _measure_lag(self) -> None:
+    def _measure_lag(self, listed: list[files.ArchiveFile] | None = None) -> None:
         """Events not delivered yet, and the age (since it was received) of the oldest."""
         if self.done is None:
             self.lag = None
             return
         behind = 0
         oldest: float | None = None
-        for found in files.list_files(self.root):
+        for found in files.list_files(self.root) if listed is None else listed:
             at = self.done.get(found.relative, Progress(0, 0))
-            waiting = self.counter.count(found.path, found.size_bytes) - at.lines
+            waiting = self._lines(found, at) - at.lines
             if waiting <= 0:
                 continue
             behind += waiting
             if oldest is None:
                 oldest = _received_at(found.path, at.offset) or found.modified
         self.lag = (behind, max(0.0, time.time() - oldest) if oldest is not None else 0.0)
+
+    def _lines(self, found: files.ArchiveFile, at: Progress) -> int:
+        """Complete lines in the file: the delivered ones (known) plus those counted in
+        the bytes after them, read once each (a file that was cut back is recounted)."""
+        upto, lines = self._counted.get(found.path, (at.offset, at.lines))
+        if upto < at.offset or found.size_bytes < upto:
+            upto, lines = at.offset, at.lines
+        if found.size_bytes > upto:
+            with found.path.open("rb") as handle:
+                handle.seek(upto)
+                pos = upto
+                while pos < found.size_bytes:  # in blocks: a backlog is never read whole
+                    chunk = handle.read(min(found.size_bytes - pos, 1 << 20))
+                    if not chunk:
+                        break
+                    if (n := chunk.count(b"\n")) > 0:
+                        lines += n
+                        upto = pos + chunk.rfind(b"\n") + 1  # a partial tail: next time
+                    pos += len(chunk)
+        self._counted[found.path] = (upto, lines)
+        return lines
 
     def _crash_point(self, point: str) -> None:
         """Fault injection for the crash tests: die by SIGKILL at ``point``."""

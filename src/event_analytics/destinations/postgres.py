@@ -71,7 +71,15 @@ def connect(url: str, timeout_s: float = 5.0) -> psycopg.Connection[Any]:
 
 
 def ensure_schema(conn: psycopg.Connection[Any]) -> None:
-    """Create the table, its indexes and the progress table if they are missing."""
+    """Create the table, its indexes and the progress table if they are missing (no DDL
+    when they exist: a database that takes no writes still tells how far delivery is)."""
+    with conn.transaction():
+        found = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
+            (TABLE, PROGRESS),
+        ).fetchone()
+    if found and found[0]:
+        return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
         conn.execute(SCHEMA.encode())
