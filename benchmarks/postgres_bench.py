@@ -2,6 +2,7 @@
 CPU of the delivery process and of PostgreSQL per event.
 
     .venv/bin/python benchmarks/postgres_bench.py [--events 200000] [--batch-bytes 4194304]
+    .venv/bin/python benchmarks/postgres_bench.py --compare-partitions 1000000
 
 Writes an archive of ``--events`` page views (24 hour files) with the record codec, starts
 a private PostgreSQL (Debian's binaries, fsync off: the delivery's cost, not the disk's),
@@ -75,14 +76,82 @@ def write_archive(root: Path, n: int) -> None:
                 out.write(record.encode(rec) + b"\n")
 
 
+QUERIES = {
+    "a day's visitors": "SELECT count(DISTINCT user_id) FROM {t} "
+    "WHERE ts >= '2026-10-15' AND ts < '2026-10-16'",
+    "a week's signups per day": "SELECT date_trunc('day', ts), count(*) FROM {t} "
+    "WHERE event_type = 'signup' AND ts >= '2026-10-10' AND ts < '2026-10-17' GROUP BY 1",
+    "an hour's events": "SELECT count(*) FROM {t} WHERE ts >= '2026-10-20 10:00' "
+    "AND ts < '2026-10-20 11:00'",
+}
+
+
+def compare_partitions(url: str, rows: int, days: int = 60) -> None:
+    """The same rows in a table partitioned by day and one partitioned by month: load
+    time and the median of 7 runs of each query (times from EXPLAIN ANALYZE)."""
+    spacing = days * 86400 / rows
+    with psycopg.connect(url, autocommit=True) as conn:
+        for kind in ("day", "month"):
+            t = f"p_{kind}"
+            conn.execute(f"CREATE TABLE {t} (event_id uuid NOT NULL, user_id text NOT NULL, "
+                         "ts timestamptz NOT NULL, event_type text NOT NULL, page text, "
+                         "payload jsonb NOT NULL, PRIMARY KEY (event_id, ts)) "
+                         "PARTITION BY RANGE (ts)")  # fmt: skip
+            conn.execute(f"CREATE INDEX ON {t} (ts)")
+            conn.execute(f"CREATE INDEX ON {t} (event_type, ts)")
+            start = datetime(2026, 9, 1, tzinfo=UTC)
+            step = timedelta(days=1)
+            parts = []
+            at = start
+            while at < start + timedelta(days=days + 1):
+                nxt = at + step if kind == "day" else (at + timedelta(days=32)).replace(day=1)
+                parts.append((at, nxt))
+                at = nxt
+            for i, (lo, hi) in enumerate(parts):
+                conn.execute(f"CREATE TABLE {t}_{i} PARTITION OF {t} FOR VALUES FROM "
+                             f"('{lo.isoformat()}') TO ('{hi.isoformat()}')")  # fmt: skip
+            began = time.perf_counter()
+            conn.execute(
+                f"INSERT INTO {t} SELECT gen_random_uuid(), 'u' || (i % 5000), "
+                f"timestamptz '2026-09-01' + i * interval '{spacing} seconds', "
+                "CASE WHEN i % 10 = 0 THEN 'signup' ELSE 'page_view' END, "
+                "'https://shop.example/p' || (i % 50), '{}'::jsonb "
+                f"FROM generate_series(0, {rows - 1}) AS i"
+            )
+            load_s = time.perf_counter() - began
+            conn.execute(f"ANALYZE {t}")
+            timings = []
+            for name, query in QUERIES.items():
+                runs = []
+                for _ in range(7):
+                    plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + query.format(t=t))
+                    found = plan.fetchone()
+                    assert found is not None
+                    top = found[0][0]
+                    runs.append(top["Planning Time"] + top["Execution Time"])
+                timings.append(f"{name} {sorted(runs)[3]:.2f} ms")
+            print(f"by {kind}: {len(parts)} partitions, load {rows / load_s:,.0f} rows/s; "
+                  + "; ".join(timings))  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch-bytes", type=int, default=4 * 1024 * 1024)
+    parser.add_argument(
+        "--compare-partitions", type=int, metavar="ROWS", help="only compare day vs month"
+    )
     args = parser.parse_args()
     server = PostgresServer()
     server.init()
     server.start()
+    if args.compare_partitions:
+        try:
+            compare_partitions(server.new_database(), args.compare_partitions)
+        finally:
+            server.stop("immediate")
+            server.remove()
+        return 0
     try:
         url = server.new_database()
         with tempfile.TemporaryDirectory(prefix="ea-pgbench-") as tmp:
