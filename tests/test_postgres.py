@@ -412,3 +412,18 @@ def test_a_refusing_database_shows_the_exact_lag_then_catches_up(
             admin.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
             d.wait(caught_up, "did not catch up by itself")
     assert table(url) == model(records + more)
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://ea:s3cret-pw@[::1/db", "postgresql://ea:s3cret-pw@127.0.0.1:1/db"]
+)
+def test_errors_never_show_the_password(tmp_path: Path, url: str) -> None:
+    done = cli(tmp_path, url, "verify", "--postgres")
+    assert done.returncode == 1
+    assert "s3cret-pw" not in done.stderr + done.stdout
+    assert len(done.stderr.splitlines()) == 1 and "PostgreSQL: " in done.stderr
+    with delivering(tmp_path, url) as d:
+        status = d.wait(lambda s: s.get("last_error"), "no error shown")
+    assert status["state"] in ("blocked", "unreachable")
+    assert "s3cret-pw" not in status["last_error"]
+    assert "s3cret-pw" not in (tmp_path / "deliver.log").read_text()

@@ -77,7 +77,7 @@ def sync(args: argparse.Namespace, settings: Settings) -> int:
             for hour in sorted(set(sums) - have):
                 removed += postgres.forget_file(conn, hour)
     except psycopg.Error as exc:
-        print(f"event-analytics sync: PostgreSQL: {str(exc).strip()}", file=sys.stderr)
+        print(f"event-analytics sync: PostgreSQL: {postgres.describe(exc, url)}", file=sys.stderr)
         return 1
     print(f"synced {len(found)} hours: {written} rows written, {removed} rows replaced or removed")
     return 0
@@ -113,7 +113,7 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
             postgres.ensure_schema(conn)
             done, sums = postgres.snapshot(conn, start, end)
     except psycopg.Error as exc:
-        print(f"event-analytics verify: PostgreSQL: {str(exc).strip()}", file=sys.stderr)
+        print(f"event-analytics verify: PostgreSQL: {postgres.describe(exc, url)}", file=sys.stderr)
         return 1
     found = files.list_files(settings.archive_path, start, end)
     differ: list[str] = []

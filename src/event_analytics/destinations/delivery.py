@@ -100,7 +100,7 @@ class Delivery:
         self._close()
         reachable = not isinstance(exc, psycopg.OperationalError)
         self._set("blocked" if reachable else "unreachable")
-        self.last_error = f"{type(exc).__name__}: {str(exc).strip()}"[:500]
+        self.last_error = postgres.describe(exc, self.url)
         log.warning("PostgreSQL delivery %s: %s", self.state, self.last_error)
         with contextlib.suppress(OSError):
             self._measure_lag()

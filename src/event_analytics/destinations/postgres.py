@@ -13,6 +13,7 @@ that already held rows, a restored dump) is never written twice either.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +26,7 @@ from event_analytics.archive import files, record
 from event_analytics.archive.export import ENRICHED, row
 
 log = logging.getLogger(__name__)
+_PASSWORD = re.compile(r"://[^:/@]*:([^@]+)@")
 TABLE = "ea_events"
 PROGRESS = "ea_delivered"
 # pg_advisory_xact_lock key: one writer of ea_events at a time (delivery and sync).
@@ -68,6 +70,17 @@ class Progress:
 
 def connect(url: str, timeout_s: float = 5.0) -> psycopg.Connection[Any]:
     return psycopg.connect(url, connect_timeout=max(1, int(timeout_s)), autocommit=False)
+
+
+def describe(exc: BaseException, url: str) -> str:
+    """An error's text for logs and the status, without the URL or its password
+    (libpq quotes a URL it cannot parse whole)."""
+    text = " ".join(str(exc).split())  # libpq's messages span lines: one line here
+    found = _PASSWORD.search(url)  # by hand: urlsplit raises on some URLs libpq quotes
+    for secret, shown in ((url, "<EA_POSTGRES_URL>"), (found[1] if found else "", "***")):
+        if secret:
+            text = text.replace(secret, shown)
+    return f"{type(exc).__name__}: {text}"[:500]
 
 
 def ensure_schema(conn: psycopg.Connection[Any]) -> None:
