@@ -85,16 +85,18 @@ def sync(args: argparse.Namespace, settings: Settings) -> int:
 
 def _archive_sums(f: files.ArchiveFile, upto: int) -> tuple[int, int]:
     """(events, sum of id hashes) of the file's readable lines in its first ``upto`` bytes."""
-    count = total = 0
+    count = total = read = 0
     with f.path.open("rb") as handle:
-        data = handle.read(upto)
-    for line in data.splitlines():
-        try:
-            record.decode(line)
-        except record.InvalidRecord:
-            continue
-        count += 1
-        total += id_hash(files.event_id_of(line))
+        for line in handle:  # streamed: an hour file may be far larger than memory
+            read += len(line)
+            if read > upto:
+                break
+            try:
+                record.decode(line)
+            except record.InvalidRecord:
+                continue
+            count += 1
+            total += id_hash(files.event_id_of(line))
     return count, total
 
 

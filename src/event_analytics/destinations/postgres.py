@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -120,9 +120,13 @@ def _partition(conn: psycopg.Connection[Any], day: datetime) -> None:
 
 
 def _stage(
-    conn: psycopg.Connection[Any], lines: list[bytes], crash: Crash | None = None
+    conn: psycopg.Connection[Any],
+    lines: Iterable[bytes],
+    crash: Crash | None = None,
+    crash_at: int = 0,
 ) -> tuple[int, int]:
-    """COPY the readable ones of ``lines`` into the staging table; (rows, unreadable)."""
+    """COPY the readable ones of ``lines`` into the staging table; (rows, unreadable).
+    With ``crash``, it is called ("mid_copy") once ``crash_at`` rows are sent."""
     conn.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS ea_stage (LIKE {TABLE} INCLUDING DEFAULTS) "
         "ON COMMIT DELETE ROWS"
@@ -140,7 +144,7 @@ def _stage(
                 rec.payload = _without_nul(rec.payload)
             copy.write_row(row(rec))
             n += 1
-            if crash is not None and n == len(lines) // 2 + 1:
+            if crash is not None and n == crash_at:
                 crash("mid_copy")
     return n, bad
 
@@ -185,7 +189,7 @@ def deliver(
         recorded = Progress(*found) if found else Progress(0, 0)
         if recorded != at:
             return None
-        _stage(conn, lines, crash)
+        _stage(conn, lines, crash, len(lines) // 2 + 1)
         inserted = _insert(conn, hour)
         done = Progress(at.offset + len(data), at.lines + len(lines))
         _record(conn, relative, hour, done)
@@ -207,17 +211,25 @@ def _record(conn: psycopg.Connection[Any], relative: str, hour: datetime, done: 
 
 def resync(conn: psycopg.Connection[Any], found: files.ArchiveFile) -> tuple[int, int]:
     """Make the hour's rows exactly the file's complete lines, in one transaction:
-    delete them, copy the file again, record it delivered. (rows removed, rows written)."""
-    with found.path.open("rb") as handle:
-        data = handle.read(found.size_bytes)
-    data = data[: data.rfind(b"\n") + 1]
-    lines = data.splitlines(keepends=True)
+    delete them, copy the file again, record it delivered. (rows removed, rows written).
+    The file is streamed line by line: an hour file may be far larger than memory."""
+    seen = [0, 0]  # bytes and lines copied: the progress to record
+
+    def lines() -> Iterator[bytes]:
+        with found.path.open("rb") as handle:
+            for line in handle:
+                if not line.endswith(b"\n") or seen[0] + len(line) > found.size_bytes:
+                    return  # a torn tail, or past the size listed: not yet
+                seen[0] += len(line)
+                seen[1] += 1
+                yield line
+
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
         removed = delete_hour(conn, found.hour)
-        _stage(conn, lines)
+        _stage(conn, lines())
         inserted = _insert(conn, found.hour)
-        _record(conn, found.relative, found.hour, Progress(len(data), len(lines)))
+        _record(conn, found.relative, found.hour, Progress(seen[0], seen[1]))
     return removed, inserted
 
 
