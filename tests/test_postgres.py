@@ -28,7 +28,7 @@ import psycopg
 import pytest
 
 from benchmarks.pg import PostgresServer
-from event_analytics.archive import record
+from event_analytics.archive import files, record
 from event_analytics.config import SETTINGS_ENV
 from event_analytics.site import site_of
 from tests.helpers import event
@@ -427,3 +427,29 @@ def test_errors_never_show_the_password(tmp_path: Path, url: str) -> None:
     assert status["state"] in ("blocked", "unreachable")
     assert "s3cret-pw" not in status["last_error"]
     assert "s3cret-pw" not in (tmp_path / "deliver.log").read_text()
+
+
+def test_a_write_still_under_the_archivers_lock_is_not_delivered(tmp_path: Path, pg: str) -> None:
+    """An append the archiver may still cut back (it fails before its fsync) is not
+    delivered: only bytes seen under a shared flock, as files.locked writes them."""
+    records = spread(30, hours=2)
+    root = tmp_path / "archive"
+    write(root, records)
+    path = sorted(root.glob("*/*/*/*.jsonl"))[-1]
+    with delivering(tmp_path, pg) as d:
+        d.wait(caught_up, "not caught up")
+        with files.locked(path) as fd:
+            before = os.fstat(fd).st_size
+            extra = make(90, 7777)
+            os.write(fd, record.encode(extra) + b"\n")  # complete, but not yet settled
+            beat = d.status()["heartbeat"]
+            # Two whole passes of the delivery while the archiver holds the file.
+            for _ in range(2):
+                beat = d.wait(lambda s, b=beat: s.get("heartbeat", 0) > b, "stalled")["heartbeat"]
+            assert str(extra.event_id) not in {r[0] for r in table(pg)}
+            os.ftruncate(fd, before)  # the failed append is cut back, as files.append does
+        later = make(95, 8888)
+        write(root, [later])
+        d.wait(lambda s: caught_up(s) and len(table(pg)) == 31, "not caught up again")
+    assert table(pg) == model([*records, later])
+    assert cli(tmp_path, pg, "verify", "--postgres").returncode == 0

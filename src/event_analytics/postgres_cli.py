@@ -7,6 +7,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -19,6 +20,8 @@ from event_analytics.destinations import postgres
 from event_analytics.destinations.postgres import Progress
 from event_analytics.export_cli import BadArgument, check_range, parse_time
 from event_analytics.timebucket import iso_z
+
+SETTLE_WAIT_S = 30.0
 
 
 def _need_url(settings: Settings, command: str) -> str | None:
@@ -69,7 +72,7 @@ def sync(args: argparse.Namespace, settings: Settings) -> int:
             postgres.ensure_schema(conn)
             removed = written = 0
             for f in found:
-                gone, added = postgres.resync(conn, f)
+                gone, added = postgres.resync(conn, f, _settled(f))
                 removed, written = removed + gone, written + added
             # Hours with rows but no file: the archive is the truth, so they go.
             _, sums = postgres.snapshot(conn, start, end)
@@ -79,8 +82,23 @@ def sync(args: argparse.Namespace, settings: Settings) -> int:
     except psycopg.Error as exc:
         print(f"event-analytics sync: PostgreSQL: {postgres.describe(exc, url)}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"event-analytics sync: {exc}", file=sys.stderr)
+        return 1
     print(f"synced {len(found)} hours: {written} rows written, {removed} rows replaced or removed")
     return 0
+
+
+def _settled(f: files.ArchiveFile) -> int:
+    """The file's settled size, waiting (bounded) for an archiver's write to finish."""
+    from event_analytics.destinations.delivery import settled_size
+
+    deadline = time.monotonic() + SETTLE_WAIT_S
+    while (size := settled_size(f.path)) is None:
+        if time.monotonic() > deadline:
+            raise OSError(f"{f.relative} stayed locked by an archiver for {SETTLE_WAIT_S:.0f} s")
+        time.sleep(0.01)
+    return size
 
 
 def _archive_sums(f: files.ArchiveFile, upto: int) -> tuple[int, int]:

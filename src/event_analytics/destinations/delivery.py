@@ -11,6 +11,7 @@ to a small status file that /persistent/status and /metrics read.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -218,16 +219,37 @@ class Delivery:
             log.warning("cannot write %s: %s", path, exc)
 
 
+def settled_size(path: Path) -> int | None:
+    """The file's size at an instant no archiver is writing it, or None if one is now.
+
+    The archiver appends and fsyncs under an exclusive flock, and a failed append is cut
+    back to its old size before the lock is released (archive/files.py): bytes below a
+    size seen under a shared lock never change, while bytes past it may still vanish.
+    Non-blocking, so the delivery never holds up the archiver, nor waits for it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _whole_lines(path: Path, offset: int, limit: int) -> bytes:
-    """Complete lines from ``offset``: about ``limit`` bytes, at least one whole line."""
+    """Complete, settled lines from ``offset``: about ``limit`` bytes, at least one line."""
+    size = settled_size(path)
+    if size is None or size <= offset:
+        return b""
     with path.open("rb") as handle:
         handle.seek(offset)
-        data = handle.read(limit)
-        while data and b"\n" not in data:  # one line longer than the limit
-            more = handle.read(limit)
-            if not more:
-                return b""  # a torn tail only: not an event (yet)
-            data += more
+        data = handle.read(min(limit, size - offset))
+        while data and b"\n" not in data and offset + len(data) < size:  # a very long line
+            data += handle.read(min(limit, size - offset - len(data)))
     return data[: data.rfind(b"\n") + 1]
 
 

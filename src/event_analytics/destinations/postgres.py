@@ -209,8 +209,9 @@ def _record(conn: psycopg.Connection[Any], relative: str, hour: datetime, done: 
     )
 
 
-def resync(conn: psycopg.Connection[Any], found: files.ArchiveFile) -> tuple[int, int]:
-    """Make the hour's rows exactly the file's complete lines, in one transaction:
+def resync(conn: psycopg.Connection[Any], found: files.ArchiveFile, size: int) -> tuple[int, int]:
+    """Make the hour's rows exactly the file's complete lines in its first ``size`` bytes
+    (a settled size: delivery.settled_size), in one transaction:
     delete them, copy the file again, record it delivered. (rows removed, rows written).
     The file is streamed line by line: an hour file may be far larger than memory."""
     seen = [0, 0]  # bytes and lines copied: the progress to record
@@ -218,7 +219,7 @@ def resync(conn: psycopg.Connection[Any], found: files.ArchiveFile) -> tuple[int
     def lines() -> Iterator[bytes]:
         with found.path.open("rb") as handle:
             for line in handle:
-                if not line.endswith(b"\n") or seen[0] + len(line) > found.size_bytes:
+                if not line.endswith(b"\n") or seen[0] + len(line) > size:
                     return  # a torn tail, or past the size listed: not yet
                 seen[0] += len(line)
                 seen[1] += 1
