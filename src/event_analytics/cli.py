@@ -1,5 +1,5 @@
 """Command line: serve | archiver | rebuild | verify | backup | restore | loadtest | status |
-goals (and explore_cli's sql | compact | funnel | retention | query)."""
+goals | export | deliver | sync (and explore_cli's sql | compact | funnel | retention | query)."""
 
 from __future__ import annotations
 
@@ -80,6 +80,7 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     engine: EmbeddedServer | None = None
     lock: DataDirLock | None = None
     archiver: Supervised | None = None
+    delivery: Supervised | None = None
     if settings.engine_kind == "embedded":
         lock = DataDirLock(settings.data_dir)
         try:
@@ -108,6 +109,11 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
         argv = [sys.executable, "-m", "event_analytics", "archiver"]
         archiver = Supervised("archiver", argv, env=dict(os.environ))
         archiver.start()
+    if settings.postgres_url:
+        # Its own process: it reads the hour files only, so PostgreSQL never slows ingest.
+        argv = [sys.executable, "-m", "event_analytics", "deliver"]
+        delivery = Supervised("postgres-delivery", argv, env=dict(os.environ))
+        delivery.start()
     # uvicorn re-raises the signal that stopped it once it has shut down; with these
     # handlers in place that ends here, so children are stopped cleanly and we exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -135,6 +141,8 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     except _Terminated:
         pass
     finally:
+        if delivery is not None:
+            delivery.stop()
         if archiver is not None:
             archiver.stop()
         if engine is not None:
@@ -241,6 +249,10 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    if args.postgres:
+        from event_analytics import postgres_cli
+
+        return postgres_cli.verify(args, settings)
     from event_analytics.archive import files
     from event_analytics.archive.verify import Difference, verify
     from event_analytics.console import print_differences
@@ -317,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--to", dest="end", type=_when, help="ISO date/time, exclusive")
         if name == "rebuild":
             p.add_argument("--force", action="store_true", help="even with unarchived events")
+        else:
+            p.add_argument(
+                "--postgres",
+                action="store_true",
+                help="compare PostgreSQL (EA_POSTGRES_URL) instead",
+            )
         p.set_defaults(func=func)
 
     for name, text in (
@@ -363,10 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--minutes", type=_bounded(int, 1, 1440), default=10, help="minutes shown")
     status.set_defaults(func=_status)
 
-    from event_analytics import explore_cli, goals_cli
+    from event_analytics import explore_cli, export_cli, goals_cli, postgres_cli
 
     explore_cli.add_commands(sub, add_dirs)
     goals_cli.add_commands(sub, add_dirs)
+    export_cli.add_commands(sub, add_dirs)
+    postgres_cli.add_commands(sub, add_dirs)
     return parser
 
 

@@ -157,6 +157,15 @@ class Settings(BaseSettings):
     compact_after_s: float = Field(default=300.0, ge=0, le=7 * 24 * 3600)
     rebuild_crash_after_batches: int = Field(default=0, ge=0)
 
+    # PostgreSQL destination (destinations/): a libpq URL (postgresql://user:pw@host/db,
+    # sslmode etc. as libpq reads them); empty = none. Every archived event is written
+    # there exactly once by the delivery process that ``serve`` then starts.
+    postgres_url: str | None = None
+    # Bytes of an hour file sent per transaction (whole lines; at least one line).
+    postgres_batch_bytes: int = Field(default=4 * 1024 * 1024, ge=1, le=256 * 1024 * 1024)
+    # Fault injection for the crash tests only: SIGKILL the delivery process at this point.
+    postgres_crash_at: Literal["", "mid_copy", "before_commit", "after_commit"] = ""
+
     # Unique users of hour and day buckets: exact sets, or HyperLogLogs (0.81% standard
     # error, 12 KiB at most per bucket). Minute buckets and page figures are always exact.
     uniques: Literal["exact", "approx"] = "approx"
@@ -198,7 +207,7 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("redis_url", "redis_cluster_url", "redis_read_url")
+    @field_validator("redis_url", "redis_cluster_url", "redis_read_url", "postgres_url")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None

@@ -205,10 +205,26 @@ class EngineGauges:
     nodes: tuple[tuple[str, int, int], ...]  # (node, used bytes, maxmemory; 0 = none)
 
 
+@dataclass(frozen=True, slots=True)
+class DestinationGauges:
+    """A destination's delivery (PostgreSQL) at scrape time, from its status file."""
+
+    name: str
+    up: bool  # its process runs and reaches the destination
+    events_behind: float  # NaN while unknown (never reached it since it started)
+    seconds_behind: float
+
+
 class _ArchiveCollector(Collector):
-    def __init__(self, gauges: ArchiveGauges | None, engine: EngineGauges | None) -> None:
+    def __init__(
+        self,
+        gauges: ArchiveGauges | None,
+        engine: EngineGauges | None,
+        destinations: tuple[DestinationGauges, ...] = (),
+    ) -> None:
         self.gauges = gauges
         self.engine = engine
+        self.destinations = destinations
 
     def collect(self) -> Iterator[Metric]:
         # NaN, not 0, while unknown: a lag of 0 would claim an archiver that is caught up.
@@ -239,10 +255,36 @@ class _ArchiveCollector(Collector):
             limit.add_metric([node], float(limit_bytes))
         yield used
         yield limit
+        if not self.destinations:
+            return
+        up = GaugeMetricFamily(
+            "ea_destination_up",
+            "1 while the destination's delivery process runs and reaches it",
+            labels=["destination"],
+        )
+        events = GaugeMetricFamily(
+            "ea_destination_lag_events",
+            "Archived events not yet delivered to the destination (NaN while unknown)",
+            labels=["destination"],
+        )
+        seconds = GaugeMetricFamily(
+            "ea_destination_lag_seconds",
+            "Age (since it was received) of the oldest archived event not yet delivered",
+            labels=["destination"],
+        )
+        for d in self.destinations:
+            up.add_metric([d.name], 1.0 if d.up else 0.0)
+            events.add_metric([d.name], d.events_behind)
+            seconds.add_metric([d.name], d.seconds_behind)
+        yield up
+        yield events
+        yield seconds
 
 
 def _registries(
-    archive: ArchiveGauges | None, engine: EngineGauges | None
+    archive: ArchiveGauges | None,
+    engine: EngineGauges | None,
+    destinations: tuple[DestinationGauges, ...],
 ) -> Iterable[CollectorRegistry]:
     if MULTIPROCESS:
         merged = CollectorRegistry()
@@ -251,10 +293,14 @@ def _registries(
     else:
         yield REGISTRY
     extra = CollectorRegistry()
-    extra.register(_ArchiveCollector(archive, engine))
+    extra.register(_ArchiveCollector(archive, engine, destinations))
     yield extra
 
 
-def scrape(archive: ArchiveGauges | None, engine: EngineGauges | None = None) -> bytes:
+def scrape(
+    archive: ArchiveGauges | None,
+    engine: EngineGauges | None = None,
+    destinations: tuple[DestinationGauges, ...] = (),
+) -> bytes:
     """The Prometheus text exposition of every metric, summed over worker processes."""
-    return b"".join(generate_latest(r) for r in _registries(archive, engine))
+    return b"".join(generate_latest(r) for r in _registries(archive, engine, destinations))

@@ -21,6 +21,7 @@ from event_analytics.api import (
     dashboard,
     events,
     explore,
+    export,
     goals,
     health,
     ingest_http,
@@ -186,7 +187,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(metrics.RequestTimer)
     app.add_middleware(RequestContext, access_log=settings.access_log)
-    for module in (health, analytics, explore, stats, reports, persistent, metrics, compat, goals):
+    routers = (
+        health,
+        analytics,
+        explore,
+        stats,
+        reports,
+        persistent,
+        metrics,
+        compat,
+        goals,
+        export,
+    )
+    for module in routers:
         app.include_router(module.router)
     dashboard.install(app)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -10,6 +12,7 @@ from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from event_analytics import metrics
+from event_analytics.destinations import delivery
 
 router = APIRouter(tags=["metrics"])
 
@@ -29,8 +32,29 @@ UNMATCHED = "unmatched"
 async def prometheus(request: Request) -> Response:
     archive: ArchiveProbe = request.app.state.archive_probe
     engine: EngineProbe = request.app.state.engine_probe
-    body = metrics.scrape(await archive(request.app), await engine(request.app))
+    body = metrics.scrape(
+        await archive(request.app), await engine(request.app), await _destinations(request)
+    )
     return Response(body, media_type=metrics.CONTENT_TYPE)
+
+
+async def _destinations(request: Request) -> tuple[metrics.DestinationGauges, ...]:
+    settings = request.app.state.settings
+    if not settings.postgres_url:
+        return ()
+    found = await asyncio.to_thread(delivery.read_status, settings)
+    if found is None:
+        nan = math.nan
+        return (metrics.DestinationGauges("postgres", False, nan, nan),)
+    behind, seconds = found.get("events_behind"), found.get("seconds_behind")
+    return (
+        metrics.DestinationGauges(
+            "postgres",
+            found.get("state") == "running",
+            math.nan if behind is None else float(behind),
+            math.nan if seconds is None else float(seconds),
+        ),
+    )
 
 
 class RequestTimer:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.archive.files import LineCounter, list_files
+from event_analytics.destinations import delivery
 from event_analytics.store.streams import archive_lag_s
 from event_analytics.store.watch import EngineWatch
 from event_analytics.timebucket import iso_z
@@ -31,7 +32,9 @@ router = APIRouter(prefix="/persistent", tags=["archive"])
         "`status` is `healthy` when at least one archiver is running, none is blocked and "
         "the engine takes events; else `archiver_not_running`, `blocked`, or the readiness "
         "reason that keeps events out (`engine_full`, `engine_may_evict`, `storage_full`, "
-        "`archive_backlog_full`)."
+        "`archive_backlog_full`). `destinations.postgres` (with EA_POSTGRES_URL): the "
+        "delivery's `state` (`running`, `unreachable`, `blocked`, `not_running`), "
+        "`events_behind` and `seconds_behind` (age of the oldest undelivered event)."
     ),
     responses=problem_responses(503),
 )
@@ -55,8 +58,13 @@ async def status(request: Request) -> dict[str, Any]:
         state = refusal.reason
     else:
         state = "healthy"
+    destinations: dict[str, Any] = {}
+    if settings.postgres_url:
+        # Written by the delivery process about once a second; None: it never ran.
+        destinations["postgres"] = await asyncio.to_thread(delivery.read_status, settings)
     return {
         "status": state,
+        "destinations": destinations,
         "stats": {
             "stream_length": backlog["stream_length"],
             "pending_messages": backlog["pending"],

@@ -1,0 +1,118 @@
+"""GET /api/export: raw events of a range from the archive, streamed; and its manifest.
+
+The body is produced by ``archive/export.py`` one hour file at a time in a worker
+thread (Starlette iterates a plain iterator off the event loop), so a large export
+neither holds its events in memory nor stalls ingest. Only files the archive lists
+under its own root are read: no parameter becomes a path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+
+from event_analytics.api import deps
+from event_analytics.api.problems import problem_responses
+from event_analytics.api.render import json_response
+from event_analytics.archive import export
+from event_analytics.model import FieldError, InvalidQuery
+from event_analytics.timebucket import to_utc
+
+router = APIRouter(prefix="/api/export", tags=["export"])
+HTTP_FORMATS = ("ndjson", "csv")  # Parquet needs a seekable file: the export command
+MEDIA = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+MAX_SITE = 253
+
+From = Annotated[str | None, Query(alias="from", description="ISO 8601, UTC if naive; inclusive")]
+To = Annotated[str | None, Query(alias="to", description="ISO 8601, UTC if naive; exclusive")]
+Site = Annotated[
+    str | None, Query(description="only events whose payload.domain or page host is this")
+]
+
+
+def _time(name: str, text: str | None) -> datetime:
+    if not text:
+        raise _bad("missing_parameter", name, f"{name} is required, e.g. 2026-11-27T10:00:00Z")
+    try:
+        return to_utc(datetime.fromisoformat(text))
+    except (ValueError, OverflowError):  # e.g. year 1 with an offset east of UTC
+        raise _bad(
+            "invalid_time",
+            name,
+            "expected an ISO 8601 date or date-time within years 1-9999 UTC, e.g. 2026-11-27",
+        ) from None
+
+
+def _bad(code: str, field: str, message: str) -> InvalidQuery:
+    return InvalidQuery([FieldError(code, field, message)])
+
+
+def _manifest(start: str | None, end: str | None, fmt: str, site: str | None) -> export.Manifest:
+    begin, until = _time("from", start), _time("to", end)
+    if until <= begin:
+        raise _bad("invalid_range", "to", "to must be later than from")
+    if fmt not in HTTP_FORMATS:
+        raise _bad(
+            "invalid_format",
+            "format",
+            "format must be ndjson or csv here; Parquet: the export command (--format parquet)",
+        )
+    if site is not None and not 0 < len(site) <= MAX_SITE:
+        raise _bad("invalid_site", "site", f"site must be 1 to {MAX_SITE} characters")
+    return export.Manifest(begin, until, cast(export.Format, fmt), site)
+
+
+@router.get(
+    "",
+    summary="Raw events of a range from the archive (NDJSON or CSV), streamed",
+    description=(
+        "One archived event per line (NDJSON: the archive's own record encoding), or CSV "
+        "with a header (columns: docs/deploy.md). Hour by hour, oldest first; open hours "
+        "as far as they are written. `GET /api/export/manifest` with the same parameters "
+        "gives per-hour counts and checksums to check the download against."
+    ),
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {m: {} for m in MEDIA.values()}, "description": "The events"},
+        **problem_responses(422),
+    },
+)
+async def download(
+    request: Request, start: From = None, end: To = None, format: str = "ndjson", site: Site = None
+) -> Response:
+    manifest = _manifest(start, end, format, site)
+    root = deps.settings(request).archive_path
+    name = f"events_{manifest.start:%Y%m%dT%H%M%SZ}_{manifest.end:%Y%m%dT%H%M%SZ}.{format}"
+    return StreamingResponse(
+        export.stream(root, manifest),
+        media_type=MEDIA[format],
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.get(
+    "/manifest",
+    summary="The manifest of the same export: per-hour counts and checksums, totals",
+    description=(
+        "What `GET /api/export` with these parameters sends now: per hour `events`, "
+        "`ids_checksum` and the `sha256` of the hour's bytes; totals. An open hour grows: "
+        "compare closed hours, or fetch the manifest right after the download."
+    ),
+    responses=problem_responses(422),
+)
+async def manifest(
+    request: Request, start: From = None, end: To = None, format: str = "ndjson", site: Site = None
+) -> Response:
+    made = _manifest(start, end, format, site)
+    root = deps.settings(request).archive_path
+
+    def run() -> dict[str, Any]:
+        for _ in export.stream(root, made):
+            pass
+        return made.as_dict()
+
+    return json_response(await asyncio.to_thread(run))

@@ -1,0 +1,1 @@
+"""Destinations the archive is delivered to, exactly once (PostgreSQL)."""
