@@ -25,7 +25,6 @@ from procs import EngineProcess
 from event_analytics.archive import files, rebuild
 from event_analytics.archive.record import Record, encode
 from event_analytics.config import Settings
-from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
 from event_analytics.store import Store
 from event_analytics.store.embedded import find_server_binary
@@ -88,7 +87,7 @@ async def run(url: str, root: Path, shards: int) -> rebuild.RebuildReport:
     store = Store.from_settings(settings)
     try:
         found = files.list_files(root, None, None)
-        return await rebuild.rebuild(Ingestor(settings, store), found)
+        return await rebuild.rebuild(settings, store, found)
     finally:
         await store.close()
 

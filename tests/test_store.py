@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
+from event_analytics.archive.rebuild import prepare_archived
+from event_analytics.archive.record import Record
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
 from event_analytics.model import EVENT_ADAPTER, Event
@@ -24,7 +26,7 @@ from event_analytics.store.reads import Reads
 from event_analytics.store.redis import AGGREGATE_ABOVE, DEDUP_GENERATIONS
 from event_analytics.store.scripts import Lua, call_per_shard, source
 from event_analytics.store.streams import archive_lag_s
-from event_analytics.timebucket import Interval, floor
+from event_analytics.timebucket import Interval, floor, to_utc
 from tests.backends import Backend
 from tests.helpers import event, run_store
 
@@ -507,6 +509,13 @@ def test_an_id_counts_once_across_user_shards(db: Backend, dies_after: str, then
     assert streamed == 1 and outbox == 0
 
 
+def _replayed(body: dict[str, Any]) -> Record:
+    """An event as the archive gives it back to a rebuild."""
+    got = EVENT_ADAPTER.validate_python(body)
+    page = {"page_url": got.payload.page_url}
+    return Record(got.event_id, got.user_id, to_utc(got.timestamp), got.event_type, page)
+
+
 def test_a_replay_call_sent_twice_counts_once(db: Backend) -> None:
     # Replay (rebuild) has no dedup memory, so its calls carry a marker of their own: the
     # client library's resend of a call whose reply was lost must not count it twice.
@@ -514,9 +523,7 @@ def test_a_replay_call_sent_twice_counts_once(db: Backend) -> None:
     bodies = [event(user=f"u{i}", ts=now - timedelta(minutes=2)) for i in range(30)]
 
     async def work(ingestor: Ingestor, store: Store) -> list[list[int]]:
-        prepared = [
-            ingestor.prepare(EVENT_ADAPTER.validate_python(b), now, replay=True) for b in bodies
-        ]
+        prepared = [prepare_archived(ingestor.buckets, _replayed(b)) for b in bodies]
         _, calls = store._calls(prepared, False)
         return [(await call_per_shard(store.client, store._ingest_script, calls))[0] for _ in "ab"]
 

@@ -227,7 +227,7 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
                 )
                 return 1
             with progress_bar("rebuild", sum(f.size_bytes for f in found)) as advance:
-                report = await rebuild.rebuild(ingestor, found, advance)
+                report = await rebuild.rebuild(settings, ingestor.store, found, advance)
         print(
             f"rebuilt {report.days} days from {report.files} files: {report.events} events "
             f"in {report.seconds:.2f} s ({report.events_per_s:,.0f} events/s)"

@@ -150,7 +150,7 @@ class Settings(BaseSettings):
     archiver_crash_at: Literal[
         "", "after_write", "mid_line", "compact_written", "compact_renamed"
     ] = ""
-    # The archiver writes a Parquet copy of each hour file (analytics/compact.py) once
+    # The archiver writes a Parquet copy of each hour file (archive/compact.py) once
     # the hour has been closed this long: late events go on landing in the JSONL, and
     # a copy is written once, so wait past the common delays; 0 = at once.
     compact: bool = True

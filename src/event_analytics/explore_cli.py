@@ -66,7 +66,7 @@ def _view(found: Sources) -> str:
 
 
 def _compact(args: argparse.Namespace, settings: Settings) -> int:
-    from event_analytics.analytics.compact import compact_closed
+    from event_analytics.archive.compact import compact_closed
 
     began = datetime.now(UTC)
     hours, events = compact_closed(settings.archive_path, began)

@@ -30,13 +30,12 @@ from event_analytics.model import (
     errors_from_validation,
     too_many_event_types,
 )
-from event_analytics.store import Bucket, Outcome, PreparedEvent, Store
+from event_analytics.store import Outcome, PreparedEvent, Store
 from event_analytics.store.claims import SWEEP_AFTER_S
+from event_analytics.store.prepared import Buckets
 from event_analytics.timebucket import iso_z, to_utc
 
 log = logging.getLogger(__name__)
-# Buckets kept for reuse by prepare(): live traffic touches a few minutes, a rebuild a day.
-_BUCKET_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +71,7 @@ class Ingestor:
         self._skew = timedelta(seconds=settings.future_skew_s)
         self._max_age = timedelta(seconds=settings.max_age_s)
         self.batcher: GroupCommit | None = None
-        self._buckets: dict[tuple[int, str, str], Bucket] = {}
+        self.buckets = Buckets(settings, self.keys)
         self._sweeper: asyncio.Task[None] | None = None
 
     def start_batching(self) -> None:
@@ -146,74 +145,19 @@ class Ingestor:
 
     # -- preparation ------------------------------------------------------------------
 
-    def prepare(self, event: Event, now: datetime, *, replay: bool = False) -> PreparedEvent:
+    def prepare(self, event: Event, now: datetime) -> PreparedEvent:
         """Bucket, values and the archived record for one valid event.
 
-        ``replay`` (rebuild from the archive) skips the acceptance window, which applied
-        when the event first arrived, and the record, which is not streamed again.
-        This runs once per event on the hot path: names and expiry times are made once
-        per bucket (``_bucket``), labels cut from one isoformat().
+        This runs once per event on the hot path: buckets are cached (``Buckets``).
         """
-        if replay:
-            return self.prepare_archived(
-                Record(
-                    event.event_id,
-                    event.user_id,
-                    to_utc(event.timestamp),
-                    event.event_type,
-                    {"page_url": event.payload.page_url},
-                )
-            )
         ts = self.check_time(event, now)
         shard = self.keys.shard_of(event.user_id)
-        bucket = self._bucket_of(shard, event.event_type, ts)
+        bucket = self.buckets.of(shard, event.event_type, ts)
         payload = event.payload.as_record()
         record = encode(Record(event.event_id, event.user_id, ts, event.event_type, payload, now))
         return PreparedEvent(
             shard, bucket, event.event_id.bytes, event.user_id, event.payload.page_url, record
         )
-
-    def prepare_archived(self, got: Record) -> PreparedEvent:
-        """What replaying an archived record needs (rebuild): straight from the archive's
-        codec, without an Event (it was validated when it arrived; building a pydantic
-        model per line cost more than the rest of the replay on the Python side)."""
-        shard = self.keys.shard_of(got.user_id)
-        bucket = self._bucket_of(shard, got.event_type, got.timestamp)
-        page = got.payload.get("page_url")
-        return PreparedEvent(
-            shard, bucket, got.event_id.bytes, got.user_id, page if page else None, b""
-        )
-
-    def _bucket_of(self, shard: int, event_type: str, ts: datetime) -> Bucket:
-        """The bucket of a UTC timestamp (cached: labels cut from one isoformat())."""
-        iso = ts.isoformat()  # YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00
-        bucket = self._buckets.get((shard, event_type, iso[:16]))
-        if bucket is None:
-            bucket = self._bucket(shard, event_type, iso, ts)
-        return bucket
-
-    def _bucket(self, shard: int, event_type: str, iso: str, ts: datetime) -> Bucket:
-        """Names and expiry times of one (shard, event type, minute), kept for reuse."""
-        s = self.settings
-        epoch = int(ts.timestamp())
-        minute_end = epoch - epoch % 60 + 60
-        hour_end = epoch - epoch % 3600 + 3600
-        day_end = epoch - epoch % 86400 + 86400
-        bucket = Bucket(
-            event_type=event_type,
-            stems=self.keys.stems(shard, event_type, iso[:16], iso[:13], iso[:10]),
-            expire_at=(
-                minute_end + s.minute_retention_s,
-                hour_end + s.hour_retention_s,
-                day_end + s.day_retention_s,
-            ),
-            exact=s.uniques == "exact",
-            dedup_window_s=s.dedup_window_s,
-        )
-        if len(self._buckets) >= _BUCKET_CACHE:
-            self._buckets.clear()  # old minutes: the live ones come back at once
-        self._buckets[shard, event_type, iso[:16]] = bucket
-        return bucket
 
     async def _store(self, prepared: list[PreparedEvent]) -> list[Outcome]:
         if self.batcher is not None:

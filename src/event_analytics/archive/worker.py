@@ -8,7 +8,7 @@ are not in their hour file yet: the archive never holds an event twice.
 
 Beside that, off the write path (its own task, one hour per worker-thread call), it
 writes the Parquet copies of closed hours that queries read instead of their JSONL
-(analytics/compact.py; EA_COMPACT, EA_COMPACT_AFTER_S).
+(archive/compact.py; EA_COMPACT, EA_COMPACT_AFTER_S).
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from typing import Any
 
 import duckdb
 
-from event_analytics.analytics import compact
-from event_analytics.archive import files
+from event_analytics.archive import compact, files
 from event_analytics.archive.record import InvalidRecord, archive_line
 from event_analytics.config import Settings
 from event_analytics.keys import Keys
