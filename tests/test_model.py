@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from event_analytics.config import Settings
 from event_analytics.decode import decode_event
+from event_analytics.errors import InvalidEvent, MalformedJSON
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
-from event_analytics.model import InvalidEvent, MalformedJSON
 from event_analytics.store import Store
 
 # Any printable text (emails, other trackers' ids): no control characters, no surrogates.

@@ -17,9 +17,10 @@ import redis.asyncio as aioredis
 
 from event_analytics.api.app import create_app
 from event_analytics.config import Settings
+from event_analytics.errors import InvalidEvent
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
-from event_analytics.model import EVENT_ADAPTER, InvalidEvent
+from event_analytics.model import EVENT_ADAPTER
 from event_analytics.store import Store
 
 COMPONENTS = "#/components/schemas/"

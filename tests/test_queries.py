@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from event_analytics.errors import InvalidQuery
 from event_analytics.keys import Keys
-from event_analytics.model import InvalidQuery
 from event_analytics.queries import (
     LATEST,
     PagesPlan,

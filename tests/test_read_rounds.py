@@ -22,7 +22,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from event_analytics.model import QueryTooCostly
+from event_analytics.errors import QueryTooCostly
 from event_analytics.queries import plan_series
 from event_analytics.series import Series, UserSource
 from event_analytics.store import Store

@@ -26,7 +26,7 @@ from event_analytics.analytics.snapshot import Sources, hour_files
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
 from event_analytics.analytics.sql import COLUMNS
 from event_analytics.config import Settings
-from event_analytics.model import EventAnalyticsError
+from event_analytics.errors import EventAnalyticsError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

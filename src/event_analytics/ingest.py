@@ -18,18 +18,15 @@ from event_analytics.archive.record import Record, encode
 from event_analytics.batcher import GroupCommit
 from event_analytics.config import Settings
 from event_analytics.decode import decode_event, decode_json
-from event_analytics.keys import Keys
-from event_analytics.model import (
-    EVENT_ADAPTER,
-    EVENTS_ADAPTER,
-    Event,
+from event_analytics.errors import (
     FieldError,
     InvalidEvent,
     MalformedJSON,
     StorageUnavailable,
-    errors_from_validation,
     too_many_event_types,
 )
+from event_analytics.keys import Keys
+from event_analytics.model import EVENT_ADAPTER, EVENTS_ADAPTER, Event, errors_from_validation
 from event_analytics.store import Outcome, PreparedEvent, Store
 from event_analytics.store.claims import SWEEP_AFTER_S
 from event_analytics.store.prepared import Buckets

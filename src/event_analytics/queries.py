@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from event_analytics.model import FieldError, InvalidQuery
+from event_analytics.errors import FieldError, InvalidQuery
 from event_analytics.series import Series, UserSource
 from event_analytics.timebucket import (
     Interval,

@@ -34,9 +34,9 @@ from event_analytics.api.request_context import RequestContext
 from event_analytics.api.security import Guard, ReadGuard, document_security
 from event_analytics.archive.files import LineCounter
 from event_analytics.config import Settings, load_settings
+from event_analytics.errors import StorageUnavailable
 from event_analytics.ingest import Ingestor
 from event_analytics.metrics import ArchiveGauges, EngineGauges
-from event_analytics.model import StorageUnavailable
 from event_analytics.store import Store
 from event_analytics.store.ratelimit import RateLimits
 from event_analytics.store.reads import Reads

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from starlette.types import Receive, Scope
 
 from event_analytics import metrics
-from event_analytics.model import BodyTimeout, BodyTooLarge, MalformedJSON, UnsupportedMediaType
+from event_analytics.errors import BodyTimeout, BodyTooLarge, MalformedJSON, UnsupportedMediaType
 
 JSON_TYPES = ("application/json",)
 # navigator.sendBeacon() with a string sends text/plain, the one type that needs no CORS

@@ -29,8 +29,8 @@ from event_analytics.api.problems import problem
 from event_analytics.api.request_context import NO_ADDRESS_SCOPE
 from event_analytics.api.security import Access, Guard
 from event_analytics.config import Settings
+from event_analytics.errors import BodyTooLarge, InvalidEvent
 from event_analytics.ingest import ItemResult, Refused
-from event_analytics.model import BodyTooLarge, InvalidEvent
 from event_analytics.store.salt import DailySalt
 
 SCRIPT_PATH = "/js/script.js"

@@ -32,9 +32,9 @@ from event_analytics.api.security import (
     Guard,
 )
 from event_analytics.config import Settings
+from event_analytics.errors import EventAnalyticsError
 from event_analytics.ingest import Ingestor, ItemResult
 from event_analytics.logs import request_id
-from event_analytics.model import EventAnalyticsError
 
 ACCEPTED = "Page view event accepted and queued for processing"
 DUPLICATE = "Duplicate event_id: already counted, nothing changed"

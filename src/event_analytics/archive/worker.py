@@ -32,8 +32,8 @@ import duckdb
 from event_analytics.archive import compact, files
 from event_analytics.archive.record import InvalidRecord, archive_line
 from event_analytics.config import Settings
+from event_analytics.errors import StorageUnavailable
 from event_analytics.keys import Keys
-from event_analytics.model import StorageUnavailable
 from event_analytics.store.streams import Entry, NoGroup, StreamStore
 from event_analytics.timebucket import Interval, floor, iso_z
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from event_analytics.errors import QueryTooCostly
 from event_analytics.keys import OTHER_PAGE, Keys
-from event_analytics.model import QueryTooCostly
 from event_analytics.series import Series, UserSource
 from event_analytics.store.redis import Client, Store, engine_errors
 from event_analytics.store.rounds import Held, members, script_rounds

@@ -20,14 +20,14 @@ from redis.backoff import NoBackoff
 
 from event_analytics import metrics
 from event_analytics.config import Settings
-from event_analytics.keys import OTHER_PAGE, Keys, page_digest
-from event_analytics.model import (
+from event_analytics.errors import (
     ClusterForming,
     EngineFull,
     EngineRefused,
     StorageOutcomeUnknown,
     StorageUnavailable,
 )
+from event_analytics.keys import OTHER_PAGE, Keys, page_digest
 from event_analytics.store import claims
 from event_analytics.store.cluster import cluster_info, connect_cluster
 from event_analytics.store.prepared import Bucket, Caps, Outcome, PreparedEvent

@@ -22,7 +22,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from event_analytics.config import Settings
-from event_analytics.model import (
+from event_analytics.errors import (
     ArchiveBacklogFull,
     EngineFull,
     EngineMayEvict,
