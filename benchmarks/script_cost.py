@@ -29,7 +29,7 @@ from event_analytics.ingest import Ingestor
 from event_analytics.model import EVENT_ADAPTER
 from event_analytics.store import Store
 from event_analytics.store.embedded import find_server_binary
-from event_analytics.store.redis import AGGREGATE_ABOVE
+from event_analytics.store.writer import AGGREGATE_ABOVE
 
 # Not the script's own work: the call itself and what the measurement sends.
 OUTSIDE = {"evalsha", "config|resetstat", "info", "script|load", "hello", "client|setinfo"}

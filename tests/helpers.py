@@ -33,7 +33,7 @@ import pytest
 
 from event_analytics.ingest import Ingestor
 from event_analytics.store import Store
-from event_analytics.store.redis import AGGREGATE_ABOVE
+from event_analytics.store.writer import AGGREGATE_ABOVE
 from tests.servers import ServiceProcess
 
 # One client for all tests: httpx.post() builds a new client (and TLS context) per call,

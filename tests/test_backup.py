@@ -270,7 +270,7 @@ def _park(backend: Backend, bodies: list[dict[str, Any]], shards: int) -> list[d
         try:
             ingestor = Ingestor(settings, store)
             prepared = [ingestor.prepare(EVENT_ADAPTER.validate_python(b), now) for b in crossing]
-            assert await store._claim(prepared) == [1] * len(prepared)
+            assert await store._cross._claim(prepared) == [1] * len(prepared)
         finally:
             await store.close()
 

@@ -26,8 +26,8 @@ from event_analytics.errors import QueryTooCostly
 from event_analytics.queries import plan_series
 from event_analytics.series import Series, UserSource
 from event_analytics.store import Store
+from event_analytics.store.connect import connect_reads
 from event_analytics.store.reads import Reads
-from event_analytics.store.redis import connect_reads
 from event_analytics.timebucket import Interval, floor
 from tests.backends import Backend
 from tests.cluster import ClusterProcess

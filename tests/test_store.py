@@ -22,10 +22,11 @@ from event_analytics.keys import Keys
 from event_analytics.model import EVENT_ADAPTER, Event
 from event_analytics.store import Store
 from event_analytics.store.clear import clear_day
+from event_analytics.store.prepared import DEDUP_GENERATIONS
 from event_analytics.store.reads import Reads
-from event_analytics.store.redis import AGGREGATE_ABOVE, DEDUP_GENERATIONS
 from event_analytics.store.scripts import Lua, call_per_shard, source
 from event_analytics.store.streams import archive_lag_s
+from event_analytics.store.writer import AGGREGATE_ABOVE
 from event_analytics.timebucket import Interval, floor, to_utc
 from tests.backends import Backend
 from tests.helpers import event, run_store
@@ -490,7 +491,7 @@ def test_an_id_counts_once_across_user_shards(db: Backend, dies_after: str, then
         if dies_after == "nothing":
             flags = await store.ingest([first])
         else:
-            flags = [await store._claim([first]) == [1]]
+            flags = [await store._cross._claim([first]) == [1]]
             if dies_after == "apply":
                 assert await store._each([first], True) == [True]
         again = ingestor.prepare(EVENT_ADAPTER.validate_python(resend), now)

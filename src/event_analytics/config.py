@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     max_event_types: int = Field(default=1000, ge=1)
     max_pages_per_bucket: int = Field(default=10_000, ge=1)
     # How long an event id is remembered after it was first stored, whatever timestamp
-    # or user a resend carries (kept up to 1.5 x this: see store/redis.py).
+    # or user a resend carries (kept up to 1.5 x this: see store/prepared.py).
     dedup_window_s: int = Field(default=7 * 24 * 3600, ge=60)
 
     # Drop-in ingest (Segment's /v1/*, Plausible's /api/event): enrichment of each path

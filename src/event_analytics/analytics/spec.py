@@ -1,6 +1,7 @@
 """What an analytics question may ask: funnels, retention and breakdowns, validated.
 
-Pure data, no I/O: the API, the CLI and the tests build these from JSON. Every name a
+Pure data, no I/O but one: a regex is checked by an in-memory DuckDB, the engine that
+will run it. The API, the CLI and the tests build these from JSON. Every name a
 query can use is checked here against a fixed list; values stay values (they reach
 DuckDB as bound parameters, see ``sql.py``).
 """

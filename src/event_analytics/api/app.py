@@ -38,9 +38,9 @@ from event_analytics.errors import StorageUnavailable
 from event_analytics.ingest import Ingestor
 from event_analytics.metrics import ArchiveGauges, EngineGauges
 from event_analytics.store import Store
+from event_analytics.store.connect import connect_reads
 from event_analytics.store.ratelimit import RateLimits
 from event_analytics.store.reads import Reads
-from event_analytics.store.redis import connect_reads
 from event_analytics.store.salt import DailySalt
 from event_analytics.store.streams import StreamStore, archive_lag_s
 from event_analytics.store.watch import EngineWatch

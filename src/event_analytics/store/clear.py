@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from event_analytics.store.redis import Store, engine_errors
+from event_analytics.store.errors import engine_errors
+from event_analytics.store.writer import Store
 from event_analytics.timebucket import HOUR, MINUTE, Interval
 
 UNLINK_CHUNK = 500

@@ -9,6 +9,18 @@ from enum import IntEnum
 from event_analytics.config import Settings
 from event_analytics.keys import Keys
 
+# Dedup memory is kept in generations of (window / this) seconds: an id is remembered for
+# the window at least and one generation more at most (so 1.5 x the window's ids at most),
+# for one lookup per generation and call. ingest.lua, claim.lua and unclaim.lua are given
+# both numbers; this module is their one source.
+DEDUP_GENERATIONS = 2
+
+
+def dedup_generation_s(window_s: int) -> int:
+    """Seconds per dedup generation: the window in DEDUP_GENERATIONS parts, rounded up."""
+    return -(-window_s // DEDUP_GENERATIONS)
+
+
 # Buckets kept for reuse: live traffic touches a few minutes, a rebuild a day.
 _BUCKET_CACHE = 4096
 

@@ -14,9 +14,11 @@ from typing import Any, NamedTuple
 from event_analytics.errors import QueryTooCostly
 from event_analytics.keys import OTHER_PAGE, Keys
 from event_analytics.series import Series, UserSource
-from event_analytics.store.redis import Client, Store, engine_errors
+from event_analytics.store.connect import Client
+from event_analytics.store.errors import engine_errors
 from event_analytics.store.rounds import Held, members, script_rounds
 from event_analytics.store.scripts import Call, Lua, call_per_shard, register
+from event_analytics.store.writer import Store
 from event_analytics.timebucket import Interval
 
 # Buckets per figures.lua call: ~2 us each (GET + SCARD in Lua, measured on Valkey 8),

@@ -30,7 +30,9 @@ from event_analytics.errors import (
     StorageUnavailable,
 )
 from event_analytics.store.cluster import known_slots
-from event_analytics.store.redis import Client, Store, engine_errors
+from event_analytics.store.connect import Client
+from event_analytics.store.errors import engine_errors
+from event_analytics.store.writer import Store
 
 log = logging.getLogger(__name__)
 NO_EVICTION = "noeviction"
