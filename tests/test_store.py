@@ -22,6 +22,7 @@ from event_analytics.keys import Keys
 from event_analytics.model import EVENT_ADAPTER, Event
 from event_analytics.store import Store
 from event_analytics.store.clear import clear_day
+from event_analytics.store.ingest_call import ARG_HEADER, KEY_HEADER
 from event_analytics.store.prepared import DEDUP_GENERATIONS
 from event_analytics.store.reads import Reads
 from event_analytics.store.scripts import Lua, call_per_shard, source
@@ -194,6 +195,28 @@ def test_every_key_expires_with_its_bucket(db: Backend, aggregate_above: int) ->
     }
     assert {"count", "users", "pages", "page_users", "hll", "page_hll"} <= suffixes, keys
     assert len(kinds["m"]) == 2 * 4 and kinds["seen"]
+
+
+def _header_reads(lua: str, table: str) -> list[tuple[int, str]]:
+    """(position, local name) of each ``local <name> = ...<table>[<literal>]...`` line."""
+    pattern = rf"^local (\w+) = [^\n]*\b{table}\[(\d+)\]"
+    return [(int(i), name) for name, i in re.findall(pattern, lua, re.MULTILINE)]
+
+
+def test_the_ingest_call_is_the_scripts_header() -> None:
+    # IngestCall's header fields, in order, are ingest.lua's KEYS[1..4] and ARGV[1..13],
+    # each read once under the field's own name; nothing else in the script reads a
+    # header position by number, and the stripes start right after the header.
+    lua = source(Lua.INGEST)
+    for table, header, size in (
+        ("KEYS", KEY_HEADER, "KEY_HEADER"),
+        ("ARGV", ARG_HEADER, "ARG_HEADER"),
+    ):
+        reads = _header_reads(lua, table)
+        assert reads == list(enumerate(header, start=1)), (table, reads)
+        assert re.search(rf"^local {size} = {len(header)}$", lua, re.MULTILINE), size
+        literal = re.findall(rf"{table}\[\d+\]", re.sub(r"--[^\n]*", "", lua))
+        assert len(literal) == len(header), (table, literal)
 
 
 def test_every_script_is_a_registered_file_the_engine_compiles(db: Backend) -> None:

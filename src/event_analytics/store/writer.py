@@ -15,6 +15,7 @@ from event_analytics.keys import OTHER_PAGE, Keys, page_digest
 from event_analytics.store import claims
 from event_analytics.store.connect import Client, connect, engine_info
 from event_analytics.store.errors import engine_errors
+from event_analytics.store.ingest_call import IngestCall
 from event_analytics.store.prepared import (
     DEDUP_GENERATIONS,
     Bucket,
@@ -144,8 +145,8 @@ class Store:
         """Group events by shard: one script call (keys, args) per shard.
 
         Per call each distinct bucket's names and each distinct page once, per event five
-        values (store/ingest.lua documents the layout). ``stream=False`` (replay) counts
-        without dedup and without streaming.
+        values (``IngestCall``; store/ingest.lua documents the layout). ``stream=False``
+        (replay) counts without dedup and without streaming.
         """
         by_shard: dict[int, list[int]] = defaultdict(list)
         for index, event in enumerate(events):
@@ -154,13 +155,7 @@ class Store:
         for shard, indexes in by_shard.items():
             buckets: dict[Bucket, int] = {}
             pages: dict[str, int] = {}
-            keys = [
-                self.keys.stream(shard),
-                # Live: dedup by id. Replay: a marker of the call, applied once.
-                self.keys.seen_stem(shard) if stream else self.keys.replayed_stem(shard),
-                self.keys.stream_extra(shard),
-                self.keys.event_types(shard),
-            ]
+            bucket_stems: list[str] = []
             bucket_args: list[str | int] = []
             page_args: list[str] = []
             event_args: list[str | bytes | int] = []
@@ -169,7 +164,7 @@ class Store:
                 b = buckets.get(event.bucket)
                 if b is None:
                     b = buckets[event.bucket] = len(buckets) + 1
-                    keys.extend(event.bucket.stems)
+                    bucket_stems.extend(event.bucket.stems)
                     bucket_args.append(event.bucket.event_type)
                     bucket_args.extend(event.bucket.expire_at)
                 p = 0
@@ -180,25 +175,34 @@ class Store:
                         page_args += (event.page_url, page_digest(event.page_url))
                 event_args += (event.event_id, event.user_id, p, b, event.record)
             rules = events[indexes[0]].bucket
-            head = (
-                len(indexes),
-                len(buckets),
-                len(pages),
-                1 if stream else 0,
-                1 if rules.exact else 0,
-                1 if len(indexes) > self.aggregate_above else 0,
+            call = IngestCall(
+                stream=self.keys.stream(shard),
+                # Live: dedup by id. Replay: a marker of the call, applied once.
+                dedup_stem=self.keys.seen_stem(shard) if stream else self.keys.replayed_stem(shard),
+                stream_extra=self.keys.stream_extra(shard),
+                event_types=self.keys.event_types(shard),
+                events=len(indexes),
+                buckets=len(buckets),
+                pages=len(pages),
+                live=stream,
+                exact=rules.exact,
+                aggregate=len(indexes) > self.aggregate_above,
                 # The window in DEDUP_GENERATIONS generations, plus the one being filled.
-                dedup_generation_s(rules.dedup_window_s),
-                DEDUP_GENERATIONS,
+                generation_s=dedup_generation_s(rules.dedup_window_s),
+                generations=DEDUP_GENERATIONS,
                 # Lets the script recognise its own earlier write if this very call is sent
                 # again (a client-side retry after a lost reply): never a false duplicate.
-                secrets.token_bytes(8),
-                self.caps.event_types,
-                self.caps.pages_per_bucket,
-                OTHER_PAGE,
-                page_digest(OTHER_PAGE),
+                token=secrets.token_bytes(8),
+                max_event_types=self.caps.event_types,
+                max_pages=self.caps.pages_per_bucket,
+                other_page=OTHER_PAGE,
+                other_page_digest=page_digest(OTHER_PAGE),
+                bucket_stems=bucket_stems,
+                bucket_args=bucket_args,
+                page_args=page_args,
+                event_args=event_args,
             )
-            calls.append((keys, [*head, *bucket_args, *page_args, *event_args]))
+            calls.append(call.call())
         return by_shard, calls
 
     async def stream_length(self) -> int:
