@@ -40,6 +40,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "metrics",
             "metrics_dir",
             "supervisor",  # child processes; the embedded engine is one
+            "faults",  # the crash tests' fault injection
             "dashboard",  # static files
             "tracker",
         ),

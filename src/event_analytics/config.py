@@ -146,16 +146,11 @@ class Settings(BaseSettings):
     # the backup runs: the pause lasts as long as the backup, and ends by itself this long
     # after a backup that died (archive lag grows meanwhile; nothing is lost).
     backup_pause_ttl_s: float = Field(default=60.0, ge=5, le=3600)
-    # Fault injection for the crash tests only: SIGKILL the archiver at this point.
-    archiver_crash_at: Literal[
-        "", "after_write", "mid_line", "compact_written", "compact_renamed"
-    ] = ""
     # The archiver writes a Parquet copy of each hour file (archive/compact.py) once
     # the hour has been closed this long: late events go on landing in the JSONL, and
     # a copy is written once, so wait past the common delays; 0 = at once.
     compact: bool = True
     compact_after_s: float = Field(default=300.0, ge=0, le=7 * 24 * 3600)
-    rebuild_crash_after_batches: int = Field(default=0, ge=0)
 
     # Unique users of hour and day buckets: exact sets, or HyperLogLogs (0.81% standard
     # error, 12 KiB at most per bucket). Minute buckets and page figures are always exact.

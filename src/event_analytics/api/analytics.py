@@ -32,14 +32,6 @@ class MinuteRow(BaseModel):
     )
 
 
-class MinuteBucket(BaseModel):
-    bucket_key: str
-    event_type: str
-    minute_timestamp: str
-    count: int
-    unique_users: int
-
-
 @router.get(
     "/page_views_per_minute",
     summary="Events and exact unique users per minute, last N minutes",

@@ -11,13 +11,12 @@ dedup memory alone: it is keyed by arrival, not by the events' days.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from event_analytics import faults
 from event_analytics.archive import files, record
 from event_analytics.config import Settings
 from event_analytics.store import PreparedEvent, Store
@@ -76,6 +75,7 @@ async def rebuild(
 ) -> RebuildReport:
     """Replay ``found`` (whole days) into the store. ``advance(bytes)`` reports progress."""
     buckets = Buckets(settings, store.keys)
+    crash_after = faults.rebuild_crash_after_batches()  # the crash tests' (faults.py)
     report = RebuildReport(files=len(found))
     started = time.perf_counter()
     inflight: set[asyncio.Task[None]] = set()
@@ -105,22 +105,21 @@ async def rebuild(
                 if len(batch) >= BATCH:
                     await _flush(store, batch, report, inflight)
                     batch = []
-                    _crash_point(settings, report)
+                    _crash_point(crash_after, report)
             advance(f.size_bytes)
         await _flush(store, batch, report, inflight)
         # A day is finished before the next one's keys are cleared.
         await _drain(inflight)
-        _crash_point(settings, report)
+        _crash_point(crash_after, report)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _crash_point(settings: Settings, report: RebuildReport) -> None:
-    """Fault injection for the crash tests: SIGKILL after the configured day or batch."""
-    limit = settings.rebuild_crash_after_batches
+def _crash_point(limit: int, report: RebuildReport) -> None:
+    """Fault injection for the crash tests: SIGKILL after ``limit`` batches (0: never)."""
     report.batches += 1
     if limit and report.batches >= limit:
-        os.kill(os.getpid(), signal.SIGKILL)
+        faults.die()
 
 
 async def _flush(

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import secrets
-import signal
 import socket
 import time
 from collections import defaultdict
@@ -29,6 +28,7 @@ from typing import Any
 
 import duckdb
 
+from event_analytics import faults
 from event_analytics.archive import compact, files
 from event_analytics.archive.record import InvalidRecord, archive_line
 from event_analytics.config import Settings
@@ -71,6 +71,8 @@ class Archiver:
         self, settings: Settings, streams: StreamStore, root: Path, name: str | None = None
     ) -> None:
         self.settings = settings
+        # The crash tests' fault injection (faults.py): "" in production.
+        self._crash_at = faults.archiver_crash_at()
         self.streams = streams
         self.keys: Keys = streams.keys
         self.root = root
@@ -336,12 +338,12 @@ class Archiver:
 
     def _crash_point(self, point: str, fd: int | None, data: bytes) -> None:
         """Fault injection for the crash tests: die by SIGKILL at ``point``."""
-        if self.settings.archiver_crash_at != point:
+        if self._crash_at != point:
             return
         if fd is not None:
             os.write(fd, data[: max(1, len(data) // 2 + 7)])
             os.fsync(fd)
-        os.kill(os.getpid(), signal.SIGKILL)
+        faults.die()
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
