@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from event_analytics.analytics import funnel, query, retention
-from event_analytics.analytics.engine import QueryEngine
+from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
 from event_analytics.archive import files, record
 from event_analytics.archive.compact import compact_closed

@@ -16,7 +16,7 @@ import duckdb
 import pytest
 
 from event_analytics.analytics import funnel, query, retention
-from event_analytics.analytics.engine import QueryEngine
+from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.snapshot import hour_files
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
 from event_analytics.archive import files

@@ -37,7 +37,6 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "adapters",
             "logs",
             "telemetry",
-            "metrics",
             "metrics_dir",
             "supervisor",  # child processes; the embedded engine is one
             "faults",  # the crash tests' fault injection
@@ -47,7 +46,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     ),
     (1, ("store",)),
     (2, ("archive",)),
-    (3, ("ingest", "batcher", "analytics", "queries", "counter_queries", "destinations")),
+    (3, ("ingest", "batcher", "analytics", "counter_queries", "destinations")),
     (4, ("api",)),
     (
         5,
@@ -60,8 +59,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "restore",
             "status",
             "session",
-            "engine",
-            "target",
+            "target",  # which engine a command talks to
             "console",
             "loadtest",
         ),

@@ -14,9 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from event_analytics.errors import InvalidQuery
-from event_analytics.keys import Keys
-from event_analytics.queries import (
+from event_analytics.counter_queries import (
     LATEST,
     PagesPlan,
     SeriesPlan,
@@ -26,6 +24,8 @@ from event_analytics.queries import (
     realtime_minutes,
     series_body,
 )
+from event_analytics.errors import InvalidQuery
+from event_analytics.keys import Keys
 from event_analytics.series import Series, UserSource
 from event_analytics.timebucket import Interval, bucket_count, buckets, ceil, floor, iso_z, label
 
@@ -189,7 +189,16 @@ def test_stems_name_the_bucket_keys() -> None:
     assert re.fullmatch(r"ea:\{3\}:click:h:2026-11-27T22:page_hll:[0-9a-f]{16}", page_hll)
 
 
-PURE = ["config", "model", "timebucket", "keys", "series", "queries", "archive.record"]
+PURE = [
+    "config",
+    "model",
+    "errors",
+    "timebucket",
+    "keys",
+    "series",
+    "counter_queries",
+    "archive.record",
+]
 
 
 @pytest.mark.parametrize("module", PURE)

@@ -22,8 +22,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from event_analytics.counter_queries import plan_series
 from event_analytics.errors import QueryTooCostly
-from event_analytics.queries import plan_series
 from event_analytics.series import Series, UserSource
 from event_analytics.store import Store
 from event_analytics.store.connect import connect_reads

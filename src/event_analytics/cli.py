@@ -274,8 +274,8 @@ def _backup(args: argparse.Namespace, settings: Settings) -> int:
 
 def _with_engine(settings: Settings, run: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
     """Run ``run`` with the settings of the engine to use (see ``engine_settings``)."""
-    from event_analytics.engine import engine_settings
     from event_analytics.store.embedded import DataDirInUse
+    from event_analytics.target import engine_settings
 
     try:
         with engine_settings(settings) as resolved:

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     # Each may live on a filesystem of its own (defaults: under DATA_DIR): the embedded
     # engine's files (DATA_DIR/valkey), the archive (DATA_DIR/persistent_events), the
-    # workers' metrics files (DATA_DIR/metrics, preallocated: see metrics.py).
+    # workers' metrics files (DATA_DIR/metrics, preallocated: see telemetry.py).
     archive_dir: Path | None = None
     engine_dir: Path | None = None
     metrics_dir: Path | None = None

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from event_analytics.analytics import funnel, query, retention
-from event_analytics.analytics.engine import QueryEngine
+from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.snapshot import Sources, hour_files
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
 from event_analytics.analytics.sql import COLUMNS
@@ -114,9 +114,9 @@ def _print_rows(names: list[str], rows: list[tuple[Any, ...]], fmt: str) -> None
 def _archived_until(settings: Settings) -> datetime:
     """From the engine's streams when it can be reached; else the epoch (nothing promised)."""
     from event_analytics.analytics.freshness import archived_until
-    from event_analytics.engine import engine_settings
     from event_analytics.session import open_session
     from event_analytics.store.embedded import DataDirInUse
+    from event_analytics.target import engine_settings
 
     async def read(resolved: Settings) -> datetime:
         async with open_session(resolved) as (_, streams):

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from event_analytics import metrics
+from event_analytics import telemetry
 from event_analytics.archive.record import Record, encode
 from event_analytics.batcher import GroupCommit
 from event_analytics.config import Settings
@@ -168,14 +168,14 @@ class Ingestor:
         try:
             prepared = self.prepare(event, datetime.now(UTC))
         except InvalidEvent as exc:
-            metrics.event_rejected(exc.errors[0].code, event.event_type)
+            telemetry.event_rejected(exc.errors[0].code, event.event_type)
             raise
         (outcome,) = await self._store([prepared])
         if outcome is Outcome.TOO_MANY_EVENT_TYPES:
             refused = InvalidEvent([self._too_many_types(event.event_type)])
-            metrics.event_rejected(refused.errors[0].code, event.event_type)
+            telemetry.event_rejected(refused.errors[0].code, event.event_type)
             raise refused
-        metrics.event_stored(event.event_type, duplicate=outcome is Outcome.DUPLICATE)
+        telemetry.event_stored(event.event_type, duplicate=outcome is Outcome.DUPLICATE)
         return IngestResult(event_id=str(event.event_id), duplicate=outcome is Outcome.DUPLICATE)
 
     def _too_many_types(self, event_type: str) -> FieldError:
@@ -187,10 +187,10 @@ class Ingestor:
             # The same decoder and rules as a batch's events (one number model).
             event = decode_event(body)
         except MalformedJSON as exc:
-            metrics.event_rejected(exc.slug.replace("-", "_"))
+            telemetry.event_rejected(exc.slug.replace("-", "_"))
             raise
         except InvalidEvent as exc:
-            metrics.event_rejected(exc.errors[0].code)
+            telemetry.event_rejected(exc.errors[0].code)
             raise
         return await self.ingest(event)
 
@@ -207,7 +207,7 @@ class Ingestor:
         items = _batch_items(body, self.settings.max_batch_events)
         if admit is not None:
             await admit(len(items))  # the event rate limits: may refuse the whole batch
-        metrics.batch_received(len(items))
+        telemetry.batch_received(len(items))
         return await self.ingest_items(items, datetime.now(UTC))
 
     async def ingest_items(
@@ -251,7 +251,7 @@ class Ingestor:
             status = "accepted" if new else "duplicate"
             results[index] = ItemResult(index, str(event.event_id), status)
         for (event_type, duplicate), n in stored.items():
-            metrics.event_stored(event_type, duplicate=duplicate, n=n)
+            telemetry.event_stored(event_type, duplicate=duplicate, n=n)
         return [r for r in results if r is not None]
 
 
@@ -271,7 +271,7 @@ def _batch_items(body: bytes, limit: int) -> list[Any]:
     try:
         envelope = decode_json(body)
     except MalformedJSON as exc:
-        metrics.event_rejected(exc.slug.replace("-", "_"))
+        telemetry.event_rejected(exc.slug.replace("-", "_"))
         raise
     items = envelope.get("events") if isinstance(envelope, dict) else None
     problem = None
@@ -296,5 +296,5 @@ def _in_batch(where: str, index: int, errors: Sequence[FieldError]) -> tuple[Fie
 
 
 def _rejected(index: int, event_id: Any, errors: tuple[FieldError, ...]) -> ItemResult:
-    metrics.event_rejected(errors[0].code)
+    telemetry.event_rejected(errors[0].code)
     return ItemResult(index, event_id if isinstance(event_id, str) else None, "rejected", errors)

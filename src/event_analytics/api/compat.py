@@ -19,7 +19,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from starlette.types import Receive, Scope
 
-from event_analytics import metrics, tracker
+from event_analytics import telemetry, tracker
 from event_analytics.adapters import plausible, segment
 from event_analytics.adapters.common import Mapped
 from event_analytics.adapters.enrich import Countries, Enricher, parse_agent
@@ -86,7 +86,7 @@ def _count_drops(mapped: list[Mapped], results: list[ItemResult]) -> None:
     for m, r in zip(mapped, results, strict=True):
         if r.status == "accepted":
             for drop in m.dropped:
-                metrics.properties_dropped(drop.reason)
+                telemetry.properties_dropped(drop.reason)
 
 
 def _result_row(m: Mapped, r: ItemResult) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from redis import exceptions as rx
 
-from event_analytics import metrics
+from event_analytics import telemetry
 from event_analytics.errors import (
     ClusterForming,
     EngineFull,
@@ -98,23 +98,23 @@ async def engine_errors(*, write: bool = False) -> AsyncIterator[None]:
         # Before ConnectionError, AuthenticationError's base: not an outage, a refusal.
         raise _refused(exc) from exc
     except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
-        metrics.engine_error("unreachable")
+        telemetry.engine_error("unreachable")
         if write and _sent(exc):
             raise StorageOutcomeUnknown(f"storage did not answer: {type(exc).__name__}") from exc
         raise StorageUnavailable(f"storage unreachable: {type(exc).__name__}") from exc
     except rx.OutOfMemoryError as exc:
         # OOM: at maxmemory with noeviction. A script is refused at its first write, so
         # nothing of it was written.
-        metrics.engine_error("full")
+        telemetry.engine_error("full")
         raise EngineFull("storage full: OOM") from exc
     except _BUSY as exc:
-        metrics.engine_error("busy")
+        telemetry.engine_error("busy")
         code = getattr(exc, "status_code", None) or type(exc).__name__
         raise StorageUnavailable(f"storage busy: {code}") from exc
     except rx.ResponseError as exc:
         code = str(exc).split(" ", 1)[0]
         if code in _BUSY_UNMAPPED:
-            metrics.engine_error("busy")
+            telemetry.engine_error("busy")
             raise StorageUnavailable(f"storage busy: {code}") from exc
         if code in _REFUSED:
             raise _refused(exc) from exc
@@ -125,7 +125,7 @@ async def engine_errors(*, write: bool = False) -> AsyncIterator[None]:
         # command raises SlotNotCoveredError. Nothing was sent for it.
         if not _raised_in(exc).endswith("redis/asyncio/cluster.py"):
             raise
-        metrics.engine_error("busy")
+        telemetry.engine_error("busy")
         raise ClusterForming("unknown", None) from exc
     except (RuntimeError, AttributeError) as exc:
         # When a node dies, redis-py's cluster client may close a pooled connection while
@@ -135,23 +135,23 @@ async def engine_errors(*, write: bool = False) -> AsyncIterator[None]:
         # The request was not answered by the engine: a 503 (retry) is the truthful reply.
         if not _raised_in_connection(exc):
             raise
-        metrics.engine_error("unreachable")
+        telemetry.engine_error("unreachable")
         if write:
             raise StorageOutcomeUnknown("storage did not answer: connection closed") from exc
         raise StorageUnavailable("storage unreachable: connection closed") from exc
     except rx.RedisClusterException as exc:
         if str(exc).startswith(_CLUSTER_UNCOVERED):
-            metrics.engine_error("busy")
+            telemetry.engine_error("busy")
             covered = re.search(r"(\d+) of 16384", str(exc))
             raise ClusterForming("fail", int(covered[1]) if covered else None) from exc
         if str(exc).startswith(_CLUSTER_UNREACHABLE):
-            metrics.engine_error("unreachable")
+            telemetry.engine_error("unreachable")
             raise StorageUnavailable("storage unreachable: no cluster node answers") from exc
         raise
 
 
 def _refused(exc: rx.RedisError) -> EngineRefused:
-    metrics.engine_error("refused")
+    telemetry.engine_error("refused")
     code = str(exc).split(" ", 1)[0]
     if code not in _REFUSED:  # redis-py replaced the code by its own words
         if isinstance(exc, rx.NoPermissionError):

@@ -1,4 +1,5 @@
-"""Pure planning and shaping of analytics queries: which buckets to read, what to answer.
+"""Pure planning and shaping of counter queries (Redis buckets; DuckDB questions over the
+archive are analytics/): which buckets to read, what to answer.
 
 No I/O here: the API asks for a plan, hands it to ``store.reads``, and shapes the reply.
 Ranges are half-open, ``[from, to)``, widened to whole buckets of the interval read.
