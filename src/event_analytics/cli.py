@@ -145,7 +145,7 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
 
 def _archiver(args: argparse.Namespace, settings: Settings) -> int:
     from event_analytics.archive.worker import Archiver
-    from event_analytics.store import Store
+    from event_analytics.store import IngestWriter
     from event_analytics.store.streams import StreamStore
 
     async def run(settings: Settings) -> int:
@@ -153,7 +153,7 @@ def _archiver(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        store = Store.from_settings(settings)
+        store = IngestWriter.from_settings(settings)
         streams = StreamStore(store.client, store.keys)
         archiver = Archiver(settings, streams, settings.archive_path, name=args.name)
         log.info("archiver %s writing to %s", archiver.name, settings.archive_path)

@@ -27,7 +27,7 @@ from event_analytics.errors import (
 )
 from event_analytics.keys import Keys
 from event_analytics.model import EVENT_ADAPTER, EVENTS_ADAPTER, Event, errors_from_validation
-from event_analytics.store import Outcome, PreparedEvent, Store
+from event_analytics.store import IngestWriter, Outcome, PreparedEvent
 from event_analytics.store.claims import SWEEP_AFTER_S
 from event_analytics.store.prepared import Buckets
 from event_analytics.timebucket import iso_z, to_utc
@@ -61,7 +61,7 @@ class ItemResult:
 class Ingestor:
     """Turns validated events into one atomic storage call per shard."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: IngestWriter) -> None:
         self.settings = settings
         self.store = store
         self.keys: Keys = store.keys

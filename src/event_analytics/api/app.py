@@ -36,7 +36,7 @@ from event_analytics.archive.files import LineCounter
 from event_analytics.config import Settings, load_settings
 from event_analytics.errors import StorageUnavailable
 from event_analytics.ingest import Ingestor
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 from event_analytics.store.connect import connect_reads
 from event_analytics.store.ratelimit import RateLimits
 from event_analytics.store.reads import Reads
@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store.from_settings(settings)
+        store = IngestWriter.from_settings(settings)
         app.state.store = store
         ingestor = Ingestor(settings, store)
         ingestor.start_batching()

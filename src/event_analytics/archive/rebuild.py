@@ -19,7 +19,7 @@ from datetime import datetime
 from event_analytics import faults
 from event_analytics.archive import files, record
 from event_analytics.config import Settings
-from event_analytics.store import PreparedEvent, Store
+from event_analytics.store import IngestWriter, PreparedEvent
 from event_analytics.store.clear import clear_day
 from event_analytics.store.prepared import Buckets
 from event_analytics.timebucket import DAY, Interval, floor, to_utc
@@ -69,7 +69,7 @@ def prepare_archived(buckets: Buckets, got: record.Record) -> PreparedEvent:
 
 async def rebuild(
     settings: Settings,
-    store: Store,
+    store: IngestWriter,
     found: list[files.ArchiveFile],
     advance: Callable[[int], None] = lambda _: None,
 ) -> RebuildReport:
@@ -123,7 +123,7 @@ def _crash_point(limit: int, report: RebuildReport) -> None:
 
 
 async def _flush(
-    store: Store,
+    store: IngestWriter,
     batch: list[PreparedEvent],
     report: RebuildReport,
     inflight: set[asyncio.Task[None]],

@@ -3,6 +3,6 @@ the embedded server."""
 
 from event_analytics.store.connect import connect
 from event_analytics.store.prepared import Bucket, Caps, Outcome, PreparedEvent
-from event_analytics.store.writer import Store
+from event_analytics.store.writer import IngestWriter
 
-__all__ = ["Bucket", "Caps", "Outcome", "PreparedEvent", "Store", "connect"]
+__all__ = ["Bucket", "Caps", "IngestWriter", "Outcome", "PreparedEvent", "connect"]

@@ -18,7 +18,7 @@ from event_analytics.store.connect import Client
 from event_analytics.store.errors import engine_errors
 from event_analytics.store.rounds import Held, members, script_rounds
 from event_analytics.store.scripts import Lua, register
-from event_analytics.store.writer import Store
+from event_analytics.store.writer import IngestWriter
 from event_analytics.timebucket import Interval
 
 # Buckets per figures.lua call: ~2 us each (GET + SCARD in Lua, measured on Valkey 8),
@@ -45,7 +45,7 @@ class Reads:
 
     def __init__(
         self,
-        store: Store,
+        store: IngestWriter,
         client: Client | None = None,
         max_cost: int = 500_000,
         chunk_entries: int = 10_000,

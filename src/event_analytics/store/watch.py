@@ -32,7 +32,7 @@ from event_analytics.errors import (
 from event_analytics.store.cluster import known_slots
 from event_analytics.store.connect import Client
 from event_analytics.store.errors import engine_errors
-from event_analytics.store.writer import Store
+from event_analytics.store.writer import IngestWriter
 
 log = logging.getLogger(__name__)
 NO_EVICTION = "noeviction"
@@ -112,7 +112,7 @@ def free_bytes(path: Path) -> int | None:
 class EngineWatch:
     """The last readings, refreshed in the background by ``run``."""
 
-    def __init__(self, store: Store, settings: Settings, interval_s: float = 1.0) -> None:
+    def __init__(self, store: IngestWriter, settings: Settings, interval_s: float = 1.0) -> None:
         self.store = store
         self.client: Client = store.client
         self.allow_evicting = settings.allow_evicting_engine

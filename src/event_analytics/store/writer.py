@@ -34,7 +34,7 @@ from event_analytics.store.scripts import Call, Lua, call_per_shard, register
 AGGREGATE_ABOVE = 4
 
 
-class Store:
+class IngestWriter:
     """The ingest writer over one connection pool; reads, streams and health checks use
     its client and Keys."""
 
@@ -53,7 +53,9 @@ class Store:
         self._cross = claims.CrossShard(client, keys, lambda events: self._each(events, True))
 
     @classmethod
-    def from_settings(cls, settings: Settings, aggregate_above: int = AGGREGATE_ABOVE) -> Store:
+    def from_settings(
+        cls, settings: Settings, aggregate_above: int = AGGREGATE_ABOVE
+    ) -> IngestWriter:
         """The one factory: the client of the engine the settings choose, and its Keys.
 
         ``aggregate_above``: for measurements and tests of the script's two paths.
