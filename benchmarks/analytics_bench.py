@@ -31,10 +31,10 @@ from rich.console import Console
 from rich.table import Table
 
 from event_analytics.analytics import funnel, query, retention
-from event_analytics.analytics.compact import compact_closed
-from event_analytics.analytics.engine import QueryEngine
+from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
 from event_analytics.archive import files, record
+from event_analytics.archive.compact import compact_closed
 from event_analytics.config import Settings
 
 TYPES = ["page_view", "signup", "purchase", "add_to_cart", "search", "logout"]

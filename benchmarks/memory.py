@@ -30,7 +30,7 @@ from procs import EngineProcess
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
 from event_analytics.model import EVENT_ADAPTER
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 from event_analytics.store.embedded import find_server_binary
 
 Mode = Literal["approx", "exact"]
@@ -62,7 +62,7 @@ def traffic(minutes: int, per_minute: int, distinct: int, pages: int) -> list[di
 async def load(url: str, bodies: list[dict[str, Any]], uniques: Mode) -> float:
     """Ingest as live traffic; the script's server time per event, in µs."""
     settings = Settings(redis_url=url, uniques=uniques)
-    store = Store.from_settings(settings)
+    store = IngestWriter.from_settings(settings)
     ingestor = Ingestor(settings, store)
     now = datetime.now(UTC)
     events = [ingestor.prepare(EVENT_ADAPTER.validate_python(b), now) for b in bodies]

@@ -22,7 +22,7 @@ from procs import EngineProcess
 
 from event_analytics.config import Settings
 from event_analytics.keys import Keys
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 from event_analytics.store.embedded import find_server_binary
 from event_analytics.store.reads import Reads
 from event_analytics.timebucket import Interval, floor
@@ -37,7 +37,7 @@ async def run(args: argparse.Namespace, url: str, engine: redis.Redis) -> None:
         for name in names:
             pipe.zadd(name, {f"https://ex.com/p{i}": 1 + i % 7 for i in range(args.pages)})
         pipe.execute()
-    store = Store.from_settings(Settings(redis_url=url, shards=1))
+    store = IngestWriter.from_settings(Settings(redis_url=url, shards=1))
     try:
         for chunk in args.chunks:
             reads = Reads(store, chunk_entries=chunk, max_cost=10**9)

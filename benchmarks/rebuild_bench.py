@@ -25,9 +25,8 @@ from procs import EngineProcess
 from event_analytics.archive import files, rebuild
 from event_analytics.archive.record import Record, encode
 from event_analytics.config import Settings
-from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 from event_analytics.store.embedded import find_server_binary
 from event_analytics.timebucket import Interval
 
@@ -85,10 +84,10 @@ def check_counts(url: str, keys: Keys, day: datetime, n: int, hours: int) -> Non
 
 async def run(url: str, root: Path, shards: int) -> rebuild.RebuildReport:
     settings = Settings(redis_url=url, shards=shards, archive_dir=root)
-    store = Store.from_settings(settings)
+    store = IngestWriter.from_settings(settings)
     try:
         found = files.list_files(root, None, None)
-        return await rebuild.rebuild(Ingestor(settings, store), found)
+        return await rebuild.rebuild(settings, store, found)
     finally:
         await store.close()
 

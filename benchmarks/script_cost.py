@@ -1,7 +1,7 @@
 """What one event costs the engine: the ingest script's time and commands per event.
 
 Stores ``--events`` unique page views (10,000 users, 50 pages, one minute) through the
-real Store in calls of ``--batch`` events, on a private engine run as the service runs
+real IngestWriter in calls of ``--batch`` events, on a private engine run as the service runs
 it (AOF, fsync always), and prints from the engine's own counters (INFO commandstats,
 INFO cpu): the script's time per event, the commands it runs per event by name, and the
 engine's whole CPU per event (script, protocol, AOF). The engine is single-threaded, so
@@ -27,9 +27,9 @@ from procs import EngineProcess
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
 from event_analytics.model import EVENT_ADAPTER
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 from event_analytics.store.embedded import find_server_binary
-from event_analytics.store.redis import AGGREGATE_ABOVE
+from event_analytics.store.writer import AGGREGATE_ABOVE
 
 # Not the script's own work: the call itself and what the measurement sends.
 OUTSIDE = {"evalsha", "config|resetstat", "info", "script|load", "hello", "client|setinfo"}
@@ -37,7 +37,7 @@ OUTSIDE = {"evalsha", "config|resetstat", "info", "script|load", "hello", "clien
 
 async def store_all(url: str, n: int, batch: int, aggregate_above: int) -> None:
     settings = Settings(redis_url=url)
-    store = Store.from_settings(settings, aggregate_above=aggregate_above)
+    store = IngestWriter.from_settings(settings, aggregate_above=aggregate_above)
     ingestor = Ingestor(settings, store)
     now = datetime.now(UTC)
     ts = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
 from event_analytics.model import EVENT_ADAPTER
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 
 BATCH = 2000
 
@@ -39,7 +39,7 @@ def ingest(
         if shards is not None:
             urls["shards"] = shards
         settings = Settings(**urls, uniques=uniques, key_prefix=prefix)
-        store = Store.from_settings(settings)
+        store = IngestWriter.from_settings(settings)
         ingestor = Ingestor(settings, store)
         flags: list[bool] = []
         try:

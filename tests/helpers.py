@@ -32,8 +32,8 @@ import orjson
 import pytest
 
 from event_analytics.ingest import Ingestor
-from event_analytics.store import Store
-from event_analytics.store.redis import AGGREGATE_ABOVE
+from event_analytics.store import IngestWriter
+from event_analytics.store.writer import AGGREGATE_ABOVE
 from tests.servers import ServiceProcess
 
 # One client for all tests: httpx.post() builds a new client (and TLS context) per call,
@@ -107,7 +107,7 @@ def run_store(db: Any, work: Any, aggregate_above: int = AGGREGATE_ABOVE, **sett
 
     async def main() -> Any:
         chosen = db.settings(**settings)
-        store = Store.from_settings(chosen, aggregate_above=aggregate_above)
+        store = IngestWriter.from_settings(chosen, aggregate_above=aggregate_above)
         try:
             return await work(Ingestor(chosen, store), store)
         finally:

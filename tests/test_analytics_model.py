@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from event_analytics.analytics import funnel, query, retention
-from event_analytics.analytics.compact import compact_closed, covered
-from event_analytics.analytics.engine import QueryEngine
+from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.snapshot import hour_files
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
+from event_analytics.archive.compact import compact_closed, covered
 from tests import analytics_model as model
 
 BASE = datetime(2026, 11, 28, 23, 0, tzinfo=UTC)  # hour and day edges inside the data

@@ -24,7 +24,7 @@ import pytest
 from event_analytics.archive import files, record, worker
 from event_analytics.archive.verify import Difference, VerifyReport, verify
 from event_analytics.keys import ARCHIVER_GROUP, Keys
-from event_analytics.store import Store, connect
+from event_analytics.store import IngestWriter, connect
 from event_analytics.store.streams import StreamStore
 from event_analytics.timebucket import Interval
 from tests.backends import Backend
@@ -399,7 +399,7 @@ def test_unarchivable_entries_are_dead_lettered_and_foreign_layouts_reordered(
     differences: list[Difference] = []
 
     async def check() -> VerifyReport:
-        store = Store.from_settings(settings)
+        store = IngestWriter.from_settings(settings)
         try:
             return await verify(store, files.list_files(root), 3600, differences)
         finally:

@@ -16,11 +16,11 @@ import duckdb
 import pytest
 
 from event_analytics.analytics import funnel, query, retention
-from event_analytics.analytics.compact import checksum, covered, parquet_path
-from event_analytics.analytics.engine import QueryEngine
+from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.snapshot import hour_files
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
 from event_analytics.archive import files
+from event_analytics.archive.compact import checksum, covered, parquet_path
 from tests import analytics_model as model
 from tests.backends import Backend
 from tests.helpers import wait_for
@@ -187,7 +187,7 @@ def test_concurrent_compactions_of_one_hour_write_one_true_copy(tmp_path: Path) 
     lock lets one write the copy and the others find it valid."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from event_analytics.analytics.compact import compact
+    from event_analytics.archive.compact import compact
 
     root = tmp_path / "archive"
     first = hours_ago(3)
@@ -206,7 +206,7 @@ def test_a_copy_is_not_used_for_another_file_on_the_same_inode(tmp_path: Path) -
     """An hour file deleted and written again may get the same inode number back; its old
     copy must not pass for it. Rewriting the file in place (same inode, at least as long)
     is that case made deterministic."""
-    from event_analytics.analytics.compact import compact
+    from event_analytics.archive.compact import compact
 
     root = tmp_path / "archive"
     first = hours_ago(3)

@@ -28,7 +28,7 @@ from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
 from event_analytics.model import EVENT_ADAPTER
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)  # no lone surrogates
 utc_times = st.datetimes(timezones=st.just(UTC))
@@ -183,7 +183,9 @@ def test_archive_line_puts_event_id_first_and_keeps_every_field(record: Record) 
 
 
 NOW = datetime(2026, 11, 27, 22, 15, 0, 250000, tzinfo=UTC)
-INGESTOR = Ingestor(Settings(max_age_s=10**9), Store(aioredis.Redis(), Keys()))  # never connected
+INGESTOR = Ingestor(
+    Settings(max_age_s=10**9), IngestWriter(aioredis.Redis(), Keys())
+)  # never connected
 
 
 @given(

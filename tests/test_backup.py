@@ -25,7 +25,7 @@ import pytest
 from benchmarks.procs import EngineProcess
 from event_analytics.ingest import Ingestor
 from event_analytics.model import EVENT_ADAPTER
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 from tests.backends import Backend
 from tests.cluster import ClusterProcess, start_cluster
 from tests.helpers import answers, archive_ids, cli, event, send_all, wait_archived
@@ -274,11 +274,11 @@ def _park(backend: Backend, bodies: list[dict[str, Any]], shards: int) -> list[d
     ]  # fmt: skip
 
     async def main() -> None:
-        store = Store.from_settings(settings)
+        store = IngestWriter.from_settings(settings)
         try:
             ingestor = Ingestor(settings, store)
             prepared = [ingestor.prepare(EVENT_ADAPTER.validate_python(b), now) for b in crossing]
-            assert await store._claim(prepared) == [1] * len(prepared)
+            assert await store._cross._claim(prepared) == [1] * len(prepared)
         finally:
             await store.close()
 

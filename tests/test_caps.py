@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import OTHER_PAGE, Keys
 from event_analytics.model import EVENT_ADAPTER
-from event_analytics.store import Outcome, Store
+from event_analytics.store import IngestWriter, Outcome
 from event_analytics.store.reads import Reads
 from event_analytics.timebucket import Interval, floor
 from tests.backends import Backend
@@ -46,7 +46,7 @@ def test_a_new_event_type_past_the_cap_is_refused_and_leaves_nothing(
     first = [event(user="u", event_type=t, ts=now) for t in ("a", "b", "a", "c")]
     mixed = [event(user="u", event_type=t, ts=now) for t in ("d", "a", "e", "d", "b")]
 
-    async def work(ingestor: Ingestor, store: Store) -> list[list[Outcome]]:
+    async def work(ingestor: Ingestor, store: IngestWriter) -> list[list[Outcome]]:
         out = []
         for batch in (first, mixed):
             events = [ingestor.prepare(EVENT_ADAPTER.validate_python(e), now) for e in batch]
@@ -74,7 +74,7 @@ def test_a_new_event_type_past_the_cap_is_refused_and_leaves_nothing(
     # The refused ids were not remembered: with a higher cap the same events are new.
     again = [mixed[0], mixed[2], mixed[1]]
 
-    async def resend(ingestor: Ingestor, store: Store) -> list[Outcome]:
+    async def resend(ingestor: Ingestor, store: IngestWriter) -> list[Outcome]:
         events = [ingestor.prepare(EVENT_ADAPTER.validate_python(e), now) for e in again]
         return await store.ingest(events)
 
@@ -131,7 +131,7 @@ def test_pages_past_the_cap_count_into_other_and_totals_stay_exact(
     minute = floor(datetime.now(UTC), Interval.MINUTE) - timedelta(minutes=2)
     pages = [[(u, f"https://example.com/{p}") for u, p in call] for call in calls]
 
-    async def work(ingestor: Ingestor, store: Store) -> Any:
+    async def work(ingestor: Ingestor, store: IngestWriter) -> Any:
         for call in pages:
             events = [
                 EVENT_ADAPTER.validate_python(event(user=u, url=url, ts=minute)) for u, url in call

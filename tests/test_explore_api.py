@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from event_analytics.analytics.engine import QueryBusy, QueryEngine, QueryTimeout
+from event_analytics.analytics.pool import QueryBusy, QueryEngine, QueryTimeout
 from event_analytics.api.problems import render_error
 from event_analytics.archive import files
 from tests import analytics_model as model

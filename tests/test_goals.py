@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from event_analytics.errors import InvalidInput
 from event_analytics.goals import (
     Goal,
     Kind,
@@ -20,7 +21,6 @@ from event_analytics.goals import (
     path_matches,
     sql_condition,
 )
-from event_analytics.model import InvalidInput
 
 DB = duckdb.connect()
 

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
+from event_analytics.errors import InvalidInput, NotFound
 from event_analytics.goals import new_goal
-from event_analytics.model import InvalidInput, NotFound
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 from event_analytics.store.goals import GoalStore
 from tests.backends import Backend
 
@@ -19,7 +19,7 @@ PREFIX = "gl:"
 
 def test_find_or_create_list_and_delete(db: Backend) -> None:
     async def work() -> None:
-        store = Store.from_settings(db.settings(key_prefix=PREFIX))
+        store = IngestWriter.from_settings(db.settings(key_prefix=PREFIX))
         goals = GoalStore(store.client, store.keys)
         try:
             signup = new_goal("shop.example", "event", event_name="Signup")
@@ -64,7 +64,7 @@ def test_find_or_create_list_and_delete(db: Backend) -> None:
 
 def test_goals_are_bounded(db: Backend) -> None:
     async def work() -> None:
-        store = Store.from_settings(db.settings(key_prefix=PREFIX))
+        store = IngestWriter.from_settings(db.settings(key_prefix=PREFIX))
         goals = GoalStore(store.client, store.keys, max_goals=3)
         try:
             made = [await goals.put(new_goal("a.example", "event", event_name=f"E{i}"))

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from event_analytics.config import Settings
 from event_analytics.decode import decode_event
+from event_analytics.errors import InvalidEvent, MalformedJSON
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
-from event_analytics.model import InvalidEvent, MalformedJSON
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 
 # Any printable text (emails, other trackers' ids): no control characters, no surrogates.
 user_ids = st.text(st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=255)
@@ -110,7 +110,7 @@ payload_values = st.none() | st.booleans() | st.integers() | st.floats() | st.te
 @pytest.fixture(scope="module")
 def ingestor() -> Ingestor:
     # A client that is never connected: prepare() is pure (keys, expiries, the record).
-    return Ingestor(Settings(max_age_s=10**9), Store(aioredis.Redis(), Keys()))
+    return Ingestor(Settings(max_age_s=10**9), IngestWriter(aioredis.Redis(), Keys()))
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])

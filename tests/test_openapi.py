@@ -17,10 +17,11 @@ import redis.asyncio as aioredis
 
 from event_analytics.api.app import create_app
 from event_analytics.config import Settings
+from event_analytics.errors import InvalidEvent
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
-from event_analytics.model import EVENT_ADAPTER, InvalidEvent
-from event_analytics.store import Store
+from event_analytics.model import EVENT_ADAPTER
+from event_analytics.store import IngestWriter
 
 COMPONENTS = "#/components/schemas/"
 
@@ -74,7 +75,7 @@ def test_batch_request_schema_has_the_enforced_limits(limit: int) -> None:
 
     # What the ingest path does at those bounds (every event invalid, so nothing is
     # stored and the client below never connects).
-    ingestor = Ingestor(settings, Store(aioredis.Redis(), Keys()))
+    ingestor = Ingestor(settings, IngestWriter(aioredis.Redis(), Keys()))
 
     def refusal(n: int) -> str | None:
         body = orjson.dumps({"events": [{}] * n})

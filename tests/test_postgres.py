@@ -30,7 +30,7 @@ import pytest
 from benchmarks.pg import PostgresServer
 from event_analytics.archive import files, record
 from event_analytics.config import SETTINGS_ENV
-from event_analytics.site import site_of
+from event_analytics.sites import site_of
 from tests.helpers import event
 from tests.servers import ServiceProcess, stopped_after
 from tests.test_alerts import DESTINATION_METRICS

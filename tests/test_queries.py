@@ -14,9 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from event_analytics.keys import Keys
-from event_analytics.model import InvalidQuery
-from event_analytics.queries import (
+from event_analytics.counter_queries import (
     LATEST,
     PagesPlan,
     SeriesPlan,
@@ -26,6 +24,8 @@ from event_analytics.queries import (
     realtime_minutes,
     series_body,
 )
+from event_analytics.errors import InvalidQuery
+from event_analytics.keys import Keys
 from event_analytics.series import Series, UserSource
 from event_analytics.timebucket import Interval, bucket_count, buckets, ceil, floor, iso_z, label
 
@@ -192,10 +192,11 @@ def test_stems_name_the_bucket_keys() -> None:
 PURE = [
     "config",
     "model",
+    "errors",
     "timebucket",
     "keys",
     "series",
-    "queries",
+    "counter_queries",
     "archive.record",
     "goals",
     "revenue",

@@ -22,12 +22,12 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from event_analytics.model import QueryTooCostly
-from event_analytics.queries import plan_series
+from event_analytics.counter_queries import plan_series
+from event_analytics.errors import QueryTooCostly
 from event_analytics.series import Series, UserSource
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
+from event_analytics.store.connect import connect_reads
 from event_analytics.store.reads import Reads
-from event_analytics.store.redis import connect_reads
 from event_analytics.timebucket import Interval, floor
 from tests.backends import Backend
 from tests.cluster import ClusterProcess
@@ -115,7 +115,7 @@ def _model(
 
 def _read(db: Backend, prefix: str, work: Callable[[Reads], Any], chunk: int = CHUNK) -> Any:
     async def main() -> Any:
-        store = Store.from_settings(db.settings(key_prefix=prefix, uniques="exact"))
+        store = IngestWriter.from_settings(db.settings(key_prefix=prefix, uniques="exact"))
         try:
             return await work(Reads(store, max_cost=100_000, chunk_entries=chunk))
         finally:
@@ -234,7 +234,7 @@ def test_cluster_reads_from_replicas(db: Backend, base: datetime) -> None:
     settings = db.settings(key_prefix=prefix, uniques="exact", read_from_replicas=True)
 
     async def main() -> tuple[Any, ...]:
-        store = Store.from_settings(settings)
+        store = IngestWriter.from_settings(settings)
         client, read_only = connect_reads(settings)
         try:
             reads = Reads(store, client, chunk_entries=CHUNK, read_only=read_only)

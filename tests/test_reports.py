@@ -13,7 +13,7 @@ import pytest
 
 from event_analytics.keys import Keys
 from event_analytics.series import UserSource
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 from event_analytics.store.reads import Reads
 from event_analytics.timebucket import Interval, floor
 from tests.backends import Backend
@@ -252,7 +252,7 @@ def test_control_characters_in_page_url_are_refused(live: ServiceProcess) -> Non
 def _reads(db: Backend, shards: int, prefix: str, work: Callable[[Reads], Any]) -> Any:
     async def main() -> Any:
         settings = db.settings(shards=shards, key_prefix=prefix)
-        store = Store.from_settings(settings)
+        store = IngestWriter.from_settings(settings)
         try:
             return await work(Reads(store))
         finally:

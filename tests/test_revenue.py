@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from event_analytics import revenue
 from event_analytics.adapters import plausible, segment
 from event_analytics.decode import decode_json, parse_json
-from event_analytics.model import InvalidEvent, validate_event
+from event_analytics.errors import InvalidEvent
+from event_analytics.model import validate_event
 
 NOW = datetime(2026, 11, 27, 22, 14, 5, tzinfo=UTC)
 DB = duckdb.connect()

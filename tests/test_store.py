@@ -15,16 +15,20 @@ from typing import Any
 import orjson
 import pytest
 
+from event_analytics.archive.rebuild import prepare_archived
+from event_analytics.archive.record import Record
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
 from event_analytics.model import EVENT_ADAPTER, Event
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 from event_analytics.store.clear import clear_day
+from event_analytics.store.ingest_call import ARG_HEADER, KEY_HEADER
+from event_analytics.store.prepared import DEDUP_GENERATIONS
 from event_analytics.store.reads import Reads
-from event_analytics.store.redis import AGGREGATE_ABOVE, DEDUP_GENERATIONS
 from event_analytics.store.scripts import Lua, call_per_shard, source
 from event_analytics.store.streams import archive_lag_s
-from event_analytics.timebucket import Interval, floor
+from event_analytics.store.writer import AGGREGATE_ABOVE
+from event_analytics.timebucket import Interval, floor, to_utc
 from tests.backends import Backend
 from tests.helpers import event, run_store
 
@@ -58,7 +62,9 @@ def test_sharded_batches_sum_exactly(db: Backend) -> None:
     events = _events(1000, minute, rng)
     batch = events + events[:100]  # in-batch duplicates too
 
-    async def work(ingestor: Ingestor, store: Store) -> tuple[list[bool], list[tuple[int, int]]]:
+    async def work(
+        ingestor: Ingestor, store: IngestWriter
+    ) -> tuple[list[bool], list[tuple[int, int]]]:
         now = datetime.now(UTC)
         flags = await store.ingest([ingestor.prepare(e, now) for e in batch])
         return flags, await Reads(store).minute_stats("page_view", [minute])
@@ -95,7 +101,7 @@ def test_sharded_batches_sum_exactly(db: Backend) -> None:
 def test_expiry_follows_retention(db: Backend) -> None:
     ts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
 
-    async def work(ingestor: Ingestor, store: Store) -> list[bool]:
+    async def work(ingestor: Ingestor, store: IngestWriter) -> list[bool]:
         e = EVENT_ADAPTER.validate_python(event(ts=ts))
         return await store.ingest([ingestor.prepare(e, datetime.now(UTC))])
 
@@ -152,7 +158,7 @@ def test_every_key_expires_with_its_bucket(db: Backend, aggregate_above: int) ->
     ]
     for uniques, body in steps:
 
-        async def work(ingestor: Ingestor, store: Store, body=body) -> list[bool]:  # type: ignore[no-untyped-def]
+        async def work(ingestor: Ingestor, store: IngestWriter, body=body) -> list[bool]:  # type: ignore[no-untyped-def]
             e = EVENT_ADAPTER.validate_python(body)
             return await store.ingest([ingestor.prepare(e, datetime.now(UTC))])
 
@@ -191,6 +197,28 @@ def test_every_key_expires_with_its_bucket(db: Backend, aggregate_above: int) ->
     }
     assert {"count", "users", "pages", "page_users", "hll", "page_hll"} <= suffixes, keys
     assert len(kinds["m"]) == 2 * 4 and kinds["seen"]
+
+
+def _header_reads(lua: str, table: str) -> list[tuple[int, str]]:
+    """(position, local name) of each ``local <name> = ...<table>[<literal>]...`` line."""
+    pattern = rf"^local (\w+) = [^\n]*\b{table}\[(\d+)\]"
+    return [(int(i), name) for name, i in re.findall(pattern, lua, re.MULTILINE)]
+
+
+def test_the_ingest_call_is_the_scripts_header() -> None:
+    # IngestCall's header fields, in order, are ingest.lua's KEYS[1..4] and ARGV[1..13],
+    # each read once under the field's own name; nothing else in the script reads a
+    # header position by number, and the stripes start right after the header.
+    lua = source(Lua.INGEST)
+    for table, header, size in (
+        ("KEYS", KEY_HEADER, "KEY_HEADER"),
+        ("ARGV", ARG_HEADER, "ARG_HEADER"),
+    ):
+        reads = _header_reads(lua, table)
+        assert reads == list(enumerate(header, start=1)), (table, reads)
+        assert re.search(rf"^local {size} = {len(header)}$", lua, re.MULTILINE), size
+        literal = re.findall(rf"{table}\[\d+\]", re.sub(r"--[^\n]*", "", lua))
+        assert len(literal) == len(header), (table, literal)
 
 
 def test_every_script_is_a_registered_file_the_engine_compiles(db: Backend) -> None:
@@ -233,7 +261,7 @@ def test_clear_day_deletes_exactly_that_days_keys(db: Backend) -> None:
     def of_day(name: str, kind: str) -> bool:
         return re.match(rf"st:\{{\d+\}}:{kind}:[mhd]:{label}[T:]", name) is not None
 
-    async def work(ingestor: Ingestor, store: Store) -> list[list[str]]:
+    async def work(ingestor: Ingestor, store: IngestWriter) -> list[list[str]]:
         now = datetime.now(UTC)
         events = [EVENT_ADAPTER.validate_python(b) for b in bodies]
         assert all(await store.ingest([ingestor.prepare(e, now) for e in events]))
@@ -293,7 +321,7 @@ def test_the_script_writes_exactly_the_names_keys_py_defines(
         EVENT_ADAPTER.validate_python(event(user="solo", ts=now, url=None, event_type="signup"))
     )
 
-    async def work(ingestor: Ingestor, store: Store) -> list[bool]:
+    async def work(ingestor: Ingestor, store: IngestWriter) -> list[bool]:
         return await store.ingest([ingestor.prepare(e, now) for e in events])
 
     _run(db, 4, work, uniques="exact", aggregate_above=aggregate_above)
@@ -361,7 +389,7 @@ def test_aggregated_writes_equal_per_event_writes(db: Backend, uniques: str) -> 
     sizes = [1, 3, 17, 100, 279]
 
     def work_for(prefix_events):  # type: ignore[no-untyped-def]
-        async def work(ingestor: Ingestor, store: Store) -> list[bool]:
+        async def work(ingestor: Ingestor, store: IngestWriter) -> list[bool]:
             flags: list[bool] = []
             start = 0
             for size in sizes:
@@ -397,7 +425,7 @@ def test_an_id_counts_once_whatever_timestamp_or_user_a_resend_carries(db: Backe
         {**first, "event_type": "click"},
     ]
 
-    async def work(ingestor: Ingestor, store: Store) -> tuple[list[bool], list[bool]]:
+    async def work(ingestor: Ingestor, store: IngestWriter) -> tuple[list[bool], list[bool]]:
         flags = await store.ingest([ingestor.prepare(EVENT_ADAPTER.validate_python(first), now)])
         batch = [ingestor.prepare(EVENT_ADAPTER.validate_python(b), now) for b in resends]
         singles = [f for e in batch for f in await store.ingest([e])]
@@ -426,7 +454,7 @@ def test_a_call_sent_twice_by_the_client_library_reports_what_it_did(
     bodies = [event(user=f"u{i}", ts=now) for i in range(20)]
     bodies.append(bodies[3])  # an in-call duplicate stays one
 
-    async def work(ingestor: Ingestor, store: Store) -> tuple[list[list[int]], list[bool]]:
+    async def work(ingestor: Ingestor, store: IngestWriter) -> tuple[list[list[int]], list[bool]]:
         prepared = [ingestor.prepare(EVENT_ADAPTER.validate_python(b), now) for b in bodies]
         _, calls = store._calls(prepared, True)
         script = store._ingest_script
@@ -483,12 +511,12 @@ def test_an_id_counts_once_across_user_shards(db: Backend, dies_after: str, then
     body, other_user = _crossing(Keys("st:", 4), now)
     resend = {**body, "user_id": other_user}
 
-    async def work(ingestor: Ingestor, store: Store) -> tuple[list[bool], int, int]:
+    async def work(ingestor: Ingestor, store: IngestWriter) -> tuple[list[bool], int, int]:
         first = ingestor.prepare(EVENT_ADAPTER.validate_python(body), now)
         if dies_after == "nothing":
             flags = await store.ingest([first])
         else:
-            flags = [await store._claim([first]) == [1]]
+            flags = [await store._cross._claim([first]) == [1]]
             if dies_after == "apply":
                 assert await store._each([first], True) == [True]
         again = ingestor.prepare(EVENT_ADAPTER.validate_python(resend), now)
@@ -507,16 +535,21 @@ def test_an_id_counts_once_across_user_shards(db: Backend, dies_after: str, then
     assert streamed == 1 and outbox == 0
 
 
+def _replayed(body: dict[str, Any]) -> Record:
+    """An event as the archive gives it back to a rebuild."""
+    got = EVENT_ADAPTER.validate_python(body)
+    page = {"page_url": got.payload.page_url}
+    return Record(got.event_id, got.user_id, to_utc(got.timestamp), got.event_type, page)
+
+
 def test_a_replay_call_sent_twice_counts_once(db: Backend) -> None:
     # Replay (rebuild) has no dedup memory, so its calls carry a marker of their own: the
     # client library's resend of a call whose reply was lost must not count it twice.
     now = datetime.now(UTC)
     bodies = [event(user=f"u{i}", ts=now - timedelta(minutes=2)) for i in range(30)]
 
-    async def work(ingestor: Ingestor, store: Store) -> list[list[int]]:
-        prepared = [
-            ingestor.prepare(EVENT_ADAPTER.validate_python(b), now, replay=True) for b in bodies
-        ]
+    async def work(ingestor: Ingestor, store: IngestWriter) -> list[list[int]]:
+        prepared = [prepare_archived(ingestor.buckets, _replayed(b)) for b in bodies]
         _, calls = store._calls(prepared, False)
         return [(await call_per_shard(store.client, store._ingest_script, calls))[0] for _ in "ab"]
 
@@ -536,7 +569,7 @@ def test_the_daily_salt_is_shared_rotates_and_expires(db: Backend) -> None:
 
     async def main() -> tuple[bytes, bytes, bytes, bytes]:
         settings = db.settings(key_prefix="salt:")
-        one, two = Store.from_settings(settings), Store.from_settings(settings)
+        one, two = IngestWriter.from_settings(settings), IngestWriter.from_settings(settings)
         try:
             a = await DailySalt(one.client, one.keys).of(day)
             b = await DailySalt(two.client, two.keys).of(day + timedelta(hours=1))

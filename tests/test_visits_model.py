@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from event_analytics.analytics import stats
-from event_analytics.analytics.sites import SITE_SQL, host_of, host_sql, path_of, path_sql
 from event_analytics.analytics.stats_spec import parse_query
+from event_analytics.sites import SITE_SQL, host_of, host_sql, path_of, path_sql
 from tests import visits_model as model
 from tests.test_analytics_model import ENGINE, HYPOTHESIS, STORAGE, iso, write
 
@@ -211,6 +211,6 @@ def test_site_rules_in_sql_are_the_python_ones(url: str) -> None:
      ({"page_url": "https://www.Y.com:443/a"}, "y.com"), ({}, None)],
 )  # fmt: skip
 def test_site_rule(payload: dict[str, Any], site: str | None) -> None:
-    from event_analytics.analytics.sites import site_of
+    from event_analytics.sites import site_of
 
     assert site_of(payload) == site

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
-from event_analytics.analytics.sites import host_of, path_of, site_of
 from event_analytics.analytics.stats_spec import Condition, Done, Filter, Logic, Not, StatsQuery
+from event_analytics.sites import host_of, path_of, site_of
 from tests.analytics_model import text_of, ts_of
 
 UTM = ("utm_medium", "utm_source", "utm_campaign", "utm_content", "utm_term")

@@ -55,7 +55,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from event_analytics.archive import files
 from event_analytics.config import Settings
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 from event_analytics.store.embedded import find_server_binary
 from event_analytics.store.streams import StreamStore
 from event_analytics.timebucket import iso_z
@@ -124,7 +124,7 @@ def _cli_args(
     return where
 
 
-async def _masters(store: Store) -> list[tuple[str, list[str]]]:
+async def _masters(store: IngestWriter) -> list[tuple[str, list[str]]]:
     """(node, valkey-cli options) of the node, or of each master of a cluster."""
     client = store.client
     if isinstance(client, RedisCluster):
@@ -213,7 +213,7 @@ async def backup(settings: Settings, dest: Path) -> dict[str, Any]:
             "(or of each master) reachable from a trusted host; nothing was backed up"
         )
     started = datetime.now(UTC)
-    store = Store.from_settings(settings)
+    store = IngestWriter.from_settings(settings)
     streams = StreamStore(store.client, store.keys)
     owner = f"backup-{os.getpid()}-{time.time_ns()}"
     try:
@@ -383,7 +383,7 @@ def _restore_archive(manifest: dict[str, Any], source: Path, root: Path) -> None
         _write_durably(root / relative, (source / entry["path"]).read_bytes())
 
 
-async def _apply_parked(store: Store) -> int:
+async def _apply_parked(store: IngestWriter) -> int:
     """Apply every cross-shard event parked in an outbox of the restored engine."""
     applied = 0
     for _ in range(PARKED_ROUNDS):
@@ -423,7 +423,7 @@ async def restore(settings: Settings, source: Path) -> RestoreReport:
             )
     if files.list_files(settings.archive_path):
         raise BackupError(f"{settings.archive_path} has archive files: restore into an empty one")
-    store = Store.from_settings(settings)
+    store = IngestWriter.from_settings(settings)
     try:
         # Empty of this service's keys (its prefix): another tenant's keys may share it.
         async for _ in store.client.scan_iter(match=f"{settings.key_prefix}*", count=1000):

@@ -12,13 +12,13 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 
-from event_analytics.store import Outcome, PreparedEvent, Store
+from event_analytics.store import IngestWriter, Outcome, PreparedEvent
 
 Waiter = tuple[Sequence[PreparedEvent], "asyncio.Future[list[Outcome]]"]
 
 
 class GroupCommit:
-    def __init__(self, store: Store, max_batch: int = 1000, max_inflight: int = 2) -> None:
+    def __init__(self, store: IngestWriter, max_batch: int = 1000, max_inflight: int = 2) -> None:
         self.store = store
         self.max_batch = max_batch
         self.max_inflight = max_inflight

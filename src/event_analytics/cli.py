@@ -154,7 +154,7 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
 
 def _archiver(args: argparse.Namespace, settings: Settings) -> int:
     from event_analytics.archive.worker import Archiver
-    from event_analytics.store import Store
+    from event_analytics.store import IngestWriter
     from event_analytics.store.streams import StreamStore
 
     async def run(settings: Settings) -> int:
@@ -162,7 +162,7 @@ def _archiver(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        store = Store.from_settings(settings)
+        store = IngestWriter.from_settings(settings)
         streams = StreamStore(store.client, store.keys)
         archiver = Archiver(settings, streams, settings.archive_path, name=args.name)
         log.info("archiver %s writing to %s", archiver.name, settings.archive_path)
@@ -236,7 +236,7 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
                 )
                 return 1
             with progress_bar("rebuild", sum(f.size_bytes for f in found)) as advance:
-                report = await rebuild.rebuild(ingestor, found, advance)
+                report = await rebuild.rebuild(settings, ingestor.store, found, advance)
         print(
             f"rebuilt {report.days} days from {report.files} files: {report.events} events "
             f"in {report.seconds:.2f} s ({report.events_per_s:,.0f} events/s)"
@@ -286,16 +286,10 @@ def _backup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _with_engine(settings: Settings, run: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
-    """Run ``run`` with the settings of the engine to use (see ``engine_settings``)."""
-    from event_analytics.engine import engine_settings
-    from event_analytics.store.embedded import DataDirInUse
+    # Imported here: serve must not load the store before it sets up the metrics dir.
+    from event_analytics.target import run_with_engine
 
-    try:
-        with engine_settings(settings) as resolved:
-            return asyncio.run(run(resolved))
-    except DataDirInUse as exc:
-        print(f"event-analytics: {exc}", file=sys.stderr)
-        return 1
+    return run_with_engine(settings, run)
 
 
 def build_parser() -> argparse.ArgumentParser:

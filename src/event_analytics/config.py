@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     # Each may live on a filesystem of its own (defaults: under DATA_DIR): the embedded
     # engine's files (DATA_DIR/valkey), the archive (DATA_DIR/persistent_events), the
-    # workers' metrics files (DATA_DIR/metrics, preallocated: see metrics.py).
+    # workers' metrics files (DATA_DIR/metrics, preallocated: see telemetry.py).
     archive_dir: Path | None = None
     engine_dir: Path | None = None
     metrics_dir: Path | None = None
@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     max_event_types: int = Field(default=1000, ge=1)
     max_pages_per_bucket: int = Field(default=10_000, ge=1)
     # How long an event id is remembered after it was first stored, whatever timestamp
-    # or user a resend carries (kept up to 1.5 x this: see store/redis.py).
+    # or user a resend carries (kept up to 1.5 x this: see store/prepared.py).
     dedup_window_s: int = Field(default=7 * 24 * 3600, ge=60)
 
     # Drop-in ingest (Segment's /v1/*, Plausible's /api/event): enrichment of each path
@@ -146,16 +146,11 @@ class Settings(BaseSettings):
     # the backup runs: the pause lasts as long as the backup, and ends by itself this long
     # after a backup that died (archive lag grows meanwhile; nothing is lost).
     backup_pause_ttl_s: float = Field(default=60.0, ge=5, le=3600)
-    # Fault injection for the crash tests only: SIGKILL the archiver at this point.
-    archiver_crash_at: Literal[
-        "", "after_write", "mid_line", "compact_written", "compact_renamed"
-    ] = ""
-    # The archiver writes a Parquet copy of each hour file (analytics/compact.py) once
+    # The archiver writes a Parquet copy of each hour file (archive/compact.py) once
     # the hour has been closed this long: late events go on landing in the JSONL, and
     # a copy is written once, so wait past the common delays; 0 = at once.
     compact: bool = True
     compact_after_s: float = Field(default=300.0, ge=0, le=7 * 24 * 3600)
-    rebuild_crash_after_batches: int = Field(default=0, ge=0)
 
     # PostgreSQL destination (destinations/): a libpq URL (postgresql://user:pw@host/db,
     # sslmode etc. as libpq reads them); empty = none. Every archived event is written

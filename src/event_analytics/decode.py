@@ -23,7 +23,8 @@ from typing import Any
 
 import jiter
 
-from event_analytics.model import DuplicateKey, Event, MalformedJSON, validate_event
+from event_analytics.errors import DuplicateKey, MalformedJSON
+from event_analytics.model import Event, validate_event
 
 # jiter reports errors as ValueError with text only; this one is a key sent twice.
 _DUPLICATE = "Detected duplicate key"

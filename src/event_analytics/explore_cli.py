@@ -21,12 +21,12 @@ from rich.console import Console
 from rich.table import Table
 
 from event_analytics.analytics import funnel, query, retention
-from event_analytics.analytics.engine import QueryEngine
+from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.snapshot import Sources, hour_files
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
 from event_analytics.analytics.sql import COLUMNS
 from event_analytics.config import Settings
-from event_analytics.model import EventAnalyticsError
+from event_analytics.errors import EventAnalyticsError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -66,7 +66,7 @@ def _view(found: Sources) -> str:
 
 
 def _compact(args: argparse.Namespace, settings: Settings) -> int:
-    from event_analytics.analytics.compact import compact_closed
+    from event_analytics.archive.compact import compact_closed
 
     began = datetime.now(UTC)
     hours, events = compact_closed(settings.archive_path, began)
@@ -114,9 +114,9 @@ def _print_rows(names: list[str], rows: list[tuple[Any, ...]], fmt: str) -> None
 def _archived_until(settings: Settings) -> datetime:
     """From the engine's streams when it can be reached; else the epoch (nothing promised)."""
     from event_analytics.analytics.freshness import archived_until
-    from event_analytics.engine import engine_settings
     from event_analytics.session import open_session
     from event_analytics.store.embedded import DataDirInUse
+    from event_analytics.target import engine_settings
 
     async def read(resolved: Settings) -> datetime:
         async with open_session(resolved) as (_, streams):

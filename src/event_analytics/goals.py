@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-from event_analytics.model import FieldError, InvalidInput
+from event_analytics.errors import FieldError, InvalidInput
 from event_analytics.revenue import CURRENCY_RULE, currency
 
 MAX_SITE = 253

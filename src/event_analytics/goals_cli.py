@@ -15,8 +15,8 @@ import sys
 from typing import Any
 
 from event_analytics.config import Settings
+from event_analytics.errors import EventAnalyticsError, InvalidInput
 from event_analytics.goals import Goal, check_site, new_goal
-from event_analytics.model import EventAnalyticsError, InvalidInput
 
 
 def _line(goal: Goal) -> str:
@@ -32,9 +32,9 @@ def _as_api(goal: Goal) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from event_analytics.cli import _with_engine
-    from event_analytics.store import Store
+    from event_analytics.store import IngestWriter
     from event_analytics.store.goals import GoalStore
+    from event_analytics.target import run_with_engine
 
     # Checked before any engine is reached: a typo costs no engine start.
     try:
@@ -52,7 +52,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
 
     async def run(resolved: Settings) -> int:
-        store = Store.from_settings(resolved)
+        store = IngestWriter.from_settings(resolved)
         goals = GoalStore(store.client, store.keys)
         try:
             if goal is not None:
@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             await store.close()
         return 0
 
-    return _with_engine(settings, run)
+    return run_with_engine(settings, run)
 
 
 def add_commands(sub: Any, add_dirs: Any) -> None:

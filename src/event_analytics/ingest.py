@@ -13,30 +13,26 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from event_analytics import metrics
+from event_analytics import telemetry
 from event_analytics.archive.record import Record, encode
 from event_analytics.batcher import GroupCommit
 from event_analytics.config import Settings
 from event_analytics.decode import decode_event, decode_json
-from event_analytics.keys import Keys
-from event_analytics.model import (
-    EVENT_ADAPTER,
-    EVENTS_ADAPTER,
-    Event,
+from event_analytics.errors import (
     FieldError,
     InvalidEvent,
     MalformedJSON,
     StorageUnavailable,
-    errors_from_validation,
     too_many_event_types,
 )
-from event_analytics.store import Bucket, Outcome, PreparedEvent, Store
+from event_analytics.keys import Keys
+from event_analytics.model import EVENT_ADAPTER, EVENTS_ADAPTER, Event, errors_from_validation
+from event_analytics.store import IngestWriter, Outcome, PreparedEvent
 from event_analytics.store.claims import SWEEP_AFTER_S
+from event_analytics.store.prepared import Buckets
 from event_analytics.timebucket import iso_z, to_utc
 
 log = logging.getLogger(__name__)
-# Buckets kept for reuse by prepare(): live traffic touches a few minutes, a rebuild a day.
-_BUCKET_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +61,14 @@ class ItemResult:
 class Ingestor:
     """Turns validated events into one atomic storage call per shard."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: IngestWriter) -> None:
         self.settings = settings
         self.store = store
         self.keys: Keys = store.keys
         self._skew = timedelta(seconds=settings.future_skew_s)
         self._max_age = timedelta(seconds=settings.max_age_s)
         self.batcher: GroupCommit | None = None
-        self._buckets: dict[tuple[int, str, str], Bucket] = {}
+        self.buckets = Buckets(settings, self.keys)
         self._sweeper: asyncio.Task[None] | None = None
 
     def start_batching(self) -> None:
@@ -146,74 +142,19 @@ class Ingestor:
 
     # -- preparation ------------------------------------------------------------------
 
-    def prepare(self, event: Event, now: datetime, *, replay: bool = False) -> PreparedEvent:
+    def prepare(self, event: Event, now: datetime) -> PreparedEvent:
         """Bucket, values and the archived record for one valid event.
 
-        ``replay`` (rebuild from the archive) skips the acceptance window, which applied
-        when the event first arrived, and the record, which is not streamed again.
-        This runs once per event on the hot path: names and expiry times are made once
-        per bucket (``_bucket``), labels cut from one isoformat().
+        This runs once per event on the hot path: buckets are cached (``Buckets``).
         """
-        if replay:
-            return self.prepare_archived(
-                Record(
-                    event.event_id,
-                    event.user_id,
-                    to_utc(event.timestamp),
-                    event.event_type,
-                    {"page_url": event.payload.page_url},
-                )
-            )
         ts = self.check_time(event, now)
         shard = self.keys.shard_of(event.user_id)
-        bucket = self._bucket_of(shard, event.event_type, ts)
+        bucket = self.buckets.of(shard, event.event_type, ts)
         payload = event.payload.as_record()
         record = encode(Record(event.event_id, event.user_id, ts, event.event_type, payload, now))
         return PreparedEvent(
             shard, bucket, event.event_id.bytes, event.user_id, event.payload.page_url, record
         )
-
-    def prepare_archived(self, got: Record) -> PreparedEvent:
-        """What replaying an archived record needs (rebuild): straight from the archive's
-        codec, without an Event (it was validated when it arrived; building a pydantic
-        model per line cost more than the rest of the replay on the Python side)."""
-        shard = self.keys.shard_of(got.user_id)
-        bucket = self._bucket_of(shard, got.event_type, got.timestamp)
-        page = got.payload.get("page_url")
-        return PreparedEvent(
-            shard, bucket, got.event_id.bytes, got.user_id, page if page else None, b""
-        )
-
-    def _bucket_of(self, shard: int, event_type: str, ts: datetime) -> Bucket:
-        """The bucket of a UTC timestamp (cached: labels cut from one isoformat())."""
-        iso = ts.isoformat()  # YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00
-        bucket = self._buckets.get((shard, event_type, iso[:16]))
-        if bucket is None:
-            bucket = self._bucket(shard, event_type, iso, ts)
-        return bucket
-
-    def _bucket(self, shard: int, event_type: str, iso: str, ts: datetime) -> Bucket:
-        """Names and expiry times of one (shard, event type, minute), kept for reuse."""
-        s = self.settings
-        epoch = int(ts.timestamp())
-        minute_end = epoch - epoch % 60 + 60
-        hour_end = epoch - epoch % 3600 + 3600
-        day_end = epoch - epoch % 86400 + 86400
-        bucket = Bucket(
-            event_type=event_type,
-            stems=self.keys.stems(shard, event_type, iso[:16], iso[:13], iso[:10]),
-            expire_at=(
-                minute_end + s.minute_retention_s,
-                hour_end + s.hour_retention_s,
-                day_end + s.day_retention_s,
-            ),
-            exact=s.uniques == "exact",
-            dedup_window_s=s.dedup_window_s,
-        )
-        if len(self._buckets) >= _BUCKET_CACHE:
-            self._buckets.clear()  # old minutes: the live ones come back at once
-        self._buckets[shard, event_type, iso[:16]] = bucket
-        return bucket
 
     async def _store(self, prepared: list[PreparedEvent]) -> list[Outcome]:
         if self.batcher is not None:
@@ -227,14 +168,14 @@ class Ingestor:
         try:
             prepared = self.prepare(event, datetime.now(UTC))
         except InvalidEvent as exc:
-            metrics.event_rejected(exc.errors[0].code, event.event_type)
+            telemetry.event_rejected(exc.errors[0].code, event.event_type)
             raise
         (outcome,) = await self._store([prepared])
         if outcome is Outcome.TOO_MANY_EVENT_TYPES:
             refused = InvalidEvent([self._too_many_types(event.event_type)])
-            metrics.event_rejected(refused.errors[0].code, event.event_type)
+            telemetry.event_rejected(refused.errors[0].code, event.event_type)
             raise refused
-        metrics.event_stored(event.event_type, duplicate=outcome is Outcome.DUPLICATE)
+        telemetry.event_stored(event.event_type, duplicate=outcome is Outcome.DUPLICATE)
         return IngestResult(event_id=str(event.event_id), duplicate=outcome is Outcome.DUPLICATE)
 
     def _too_many_types(self, event_type: str) -> FieldError:
@@ -246,10 +187,10 @@ class Ingestor:
             # The same decoder and rules as a batch's events (one number model).
             event = decode_event(body)
         except MalformedJSON as exc:
-            metrics.event_rejected(exc.slug.replace("-", "_"))
+            telemetry.event_rejected(exc.slug.replace("-", "_"))
             raise
         except InvalidEvent as exc:
-            metrics.event_rejected(exc.errors[0].code)
+            telemetry.event_rejected(exc.errors[0].code)
             raise
         return await self.ingest(event)
 
@@ -266,7 +207,7 @@ class Ingestor:
         items = _batch_items(body, self.settings.max_batch_events)
         if admit is not None:
             await admit(len(items))  # the event rate limits: may refuse the whole batch
-        metrics.batch_received(len(items))
+        telemetry.batch_received(len(items))
         return await self.ingest_items(items, datetime.now(UTC))
 
     async def ingest_items(
@@ -310,7 +251,7 @@ class Ingestor:
             status = "accepted" if new else "duplicate"
             results[index] = ItemResult(index, str(event.event_id), status)
         for (event_type, duplicate), n in stored.items():
-            metrics.event_stored(event_type, duplicate=duplicate, n=n)
+            telemetry.event_stored(event_type, duplicate=duplicate, n=n)
         return [r for r in results if r is not None]
 
 
@@ -330,7 +271,7 @@ def _batch_items(body: bytes, limit: int) -> list[Any]:
     try:
         envelope = decode_json(body)
     except MalformedJSON as exc:
-        metrics.event_rejected(exc.slug.replace("-", "_"))
+        telemetry.event_rejected(exc.slug.replace("-", "_"))
         raise
     items = envelope.get("events") if isinstance(envelope, dict) else None
     problem = None
@@ -355,5 +296,5 @@ def _in_batch(where: str, index: int, errors: Sequence[FieldError]) -> tuple[Fie
 
 
 def _rejected(index: int, event_id: Any, errors: tuple[FieldError, ...]) -> ItemResult:
-    metrics.event_rejected(errors[0].code)
+    telemetry.event_rejected(errors[0].code)
     return ItemResult(index, event_id if isinstance(event_id, str) else None, "rejected", errors)

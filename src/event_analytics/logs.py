@@ -29,7 +29,7 @@ _SKIPPED = frozenset({"color_message"})
 def _safe_message(exc: BaseException) -> bool:
     from redis.exceptions import RedisError
 
-    from event_analytics.model import StorageUnavailable
+    from event_analytics.errors import StorageUnavailable
 
     return isinstance(exc, OSError | TimeoutError | RedisError | StorageUnavailable)
 

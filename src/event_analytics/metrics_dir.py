@@ -1,6 +1,6 @@
 """The per-run directory where worker processes keep their Prometheus values.
 
-Kept apart from ``metrics`` because it must run before prometheus_client is imported.
+Kept apart from ``telemetry`` because it must run before prometheus_client is imported.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Pure types of counter reads: shared by the planner (queries.py) and store/reads.py."""
+"""Pure types of counter reads: shared by the planner (counter_queries.py) and
+store/reads.py."""
 
 from __future__ import annotations
 

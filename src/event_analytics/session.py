@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 from event_analytics.store.streams import StreamStore
 
 
 @contextlib.asynccontextmanager
 async def open_session(settings: Settings) -> AsyncIterator[tuple[Ingestor, StreamStore]]:
-    store = Store.from_settings(settings)
+    store = IngestWriter.from_settings(settings)
     try:
         yield Ingestor(settings, store), StreamStore(store.client, store.keys)
     finally:

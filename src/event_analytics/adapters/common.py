@@ -12,7 +12,8 @@ from event_analytics import revenue
 from event_analytics.adapters.enrich import Enricher, Seen
 from event_analytics.adapters.flatten import Dropped, Scalar, flatten_into, number, problem
 from event_analytics.adapters.names import MAX_TYPE_LENGTH
-from event_analytics.model import MAX_PROPERTY_STRING, FieldError
+from event_analytics.errors import FieldError
+from event_analytics.model import MAX_PROPERTY_STRING
 
 MAX_USER_ID = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

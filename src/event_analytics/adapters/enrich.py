@@ -23,8 +23,6 @@ UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_conte
 # Segment's context.campaign names for the same five.
 CAMPAIGN_FIELDS = {"source": "utm_source", "medium": "utm_medium", "name": "utm_campaign",
                    "term": "utm_term", "content": "utm_content"}  # fmt: skip
-ENRICHED = frozenset({"referrer", "source", *UTM_FIELDS, "browser", "os", "device", "country",
-                      "bot"})  # fmt: skip
 MAX_VALUE = 1024
 # Host -> the name people know it by. Matched on the registrable part of the host
 # (the last two labels, or three for hosts like google.co.uk), subdomains included.

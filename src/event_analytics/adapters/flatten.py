@@ -31,18 +31,6 @@ from event_analytics.model import MAX_INT, MAX_PROPERTIES, MAX_PROPERTY_STRING, 
 
 MAX_DEPTH = 4
 Scalar = str | int | float | bool | None
-DROP_REASONS = (
-    "too_deep",
-    "invalid_name",
-    "duplicate_name",
-    "reserved",
-    "too_long",
-    "out_of_range",
-    "not_exact",
-    "too_many",
-    "invalid_revenue",
-    "invalid_currency",
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from event_analytics.adapters.common import Mapped, add_revenue, bot_type, build
 from event_analytics.adapters.enrich import Enricher, Seen
 from event_analytics.adapters.flatten import Scalar
 from event_analytics.decode import parse_json
-from event_analytics.model import DuplicateKey, MalformedJSON
+from event_analytics.errors import DuplicateKey, MalformedJSON
 
 FIELDS = {"n": "name", "u": "url", "d": "domain", "r": "referrer", "p": "props", "m": "props",
           "meta": "props", "$": "revenue", "i": "interactive", "h": "hash"}  # fmt: skip

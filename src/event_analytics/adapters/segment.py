@@ -30,7 +30,7 @@ from event_analytics.adapters.common import (
 from event_analytics.adapters.enrich import Enricher, Seen
 from event_analytics.adapters.flatten import Scalar
 from event_analytics.decode import parse_json
-from event_analytics.model import FieldError, InvalidEvent, MalformedJSON
+from event_analytics.errors import FieldError, InvalidEvent, MalformedJSON
 
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024

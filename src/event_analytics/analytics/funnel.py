@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from event_analytics.analytics.engine import QueryEngine
+from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.snapshot import Sources, hour_files
 from event_analytics.analytics.spec import FunnelSpec, parse_field
 from event_analytics.analytics.sql import Params, field_sql, source, step_sql

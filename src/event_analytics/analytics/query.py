@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from event_analytics.analytics.engine import QueryEngine
+from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.snapshot import Sources, hour_files
 from event_analytics.analytics.spec import Pagination, QuerySpec, parse_field
 from event_analytics.analytics.sql import Params, field_sql, filters_sql, source

@@ -12,8 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from event_analytics.analytics.engine import QueryEngine
 from event_analytics.analytics.periods import Period
+from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.snapshot import Sources, hour_files
 from event_analytics.analytics.spec import RetentionSpec
 from event_analytics.analytics.sql import Params, source, step_sql

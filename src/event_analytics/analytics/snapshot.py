@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from event_analytics.analytics.compact import covered, parquet_path
+from event_analytics.archive.compact import covered, parquet_path
 from event_analytics.archive.files import list_files
 from event_analytics.timebucket import Interval, floor
 

@@ -1,6 +1,7 @@
 """What an analytics question may ask: funnels, retention and breakdowns, validated.
 
-Pure data, no I/O: the API, the CLI and the tests build these from JSON. Every name a
+Pure data, no I/O but one: a regex is checked by an in-memory DuckDB, the engine that
+will run it. The API, the CLI and the tests build these from JSON. Every name a
 query can use is checked here against a fixed list; values stay values (they reach
 DuckDB as bound parameters, see ``sql.py``).
 """
@@ -36,10 +37,8 @@ MAX_COHORTS = 400
 SHORTHANDS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7),
               "30d": timedelta(days=30)}  # fmt: skip
 OPERATORS = ("is", "is_not", "contains", "matches")
-METRICS = ("events", "visitors", "events_per_visitor")
 TIME_DIMENSIONS = ("time:minute", "time:hour", "time:day", "time:week", "time:month")
 PLAIN_DIMENSIONS = ("event_type", "page_url")
-PERIODS = ("hour", "day", "week", "month")
 
 
 def _invalid(code: str, message: str, **context: Any) -> PydanticCustomError:

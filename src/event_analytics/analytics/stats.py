@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from event_analytics.analytics import visits
-from event_analytics.analytics.engine import QueryEngine
 from event_analytics.analytics.periods import Period
+from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.snapshot import Sources, hour_files
 from event_analytics.analytics.sql import Params
 from event_analytics.analytics.stats_spec import Condition, Done, Filter, Logic, Not, StatsQuery

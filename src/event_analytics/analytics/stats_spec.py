@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from event_analytics.analytics.spec import _regex_error
 from event_analytics.analytics.visits import VISIT_COLUMNS
-from event_analytics.model import PROPERTY_NAME_PATTERN, FieldError, InvalidInput
+from event_analytics.errors import FieldError, InvalidInput
+from event_analytics.model import PROPERTY_NAME_PATTERN
 
 VISIT_METRICS = ("visitors", "visits", "pageviews", "views_per_visit", "bounce_rate",
                  "visit_duration", "events", "percentage")  # fmt: skip

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from event_analytics.analytics import sites
+from event_analytics import sites
 from event_analytics.analytics.snapshot import Sources
 from event_analytics.analytics.sql import Params, source
 

@@ -12,8 +12,9 @@ from pydantic import BaseModel, Field
 from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
-from event_analytics.model import EVENT_TYPE_PATTERN, FieldError, InvalidQuery
-from event_analytics.queries import USERS_CAP
+from event_analytics.counter_queries import USERS_CAP
+from event_analytics.errors import FieldError, InvalidQuery
+from event_analytics.model import EVENT_TYPE_PATTERN
 from event_analytics.timebucket import Interval, iso_z, last_buckets, parse_seed_bucket_key
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])
@@ -29,14 +30,6 @@ class MinuteRow(BaseModel):
     truncated: bool | None = Field(
         default=None, description=f"With include_users=true: more than {USERS_CAP} users"
     )
-
-
-class MinuteBucket(BaseModel):
-    bucket_key: str
-    event_type: str
-    minute_timestamp: str
-    count: int
-    unique_users: int
 
 
 @router.get(

@@ -37,16 +37,16 @@ from event_analytics.api.request_context import RequestContext
 from event_analytics.api.security import Guard, ReadGuard, document_security
 from event_analytics.archive.files import LineCounter
 from event_analytics.config import Settings, load_settings
+from event_analytics.errors import StorageUnavailable
 from event_analytics.ingest import Ingestor
-from event_analytics.metrics import ArchiveGauges, EngineGauges
-from event_analytics.model import StorageUnavailable
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
+from event_analytics.store.connect import connect_reads
 from event_analytics.store.ratelimit import RateLimits
 from event_analytics.store.reads import Reads
-from event_analytics.store.redis import connect_reads
 from event_analytics.store.salt import DailySalt
 from event_analytics.store.streams import StreamStore, archive_lag_s
 from event_analytics.store.watch import EngineWatch
+from event_analytics.telemetry import ArchiveGauges, EngineGauges
 
 # The plain-ASGI ingest routes: native, Segment's, Plausible's.
 HOT_ROUTES = {**ingest_http.ROUTES, **compat.ROUTES}
@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store.from_settings(settings)
+        store = IngestWriter.from_settings(settings)
         app.state.store = store
         ingestor = Ingestor(settings, store)
         ingestor.start_batching()

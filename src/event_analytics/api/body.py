@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 
 from starlette.types import Receive, Scope
 
-from event_analytics import metrics
-from event_analytics.model import BodyTimeout, BodyTooLarge, MalformedJSON, UnsupportedMediaType
+from event_analytics import telemetry
+from event_analytics.errors import BodyTimeout, BodyTooLarge, MalformedJSON, UnsupportedMediaType
 
 JSON_TYPES = ("application/json",)
 # navigator.sendBeacon() with a string sends text/plain, the one type that needs no CORS
@@ -140,7 +140,7 @@ async def read_ingest_body(scope: Scope, receive: Receive, limit: int, timeout_s
         return await read_limited(scope, receive, limit, timeout_s)
     except (UnsupportedMediaType, BodyTooLarge, BodyTimeout) as exc:
         # The reason code of the metric is the problem's slug (body-too-large: body_too_large).
-        metrics.event_rejected(exc.slug.replace("-", "_"))
+        telemetry.event_rejected(exc.slug.replace("-", "_"))
         raise
 
 

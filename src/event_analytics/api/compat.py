@@ -19,7 +19,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from starlette.types import Receive, Scope
 
-from event_analytics import metrics, tracker
+from event_analytics import telemetry, tracker
 from event_analytics.adapters import plausible, segment
 from event_analytics.adapters.common import Mapped
 from event_analytics.adapters.enrich import Countries, Enricher, parse_agent
@@ -29,8 +29,8 @@ from event_analytics.api.problems import problem
 from event_analytics.api.request_context import NO_ADDRESS_SCOPE
 from event_analytics.api.security import Access, Guard
 from event_analytics.config import Settings
+from event_analytics.errors import BodyTooLarge, InvalidEvent
 from event_analytics.ingest import ItemResult, Refused
-from event_analytics.model import BodyTooLarge, InvalidEvent
 from event_analytics.store.salt import DailySalt
 
 SCRIPT_PATH = "/js/script.js"
@@ -86,7 +86,7 @@ def _count_drops(mapped: list[Mapped], results: list[ItemResult]) -> None:
     for m, r in zip(mapped, results, strict=True):
         if r.status == "accepted":
             for drop in m.dropped:
-                metrics.properties_dropped(drop.reason)
+                telemetry.properties_dropped(drop.reason)
 
 
 def _result_row(m: Mapped, r: ItemResult) -> dict[str, Any]:

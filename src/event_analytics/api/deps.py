@@ -7,7 +7,7 @@ from fastapi import Request
 from event_analytics.api.heavy import HeavyReads
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 from event_analytics.store.reads import Reads
 from event_analytics.store.streams import StreamStore
 
@@ -17,8 +17,8 @@ def settings(request: Request) -> Settings:
     return value
 
 
-def store(request: Request) -> Store:
-    value: Store = request.app.state.store
+def store(request: Request) -> IngestWriter:
+    value: IngestWriter = request.app.state.store
     return value
 
 

@@ -12,8 +12,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from event_analytics.analytics import funnel, query, retention
-from event_analytics.analytics.engine import QueryEngine
 from event_analytics.analytics.freshness import archived_until
+from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
 from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses

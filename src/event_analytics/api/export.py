@@ -19,7 +19,7 @@ from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.archive import export
-from event_analytics.model import FieldError, InvalidQuery
+from event_analytics.errors import FieldError, InvalidQuery
 from event_analytics.timebucket import to_utc
 
 router = APIRouter(prefix="/api/export", tags=["export"])

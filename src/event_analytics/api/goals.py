@@ -21,8 +21,8 @@ from event_analytics.api.body import ClientGone, header, read_limited
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.decode import parse_json
+from event_analytics.errors import FieldError, InvalidInput, MalformedJSON, UnsupportedMediaType
 from event_analytics.goals import Goal, check_site, new_goal
-from event_analytics.model import FieldError, InvalidInput, MalformedJSON, UnsupportedMediaType
 from event_analytics.store.goals import GoalStore
 
 router = APIRouter(prefix="/api/v1/sites", tags=["goals"])

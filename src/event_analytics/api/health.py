@@ -13,7 +13,7 @@ from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.config import Settings
-from event_analytics.model import ClusterForming, EngineRefused, StorageUnavailable
+from event_analytics.errors import ClusterForming, EngineRefused, StorageUnavailable
 from event_analytics.store.watch import EngineWatch
 from event_analytics.timebucket import iso_z
 

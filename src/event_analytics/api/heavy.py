@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from event_analytics.model import ReadsBusy
+from event_analytics.errors import ReadsBusy
 
 
 class HeavyReads:

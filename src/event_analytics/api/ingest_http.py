@@ -19,7 +19,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from event_analytics import metrics
+from event_analytics import telemetry
 from event_analytics.api.body import ClientGone, header, read_ingest_body
 from event_analytics.api.problems import problem, render_error
 from event_analytics.api.request_context import begin, log_access
@@ -32,9 +32,9 @@ from event_analytics.api.security import (
     Guard,
 )
 from event_analytics.config import Settings
+from event_analytics.errors import EventAnalyticsError
 from event_analytics.ingest import Ingestor, ItemResult
 from event_analytics.logs import request_id
-from event_analytics.model import EventAnalyticsError
 
 ACCEPTED = "Page view event accepted and queued for processing"
 DUPLICATE = "Duplicate event_id: already counted, nothing changed"
@@ -118,7 +118,7 @@ class IngestEndpoints:
                 await _respond(oops, scope, receive, sent, echo)
         finally:
             seconds = time.perf_counter() - start
-            metrics.http_request(scope["method"], route.path, status, seconds)
+            telemetry.http_request(scope["method"], route.path, status, seconds)
             if self.access_log:
                 log_access(scope, status, seconds)
             request_id.reset(token)

@@ -11,14 +11,14 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from event_analytics import metrics
+from event_analytics import telemetry
 from event_analytics.destinations import delivery
 
 router = APIRouter(tags=["metrics"])
 
 # Set on app.state by the app factory: archive lag and dead letters at scrape time.
-ArchiveProbe = Callable[[FastAPI], Awaitable[metrics.ArchiveGauges | None]]
-EngineProbe = Callable[[FastAPI], Awaitable[metrics.EngineGauges | None]]
+ArchiveProbe = Callable[[FastAPI], Awaitable[telemetry.ArchiveGauges | None]]
+EngineProbe = Callable[[FastAPI], Awaitable[telemetry.EngineGauges | None]]
 
 UNMATCHED = "unmatched"
 
@@ -27,28 +27,28 @@ UNMATCHED = "unmatched"
     "/metrics",
     summary="Prometheus metrics, summed over all worker processes",
     response_class=Response,
-    responses={200: {"content": {metrics.CONTENT_TYPE: {}}, "description": "Text format 0.0.4"}},
+    responses={200: {"content": {telemetry.CONTENT_TYPE: {}}, "description": "Text format 0.0.4"}},
 )
 async def prometheus(request: Request) -> Response:
     archive: ArchiveProbe = request.app.state.archive_probe
     engine: EngineProbe = request.app.state.engine_probe
-    body = metrics.scrape(
+    body = telemetry.scrape(
         await archive(request.app), await engine(request.app), await _destinations(request)
     )
-    return Response(body, media_type=metrics.CONTENT_TYPE)
+    return Response(body, media_type=telemetry.CONTENT_TYPE)
 
 
-async def _destinations(request: Request) -> tuple[metrics.DestinationGauges, ...]:
+async def _destinations(request: Request) -> tuple[telemetry.DestinationGauges, ...]:
     settings = request.app.state.settings
     if not settings.postgres_url:
         return ()
     found = await asyncio.to_thread(delivery.read_status, settings)
     if found is None:
         nan = math.nan
-        return (metrics.DestinationGauges("postgres", False, nan, nan),)
+        return (telemetry.DestinationGauges("postgres", False, nan, nan),)
     behind, seconds = found.get("events_behind"), found.get("seconds_behind")
     return (
-        metrics.DestinationGauges(
+        telemetry.DestinationGauges(
             "postgres",
             found.get("state") == "running",
             math.nan if behind is None else float(behind),
@@ -85,4 +85,4 @@ class RequestTimer:
         finally:
             route = scope.get("route")
             template = str(getattr(route, "path_format", None) or getattr(route, "path", UNMATCHED))
-            metrics.http_request(scope["method"], template, status, time.perf_counter() - start)
+            telemetry.http_request(scope["method"], template, status, time.perf_counter() - start)

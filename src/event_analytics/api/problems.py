@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from event_analytics.model import EventAnalyticsError, FieldError
+from event_analytics.errors import EventAnalyticsError, FieldError
 
 log = logging.getLogger(__name__)
 

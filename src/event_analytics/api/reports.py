@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from event_analytics import queries
+from event_analytics import counter_queries as queries
 from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response

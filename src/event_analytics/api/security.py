@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from event_analytics.api.body import header
 from event_analytics.api.problems import problem, problem_responses, render_error
 from event_analytics.config import Settings
-from event_analytics.model import EventsRateLimited, StorageUnavailable
+from event_analytics.errors import EventsRateLimited, StorageUnavailable
 from event_analytics.store.ratelimit import RateLimits
 
 # The routes anyone may call whatever the keys: probes, the API description, and the

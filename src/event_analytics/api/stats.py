@@ -21,7 +21,7 @@ from event_analytics.api import deps
 from event_analytics.api.explore import _engine, _until
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
-from event_analytics.model import BodyTooLarge, MalformedJSON
+from event_analytics.errors import BodyTooLarge, MalformedJSON
 
 router = APIRouter(tags=["stats"])
 MAX_BODY = 64 * 1024

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import orjson
 
 from event_analytics.archive import files, record
-from event_analytics.site import on_site, site_of
+from event_analytics.sites import site_of
 from event_analytics.timebucket import Interval, floor, iso_z
 
 Format = Literal["ndjson", "csv", "parquet"]
@@ -158,7 +158,7 @@ def stream(
             except record.InvalidRecord:
                 manifest.unreadable += 1
                 continue
-            if not start <= rec.timestamp < end or (site and not on_site(rec.payload, site)):
+            if not start <= rec.timestamp < end or (site and site_of(rec.payload) != site):
                 continue
             if fmt == "csv":
                 writer.writerow(["" if v is None else v for v in row(rec)])

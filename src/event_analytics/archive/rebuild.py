@@ -11,17 +11,17 @@ dedup memory alone: it is keyed by arrival, not by the events' days.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from event_analytics import faults
 from event_analytics.archive import files, record
-from event_analytics.ingest import Ingestor
-from event_analytics.store import PreparedEvent, Store
+from event_analytics.config import Settings
+from event_analytics.store import IngestWriter, PreparedEvent
 from event_analytics.store.clear import clear_day
+from event_analytics.store.prepared import Buckets
 from event_analytics.timebucket import DAY, Interval, floor, to_utc
 
 BATCH = 2000
@@ -55,13 +55,27 @@ def day_range(start: datetime | None, end: datetime | None) -> Span:
     return lo, hi if hi == to_utc(end) else hi + DAY
 
 
+def prepare_archived(buckets: Buckets, got: record.Record) -> PreparedEvent:
+    """What replaying an archived record needs: straight from the archive's codec, without
+    an Event (it was validated when it arrived; building a pydantic model per line cost
+    more than the rest of the replay on the Python side). Not streamed again: no record."""
+    shard = buckets.keys.shard_of(got.user_id)
+    bucket = buckets.of(shard, got.event_type, got.timestamp)
+    page = got.payload.get("page_url")
+    return PreparedEvent(
+        shard, bucket, got.event_id.bytes, got.user_id, page if page else None, b""
+    )
+
+
 async def rebuild(
-    ingestor: Ingestor,
+    settings: Settings,
+    store: IngestWriter,
     found: list[files.ArchiveFile],
     advance: Callable[[int], None] = lambda _: None,
 ) -> RebuildReport:
     """Replay ``found`` (whole days) into the store. ``advance(bytes)`` reports progress."""
-    store = ingestor.store
+    buckets = Buckets(settings, store.keys)
+    crash_after = faults.rebuild_crash_after_batches()  # the crash tests' (faults.py)
     report = RebuildReport(files=len(found))
     started = time.perf_counter()
     inflight: set[asyncio.Task[None]] = set()
@@ -79,7 +93,7 @@ async def rebuild(
                 except record.InvalidRecord:
                     report.unreadable += 1  # verify skips it too
                     continue
-                prepared = ingestor.prepare_archived(got)
+                prepared = prepare_archived(buckets, got)
                 if prepared.event_id in ids:
                     report.duplicates += 1
                     continue
@@ -91,26 +105,25 @@ async def rebuild(
                 if len(batch) >= BATCH:
                     await _flush(store, batch, report, inflight)
                     batch = []
-                    _crash_point(ingestor, report)
+                    _crash_point(crash_after, report)
             advance(f.size_bytes)
         await _flush(store, batch, report, inflight)
         # A day is finished before the next one's keys are cleared.
         await _drain(inflight)
-        _crash_point(ingestor, report)
+        _crash_point(crash_after, report)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _crash_point(ingestor: Ingestor, report: RebuildReport) -> None:
-    """Fault injection for the crash tests: SIGKILL after the configured day or batch."""
-    limit = ingestor.settings.rebuild_crash_after_batches
+def _crash_point(limit: int, report: RebuildReport) -> None:
+    """Fault injection for the crash tests: SIGKILL after ``limit`` batches (0: never)."""
     report.batches += 1
     if limit and report.batches >= limit:
-        os.kill(os.getpid(), signal.SIGKILL)
+        faults.die()
 
 
 async def _flush(
-    store: Store,
+    store: IngestWriter,
     batch: list[PreparedEvent],
     report: RebuildReport,
     inflight: set[asyncio.Task[None]],

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from event_analytics.archive import files, record
-from event_analytics.store import Store
+from event_analytics.store import IngestWriter
 from event_analytics.store.reads import Reads
 from event_analytics.timebucket import MINUTE, Interval, floor
 
@@ -31,7 +31,7 @@ class VerifyReport:
 
 
 async def verify(
-    store: Store,
+    store: IngestWriter,
     found: list[files.ArchiveFile],
     retention_s: int,
     differences: list[Difference],

@@ -8,7 +8,7 @@ are not in their hour file yet: the archive never holds an event twice.
 
 Beside that, off the write path (its own task, one hour per worker-thread call), it
 writes the Parquet copies of closed hours that queries read instead of their JSONL
-(analytics/compact.py; EA_COMPACT, EA_COMPACT_AFTER_S).
+(archive/compact.py; EA_COMPACT, EA_COMPACT_AFTER_S).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import secrets
-import signal
 import socket
 import time
 from collections import defaultdict
@@ -29,12 +28,12 @@ from typing import Any
 
 import duckdb
 
-from event_analytics.analytics import compact
-from event_analytics.archive import files
+from event_analytics import faults
+from event_analytics.archive import compact, files
 from event_analytics.archive.record import InvalidRecord, archive_line
 from event_analytics.config import Settings
+from event_analytics.errors import StorageUnavailable
 from event_analytics.keys import Keys
-from event_analytics.model import StorageUnavailable
 from event_analytics.store.streams import Entry, NoGroup, StreamStore
 from event_analytics.timebucket import Interval, floor, iso_z
 
@@ -72,6 +71,8 @@ class Archiver:
         self, settings: Settings, streams: StreamStore, root: Path, name: str | None = None
     ) -> None:
         self.settings = settings
+        # The crash tests' fault injection (faults.py): "" in production.
+        self._crash_at = faults.archiver_crash_at()
         self.streams = streams
         self.keys: Keys = streams.keys
         self.root = root
@@ -337,12 +338,12 @@ class Archiver:
 
     def _crash_point(self, point: str, fd: int | None, data: bytes) -> None:
         """Fault injection for the crash tests: die by SIGKILL at ``point``."""
-        if self.settings.archiver_crash_at != point:
+        if self._crash_at != point:
             return
         if fd is not None:
             os.write(fd, data[: max(1, len(data) // 2 + 7)])
             os.fsync(fd)
-        os.kill(os.getpid(), signal.SIGKILL)
+        faults.die()
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

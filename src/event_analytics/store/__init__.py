@@ -1,6 +1,8 @@
-"""Redis/Valkey access: connections, the ingest script, read queries, the embedded server."""
+"""Redis/Valkey access: connections, the ingest writer and its script, reads, streams,
+the embedded server."""
 
+from event_analytics.store.connect import connect
 from event_analytics.store.prepared import Bucket, Caps, Outcome, PreparedEvent
-from event_analytics.store.redis import Store, connect
+from event_analytics.store.writer import IngestWriter
 
-__all__ = ["Bucket", "Caps", "Outcome", "PreparedEvent", "Store", "connect"]
+__all__ = ["Bucket", "Caps", "IngestWriter", "Outcome", "PreparedEvent", "connect"]

@@ -9,21 +9,38 @@ one atomic call: from then on the event is durable), apply it on the user's shar
 crash between steps leaves the outbox entry; a resend of the id, or the sweeper,
 applies it again, which counts it at most once, and deletes it.
 
-This module is pure: the calls and the outbox's encoding; store/redis.py runs them.
+``CrossShard`` runs the steps and the sweeper; the calls and the outbox's encoding are
+pure functions here.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 
+from event_analytics.errors import StorageOutcomeUnknown, StorageUnavailable
 from event_analytics.keys import Keys
-from event_analytics.store.prepared import Bucket, PreparedEvent
-from event_analytics.store.scripts import Call
+from event_analytics.store.connect import Client
+from event_analytics.store.errors import engine_errors
+from event_analytics.store.prepared import (
+    DEDUP_GENERATIONS,
+    Bucket,
+    Outcome,
+    PreparedEvent,
+    dedup_generation_s,
+)
+from event_analytics.store.scripts import Call, Lua, call_per_shard, register
+
+# Applies events on their users' shards (the writer's per-shard ingest calls): one
+# outcome, or the failure of its shard, per event.
+Apply = Callable[[Sequence[PreparedEvent]], Awaitable[list[Outcome | Exception]]]
 
 # Events per call: two arguments each, and Lua's unpack() has a stack limit.
 CHUNK = 1000
@@ -67,3 +84,145 @@ def claim_calls(
                 args += (events[i].event_id, encode(events[i], now))
             calls.append((chunk, ([keys.seen_stem(shard), keys.outbox(shard)], args)))
     return calls
+
+
+class CrossShard:
+    """The three steps of events whose id lives on another shard than their user, and
+    the sweeper of outbox entries a request left behind."""
+
+    def __init__(self, client: Client, keys: Keys, apply: Apply) -> None:
+        self.client = client
+        self.keys = keys
+        self._apply = apply
+        self._claim_script = register(client, Lua.CLAIM)
+        self._unclaim_script = register(client, Lua.UNCLAIM)
+
+    async def ingest(
+        self, events: Sequence[PreparedEvent], cross: list[int]
+    ) -> list[Outcome | Exception]:
+        """``events``, of which those at ``cross`` have their id on another shard than
+        their user: the others applied at once, these in the three steps."""
+        crossing = set(cross)
+        local = [i for i in range(len(events)) if i not in crossing]
+        results: list[Outcome | Exception] = [Outcome.DUPLICATE] * len(events)
+        local_flags, claimed = await asyncio.gather(
+            self._apply([events[i] for i in local]),
+            self._claim([events[i] for i in cross]),
+        )
+        for i, flag in zip(local, local_flags, strict=True):
+            results[i] = flag
+        # Step 2: apply what was claimed now, and what an earlier claim left unconfirmed.
+        apply: list[tuple[int, PreparedEvent]] = []
+        for i, reply in zip(cross, claimed, strict=True):
+            if isinstance(reply, Exception):
+                results[i] = reply
+            elif isinstance(reply, bytes):
+                apply.append((i, decode(events[i].event_id, reply)[1]))
+            else:
+                results[i] = Outcome.NEW if reply == 1 else Outcome.DUPLICATE
+                if reply == 1:
+                    apply.append((i, events[i]))
+        applied = await self._apply([e for _, e in apply])
+        done: list[bytes] = []
+        refused: list[PreparedEvent] = []
+        for (i, event), outcome in zip(apply, applied, strict=True):
+            if isinstance(outcome, Exception):
+                # Claimed, so stored (in the outbox): counted once its shard answers.
+                results[i] = StorageOutcomeUnknown(
+                    f"event stored, its user's shard did not answer yet ({outcome})"
+                )
+            elif outcome is Outcome.TOO_MANY_EVENT_TYPES:
+                # Its user's shard takes no new type: the claim is undone, so the id is
+                # not remembered for an event that was never counted.
+                results[i] = outcome
+                refused.append(event)
+            else:
+                done.append(event.event_id)
+        await self._commit(done)
+        await self._unclaim(refused)
+        return results
+
+    async def _claim(self, events: Sequence[PreparedEvent]) -> list[int | bytes | Exception]:
+        """Step 1 for events whose id lives on another shard: claim.lua's reply per event."""
+        gen_s = dedup_generation_s(events[0].bucket.dedup_window_s)
+        calls = claim_calls(self.keys, events, gen_s, DEDUP_GENERATIONS, time.time())
+
+        async def one(call: Call) -> list[Any]:
+            async with engine_errors(write=True):
+                replies = await call_per_shard(self.client, self._claim_script, [call])
+            return list(replies[0])
+
+        outcomes = await asyncio.gather(*(one(c) for _, c in calls), return_exceptions=True)
+        results: list[int | bytes | Exception] = [0] * len(events)
+        for (indexes, _), outcome in zip(calls, outcomes, strict=True):
+            for n, i in enumerate(indexes):
+                if isinstance(outcome, BaseException):
+                    if not isinstance(outcome, Exception):
+                        raise outcome
+                    results[i] = outcome
+                else:
+                    results[i] = outcome[n]
+        return results
+
+    async def _commit(self, event_ids: Sequence[bytes]) -> None:
+        """Step 3: forget the outbox entries of applied events. Best effort: an entry left
+        behind is applied again (idempotently) by a resend or the sweeper."""
+        if not event_ids:
+            return
+        by_shard: dict[int, list[bytes]] = defaultdict(list)
+        for event_id in event_ids:
+            by_shard[self.keys.id_shard(event_id)].append(event_id)
+        with contextlib.suppress(StorageUnavailable):
+            async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
+                for shard, ids in by_shard.items():
+                    for start in range(0, len(ids), CHUNK):
+                        chunk = ids[start : start + CHUNK]
+                        pipe.execute_command("HDEL", self.keys.outbox(shard), *chunk)
+                await pipe.execute()
+
+    async def _unclaim(self, events: Sequence[PreparedEvent]) -> None:
+        """Forget the claims of events their user's shard refused (unclaim.lua). Best
+        effort like _commit: an entry left behind is refused again by the sweeper."""
+        if not events:
+            return
+        by_shard: dict[int, list[bytes]] = defaultdict(list)
+        for event in events:
+            by_shard[self.keys.id_shard(event.event_id)].append(event.event_id)
+        gen_s = dedup_generation_s(events[0].bucket.dedup_window_s)
+        calls: list[Call] = []
+        for shard, ids in by_shard.items():
+            for start in range(0, len(ids), CHUNK):
+                calls.append(
+                    (
+                        [self.keys.seen_stem(shard), self.keys.outbox(shard)],
+                        [gen_s, DEDUP_GENERATIONS, *ids[start : start + CHUNK]],
+                    )
+                )
+        with contextlib.suppress(StorageUnavailable):
+            async with engine_errors(write=True):
+                await call_per_shard(self.client, self._unclaim_script, calls)
+
+    async def sweep_outbox(self, older_than_s: float = SWEEP_AFTER_S) -> int:
+        """Apply the outbox entries claimed more than ``older_than_s`` ago (a request that
+        died between the steps), at most 1,000 per shard; the number applied."""
+        cutoff = time.time() - older_than_s
+        due: list[PreparedEvent] = []
+        for shard in range(self.keys.shards):
+            async with engine_errors():
+                reply: Any = await self.client.hscan(self.keys.outbox(shard), 0, count=1000)
+            rows: dict[bytes, bytes] = reply[1]
+            for event_id, blob in rows.items():
+                at, event = decode(event_id, blob)
+                if at <= cutoff:
+                    due.append(event)
+        applied = await self._apply(due)
+        done: list[bytes] = []
+        refused: list[PreparedEvent] = []
+        for event, outcome in zip(due, applied, strict=True):
+            if outcome is Outcome.TOO_MANY_EVENT_TYPES:
+                refused.append(event)
+            elif not isinstance(outcome, Exception):
+                done.append(event.event_id)
+        await self._commit(done)
+        await self._unclaim(refused)
+        return len(done)

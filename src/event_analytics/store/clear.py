@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from event_analytics.store.redis import Store, engine_errors
+from event_analytics.store.errors import engine_errors
+from event_analytics.store.writer import IngestWriter
 from event_analytics.timebucket import HOUR, MINUTE, Interval
 
 UNLINK_CHUNK = 500
 
 
-async def clear_day(store: Store, day: datetime, event_type: str) -> None:
+async def clear_day(store: IngestWriter, day: datetime, event_type: str) -> None:
     """Delete one day's buckets of ``event_type``.
 
     The dedup memory stays: it is keyed by arrival, not by the events' days, and replay
@@ -34,7 +35,9 @@ async def clear_day(store: Store, day: datetime, event_type: str) -> None:
             await pipe.execute()
 
 
-async def _page_keys(store: Store, shard: int, event_type: str, hours: list[datetime]) -> list[str]:
+async def _page_keys(
+    store: IngestWriter, shard: int, event_type: str, hours: list[datetime]
+) -> list[str]:
     """The per-page keys of these hours (one HLL per page), named after the pages their
     rankings list: a page the archive lacks must not keep its users (SCAN would have to
     walk every key of the engine to find them)."""

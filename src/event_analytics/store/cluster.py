@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import LoadBalancingStrategy
 
 from event_analytics.config import Settings
-from event_analytics.model import ClusterForming
+from event_analytics.errors import ClusterForming
 
 SLOTS = 16384
 

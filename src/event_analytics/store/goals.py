@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import orjson
 
+from event_analytics.errors import FieldError, InvalidInput, NotFound
 from event_analytics.goals import Goal
 from event_analytics.keys import Keys
-from event_analytics.model import FieldError, InvalidInput, NotFound
-from event_analytics.store.redis import Client, engine_errors
+from event_analytics.store.connect import Client
+from event_analytics.store.errors import engine_errors
 from event_analytics.store.scripts import Lua, register
 
 

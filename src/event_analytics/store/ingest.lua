@@ -1,15 +1,20 @@
 -- Ingest a group of events of ONE shard atomically (every name shares the shard's hash tag).
 --
--- Names once per call, not per event (DESIGN.md "Engine work per event"): the call carries
--- each distinct bucket's key stems once and this script appends the suffixes; keys.py is
--- the one definition of the names, and tests/test_store.py checks that both agree.
+-- Names once per call, not per event (an event carries 5 values, not its key names): the
+-- call carries each distinct bucket's key stems once and this script appends the
+-- suffixes; keys.py is the one definition of the names, and tests/test_store.py checks
+-- that both agree.
+--
+-- The header (KEYS[1..4], ARGV[1..13]) is store/ingest_call.py's IngestCall, field for
+-- field in order, read below one value per line under the field's own name; a test
+-- (tests/test_store.py) holds the two together.
 --
 -- KEYS[1]            the shard's event stream: ONE entry per call, its new events' records
 --                    in field "e", one JSON per line (the archiver writes N lines from it)
 -- KEYS[2]            live: the stem of the shard's dedup hashes (keys.seen_stem); replay:
 --                    the stem of its replayed-call markers (keys.replayed_stem)
 -- KEYS[3]            the stream's extra records: sum over its entries of (records - 1)
--- KEYS[4]            the shard's set of event types (keys.event_types)
+-- event_types            the shard's set of event types (keys.event_types)
 -- per bucket b (0-based; a bucket = one event type and minute), KEYS[5+3b .. 7+3b]:
 --   the minute, hour and day stems (like ea:{3}:page_view:m:2026-11-27T22:14, keys.bucket)
 -- ARGV[1] events   ARGV[2] buckets   ARGV[3] distinct pages
@@ -33,17 +38,36 @@
 local S_COUNT, S_USERS, S_HLL = ':count', ':users', ':hll'
 local S_PAGES, S_PAGE_USERS, S_PAGE_HLL = ':pages', ':page_users', ':page_hll:'
 
-local n, nb, np = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local stream, live = KEYS[1], ARGV[4] == '1'
-local exact, aggregate = ARGV[5] == '1', ARGV[6] == '1'
-local gen_s, older, token = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
-local max_types, max_pages = tonumber(ARGV[10]), tonumber(ARGV[11])
-local OTHER = {url = ARGV[12], digest = ARGV[13]}
+-- The header: IngestCall's fields, in order.
+local stream = KEYS[1]
+local dedup_stem = KEYS[2]
+local stream_extra = KEYS[3]
+local event_types = KEYS[4]
+local KEY_HEADER = 4
+local events = tonumber(ARGV[1])
+local buckets = tonumber(ARGV[2])
+local pages = tonumber(ARGV[3])
+local live = ARGV[4] == '1'
+local exact = ARGV[5] == '1'
+local aggregate = ARGV[6] == '1'
+local generation_s = tonumber(ARGV[7])
+local generations = tonumber(ARGV[8])
+local token = ARGV[9]
+local max_event_types = tonumber(ARGV[10])
+local max_pages = tonumber(ARGV[11])
+local other_page = ARGV[12]
+local other_page_digest = ARGV[13]
+local ARG_HEADER = 13
+
+local n, nb, np = events, buckets, pages
+local gen_s, older = generation_s, generations
+local max_types = max_event_types
+local OTHER = {url = other_page, digest = other_page_digest}
 local to_stream = live
 
 local B = {}
 for b = 0, nb - 1 do
-  local k, a = 5 + 3 * b, 14 + 4 * b
+  local k, a = KEY_HEADER + 1 + 3 * b, ARG_HEADER + 1 + 4 * b
   local m, h, d = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   B[b + 1] = {
     type = ARGV[a], m_at = ARGV[a + 1], h_at = ARGV[a + 2], d_at = ARGV[a + 3],
@@ -56,7 +80,7 @@ for b = 0, nb - 1 do
   }
 end
 local P = {}
-local pa = 14 + 4 * nb
+local pa = ARG_HEADER + 1 + 4 * nb
 for p = 0, np - 1 do
   P[p + 1] = {url = ARGV[pa + 2 * p], digest = ARGV[pa + 2 * p + 1]}
 end
@@ -103,15 +127,15 @@ local function admit_types(events)
     end
   end
   local allowed, missing = {}, {}
-  local member = redis.call('SMISMEMBER', KEYS[4], unpack(names))
+  local member = redis.call('SMISMEMBER', event_types, unpack(names))
   for j, t in ipairs(names) do
     if member[j] == 1 then allowed[t] = true else missing[#missing + 1] = t end
   end
   if #missing > 0 then
-    local take = math.min(#missing, max_types - redis.call('SCARD', KEYS[4]))
+    local take = math.min(#missing, max_types - redis.call('SCARD', event_types))
     if take > 0 then
       for j = 1, take do allowed[missing[j]] = true end
-      redis.call('SADD', KEYS[4], unpack(missing, 1, take))
+      redis.call('SADD', event_types, unpack(missing, 1, take))
     end
   end
   return allowed
@@ -132,7 +156,7 @@ local function dedup()
   for i = 0, n - 1 do ids[i + 1] = ARGV[ea + 5 * i] end
   local known = {}
   for back = 0, older do
-    local key = KEYS[2] .. (g - back)
+    local key = dedup_stem .. (g - back)
     for s = 1, n, CHUNK do
       local reply = redis.call('HMGET', key, unpack(ids, s, math.min(s + CHUNK - 1, n)))
       for j, v in ipairs(reply) do
@@ -176,7 +200,7 @@ local function dedup()
   -- "" (no id is empty), which is new only in a hash this call created (or one claim.lua
   -- created: then the same expiry is set again). One command fewer than asking HLEN.
   if #fresh > 0 then
-    local current = KEYS[2] .. g
+    local current = dedup_stem .. g
     fresh[#fresh + 1] = ''
     fresh[#fresh + 1] = ''
     if variadic('HSET', current, fresh) > (#fresh - 2) / 2 then
@@ -462,7 +486,7 @@ else
   for i = 1, n do out[i], write[i] = 1, true end
   -- Replay has no dedup: a call the client library sends again after a lost reply must
   -- not count twice. Its token marks it done (for an hour: a rebuild's retry is at once).
-  if not redis.call('SET', KEYS[2] .. token, 1, 'NX', 'EX', 3600) then
+  if not redis.call('SET', dedup_stem .. token, 1, 'NX', 'EX', 3600) then
     return out
   end
   -- The archive's events were taken: their types join the set whatever the cap (counters
@@ -474,7 +498,7 @@ else
       names[#names + 1] = B[b].type
     end
   end
-  if #names > 0 then redis.call('SADD', KEYS[4], unpack(names)) end
+  if #names > 0 then redis.call('SADD', event_types, unpack(names)) end
 end
 if aggregate then
   aggregated()
@@ -487,7 +511,7 @@ end
 if #records > 0 then
   redis.call('XADD', stream, '*', 'e', table.concat(records, '\n'))
   if #records > 1 then
-    redis.call('INCRBY', KEYS[3], #records - 1)
+    redis.call('INCRBY', stream_extra, #records - 1)
   end
 end
 return out

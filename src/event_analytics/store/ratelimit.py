@@ -8,7 +8,8 @@ import time
 from dataclasses import dataclass
 
 from event_analytics.keys import Keys
-from event_analytics.store.redis import Client, engine_errors
+from event_analytics.store.connect import Client
+from event_analytics.store.errors import engine_errors
 
 
 def digest(text: str) -> str:

@@ -11,12 +11,14 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from event_analytics.errors import QueryTooCostly
 from event_analytics.keys import OTHER_PAGE, Keys
-from event_analytics.model import QueryTooCostly
 from event_analytics.series import Series, UserSource
-from event_analytics.store.redis import Client, Store, engine_errors
+from event_analytics.store.connect import Client
+from event_analytics.store.errors import engine_errors
 from event_analytics.store.rounds import Held, members, script_rounds
-from event_analytics.store.scripts import Call, Lua, call_per_shard, register
+from event_analytics.store.scripts import Lua, register
+from event_analytics.store.writer import IngestWriter
 from event_analytics.timebucket import Interval
 
 # Buckets per figures.lua call: ~2 us each (GET + SCARD in Lua, measured on Valkey 8),
@@ -43,7 +45,7 @@ class Reads:
 
     def __init__(
         self,
-        store: Store,
+        store: IngestWriter,
         client: Client | None = None,
         max_cost: int = 500_000,
         chunk_entries: int = 10_000,
@@ -59,14 +61,6 @@ class Reads:
         self.read_only = read_only
         self._figures = register(self.client, Lua.FIGURES)
         self._members = register(self.client, Lua.MEMBERS)
-
-    async def _per_shard(self, script: Any, calls: Sequence[Call]) -> list[Any]:
-        """One script call per shard, all in one round trip; the replies in shard order.
-
-        Through call_per_shard: it works in cluster pipelines and survives NOSCRIPT.
-        """
-        async with engine_errors():
-            return await call_per_shard(self.client, script, calls, read_only=self.read_only)
 
     async def minute_stats(
         self, event_type: str, minutes: Sequence[datetime]

@@ -18,7 +18,8 @@ from typing import Any
 from redis import exceptions as rx
 from redis.commands.core import AsyncScript
 
-from event_analytics.store.redis import Client, engine_errors
+from event_analytics.store.connect import Client
+from event_analytics.store.errors import engine_errors
 from event_analytics.store.scripts import Call, call_per_shard
 
 

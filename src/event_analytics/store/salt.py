@@ -11,7 +11,8 @@ import secrets
 from datetime import UTC, datetime, timedelta
 
 from event_analytics.keys import Keys
-from event_analytics.store.redis import Client, engine_errors
+from event_analytics.store.connect import Client
+from event_analytics.store.errors import engine_errors
 
 GRACE_S = 60
 

@@ -11,7 +11,8 @@ from redis import exceptions as rx
 
 from event_analytics.keys import ARCHIVER_GROUP, Keys
 from event_analytics.store.cluster import by_key
-from event_analytics.store.redis import Client, engine_errors
+from event_analytics.store.connect import Client
+from event_analytics.store.errors import engine_errors
 from event_analytics.store.scripts import Lua, register
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # (stream id, fields)

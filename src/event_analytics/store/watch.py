@@ -22,7 +22,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from event_analytics.config import Settings
-from event_analytics.model import (
+from event_analytics.errors import (
     ArchiveBacklogFull,
     EngineFull,
     EngineMayEvict,
@@ -30,7 +30,9 @@ from event_analytics.model import (
     StorageUnavailable,
 )
 from event_analytics.store.cluster import known_slots
-from event_analytics.store.redis import Client, Store, engine_errors
+from event_analytics.store.connect import Client
+from event_analytics.store.errors import engine_errors
+from event_analytics.store.writer import IngestWriter
 
 log = logging.getLogger(__name__)
 NO_EVICTION = "noeviction"
@@ -110,7 +112,7 @@ def free_bytes(path: Path) -> int | None:
 class EngineWatch:
     """The last readings, refreshed in the background by ``run``."""
 
-    def __init__(self, store: Store, settings: Settings, interval_s: float = 1.0) -> None:
+    def __init__(self, store: IngestWriter, settings: Settings, interval_s: float = 1.0) -> None:
         self.store = store
         self.client: Client = store.client
         self.allow_evicting = settings.allow_evicting_engine

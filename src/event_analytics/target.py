@@ -3,8 +3,11 @@ embedded engine, or its own."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 from event_analytics.config import Settings
 from event_analytics.store.embedded import (
@@ -47,3 +50,14 @@ def engine_settings(settings: Settings) -> Iterator[Settings]:
     finally:
         engine.stop()
         lock.release()
+
+
+def run_with_engine(settings: Settings, run: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
+    """Run a command's ``run`` with the settings of the engine to use (``engine_settings``);
+    exit status 1 with one line when another process holds the data dir without an engine."""
+    try:
+        with engine_settings(settings) as resolved:
+            return asyncio.run(run(resolved))
+    except DataDirInUse as exc:
+        print(f"event-analytics: {exc}", file=sys.stderr)
+        return 1

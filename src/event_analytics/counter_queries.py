@@ -1,4 +1,5 @@
-"""Pure planning and shaping of analytics queries: which buckets to read, what to answer.
+"""Pure planning and shaping of counter queries (Redis buckets; DuckDB questions over the
+archive are analytics/): which buckets to read, what to answer.
 
 No I/O here: the API asks for a plan, hands it to ``store.reads``, and shapes the reply.
 Ranges are half-open, ``[from, to)``, widened to whole buckets of the interval read.
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from event_analytics.model import FieldError, InvalidQuery
+from event_analytics.errors import FieldError, InvalidQuery
 from event_analytics.series import Series, UserSource
 from event_analytics.timebucket import (
     Interval,

@@ -26,8 +26,11 @@ from pathlib import Path
 
 import duckdb
 
-from event_analytics.analytics.sql import COLUMNS
+from event_analytics.archive import record as codec
 from event_analytics.archive.files import event_id_of, list_files
+
+# The archive record as DuckDB reads it (the codec's column list).
+COLUMNS = dict(codec.COLUMNS)
 
 
 def parquet_path(jsonl: Path) -> Path:

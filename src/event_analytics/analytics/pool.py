@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from event_analytics.model import EventAnalyticsError
+from event_analytics.errors import EventAnalyticsError
 
 T = TypeVar("T")
 
