@@ -332,3 +332,31 @@ def test_phone_width_and_screenshots(
             if os.environ.get("EA_DOCS_SCREENSHOT"):
                 shutil.copyfile(path, REPO / "docs" / f"{name}.png")
         assert page.console() == []
+
+
+def test_sites_route_lists_the_archive_sites(
+    svc: ServiceProcess, sent: list[dict[str, Any]]
+) -> None:
+    """GET /api/sites: each site's distinct visitors and events in the range, as sent."""
+    frm, to, pfrm, _ = days()
+    r = HTTP.get(f"{svc.url}/api/sites", params={"date_range": f"{pfrm},{to}"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    want: dict[str, tuple[set[str], int]] = {}
+    for e in sent:
+        users, n = want.get(e["payload"]["domain"], (set(), 0))
+        want[e["payload"]["domain"]] = (users | {e["user_id"]}, n + 1)
+    rows = [(s, len(u), n) for s, (u, n) in want.items()]
+    rows.sort(key=lambda row: (-row[2], row[0]))
+    got = r.json()
+    assert [(s["site_id"], s["visitors"], s["events"]) for s in got["sites"]] == rows
+    assert got["meta"]["method"] == "exact" and got["meta"]["date_range"][0] == f"{pfrm}T00:00:00Z"
+    # Bad ranges are 400 problem+json naming the field; no key, 401.
+    for bad in ("bogus", f"{to},{frm}", "2024-01-01,nope"):
+        r = HTTP.get(f"{svc.url}/api/sites", params={"date_range": bad}, headers=AUTH)
+        assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
+        assert r.json()["errors"][0]["field"] == "date_range", r.text
+    assert HTTP.get(f"{svc.url}/api/sites").status_code == 401
+    # The pages hold no data: public; ?site= goes to the site's page.
+    assert HTTP.get(f"{svc.url}/dashboard/{SITE}").status_code == 200
+    r = HTTP.get(f"{svc.url}/dashboard", params={"site": SITE, "range": "7d"})
+    assert r.status_code == 307 and r.headers["location"] == f"dashboard/{SITE}?range=7d"

@@ -91,7 +91,11 @@ async def get_sites(
     range_: Annotated[str, Query(alias="date_range", max_length=64)] = "30d",
 ) -> Response:
     raw: Any = range_.split(",") if "," in range_ else range_
-    start, end = date_range(raw, datetime.now(UTC))
+    try:
+        start, end = date_range(raw, datetime.now(UTC))
+    except StatsQueryError as exc:  # its words are for the v2 body: say it for a query string
+        raise StatsQueryError("date_range", f"{exc.message} (here: ?date_range=7d, or two ISO "
+                              "dates or date-times joined by a comma)") from None  # fmt: skip
     settings = deps.settings(request)
     until = await _until(request)
     answer = await _engine(request).run(
