@@ -170,6 +170,10 @@ SHOWN = """JSON.stringify({
 })""" % (json.dumps(TOP), json.dumps(TOP))  # noqa: UP031
 
 
+BOXES = """JSON.stringify([...document.querySelectorAll('.stat, .panel, #graph, .toolbar')]
+  .map((e) => e.getBoundingClientRect()).map((r) => [Math.round(r.top), Math.round(r.height)]))"""
+
+
 def shown(page: LivePage) -> dict[str, Any]:
     value: dict[str, Any] = json.loads(page.evaluate(SHOWN))
     return value
@@ -308,6 +312,13 @@ def test_phone_width_and_screenshots(
     frm, to, _, _ = days()
     url = f"{svc.url}/dashboard/{SITE}?range=custom&from={frm}&to={to}#key={READ}"
     with live_page(chromium, tmp_path / "profile") as page:
+        # Where the boxes are before any number arrived (the page's script has built the
+        # panels by then; its requests are still out), to compare with after.
+        early = (
+            f"document.addEventListener('DOMContentLoaded', () => {{ window.__before = {BOXES}; }})"
+        )
+        page.send("Page.enable", {}, page.session)
+        page.send("Page.addScriptToEvaluateOnNewDocument", {"source": early}, page.session)
         for name, width, height, mobile in (("dashboard-site", 1280, 900, False),
                                             ("dashboard-site-phone", 390, 844, True)):  # fmt: skip
             metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}
@@ -315,6 +326,10 @@ def test_phone_width_and_screenshots(
             page.open(url)
             settle(page, 1)
             assert page.evaluate("document.documentElement.scrollWidth") <= width
+            # No layout shift: every box where it was before the numbers came.
+            before = json.loads(page.evaluate("window.__before"))
+            after = json.loads(page.evaluate(BOXES))
+            assert len(before) == len(after) > 10 and before == after, (before, after)
             # Controls are reachable from the keyboard: buttons, links and inputs.
             controls = (
                 ".stat[data-metric], ol.rows li:not(.empty) > :first-child, .tablist *, .more"

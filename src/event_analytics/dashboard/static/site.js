@@ -401,10 +401,12 @@
     const until = results[0].status === "fulfilled" ? results[0].value : null;
     $("status-dot").className = "dot " + (errors.length ? "bad" : "ok");
     $("status-text").textContent = until ? `archive up to ${utcTime(until)}` : "no data";
-    $("range-text").textContent = `${state.range.from} – ${state.range.to} (UTC)`;
     document.body.dataset.ready = "1";
     document.body.dataset.rounds = String(Number(document.body.dataset.rounds || 0) + 1);
   }
+
+  // Written as the range is picked, not when its numbers come: no line appears later.
+  const showRange = () => { $("range-text").textContent = `${state.range.from} – ${state.range.to} (UTC)`; };
 
   async function loadSites() {
     const picker = $("site-picker");
@@ -448,6 +450,7 @@
       $("custom-from").value = range.from;
       $("custom-to").value = range.to;
       fillIntervals();
+      showRange();
       API.writeState(state);
       refresh();
     };
@@ -489,6 +492,7 @@
     });
     for (const el of document.querySelectorAll(".panel.list")) buildPanel(el);
     fillIntervals();
+    showRange();
     renderChips();
     if (SITE) API.writeState(state);
     loadSites().then(refresh);
