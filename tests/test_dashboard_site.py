@@ -219,6 +219,9 @@ def check_numbers(
 def test_site_page_shows_the_model_and_filters_by_click(
     svc: ServiceProcess, sent: list[dict[str, Any]], chromium: str, tmp_path: Path
 ) -> None:
+    """Top row, changes against the previous period, graph and sources equal the model;
+    a click on a source row filters the page to the model with that filter; a bookmark
+    reproduces it; is-not and AND; chips removed; the other site and markup never show."""
     frm, to, _, _ = days()
     url = f"{svc.url}/dashboard/{SITE}?range=custom&from={frm}&to={to}#key={READ}"
     with live_page(chromium, tmp_path / "profile") as page:
@@ -273,6 +276,8 @@ def test_site_page_shows_the_model_and_filters_by_click(
 def test_details_search_and_metric_switch(
     svc: ServiceProcess, sent: list[dict[str, Any]], chromium: str, tmp_path: Path
 ) -> None:
+    """Comparison off; a number clicked is the graph's metric; the details view's search;
+    the range picker's days and the compared ranges; /dashboard/sites picks a site."""
     frm, to, _, _ = days()
     url = f"{svc.url}/dashboard/{SITE}?range=custom&from={frm}&to={to}&compare=off#key={READ}"
     with live_page(chromium, tmp_path / "profile") as page:
@@ -302,7 +307,38 @@ def test_details_search_and_metric_switch(
         assert page.evaluate("document.querySelector('#details-rows li').dataset.visitors") == str(
             row["metrics"][0]
         )
+        # The range picker's calendar ranges (whole UTC days, both ends included).
+        ranges = page.evaluate(
+            "const at = new Date(Date.UTC(2026, 0, 15, 23, 59)); Object.fromEntries(['today', "
+            "'yesterday', '7d', '30d', 'month', 'lastmonth'].map((n) => [n, "
+            "[EARange.days(n, at).from, EARange.days(n, at).to, EARange.days(n, at).days]]))"
+        )
+        assert ranges == {
+            "today": ["2026-01-15", "2026-01-15", 1],
+            "yesterday": ["2026-01-14", "2026-01-14", 1],
+            "7d": ["2026-01-09", "2026-01-15", 7],
+            "30d": ["2025-12-17", "2026-01-15", 30],
+            "month": ["2026-01-01", "2026-01-15", 15],
+            "lastmonth": ["2025-12-01", "2025-12-31", 31],
+        }  # fmt: skip
+        compared = page.evaluate(
+            "const r = {from: '2026-03-01', to: '2026-03-31', days: 31}; "
+            "[EASite.comparedRange(r, 'previous'), EASite.comparedRange(r, 'year'), "
+            "EASite.comparedRange(r, 'off')]"
+        )
+        assert compared == [
+            {"from": "2026-01-29", "to": "2026-02-28", "days": 31},
+            {"from": "2025-03-01", "to": "2025-03-31", "days": 31},
+            None,
+        ]
         assert page.console() == []
+        # /dashboard/sites opens the site with the most events.
+        page.open(f"{svc.url}/dashboard/sites?range=custom&from={frm}&to={to}")
+        page.wait_until(f"location.pathname === '/dashboard/{SITE}'", WAIT_S)
+        settle(page, 1)
+        options = page.evaluate("[...document.querySelectorAll('#site-picker option')]"
+                                ".map((o) => [o.value, o.selected])")  # fmt: skip
+        assert options == [[SITE, True], [OTHER, False]]
 
 
 def test_phone_width_and_screenshots(
@@ -375,3 +411,33 @@ def test_sites_route_lists_the_archive_sites(
     assert HTTP.get(f"{svc.url}/dashboard/{SITE}").status_code == 200
     r = HTTP.get(f"{svc.url}/dashboard", params={"site": SITE, "range": "7d"})
     assert r.status_code == 307 and r.headers["location"] == f"dashboard/{SITE}?range=7d"
+
+
+def test_current_visitors(
+    svc: ServiceProcess, sent: list[dict[str, Any]], chromium: str, tmp_path: Path
+) -> None:
+    """Visitors with an event of the site in the last 5 minutes: the page's live number
+    (GET /api/sites over those minutes), the other site's visitors not among them."""
+    now = datetime.now(UTC)
+    fresh = [
+        event(user=user, ts=now - timedelta(seconds=back), url=f"https://{site}/", domain=site)
+        for user, back, site in [("now-1", 30, SITE), ("now-1", 20, SITE), ("now-2", 10, SITE),
+                                 ("now-3", 10, OTHER)]
+    ]  # fmt: skip
+    r = HTTP.post(f"{svc.url}/events/batch", json={"events": fresh})
+    assert r.status_code == 200 and r.json()["accepted"] == len(fresh), r.text
+    sent_at = datetime.now(UTC)
+    frm, to, _, _ = days()
+    url = f"{svc.url}/dashboard/{SITE}?range=custom&from={frm}&to={to}#key={READ}"
+    with live_page(chromium, tmp_path / "profile") as page:
+        deadline = time.monotonic() + WAIT_S
+        while True:  # until a round of the page read an archive holding the fresh events
+            page.open(url)
+            settle(page, 1)
+            current = "document.getElementById('current-visitors')"
+            until = page.evaluate(f"{current}.dataset.archivedUntil")
+            if datetime.fromisoformat(until) > sent_at:
+                break
+            assert time.monotonic() < deadline, until
+            time.sleep(0.5)
+        assert page.evaluate(f"{current}.dataset.value") == "2"

@@ -171,6 +171,7 @@
     const el = $("current-visitors");
     el.dataset.value = String(row ? row.visitors : 0);
     el.textContent = NUM.format(row ? row.visitors : 0);
+    el.dataset.archivedUntil = got.meta.archived_until;
     el.title = `distinct visitors with events in the last 5 minutes, archive up to ${utcTime(got.meta.archived_until)}`;
   }
 
