@@ -162,6 +162,7 @@ SHOWN = """JSON.stringify({
   chips: [...document.querySelectorAll('#chips .chip')].map((c) =>
     [c.dataset.op, c.dataset.dim, c.dataset.value]),
   graph: document.getElementById('graph').dataset.points,
+  compared: document.getElementById('graph').dataset.compared,
   text: document.body.innerText,
   search: location.search,
   archived: document.getElementById('top-source').dataset.archivedUntil,
@@ -210,6 +211,10 @@ def check_numbers(
     by_day = {r["dimensions"][0].date().isoformat(): r["metrics"][0] for r in per_day}
     want_graph = [[d.isoformat(), by_day.get(d.isoformat(), 0)] for d in (frm, to)]
     assert json.loads(got["graph"]) == want_graph
+    per_day = expect(records, pfrm, pto, ["visitors"], dimensions=["time:day"], filters=filters)
+    by_day = {r["dimensions"][0].date().isoformat(): r["metrics"][0] for r in per_day}
+    assert json.loads(got["compared"]) == [[d.isoformat(), by_day.get(d.isoformat(), 0)]
+                                           for d in (pfrm, pto)]  # fmt: skip
     assert got["archived"] and datetime.fromisoformat(got["archived"]) > max(
         datetime.fromisoformat(r["timestamp"]) for r in records
     )
@@ -270,6 +275,14 @@ def test_site_page_shows_the_model_and_filters_by_click(
         page.evaluate("document.querySelector('#chips .remove').click()")
         settle(page, 4)
         assert check_numbers(page, sent, [])["chips"] == []
+        # A page filter (an event:* one): the visits with a view of /pricing; views per
+        # visit is not defined then (the API refuses it), and shows so.
+        page.evaluate(
+            "document.querySelector('#panel-pages li[data-value=\"/pricing\"] button.name').click()"
+        )
+        settle(page, 5)
+        got = check_numbers(page, sent, [["is", "event:page", ["/pricing"]]])
+        assert got["top"]["views_per_visit"] == "" and got["changes"]["views_per_visit"] == ""
         assert page.console() == []
 
 
