@@ -1,11 +1,13 @@
-"""GET /dashboard: the live page, and its static files under /dashboard/static."""
+"""The pages: /dashboard (the live monitor), /dashboard/<site> (a site's page),
+/dashboard/explore, and their static files under /dashboard/static."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -23,12 +25,22 @@ STATIC_PATH = "/dashboard/static"
         "A page for people, refreshed every 5 seconds from the JSON endpoints "
         "(`/analytics/timeseries`, `/analytics/top-pages`, `/analytics/realtime`, "
         "`/persistent/status`, `/metrics`). Works offline: its chart library is served "
-        f"from `{STATIC_PATH}`. `?event_type=` shows another event type."
+        f"from `{STATIC_PATH}`. `?event_type=` shows another event type. `?site=<domain>` "
+        "redirects to that site's page, `/dashboard/<domain>`."
     ),
     response_class=HTMLResponse,
-    responses={200: {"content": {"text/html": {}}, "description": "The page"}},
+    responses={
+        200: {"content": {"text/html": {}}, "description": "The page"},
+        307: {"description": "`?site=`: to the site's page"},
+    },
 )
-async def page() -> HTMLResponse:
+async def page(request: Request) -> Response:
+    site = request.query_params.get("site")
+    if site:
+        rest = [(k, v) for k, v in request.query_params.multi_items() if k != "site"]
+        query = f"?{urlencode(rest)}" if rest else ""
+        # Relative: right behind a proxy that mounts the service under a prefix.
+        return RedirectResponse(f"dashboard/{quote(site, safe='')}{query}", status_code=307)
     # no-cache: the page is tiny, and a stale copy after an upgrade would load old scripts.
     return HTMLResponse(dashboard.page(), headers={"Cache-Control": "no-cache"})
 
@@ -45,6 +57,25 @@ async def page() -> HTMLResponse:
 )
 async def explore() -> HTMLResponse:
     return HTMLResponse(dashboard.page("explore.html"), headers={"Cache-Control": "no-cache"})
+
+
+@router.get(
+    "/dashboard/{site}",
+    summary="A site's page (HTML): visitors, visits, bounce rate, duration, panels, filters",
+    description=(
+        "Reads `POST /api/v2/query` and `GET /api/sites` from the browser (with the read key "
+        "given as `#key=`). `/dashboard/sites` picks the site with the most events. The view "
+        "is in the query string: `range=today|yesterday|7d|30d|month|lastmonth|custom` "
+        "(`from`, `to`), `compare=previous|year|off`, `metric=`, `interval=`, and one "
+        "`f=is|<dimension>|<value>` (or `is_not`) per filter."
+    ),
+    response_class=HTMLResponse,
+    responses={200: {"content": {"text/html": {}}, "description": "The page"}},
+)
+async def site_page(site: str) -> HTMLResponse:
+    # The page is the same for every site: its script reads the site from the path.
+    del site
+    return HTMLResponse(dashboard.page("site.html"), headers={"Cache-Control": "no-cache"})
 
 
 @dataclass(frozen=True, slots=True)

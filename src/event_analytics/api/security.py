@@ -30,7 +30,9 @@ PUBLIC_PATHS = frozenset(
     {"/health", "/health/", "/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc",
      "/openapi.json", "/dashboard", "/js/script.js"}
 )  # fmt: skip
-PUBLIC_PREFIXES = ("/dashboard/static/",)
+# Every page under /dashboard/ (the site pages, Explore, the static files): no data route
+# lives under that path, so none is opened by this.
+PUBLIC_PREFIXES = ("/dashboard/",)
 # The routes that take the write scope: answered by ingest_http, before FastAPI.
 EVENTS_PATH = "/events"
 BATCH_PATH = "/events/batch"

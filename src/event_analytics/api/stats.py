@@ -9,14 +9,14 @@ event loop, with the limits of the other archive queries (503 busy, 504 too long
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from event_analytics.analytics import stats
-from event_analytics.analytics.stats_spec import StatsQueryError, parse_query
+from event_analytics.analytics import site_list, stats
+from event_analytics.analytics.stats_spec import StatsQueryError, date_range, parse_query
 from event_analytics.api import deps
 from event_analytics.api.explore import _engine, _until
 from event_analytics.api.problems import problem_responses
@@ -67,6 +67,39 @@ async def post_query(request: Request) -> Response:
     until = await _until(request)
     answer = await _engine(request).run(
         stats.run, query, settings.archive_path, until, settings.session_timeout_s
+    )
+    return json_response(answer)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@router.get(
+    "/api/sites",
+    summary="The sites seen in the archive over a range, with their visitors and events",
+    description=(
+        "What the dashboard's site picker lists: every site (`site_id`, decided per event as "
+        "docs/api.md says) with at least one event in the range, bots excluded, most events "
+        "first (at most 1000). `date_range` is a Stats API v2 shortcut (`day`, `7d`, `30d`, "
+        "`month`, `12mo`, `all`, ...) or two ISO dates joined by a comma. "
+        "`meta.archived_until` as in `POST /api/v2/query`."
+    ),
+    responses=problem_responses(400, 503, 504),
+)
+async def get_sites(
+    request: Request,
+    range_: Annotated[str, Query(alias="date_range", max_length=64)] = "30d",
+) -> Response:
+    raw: Any = range_.split(",") if "," in range_ else range_
+    try:
+        start, end = date_range(raw, datetime.now(UTC))
+    except StatsQueryError as exc:  # its words are for the v2 body: say it for a query string
+        raise StatsQueryError("date_range", f"{exc.message} (here: ?date_range=7d, or two ISO "
+                              "dates or date-times joined by a comma)") from None  # fmt: skip
+    settings = deps.settings(request)
+    until = await _until(request)
+    answer = await _engine(request).run(
+        site_list.run, settings.archive_path, start or EPOCH, end, until
     )
     return json_response(answer)
 

@@ -1,0 +1,126 @@
+// A site's page, its data side: the read key, the requests, the view's state in the URL,
+// and the comparison. Plain browser JavaScript, no build step.
+(function () {
+  "use strict";
+  const TIMEOUT_MS = 15000;
+  // API paths resolve against the service's root: this page is /dashboard/<site>.
+  const ROOT = new URL("..", window.location.href);
+
+  // The read key (EA_READ_KEYS), from the fragment (#key=...), which browsers never send
+  // to a server or a log; kept for this tab only, as the live dashboard keeps it.
+  const KEY = (() => {
+    const match = /(?:^#|&)key=([^&]+)/.exec(window.location.hash || "");
+    if (match) {
+      try { sessionStorage.setItem("ea-read-key", decodeURIComponent(match[1])); } catch (_) {}
+      history.replaceState(null, "", window.location.pathname + window.location.search);
+    }
+    try { return sessionStorage.getItem("ea-read-key"); } catch (_) { return null; }
+  })();
+
+  class ApiError extends Error {}
+
+  // At most two requests in flight: the service runs EA_ANALYTICS_MAX_CONCURRENT (2 by
+  // default) archive queries at once and answers one more with 503 busy.
+  const IN_FLIGHT = 2;
+  let running = 0;
+  const waiting = [];
+  async function slot() {
+    if (running >= IN_FLIGHT) await new Promise((resolve) => waiting.push(resolve));
+    running++;
+  }
+  function release() {
+    running--;
+    const next = waiting.shift();
+    if (next) next();
+  }
+
+  // One request; ApiError with words for people on a failure. Archive queries wait out a
+  // full query pool (retry.js).
+  async function request(path, body) {
+    const init = { method: body === undefined ? "GET" : "POST", cache: "no-store", headers: {} };
+    if (KEY) init.headers["X-API-Key"] = KEY;
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const name = `${init.method} /${path.split("?")[0]}`;
+    let response;
+    await slot();
+    try {
+      response = await window.EARetry.fetch(new URL(path, ROOT), init, TIMEOUT_MS);
+    } catch (err) {
+      throw new ApiError(`${name}: ${err.name === "AbortError" ? "no answer in time" : "unreachable"}`);
+    } finally {
+      release();
+    }
+    if (!response.ok) {
+      let detail = response.statusText;
+      try {
+        const problem = await response.json();
+        detail = [problem.title, problem.detail].filter(Boolean).join(": ") || detail;
+      } catch (_) { /* not JSON */ }
+      if (response.status === 401 || response.status === 403) {
+        detail += " (this page needs a read key: open it with #key=YOUR_READ_KEY)";
+      }
+      throw new ApiError(`${name}: ${response.status} ${detail}`);
+    }
+    return response.json();
+  }
+
+  const query = (body) => request("api/v2/query", body);
+  const sites = (range) => request(`api/sites?date_range=${encodeURIComponent(range)}`);
+
+  // ---- the view in the URL: ?range=&from=&to=&compare=&metric=&interval=&f=op|dim|value
+
+  const OPS = ["is", "is_not"];
+  function readFilters(params) {
+    const out = [];
+    for (const raw of params.getAll("f")) {
+      const [op, dim, ...rest] = raw.split("|");
+      if (OPS.includes(op) && /^(visit|event):[a-z_]+$/.test(dim || "") && rest.length) {
+        out.push({ op, dim, value: rest.join("|") });
+      }
+    }
+    return out;
+  }
+  function writeState(state) {
+    const params = new URLSearchParams(window.location.search);
+    for (const k of ["compare", "metric", "interval", "f"]) params.delete(k);
+    params.set("compare", state.compare);
+    params.set("metric", state.metric);
+    if (state.interval) params.set("interval", state.interval);
+    for (const f of state.filters) params.append("f", `${f.op}|${f.dim}|${f.value}`);
+    history.replaceState(null, "", `${window.location.pathname}?${params}`);
+  }
+  const asV2 = (filters) => filters.map((f) => [f.op, f.dim, [f.value]]);
+
+  // ---- the comparison --------------------------------------------------------------------
+
+  const DAY_MS = 86400e3;
+  const shift = (day, ms) => new Date(Date.parse(day) + ms).toISOString().slice(0, 10);
+  function yearBefore(day) {
+    const d = new Date(day);
+    d.setUTCFullYear(d.getUTCFullYear() - 1);
+    return d.toISOString().slice(0, 10);
+  }
+  // The range compared with [from, to] (ISO days, both included): as many days just before
+  // it, or the same days a year before; null when off.
+  function comparedRange(range, mode) {
+    if (mode === "previous") {
+      return { from: shift(range.from, -range.days * DAY_MS), to: shift(range.from, -DAY_MS), days: range.days };
+    }
+    if (mode === "year") return { from: yearBefore(range.from), to: yearBefore(range.to), days: range.days };
+    return null;
+  }
+  // The one place the comparison is made: ``body`` over ``range`` and, when on, over the
+  // compared range, by a second request (the API's include.comparisons can replace it
+  // here). {current, previous (or null), range: the compared range}.
+  async function withComparison(body, range, mode) {
+    const other = comparedRange(range, mode);
+    const ask = (r) => query({ ...body, date_range: [r.from, r.to] });
+    const [current, previous] = await Promise.all([ask(range), other ? ask(other) : null]);
+    return { current, previous, range: other };
+  }
+
+  window.EASite = { KEY, ApiError, query, sites, readFilters, writeState, asV2, comparedRange, withComparison };
+})();
