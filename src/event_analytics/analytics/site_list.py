@@ -11,8 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from event_analytics.analytics import sites
-from event_analytics.analytics.engine import QueryEngine
+from event_analytics import sites
+from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.snapshot import hour_files
 from event_analytics.analytics.sql import Params, source
 from event_analytics.timebucket import iso_z
