@@ -43,6 +43,7 @@ _BUCKET_CACHE = 4096
 class IngestResult:
     event_id: str
     duplicate: bool
+    event_type: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +236,8 @@ class Ingestor:
             metrics.event_rejected(refused.errors[0].code, event.event_type)
             raise refused
         metrics.event_stored(event.event_type, duplicate=outcome is Outcome.DUPLICATE)
-        return IngestResult(event_id=str(event.event_id), duplicate=outcome is Outcome.DUPLICATE)
+        duplicate = outcome is Outcome.DUPLICATE
+        return IngestResult(str(event.event_id), duplicate, event.event_type)
 
     def _too_many_types(self, event_type: str) -> FieldError:
         return too_many_event_types(event_type, self.store.caps.event_types)
