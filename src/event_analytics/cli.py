@@ -308,14 +308,14 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
     from event_analytics.restore import BackupError, read_manifest, restore
 
     try:  # before an engine is started for it: a bad backup costs nothing
-        read_manifest(args.dir)
+        manifest = read_manifest(args.dir)
     except BackupError as exc:
         print(f"event-analytics restore: {exc}", file=sys.stderr)
         return 1
 
     async def run(settings: Settings) -> int:
         try:
-            r = await restore(settings, args.dir)
+            r = await restore(settings, args.dir, manifest)
         except BackupError as exc:
             print(f"event-analytics restore: {exc}", file=sys.stderr)
             return 1

@@ -365,9 +365,13 @@ class RestoreReport:
     parked: int  # cross-shard events in flight at the backup, applied by the restore
 
 
-async def restore(settings: Settings, source: Path) -> RestoreReport:
-    """Restore ``source`` into the (empty) engine and archive directory the settings name."""
-    manifest = await asyncio.to_thread(read_manifest, source)
+async def restore(
+    settings: Settings, source: Path, manifest: Manifest | None = None
+) -> RestoreReport:
+    """Restore ``source`` into the (empty) engine and archive directory the settings name;
+    ``manifest``: its ``read_manifest`` when the caller checked it already."""
+    if manifest is None:
+        manifest = await asyncio.to_thread(read_manifest, source)
     for name in ("key_prefix", "shards"):
         if getattr(manifest, name) != getattr(settings, name):
             raise BackupError(
