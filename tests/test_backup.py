@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -388,3 +390,142 @@ def test_the_archive_pause_lasts_as_long_as_the_backup(tmp_path: Path) -> None:
     finally:
         assert isinstance(source.engine, EngineProcess)
         source.engine.stop()
+
+
+def _evil_cases(backup: Path, outside: Path) -> dict[str, Any]:
+    """name -> a change to a copy of ``backup`` (called with the copy's path) that must make
+    restore refuse, before writing anything anywhere (issue 21, item 1)."""
+
+    def manifest_of(copy: Path) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads((copy / "manifest.json").read_text())
+        return loaded
+
+    def save(copy: Path, manifest: Any) -> None:
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+
+    def add_entry(copy: Path, path: str, data: bytes = b'{"x":1}\n') -> None:
+        # A file the entry's checksum matches, wherever the path leads inside the copy.
+        m = manifest_of(copy)
+        m["archive"].append({"path": path, "bytes": len(data), "events": 1,
+                             "sha256": hashlib.sha256(data).hexdigest()})  # fmt: skip
+        m["archive_events"] += 1
+        save(copy, m)
+
+    def dotdot(copy: Path) -> None:
+        # The attack run's entry: archive/x/../../P/x.txt, its file in the backup, and the
+        # target two levels up from the archive directory.
+        (copy / "archive" / "x").mkdir()
+        (copy / "P").mkdir()
+        (copy / "P" / "x.txt").write_bytes(b'{"x":1}\n')
+        add_entry(copy, "archive/x/../../P/x.txt")
+
+    def absolute(copy: Path) -> None:
+        # An absolute path: the file exists there (a manifest can name any file).
+        there = outside / "2026/01/01/events_2026-01-01-00.jsonl"
+        there.parent.mkdir(parents=True, exist_ok=True)
+        there.write_bytes(b'{"x":1}\n')
+        add_entry(copy, str(there))
+
+    def symlink_in_backup(copy: Path) -> None:
+        # An archive file of the backup replaced by a link to a file outside it (same
+        # bytes, so size and checksum match): restore must not read through it.
+        first = copy / manifest_of(copy)["archive"][0]["path"]
+        secret = outside / "secret.jsonl"
+        secret.write_bytes(first.read_bytes())
+        first.unlink()
+        first.symlink_to(secret)
+
+    def symlinked_directory_in_backup(copy: Path) -> None:
+        first = copy / manifest_of(copy)["archive"][0]["path"]
+        real = outside / "day"
+        shutil.copytree(first.parent, real)
+        shutil.rmtree(first.parent)
+        first.parent.symlink_to(real, target_is_directory=True)
+
+    def totals(copy: Path) -> None:
+        m = manifest_of(copy)
+        m["archive_events"] += 1
+        save(copy, m)
+
+    def entry_events(copy: Path) -> None:
+        m = manifest_of(copy)
+        m["archive"][0]["events"] += 1
+        m["archive_events"] += 1
+        save(copy, m)
+
+    def not_json(copy: Path) -> None:
+        (copy / "manifest.json").write_text('{"format": 1, "snapshots": [')
+
+    def typed(change: Any) -> Any:
+        def apply(copy: Path) -> None:
+            m = manifest_of(copy)
+            change(m)
+            save(copy, m)
+
+        return apply
+
+    return {
+        "dotdot": dotdot,
+        "absolute": absolute,
+        "symlink in the backup": symlink_in_backup,
+        "symlinked directory in the backup": symlinked_directory_in_backup,
+        "totals": totals,
+        "events of a file": entry_events,
+        "not JSON": not_json,
+        "a list": lambda c: save(c, [1]),
+        "format true": typed(lambda m: m.update(format=True)),
+        "bytes as text": typed(
+            lambda m: m["archive"][0].update(bytes=str(m["archive"][0]["bytes"]))
+        ),
+        "negative bytes": typed(lambda m: m["snapshots"][0].update(bytes=-1)),
+        "sha256 not hex": typed(lambda m: m["archive"][0].update(sha256="../" * 20)),
+        "path not a string": typed(lambda m: m["archive"][0].update(path=["archive"])),
+        "snapshot path": typed(lambda m: m["snapshots"][0].update(path="../engine/node-0.rdb")),
+        "no snapshots": typed(lambda m: m.update(snapshots=[])),
+        "shards as text": typed(lambda m: m.update(shards="1")),
+        "engine not an object": typed(lambda m: m.update(engine="valkey")),
+        "an entry twice": typed(
+            lambda m: (
+                m["archive"].append(m["archive"][0]),
+                m.update(archive_events=m["archive_events"] * 2),
+            )
+        ),
+    }
+
+
+def test_restore_refuses_an_unsafe_or_malformed_manifest_and_writes_nothing(
+    backed_up: tuple[Backend, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """Issue 21, item 1: every manifest field is untrusted. Each case is refused with one
+    line, exit 1, no traceback, nothing written outside the target directory nor inside
+    it, nothing in the engine. Before: the '..' entry was written outside the archive
+    directory and restore exited 0; the others were restored, or a traceback."""
+    target, backup, env = backed_up
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    archive = Path(env["EA_ARCHIVE_DIR"])
+    for name, change in _evil_cases(backup, outside).items():
+        copy = tmp_path / "copies" / name.replace(" ", "-")
+        shutil.copytree(backup, copy, symlinks=True)
+        change(copy)
+        before = sorted(p.relative_to(outside) for p in outside.rglob("*"))
+        done = cli(["restore", str(copy)], env)
+        assert done.returncode == 1, (name, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, (
+            name, done.stderr)  # fmt: skip
+        assert sorted(p.relative_to(outside) for p in outside.rglob("*")) == before, name
+        assert not (tmp_path / "P").exists(), name  # where the '..' entry led
+        assert target.scan("*") == [] and not archive.exists(), (name, done.stderr)
+    # A link inside the (empty) target archive directory, where a file would go.
+    first = json.loads((backup / "manifest.json").read_text())["archive"][0]["path"]
+    year = Path(first).relative_to("archive").parts[0]
+    archive.mkdir()
+    (archive / year).symlink_to(outside, target_is_directory=True)
+    before = sorted(outside.rglob("*"))
+    done = cli(["restore", str(backup)], env)
+    assert done.returncode == 1 and "symbolic link" in done.stderr, done.stderr
+    assert sorted(outside.rglob("*")) == before and target.scan("*") == []
+    # The backup itself was sound all along: into a plain directory, it restores.
+    (archive / year).unlink()
+    done = cli(["restore", str(backup)], env)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -104,3 +104,61 @@ def test_explore_shows_the_funnel_and_the_heat_map(
         cells = [n for n in row.all("td") if "cell" in n.classes()]
         assert [int(c.attrs["data-value"] or -1) for c in cells] == expected["values"][1:]
     assert sum(int(r.all("td")[1].attrs["data-value"] or 0) for r in cohorts) == 6
+
+
+READ_KEY = "explore-read-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The service with its read scope closed (EA_READ_KEYS)."""
+    env = {"EA_READ_KEYS": READ_KEY}
+    with stopped_after(ServiceProcess(tmp_path_factory.mktemp("keyed") / "data", env)) as svc:
+        yield svc
+
+
+def test_both_pages_load_without_a_key_and_read_with_one(
+    keyed_service: ServiceProcess, chromium: str, tmp_path: Path
+) -> None:
+    """Issue 21, item 2: /dashboard/explore answered 401 once EA_READ_KEYS was set, so the
+    page that reads its key from the URL fragment could not even load. Both pages are
+    public; their data is not, and each page sends the key given in its fragment."""
+    url = keyed_service.url
+    for page in ("/dashboard", "/dashboard/explore"):
+        got = HTTP.get(f"{url}{page}")
+        assert got.status_code == 200, (page, got.status_code, got.text[:200])
+        assert got.headers["content-type"].startswith("text/html"), page
+    assert HTTP.post(f"{url}/analytics/funnel", json={}).status_code == 401  # the data: not
+
+    now = datetime.now(UTC)
+    bodies = _traffic(now)
+    reply = HTTP.post(f"{url}/events/batch", json={"events": bodies})
+    assert reply.status_code == 200 and reply.json()["accepted"] == len(bodies), reply.text
+    sent = datetime.now(UTC)
+    deadline = time.monotonic() + 30
+    probe = {"date_range": "1h", "metrics": ["events"]}
+    while True:  # until every event sent is in the archive's answers
+        got = HTTP.post(f"{url}/analytics/query", json=probe, headers={"X-API-Key": READ_KEY})
+        meta = got.json()["meta"]
+        if datetime.fromisoformat(meta["archived_until"].replace("Z", "+00:00")) > sent:
+            break
+        assert time.monotonic() < deadline, meta
+        time.sleep(0.3)
+
+    explore = f"{url}/dashboard/explore?range=24h&steps=view,join&window=3600"
+    # Without the key: the page loads, every answer is refused, and it says what to do.
+    (tmp_path / "no-key").mkdir()
+    dom = render(chromium, tmp_path / "no-key", explore)
+    banner = dom["error"]
+    assert banner.attrs.get("hidden") is None and "needs a read key" in banner.text(), banner.text()
+    assert [n for n in dom["funnel-chart"].walk() if "bar-row" in n.classes()] == []
+    # With it, in the fragment: the funnel of the events sent.
+    (tmp_path / "key").mkdir()
+    dom = render(chromium, tmp_path / "key", f"{explore}#key={READ_KEY}")
+    assert dom["error"].attrs.get("hidden") is not None, dom["error"].text()
+    rows = [n for n in dom["funnel-chart"].walk() if "bar-row" in n.classes()]
+    assert [int(r.attrs["data-users"] or -1) for r in rows] == [9, 6]
+    # And the live dashboard on the same service, with the key in its fragment.
+    (tmp_path / "dashboard").mkdir()
+    dom = render(chromium, tmp_path / "dashboard", f"{url}/dashboard#key={READ_KEY}")
+    assert dom["error"].attrs.get("hidden") is not None, dom["error"].text()

@@ -151,19 +151,31 @@ def test_requests_over_the_concurrency_limit_get_problem_503(limited: ServicePro
         time.sleep(0.1)
 
 
-def test_per_address_connection_cap_is_429(limited: ServiceProcess) -> None:
+def test_per_address_connection_cap_is_429_except_for_health(limited: ServiceProcess) -> None:
+    """Past the cap an address gets 429 on every route but the health probes: an
+    orchestrator probing through the same proxy or NAT as a noisy client keeps its answer
+    (issue 21, item 5: /health/ready was refused too)."""
     with contextlib.ExitStack() as stack:
         for _ in range(PER_ADDRESS):
             stack.enter_context(_connect(limited, "127.0.2.1"))
         time.sleep(0.3)
-        _assert_problem(
-            *_request(limited, _get("/health/"), "127.0.2.1"), 429, "too-many-connections"
-        )
+        for raw in (_get("/analytics/realtime"), _post_event(), _get("/dashboard")):
+            _assert_problem(*_request(limited, raw, "127.0.2.1"), 429, "too-many-connections")
+        for path in ("/health/ready", "/health/", "/health"):
+            status, _, body = _request(limited, _get(path), "127.0.2.1")
+            assert status in ((200, 307) if path == "/health" else (200,)), (path, body)
+        # A probe's kept-alive socket past the cap serves probes only.
+        with _connect(limited, "127.0.2.1") as probe:
+            for _ in range(2):
+                probe.sendall(_get("/health/ready"))
+                assert _response(probe)[0] == 200
+            probe.sendall(_get("/analytics/realtime"))
+            _assert_problem(*_response(probe), 429, "too-many-connections")
         # Another address is not affected.
-        assert _request(limited, _get("/health/"), "127.0.2.2")[0] == 200
+        assert _request(limited, _get("/analytics/realtime"), "127.0.2.2")[0] == 200
     # Closed: the address may connect again.
     deadline = time.monotonic() + 10
-    while (status := _request(limited, _get("/health/"), "127.0.2.1")[0]) != 200:
+    while (status := _request(limited, _get("/analytics/realtime"), "127.0.2.1")[0]) != 200:
         assert status == 429 and time.monotonic() < deadline, status
         time.sleep(0.1)
 

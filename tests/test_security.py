@@ -120,6 +120,50 @@ def test_read_scope(keyed: str, path: str) -> None:
     )
 
 
+def _absolute_paths(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _absolute_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _absolute_paths(v)]
+    return [value] if isinstance(value, str) and value.startswith("/") else []
+
+
+@pytest.fixture(scope="module")
+def read_keyed(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Read keys only, no rate limits (its test polls)."""
+    env = engine.env | {"EA_READ_KEYS": READ, "EA_KEY_PREFIX": "readkeyed:"}
+    svc = ServiceProcess(tmp_path_factory.mktemp("read-keyed") / "data", env=env)
+    svc.start()
+    yield svc.url
+    svc.stop()
+
+
+def test_read_keys_see_no_archive_path_nor_pids(read_keyed: str, live: ServiceProcess) -> None:
+    """Issue 21, item 7: with EA_READ_KEYS set, /persistent/status and /persistent/files
+    show a read-key holder the figures and the files' relative paths, not the archive's
+    absolute path nor the archivers' pids. Without keys (the operator's own service) they
+    are there."""
+    assert HTTP.post(f"{read_keyed}/events", json=event()).status_code == 201
+    read = {"x-api-key": READ}
+    deadline = time.monotonic() + 30
+    while True:  # an archiver has written a file and said so in a heartbeat
+        status = HTTP.get(f"{read_keyed}/persistent/status", headers=read).json()
+        if status["archivers"] and status["stats"]["files_count"]:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    files = HTTP.get(f"{read_keyed}/persistent/files", headers=read).json()
+    assert "archive_dir" not in status and "directory" not in files, (status, files)
+    assert all("pid" not in a and a["name"] for a in status["archivers"]), status
+    assert _absolute_paths(status) == _absolute_paths(files) == []
+    assert files["files"] and all(f["path"].endswith(".jsonl") for f in files["files"])
+    # The operator's service, no keys: both shown.
+    open_status = HTTP.get(f"{live.url}/persistent/status").json()
+    assert open_status["archive_dir"].startswith("/"), open_status
+    assert all(isinstance(a["pid"], int) for a in open_status["archivers"]), open_status
+    assert HTTP.get(f"{live.url}/persistent/files").json()["directory"].startswith("/")
+
+
 def test_probes_and_docs_stay_public_and_say_so(keyed: str, live: ServiceProcess) -> None:
     for path in ("/health/", "/health/ready", "/openapi.json", "/docs"):
         assert HTTP.get(f"{keyed}{path}").status_code == 200, path

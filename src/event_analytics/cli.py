@@ -12,11 +12,14 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from event_analytics.config import Settings, load_settings
+from event_analytics.errors import StorageUnavailable
 
 log = logging.getLogger("event_analytics")
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -200,7 +203,10 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 def _bounded(kind: type[int] | type[float], low: float, high: float | None = None) -> Any:
     def parse(text: str) -> int | float:
-        value = kind(text)
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if value < low or (high is not None and value > high):
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise argparse.ArgumentTypeError(f"must be {bound}")
@@ -213,7 +219,12 @@ def _when(text: str) -> datetime:
     """An ISO 8601 date or date-time from the command line (naive = UTC)."""
     from event_analytics.timebucket import to_utc
 
-    return to_utc(datetime.fromisoformat(text))
+    try:
+        return to_utc(datetime.fromisoformat(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 date or time, e.g. 2026-11-28 or 2026-11-28T13:00"
+        ) from None
 
 
 def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
@@ -280,9 +291,55 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _backup(args: argparse.Namespace, settings: Settings) -> int:
-    from event_analytics import backup
+    from event_analytics.backup import backup, check_dest
+    from event_analytics.restore import BackupError
 
-    return _with_engine(settings, lambda resolved: backup.main(resolved, args.command, args.dir))
+    try:  # before an engine is started or anything paused: a bad destination costs nothing
+        check_dest(args.dir)
+    except BackupError as exc:
+        print(f"event-analytics backup: {exc}", file=sys.stderr)
+        return 1
+
+    async def run(settings: Settings) -> int:
+        try:
+            m = await backup(settings, args.dir)
+        except BackupError as exc:
+            print(f"event-analytics backup: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"backup in {args.dir}: {len(m['snapshots'])} engine snapshot(s), "
+            f"{len(m['archive'])} archive files ({m['archive_events']} events) up to "
+            f"{m['archive_watermark']}; {m['unarchived_events']} events were not archived "
+            "yet (they are in the snapshot's streams)"
+        )
+        return 0
+
+    return _with_engine(settings, run)
+
+
+def _restore(args: argparse.Namespace, settings: Settings) -> int:
+    from event_analytics.restore import BackupError, read_manifest, restore
+
+    try:  # before an engine is started for it: a bad backup costs nothing
+        manifest = read_manifest(args.dir)
+    except BackupError as exc:
+        print(f"event-analytics restore: {exc}", file=sys.stderr)
+        return 1
+
+    async def run(settings: Settings) -> int:
+        try:
+            r = await restore(settings, args.dir, manifest)
+        except BackupError as exc:
+            print(f"event-analytics restore: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"restored {r.keys} keys and {r.files} archive files ({r.events} events) "
+            f"from {args.dir}, applied {r.parked} cross-shard events in flight at the "
+            "backup; start the service, let its archiver catch up, then verify"
+        )
+        return 0
+
+    return _with_engine(settings, run)
 
 
 def _with_engine(settings: Settings, run: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
@@ -292,9 +349,16 @@ def _with_engine(settings: Settings, run: Callable[[Settings], Coroutine[Any, An
     return run_with_engine(settings, run)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its refusals on one line (not the usage first): ``--help`` has it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="event-analytics", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="event-analytics", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)  # subparsers: _Parser too
 
     def add_dirs(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", help="embedded engine and archive (default ./data)")
@@ -302,9 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the HTTP service (embedded engine unless REDIS_URL)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--port", type=_bounded(int, 0, 65535), help="port (default 8000)")
     add_dirs(serve)
-    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.add_argument("--workers", type=_bounded(int, 1, 256), help="worker processes (default 1)")
     serve.add_argument("--no-archiver", action="store_true", help="do not run the archiver")
     serve.set_defaults(func=_serve)
 
@@ -331,14 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
             )
         p.set_defaults(func=func)
 
-    for name, text in (
-        ("backup", "write an engine snapshot and the archive, with a manifest, into DIR"),
-        ("restore", "restore a backup DIR into an empty engine and archive"),
+    for name, func, text in (
+        ("backup", _backup, "write an engine snapshot and the archive, with a manifest, into DIR"),
+        ("restore", _restore, "restore a backup DIR into an empty engine and archive"),
     ):
         p = sub.add_parser(name, help=text)
         add_dirs(p)
         p.add_argument("dir", type=Path, metavar="DIR")
-        p.set_defaults(func=_backup)
+        p.set_defaults(func=func)
 
     load = sub.add_parser(
         "loadtest",
@@ -384,6 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """The environment variable (or flag) a settings error is about."""
+    name = str(loc[0]) if loc else ""
+    if not name:
+        return "settings"
+    return name.upper() if name.startswith("redis_") else f"EA_{name.upper()}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from event_analytics import logs
 
@@ -392,7 +464,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
     except ValidationError as exc:
-        print(f"event-analytics: invalid configuration:\n{exc}", file=sys.stderr)
+        reasons = "; ".join(f"{_variable(e['loc'])}: {e['msg']}" for e in exc.errors())
+        print(f"event-analytics: invalid configuration: {reasons}", file=sys.stderr)
         return 2
-    code: int = args.func(args, settings)
+    try:
+        code: int = args.func(args, settings)
+    except (RedisConnectionError, RedisTimeoutError, StorageUnavailable) as exc:
+        # The engine named by REDIS_URL / REDIS_CLUSTER_URL does not answer: a runtime
+        # failure with one line, not a traceback.
+        why = " ".join(str(exc.__cause__ or exc).split())
+        print(
+            f"event-analytics {args.command}: the engine is unreachable ({why}): check "
+            "REDIS_URL / REDIS_CLUSTER_URL",
+            file=sys.stderr,
+        )
+        return 1
     return code

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 class IngestResult:
     event_id: str
     duplicate: bool
+    event_type: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +177,8 @@ class Ingestor:
             telemetry.event_rejected(refused.errors[0].code, event.event_type)
             raise refused
         telemetry.event_stored(event.event_type, duplicate=outcome is Outcome.DUPLICATE)
-        return IngestResult(event_id=str(event.event_id), duplicate=outcome is Outcome.DUPLICATE)
+        duplicate = outcome is Outcome.DUPLICATE
+        return IngestResult(str(event.event_id), duplicate, event.event_type)
 
     def _too_many_types(self, event_type: str) -> FieldError:
         return too_many_event_types(event_type, self.store.caps.event_types)

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import psycopg
 
@@ -170,7 +171,7 @@ def _difference(hour: datetime, want: tuple[int, int], got: tuple[int, int]) -> 
 
 
 def add_commands(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    sub: argparse._SubParsersAction[Any],
     add_dirs: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     p = sub.add_parser("deliver", help="deliver the archive to PostgreSQL (EA_POSTGRES_URL)")

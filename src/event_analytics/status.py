@@ -133,7 +133,7 @@ def render(snap: Snapshot, console: Console) -> None:
         console.print(_archive_table(snap.archive))
     # Unreachable: every request failed the same way; one line says it.
     for error in snap.errors[:1] if snap.health is None else snap.errors:
-        console.print(f"[red]{error}")
+        console.print(f"[red]{error}", soft_wrap=True)
 
 
 def main(url: str, minutes: int = MINUTES, console: Console | None = None) -> int:

@@ -42,7 +42,10 @@ PLAIN_DIMENSIONS = ("event_type", "page_url")
 
 
 def _invalid(code: str, message: str, **context: Any) -> PydanticCustomError:
-    return PydanticCustomError(code, message, context or None)
+    # Rendered here with str.format: pydantic fills in a plain ``{name}`` from the context
+    # but leaves ``{name!r}`` as it is, and a client got the raw template. No context is
+    # passed on, so a value that holds braces is never expanded a second time.
+    return PydanticCustomError(code, message.format(**context))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,10 @@ REF = "#/components/schemas/{model}"
 
 class EventAccepted(BaseModel):
     success: bool = True
-    message: str
+    message: str = Field(
+        description="Informational (kept from the seed): `<event_type> event stored`, or "
+        "for a duplicate that nothing changed. Read `duplicate` and the status, not this."
+    )
     event_id: str
     duplicate: bool
 

@@ -24,6 +24,17 @@ from event_analytics.timebucket import iso_z
 router = APIRouter(prefix="/persistent", tags=["archive"])
 
 
+def _for_operator(request: Request) -> bool:
+    """Whether the answer may show the archive's absolute path and the archivers' pids.
+
+    Not once EA_READ_KEYS is set: a read key is handed to dashboards and colleagues, who
+    need the figures but not where the files lie on the host or which process to signal
+    (a foothold for a local attacker). Without keys the service is the single operator's
+    (127.0.0.1, ``make run``), who sees them.
+    """
+    return not deps.settings(request).read_keys
+
+
 @router.get(
     "/status",
     summary="Archive status: stream backlog, lag, archivers, files on disk",
@@ -34,7 +45,9 @@ router = APIRouter(prefix="/persistent", tags=["archive"])
         "reason that keeps events out (`engine_full`, `engine_may_evict`, `storage_full`, "
         "`archive_backlog_full`). `destinations.postgres` (with EA_POSTGRES_URL): the "
         "delivery's `state` (`running`, `unreachable`, `blocked`, `not_running`), "
-        "`events_behind` and `seconds_behind` (age of the oldest undelivered event)."
+        "`events_behind` and `seconds_behind` (age of the oldest undelivered event). "
+        "`archive_dir` and each archiver's `pid` are shown only "
+        "when no `EA_READ_KEYS` are set (not to read-key holders)."
     ),
     responses=problem_responses(503),
 )
@@ -50,6 +63,7 @@ async def status(request: Request) -> dict[str, Any]:
     # out of disk, backlog over its bound): that is not healthy either.
     watch: EngineWatch = request.app.state.watch
     refusal = watch.not_ready()
+    operator = _for_operator(request)
     if not archivers:
         state = "archiver_not_running"
     elif blocked:
@@ -78,8 +92,11 @@ async def status(request: Request) -> dict[str, Any]:
             "is_processor_running": bool(archivers),
             "running_consumers": len(archivers),
         },
-        "archivers": sorted(archivers.values(), key=lambda a: str(a.get("name"))),
-        "archive_dir": str(settings.archive_path),
+        "archivers": [
+            a if operator else {k: v for k, v in a.items() if k != "pid"}
+            for a in sorted(archivers.values(), key=lambda a: str(a.get("name")))
+        ],
+        **({"archive_dir": str(settings.archive_path)} if operator else {}),
         "timestamp": iso_z(datetime.now(UTC)),
     }
 
@@ -88,7 +105,10 @@ async def status(request: Request) -> dict[str, Any]:
 async def files(request: Request) -> dict[str, Any]:
     root = deps.settings(request).archive_path
     counter: LineCounter = request.app.state.line_counter
-    return await asyncio.to_thread(_files, root, counter)
+    answer = await asyncio.to_thread(_files, root, counter)
+    if not _for_operator(request):
+        del answer["directory"]  # the files' paths stay, relative to it
+    return answer
 
 
 def _files(root: Path, counter: LineCounter) -> dict[str, Any]:

@@ -18,7 +18,9 @@ answer 503. Instead:
 - ``EA_MAX_CONNECTIONS``: open sockets. At the cap a new connection closes the oldest
   idle one (no request in progress); when none is idle, it is answered 503.
 - ``EA_MAX_CONNECTIONS_PER_ADDRESS``: open sockets per client address (the peer's, not
-  X-Forwarded-For; behind a proxy raise it or set 0). Over it: 429.
+  X-Forwarded-For; behind a proxy raise it or set 0). Over it: 429, except the health
+  routes: an orchestrator probing through the same proxy or NAT as a noisy client must
+  not take the instance out of service (the other caps still bound those sockets).
 
 It also sends each response's head and body in one write: uvicorn writes them apart,
 two syscalls and, on loopback, two wakeups of the client per response (those writes were
@@ -177,6 +179,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # The answer to give instead of parsing on (raised out of a parser callback).
         self._refusal: bytes | None = None
         self._address: str | None = None
+        # Past the per-address cap: only the health routes are answered on this socket.
+        self._over_address_cap = False
 
     def _arm(self) -> None:
         if self._head_timer is None:
@@ -206,9 +210,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             count = self._per_address.get(address, 0) + 1
             self._per_address[address] = count
             if self.max_per_address and count > self.max_per_address:
-                # Answered when its request begins (a reply before any request is one
-                # most clients never read); cut at the head deadline if none comes.
-                self._refusal = TOO_MANY_CONNECTIONS_429
+                # Judged when its request's head is complete (a reply before any request
+                # is one most clients never read, and the path decides: health routes are
+                # answered); cut at the head deadline if none comes.
+                self._over_address_cap = True
         self._arm()
 
     def _busy(self) -> bool:
@@ -239,10 +244,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refusal is TOO_MANY_CONNECTIONS_429:
-            self.send_400_response("")  # not parsed, not logged (an attacker's volume)
+        if not self._over_address_cap:
+            super().data_received(data)
             return
-        super().data_received(data)
+        # Past the per-address cap: uvicorn's own data_received, minus its warning per
+        # parse error: each refusal would log one line (an attacker's volume).
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self.send_400_response("")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -267,6 +278,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         self._in_request = False
+        if self._over_address_cap and httptools.parse_url(self.url).path not in UNLIMITED_PATHS:
+            self._refusal = TOO_MANY_CONNECTIONS_429
+            raise Refused  # answered 429 and closed by send_400_response, not logged
         previous = self.cycle
         if self._over_concurrency():
             # uvicorn starts the request's task with self.app; this one request gets ours.

@@ -25,10 +25,11 @@ from event_analytics.errors import EventsRateLimited, StorageUnavailable
 from event_analytics.store.ratelimit import RateLimits
 
 # The routes anyone may call whatever the keys: probes, the API description, and the
-# dashboard's page and files (they hold no data: the page reads it with a key).
+# dashboard's pages and files (they hold no data: a page reads it with the key given in
+# its URL fragment, which the browser never sends, so the page itself must load keyless).
 PUBLIC_PATHS = frozenset(
     {"/health", "/health/", "/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc",
-     "/openapi.json", "/dashboard", "/js/script.js"}
+     "/openapi.json", "/dashboard", "/dashboard/explore", "/js/script.js"}
 )  # fmt: skip
 # Every page under /dashboard/ (the site pages, Explore, the static files): no data route
 # lives under that path, so none is opened by this.

@@ -37,7 +37,7 @@ def main(options: Options, out: Console | None = None, err: Console | None = Non
     try:
         return asyncio.run(_run(options, out, err))
     except CannotRun as exc:
-        err.print(f"[bold red]loadtest: {exc}")
+        err.print(f"[bold red]loadtest: {exc}", soft_wrap=True)  # one line, however wide
         return 2
 
 

@@ -9,7 +9,18 @@
   const MAX_STEPS = 5;
   let range = null;
 
-  const KEY = (() => { try { return sessionStorage.getItem("ea-read-key"); } catch (_) { return null; } })();
+  // A read key, when the service requires one (EA_READ_KEYS): in the fragment,
+  // /dashboard/explore#key=... (never sent to a server or a log), or kept for this tab
+  // by the dashboard. The page itself is public; the answers it asks for are not.
+  const KEY = (() => {
+    const match = /(?:^#|&)key=([^&]+)/.exec(window.location.hash || "");
+    if (match) {
+      try { sessionStorage.setItem("ea-read-key", decodeURIComponent(match[1])); } catch (_) {}
+      history.replaceState(null, "", window.location.pathname + window.location.search);
+      return decodeURIComponent(match[1]);
+    }
+    try { return sessionStorage.getItem("ea-read-key"); } catch (_) { return null; }
+  })();
   const HEADERS = Object.assign({ "Content-Type": "application/json" }, KEY ? { "X-API-Key": KEY } : {});
 
   // Waits out a full archive-query pool (retry.js, shared with the dashboard), then any
@@ -21,7 +32,9 @@
     const answer = await response.json().catch(() => ({}));
     if (!response.ok) {
       const reasons = (answer.errors || []).map((e) => `${e.field}: ${e.message}`).join("; ");
-      throw new Error(`${path}: ${response.status} ${reasons || answer.detail || response.statusText}`);
+      const hint = response.status === 401 || response.status === 403
+        ? " (this service needs a read key: open /dashboard/explore#key=YOUR_READ_KEY)" : "";
+      throw new Error(`${path}: ${response.status} ${reasons || answer.detail || response.statusText}${hint}`);
     }
     return answer;
   }
