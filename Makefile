@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 
 EVENTS ?= 3000
 
-.PHONY: run test lint bench clean loadtest status screenshot image compose-up compose-down
+.PHONY: run test test-fast lint bench clean loadtest status screenshot image compose-up compose-down
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ lint: $(VENV)/.installed-dev
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The edit-run loop: lint, the in-process HTTP tests (tests/inproc.py) and the tests that
+# start no service process, on the real engines still; not the tests marked slow (service
+# processes, fuzzing, the large Hypothesis models). `make test` runs everything.
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from benchmarks.procs import EngineProcess, free_port, free_ports
+from tests import servers
 from tests.backends import Backend
 from tests.cluster import ClusterProcess, start_cluster
 from tests.helpers import chromium_binary
+from tests.inproc import InProcessService, in_process
 from tests.servers import ServiceProcess, engine_binary, stopped_after
 
 ENGINES = ["valkey", "redis", "cluster"]
@@ -104,6 +106,43 @@ def two_workers(db: Backend, tmp_path: Path) -> Iterator[ServiceProcess]:
 def live(service: ServiceProcess, db: Backend) -> ServiceProcess:
     """The service, with its engine emptied before the test."""
     return service
+
+
+@pytest.fixture(scope="session")
+def app_service(
+    engine: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessService]:
+    """The app in this process on the session's engine (tests.inproc): for HTTP semantics.
+
+    Its key prefix is the ``service``'s, and it runs no archiver: only the ``service``'s
+    archiver reads the streams, as with ``exact_service``.
+    """
+    data_dir = tmp_path_factory.mktemp(f"inproc-{engine.kind}") / "data"
+    settings = engine.settings(data_dir=data_dir, key_prefix=engine.prefix)
+    with in_process(settings, engine.env) as svc:
+        yield svc
+
+
+@pytest.fixture
+def api(app_service: InProcessService, db: Backend) -> InProcessService:
+    """The in-process app, with its engine emptied before the test (``live``'s twin)."""
+    return app_service
+
+
+# Fixtures that start the service as a process: a test using one is marked slow.
+SERVICE_FIXTURES = frozenset({"service", "live", "two_workers", "engine_down", "exact_service"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Only tests marked slow may start the service as a process (ServiceProcess checks):
+    ``-m "not slow"`` (make test-fast) runs none."""
+    servers.PROCESSES_ALLOWED = item.get_closest_marker("slow") is not None
 
 
 @pytest.fixture(scope="session", params=["single", "cluster"])

@@ -34,11 +34,8 @@ import pytest
 from event_analytics.ingest import Ingestor
 from event_analytics.store import IngestWriter
 from event_analytics.store.writer import AGGREGATE_ABOVE
+from tests.servers import HTTP as HTTP  # re-exported: defined beside ServiceProcess (its http)
 from tests.servers import ServiceProcess
-
-# One client for all tests: httpx.post() builds a new client (and TLS context) per call,
-# ~50 ms each, which made request loops in tests slow.
-HTTP = httpx.Client(timeout=10)
 
 
 class ThreadClients:

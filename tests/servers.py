@@ -32,6 +32,14 @@ ENGINE_VARIABLES = frozenset(
 )
 
 
+# One client for all tests: httpx.post() builds a new client (and TLS context) per call,
+# ~50 ms each, which made request loops in tests slow.
+HTTP = httpx.Client(timeout=10)
+
+# False while a test not marked slow runs (conftest): it must not start the service.
+PROCESSES_ALLOWED = True
+
+
 def engine_binary(kind: str) -> str | None:
     """'valkey' = the bundled Valkey; 'redis' = Debian's redis-server, if installed."""
     if kind == "valkey":
@@ -41,6 +49,10 @@ def engine_binary(kind: str) -> str | None:
 
 class ServiceProcess:
     """``python -m event_analytics serve`` as a subprocess, reached over real HTTP."""
+
+    # Its client, as tests.inproc.InProcessService has one: a test body written against
+    # ``svc.url`` and ``svc.http`` runs on either.
+    http = HTTP
 
     def __init__(
         self,
@@ -68,6 +80,7 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> None:
+        assert PROCESSES_ALLOWED, "a test that starts the service is marked slow"
         cmd = self.command or [
             sys.executable, "-m", "event_analytics", "serve",
             "--port", str(self.port), "--data-dir", str(self.data_dir),
@@ -181,6 +194,8 @@ class ArchiverProcess:
     """``event-analytics archiver`` as a subprocess (``worker.Archiver`` is what it runs)."""
 
     def __init__(self, env: dict[str, str], log: Path, fsize: int | None = None) -> None:
+        assert PROCESSES_ALLOWED, "a test that starts the archiver is marked slow"
+
         def limit() -> None:
             if fsize is not None:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.RLIM_INFINITY))

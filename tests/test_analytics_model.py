@@ -122,6 +122,7 @@ def same_steps(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
         assert close(g["conversion_from_start"], w["users"] / first if first else 0.0)
 
 
+@pytest.mark.slow
 @HYPOTHESIS
 @given(
     recs=records(),
@@ -186,6 +187,7 @@ def test_funnel_matches_model(
             same_steps(g["steps"], w["steps"])
 
 
+@pytest.mark.slow
 @HYPOTHESIS
 @given(
     recs=records(span_s=4 * 86400, users=5, per_user=10),
@@ -250,6 +252,7 @@ DIMENSIONS = ["event_type", "page_url", "property:plan", "property:n", "time:min
 METRICS = ["events", "visitors", "events_per_visitor"]
 
 
+@pytest.mark.slow
 @HYPOTHESIS
 @given(
     recs=records(span_s=2 * 86400, users=5, per_user=10),

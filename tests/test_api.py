@@ -1,4 +1,6 @@
-"""The seed's endpoints and every bad-input case, over HTTP against the real service."""
+"""The seed's endpoints and every bad-input case, over HTTP: in-process against the app
+(``api``) on each engine, and against the service process (``live``) where the archiver or
+a socket is part of the check."""
 
 from __future__ import annotations
 
@@ -16,26 +18,27 @@ import pytest
 from event_analytics.timebucket import Interval
 from tests.backends import Backend
 from tests.helpers import HTTP, IST, event, seed_key
+from tests.inproc import InProcessService, Service
 from tests.servers import ServiceProcess
 
 PROBLEM = "application/problem+json"
 
 
-def post(svc: ServiceProcess, body: object, **kw: object) -> httpx.Response:
-    return HTTP.post(f"{svc.url}/events", json=body, **kw)  # type: ignore[arg-type]
+def post(svc: Service, body: object, **kw: object) -> httpx.Response:
+    return svc.http.post(f"{svc.url}/events", json=body, **kw)  # type: ignore[arg-type]
 
 
-def bucket(svc: ServiceProcess, key: str) -> dict[str, object]:
-    r = HTTP.get(f"{svc.url}/analytics/minute-buckets/{key}", timeout=10)
+def bucket(svc: Service, key: str) -> dict[str, object]:
+    r = svc.http.get(f"{svc.url}/analytics/minute-buckets/{key}", timeout=10)
     assert r.status_code == 200, r.text
     return r.json()
 
 
-def test_health_and_ready(live: ServiceProcess) -> None:
-    r = HTTP.get(f"{live.url}/health/")
+def test_health_and_ready(api: InProcessService) -> None:
+    r = api.http.get(f"{api.url}/health/")
     assert r.status_code == 200
     assert r.json()["status"] == "healthy" and r.json()["service"] == "event-analytics"
-    ready = HTTP.get(f"{live.url}/health/ready").json()
+    ready = api.http.get(f"{api.url}/health/ready").json()
     assert ready["status"] == "ready"
     assert ready["engine"]["reachable"] is True
     # The fixture engines run appendfsync always; readiness must report the policy it found.
@@ -43,9 +46,9 @@ def test_health_and_ready(live: ServiceProcess) -> None:
     assert ready["ack_durability"] == "fsync_always"
 
 
-def test_seed_postman_event_shape(live: ServiceProcess) -> None:
+def test_seed_postman_event_shape(api: InProcessService) -> None:
     body = event(user="user_1", url="https://example.com/page-1")
-    r = post(live, body)
+    r = post(api, body)
     assert r.status_code == 201, r.text
     assert r.json() == {
         "success": True,
@@ -105,29 +108,29 @@ def test_a_resend_with_another_hour_or_body_is_a_duplicate(live: ServiceProcess)
     assert _archived(live, {first["event_id"]}) == {first["event_id"]: 1}
 
 
-def test_offset_lands_in_utc_minute(live: ServiceProcess) -> None:
+def test_offset_lands_in_utc_minute(api: InProcessService) -> None:
     utc_ts = (datetime.now(UTC) - timedelta(minutes=2)).replace(second=30, microsecond=0)
-    assert post(live, event(ts=utc_ts.astimezone(IST))).status_code == 201
+    assert post(api, event(ts=utc_ts.astimezone(IST))).status_code == 201
     # Naive = UTC.
-    assert post(live, event(ts=utc_ts.replace(tzinfo=None).isoformat())).status_code == 201
-    got = bucket(live, seed_key(utc_ts))
+    assert post(api, event(ts=utc_ts.replace(tzinfo=None).isoformat())).status_code == 201
+    got = bucket(api, seed_key(utc_ts))
     assert got["count"] == 2
     assert got[seed_key(utc_ts)] == 2
     # The IST wall-clock minute (5 h 30 min later) must stay empty.
     wrong = utc_ts.replace(tzinfo=None) + timedelta(hours=5, minutes=30)
-    assert bucket(live, seed_key(wrong.replace(tzinfo=UTC)))["count"] == 0
+    assert bucket(api, seed_key(wrong.replace(tzinfo=UTC)))["count"] == 0
 
 
-def test_page_views_per_minute(live: ServiceProcess) -> None:
+def test_page_views_per_minute(api: InProcessService) -> None:
     now = datetime.now(UTC)
     sent = {0: ["a", "b", "a"], 2: ["c"]}
     for ago, users in sent.items():
         for user in users:
             ts = now - timedelta(minutes=ago)
-            assert post(live, event(user=user, ts=ts)).status_code == 201
+            assert post(api, event(user=user, ts=ts)).status_code == 201
     # A click is another type: not a page view.
-    assert post(live, event(event_type="click", url=None)).status_code == 201
-    rows = HTTP.get(f"{live.url}/analytics/page_views_per_minute", params={"minutes": 5}).json()
+    assert post(api, event(event_type="click", url=None)).status_code == 201
+    rows = api.http.get(f"{api.url}/analytics/page_views_per_minute", params={"minutes": 5}).json()
     # The minute may have turned since `now`: locate rows by timestamp.
     by_minute = {r["minute_timestamp"]: (r["count"], r["unique_users"]) for r in rows}
     assert len(rows) == 5
@@ -138,24 +141,26 @@ def test_page_views_per_minute(live: ServiceProcess) -> None:
         if key in by_minute:
             assert by_minute[key] == (len(users), len(set(users)))
     assert sum(c for c, _ in by_minute.values()) <= 4
-    assert HTTP.get(f"{live.url}/analytics/page_views_per_minute?minutes=1441").status_code == 422
+    assert (
+        api.http.get(f"{api.url}/analytics/page_views_per_minute?minutes=1441").status_code == 422
+    )
 
 
-def test_minute_bucket_of_other_type_and_bad_key(live: ServiceProcess) -> None:
+def test_minute_bucket_of_other_type_and_bad_key(api: InProcessService) -> None:
     ts = datetime.now(UTC) - timedelta(minutes=1)
-    assert post(live, event(event_type="signup", url=None, ts=ts)).status_code == 201
-    assert bucket(live, seed_key(ts, "signup"))["count"] == 1
+    assert post(api, event(event_type="signup", url=None, ts=ts)).status_code == 201
+    assert bucket(api, seed_key(ts, "signup"))["count"] == 1
     for bad in ["page_view_2024-13-07_12:34", "nonsense", "Page_View_2024-06-07_12:34"]:
-        r = HTTP.get(f"{live.url}/analytics/minute-buckets/{bad}")
+        r = api.http.get(f"{api.url}/analytics/minute-buckets/{bad}")
         assert r.status_code == 422, bad
         assert r.headers["content-type"] == PROBLEM
         assert r.json()["errors"][0]["code"] == "invalid_bucket_key"
 
 
-def test_old_minutes_are_retained(live: ServiceProcess, db: Backend) -> None:
+def test_old_minutes_are_retained(api: InProcessService, db: Backend) -> None:
     ts = datetime.now(UTC) - timedelta(days=6, hours=23)
-    assert post(live, event(ts=ts)).status_code == 201
-    assert bucket(live, seed_key(ts))["count"] == 1
+    assert post(api, event(ts=ts)).status_code == 201
+    assert bucket(api, seed_key(ts))["count"] == 1
     keys = db.keys()
     client = db.client()
     ttl = client.ttl(keys.count(keys.shard_of("user_1"), "page_view", Interval.MINUTE, ts))
@@ -198,15 +203,15 @@ def test_persistent_endpoints_answer(live: ServiceProcess) -> None:
     assert files["total_events"] == on_disk >= 1
 
 
-def test_openapi_docs(live: ServiceProcess) -> None:
-    spec = HTTP.get(f"{live.url}/openapi.json").json()
+def test_openapi_docs(api: InProcessService) -> None:
+    spec = api.http.get(f"{api.url}/openapi.json").json()
     assert "Event" in spec["components"]["schemas"]
     post_spec = spec["paths"]["/events"]["post"]
     assert post_spec["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "/Event"
     )
     for path in ("/docs", "/redoc"):
-        assert HTTP.get(f"{live.url}{path}").status_code == 200
+        assert api.http.get(f"{api.url}{path}").status_code == 200
 
 
 def assert_nothing_stored(db: Backend) -> None:
@@ -271,16 +276,16 @@ BAD_EVENTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_EVENTS))
-def test_bad_event_is_422_and_stores_nothing(live: ServiceProcess, db: Backend, case: str) -> None:
+def test_bad_event_is_422_and_stores_nothing(api: InProcessService, db: Backend, case: str) -> None:
     body = event()
     mutate, code = BAD_EVENTS[case]
     mutate(body)
-    problem = _problem(post(live, body), 422)
+    problem = _problem(post(api, body), 422)
     assert code in _codes(problem), problem
     assert_nothing_stored(db)
 
 
-def test_any_valid_host_is_accepted(live: ServiceProcess) -> None:
+def test_any_valid_host_is_accepted(api: InProcessService) -> None:
     # The seed's regex refused .example and every TLD longer than 6 letters.
     for url in [
         "https://shop.example/checkout",
@@ -289,37 +294,43 @@ def test_any_valid_host_is_accepted(live: ServiceProcess) -> None:
         "https://xn--bcher-kva.example/",
         "http://127.0.0.1/p",
     ]:
-        assert post(live, event(url=url)).status_code == 201, url
+        assert post(api, event(url=url)).status_code == 201, url
 
 
 @pytest.mark.parametrize(
     "raw",
     [b"{", b"not json", b'{"event_id": }', b"\xff\xfe"],
 )
-def test_malformed_json_is_400(live: ServiceProcess, raw: bytes) -> None:
-    r = HTTP.post(f"{live.url}/events", content=raw, headers={"content-type": "application/json"})
+def test_malformed_json_is_400(api: InProcessService, raw: bytes) -> None:
+    r = api.http.post(
+        f"{api.url}/events", content=raw, headers={"content-type": "application/json"}
+    )
     _problem(r, 400)
 
 
 @pytest.mark.parametrize("body", [b"[]", b"null", b"42", b'"x"'])
-def test_json_that_is_not_an_object_is_422(live: ServiceProcess, body: bytes) -> None:
-    r = HTTP.post(f"{live.url}/events", content=body, headers={"content-type": "application/json"})
+def test_json_that_is_not_an_object_is_422(api: InProcessService, body: bytes) -> None:
+    r = api.http.post(
+        f"{api.url}/events", content=body, headers={"content-type": "application/json"}
+    )
     _problem(r, 422)
 
 
 @pytest.mark.parametrize("ctype", [None, "text/html", "application/x-www-form-urlencoded"])
-def test_wrong_content_type_is_415(live: ServiceProcess, ctype: str | None) -> None:
+def test_wrong_content_type_is_415(api: InProcessService, ctype: str | None) -> None:
     headers = {"content-type": ctype} if ctype else {}
-    r = HTTP.post(f"{live.url}/events", content=orjson.dumps(event()), headers=headers)
+    r = api.http.post(f"{api.url}/events", content=orjson.dumps(event()), headers=headers)
     body = _problem(r, 415)
     assert "application/json" in str(body["detail"])
 
 
-def test_body_just_over_limit_is_413(live: ServiceProcess) -> None:
+def test_body_just_over_limit_is_413(api: InProcessService) -> None:
     body = event(note="x" * 1000)
     raw = orjson.dumps(body)
     raw = raw[:-1] + b" " * (64 * 1024 + 1 - len(raw)) + b"}"
-    r = HTTP.post(f"{live.url}/events", content=raw, headers={"content-type": "application/json"})
+    r = api.http.post(
+        f"{api.url}/events", content=raw, headers={"content-type": "application/json"}
+    )
     _problem(r, 413)
 
 
@@ -374,14 +385,14 @@ def test_20mb_chunked_body_refused_while_reading(live: ServiceProcess, db: Backe
     assert_nothing_stored(db)
 
 
-def test_unknown_path_is_problem_json(live: ServiceProcess) -> None:
-    _problem(HTTP.get(f"{live.url}/nope"), 404)
-    _problem(HTTP.delete(f"{live.url}/events"), 405)
+def test_unknown_path_is_problem_json(api: InProcessService) -> None:
+    _problem(api.http.get(f"{api.url}/nope"), 404)
+    _problem(api.http.delete(f"{api.url}/events"), 405)
 
 
-def test_event_id_forms_are_one_event(live: ServiceProcess) -> None:
+def test_event_id_forms_are_one_event(api: InProcessService) -> None:
     # The same UUID written in upper case is the same event.
     eid, ts = uuid.uuid4(), datetime.now(UTC)
-    assert post(live, event(event_id=str(eid), ts=ts)).status_code == 201
-    r = post(live, event(event_id=str(eid).upper(), ts=ts))
+    assert post(api, event(event_id=str(eid), ts=ts)).status_code == 201
+    r = post(api, event(event_id=str(eid).upper(), ts=ts))
     assert r.status_code == 200 and r.json()["duplicate"] is True

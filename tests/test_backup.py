@@ -159,24 +159,37 @@ def test_backup_under_load_restores_into_a_fresh_engine_with_identical_answers(
         assert len(ids) == final, (len(ids), final, sum(got.values()))
 
 
-@pytest.fixture
-def backed_up(tmp_path: Path) -> Iterator[tuple[Backend, Path, dict[str, str]]]:
-    """A valkey engine with a few events, its backup, and the env of an empty target."""
-    source = _fresh("valkey", tmp_path / "source")
-    target = _fresh("valkey", tmp_path / "target")
+@pytest.fixture(scope="module")
+def a_backup(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valkey engine with a few events, backed up once for the module (the service, the
+    events and the backup cost seconds); each test gets a copy of its own (backed_up)."""
+    where = tmp_path_factory.mktemp("a-backup")
+    source = _fresh("valkey", where / "source")
     try:
-        env = source.env | {"EA_ARCHIVE_DIR": str(tmp_path / "archive")}
-        with stopped_after(ServiceProcess(tmp_path / "data", env=env)) as svc:
+        env = source.env | {"EA_ARCHIVE_DIR": str(where / "archive")}
+        with stopped_after(ServiceProcess(where / "data", env=env)) as svc:
             assert asyncio.run(send_all(svc.url, [event() for _ in range(20)])) == [201] * 20
             wait_archived(svc.url)
-            done = cli(["backup", str(tmp_path / "backup")], env)
+            done = cli(["backup", str(where / "backup")], env)
             assert done.returncode == 0, done.stderr
-        target_env = target.env | {"EA_ARCHIVE_DIR": str(tmp_path / "restored")}
-        yield target, tmp_path / "backup", target_env
     finally:
-        for b in (source, target):
-            assert isinstance(b.engine, EngineProcess)
-            b.engine.stop()
+        assert isinstance(source.engine, EngineProcess)
+        source.engine.stop()
+    return where / "backup"
+
+
+@pytest.fixture
+def backed_up(a_backup: Path, tmp_path: Path) -> Iterator[tuple[Backend, Path, dict[str, str]]]:
+    """A copy of the module's backup, and an empty valkey target with its env."""
+    backup = tmp_path / "backup"
+    shutil.copytree(a_backup, backup)
+    target = _fresh("valkey", tmp_path / "target")
+    try:
+        target_env = target.env | {"EA_ARCHIVE_DIR": str(tmp_path / "restored")}
+        yield target, backup, target_env
+    finally:
+        assert isinstance(target.engine, EngineProcess)
+        target.engine.stop()
 
 
 def test_restore_refuses_a_damaged_backup_and_touches_nothing(

@@ -7,23 +7,23 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from tests.helpers import HTTP, event, seed_key
-from tests.servers import ServiceProcess
+from tests.helpers import event, seed_key
+from tests.inproc import InProcessService, Service
 
 PROBLEM = "application/problem+json"
 
 
-def batch(svc: ServiceProcess, events: object, **kw: object) -> tuple[int, dict[str, object]]:
-    r = HTTP.post(f"{svc.url}/events/batch", json={"events": events}, **kw)  # type: ignore[arg-type]
+def batch(svc: Service, events: object, **kw: object) -> tuple[int, dict[str, object]]:
+    r = svc.http.post(f"{svc.url}/events/batch", json={"events": events}, **kw)  # type: ignore[arg-type]
     return r.status_code, r.json()
 
 
-def test_mixed_batch(live: ServiceProcess) -> None:
+def test_mixed_batch(api: InProcessService) -> None:
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
     good = [event(user=f"u{i % 3}", ts=minute + timedelta(seconds=i)) for i in range(5)]
     old = event(ts=datetime.now(UTC) - timedelta(days=30))
     bad_user = event(user="has\ttab")
-    status, body = batch(live, [*good, old, good[0], bad_user, "not an object"])
+    status, body = batch(api, [*good, old, good[0], bad_user, "not an object"])
     assert status == 200
     assert (body["accepted"], body["duplicate"], body["rejected"]) == (5, 1, 3)
     results = body["results"]
@@ -36,18 +36,20 @@ def test_mixed_batch(live: ServiceProcess) -> None:
     assert results[7]["code"] == "string_pattern_mismatch"
     assert results[7]["field"] == "events.7.user_id"
     assert results[8]["event_id"] is None and results[8]["code"] == "model_type"
-    got = HTTP.get(f"{live.url}/analytics/minute-buckets/{seed_key(minute)}").json()
+    got = api.http.get(f"{api.url}/analytics/minute-buckets/{seed_key(minute)}").json()
     assert (got["count"], got["unique_users"]) == (5, 3)
     # The whole batch again: all duplicates or the same rejections, nothing counted twice.
-    status, again = batch(live, [*good, old])
+    status, again = batch(api, [*good, old])
     assert (again["accepted"], again["duplicate"], again["rejected"]) == (0, 5, 1)
-    assert HTTP.get(f"{live.url}/analytics/minute-buckets/{seed_key(minute)}").json()["count"] == 5
+    assert (
+        api.http.get(f"{api.url}/analytics/minute-buckets/{seed_key(minute)}").json()["count"] == 5
+    )
 
 
-def test_batch_and_single_share_dedup(live: ServiceProcess) -> None:
+def test_batch_and_single_share_dedup(api: InProcessService) -> None:
     body = event()
-    assert HTTP.post(f"{live.url}/events", json=body).status_code == 201
-    _, reply = batch(live, [body])
+    assert api.http.post(f"{api.url}/events", json=body).status_code == 201
+    _, reply = batch(api, [body])
     assert reply["results"][0]["status"] == "duplicate"
 
 
@@ -61,9 +63,11 @@ def test_batch_and_single_share_dedup(live: ServiceProcess) -> None:
         (b"{", 400, None),
     ],
 )
-def test_bad_envelopes(live: ServiceProcess, payload: bytes, status: int, code: str | None) -> None:
-    r = HTTP.post(
-        f"{live.url}/events/batch", content=payload, headers={"content-type": "application/json"}
+def test_bad_envelopes(
+    api: InProcessService, payload: bytes, status: int, code: str | None
+) -> None:
+    r = api.http.post(
+        f"{api.url}/events/batch", content=payload, headers={"content-type": "application/json"}
     )
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == PROBLEM
@@ -71,27 +75,27 @@ def test_bad_envelopes(live: ServiceProcess, payload: bytes, status: int, code: 
         assert r.json()["errors"][0]["code"] == code
 
 
-def test_batch_limits(live: ServiceProcess) -> None:
+def test_batch_limits(api: InProcessService) -> None:
     many = [event() for _ in range(1001)]
-    status, body = batch(live, many)
+    status, body = batch(api, many)
     assert status == 422 and body["errors"][0]["code"] == "too_long"
     big = orjson.dumps({"events": [event(note="x" * 1000) for _ in range(1100)]})
     assert len(big) > 1024 * 1024
-    r = HTTP.post(
-        f"{live.url}/events/batch", content=big, headers={"content-type": "application/json"}
+    r = api.http.post(
+        f"{api.url}/events/batch", content=big, headers={"content-type": "application/json"}
     )
     assert r.status_code == 413 and r.headers["content-type"] == PROBLEM
-    r = HTTP.post(f"{live.url}/events/batch", content=b'{"events":[]}')
+    r = api.http.post(f"{api.url}/events/batch", content=b'{"events":[]}')
     assert r.status_code == 415
-    assert HTTP.get(f"{live.url}/events/batch").status_code == 405
+    assert api.http.get(f"{api.url}/events/batch").status_code == 405
 
 
-def test_full_batch_of_1000(live: ServiceProcess) -> None:
+def test_full_batch_of_1000(api: InProcessService) -> None:
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=2)
     events = [
         event(user=f"u{i % 77}", ts=minute + timedelta(milliseconds=i * 50)) for i in range(1000)
     ]
-    status, body = batch(live, events)
+    status, body = batch(api, events)
     assert status == 200 and body["accepted"] == 1000
-    got = HTTP.get(f"{live.url}/analytics/minute-buckets/{seed_key(minute)}").json()
+    got = api.http.get(f"{api.url}/analytics/minute-buckets/{seed_key(minute)}").json()
     assert (got["count"], got["unique_users"]) == (1000, 77)

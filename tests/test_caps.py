@@ -193,6 +193,7 @@ def capped(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield svc
 
 
+@pytest.mark.slow
 def test_caps_over_http(capped: ServiceProcess, db: Backend) -> None:
     url = capped.url
     now = datetime.now(UTC)

@@ -19,6 +19,8 @@ import pytest
 
 from event_analytics.cli import build_parser
 
+pytestmark = pytest.mark.slow  # forty runs of the real CLI
+
 CLOSED = "127.0.0.1:9"  # the discard port: nothing listens on loopback
 
 
@@ -67,7 +69,7 @@ CASES: list[tuple[list[str], dict[str, str], int, str]] = [
         {},
         2,
         "--format must be one of",
-    ),  # fmt: skip
+    ),
     (["deliver"], {}, 2, "set EA_POSTGRES_URL"),
     (["deliver", "extra"], {}, 2, "unrecognized arguments: extra"),
     (["sync", "--from", "x", "--to", "y"], {}, 2, "set EA_POSTGRES_URL"),

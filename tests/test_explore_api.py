@@ -1,6 +1,7 @@
 """The analytics endpoints through the real service: events sent over HTTP appear in
 funnel, retention and query answers once ``archived_until`` passes their receive time;
-bad input is a 422 naming the field; busy and slow queries are 503 and 504."""
+bad input is a 422 naming the field (in-process: ``tests.inproc``); busy and slow queries
+are 503 and 504."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import httpx
 import pytest
 
 from event_analytics.analytics.pool import QueryBusy, QueryEngine, QueryTimeout
@@ -21,6 +23,7 @@ from event_analytics.archive import files
 from tests import analytics_model as model
 from tests.backends import Backend
 from tests.helpers import HTTP, event
+from tests.inproc import InProcessService
 from tests.servers import ArchiverProcess, ServiceProcess, archiving_service
 
 WAIT_S = 30
@@ -30,8 +33,8 @@ def _suffix() -> str:
     return uuid.uuid4().hex[:8].translate(str.maketrans("0123456789", "ghijklmnop"))
 
 
-def _post(url: str, path: str, body: dict[str, Any]) -> Any:
-    r = HTTP.post(f"{url}{path}", json=body)
+def _post(url: str, path: str, body: dict[str, Any], http: httpx.Client = HTTP) -> Any:
+    r = http.post(f"{url}{path}", json=body)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -205,9 +208,9 @@ BAD = [
 
 @pytest.mark.parametrize(("path", "body", "field"), BAD)
 def test_bad_input_is_a_422_naming_the_field(
-    service: ServiceProcess, path: str, body: dict[str, Any], field: str
+    app_service: InProcessService, path: str, body: dict[str, Any], field: str
 ) -> None:
-    r = HTTP.post(f"{service.url}{path}", json=body)
+    r = app_service.http.post(f"{app_service.url}{path}", json=body)
     assert r.status_code == 422, r.text
     assert r.headers["content-type"] == "application/problem+json"
     problem = r.json()
@@ -216,13 +219,13 @@ def test_bad_input_is_a_422_naming_the_field(
     assert all(e["message"] for e in problem["errors"])
 
 
-def test_a_value_is_never_sql(service: ServiceProcess) -> None:
+def test_a_value_is_never_sql(app_service: InProcessService) -> None:
     """Quotes and SQL in values and property names are data: a valid answer, no error."""
     evil = "x') OR 1=1; DROP TABLE events; --"
     filters = [["is", "page_url", [evil]], ["contains", "property:a.b-c", [evil]]]
     q = {"date_range": "1h", "metrics": ["events"], "dimensions": ["property:plan"],
          "filters": filters}  # fmt: skip
-    got = _post(service.url, "/analytics/query", q)
+    got = _post(app_service.url, "/analytics/query", q, app_service.http)
     assert got["results"] == []
     assert got["meta"]["total_rows"] == 0
 
@@ -261,6 +264,7 @@ def test_over_the_limit_is_503_with_retry_after_and_past_the_time_is_504() -> No
     assert duckdb.__version__
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crash_at", ["after_write", "mid_line"])
 def test_a_crash_restarted_archiver_leaves_answers_exact(
     killable: Backend, tmp_path: Path, crash_at: str

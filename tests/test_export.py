@@ -256,6 +256,7 @@ def test_memory_stays_flat_over_a_large_archive(tmp_path: Path, fmt: str) -> Non
     assert full - empty < 40_000, (full, empty, size_kib)
 
 
+@pytest.mark.slow
 def test_http_export_streams_what_was_sent_with_its_manifest(tmp_path: Path) -> None:
     key = "k" * 24
     env = {"EA_READ_KEYS": key}

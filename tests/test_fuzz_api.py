@@ -1,4 +1,9 @@
-"""Schemathesis against the real service's /openapi.json: no 5xx, answers as documented.
+"""Schemathesis against the app's /openapi.json: no 5xx, answers as documented.
+
+The app runs in this process on a real engine: schemathesis calls it through its ASGI
+transport and runs its lifespan (startup, the engine connections, the batcher) as
+uvicorn would. What lies below the app (uvicorn's protocol: head limits, slow bodies) is
+tested over sockets in test_hardening.py and test_api.py.
 
 Bounded: 30 examples per operation, on a single node and on the cluster. Timestamps
 generated from the schema are mostly outside the acceptance window, so most events come
@@ -8,14 +13,18 @@ does not describe.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import schemathesis
+from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.python import asgi
 from schemathesis.schemas import BaseSchema
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -28,42 +37,52 @@ from event_analytics.api.app import create_app
 from event_analytics.config import Settings
 from tests.backends import Backend
 from tests.cluster import ClusterProcess
-from tests.servers import ServiceProcess, engine_binary, stopped_after
+from tests.servers import engine_binary
 
+# In-process, yet ~1,500 requests with schema checks: out of make test-fast.
 pytestmark = pytest.mark.slow
+
+
+def _app(backend: Backend, data_dir: Path) -> Iterator[FastAPI]:
+    app = create_app(backend.settings(data_dir=data_dir, key_prefix=backend.prefix))
+    try:
+        yield app
+    finally:
+        # Schemathesis started the app's lifespan on its first call; end it here.
+        asgi.shutdown_lifespans()
+        gc.unfreeze()  # what the lifespan froze (gc.freeze) is collectable again
 
 
 @pytest.fixture(scope="module", params=["valkey", "cluster"])
 def fuzzed(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServiceProcess]:
-    """The service on a fresh Valkey, or on the session's cluster (own key prefix)."""
+) -> Iterator[FastAPI]:
+    """The app on a fresh Valkey, or on the session's cluster (own key prefix)."""
     data_dir = tmp_path_factory.mktemp("fuzz") / "data"
     if request.param == "cluster":
         cluster: ClusterProcess = request.getfixturevalue("cluster")
-        backend = Backend("cluster", cluster, prefix="fz:")
-        with stopped_after(ServiceProcess(data_dir, env=backend.env)) as svc:
-            yield svc
+        yield from _app(Backend("cluster", cluster, prefix="fz:"), data_dir)
         return
     binary = engine_binary("valkey")
     assert binary is not None
     engine = EngineProcess(binary, tmp_path_factory.mktemp("fuzz-engine"))
     engine.start()
-    with stopped_after(ServiceProcess(data_dir, env={"REDIS_URL": engine.url})) as svc:
-        yield svc
-    engine.stop()
+    try:
+        yield from _app(Backend("valkey", engine), data_dir)
+    finally:
+        engine.stop()
 
 
 def _operations() -> list[tuple[str, str]]:
     # Collected from the app's own schema (no server needed); each test then fuzzes the
-    # operation as the running service's /openapi.json describes it.
+    # operation as the app's /openapi.json describes it.
     paths = create_app(Settings()).openapi()["paths"]
     return sorted((method.upper(), path) for path, ops in paths.items() for method in ops)
 
 
 @pytest.fixture(scope="module")
-def api_schema(fuzzed: ServiceProcess) -> BaseSchema:
-    return schemathesis.openapi.from_url(f"{fuzzed.url}/openapi.json")
+def api_schema(fuzzed: FastAPI) -> BaseSchema:
+    return schemathesis.openapi.from_asgi("/openapi.json", fuzzed)
 
 
 CHECKS = [
@@ -75,9 +94,7 @@ CHECKS = [
 
 
 @pytest.mark.parametrize(("method", "path"), _operations())
-def test_api_conforms(
-    api_schema: BaseSchema, fuzzed: ServiceProcess, method: str, path: str
-) -> None:
+def test_api_conforms(api_schema: BaseSchema, method: str, path: str) -> None:
     operation = api_schema[path][method]
     cases = st.one_of(
         operation.as_strategy(GenerationMode.POSITIVE),
@@ -93,6 +110,6 @@ def test_api_conforms(
         suppress_health_check=list(HealthCheck),
     )
     def run(case: Case) -> None:
-        case.call_and_validate(base_url=fuzzed.url, checks=CHECKS, timeout=10)
+        case.call_and_validate(checks=CHECKS, timeout=10)
 
     run()

@@ -129,6 +129,7 @@ def test_other_bad_requests(live: ServiceProcess) -> None:
 READ, WRITE = "goals-read-key-0123456789", "goals-write-key-0123456789"
 
 
+@pytest.mark.slow
 def test_keys_and_a_restart_of_the_embedded_engine(tmp_path: Path) -> None:
     # The embedded engine (no REDIS_URL): goals are in its AOF, so a restart keeps them.
     env = {"EA_READ_KEYS": READ, "EA_WRITE_KEYS": WRITE}
@@ -156,6 +157,7 @@ def test_keys_and_a_restart_of_the_embedded_engine(tmp_path: Path) -> None:
         assert listed.json()["goals"] == [{k: v for k, v in made.json().items() if k != "domain"}]
 
 
+@pytest.mark.slow
 def test_with_only_read_keys_goal_changes_need_one(db: Backend, tmp_path: Path) -> None:
     # No write keys: ingest is open, but a goal change is never more open than reads.
     env = db.env | {"EA_READ_KEYS": READ}

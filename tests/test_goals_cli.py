@@ -14,6 +14,7 @@ from tests.servers import ServiceProcess, stopped_after
 SITE = ["--site", "shop.example"]
 
 
+@pytest.mark.slow
 def test_cli_and_api_share_the_running_services_goals(tmp_path: Path) -> None:
     data = tmp_path / "data"
     where = ["--data-dir", str(data)]

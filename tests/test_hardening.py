@@ -26,9 +26,8 @@ from event_analytics.logs import JsonFormatter
 from event_analytics.model import EVENT_ADAPTER
 from tests.backends import Backend
 from tests.helpers import HTTP, event, seed_key
+from tests.inproc import InProcessService
 from tests.servers import ServiceProcess
-
-pytestmark = pytest.mark.slow
 
 WRITE = "hardening-write-key-0001"
 READ = "hardening-read-key-00002"
@@ -70,6 +69,7 @@ def _read_all(sock: socket.socket) -> bytes:
 
 
 @http_only
+@pytest.mark.slow
 def test_slow_body_gets_408(strict: ServiceProcess) -> None:
     with _connect(strict) as sock:
         sock.sendall(
@@ -83,6 +83,7 @@ def test_slow_body_gets_408(strict: ServiceProcess) -> None:
 
 
 @http_only
+@pytest.mark.slow
 def test_slow_head_is_cut_off(strict: ServiceProcess) -> None:
     with _connect(strict) as sock:
         sock.sendall(b"POST /events HTTP/1.1\r\nhost: x\r\n")
@@ -96,6 +97,7 @@ def test_slow_head_is_cut_off(strict: ServiceProcess) -> None:
 
 
 @http_only
+@pytest.mark.slow
 def test_head_too_large_gets_431(strict: ServiceProcess) -> None:
     with _connect(strict) as sock:
         sock.sendall(b"GET /health/ HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 20000 + b"\r\n\r\n")
@@ -151,38 +153,39 @@ def test_responses_without_body_writes_and_100_continue(live: ServiceProcess) ->
         assert head.startswith(b"HTTP/1.1 200"), head
 
 
-def test_payload_numbers_and_nesting_are_bounded(live: ServiceProcess) -> None:
+def test_payload_numbers_and_nesting_are_bounded(api: InProcessService) -> None:
     # An integer past 64 bits used to pass validation and fail when archived (a 500).
     for raw_value in (b"1" + b"0" * 30, b"-1" + b"0" * 30, b"1e400", b'{"a": {"b": 1}}', b"[1]"):
         body = orjson.dumps(event()).replace(b'"payload":{', b'"payload":{"n":' + raw_value + b",")
-        r = HTTP.post(f"{live.url}/events", content=body, headers=JSON)
+        r = api.http.post(f"{api.url}/events", content=body, headers=JSON)
         assert r.status_code == 422, (raw_value, r.text)
         assert r.json()["errors"][0]["code"] in ("property_out_of_range", "invalid_property_value")
     body = orjson.dumps(event()).replace(b'"payload":{', b'"payload":{"n":9223372036854775807,')
-    assert HTTP.post(f"{live.url}/events", content=body, headers=JSON).status_code == 201
+    assert api.http.post(f"{api.url}/events", content=body, headers=JSON).status_code == 201
 
 
-def test_scripts_reloaded_after_script_flush(live: ServiceProcess, db: Backend) -> None:
+def test_scripts_reloaded_after_script_flush(api: InProcessService, db: Backend) -> None:
     # An engine restart without its scripts (or SCRIPT FLUSH) answers NOSCRIPT to EVALSHA.
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
     # Several users: on the cluster they span shards on every master.
     users = [f"user-{i}" for i in range(24)]
-    assert HTTP.post(f"{live.url}/events", json=event(ts=minute)).status_code == 201
-    assert HTTP.get(f"{live.url}/analytics/top-pages").status_code == 200
+    assert api.http.post(f"{api.url}/events", json=event(ts=minute)).status_code == 201
+    assert api.http.get(f"{api.url}/analytics/top-pages").status_code == 200
     db.script_flush()
-    assert HTTP.post(f"{live.url}/events", json=event(ts=minute)).status_code == 201
+    assert api.http.post(f"{api.url}/events", json=event(ts=minute)).status_code == 201
     db.script_flush()
     batch = {"events": [event(ts=minute, user=u) for u in users]}
-    r = HTTP.post(f"{live.url}/events/batch", json=batch)
+    r = api.http.post(f"{api.url}/events/batch", json=batch)
     assert r.status_code == 200 and r.json()["accepted"] == len(users), r.text
     db.script_flush()
     for path in ("/analytics/timeseries", "/analytics/top-pages", "/analytics/realtime",
                  "/analytics/page_views_per_minute?include_users=true"):  # fmt: skip
-        assert HTTP.get(f"{live.url}{path}").status_code == 200, path
-    got = HTTP.get(f"{live.url}/analytics/minute-buckets/{seed_key(minute)}").json()
+        assert api.http.get(f"{api.url}{path}").status_code == 200, path
+    got = api.http.get(f"{api.url}/analytics/minute-buckets/{seed_key(minute)}").json()
     assert got["count"] == 2 + len(users)
 
 
+@pytest.mark.slow
 def test_hung_engine_answers_503_then_recovers(killable: Backend, tmp_path: Path) -> None:
     svc = ServiceProcess(tmp_path / "data", env=killable.env | {"EA_REDIS_TIMEOUT_S": "0.5"})
     svc.start()
@@ -222,6 +225,7 @@ def test_hung_engine_answers_503_then_recovers(killable: Backend, tmp_path: Path
         svc.stop()
 
 
+@pytest.mark.slow
 def test_logs_are_json_with_request_ids_and_no_user_data(strict: ServiceProcess) -> None:
     secrets = ["Secret_User_7731", "secret-page-8842.example", "unknown-key-secret-99321", WRITE]
     write = {"authorization": f"Bearer {WRITE}", **JSON}

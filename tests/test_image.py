@@ -23,6 +23,8 @@ import pytest
 from tests.helpers import HTTP, event
 from tests.servers import ServiceProcess
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 # Continuation lines joined: one instruction per line.
 DOCKERFILE = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())

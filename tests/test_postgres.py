@@ -36,6 +36,8 @@ from tests.servers import ServiceProcess, stopped_after
 from tests.test_alerts import DESTINATION_METRICS
 from tests.test_export import make, write
 
+pytestmark = pytest.mark.slow  # starts the service or delivery processes
+
 WAIT_S = 120.0
 
 

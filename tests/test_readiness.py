@@ -81,6 +81,7 @@ def _refused_everywhere(svc: ServiceProcess, code: str, words: str) -> None:
     assert "a retry with the same event_id is safe" in problem["detail"], problem
 
 
+@pytest.mark.slow
 def test_protected_mode_denied_is_a_503_saying_what_to_change(tmp_path: Path) -> None:
     """Before: 500 (DENIED arrives as a plain ResponseError, which nothing mapped)."""
     address = _non_loopback_address()
@@ -95,6 +96,7 @@ def test_protected_mode_denied_is_a_503_saying_what_to_change(tmp_path: Path) ->
             pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("password", "code", "words"),
     [("", "NOAUTH", "requires a password"), ("not-it", "WRONGPASS", "is not the engine's")],
@@ -111,6 +113,7 @@ def test_a_password_mismatch_is_a_503_saying_what_to_change(
             _refused_everywhere(svc, code, words)
 
 
+@pytest.mark.slow
 def test_a_cluster_still_forming_is_not_ready_until_it_serves_every_slot(tmp_path: Path) -> None:
     """Before: ready (200) on a cluster whose slots were not all assigned, and ingest into
     an unassigned slot answered 503 while readiness said ready (or a 500 with none)."""

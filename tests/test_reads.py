@@ -65,16 +65,26 @@ def _model_top(events: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]
     return [{"page_url": u, "count": c, "unique_users": len(users[u])} for u, c in ranked]
 
 
-@pytest.fixture
-def bounded(db: Backend, tmp_path: Path) -> Iterator[ServiceProcess]:
-    env = db.env | {
+@pytest.fixture(scope="module")
+def bounded_service(
+    engine: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """One per engine for the module's tests (a start costs seconds); ``bounded`` empties
+    the engine before each, as ``live`` does."""
+    env = engine.env | {
         "EA_MAX_QUERY_COST": str(COST_BOUND),
         "EA_READ_CHUNK_ENTRIES": "50",  # one minute's 40 pages per call: many rounds
         "EA_MAX_HEAVY_READS": "1",
         "EA_HEAVY_READ_WAIT_S": "0",
     }
-    with stopped_after(ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])) as svc:
+    data_dir = tmp_path_factory.mktemp(f"bounded-{engine.kind}") / "data"
+    with stopped_after(ServiceProcess(data_dir, env=env, args=["--no-archiver"])) as svc:
         yield svc
+
+
+@pytest.fixture
+def bounded(bounded_service: ServiceProcess, db: Backend) -> ServiceProcess:
+    return bounded_service
 
 
 def test_top_pages_bounded_and_split_answer_like_the_model(bounded: ServiceProcess) -> None:

@@ -1,4 +1,6 @@
-"""Timeseries, top pages, realtime and user lists, over HTTP against the real service."""
+"""Timeseries, top pages, realtime and user lists, over HTTP: against the app in-process
+(``api``), and against the service processes where EA_UNIQUES=exact or the archiver is
+part of the check."""
 
 from __future__ import annotations
 
@@ -19,14 +21,15 @@ from event_analytics.timebucket import Interval, floor
 from tests.backends import Backend
 from tests.direct import ingest
 from tests.helpers import IST, event, hll_close, wait_for, z
+from tests.inproc import InProcessService, Service
 from tests.servers import ServiceProcess
 
 PROBLEM = "application/problem+json"
 HOME, A, A_SUB = "https://example.com/", "https://example.com/a", "https://example.com/a/b"
 
 
-def get(svc: ServiceProcess, path: str, **params: Any) -> dict[str, Any]:
-    r = httpx.get(f"{svc.url}/analytics/{path}", params=params, timeout=30)
+def get(svc: Service, path: str, **params: Any) -> dict[str, Any]:
+    r = svc.http.get(f"{svc.url}/analytics/{path}", params=params, timeout=30)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     return body
@@ -39,15 +42,15 @@ def base() -> datetime:
 
 
 def test_timeseries_is_gap_filled_and_total_is_a_union(
-    live: ServiceProcess, base: datetime
+    api: InProcessService, base: datetime
 ) -> None:
     sent = [("a", 0, HOME), ("b", 0, A), ("a", 2, A), ("c", 2, HOME)]
     bodies = [event(user=u, ts=base + timedelta(minutes=m, seconds=5), url=p) for u, m, p in sent]
     # Another type is counted apart; an IST offset lands in its UTC minute.
     bodies.append(event(user="d", event_type="click", url=None, ts=base.astimezone(IST)))
     for b in bodies:
-        assert httpx.post(f"{live.url}/events", json=b).status_code == 201
-    got = get(live, "timeseries", **{"from": z(base), "to": z(base + timedelta(minutes=4))})
+        assert api.http.post(f"{api.url}/events", json=b).status_code == 201
+    got = get(api, "timeseries", **{"from": z(base), "to": z(base + timedelta(minutes=4))})
     assert got["event_type"] == "page_view" and got["interval"] == "minute"
     assert got["from"] == z(base) and got["to"] == z(base + timedelta(minutes=4))
     assert got["unique_users_method"] == "exact" and got["unique_users_standard_error"] is None
@@ -59,13 +62,13 @@ def test_timeseries_is_gap_filled_and_total_is_a_union(
     ]
     assert [p["timestamp"] for p in got["points"]][1] == z(base + timedelta(minutes=1))
     assert got["total"] == {"count": 4, "unique_users": 3}  # a, b, c: not 2 + 2
-    click = get(live, "timeseries", event_type="click", interval="hour", **{"from": z(base)})
+    click = get(api, "timeseries", event_type="click", interval="hour", **{"from": z(base)})
     assert click["points"][0]["count"] == 1
     assert sum(p["count"] for p in click["points"]) == 1
     # A page's own figures, at every interval (a day reads the day's hours).
     for interval in ("minute", "hour", "day"):
         page = get(
-            live, "timeseries", interval=interval, page_url=A,
+            api, "timeseries", interval=interval, page_url=A,
             **{"from": z(base), "to": z(base + timedelta(minutes=4))},
         )  # fmt: skip
         assert page["total"]["count"] == 2, interval
@@ -91,7 +94,7 @@ def test_hour_and_day_method_follows_ea_uniques(
         assert exact["total"]["count"] == approx["total"]["count"] == 20
 
 
-def _ingest(svc: ServiceProcess, bodies: list[dict[str, Any]], **kw: Any) -> list[bool]:
+def _ingest(svc: Service, bodies: list[dict[str, Any]], **kw: Any) -> list[bool]:
     """Ingest straight into ``svc``'s engine (single node or cluster), as it would."""
     return ingest(svc.env, bodies, **kw)
 
@@ -108,9 +111,9 @@ def _ingest(svc: ServiceProcess, bodies: list[dict[str, Any]], **kw: Any) -> lis
     ],
 )  # fmt: skip
 def test_bad_timeseries_query_is_422(
-    live: ServiceProcess, params: dict[str, str], code: str, words: str
+    api: InProcessService, params: dict[str, str], code: str, words: str
 ) -> None:
-    r = httpx.get(f"{live.url}/analytics/timeseries", params=params)
+    r = api.http.get(f"{api.url}/analytics/timeseries", params=params)
     assert r.status_code == 422, r.text
     assert r.headers["content-type"] == PROBLEM
     body = r.json()
@@ -118,16 +121,16 @@ def test_bad_timeseries_query_is_422(
     assert words in body["detail"]
 
 
-def test_top_pages_order_counts_and_users(live: ServiceProcess, base: datetime) -> None:
+def test_top_pages_order_counts_and_users(api: InProcessService, base: datetime) -> None:
     views = [(A, "x"), (A, "x"), (A, "y"), (HOME, "x"), (HOME, "z"), (HOME, "w"), (A_SUB, "x")]
     bodies = [
         event(user=u, url=p, ts=base + timedelta(minutes=i % 3, seconds=i))
         for i, (p, u) in enumerate(views)
     ]
     bodies.append(event(user="q", event_type="click", url=A_SUB, ts=base))
-    assert all(_ingest(live, bodies))
+    assert all(_ingest(api, bodies))
     window = {"from": z(base), "to": z(base + timedelta(hours=1))}
-    got = get(live, "top-pages", **window)
+    got = get(api, "top-pages", **window)
     assert got["bucket_interval"] == "minute" and got["unique_users_method"] == "exact"
     # A's users x, y; A/b shares A's prefix and must not leak into it. Ties: by URL.
     assert got["pages"] == [
@@ -135,29 +138,29 @@ def test_top_pages_order_counts_and_users(live: ServiceProcess, base: datetime) 
         {"page_url": A, "count": 3, "unique_users": 2},
         {"page_url": A_SUB, "count": 1, "unique_users": 1},
     ]
-    assert [p["page_url"] for p in get(live, "top-pages", limit=1, **window)["pages"]] == [HOME]
-    clicks = get(live, "top-pages", event_type="click", **window)["pages"]
+    assert [p["page_url"] for p in get(api, "top-pages", limit=1, **window)["pages"]] == [HOME]
+    clicks = get(api, "top-pages", event_type="click", **window)["pages"]
     assert clicks == [{"page_url": A_SUB, "count": 1, "unique_users": 1}]
     # Longer than a day: read from hour buckets, unique users per page from HLLs.
     long = {"from": z(base - timedelta(days=2)), "to": z(base + timedelta(hours=1))}
-    hours = get(live, "top-pages", **long)
+    hours = get(api, "top-pages", **long)
     assert hours["bucket_interval"] == "hour" and hours["unique_users_method"] == "hll"
     assert [(p["page_url"], p["count"]) for p in hours["pages"]] == [
         (p["page_url"], p["count"]) for p in got["pages"]
     ]
     for approx, exact in zip(hours["pages"], got["pages"], strict=True):
         assert hll_close(approx["unique_users"], exact["unique_users"])
-    r = httpx.get(f"{live.url}/analytics/top-pages", params={"limit": 101})
+    r = api.http.get(f"{api.url}/analytics/top-pages", params={"limit": 101})
     assert r.status_code == 422
 
 
-def test_realtime(live: ServiceProcess) -> None:
+def test_realtime(api: InProcessService) -> None:
     now = datetime.now(UTC)
     sent = [("a", 0, HOME), ("b", 0, A), ("a", 1, A), ("c", 3, HOME), ("old", 9, HOME)]
     bodies = [event(user=u, url=p, ts=now - timedelta(minutes=m)) for u, m, p in sent]
     for b in bodies:
-        assert httpx.post(f"{live.url}/events", json=b).status_code == 201
-    got = get(live, "realtime")
+        assert api.http.post(f"{api.url}/events", json=b).status_code == 201
+    got = get(api, "realtime")
     # The window is stated in the answer: compare against what falls inside it.
     lo = datetime.fromisoformat(got["window"]["from"])
     hi = datetime.fromisoformat(got["window"]["to"])
@@ -175,19 +178,19 @@ def test_realtime(live: ServiceProcess) -> None:
     for b in inside:
         counts[b["payload"]["page_url"]] = counts.get(b["payload"]["page_url"], 0) + 1
     assert {p["page_url"]: p["count"] for p in got["top_pages"]} == counts
-    assert get(live, "realtime", event_type="signup")["active_users"] == 0
+    assert get(api, "realtime", event_type="signup")["active_users"] == 0
 
 
-def test_include_users_is_capped(live: ServiceProcess) -> None:
+def test_include_users_is_capped(api: InProcessService) -> None:
     minute = floor(datetime.now(UTC), Interval.MINUTE) - timedelta(minutes=2)
     crowd = [event(user=f"c{i:04d}", ts=minute) for i in range(1005)]
     pair = [event(user=u, ts=minute - timedelta(minutes=1)) for u in ("b", "a", "b")]
-    assert all(_ingest(live, crowd + pair))
-    plain = get(live, "page_views_per_minute", minutes=5)
+    assert all(_ingest(api, crowd + pair))
+    plain = get(api, "page_views_per_minute", minutes=5)
     assert all(set(row) == {"minute_timestamp", "count", "unique_users"} for row in plain)  # type: ignore[union-attr]
     rows = {
         r["minute_timestamp"]: r
-        for r in get(live, "page_views_per_minute", minutes=5, include_users="true")
+        for r in get(api, "page_views_per_minute", minutes=5, include_users="true")
     }  # type: ignore[union-attr,index]
     big, small = rows.get(z(minute)), rows.get(z(minute - timedelta(minutes=1)))
     if big is None or small is None:  # the minute turned twice since `minute`: very slow machine
@@ -243,8 +246,8 @@ def test_hour_unique_users_are_the_union_of_its_minutes(
     assert page["total"]["count"] == summed // 2 and hll_close(page["total"]["unique_users"], 3450)
 
 
-def test_control_characters_in_page_url_are_refused(live: ServiceProcess) -> None:
-    r = httpx.post(f"{live.url}/events", json=event(url="https://example.com/a\x00b"))
+def test_control_characters_in_page_url_are_refused(api: InProcessService) -> None:
+    r = api.http.post(f"{api.url}/events", json=event(url="https://example.com/a\x00b"))
     assert r.status_code == 422
     assert r.json()["errors"][0]["code"] == "invalid_url"
 

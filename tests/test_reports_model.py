@@ -282,6 +282,7 @@ RUN = settings(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["approx", "exact"])
 def test_endpoints_equal_the_model(request: pytest.FixtureRequest, db: Backend, mode: str) -> None:
     svc: ServiceProcess = request.getfixturevalue(

@@ -21,9 +21,8 @@ from segment.analytics.request import APIError
 from event_analytics.adapters.segment import event_id
 from tests.backends import own_engine_env
 from tests.helpers import HTTP, LossyProxy, archived, total, wait_for
+from tests.inproc import InProcessService
 from tests.servers import ServiceProcess, stopped_after
-
-pytestmark = pytest.mark.slow
 
 NAMES = ["Order Completed", "Signed Up", "Product Viewed"]
 WRITE_KEY = "segment-write-key-0123456789"
@@ -174,7 +173,7 @@ def test_mapped_fields_reach_the_archive(live: ServiceProcess) -> None:
     assert "81.2.69.160" not in str(records)
 
 
-def test_batch_answers_one_result_per_message(live: ServiceProcess) -> None:
+def test_batch_answers_one_result_per_message(api: InProcessService) -> None:
     now = datetime.now(UTC).isoformat()
     batch = [
         {
@@ -189,7 +188,7 @@ def test_batch_answers_one_result_per_message(live: ServiceProcess) -> None:
         {"type": "track", "event": "Signed Up", "userId": "a", "messageId": "b-1"},
         {"type": "screen", "userId": "a", "name": "Home", "timestamp": "2001-01-01T00:00:00Z"},
     ]
-    reply = HTTP.post(f"{live.url}/v1/batch", json={"batch": batch})
+    reply = api.http.post(f"{api.url}/v1/batch", json={"batch": batch})
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["success"] is True
@@ -215,9 +214,9 @@ def test_batch_answers_one_result_per_message(live: ServiceProcess) -> None:
         (b'{"batch": [' + b"{}," * 2500 + b"{}]}", 422),  # over 2,500 messages
     ],
 )
-def test_bad_requests_are_problems_not_5xx(live: ServiceProcess, body: bytes, status: int) -> None:
-    reply = HTTP.post(
-        f"{live.url}/v1/batch", content=body, headers={"content-type": "application/json"}
+def test_bad_requests_are_problems_not_5xx(api: InProcessService, body: bytes, status: int) -> None:
+    reply = api.http.post(
+        f"{api.url}/v1/batch", content=body, headers={"content-type": "application/json"}
     )
     assert reply.status_code == status, reply.text
     assert reply.headers["content-type"] == "application/problem+json"
@@ -230,6 +229,7 @@ def keyed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServicePro
         yield svc
 
 
+@pytest.mark.slow
 def test_write_key_as_basic_user_or_in_the_body(keyed: ServiceProcess) -> None:
     since = datetime.now(UTC)
     Client(WRITE_KEY, host=keyed.url, sync_mode=True).track("u1", "Signed Up")  # Basic
@@ -271,6 +271,7 @@ def event_limited(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Se
         yield svc
 
 
+@pytest.mark.slow
 def test_event_rate_limits_count_messages(event_limited: ServiceProcess) -> None:
     since = datetime.now(UTC)
     msgs = [{"type": "track", "event": "E", "userId": "u", "messageId": f"r-{i}"} for i in range(4)]

@@ -17,6 +17,8 @@ from tests import visits_model as model
 from tests.helpers import HTTP, event
 from tests.servers import ServiceProcess
 
+pytestmark = pytest.mark.slow  # starts the service or delivery processes
+
 READ, WRITE = "stats-read-key-000000001", "stats-write-key-00000001"
 AUTH = {"Authorization": f"Bearer {READ}"}
 SITE = "shop.example"

@@ -1,0 +1,126 @@
+"""The app in this process: ``create_app`` on a real engine, reached through httpx's ASGI
+transport instead of a socket.
+
+For tests about HTTP semantics (status codes, problem+json, validation, query shapes,
+OpenAPI, headers): they need the app and a real engine, not uvicorn, workers or a
+supervisor, and starting a process per engine costs seconds. What needs processes
+(workers, signals, kill -9, the archiver, the embedded engine, the HTTP protocol layer:
+head limits, slow and oversized bodies on a socket) stays on ``tests.servers``.
+
+The app runs on an event loop of its own, in a thread, with its lifespan around it (the
+ASGI transport runs none): its batcher, engine watch and connections live there as they
+do in a worker. Tests call it through a synchronous ``httpx.Client``, like ``HTTP``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from event_analytics.api.app import create_app
+from event_analytics.config import Settings
+from tests.servers import ServiceProcess
+
+# Bounds every wait on the app's loop (startup, one request, shutdown).
+WAIT_S = 60.0
+
+
+class _LoopTransport(httpx.BaseTransport):
+    """A sync transport that hands each request to httpx.ASGITransport on the app's loop."""
+
+    def __init__(self, app: object, loop: asyncio.AbstractEventLoop) -> None:
+        # As uvicorn: an exception the app raises after its 500 handler answered is the
+        # server's business, and the client sees the 500 (raise_app_exceptions=False).
+        self.asgi = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # type: ignore[arg-type]
+        self.loop = loop
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = request.read()
+
+        async def send() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+            forwarded = httpx.Request(
+                request.method, request.url, headers=request.headers, content=body
+            )
+            response = await self.asgi.handle_async_request(forwarded)
+            content = await response.aread()
+            return response.status_code, response.headers.raw, content
+
+        future = asyncio.run_coroutine_threadsafe(send(), self.loop)
+        status, headers, content = future.result(timeout=WAIT_S)
+        return httpx.Response(status, headers=headers, content=content, request=request)
+
+
+class InProcessService:
+    """``create_app(settings)`` running with its lifespan; ``http`` is a client of it.
+
+    ``url`` is a base URL for absolute paths (``f"{svc.url}/events"``), as a
+    ``ServiceProcess`` has; every request goes to the app, whatever the host.
+    """
+
+    url = "http://127.0.0.1"
+
+    def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
+        """``env``: what a CLI or a direct ingest needs to reach the same engine."""
+        self.settings = settings
+        self.env = env or {}
+        self.data_dir = Path(settings.data_dir)
+        self.app = create_app(settings)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._started = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._running: asyncio.Future[None] | None = None
+        self.http = httpx.Client(
+            transport=_LoopTransport(self.app, self.loop), base_url=self.url, timeout=10
+        )
+
+    async def _run(self) -> None:
+        """The lifespan, entered and left in one task, as uvicorn does."""
+        self._stop = asyncio.Event()
+        async with self.app.router.lifespan_context(self.app):
+            self._started.set()
+            await self._stop.wait()
+
+    def start(self) -> None:
+        self._thread.start()
+        self._running = asyncio.run_coroutine_threadsafe(self._run(), self.loop)
+        deadline = time.monotonic() + WAIT_S
+        while not self._started.wait(0.05):
+            if self._running.done():
+                self._running.result()  # startup failed: its exception, here
+            assert time.monotonic() < deadline, "the app's startup did not finish"
+
+    def stop(self) -> None:
+        self.http.close()
+        if self._running is not None:
+            if self._stop is not None:
+                self.loop.call_soon_threadsafe(self._stop.set)
+            self._running.result(timeout=WAIT_S)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=WAIT_S)
+        self.loop.close()
+        # The lifespan froze what was alive then (gc.freeze, for a worker's latency);
+        # in the test process those objects would never be collected afterwards.
+        gc.unfreeze()
+
+
+@contextmanager
+def in_process(settings: Settings, env: dict[str, str]) -> Iterator[InProcessService]:
+    """The app on ``settings``, started; stopped afterwards (``env``: its engine's)."""
+    svc = InProcessService(settings, env)
+    try:
+        svc.start()
+        yield svc
+    finally:
+        svc.stop()
+
+
+# Either kind of service: a test helper written against ``url`` and ``http`` takes both.
+Service = ServiceProcess | InProcessService
