@@ -270,6 +270,7 @@ def test_dashboard_static_files_are_served(service: ServiceProcess) -> None:
         ("uPlot.iife.min.js", "javascript"),
         ("uPlot.min.css", "text/css"),
         ("dashboard.js", "javascript"),
+        ("key.js", "javascript"),
         ("retry.js", "javascript"),
         ("dashboard.css", "text/css"),
         ("uPlot.LICENSE", ""),

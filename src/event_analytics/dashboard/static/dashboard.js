@@ -49,17 +49,8 @@
     }
   }
 
-  // A read key, when the service requires one (EA_READ_KEYS): given in the page's
-  // fragment, /dashboard#key=..., which browsers never send to a server or a log, and
-  // kept for this tab only. It goes out as X-API-Key on each data request.
-  const KEY = (() => {
-    const match = /(?:^#|&)key=([^&]+)/.exec(window.location.hash || "");
-    if (match) {
-      try { sessionStorage.setItem("ea-read-key", decodeURIComponent(match[1])); } catch (_) {}
-      history.replaceState(null, "", window.location.pathname + window.location.search);
-    }
-    try { return sessionStorage.getItem("ea-read-key"); } catch (_) { return null; }
-  })();
+  // The read key, from key.js (the fragment, kept for this tab).
+  const KEY = window.EA_READ_KEY;
   const HEADERS = KEY ? { "X-API-Key": KEY } : {};
 
   // One request (GET, or POST with a JSON body); ApiError on a network failure, a timeout

@@ -9,18 +9,8 @@
   const MAX_STEPS = 5;
   let range = null;
 
-  // A read key, when the service requires one (EA_READ_KEYS): in the fragment,
-  // /dashboard/explore#key=... (never sent to a server or a log), or kept for this tab
-  // by the dashboard. The page itself is public; the answers it asks for are not.
-  const KEY = (() => {
-    const match = /(?:^#|&)key=([^&]+)/.exec(window.location.hash || "");
-    if (match) {
-      try { sessionStorage.setItem("ea-read-key", decodeURIComponent(match[1])); } catch (_) {}
-      history.replaceState(null, "", window.location.pathname + window.location.search);
-      return decodeURIComponent(match[1]);
-    }
-    try { return sessionStorage.getItem("ea-read-key"); } catch (_) { return null; }
-  })();
+  // The read key, from key.js (the fragment, kept for this tab).
+  const KEY = window.EA_READ_KEY;
   const HEADERS = Object.assign({ "Content-Type": "application/json" }, KEY ? { "X-API-Key": KEY } : {});
 
   // Waits out a full archive-query pool (retry.js, shared with the dashboard), then any

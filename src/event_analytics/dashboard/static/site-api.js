@@ -6,16 +6,8 @@
   // API paths resolve against the service's root: this page is /dashboard/<site>.
   const ROOT = new URL("..", window.location.href);
 
-  // The read key (EA_READ_KEYS), from the fragment (#key=...), which browsers never send
-  // to a server or a log; kept for this tab only, as the live dashboard keeps it.
-  const KEY = (() => {
-    const match = /(?:^#|&)key=([^&]+)/.exec(window.location.hash || "");
-    if (match) {
-      try { sessionStorage.setItem("ea-read-key", decodeURIComponent(match[1])); } catch (_) {}
-      history.replaceState(null, "", window.location.pathname + window.location.search);
-    }
-    try { return sessionStorage.getItem("ea-read-key"); } catch (_) { return null; }
-  })();
+  // The read key, from key.js (the fragment, kept for this tab).
+  const KEY = window.EA_READ_KEY;
 
   class ApiError extends Error {}
 
