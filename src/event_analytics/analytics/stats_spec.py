@@ -15,14 +15,16 @@ from typing import Any, Literal
 
 from event_analytics.analytics.spec import _regex_error
 from event_analytics.analytics.visits import VISIT_COLUMNS
+from event_analytics.goals import Goal
 from event_analytics.model import PROPERTY_NAME_PATTERN, FieldError, InvalidInput
 
 VISIT_METRICS = ("visitors", "visits", "pageviews", "views_per_visit", "bounce_rate",
                  "visit_duration", "events", "percentage")  # fmt: skip
-# Goal metrics: they need goal definitions (``event:goal``), not built yet. The planner's
-# hook for them is ``stats.GOAL_HOOK``.
+# Goal metrics: they read the site's goals (``with_goals``), by ``event:goal``.
 GOAL_METRICS = ("conversion_rate", "group_conversion_rate", "total_revenue", "average_revenue")
-EVENT_DIMENSIONS = ("event:page", "event:hostname", "event:name")
+REVENUE_METRICS = ("total_revenue", "average_revenue")
+GOAL = "event:goal"
+EVENT_DIMENSIONS = ("event:page", "event:hostname", "event:name", GOAL)
 TIME_DIMENSIONS = ("time", "time:hour", "time:day", "time:week", "time:month")
 OPERATORS = ("is", "is_not", "contains", "contains_not", "matches", "matches_not")
 SHORTCUTS = ("day", "7d", "28d", "30d", "month", "6mo", "12mo", "year", "all")
@@ -98,6 +100,7 @@ class StatsQuery:
     include: Include = field(default_factory=Include)
     limit: int = MAX_LIMIT
     offset: int = 0
+    goals: tuple[Goal, ...] = ()  # the site's goals (``with_goals``), oldest first
 
     @property
     def event_scoped(self) -> bool:
@@ -132,13 +135,7 @@ def _is_prop(name: str) -> bool:
     return name.startswith("event:props:") and PROPERTY_NAME_PATTERN.match(prop) is not None
 
 
-def _goal_refusal(where: str) -> StatsQueryError:
-    return StatsQueryError(where, "Goals are not available on this server yet (event:goal)")
-
-
 def _dimension(name: Any, where: str, *, filtering: bool) -> str:
-    if name == "event:goal":
-        raise _goal_refusal(where)
     if isinstance(name, str) and (
         name in EVENT_DIMENSIONS or name in VISIT_COLUMNS or _is_prop(name)
         or (not filtering and name in TIME_DIMENSIONS)
@@ -308,10 +305,7 @@ def _metrics(body: dict[str, Any]) -> tuple[str, ...]:
     if not isinstance(raw, list) or not raw:
         raise StatsQueryError("metrics", "metrics is a non-empty list of metric names")
     for i, name in enumerate(raw):
-        if name in GOAL_METRICS:
-            raise StatsQueryError(f"metrics[{i}]", f"Metric `{name}` needs goals (event:goal), "
-                                  "which are not available on this server yet")  # fmt: skip
-        if name not in VISIT_METRICS:
+        if name not in VISIT_METRICS and name not in GOAL_METRICS:
             raise StatsQueryError(f"metrics[{i}]", f"Unknown metric {_show(name)}")
     if len(set(raw)) != len(raw):
         raise StatsQueryError("metrics", "Each metric at most once")
@@ -381,3 +375,50 @@ def parse_query(body: Any, now: datetime) -> StatsQuery:
     if "percentage" in metrics and not dimensions:
         raise StatsQueryError("metrics", "Metric `percentage` can only be queried with dimensions")
     return query
+
+
+def goal_conditions(f: Filter) -> list[Condition]:
+    """The ``event:goal`` conditions anywhere in ``f``."""
+    if isinstance(f, Condition):
+        return [f] if f.dimension == GOAL else []
+    if isinstance(f, Logic):
+        return [c for g in f.items for c in goal_conditions(g)]
+    return goal_conditions(f.inner)
+
+
+def name_holds(c: Condition, name: str) -> bool:
+    """Whether a goal's display name passes the (positive form of the) condition ``c``:
+    how an ``event:goal`` filter picks goals when the query is not grouped by goal."""
+    base = c.op.removesuffix("_not")
+    if base == "matches":
+        flags = 0 if c.case_sensitive else re.IGNORECASE
+        return any(re.search(v, name, flags) for v in c.values)
+    fold = (lambda s: s) if c.case_sensitive else str.lower
+    if base == "is":
+        return fold(name) in {fold(v) for v in c.values}
+    return any(fold(v) in fold(name) for v in c.values)
+
+
+def with_goals(q: StatsQuery, goals: list[Goal] | tuple[Goal, ...]) -> StatsQuery:
+    """``q`` with its site's goals, checked against them: a goal named by an ``is``
+    filter exists, and the goal metrics have an ``event:goal`` filter or dimension."""
+    from dataclasses import replace
+
+    names = {g.display_name for g in goals}
+    folded = {n.lower() for n in names}
+    conditions = [(i, c) for i, f in enumerate(q.filters) for c in goal_conditions(f)]
+    for i, c in conditions:
+        if c.op != "is":
+            continue
+        for value in c.values:
+            if (value if c.case_sensitive else value.lower()) not in (
+                names if c.case_sensitive else folded
+            ):
+                message = f"The goal `{value}` is not configured for this site"
+                raise StatsQueryError(f"filters[{i}]", message + " (PUT /api/v1/sites/goals)")
+    if not conditions and GOAL not in q.dimensions:
+        for i, name in enumerate(q.metrics):
+            if name in GOAL_METRICS:
+                raise StatsQueryError(f"metrics[{i}]", f"Metric `{name}` can only be queried "
+                                      "with event:goal filters or dimensions")  # fmt: skip
+    return replace(q, goals=tuple(goals))
