@@ -160,6 +160,18 @@ def test_aggregate_numbers(svc: ServiceProcess, sent: list[dict[str, Any]]) -> N
     assert got == [{"metrics": [3, 4, 5, 75, 15, 1.25], "dimensions": []}]
 
 
+def test_comparison_previous_period(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
+    """Nothing the week before: every count 100 % up, the bounce rate's change none."""
+    body = {"site_id": SITE, "metrics": ["visitors", "bounce_rate"], "date_range": "7d",
+            "include": {"comparisons": {"mode": "previous_period"}}}  # fmt: skip
+    got = _ask(svc, body).json()
+    assert got["results"] == [{"metrics": [3, 75], "dimensions": [], "comparison": {
+        "dimensions": [], "metrics": [0, 0], "change": [100, None]}}]  # fmt: skip
+    start, end = (datetime.fromisoformat(t) for t in got["query"]["date_range"])
+    assert [datetime.fromisoformat(t) for t in got["query"]["comparison_date_range"]] == [
+        start - (end - start), start]  # fmt: skip
+
+
 def test_goal_numbers(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
     """By hand: b bought (one USD purchase of 1322.22 summed, the EUR one dropped); b and
     c saw /pricing, of 3 visitors."""
@@ -197,7 +209,10 @@ BAD = [
     ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d",
       "pagination": {"limit": 0}}, "pagination.limit"),
     ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d",
-      "include": {"comparisons": {"mode": "previous_period"}}}, "include.comparisons"),
+      "include": {"comparisons": {"mode": "last_week"}}}, "include.comparisons.mode"),
+    ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d",
+      "include": {"comparisons": {"mode": "custom", "date_range": ["2024-01-02", "2024-01-01"]}}},
+     "include.comparisons.date_range"),
     ({"site_id": SITE, "metrics": ["views_per_visit"], "date_range": "7d",
       "dimensions": ["event:page"]}, "metrics"),
     ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d", "limit": 3}, "limit"),

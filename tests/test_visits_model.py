@@ -163,9 +163,10 @@ def _goals_named(f: Any) -> list[str]:
         lambda ds: sum(d.startswith("time") for d in ds) <= 1
     ),
     filters=st.lists(FILTERS, max_size=2),
-    start_s=st.sampled_from([0, 1800, 3601, 7200]),
+    start_s=st.sampled_from([0, 1800, 3601, 7200, 4 * 3600]),
     length_s=st.sampled_from([1800, 3600, 4 * 3600, 86400]),
     page=st.sampled_from([(10_000, 0), (2, 0), (2, 1)]),
+    compare=st.sampled_from([None, None, "previous_period", "year_over_year", "custom"]),
     storage=STORAGE,
     data=st.data(),
 )
@@ -180,6 +181,7 @@ def test_stats_match_model(
     start_s: int,
     length_s: int,
     page: tuple[int, int],
+    compare: str | None,
     storage: str,
     data: st.DataObject,
 ) -> None:
@@ -208,16 +210,31 @@ def test_stats_match_model(
             "dimensions": dimensions, "filters": filters, "order_by": [list(t) for t in order_by],
             "pagination": {"limit": page[0], "offset": page[1]},
             "include": {"total_rows": True}}  # fmt: skip
+    if compare == "custom":
+        custom = [iso(BASE + timedelta(seconds=1800)), iso(BASE + timedelta(seconds=9000))]
+        body["include"] = {"total_rows": True, "comparisons": {"mode": "custom",
+                           "date_range": custom}}  # fmt: skip
+    elif compare:
+        body["include"] = {"total_rows": True, "comparisons": {"mode": compare}}
     q = with_goals(parse_query(body, BASE), [goals[i] for i in sorted(goals)])
     got = stats.run(ENGINE, q, write(tmp_path, recs, storage), BASE, TIMEOUT)
     times = [d for d in dimensions if d.startswith("time")]
     unit = stats.time_unit(times[0], start, end) if times else None
     want, total, dropped = model.query(recs, q, start, end, TIMEOUT, unit)
+    if compare:
+        other = {
+            "previous_period": (start - (end - start), start),
+            "year_over_year": (start.replace(year=start.year - 1), end.replace(year=end.year - 1)),
+            "custom": (BASE + timedelta(seconds=1800), BASE + timedelta(seconds=9000)),
+        }
+        want = model.compared(recs, q, (start, end), other[compare], TIMEOUT, unit)  # fmt: skip
     for row in want:
-        row["dimensions"] = [
-            stats.label(v, unit or "") if d.startswith("time") else v
-            for d, v in zip(dimensions, row["dimensions"], strict=True)
-        ]
+        for part in (row, row.get("comparison", {})):
+            if part:
+                part["dimensions"] = [
+                    stats.label(v, unit or "") if d.startswith("time") else v
+                    for d, v in zip(dimensions, part["dimensions"], strict=True)
+                ]
     assert got["meta"]["total_rows"] == total
     assert got["results"] == want
     if {"total_revenue", "average_revenue"} & set(metrics):

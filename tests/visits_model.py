@@ -314,3 +314,68 @@ def query(
 
 def iso_day(value: datetime) -> datetime:
     return value.astimezone(UTC)
+
+
+ZERO = {"visitors": 0, "visits": 0, "pageviews": 0, "events": 0, "views_per_visit": 0.0,
+        "bounce_rate": 0, "visit_duration": 0, "percentage": 0.0, "conversion_rate": 0.0,
+        "group_conversion_rate": 0.0}  # fmt: skip
+
+
+def _change(metric: str, old: Any, new: Any) -> Any:
+    """Plausible's Compare.calculate_change, restated."""
+    if isinstance(old, dict):
+        old, new = old["value"], new["value"]
+    if old is None or new is None:
+        return None
+    a, b = Decimal(str(old)), Decimal(str(new))
+    if metric == "bounce_rate":
+        return int(b - a) if a > 0 else None
+    if metric in ("conversion_rate", "group_conversion_rate"):
+        return float((b - a).quantize(Decimal("0.1"), rounding="ROUND_HALF_UP"))
+    if a == 0:
+        return 100 if b > 0 else 0
+    return int(((b - a) / a * 100).quantize(Decimal(1), rounding="ROUND_HALF_UP"))
+
+
+def compared(
+    records: list[dict[str, Any]], q: StatsQuery, main: tuple[datetime, datetime],
+    other: tuple[datetime, datetime], timeout_s: int, unit: str | None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The main range's rows (paged), each with ``comparison`` from the ``other`` range;
+    dimension values unlabelled (time buckets as datetimes)."""
+    from event_analytics.analytics.periods import Period
+
+    rows, _, _ = query(records, q, *main, timeout_s, unit)
+    everything = replace(q, limit=10**9, offset=0)
+    crows, _, _ = query(records, everything, *other, timeout_s, unit)
+    times = [i for i, d in enumerate(q.dimensions) if d.startswith("time")]
+
+    def key(dims: list[Any], start: datetime) -> tuple[Any, ...]:
+        assert unit is not None or not times
+        p = Period(unit or "day")
+        return tuple(p.number(v) - p.number(start) if i in times else v
+                     for i, v in enumerate(dims))  # fmt: skip
+
+    found = {key(r["dimensions"], other[0]): r for r in crows}
+    for row in rows:
+        k = key(row["dimensions"], main[0])
+        match = found.get(k)
+        if match is None:
+            p = Period(unit or "day")
+            dims = [p.start(p.number(other[0]) + k[i]) if i in times else v
+                    for i, v in enumerate(row["dimensions"])]  # fmt: skip
+            currency = _currency(q, tuple(row["dimensions"]))
+            metrics = [
+                ZERO[m] if m in ZERO else (money(Decimal(0), currency) if currency else None)
+                for m in q.metrics
+            ]
+            match = {"dimensions": dims, "metrics": metrics}
+        row["comparison"] = {
+            "dimensions": match["dimensions"],
+            "metrics": match["metrics"],
+            "change": [
+                _change(m, o, n)
+                for m, o, n in zip(q.metrics, match["metrics"], row["metrics"], strict=True)
+            ],
+        }
+    return rows

@@ -19,7 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from event_analytics.analytics import stats_goals, visits
+from event_analytics.analytics import stats_compare, stats_goals, visits
 from event_analytics.analytics.engine import QueryEngine
 from event_analytics.analytics.periods import Period
 from event_analytics.analytics.snapshot import Sources, hour_files
@@ -314,6 +314,13 @@ def run(
         metrics = metric_values(q, sums, totals, _currency(q, dims))
         results.append({"metrics": metrics, "dimensions": shown})
     meta: dict[str, Any] = {"archived_until": iso_z(archived_until), "method": "exact"}
+    compared = q.include.comparisons
+    if compared is not None:
+        other = stats_compare.comparison_range(compared, start, q.end)
+        _compare(engine, q, root, timeout_s, (start, q.end), other, rows, results)
+        if q.include.time_labels:
+            (unit,) = units.values()
+            meta["comparison_time_labels"] = time_labels(unit, *other)
     if q.include.imports:
         meta["imports_included"] = False
     if q.include.time_labels:
@@ -323,7 +330,54 @@ def run(
         meta["total_rows"] = totals.rows
     if set(REVENUE_METRICS) & set(q.metrics):
         meta["revenue_dropped_events"] = totals.dropped
-    return {"results": results, "meta": meta, "query": echo(q, start)}
+    answer: dict[str, Any] = {"results": results, "meta": meta, "query": echo(q, start)}
+    if compared is not None:
+        answer["query"]["comparison_date_range"] = [iso_z(t) for t in other]
+    return answer
+
+
+def _compare(
+    engine: QueryEngine, q: StatsQuery, root: Path, timeout_s: int,
+    main: tuple[datetime, datetime], other: tuple[datetime, datetime],
+    rows: list[tuple[list[Any], dict[str, Any]]], results: list[dict[str, Any]],
+) -> None:  # fmt: skip
+    """Each result row gains ``comparison``: the other range's row of the same dimension
+    values (time buckets by position), its metrics, and the change of each."""
+    units = {d: time_unit(d, *main) for d in q.dimensions if d.startswith("time")}
+    # The other range in the main range's time unit, all its rows.
+    dims = tuple(f"time:{units[d]}" if d in units else d for d in q.dimensions)
+    cq = replace(q, start=other[0], end=other[1], dimensions=dims, order_by=(),
+                 limit=2**62, offset=0)  # fmt: skip
+    crows, ctotals = fetch(engine, cq, root, other[0], timeout_s)
+
+    def key(values: list[Any], start: datetime) -> tuple[Any, ...]:
+        return tuple(
+            Period(units[d]).number(v) - Period(units[d]).number(start) if d in units else v
+            for d, v in zip(q.dimensions, values, strict=True)
+        )
+
+    found = {key(values, other[0]): (values, sums) for values, sums in crows}
+    zero: dict[str, Any] = {name: 0 for name in SUMS} | {"rev": None, "group_total": None}
+    for (values, _), result in zip(rows, results, strict=True):
+        k = key(values, main[0])
+        cvalues, csums = found.get(k, (None, zero))
+        if cvalues is None:  # none that range: the same values, the bucket at that place
+            cvalues = [
+                Period(units[d]).start(Period(units[d]).number(other[0]) + i) if d in units else v
+                for d, v, i in zip(q.dimensions, values, k, strict=True)
+            ]
+        metrics = metric_values(cq, csums, ctotals, _currency(q, values))
+        result["comparison"] = {
+            "dimensions": [
+                label(v, units[d]) if d in units else v
+                for d, v in zip(q.dimensions, cvalues, strict=True)
+            ],
+            "metrics": metrics,
+            "change": [
+                stats_compare.change(m, old, new)
+                for m, old, new in zip(q.metrics, metrics, result["metrics"], strict=True)
+            ],
+        }
 
 
 def echo(q: StatsQuery, start: datetime) -> dict[str, Any]:
@@ -339,9 +393,18 @@ def echo(q: StatsQuery, start: datetime) -> dict[str, Any]:
             "imports": q.include.imports,
             "time_labels": q.include.time_labels,
             "total_rows": q.include.total_rows,
+            **_comparisons_json(q),
         },
         "pagination": {"limit": q.limit, "offset": q.offset},
     }
+
+
+def _comparisons_json(q: StatsQuery) -> dict[str, Any]:
+    c = q.include.comparisons
+    if c is None:
+        return {}
+    custom = {"date_range": c.date_range} if c.mode == "custom" else {}
+    return {"comparisons": {"mode": c.mode, **custom}}
 
 
 def _filter_json(f: Filter) -> list[Any]:

@@ -81,10 +81,21 @@ Filter = Condition | Logic | Not | Done
 
 
 @dataclass(frozen=True, slots=True)
+class Comparison:
+    """``include.comparisons``: the mode, and for ``custom`` its range as sent and [start, end)."""
+
+    mode: Literal["previous_period", "year_over_year", "custom"]
+    date_range: Any = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Include:
     imports: bool = False
     time_labels: bool = False
     total_rows: bool = False
+    comparisons: Comparison | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,17 +287,47 @@ def _flag(include: dict[str, Any], name: str) -> bool:
     return value
 
 
-def _include(raw: Any, has_time: bool) -> Include:
+COMPARISON_MODES = ("previous_period", "year_over_year", "custom")
+
+
+def _comparison(raw: Any, now: datetime) -> Comparison | None:
+    where = "include.comparisons"
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"mode", "date_range", "match_day_of_week"}:
+        raise StatsQueryError(where, "include.comparisons is {mode, date_range, "
+                              "match_day_of_week}")  # fmt: skip
+    mode = raw.get("mode")
+    if mode not in COMPARISON_MODES:
+        raise StatsQueryError(f"{where}.mode", f"Invalid comparison mode {_show(mode)}; use "
+                              f"one of {', '.join(COMPARISON_MODES)}")  # fmt: skip
+    if raw.get("match_day_of_week", False) is not False:
+        raise StatsQueryError(f"{where}.match_day_of_week",
+                              "match_day_of_week: true is not supported; send false")  # fmt: skip
+    if mode != "custom":
+        if "date_range" in raw:
+            raise StatsQueryError(f"{where}.date_range", "date_range is for mode custom only")
+        return Comparison(mode)
+    if not (isinstance(raw.get("date_range"), list) and len(raw["date_range"]) == 2):
+        raise StatsQueryError(f"{where}.date_range", "mode custom needs date_range "
+                              "[from, to], e.g. [\"2024-01-01\", \"2024-01-31\"]")  # fmt: skip
+    try:
+        start, end = date_range(raw["date_range"], now)
+    except StatsQueryError as exc:
+        raise StatsQueryError(f"{where}.date_range", exc.message) from None
+    return Comparison("custom", raw["date_range"], start, end)
+
+
+def _include(raw: Any, has_time: bool, now: datetime) -> Include:
     if raw is None:
         return Include()
     if not isinstance(raw, dict):
         raise StatsQueryError("include", "include is an object")
     for key in raw:
-        if key == "comparisons":
-            raise StatsQueryError("include.comparisons", "Comparisons are not supported yet")
-        if key not in ("imports", "time_labels", "total_rows"):
+        if key not in ("imports", "time_labels", "total_rows", "comparisons"):
             raise StatsQueryError(f"include.{key}", f"Invalid include key '{key}'")
-    out = Include(_flag(raw, "imports"), _flag(raw, "time_labels"), _flag(raw, "total_rows"))
+    out = Include(_flag(raw, "imports"), _flag(raw, "time_labels"), _flag(raw, "total_rows"),
+                  _comparison(raw.get("comparisons"), now))  # fmt: skip
     if out.time_labels and not has_time:
         raise StatsQueryError("include.time_labels",
                               "Invalid include.time_labels: requires a time dimension")  # fmt: skip
@@ -366,7 +407,7 @@ def parse_query(body: Any, now: datetime) -> StatsQuery:
     query = StatsQuery(
         site_id=site, metrics=metrics, date_range=body["date_range"], start=start, end=end,
         dimensions=dimensions, filters=filters, order_by=tuple(order_by),
-        include=_include(body.get("include"), bool(times)), limit=limit, offset=offset,
+        include=_include(body.get("include"), bool(times), now), limit=limit, offset=offset,
     )  # fmt: skip
     if "views_per_visit" in metrics and query.event_scoped:
         where = "metrics"
