@@ -237,3 +237,125 @@ def test_key_and_body_checks(svc: ServiceProcess) -> None:
     assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
     big = {**body, "filters": [["is", "event:page", ["x" * 70_000]]]}
     assert _ask(svc, big).status_code == 413
+
+
+# -- Stats API v1: the same numbers as the v2 model, in v1's shapes ------------------------
+
+
+def _v1(svc: ServiceProcess, path: str, **params: Any) -> Any:
+    return HTTP.get(f"{svc.url}/api/v1/stats/{path}", params=params, headers=AUTH)
+
+
+def _model(sent: list[dict[str, Any]], body: dict[str, Any], unit: str | None = None) -> Any:
+    now = datetime.now(UTC)
+    q = parse_query({"site_id": SITE, "date_range": "7d", **body}, now)
+    if "event:goal" in str(body):
+        q = with_goals(q, GOALS_SEEN)
+    start = q.start
+    assert start is not None
+    if q.include.comparisons:
+        return model.compared(sent, q, (start, q.end), (start - (q.end - start), start), 1800,
+                              unit)  # fmt: skip
+    return model.query(sent, q, start, q.end, 1800, unit)[0]
+
+
+GOALS_SEEN: list[Goal] = []
+
+
+def test_v1_aggregate_with_compare(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
+    metrics = ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]
+    r = _v1(svc, "aggregate", site_id=SITE, period="7d", metrics=",".join(metrics),
+            compare="previous_period")  # fmt: skip
+    assert r.status_code == 200, r.text
+    (row,) = _model(sent, {"metrics": metrics,
+                           "include": {"comparisons": {"mode": "previous_period"}}})  # fmt: skip
+    assert r.json() == {"results": {
+        m: {"value": row["metrics"][i], "comparison_value": row["comparison"]["metrics"][i],
+            "change": row["comparison"]["change"][i]} for i, m in enumerate(metrics)}}  # fmt: skip
+    assert r.json()["results"]["visitors"] == {"value": 3, "comparison_value": 0, "change": 100}
+
+
+def test_v1_timeseries(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
+    r = _v1(svc, "timeseries", site_id=SITE, period="7d", metrics="visitors,pageviews")
+    assert r.status_code == 200, r.text
+    got = r.json()["results"]
+    want = _model(sent, {"metrics": ["visitors", "pageviews"], "dimensions": ["time:day"]}, "day")
+    by_day = {row["dimensions"][0].strftime("%Y-%m-%d"): row["metrics"] for row in want}
+    today = datetime.now(UTC).date()
+    days = [(today - timedelta(days=6 - i)).isoformat() for i in range(7)]
+    assert got == [{"date": d, "visitors": by_day.get(d, [0, 0])[0],
+                    "pageviews": by_day.get(d, [0, 0])[1]} for d in days]  # fmt: skip
+    assert sum(row["pageviews"] for row in got) == 5
+
+
+@pytest.mark.parametrize(
+    ("params", "body"),
+    [({"property": "visit:country", "filters": "visit:source!=Google"},
+      {"dimensions": ["visit:country"], "filters": [["is_not", "visit:source", ["Google"]]]}),
+     ({"property": "event:page", "filters": "visit:country==US|DE;event:page~pric",
+       "metrics": "visitors,pageviews"},
+      {"dimensions": ["event:page"], "metrics": ["visitors", "pageviews"], "filters": [
+          ["is", "visit:country", ["US", "DE"]], ["contains", "event:page", ["pric"]]]}),
+     ({"property": "visit:source", "filters": "event:page==/pric*", "limit": "1", "page": "2"},
+      {"dimensions": ["visit:source"], "filters": [["matches", "event:page", ["^/pric[^/]*$"]]],
+       "pagination": {"limit": 1, "offset": 1}}),
+     ({"property": "event:goal", "metrics": "visitors,conversion_rate"},
+      {"dimensions": ["event:goal"], "metrics": ["visitors", "conversion_rate"]})],
+)  # fmt: skip
+def test_v1_breakdown(
+    svc: ServiceProcess, sent: list[dict[str, Any]], params: dict[str, str], body: dict[str, Any]
+) -> None:
+    GOALS_SEEN[:] = _goals(svc)
+    r = _v1(svc, "breakdown", site_id=SITE, period="7d", **params)
+    assert r.status_code == 200, r.text
+    metrics = params.get("metrics", "visitors").split(",")
+    key = params["property"].split(":")[-1]
+    want = _model(sent, {"metrics": metrics, **body})
+    assert want, "the example must count something"
+    rows = [{key: row["dimensions"][0], **dict(zip(metrics, row["metrics"], strict=True))}
+            for row in want]  # fmt: skip
+    assert r.json() == {"results": rows}
+
+
+def test_v1_realtime(svc: ServiceProcess) -> None:
+    """Visitors with an event in the last five minutes, once it is archived (bounded)."""
+    site = "live.example"
+    assert _v1(svc, "realtime/visitors", site_id=site).json() == 0
+    bodies = [event(user=u, url=f"https://{site}/", domain=site) for u in ("x", "y", "x")]
+    r = HTTP.post(f"{svc.url}/events/batch", json={"events": bodies},
+                  headers={"Authorization": f"Bearer {WRITE}"})  # fmt: skip
+    assert r.status_code in (200, 201, 207), r.text
+    deadline = time.monotonic() + WAIT_S
+    while (got := _v1(svc, "realtime/visitors", site_id=site).json()) != 2:
+        assert got == 0 and time.monotonic() < deadline, got
+        time.sleep(0.3)
+
+
+V1_BAD = [
+    ("aggregate", {"period": "7d"}, "site_id"),
+    ("aggregate", {"site_id": SITE, "period": "8d"}, "period"),
+    ("aggregate", {"site_id": SITE, "period": "custom"}, "date"),
+    ("aggregate", {"site_id": SITE, "period": "custom", "date": "2024-01-05,2024-01-01"}, "period"),
+    ("aggregate", {"site_id": SITE, "metrics": "visitors,nope"}, "metrics"),
+    ("aggregate", {"site_id": SITE, "compare": "year"}, "compare"),
+    ("aggregate", {"site_id": SITE, "filters": "visit:browser"}, "filters"),
+    ("aggregate", {"site_id": SITE, "filters": "visit:city==Paris"}, "filters"),
+    ("aggregate", {"site_id": SITE, "filters": "event:goal==Nope"}, "filters"),
+    ("aggregate", {"site_id": SITE, "property": "visit:source"}, "property"),
+    ("timeseries", {"site_id": SITE, "interval": "week"}, "interval"),
+    ("breakdown", {"site_id": SITE}, "property"),
+    ("breakdown", {"site_id": SITE, "property": "visit:city"}, "property"),
+    ("breakdown", {"site_id": SITE, "property": "visit:source", "limit": "0"}, "limit"),
+    ("breakdown", {"site_id": SITE, "property": "visit:source", "page": "x"}, "page"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "params", "field"), V1_BAD)
+def test_v1_bad_parameters_are_400_naming_them(
+    svc: ServiceProcess, path: str, params: dict[str, str], field: str
+) -> None:
+    r = _v1(svc, path, **params)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["errors"][0]["field"] == field
+    assert "{" not in r.json()["detail"]

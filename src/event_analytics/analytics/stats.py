@@ -19,11 +19,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from event_analytics.analytics import stats_compare, stats_goals, visits
+from event_analytics.analytics import sites, stats_compare, stats_goals, visits
 from event_analytics.analytics.engine import QueryEngine
 from event_analytics.analytics.periods import Period
 from event_analytics.analytics.snapshot import Sources, hour_files
-from event_analytics.analytics.sql import Params
+from event_analytics.analytics.sql import Params, source
 from event_analytics.analytics.stats_spec import (
     GOAL,
     REVENUE_METRICS,
@@ -416,3 +416,18 @@ def _filter_json(f: Filter) -> list[Any]:
         return [f.op, [_filter_json(g) for g in f.items]]
     modifiers = [] if f.case_sensitive else [{"case_sensitive": False}]
     return [f.op, f.dimension, list(f.values), *modifiers]
+
+
+REALTIME = timedelta(minutes=5)
+
+
+def current_visitors(engine: QueryEngine, site: str, root: Path, now: datetime) -> int:
+    """Plausible's realtime figure: the site's visitors with an event (bots' aside) in the
+    last five minutes, whenever their visit started."""
+    p = Params()
+    with hour_files(root, now - REALTIME, now) as files:
+        sql = f"""SELECT count(DISTINCT user_id) FROM ({source(p, files)})
+WHERE ts >= {p.bind(now - REALTIME)} AND ts < {p.bind(now)}
+    AND NOT starts_with(event_type, 'bot_') AND {sites.SITE_SQL} = {p.bind(site)}"""
+        rows = engine.fetch(sql, p.values)
+    return int(rows[0][0])

@@ -29,6 +29,7 @@ from event_analytics.api import (
     problems,
     reports,
     stats,
+    stats_v1,
 )
 from event_analytics.api.heavy import HeavyReads
 from event_analytics.api.ingest_http import IngestEndpoints
@@ -186,7 +187,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(metrics.RequestTimer)
     app.add_middleware(RequestContext, access_log=settings.access_log)
-    for module in (health, analytics, explore, stats, reports, persistent, metrics, compat, goals):
+    for module in (
+        health,
+        analytics,
+        explore,
+        stats,
+        stats_v1,
+        reports,
+        persistent,
+        metrics,
+        compat,
+        goals,
+    ):
         app.include_router(module.router)
     dashboard.install(app)
 
