@@ -4,10 +4,15 @@ model says; bad queries are 400 problem+json naming the field, never a 5xx."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -359,3 +364,29 @@ def test_v1_bad_parameters_are_400_naming_them(
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["errors"][0]["field"] == field
     assert "{" not in r.json()["detail"]
+
+
+def test_third_party_v1_client(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
+    """The ``plausible-mcp`` package (PyPI), pointed at the service by its base URL,
+    reads the model's numbers through v1 (it parses our answers: an error would be text)."""
+    env = {**os.environ, "PLAUSIBLE_BASE_URL": svc.url, "PLAUSIBLE_API_KEY": READ,
+           "DO_NOT_TRACK": "1"}  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.stats_client_mcp", SITE], env=env, capture_output=True,
+        text=True, timeout=120, check=False, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    metrics = ["visitors", "visits", "pageviews", "bounce_rate"]
+    (total,) = _model(sent, {"metrics": metrics})
+    assert got["aggregate"]["totals"] == dict(zip(metrics, total["metrics"], strict=True))
+    sources = _model(sent, {"metrics": ["visitors"], "dimensions": ["visit:source"]})
+    assert got["breakdown"]["results"] == [
+        {"source": r["dimensions"][0], "visitors": r["metrics"][0]} for r in sources
+    ]
+    days = _model(sent, {"metrics": ["visitors"], "dimensions": ["time:day"]}, "day")
+    by_day = {r["dimensions"][0].strftime("%Y-%m-%d"): r["metrics"][0] for r in days}
+    series = got["timeseries"]["timeseries"]
+    assert len(series) == 7
+    assert all(point["visitors"] == by_day.get(point["date"], 0) for point in series)
+    assert got["realtime"]["realtime_visitors"] == 0  # every event is hours old

@@ -1,0 +1,28 @@
+"""Run the third-party ``plausible-mcp`` package's Stats API v1 tools (PyPI; it reads
+``PLAUSIBLE_BASE_URL`` and ``PLAUSIBLE_API_KEY``) against a base URL and print their
+answers as one JSON object. A script, so the client's environment (and its telemetry
+switched off with ``DO_NOT_TRACK``) is its own: ``python -m tests.stats_client_mcp SITE``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from plausible_mcp import server  # type: ignore[import-untyped]
+
+
+def main() -> None:
+    site = sys.argv[1]
+    answers = {
+        "aggregate": server.get_aggregate_stats(
+            site, "7d", metrics=["visitors", "visits", "pageviews", "bounce_rate"]
+        ),
+        "breakdown": server.get_breakdown(site, "visit:source", "7d", limit=10),
+        "timeseries": server.get_timeseries(site, "7d", "date"),
+        "realtime": server.get_realtime_visitors(site),
+    }
+    print(json.dumps({name: json.loads(text) for name, text in answers.items()}))
+
+
+if __name__ == "__main__":
+    main()
