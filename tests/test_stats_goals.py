@@ -102,7 +102,10 @@ def test_average_revenue_and_money_shape(tmp_path: Path) -> None:
     ("body", "where", "message"),
     [({"metrics": ["conversion_rate"]}, "metrics[0]", "can only be queried with event:goal"),
      ({"metrics": ["visitors"], "filters": [["is", "event:goal", ["Nope"]]]}, "filters[0]",
-      "The goal `Nope` is not configured for this site")],
+      "The goal `Nope` is not configured for this site"),
+     ({"metrics": ["visitors"], "filters": [["is", "visit:country", ["US"]],
+       ["matches", "event:goal", ["\\x{53}ignup"]]]}, "filters[1]",
+      "Invalid regular expression for event:goal")],
 )  # fmt: skip
 def test_goal_refusals(body: dict[str, Any], where: str, message: str) -> None:
     full = {"site_id": SITE, "date_range": "7d", **body}

@@ -449,6 +449,15 @@ def with_goals(q: StatsQuery, goals: list[Goal] | tuple[Goal, ...]) -> StatsQuer
     folded = {n.lower() for n in names}
     conditions = [(i, c) for i, f in enumerate(q.filters) for c in goal_conditions(f)]
     for i, c in conditions:
+        if c.op.startswith("matches"):
+            # Goal names are matched here, in Python (name_holds): a pattern RE2 takes
+            # but Python's re does not (``\x{41}``, ``\pN``) is refused, not a 500.
+            for pattern in c.values:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise StatsQueryError(f"filters[{i}]", "Invalid regular expression for "
+                                          f"event:goal: {exc}") from None  # fmt: skip
         if c.op != "is":
             continue
         for value in c.values:

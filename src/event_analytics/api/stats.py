@@ -1,5 +1,7 @@
-"""Plausible's Stats API v2 (``POST /api/v2/query``): visits, pageviews, bounce rate and
-visit duration by dimension, from the archive (docs/api.md, "Stats API").
+"""Plausible's Stats API v2 (``POST /api/v2/query``): visits, pageviews, bounce rate, visit
+duration, goal conversions and revenue by dimension, with comparisons, from the archive
+(docs/api.md, "Stats API"). The site's goals are read from the engine here and handed to
+the planner as values (``with_site_goals``).
 
 The body is parsed by ``analytics/stats_spec.py`` (a 400 names the field at fault, in
 Plausible's style of message) and answered by DuckDB in the query engine's pool, off the
