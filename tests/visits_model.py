@@ -322,19 +322,19 @@ ZERO = {"visitors": 0, "visits": 0, "pageviews": 0, "events": 0, "views_per_visi
 
 
 def _change(metric: str, old: Any, new: Any) -> Any:
-    """Plausible's Compare.calculate_change, restated."""
+    """Plausible's Compare.calculate_change, restated (Elixir's float arithmetic; its
+    ``round`` and ``Float.round`` take ties away from zero)."""
     if isinstance(old, dict):
         old, new = old["value"], new["value"]
     if old is None or new is None:
         return None
-    a, b = Decimal(str(old)), Decimal(str(new))
     if metric == "bounce_rate":
-        return int(b - a) if a > 0 else None
-    if metric in ("conversion_rate", "group_conversion_rate"):
-        return float((b - a).quantize(Decimal("0.1"), rounding="ROUND_HALF_UP"))
-    if a == 0:
-        return 100 if b > 0 else 0
-    return int(((b - a) / a * 100).quantize(Decimal(1), rounding="ROUND_HALF_UP"))
+        return new - old if old > 0 else None
+    if metric == "conversion_rate":
+        return float(Decimal(float(new) - float(old)).quantize(Decimal("0.1"), "ROUND_HALF_UP"))
+    if old == 0:
+        return 100 if new > 0 else 0
+    return int(Decimal((new - old) / old * 100).quantize(Decimal(1), "ROUND_HALF_UP"))
 
 
 def compared(

@@ -10,22 +10,21 @@ dimension is matched by position (the i-th bucket of one range with the i-th of 
 other). A row the other range lacks compares with zeros.
 
 The change (Plausible's ``Compare.calculate_change``): ``bounce_rate`` the difference in
-points (none when the old rate is 0), ``conversion_rate`` and ``group_conversion_rate``
-the difference in points to one decimal, every other metric the percentage change
-rounded half away from zero (100 from 0 to more, 0 from 0 to 0, none when either side
-has no value, as revenue without a currency).
+points (none when the old rate is 0), ``conversion_rate`` the difference in points to one
+decimal, every other metric (``group_conversion_rate`` too, as Plausible's falls through
+to it) the percentage change rounded half away from zero (100 from 0 to more, 0 from 0
+to 0, none when either side has no value, as revenue without a currency).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from fractions import Fraction
 from typing import Any
 
 from event_analytics.analytics.stats_spec import Comparison
 
-POINTS = ("conversion_rate", "group_conversion_rate")
+POINTS = ("conversion_rate",)
 
 
 def comparison_range(c: Comparison, start: datetime, end: datetime) -> tuple[datetime, datetime]:
@@ -43,30 +42,26 @@ def _year_back(moment: datetime) -> datetime:
     return moment.replace(year=moment.year - 1)
 
 
-def _number(value: Any) -> Fraction | None:
-    if value is None:
-        return None
+def _number(value: Any) -> int | float | None:
     if isinstance(value, dict):  # revenue: {"value": ..., ...}
         value = value["value"]
-    return Fraction(Decimal(str(value)))
-
-
-def _half_away(x: Fraction) -> int:
-    whole = int(abs(x) + Fraction(1, 2))
-    return whole if x >= 0 else -whole
+    assert value is None or isinstance(value, int | float)
+    return value
 
 
 def change(metric: str, old: Any, new: Any) -> int | float | None:
-    """The change from ``old`` to ``new`` of ``metric`` as shown in a row."""
+    """The change from ``old`` to ``new`` of ``metric`` as shown in a row, computed as
+    Plausible's Elixir does: in floats, rounded from the float's exact value (half away
+    from zero, as Elixir's ``round`` and ``Float.round``)."""
     before, after = _number(old), _number(new)
     if before is None or after is None:
         return None
     if metric == "bounce_rate":
-        return int(after - before) if before > 0 else None
+        return after - before if before > 0 else None
     if metric in POINTS:
-        points = Decimal(after.numerator) / after.denominator
-        points -= Decimal(before.numerator) / before.denominator
+        points = Decimal(float(after) - float(before))
         return float(points.quantize(Decimal("0.1"), ROUND_HALF_UP))
     if before == 0:
         return 100 if after > 0 else 0
-    return _half_away((after - before) / before * 100)
+    percent = (after - before) / before * 100
+    return int(Decimal(percent).to_integral_value(ROUND_HALF_UP))
