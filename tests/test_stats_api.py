@@ -247,13 +247,21 @@ def test_key_and_body_checks(svc: ServiceProcess) -> None:
 # -- Stats API v1: the same numbers as the v2 model, in v1's shapes ------------------------
 
 
+# "Today" fixed once for the v1 checks and their model, so that midnight passing between a
+# request and its model cannot move the range (every sent event is before it).
+TODAY = datetime.now(UTC).date()
+FIRST = TODAY - timedelta(days=6)
+
+
 def _v1(svc: ServiceProcess, path: str, **params: Any) -> Any:
+    if path != "realtime/visitors" and params.get("period") != "custom":
+        params = {"date": TODAY.isoformat(), **params}
     return HTTP.get(f"{svc.url}/api/v1/stats/{path}", params=params, headers=AUTH)
 
 
 def _model(sent: list[dict[str, Any]], body: dict[str, Any], unit: str | None = None) -> Any:
     now = datetime.now(UTC)
-    q = parse_query({"site_id": SITE, "date_range": "7d", **body}, now)
+    q = parse_query({"site_id": SITE, "date_range": "7d", "date": TODAY.isoformat(), **body}, now)
     if "event:goal" in str(body):
         q = with_goals(q, GOALS_SEEN)
     start = q.start
@@ -286,8 +294,7 @@ def test_v1_timeseries(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
     got = r.json()["results"]
     want = _model(sent, {"metrics": ["visitors", "pageviews"], "dimensions": ["time:day"]}, "day")
     by_day = {row["dimensions"][0].strftime("%Y-%m-%d"): row["metrics"] for row in want}
-    today = datetime.now(UTC).date()
-    days = [(today - timedelta(days=6 - i)).isoformat() for i in range(7)]
+    days = [(TODAY - timedelta(days=6 - i)).isoformat() for i in range(7)]
     assert got == [{"date": d, "visitors": by_day.get(d, [0, 0])[0],
                     "pageviews": by_day.get(d, [0, 0])[1]} for d in days]  # fmt: skip
     assert sum(row["pageviews"] for row in got) == 5
@@ -330,10 +337,15 @@ def test_v1_realtime(svc: ServiceProcess) -> None:
     r = HTTP.post(f"{svc.url}/events/batch", json={"events": bodies},
                   headers={"Authorization": f"Bearer {WRITE}"})  # fmt: skip
     assert r.status_code in (200, 201, 207), r.text
+    sent_at = datetime.now(UTC)
     deadline = time.monotonic() + WAIT_S
-    while (got := _v1(svc, "realtime/visitors", site_id=site).json()) != 2:
-        assert got == 0 and time.monotonic() < deadline, got
+    while True:  # until the archive holds them (bounded), as archived_until says
+        meta = _ask(svc, {"site_id": site, "metrics": ["visits"], "date_range": "day"}).json()
+        if datetime.fromisoformat(meta["meta"]["archived_until"]) > sent_at:
+            break
+        assert time.monotonic() < deadline, meta
         time.sleep(0.3)
+    assert _v1(svc, "realtime/visitors", site_id=site).json() == 2
 
 
 V1_BAD = [
@@ -372,13 +384,14 @@ def test_third_party_v1_client(svc: ServiceProcess, sent: list[dict[str, Any]]) 
     env = {**os.environ, "PLAUSIBLE_BASE_URL": svc.url, "PLAUSIBLE_API_KEY": READ,
            "DO_NOT_TRACK": "1"}  # fmt: skip
     run = subprocess.run(
-        [sys.executable, "-m", "tests.stats_client_mcp", SITE], env=env, capture_output=True,
+        [sys.executable, "-m", "tests.stats_client_mcp", SITE, FIRST.isoformat(),
+         TODAY.isoformat()], env=env, capture_output=True,
         text=True, timeout=120, check=False, cwd=Path(__file__).parent.parent,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     got = json.loads(run.stdout)
     metrics = ["visitors", "visits", "pageviews", "bounce_rate"]
-    (total,) = _model(sent, {"metrics": metrics})
+    (total,) = _model(sent, {"metrics": metrics})  # the same 7 days as the client's custom range
     assert got["aggregate"]["totals"] == dict(zip(metrics, total["metrics"], strict=True))
     sources = _model(sent, {"metrics": ["visitors"], "dimensions": ["visit:source"]})
     assert got["breakdown"]["results"] == [
