@@ -364,6 +364,8 @@ V1_BAD = [
     ("breakdown", {"site_id": SITE, "property": "visit:city"}, "property"),
     ("breakdown", {"site_id": SITE, "property": "visit:source", "limit": "0"}, "limit"),
     ("breakdown", {"site_id": SITE, "property": "visit:source", "page": "x"}, "page"),
+    ("breakdown", {"site_id": SITE, "property": "visit:source", "page": "1000000"}, "page"),
+    ("aggregate", {"site_id": SITE, "metrics": "conversion_rate"}, "metrics"),
 ]  # fmt: skip
 
 

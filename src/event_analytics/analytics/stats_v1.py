@@ -163,6 +163,8 @@ def translate(kind: Kind, params: Mapping[str, str]) -> V1Request:
 
 def v1_field(v2_field: str) -> str:
     """The v1 parameter a v2 request's field came from."""
+    if v2_field == "pagination.offset":
+        return "page"
     head = re.split(r"[.\[]", v2_field, maxsplit=1)[0]
     return {"dimensions": "property", "date_range": "period", "pagination": "limit",
             "include": "compare", "order_by": "metrics"}.get(head, head)  # fmt: skip

@@ -8,6 +8,7 @@ A bad parameter is a 400 problem+json naming the v1 parameter, in Plausible's wo
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -51,30 +52,56 @@ async def _answer(request: Request, kind: stats_v1.Kind) -> Response:
 
 
 _ERRORS = problem_responses(400, 503, 504)
+_HELP = {
+    "site_id": "the site's domain",
+    "period": "12mo, 6mo, month, 30d (default), 7d, day or custom",
+    "date": "YYYY-MM-DD (moves today), or YYYY-MM-DD,YYYY-MM-DD with period=custom",
+    "metrics": "comma-separated metric names (default visitors)",
+    "filters": "v1 filters: visit:browser==Firefox;visit:country!=US, | for or, ~ contains",
+    "compare": "previous_period",
+    "interval": "date or month",
+    "property": "the dimension to break down by, e.g. visit:source",
+    "limit": "rows per page, 1-1000 (default 100)",
+    "page": "page number from 1",
+}
+
+
+def _parameters(kind: stats_v1.Kind) -> dict[str, Any]:
+    """The query parameters of ``kind`` for the OpenAPI description (read by hand here,
+    as v1's names and errors are Plausible's, not FastAPI's)."""
+    return {
+        "parameters": [
+            {"name": name, "in": "query", "required": name == "site_id"
+             or (kind == "breakdown" and name == "property"),
+             "description": _HELP[name], "schema": {"type": "string"}}
+            for name in sorted(stats_v1.PARAMS[kind])
+        ]
+    }  # fmt: skip
 
 
 @router.get(f"{_PREFIX}/realtime/visitors", summary="Plausible Stats API v1: current visitors",
             description="Visitors with an event in the last 5 minutes: a bare number.",
-            responses=_ERRORS)  # fmt: skip
+            responses=_ERRORS, openapi_extra=_parameters("realtime"))  # fmt: skip
 async def realtime(request: Request) -> Response:
     return await _answer(request, "realtime")
 
 
 @router.get(f"{_PREFIX}/aggregate", summary="Plausible Stats API v1: aggregate",
             description=_COMMON + " `compare=previous_period` adds `change`.",
-            responses=_ERRORS)  # fmt: skip
+            responses=_ERRORS, openapi_extra=_parameters("aggregate"))  # fmt: skip
 async def aggregate(request: Request) -> Response:
     return await _answer(request, "aggregate")
 
 
 @router.get(f"{_PREFIX}/timeseries", summary="Plausible Stats API v1: timeseries",
-            description=_COMMON + " `interval`: date or month.", responses=_ERRORS)  # fmt: skip
+            description=_COMMON + " `interval`: date or month.", responses=_ERRORS,
+            openapi_extra=_parameters("timeseries"))  # fmt: skip
 async def timeseries(request: Request) -> Response:
     return await _answer(request, "timeseries")
 
 
 @router.get(f"{_PREFIX}/breakdown", summary="Plausible Stats API v1: breakdown",
             description=_COMMON + " `property` (required), `limit` (1-1000, 100), `page`.",
-            responses=_ERRORS)  # fmt: skip
+            responses=_ERRORS, openapi_extra=_parameters("breakdown"))  # fmt: skip
 async def breakdown(request: Request) -> Response:
     return await _answer(request, "breakdown")
