@@ -4,15 +4,21 @@ model says; bad queries are 400 problem+json naming the field, never a 5xx."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from event_analytics.analytics.stats_spec import parse_query
+from event_analytics.analytics.stats_spec import parse_query, with_goals
+from event_analytics.goals import Goal
 from tests import visits_model as model
 from tests.helpers import HTTP, event
 from tests.servers import ServiceProcess
@@ -48,15 +54,32 @@ def sent(svc: ServiceProcess) -> list[dict[str, Any]]:
     plan = [
         ("a", -20 * 3600, "/", {"source": "Google", "country": "US"}),
         ("b", 600, "/", {"source": "Twitter", "country": "DE"}),
+        (
+            "b",
+            630,
+            "/",
+            {"event_name": "Purchase", "revenue_amount": "1322.22", "revenue_currency": "USD"},
+        ),
+        (
+            "b",
+            640,
+            "/",
+            {"event_name": "Purchase", "revenue_amount": "5", "revenue_currency": "EUR"},
+        ),  # not the goal's currency: dropped
         ("b", 660, "/pricing", {"country": "DE"}),
         ("c", 60, "/blog", {"country": "US"}),
         ("c", 60 + 31 * 60, "/pricing", {"country": "US"}),
     ]
     bodies = [
-        event(user=u, ts=t0 + timedelta(seconds=t), url=f"https://{SITE}{page}",
-              domain=SITE, **extra)
+        event(user=u, ts=t0 + timedelta(seconds=t), url=f"https://{SITE}{page}", domain=SITE,
+              event_type="purchase" if "event_name" in extra else "page_view", **extra)
         for u, t, page, extra in plan
     ]  # fmt: skip
+    for goal in ({"goal_type": "event", "event_name": "Purchase", "currency": "USD"},
+                 {"goal_type": "page", "page_path": "/pric*"}):  # fmt: skip
+        r = HTTP.put(f"{svc.url}/api/v1/sites/goals", json={"site_id": SITE, **goal},
+                     headers={"Authorization": f"Bearer {WRITE}"})  # fmt: skip
+        assert r.status_code == 200, r.text
     bodies.append(event(user="a", ts=t0 + timedelta(seconds=5), url="https://other.example/"))
     r = HTTP.post(f"{svc.url}/events/batch", json={"events": bodies},
                   headers={"Authorization": f"Bearer {WRITE}"})  # fmt: skip
@@ -92,7 +115,19 @@ EXAMPLES = [
     {"site_id": SITE, "metrics": ["visitors", "visits"], "date_range": "7d",
      "dimensions": ["visit:country"], "filters": [["has_done", ["contains", "event:page",
      ["PRICING"], {"case_sensitive": False}]]]},
+    {"site_id": SITE, "metrics": ["visitors", "events", "conversion_rate", "total_revenue",
+     "average_revenue"], "date_range": "7d", "dimensions": ["event:goal"]},
+    {"site_id": SITE, "metrics": ["visitors", "conversion_rate", "group_conversion_rate"],
+     "date_range": "7d", "dimensions": ["visit:source"],
+     "filters": [["is", "event:goal", ["Visit /pric*"]]]},
 ]  # fmt: skip
+
+
+def _goals(svc: ServiceProcess) -> list[Goal]:
+    r = HTTP.get(f"{svc.url}/api/v1/sites/goals", params={"site_id": SITE}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    return sorted((Goal.from_dict({**g, "site": SITE, "kind": g["goal_type"]})
+                   for g in r.json()["goals"]), key=lambda g: g.id)  # fmt: skip
 
 
 @pytest.mark.parametrize("body", EXAMPLES)
@@ -106,8 +141,12 @@ def test_documented_examples_answer_as_the_model(
     assert got["meta"]["method"] == "exact"
     start, end = (datetime.fromisoformat(t) for t in got["query"]["date_range"])
     q = parse_query(body, datetime.now(UTC))
+    if "event:goal" in str(body):
+        q = with_goals(q, _goals(svc))
     unit = "day" if "time:day" in q.dimensions else None
-    want, total = model.query(sent, q, start, end, 1800, unit)
+    want, total, dropped = model.query(sent, q, start, end, 1800, unit)
+    if "total_revenue" in q.metrics:
+        assert got["meta"]["revenue_dropped_events"] == dropped == 1
     for row in want:
         row["dimensions"] = [
             v.strftime("%Y-%m-%d") if isinstance(v, datetime) else v for v in row["dimensions"]
@@ -128,6 +167,32 @@ def test_aggregate_numbers(svc: ServiceProcess, sent: list[dict[str, Any]]) -> N
     assert got == [{"metrics": [3, 4, 5, 75, 15, 1.25], "dimensions": []}]
 
 
+def test_comparison_previous_period(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
+    """Nothing the week before: every count 100 % up, the bounce rate's change none."""
+    body = {"site_id": SITE, "metrics": ["visitors", "bounce_rate"], "date_range": "7d",
+            "include": {"comparisons": {"mode": "previous_period"}}}  # fmt: skip
+    got = _ask(svc, body).json()
+    assert got["results"] == [{"metrics": [3, 75], "dimensions": [], "comparison": {
+        "dimensions": [], "metrics": [0, 0], "change": [100, None]}}]  # fmt: skip
+    start, end = (datetime.fromisoformat(t) for t in got["query"]["date_range"])
+    assert [datetime.fromisoformat(t) for t in got["query"]["comparison_date_range"]] == [
+        start - (end - start), start]  # fmt: skip
+
+
+def test_goal_numbers(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
+    """By hand: b bought (one USD purchase of 1322.22 summed, the EUR one dropped); b and
+    c saw /pricing, of 3 visitors."""
+    body = {"site_id": SITE, "metrics": ["visitors", "conversion_rate", "total_revenue"],
+            "date_range": "7d", "dimensions": ["event:goal"]}  # fmt: skip
+    got = _ask(svc, body).json()
+    usd = {"short": "$1.3K", "long": "$1,322.22", "value": 1322.22, "currency": "USD"}
+    assert got["results"] == [
+        {"metrics": [2, 66.67, None], "dimensions": ["Visit /pric*"]},
+        {"metrics": [1, 33.33, usd], "dimensions": ["Purchase"]},
+    ]
+    assert got["meta"]["revenue_dropped_events"] == 1
+
+
 BAD = [
     ({"metrics": ["visitors"], "date_range": "7d"}, "site_id"),
     ({"site_id": SITE, "metrics": ["visitors", "nope"], "date_range": "7d"}, "metrics[1]"),
@@ -140,7 +205,7 @@ BAD = [
     ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d",
       "filters": [["and", [["matches", "event:page", ["(unclosed"]]]]]}, "filters[0][1][0][2][0]"),
     ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d",
-      "filters": [["is", "event:goal", ["Signup"]]]}, "filters[0][1]"),
+      "filters": [["is", "event:goal", ["Signup"]]]}, "filters[0]"),
     ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d",
       "filters": [["has_done", ["is", "visit:source", ["x"]]]]}, "filters[0][1]"),
     ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d",
@@ -151,7 +216,10 @@ BAD = [
     ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d",
       "pagination": {"limit": 0}}, "pagination.limit"),
     ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d",
-      "include": {"comparisons": {"mode": "previous_period"}}}, "include.comparisons"),
+      "include": {"comparisons": {"mode": "last_week"}}}, "include.comparisons.mode"),
+    ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d",
+      "include": {"comparisons": {"mode": "custom", "date_range": ["2024-01-02", "2024-01-01"]}}},
+     "include.comparisons.date_range"),
     ({"site_id": SITE, "metrics": ["views_per_visit"], "date_range": "7d",
       "dimensions": ["event:page"]}, "metrics"),
     ({"site_id": SITE, "metrics": ["visits"], "date_range": "7d", "limit": 3}, "limit"),
@@ -176,3 +244,166 @@ def test_key_and_body_checks(svc: ServiceProcess) -> None:
     assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
     big = {**body, "filters": [["is", "event:page", ["x" * 70_000]]]}
     assert _ask(svc, big).status_code == 413
+
+
+# -- Stats API v1: the same numbers as the v2 model, in v1's shapes ------------------------
+
+
+# "Today" fixed once for the v1 checks and their model, so that midnight passing between a
+# request and its model cannot move the range (every sent event is before it).
+TODAY = datetime.now(UTC).date()
+FIRST = TODAY - timedelta(days=6)
+
+
+def _v1(svc: ServiceProcess, path: str, **params: Any) -> Any:
+    if path != "realtime/visitors" and params.get("period") != "custom":
+        params = {"date": TODAY.isoformat(), **params}
+    return HTTP.get(f"{svc.url}/api/v1/stats/{path}", params=params, headers=AUTH)
+
+
+def _model(sent: list[dict[str, Any]], body: dict[str, Any], unit: str | None = None) -> Any:
+    now = datetime.now(UTC)
+    q = parse_query({"site_id": SITE, "date_range": "7d", "date": TODAY.isoformat(), **body}, now)
+    if "event:goal" in str(body):
+        q = with_goals(q, GOALS_SEEN)
+    start = q.start
+    assert start is not None
+    if q.include.comparisons:
+        return model.compared(sent, q, (start, q.end), (start - (q.end - start), start), 1800,
+                              unit)  # fmt: skip
+    return model.query(sent, q, start, q.end, 1800, unit)[0]
+
+
+GOALS_SEEN: list[Goal] = []
+
+
+def test_v1_aggregate_with_compare(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
+    metrics = ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]
+    r = _v1(svc, "aggregate", site_id=SITE, period="7d", metrics=",".join(metrics),
+            compare="previous_period")  # fmt: skip
+    assert r.status_code == 200, r.text
+    (row,) = _model(sent, {"metrics": metrics,
+                           "include": {"comparisons": {"mode": "previous_period"}}})  # fmt: skip
+    assert r.json() == {"results": {
+        m: {"value": row["metrics"][i], "comparison_value": row["comparison"]["metrics"][i],
+            "change": row["comparison"]["change"][i]} for i, m in enumerate(metrics)}}  # fmt: skip
+    assert r.json()["results"]["visitors"] == {"value": 3, "comparison_value": 0, "change": 100}
+
+
+def test_v1_timeseries(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
+    r = _v1(svc, "timeseries", site_id=SITE, period="7d", metrics="visitors,pageviews")
+    assert r.status_code == 200, r.text
+    got = r.json()["results"]
+    want = _model(sent, {"metrics": ["visitors", "pageviews"], "dimensions": ["time:day"]}, "day")
+    by_day = {row["dimensions"][0].strftime("%Y-%m-%d"): row["metrics"] for row in want}
+    days = [(TODAY - timedelta(days=6 - i)).isoformat() for i in range(7)]
+    assert got == [{"date": d, "visitors": by_day.get(d, [0, 0])[0],
+                    "pageviews": by_day.get(d, [0, 0])[1]} for d in days]  # fmt: skip
+    assert sum(row["pageviews"] for row in got) == 5
+
+
+@pytest.mark.parametrize(
+    ("params", "body"),
+    [({"property": "visit:country", "filters": "visit:source!=Google"},
+      {"dimensions": ["visit:country"], "filters": [["is_not", "visit:source", ["Google"]]]}),
+     ({"property": "event:page", "filters": "visit:country==US|DE;event:page~pric",
+       "metrics": "visitors,pageviews"},
+      {"dimensions": ["event:page"], "metrics": ["visitors", "pageviews"], "filters": [
+          ["is", "visit:country", ["US", "DE"]], ["contains", "event:page", ["pric"]]]}),
+     ({"property": "visit:source", "filters": "event:page==/pric*", "limit": "1", "page": "2"},
+      {"dimensions": ["visit:source"], "filters": [["matches", "event:page", ["^/pric[^/]*$"]]],
+       "pagination": {"limit": 1, "offset": 1}}),
+     ({"property": "event:goal", "metrics": "visitors,conversion_rate"},
+      {"dimensions": ["event:goal"], "metrics": ["visitors", "conversion_rate"]})],
+)  # fmt: skip
+def test_v1_breakdown(
+    svc: ServiceProcess, sent: list[dict[str, Any]], params: dict[str, str], body: dict[str, Any]
+) -> None:
+    GOALS_SEEN[:] = _goals(svc)
+    r = _v1(svc, "breakdown", site_id=SITE, period="7d", **params)
+    assert r.status_code == 200, r.text
+    metrics = params.get("metrics", "visitors").split(",")
+    key = params["property"].split(":")[-1]
+    want = _model(sent, {"metrics": metrics, **body})
+    assert want, "the example must count something"
+    rows = [{key: row["dimensions"][0], **dict(zip(metrics, row["metrics"], strict=True))}
+            for row in want]  # fmt: skip
+    assert r.json() == {"results": rows}
+
+
+def test_v1_realtime(svc: ServiceProcess) -> None:
+    """Visitors with an event in the last five minutes, once it is archived (bounded)."""
+    site = "live.example"
+    assert _v1(svc, "realtime/visitors", site_id=site).json() == 0
+    bodies = [event(user=u, url=f"https://{site}/", domain=site) for u in ("x", "y", "x")]
+    r = HTTP.post(f"{svc.url}/events/batch", json={"events": bodies},
+                  headers={"Authorization": f"Bearer {WRITE}"})  # fmt: skip
+    assert r.status_code in (200, 201, 207), r.text
+    sent_at = datetime.now(UTC)
+    deadline = time.monotonic() + WAIT_S
+    while True:  # until the archive holds them (bounded), as archived_until says
+        meta = _ask(svc, {"site_id": site, "metrics": ["visits"], "date_range": "day"}).json()
+        if datetime.fromisoformat(meta["meta"]["archived_until"]) > sent_at:
+            break
+        assert time.monotonic() < deadline, meta
+        time.sleep(0.3)
+    assert _v1(svc, "realtime/visitors", site_id=site).json() == 2
+
+
+V1_BAD = [
+    ("aggregate", {"period": "7d"}, "site_id"),
+    ("aggregate", {"site_id": SITE, "period": "8d"}, "period"),
+    ("aggregate", {"site_id": SITE, "period": "custom"}, "date"),
+    ("aggregate", {"site_id": SITE, "period": "custom", "date": "2024-01-05,2024-01-01"}, "period"),
+    ("aggregate", {"site_id": SITE, "metrics": "visitors,nope"}, "metrics"),
+    ("aggregate", {"site_id": SITE, "compare": "year"}, "compare"),
+    ("aggregate", {"site_id": SITE, "filters": "visit:browser"}, "filters"),
+    ("aggregate", {"site_id": SITE, "filters": "visit:city==Paris"}, "filters"),
+    ("aggregate", {"site_id": SITE, "filters": "event:goal==Nope"}, "filters"),
+    ("aggregate", {"site_id": SITE, "property": "visit:source"}, "property"),
+    ("timeseries", {"site_id": SITE, "interval": "week"}, "interval"),
+    ("breakdown", {"site_id": SITE}, "property"),
+    ("breakdown", {"site_id": SITE, "property": "visit:city"}, "property"),
+    ("breakdown", {"site_id": SITE, "property": "visit:source", "limit": "0"}, "limit"),
+    ("breakdown", {"site_id": SITE, "property": "visit:source", "page": "x"}, "page"),
+    ("breakdown", {"site_id": SITE, "property": "visit:source", "page": "1000000"}, "page"),
+    ("aggregate", {"site_id": SITE, "metrics": "conversion_rate"}, "metrics"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "params", "field"), V1_BAD)
+def test_v1_bad_parameters_are_400_naming_them(
+    svc: ServiceProcess, path: str, params: dict[str, str], field: str
+) -> None:
+    r = _v1(svc, path, **params)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["errors"][0]["field"] == field
+    assert "{" not in r.json()["detail"]
+
+
+def test_third_party_v1_client(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
+    """The ``plausible-mcp`` package (PyPI), pointed at the service by its base URL,
+    reads the model's numbers through v1 (it parses our answers: an error would be text)."""
+    env = {**os.environ, "PLAUSIBLE_BASE_URL": svc.url, "PLAUSIBLE_API_KEY": READ,
+           "DO_NOT_TRACK": "1"}  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.stats_client_mcp", SITE, FIRST.isoformat(),
+         TODAY.isoformat()], env=env, capture_output=True,
+        text=True, timeout=120, check=False, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    metrics = ["visitors", "visits", "pageviews", "bounce_rate"]
+    (total,) = _model(sent, {"metrics": metrics})  # the same 7 days as the client's custom range
+    assert got["aggregate"]["totals"] == dict(zip(metrics, total["metrics"], strict=True))
+    sources = _model(sent, {"metrics": ["visitors"], "dimensions": ["visit:source"]})
+    assert got["breakdown"]["results"] == [
+        {"source": r["dimensions"][0], "visitors": r["metrics"][0]} for r in sources
+    ]
+    days = _model(sent, {"metrics": ["visitors"], "dimensions": ["time:day"]}, "day")
+    by_day = {r["dimensions"][0].strftime("%Y-%m-%d"): r["metrics"][0] for r in days}
+    series = got["timeseries"]["timeseries"]
+    assert len(series) == 7
+    assert all(point["visitors"] == by_day.get(point["date"], 0) for point in series)
+    assert got["realtime"]["realtime_visitors"] == 0  # every event is hours old

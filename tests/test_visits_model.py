@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from event_analytics.analytics import stats
-from event_analytics.analytics.stats_spec import parse_query
+from event_analytics.analytics.stats_spec import GOAL_METRICS, parse_query, with_goals
+from event_analytics.goals import Goal, Kind
 from event_analytics.sites import SITE_SQL, host_of, host_sql, path_of, path_sql
 from tests import visits_model as model
 from tests.test_analytics_model import ENGINE, HYPOTHESIS, STORAGE, iso, write
@@ -23,6 +24,18 @@ TIMEOUT = 1800
 URLS = ["https://a.example/", "https://www.a.example/pricing?utm_source=x#top",
         "https://a.example/blog/post", "https://b.example/pricing", "http://A.example:8080/x",
         "/bare/path?q=1", None]  # fmt: skip
+AMOUNTS = ["10.5", "3", "-1.25", "0.333333333", "1322.22", "999999999999999999"]
+SITE_GOALS = [
+    Goal(1, "a.example", Kind.EVENT, "Signup", None, None, "Signup"),
+    Goal(2, "a.example", Kind.EVENT, "Purchase", None, "USD", "Purchase"),
+    Goal(3, "a.example", Kind.EVENT, "Purchase", None, "EUR", "Purchase in EUR"),
+    Goal(4, "a.example", Kind.PAGE, None, "/pricing", None, "Visit /pricing"),
+    Goal(5, "a.example", Kind.PAGE, None, "/blog/*", None, "Visit /blog/*"),
+    Goal(6, "a.example", Kind.PAGE, None, "/**", None, "Visit /**"),
+    Goal(7, "a.example", Kind.PAGE, None, "/*", None, "Visit /*"),
+    Goal(8, "a.example", Kind.EVENT, "Download", None, None, "Download"),
+    Goal(9, "a.example", Kind.EVENT, "page_view", None, None, "Visit /pricing"),
+]
 GAPS = [0, 0, 5, 600, TIMEOUT - 1, TIMEOUT, TIMEOUT + 1, 2 * 3600]
 
 
@@ -33,7 +46,8 @@ def sequences(draw: st.DrawFn) -> list[dict[str, Any]]:
         t = draw(st.sampled_from([0, 600, 3000]))
         for _ in range(draw(st.integers(1, 9))):
             t += draw(st.sampled_from(GAPS)) + draw(st.sampled_from([0, 0, 0.25]))
-            kind = draw(st.sampled_from(["page_view", "page_view", "signup", "bot_page_view"]))
+            kind = draw(st.sampled_from(["page_view", "page_view", "signup", "bot_page_view",
+                                         "purchase"]))  # fmt: skip
             payload: dict[str, Any] = {}
             url = draw(st.sampled_from(URLS))
             if url is not None or kind != "signup":
@@ -45,6 +59,11 @@ def sequences(draw: st.DrawFn) -> list[dict[str, Any]]:
                 payload["event_name"] = draw(st.sampled_from(["Signup", "Download"]))
                 if draw(st.booleans()):
                     payload["interactive"] = False
+            if kind == "purchase":  # revenue as every ingest path archives it (revenue.py)
+                payload["event_name"] = draw(st.sampled_from(["Purchase", "Purchase", 7]))
+                if draw(st.integers(0, 3)):
+                    payload["revenue_amount"] = draw(st.sampled_from(AMOUNTS))
+                    payload["revenue_currency"] = draw(st.sampled_from(["USD", "EUR", "usd"]))
             for name, choices in (("source", ["Google", "Twitter"]), ("device", ["desktop",
                                   "mobile"]), ("country", ["US", "DE"]), ("plan", ["pro", 7]),
                                   ("referrer", ["https://google.com/"]),
@@ -62,7 +81,7 @@ def sequences(draw: st.DrawFn) -> list[dict[str, Any]]:
 DIMENSIONS = ["event:page", "event:hostname", "event:name", "event:props:plan",
               "visit:entry_page", "visit:exit_page", "visit:source", "visit:referrer",
               "visit:utm_source", "visit:device", "visit:country", "visit:browser",
-              "time:hour", "time:day", "time"]  # fmt: skip
+              "time:hour", "time:day", "time", "event:goal", "event:goal"]  # fmt: skip
 FILTERS = st.one_of(
     st.builds(
         lambda v: ["is", "visit:country", v],
@@ -93,13 +112,45 @@ FILTERS = st.one_of(
         st.sampled_from(["SIGNUP", "pageview"]),
     ),
     st.builds(
+        lambda v: ["is", "event:goal", v],
+        st.lists(
+            st.sampled_from(
+                ["Signup", "Purchase", "Purchase in EUR", "Visit /pricing", "Visit /**"]
+            ),
+            min_size=1,
+            max_size=2,
+            unique=True,
+        ),
+    ),
+    st.builds(
+        lambda op, v: [op, "event:goal", [v]],
+        st.sampled_from(["contains", "is_not", "contains_not", "matches"]),
+        st.sampled_from(["Visit", "Purchase", "^S"]),
+    ),
+    st.builds(
+        lambda v: ["or", [["is", "event:goal", [v]], ["is", "visit:country", ["US"]]]],
+        st.sampled_from(["Signup", "Visit /blog/*"]),
+    ),
+    st.builds(lambda v: ["has_done", ["is", "event:goal", [v]]], st.sampled_from(["Signup"])),
+    st.builds(
         lambda a, b: ["or", [["is", "visit:exit_page", [a]], ["is", "event:name", [b]]]],
         st.sampled_from(["/pricing", "/"]),
         st.sampled_from(["Download"]),
     ),
 )
 METRICS = ["visitors", "visits", "pageviews", "views_per_visit", "bounce_rate",
-           "visit_duration", "events", "percentage"]  # fmt: skip
+           "visit_duration", "events", "percentage", *GOAL_METRICS, *GOAL_METRICS]  # fmt: skip
+
+
+def _goals_named(f: Any) -> list[str]:
+    """The goal names of the ``is`` conditions anywhere in a filter (or list of them)."""
+    if isinstance(f, list) and len(f) >= 3 and f[:2] == ["is", "event:goal"]:
+        return list(f[2])
+    return (
+        [n for g in f if isinstance(g, list) for n in _goals_named(g)]
+        if isinstance(f, list)
+        else []
+    )
 
 
 @HYPOTHESIS
@@ -107,13 +158,15 @@ METRICS = ["visitors", "visits", "pageviews", "views_per_visit", "bounce_rate",
     recs=sequences(),
     site=st.sampled_from(["a.example", "b.example"]),
     metrics=st.lists(st.sampled_from(METRICS), min_size=1, max_size=4, unique=True),
+    site_goals=st.lists(st.sampled_from(SITE_GOALS), unique=True),
     dimensions=st.lists(st.sampled_from(DIMENSIONS), max_size=2, unique=True).filter(
         lambda ds: sum(d.startswith("time") for d in ds) <= 1
     ),
     filters=st.lists(FILTERS, max_size=2),
-    start_s=st.sampled_from([0, 1800, 3601, 7200]),
+    start_s=st.sampled_from([0, 1800, 3601, 7200, 4 * 3600]),
     length_s=st.sampled_from([1800, 3600, 4 * 3600, 86400]),
     page=st.sampled_from([(10_000, 0), (2, 0), (2, 1)]),
+    compare=st.sampled_from([None, None, "previous_period", "year_over_year", "custom"]),
     storage=STORAGE,
     data=st.data(),
 )
@@ -122,11 +175,13 @@ def test_stats_match_model(
     recs: list[dict[str, Any]],
     site: str,
     metrics: list[str],
+    site_goals: list[Goal],
     dimensions: list[str],
     filters: list[Any],
     start_s: int,
     length_s: int,
     page: tuple[int, int],
+    compare: str | None,
     storage: str,
     data: st.DataObject,
 ) -> None:
@@ -139,6 +194,13 @@ def test_stats_match_model(
         metrics.remove("views_per_visit")
     if not dimensions and "percentage" in metrics:
         metrics.remove("percentage")
+    # Goals: every goal an "is" filter names exists (else 400, tested apart); the goal
+    # metrics only with an event:goal filter or dimension.
+    goals = {g.id: g for g in site_goals}
+    for name in _goals_named(filters):
+        goals.update((g.id, g) for g in SITE_GOALS if g.display_name == name)
+    by_goal = "event:goal" in dimensions or "event:goal" in str(filters)
+    metrics = [m for m in metrics if by_goal or m not in GOAL_METRICS]
     if not metrics:
         metrics = ["visits"]
     names = metrics + dimensions
@@ -148,18 +210,35 @@ def test_stats_match_model(
             "dimensions": dimensions, "filters": filters, "order_by": [list(t) for t in order_by],
             "pagination": {"limit": page[0], "offset": page[1]},
             "include": {"total_rows": True}}  # fmt: skip
-    q = parse_query(body, BASE)
+    if compare == "custom":
+        custom = [iso(BASE + timedelta(seconds=1800)), iso(BASE + timedelta(seconds=9000))]
+        body["include"] = {"total_rows": True, "comparisons": {"mode": "custom",
+                           "date_range": custom}}  # fmt: skip
+    elif compare:
+        body["include"] = {"total_rows": True, "comparisons": {"mode": compare}}
+    q = with_goals(parse_query(body, BASE), [goals[i] for i in sorted(goals)])
     got = stats.run(ENGINE, q, write(tmp_path, recs, storage), BASE, TIMEOUT)
     times = [d for d in dimensions if d.startswith("time")]
     unit = stats.time_unit(times[0], start, end) if times else None
-    want, total = model.query(recs, q, start, end, TIMEOUT, unit)
+    want, total, dropped = model.query(recs, q, start, end, TIMEOUT, unit)
+    if compare:
+        other = {
+            "previous_period": (start - (end - start), start),
+            "year_over_year": (start.replace(year=start.year - 1), end.replace(year=end.year - 1)),
+            "custom": (BASE + timedelta(seconds=1800), BASE + timedelta(seconds=9000)),
+        }
+        want = model.compared(recs, q, (start, end), other[compare], TIMEOUT, unit)  # fmt: skip
     for row in want:
-        row["dimensions"] = [
-            stats.label(v, unit or "") if d.startswith("time") else v
-            for d, v in zip(dimensions, row["dimensions"], strict=True)
-        ]
+        for part in (row, row.get("comparison", {})):
+            if part:
+                part["dimensions"] = [
+                    stats.label(v, unit or "") if d.startswith("time") else v
+                    for d, v in zip(dimensions, part["dimensions"], strict=True)
+                ]
     assert got["meta"]["total_rows"] == total
     assert got["results"] == want
+    if {"total_revenue", "average_revenue"} & set(metrics):
+        assert got["meta"]["revenue_dropped_events"] == dropped
 
 
 def test_timeout_edge_ties_and_range_ends(tmp_path: Path) -> None:

@@ -12,32 +12,44 @@ are rounded here from exact fractions, as docs/api.md says.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from event_analytics.analytics import visits
+from event_analytics import sites
+from event_analytics.analytics import stats_compare, stats_goals, visits
 from event_analytics.analytics.periods import Period
 from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.snapshot import Sources, hour_files
-from event_analytics.analytics.sql import Params
-from event_analytics.analytics.stats_spec import Condition, Done, Filter, Logic, Not, StatsQuery
+from event_analytics.analytics.sql import Params, source
+from event_analytics.analytics.stats_spec import (
+    GOAL,
+    REVENUE_METRICS,
+    Condition,
+    Done,
+    Filter,
+    Logic,
+    Not,
+    StatsQuery,
+)
 from event_analytics.archive.files import list_files
+from event_analytics.revenue import SQL_TYPE
 from event_analytics.timebucket import iso_z
 
-# Goal metrics and the event:goal dimension plug in here: a goal is an event-level
-# predicate (page pattern or event name), so ``event:goal`` becomes one more entry of
-# ``_event_sql`` (the matching goal's name per event, one row per goal matched) and
-# conversion_rate = visitors of the goal rows / visitors of the unfiltered query.
-GOAL_HOOK = None
-# The integer sums every row carries, in this order after the dimensions.
-SUMS = ("visits", "visitors", "pageviews", "events", "bounces", "duration_us", "visit_pageviews")
+# The sums every row carries, in this order after the dimensions: integers, and ``rev``
+# an exact DECIMAL (or NULL).
+SUMS = ("visits", "visitors", "pageviews", "events", "bounces", "duration_us", "visit_pageviews",
+        "rev", "rev_n", "dropped", "group_total")  # fmt: skip
 _ORDER_SQL = {
     "visits": "visits", "visitors": "visitors", "pageviews": "pageviews", "events": "events",
     "percentage": "visitors", "bounce_rate": "bounces / nullif(visits, 0)",
     "visit_duration": "duration_us / nullif(visits, 0)",
     "views_per_visit": "visit_pageviews / nullif(visits, 0)",
+    "conversion_rate": "visitors", "group_conversion_rate": "visitors / nullif(group_total, 0)",
+    "total_revenue": "rev", "average_revenue": "rev / nullif(rev_n, 0)",
 }  # fmt: skip
 
 
@@ -59,20 +71,34 @@ def _dimension_sql(p: Params, name: str, start: datetime, end: datetime) -> str:
         return visits.VISIT_COLUMNS[name]
     if name.startswith("event:props:"):
         return visits.prop_sql(p, name.removeprefix("event:props:"))
+    if name == GOAL:
+        return "goal_name"  # a column of the goal rows (stats_goals.goal_rows_sql)
     return visits.EVENT_SQL[name]
 
 
-def filter_sql(p: Params, f: Filter, start: datetime, end: datetime) -> str:
-    """A filter over one row of ``vev`` as a never-NULL boolean."""
-    if isinstance(f, Not):
-        return f"(NOT {filter_sql(p, f.inner, start, end)})"
-    if isinstance(f, Done):
-        inner = filter_sql(p, f.inner, start, end)
-        return f"(user_id {'NOT ' if f.negated else ''}IN (SELECT user_id FROM vev WHERE {inner}))"
-    if isinstance(f, Logic):
-        joiner = " AND " if f.op == "and" else " OR "
-        return "(" + joiner.join(filter_sql(p, g, start, end) for g in f.items) + ")"
-    return _condition_sql(p, f, start, end)
+class _Where:
+    """Filters as SQL over rows of ``vev`` (or of the goal rows when ``goal_rows``)."""
+
+    def __init__(self, p: Params, q: StatsQuery, start: datetime, end: datetime) -> None:
+        self.p, self.q, self.start, self.end = p, q, start, end
+
+    def sql(self, f: Filter, goal_rows: bool) -> str:
+        """A filter over one event row as a never-NULL boolean."""
+        if isinstance(f, Not):
+            return f"(NOT {self.sql(f.inner, goal_rows)})"
+        if isinstance(f, Done):  # over the visitors' events, not goal rows
+            inner = self.sql(f.inner, False)
+            negated = "NOT " if f.negated else ""
+            return f"(user_id {negated}IN (SELECT user_id FROM vev WHERE {inner}))"
+        if isinstance(f, Logic):
+            joiner = " AND " if f.op == "and" else " OR "
+            return "(" + joiner.join(self.sql(g, goal_rows) for g in f.items) + ")"
+        if f.dimension == GOAL and not goal_rows:
+            return stats_goals.any_goal_sql(self.p, f, self.q.goals)
+        return _condition_sql(self.p, f, self.start, self.end)
+
+    def all(self, filters: tuple[Filter, ...], goal_rows: bool) -> str:
+        return " AND ".join(self.sql(f, goal_rows) for f in filters) or "true"
 
 
 def _condition_sql(p: Params, c: Condition, start: datetime, end: datetime) -> str:
@@ -125,7 +151,12 @@ def build(
     p = Params()
     ctes = visits.ctes(p, files, q.site_id, start, end, timeout_s, _attributes(q))
     dims = [_dimension_sql(p, d, start, end) for d in q.dimensions]
-    where = " AND ".join(filter_sql(p, f, start, end) for f in q.filters) or "true"
+    by_goal = GOAL in q.dimensions
+    rows = "gev" if by_goal else "vev"
+    if by_goal:
+        ctes += f",\ngev AS ({stats_goals.goal_rows_sql(p, q.goals, 'vev')})"
+    w = _Where(p, q, start, end)
+    where = w.all(q.filters, by_goal)
     aliases = [f"d{i}" for i in range(len(dims))]
     picked = "".join(f"{sql} AS {alias}, " for sql, alias in zip(dims, aliases, strict=True))
     keys = "".join(f"{alias}, " for alias in aliases)
@@ -136,21 +167,46 @@ def build(
         for name, direction in order_terms(q)
     )
     if q.event_scoped:
+        currency = "goal_cur" if by_goal else p.bind(stats_goals.query_currency(q))
+        amount, code = stats_goals.AMOUNT_SQL, stats_goals.CURRENCY_SQL
         sel = f"""SELECT user_id, vn, {picked}count(*) AS events,
-    count_if(event_type = 'page_view') AS pageviews FROM vev WHERE {where} GROUP BY ALL"""
+    count_if(event_type = 'page_view') AS pageviews,
+    sum({amount}) FILTER (WHERE {code} = {currency}) AS rev,
+    count({amount}) FILTER (WHERE {code} = {currency}) AS rev_n,
+    count({amount}) FILTER (WHERE {currency} IS NOT NULL AND {code} IS DISTINCT FROM {currency})
+    AS dropped FROM {rows} WHERE {where} GROUP BY ALL"""
     else:  # every event of a visit passes or none: one row per visit, no join back
         sel = f"""SELECT user_id, vn, {picked}visit_events AS events,
-    visit_pageviews AS pageviews FROM visits WHERE {where}"""
+    visit_pageviews AS pageviews, NULL::{SQL_TYPE} AS rev, 0 AS rev_n, 0 AS dropped
+    FROM visits WHERE {where}"""
+    # The conversion rates' denominators: visitors of the query without its top-level
+    # goal and property filters, in all and per group of the other dimensions.
+    totals, joined, group_total = "", "", "NULL AS group_total"
+    if {"conversion_rate", "group_conversion_rate"} & set(q.metrics):
+        kept = w.all(stats_goals.strip_for_totals(q.filters), False)
+        others = [(a, sql) for d, a, sql in zip(q.dimensions, aliases, dims, strict=True)
+                  if d != GOAL]  # fmt: skip
+        gpicked = "".join(f"{sql} AS g{a}, " for a, sql in others)
+        gkeys = ", ".join(f"g{a}" for a, _ in others)
+        totals = f""",
+tot AS (SELECT DISTINCT {gpicked}user_id FROM vev WHERE {kept}),
+gt AS (SELECT {gkeys + ", " if gkeys else ""}count(DISTINCT user_id) AS group_total FROM tot
+    {"GROUP BY " + gkeys if gkeys else ""})"""
+        on = " AND ".join(f"{a} IS NOT DISTINCT FROM g{a}" for a, _ in others) or "true"
+        joined, group_total = f"LEFT JOIN gt ON {on}", "coalesce(group_total, 0) AS group_total"
     sql = f"""WITH {ctes},
 sel AS ({sel}),
 grp AS (SELECT {keys}count(*) AS visits, count(DISTINCT s.user_id) AS visitors,
     coalesce(sum(s.pageviews), 0) AS pageviews, coalesce(sum(s.events), 0) AS events,
     coalesce(count_if(v.bounce), 0) AS bounces, coalesce(sum(v.duration_us), 0) AS duration_us,
-    coalesce(sum(v.visit_pageviews), 0) AS visit_pageviews
-    FROM sel s JOIN visits v USING (user_id, vn) {group})
-SELECT {keys}{", ".join(SUMS)}, count(*) OVER () AS total,
-    (SELECT count(DISTINCT user_id) FROM sel) AS all_visitors
-FROM grp ORDER BY {order} LIMIT {p.bind(q.limit)} OFFSET {p.bind(q.offset)}"""
+    coalesce(sum(v.visit_pageviews), 0) AS visit_pageviews, sum(s.rev) AS rev,
+    coalesce(sum(s.rev_n), 0) AS rev_n, coalesce(sum(s.dropped), 0) AS dropped
+    FROM sel s JOIN visits v USING (user_id, vn) {group}){totals}
+SELECT * FROM (SELECT {keys}{", ".join(SUMS[:-1])}, {group_total}, count(*) OVER () AS total,
+    sum(dropped) OVER () AS all_dropped,
+    {"(SELECT count(DISTINCT user_id) FROM tot)" if totals else "0"} AS conv_total,
+    (SELECT count(DISTINCT user_id) FROM sel) AS all_visitors FROM grp {joined})
+ORDER BY {order} LIMIT {p.bind(q.limit)} OFFSET {p.bind(q.offset)}"""
     return sql, p.values
 
 
@@ -158,10 +214,22 @@ def _ratio(numerator: int, denominator: int) -> Fraction:
     return Fraction(numerator, denominator) if denominator else Fraction(0)
 
 
-def metric_values(q: StatsQuery, sums: dict[str, int], all_visitors: int) -> list[int | float]:
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """A query's figures over all its rows (not one page)."""
+
+    rows: int = 0
+    dropped: int = 0  # revenue amounts not summed: another currency than the goal's
+    converting: int = 0  # visitors of the query without its goal and property filters
+    visitors: int = 0  # visitors of all rows (percentage's denominator)
+
+
+def metric_values(
+    q: StatsQuery, sums: dict[str, Any], totals: Totals, currency: str | None
+) -> list[Any]:
     """The requested metrics from a row's exact sums (Python's round: half to even)."""
     visits_ = sums["visits"]
-    values: dict[str, int | float] = {
+    values: dict[str, Any] = {
         "visitors": sums["visitors"],
         "visits": visits_,
         "pageviews": sums["pageviews"],
@@ -169,8 +237,18 @@ def metric_values(q: StatsQuery, sums: dict[str, int], all_visitors: int) -> lis
         "views_per_visit": float(round(_ratio(sums["visit_pageviews"], visits_), 2)),
         "bounce_rate": round(_ratio(100 * sums["bounces"], visits_)),
         "visit_duration": round(_ratio(sums["duration_us"], visits_ * 1_000_000)),
-        "percentage": float(round(_ratio(100 * sums["visitors"], all_visitors), 1)),
+        "percentage": float(round(_ratio(100 * sums["visitors"], totals.visitors), 1)),
+        "conversion_rate": float(round(_ratio(100 * sums["visitors"], totals.converting), 2)),
+        "group_conversion_rate": float(
+            round(_ratio(100 * sums["visitors"], sums["group_total"] or 0), 2)
+        ),
     }
+    if REVENUE_METRICS[0] in q.metrics or REVENUE_METRICS[1] in q.metrics:
+        total = Decimal(sums["rev"] or 0)
+        count = sums["rev_n"]
+        average = total / count if count else Decimal(0)
+        values["total_revenue"] = stats_goals.money(total, currency) if currency else None
+        values["average_revenue"] = stats_goals.money(average, currency) if currency else None
     return [values[m] for m in q.metrics]
 
 
@@ -195,41 +273,112 @@ def resolve_start(q: StatsQuery, root: Path) -> datetime:
     return first.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def fetch(
+    engine: QueryEngine, q: StatsQuery, root: Path, start: datetime, timeout_s: int
+) -> tuple[list[tuple[list[Any], dict[str, Any]]], Totals]:
+    """The rows of one page (dimension values as DuckDB gives them, and sums), and the
+    query's totals."""
+    with hour_files(root, start - timedelta(seconds=timeout_s), q.end) as files:
+        rows = engine.fetch(*build(q, files, start, q.end, timeout_s))
+    if not rows and q.offset:
+        # A page past the end still says how many rows there are.
+        head = replace(q, limit=1, offset=0)
+        with hour_files(root, start - timedelta(seconds=timeout_s), q.end) as files:
+            first = engine.fetch(*build(head, files, start, q.end, timeout_s))
+        return [], _totals(first[0]) if first else Totals()
+    n = len(q.dimensions)
+    out = [(list(row[:n]), dict(zip(SUMS, row[n : n + len(SUMS)], strict=True))) for row in rows]
+    return out, _totals(rows[0]) if rows else Totals()
+
+
+def _totals(row: Any) -> Totals:
+    return Totals(*(int(v or 0) for v in row[-4:]))
+
+
+def _currency(q: StatsQuery, dims: list[Any]) -> str | None:
+    if GOAL in q.dimensions:
+        return stats_goals.row_currency(q, dims[q.dimensions.index(GOAL)])
+    return stats_goals.query_currency(q)
+
+
 def run(
     engine: QueryEngine, q: StatsQuery, root: Path, archived_until: datetime, timeout_s: int
 ) -> dict[str, Any]:
     start = resolve_start(q, root)
-    with hour_files(root, start - timedelta(seconds=timeout_s), q.end) as files:
-        sql, params = build(q, files, start, q.end, timeout_s)
-        rows = engine.fetch(sql, params)
-    n = len(q.dimensions)
+    rows, totals = fetch(engine, q, root, start, timeout_s)
     units = {d: time_unit(d, start, q.end) for d in q.dimensions if d.startswith("time")}
     results = []
-    for row in rows:
-        sums = dict(zip(SUMS, (int(v) for v in row[n : n + len(SUMS)]), strict=True))
-        dims = [
-            label(v, units[d]) if d in units else v
-            for d, v in zip(q.dimensions, row[:n], strict=True)
+    for dims, sums in rows:
+        shown = [
+            label(v, units[d]) if d in units else v for d, v in zip(q.dimensions, dims, strict=True)
         ]
-        results.append({"metrics": metric_values(q, sums, int(row[-1])), "dimensions": dims})
-    total = int(rows[0][-2]) if rows else 0
-    if not rows and q.offset:
-        # A page past the end still says how many rows there are.
-        from dataclasses import replace
-
-        head = replace(q, limit=1, offset=0)
-        with hour_files(root, start - timedelta(seconds=timeout_s), q.end) as files:
-            first = engine.fetch(*build(head, files, start, q.end, timeout_s))
-        total = int(first[0][-2]) if first else 0
+        metrics = metric_values(q, sums, totals, _currency(q, dims))
+        results.append({"metrics": metrics, "dimensions": shown})
     meta: dict[str, Any] = {"archived_until": iso_z(archived_until), "method": "exact"}
+    compared = q.include.comparisons
+    if compared is not None:
+        other = stats_compare.comparison_range(compared, start, q.end)
+        _compare(engine, q, root, timeout_s, (start, q.end), other, rows, results)
+        if q.include.time_labels:
+            (unit,) = units.values()
+            meta["comparison_time_labels"] = time_labels(unit, *other)
     if q.include.imports:
         meta["imports_included"] = False
     if q.include.time_labels:
         (unit,) = units.values()
         meta["time_labels"] = time_labels(unit, start, q.end)
     if q.include.total_rows:
-        meta["total_rows"] = total
-    return {"results": results, "meta": meta, "query": echo(q, start)}
+        meta["total_rows"] = totals.rows
+    if set(REVENUE_METRICS) & set(q.metrics):
+        meta["revenue_dropped_events"] = totals.dropped
+    answer: dict[str, Any] = {"results": results, "meta": meta, "query": echo(q, start)}
+    if compared is not None:
+        answer["query"]["comparison_date_range"] = [iso_z(t) for t in other]
+    return answer
+
+
+def _compare(
+    engine: QueryEngine, q: StatsQuery, root: Path, timeout_s: int,
+    main: tuple[datetime, datetime], other: tuple[datetime, datetime],
+    rows: list[tuple[list[Any], dict[str, Any]]], results: list[dict[str, Any]],
+) -> None:  # fmt: skip
+    """Each result row gains ``comparison``: the other range's row of the same dimension
+    values (time buckets by position), its metrics, and the change of each."""
+    units = {d: time_unit(d, *main) for d in q.dimensions if d.startswith("time")}
+    # The other range in the main range's time unit, all its rows.
+    dims = tuple(f"time:{units[d]}" if d in units else d for d in q.dimensions)
+    cq = replace(q, start=other[0], end=other[1], dimensions=dims, order_by=(),
+                 limit=2**62, offset=0)  # fmt: skip
+    crows, ctotals = fetch(engine, cq, root, other[0], timeout_s)
+
+    def key(values: list[Any], start: datetime) -> tuple[Any, ...]:
+        return tuple(
+            Period(units[d]).number(v) - Period(units[d]).number(start) if d in units else v
+            for d, v in zip(q.dimensions, values, strict=True)
+        )
+
+    found = {key(values, other[0]): (values, sums) for values, sums in crows}
+    zero: dict[str, Any] = {name: 0 for name in SUMS} | {"rev": None, "group_total": None}
+    for (values, _), result in zip(rows, results, strict=True):
+        k = key(values, main[0])
+        cvalues, csums = found.get(k, (None, zero))
+        if cvalues is None:  # none that range: the same values, the bucket at that place
+            cvalues = [
+                Period(units[d]).start(Period(units[d]).number(other[0]) + i) if d in units else v
+                for d, v, i in zip(q.dimensions, values, k, strict=True)
+            ]
+        metrics = metric_values(cq, csums, ctotals, _currency(q, values))
+        result["comparison"] = {
+            "dimensions": [
+                label(v, units[d]) if d in units else v
+                for d, v in zip(q.dimensions, cvalues, strict=True)
+            ],
+            "metrics": metrics,
+            "change": [
+                stats_compare.change(m, old, new)
+                for m, old, new in zip(q.metrics, metrics, result["metrics"], strict=True)
+            ],
+        }
 
 
 def echo(q: StatsQuery, start: datetime) -> dict[str, Any]:
@@ -245,9 +394,18 @@ def echo(q: StatsQuery, start: datetime) -> dict[str, Any]:
             "imports": q.include.imports,
             "time_labels": q.include.time_labels,
             "total_rows": q.include.total_rows,
+            **_comparisons_json(q),
         },
         "pagination": {"limit": q.limit, "offset": q.offset},
     }
+
+
+def _comparisons_json(q: StatsQuery) -> dict[str, Any]:
+    c = q.include.comparisons
+    if c is None:
+        return {}
+    custom = {"date_range": c.date_range} if c.mode == "custom" else {}
+    return {"comparisons": {"mode": c.mode, **custom}}
 
 
 def _filter_json(f: Filter) -> list[Any]:
@@ -259,3 +417,18 @@ def _filter_json(f: Filter) -> list[Any]:
         return [f.op, [_filter_json(g) for g in f.items]]
     modifiers = [] if f.case_sensitive else [{"case_sensitive": False}]
     return [f.op, f.dimension, list(f.values), *modifiers]
+
+
+REALTIME = timedelta(minutes=5)
+
+
+def current_visitors(engine: QueryEngine, site: str, root: Path, now: datetime) -> int:
+    """Plausible's realtime figure: the site's visitors with an event (bots' aside) in the
+    last five minutes, whenever their visit started."""
+    p = Params()
+    with hour_files(root, now - REALTIME, now) as files:
+        sql = f"""SELECT count(DISTINCT user_id) FROM ({source(p, files)})
+WHERE ts >= {p.bind(now - REALTIME)} AND ts < {p.bind(now)}
+    AND NOT starts_with(event_type, 'bot_') AND {sites.SITE_SQL} = {p.bind(site)}"""
+        rows = engine.fetch(sql, p.values)
+    return int(rows[0][0])

@@ -16,14 +16,16 @@ from typing import Any, Literal
 from event_analytics.analytics.spec import _regex_error
 from event_analytics.analytics.visits import VISIT_COLUMNS
 from event_analytics.errors import FieldError, InvalidInput
+from event_analytics.goals import Goal
 from event_analytics.model import PROPERTY_NAME_PATTERN
 
 VISIT_METRICS = ("visitors", "visits", "pageviews", "views_per_visit", "bounce_rate",
                  "visit_duration", "events", "percentage")  # fmt: skip
-# Goal metrics: they need goal definitions (``event:goal``), not built yet. The planner's
-# hook for them is ``stats.GOAL_HOOK``.
+# Goal metrics: they read the site's goals (``with_goals``), by ``event:goal``.
 GOAL_METRICS = ("conversion_rate", "group_conversion_rate", "total_revenue", "average_revenue")
-EVENT_DIMENSIONS = ("event:page", "event:hostname", "event:name")
+REVENUE_METRICS = ("total_revenue", "average_revenue")
+GOAL = "event:goal"
+EVENT_DIMENSIONS = ("event:page", "event:hostname", "event:name", GOAL)
 TIME_DIMENSIONS = ("time", "time:hour", "time:day", "time:week", "time:month")
 OPERATORS = ("is", "is_not", "contains", "contains_not", "matches", "matches_not")
 SHORTCUTS = ("day", "7d", "28d", "30d", "month", "6mo", "12mo", "year", "all")
@@ -80,10 +82,21 @@ Filter = Condition | Logic | Not | Done
 
 
 @dataclass(frozen=True, slots=True)
+class Comparison:
+    """``include.comparisons``: the mode, and for ``custom`` its range as sent and [start, end)."""
+
+    mode: Literal["previous_period", "year_over_year", "custom"]
+    date_range: Any = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Include:
     imports: bool = False
     time_labels: bool = False
     total_rows: bool = False
+    comparisons: Comparison | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +112,7 @@ class StatsQuery:
     include: Include = field(default_factory=Include)
     limit: int = MAX_LIMIT
     offset: int = 0
+    goals: tuple[Goal, ...] = ()  # the site's goals (``with_goals``), oldest first
 
     @property
     def event_scoped(self) -> bool:
@@ -133,13 +147,7 @@ def _is_prop(name: str) -> bool:
     return name.startswith("event:props:") and PROPERTY_NAME_PATTERN.match(prop) is not None
 
 
-def _goal_refusal(where: str) -> StatsQueryError:
-    return StatsQueryError(where, "Goals are not available on this server yet (event:goal)")
-
-
 def _dimension(name: Any, where: str, *, filtering: bool) -> str:
-    if name == "event:goal":
-        raise _goal_refusal(where)
     if isinstance(name, str) and (
         name in EVENT_DIMENSIONS or name in VISIT_COLUMNS or _is_prop(name)
         or (not filtering and name in TIME_DIMENSIONS)
@@ -280,17 +288,47 @@ def _flag(include: dict[str, Any], name: str) -> bool:
     return value
 
 
-def _include(raw: Any, has_time: bool) -> Include:
+COMPARISON_MODES = ("previous_period", "year_over_year", "custom")
+
+
+def _comparison(raw: Any, now: datetime) -> Comparison | None:
+    where = "include.comparisons"
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"mode", "date_range", "match_day_of_week"}:
+        raise StatsQueryError(where, "include.comparisons is {mode, date_range, "
+                              "match_day_of_week}")  # fmt: skip
+    mode = raw.get("mode")
+    if mode not in COMPARISON_MODES:
+        raise StatsQueryError(f"{where}.mode", f"Invalid comparison mode {_show(mode)}; use "
+                              f"one of {', '.join(COMPARISON_MODES)}")  # fmt: skip
+    if raw.get("match_day_of_week", False) is not False:
+        raise StatsQueryError(f"{where}.match_day_of_week",
+                              "match_day_of_week: true is not supported; send false")  # fmt: skip
+    if mode != "custom":
+        if "date_range" in raw:
+            raise StatsQueryError(f"{where}.date_range", "date_range is for mode custom only")
+        return Comparison(mode)
+    if not (isinstance(raw.get("date_range"), list) and len(raw["date_range"]) == 2):
+        raise StatsQueryError(f"{where}.date_range", "mode custom needs date_range "
+                              "[from, to], e.g. [\"2024-01-01\", \"2024-01-31\"]")  # fmt: skip
+    try:
+        start, end = date_range(raw["date_range"], now)
+    except StatsQueryError as exc:
+        raise StatsQueryError(f"{where}.date_range", exc.message) from None
+    return Comparison("custom", raw["date_range"], start, end)
+
+
+def _include(raw: Any, has_time: bool, now: datetime) -> Include:
     if raw is None:
         return Include()
     if not isinstance(raw, dict):
         raise StatsQueryError("include", "include is an object")
     for key in raw:
-        if key == "comparisons":
-            raise StatsQueryError("include.comparisons", "Comparisons are not supported yet")
-        if key not in ("imports", "time_labels", "total_rows"):
+        if key not in ("imports", "time_labels", "total_rows", "comparisons"):
             raise StatsQueryError(f"include.{key}", f"Invalid include key '{key}'")
-    out = Include(_flag(raw, "imports"), _flag(raw, "time_labels"), _flag(raw, "total_rows"))
+    out = Include(_flag(raw, "imports"), _flag(raw, "time_labels"), _flag(raw, "total_rows"),
+                  _comparison(raw.get("comparisons"), now))  # fmt: skip
     if out.time_labels and not has_time:
         raise StatsQueryError("include.time_labels",
                               "Invalid include.time_labels: requires a time dimension")  # fmt: skip
@@ -309,10 +347,7 @@ def _metrics(body: dict[str, Any]) -> tuple[str, ...]:
     if not isinstance(raw, list) or not raw:
         raise StatsQueryError("metrics", "metrics is a non-empty list of metric names")
     for i, name in enumerate(raw):
-        if name in GOAL_METRICS:
-            raise StatsQueryError(f"metrics[{i}]", f"Metric `{name}` needs goals (event:goal), "
-                                  "which are not available on this server yet")  # fmt: skip
-        if name not in VISIT_METRICS:
+        if name not in VISIT_METRICS and name not in GOAL_METRICS:
             raise StatsQueryError(f"metrics[{i}]", f"Unknown metric {_show(name)}")
     if len(set(raw)) != len(raw):
         raise StatsQueryError("metrics", "Each metric at most once")
@@ -373,7 +408,7 @@ def parse_query(body: Any, now: datetime) -> StatsQuery:
     query = StatsQuery(
         site_id=site, metrics=metrics, date_range=body["date_range"], start=start, end=end,
         dimensions=dimensions, filters=filters, order_by=tuple(order_by),
-        include=_include(body.get("include"), bool(times)), limit=limit, offset=offset,
+        include=_include(body.get("include"), bool(times), now), limit=limit, offset=offset,
     )  # fmt: skip
     if "views_per_visit" in metrics and query.event_scoped:
         where = "metrics"
@@ -382,3 +417,59 @@ def parse_query(body: Any, now: datetime) -> StatsQuery:
     if "percentage" in metrics and not dimensions:
         raise StatsQueryError("metrics", "Metric `percentage` can only be queried with dimensions")
     return query
+
+
+def goal_conditions(f: Filter) -> list[Condition]:
+    """The ``event:goal`` conditions anywhere in ``f``."""
+    if isinstance(f, Condition):
+        return [f] if f.dimension == GOAL else []
+    if isinstance(f, Logic):
+        return [c for g in f.items for c in goal_conditions(g)]
+    return goal_conditions(f.inner)
+
+
+def name_holds(c: Condition, name: str) -> bool:
+    """Whether a goal's display name passes the (positive form of the) condition ``c``:
+    how an ``event:goal`` filter picks goals when the query is not grouped by goal."""
+    base = c.op.removesuffix("_not")
+    if base == "matches":
+        flags = 0 if c.case_sensitive else re.IGNORECASE
+        return any(re.search(v, name, flags) for v in c.values)
+    fold = (lambda s: s) if c.case_sensitive else str.lower
+    if base == "is":
+        return fold(name) in {fold(v) for v in c.values}
+    return any(fold(v) in fold(name) for v in c.values)
+
+
+def with_goals(q: StatsQuery, goals: list[Goal] | tuple[Goal, ...]) -> StatsQuery:
+    """``q`` with its site's goals, checked against them: a goal named by an ``is``
+    filter exists, and the goal metrics have an ``event:goal`` filter or dimension."""
+    from dataclasses import replace
+
+    names = {g.display_name for g in goals}
+    folded = {n.lower() for n in names}
+    conditions = [(i, c) for i, f in enumerate(q.filters) for c in goal_conditions(f)]
+    for i, c in conditions:
+        if c.op.startswith("matches"):
+            # Goal names are matched here, in Python (name_holds): a pattern RE2 takes
+            # but Python's re does not (``\x{41}``, ``\pN``) is refused, not a 500.
+            for pattern in c.values:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise StatsQueryError(f"filters[{i}]", "Invalid regular expression for "
+                                          f"event:goal: {exc}") from None  # fmt: skip
+        if c.op != "is":
+            continue
+        for value in c.values:
+            if (value if c.case_sensitive else value.lower()) not in (
+                names if c.case_sensitive else folded
+            ):
+                message = f"The goal `{value}` is not configured for this site"
+                raise StatsQueryError(f"filters[{i}]", message + " (PUT /api/v1/sites/goals)")
+    if not conditions and GOAL not in q.dimensions:
+        for i, name in enumerate(q.metrics):
+            if name in GOAL_METRICS:
+                raise StatsQueryError(f"metrics[{i}]", f"Metric `{name}` can only be queried "
+                                      "with event:goal filters or dimensions")  # fmt: skip
+    return replace(q, goals=tuple(goals))

@@ -30,6 +30,7 @@ from event_analytics.api import (
     problems,
     reports,
     stats,
+    stats_v1,
 )
 from event_analytics.api.heavy import HeavyReads
 from event_analytics.api.ingest_http import IngestEndpoints
@@ -192,6 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         analytics,
         explore,
         stats,
+        stats_v1,
         reports,
         persistent,
         metrics,

@@ -1,5 +1,7 @@
-"""Plausible's Stats API v2 (``POST /api/v2/query``): visits, pageviews, bounce rate and
-visit duration by dimension, from the archive (docs/api.md, "Stats API").
+"""Plausible's Stats API v2 (``POST /api/v2/query``): visits, pageviews, bounce rate, visit
+duration, goal conversions and revenue by dimension, with comparisons, from the archive
+(docs/api.md, "Stats API"). The site's goals are read from the engine here and handed to
+the planner as values (``with_site_goals``).
 
 The body is parsed by ``analytics/stats_spec.py`` (a 400 names the field at fault, in
 Plausible's style of message) and answered by DuckDB in the query engine's pool, off the
@@ -16,12 +18,22 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from event_analytics.analytics import site_list, stats
-from event_analytics.analytics.stats_spec import StatsQueryError, date_range, parse_query
+from event_analytics.analytics.stats_spec import (
+    GOAL,
+    GOAL_METRICS,
+    StatsQuery,
+    StatsQueryError,
+    date_range,
+    goal_conditions,
+    parse_query,
+    with_goals,
+)
 from event_analytics.api import deps
 from event_analytics.api.explore import _engine, _until
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.errors import BodyTooLarge, MalformedJSON
+from event_analytics.store.goals import GoalStore
 
 router = APIRouter(tags=["stats"])
 MAX_BODY = 64 * 1024
@@ -43,6 +55,20 @@ _BODY = {
 }
 
 
+async def with_site_goals(request: Request, query: StatsQuery) -> StatsQuery:
+    """The query with its site's goals from the engine, when it reads goals at all."""
+    reads_goals = (
+        GOAL in query.dimensions
+        or any(goal_conditions(f) for f in query.filters)
+        or bool(set(GOAL_METRICS) & set(query.metrics))
+    )
+    if not reads_goals:
+        return query
+    store = deps.store(request)
+    goals = await GoalStore(store.client, store.keys).list(query.site_id.lower())
+    return with_goals(query, goals)
+
+
 @router.post(
     "/api/v2/query",
     summary="Plausible Stats API v2: metrics of visits by dimensions, filtered",
@@ -62,7 +88,7 @@ async def post_query(request: Request) -> Response:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedJSON(str(exc)) from None
-    query = parse_query(raw, datetime.now(UTC))
+    query = await with_site_goals(request, parse_query(raw, datetime.now(UTC)))
     settings = deps.settings(request)
     until = await _until(request)
     answer = await _engine(request).run(
