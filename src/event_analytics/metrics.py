@@ -166,6 +166,11 @@ LOOP_LAG = Histogram(
     ["role"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+FORWARDED_IN_FLIGHT = Gauge(
+    "ea_forwarded_reads_in_flight",
+    "Reads an ingest worker has handed to the query processes and not yet answered",
+    multiprocess_mode="livesum",
+)
 QUERY_LANES = ("counter", "archive")
 
 # Series that exist from the start at 0, so that rate() and alerts see the first event.

@@ -19,6 +19,7 @@ from pathlib import Path
 import aiohttp
 from starlette.types import Message, Receive, Scope, Send
 
+from event_analytics import metrics
 from event_analytics.api.problems import problem
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Forwarder:
         # Content-Length is passed on as sent; a chunked body is re-chunked by aiohttp.
         data = _body(receive) if has_body or scope["method"] in ("POST", "PUT") else None
         started = False
+        metrics.FORWARDED_IN_FLIGHT.inc()
         try:
             async with self._client().request(
                 scope["method"], url, headers=headers, data=data, allow_redirects=False
@@ -108,6 +110,8 @@ class Forwarder:
             if started:
                 raise  # the head went out: only dropping the connection tells the client
             await _refused(scope, receive, send, exc)
+        finally:
+            metrics.FORWARDED_IN_FLIGHT.dec()
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:
