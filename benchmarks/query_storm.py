@@ -78,7 +78,7 @@ def _reads(now: datetime) -> list[tuple[str, str, str, dict[str, Any]]]:
 
 async def _read(client: httpx.AsyncClient, url: str, read: tuple[str, str, str, dict[str, Any]],
                 headers: dict[str, str]) -> tuple[int, float, float]:  # fmt: skip
-    """(status, seconds, Retry-After) of one read; status 0 = timed out."""
+    """(status, seconds, Retry-After) of one read; status 0 = timed out, -1 = cut."""
     _, method, path, data = read
     t0 = time.perf_counter()
     try:
@@ -88,6 +88,10 @@ async def _read(client: httpx.AsyncClient, url: str, read: tuple[str, str, str, 
             r = await client.post(url + path, json=data, headers=headers)
     except httpx.TimeoutException:
         return 0, time.perf_counter() - t0, 0.0
+    except httpx.TransportError:
+        # A kept-alive connection the server closed as it was reused, or one it cut:
+        # counted apart (-1), and the next try waits a second as after a refusal.
+        return -1, time.perf_counter() - t0, 1.0
     return r.status_code, time.perf_counter() - t0, float(r.headers.get("retry-after", "0"))
 
 

@@ -100,6 +100,9 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
         log.info(
             "storage: %s", "REDIS_CLUSTER_URL" if settings.engine_kind == "cluster" else "REDIS_URL"
         )
+    # Only serve decides these (an EA_QUERY_ROLE in the environment would make the
+    # public workers trust a client's X-EA-Peer).
+    settings = settings.model_copy(update={"query_socket": None, "query_role": False})
     queries: Supervised | None = None
     if settings.query_workers:
         from event_analytics import query_server
