@@ -195,6 +195,26 @@ def _cpu(root: int) -> dict[str, float]:
     return dict(groups)
 
 
+async def _loop_lag(client: httpx.AsyncClient, url: str) -> dict[tuple[str, str], float]:
+    """The event-loop lag histograms' cumulative counts, by (role, le)."""
+    text = (await client.get(f"{url}/metrics")).text
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if line.startswith("ea_event_loop_lag_seconds_bucket{"):
+            labels, _, value = line.rpartition(" ")
+            fields = dict(f.split("=", 1) for f in labels[labels.index("{") + 1 : -1].split(","))
+            out[fields["role"].strip('"'), fields["le"].strip('"')] = float(value)
+    return out
+
+
+def _late(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float],
+          role: str, over: str) -> str:  # fmt: skip
+    """Share of the role's loop samples in the phase later than ``over`` seconds."""
+    total = after.get((role, "+Inf"), 0) - before.get((role, "+Inf"), 0)
+    within = after.get((role, over), 0) - before.get((role, over), 0)
+    return f"{(total - within) / total:.1%}" if total else "-"
+
+
 def _pct(values: list[float], q: int) -> float:
     if len(values) < 2:
         return values[0] * 1000 if values else float("nan")
@@ -221,7 +241,9 @@ async def _phase(
     stop = asyncio.Event()
     cheap = asyncio.create_task(_cheap(client, url, stop))
     cpu0 = _cpu(root)
+    lag0 = await _loop_lag(client, url)
     lat, st, offered = await _ingest(client, url, args.seconds, rate, tag, minute)
+    lag1 = await _loop_lag(client, url)
     cpu1 = _cpu(root)
     stop.set()
     cheap_took = await cheap
@@ -234,6 +256,8 @@ async def _phase(
         "offered": offered, "statuses": st, "latencies": lat, "cheap": cheap_took,
         "reads": reads, "cpu": {g: cpu1.get(g, 0) - cpu0.get(g, 0) for g in cpu1},
         "minute": minute,
+        "lag": {role: (_late(lag0, lag1, role, "0.025"), _late(lag0, lag1, role, "0.1"))
+                for role in ("ingest", "query")},
     }  # fmt: skip
 
 
@@ -243,6 +267,8 @@ def _report(name: str, ph: dict[str, Any], seconds: float) -> None:
     print(f"  {name:24} offered {ph['offered']:6} answered {dict(ph['statuses'])} "
           f"{len(lat) / seconds:7.1f}/s  p50 {_pct(lat, 50):7.1f} ms  p99 {_pct(lat, 99):7.1f} ms"
           f"  cheap reads p99 {_pct(ph['cheap'], 99):6.1f} ms  CPU {cpu}")  # fmt: skip
+    lag = "; ".join(f"{role} {a} > 25 ms, {b} > 100 ms" for role, (a, b) in ph["lag"].items())
+    print(f"      event-loop samples late: {lag}")
     for kind, rows in sorted(ph["reads"].items()):
         codes = Counter(s for s, _ in rows)
         ok = [t for s, t in rows if s == 200]

@@ -140,13 +140,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.read_chunk_entries,
             read_only=read_only,
         )
-        if serves_heavy_reads:
-            app.state.heavy_reads = HeavyReads(
-                settings.max_heavy_reads, settings.heavy_read_wait_s, "counter"
-            )
-            app.state.archive_reads = HeavyReads(
-                settings.analytics_max_concurrent, settings.heavy_read_wait_s, "archive"
-            )
+        # (In a worker whose heavy reads are forwarded these lanes stay unused.)
+        app.state.heavy_reads = HeavyReads(
+            settings.max_heavy_reads,
+            settings.heavy_read_wait_s,
+            "counter",
+            reported=serves_heavy_reads,
+        )
+        app.state.archive_reads = HeavyReads(
+            settings.analytics_max_concurrent,
+            settings.heavy_read_wait_s,
+            "archive",
+            reported=serves_heavy_reads,
+        )
         app.state.streams = StreamStore(store.client, store.keys)
         limits = None
         if (

@@ -29,7 +29,10 @@ class ArchiveBusy(QueryBusy):
 
 
 class HeavyReads:
-    def __init__(self, limit: int, wait_s: float, lane: str = "counter") -> None:
+    def __init__(
+        self, limit: int, wait_s: float, lane: str = "counter", *, reported: bool = True
+    ) -> None:
+        """``reported``: this process serves the lane (its slots count in /metrics)."""
         self.limit = limit
         self.wait_s = wait_s
         self.lane = lane
@@ -39,7 +42,8 @@ class HeavyReads:
         self._held: dict[str, int] = {}
         self._released = asyncio.Event()
         self._gauge = metrics.QUERY_SLOTS_IN_USE.labels(lane)
-        metrics.QUERY_SLOTS.labels(lane).set(limit)
+        if reported:
+            metrics.QUERY_SLOTS.labels(lane).set(limit)
 
     def _refusal(self, client: str) -> str | None:
         if self._in_use >= self.limit:
