@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import yarl
 from starlette.types import Message, Receive, Scope, Send
 
 from event_analytics import metrics
@@ -88,7 +89,8 @@ class Forwarder:
             headers.append((PEER_HEADER.decode(), str(client[0])))
         path = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
         query = scope.get("query_string", b"").decode("latin-1")
-        url = f"http://query{path}" + (f"?{query}" if query else "")
+        # As sent: yarl would otherwise re-quote the path and query on the way.
+        url = yarl.URL(f"http://query{path}" + (f"?{query}" if query else ""), encoded=True)
         has_body = any(k == "content-length" or k == "transfer-encoding" for k, _ in headers)
         # Content-Length is passed on as sent; a chunked body is re-chunked by aiohttp.
         data = _body(receive) if has_body or scope["method"] in ("POST", "PUT") else None
