@@ -12,6 +12,7 @@ Retry-After here, and ingest goes on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -48,6 +49,7 @@ _HOP = frozenset(
 # Written by the worker's own server for every response: not twice.
 _OWN = frozenset({b"date", b"server"})
 RETRY_AFTER_S = 1
+CONNECTION_WAIT_S = 1.0
 
 
 def forwarded(path: str) -> bool:
@@ -61,6 +63,9 @@ class Forwarder:
     def __init__(self, socket: Path, connections: int, timeout_s: float) -> None:
         self.socket = socket
         self.connections = connections
+        # Every forwarded read holds one of the pool's connections; a read finding none
+        # free within CONNECTION_WAIT_S is refused here (aiohttp's own wait is unbounded).
+        self._free = asyncio.Semaphore(connections)
         self.timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
 
@@ -95,6 +100,11 @@ class Forwarder:
         # Content-Length is passed on as sent; a chunked body is re-chunked by aiohttp.
         data = _body(receive) if has_body or scope["method"] in ("POST", "PUT") else None
         started = False
+        try:
+            await asyncio.wait_for(self._free.acquire(), CONNECTION_WAIT_S)
+        except TimeoutError:
+            await _all_busy(scope, receive, send, self.connections)
+            return
         metrics.FORWARDED_IN_FLIGHT.inc()
         try:
             async with self._client().request(
@@ -114,6 +124,7 @@ class Forwarder:
             await _refused(scope, receive, send, exc)
         finally:
             metrics.FORWARDED_IN_FLIGHT.dec()
+            self._free.release()
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:
@@ -142,4 +153,14 @@ async def _refused(scope: Scope, receive: Receive, send: Send, exc: BaseExceptio
             f"{RETRY_AFTER_S} s",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )  # fmt: skip
+    await response(scope, receive, send)
+
+
+async def _all_busy(scope: Scope, receive: Receive, send: Send, connections: int) -> None:
+    response = problem(
+        503, "reads-busy", "Reads busy",
+        f"{connections} reads from this worker are with the query processes; retry after "
+        f"{RETRY_AFTER_S} s (events are still taken)",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )  # fmt: skip
     await response(scope, receive, send)
