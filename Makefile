@@ -55,6 +55,7 @@ clean:
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/analytics_bench.py $(ANALYTICS_BENCH_ARGS)
+	$(BIN)/python benchmarks/query_storm.py $(STORM_BENCH_ARGS)
 
 # Re-render docs/dashboard.png: the dashboard test's screenshot (needs chromium).
 screenshot: $(VENV)/.installed-dev

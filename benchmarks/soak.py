@@ -327,9 +327,29 @@ async def idle_flood(soak: Soak, sockets: int, cut_within_s: float) -> str:
 
 
 async def query_storm(soak: Soak, clients: int, seconds: float) -> str:
-    """``clients`` concurrent heavy reads for ``seconds``: only 200, 422 or 503."""
-    paths = ["/analytics/top-pages?limit=100", "/analytics/timeseries?interval=minute",
-             "/analytics/realtime"]  # fmt: skip
+    """``clients`` concurrent heavy reads for ``seconds``, every heavy read route (issue
+    23's mix: counter reads and archive queries over 7 and 30 days): only 200, 422 or 503,
+    none past its timeout."""
+    week, month = (
+        (datetime.now(UTC) - timedelta(days=d)).isoformat().replace("+00:00", "Z") for d in (7, 30)
+    )
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    reads: list[tuple[str, dict[str, Any] | None]] = [
+        ("/analytics/top-pages?limit=100", None),
+        ("/analytics/timeseries?interval=minute", None),
+        ("/analytics/realtime", None),
+    ]
+    for frm in (week, month):
+        reads += [
+            ("/analytics/funnel", {"from": frm, "to": now, "window_s": 86400,
+                                   "steps": [{"event_type": "page_view"},
+                                             {"event_type": "page_view"}]}),
+            ("/analytics/retention", {"from": frm, "to": now, "period": "day", "periods": 7,
+                                      "cohort_event": {"event_type": "page_view"},
+                                      "return_event": {"event_type": "page_view"}}),
+            ("/analytics/query", {"date_range": [frm, now], "metrics": ["events", "visitors"],
+                                  "dimensions": ["page_url"]}),
+        ]  # fmt: skip
     answers: Counter[int] = Counter()
     stop_at = time.monotonic() + seconds
     timeout = aiohttp.ClientTimeout(total=30)
@@ -339,7 +359,14 @@ async def query_storm(soak: Soak, clients: int, seconds: float) -> str:
         async def loop(i: int) -> None:
             while time.monotonic() < stop_at:
                 try:
-                    async with s.get(paths[i % len(paths)], headers=READ) as r:
+                    path, body = reads[i % len(reads)]
+                    i += 1
+                    send = (
+                        s.get(path, headers=READ)
+                        if body is None
+                        else s.post(path, json=body, headers=READ)
+                    )
+                    async with send as r:
                         await r.read()
                         answers[r.status] += 1
                         if r.status == 503:

@@ -72,6 +72,7 @@ CASES: list[tuple[list[str], dict[str, str], int, str]] = [
     ),
     (["deliver"], {}, 2, "set EA_POSTGRES_URL"),
     (["deliver", "extra"], {}, 2, "unrecognized arguments: extra"),
+    (["query-server", "extra"], {}, 2, "unrecognized arguments: extra"),
     (["sync", "--from", "x", "--to", "y"], {}, 2, "set EA_POSTGRES_URL"),
     (["verify", "--postgres"], {}, 2, "set EA_POSTGRES_URL"),
     (["rebuild"], {"REDIS_URL": f"redis://{CLOSED}/0"}, 1, CLOSED.split(":")[0]),

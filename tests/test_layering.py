@@ -61,6 +61,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "export_cli",
             "goals_cli",
             "postgres_cli",
+            "query_server",  # serve's query processes (uvicorn on a unix socket)
             "backup",
             "restore",
             "status",

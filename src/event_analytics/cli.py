@@ -33,7 +33,7 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated(signum)
 
 
-_FLAGS = ("host", "port", "data_dir", "archive_dir", "workers")
+_FLAGS = ("host", "port", "data_dir", "archive_dir", "workers", "query_workers")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -105,6 +105,26 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
         log.info(
             "storage: %s", "REDIS_CLUSTER_URL" if settings.engine_kind == "cluster" else "REDIS_URL"
         )
+    # Only serve decides these (an EA_QUERY_ROLE in the environment would make the
+    # public workers trust a client's X-EA-Peer).
+    settings = settings.model_copy(update={"query_socket": None, "query_role": False})
+    queries: Supervised | None = None
+    if settings.query_workers:
+        from event_analytics import query_server
+
+        socket = query_server.socket_path(settings)
+        settings = settings.model_copy(update={"query_socket": socket})
+        queries = query_server.supervised(settings)
+        try:
+            queries.start()
+        except RuntimeError as exc:
+            print(f"event-analytics: {exc}", file=sys.stderr)
+            queries.stop()
+            if engine is not None:
+                engine.stop()
+            if lock is not None:
+                lock.release()
+            return 1
     # The uvicorn workers (spawned, they inherit this environment) and the archiver run
     # with exactly these settings: the embedded engine's URL and the flags included.
     os.environ.update(settings.handoff())
@@ -148,11 +168,19 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
             delivery.stop()
         if archiver is not None:
             archiver.stop()
+        if queries is not None:
+            queries.stop()
         if engine is not None:
             engine.stop()
         if lock is not None:
             lock.release()
     return 0
+
+
+def _query_server(args: argparse.Namespace, settings: Settings) -> int:
+    from event_analytics import query_server
+
+    return query_server.run(settings)
 
 
 def _archiver(args: argparse.Namespace, settings: Settings) -> int:
@@ -369,8 +397,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_bounded(int, 0, 65535), help="port (default 8000)")
     add_dirs(serve)
     serve.add_argument("--workers", type=_bounded(int, 1, 256), help="worker processes (default 1)")
+    serve.add_argument(
+        "--query-workers",
+        type=_bounded(int, 0, 16),
+        help="query processes for heavy reads, at a lower CPU priority (default 1; "
+        "0 = heavy reads in the workers themselves)",
+    )
     serve.add_argument("--no-archiver", action="store_true", help="do not run the archiver")
     serve.set_defaults(func=_serve)
+
+    # Started by serve (--query-workers), not by hand: it answers what the workers forward.
+    queries = sub.add_parser("query-server")
+    queries.set_defaults(func=_query_server)
 
     archiver = sub.add_parser("archiver", help="archive the event streams to hourly JSONL files")
     add_dirs(archiver)

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
+    # Query processes (api/forward.py): the heavy read routes run there, at a lower CPU
+    # priority, and the workers above only pass them on; 0 = in the workers themselves.
+    query_workers: int = Field(default=1, ge=0, le=16)
+    # Set by ``serve``: the query processes' unix socket (None = no query processes), and,
+    # in those processes only, that they are one (they answer what the workers forward).
+    query_socket: Path | None = None
+    query_role: bool = False
 
     # Slow or greedy clients: whole request head within this time (from the connection's
     # start, or the request's first byte) and size, whole body within its own time. Per

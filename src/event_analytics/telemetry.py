@@ -20,6 +20,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -126,11 +127,61 @@ ENGINE_ERRORS = Counter(
     ["kind"],
 )
 
+# Heavy reads in the query processes (api/heavy.py), by lane: counter reads, archive queries.
+QUERY_SLOTS_IN_USE = Gauge(
+    "ea_query_slots_in_use",
+    "Heavy reads running now, by lane (counter: top pages and series; archive: DuckDB)",
+    ["lane"],
+    multiprocess_mode="livesum",
+)
+QUERY_SLOTS = Gauge(
+    "ea_query_slots",
+    "Heavy reads that may run at once, by lane (summed over the processes serving them)",
+    ["lane"],
+    multiprocess_mode="livesum",
+)
+QUERY_WAIT = Histogram(
+    "ea_query_queue_wait_seconds",
+    "Time an admitted heavy read waited for its slot, by lane",
+    ["lane"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+QUERY_REFUSALS = Counter(
+    "ea_query_refusals",
+    "Heavy reads refused before any work (503 reads-busy), by lane and reason "
+    "(busy: every slot in use; client_share: this client already holds its share)",
+    ["lane", "reason"],
+)
+QUERY_CPU = Histogram(
+    "ea_query_cpu_seconds",
+    "CPU seconds of the process serving a heavy read while it ran (reads running at the same "
+    "time in the same process each count the whole), by lane",
+    ["lane"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+LOOP_LAG = Histogram(
+    "ea_event_loop_lag_seconds",
+    "How late a timer on a process's event loop ran (sampled every 50 ms), by role "
+    "(ingest: the workers that acknowledge events; query: the query processes)",
+    ["role"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+FORWARDED_IN_FLIGHT = Gauge(
+    "ea_forwarded_reads_in_flight",
+    "Reads an ingest worker has handed to the query processes and not yet answered",
+    multiprocess_mode="livesum",
+)
+QUERY_LANES = ("counter", "archive")
+
 # Series that exist from the start at 0, so that rate() and alerts see the first event.
 for _outcome in ("accepted", "duplicate", "rejected"):
     EVENTS.labels(_outcome, "page_view")
 for _kind in ("unreachable", "busy", "full", "refused"):
     ENGINE_ERRORS.labels(_kind)
+
+for _lane in QUERY_LANES:
+    for _reason in ("busy", "client_share"):
+        QUERY_REFUSALS.labels(_lane, _reason)
 
 _type_labels: set[str] = {"page_view"}
 

@@ -22,9 +22,11 @@ from event_analytics.api import (
     events,
     explore,
     export,
+    forward,
     goals,
     health,
     ingest_http,
+    looplag,
     metrics,
     persistent,
     problems,
@@ -51,6 +53,9 @@ from event_analytics.telemetry import ArchiveGauges, EngineGauges
 
 # The plain-ASGI ingest routes: native, Segment's, Plausible's.
 HOT_ROUTES = {**ingest_http.ROUTES, **compat.ROUTES}
+# Connections from one worker to the query processes: enough that every read reaches
+# their admission (which refuses in a moment) rather than queue unseen in the worker.
+FORWARD_CONNECTIONS = 64
 
 
 async def archive_gauges(app: FastAPI) -> ArchiveGauges | None:
@@ -77,6 +82,10 @@ class App(FastAPI):
     middleware stack: the hot path pays for no layer it does not need (ingest_http)."""
 
     hot = IngestEndpoints()
+    # In an ingest worker with query processes: the heavy reads go there (api/forward.py).
+    forwarder: forward.Forwarder | None = None
+    # In a query process: the client's address comes from the worker that forwarded.
+    trust_peer = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -85,7 +94,20 @@ class App(FastAPI):
                 scope["app"] = self  # as Starlette sets it: the handlers read app.state
                 await self.hot(route, scope, receive, send)
                 return
+            if self.forwarder is not None and forward.forwarded(scope["path"]):
+                await self.forwarder(scope, receive, send)
+                return
+            if self.trust_peer:
+                scope["client"] = _peer(scope)
         await super().__call__(scope, receive, send)
+
+
+def _peer(scope: Scope) -> tuple[str, int] | None:
+    """The address the forwarding worker resolved (only it can reach the query socket)."""
+    for name, value in scope["headers"]:
+        if name == forward.PEER_HEADER:
+            return (value.decode("latin-1"), 0)
+    return None
 
 
 async def _freeze_after(startup: Awaitable[None]) -> None:
@@ -122,7 +144,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.read_chunk_entries,
             read_only=read_only,
         )
-        app.state.heavy_reads = HeavyReads(settings.max_heavy_reads, settings.heavy_read_wait_s)
+        # (In a worker whose heavy reads are forwarded these lanes stay unused.)
+        app.state.heavy_reads = HeavyReads(
+            settings.max_heavy_reads,
+            settings.heavy_read_wait_s,
+            "counter",
+            reported=serves_heavy_reads,
+        )
+        app.state.archive_reads = HeavyReads(
+            settings.analytics_max_concurrent,
+            settings.heavy_read_wait_s,
+            "archive",
+            reported=serves_heavy_reads,
+        )
         app.state.streams = StreamStore(store.client, store.keys)
         limits = None
         if (
@@ -146,6 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.watch = watch
         await watch.refresh()  # before the first event: an evicting engine is refused
         watching = asyncio.create_task(watch.run())
+        lagging = asyncio.create_task(looplag.sample("query" if settings.query_role else "ingest"))
         app.state.compat = compat.CompatState.build(settings, DailySalt(store.client, store.keys))
         # The enrichment data (a second or so to load) loads beside startup, not in it: the
         # service is ready at once, and a request that needs it first waits for it.
@@ -154,6 +189,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             watching.cancel()
+            lagging.cancel()
+            if forwarder is not None:
+                await forwarder.close()
             app.state.query_engine.close()
             await warming
             await ingestor.close()
@@ -168,6 +206,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Heavy reads are answered here unless query processes answer them for this worker.
+    serves_heavy_reads = settings.query_socket is None or settings.query_role
+    forwarder = None
+    if settings.query_socket is not None and not settings.query_role:
+        app.forwarder = forwarder = forward.Forwarder(
+            settings.query_socket,
+            connections=FORWARD_CONNECTIONS,
+            # Past every wait the query process allows itself, and a margin.
+            timeout_s=settings.analytics_timeout_s + settings.heavy_read_wait_s + 5,
+        )
+    app.trust_peer = settings.query_role
     app.state.embedded = settings.embedded_engine
     app.state.line_counter = LineCounter()
     app.state.archive_probe = archive_gauges

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from event_analytics.api.heavy import HeavyReads
+from event_analytics.api.security import client_address, fingerprint, presented_key
 from event_analytics.config import Settings
 from event_analytics.ingest import Ingestor
 from event_analytics.store import IngestWriter
@@ -40,3 +41,17 @@ def reads(request: Request) -> Reads:
 def heavy_reads(request: Request) -> HeavyReads:
     value: HeavyReads = request.app.state.heavy_reads
     return value
+
+
+def archive_reads(request: Request) -> HeavyReads:
+    value: HeavyReads = request.app.state.archive_reads
+    return value
+
+
+def client_id(request: Request) -> str:
+    """Whom a heavy read is counted against for fairness: its API key when keys are
+    required (checked by then: ReadGuard), else its address (a made-up key is free)."""
+    key = presented_key(request.scope) if settings(request).read_keys else None
+    if key is not None:
+        return "key:" + fingerprint(key)
+    return "address:" + (client_address(request.scope) or "")

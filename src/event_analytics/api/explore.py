@@ -57,7 +57,9 @@ async def _until(request: Request) -> datetime:
 async def post_funnel(request: Request, spec: FunnelSpec) -> Response:
     until = await _until(request)
     root = deps.settings(request).archive_path
-    return json_response(await _engine(request).run(funnel.run, spec, root, until))
+    async with deps.archive_reads(request).slot(deps.client_id(request)):
+        answer = await _engine(request).run(funnel.run, spec, root, until)
+    return json_response(answer)
 
 
 @router.post(
@@ -69,7 +71,9 @@ async def post_funnel(request: Request, spec: FunnelSpec) -> Response:
 async def post_retention(request: Request, spec: RetentionSpec) -> Response:
     until = await _until(request)
     root = deps.settings(request).archive_path
-    return json_response(await _engine(request).run(retention.run, spec, root, until))
+    async with deps.archive_reads(request).slot(deps.client_id(request)):
+        answer = await _engine(request).run(retention.run, spec, root, until)
+    return json_response(answer)
 
 
 @router.post(
@@ -82,4 +86,6 @@ async def post_query(request: Request, spec: QuerySpec) -> Response:
     until = await _until(request)
     root = deps.settings(request).archive_path
     now = datetime.now(UTC)
-    return json_response(await _engine(request).run(query.run, spec, root, until, now))
+    async with deps.archive_reads(request).slot(deps.client_id(request)):
+        answer = await _engine(request).run(query.run, spec, root, until, now)
+    return json_response(answer)

@@ -135,7 +135,7 @@ async def timeseries(
         uniques=settings.uniques,
         max_points=settings.max_query_points,
     )
-    async with deps.heavy_reads(request).slot():
+    async with deps.heavy_reads(request).slot(deps.client_id(request)):
         series = await deps.reads(request).series(
             event_type, plan.level, plan.groups, plan.source, page_url
         )
@@ -172,7 +172,7 @@ async def top_pages(
         max_points=settings.max_query_points,
     )
     reads = deps.reads(request)
-    async with deps.heavy_reads(request).slot():
+    async with deps.heavy_reads(request).slot(deps.client_id(request)):
         top = await reads.top_pages(event_type, plan.level, plan.buckets, limit)
         pages = [u for u, _ in top.pages]
         users = await reads.page_users(event_type, plan.level, plan.buckets, pages, plan.source)
