@@ -19,6 +19,8 @@ from tests.helpers import HTTP, event, wait_for
 from tests.scrape import scrape, value
 from tests.servers import ServiceProcess, _descendants, _wait_gone, stopped_after
 
+pytestmark = pytest.mark.slow  # starts the service and its query process
+
 PAGE = "https://example.com/held"
 
 
