@@ -135,8 +135,8 @@ def expect(
     q = parse_query(body, datetime.now(UTC))
     start = datetime(frm.year, frm.month, frm.day, tzinfo=UTC)
     end = datetime(to.year, to.month, to.day, tzinfo=UTC) + timedelta(days=1)
-    unit = "day" if "time:day" in q.dimensions else None
-    rows, _ = model.query(records, q, start, end, 1800, unit)
+    unit = next((d.split(":")[1] for d in q.dimensions if d.startswith("time:")), None)
+    rows, _, _ = model.query(records, q, start, end, 1800, unit)
     return rows
 
 
@@ -284,6 +284,53 @@ def test_site_page_shows_the_model_and_filters_by_click(
         got = check_numbers(page, sent, [["is", "event:page", ["/pricing"]]])
         assert got["top"]["views_per_visit"] == "" and got["changes"]["views_per_visit"] == ""
         assert page.console() == []
+
+
+COMPARED = """(() => {
+  window.__compared = null;
+  let n = 0;
+  const orig = EARetry.fetch;
+  EARetry.fetch = (...a) => { n++; return orig(...a); };
+  const range = { from: %s, to: %s, days: 2 };
+  const ask = (body) =>
+    EASite.withComparison({ site_id: %s, filters: [], ...body }, range, 'previous');
+  (async () => {
+    const top = await ask({ metrics: ['visitors', 'visits', 'bounce_rate'] });
+    const one = n;
+    const hourly = await ask({ metrics: ['visitors'], dimensions: ['time:hour'],
+                               include: { time_labels: true } });
+    const pairs = (a) => a.results.map((r) => [r.dimensions[0], r.metrics[0]]);
+    window.__compared = JSON.stringify({
+      top: [one, top.current.results[0].metrics, top.previous.results[0].metrics, top.range],
+      hourly: [n - one, hourly.range, pairs(hourly.previous)],
+    });
+  })().finally(() => { EARetry.fetch = orig; });
+})()"""
+
+
+def test_comparison_comes_from_the_api_in_one_request(
+    svc: ServiceProcess, sent: list[dict[str, Any]], chromium: str, tmp_path: Path
+) -> None:
+    """withComparison asks once (include.comparisons) and its compared numbers are the
+    model's over the period before; a time series with empty buckets (hours here), whose
+    compared values the API's row pairing cannot carry, asks the compared range itself."""
+    frm, to, pfrm, pto = days()
+    with live_page(chromium, tmp_path / "profile") as page:
+        page.open(f"{svc.url}/dashboard/{SITE}?range=custom&from={frm}&to={to}#key={READ}")
+        settle(page, 1)
+        page.evaluate(COMPARED % (json.dumps(frm.isoformat()), json.dumps(to.isoformat()),
+                                  json.dumps(SITE)))  # fmt: skip
+        page.wait_until("window.__compared !== null", WAIT_S)
+        got = json.loads(page.evaluate("window.__compared"))
+    metrics = ["visitors", "visits", "bounce_rate"]
+    (now,) = expect(sent, frm, to, metrics)
+    (before,) = expect(sent, pfrm, pto, metrics)
+    span = {"from": pfrm.isoformat(), "to": pto.isoformat(), "days": 2}
+    assert got["top"] == [1, now["metrics"], before["metrics"], span]
+    hours = expect(sent, pfrm, pto, ["visitors"], dimensions=["time:hour"])
+    assert got["hourly"][0] == 2 and got["hourly"][1] == span
+    assert got["hourly"][2] == [[r["dimensions"][0].strftime("%Y-%m-%d %H:%M:%S"),
+                                 r["metrics"][0]] for r in hours]  # fmt: skip
 
 
 def test_details_search_and_metric_switch(
