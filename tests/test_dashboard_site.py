@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from event_analytics.analytics.stats_spec import parse_query
+from event_analytics.analytics.stats_spec import parse_query, with_goals
+from event_analytics.goals import Goal
 from tests import visits_model as model
 from tests.browser import LivePage, live_page
 from tests.helpers import HTTP, event
@@ -127,12 +128,14 @@ def sent(svc: ServiceProcess) -> list[dict[str, Any]]:
 
 
 def expect(
-    records: list[dict[str, Any]], frm: date, to: date, metrics: list[str], **extra: Any
-) -> list[dict[str, Any]]:
-    """The model's answer to the v2 query the page sends over [frm, to]."""
+    records: list[dict[str, Any]], frm: date, to: date, metrics: list[str],
+    goals: tuple[Goal, ...] = (), **extra: Any,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The model's answer to the v2 query the page sends over [frm, to] (the site's
+    ``goals`` for a goal dimension, filter or metric)."""
     body = {"site_id": SITE, "metrics": metrics,
             "date_range": [frm.isoformat(), to.isoformat()], **extra}  # fmt: skip
-    q = parse_query(body, datetime.now(UTC))
+    q = with_goals(parse_query(body, datetime.now(UTC)), goals)
     start = datetime(frm.year, frm.month, frm.day, tzinfo=UTC)
     end = datetime(to.year, to.month, to.day, tzinfo=UTC) + timedelta(days=1)
     unit = next((d.split(":")[1] for d in q.dimensions if d.startswith("time:")), None)
@@ -189,29 +192,36 @@ def settle(page: LivePage, rounds: int) -> None:
 
 
 def check_numbers(
-    page: LivePage, records: list[dict[str, Any]], filters: list[Any]
-) -> dict[str, Any]:
+    page: LivePage, records: list[dict[str, Any]], filters: list[Any],
+    goals: tuple[Goal, ...] = (),
+) -> dict[str, Any]:  # fmt: skip
     """Top row, changes, the graph and the sources panel against the model."""
     frm, to, pfrm, pto = days()
     got = shown(page)
     assert got["error"] == ""
     metrics = [m for m in TOP if not (m == "views_per_visit" and any(
         f[1].startswith("event:") for f in filters))]  # fmt: skip
-    (now,) = expect(records, frm, to, metrics, filters=filters)
-    (before,) = expect(records, pfrm, pto, metrics, filters=filters)
+    (now,) = expect(records, frm, to, metrics, goals, filters=filters)
+    (before,) = expect(records, pfrm, pto, metrics, goals, filters=filters)
     want_top = dict(zip(metrics, (str(v) for v in now["metrics"]), strict=True))
     assert {m: v for m, v in got["top"].items() if m in want_top} == want_top
     assert now["metrics"][0] > 0 and before["metrics"][0] > 0, "the model must count something"
     want_changes = {m: change(m, a, b) for m, a, b in zip(metrics, now["metrics"],
                     before["metrics"], strict=True)}  # fmt: skip
     assert {m: v for m, v in got["changes"].items() if m in want_changes} == want_changes
-    sources = expect(records, frm, to, ["visitors"], dimensions=["visit:source"], filters=filters)
+    sources = expect(
+        records, frm, to, ["visitors"], goals, dimensions=["visit:source"], filters=filters
+    )
     assert got["sources"] == [[r["dimensions"][0], r["metrics"][0]] for r in sources[:9]]
-    per_day = expect(records, frm, to, ["visitors"], dimensions=["time:day"], filters=filters)
+    per_day = expect(
+        records, frm, to, ["visitors"], goals, dimensions=["time:day"], filters=filters
+    )
     by_day = {r["dimensions"][0].date().isoformat(): r["metrics"][0] for r in per_day}
     want_graph = [[d.isoformat(), by_day.get(d.isoformat(), 0)] for d in (frm, to)]
     assert json.loads(got["graph"]) == want_graph
-    per_day = expect(records, pfrm, pto, ["visitors"], dimensions=["time:day"], filters=filters)
+    per_day = expect(
+        records, pfrm, pto, ["visitors"], goals, dimensions=["time:day"], filters=filters
+    )
     by_day = {r["dimensions"][0].date().isoformat(): r["metrics"][0] for r in per_day}
     assert json.loads(got["compared"]) == [[d.isoformat(), by_day.get(d.isoformat(), 0)]
                                            for d in (pfrm, pto)]  # fmt: skip
@@ -245,7 +255,7 @@ def test_site_page_shows_the_model_and_filters_by_click(
         assert XSS["source"] in values and XSS["page"] in values
         injected = "document.querySelectorAll('img, svg, iframe, object, embed').length"
         assert page.evaluate(injected) == 0
-        assert page.evaluate("document.scripts.length") == 6
+        assert page.evaluate("document.scripts.length") == 7
         assert page.evaluate("typeof window.__xss") == "undefined"
 
         # Click "Google": a chip, the URL, and every number is the filtered model's.
