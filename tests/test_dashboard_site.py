@@ -255,7 +255,7 @@ def test_site_page_shows_the_model_and_filters_by_click(
         assert XSS["source"] in values and XSS["page"] in values
         injected = "document.querySelectorAll('img, svg, iframe, object, embed').length"
         assert page.evaluate(injected) == 0
-        assert page.evaluate("document.scripts.length") == 7
+        assert page.evaluate("document.scripts.length") == 8
         assert page.evaluate("typeof window.__xss") == "undefined"
 
         # Click "Google": a chip, the URL, and every number is the filtered model's.

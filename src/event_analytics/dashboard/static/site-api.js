@@ -27,8 +27,8 @@
   }
 
   // One request; ApiError with words for people on a failure. Archive queries wait out a
-  // full query pool (retry.js).
-  async function request(path, body) {
+  // full query pool (retry.js). The answer's JSON, or with ``asBlob`` its bytes (the export).
+  async function request(path, body, asBlob) {
     const init = { method: body === undefined ? "GET" : "POST", cache: "no-store", headers: {} };
     if (KEY) init.headers["X-API-Key"] = KEY;
     if (body !== undefined) {
@@ -56,12 +56,13 @@
       }
       throw new ApiError(`${name}: ${response.status} ${detail}`);
     }
-    return response.json();
+    return asBlob ? response.blob() : response.json();
   }
 
   const query = (body) => request("api/v2/query", body);
   const sites = (range) => request(`api/sites?date_range=${encodeURIComponent(range)}`);
   const goals = (params) => request(`api/v1/sites/goals?${params}`);
+  const exportZip = (params) => request(`api/v1/sites/export?${params}`, undefined, true);
 
   // ---- the view in the URL: ?range=&from=&to=&compare=&metric=&interval=&f=op|dim|value
 
@@ -134,5 +135,5 @@
     return { current, previous, range: other };
   }
 
-  window.EASite = { KEY, ApiError, query, sites, goals, readFilters, writeState, asV2, comparedRange, withComparison };
+  window.EASite = { KEY, ApiError, query, sites, goals, exportZip, readFilters, writeState, asV2, comparedRange, withComparison };
 })();

@@ -501,6 +501,7 @@
     if (SITE) API.writeState(state);
     const withGoals = () => (SITE ? window.EASiteGoals.install({ site: SITE, api: API, state, addFilter, change })
       .then((view) => { goals = view; }, (e) => showErrors([e])) : null);
+    if (SITE) window.EASiteExport.install({ site: SITE, api: API, state, showErrors });
     loadSites().then(withGoals).then(refresh);
   }
 
