@@ -8,6 +8,8 @@ import base64
 import csv
 import io
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -150,3 +152,28 @@ def test_export_bad_input_is_a_problem(
     assert "{" not in problem["detail"] or "[[" in problem["detail"]
     # Without the read key: refused.
     assert HTTP.get(f"{svc.url}/api/v1/sites/export", params={"site_id": SITE}).status_code == 401
+
+
+def test_cli_writes_the_same_zip(
+    svc: ServiceProcess, sent: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """``event-analytics stats-export`` on the service's data dir: the same CSV files as
+    the route for the same view (the goals read from the running service's engine)."""
+    make_goals(svc)
+    frm, to, _, _ = days()
+    params = {"site_id": SITE, "date_range": f"{frm},{to}", "filters": json.dumps(FILTERS)}
+    r = HTTP.get(f"{svc.url}/api/v1/sites/export", params=params, headers=AUTH)
+    assert r.status_code == 200, r.text
+    out = tmp_path / "view.zip"
+    done = subprocess.run(
+        [sys.executable, "-m", "event_analytics", "stats-export", "--data-dir",
+         str(svc.data_dir), "--site", SITE, "--range", f"{frm},{to}",
+         "--filter", json.dumps(FILTERS[0]), "--output", str(out)],
+        capture_output=True, text=True, timeout=300, env=svc.env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    got, want = read_zip(out.read_bytes()), read_zip(r.content)
+    assert set(got) == set(want) == {*FILES, "README.txt"}
+    assert {n: v for n, v in got.items() if n != "README.txt"} == {
+        n: v for n, v in want.items() if n != "README.txt"
+    }

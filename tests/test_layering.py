@@ -61,6 +61,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "export_cli",
             "goals_cli",
             "postgres_cli",
+            "stats_export_cli",
             "backup",
             "restore",
             "status",
