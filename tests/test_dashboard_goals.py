@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 GOALS_SHOWN = """JSON.stringify({
   hidden: ['s-conversions', 's-revenue', 'panel-goals'].map((id) =>
-    document.getElementById(id).hidden),
+    getComputedStyle(document.getElementById(id)).display === 'none'),
   rows: [...document.querySelectorAll('#goal-rows li')].map((li) =>
     [li.dataset.value, JSON.parse(li.dataset.metrics)]),
   top: ['conversions', 'revenue'].map((id) =>

@@ -257,6 +257,12 @@ def test_site_page_shows_the_model_and_filters_by_click(
         assert page.evaluate(injected) == 0
         assert page.evaluate("document.scripts.length") == 8
         assert page.evaluate("typeof window.__xss") == "undefined"
+        # No goals on this site: no goal numbers and no Goals panel on the page.
+        shown_goals = (
+            "['s-conversions', 's-revenue', 'panel-goals'].map((id) => "
+            "getComputedStyle(document.getElementById(id)).display)"
+        )
+        assert page.evaluate(shown_goals) == ["none", "none", "none"]
 
         # Click "Google": a chip, the URL, and every number is the filtered model's.
         page.evaluate(
