@@ -61,6 +61,18 @@ CASES: list[tuple[list[str], dict[str, str], int, str]] = [
     (["retention", "--period", "year"], {}, 2, "invalid choice: 'year'"),
     (["query", "--limit", "ten"], {}, 2, "--limit"),
     (["goals"], {}, 2, "required: action"),
+    (
+        ["stats-export", "--site", "example.com", "--output", "x.zip", "--filter", "nope"],
+        {},
+        2,
+        "--filter 'nope' is not JSON",
+    ),
+    (
+        ["stats-export", "--site", "example.com", "--output", "x.zip", "--range", "soon"],
+        {},
+        2,
+        "Invalid date_range 'soon'",
+    ),
     (["goals", "add", "--site", "example.com"], {}, 2, "one of the arguments --event --page"),
     (["goals", "delete", "--site", "example.com", "one"], {}, 2, "invalid int value: 'one'"),
     (["export", "--from", "yesterday", "--to", "2026-12-01"], {}, 2, "--from 'yesterday'"),

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from event_analytics.analytics.stats_spec import parse_query
+from event_analytics.analytics.stats_spec import parse_query, with_goals
+from event_analytics.goals import Goal
 from tests import visits_model as model
 from tests.browser import LivePage, live_page
 from tests.helpers import HTTP, event
@@ -127,16 +128,18 @@ def sent(svc: ServiceProcess) -> list[dict[str, Any]]:
 
 
 def expect(
-    records: list[dict[str, Any]], frm: date, to: date, metrics: list[str], **extra: Any
-) -> list[dict[str, Any]]:
-    """The model's answer to the v2 query the page sends over [frm, to]."""
+    records: list[dict[str, Any]], frm: date, to: date, metrics: list[str],
+    goals: tuple[Goal, ...] = (), **extra: Any,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The model's answer to the v2 query the page sends over [frm, to] (the site's
+    ``goals`` for a goal dimension, filter or metric)."""
     body = {"site_id": SITE, "metrics": metrics,
             "date_range": [frm.isoformat(), to.isoformat()], **extra}  # fmt: skip
-    q = parse_query(body, datetime.now(UTC))
+    q = with_goals(parse_query(body, datetime.now(UTC)), goals)
     start = datetime(frm.year, frm.month, frm.day, tzinfo=UTC)
     end = datetime(to.year, to.month, to.day, tzinfo=UTC) + timedelta(days=1)
-    unit = "day" if "time:day" in q.dimensions else None
-    rows, _ = model.query(records, q, start, end, 1800, unit)
+    unit = next((d.split(":")[1] for d in q.dimensions if d.startswith("time:")), None)
+    rows, _, _ = model.query(records, q, start, end, 1800, unit)
     return rows
 
 
@@ -189,29 +192,36 @@ def settle(page: LivePage, rounds: int) -> None:
 
 
 def check_numbers(
-    page: LivePage, records: list[dict[str, Any]], filters: list[Any]
-) -> dict[str, Any]:
+    page: LivePage, records: list[dict[str, Any]], filters: list[Any],
+    goals: tuple[Goal, ...] = (),
+) -> dict[str, Any]:  # fmt: skip
     """Top row, changes, the graph and the sources panel against the model."""
     frm, to, pfrm, pto = days()
     got = shown(page)
     assert got["error"] == ""
     metrics = [m for m in TOP if not (m == "views_per_visit" and any(
         f[1].startswith("event:") for f in filters))]  # fmt: skip
-    (now,) = expect(records, frm, to, metrics, filters=filters)
-    (before,) = expect(records, pfrm, pto, metrics, filters=filters)
+    (now,) = expect(records, frm, to, metrics, goals, filters=filters)
+    (before,) = expect(records, pfrm, pto, metrics, goals, filters=filters)
     want_top = dict(zip(metrics, (str(v) for v in now["metrics"]), strict=True))
     assert {m: v for m, v in got["top"].items() if m in want_top} == want_top
     assert now["metrics"][0] > 0 and before["metrics"][0] > 0, "the model must count something"
     want_changes = {m: change(m, a, b) for m, a, b in zip(metrics, now["metrics"],
                     before["metrics"], strict=True)}  # fmt: skip
     assert {m: v for m, v in got["changes"].items() if m in want_changes} == want_changes
-    sources = expect(records, frm, to, ["visitors"], dimensions=["visit:source"], filters=filters)
+    sources = expect(
+        records, frm, to, ["visitors"], goals, dimensions=["visit:source"], filters=filters
+    )
     assert got["sources"] == [[r["dimensions"][0], r["metrics"][0]] for r in sources[:9]]
-    per_day = expect(records, frm, to, ["visitors"], dimensions=["time:day"], filters=filters)
+    per_day = expect(
+        records, frm, to, ["visitors"], goals, dimensions=["time:day"], filters=filters
+    )
     by_day = {r["dimensions"][0].date().isoformat(): r["metrics"][0] for r in per_day}
     want_graph = [[d.isoformat(), by_day.get(d.isoformat(), 0)] for d in (frm, to)]
     assert json.loads(got["graph"]) == want_graph
-    per_day = expect(records, pfrm, pto, ["visitors"], dimensions=["time:day"], filters=filters)
+    per_day = expect(
+        records, pfrm, pto, ["visitors"], goals, dimensions=["time:day"], filters=filters
+    )
     by_day = {r["dimensions"][0].date().isoformat(): r["metrics"][0] for r in per_day}
     assert json.loads(got["compared"]) == [[d.isoformat(), by_day.get(d.isoformat(), 0)]
                                            for d in (pfrm, pto)]  # fmt: skip
@@ -245,8 +255,14 @@ def test_site_page_shows_the_model_and_filters_by_click(
         assert XSS["source"] in values and XSS["page"] in values
         injected = "document.querySelectorAll('img, svg, iframe, object, embed').length"
         assert page.evaluate(injected) == 0
-        assert page.evaluate("document.scripts.length") == 6
+        assert page.evaluate("document.scripts.length") == 8
         assert page.evaluate("typeof window.__xss") == "undefined"
+        # No goals on this site: no goal numbers and no Goals panel on the page.
+        shown_goals = (
+            "['s-conversions', 's-revenue', 'panel-goals'].map((id) => "
+            "getComputedStyle(document.getElementById(id)).display)"
+        )
+        assert page.evaluate(shown_goals) == ["none", "none", "none"]
 
         # Click "Google": a chip, the URL, and every number is the filtered model's.
         page.evaluate(
@@ -284,6 +300,53 @@ def test_site_page_shows_the_model_and_filters_by_click(
         got = check_numbers(page, sent, [["is", "event:page", ["/pricing"]]])
         assert got["top"]["views_per_visit"] == "" and got["changes"]["views_per_visit"] == ""
         assert page.console() == []
+
+
+COMPARED = """(() => {
+  window.__compared = null;
+  let n = 0;
+  const orig = EARetry.fetch;
+  EARetry.fetch = (...a) => { n++; return orig(...a); };
+  const range = { from: %s, to: %s, days: 2 };
+  const ask = (body) =>
+    EASite.withComparison({ site_id: %s, filters: [], ...body }, range, 'previous');
+  (async () => {
+    const top = await ask({ metrics: ['visitors', 'visits', 'bounce_rate'] });
+    const one = n;
+    const hourly = await ask({ metrics: ['visitors'], dimensions: ['time:hour'],
+                               include: { time_labels: true } });
+    const pairs = (a) => a.results.map((r) => [r.dimensions[0], r.metrics[0]]);
+    window.__compared = JSON.stringify({
+      top: [one, top.current.results[0].metrics, top.previous.results[0].metrics, top.range],
+      hourly: [n - one, hourly.range, pairs(hourly.previous)],
+    });
+  })().finally(() => { EARetry.fetch = orig; });
+})()"""
+
+
+def test_comparison_comes_from_the_api_in_one_request(
+    svc: ServiceProcess, sent: list[dict[str, Any]], chromium: str, tmp_path: Path
+) -> None:
+    """withComparison asks once (include.comparisons) and its compared numbers are the
+    model's over the period before; a time series with empty buckets (hours here), whose
+    compared values the API's row pairing cannot carry, asks the compared range itself."""
+    frm, to, pfrm, pto = days()
+    with live_page(chromium, tmp_path / "profile") as page:
+        page.open(f"{svc.url}/dashboard/{SITE}?range=custom&from={frm}&to={to}#key={READ}")
+        settle(page, 1)
+        page.evaluate(COMPARED % (json.dumps(frm.isoformat()), json.dumps(to.isoformat()),
+                                  json.dumps(SITE)))  # fmt: skip
+        page.wait_until("window.__compared !== null", WAIT_S)
+        got = json.loads(page.evaluate("window.__compared"))
+    metrics = ["visitors", "visits", "bounce_rate"]
+    (now,) = expect(sent, frm, to, metrics)
+    (before,) = expect(sent, pfrm, pto, metrics)
+    span = {"from": pfrm.isoformat(), "to": pto.isoformat(), "days": 2}
+    assert got["top"] == [1, now["metrics"], before["metrics"], span]
+    hours = expect(sent, pfrm, pto, ["visitors"], dimensions=["time:hour"])
+    assert got["hourly"][0] == 2 and got["hourly"][1] == span
+    assert got["hourly"][2] == [[r["dimensions"][0].strftime("%Y-%m-%d %H:%M:%S"),
+                                 r["metrics"][0]] for r in hours]  # fmt: skip
 
 
 def test_details_search_and_metric_switch(

@@ -62,6 +62,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "goals_cli",
             "postgres_cli",
             "query_server",  # serve's query processes (uvicorn on a unix socket)
+            "stats_export_cli",
             "backup",
             "restore",
             "status",

@@ -32,6 +32,7 @@ from event_analytics.api import (
     problems,
     reports,
     stats,
+    stats_export,
     stats_v1,
 )
 from event_analytics.api.heavy import HeavyReads
@@ -243,6 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         explore,
         stats,
         stats_v1,
+        stats_export,
         reports,
         persistent,
         metrics,

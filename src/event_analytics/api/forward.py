@@ -38,6 +38,7 @@ FORWARDED: tuple[str, ...] = (
     "/api/v2/query",
     "/api/v1/stats/",
     "/api/sites",
+    "/api/v1/sites/export",
     "/api/export",
     "/api/export/",
 )

@@ -27,8 +27,8 @@
   }
 
   // One request; ApiError with words for people on a failure. Archive queries wait out a
-  // full query pool (retry.js).
-  async function request(path, body) {
+  // full query pool (retry.js). The answer's JSON, or with ``asBlob`` its bytes (the export).
+  async function request(path, body, asBlob) {
     const init = { method: body === undefined ? "GET" : "POST", cache: "no-store", headers: {} };
     if (KEY) init.headers["X-API-Key"] = KEY;
     if (body !== undefined) {
@@ -56,11 +56,13 @@
       }
       throw new ApiError(`${name}: ${response.status} ${detail}`);
     }
-    return response.json();
+    return asBlob ? response.blob() : response.json();
   }
 
   const query = (body) => request("api/v2/query", body);
   const sites = (range) => request(`api/sites?date_range=${encodeURIComponent(range)}`);
+  const goals = (params) => request(`api/v1/sites/goals?${params}`);
+  const exportZip = (params) => request(`api/v1/sites/export?${params}`, undefined, true);
 
   // ---- the view in the URL: ?range=&from=&to=&compare=&metric=&interval=&f=op|dim|value
 
@@ -104,15 +106,34 @@
     if (mode === "year") return { from: yearBefore(range.from), to: yearBefore(range.to), days: range.days };
     return null;
   }
-  // The one place the comparison is made: ``body`` over ``range`` and, when on, over the
-  // compared range, by a second request (the API's include.comparisons can replace it
-  // here). {current, previous (or null), range: the compared range}.
+  // The one place the comparison is made: ``body`` over ``range`` with the API's
+  // include.comparisons (one request), {current, previous (or null), range: the compared
+  // range as ISO days}. ``previous`` has the answer's shape, made of each row's
+  // ``comparison``. The API pairs a comparison row with a main row only, so when a time
+  // series has buckets without a main row (nothing counted there), the compared range is
+  // asked for itself, as those buckets' compared values are not in the answer.
+  const MODES = { previous: "previous_period", year: "year_over_year" };
   async function withComparison(body, range, mode) {
-    const other = comparedRange(range, mode);
-    const ask = (r) => query({ ...body, date_range: [r.from, r.to] });
-    const [current, previous] = await Promise.all([ask(range), other ? ask(other) : null]);
+    const main = { ...body, date_range: [range.from, range.to] };
+    if (!MODES[mode]) return { current: await query(main), previous: null, range: null };
+    const include = { ...(body.include || {}), comparisons: { mode: MODES[mode] } };
+    const current = await query({ ...main, include });
+    const [start, end] = current.query.comparison_date_range;
+    const from = start.slice(0, 10);
+    // comparison_date_range ends where the compared range ends (exclusive): the day before.
+    const to = new Date(Date.parse(end) - 1).toISOString().slice(0, 10);
+    const other = { from, to, days: range.days };
+    const labels = current.meta.time_labels;
+    if (labels && current.results.length < labels.length) {
+      const previous = await query({ ...body, date_range: [from, to] });
+      return { current, previous, range: other };
+    }
+    const previous = {
+      results: current.results.map((r) => ({ dimensions: r.comparison.dimensions, metrics: r.comparison.metrics })),
+      meta: { ...current.meta, time_labels: current.meta.comparison_time_labels },
+    };
     return { current, previous, range: other };
   }
 
-  window.EASite = { KEY, ApiError, query, sites, readFilters, writeState, asV2, comparedRange, withComparison };
+  window.EASite = { KEY, ApiError, query, sites, goals, exportZip, readFilters, writeState, asV2, comparedRange, withComparison };
 })();

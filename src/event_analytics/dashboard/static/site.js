@@ -28,6 +28,7 @@
     "visit:source": "source", "visit:referrer": "referrer", "visit:utm_medium": "UTM medium",
     "visit:utm_source": "UTM source", "visit:utm_campaign": "UTM campaign",
     "visit:country": "country", "visit:device": "device", "visit:browser": "browser", "visit:os": "OS",
+    "event:goal": "goal",
   };
 
   // The site: the path's last segment (/dashboard/<site>); "sites" is the bare picker.
@@ -44,6 +45,7 @@
   const panels = {}; // id -> {tab}
   let plot = null;
   let round = 0;
+  let goals = null; // site-goals.js's view, when the site has goals
 
   // ---- formatting -------------------------------------------------------------------------
 
@@ -395,6 +397,7 @@
     const mine = ++round;
     document.body.dataset.ready = "0";
     const work = [loadTop(), loadGraph(), loadCurrent(), ...Object.keys(panels).map((id) => loadPanel($(id)))];
+    if (goals) work.push(goals.load());
     const results = await Promise.allSettled(work);
     if (mine !== round) return; // a newer round started: its numbers are the page's
     const errors = results.filter((r) => r.status === "rejected").map((r) => r.reason);
@@ -496,7 +499,10 @@
     showRange();
     renderChips();
     if (SITE) API.writeState(state);
-    loadSites().then(refresh);
+    const withGoals = () => (SITE ? window.EASiteGoals.install({ site: SITE, api: API, state, addFilter, change })
+      .then((view) => { goals = view; }, (e) => showErrors([e])) : null);
+    if (SITE) window.EASiteExport.install({ site: SITE, api: API, state, showErrors });
+    loadSites().then(withGoals).then(refresh);
   }
 
   start();
