@@ -62,7 +62,8 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
         for example in report.examples:
             print(f"  {example}")
         if rebuilt is not None:
-            print(f"counters rebuilt for {rebuilt.days} days ({rebuilt.events} events)")
+            days = f"{rebuilt.days} day" + ("s" if rebuilt.days != 1 else "")
+            print(f"counters rebuilt for {days} ({rebuilt.events} events)")
         return 0
 
     from event_analytics.target import run_with_engine
