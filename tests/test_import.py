@@ -250,3 +250,26 @@ def test_live_window_events_go_through_live_dedup(db: Backend, tmp_path: Path) -
     assert streamed > 0  # a stream entry may carry several events: for the archiver
     again = run_import(env, str(src))
     assert "accepted 0, duplicate 50, rejected 0" in again.stdout, again.stdout
+
+
+def test_import_into_a_compacted_hour_is_read_past_its_copy(db: Backend, tmp_path: Path) -> None:
+    """A Parquet copy covers only the JSONL bytes it was made from: the events an import
+    appends later are the JSONL tail past it, so a reader of copy + tail sees them all."""
+    from event_analytics.archive import compact
+
+    root = tmp_path / "archive"
+    env = env_for(db, root)
+    start = (datetime.now(UTC) - timedelta(hours=5)).replace(minute=0, second=0, microsecond=0)
+    first, second = history(30, hours=0, start=start), history(20, hours=0, start=start)
+    run_import(env, str(write_ndjson(tmp_path / "one.ndjson", first)))
+    path = files.hour_path(root, start)
+    made = compact.compact(path)
+    assert made is not None and made.events == 30
+    done = run_import(env, str(write_ndjson(tmp_path / "two.ndjson", first + second)))
+    assert "accepted 20, duplicate 30, rejected 0" in done.stdout, done.stdout
+    cover = compact.covered(path)
+    assert cover is not None and cover.jsonl_bytes < path.stat().st_size
+    with path.open("rb") as handle:
+        handle.seek(cover.jsonl_bytes)
+        tail = {files.event_id_of(line) for line in handle}
+    assert tail == {e["event_id"] for e in second}
