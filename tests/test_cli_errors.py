@@ -82,6 +82,8 @@ CASES: list[tuple[list[str], dict[str, str], int, str]] = [
         2,
         "--format must be one of",
     ),
+    (["import", "x.ndjson", "--format", "xml"], {}, 2, "--format must be one of"),
+    (["import", "history.txt"], {}, 2, "cannot tell the format"),
     (["deliver"], {}, 2, "set EA_POSTGRES_URL"),
     (["deliver", "extra"], {}, 2, "unrecognized arguments: extra"),
     (["query-server", "extra"], {}, 2, "unrecognized arguments: extra"),

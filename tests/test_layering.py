@@ -49,7 +49,18 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     ),
     (1, ("store",)),
     (2, ("archive",)),
-    (3, ("ingest", "batcher", "analytics", "counter_queries", "destinations")),
+    (
+        3,
+        (
+            "ingest",
+            "importing",
+            "import_read",
+            "batcher",
+            "analytics",
+            "counter_queries",
+            "destinations",
+        ),
+    ),
     (4, ("api",)),
     (
         5,
@@ -59,6 +70,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "commands",
             "explore_cli",
             "export_cli",
+            "import_cli",
             "goals_cli",
             "postgres_cli",
             "query_server",  # serve's query processes (uvicorn on a unix socket)

@@ -477,11 +477,19 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--minutes", type=_bounded(int, 1, 1440), default=10, help="minutes shown")
     status.set_defaults(func=_status)
 
-    from event_analytics import explore_cli, export_cli, goals_cli, postgres_cli, stats_export_cli
+    from event_analytics import (
+        explore_cli,
+        export_cli,
+        goals_cli,
+        import_cli,
+        postgres_cli,
+        stats_export_cli,
+    )
 
     explore_cli.add_commands(sub, add_dirs)
     goals_cli.add_commands(sub, add_dirs)
     export_cli.add_commands(sub, add_dirs)
+    import_cli.add_commands(sub, add_dirs)
     postgres_cli.add_commands(sub, add_dirs)
     stats_export_cli.add_commands(sub, add_dirs)
     return parser
