@@ -1,12 +1,14 @@
-"""Analytics over the archive: p50/p95 of a funnel, a retention matrix and a top-pages
-query on DuckDB, over archived events written with the archive's own file code.
+"""Analytics over the archive: p50/p95 of a funnel, a retention matrix, a top-pages
+query and the dashboard's Stats API visit queries (aggregate with comparison, entry
+pages, bounce rate by source, daily visits and duration, goal conversions with revenue)
+on DuckDB, over archived visit-shaped traffic written with the archive's own file code.
 
     python benchmarks/analytics_bench.py [--events 3000000] [--days 7] [--runs 7]
         [--ingest-seconds 8] [--ingest-rounds 2] [--service-threads 1,2]
 
 Generates the archive once under --dir (kept and reused when it holds the same
 parameters), then times each query in-process through the same code the service runs
-(``analytics.funnel/retention/query.run``), then (unless --ingest-seconds 0) the same
+(``analytics.funnel/retention/query/stats.run``), then (unless --ingest-seconds 0) the same
 questions over HTTP to the real service while it takes events at full speed, with its
 ingest p99 with and without the queries (analytics_ingest.py).
 """
@@ -30,52 +32,96 @@ import analytics_ingest
 from rich.console import Console
 from rich.table import Table
 
-from event_analytics.analytics import funnel, query, retention
+from event_analytics.analytics import funnel, query, retention, stats
 from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
+from event_analytics.analytics.stats_spec import parse_query, with_goals
 from event_analytics.archive import files, record
 from event_analytics.archive.compact import compact_closed
 from event_analytics.config import Settings
+from event_analytics.goals import Goal, Kind
 
 TYPES = ["page_view", "signup", "purchase", "add_to_cart", "search", "logout"]
 WEIGHTS = [60, 8, 4, 12, 12, 4]
 TARGET_S = 1.0
+DASHBOARD_S = 2.0  # the visit queries' set, one after another
 
 
 def iso(ts: datetime) -> str:
     return ts.isoformat()[:-6] + "Z"
 
 
+SITE = "shop.example"
+SOURCES = ["Google", "Direct / None", "Twitter", "Newsletter", "Bing", "GitHub"]
+SOURCE_WEIGHTS = [40, 25, 10, 10, 10, 5]
+# Goals of the conversion query: a custom event with revenue, one without, a page.
+GOALS = (
+    Goal(1, SITE, Kind.EVENT, "purchase", None, "USD", "Purchase"),
+    Goal(2, SITE, Kind.EVENT, "signup", None, None, "Signup"),
+    Goal(3, SITE, Kind.PAGE, None, "/pricing", None, "Visit /pricing"),
+)
+
+
+def _visit(
+    rng: random.Random, start: datetime, end: datetime, urls: list[str], pages: int
+) -> list[tuple[datetime, str, dict[str, Any]]]:
+    """One visit's events, from its first page view on: bounces (one page view) four in
+    ten, else a few events with gaps of seconds to minutes, now and then one past the
+    session timeout (the next visit of the same visitor). Events past ``end`` are cut."""
+    source = rng.choices(SOURCES, SOURCE_WEIGHTS)[0]
+    n = 1 if rng.random() < 0.4 else 2 + int(rng.expovariate(1 / 4))
+    out = []
+    ts = start
+    for i in range(n):
+        kind = "page_view" if i == 0 else rng.choices(TYPES, WEIGHTS)[0]
+        payload: dict[str, Any] = {"domain": SITE}
+        if source != "Direct / None":
+            payload["source"] = source
+        if kind == "page_view":
+            payload["page_url"] = urls[min(int(rng.paretovariate(1.2)) - 1, pages - 1)]
+        if kind in ("signup", "purchase"):
+            payload["plan"] = rng.choice(["free", "pro", "team"])
+        if kind == "purchase":
+            cents = rng.randrange(100, 100_000)
+            payload["revenue_amount"] = f"{cents // 100}.{cents % 100:02d}"
+            payload["revenue_currency"] = "USD" if rng.random() < 0.9 else "EUR"
+        out.append((ts, kind, payload))
+        gap = 2000 if rng.random() < 0.03 else rng.expovariate(1 / 90)
+        ts += timedelta(seconds=gap)
+        if ts >= end:
+            break
+    return out
+
+
 def generate(root: Path, events: int, days: int, users: int, pages: int, end: datetime) -> None:
-    """``events`` records spread over ``days`` before ``end``, hour file by hour file,
-    encoded by the archive's record codec and appended by its file code."""
+    """``events`` records spread over ``days`` before ``end`` as visits (see ``_visit``),
+    hour file by hour file, encoded by the archive's record codec and appended by its
+    file code."""
     rng = random.Random(42)
     hours = days * 24
     start = end - timedelta(hours=hours)
     per_hour = events // hours
-    urls = [f"https://shop.example/p/{i}" for i in range(pages)]
-    urls[0] = "https://shop.example/pricing"
+    urls = [f"https://{SITE}/p/{i}" for i in range(pages)]
+    urls[0] = f"https://{SITE}/pricing"
     for h in range(hours):
         hour = start + timedelta(hours=h)
         count = per_hour + (1 if h < events % hours else 0)
-        lines = []
-        for _ in range(count):
-            ts = hour + timedelta(microseconds=rng.randrange(3_600_000_000))
-            kind = rng.choices(TYPES, WEIGHTS)[0]
-            payload: dict[str, Any] = {}
-            if kind == "page_view":
-                payload["page_url"] = urls[min(int(rng.paretovariate(1.2)) - 1, pages - 1)]
-            if kind in ("signup", "purchase"):
-                payload["plan"] = rng.choice(["free", "pro", "team"])
-            event = record.Record(
-                event_id=uuid.UUID(int=rng.getrandbits(128)),
-                user_id=f"user_{rng.randrange(users)}",
-                timestamp=ts,
-                event_type=kind,
-                payload=payload,
-                received_at=ts + timedelta(milliseconds=rng.randrange(1, 500)),
-            )
-            lines.append(record.encode(event) + b"\n")
+        lines: list[bytes] = []
+        while len(lines) < count:
+            user = f"user_{rng.randrange(users)}"
+            began = hour + timedelta(microseconds=rng.randrange(3_600_000_000))
+            for ts, kind, payload in _visit(rng, began, hour + timedelta(hours=1), urls, pages):
+                if len(lines) == count:
+                    break
+                event = record.Record(
+                    event_id=uuid.UUID(int=rng.getrandbits(128)),
+                    user_id=user,
+                    timestamp=ts,
+                    event_type=kind,
+                    payload=payload,
+                    received_at=ts + timedelta(milliseconds=rng.randrange(1, 500)),
+                )
+                lines.append(record.encode(event) + b"\n")
         with files.locked(files.hour_path(root, hour)) as fd:
             files.append(fd, b"".join(lines))
 
@@ -115,6 +161,59 @@ def questions(end: datetime, days: int) -> dict[str, tuple[str, dict[str, Any]]]
             "order_by": [["visitors", "desc"]], "pagination": {"limit": 100},
         }),
     }  # fmt: skip
+
+
+def visit_questions(end: datetime, days: int) -> dict[str, dict[str, Any]]:
+    """The dashboard's Stats API v2 queries over visits (issue 24's performance set). The
+    aggregate compares the last half of the archive with the half before it, so both
+    periods read real data."""
+    frm = iso(end - timedelta(days=days))
+    half = iso(end - timedelta(days=days // 2 or 1))
+    to = iso(end)
+    top = ["visitors", "visits", "pageviews", "views_per_visit", "bounce_rate",
+           "visit_duration", "events"]  # fmt: skip
+    return {
+        "aggregate, top metrics vs previous period": {
+            "site_id": SITE, "metrics": top, "date_range": [half, to],
+            "include": {"comparisons": {"mode": "previous_period"}},
+        },
+        "visits by visit:entry_page": {
+            "site_id": SITE, "metrics": ["visitors", "visits", "bounce_rate", "visit_duration"],
+            "date_range": [frm, to], "dimensions": ["visit:entry_page"],
+            "pagination": {"limit": 100},
+        },
+        "bounce_rate by visit:source": {
+            "site_id": SITE, "metrics": ["visitors", "bounce_rate"], "date_range": [frm, to],
+            "dimensions": ["visit:source"],
+        },
+        "time:day visits, visit_duration": {
+            "site_id": SITE, "metrics": ["visits", "visit_duration"], "date_range": [frm, to],
+            "dimensions": ["time:day"], "include": {"time_labels": True},
+        },
+        "event:goal conversions, revenue": {
+            "site_id": SITE, "metrics": ["visitors", "events", "conversion_rate",
+                                         "total_revenue"],
+            "date_range": [frm, to], "dimensions": ["event:goal"],
+        },
+    }  # fmt: skip
+
+
+def run_visit_queries(
+    engine: QueryEngine, root: Path, end: datetime, days: int, runs: int
+) -> dict[str, dict[str, float]]:
+    timeout_s = Settings.model_fields["session_timeout_s"].default
+    parsed = [with_goals(parse_query(body, end), GOALS)
+              for body in visit_questions(end, days).values()]  # fmt: skip
+    out = {}
+    for name, q in zip(visit_questions(end, days), parsed, strict=True):
+        out[name] = timed(runs, lambda q=q: stats.run(engine, q, root, end, timeout_s))
+
+    def dashboard() -> None:
+        for q in parsed:
+            stats.run(engine, q, root, end, timeout_s)
+
+    out["the dashboard's set, in turn"] = timed(max(1, runs // 2), dashboard)
+    return out
 
 
 def run_queries(
@@ -209,7 +308,9 @@ def main() -> int:
     # A fixed end (a past hour) so a kept archive is the same archive.
     end = datetime(2026, 11, 1, tzinfo=UTC)
     stamp = args.dir / "params.json"
+    # "traffic": the generator's shape; a kept archive of another shape is made again.
     params = {k: getattr(args, k) for k in ("events", "days", "users", "pages")}
+    params["traffic"] = "visits-1"
     root = args.dir / "archive"
     console = Console()
     if not stamp.exists() or json.loads(stamp.read_text()) != params:
@@ -225,10 +326,12 @@ def main() -> int:
     for copy in root.rglob("*.parquet*"):  # JSONL first, then compacted
         copy.unlink()
     results: dict[str, Any] = {"jsonl": run_queries(engine, root, end, args.days, args.runs)}
+    results["jsonl"] |= run_visit_queries(engine, root, end, args.days, args.runs)
     began = time.perf_counter()
     hours, _ = compact_closed(root, end + timedelta(hours=1))
     results["compact_s"] = time.perf_counter() - began
     results["parquet"] = run_queries(engine, root, end, args.days, args.runs)
+    results["parquet"] |= run_visit_queries(engine, root, end, args.days, args.runs)
     title = (
         f"Analytics over {args.events:,} archived events ({size / 1e6:,.0f} MB JSONL, "
         f"{args.days} days), {args.runs} runs, DuckDB threads {args.threads}"
@@ -238,7 +341,12 @@ def main() -> int:
         table.add_column(col, justify="left" if col == "query" else "right")
     for name, r in results["jsonl"].items():
         q = results["parquet"][name]
-        ok = "met" if min(r["p50_s"], q["p50_s"]) <= TARGET_S else "missed"
+        if name in visit_questions(end, args.days):  # issue 24: over Parquet
+            ok = "met" if q["p50_s"] <= TARGET_S else "missed"
+        elif name.startswith("the dashboard"):
+            ok = f"{'met' if q['p50_s'] <= DASHBOARD_S else 'missed'} (≤ {DASHBOARD_S:g} s)"
+        else:
+            ok = "met" if min(r["p50_s"], q["p50_s"]) <= TARGET_S else "missed"
         table.add_row(name, f"{r['p50_s']:.3f}", f"{r['p95_s']:.3f}", f"{q['p50_s']:.3f}",
                       f"{q['p95_s']:.3f}", ok)  # fmt: skip
     console.print(table)

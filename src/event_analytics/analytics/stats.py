@@ -149,9 +149,13 @@ def build(
     q: StatsQuery, files: Sources, start: datetime, end: datetime, timeout_s: int
 ) -> tuple[str, dict[str, Any]]:
     p = Params()
-    ctes = visits.ctes(p, files, q.site_id, start, end, timeout_s, _attributes(q))
-    dims = [_dimension_sql(p, d, start, end) for d in q.dimensions]
     by_goal = GOAL in q.dimensions
+    conversion = bool({"conversion_rate", "group_conversion_rate"} & set(q.metrics))
+    # Only these read ``vev`` (events' own fields); the others read ``visits`` alone, and
+    # their windows need not carry each event's payload (benchmarks/analytics_bench.py).
+    payload = q.event_scoped or by_goal or bool(q.filters) or conversion
+    ctes = visits.ctes(p, files, q.site_id, start, end, timeout_s, _attributes(q), payload)
+    dims = [_dimension_sql(p, d, start, end) for d in q.dimensions]
     rows = "gev" if by_goal else "vev"
     if by_goal:
         ctes += f",\ngev AS ({stats_goals.goal_rows_sql(p, q.goals, 'vev')})"
@@ -182,7 +186,7 @@ def build(
     # The conversion rates' denominators: visitors of the query without its top-level
     # goal and property filters, in all and per group of the other dimensions.
     totals, joined, group_total = "", "", "NULL AS group_total"
-    if {"conversion_rate", "group_conversion_rate"} & set(q.metrics):
+    if conversion:
         kept = w.all(stats_goals.strip_for_totals(q.filters), False)
         others = [(a, sql) for d, a, sql in zip(q.dimensions, aliases, dims, strict=True)
                   if d != GOAL]  # fmt: skip

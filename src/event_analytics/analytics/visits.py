@@ -26,7 +26,7 @@ from event_analytics.analytics.snapshot import Sources
 from event_analytics.analytics.sql import Params, source
 
 ORDER = "ts, received_at, event_id"
-NON_INTERACTIVE = "coalesce(payload->>'interactive', '') = 'false'"
+NON_INTERACTIVE = "coalesce(f_interactive, '') = 'false'"
 DIRECT = "Direct / None"
 UTM = ("utm_medium", "utm_source", "utm_campaign", "utm_content", "utm_term")
 # visit:* dimension -> its column in ``visits`` (and ``vev``).
@@ -61,9 +61,19 @@ def _first(expr: str) -> str:
     return f"arg_min_null({expr}, seq)"
 
 
+# The payload fields the visit columns read, each read once per event into a column
+# ``f_<name>`` before the windows: the windows then sort narrow rows, not the payload.
+FIELDS = ("interactive", "source", "referrer", *UTM, "device", "browser", "os", "country")
+
+
+def _field(name: str) -> str:
+    assert name in FIELDS  # a fixed list, not request text
+    return f"f_{name}"
+
+
 def _visit_columns(attributes: frozenset[str]) -> str:
     page = sites.path_sql("page_url")
-    device = "(payload->>'device')"
+    device = _field("device")
     columns = {
         "start": "min(ts)",
         "duration_us": "epoch_us(max(ts)) - epoch_us(min(ts))",
@@ -75,17 +85,23 @@ def _visit_columns(attributes: frozenset[str]) -> str:
         ),
         "entry_page": f"arg_min_null({page}, seq) FILTER (WHERE event_type = 'page_view')",
         "exit_page": f"arg_max_null({page}, seq) FILTER (WHERE event_type = 'page_view')",
-        "source": "coalesce(" + _first("payload->>'source'") + f", '{DIRECT}')",
-        "referrer": "coalesce(" + _first("payload->>'referrer'") + f", '{DIRECT}')",
+        "source": "coalesce(" + _first(_field("source")) + f", '{DIRECT}')",
+        "referrer": "coalesce(" + _first(_field("referrer")) + f", '{DIRECT}')",
         # Plausible's device names are capitalised (Desktop, Mobile, Tablet).
         "device": _first(f"upper({device}[1]) || {device}[2:]"),
-        **{name: _first(f"payload->>'{name}'") for name in (*UTM, "browser", "os", "country")},
+        **{name: _first(_field(name)) for name in (*UTM, "browser", "os", "country")},
     }
     # Only the attributes the query reads: each costs a pass over the visit's events.
     always = ("start", "duration_us", "visit_pageviews", "visit_events", "bounce")
     return ",\n    ".join(
         f"{sql} AS {name}" for name, sql in columns.items() if name in always or name in attributes
     )
+
+
+def _fields(attributes: frozenset[str]) -> str:
+    """The ``f_*`` columns the visit columns of ``attributes`` read."""
+    wanted = {"interactive"} | (set(attributes) & set(FIELDS))
+    return "".join(f", payload->>'{n}' AS {_field(n)}" for n in FIELDS if n in wanted)
 
 
 def ctes(
@@ -96,12 +112,16 @@ def ctes(
     end: datetime,
     timeout_s: int,
     attributes: frozenset[str] = frozenset(VISIT_COLUMNS.values()),
+    payload: bool = True,
 ) -> str:
     """The CTE list (without ``WITH``) ending in ``visits`` and ``vev``; ``visits`` has
-    the columns of ``attributes`` (names from VISIT_COLUMNS) besides the metrics'."""
+    the columns of ``attributes`` (names from VISIT_COLUMNS) besides the metrics'.
+    Without ``payload``, ``vev``'s payload is NULL: the windows then sort no payloads
+    (for queries that read no event's payload)."""
     lookback = start - timedelta(seconds=timeout_s)
+    carried = ("payload" if payload else "NULL::JSON AS payload") + _fields(attributes)
     return f"""events AS ({source(p, files)}),
-ev AS (SELECT event_id, user_id, ts, received_at, event_type, payload, page_url FROM events
+ev AS (SELECT event_id, user_id, ts, received_at, event_type, page_url, {carried} FROM events
     WHERE ts >= {p.bind(lookback)} AND ts < {p.bind(end)} AND NOT starts_with(event_type, 'bot_')
     AND {sites.SITE_SQL} = {p.bind(site)}),
 seq AS (SELECT *, CASE WHEN epoch_us(ts) - epoch_us(lag(ts) OVER w)
