@@ -198,3 +198,78 @@ def test_site_keys_survive_the_hand_off(tmp_path: Path) -> None:
     assert settings.site_keys == ((KEY_AB, (A, B)),)
     again = Settings.model_validate_json(settings.model_dump_json())
     assert again.site_keys == settings.site_keys
+
+
+# -- shared links: the same sweep with a link's token instead of a key
+
+
+def _link(svc: ServiceProcess, site: str) -> dict[str, Any]:
+    r = HTTP.post(f"{svc.url}/api/v1/sites/shared-links", json={"site_id": site, "name": "client"},
+                  headers=_auth(WRITE))  # fmt: skip
+    assert r.status_code == 201, r.text
+    link: dict[str, Any] = r.json()
+    assert link["url"] == f"/share/{site}?auth={link['token']}"
+    return link
+
+
+def _share(token: str) -> dict[str, str]:
+    return {"X-Share-Token": token}
+
+
+def test_shared_link_reads_its_site_until_revoked(svc: ServiceProcess) -> None:
+    link = _link(svc, A)
+    token = link["token"]
+    r = _visitors_with(svc, _share(token), A)
+    assert r.status_code == 200 and r.json()["results"][0]["metrics"] == [2], r.text
+    assert _visitors_with(svc, _share(token), B).status_code == 403
+    sites = HTTP.get(f"{svc.url}/api/sites", params={"date_range": "7d"}, headers=_share(token))
+    assert [s["site_id"] for s in sites.json()["sites"]] == [A]
+    listed = HTTP.get(f"{svc.url}/api/v1/sites/shared-links", params={"site_id": A},
+                      headers=_auth(WRITE)).json()["shared_links"]  # fmt: skip
+    assert link["id"] in [x["id"] for x in listed] and token not in str(listed)
+    gone = HTTP.delete(f"{svc.url}/api/v1/sites/shared-links/{link['id']}",
+                       params={"site_id": A}, headers=_auth(WRITE))  # fmt: skip
+    assert gone.status_code == 200, gone.text
+    refused = _visitors_with(svc, _share(token), A)
+    assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
+    assert _visitors_with(svc, _share("made-up-token"), A).status_code == 401
+
+
+def test_links_are_managed_with_the_write_scope(svc: ServiceProcess) -> None:
+    url = f"{svc.url}/api/v1/sites/shared-links"
+    for key in (READ, KEY_A):
+        r = HTTP.post(url, json={"site_id": A, "name": "x"}, headers=_auth(key))
+        assert r.status_code == 403, r.text
+        assert HTTP.get(url, params={"site_id": A}, headers=_auth(key)).status_code == 403
+    bad = HTTP.post(url, json={"site_id": A, "name": ""}, headers=_auth(WRITE))
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "name"
+    other = HTTP.delete(f"{url}/nosuchlink", params={"site_id": A}, headers=_auth(WRITE))
+    assert other.status_code == 404
+
+
+def test_every_route_refuses_a_link_beyond_its_site(svc: ServiceProcess) -> None:
+    token = _link(svc, A)["token"]
+    spec = HTTP.get(f"{svc.url}/openapi.json").json()
+    tried = 0
+    for path, operations in spec["paths"].items():
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path in KEYLESS_PATHS:
+            continue
+        for method, operation in operations.items():
+            if method not in ("get", "post", "put", "delete", "patch"):
+                continue
+            body = {"site_id": B, "metrics": ["visitors"], "date_range": "7d"}
+            r = HTTP.request(method.upper(), f"{svc.url}{_fill(path)}", params=_params(operation),
+                             json=body if "requestBody" in operation else None,
+                             headers=_share(token))  # fmt: skip
+            tried += 1
+            if path == "/api/sites":
+                assert r.status_code == 200 and B not in r.text, r.text
+                continue
+            # 401 on the write routes: a link's token is no key at all there.
+            assert r.status_code in (401, 403), (method, path, r.status_code, r.text[:300])
+    assert tried > 20
+
+
+def _visitors_with(svc: ServiceProcess, headers: dict[str, str], site: str) -> Any:
+    body = {"site_id": site, "metrics": ["visitors"], "date_range": "7d"}
+    return HTTP.post(f"{svc.url}/api/v2/query", json=body, headers=headers)

@@ -29,6 +29,7 @@ from event_analytics.api import (
     persistent,
     problems,
     reports,
+    shared_links,
     stats,
     stats_v1,
 )
@@ -199,6 +200,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics,
         compat,
         goals,
+        shared_links,
         export,
     )
     for module in routers:

@@ -23,6 +23,7 @@ from event_analytics.api.problems import problem, problem_responses, render_erro
 from event_analytics.config import Settings
 from event_analytics.errors import EventsRateLimited, SiteForbidden, StorageUnavailable
 from event_analytics.store.ratelimit import RateLimits
+from event_analytics.store.shared_links import SharedLinkStore
 
 # The routes anyone may call whatever the keys: probes, the API description, and the
 # dashboard's pages and files (they hold no data: a page reads it with the key given in
@@ -61,6 +62,17 @@ SITE_SCOPED_PATHS = frozenset(
      "/api/v1/stats/breakdown", "/api/v1/sites/goals"}
 )  # fmt: skip
 SITE_SCOPED_PREFIXES = ("/api/v1/sites/goals/",)
+# A shared link's token (X-Share-Token) reads its one site through these and nothing
+# else: no goals, no export, no write route, no other site (the handlers check the site
+# as for a site-limited key).
+SHARE_TOKEN_HEADER = b"x-share-token"
+SHARE_PATHS = frozenset(
+    {"/api/v2/query", "/api/sites", "/api/v1/stats/realtime/visitors", "/api/v1/stats/aggregate",
+     "/api/v1/stats/timeseries", "/api/v1/stats/breakdown"}
+)  # fmt: skip
+# Making, listing and revoking links hands out reading: the write scope when write keys
+# are set, as goal changes take.
+SHARED_LINKS_PATH = "/api/v1/sites/shared-links"
 CORS_ALLOW_HEADERS = "authorization, content-type, x-api-key, x-request-id"
 CORS_EXPOSE_HEADERS = "retry-after, x-request-id"
 
@@ -292,8 +304,17 @@ class ReadGuard:
         path = scope["path"] if scope["type"] == "http" else None
         if path is not None and path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
             guard: Guard = scope["app"].state.guard
+            token = header(scope, SHARE_TOKEN_HEADER)
+            if token is not None:
+                refusal = await _admit_share_token(scope, path, token)
+                if refusal is not None:
+                    await refusal(scope, receive, send)
+                    return
+                await self.app(scope, receive, send)
+                return
             access, active = Access.READ, guard.read_active
-            if scope["method"] in GOAL_WRITE_METHODS and path.startswith(GOALS_PATH):
+            links = path == SHARED_LINKS_PATH or path.startswith(SHARED_LINKS_PATH + "/")
+            if links or (scope["method"] in GOAL_WRITE_METHODS and path.startswith(GOALS_PATH)):
                 if guard.keys.required[Access.WRITE]:
                     access = Access.WRITE
                 active = guard.read_active or guard.write_active
@@ -308,6 +329,27 @@ class ReadGuard:
                     await refusal(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+async def _admit_share_token(scope: Scope, path: str, token: str) -> Response | None:
+    """None when ``token`` is a live shared link and ``path`` one of its read routes (its
+    site is then the request's only site); otherwise the refusal. Looked up on every
+    request, so a revoked link is refused at once."""
+    if path not in SHARE_PATHS or scope["method"] not in ("GET", "POST", "HEAD"):
+        detail = (
+            f"a shared link reads its site's stats only; {path} is not one of its routes "
+            "(POST /api/v2/query, GET /api/v1/stats/*, GET /api/sites)"
+        )
+        return problem(403, "share-link-scope", "Not a shared link's route", detail)
+    store = scope["app"].state.store
+    try:
+        link = await SharedLinkStore(store.client, store.keys).find(token)
+    except StorageUnavailable as exc:
+        return render_error(exc)
+    if link is None:
+        return unauthorized("unknown or revoked shared link (X-Share-Token)")
+    scope[SITES_SCOPE] = frozenset({link.site})
+    return None
 
 
 def site_limited(path: str) -> Response:
