@@ -205,6 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in routers:
         app.include_router(module.router)
+    app.include_router(shared_links.pages)
     dashboard.install(app)
 
     def openapi() -> dict[str, Any]:

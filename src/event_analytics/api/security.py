@@ -34,7 +34,7 @@ PUBLIC_PATHS = frozenset(
 )  # fmt: skip
 # Every page under /dashboard/ (the site pages, Explore, the static files): no data route
 # lives under that path, so none is opened by this.
-PUBLIC_PREFIXES = ("/dashboard/",)
+PUBLIC_PREFIXES = ("/dashboard/", "/share/")
 # The routes that take the write scope: answered by ingest_http, before FastAPI.
 EVENTS_PATH = "/events"
 BATCH_PATH = "/events/batch"

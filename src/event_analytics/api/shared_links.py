@@ -14,16 +14,18 @@ from urllib.parse import quote
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 
 from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
+from event_analytics.dashboard import page
 from event_analytics.errors import BodyTooLarge, FieldError, InvalidInput, MalformedJSON
 from event_analytics.goals import check_site
 from event_analytics.store.shared_links import SharedLink, SharedLinkStore
 
 router = APIRouter(prefix="/api/v1/sites/shared-links", tags=["shared links"])
+pages = APIRouter(tags=["shared links"])
 MAX_BODY = 4 * 1024
 _BODY = {
     "requestBody": {
@@ -51,6 +53,25 @@ def _store(request: Request) -> SharedLinkStore:
 
 def shown(link: SharedLink) -> dict[str, Any]:
     return {"id": link.id, "name": link.name, "site_id": link.site, "created_at": link.created_at}
+
+
+@pages.get(
+    "/share/{site}",
+    summary="A shared link's page (HTML): the site's page, reading with the link's token",
+    description=(
+        "The site page of `/dashboard/<site>`; its script sends `?auth=` as `X-Share-Token`. "
+        "The page holds no data, so it loads without a key."
+    ),
+    response_class=HTMLResponse,
+    responses={200: {"content": {"text/html": {}}, "description": "The page"}},
+)
+async def share_page(site: str) -> HTMLResponse:
+    del site  # the script reads the site from the path
+    # Its static files and links are the dashboard's: resolve them from there.
+    html = page("site.html").replace("<head>", '<head>\n  <base href="/dashboard/">', 1)
+    return HTMLResponse(
+        html, headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"}
+    )
 
 
 @router.post(
