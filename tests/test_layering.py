@@ -60,6 +60,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "explore_cli",
             "export_cli",
             "goals_cli",
+            "links_cli",
             "postgres_cli",
             "backup",
             "restore",

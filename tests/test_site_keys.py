@@ -7,6 +7,7 @@ later is tried too: it must refuse a key limited to site A, or name its site and
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 
 from event_analytics.api.security import KEYLESS_PATHS, PUBLIC_PATHS, PUBLIC_PREFIXES
 from event_analytics.config import Settings
-from tests.helpers import HTTP, event
+from tests.helpers import HTTP, cli, event
 from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.slow  # starts the service
@@ -273,3 +274,21 @@ def test_every_route_refuses_a_link_beyond_its_site(svc: ServiceProcess) -> None
 def _visitors_with(svc: ServiceProcess, headers: dict[str, str], site: str) -> Any:
     body = {"site_id": site, "metrics": ["visitors"], "date_range": "7d"}
     return HTTP.post(f"{svc.url}/api/v2/query", json=body, headers=headers)
+
+
+def test_links_cli_against_the_running_service(svc: ServiceProcess) -> None:
+    """``links add`` on the service's data dir makes a token the service admits; ``list``
+    shows it without the token; ``revoke`` closes it for the next request."""
+    where = ["--data-dir", str(svc.data_dir), "--site", A]
+    added = cli(["links", "add", *where, "--name", "from the shell", "--json"], {})
+    assert added.returncode == 0, added.stderr
+    link = json.loads(added.stdout)
+    assert _visitors_with(svc, _share(link["token"]), A).status_code == 200
+    listed = cli(["links", "list", *where], {})
+    assert listed.returncode == 0 and link["id"] in listed.stdout, listed.stderr
+    assert link["token"] not in listed.stdout
+    revoked = cli(["links", "revoke", *where, link["id"]], {})
+    assert revoked.returncode == 0, revoked.stderr
+    assert _visitors_with(svc, _share(link["token"]), A).status_code == 401
+    again = cli(["links", "revoke", *where, link["id"]], {})
+    assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr

@@ -1,5 +1,6 @@
 """Command line: serve | archiver | rebuild | verify | backup | restore | loadtest | status |
-goals | export | deliver | sync (and explore_cli's sql | compact | funnel | retention | query)."""
+goals | links | export | deliver | sync (and explore_cli's sql | compact | funnel | retention |
+query)."""
 
 from __future__ import annotations
 
@@ -439,10 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--minutes", type=_bounded(int, 1, 1440), default=10, help="minutes shown")
     status.set_defaults(func=_status)
 
-    from event_analytics import explore_cli, export_cli, goals_cli, postgres_cli
+    from event_analytics import explore_cli, export_cli, goals_cli, links_cli, postgres_cli
 
     explore_cli.add_commands(sub, add_dirs)
     goals_cli.add_commands(sub, add_dirs)
+    links_cli.add_commands(sub, add_dirs)
     export_cli.add_commands(sub, add_dirs)
     postgres_cli.add_commands(sub, add_dirs)
     return parser
