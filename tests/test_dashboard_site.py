@@ -466,6 +466,10 @@ def test_shared_link_page_shows_the_site_without_a_key(
                      json={"site_id": SITE, "name": "browser"}, headers=AUTH)  # fmt: skip
     assert made.status_code == 201, made.text
     link = made.json()
+    # Embedding is off by default: ?embed=true still forbids framing.
+    framed = HTTP.get(f"{svc.url}{link['url']}&embed=true")
+    assert framed.headers["x-frame-options"] == "DENY"
+    assert framed.headers["content-security-policy"] == "frame-ancestors 'none'"
     frm, to, _, _ = days()
     url = f"{svc.url}{link['url']}&range=custom&from={frm}&to={to}"
     with live_page(chromium, tmp_path / "profile") as page:

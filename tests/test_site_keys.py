@@ -45,6 +45,7 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
         "EA_WRITE_KEYS": WRITE,
         # Upper case on purpose: sites are domains, compared lower-cased.
         "EA_SITE_KEYS": f"{KEY_A}@{A.upper()},{KEY_AB}@{A}|{B}",
+        "EA_SHARE_EMBED_ORIGINS": "https://blog.example, https://intranet.example:8443",
     }
     proc = ServiceProcess(root / "data", env=env)
     proc.start()
@@ -292,3 +293,15 @@ def test_links_cli_against_the_running_service(svc: ServiceProcess) -> None:
     assert _visitors_with(svc, _share(link["token"]), A).status_code == 401
     again = cli(["links", "revoke", *where, link["id"]], {})
     assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
+
+
+def test_embedding_only_when_asked_and_enabled(svc: ServiceProcess) -> None:
+    framed = HTTP.get(f"{svc.url}/share/{A}", params={"auth": "t", "embed": "true"})
+    assert framed.status_code == 200 and '<base href="/dashboard/">' in framed.text
+    csp = "frame-ancestors https://blog.example https://intranet.example:8443"
+    assert framed.headers["content-security-policy"] == csp
+    assert "x-frame-options" not in framed.headers
+    plain = HTTP.get(f"{svc.url}/share/{A}", params={"auth": "t"})
+    assert plain.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert plain.headers["x-frame-options"] == "DENY"
+    assert plain.headers["referrer-policy"] == "no-referrer"

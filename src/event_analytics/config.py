@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     # Browser origins allowed to send events (CORS, sendBeacon); "*" = any. Reads: none.
     cors_origins: tuple[str, ...] = ()
     cors_read_origins: tuple[str, ...] = ()
+    # Origins whose pages may frame a shared link opened with ?embed=true ("*" = any).
+    # Empty (the default): shared links refuse to be framed, as if embed were not asked.
+    share_embed_origins: tuple[str, ...] = ()
 
     # Ingest rules.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
@@ -253,7 +256,14 @@ class Settings(BaseSettings):
         """Root of the per-run directories of the workers' Prometheus files."""
         return self.metrics_dir or self.data_dir / "metrics"
 
-    @field_validator("write_keys", "read_keys", "cors_origins", "cors_read_origins", mode="before")
+    @field_validator(
+        "write_keys",
+        "read_keys",
+        "cors_origins",
+        "cors_read_origins",
+        "share_embed_origins",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -292,7 +302,7 @@ class Settings(BaseSettings):
         _checked_keys(tuple(key for key, _ in value))
         return value
 
-    @field_validator("cors_origins", "cors_read_origins")
+    @field_validator("cors_origins", "cors_read_origins", "share_embed_origins")
     @classmethod
     def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for origin in value:

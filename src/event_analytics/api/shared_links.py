@@ -65,13 +65,24 @@ def shown(link: SharedLink) -> dict[str, Any]:
     response_class=HTMLResponse,
     responses={200: {"content": {"text/html": {}}, "description": "The page"}},
 )
-async def share_page(site: str) -> HTMLResponse:
+async def share_page(
+    request: Request,
+    site: str,
+    embed: Annotated[
+        bool, Query(description="framed in another page (EA_SHARE_EMBED_ORIGINS)")
+    ] = False,
+) -> HTMLResponse:
     del site  # the script reads the site from the path
     # Its static files and links are the dashboard's: resolve them from there.
     html = page("site.html").replace("<head>", '<head>\n  <base href="/dashboard/">', 1)
-    return HTMLResponse(
-        html, headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"}
-    )
+    headers = {"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"}
+    origins = deps.settings(request).share_embed_origins
+    if embed and origins:
+        headers["Content-Security-Policy"] = "frame-ancestors " + " ".join(origins)
+    else:  # not asked, or not enabled: no page may frame it (clickjacking)
+        headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+        headers["X-Frame-Options"] = "DENY"
+    return HTMLResponse(html, headers=headers)
 
 
 @router.post(
