@@ -75,6 +75,12 @@ CASES: list[tuple[list[str], dict[str, str], int, str]] = [
     ),
     (["goals", "add", "--site", "example.com"], {}, 2, "one of the arguments --event --page"),
     (["goals", "delete", "--site", "example.com", "one"], {}, 2, "invalid int value: 'one'"),
+    (["links"], {}, 2, "required: action"),
+    (["links", "add", "--site", "example.com"], {}, 2, "required: --name"),
+    (["links", "add", "--site", "not a site", "--name", "x"], {}, 2, "--site: a domain"),
+    (["links", "add", "--site", "example.com", "--name", " "], {}, 2, "--name: 1 to 200"),
+    (["links", "list"], {}, 2, "required: --site"),
+    (["links", "revoke", "--site", "example.com"], {}, 2, "required: id"),
     (["export", "--from", "yesterday", "--to", "2026-12-01"], {}, 2, "--from 'yesterday'"),
     (
         ["export", "--from", "2026-12-01", "--to", "2026-12-02", "--format", "xml"],

@@ -517,3 +517,32 @@ def test_current_visitors(
             assert time.monotonic() < deadline, until
             time.sleep(0.5)
         assert page.evaluate(f"{current}.dataset.value") == "2"
+
+
+def test_shared_link_page_shows_the_site_without_a_key(
+    svc: ServiceProcess, sent: list[dict[str, Any]], chromium: str, tmp_path: Path
+) -> None:
+    """/share/<site>?auth=<token> serves the site page; with no key in the fragment (a
+    fresh profile: nothing kept) it reads with the link's token and shows the model's
+    numbers of that site only; once revoked, the page says it is refused."""
+    made = HTTP.post(f"{svc.url}/api/v1/sites/shared-links",
+                     json={"site_id": SITE, "name": "browser"}, headers=AUTH)  # fmt: skip
+    assert made.status_code == 201, made.text
+    link = made.json()
+    # Embedding is off by default: ?embed=true still forbids framing.
+    framed = HTTP.get(f"{svc.url}{link['url']}&embed=true")
+    assert framed.headers["x-frame-options"] == "DENY"
+    assert framed.headers["content-security-policy"] == "frame-ancestors 'none'"
+    frm, to, _, _ = days()
+    url = f"{svc.url}{link['url']}&range=custom&from={frm}&to={to}"
+    with live_page(chromium, tmp_path / "profile") as page:
+        page.open(url)
+        settle(page, 1)
+        got = check_numbers(page, sent, [])
+        assert "Secret-B-Source" not in got["text"] and "b-secret" not in got["text"]
+    gone = HTTP.delete(f"{svc.url}/api/v1/sites/shared-links/{link['id']}",
+                       params={"site_id": SITE}, headers=AUTH)  # fmt: skip
+    assert gone.status_code == 200, gone.text
+    with live_page(chromium, tmp_path / "profile2") as page:
+        page.open(url)
+        page.wait_until("document.body && /401/.test(document.body.innerText)", WAIT_S)

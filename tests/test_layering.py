@@ -72,6 +72,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "export_cli",
             "import_cli",
             "goals_cli",
+            "links_cli",
             "postgres_cli",
             "query_server",  # serve's query processes (uvicorn on a unix socket)
             "stats_export_cli",

@@ -1,5 +1,6 @@
 """Command line: serve | archiver | rebuild | verify | backup | restore | loadtest | status |
-goals | export | deliver | sync (and explore_cli's sql | compact | funnel | retention | query)."""
+goals | links | export | deliver | sync (and explore_cli's sql | compact | funnel | retention |
+query)."""
 
 from __future__ import annotations
 
@@ -482,12 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
         export_cli,
         goals_cli,
         import_cli,
+        links_cli,
         postgres_cli,
         stats_export_cli,
     )
 
     explore_cli.add_commands(sub, add_dirs)
     goals_cli.add_commands(sub, add_dirs)
+    links_cli.add_commands(sub, add_dirs)
     export_cli.add_commands(sub, add_dirs)
     import_cli.add_commands(sub, add_dirs)
     postgres_cli.add_commands(sub, add_dirs)

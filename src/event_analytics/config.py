@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     # API keys: when a list is set, its scope requires one of its keys. Empty = open.
     write_keys: tuple[str, ...] = ()
     read_keys: tuple[str, ...] = ()
+    # Read keys limited to some sites: "key@site1|site2,key2@site3" (docs/deploy.md, "Keys
+    # per site"). Such a key reads only those sites, and only through the site-scoped
+    # routes; setting one closes reads to keyless callers as EA_READ_KEYS does.
+    site_keys: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # Requests per window (0 = no limit), per API key and per client address, counted
     # in Redis so all workers share them.
     rate_limit_per_key: int = Field(default=0, ge=0)
@@ -112,6 +116,9 @@ class Settings(BaseSettings):
     # Browser origins allowed to send events (CORS, sendBeacon); "*" = any. Reads: none.
     cors_origins: tuple[str, ...] = ()
     cors_read_origins: tuple[str, ...] = ()
+    # Origins whose pages may frame a shared link opened with ?embed=true ("*" = any).
+    # Empty (the default): shared links refuse to be framed, as if embed were not asked.
+    share_embed_origins: tuple[str, ...] = ()
 
     # Ingest rules.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
@@ -256,7 +263,14 @@ class Settings(BaseSettings):
         """Root of the per-run directories of the workers' Prometheus files."""
         return self.metrics_dir or self.data_dir / "metrics"
 
-    @field_validator("write_keys", "read_keys", "cors_origins", "cors_read_origins", mode="before")
+    @field_validator(
+        "write_keys",
+        "read_keys",
+        "cors_origins",
+        "cors_read_origins",
+        "share_embed_origins",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -266,13 +280,36 @@ class Settings(BaseSettings):
     @field_validator("write_keys", "read_keys")
     @classmethod
     def _long_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        # A short key can be guessed, whatever the rate limit; say so at start.
-        for key in value:
-            if len(key) < 16 or any(c.isspace() or not c.isprintable() for c in key):
-                raise ValueError("each API key needs 16 or more printable characters, no spaces")
+        return _checked_keys(value)
+
+    @field_validator("site_keys", mode="before")
+    @classmethod
+    def _site_keys(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value  # the JSON hand-off of a parent serve: already parsed
+        parsed: list[tuple[str, tuple[str, ...]]] = []
+        for entry in (part.strip() for part in value.split(",")):
+            if not entry:
+                continue
+            key, at, sites = entry.rpartition("@")
+            names = tuple(s.strip().lower() for s in sites.split("|") if s.strip())
+            if not at or not key or not names:
+                raise ValueError("each site key is key@site or key@site1|site2 (sites: domains)")
+            for name in names:
+                if len(name) > 253 or any(c.isspace() or c in "/@," for c in name):
+                    raise ValueError(f"a site of a site key is a domain, not {name!r}")
+            parsed.append((key, names))
+        return tuple(parsed)
+
+    @field_validator("site_keys")
+    @classmethod
+    def _long_site_keys(
+        cls, value: tuple[tuple[str, tuple[str, ...]], ...]
+    ) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        _checked_keys(tuple(key for key, _ in value))
         return value
 
-    @field_validator("cors_origins", "cors_read_origins")
+    @field_validator("cors_origins", "cors_read_origins", "share_embed_origins")
     @classmethod
     def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for origin in value:
@@ -281,6 +318,14 @@ class Settings(BaseSettings):
             ):
                 raise ValueError(f"an origin is scheme://host[:port] or *, not {origin!r}")
         return tuple(o.rstrip("/") for o in value)
+
+
+def _checked_keys(keys: tuple[str, ...]) -> tuple[str, ...]:
+    # A short key can be guessed, whatever the rate limit; say so at start.
+    for key in keys:
+        if len(key) < 16 or any(c.isspace() or not c.isprintable() for c in key):
+            raise ValueError("each API key needs 16 or more printable characters, no spaces")
+    return keys
 
 
 def client_headers() -> dict[str, str]:

@@ -93,6 +93,15 @@ class NotFound(EventAnalyticsError):
         return f"{self}; list them to see which exist"
 
 
+class SiteForbidden(EventAnalyticsError):
+    """A site-limited read key (EA_SITE_KEYS) asked for a site it is not limited to."""
+
+    status, slug, title = 403, "site-forbidden", "Site not allowed"
+
+    def detail(self) -> str:
+        return f"{self}; this API key reads only the sites it was given (EA_SITE_KEYS)"
+
+
 class BodyTooLarge(EventAnalyticsError):
     """The body is over the configured limit (detected while reading)."""
 

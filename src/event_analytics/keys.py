@@ -262,3 +262,10 @@ class Keys:
     def goal_ids(self) -> str:
         """Counter of goal ids ever given (INCR): an id is never reused."""
         return f"{self.prefix}{{goals}}:goal-ids"
+
+    # -- shared links: one hash, SHA-256 of the link's token -> the link as JSON. The
+    # token itself is never stored: a copy of the engine does not open the links.
+
+    def shared_links(self) -> str:
+        """Hash sha256(token) hex -> the shared link as JSON (id, site, name, created)."""
+        return f"{self.prefix}{{shared}}:links"

@@ -31,6 +31,7 @@ from event_analytics.api import (
     persistent,
     problems,
     reports,
+    shared_links,
     stats,
     stats_export,
     stats_v1,
@@ -250,10 +251,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics,
         compat,
         goals,
+        shared_links,
         export,
     )
     for module in routers:
         app.include_router(module.router)
+    app.include_router(shared_links.pages)
     dashboard.install(app)
 
     def openapi() -> dict[str, Any]:

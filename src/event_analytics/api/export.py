@@ -18,8 +18,9 @@ from fastapi.responses import Response, StreamingResponse
 from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
+from event_analytics.api.security import allowed_sites, check_site_access
 from event_analytics.archive import export
-from event_analytics.errors import FieldError, InvalidQuery
+from event_analytics.errors import FieldError, InvalidQuery, SiteForbidden
 from event_analytics.timebucket import to_utc
 
 router = APIRouter(prefix="/api/export", tags=["export"])
@@ -66,6 +67,15 @@ def _manifest(start: str | None, end: str | None, fmt: str, site: str | None) ->
     return export.Manifest(begin, until, cast(export.Format, fmt), site)
 
 
+def _check_site(request: Request, site: str | None) -> None:
+    """A site-limited key exports one of its sites, named: all sites would be others' too."""
+    if site is None:
+        if allowed_sites(request.scope) is not None:
+            raise SiteForbidden("this API key may export only its own sites: name one with ?site=")
+        return
+    check_site_access(request.scope, site)
+
+
 @router.get(
     "",
     summary="Raw events of a range from the archive (NDJSON or CSV), streamed",
@@ -84,6 +94,7 @@ def _manifest(start: str | None, end: str | None, fmt: str, site: str | None) ->
 async def download(
     request: Request, start: From = None, end: To = None, format: str = "ndjson", site: Site = None
 ) -> Response:
+    _check_site(request, site)
     manifest = _manifest(start, end, format, site)
     root = deps.settings(request).archive_path
     name = f"events_{manifest.start:%Y%m%dT%H%M%SZ}_{manifest.end:%Y%m%dT%H%M%SZ}.{format}"
@@ -107,6 +118,7 @@ async def download(
 async def manifest(
     request: Request, start: From = None, end: To = None, format: str = "ndjson", site: Site = None
 ) -> Response:
+    _check_site(request, site)
     made = _manifest(start, end, format, site)
     root = deps.settings(request).archive_path
 

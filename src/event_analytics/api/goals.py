@@ -20,6 +20,7 @@ from event_analytics.api import deps
 from event_analytics.api.body import ClientGone, header, read_limited
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
+from event_analytics.api.security import check_site_access
 from event_analytics.decode import parse_json
 from event_analytics.errors import FieldError, InvalidInput, MalformedJSON, UnsupportedMediaType
 from event_analytics.goals import Goal, check_site, new_goal
@@ -125,6 +126,7 @@ async def put_goal(request: Request) -> Response:
     except ClientGone:
         return Response(status_code=400)
     _unknown(fields, FIELDS)
+    check_site_access(request.scope, check_site(fields.get("site_id")))
     goal = new_goal(
         fields.get("site_id"),
         fields.get("goal_type"),
@@ -157,6 +159,7 @@ async def list_goals(
     if after is not None and before is not None:
         raise InvalidInput([FieldError("invalid", "before", "send after or before, not both")])
     # Newest first, as Plausible lists them: the cursors are goal ids in that order.
+    check_site_access(request.scope, check_site(site_id))
     goals = (await _store(request).list(check_site(site_id)))[::-1]
     if before is not None:
         earlier = [g for g in goals if g.id > before]
@@ -200,5 +203,6 @@ async def delete_goal(
         if "site_id" not in fields:
             raise InvalidInput([FieldError("missing", "site_id", "site_id is required")])
         site = fields["site_id"]
+    check_site_access(request.scope, check_site(site))
     await _store(request).delete(check_site(site), goal_id)
     return json_response({"deleted": True})

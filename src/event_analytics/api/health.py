@@ -81,7 +81,7 @@ async def ready(request: Request) -> Response:
 def access_summary(settings: Settings) -> dict[str, Any]:
     """Who may call the service, said plainly: off by default, for the single-user run."""
     write = "api_key" if settings.write_keys else "open"
-    read = "api_key" if settings.read_keys else "open"
+    read = "api_key" if settings.read_keys or settings.site_keys else "open"
     out: dict[str, Any] = {
         "write": write,
         "read": read,

@@ -32,7 +32,8 @@ def _for_operator(request: Request) -> bool:
     (a foothold for a local attacker). Without keys the service is the single operator's
     (127.0.0.1, ``make run``), who sees them.
     """
-    return not deps.settings(request).read_keys
+    settings = deps.settings(request)
+    return not (settings.read_keys or settings.site_keys)
 
 
 @router.get(

@@ -21,8 +21,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from event_analytics.api.body import header
 from event_analytics.api.problems import problem, problem_responses, render_error
 from event_analytics.config import Settings
-from event_analytics.errors import EventsRateLimited, StorageUnavailable
+from event_analytics.errors import EventsRateLimited, SiteForbidden, StorageUnavailable
 from event_analytics.store.ratelimit import RateLimits
+from event_analytics.store.shared_links import SharedLinkStore
 
 # The routes anyone may call whatever the keys: probes, the API description, and the
 # dashboard's pages and files (they hold no data: a page reads it with the key given in
@@ -33,7 +34,7 @@ PUBLIC_PATHS = frozenset(
 )  # fmt: skip
 # Every page under /dashboard/ (the site pages, Explore, the static files): no data route
 # lives under that path, so none is opened by this.
-PUBLIC_PREFIXES = ("/dashboard/",)
+PUBLIC_PREFIXES = ("/dashboard/", "/share/")
 # The routes that take the write scope: answered by ingest_http, before FastAPI.
 EVENTS_PATH = "/events"
 BATCH_PATH = "/events/batch"
@@ -48,6 +49,30 @@ KEYLESS_PATHS = frozenset({"/api/event"})
 GOALS_PATH = "/api/v1/sites/goals"
 GOAL_WRITE_METHODS = frozenset({"PUT", "DELETE"})
 KEY_ID_SCOPE = "ea.key_id"
+# The sites a site-limited key (EA_SITE_KEYS) may read, set by the guard; absent = any.
+SITES_SCOPE = "ea.sites"
+# The only routes a site-limited key may call: each names its site and checks it with
+# ``check_site_access`` (the sites list filters its answer to them). Every other route —
+# the site-less counters, archive queries, funnels, /persistent, /metrics, ingest — reads
+# across sites, so a site-limited key is refused there (deny by default: a new route is
+# closed to such keys until it is listed here and checks its site).
+SITE_SCOPED_PATHS = frozenset(
+    {"/api/v2/query", "/api/sites", "/api/export", "/api/export/manifest",
+     "/api/v1/stats/realtime/visitors", "/api/v1/stats/aggregate", "/api/v1/stats/timeseries",
+     "/api/v1/stats/breakdown", "/api/v1/sites/goals"}
+)  # fmt: skip
+SITE_SCOPED_PREFIXES = ("/api/v1/sites/goals/",)
+# A shared link's token (X-Share-Token) reads its one site through these and nothing
+# else: no goals, no export, no write route, no other site (the handlers check the site
+# as for a site-limited key).
+SHARE_TOKEN_HEADER = b"x-share-token"
+SHARE_PATHS = frozenset(
+    {"/api/v2/query", "/api/sites", "/api/v1/stats/realtime/visitors", "/api/v1/stats/aggregate",
+     "/api/v1/stats/timeseries", "/api/v1/stats/breakdown"}
+)  # fmt: skip
+# Making, listing and revoking links hands out reading: the write scope when write keys
+# are set, as goal changes take.
+SHARED_LINKS_PATH = "/api/v1/sites/shared-links"
 CORS_ALLOW_HEADERS = "authorization, content-type, x-api-key, x-request-id"
 CORS_EXPOSE_HEADERS = "retry-after, x-request-id"
 
@@ -103,12 +128,23 @@ def client_address(scope: Scope) -> str | None:
 class KeyRing:
     """The configured keys, kept as SHA-256 digests and compared in constant time."""
 
-    def __init__(self, write_keys: tuple[str, ...], read_keys: tuple[str, ...]) -> None:
-        self.required = {Access.WRITE: bool(write_keys), Access.READ: bool(read_keys)}
+    def __init__(
+        self,
+        write_keys: tuple[str, ...],
+        read_keys: tuple[str, ...],
+        site_keys: tuple[tuple[str, tuple[str, ...]], ...] = (),
+    ) -> None:
+        self.required = {
+            Access.WRITE: bool(write_keys),
+            Access.READ: bool(read_keys) or bool(site_keys),
+        }
         self._digests = {
             Access.WRITE: [hashlib.sha256(k.encode()).digest() for k in write_keys],
             Access.READ: [hashlib.sha256(k.encode()).digest() for k in read_keys],
         }
+        self._site_digests = [
+            (hashlib.sha256(k.encode()).digest(), frozenset(sites)) for k, sites in site_keys
+        ]
 
     def scopes_of(self, key: str) -> set[Access]:
         """Every scope the key holds. Each configured digest is compared, match or not.
@@ -124,7 +160,42 @@ class KeyRing:
                 hit |= hmac.compare_digest(known, digest)
             if hit:
                 found.add(access)
+        if self.sites_of(key) is not None:
+            found.add(Access.READ)
         return found
+
+    def sites_of(self, key: str) -> frozenset[str] | None:
+        """The sites a site-limited key may read; None when it is no site key. A key in
+        EA_READ_KEYS too reads every site (the wider grant is the operator's choice)."""
+        digest = hashlib.sha256(key.encode()).digest()
+        sites: frozenset[str] | None = None
+        for known, allowed in self._site_digests:
+            if hmac.compare_digest(known, digest):
+                sites = allowed if sites is None else sites | allowed
+        if sites is None:
+            return None
+        for known in self._digests[Access.READ]:
+            if hmac.compare_digest(known, digest):
+                return None
+        return sites
+
+
+def allowed_sites(scope: Scope) -> frozenset[str] | None:
+    """The sites this request's key may read; None = every site."""
+    sites: frozenset[str] | None = scope.get(SITES_SCOPE)
+    return sites
+
+
+def check_site_access(scope: Scope, site: str) -> None:
+    """Raise SiteForbidden when the request's key is limited to sites and ``site`` is not
+    one of them. Every route in SITE_SCOPED_PATHS calls this with the site it reads."""
+    sites = allowed_sites(scope)
+    if sites is not None and site.lower() not in sites:
+        raise SiteForbidden(f"this API key may not read site {site.lower()!r}")
+
+
+def site_scoped(path: str) -> bool:
+    return path in SITE_SCOPED_PATHS or path.startswith(SITE_SCOPED_PREFIXES)
 
 
 def unauthorized(detail: str) -> Response:
@@ -143,7 +214,7 @@ class Guard:
     """API keys, rate limits and allowed browser origins, for every route."""
 
     def __init__(self, settings: Settings, limits: RateLimits | None) -> None:
-        self.keys = KeyRing(settings.write_keys, settings.read_keys)
+        self.keys = KeyRing(settings.write_keys, settings.read_keys, settings.site_keys)
         self.limits = limits
         self.origins = frozenset(o for o in settings.cors_origins if o != "*")
         self.any_origin = "*" in settings.cors_origins
@@ -186,6 +257,10 @@ class Guard:
                 if access in scopes:
                     key_id = fingerprint(key)
                     scope[KEY_ID_SCOPE] = key_id
+                    if access is Access.READ:
+                        sites = self.keys.sites_of(key)
+                        if sites is not None:
+                            scope[SITES_SCOPE] = sites
                 elif scopes:
                     refusal = forbidden(access)
                 else:
@@ -229,8 +304,17 @@ class ReadGuard:
         path = scope["path"] if scope["type"] == "http" else None
         if path is not None and path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
             guard: Guard = scope["app"].state.guard
+            token = header(scope, SHARE_TOKEN_HEADER)
+            if token is not None:
+                refusal = await _admit_share_token(scope, path, token)
+                if refusal is not None:
+                    await refusal(scope, receive, send)
+                    return
+                await self.app(scope, receive, send)
+                return
             access, active = Access.READ, guard.read_active
-            if scope["method"] in GOAL_WRITE_METHODS and path.startswith(GOALS_PATH):
+            links = path == SHARED_LINKS_PATH or path.startswith(SHARED_LINKS_PATH + "/")
+            if links or (scope["method"] in GOAL_WRITE_METHODS and path.startswith(GOALS_PATH)):
                 if guard.keys.required[Access.WRITE]:
                     access = Access.WRITE
                 active = guard.read_active or guard.write_active
@@ -239,10 +323,42 @@ class ReadGuard:
                     refusal = await guard.admit(scope, access)
                 except StorageUnavailable as exc:  # the rate limit's counter
                     refusal = render_error(exc)
+                if refusal is None and SITES_SCOPE in scope and not site_scoped(path):
+                    refusal = site_limited(path)
                 if refusal is not None:
                     await refusal(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+async def _admit_share_token(scope: Scope, path: str, token: str) -> Response | None:
+    """None when ``token`` is a live shared link and ``path`` one of its read routes (its
+    site is then the request's only site); otherwise the refusal. Looked up on every
+    request, so a revoked link is refused at once."""
+    if path not in SHARE_PATHS or scope["method"] not in ("GET", "POST", "HEAD"):
+        detail = (
+            f"a shared link reads its site's stats only; {path} is not one of its routes "
+            "(POST /api/v2/query, GET /api/v1/stats/*, GET /api/sites)"
+        )
+        return problem(403, "share-link-scope", "Not a shared link's route", detail)
+    store = scope["app"].state.store
+    try:
+        link = await SharedLinkStore(store.client, store.keys).find(token)
+    except StorageUnavailable as exc:
+        return render_error(exc)
+    if link is None:
+        return unauthorized("unknown or revoked shared link (X-Share-Token)")
+    scope[SITES_SCOPE] = frozenset({link.site})
+    return None
+
+
+def site_limited(path: str) -> Response:
+    detail = (
+        f"this API key is limited to some sites (EA_SITE_KEYS) and {path} is not a "
+        "site-scoped route: it reads across sites; use /api/v2/query, /api/v1/stats/*, "
+        "/api/sites, /api/v1/sites/goals or /api/export?site="
+    )
+    return problem(403, "site-limited-key", "Key limited to sites", detail)
 
 
 def document_security(schema: dict[str, Any], settings: Settings) -> None:
@@ -258,7 +374,8 @@ def document_security(schema: dict[str, Any], settings: Settings) -> None:
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             continue
         ingest = path in INGEST_PATHS
-        required = settings.write_keys if ingest else settings.read_keys
+        readers = settings.read_keys + tuple(key for key, _ in settings.site_keys)
+        required = settings.write_keys if ingest else readers
         statuses: tuple[int, ...] = (401, 403, 408, 429) if ingest else (401, 403, 429)
         if path in KEYLESS_PATHS:
             # No key, but origins and address limits apply.
@@ -266,7 +383,7 @@ def document_security(schema: dict[str, Any], settings: Settings) -> None:
         for method, operation in operations.items():
             keys = required
             if path.startswith(GOALS_PATH) and method.upper() in GOAL_WRITE_METHODS:
-                keys = settings.write_keys or settings.read_keys
+                keys = settings.write_keys or readers
             responses = operation.setdefault("responses", {})
             for status, entry in problem_responses(*statuses).items():
                 responses.setdefault(str(status), entry)

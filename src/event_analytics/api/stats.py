@@ -32,6 +32,7 @@ from event_analytics.api import deps
 from event_analytics.api.explore import _engine, _until
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
+from event_analytics.api.security import allowed_sites, check_site_access
 from event_analytics.errors import BodyTooLarge, MalformedJSON
 from event_analytics.store.goals import GoalStore
 
@@ -88,7 +89,9 @@ async def post_query(request: Request) -> Response:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedJSON(str(exc)) from None
-    query = await with_site_goals(request, parse_query(raw, datetime.now(UTC)))
+    parsed = parse_query(raw, datetime.now(UTC))
+    check_site_access(request.scope, parsed.site_id)
+    query = await with_site_goals(request, parsed)
     settings = deps.settings(request)
     until = await _until(request)
     answer = await _engine(request).run(
@@ -127,6 +130,9 @@ async def get_sites(
     answer = await _engine(request).run(
         site_list.run, settings.archive_path, start or EPOCH, end, until
     )
+    sites = allowed_sites(request.scope)
+    if sites is not None:  # a site-limited key lists only its own sites
+        answer["sites"] = [s for s in answer["sites"] if s["site_id"].lower() in sites]
     return json_response(answer)
 
 

@@ -19,6 +19,7 @@ from event_analytics.api import deps
 from event_analytics.api.explore import _engine, _until
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
+from event_analytics.api.security import check_site_access
 from event_analytics.api.stats import with_site_goals
 
 router = APIRouter(tags=["stats"])
@@ -34,6 +35,7 @@ _COMMON = (
 async def _answer(request: Request, kind: stats_v1.Kind) -> Response:
     params = dict(request.query_params)
     v1 = stats_v1.translate(kind, params)
+    check_site_access(request.scope, str(v1.body["site_id"]))
     settings = deps.settings(request)
     now = datetime.now(UTC)
     if kind == "realtime":

@@ -13,3 +13,7 @@ window.EA_READ_KEY = (function () {
   }
   try { return sessionStorage.getItem("ea-read-key"); } catch (_) { return null; }
 })();
+
+// A shared link's token: /share/<site>?auth=TOKEN (Plausible's shape). The site page sends
+// it as X-Share-Token; the server admits it for that one site's stats only.
+window.EA_SHARE_TOKEN = new URLSearchParams(window.location.search).get("auth");

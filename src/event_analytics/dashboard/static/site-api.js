@@ -31,6 +31,7 @@
   async function request(path, body, asBlob) {
     const init = { method: body === undefined ? "GET" : "POST", cache: "no-store", headers: {} };
     if (KEY) init.headers["X-API-Key"] = KEY;
+    if (window.EA_SHARE_TOKEN) init.headers["X-Share-Token"] = window.EA_SHARE_TOKEN;
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);

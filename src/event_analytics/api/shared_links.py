@@ -1,0 +1,138 @@
+"""Shared links (docs/api.md, "Shared links"): a read-only link to one site's stats.
+
+``POST /api/v1/sites/shared-links`` makes one and shows its token once (in ``url``),
+``GET ...?site_id=`` lists a site's links (no tokens: only their digests are kept),
+``DELETE .../{link_id}?site_id=`` revokes one at once. Managing links takes the write scope
+when write keys are set (a link hands out reading, so a read key may not make one), and a
+site-limited key may not: ReadGuard keeps these paths out of its site-scoped list.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, Response
+
+from event_analytics.api import deps
+from event_analytics.api.problems import problem_responses
+from event_analytics.api.render import json_response
+from event_analytics.dashboard import page
+from event_analytics.errors import BodyTooLarge, FieldError, InvalidInput, MalformedJSON
+from event_analytics.goals import check_site
+from event_analytics.store.shared_links import SharedLink, SharedLinkStore
+
+router = APIRouter(prefix="/api/v1/sites/shared-links", tags=["shared links"])
+pages = APIRouter(tags=["shared links"])
+MAX_BODY = 4 * 1024
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["site_id", "name"],
+                    "properties": {
+                        "site_id": {"type": "string", "example": "example.com"},
+                        "name": {"type": "string", "example": "Weekly report for the client"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _store(request: Request) -> SharedLinkStore:
+    store = deps.store(request)
+    return SharedLinkStore(store.client, store.keys)
+
+
+def shown(link: SharedLink) -> dict[str, Any]:
+    return {"id": link.id, "name": link.name, "site_id": link.site, "created_at": link.created_at}
+
+
+@pages.get(
+    "/share/{site}",
+    summary="A shared link's page (HTML): the site's page, reading with the link's token",
+    description=(
+        "The site page of `/dashboard/<site>`; its script sends `?auth=` as `X-Share-Token`. "
+        "The page holds no data, so it loads without a key."
+    ),
+    response_class=HTMLResponse,
+    responses={200: {"content": {"text/html": {}}, "description": "The page"}},
+)
+async def share_page(
+    request: Request,
+    site: str,
+    embed: Annotated[
+        bool, Query(description="framed in another page (EA_SHARE_EMBED_ORIGINS)")
+    ] = False,
+) -> HTMLResponse:
+    del site  # the script reads the site from the path
+    # Its static files and links are the dashboard's: resolve them from there.
+    html = page("site.html").replace("<head>", '<head>\n  <base href="/dashboard/">', 1)
+    headers = {"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"}
+    origins = deps.settings(request).share_embed_origins
+    if embed and origins:
+        headers["Content-Security-Policy"] = "frame-ancestors " + " ".join(origins)
+    else:  # not asked, or not enabled: no page may frame it (clickjacking)
+        headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+        headers["X-Frame-Options"] = "DENY"
+    return HTMLResponse(html, headers=headers)
+
+
+@router.post(
+    "",
+    summary="Make a read-only link to one site's stats",
+    description=(
+        "`url` (`/share/<site>?auth=<token>`, Plausible's shape) holds the token; it is shown "
+        "only here: the service keeps its SHA-256. Its holder reads that site through "
+        "`POST /api/v2/query`, `GET /api/v1/stats/*` and `GET /api/sites` with the token in "
+        "`X-Share-Token`, and nothing else."
+    ),
+    responses=problem_responses(400, 413, 422),
+    openapi_extra=_BODY,
+)
+async def create(request: Request) -> Response:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise BodyTooLarge(MAX_BODY)
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJSON(str(exc)) from None
+    if not isinstance(fields, dict):
+        raise InvalidInput([FieldError("invalid_body", "body", "the body is a JSON object")])
+    unknown = sorted(set(fields) - {"site_id", "name"})
+    if unknown:
+        raise InvalidInput([FieldError("unknown_field", unknown[0], "known fields: site_id, name")])
+    site = check_site(fields.get("site_id"))
+    link, token = await _store(request).create(site, fields.get("name"))  # type: ignore[arg-type]
+    url = f"/share/{quote(site, safe='')}?auth={token}"
+    return json_response({**shown(link), "url": url, "token": token}, status=201)
+
+
+@router.get("", summary="A site's shared links (without their tokens)")
+async def list_links(
+    request: Request, site_id: Annotated[str, Query(description="The site's domain")]
+) -> Response:
+    links = await _store(request).list(check_site(site_id))
+    return json_response({"shared_links": [shown(link) for link in links]})
+
+
+@router.delete(
+    "/{link_id}",
+    summary="Revoke a shared link: refused from the next request on",
+    responses=problem_responses(404),
+)
+async def revoke(
+    request: Request,
+    link_id: str,
+    site_id: Annotated[str, Query(description="The site's domain")],
+) -> Response:
+    link = await _store(request).revoke(check_site(site_id), link_id)
+    return json_response({"deleted": True, **shown(link)})

@@ -1,0 +1,307 @@
+"""Keys per site (EA_SITE_KEYS): a site-limited read key reads its sites through the
+site-scoped routes and nothing else, on the real service (docs/deploy.md, "Keys per site").
+
+The route sweep takes every operation from the service's own OpenAPI, so a route added
+later is tried too: it must refuse a key limited to site A, or name its site and refuse B.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from event_analytics.api.security import KEYLESS_PATHS, PUBLIC_PATHS, PUBLIC_PREFIXES
+from event_analytics.config import Settings
+from tests.helpers import HTTP, cli, event
+from tests.servers import ServiceProcess
+
+pytestmark = pytest.mark.slow  # starts the service
+
+READ, WRITE = "site-keys-read-0000001", "site-keys-write-000001"
+A, B = "a-shop.example", "b-shop.example"
+KEY_A = "site-key-for-a-only-0001"
+KEY_AB = "site-key-for-a-and-b-001"
+WAIT_S = 30
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    root = tmp_path_factory.mktemp("sitekeys")
+    env = {
+        "EA_ARCHIVE_DIR": str(root / "archive"),
+        "EA_READ_KEYS": READ,
+        "EA_WRITE_KEYS": WRITE,
+        # Upper case on purpose: sites are domains, compared lower-cased.
+        "EA_SITE_KEYS": f"{KEY_A}@{A.upper()},{KEY_AB}@{A}|{B}",
+        "EA_SHARE_EMBED_ORIGINS": "https://blog.example, https://intranet.example:8443",
+    }
+    proc = ServiceProcess(root / "data", env=env)
+    proc.start()
+    _send(proc)
+    yield proc
+    proc.stop()
+
+
+def _send(svc: ServiceProcess) -> None:
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    bodies = [
+        event(user=f"u{i}", ts=t0 + timedelta(minutes=i), url=f"https://{site}/p{i}", domain=site)
+        for i, site in enumerate([A, A, B, B, B])
+    ]
+    r = HTTP.post(f"{svc.url}/events/batch", json={"events": bodies}, headers=_auth(WRITE))
+    assert r.status_code in (200, 201, 207), r.text
+    sent_at = datetime.now(UTC)
+    deadline = time.monotonic() + WAIT_S
+    while True:  # until the archive holds them (bounded)
+        body = {"site_id": A, "metrics": ["visits"], "date_range": "7d"}
+        meta = HTTP.post(f"{svc.url}/api/v2/query", json=body, headers=_auth(READ)).json()
+        if datetime.fromisoformat(meta["meta"]["archived_until"]) > sent_at:
+            return
+        assert time.monotonic() < deadline, meta
+        time.sleep(0.3)
+
+
+def _visitors(svc: ServiceProcess, key: str, site: str) -> Any:
+    body = {"site_id": site, "metrics": ["visitors"], "date_range": "7d"}
+    return HTTP.post(f"{svc.url}/api/v2/query", json=body, headers=_auth(key))
+
+
+def _sites(svc: ServiceProcess, key: str) -> list[str]:
+    r = HTTP.get(f"{svc.url}/api/sites", params={"date_range": "7d"}, headers=_auth(key))
+    assert r.status_code == 200, r.text
+    return sorted(s["site_id"] for s in r.json()["sites"])
+
+
+def test_sites_list_shows_only_the_keys_sites(svc: ServiceProcess) -> None:
+    assert _sites(svc, READ) == [A, B]
+    assert _sites(svc, KEY_A) == [A]
+    assert _sites(svc, KEY_AB) == [A, B]
+
+
+def test_stats_of_own_site_only(svc: ServiceProcess) -> None:
+    r = _visitors(svc, KEY_A, A)
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["metrics"] == [2]
+    assert _visitors(svc, KEY_AB, B).json()["results"][0]["metrics"] == [3]
+    refused = _visitors(svc, KEY_A, B.upper())
+    assert refused.status_code == 403, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["type"].endswith("site-forbidden")
+    assert B in refused.json()["detail"]
+    for path in ("aggregate", "timeseries", "breakdown", "realtime/visitors"):
+        params = {"site_id": B, "period": "7d", "metrics": "visitors"}
+        if path == "breakdown":
+            params["property"] = "visit:source"
+        if path == "realtime/visitors":
+            params = {"site_id": B}
+        url = f"{svc.url}/api/v1/stats/{path}"
+        assert HTTP.get(url, params=params, headers=_auth(KEY_A)).status_code == 403, path
+        ok = HTTP.get(url, params={**params, "site_id": A}, headers=_auth(KEY_A))
+        assert ok.status_code == 200, (path, ok.text)
+
+
+def test_export_needs_an_allowed_site(svc: ServiceProcess) -> None:
+    url = f"{svc.url}/api/export"
+    now = datetime.now(UTC)
+    span = {"from": (now - timedelta(days=1)).isoformat(), "to": now.isoformat()}
+    own = HTTP.get(url, params={**span, "site": A}, headers=_auth(KEY_A))
+    assert own.status_code == 200, own.text
+    assert own.text.count("\n") == 2 and B not in own.text
+    assert HTTP.get(url, params={**span, "site": B}, headers=_auth(KEY_A)).status_code == 403
+    whole = HTTP.get(url, params=span, headers=_auth(KEY_A))
+    assert whole.status_code == 403 and "?site=" in whole.json()["detail"]
+    everything = HTTP.get(url, params=span, headers=_auth(READ))
+    assert everything.status_code == 200 and everything.text.count("\n") == 5
+
+
+def test_goals_of_own_site_only(svc: ServiceProcess) -> None:
+    url = f"{svc.url}/api/v1/sites/goals"
+    assert HTTP.get(url, params={"site_id": A}, headers=_auth(KEY_A)).status_code == 200
+    assert HTTP.get(url, params={"site_id": B}, headers=_auth(KEY_A)).status_code == 403
+    # Goal changes take the write scope (write keys are set): a read key has none.
+    goal = {"site_id": A, "goal_type": "event", "event_name": "Signup"}
+    assert HTTP.put(url, json=goal, headers=_auth(KEY_A)).status_code == 403
+
+
+def _fill(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "x", path)
+
+
+def _params(operation: dict[str, Any]) -> dict[str, str]:
+    """A valid value for each query parameter the operation declares, site B for a site."""
+    now = datetime.now(UTC)
+    known = {"site_id": B, "site": B, "date_range": "7d", "period": "7d",
+             "metrics": "visitors", "property": "visit:source",
+             "from": (now - timedelta(days=1)).isoformat(), "to": now.isoformat()}  # fmt: skip
+    return {
+        p["name"]: known.get(p["name"], "1")
+        for p in operation.get("parameters", [])
+        if p["in"] == "query" and (p.get("required") or p["name"] in known)
+    }
+
+
+def test_every_route_refuses_another_sites_data(svc: ServiceProcess) -> None:
+    """Each operation of the OpenAPI, called with a key for A naming B wherever a site
+    goes: refused (403), except the sites list, which answers without B."""
+    spec = HTTP.get(f"{svc.url}/openapi.json").json()
+    tried = 0
+    for path, operations in spec["paths"].items():
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path in KEYLESS_PATHS:
+            continue
+        for method, operation in operations.items():
+            if method not in ("get", "post", "put", "delete", "patch"):
+                continue
+            body = {"site_id": B, "metrics": ["visitors"], "date_range": "7d"}
+            r = HTTP.request(method.upper(), f"{svc.url}{_fill(path)}", params=_params(operation),
+                             json=body if "requestBody" in operation else None,
+                             headers=_auth(KEY_A))  # fmt: skip
+            tried += 1
+            if path == "/api/sites":
+                assert r.status_code == 200 and B not in r.text, r.text
+                continue
+            assert r.status_code == 403, (method, path, r.status_code, r.text[:300])
+            assert B not in r.text or "may not read site" in r.text, (method, path, r.text)
+    assert tried > 20  # the sweep saw the whole API, not an empty schema
+
+
+def test_other_routes_say_why(svc: ServiceProcess) -> None:
+    r = HTTP.get(f"{svc.url}/analytics/realtime", headers=_auth(KEY_A))
+    assert r.status_code == 403
+    assert r.json()["type"].endswith("site-limited-key")
+    assert "site-scoped" in r.json()["detail"]
+    # The same route with an unlimited read key answers: the refusal is the key's limit.
+    assert HTTP.get(f"{svc.url}/analytics/realtime", headers=_auth(READ)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["short-key@a.example", "no-site-given-000001", "no-site-given-000001@",
+     "long-enough-key-00001@a b.example", "long-enough-key-00001@a/b"],
+)  # fmt: skip
+def test_bad_site_keys_fail_at_start(value: str, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="site_keys"):
+        Settings(site_keys=value, data_dir=tmp_path)  # type: ignore[arg-type]
+
+
+def test_site_keys_survive_the_hand_off(tmp_path: Path) -> None:
+    settings = Settings(site_keys=f"{KEY_AB}@{A}|{B.upper()}", data_dir=tmp_path)  # type: ignore[arg-type]
+    assert settings.site_keys == ((KEY_AB, (A, B)),)
+    again = Settings.model_validate_json(settings.model_dump_json())
+    assert again.site_keys == settings.site_keys
+
+
+# -- shared links: the same sweep with a link's token instead of a key
+
+
+def _link(svc: ServiceProcess, site: str) -> dict[str, Any]:
+    r = HTTP.post(f"{svc.url}/api/v1/sites/shared-links", json={"site_id": site, "name": "client"},
+                  headers=_auth(WRITE))  # fmt: skip
+    assert r.status_code == 201, r.text
+    link: dict[str, Any] = r.json()
+    assert link["url"] == f"/share/{site}?auth={link['token']}"
+    return link
+
+
+def _share(token: str) -> dict[str, str]:
+    return {"X-Share-Token": token}
+
+
+def test_shared_link_reads_its_site_until_revoked(svc: ServiceProcess) -> None:
+    link = _link(svc, A)
+    token = link["token"]
+    r = _visitors_with(svc, _share(token), A)
+    assert r.status_code == 200 and r.json()["results"][0]["metrics"] == [2], r.text
+    assert _visitors_with(svc, _share(token), B).status_code == 403
+    sites = HTTP.get(f"{svc.url}/api/sites", params={"date_range": "7d"}, headers=_share(token))
+    assert [s["site_id"] for s in sites.json()["sites"]] == [A]
+    listed = HTTP.get(f"{svc.url}/api/v1/sites/shared-links", params={"site_id": A},
+                      headers=_auth(WRITE)).json()["shared_links"]  # fmt: skip
+    assert link["id"] in [x["id"] for x in listed] and token not in str(listed)
+    gone = HTTP.delete(f"{svc.url}/api/v1/sites/shared-links/{link['id']}",
+                       params={"site_id": A}, headers=_auth(WRITE))  # fmt: skip
+    assert gone.status_code == 200, gone.text
+    refused = _visitors_with(svc, _share(token), A)
+    assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
+    assert _visitors_with(svc, _share("made-up-token"), A).status_code == 401
+
+
+def test_links_are_managed_with_the_write_scope(svc: ServiceProcess) -> None:
+    url = f"{svc.url}/api/v1/sites/shared-links"
+    for key in (READ, KEY_A):
+        r = HTTP.post(url, json={"site_id": A, "name": "x"}, headers=_auth(key))
+        assert r.status_code == 403, r.text
+        assert HTTP.get(url, params={"site_id": A}, headers=_auth(key)).status_code == 403
+    bad = HTTP.post(url, json={"site_id": A, "name": ""}, headers=_auth(WRITE))
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "name"
+    other = HTTP.delete(f"{url}/nosuchlink", params={"site_id": A}, headers=_auth(WRITE))
+    assert other.status_code == 404
+
+
+def test_every_route_refuses_a_link_beyond_its_site(svc: ServiceProcess) -> None:
+    token = _link(svc, A)["token"]
+    spec = HTTP.get(f"{svc.url}/openapi.json").json()
+    tried = 0
+    for path, operations in spec["paths"].items():
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path in KEYLESS_PATHS:
+            continue
+        for method, operation in operations.items():
+            if method not in ("get", "post", "put", "delete", "patch"):
+                continue
+            body = {"site_id": B, "metrics": ["visitors"], "date_range": "7d"}
+            r = HTTP.request(method.upper(), f"{svc.url}{_fill(path)}", params=_params(operation),
+                             json=body if "requestBody" in operation else None,
+                             headers=_share(token))  # fmt: skip
+            tried += 1
+            if path == "/api/sites":
+                assert r.status_code == 200 and B not in r.text, r.text
+                continue
+            # 401 on the write routes: a link's token is no key at all there.
+            assert r.status_code in (401, 403), (method, path, r.status_code, r.text[:300])
+    assert tried > 20
+
+
+def _visitors_with(svc: ServiceProcess, headers: dict[str, str], site: str) -> Any:
+    body = {"site_id": site, "metrics": ["visitors"], "date_range": "7d"}
+    return HTTP.post(f"{svc.url}/api/v2/query", json=body, headers=headers)
+
+
+def test_links_cli_against_the_running_service(svc: ServiceProcess) -> None:
+    """``links add`` on the service's data dir makes a token the service admits; ``list``
+    shows it without the token; ``revoke`` closes it for the next request."""
+    where = ["--data-dir", str(svc.data_dir), "--site", A]
+    added = cli(["links", "add", *where, "--name", "from the shell", "--json"], {})
+    assert added.returncode == 0, added.stderr
+    link = json.loads(added.stdout)
+    assert _visitors_with(svc, _share(link["token"]), A).status_code == 200
+    listed = cli(["links", "list", *where], {})
+    assert listed.returncode == 0 and link["id"] in listed.stdout, listed.stderr
+    assert link["token"] not in listed.stdout
+    revoked = cli(["links", "revoke", *where, link["id"]], {})
+    assert revoked.returncode == 0, revoked.stderr
+    assert _visitors_with(svc, _share(link["token"]), A).status_code == 401
+    again = cli(["links", "revoke", *where, link["id"]], {})
+    assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
+
+
+def test_embedding_only_when_asked_and_enabled(svc: ServiceProcess) -> None:
+    framed = HTTP.get(f"{svc.url}/share/{A}", params={"auth": "t", "embed": "true"})
+    assert framed.status_code == 200 and '<base href="/dashboard/">' in framed.text
+    csp = "frame-ancestors https://blog.example https://intranet.example:8443"
+    assert framed.headers["content-security-policy"] == csp
+    assert "x-frame-options" not in framed.headers
+    plain = HTTP.get(f"{svc.url}/share/{A}", params={"auth": "t"})
+    assert plain.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert plain.headers["x-frame-options"] == "DENY"
+    assert plain.headers["referrer-policy"] == "no-referrer"
