@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from event_analytics.archive import files, record
+from event_analytics.keys import Keys
 from tests.backends import Backend
 from tests.helpers import archive_ids, cli
 
@@ -237,14 +238,17 @@ def test_live_window_events_go_through_live_dedup(db: Backend, tmp_path: Path) -
     writes them) and the live dedup memory, so importing them again, or a live resend,
     is a duplicate; none is written straight into an hour file."""
     root = tmp_path / "archive"
-    env = env_for(db, root)
+    # A prefix of its own: the session's service (its archiver) runs on this engine with
+    # the default one and would archive and trim this stream while the test reads it.
+    prefix = "import-live:"
+    env = env_for(db, root) | {"EA_KEY_PREFIX": prefix}
     recent = history(40, hours=0, start=datetime.now(UTC) - timedelta(minutes=20))
     old = history(10)
     src = write_ndjson(tmp_path / "mixed.ndjson", recent + old)
     done = run_import(env, str(src))
     assert "accepted 50, duplicate 0, rejected 0" in done.stdout, done.stdout
     assert set(archive_ids(root)) == {e["event_id"] for e in old}
-    keys = db.keys()
+    keys = Keys(prefix, db.shards)
     with db.client() as c:
         streamed = sum(int(c.xlen(keys.stream(s))) for s in range(keys.shards))
     assert streamed > 0  # a stream entry may carry several events: for the archiver
