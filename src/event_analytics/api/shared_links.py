@@ -87,6 +87,7 @@ async def share_page(
 
 @router.post(
     "",
+    status_code=201,
     summary="Make a read-only link to one site's stats",
     description=(
         "`url` (`/share/<site>?auth=<token>`, Plausible's shape) holds the token; it is shown "
@@ -116,7 +117,11 @@ async def create(request: Request) -> Response:
     return json_response({**shown(link), "url": url, "token": token}, status=201)
 
 
-@router.get("", summary="A site's shared links (without their tokens)")
+@router.get(
+    "",
+    summary="A site's shared links (without their tokens)",
+    responses=problem_responses(422),
+)
 async def list_links(
     request: Request, site_id: Annotated[str, Query(description="The site's domain")]
 ) -> Response:
@@ -127,7 +132,7 @@ async def list_links(
 @router.delete(
     "/{link_id}",
     summary="Revoke a shared link: refused from the next request on",
-    responses=problem_responses(404),
+    responses=problem_responses(404, 422),
 )
 async def revoke(
     request: Request,

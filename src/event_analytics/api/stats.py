@@ -113,7 +113,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
         "`month`, `12mo`, `all`, ...) or two ISO dates joined by a comma. "
         "`meta.archived_until` as in `POST /api/v2/query`."
     ),
-    responses=problem_responses(400, 503, 504),
+    responses=problem_responses(400, 422, 503, 504),
 )
 async def get_sites(
     request: Request,

@@ -39,7 +39,7 @@ router = APIRouter(tags=["stats"])
     ),
     responses={
         200: {"content": {"application/zip": {}}, "description": "The zip"},
-        **problem_responses(400, 503, 504),
+        **problem_responses(400, 422, 503, 504),
     },
 )
 async def get_export(
