@@ -7,6 +7,7 @@ import weakref
 import zlib
 from typing import Any, ClassVar
 
+import orjson
 from starlette.types import Receive, Scope
 
 from event_analytics import telemetry
@@ -115,6 +116,16 @@ class _Watchdog:
                 task.cancel()
         # Idle when nothing is being read: no timer runs between requests.
         self.timer = self.loop.call_later(self.TICK_S, self._tick) if self.deadlines else None
+
+
+async def read_json(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> Any:
+    """A small JSON body (a query, a setting): read within ``limit`` and ``timeout_s``
+    as ``read_limited`` does, never buffered whole first; MalformedJSON if it is not JSON."""
+    body = await read_limited(scope, receive, limit, timeout_s)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJSON(str(exc)) from None
 
 
 async def _read(receive: Receive, limit: int) -> bytes:

@@ -12,15 +12,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from event_analytics.api import deps
+from event_analytics.api.body import read_json
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.dashboard import page
-from event_analytics.errors import BodyTooLarge, FieldError, InvalidInput, MalformedJSON
+from event_analytics.errors import FieldError, InvalidInput
 from event_analytics.goals import check_site
 from event_analytics.store.shared_links import SharedLink, SharedLinkStore
 
@@ -99,13 +99,9 @@ async def share_page(
     openapi_extra=_BODY,
 )
 async def create(request: Request) -> Response:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise BodyTooLarge(MAX_BODY)
-    try:
-        fields = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedJSON(str(exc)) from None
+    fields = await read_json(
+        request.scope, request.receive, MAX_BODY, deps.settings(request).body_timeout_s
+    )
     if not isinstance(fields, dict):
         raise InvalidInput([FieldError("invalid_body", "body", "the body is a JSON object")])
     unknown = sorted(set(fields) - {"site_id", "name"})

@@ -13,7 +13,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
@@ -29,11 +28,11 @@ from event_analytics.analytics.stats_spec import (
     with_goals,
 )
 from event_analytics.api import deps
+from event_analytics.api.body import read_json
 from event_analytics.api.explore import _engine, _until
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.api.security import allowed_sites, check_site_access
-from event_analytics.errors import BodyTooLarge, MalformedJSON
 from event_analytics.store.goals import GoalStore
 
 router = APIRouter(tags=["stats"])
@@ -82,13 +81,9 @@ async def with_site_goals(request: Request, query: StatsQuery) -> StatsQuery:
     openapi_extra={"requestBody": _BODY},
 )
 async def post_query(request: Request) -> Response:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise BodyTooLarge(MAX_BODY)
-    try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedJSON(str(exc)) from None
+    raw = await read_json(
+        request.scope, request.receive, MAX_BODY, deps.settings(request).body_timeout_s
+    )
     parsed = parse_query(raw, datetime.now(UTC))
     check_site_access(request.scope, parsed.site_id)
     query = await with_site_goals(request, parsed)
