@@ -16,6 +16,7 @@ from event_analytics.analytics.freshness import archived_until
 from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
 from event_analytics.api import deps
+from event_analytics.api.admission import archive_read
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.config import Settings
@@ -57,7 +58,7 @@ async def _until(request: Request) -> datetime:
 async def post_funnel(request: Request, spec: FunnelSpec) -> Response:
     until = await _until(request)
     root = deps.settings(request).archive_path
-    async with deps.archive_reads(request).slot(deps.client_id(request)):
+    async with archive_read(request, [funnel.span(spec)], "from"):
         answer = await _engine(request).run(funnel.run, spec, root, until)
     return json_response(answer)
 
@@ -71,7 +72,8 @@ async def post_funnel(request: Request, spec: FunnelSpec) -> Response:
 async def post_retention(request: Request, spec: RetentionSpec) -> Response:
     until = await _until(request)
     root = deps.settings(request).archive_path
-    async with deps.archive_reads(request).slot(deps.client_id(request)):
+    found = retention.span(spec)
+    async with archive_read(request, [found] if found else [], "from"):
         answer = await _engine(request).run(retention.run, spec, root, until)
     return json_response(answer)
 
@@ -86,6 +88,6 @@ async def post_query(request: Request, spec: QuerySpec) -> Response:
     until = await _until(request)
     root = deps.settings(request).archive_path
     now = datetime.now(UTC)
-    async with deps.archive_reads(request).slot(deps.client_id(request)):
+    async with archive_read(request, [spec.time_range(now)], "date_range"):
         answer = await _engine(request).run(query.run, spec, root, until, now)
     return json_response(answer)
