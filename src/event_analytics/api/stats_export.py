@@ -18,7 +18,6 @@ from event_analytics.analytics.stats_spec import StatsQueryError, parse_query
 from event_analytics.analytics.stats_spec import date_range as stats_date_range
 from event_analytics.api import deps
 from event_analytics.api.admission import archive_read
-from event_analytics.api.explore import _engine, _until
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.stats import with_site_goals
 from event_analytics.goals import check_site
@@ -77,7 +76,7 @@ async def get_export(
     queries = [(name, body, await with_site_goals(request, parse_query(body, now)))
                for name, body in plan]  # fmt: skip
     settings = deps.settings(request)
-    until = await _until(request)
+    until = await deps.archived(request)
     files = []
     spans = [
         span
@@ -89,7 +88,7 @@ async def get_export(
     # One slot for the whole zip, its cost every query's: they run one after another.
     async with archive_read(request, spans):
         for name, body, query in queries:
-            answer = await _engine(request).run(
+            answer = await deps.query_engine(request).run(
                 stats.run, query, settings.archive_path, until, settings.session_timeout_s
             )
             files.append((name, body, answer))

@@ -18,7 +18,6 @@ from event_analytics.analytics import stats, stats_v1
 from event_analytics.analytics.stats_spec import StatsQueryError, parse_query
 from event_analytics.api import deps
 from event_analytics.api.admission import archive_read
-from event_analytics.api.explore import _engine, _until
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.api.security import check_site_access
@@ -43,7 +42,7 @@ async def _answer(request: Request, kind: stats_v1.Kind) -> Response:
     if kind == "realtime":
         site = v1.body["site_id"]
         async with archive_read(request, [(now - stats.REALTIME, now)], "period"):
-            count = await _engine(request).run(
+            count = await deps.query_engine(request).run(
                 stats.current_visitors, site, settings.archive_path, now
             )
         return json_response(count)
@@ -51,12 +50,12 @@ async def _answer(request: Request, kind: stats_v1.Kind) -> Response:
         query = await with_site_goals(request, parse_query(v1.body, now))
     except StatsQueryError as exc:  # a v2 field's fault is the v1 parameter's it came from
         raise StatsQueryError(stats_v1.v1_field(exc.errors[0].field), exc.message) from None
-    until = await _until(request)
+    until = await deps.archived(request)
     spans = await asyncio.to_thread(
         stats.spans, query, settings.archive_path, settings.session_timeout_s
     )
     async with archive_read(request, spans, "period"):
-        answer = await _engine(request).run(
+        answer = await deps.query_engine(request).run(
             stats.run, query, settings.archive_path, until, settings.session_timeout_s
         )
     return json_response(stats_v1.answer(v1, answer))
