@@ -37,6 +37,7 @@ FIRST = datetime(2026, 3, 1, 5, tzinfo=UTC)
 HOURS = 6
 SITE = "shop.example"
 OVERSIZED = 100_000
+COUNTER_BUDGET = 100_000
 
 
 def _line(hour: datetime, n: int) -> bytes:
@@ -102,11 +103,13 @@ def test_the_archive_estimate_is_what_a_query_reads(
 def lanes_app(
     engine: Backend, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[InProcessService]:
-    """The app with one slot a counter lane, two archive slots, and no wait for any."""
+    """The app with two slots a counter lane and a budget of COUNTER_BUDGET, two archive
+    slots, and no wait for any."""
     data_dir = tmp_path_factory.mktemp(f"lanes-{engine.kind}") / "data"
     config = engine.settings(
-        data_dir=data_dir, key_prefix=engine.prefix, max_heavy_reads=1, heavy_read_wait_s=0,
-        analytics_max_concurrent=2, analytics_max_scan_bytes=OVERSIZED,
+        data_dir=data_dir, key_prefix=engine.prefix, max_heavy_reads=2, heavy_read_wait_s=0,
+        counter_read_budget=COUNTER_BUDGET, analytics_max_concurrent=2,
+        analytics_max_scan_bytes=OVERSIZED,
     )  # fmt: skip
     with in_process(config, engine.env) as svc:
         yield svc
@@ -143,37 +146,71 @@ def _send(svc: InProcessService, events: list[dict[str, Any]]) -> None:
         assert r.status_code == 200 and r.json()["accepted"] == len(events[i : i + 1000]), r.text
 
 
-def test_the_top_pages_estimate_is_the_entries_the_engine_holds(app: InProcessService) -> None:
-    """Entries sized before the merge = the distinct (shard, minute, page) of the events
-    sent (the model), over minutes inside one clock hour (no hour bucket stands in)."""
+MINUTES = 20
+
+
+def _pages_in_minutes(svc: InProcessService) -> tuple[datetime, int]:
+    """Page views over MINUTES minutes inside one clock hour (no hour bucket stands in):
+    their first minute, and the distinct (shard, minute, page) entries of the events
+    sent (the model of what top pages merges)."""
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     start = now.replace(minute=0) - timedelta(hours=2) + timedelta(minutes=5)
     sent = [
         event(ts=start + timedelta(minutes=m, seconds=7), url=f"https://example.com/{p}",
               user=f"user-{(m * 7 + p * 3 + k) % 11}")
-        for m in range(20) for p in range(m % 9 + 1) for k in range(1 + p % 2)
+        for m in range(MINUTES) for p in range(m % 9 + 1) for k in range(1 + p % 2)
     ]  # fmt: skip
-    _send(app, sent)
-    reads = app.app.state.reads
-    keys = reads.keys
+    _send(svc, sent)
+    keys = svc.app.state.reads.keys
     model = {
         (keys.shard_of(e["user_id"]), e["timestamp"][:16], e["payload"]["page_url"]) for e in sent
     }
-    starts = [start + timedelta(minutes=m) for m in range(20)]
+    return start, len(model)
+
+
+def test_the_top_pages_estimate_is_the_entries_the_engine_holds(app: InProcessService) -> None:
+    """Entries sized before the merge = the distinct (shard, minute, page) of the events
+    sent (the model)."""
+    start, entries = _pages_in_minutes(app)
+    starts = [start + timedelta(minutes=m) for m in range(MINUTES)]
     sized = asyncio.run_coroutine_threadsafe(
-        reads.ranked_entries("page_view", Interval.MINUTE, starts), app.loop
+        app.app.state.reads.ranked_entries("page_view", Interval.MINUTE, starts), app.loop
     ).result(30)
-    assert sized.entries == len(model)
+    assert sized.entries == entries
+
+
+def test_a_counter_read_is_admitted_by_its_estimated_cost(app: InProcessService) -> None:
+    """Top pages over MINUTES minutes, limit 100, costs the entries it merges (the model)
+    plus 100 figures a minute on each shard. Another client holds the lane's budget but
+    for that cost less one: the read is refused for the budget (503 reads-busy, a slot
+    free beside it), naming its cost; held but for that cost exactly, it is answered."""
+    start, entries = _pages_in_minutes(app)
+    cost = entries + 100 * MINUTES * app.app.state.reads.keys.shards
+    params = {"from": _iso(start), "to": _iso(start + timedelta(minutes=MINUTES)), "limit": 100}
+    lane = app.app.state.heavy_reads
+    with _Held(app, lane, "address:10.3.3.3", COUNTER_BUDGET - cost + 1):
+        r = app.http.get("/analytics/top-pages", params=params)
+        assert r.status_code == 503, r.text
+        assert r.json()["type"].endswith(":reads-busy") and r.headers["retry-after"] == "1"
+        assert (
+            f"cost {COUNTER_BUDGET - cost + 1} of the {COUNTER_BUDGET} entries allowed at "
+            f"once, and this one needs {cost} more;" in r.json()["detail"]
+        ), r.text
+    with _Held(app, lane, "address:10.3.3.3", COUNTER_BUDGET - cost):
+        r = app.http.get("/analytics/top-pages", params=params)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["pages"]) == 9
 
 
 def test_a_cheap_read_is_answered_while_the_long_range_lane_is_full(app: InProcessService) -> None:
-    """The counter lane's one slot is held (a long read): a day's top pages is refused at
-    once (503 reads-busy, nothing done), a one-minute series and the realtime figures
-    are answered, from the cheap lane."""
+    """The counter lane's two slots are held (long reads of two clients): a day's top
+    pages is refused at once (503 reads-busy, nothing done), a one-minute series and the
+    realtime figures are answered, from the cheap lane."""
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     minute = now - timedelta(minutes=1)
     _send(app, [event(ts=minute, user=f"c{i}") for i in range(5)])
-    with _Held(app, app.app.state.heavy_reads, "address:10.1.1.1", 10):
+    lane = app.app.state.heavy_reads
+    with _Held(app, lane, "address:10.1.1.1", 10), _Held(app, lane, "address:10.1.1.2", 10):
         r = app.http.get("/analytics/top-pages", params={"limit": 100})
         assert r.status_code == 503, r.text
         assert r.json()["type"].endswith(":reads-busy") and r.headers["retry-after"] == "1"

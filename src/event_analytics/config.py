@@ -197,9 +197,10 @@ class Settings(BaseSettings):
     # running at once per process: a read over what is left waits as above; one costing
     # more than the whole budget runs alone.
     counter_read_budget: int = Field(default=1_000_000, ge=1)
-    # A counter read costing at most this (the live figures: a few minute buckets) runs in
-    # a lane of its own (EA_MAX_HEAVY_READS slots), never behind long ranges.
-    cheap_read_cost: int = Field(default=2_000, ge=0)
+    # A counter read costing at most this (the live figures: the dashboard's hour of minute
+    # buckets, not a day of them) runs in a lane of its own (EA_MAX_HEAVY_READS slots),
+    # never behind long ranges.
+    cheap_read_cost: int = Field(default=240, ge=0)
     # Analytics reads from another engine, e.g. a replica of REDIS_URL (single node only).
     redis_read_url: str | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_READ_URL", "EA_REDIS_READ_URL")
