@@ -17,8 +17,8 @@ import pytest
 from benchmarks.procs import EngineProcess, free_port, free_ports
 from tests import servers
 from tests.backends import Backend
+from tests.clients import chromium_binary
 from tests.cluster import ClusterProcess, start_cluster
-from tests.helpers import chromium_binary
 from tests.inproc import InProcessService, in_process
 from tests.servers import ServiceProcess, engine_binary, stopped_after
 

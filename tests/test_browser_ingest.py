@@ -13,17 +13,9 @@ from typing import Any
 import pytest
 
 from tests.backends import own_engine_env
-from tests.helpers import (
-    DESKTOP_CHROME,
-    HTTP,
-    Site,
-    archived,
-    browsing,
-    event,
-    node_clients,
-    total,
-    wait_for,
-)
+from tests.clients import DESKTOP_CHROME, Site, browsing, node_clients
+from tests.helpers import HTTP, event, wait_for
+from tests.readback import archived, total
 from tests.servers import ServiceProcess, stopped_after
 
 pytestmark = pytest.mark.slow

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from tests.backends import Backend
-from tests.helpers import HTTP, event, hammer, seed_key
+from tests.helpers import HTTP, event, seed_key
 from tests.servers import ServiceProcess
+from tests.traffic import hammer
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,8 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from tests.helpers import HTTP, archived, event, total, wait_for
+from tests.helpers import HTTP, event, wait_for
+from tests.readback import archived, total
 from tests.servers import ServiceProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("engine", ["valkey"], indirect=True)]

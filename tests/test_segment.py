@@ -20,8 +20,10 @@ from segment.analytics.request import APIError
 
 from event_analytics.adapters.segment import event_id
 from tests.backends import own_engine_env
-from tests.helpers import HTTP, LossyProxy, archived, total, wait_for
+from tests.helpers import HTTP, wait_for
 from tests.inproc import InProcessService
+from tests.lossy_proxy import LossyProxy
+from tests.readback import archived, total
 from tests.servers import ServiceProcess, stopped_after
 
 NAMES = ["Order Completed", "Signed Up", "Product Viewed"]
