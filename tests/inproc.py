@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from event_analytics.api.app import create_app
 from event_analytics.config import Settings
@@ -77,8 +78,11 @@ class InProcessService:
         self._started = threading.Event()
         self._stop: asyncio.Event | None = None
         self._running: asyncio.Future[None] | None = None
+        # As `serve` runs it: uvicorn puts a trusted proxy's X-Forwarded-For in the scope
+        # (the client address of rate limits); httpx's ASGI transport calls from 127.0.0.1.
+        proxied = ProxyHeadersMiddleware(self.app, trusted_hosts=settings.forwarded_allow_ips)  # type: ignore[arg-type]
         self.http = httpx.Client(
-            transport=_LoopTransport(self.app, self.loop), base_url=self.url, timeout=10
+            transport=_LoopTransport(proxied, self.loop), base_url=self.url, timeout=10
         )
 
     async def _run(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from tests.helpers import cli, seed_key, z
+from tests.inproc import Service
 from tests.servers import HTTP, ServiceProcess
 
 
@@ -65,11 +66,11 @@ def assert_rebuild_reproduces(
     assert "0 differ" in checked.stdout
 
 
-def total(svc: ServiceProcess, event_type: str, since: datetime) -> int:
+def total(svc: Service, event_type: str, since: datetime) -> int:
     """Events of one type counted since ``since`` (minute buckets, exact)."""
     params = {"event_type": event_type, "from": z(since - timedelta(minutes=1)),
               "to": z(datetime.now(UTC) + timedelta(minutes=2))}  # fmt: skip
-    reply = HTTP.get(f"{svc.url}/analytics/timeseries", params=params)
+    reply = svc.http.get(f"{svc.url}/analytics/timeseries", params=params)
     assert reply.status_code == 200, reply.text
     count: int = reply.json()["total"]["count"]
     return count
