@@ -3,7 +3,8 @@
 One keyed service (two workers) per engine serves the module's tests, the cluster's
 included (the rate-limit counters live in the engine); each test uses its own client
 addresses (X-Forwarded-For, trusted from loopback) and keys, so the rate-limit counters
-of one test never touch another's.
+of one test never touch another's. The event limits, the beacon and the request id are
+the app's alone: they run on the app in this process (tests.inproc), on each engine.
 """
 
 from __future__ import annotations
