@@ -1,6 +1,6 @@
 """Command line: serve | archiver | rebuild | verify | backup | restore | loadtest | status |
-goals | links | export | deliver | sync (and explore_cli's sql | compact | funnel | retention |
-query)."""
+goals | links | export | deliver | sync | expire (and explore_cli's sql | compact | funnel |
+retention | query)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,7 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     lock: DataDirLock | None = None
     archiver: Supervised | None = None
     delivery: Supervised | None = None
+    expiry: Supervised | None = None
     if settings.engine_kind == "embedded":
         lock = DataDirLock(settings.data_dir)
         try:
@@ -138,6 +139,11 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
         argv = [sys.executable, "-m", "event_analytics", "deliver"]
         delivery = Supervised("postgres-delivery", argv, env=dict(os.environ))
         delivery.start()
+    if settings.archive_retention_days:
+        # Its own process, on its own clock: deleting old days never holds up the archiver.
+        argv = [sys.executable, "-m", "event_analytics", "expire"]
+        expiry = Supervised("expiry", argv, env=dict(os.environ))
+        expiry.start()
     # uvicorn re-raises the signal that stopped it once it has shut down; with these
     # handlers in place that ends here, so children are stopped cleanly and we exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -165,6 +171,8 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     except _Terminated:
         pass
     finally:
+        if expiry is not None:
+            expiry.stop()
         if delivery is not None:
             delivery.stop()
         if archiver is not None:
@@ -479,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_status)
 
     from event_analytics import (
+        expire_cli,
         explore_cli,
         export_cli,
         goals_cli,
@@ -489,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     explore_cli.add_commands(sub, add_dirs)
+    expire_cli.add_commands(sub, add_dirs)
     goals_cli.add_commands(sub, add_dirs)
     links_cli.add_commands(sub, add_dirs)
     export_cli.add_commands(sub, add_dirs)

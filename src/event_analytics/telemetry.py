@@ -24,7 +24,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -266,16 +266,28 @@ class DestinationGauges:
     seconds_behind: float
 
 
+@dataclass(frozen=True, slots=True)
+class ExpiryFigures:
+    """What the retention job (EA_ARCHIVE_RETENTION_DAYS) deleted so far, from its file."""
+
+    hours: int
+    events: int
+    postgres_rows: int
+    passes: int
+
+
 class _ArchiveCollector(Collector):
     def __init__(
         self,
         gauges: ArchiveGauges | None,
         engine: EngineGauges | None,
         destinations: tuple[DestinationGauges, ...] = (),
+        expiry: ExpiryFigures | None = None,
     ) -> None:
         self.gauges = gauges
         self.engine = engine
         self.destinations = destinations
+        self.expiry = expiry
 
     def collect(self) -> Iterator[Metric]:
         # NaN, not 0, while unknown: a lag of 0 would claim an archiver that is caught up.
@@ -306,6 +318,8 @@ class _ArchiveCollector(Collector):
             limit.add_metric([node], float(limit_bytes))
         yield used
         yield limit
+        if self.expiry is not None:
+            yield from _expiry(self.expiry)
         if not self.destinations:
             return
         up = GaugeMetricFamily(
@@ -332,10 +346,22 @@ class _ArchiveCollector(Collector):
         yield seconds
 
 
+def _expiry(figures: ExpiryFigures) -> Iterator[Metric]:
+    for name, text, value in (
+        ("ea_expiry_hours_deleted", "Hour files deleted by retention", figures.hours),
+        ("ea_expiry_events_deleted", "Archived events deleted by retention", figures.events),
+        ("ea_expiry_postgres_rows_deleted", "PostgreSQL rows deleted by retention",
+         figures.postgres_rows),
+        ("ea_expiry_passes", "Passes of the retention job", figures.passes),
+    ):  # fmt: skip
+        yield CounterMetricFamily(name, text, value=float(value))
+
+
 def _registries(
     archive: ArchiveGauges | None,
     engine: EngineGauges | None,
     destinations: tuple[DestinationGauges, ...],
+    expiry: ExpiryFigures | None = None,
 ) -> Iterable[CollectorRegistry]:
     if MULTIPROCESS:
         merged = CollectorRegistry()
@@ -344,7 +370,7 @@ def _registries(
     else:
         yield REGISTRY
     extra = CollectorRegistry()
-    extra.register(_ArchiveCollector(archive, engine, destinations))
+    extra.register(_ArchiveCollector(archive, engine, destinations, expiry))
     yield extra
 
 
@@ -352,6 +378,8 @@ def scrape(
     archive: ArchiveGauges | None,
     engine: EngineGauges | None = None,
     destinations: tuple[DestinationGauges, ...] = (),
+    expiry: ExpiryFigures | None = None,
 ) -> bytes:
     """The Prometheus text exposition of every metric, summed over worker processes."""
-    return b"".join(generate_latest(r) for r in _registries(archive, engine, destinations))
+    registries = _registries(archive, engine, destinations, expiry)
+    return b"".join(generate_latest(r) for r in registries)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from event_analytics import telemetry
+from event_analytics import expiry, telemetry
 from event_analytics.destinations import delivery
 
 router = APIRouter(tags=["metrics"])
@@ -33,9 +33,23 @@ async def prometheus(request: Request) -> Response:
     archive: ArchiveProbe = request.app.state.archive_probe
     engine: EngineProbe = request.app.state.engine_probe
     body = telemetry.scrape(
-        await archive(request.app), await engine(request.app), await _destinations(request)
+        await archive(request.app),
+        await engine(request.app),
+        await _destinations(request),
+        await _expiry(request),
     )
     return Response(body, media_type=telemetry.CONTENT_TYPE)
+
+
+async def _expiry(request: Request) -> telemetry.ExpiryFigures | None:
+    """The retention job's totals (0 before its first pass); None without retention."""
+    settings = request.app.state.settings
+    if not settings.archive_retention_days:
+        return None
+    found = await asyncio.to_thread(expiry.read_totals, settings) or expiry.Totals()
+    return telemetry.ExpiryFigures(
+        found.hours_deleted, found.events_deleted, found.postgres_rows_deleted, found.passes
+    )
 
 
 async def _destinations(request: Request) -> tuple[telemetry.DestinationGauges, ...]:
