@@ -352,3 +352,30 @@ def test_status_and_metrics_count_what_was_deleted(db: Backend, tmp_path: Path) 
     assert f"ea_expiry_events_deleted_total {float(len(gone))}" in metrics
     assert f"ea_expiry_hours_deleted_total {float(done.hours_deleted)}" in metrics
     assert "ea_expiry_passes_total 1.0" in metrics
+
+
+def test_import_refuses_what_retention_would_delete(db: Backend, tmp_path: Path) -> None:
+    """An import past the limit would race the job deleting its day (the job's pass and
+    the import's rebuild of that day's counters): it is refused with its own reason."""
+    records = records_over(DAYS + 3)
+    source = tmp_path / "history.ndjson"
+    source.write_bytes(b"".join(record.encode(r) + b"\n" for r in records))
+    first_kept = horizon(datetime.now(UTC), DAYS)
+    env = {k: v for k, v in os.environ.items() if k != SETTINGS_ENV} | db.env
+    env |= {"EA_ARCHIVE_DIR": str(tmp_path / "archive"), "EA_DATA_DIR": str(tmp_path / "data"),
+            "EA_ARCHIVE_RETENTION_DAYS": str(DAYS)}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "event_analytics", "import", str(source)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    past = [r for r in records if r.timestamp < first_kept]
+    assert past
+    assert f"rejected past_retention: {len(past)}" in done.stdout
+    assert f"the first day EA_ARCHIVE_RETENTION_DAYS={DAYS} keeps" in done.stdout
+    # Older than the live window: written straight to the archive; newer events go
+    # through live ingest (no archiver runs here).
+    live_from = datetime.now(UTC) - timedelta(days=7, hours=1)
+    direct = {floor(r.timestamp, Interval.HOUR) for r in records if first_kept <= r.timestamp}
+    found = {f.hour for f in files.list_files(tmp_path / "archive")}
+    assert {h for h in direct if h < live_from} <= found <= direct
