@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,7 @@ from event_analytics.store.streams import StreamStore
 from event_analytics.timebucket import DAY, Interval, floor, iso_z
 
 log = logging.getLogger(__name__)
+LOCK_WAIT_S = 30.0
 # Beside the hour file: what compaction leaves (compact.py), the lock file last.
 _COMPACT_SUFFIXES = (".parquet", ".parquet.json", ".parquet.tmp", ".prefix.tmp",
                      ".parquet.json.tmp")  # fmt: skip
@@ -158,30 +160,35 @@ class Expiry:
         listed = files.list_files(self.root, end=first_kept)
         for day, day_files in files.by_day(listed):
             try:
-                await self._check(day, day_files, conn)
+                await self._day(day, day_files, conn)
             except HeldBack as why:
                 self.totals.held_back = f"{day:%Y-%m-%d}: {why}"
                 log.info("expiry: day %s kept for now: %s", f"{day:%Y-%m-%d}", why)
                 return day
-            await self._counters(day)
-            self._crash_point("after_counters")
-            if conn is not None:
-                self.totals.postgres_rows_deleted += postgres_expiry.delete_day(conn, day)
-                self._crash_point("after_postgres")
-            sizes = self._sizes
-            for i, found in enumerate(day_files):
-                events = _delete_hour(found.path, sizes[found.path])
-                if events is None:
-                    self.totals.held_back = f"{found.relative}: written to meanwhile"
-                    return day
-                self.totals.hours_deleted += 1
-                self.totals.events_deleted += events
-                if i == 0:
-                    self._crash_point("mid_files")
-            _remove_empty_dirs(day_files[0].path.parent, self.root)
             self.totals.deleted_days.append(f"{day:%Y-%m-%d}")
             log.info("expiry: deleted %s (%d hour files)", f"{day:%Y-%m-%d}", len(day_files))
         return first_kept
+
+    async def _day(
+        self,
+        day: datetime,
+        day_files: list[files.ArchiveFile],
+        conn: psycopg.Connection[Any] | None,
+    ) -> None:
+        await self._check(day, day_files, conn)
+        await self._counters(day)
+        self._crash_point("after_counters")
+        if conn is not None:
+            self.totals.postgres_rows_deleted += postgres_expiry.delete_day(conn, day)
+            self._crash_point("after_postgres")
+        for i, found in enumerate(day_files):
+            # In a worker thread: it may wait a while for a writer's or the compactor's lock.
+            events = await asyncio.to_thread(_delete_hour, found, self._sizes[found.path])
+            self.totals.hours_deleted += 1
+            self.totals.events_deleted += events
+            if i == 0:
+                self._crash_point("mid_files")
+        _remove_empty_dirs(day_files[0].path.parent, self.root)
 
     async def _check(
         self, day: datetime, found: list[files.ArchiveFile], conn: psycopg.Connection[Any] | None
@@ -231,50 +238,48 @@ def _describe(exc: BaseException, settings: Settings) -> str:
     return str(exc)
 
 
-def _delete_hour(path: Path, size: int) -> int | None:
+def _delete_hour(found: files.ArchiveFile, size: int) -> int:
     """Delete an hour file and its Parquet copy under the writers' and the compactor's
-    locks: its events, or None if it is locked or no longer ``size`` bytes (written to
-    since it was found delivered)."""
+    locks (each waited for up to LOCK_WAIT_S); its events. HeldBack if a lock stays taken
+    or the file is no longer ``size`` bytes (written to since it was found delivered)."""
+    path = found.path
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return 0  # a pass before this one deleted it, after its counters and rows
+    lock_fd = os.open(path.with_suffix(".parquet.lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
+        if not _wait_lock(fd):
+            raise HeldBack(f"{found.relative} is being written")
         if os.fstat(fd).st_size != size:
-            return None
+            raise HeldBack(f"{found.relative} was written to since it was checked")
+        if not _wait_lock(lock_fd):
+            raise HeldBack(f"{found.relative} is being compacted")
         events = _count_lines(fd, size)
-        lock_path = path.with_suffix(".parquet.lock")
-        with _compact_lock(lock_path) as free:
-            if not free:
-                return None
-            for suffix in _COMPACT_SUFFIXES:
-                path.with_suffix(suffix).unlink(missing_ok=True)
-            # The JSONL last: while it is there, the next pass finds this hour again.
-            path.unlink()
-            lock_path.unlink(missing_ok=True)
+        for suffix in _COMPACT_SUFFIXES:
+            path.with_suffix(suffix).unlink(missing_ok=True)
+        # The JSONL last: while it is there, the next pass finds this hour again.
+        path.unlink()
+        path.with_suffix(".parquet.lock").unlink(missing_ok=True)
         files.fsync_dir(path.parent)
         return events
     finally:
+        os.close(lock_fd)
         os.close(fd)
 
 
-@contextlib.contextmanager
-def _compact_lock(path: Path) -> Iterator[bool]:
-    """The compactor's lock of the hour (compact.py), without waiting: whether held."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+def _wait_lock(fd: int) -> bool:
+    """An exclusive flock, waited for up to LOCK_WAIT_S (a writer holds it for one batch,
+    the compactor for one hour's copy): whether it is held."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
         except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
 
 
 def _count_lines(fd: int, size: int) -> int:
