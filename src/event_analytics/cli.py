@@ -1,5 +1,5 @@
 """Command line: serve | archiver | rebuild | verify | backup | restore | loadtest | status |
-goals | links | export | deliver | sync | expire (and explore_cli's sql | compact | funnel |
+goals | links | export | deliver | sync | expire (and archive_cli's sql | compact | funnel |
 retention | query)."""
 
 from __future__ import annotations
@@ -487,8 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_status)
 
     from event_analytics import (
+        archive_cli,
         expire_cli,
-        explore_cli,
         export_cli,
         goals_cli,
         import_cli,
@@ -497,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         stats_export_cli,
     )
 
-    explore_cli.add_commands(sub, add_dirs)
+    archive_cli.add_commands(sub, add_dirs)
     expire_cli.add_commands(sub, add_dirs)
     goals_cli.add_commands(sub, add_dirs)
     links_cli.add_commands(sub, add_dirs)
