@@ -94,6 +94,7 @@ CASES: list[tuple[list[str], dict[str, str], int, str]] = [
     (["expire", "--once"], {}, 2, "set EA_ARCHIVE_RETENTION_DAYS"),
     (["expire", "--once"], {"EA_ARCHIVE_RETENTION_DAYS": "3"}, 2, "must be longer than"),
     (["expire", "--twice"], {}, 2, "unrecognized arguments: --twice"),
+    (["expire", "--dry-run"], {}, 2, "set EA_ARCHIVE_RETENTION_DAYS"),
     (["deliver", "extra"], {}, 2, "unrecognized arguments: extra"),
     (["query-server", "extra"], {}, 2, "unrecognized arguments: extra"),
     (["sync", "--from", "x", "--to", "y"], {}, 2, "set EA_POSTGRES_URL"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -26,11 +27,12 @@ import psycopg
 import pytest
 
 from benchmarks.pg import PostgresServer
+from benchmarks.procs import free_port
 from event_analytics.archive import compact, files, rebuild, record, verify
 from event_analytics.config import SETTINGS_ENV, Settings
 from event_analytics.destinations import postgres
 from event_analytics.destinations.delivery import Delivery
-from event_analytics.expiry import Expiry, Totals, horizon, read_totals
+from event_analytics.expiry import Expiry, Preview, Totals, horizon, read_totals
 from event_analytics.store import IngestWriter
 from event_analytics.timebucket import DAY, HOUR, Interval, floor
 from tests.backends import Backend
@@ -189,20 +191,29 @@ def test_without_postgres_the_archive_and_counters_still_go(db: Backend, tmp_pat
     assert done.postgres_rows_deleted == 0 and done.events_deleted > 0
 
 
+def _undelivered(
+    settings: Settings, records: list[record.Record], index: int
+) -> tuple[list[datetime], record.Record]:
+    """``setup``, then a line appended (an import, say) to an hour of the ``index``-th day
+    past the limit after that hour was delivered: not delivered yet. The days past the
+    limit, and that line."""
+    setup(settings, records)
+    first_kept = horizon(NOW, DAYS)
+    days = sorted({floor(r.timestamp, Interval.DAY) for r in records if r.timestamp < first_kept})
+    late = records_over(1)[0]
+    late.timestamp = days[index] + timedelta(hours=3, minutes=5)
+    write(settings.archive_path, [late])
+    asyncio.run(_with_store(settings, "rebuild"))
+    return days, late
+
+
 def test_an_undelivered_hour_holds_its_day_and_every_later_one(
     db: Backend, tmp_path: Path, pgdb: str
 ) -> None:
     records = records_over(DAYS + 4)
     settings = settings_for(db, tmp_path, pgdb)
-    setup(settings, records)
-    first_kept = horizon(NOW, DAYS)
-    days = sorted({floor(r.timestamp, Interval.DAY) for r in records if r.timestamp < first_kept})
-    held = days[1]
-    # A line appended (an import, say) after the hour was delivered: not delivered yet.
-    late = records_over(1)[0]
-    late.timestamp = held + timedelta(hours=3, minutes=5)
-    write(settings.archive_path, [late])
-    asyncio.run(_with_store(settings, "rebuild"))
+    days, late = _undelivered(settings, records, 1)
+    held, first_kept = days[1], horizon(NOW, DAYS)
     done = expire(settings)
     assert done.held_back is not None and "not delivered to PostgreSQL" in done.held_back
     assert done.deleted_days == [f"{days[0]:%Y-%m-%d}"]
@@ -218,6 +229,68 @@ def test_an_undelivered_hour_holds_its_day_and_every_later_one(
     check(db, settings, on_disk, first_kept)
 
 
+def _snapshot(db: Backend, settings: Settings) -> tuple[object, ...]:
+    """Everything a pass may change: the archive's files and sizes, every key of the
+    engine with its type and size, the PostgreSQL rows and delivery records, the totals."""
+    root = settings.archive_path
+    on_disk = sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*"))
+    with contextlib.closing(db.client()) as c:  # bytes: some key names are not UTF-8
+        keys = sorted(set(c.scan_iter(match=f"{db.prefix}*", count=1000)))
+        values = [c.dump(k) for k in keys]
+    rows: list[object] = []
+    if settings.postgres_url:
+        with psycopg.connect(settings.postgres_url) as conn:
+            progress = conn.execute(f"SELECT * FROM {postgres.PROGRESS} ORDER BY 1").fetchall()
+        rows = [table(settings.postgres_url), progress]
+    return on_disk, keys, values, rows, read_totals(settings)
+
+
+def test_a_dry_run_shows_what_a_pass_would_delete_and_deletes_nothing(
+    db: Backend, tmp_path: Path, pgdb: str
+) -> None:
+    records = records_over(DAYS + 4)
+    settings = settings_for(db, tmp_path, pgdb)
+    # The third day old enough has a line not delivered yet: it and the later days stay.
+    days, _ = _undelivered(settings, records, 2)
+    held = days[2]
+    before = _snapshot(db, settings)
+
+    async def preview() -> Preview:
+        store = IngestWriter.from_settings(settings)
+        try:
+            return await Expiry(settings, store).preview(NOW)
+        finally:
+            await store.close()
+
+    seen = asyncio.run(preview())
+    want = [
+        (f"{day:%Y-%m-%d}", len({floor(r.timestamp, Interval.HOUR) for r in of_day}), len(of_day))
+        for day in days[:2]
+        if (of_day := [r for r in records if floor(r.timestamp, Interval.DAY) == day])
+    ]
+    assert seen.days == want
+    assert seen.held_back is not None and seen.held_back.startswith(f"{held:%Y-%m-%d}: ")
+    assert "not delivered to PostgreSQL" in seen.held_back
+    assert seen.horizon == f"{held:%Y-%m-%dT%H:%M:%SZ}"
+    assert _snapshot(db, settings) == before  # nothing deleted, no pass counted
+    # The command says the same.
+    shown = _expire_cli(settings, flag="--dry-run")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == [
+        *(f"would delete {day}: {hours} hour files, {n} events" for day, hours, n in want),
+        f"would delete {len(want)} days ({sum(w[1] for w in want)} hour files, "
+        f"{sum(w[2] for w in want)} events); first day kept: {held:%Y-%m-%dT%H:%M:%SZ}",
+        f"held back: {seen.held_back}",
+    ]
+    assert _snapshot(db, settings) == before
+    # A pass deletes what the dry run showed.
+    done = expire(settings)
+    assert done.deleted_days == [w[0] for w in want]
+    assert (done.hours_deleted, done.events_deleted) == (
+        sum(w[1] for w in want), sum(w[2] for w in want),
+    )  # fmt: skip
+
+
 def test_a_locked_hour_and_a_stale_stream_hold_back(db: Backend, tmp_path: Path) -> None:
     records = records_over(DAYS + 2)
     settings = settings_for(db, tmp_path, None)
@@ -229,6 +302,9 @@ def test_a_locked_hour_and_a_stale_stream_hold_back(db: Backend, tmp_path: Path)
         done = expire(settings)
     assert done.held_back == f"{oldest.hour:%Y-%m-%d}: {oldest.relative} is being written"
     assert done.deleted_days == [] and oldest.path.exists()
+    # What the retention alert watches: the hour held back is the oldest one left.
+    assert done.oldest_hour == f"{oldest.hour:%Y-%m-%dT%H:%M:%SZ}"
+    assert done.horizon == f"{oldest.hour:%Y-%m-%dT00:00:00Z}"
     # A stream entry received long ago may hold events of any day up to EA_MAX_AGE_S
     # before it: until it is archived, those days stay.
     received = oldest.hour + timedelta(days=7, hours=1)
@@ -289,11 +365,13 @@ def _open_count(path: Path) -> int:
 # -- kill -9 ------------------------------------------------------------------------------
 
 
-def _expire_cli(settings: Settings, **env: str) -> subprocess.CompletedProcess[str]:
+def _expire_cli(
+    settings: Settings, flag: str = "--once", **env: str
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k != SETTINGS_ENV}
     base |= {SETTINGS_ENV: settings.model_dump_json(), **env}
     return subprocess.run(
-        [sys.executable, "-m", "event_analytics", "expire", "--once"],
+        [sys.executable, "-m", "event_analytics", "expire", flag],
         env=base, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -341,17 +419,51 @@ def test_status_and_metrics_count_what_was_deleted(db: Backend, tmp_path: Path) 
     with in_process(settings, db.env) as svc:
         before = svc.http.get("/persistent/status").json()["retention"]
         assert before == {"days": DAYS, "passes": 0}
-        assert "ea_expiry_events_deleted_total 0.0" in svc.http.get("/metrics").text
+        metrics = svc.http.get("/metrics").text
+        assert "ea_expiry_events_deleted_total 0.0" in metrics
+        assert math.isnan(_metric(metrics, "ea_archive_oldest_hour_timestamp_seconds"))
+        assert _metric(metrics, "ea_archive_retention_days") == DAYS
         done = expire(settings)
         status = svc.http.get("/persistent/status").json()["retention"]
         metrics = svc.http.get("/metrics").text
     gone = [r for r in records if r.timestamp < horizon(NOW, DAYS)]
+    oldest = min(floor(r.timestamp, Interval.HOUR) for r in records if r not in gone)
+    assert status["oldest_hour"] == f"{oldest:%Y-%m-%dT%H:%M:%SZ}" == done.oldest_hour
+    assert _metric(metrics, "ea_archive_oldest_hour_timestamp_seconds") == oldest.timestamp()
     assert status["events_deleted"] == len(gone) == done.events_deleted
     assert status["hours_deleted"] == done.hours_deleted > 0
     assert status["days"] == DAYS and status["deleted_days"] == done.deleted_days
     assert f"ea_expiry_events_deleted_total {float(len(gone))}" in metrics
     assert f"ea_expiry_hours_deleted_total {float(done.hours_deleted)}" in metrics
     assert "ea_expiry_passes_total 1.0" in metrics
+
+
+def _metric(text: str, name: str) -> float:
+    """The value of an unlabelled sample in a Prometheus exposition."""
+    (value,) = [line.split()[1] for line in text.splitlines() if line.split(" ")[0] == name]
+    return float(value)
+
+
+def test_a_failed_pass_claims_no_horizon_and_shows_the_oldest_hour(
+    db: Backend, tmp_path: Path
+) -> None:
+    """PostgreSQL unreachable: nothing is deleted, so no day is claimed as the first kept,
+    and the oldest hour (the alert's figure) is the oldest on disk, past the limit."""
+    records = records_over(DAYS + 2)
+    settings = settings_for(db, tmp_path, None)
+    setup(settings, records)
+    down = settings.model_copy(update={"postgres_url": f"postgresql://127.0.0.1:{free_port()}/x"})
+    with pytest.raises(psycopg.OperationalError):
+        expire(down)
+    failed = read_totals(settings)
+    assert failed is not None and failed.last_error and failed.deleted_days == []
+    assert failed.horizon is None
+    oldest = min(floor(r.timestamp, Interval.HOUR) for r in records)
+    assert oldest < horizon(NOW, DAYS)
+    assert failed.oldest_hour == f"{oldest:%Y-%m-%dT%H:%M:%SZ}"
+    # The next pass that gets through says the first day kept again.
+    done = expire(settings)
+    assert done.horizon == f"{horizon(NOW, DAYS):%Y-%m-%dT%H:%M:%SZ}" and done.last_error is None
 
 
 def test_import_refuses_what_retention_would_delete(db: Backend, tmp_path: Path) -> None:

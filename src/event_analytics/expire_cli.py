@@ -1,7 +1,9 @@
 """``event-analytics expire``: the retention job (expiry.py), a pass now or for good.
 
 ``serve`` starts it (``expire``, restarted if it dies) when EA_ARCHIVE_RETENTION_DAYS is
-set; ``expire --once`` runs one pass from a shell and prints what it deleted.
+set; ``expire --once`` runs one pass from a shell and prints what it deleted;
+``expire --dry-run`` prints what a pass would delete now, deleting nothing (before setting
+the limit on an archive that already holds years, say).
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from event_analytics.config import Settings
 from event_analytics.errors import StorageUnavailable
 
+if TYPE_CHECKING:
+    from event_analytics.expiry import Preview
+
 
 def expire(args: argparse.Namespace, settings: Settings) -> int:
-    from event_analytics.expiry import Expiry
+    from event_analytics.expiry import Expiry, describe
     from event_analytics.store import IngestWriter
     from event_analytics.target import run_with_engine
 
@@ -35,6 +40,15 @@ def expire(args: argparse.Namespace, settings: Settings) -> int:
         store = IngestWriter.from_settings(settings)
         job = Expiry(settings, store)
         try:
+            if args.dry_run:
+                try:
+                    seen = await job.preview()
+                except (StorageUnavailable, psycopg.Error, OSError) as exc:
+                    why = f"{type(exc).__name__}: {describe(exc, settings)}"
+                    print(f"event-analytics expire: {why}", file=sys.stderr)
+                    return 1
+                _print_preview(seen)
+                return 0
             if not args.once:
                 stop = asyncio.Event()
                 loop = asyncio.get_running_loop()
@@ -62,6 +76,21 @@ def expire(args: argparse.Namespace, settings: Settings) -> int:
     return run_with_engine(settings, run)
 
 
+def _print_preview(seen: Preview) -> None:
+    for day, hours, events in seen.days:
+        print(f"would delete {day}: {hours} hour files, {events} events")
+    if seen.days:
+        hours, events = sum(d[1] for d in seen.days), sum(d[2] for d in seen.days)
+        print(
+            f"would delete {len(seen.days)} days ({hours} hour files, {events} events); "
+            f"first day kept: {seen.horizon}"
+        )
+    else:
+        print(f"would delete nothing; first day kept: {seen.horizon}")
+    if seen.held_back:
+        print(f"held back: {seen.held_back}")
+
+
 def add_commands(
     sub: argparse._SubParsersAction[Any],
     add_dirs: Callable[[argparse.ArgumentParser], None],
@@ -73,4 +102,9 @@ def add_commands(
     )
     add_dirs(p)
     p.add_argument("--once", action="store_true", help="one pass, then print what it deleted")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what a pass would delete now (and what it would hold back), deleting nothing",
+    )
     p.set_defaults(func=expire)

@@ -17,7 +17,9 @@ Per day, in this order, so that a kill at any instant leaves a state the next pa
 4. after the days: the delivery records (and any row) of hours before the first day kept.
 
 Each pass adds what it deleted to totals kept in ``DATA_DIR/expiry.json`` (written, fsynced,
-renamed), which /persistent/status and /metrics read.
+renamed), with the oldest hour left in the archive, which /persistent/status and /metrics
+read (an alert rule fires while that hour is well past the limit: the job is held back,
+failing or not running).
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class Totals:
     events_deleted: int = 0
     postgres_rows_deleted: int = 0
     last_pass: str | None = None
-    horizon: str | None = None  # the first day kept by the last pass
+    horizon: str | None = None  # the first day kept by the last pass (None: it failed)
+    oldest_hour: str | None = None  # the oldest hour left in the archive after it
     held_back: str | None = None  # why the last pass kept a day past the limit
     last_error: str | None = None
     deleted_days: list[str] = field(default_factory=list)  # by the last pass
@@ -97,6 +100,15 @@ def _write_totals(settings: Settings, totals: Totals) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(scratch, path)
+
+
+@dataclass
+class Preview:
+    """What a pass would delete now (``expire --dry-run``); nothing is deleted or counted."""
+
+    horizon: str  # the first day the pass would keep
+    days: list[tuple[str, int, int]] = field(default_factory=list)  # day, hour files, events
+    held_back: str | None = None
 
 
 class HeldBack(Exception):
@@ -130,21 +142,43 @@ class Expiry:
         first_kept = horizon(now or datetime.now(UTC), self.days)
         self.totals.passes += 1
         self.totals.last_pass = iso_z(datetime.now(UTC))
-        self.totals.held_back = self.totals.last_error = None
+        self.totals.held_back = self.totals.last_error = self.totals.horizon = None
         self.totals.deleted_days = []
         try:
             with self._postgres() as conn:
                 first_kept = await self._days(first_kept, conn)
+                self.totals.horizon = iso_z(first_kept)
                 if conn is not None:
                     self._forget_records(conn, first_kept)
         except (StorageUnavailable, psycopg.Error, OSError) as exc:
-            self.totals.last_error = f"{type(exc).__name__}: {_describe(exc, self.settings)}"
+            self.totals.last_error = f"{type(exc).__name__}: {describe(exc, self.settings)}"
             log.warning("expiry pass stopped: %s", self.totals.last_error)
             raise
         finally:
-            self.totals.horizon = iso_z(first_kept)
+            # What is on disk, whatever the pass did: the figure an alert watches, since a
+            # pass that fails or holds a day back leaves hours past the limit.
+            with contextlib.suppress(OSError):
+                oldest = files.oldest_hour(self.root)
+                self.totals.oldest_hour = iso_z(oldest) if oldest else None
             _write_totals(self.settings, self.totals)
         return self.totals
+
+    async def preview(self, now: datetime | None = None) -> Preview:
+        """The days a pass would delete now, and the day it would hold back, if any: the
+        same checks, reading only (PostgreSQL's tables are created if missing)."""
+        first_kept = horizon(now or datetime.now(UTC), self.days)
+        seen = Preview(iso_z(first_kept))
+        with self._postgres() as conn:
+            for day, day_files in files.by_day(files.list_files(self.root, end=first_kept)):
+                try:
+                    await self._check(day, day_files, conn)
+                except HeldBack as why:
+                    seen.held_back, seen.horizon = f"{day:%Y-%m-%d}: {why}", iso_z(day)
+                    break
+                sizes = {f.path: self._sizes[f.path] for f in day_files}
+                events = await asyncio.to_thread(_events_of, sizes)
+                seen.days.append((f"{day:%Y-%m-%d}", len(day_files), events))
+        return seen
 
     @contextlib.contextmanager
     def _postgres(self) -> Iterator[psycopg.Connection[Any] | None]:
@@ -232,7 +266,8 @@ class Expiry:
             faults.die()
 
 
-def _describe(exc: BaseException, settings: Settings) -> str:
+def describe(exc: BaseException, settings: Settings) -> str:
+    """An error's text for the status and the command line (no URL or password)."""
     if isinstance(exc, psycopg.Error) and settings.postgres_url:
         return postgres.describe(exc, settings.postgres_url).split(": ", 1)[-1]
     return str(exc)
@@ -280,6 +315,21 @@ def _wait_lock(fd: int) -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
+
+
+def _events_of(sizes: dict[Path, int]) -> int:
+    """The lines in the first ``size`` bytes of each file (none of a file that is gone)."""
+    total = 0
+    for path, size in sizes.items():
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            total += _count_lines(fd, size)
+        finally:
+            os.close(fd)
+    return total
 
 
 def _count_lines(fd: int, size: int) -> int:

@@ -274,6 +274,8 @@ class ExpiryFigures:
     events: int
     postgres_rows: int
     passes: int
+    days: int  # EA_ARCHIVE_RETENTION_DAYS
+    oldest_hour: float  # Unix time of the oldest hour left after the last pass; NaN: none
 
 
 class _ArchiveCollector(Collector):
@@ -355,6 +357,16 @@ def _expiry(figures: ExpiryFigures) -> Iterator[Metric]:
         ("ea_expiry_passes", "Passes of the retention job", figures.passes),
     ):  # fmt: skip
         yield CounterMetricFamily(name, text, value=float(value))
+    yield GaugeMetricFamily(
+        "ea_archive_retention_days", "EA_ARCHIVE_RETENTION_DAYS: days of hours kept",
+        value=float(figures.days),
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "ea_archive_oldest_hour_timestamp_seconds",
+        "Start of the oldest hour left in the archive after the retention job's last pass "
+        "(NaN: before its first pass, or no hour at all)",
+        value=figures.oldest_hour,
+    )
 
 
 def _registries(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
@@ -47,9 +49,13 @@ async def _expiry(request: Request) -> telemetry.ExpiryFigures | None:
     if not settings.archive_retention_days:
         return None
     found = await asyncio.to_thread(expiry.read_totals, settings) or expiry.Totals()
+    oldest = math.nan
+    with contextlib.suppress(TypeError, ValueError):  # None, or a file edited by hand
+        oldest = datetime.fromisoformat(str(found.oldest_hour)).timestamp()
     return telemetry.ExpiryFigures(
-        found.hours_deleted, found.events_deleted, found.postgres_rows_deleted, found.passes
-    )
+        found.hours_deleted, found.events_deleted, found.postgres_rows_deleted, found.passes,
+        settings.archive_retention_days, oldest,
+    )  # fmt: skip
 
 
 async def _destinations(request: Request) -> tuple[telemetry.DestinationGauges, ...]:

@@ -165,6 +165,16 @@ def list_files(
     return sorted(out, key=lambda f: f.hour)
 
 
+def oldest_hour(root: Path) -> datetime | None:
+    """The oldest hour with a file under ``root``, or None: day directories in order, up to
+    the first that holds one (not a listing of the whole archive)."""
+    for day in sorted(root.glob(ARCHIVE_GLOB.rsplit("/", 1)[0])):
+        hours = [h for path in day.glob("events_*.jsonl") if (h := hour_of(path)) is not None]
+        if hours:
+            return min(hours)
+    return None
+
+
 def by_day(found: list[ArchiveFile]) -> list[tuple[datetime, list[ArchiveFile]]]:
     """Files grouped by UTC day, oldest first (rebuild and verify work a day at a time)."""
     days: dict[datetime, list[ArchiveFile]] = {}
