@@ -365,15 +365,19 @@ def _open_count(path: Path) -> int:
 # -- kill -9 ------------------------------------------------------------------------------
 
 
-def _expire_cli(
-    settings: Settings, flag: str = "--once", **env: str
-) -> subprocess.CompletedProcess[str]:
+def _cli(settings: Settings, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k != SETTINGS_ENV}
     base |= {SETTINGS_ENV: settings.model_dump_json(), **env}
     return subprocess.run(
-        [sys.executable, "-m", "event_analytics", "expire", flag],
+        [sys.executable, "-m", "event_analytics", *argv],
         env=base, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+
+
+def _expire_cli(
+    settings: Settings, flag: str = "--once", **env: str
+) -> subprocess.CompletedProcess[str]:
+    return _cli(settings, "expire", flag, **env)
 
 
 @contextlib.contextmanager
@@ -393,12 +397,22 @@ def test_kill_9_at_each_point_then_the_next_pass_finishes(
     db: Backend, tmp_path: Path, pgdb: str, point: str
 ) -> None:
     records = records_over(DAYS + 3)
-    settings = settings_for(db, tmp_path, pgdb)
+    # Minute buckets kept past the limit: `verify` compares the minutes of the day killed in.
+    settings = settings_for(db, tmp_path, pgdb, minute_retention_s=(DAYS + 5) * 86400)
     setup(settings, records)
     first_kept = horizon(datetime.now(UTC), DAYS)
     oldest = files.list_files(settings.archive_path)[0]
     killed = _expire_cli(settings, EA_EXPIRY_CRASH_AT=point)
     assert killed.returncode == -9, killed.stderr
+    # `verify` leaves out the day being deleted (its counters, or its rows, are gone while
+    # some of its files are not) and says so; everything else agrees.
+    day = f"{oldest.hour:%Y-%m-%d}"
+    for argv in (["verify"], ["verify", "--postgres"]):
+        shown = _cli(settings, *argv)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert " 0 differ" in shown.stdout, shown.stdout
+        noted = argv == ["verify"] or point != "after_counters"  # rows go after counters
+        assert (f"differences in {day} not counted" in shown.stdout) == noted, shown.stdout
     # Killed within the oldest day: its files are there still (but the first at mid_files).
     assert oldest.path.exists() == (point != "mid_files")
     # The delivery process, running meanwhile, sends nothing again of the day.
@@ -409,6 +423,8 @@ def test_kill_9_at_each_point_then_the_next_pass_finishes(
     finished = _expire_cli(settings)
     assert finished.returncode == 0, finished.stderr
     assert "deleted days:" in finished.stdout
+    totals = read_totals(settings)
+    assert totals is not None and totals.expiring is None
     check(db, settings, records, first_kept)
 
 

@@ -304,6 +304,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     from event_analytics.archive import files
     from event_analytics.archive.verify import Difference, verify
     from event_analytics.console import print_differences
+    from event_analytics.expiry import set_aside
     from event_analytics.session import open_session
 
     start = args.start.replace(minute=0, second=0, microsecond=0) if args.start else None
@@ -314,12 +315,15 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
         async with open_session(settings) as (ingestor, streams):
             backlog = await streams.backlog()
             report = await verify(ingestor.store, found, settings.minute_retention_s, differences)
+        differences, note = set_aside(settings, differences, lambda d: d.minute)
         print_differences(differences)
         print(
             f"compared {report.minutes_compared} minutes ({report.events_in_archive} archived "
             f"events); {len(differences)} differ"
             + (f"; {report.unreadable} unreadable lines skipped" if report.unreadable else "")
         )
+        if note:
+            print(note)
         if backlog["stream_length"]:
             print(f"note: {backlog['stream_length']} events are not archived yet")
         return 1 if differences else 0

@@ -30,11 +30,11 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import psycopg
@@ -51,6 +51,7 @@ from event_analytics.store.streams import StreamStore
 from event_analytics.timebucket import DAY, Interval, floor, iso_z
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 LOCK_WAIT_S = 30.0
 # Beside the hour file: what compaction leaves (compact.py), the lock file last.
 _COMPACT_SUFFIXES = (".parquet", ".parquet.json", ".parquet.tmp", ".prefix.tmp",
@@ -80,6 +81,9 @@ class Totals:
     held_back: str | None = None  # why the last pass kept a day past the limit
     last_error: str | None = None
     deleted_days: list[str] = field(default_factory=list)  # by the last pass
+    # The day a pass is deleting: set before its counters go, cleared once its files are
+    # gone. A pass killed in between leaves it set, and `verify` leaves that day out.
+    expiring: str | None = None
 
 
 def read_totals(settings: Settings) -> Totals | None:
@@ -109,6 +113,22 @@ class Preview:
     horizon: str  # the first day the pass would keep
     days: list[tuple[str, int, int]] = field(default_factory=list)  # day, hour files, events
     held_back: str | None = None
+
+
+def set_aside(
+    settings: Settings, differences: list[T], hour: Callable[[T], datetime]
+) -> tuple[list[T], str | None]:
+    """``verify``'s differences without those of the day a pass is deleting (its counters
+    or rows may be gone while some of its files are still there), and a note saying so."""
+    totals = read_totals(settings)
+    day = totals.expiring if totals else None
+    kept = [d for d in differences if f"{hour(d):%Y-%m-%d}" != day]
+    if day is None or len(kept) == len(differences):
+        return differences, None
+    return kept, (
+        f"note: {len(differences) - len(kept)} differences in {day} not counted: the "
+        "retention job is deleting that day (its next pass finishes it)"
+    )
 
 
 class HeldBack(Exception):
@@ -191,8 +211,10 @@ class Expiry:
 
     async def _days(self, first_kept: datetime, conn: psycopg.Connection[Any] | None) -> datetime:
         """Delete the days before ``first_kept``, oldest first; the first day kept."""
-        listed = files.list_files(self.root, end=first_kept)
-        for day, day_files in files.by_day(listed):
+        days = files.by_day(files.list_files(self.root, end=first_kept))
+        if self.totals.expiring not in {f"{day:%Y-%m-%d}" for day, _ in days}:
+            self.totals.expiring = None  # no file of it is left: a pass finished it
+        for day, day_files in days:
             try:
                 await self._day(day, day_files, conn)
             except HeldBack as why:
@@ -210,6 +232,8 @@ class Expiry:
         conn: psycopg.Connection[Any] | None,
     ) -> None:
         await self._check(day, day_files, conn)
+        self.totals.expiring = f"{day:%Y-%m-%d}"
+        _write_totals(self.settings, self.totals)  # before any of the day goes
         await self._counters(day)
         self._crash_point("after_counters")
         if conn is not None:
@@ -223,6 +247,7 @@ class Expiry:
             if i == 0:
                 self._crash_point("mid_files")
         _remove_empty_dirs(day_files[0].path.parent, self.root)
+        self.totals.expiring = None
 
     async def _check(
         self, day: datetime, found: list[files.ArchiveFile], conn: psycopg.Connection[Any] | None

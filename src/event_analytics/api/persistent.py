@@ -52,7 +52,8 @@ def _for_operator(request: Request) -> bool:
         "`retention` (with EA_ARCHIVE_RETENTION_DAYS): the days kept, what the retention "
         "job deleted so far (hour files, events, PostgreSQL rows), its last pass, the "
         "first day it kept (`horizon`; null if the pass failed), why a day past the limit is "
-        "`held_back`, if one is, and the `oldest_hour` left in the archive. "
+        "`held_back`, if one is, the day a pass is deleting (`expiring`) and the "
+        "`oldest_hour` left in the archive. "
         "`archive_dir` and each archiver's `pid` are shown only "
         "when no `EA_READ_KEYS` are set (not to read-key holders)."
     ),
