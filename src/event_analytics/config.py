@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     # a copy is written once, so wait past the common delays; 0 = at once.
     compact: bool = True
     compact_after_s: float = Field(default=300.0, ge=0, le=7 * 24 * 3600)
+    # Whole UTC days of hours older than this many days leave the archive (JSONL and
+    # Parquet), PostgreSQL and the counters (expiry.py, run by ``serve``); None = forever.
+    # Longer than EA_MAX_AGE_S: no event the service still accepts may fall in them.
+    archive_retention_days: int | None = Field(default=None, ge=1, le=36_500)
+    # How often the expiry job looks for days past the limit (a listing of the archive).
+    archive_retention_every_s: float = Field(default=600.0, ge=1, le=24 * 3600)
 
     # PostgreSQL destination (destinations/): a libpq URL (postgresql://user:pw@host/db,
     # sslmode etc. as libpq reads them); empty = none. Every archived event is written
@@ -249,6 +255,17 @@ class Settings(BaseSettings):
     def _one_engine(self) -> Settings:
         if self.redis_url and self.redis_cluster_url:
             raise ValueError("set REDIS_URL or REDIS_CLUSTER_URL, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _retention_past_max_age(self) -> Settings:
+        days = self.archive_retention_days
+        if days is not None and days * 86400 <= self.max_age_s:
+            raise ValueError(
+                f"EA_ARCHIVE_RETENTION_DAYS={days} must be longer than EA_MAX_AGE_S="
+                f"{self.max_age_s} s ({self.max_age_s / 86400:g} days): events that old "
+                "are still accepted, and would land in hours already deleted"
+            )
         return self
 
     @property

@@ -24,7 +24,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -280,16 +280,30 @@ class DestinationGauges:
     seconds_behind: float
 
 
+@dataclass(frozen=True, slots=True)
+class ExpiryFigures:
+    """What the retention job (EA_ARCHIVE_RETENTION_DAYS) deleted so far, from its file."""
+
+    hours: int
+    events: int
+    postgres_rows: int
+    passes: int
+    days: int  # EA_ARCHIVE_RETENTION_DAYS
+    oldest_hour: float  # Unix time of the oldest hour left after the last pass; NaN: none
+
+
 class _ArchiveCollector(Collector):
     def __init__(
         self,
         gauges: ArchiveGauges | None,
         engine: EngineGauges | None,
         destinations: tuple[DestinationGauges, ...] = (),
+        expiry: ExpiryFigures | None = None,
     ) -> None:
         self.gauges = gauges
         self.engine = engine
         self.destinations = destinations
+        self.expiry = expiry
 
     def collect(self) -> Iterator[Metric]:
         # NaN, not 0, while unknown: a lag of 0 would claim an archiver that is caught up.
@@ -320,6 +334,8 @@ class _ArchiveCollector(Collector):
             limit.add_metric([node], float(limit_bytes))
         yield used
         yield limit
+        if self.expiry is not None:
+            yield from _expiry(self.expiry)
         if not self.destinations:
             return
         up = GaugeMetricFamily(
@@ -346,10 +362,32 @@ class _ArchiveCollector(Collector):
         yield seconds
 
 
+def _expiry(figures: ExpiryFigures) -> Iterator[Metric]:
+    for name, text, value in (
+        ("ea_expiry_hours_deleted", "Hour files deleted by retention", figures.hours),
+        ("ea_expiry_events_deleted", "Archived events deleted by retention", figures.events),
+        ("ea_expiry_postgres_rows_deleted", "PostgreSQL rows deleted by retention",
+         figures.postgres_rows),
+        ("ea_expiry_passes", "Passes of the retention job", figures.passes),
+    ):  # fmt: skip
+        yield CounterMetricFamily(name, text, value=float(value))
+    yield GaugeMetricFamily(
+        "ea_archive_retention_days", "EA_ARCHIVE_RETENTION_DAYS: days of hours kept",
+        value=float(figures.days),
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "ea_archive_oldest_hour_timestamp_seconds",
+        "Start of the oldest hour left in the archive after the retention job's last pass "
+        "(NaN: before its first pass, or no hour at all)",
+        value=figures.oldest_hour,
+    )
+
+
 def _registries(
     archive: ArchiveGauges | None,
     engine: EngineGauges | None,
     destinations: tuple[DestinationGauges, ...],
+    expiry: ExpiryFigures | None = None,
 ) -> Iterable[CollectorRegistry]:
     if MULTIPROCESS:
         merged = CollectorRegistry()
@@ -358,7 +396,7 @@ def _registries(
     else:
         yield REGISTRY
     extra = CollectorRegistry()
-    extra.register(_ArchiveCollector(archive, engine, destinations))
+    extra.register(_ArchiveCollector(archive, engine, destinations, expiry))
     yield extra
 
 
@@ -366,6 +404,8 @@ def scrape(
     archive: ArchiveGauges | None,
     engine: EngineGauges | None = None,
     destinations: tuple[DestinationGauges, ...] = (),
+    expiry: ExpiryFigures | None = None,
 ) -> bytes:
     """The Prometheus text exposition of every metric, summed over worker processes."""
-    return b"".join(generate_latest(r) for r in _registries(archive, engine, destinations))
+    registries = _registries(archive, engine, destinations, expiry)
+    return b"".join(generate_latest(r) for r in registries)
