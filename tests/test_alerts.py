@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,12 @@ def test_live_metrics_pass_promtool_and_have_every_name_used(
     assert HTTP.post(f"{live.url}/events", json=body).status_code == 200
     assert HTTP.post(f"{live.url}/events", json={"user_id": "x"}).status_code == 422
     assert HTTP.post(f"{live.url}/events/batch", json={"events": [event()]}).status_code == 200
+    # The query lanes' gauges come from the query process (serve --query-workers), which
+    # readiness does not wait for: a forwarded read answered means it has started.
+    deadline = time.monotonic() + 60
+    while HTTP.get(f"{live.url}/analytics/top-pages").status_code != 200:
+        assert time.monotonic() < deadline, "the query process never answered"
+        time.sleep(0.2)
     text = HTTP.get(f"{live.url}/metrics").text
 
     code, out = _run(promtool, "check", "metrics", stdin=text)

@@ -12,6 +12,8 @@ The archive sits under ingest and analytics because both use its record codec
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -243,3 +245,23 @@ def test_lazy_and_relative_imports_count(tmp_path: Path) -> None:
     )
     modules = {"api.app": path, "store.claims": path, "keys": path, "archive.m": path}
     assert _imports("archive.m", path, modules) == {"api.app", "store.claims", "keys"}
+
+
+def test_the_command_line_loads_no_metrics_library_before_serve_sets_its_directory() -> None:
+    # cli._serve points prometheus_client at the run's directory (PROMETHEUS_MULTIPROC_DIR)
+    # before importing it; a command module that reaches the store at import time (the
+    # store counts engine errors) loaded it first, and /metrics then showed the serve
+    # process's own values only: the query processes' slots and budgets were missing.
+    code = (
+        "import sys\n"
+        "from event_analytics.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prometheus_client'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]"

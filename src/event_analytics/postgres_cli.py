@@ -19,7 +19,6 @@ from event_analytics.archive.export import id_hash, ids_checksum
 from event_analytics.config import Settings
 from event_analytics.destinations import postgres
 from event_analytics.destinations.postgres import Progress
-from event_analytics.expiry import set_aside
 from event_analytics.export_cli import BadArgument, check_range, parse_time
 from event_analytics.timebucket import iso_z
 
@@ -122,6 +121,10 @@ def _archive_sums(f: files.ArchiveFile, upto: int) -> tuple[int, int]:
 
 def verify(args: argparse.Namespace, settings: Settings) -> int:
     """Per hour: the rows' count and id checksum against the archive's delivered lines."""
+    # Here, not at the top: expiry reaches the store and so prometheus_client, which every
+    # command's parser would then load before serve points it at its directory (cli._serve).
+    from event_analytics.expiry import set_aside
+
     url = _need_url(settings, "verify")
     if url is None:
         return 2
