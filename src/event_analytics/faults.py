@@ -6,6 +6,8 @@ use for them):
 
 - ``EA_ARCHIVER_CRASH_AT``: the archiver SIGKILLs itself at this point (``ARCHIVER_POINTS``).
 - ``EA_REBUILD_CRASH_AFTER_BATCHES``: ``rebuild`` SIGKILLs itself after this many batches.
+- ``EA_ERASE_CRASH_AT``: ``forget`` SIGKILLs itself at this point of an hour file's
+  rewrite (``ERASE_POINTS``; archive/erase.py).
 
 Read once, when the archiver or a rebuild starts; a value outside these fails loudly.
 """
@@ -16,6 +18,7 @@ import os
 import signal
 
 ARCHIVER_POINTS = ("after_write", "mid_line", "compact_written", "compact_renamed")
+ERASE_POINTS = ("erase_written", "erase_renamed")
 
 
 def archiver_crash_at() -> str:
@@ -23,6 +26,14 @@ def archiver_crash_at() -> str:
     point = os.environ.get("EA_ARCHIVER_CRASH_AT", "")
     if point and point not in ARCHIVER_POINTS:
         raise ValueError(f"EA_ARCHIVER_CRASH_AT={point!r}: use one of {ARCHIVER_POINTS}")
+    return point
+
+
+def erase_crash_at() -> str:
+    """The point an erasure dies at; "" (the default) for none."""
+    point = os.environ.get("EA_ERASE_CRASH_AT", "")
+    if point and point not in ERASE_POINTS:
+        raise ValueError(f"EA_ERASE_CRASH_AT={point!r}: use one of {ERASE_POINTS}")
     return point
 
 

@@ -40,7 +40,8 @@ def event_id_of(line: bytes) -> str:
     return line[record.ID_START : record.ID_END].decode()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the directory's entries (a new or renamed name) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -57,18 +58,40 @@ def locked(path: Path) -> Iterator[int]:
     that crashed before its entries were acknowledged, so it is cut off: those
     entries are still pending in the stream and will be written again.
     """
-    created = not path.exists()
-    if created:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    for _ in range(_REOPEN_TRIES):
+        created = not path.exists()
         if created:
-            _fsync_dir(path.parent)  # the new name must survive a crash as well
-        repair_tail(fd)
-        yield fd
-    finally:
-        os.close(fd)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not _still_named(fd, path):
+                # An erasure replaced the file (archive/erase.py renames a rewritten copy
+                # over it) while we waited: appending to the old inode would lose the
+                # lines. Open the name again.
+                continue
+            if created:
+                fsync_dir(path.parent)  # the new name must survive a crash as well
+            repair_tail(fd)
+            yield fd
+            return
+        finally:
+            os.close(fd)
+    raise OSError(f"{path} was replaced {_REOPEN_TRIES} times while waiting for its lock")
+
+
+# Each retry means one more erasure finished meanwhile: a handful is already unlikely.
+_REOPEN_TRIES = 100
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_ino, named.st_dev) == (opened.st_ino, opened.st_dev)
 
 
 def repair_tail(fd: int) -> int:
