@@ -206,7 +206,7 @@ def _header_reads(lua: str, table: str) -> list[tuple[int, str]]:
 
 
 def test_the_ingest_call_is_the_scripts_header() -> None:
-    # IngestCall's header fields, in order, are ingest.lua's KEYS[1..4] and ARGV[1..13],
+    # IngestCall's header fields, in order, are ingest.lua's KEYS[1..5] and ARGV[1..13],
     # each read once under the field's own name; nothing else in the script reads a
     # header position by number, and the stripes start right after the header.
     lua = source(Lua.INGEST)
@@ -589,3 +589,33 @@ def test_the_daily_salt_is_shared_rotates_and_expires(db: Backend) -> None:
         assert raw.expiretime(f"salt:salt:{day.date().isoformat()}") == midnight + GRACE_S
     finally:
         raw.close()
+
+
+@PATHS
+def test_an_erased_users_events_are_refused_and_nothing_of_them_kept(
+    db: Backend, aggregate_above: int
+) -> None:
+    # Four user shards: some ids are claimed on another shard than their user's
+    # (store/claims.py). An erased user's events are refused with user_erased, everyone
+    # else's are counted, and nothing of the refused ones stays: once the user is lifted
+    # from the list, the same ids are new.
+    now = datetime.now(UTC)
+    keys = Keys("st:", 4)
+    sent = [event(user=("alice" if i % 3 == 0 else f"u{i}"), ts=now) for i in range(60)]
+
+    async def work(ingestor: Ingestor, store: IngestWriter) -> tuple[list[Any], list[Any]]:
+        await store.client.sadd(keys.erased(keys.shard_of("alice")), "alice")
+        first = await ingestor.ingest_items(sent, now)
+        await store.client.srem(keys.erased(keys.shard_of("alice")), "alice")
+        return first, await ingestor.ingest_items(sent, now)
+
+    first, again = _run(db, 4, work, aggregate_above=aggregate_above)
+    for body, got in zip(sent, first, strict=True):
+        if body["user_id"] == "alice":
+            assert got.status == "rejected" and got.errors[0].code == "user_erased", got
+        else:
+            assert got.status == "accepted", got
+    for body, got in zip(sent, again, strict=True):
+        assert got.status == ("accepted" if body["user_id"] == "alice" else "duplicate"), got
+    counts, _, outbox = _counted(db)
+    assert sum(int(c) for c in counts.values()) == 60 and outbox == 0
