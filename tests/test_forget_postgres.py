@@ -1,11 +1,14 @@
 """Erasure and the PostgreSQL destination, on a real PostgreSQL server: a running
 delivery notices an hour file rewritten under it (a new inode) and delivers the hour
-again from the new file; ``verify --postgres`` then finds 0 differences."""
+again from the new file; ``forget`` with EA_POSTGRES_URL removes the rows itself, and
+``verify --postgres`` then finds 0 differences."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
+import psycopg
 import pytest
 
 from event_analytics.archive import erase
@@ -36,3 +39,22 @@ def test_delivery_notices_a_rewritten_hour(tmp_path: Path, pg: str) -> None:
     done = cli(tmp_path, pg, "verify", "--postgres")
     assert done.returncode == 0, done.stdout + done.stderr
     assert " 0 differ" in done.stdout
+
+
+def test_forget_removes_the_rows_and_verify_agrees(tmp_path: Path, pg: str) -> None:
+    records = spread(200)
+    write(tmp_path / "archive", records)
+    synced = cli(tmp_path, pg, "sync", "--postgres", "--from", "2000-01-01", "--to", "2100-01-01")
+    assert synced.returncode == 0, synced.stderr
+    # A progress table made before inodes were recorded: forget upgrades it.
+    with psycopg.connect(pg) as conn:
+        conn.execute("ALTER TABLE ea_delivered DROP COLUMN inode")
+    done = cli(tmp_path, pg, "forget", "u1", "u2")
+    assert done.returncode == 0, done.stderr
+    audit = orjson.loads(done.stdout)
+    kept = [r for r in records if r.user_id not in ("u1", "u2")]
+    assert audit["events_removed"] == audit["postgres_rows_removed"] == len(records) - len(kept)
+    assert table(pg) == model(kept)
+    checked = cli(tmp_path, pg, "verify", "--postgres")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert " 0 differ" in checked.stdout

@@ -54,6 +54,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
         (
             "ingest",
             "importing",
+            "forgetting",  # erasing a person: archive, PostgreSQL, counters
             "import_read",
             "batcher",
             "analytics",
@@ -71,6 +72,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "explore_cli",
             "export_cli",
             "import_cli",
+            "forget_cli",
             "goals_cli",
             "links_cli",
             "postgres_cli",

@@ -147,6 +147,12 @@ class Keys:
         hour), newest last; kept in the engine so that a backup carries it too."""
         return f"{self.prefix}erasures"
 
+    def erasing(self) -> str:
+        """Hash hour file -> JSON (hour, event types) of the hours an erasure rewrote and
+        has not finished re-deriving from (PostgreSQL, counters): a run killed halfway is
+        finished by the next one (forgetting.py); deleted at the end of a run."""
+        return f"{self.prefix}erasing"
+
     def backups(self) -> str:
         """List of the backups taken (JSON: directory, when, archive watermark), oldest
         first: an erasure names those that still hold the erased events."""

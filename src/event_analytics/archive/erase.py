@@ -28,6 +28,10 @@ from event_analytics import faults
 from event_analytics.archive import compact, files, record
 
 Crash = Callable[[str], None]
+# Told (relative path, hour, event types of the removed lines) before an hour is renamed:
+# a caller that re-derives state from the hours (forgetting.py) journals them, so a run
+# killed after the rename still knows which hours and days to finish.
+Note = Callable[[str, datetime, frozenset[str]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +78,12 @@ def _decoded(line: bytes) -> record.Record | None:
 
 
 def erase_hour(
-    path: Path, users: Collection[str], relative: str, hour: datetime, crash: Crash
+    path: Path,
+    users: Collection[str],
+    relative: str,
+    hour: datetime,
+    crash: Crash,
+    note: Note | None = None,
 ) -> HourErased | None:
     """Rewrite one hour file without the events of ``users``; None if it held none."""
     wanted = set(users)
@@ -100,6 +109,8 @@ def erase_hour(
                 at += len(line)
         if not spans:
             return None
+        if note is not None:
+            note(relative, hour, frozenset(types))
         scratch = _scratch(path)
         with scratch.open("wb") as out:
             out.writelines(kept)
@@ -142,15 +153,18 @@ class EraseReport:
         return sum(h.removed for h in self.hours)
 
 
-def erase(root: Path, users: Collection[str], crash: Crash | None = None) -> EraseReport:
-    """Remove every event of ``users`` from the archive under ``root``."""
+def erase(
+    root: Path, users: Collection[str], crash: Crash | None = None, note: Note | None = None
+) -> EraseReport:
+    """Remove every event of ``users`` from the archive under ``root`` (``note``: told of
+    each hour before its rename)."""
     die = crash or _crash_from_env()
     report = EraseReport()
     for found in files.list_files(root):
         report.files_scanned += 1
         with contextlib.suppress(FileNotFoundError):  # deleted meanwhile (retention)
             _scratch(found.path).unlink(missing_ok=True)
-        done = erase_hour(found.path, users, found.relative, found.hour, die)
+        done = erase_hour(found.path, users, found.relative, found.hour, die, note)
         if done is not None:
             report.hours.append(done)
     for path in stale_copies(root):
