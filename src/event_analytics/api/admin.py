@@ -12,35 +12,25 @@ from fastapi.responses import Response
 
 from event_analytics.api import deps
 from event_analytics.api.body import read_json
-from event_analytics.api.problems import problem_responses
+from event_analytics.api.problems import json_body, problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.errors import FieldError, InvalidInput
 from event_analytics.forgetting import MAX_USERS, check_users, forget
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
 MAX_BODY = 512 * 1024  # MAX_USERS ids of at most 255 characters, escaped
-_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["user_ids"],
-                    "properties": {
-                        "user_ids": {
-                            "type": "array",
-                            "minItems": 1,
-                            "maxItems": MAX_USERS,
-                            "items": {"type": "string", "minLength": 1, "maxLength": 255},
-                            "example": ["user_42"],
-                        }
-                    },
-                }
-            }
-        },
-    }
-}
+_BODY = json_body(
+    ["user_ids"],
+    {
+        "user_ids": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_USERS,
+            "items": {"type": "string", "minLength": 1, "maxLength": 255},
+            "example": ["user_42"],
+        }
+    },
+)
 
 
 @router.post(
