@@ -8,6 +8,10 @@ engine's whole CPU per event (script, protocol, AOF). The engine is single-threa
 1,000,000 / (engine µs per event) bounds the events/s of one engine, whatever the API.
 
     .venv/bin/python benchmarks/script_cost.py [--events 20000] [--batch 100] [--aggregate-above N]
+        [--erased N]
+
+``--erased N``: N users (none of those sending) on the suppression list first
+(``forget``): what checking a call's users against it costs.
 """
 
 from __future__ import annotations
@@ -35,9 +39,12 @@ from event_analytics.store.writer import AGGREGATE_ABOVE
 OUTSIDE = {"evalsha", "config|resetstat", "info", "script|load", "hello", "client|setinfo"}
 
 
-async def store_all(url: str, n: int, batch: int, aggregate_above: int) -> None:
+async def store_all(url: str, n: int, batch: int, aggregate_above: int, erased: int = 0) -> None:
     settings = Settings(redis_url=url)
     store = IngestWriter.from_settings(settings, aggregate_above=aggregate_above)
+    if erased and hasattr(store.keys, "erased"):  # (a tree before the suppression list)
+        for shard in range(store.keys.shards):
+            await store.client.sadd(store.keys.erased(shard), *(f"gone{i}" for i in range(erased)))
     ingestor = Ingestor(settings, store)
     now = datetime.now(UTC)
     ts = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -96,11 +103,14 @@ def main() -> None:
         default=AGGREGATE_ABOVE,
         help="calls of more events write per key (default: the service's threshold)",
     )
+    parser.add_argument("--erased", type=int, default=0, help="users erased beforehand")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ea-script-cost-"))
     try:
         with EngineProcess(find_server_binary(), work) as engine:
-            asyncio.run(store_all(engine.url, args.events, args.batch, args.aggregate_above))
+            asyncio.run(
+                store_all(engine.url, args.events, args.batch, args.aggregate_above, args.erased)
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

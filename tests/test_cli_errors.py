@@ -90,6 +90,8 @@ CASES: list[tuple[list[str], dict[str, str], int, str]] = [
     ),
     (["import", "x.ndjson", "--format", "xml"], {}, 2, "--format must be one of"),
     (["import", "history.txt"], {}, 2, "cannot tell the format"),
+    (["forget", "bad\x01id"], {}, 2, "user id number 1 is not a user id"),
+    (["forget", "alice", "--wait", "0"], {}, 2, "--wait"),
     (["deliver"], {}, 2, "set EA_POSTGRES_URL"),
     (["expire", "--once"], {}, 2, "set EA_ARCHIVE_RETENTION_DAYS"),
     (["expire", "--once"], {"EA_ARCHIVE_RETENTION_DAYS": "3"}, 2, "must be longer than"),

@@ -278,3 +278,26 @@ def test_import_into_a_compacted_hour_is_read_past_its_copy(db: Backend, tmp_pat
         handle.seek(cover.jsonl_bytes)
         tail = {files.event_id_of(line) for line in handle}
     assert tail == {e["event_id"] for e in second}
+
+
+def test_an_erased_users_events_are_refused_on_both_paths(db: Backend, tmp_path: Path) -> None:
+    """A user on the suppression list (``forget``) is not brought back by an import: old
+    events (written straight into hour files) and live-window ones are rejected with
+    user_erased; everyone else's are imported."""
+    root = tmp_path / "archive"
+    prefix = "import-erased:"  # its own: the session's service shares this engine
+    env = env_for(db, root) | {"EA_KEY_PREFIX": prefix}
+    recent = history(26, hours=0, start=datetime.now(UTC) - timedelta(minutes=20))
+    old = history(39)
+    keys = Keys(prefix, db.shards)
+    with db.client() as c:
+        c.sadd(keys.erased(keys.shard_of("u1")), "u1")
+    src = write_ndjson(tmp_path / "mixed.ndjson", recent + old)
+    done = run_import(env, str(src))
+    gone = [e for e in recent + old if e["user_id"] == "u1"]
+    assert 0 < len([e for e in old if e["user_id"] == "u1"]) < len(gone)
+    assert f"accepted {65 - len(gone)}, duplicate 0, rejected {len(gone)}" in done.stdout, (
+        done.stdout
+    )
+    assert f"rejected user_erased: {len(gone)}" in done.stdout, done.stdout
+    assert "u1" not in {r.user_id for r in archived(root).values()}

@@ -56,6 +56,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
         (
             "ingest",
             "importing",
+            "forgetting",  # erasing a person: archive, PostgreSQL, counters
             "import_read",
             "batcher",
             "analytics",
@@ -75,6 +76,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "expire_cli",
             "export_cli",
             "import_cli",
+            "forget_cli",
             "goals_cli",
             "links_cli",
             "postgres_cli",

@@ -10,13 +10,15 @@ import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from event_analytics.archive.rebuild import prepare_archived
-from event_analytics.archive.record import Record
+from event_analytics.archive import files
+from event_analytics.archive.rebuild import prepare_archived, rebuild
+from event_analytics.archive.record import Record, encode
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
 from event_analytics.model import EVENT_ADAPTER, Event
@@ -206,7 +208,7 @@ def _header_reads(lua: str, table: str) -> list[tuple[int, str]]:
 
 
 def test_the_ingest_call_is_the_scripts_header() -> None:
-    # IngestCall's header fields, in order, are ingest.lua's KEYS[1..4] and ARGV[1..13],
+    # IngestCall's header fields, in order, are ingest.lua's KEYS[1..5] and ARGV[1..13],
     # each read once under the field's own name; nothing else in the script reads a
     # header position by number, and the stripes start right after the header.
     lua = source(Lua.INGEST)
@@ -589,3 +591,61 @@ def test_the_daily_salt_is_shared_rotates_and_expires(db: Backend) -> None:
         assert raw.expiretime(f"salt:salt:{day.date().isoformat()}") == midnight + GRACE_S
     finally:
         raw.close()
+
+
+@PATHS
+def test_an_erased_users_events_are_refused_and_nothing_of_them_kept(
+    db: Backend, aggregate_above: int
+) -> None:
+    # Four user shards: some ids are claimed on another shard than their user's
+    # (store/claims.py). An erased user's events are refused with user_erased, everyone
+    # else's are counted, and nothing of the refused ones stays: once the user is lifted
+    # from the list, the same ids are new.
+    now = datetime.now(UTC)
+    keys = Keys("st:", 4)
+    sent = [event(user=("alice" if i % 3 == 0 else f"u{i}"), ts=now) for i in range(60)]
+
+    async def work(ingestor: Ingestor, store: IngestWriter) -> tuple[list[Any], list[Any]]:
+        await store.client.sadd(keys.erased(keys.shard_of("alice")), "alice")
+        first = await ingestor.ingest_items(sent, now)
+        await store.client.srem(keys.erased(keys.shard_of("alice")), "alice")
+        return first, await ingestor.ingest_items(sent, now)
+
+    first, again = _run(db, 4, work, aggregate_above=aggregate_above)
+    for body, got in zip(sent, first, strict=True):
+        if body["user_id"] == "alice":
+            assert got.status == "rejected" and got.errors[0].code == "user_erased", got
+        else:
+            assert got.status == "accepted", got
+    for body, got in zip(sent, again, strict=True):
+        assert got.status == ("accepted" if body["user_id"] == "alice" else "duplicate"), got
+    counts, _, outbox = _counted(db)
+    assert sum(int(c) for c in counts.values()) == 60 and outbox == 0
+
+
+@pytest.mark.parametrize("with_stream", [True, False])
+def test_a_rebuild_beside_live_traffic_counts_the_unarchived_stream_once(
+    db: Backend, tmp_path: Path, with_stream: bool
+) -> None:
+    # A day rebuilt while some of its events are streamed and not archived yet (forget
+    # rebuilds beside live traffic): with_stream replays those too, skipping the ones
+    # its files hold; an event ingested after the rebuild is counted once, by ingest.
+    # Without with_stream the day holds only what its files hold.
+    now = datetime.now(UTC)
+    bodies = [event(user=f"u{i}", ts=now) for i in range(12)]
+    root = tmp_path / "archive"
+
+    async def work(ingestor: Ingestor, store: IngestWriter) -> tuple[int, int]:
+        await ingestor.ingest_items(bodies, now)
+        hour = floor(now, Interval.HOUR)
+        path = files.hour_path(root, hour)
+        path.parent.mkdir(parents=True)
+        archived = [_replayed(b) for b in bodies[:5]]  # as the archiver wrote them
+        path.write_bytes(b"".join(encode(r) + b"\n" for r in archived))
+        await rebuild(ingestor.settings, store, files.list_files(root), with_stream=with_stream)
+        day = store.keys.bucket_keys(0, "page_view", Interval.DAY, floor(now, Interval.DAY))[0]
+        after_rebuild = int(await store.client.get(day) or 0)
+        await ingestor.ingest_items([event(user="late", ts=now)], now)
+        return after_rebuild, int(await store.client.get(day) or 0)
+
+    assert _run(db, 1, work, prefix="rb:") == ((12, 13) if with_stream else (5, 6))

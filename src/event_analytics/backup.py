@@ -31,7 +31,6 @@ before the sweep, archive files after it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -49,6 +48,8 @@ from event_analytics.config import Settings
 from event_analytics.restore import FORMAT, MANIFEST, BackupError, sha256_of, write_durably
 from event_analytics.store import IngestWriter
 from event_analytics.store.embedded import find_server_binary
+from event_analytics.store.errors import engine_errors
+from event_analytics.store.pause import PauseFailed, archivers_paused
 from event_analytics.store.streams import StreamStore
 from event_analytics.timebucket import iso_z
 
@@ -117,6 +118,23 @@ def _copy_cut(source: Path, target: Path) -> int:
     return data.count(b"\n")
 
 
+async def _on_record(
+    store: IngestWriter, dest: str, started: datetime, watermark: datetime
+) -> None:
+    entry = {"dir": dest, "started_at": iso_z(started),
+             "archive_watermark": iso_z(watermark)}  # fmt: skip
+    async with engine_errors():
+        await store.client.rpush(store.keys.backups(), json.dumps(entry))
+
+
+_PAUSE_FAILED = {
+    "busy": "another backup is running (the archive is paused for it)",
+    "not_paused": "archivers {} did not pause within "
+    f"{PAUSE_WAIT_S:.0f} s (an older version?): nothing was backed up",
+    "expired": "the archive pause expired during the backup",
+}
+
+
 def check_dest(dest: Path) -> None:
     """BackupError unless ``dest`` is missing or an empty directory (checked before
     anything is paused or snapshotted: a bad destination fails first, nothing done)."""
@@ -128,13 +146,14 @@ def check_dest(dest: Path) -> None:
         raise BackupError(f"{dest} is not empty: back up into a new directory")
 
 
-def _prepare_dest(dest: Path) -> None:
-    """``dest`` as an empty directory, made if missing."""
+def _prepare_dest(dest: Path) -> str:
+    """``dest`` as an empty directory, made if missing; its absolute path."""
     check_dest(dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BackupError(f"cannot make {dest}: {exc.strerror}") from None
+    return str(dest.resolve())
 
 
 def _file_entry(dest: Path, path: Path, events: int | None = None) -> dict[str, Any]:
@@ -152,35 +171,6 @@ def _copy_archive(root: Path, dest: Path) -> list[dict[str, Any]]:
     return entries
 
 
-async def _wait_paused(streams: StreamStore, since: float, fresh_s: float) -> None:
-    """Until every live archiver has said "paused" in a heartbeat sent after ``since``."""
-    deadline = time.monotonic() + PAUSE_WAIT_S
-    while True:
-        live = await streams.archivers(fresh_s=fresh_s)
-        waiting = [
-            name
-            for name, status in live.items()
-            if status.get("state") != "paused" or float(status.get("heartbeat", 0)) < since
-        ]
-        if not waiting:
-            return
-        if time.monotonic() > deadline:
-            raise BackupError(
-                f"archivers {', '.join(sorted(waiting))} did not pause within "
-                f"{PAUSE_WAIT_S:.0f} s (an older version?): nothing was backed up"
-            )
-        await asyncio.sleep(0.1)
-
-
-async def _keep_paused(streams: StreamStore, owner: str, ttl_ms: int) -> None:
-    """Renew the pause every third of its TTL; if it was lost (expired under an engine
-    outage longer than the TTL), the backup cannot be consistent: say so."""
-    while True:
-        await asyncio.sleep(ttl_ms / 3000)
-        if not await streams.renew_pause(owner, ttl_ms):
-            raise BackupError("the archive pause expired during the backup")
-
-
 async def backup(settings: Settings, dest: Path) -> dict[str, Any]:
     """Write a backup of the engine the settings name, and of its archive, into ``dest``."""
     url = settings.redis_cluster_url or settings.redis_url or ""
@@ -191,7 +181,7 @@ async def backup(settings: Settings, dest: Path) -> dict[str, Any]:
             "valkey-cli --rdb without TLS. Run it against a plain-TCP port of the engine "
             "(or of each master) reachable from a trusted host; nothing was backed up"
         )
-    _prepare_dest(dest)
+    where = _prepare_dest(dest)
     started = datetime.now(UTC)
     store = IngestWriter.from_settings(settings)
     streams = StreamStore(store.client, store.keys)
@@ -201,31 +191,26 @@ async def backup(settings: Settings, dest: Path) -> dict[str, Any]:
         masters = await _masters(store)
         cli = _cli()
         ttl_ms = int(settings.backup_pause_ttl_s * 1000)
-        if not await streams.pause(owner, ttl_ms):
-            raise BackupError("another backup is running (the archive is paused for it)")
         # The pause follows the backup's duration: renewed while it runs, it expires by
         # itself EA_BACKUP_PAUSE_TTL_S after a backup that died (archivers write nothing
         # while it lasts: the archive lag grows by the backup's time).
-        renewing = asyncio.create_task(_keep_paused(streams, owner, ttl_ms))
+        fresh_s = 3 + settings.archiver_lease_s
         try:
-            await _wait_paused(streams, time.time(), 3 + settings.archiver_lease_s)
-            # Nothing is archived from here until resume: the archive copy and the
-            # snapshots' streams hold every event exactly once between them.
-            watermark = datetime.now(UTC)
-            archive = await asyncio.to_thread(_copy_archive, settings.archive_path, dest)
-            backlog = await streams.backlog()
-            snapshots = []
-            for i, (node, args) in enumerate(masters):
-                path = dest / "engine" / f"node-{i}.rdb"
-                await asyncio.to_thread(_snapshot, cli, args, path)
-                snapshots.append(_file_entry(dest, path) | {"node": node})
-            if renewing.done():
-                renewing.result()  # the pause was lost: raises why
-        finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
-            await streams.resume(owner)
+            async with archivers_paused(streams, owner, ttl_ms, fresh_s, PAUSE_WAIT_S):
+                # Nothing is archived from here until resume: the archive copy and the
+                # snapshots' streams hold every event exactly once between them.
+                watermark = datetime.now(UTC)
+                archive = await asyncio.to_thread(_copy_archive, settings.archive_path, dest)
+                # On record as soon as it holds events: an erasure names it as holding them.
+                await _on_record(store, where, started, watermark)
+                backlog = await streams.backlog()
+                snapshots = []
+                for i, (node, args) in enumerate(masters):
+                    path = dest / "engine" / f"node-{i}.rdb"
+                    await asyncio.to_thread(_snapshot, cli, args, path)
+                    snapshots.append(_file_entry(dest, path) | {"node": node})
+        except PauseFailed as exc:
+            raise BackupError(_PAUSE_FAILED[exc.kind].format(", ".join(exc.waiting))) from None
     finally:
         await store.close()
     manifest = {

@@ -1,6 +1,6 @@
 """Command line: serve | archiver | rebuild | verify | backup | restore | loadtest | status |
-goals | links | export | deliver | sync | expire (and archive_cli's sql | compact | funnel |
-retention | query)."""
+goals | links | export | import | forget | deliver | sync | expire (and archive_cli's sql |
+compact | funnel | retention | query)."""
 
 from __future__ import annotations
 
@@ -494,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         archive_cli,
         expire_cli,
         export_cli,
+        forget_cli,
         goals_cli,
         import_cli,
         links_cli,
@@ -506,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     goals_cli.add_commands(sub, add_dirs)
     links_cli.add_commands(sub, add_dirs)
     export_cli.add_commands(sub, add_dirs)
+    forget_cli.add_commands(sub, add_dirs)
     import_cli.add_commands(sub, add_dirs)
     postgres_cli.add_commands(sub, add_dirs)
     stats_export_cli.add_commands(sub, add_dirs)

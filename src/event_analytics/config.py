@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     # API keys: when a list is set, its scope requires one of its keys. Empty = open.
     write_keys: tuple[str, ...] = ()
     read_keys: tuple[str, ...] = ()
+    # The admin scope (erasing people: POST /api/v1/admin/forget), apart from reading and
+    # writing. Empty = the admin routes are closed to everyone (never open).
+    admin_keys: tuple[str, ...] = ()
     # Read keys limited to some sites: "key@site1|site2,key2@site3" (docs/deploy.md, "Keys
     # per site"). Such a key reads only those sites, and only through the site-scoped
     # routes; setting one closes reads to keyless callers as EA_READ_KEYS does.
@@ -297,6 +300,7 @@ class Settings(BaseSettings):
     @field_validator(
         "write_keys",
         "read_keys",
+        "admin_keys",
         "cors_origins",
         "cors_read_origins",
         "share_embed_origins",
@@ -308,7 +312,7 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("write_keys", "read_keys")
+    @field_validator("write_keys", "read_keys", "admin_keys")
     @classmethod
     def _long_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _checked_keys(value)

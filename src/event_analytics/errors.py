@@ -247,6 +247,16 @@ def too_many_event_types(event_type: str, limit: int) -> FieldError:
     )
 
 
+def user_erased() -> FieldError:
+    """The reason an event was refused: its user was erased (``forget``)."""
+    return FieldError(
+        "user_erased",
+        "user_id",
+        "this user's data was erased at their request and the service refuses their "
+        "events: nothing of this event was stored; do not send it again",
+    )
+
+
 class QueryTooCostly(InvalidQuery):
     """A read would merge more (bucket, page) or (bucket, user) entries than
     EA_MAX_QUERY_COST, or scan more archive bytes than EA_ANALYTICS_MAX_SCAN_BYTES."""

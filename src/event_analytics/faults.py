@@ -7,6 +7,8 @@ use for them):
 - ``EA_ARCHIVER_CRASH_AT``: the archiver SIGKILLs itself at this point (``ARCHIVER_POINTS``).
 - ``EA_REBUILD_CRASH_AFTER_BATCHES``: ``rebuild`` SIGKILLs itself after this many batches.
 - ``EA_EXPIRY_CRASH_AT``: the expiry job SIGKILLs itself at this point (``EXPIRY_POINTS``).
+- ``EA_ERASE_CRASH_AT``: ``forget`` SIGKILLs itself at this point of an hour file's
+  rewrite (``ERASE_POINTS``; archive/erase.py).
 
 Read once, when the archiver or a rebuild starts; a value outside these fails loudly.
 """
@@ -19,22 +21,29 @@ import signal
 ARCHIVER_POINTS = ("after_write", "mid_line", "compact_written", "compact_renamed")
 # expiry.py, per day: counters cleared; PostgreSQL rows gone; the first hour file gone.
 EXPIRY_POINTS = ("after_counters", "after_postgres", "mid_files")
+ERASE_POINTS = ("erase_written", "erase_renamed")
+
+
+def _point(variable: str, points: tuple[str, ...]) -> str:
+    point = os.environ.get(variable, "")
+    if point and point not in points:
+        raise ValueError(f"{variable}={point!r}: use one of {points}")
+    return point
 
 
 def archiver_crash_at() -> str:
     """The point the archiver dies at; "" (the default) for none."""
-    point = os.environ.get("EA_ARCHIVER_CRASH_AT", "")
-    if point and point not in ARCHIVER_POINTS:
-        raise ValueError(f"EA_ARCHIVER_CRASH_AT={point!r}: use one of {ARCHIVER_POINTS}")
-    return point
+    return _point("EA_ARCHIVER_CRASH_AT", ARCHIVER_POINTS)
 
 
 def expiry_crash_at() -> str:
     """The point the expiry job dies at; "" (the default) for none."""
-    point = os.environ.get("EA_EXPIRY_CRASH_AT", "")
-    if point and point not in EXPIRY_POINTS:
-        raise ValueError(f"EA_EXPIRY_CRASH_AT={point!r}: use one of {EXPIRY_POINTS}")
-    return point
+    return _point("EA_EXPIRY_CRASH_AT", EXPIRY_POINTS)
+
+
+def erase_crash_at() -> str:
+    """The point an erasure dies at; "" (the default) for none."""
+    return _point("EA_ERASE_CRASH_AT", ERASE_POINTS)
 
 
 def rebuild_crash_after_batches() -> int:

@@ -13,6 +13,10 @@ the first day retention keeps (expiry.py); no other maximum age. Then:
   resend is a duplicate, and the archiver writes them. Their hour file is checked first
   too, so an event archived before the dedup memory was lost is still a duplicate.
 
+Users on the suppression list (erased by ``forget``, ``keys.erased``) are refused on
+both paths with ``user_erased``: the live path's script refuses them, and the direct
+path asks their shards' lists before appending a chunk.
+
 The counters of the days the direct path touched (accepted or already there: a run
 killed after appending is finished by the next one) are rebuilt from the archive by
 ``archive/rebuild.py``. A killed run is resumed by running it again: what it wrote is
@@ -34,10 +38,12 @@ from pydantic import ValidationError
 from event_analytics.archive import files, rebuild
 from event_analytics.archive.record import Record, encode
 from event_analytics.config import Settings
+from event_analytics.errors import user_erased
 from event_analytics.expiry import horizon
 from event_analytics.import_read import Item
 from event_analytics.ingest import Ingestor
 from event_analytics.model import EVENT_ADAPTER, errors_from_validation
+from event_analytics.store.errors import engine_errors
 from event_analytics.timebucket import DAY, Interval, floor, iso_z, to_utc
 
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # a "sane year": older is a wrong clock
@@ -73,7 +79,8 @@ class Importer:
         self.root = settings.archive_path
         self.report = ImportReport()
         self._known: dict[Path, _HourIds] = {}
-        self._direct: dict[datetime, list[tuple[str, bytes]]] = {}  # by hour
+        # by hour: (where, user, event id, line)
+        self._direct: dict[datetime, list[tuple[str, str, str, bytes]]] = {}
         self._live: list[tuple[str, dict[str, object]]] = []
         self._pending = 0
         self._skew = timedelta(seconds=settings.future_skew_s)
@@ -139,11 +146,22 @@ class Importer:
         if lines is None:
             lines = self._direct[hour] = []
             self.report.days.add(floor(ts, Interval.DAY))
-        lines.append((str(event.event_id), line + b"\n"))
+        lines.append((where, event.user_id, str(event.event_id), line + b"\n"))
 
     async def flush(self) -> None:
+        erased = await self._erased(
+            {user for lines in self._direct.values() for _, user, _, _ in lines}
+        )
         for hour, lines in sorted(self._direct.items()):
-            self._append(files.hour_path(self.root, hour), lines)
+            kept = []
+            for where, user, event_id, line in lines:
+                if user in erased:
+                    refusal = user_erased()
+                    self.report.reject(where, refusal.code, refusal.message)
+                else:
+                    kept.append((event_id, line))
+            if kept:
+                self._append(files.hour_path(self.root, hour), kept)
         self._direct.clear()
         await self._flush_live()
         self._pending = 0
@@ -163,6 +181,19 @@ class Importer:
                 files.append(fd, data)
                 known.size += len(data)
                 self.report.accepted += len(out)
+
+    async def _erased(self, users: set[str]) -> set[str]:
+        """Those of ``users`` on their shard's suppression list (one call per shard)."""
+        store = self.ingestor.store
+        by_shard: dict[int, list[str]] = {}
+        for user in sorted(users):
+            by_shard.setdefault(store.keys.shard_of(user), []).append(user)
+        out: set[str] = set()
+        async with engine_errors():
+            for shard, members in by_shard.items():
+                found = await store.client.smismember(store.keys.erased(shard), members)
+                out.update(u for u, hit in zip(members, found, strict=True) if hit)
+        return out
 
     def _ids(self, path: Path, fd: int) -> _HourIds:
         """The ids in ``path`` (open and locked as ``fd``): read once, then its growth."""

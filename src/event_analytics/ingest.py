@@ -24,6 +24,7 @@ from event_analytics.errors import (
     MalformedJSON,
     StorageUnavailable,
     too_many_event_types,
+    user_erased,
 )
 from event_analytics.keys import Keys
 from event_analytics.model import EVENT_ADAPTER, EVENTS_ADAPTER, Event, errors_from_validation
@@ -177,15 +178,17 @@ class Ingestor:
             telemetry.event_rejected(exc.errors[0].code, event.event_type)
             raise
         (outcome,) = await self._store([prepared])
-        if outcome is Outcome.TOO_MANY_EVENT_TYPES:
-            refused = InvalidEvent([self._too_many_types(event.event_type)])
+        if outcome.refused:
+            refused = InvalidEvent([self._refusal(outcome, event.event_type)])
             telemetry.event_rejected(refused.errors[0].code, event.event_type)
             raise refused
         telemetry.event_stored(event.event_type, duplicate=outcome is Outcome.DUPLICATE)
         duplicate = outcome is Outcome.DUPLICATE
         return IngestResult(str(event.event_id), duplicate, event.event_type)
 
-    def _too_many_types(self, event_type: str) -> FieldError:
+    def _refusal(self, outcome: Outcome, event_type: str) -> FieldError:
+        if outcome is Outcome.USER_ERASED:
+            return user_erased()
         return too_many_event_types(event_type, self.store.caps.event_types)
 
     async def ingest_json(self, body: bytes) -> IngestResult:
@@ -249,8 +252,8 @@ class Ingestor:
         outcomes = await self._store(prepared) if prepared else []
         stored: Counter[tuple[str, bool]] = Counter()
         for (index, event), outcome in zip(positions, outcomes, strict=True):
-            if outcome is Outcome.TOO_MANY_EVENT_TYPES:
-                errors = _in_batch(where, index, [self._too_many_types(event.event_type)])
+            if outcome.refused:
+                errors = _in_batch(where, index, [self._refusal(outcome, event.event_type)])
                 results[index] = _rejected(index, str(event.event_id), errors)
                 continue
             new = outcome is Outcome.NEW

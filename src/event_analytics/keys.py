@@ -134,6 +134,30 @@ class Keys:
         taken, keeps working (store/ingest.lua)."""
         return f"{self._base(shard)}:types"
 
+    def erased(self, shard: int) -> str:
+        """Set of the user ids erased (``forget``) whose events the shard refuses.
+
+        Per shard, under its hash tag: a user lives on one shard, so the ingest script
+        checks its call's users in the same atomic call as the write (store/ingest.lua).
+        No expiry: an erased user stays refused until an operator lifts it."""
+        return f"{self._base(shard)}:erased"
+
+    def erasures(self) -> str:
+        """List of the audit records of erasures (JSON: when, user hashes, events per
+        hour), newest last; kept in the engine so that a backup carries it too."""
+        return f"{self.prefix}erasures"
+
+    def erasing(self) -> str:
+        """Hash hour file -> JSON (hour, event types) of the hours an erasure rewrote and
+        has not finished re-deriving from (PostgreSQL, counters): a run killed halfway is
+        finished by the next one (forgetting.py); deleted at the end of a run."""
+        return f"{self.prefix}erasing"
+
+    def backups(self) -> str:
+        """List of the backups taken (JSON: directory, when, archive watermark), oldest
+        first: an erasure names those that still hold the erased events."""
+        return f"{self.prefix}backups"
+
     def outbox(self, shard: int) -> str:
         """Hash event id -> event, of ids claimed on this shard whose user lives on another
         shard, until the event is applied there (store/claims.py)."""

@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from event_analytics import __version__
 from event_analytics.api import (
+    admin,
     analytics,
     archive_queries,
     compat,
@@ -262,6 +263,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         goals,
         shared_links,
         export,
+        admin,
     )
     for module in routers:
         app.include_router(module.router)

@@ -81,6 +81,13 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def json_body(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI ``openapi_extra`` for a route that reads a JSON object body itself."""
+    schema = {"type": "object", "required": required, "properties": properties}
+    content = {"application/json": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
 def _location(loc: tuple[Any, ...]) -> str:
     # FastAPI locs look like ("query", "minutes"): keep the name a client sent.
     parts = [str(p) for p in loc[1:]] if len(loc) > 1 else [str(p) for p in loc]

@@ -73,6 +73,9 @@ SHARE_PATHS = frozenset(
 # Making, listing and revoking links hands out reading: the write scope when write keys
 # are set, as goal changes take.
 SHARED_LINKS_PATH = "/api/v1/sites/shared-links"
+# Erasing people (api/admin.py): the admin scope only (EA_ADMIN_KEYS), never open; no
+# read or write key reaches it.
+ADMIN_PREFIX = "/api/v1/admin/"
 CORS_ALLOW_HEADERS = "authorization, content-type, x-api-key, x-request-id"
 CORS_EXPOSE_HEADERS = "retry-after, x-request-id"
 
@@ -80,6 +83,7 @@ CORS_EXPOSE_HEADERS = "retry-after, x-request-id"
 class Access(StrEnum):
     WRITE = "write"
     READ = "read"
+    ADMIN = "admin"
 
 
 def fingerprint(key: str) -> str:
@@ -133,15 +137,19 @@ class KeyRing:
         write_keys: tuple[str, ...],
         read_keys: tuple[str, ...],
         site_keys: tuple[tuple[str, tuple[str, ...]], ...] = (),
+        admin_keys: tuple[str, ...] = (),
     ) -> None:
         self.required = {
             Access.WRITE: bool(write_keys),
             Access.READ: bool(read_keys) or bool(site_keys),
+            Access.ADMIN: True,  # with no admin key set, nobody has the scope
         }
         self._digests = {
             Access.WRITE: [hashlib.sha256(k.encode()).digest() for k in write_keys],
             Access.READ: [hashlib.sha256(k.encode()).digest() for k in read_keys],
+            Access.ADMIN: [hashlib.sha256(k.encode()).digest() for k in admin_keys],
         }
+        self.admin_open = bool(admin_keys)
         self._site_digests = [
             (hashlib.sha256(k.encode()).digest(), frozenset(sites)) for k, sites in site_keys
         ]
@@ -214,7 +222,9 @@ class Guard:
     """API keys, rate limits and allowed browser origins, for every route."""
 
     def __init__(self, settings: Settings, limits: RateLimits | None) -> None:
-        self.keys = KeyRing(settings.write_keys, settings.read_keys, settings.site_keys)
+        self.keys = KeyRing(
+            settings.write_keys, settings.read_keys, settings.site_keys, settings.admin_keys
+        )
         self.limits = limits
         self.origins = frozenset(o for o in settings.cors_origins if o != "*")
         self.any_origin = "*" in settings.cors_origins
@@ -313,6 +323,13 @@ class ReadGuard:
                 await self.app(scope, receive, send)
                 return
             access, active = Access.READ, guard.read_active
+            if path.startswith(ADMIN_PREFIX):
+                refusal = await _admit_admin(guard, scope)
+                if refusal is not None:
+                    await refusal(scope, receive, send)
+                    return
+                await self.app(scope, receive, send)
+                return
             links = path == SHARED_LINKS_PATH or path.startswith(SHARED_LINKS_PATH + "/")
             if links or (scope["method"] in GOAL_WRITE_METHODS and path.startswith(GOALS_PATH)):
                 if guard.keys.required[Access.WRITE]:
@@ -352,6 +369,20 @@ async def _admit_share_token(scope: Scope, path: str, token: str) -> Response | 
     return None
 
 
+async def _admit_admin(guard: Guard, scope: Scope) -> Response | None:
+    """The admin scope, or the refusal (always refused while EA_ADMIN_KEYS is empty)."""
+    if not guard.keys.admin_open:
+        detail = (
+            "the admin routes are closed: no admin key is set (EA_ADMIN_KEYS); read and "
+            "write keys never open them. An operator can run `event-analytics forget`"
+        )
+        return problem(403, "admin-closed", "Admin routes closed", detail)
+    try:
+        return await guard.admit(scope, Access.ADMIN)
+    except StorageUnavailable as exc:  # the rate limit's counter
+        return render_error(exc)
+
+
 def site_limited(path: str) -> Response:
     detail = (
         f"this API key is limited to some sites (EA_SITE_KEYS) and {path} is not a "
@@ -380,6 +411,8 @@ def document_security(schema: dict[str, Any], settings: Settings) -> None:
         if path in KEYLESS_PATHS:
             # No key, but origins and address limits apply.
             required, statuses = (), (403, 408, 429)
+        if path.startswith(ADMIN_PREFIX):
+            required = settings.admin_keys or ("closed",)
         for method, operation in operations.items():
             keys = required
             if path.startswith(GOALS_PATH) and method.upper() in GOAL_WRITE_METHODS:

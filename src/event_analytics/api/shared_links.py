@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from event_analytics.api import deps
 from event_analytics.api.body import read_json
-from event_analytics.api.problems import problem_responses
+from event_analytics.api.problems import json_body, problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.dashboard import page
 from event_analytics.errors import FieldError, InvalidInput
@@ -27,23 +27,13 @@ from event_analytics.store.shared_links import SharedLink, SharedLinkStore
 router = APIRouter(prefix="/api/v1/sites/shared-links", tags=["shared links"])
 pages = APIRouter(tags=["shared links"])
 MAX_BODY = 4 * 1024
-_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["site_id", "name"],
-                    "properties": {
-                        "site_id": {"type": "string", "example": "example.com"},
-                        "name": {"type": "string", "example": "Weekly report for the client"},
-                    },
-                }
-            }
-        },
-    }
-}
+_BODY = json_body(
+    ["site_id", "name"],
+    {
+        "site_id": {"type": "string", "example": "example.com"},
+        "name": {"type": "string", "example": "Weekly report for the client"},
+    },
+)
 
 
 def _store(request: Request) -> SharedLinkStore:

@@ -41,6 +41,7 @@ def event_id_of(line: bytes) -> str:
 
 
 def fsync_dir(path: Path) -> None:
+    """Make the directory's entries (a new or renamed name) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -57,7 +58,7 @@ def locked(path: Path) -> Iterator[int]:
     that crashed before its entries were acknowledged, so it is cut off: those
     entries are still pending in the stream and will be written again.
     """
-    for _ in range(100):
+    for _ in range(_REOPEN_TRIES):
         created = not path.exists()
         if created:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,10 @@ def locked(path: Path) -> Iterator[int]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if not _still_named(fd, path):
-                continue  # expired (expiry.py unlinks under this lock): open the name again
+                # Expired (expiry.py unlinks under this lock) or erased (archive/erase.py
+                # renames a rewritten copy over it) while we waited: appending to the old
+                # inode would lose the lines. Open the name again.
+                continue
             if created:
                 fsync_dir(path.parent)  # the new name must survive a crash as well
             repair_tail(fd)
@@ -73,18 +77,23 @@ def locked(path: Path) -> Iterator[int]:
             return
         finally:
             os.close(fd)
-    raise OSError(f"{path} was unlinked 100 times while being opened")
+    raise OSError(
+        f"{path} was unlinked or replaced {_REOPEN_TRIES} times while waiting for its lock"
+    )
+
+
+# Each retry means one more erasure or expiry finished meanwhile: a handful is already unlikely.
+_REOPEN_TRIES = 100
 
 
 def _still_named(fd: int, path: Path) -> bool:
-    """Whether ``path`` still names the file ``fd`` holds: a file unlinked by the expiry
-    job after we opened it (and before our lock) takes no more lines, which would be lost."""
+    """Whether ``path`` still names the file open as ``fd``."""
     try:
         named = os.stat(path)
     except FileNotFoundError:
         return False
-    held = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+    opened = os.fstat(fd)
+    return (named.st_ino, named.st_dev) == (opened.st_ino, opened.st_dev)
 
 
 def repair_tail(fd: int) -> int:

@@ -6,22 +6,30 @@ ones by construction. Before a day is replayed, the keys of its buckets (per eve
 found) are deleted: running it twice, or again after a crash halfway, gives the same
 result. Replay does not dedup (the archive holds each event once) and leaves the live
 dedup memory alone: it is keyed by arrival, not by the events' days.
+
+Beside live traffic (``with_stream``, for ``forget``, with every archiver paused so the
+archive does not grow meanwhile): each shard's keys of a day are deleted in one atomic
+call that names the last entry of its stream, and the events streamed up to it that are
+not archived yet are replayed as well. Live events counted after the deletion are
+counted once, by ingest; those before it once, by the replay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from event_analytics import faults
 from event_analytics.archive import files, record
 from event_analytics.config import Settings
 from event_analytics.store import IngestWriter, PreparedEvent
-from event_analytics.store.clear import clear_day
+from event_analytics.store.clear import clear_day, clear_day_at
 from event_analytics.store.prepared import Buckets
+from event_analytics.store.streams import id_at_most
 from event_analytics.timebucket import DAY, Interval, floor, to_utc
 
 BATCH = 2000
@@ -72,8 +80,13 @@ async def rebuild(
     store: IngestWriter,
     found: list[files.ArchiveFile],
     advance: Callable[[int], None] = lambda _: None,
+    with_stream: bool = False,
+    also_clear: Mapping[datetime, Iterable[str]] | None = None,
 ) -> RebuildReport:
-    """Replay ``found`` (whole days) into the store. ``advance(bytes)`` reports progress."""
+    """Replay ``found`` (whole days) into the store. ``advance(bytes)`` reports progress;
+    ``with_stream``: the streams' unarchived events of those days too (see above);
+    ``also_clear``: event types cleared on a day even if its files hold none of them (an
+    erasure removed their last events)."""
     buckets = Buckets(settings, store.keys)
     crash_after = faults.rebuild_crash_after_batches()  # the crash tests' (faults.py)
     report = RebuildReport(files=len(found))
@@ -85,7 +98,10 @@ async def rebuild(
         # An id twice in one day's files (copied in by hand, or archived under the old
         # per-hour dedup) counts once, as the live service counts it now.
         ids: set[bytes] = set()
+        tips: dict[str, list[bytes]] = {}  # event type -> each shard's stream tip at its clear
         batch: list[PreparedEvent] = []
+        for event_type in sorted((also_clear or {}).get(day, ())):
+            await _clear(store, day, event_type, cleared, tips if with_stream else None)
         for f in day_files:
             for line in files.read_lines([f.path]):
                 try:
@@ -99,20 +115,73 @@ async def rebuild(
                     continue
                 ids.add(prepared.event_id)
                 if got.event_type not in cleared:
-                    await clear_day(store, day, got.event_type)
-                    cleared.add(got.event_type)
+                    await _clear(store, day, got.event_type, cleared, tips if with_stream else None)
                 batch.append(prepared)
                 if len(batch) >= BATCH:
                     await _flush(store, batch, report, inflight)
                     batch = []
                     _crash_point(crash_after, report)
             advance(f.size_bytes)
+        if tips:
+            streamed = await _streamed(store, buckets, day, tips, ids)
+            for start in range(0, len(streamed), BATCH):
+                await _flush(store, streamed[start : start + BATCH], report, inflight)
         await _flush(store, batch, report, inflight)
         # A day is finished before the next one's keys are cleared.
         await _drain(inflight)
         _crash_point(crash_after, report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+async def _clear(
+    store: IngestWriter,
+    day: datetime,
+    event_type: str,
+    cleared: set[str],
+    tips: dict[str, list[bytes]] | None,
+) -> None:
+    """Delete a day's buckets of a type (with ``tips``: noting each stream's tip)."""
+    if tips is not None:
+        tips[event_type] = await clear_day_at(store, day, event_type)
+    else:
+        await clear_day(store, day, event_type)
+    cleared.add(event_type)
+
+
+async def _streamed(
+    store: IngestWriter,
+    buckets: Buckets,
+    day: datetime,
+    tips: dict[str, list[bytes]],
+    ids: set[bytes],
+) -> list[PreparedEvent]:
+    """The events of ``day`` (of the cleared types) streamed up to each shard's tip and
+    not in the day's files (``ids``): counted before the clear, archived after it."""
+    out: list[PreparedEvent] = []
+    for shard in range(store.keys.shards):
+        stream = store.keys.stream(shard)
+        last = max((t[shard] for t in tips.values()), default=b"")
+        start: bytes | str = "-"
+        while last:
+            entries: Any = await store.client.xrange(stream, min=start, max=last, count=BATCH)
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                for line in (fields.get(b"e") or b"").split(b"\n"):
+                    try:
+                        got = record.decode(line)
+                    except record.InvalidRecord:
+                        continue  # the archiver dead-letters it: never counted from here
+                    tip = tips.get(got.event_type, [b""] * (shard + 1))[shard]
+                    if floor(got.timestamp, Interval.DAY) != day or not id_at_most(entry_id, tip):
+                        continue
+                    prepared = prepare_archived(buckets, got)
+                    if prepared.event_id not in ids:
+                        ids.add(prepared.event_id)
+                        out.append(prepared)
+            start = b"(" + entries[-1][0]
+    return out
 
 
 def _crash_point(limit: int, report: RebuildReport) -> None:

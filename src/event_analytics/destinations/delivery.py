@@ -120,17 +120,26 @@ class Delivery:
             if stop.is_set():
                 break
             at = self.done.get(found.relative, Progress(0, 0))
+            inode = _inode(found.path)
+            if at.inode is not None and inode is not None and inode != at.inode:
+                # Rewritten by an erasure (a new file under the name): the hour again,
+                # whole, from the new file, in one transaction with its record.
+                self._resync(found)
+                busy = True
+                continue
             if found.size_bytes < at.offset:
                 if found.relative not in self._shrunk:
                     self._shrunk.add(found.relative)
                     log.error("%s is shorter than what was delivered from it: skipped "
                               "(re-deliver it with `sync --postgres`)", found.relative)  # fmt: skip
                 continue
-            data = _whole_lines(found.path, at.offset, self.settings.postgres_batch_bytes)
+            data, read_from = _whole_lines(
+                found.path, at.offset, self.settings.postgres_batch_bytes
+            )
             if not data:
                 continue
             done = postgres.deliver(
-                self.conn, found.relative, found.hour, data, at, self._crash_point
+                self.conn, found.relative, found.hour, data, at, self._crash_point, read_from
             )
             if done is None:  # recorded elsewhere meanwhile (a sync): start from the record
                 self.done = postgres.progress(self.conn)
@@ -144,6 +153,17 @@ class Delivery:
             self._write_status()
         self._measure_lag(listed)
         return busy
+
+    def _resync(self, found: files.ArchiveFile) -> None:
+        assert self.conn is not None and self.done is not None
+        size = settled_size(found.path)
+        if size is None:
+            return  # an archiver is writing it: next pass
+        removed, inserted = postgres.resync(self.conn, found, size)
+        log.info("%s was rewritten: its hour delivered again (%d rows before, %d now)",
+                 found.relative, removed, inserted)  # fmt: skip
+        self.done = postgres.progress(self.conn)
+        self._counted.pop(found.path, None)
 
     def _measure_lag(self, listed: list[files.ArchiveFile] | None = None) -> None:
         """Events not delivered yet, and the age (since it was received) of the oldest."""
@@ -243,17 +263,26 @@ def settled_size(path: Path) -> int | None:
         os.close(fd)  # releases the lock
 
 
-def _whole_lines(path: Path, offset: int, limit: int) -> bytes:
-    """Complete, settled lines from ``offset``: about ``limit`` bytes, at least one line."""
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _whole_lines(path: Path, offset: int, limit: int) -> tuple[bytes, int | None]:
+    """Complete, settled lines from ``offset``: about ``limit`` bytes, at least one line;
+    and the inode of the file they were read from."""
     size = settled_size(path)
     if size is None or size <= offset:
-        return b""
+        return b"", None
     with path.open("rb") as handle:
+        inode = os.fstat(handle.fileno()).st_ino
         handle.seek(offset)
         data = handle.read(min(limit, size - offset))
         while data and b"\n" not in data and offset + len(data) < size:  # a very long line
             data += handle.read(min(limit, size - offset - len(data)))
-    return data[: data.rfind(b"\n") + 1]
+    return data[: data.rfind(b"\n") + 1], inode
 
 
 def _received_at(path: Path, offset: int) -> float | None:

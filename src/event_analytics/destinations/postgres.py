@@ -8,16 +8,22 @@ any instant leaves both or neither, so delivery resumes at the recorded offset w
 row lost or doubled. The rows go through a staging table and ``ON CONFLICT DO NOTHING``
 on the primary key (event_id, ts) as well, so an event already in the table (a schema
 that already held rows, a restored dump) is never written twice either.
+
+The record names the file's inode too: an hour file rewritten by an erasure (a new
+file renamed over the old one, archive/erase.py) is a new inode, so a delivery that
+read the old one is refused by the check in its own transaction, and the hour is
+delivered again whole from the new file (``resync``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO
 
 import psycopg
 from psycopg import sql
@@ -55,9 +61,12 @@ CREATE TABLE IF NOT EXISTS {PROGRESS} (
     hour timestamptz NOT NULL,
     offset_bytes bigint NOT NULL,
     lines bigint NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    inode bigint
 );
 """
+# A progress table made before the inode was recorded gains the column (NULL: unknown).
+ADD_INODE = f"ALTER TABLE {PROGRESS} ADD COLUMN IF NOT EXISTS inode bigint"
 # sum of the first 8 bytes of md5(id) as signed bigints: export.ids_checksum's sum.
 ID_SUM = "sum(('x' || left(md5(event_id::text), 16))::bit(64)::bigint)"
 
@@ -66,6 +75,7 @@ ID_SUM = "sum(('x' || left(md5(event_id::text), 16))::bit(64)::bigint)"
 class Progress:
     offset: int
     lines: int
+    inode: int | None = None  # of the file delivered from (None: not recorded)
 
 
 def connect(url: str, timeout_s: float = 5.0) -> psycopg.Connection[Any]:
@@ -88,21 +98,24 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> None:
     when they exist: a database that takes no writes still tells how far delivery is)."""
     with conn.transaction():
         found = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
-            (TABLE, PROGRESS),
+            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL "
+            "AND EXISTS (SELECT 1 FROM information_schema.columns "
+            "WHERE table_name = %s AND column_name = 'inode')",
+            (TABLE, PROGRESS, PROGRESS),
         ).fetchone()
     if found and found[0]:
         return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
         conn.execute(SCHEMA.encode())
+        conn.execute(ADD_INODE.encode())
 
 
 def progress(conn: psycopg.Connection[Any]) -> dict[str, Progress]:
     """What has been delivered, per hour file (its path relative to the archive root)."""
     with conn.transaction():
-        rows = conn.execute(f"SELECT file, offset_bytes, lines FROM {PROGRESS}").fetchall()
-    return {file: Progress(offset, lines) for file, offset, lines in rows}
+        rows = conn.execute(f"SELECT file, offset_bytes, lines, inode FROM {PROGRESS}").fetchall()
+    return {file: Progress(offset, lines, inode) for file, offset, lines, inode in rows}
 
 
 def _partition(conn: psycopg.Connection[Any], day: datetime) -> None:
@@ -175,23 +188,25 @@ def deliver(
     data: bytes,
     at: Progress,
     crash: Crash | None = None,
+    inode: int | None = None,
 ) -> tuple[Progress, int] | None:
-    """Deliver ``data`` (whole lines of the file ``relative`` from byte ``at.offset``)
-    in one transaction with the new progress; None if the recorded progress is not
-    ``at`` (another writer, or a stale view): the caller re-reads it. Returns the new
-    progress and the rows inserted (fewer than the lines if some were there already)."""
+    """Deliver ``data`` (whole lines of the file ``relative``, inode ``inode``, from byte
+    ``at.offset``) in one transaction with the new progress; None if the recorded
+    progress is not ``at`` (another writer, a rewritten file, or a stale view): the
+    caller re-reads it. Returns the new progress and the rows inserted (fewer than the
+    lines if some were there already)."""
     lines = data.splitlines(keepends=True)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
         found = conn.execute(
-            f"SELECT offset_bytes, lines FROM {PROGRESS} WHERE file = %s", (relative,)
+            f"SELECT offset_bytes, lines, inode FROM {PROGRESS} WHERE file = %s", (relative,)
         ).fetchone()
         recorded = Progress(*found) if found else Progress(0, 0)
-        if recorded != at:
+        if recorded != at or (at.inode is not None and inode != at.inode):
             return None
         _stage(conn, lines, crash, len(lines) // 2 + 1)
         inserted = _insert(conn, hour)
-        done = Progress(at.offset + len(data), at.lines + len(lines))
+        done = Progress(at.offset + len(data), at.lines + len(lines), inode)
         _record(conn, relative, hour, done)
         if crash is not None:
             crash("before_commit")
@@ -202,10 +217,11 @@ def deliver(
 
 def _record(conn: psycopg.Connection[Any], relative: str, hour: datetime, done: Progress) -> None:
     conn.execute(
-        f"INSERT INTO {PROGRESS} (file, hour, offset_bytes, lines) VALUES (%s, %s, %s, %s) "
-        "ON CONFLICT (file) DO UPDATE SET offset_bytes = EXCLUDED.offset_bytes, "
-        "lines = EXCLUDED.lines, updated_at = now()",
-        (relative, hour, done.offset, done.lines),
+        f"INSERT INTO {PROGRESS} (file, hour, offset_bytes, lines, inode) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (file) DO UPDATE SET "
+        "offset_bytes = EXCLUDED.offset_bytes, lines = EXCLUDED.lines, "
+        "inode = EXCLUDED.inode, updated_at = now()",
+        (relative, hour, done.offset, done.lines, done.inode),
     )
 
 
@@ -213,24 +229,25 @@ def resync(conn: psycopg.Connection[Any], found: files.ArchiveFile, size: int) -
     """Make the hour's rows exactly the file's complete lines in its first ``size`` bytes
     (a settled size: delivery.settled_size), in one transaction:
     delete them, copy the file again, record it delivered. (rows removed, rows written).
-    The file is streamed line by line: an hour file may be far larger than memory."""
+    The file is streamed line by line: an hour file may be far larger than memory.
+    The progress names the inode of the file read."""
     seen = [0, 0]  # bytes and lines copied: the progress to record
 
-    def lines() -> Iterator[bytes]:
-        with found.path.open("rb") as handle:
-            for line in handle:
-                if not line.endswith(b"\n") or seen[0] + len(line) > size:
-                    return  # a torn tail, or past the size listed: not yet
-                seen[0] += len(line)
-                seen[1] += 1
-                yield line
+    def lines(handle: BinaryIO) -> Iterator[bytes]:
+        for line in handle:
+            if not line.endswith(b"\n") or seen[0] + len(line) > size:
+                return  # a torn tail, or past the size listed: not yet
+            seen[0] += len(line)
+            seen[1] += 1
+            yield line
 
-    with conn.transaction():
+    with found.path.open("rb") as handle, conn.transaction():
+        inode = os.fstat(handle.fileno()).st_ino
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
         removed = delete_hour(conn, found.hour)
-        _stage(conn, lines())
+        _stage(conn, lines(handle))
         inserted = _insert(conn, found.hour)
-        _record(conn, found.relative, found.hour, Progress(seen[0], seen[1]))
+        _record(conn, found.relative, found.hour, Progress(seen[0], seen[1], inode))
     return removed, inserted
 
 

@@ -131,9 +131,9 @@ class CrossShard:
                 results[i] = StorageOutcomeUnknown(
                     f"event stored, its user's shard did not answer yet ({outcome})"
                 )
-            elif outcome is Outcome.TOO_MANY_EVENT_TYPES:
-                # Its user's shard takes no new type: the claim is undone, so the id is
-                # not remembered for an event that was never counted.
+            elif outcome.refused:
+                # Its user's shard takes no new type, or its user was erased: the claim
+                # is undone, so the id is not remembered for an event never counted.
                 results[i] = outcome
                 refused.append(event)
             else:
@@ -219,7 +219,7 @@ class CrossShard:
         done: list[bytes] = []
         refused: list[PreparedEvent] = []
         for event, outcome in zip(due, applied, strict=True):
-            if outcome is Outcome.TOO_MANY_EVENT_TYPES:
+            if isinstance(outcome, Outcome) and outcome.refused:
                 refused.append(event)
             elif not isinstance(outcome, Exception):
                 done.append(event.event_id)

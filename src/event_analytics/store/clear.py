@@ -5,10 +5,38 @@ from __future__ import annotations
 from datetime import datetime
 
 from event_analytics.store.errors import engine_errors
+from event_analytics.store.scripts import Call, Lua, call_per_shard, register
 from event_analytics.store.writer import IngestWriter
 from event_analytics.timebucket import HOUR, MINUTE, Interval
 
 UNLINK_CHUNK = 500
+
+
+async def _day_keys(store: IngestWriter, shard: int, day: datetime, event_type: str) -> list[str]:
+    keys = store.keys
+    names: list[str] = []
+    for m in range(24 * 60):
+        names += keys.bucket_keys(shard, event_type, Interval.MINUTE, day + MINUTE * m)
+    hours = [day + HOUR * h for h in range(24)]
+    for hour in hours:
+        names += keys.bucket_keys(shard, event_type, Interval.HOUR, hour)
+    names += keys.bucket_keys(shard, event_type, Interval.DAY, day)
+    names += await _page_keys(store, shard, event_type, hours)
+    return names
+
+
+async def clear_day_at(store: IngestWriter, day: datetime, event_type: str) -> list[bytes]:
+    """``clear_day``, each shard's keys deleted in one atomic call that also reads the
+    id of its stream's last entry: per shard, that id (b"" for an empty stream). The
+    events streamed up to it were counted in what was deleted; later ones were not."""
+    script = register(store.client, Lua.CLEAR_DAY)
+    calls: list[Call] = [
+        ([store.keys.stream(shard), *await _day_keys(store, shard, day, event_type)], [])
+        for shard in range(store.keys.shards)
+    ]
+    async with engine_errors():
+        tips = await call_per_shard(store.client, script, calls)
+    return [tip if isinstance(tip, bytes) else str(tip).encode() for tip in tips]
 
 
 async def clear_day(store: IngestWriter, day: datetime, event_type: str) -> None:
@@ -19,14 +47,7 @@ async def clear_day(store: IngestWriter, day: datetime, event_type: str) -> None
     """
     keys = store.keys
     for shard in range(keys.shards):
-        names: list[str] = []
-        for m in range(24 * 60):
-            names += keys.bucket_keys(shard, event_type, Interval.MINUTE, day + MINUTE * m)
-        hours = [day + HOUR * h for h in range(24)]
-        for hour in hours:
-            names += keys.bucket_keys(shard, event_type, Interval.HOUR, hour)
-        names += keys.bucket_keys(shard, event_type, Interval.DAY, day)
-        names += await _page_keys(store, shard, event_type, hours)
+        names = await _day_keys(store, shard, day, event_type)
         # All names of one shard share its hash tag: one slot per UNLINK on a cluster too.
         # (execute_command: a cluster pipeline's unlink() is a coroutine that splits keys.)
         async with engine_errors(), store.client.pipeline(transaction=False) as pipe:

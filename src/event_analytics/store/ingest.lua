@@ -5,7 +5,7 @@
 -- suffixes; keys.py is the one definition of the names, and tests/test_store.py checks
 -- that both agree.
 --
--- The header (KEYS[1..4], ARGV[1..13]) is store/ingest_call.py's IngestCall, field for
+-- The header (KEYS[1..5], ARGV[1..13]) is store/ingest_call.py's IngestCall, field for
 -- field in order, read below one value per line under the field's own name; a test
 -- (tests/test_store.py) holds the two together.
 --
@@ -14,8 +14,9 @@
 -- KEYS[2]            live: the stem of the shard's dedup hashes (keys.seen_stem); replay:
 --                    the stem of its replayed-call markers (keys.replayed_stem)
 -- KEYS[3]            the stream's extra records: sum over its entries of (records - 1)
--- event_types            the shard's set of event types (keys.event_types)
--- per bucket b (0-based; a bucket = one event type and minute), KEYS[5+3b .. 7+3b]:
+-- KEYS[4]            the shard's set of event types (keys.event_types)
+-- KEYS[5]            the shard's erased users (keys.erased): live events of theirs are refused
+-- per bucket b (0-based; a bucket = one event type and minute), KEYS[6+3b .. 8+3b]:
 --   the minute, hour and day stems (like ea:{3}:page_view:m:2026-11-27T22:14, keys.bucket)
 -- ARGV[1] events   ARGV[2] buckets   ARGV[3] distinct pages
 -- ARGV[4] "1": dedup, count and stream the events; "0": replay from the archive (rebuild):
@@ -34,7 +35,8 @@
 --   bucket number (1-based), the archived record (JSON; "" on replay)
 -- Returns one integer per event (store.Outcome): 1 = new (counted and streamed),
 -- 0 = duplicate (nothing changed), 2 = refused: a new event type on a shard that holds
--- the most it takes (nothing of the event was written, its id is not remembered).
+-- the most it takes, 3 = refused: its user was erased (nothing of the event was
+-- written, its id is not remembered).
 local S_COUNT, S_USERS, S_HLL = ':count', ':users', ':hll'
 local S_PAGES, S_PAGE_USERS, S_PAGE_HLL = ':pages', ':page_users', ':page_hll:'
 
@@ -43,7 +45,8 @@ local stream = KEYS[1]
 local dedup_stem = KEYS[2]
 local stream_extra = KEYS[3]
 local event_types = KEYS[4]
-local KEY_HEADER = 4
+local erased = KEYS[5]
+local KEY_HEADER = 5
 local events = tonumber(ARGV[1])
 local buckets = tonumber(ARGV[2])
 local pages = tonumber(ARGV[3])
@@ -149,9 +152,27 @@ end
 -- more. An id found with THIS call's token was stored by this very call, sent again by
 -- the client library after a lost reply: it is reported new again (what the first
 -- attempt answered), and not counted twice.
+-- Erased users (``forget``): their events are refused before anything else, a retry of
+-- an id stored before the erasure too. One SCARD per call while nobody was erased on the
+-- shard; then one SMISMEMBER of the call's users.
+local function erased_users()
+  local blocked = {}
+  if redis.call('SCARD', erased) == 0 then return blocked end
+  local users = {}
+  for i = 0, n - 1 do users[i + 1] = ARGV[ea + 5 * i + 1] end
+  for s = 1, n, CHUNK do
+    local reply = redis.call('SMISMEMBER', erased, unpack(users, s, math.min(s + CHUNK - 1, n)))
+    for j, v in ipairs(reply) do
+      if v == 1 then blocked[s + j - 1] = true end
+    end
+  end
+  return blocked
+end
+
 local function dedup()
   local now = tonumber(redis.call('TIME')[1])
   local g = math.floor(now / gen_s)
+  local blocked = erased_users()
   local ids = {}
   for i = 0, n - 1 do ids[i + 1] = ARGV[ea + 5 * i] end
   local known = {}
@@ -170,7 +191,9 @@ local function dedup()
       out[j] = first[id]  -- twice in this call: the first one counts (resolved below)
     else
       first[id] = j
-      if known[j] then
+      if blocked[j] then
+        out[j] = 3
+      elseif known[j] then
         out[j] = known[j] == token and 1 or 0
       else
         candidates[#candidates + 1] = j
@@ -193,7 +216,8 @@ local function dedup()
   for j, id in ipairs(ids) do
     if first[id] ~= j then
       -- a repeat within the call: a duplicate of its first, or refused with it
-      out[j] = out[first[id]] == 2 and 2 or 0
+      local o = out[first[id]]
+      out[j] = (o == 2 or o == 3) and o or 0
     end
   end
   -- The hash's birth from HSET's own reply: each call that stores ids also sets the field

@@ -1,7 +1,7 @@
 """The ingest script's contract: one ``IngestCall`` is one call of ``store/ingest.lua``.
 
 The header fields, in their order here, ARE the script's header: the ``key`` fields are
-KEYS[1..4] and the ``arg`` fields ARGV[1..13], read one per line at the top of
+KEYS[1..5] and the ``arg`` fields ARGV[1..13], read one per line at the top of
 ingest.lua under the same names. The stripes follow them (per bucket, per page, per
 event: ingest.lua documents their layout). tests/test_store.py holds the two sides
 together: renaming, adding or reordering a header value on one side fails it.
@@ -26,11 +26,12 @@ def _arg() -> dict[str, str]:
 class IngestCall:
     """The keys and arguments of one ingest.lua call, for the events of one shard."""
 
-    # KEYS[1..4]
+    # KEYS[1..5]
     stream: str = field(metadata=_key())  # the shard's event stream
     dedup_stem: str = field(metadata=_key())  # live: keys.seen_stem; replay: replayed_stem
     stream_extra: str = field(metadata=_key())  # records beyond one per stream entry
     event_types: str = field(metadata=_key())  # the shard's set of event types
+    erased: str = field(metadata=_key())  # the shard's erased users (refused: keys.erased)
     # ARGV[1..13]
     events: int = field(metadata=_arg())
     buckets: int = field(metadata=_arg())
@@ -45,7 +46,7 @@ class IngestCall:
     max_pages: int = field(metadata=_arg())  # Caps.pages_per_bucket
     other_page: str = field(metadata=_arg())  # keys.OTHER_PAGE
     other_page_digest: str = field(metadata=_arg())
-    # The stripes: KEYS from 5 on, 3 per bucket; ARGV from 14 on: 4 per bucket, then 2
+    # The stripes: KEYS from 6 on, 3 per bucket; ARGV from 14 on: 4 per bucket, then 2
     # per page, then 5 per event.
     bucket_stems: list[str] = field(default_factory=list)
     bucket_args: list[str | int] = field(default_factory=list)

@@ -69,6 +69,12 @@ class Outcome(IntEnum):
     DUPLICATE = 0  # its id was stored before: nothing changed
     NEW = 1  # counted (and streamed)
     TOO_MANY_EVENT_TYPES = 2  # a new type on a shard at Caps.event_types: nothing written
+    USER_ERASED = 3  # its user was erased (keys.erased): nothing written, id not kept
+
+    @property
+    def refused(self) -> bool:
+        """Nothing of the event was written and its id is not remembered."""
+        return self in (Outcome.TOO_MANY_EVENT_TYPES, Outcome.USER_ERASED)
 
 
 class Buckets:

@@ -40,6 +40,7 @@ class Lua(StrEnum):
     DEAD_LETTER = "dead_letter"
     GOAL_PUT = "goal_put"
     GOAL_DELETE = "goal_delete"
+    CLEAR_DAY = "clear_day"
 
 
 @functools.cache

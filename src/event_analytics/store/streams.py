@@ -37,6 +37,16 @@ def entry_ms(entry_id: bytes | str) -> int:
     return int(raw.split("-", 1)[0])
 
 
+def id_at_most(entry_id: bytes, tip: bytes) -> bool:
+    """Whether stream entry ``entry_id`` comes at or before ``tip`` (b"": none does);
+    ``ms-seq`` compared as numbers."""
+    if not tip:
+        return False
+    a, _, b = entry_id.partition(b"-")
+    c, _, d = tip.partition(b"-")
+    return (int(a), int(b or 0)) <= (int(c), int(d or 0))
+
+
 def archive_lag_s(backlog: dict[str, int], now_s: float | None = None) -> float:
     """Age in seconds of the oldest event not archived yet, from ``backlog()`` (0 when
     caught up, and never negative when this host's clock is behind the engine's)."""

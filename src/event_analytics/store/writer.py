@@ -183,6 +183,7 @@ class IngestWriter:
                 dedup_stem=self.keys.seen_stem(shard) if stream else self.keys.replayed_stem(shard),
                 stream_extra=self.keys.stream_extra(shard),
                 event_types=self.keys.event_types(shard),
+                erased=self.keys.erased(shard),
                 events=len(indexes),
                 buckets=len(buckets),
                 pages=len(pages),
