@@ -188,10 +188,10 @@ def build(
     count({amount}) FILTER (WHERE {code} = {currency}) AS rev_n,
     count({amount}) FILTER (WHERE {currency} IS NOT NULL AND {code} IS DISTINCT FROM {currency})
     AS dropped FROM {rows} WHERE {where} GROUP BY ALL"""
-    else:  # every event of a visit passes or none: one row per visit, no join back
+    else:  # every event of a visit passes or none: one row per visit, its own columns
         sel = f"""SELECT uk, vn, {picked}visit_events AS events,
-    visit_pageviews AS pageviews, NULL::{SQL_TYPE} AS rev, 0 AS rev_n, 0 AS dropped
-    FROM visits WHERE {where}"""
+    visit_pageviews AS pageviews, NULL::{SQL_TYPE} AS rev, 0 AS rev_n, 0 AS dropped,
+    bounce, duration_us, visit_pageviews FROM visits WHERE {where}"""
     # The conversion rates' denominators: visitors of the query without its top-level
     # goal and property filters, in all and per group of the other dimensions.
     totals, joined, group_total = "", "", "NULL AS group_total"
@@ -209,12 +209,12 @@ gt AS (SELECT {gkeys + ", " if gkeys else ""}count(DISTINCT uk) AS group_total F
         joined, group_total = f"LEFT JOIN gt ON {on}", "coalesce(group_total, 0) AS group_total"
     sql = f"""WITH {ctes},
 sel AS ({sel}),
-grp AS (SELECT {keys}count(*) AS visits, count(DISTINCT s.uk) AS visitors,
-    coalesce(sum(s.pageviews), 0) AS pageviews, coalesce(sum(s.events), 0) AS events,
-    coalesce(count_if(v.bounce), 0) AS bounces, coalesce(sum(v.duration_us), 0) AS duration_us,
-    coalesce(sum(v.visit_pageviews), 0) AS visit_pageviews, sum(s.rev) AS rev,
-    coalesce(sum(s.rev_n), 0) AS rev_n, coalesce(sum(s.dropped), 0) AS dropped
-    FROM sel s JOIN visits v USING (uk, vn) {group}){totals}
+grp AS (SELECT {keys}count(*) AS visits, count(DISTINCT uk) AS visitors,
+    coalesce(sum(pageviews), 0) AS pageviews, coalesce(sum(events), 0) AS events,
+    coalesce(count_if(bounce), 0) AS bounces, coalesce(sum(duration_us), 0) AS duration_us,
+    coalesce(sum(visit_pageviews), 0) AS visit_pageviews, sum(rev) AS rev,
+    coalesce(sum(rev_n), 0) AS rev_n, coalesce(sum(dropped), 0) AS dropped
+    FROM {"sel JOIN visits USING (uk, vn)" if q.event_scoped else "sel"} {group}){totals}
 SELECT * FROM (SELECT {keys}{", ".join(SUMS[:-1])}, {group_total}, count(*) OVER () AS total,
     sum(dropped) OVER () AS all_dropped,
     {"(SELECT count(DISTINCT uk) FROM tot)" if totals else "0"} AS conv_total,
