@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from event_analytics.analytics import stats, visits
@@ -323,8 +323,22 @@ def test_timeout_edge_ties_and_range_ends(tmp_path: Path) -> None:
                                "dimensions": []}]  # fmt: skip
 
 
-@given(st.sampled_from(URLS[:-1]) | st.text(max_size=30).map(lambda s: "https://" + s))
-@HYPOTHESIS
+# The prefixes the SQL reads with string functions (http(s), bare paths) and some it
+# leaves to the regular expression.
+PREFIXES = st.sampled_from(["https://", "http://", "/", "HTTPS://", "ftp://", "https:/", ""])
+
+
+# A URL's delimiters, often: where the string functions and the regex could part.
+TAILS = st.text(st.sampled_from("/?#:@.aZ\né🙂"), max_size=30) | st.text(max_size=30)
+
+
+@given(st.sampled_from(URLS[:-1]) | st.builds(lambda a, b: a + b, PREFIXES, TAILS))
+@example("https://a/b#c?d")
+@example("http://a?b/c")
+@example("https://a#/b")
+@example("https://u@a:1")
+@example("/p#x?y")
+@settings(HYPOTHESIS, max_examples=200)  # one small statement each
 def test_site_rules_in_sql_are_the_python_ones(url: str) -> None:
     sql = f"SELECT {path_sql('u')}, {host_sql('u')}, {SITE_SQL.replace('page_url', 'u')} " \
           "FROM (SELECT $u AS u, '{}'::JSON AS payload)"  # fmt: skip
