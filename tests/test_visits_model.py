@@ -323,12 +323,11 @@ def test_timeout_edge_ties_and_range_ends(tmp_path: Path) -> None:
                                "dimensions": []}]  # fmt: skip
 
 
-# The prefixes the SQL reads with string functions (http(s), bare paths) and some it
-# leaves to the regular expression.
+# URLs of several schemes (or none) and bare paths.
 PREFIXES = st.sampled_from(["https://", "http://", "/", "HTTPS://", "ftp://", "https:/", ""])
 
 
-# A URL's delimiters, often: where the string functions and the regex could part.
+# A URL's delimiters, often: where the SQL and the Python rules could part.
 TAILS = st.text(st.sampled_from("/?#:@.aZ\né🙂"), max_size=30) | st.text(max_size=30)
 
 

@@ -9,9 +9,8 @@
   page sent as a bare path (``/pricing?x=1``) is its part before ``?`` or ``#``.
 
 The Python functions are the SQL expressions' twins (same regular expressions, which
-RE2 and Python's ``re`` read alike; the SQL path of an http(s) URL or a bare path is
-the same rule in string functions); the visits model in the tests uses them, and the
-model test compares both on generated URLs.
+RE2 and Python's ``re`` read alike, ``$`` aside); the visits model in the tests uses
+them, and the model test compares both on generated URLs.
 """
 
 from __future__ import annotations
@@ -70,23 +69,11 @@ def site_of(payload: dict[str, Any]) -> str | None:
 
 # The same, as SQL over the ``events`` relation's ``page_url`` and ``payload`` columns.
 # Constants only: no value of a request is put into these texts.
-def _split_path_sql(rest: str) -> str:
-    """The path of ``rest``, a URL after its ``scheme://``, with string functions: the text
-    before the first ``?`` or ``#``, from its first ``/`` (the authority holds none of
-    the three), else ``/``."""
-    head = f"split_part(split_part({rest}, '?', 1), '#', 1)"
-    return f"coalesce(substr({head}, nullif(strpos({head}, '/'), 0)), '/')"
-
-
 def path_sql(url: str) -> str:
-    # http(s) URLs, nearly all, by string functions (the regular expressions were most of
-    # a page query's CPU); any other scheme by the regular expression, which is the rule.
     return (
-        f"(CASE WHEN starts_with({url}, 'https://') THEN {_split_path_sql(f'{url}[9:]')} "
-        f"WHEN starts_with({url}, 'http://') THEN {_split_path_sql(f'{url}[8:]')} "
-        f"WHEN regexp_matches({url}, '{_SCHEME}') "
+        f"(CASE WHEN regexp_matches({url}, '{_SCHEME}') "
         f"THEN coalesce(nullif(regexp_extract({url}, '{_PATH}', 1), ''), '/') "
-        f"WHEN starts_with({url}, '/') THEN split_part(split_part({url}, '?', 1), '#', 1) END)"
+        f"WHEN starts_with({url}, '/') THEN regexp_extract({url}, '{_BARE_PATH}', 0) END)"
     )
 
 
