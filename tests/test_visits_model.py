@@ -44,11 +44,12 @@ GAPS = [0, 0, 5, 600, TIMEOUT - 1, TIMEOUT, TIMEOUT + 1, 2 * 3600]
 
 @st.composite
 def sequences(draw: st.DrawFn, ties: bool = True) -> list[dict[str, Any]]:
-    """Visitors' events; without ``ties`` no visitor has two events at one timestamp."""
+    """Visitors' events; without ``ties`` no two events at one timestamp, of one visitor
+    or of two (two visitors under one key must be caught as such, not as a tie)."""
     out = []
     gaps = GAPS if ties else [g for g in GAPS if g]
     for u in range(draw(st.integers(1, 4))):
-        t = draw(st.sampled_from([0, 600, 3000]))
+        t = draw(st.sampled_from([0, 600, 3000])) + (0 if ties else u / 1000)
         for _ in range(draw(st.integers(1, 9))):
             t += draw(st.sampled_from(gaps)) + draw(st.sampled_from([0, 0, 0.25]))
             kind = draw(st.sampled_from(["page_view", "page_view", "signup", "bot_page_view",
