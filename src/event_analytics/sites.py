@@ -9,8 +9,8 @@
   page sent as a bare path (``/pricing?x=1``) is its part before ``?`` or ``#``.
 
 The Python functions are the SQL expressions' twins (same regular expressions, which
-RE2 and Python's ``re`` read alike); the visits model in the tests uses them, and the
-model test compares both on generated URLs.
+RE2 and Python's ``re`` read alike, ``$`` aside); the visits model in the tests uses
+them, and the model test compares both on generated URLs.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ _AUTHORITY = _SCHEME + r"([^/?#]*)"
 _PATH = _SCHEME + r"[^/?#]*([^?#]*)"
 _BARE_PATH = r"^[^?#]*"
 _USER_PORT = r"^.*@|:[0-9]*$"
+# Python's ``$`` also matches before a last newline, RE2's only at the end: ``\Z`` is RE2's.
+_USER_PORT_PY = _USER_PORT.removesuffix("$") + r"\Z"
 _WWW = r"^www\."
 
 
@@ -44,7 +46,7 @@ def host_of(url: str | None) -> str | None:
     found = re.match(_AUTHORITY, url)
     if not found:
         return None
-    host = re.sub(_WWW, "", re.sub(_USER_PORT, "", found.group(1)).lower())
+    host = re.sub(_WWW, "", re.sub(_USER_PORT_PY, "", found.group(1)).lower())
     return host or None
 
 

@@ -89,7 +89,7 @@ class _Where:
         if isinstance(f, Done):  # over the visitors' events, not goal rows
             inner = self.sql(f.inner, False)
             negated = "NOT " if f.negated else ""
-            return f"(user_id {negated}IN (SELECT user_id FROM vev WHERE {inner}))"
+            return f"(uk {negated}IN (SELECT uk FROM vev WHERE {inner}))"
         if isinstance(f, Logic):
             joiner = " AND " if f.op == "and" else " OR "
             return "(" + joiner.join(self.sql(g, goal_rows) for g in f.items) + ")"
@@ -146,15 +146,24 @@ def _attributes(q: StatsQuery) -> frozenset[str]:
 
 
 def build(
-    q: StatsQuery, files: Sources, start: datetime, end: datetime, timeout_s: int
+    q: StatsQuery,
+    files: Sources,
+    start: datetime,
+    end: datetime,
+    timeout_s: int,
+    fast_key: str | None = visits.FAST_KEY,
 ) -> tuple[str, dict[str, Any]]:
+    """The statement; its rows end with ``suspect`` (the fast plan's order may be wrong
+    here: run it with ``fast_key=None``)."""
     p = Params()
     by_goal = GOAL in q.dimensions
     conversion = bool({"conversion_rate", "group_conversion_rate"} & set(q.metrics))
     # Only these read ``vev`` (events' own fields); the others read ``visits`` alone, and
     # their windows need not carry each event's payload (benchmarks/analytics_bench.py).
     payload = q.event_scoped or by_goal or bool(q.filters) or conversion
-    ctes = visits.ctes(p, files, q.site_id, start, end, timeout_s, _attributes(q), payload)
+    ctes = visits.ctes(
+        p, files, q.site_id, start, end, timeout_s, _attributes(q), payload, fast_key
+    )
     dims = [_dimension_sql(p, d, start, end) for d in q.dimensions]
     rows = "gev" if by_goal else "vev"
     if by_goal:
@@ -173,16 +182,16 @@ def build(
     if q.event_scoped:
         currency = "goal_cur" if by_goal else p.bind(stats_goals.query_currency(q))
         amount, code = stats_goals.AMOUNT_SQL, stats_goals.CURRENCY_SQL
-        sel = f"""SELECT user_id, vn, {picked}count(*) AS events,
+        sel = f"""SELECT uk, vn, {picked}count(*) AS events,
     count_if(event_type = 'page_view') AS pageviews,
     sum({amount}) FILTER (WHERE {code} = {currency}) AS rev,
     count({amount}) FILTER (WHERE {code} = {currency}) AS rev_n,
     count({amount}) FILTER (WHERE {currency} IS NOT NULL AND {code} IS DISTINCT FROM {currency})
     AS dropped FROM {rows} WHERE {where} GROUP BY ALL"""
-    else:  # every event of a visit passes or none: one row per visit, no join back
-        sel = f"""SELECT user_id, vn, {picked}visit_events AS events,
-    visit_pageviews AS pageviews, NULL::{SQL_TYPE} AS rev, 0 AS rev_n, 0 AS dropped
-    FROM visits WHERE {where}"""
+    else:  # every event of a visit passes or none: one row per visit, its own columns
+        sel = f"""SELECT uk, vn, {picked}visit_events AS events,
+    visit_pageviews AS pageviews, NULL::{SQL_TYPE} AS rev, 0 AS rev_n, 0 AS dropped,
+    bounce, duration_us, visit_pageviews FROM visits WHERE {where}"""
     # The conversion rates' denominators: visitors of the query without its top-level
     # goal and property filters, in all and per group of the other dimensions.
     totals, joined, group_total = "", "", "NULL AS group_total"
@@ -193,23 +202,24 @@ def build(
         gpicked = "".join(f"{sql} AS g{a}, " for a, sql in others)
         gkeys = ", ".join(f"g{a}" for a, _ in others)
         totals = f""",
-tot AS (SELECT DISTINCT {gpicked}user_id FROM vev WHERE {kept}),
-gt AS (SELECT {gkeys + ", " if gkeys else ""}count(DISTINCT user_id) AS group_total FROM tot
+tot AS (SELECT DISTINCT {gpicked}uk FROM vev WHERE {kept}),
+gt AS (SELECT {gkeys + ", " if gkeys else ""}count(DISTINCT uk) AS group_total FROM tot
     {"GROUP BY " + gkeys if gkeys else ""})"""
         on = " AND ".join(f"{a} IS NOT DISTINCT FROM g{a}" for a, _ in others) or "true"
         joined, group_total = f"LEFT JOIN gt ON {on}", "coalesce(group_total, 0) AS group_total"
     sql = f"""WITH {ctes},
 sel AS ({sel}),
-grp AS (SELECT {keys}count(*) AS visits, count(DISTINCT s.user_id) AS visitors,
-    coalesce(sum(s.pageviews), 0) AS pageviews, coalesce(sum(s.events), 0) AS events,
-    coalesce(count_if(v.bounce), 0) AS bounces, coalesce(sum(v.duration_us), 0) AS duration_us,
-    coalesce(sum(v.visit_pageviews), 0) AS visit_pageviews, sum(s.rev) AS rev,
-    coalesce(sum(s.rev_n), 0) AS rev_n, coalesce(sum(s.dropped), 0) AS dropped
-    FROM sel s JOIN visits v USING (user_id, vn) {group}){totals}
+grp AS (SELECT {keys}count(*) AS visits, count(DISTINCT uk) AS visitors,
+    coalesce(sum(pageviews), 0) AS pageviews, coalesce(sum(events), 0) AS events,
+    coalesce(count_if(bounce), 0) AS bounces, coalesce(sum(duration_us), 0) AS duration_us,
+    coalesce(sum(visit_pageviews), 0) AS visit_pageviews, sum(rev) AS rev,
+    coalesce(sum(rev_n), 0) AS rev_n, coalesce(sum(dropped), 0) AS dropped
+    FROM {"sel JOIN visits USING (uk, vn)" if q.event_scoped else "sel"} {group}){totals}
 SELECT * FROM (SELECT {keys}{", ".join(SUMS[:-1])}, {group_total}, count(*) OVER () AS total,
     sum(dropped) OVER () AS all_dropped,
-    {"(SELECT count(DISTINCT user_id) FROM tot)" if totals else "0"} AS conv_total,
-    (SELECT count(DISTINCT user_id) FROM sel) AS all_visitors FROM grp {joined})
+    {"(SELECT count(DISTINCT uk) FROM tot)" if totals else "0"} AS conv_total,
+    (SELECT count(DISTINCT uk) FROM sel) AS all_visitors,
+    (SELECT coalesce(bool_or(suspect), false) FROM visits) AS suspect FROM grp {joined})
 ORDER BY {order} LIMIT {p.bind(q.limit)} OFFSET {p.bind(q.offset)}"""
     return sql, p.values
 
@@ -289,18 +299,31 @@ def spans(q: StatsQuery, root: Path, timeout_s: int) -> list[tuple[datetime | No
     return out
 
 
+def _rows(
+    engine: QueryEngine, q: StatsQuery, root: Path, start: datetime, timeout_s: int,
+    fast_key: str | None,
+) -> list[Any]:  # fmt: skip
+    """The statement's rows: the fast plan's, else the exact plan's (when the fast one is
+    suspect, or has no row to say whether it is)."""
+    with hour_files(root, start - timedelta(seconds=timeout_s), q.end) as files:
+        if fast_key is not None:
+            rows = engine.fetch(*build(q, files, start, q.end, timeout_s, fast_key))
+            if rows and not rows[0][-1]:
+                return rows
+        return engine.fetch(*build(q, files, start, q.end, timeout_s, None))
+
+
 def fetch(
-    engine: QueryEngine, q: StatsQuery, root: Path, start: datetime, timeout_s: int
-) -> tuple[list[tuple[list[Any], dict[str, Any]]], Totals]:
+    engine: QueryEngine, q: StatsQuery, root: Path, start: datetime, timeout_s: int,
+    fast_key: str | None = visits.FAST_KEY,
+) -> tuple[list[tuple[list[Any], dict[str, Any]]], Totals]:  # fmt: skip
     """The rows of one page (dimension values as DuckDB gives them, and sums), and the
     query's totals."""
-    with hour_files(root, start - timedelta(seconds=timeout_s), q.end) as files:
-        rows = engine.fetch(*build(q, files, start, q.end, timeout_s))
+    rows = _rows(engine, q, root, start, timeout_s, fast_key)
     if not rows and q.offset:
         # A page past the end still says how many rows there are.
         head = replace(q, limit=1, offset=0)
-        with hour_files(root, start - timedelta(seconds=timeout_s), q.end) as files:
-            first = engine.fetch(*build(head, files, start, q.end, timeout_s))
+        first = _rows(engine, head, root, start, timeout_s, fast_key)
         return [], _totals(first[0]) if first else Totals()
     n = len(q.dimensions)
     out = [(list(row[:n]), dict(zip(SUMS, row[n : n + len(SUMS)], strict=True))) for row in rows]
@@ -308,7 +331,7 @@ def fetch(
 
 
 def _totals(row: Any) -> Totals:
-    return Totals(*(int(v or 0) for v in row[-4:]))
+    return Totals(*(int(v or 0) for v in row[-5:-1]))
 
 
 def _currency(q: StatsQuery, dims: list[Any]) -> str | None:
@@ -318,10 +341,12 @@ def _currency(q: StatsQuery, dims: list[Any]) -> str | None:
 
 
 def run(
-    engine: QueryEngine, q: StatsQuery, root: Path, archived_until: datetime, timeout_s: int
-) -> dict[str, Any]:
+    engine: QueryEngine, q: StatsQuery, root: Path, archived_until: datetime, timeout_s: int,
+    fast_key: str | None = visits.FAST_KEY,
+) -> dict[str, Any]:  # fmt: skip
+    """The answer; ``fast_key`` is the fast plan's visitor key (None: the exact plan)."""
     start = resolve_start(q, root)
-    rows, totals = fetch(engine, q, root, start, timeout_s)
+    rows, totals = fetch(engine, q, root, start, timeout_s, fast_key)
     units = {d: time_unit(d, start, q.end) for d in q.dimensions if d.startswith("time")}
     results = []
     for dims, sums in rows:
@@ -334,7 +359,7 @@ def run(
     compared = q.include.comparisons
     if compared is not None:
         other = stats_compare.comparison_range(compared, start, q.end)
-        _compare(engine, q, root, timeout_s, (start, q.end), other, rows, results)
+        _compare(engine, q, root, (timeout_s, fast_key), (start, q.end), other, rows, results)
         if q.include.time_labels:
             (unit,) = units.values()
             meta["comparison_time_labels"] = time_labels(unit, *other)
@@ -354,7 +379,7 @@ def run(
 
 
 def _compare(
-    engine: QueryEngine, q: StatsQuery, root: Path, timeout_s: int,
+    engine: QueryEngine, q: StatsQuery, root: Path, plan: tuple[int, str | None],
     main: tuple[datetime, datetime], other: tuple[datetime, datetime],
     rows: list[tuple[list[Any], dict[str, Any]]], results: list[dict[str, Any]],
 ) -> None:  # fmt: skip
@@ -365,7 +390,7 @@ def _compare(
     dims = tuple(f"time:{units[d]}" if d in units else d for d in q.dimensions)
     cq = replace(q, start=other[0], end=other[1], dimensions=dims, order_by=(),
                  limit=2**62, offset=0)  # fmt: skip
-    crows, ctotals = fetch(engine, cq, root, other[0], timeout_s)
+    crows, ctotals = fetch(engine, cq, root, other[0], *plan)
 
     def key(values: list[Any], start: datetime) -> tuple[Any, ...]:
         return tuple(

@@ -41,13 +41,13 @@ CURRENCY_SQL = currency_sql("payload")
 
 
 def goal_sql(p: Params, goal: Goal) -> str:
-    """Whether the event row completes ``goal`` (goals.sql_condition, its value bound)."""
+    """Whether the event row completes ``goal`` (goals.sql_condition, its values bound)."""
     # Placeholders without "?" (the path expression's regular expressions hold some).
     sql, values = goal_rules.sql_condition(
         goal, type_sql="\x00T", name_sql="\x00N", path_sql="\x00P"
     )
-    (value,) = values
-    sql = sql.replace("?", p.bind(value), 1)
+    for value in values:
+        sql = sql.replace("?", p.bind(value), 1)
     return (
         sql.replace("\x00T", "event_type")
         .replace("\x00N", NAME_SQL)

@@ -14,7 +14,16 @@ The semantics (docs/api.md, "Visits"), which ``tests/visits_model.py`` restates 
   event before ``to``.
 
 ``ctes`` gives the CTEs ``visits`` (one row per visit starting in the range) and
-``vev`` (those visits' events, each with its visit's columns).
+``vev`` (those visits' events, each with its visit's columns), both keyed by ``uk`` (the
+visitor) and ``vn`` (the visit's number among the visitor's).
+
+Two plans give the same answer, as the funnels' do (``funnel._sequence_sql``). Sorting
+each visitor's events by (user_id, timestamp, received_at, event_id) is most of a visit
+query's cost, and string keys make it slow. The fast plan sorts by (hash of the user,
+timestamp) and flags, in the same sorted pass, the two cases where that is not the exact
+order: two events of one hash at one timestamp (a tie the full order would break) and
+two users of one hash (their events would pass for one visitor's). A flagged answer is
+thrown away and the exact plan runs (``uk`` is then the user_id itself).
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from event_analytics.analytics.snapshot import Sources
 from event_analytics.analytics.sql import Params, source
 
 ORDER = "ts, received_at, event_id"
+# The fast plan's visitor key (a test passes a colliding one).
+FAST_KEY = "hash(user_id)"
 NON_INTERACTIVE = "coalesce(f_interactive, '') = 'false'"
 DIRECT = "Direct / None"
 UTM = ("utm_medium", "utm_source", "utm_campaign", "utm_content", "utm_term")
@@ -113,24 +124,34 @@ def ctes(
     timeout_s: int,
     attributes: frozenset[str] = frozenset(VISIT_COLUMNS.values()),
     payload: bool = True,
+    fast_key: str | None = FAST_KEY,
 ) -> str:
     """The CTE list (without ``WITH``) ending in ``visits`` and ``vev``; ``visits`` has
     the columns of ``attributes`` (names from VISIT_COLUMNS) besides the metrics'.
     Without ``payload``, ``vev``'s payload is NULL: the windows then sort no payloads
-    (for queries that read no event's payload)."""
+    (for queries that read no event's payload). With ``fast_key``, ``visits`` has a
+    column ``suspect``: true on some row when the fast plan's order may be wrong, and then
+    rows that do not start in the range may be in it too (the answer is thrown away)."""
     lookback = start - timedelta(seconds=timeout_s)
     carried = ("payload" if payload else "NULL::JSON AS payload") + _fields(attributes)
+    if fast_key is None:
+        uk, order, suspect, keep = "user_id", ORDER, "false", ""
+    else:
+        uk, order = fast_key, "ts"
+        suspect = "coalesce(lag(user_id) OVER w <> user_id OR lag(ts) OVER w = ts, false)"
+        # A suspect visit is kept wherever it starts: its row must reach the answer.
+        keep = " OR bool_or(suspect)"
     return f"""events AS ({source(p, files)}),
-ev AS (SELECT event_id, user_id, ts, received_at, event_type, page_url, {carried} FROM events
-    WHERE ts >= {p.bind(lookback)} AND ts < {p.bind(end)} AND NOT starts_with(event_type, 'bot_')
-    AND {sites.SITE_SQL} = {p.bind(site)}),
-seq AS (SELECT *, CASE WHEN epoch_us(ts) - epoch_us(lag(ts) OVER w)
-    <= {p.bind(timeout_s * 1_000_000)} THEN 0 ELSE 1 END AS starts, row_number() OVER w AS seq
-    FROM ev WINDOW w AS (PARTITION BY user_id ORDER BY {ORDER})),
-numbered AS (SELECT *, sum(starts) OVER (PARTITION BY user_id ORDER BY seq
+ev AS (SELECT event_id, {uk} AS uk, user_id, ts, received_at, event_type, page_url, {carried}
+    FROM events WHERE ts >= {p.bind(lookback)} AND ts < {p.bind(end)}
+    AND NOT starts_with(event_type, 'bot_') AND {sites.SITE_SQL} = {p.bind(site)}),
+seq AS (SELECT * EXCLUDE (user_id), CASE WHEN epoch_us(ts) - epoch_us(lag(ts) OVER w)
+    <= {p.bind(timeout_s * 1_000_000)} THEN 0 ELSE 1 END AS starts, row_number() OVER w AS seq,
+    {suspect} AS suspect FROM ev WINDOW w AS (PARTITION BY uk ORDER BY {order})),
+numbered AS (SELECT *, sum(starts) OVER (PARTITION BY uk ORDER BY seq
     ROWS UNBOUNDED PRECEDING) AS vn FROM seq),
-visits AS (SELECT user_id, vn,
-    {_visit_columns(attributes)}
-    FROM numbered GROUP BY user_id, vn HAVING min(ts) >= {p.bind(start)}),
+visits AS (SELECT uk, vn,
+    {_visit_columns(attributes)}, bool_or(suspect) AS suspect
+    FROM numbered GROUP BY uk, vn HAVING min(ts) >= {p.bind(start)}{keep}),
 vev AS (SELECT n.event_id, n.ts, n.received_at, n.event_type, n.payload, n.page_url,
-    v.* FROM numbered n JOIN visits v USING (user_id, vn))"""
+    v.* FROM numbered n JOIN visits v USING (uk, vn))"""
