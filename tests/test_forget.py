@@ -20,8 +20,9 @@ import pytest
 from event_analytics.archive import compact, files
 from event_analytics.faults import ERASE_POINTS
 from tests import analytics_model as model
-from tests.helpers import HTTP, archived, cli, event, wait_archived
+from tests.helpers import HTTP, cli, event
 from tests.inproc import InProcessService
+from tests.readback import archived, wait_archived
 from tests.servers import ServiceProcess, stopped_after
 from tests.test_archive_compaction import answers
 
