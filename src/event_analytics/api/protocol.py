@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 import httptools
-import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from event_analytics.api.problems import PROBLEM_TYPE, problem_body
 from event_analytics.config import Settings
 
 RETRY_AFTER_S = 1
@@ -50,18 +51,14 @@ class Refused(Exception):
     error): the connection is answered ``_refusal`` and closed."""
 
 
-def _problem(status: int, reason: bytes, slug: str, title: str, detail: str) -> bytes:
+def _problem(status: int, slug: str, title: str, detail: str) -> bytes:
     """A whole problem+json response that closes the connection (written before, or
     instead of, the app: these refusals need no request object)."""
-    body = orjson.dumps(
-        {"type": f"urn:event-analytics:problem:{slug}", "title": title, "status": status,
-         "detail": detail}
-    )  # fmt: skip
+    body = problem_body(status, slug, title, detail)
     retry = b"retry-after: %d\r\n" % RETRY_AFTER_S if status in (429, 503) else b""
     return (
-        b"HTTP/1.1 %d " % status
-        + reason
-        + b"\r\ncontent-type: application/problem+json\r\n"
+        b"HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase.encode())
+        + b"\r\ncontent-type: %s\r\n" % PROBLEM_TYPE.encode()
         + retry
         + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
         + body
@@ -69,27 +66,27 @@ def _problem(status: int, reason: bytes, slug: str, title: str, detail: str) -> 
 
 
 TIMEOUT_408 = _problem(
-    408, b"Request Timeout", "head-timeout", "Request timeout",
+    408, "head-timeout", "Request timeout",
     "the request head was not received in time; send it at once",
 )  # fmt: skip
 TOO_LARGE_431 = _problem(
-    431, b"Request Header Fields Too Large", "head-too-large", "Request head too large",
+    431, "head-too-large", "Request head too large",
     "the request line and headers are larger than the limit",
 )  # fmt: skip
 MALFORMED_400 = _problem(
-    400, b"Bad Request", "malformed-http", "Malformed HTTP", "the request is not valid HTTP/1.1"
+    400, "malformed-http", "Malformed HTTP", "the request is not valid HTTP/1.1"
 )
 TOO_MANY_CONNECTIONS_429 = _problem(
-    429, b"Too Many Requests", "too-many-connections", "Too many connections",
+    429, "too-many-connections", "Too many connections",
     f"too many open connections from this address; close idle ones or reuse one "
     f"(keep-alive), retry after {RETRY_AFTER_S} s",
 )  # fmt: skip
 NO_CONNECTION_503 = _problem(
-    503, b"Service Unavailable", "overloaded", "Overloaded",
+    503, "overloaded", "Overloaded",
     f"every connection slot is busy with a request; retry after {RETRY_AFTER_S} s",
 )  # fmt: skip
 OVERLOADED_503 = _problem(
-    503, b"Service Unavailable", "overloaded", "Overloaded",
+    503, "overloaded", "Overloaded",
     f"too many requests in progress; nothing was done, retry after {RETRY_AFTER_S} s",
 )  # fmt: skip
 
