@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 OWN_SRC = HERE.parent / "src"
 PAGE = "https://example.com/a"
 WARM_UP = 50
+REQUEST_TIMEOUT_S = 60
 
 
 async def _lifespan(app: Any) -> tuple[asyncio.Queue[dict[str, str]], asyncio.Task[None]]:
@@ -74,7 +75,8 @@ async def _call(
         else:
             chunks.append(message.get("body", b""))
 
-    await app(scope, receive, send)
+    # Bounded: a request that hangs fails the run, it does not stall it.
+    await asyncio.wait_for(app(scope, receive, send), REQUEST_TIMEOUT_S)
     return status, b"".join(chunks)
 
 
@@ -149,6 +151,7 @@ def main() -> None:
         for n in range(args.rounds):
             for name in ("A", "B") if n % 2 == 0 else ("B", "A"):
                 runs[name].append(_run(trees[name], engine.url, args))
+                print(f"round {n + 1} {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
     medians = {
         name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()
     }
