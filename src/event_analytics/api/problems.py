@@ -47,9 +47,12 @@ def problem(
 
 
 # The refusals that are no domain error (who may call what, which route and method
-# exist), by type slug: their status and title. Every 401/403/404/405/429 the API writes
-# itself comes from here (``refuse``); FastAPI's own 404/405 take their slug from here.
+# exist, what the connection may send), by type slug: their status and title. Every
+# 401/403/404/405/429 the API writes itself comes from here: ``refuse`` for the routes,
+# ``refusal_body`` for the HTTP protocol's answers (``protocol.py``, written before any
+# app runs); FastAPI's own 404/405 take their slug from here.
 REFUSALS: dict[str, tuple[int, str]] = {
+    "malformed-http": (400, "Malformed HTTP"),
     "unauthorized": (401, "Unauthorized"),
     "forbidden": (403, "Forbidden"),
     "origin-not-allowed": (403, "Origin not allowed"),
@@ -57,15 +60,25 @@ REFUSALS: dict[str, tuple[int, str]] = {
     "site-limited-key": (403, "Key limited to sites"),
     "not-found": (404, "Not Found"),
     "method-not-allowed": (405, "Method Not Allowed"),
+    "head-timeout": (408, "Request timeout"),
     "rate-limited": (429, "Too many requests"),
+    "too-many-connections": (429, "Too many connections"),
+    "head-too-large": (431, "Request head too large"),
+    "overloaded": (503, "Overloaded"),
 }
-_SLUG_OF_STATUS = {404: "not-found", 405: "method-not-allowed"}
+_SLUG_OF_STATUS = {REFUSALS[s][0]: s for s in ("not-found", "method-not-allowed")}
+
+
+def refusal_body(slug: str, detail: str) -> tuple[int, bytes]:
+    """The status and JSON body of one of the REFUSALS."""
+    status, title = REFUSALS[slug]
+    return status, problem_body(status, slug, title, detail)
 
 
 def refuse(slug: str, detail: str, headers: dict[str, str] | None = None) -> Response:
     """The problem+json answer of one of the REFUSALS."""
-    status, title = REFUSALS[slug]
-    return problem(status, slug, title, detail, headers=headers)
+    status, body = refusal_body(slug, detail)
+    return Response(body, status, headers=headers, media_type=PROBLEM_TYPE)
 
 
 def internal_error() -> Response:
