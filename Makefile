@@ -56,6 +56,8 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/analytics_bench.py $(ANALYTICS_BENCH_ARGS)
 	$(BIN)/python benchmarks/query_storm.py $(STORM_BENCH_ARGS)
+	@# PostgreSQL delivery: events/s, the delivery process's and PostgreSQL's CPU per event.
+	$(BIN)/python benchmarks/postgres_bench.py $(POSTGRES_BENCH_ARGS)
 
 # Re-render docs/dashboard.png: the dashboard test's screenshot (needs chromium).
 screenshot: $(VENV)/.installed-dev
@@ -70,7 +72,8 @@ CONTAINER_ENGINE := $(shell docker info >/dev/null 2>&1 && echo docker || echo p
 endif
 IMAGE ?= event-analytics:latest
 BASE_IMAGES ?= ../shared/containers/base-images.sh
-# compose-up starts the API on one Redis; PROFILE=cluster: on the 3+3 Valkey Cluster.
+# compose-up starts the API on one Redis; PROFILE=cluster: on the 3+3 Valkey Cluster;
+# PROFILE=postgres: on the Redis, delivering the archive to a PostgreSQL.
 PROFILE ?=
 COMPOSE_PROJECT ?= event-analytics
 export EA_IMAGE := $(IMAGE)
@@ -90,17 +93,19 @@ endif
 else
 BUILD_FLAGS ?=
 COMPOSE ?= docker compose
-COMPOSE_ALL ?= --profile cluster
+COMPOSE_ALL ?= --profile cluster --profile postgres
 endif
 
 image:
 	$(if $(LOCAL_BASE),$(LOCAL_BASE) >/dev/null)
 	$(CONTAINER_ENGINE) build $(BUILD_FLAGS) $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) -t $(IMAGE) .
 
-# Detached; the API answers on EA_HTTP_PORT (8000), or EA_CLUSTER_HTTP_PORT (8001) with
-# PROFILE=cluster, once /health/ready is 200.
+# Detached; the API answers on EA_HTTP_PORT (8000), EA_CLUSTER_HTTP_PORT (8001) with
+# PROFILE=cluster, or EA_POSTGRES_HTTP_PORT (8002) with PROFILE=postgres, once
+# /health/ready is 200.
+COMPOSE_SERVICE = $(if $(filter cluster,$(PROFILE)),api-cluster,$(if $(filter postgres,$(PROFILE)),api-postgres,api))
 compose-up: image
-	$(COMPOSE) -p $(COMPOSE_PROJECT) up -d --no-build $(if $(filter cluster,$(PROFILE)),api-cluster,api)
+	$(COMPOSE) -p $(COMPOSE_PROJECT) up -d --no-build $(COMPOSE_SERVICE)
 
 # Stops and removes the containers of both profiles; the volumes (data) stay unless
 # COMPOSE_DOWN_ARGS=-v.

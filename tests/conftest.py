@@ -17,8 +17,8 @@ import pytest
 from benchmarks.procs import EngineProcess, free_port, free_ports
 from tests import servers
 from tests.backends import Backend
+from tests.clients import chromium_binary
 from tests.cluster import ClusterProcess, start_cluster
-from tests.helpers import chromium_binary
 from tests.inproc import InProcessService, in_process
 from tests.servers import ServiceProcess, engine_binary, stopped_after
 
@@ -115,7 +115,7 @@ def app_service(
     """The app in this process on the session's engine (tests.inproc): for HTTP semantics.
 
     Its key prefix is the ``service``'s, and it runs no archiver: only the ``service``'s
-    archiver reads the streams, as with ``exact_service``.
+    archiver reads the streams.
     """
     data_dir = tmp_path_factory.mktemp(f"inproc-{engine.kind}") / "data"
     settings = engine.settings(data_dir=data_dir, key_prefix=engine.prefix)
@@ -130,7 +130,7 @@ def api(app_service: InProcessService, db: Backend) -> InProcessService:
 
 
 # Fixtures that start the service as a process: a test using one is marked slow.
-SERVICE_FIXTURES = frozenset({"service", "live", "two_workers", "engine_down", "exact_service"})
+SERVICE_FIXTURES = frozenset({"service", "live", "two_workers", "engine_down"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -167,19 +167,19 @@ def engine_down(
 
 
 @pytest.fixture(scope="session")
-def exact_service(
+def exact_app(
     engine: Backend, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServiceProcess]:
-    """The real service with EA_UNIQUES=exact: hour and day unique users from sets.
+) -> Iterator[InProcessService]:
+    """The app in this process with EA_UNIQUES=exact (hour and day unique users from sets),
+    on the session's engine with the ``service``'s prefix, for the counter reads.
 
-    Without an archiver: it shares the engine and prefix with ``service``, whose archiver
-    must be the only one. A second one took a share of the streams into its own archive,
-    so later tests of ``live`` waited in vain for their events in the files.
+    No archiver, as ``app_service``: the ``service``'s archiver must be the only one on
+    that prefix. A second one took a share of the streams into its own archive, so later
+    tests of ``live`` waited in vain for their events in the files.
     """
-    data_dir = tmp_path_factory.mktemp(f"service-exact-{engine.kind}")
-    env = engine.env | {"EA_UNIQUES": "exact"}
-    service = ServiceProcess(data_dir / "data", env=env, args=["--no-archiver"])
-    with stopped_after(service) as svc:
+    data_dir = tmp_path_factory.mktemp(f"inproc-exact-{engine.kind}") / "data"
+    settings = engine.settings(data_dir=data_dir, key_prefix=engine.prefix, uniques="exact")
+    with in_process(settings, engine.env | {"EA_UNIQUES": "exact"}) as svc:
         yield svc
 
 

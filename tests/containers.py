@@ -152,7 +152,9 @@ class Compose:
     def up(self, profile: str = "") -> float:
         """``make compose-up``; seconds until the API is ready through the published port."""
         start = time.monotonic()
-        self.make("compose-up", f"PROFILE={profile}")
+        # -o image: the session's ``image`` fixture built it; compose-up's prerequisite
+        # would run the build (and base-images.sh) again for every project.
+        self.make("compose-up", f"PROFILE={profile}", "-o", "image")
         wait_ready(self.url, timeout_s=180, what=self.engine.logs(self.container("api")))
         return time.monotonic() - start
 

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from event_analytics.api.app import create_app
 from event_analytics.config import Settings
@@ -53,7 +54,14 @@ class _LoopTransport(httpx.BaseTransport):
             return response.status_code, response.headers.raw, content
 
         future = asyncio.run_coroutine_threadsafe(send(), self.loop)
-        status, headers, content = future.result(timeout=WAIT_S)
+        # As over a socket: the request's read timeout bounds the wait for the answer (a
+        # test's ``timeout=5`` says "no hang"); WAIT_S where it gives none.
+        timeout = request.extensions.get("timeout", {}).get("read") or WAIT_S
+        try:
+            status, headers, content = future.result(timeout=timeout)
+        except TimeoutError:
+            future.cancel()
+            raise httpx.ReadTimeout(f"no answer within {timeout} s", request=request) from None
         return httpx.Response(status, headers=headers, content=content, request=request)
 
 
@@ -77,8 +85,12 @@ class InProcessService:
         self._started = threading.Event()
         self._stop: asyncio.Event | None = None
         self._running: asyncio.Future[None] | None = None
+        # As `serve` runs it: uvicorn puts a trusted proxy's X-Forwarded-For in the scope
+        # (the client address of rate limits); httpx's ASGI transport calls from 127.0.0.1.
+        proxied = ProxyHeadersMiddleware(self.app, trusted_hosts=settings.forwarded_allow_ips)  # type: ignore[arg-type]
+        # No timeout of its own beyond WAIT_S: a request that gives one is bounded by it.
         self.http = httpx.Client(
-            transport=_LoopTransport(self.app, self.loop), base_url=self.url, timeout=10
+            transport=_LoopTransport(proxied, self.loop), base_url=self.url, timeout=WAIT_S
         )
 
     async def _run(self) -> None:

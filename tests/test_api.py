@@ -59,13 +59,13 @@ def test_seed_postman_event_shape(api: InProcessService) -> None:
 
 
 @pytest.mark.parametrize("event_type", ["signup", "purchase", "page_view"])
-def test_the_message_is_true_for_every_event_type(live: ServiceProcess, event_type: str) -> None:
+def test_the_message_is_true_for_every_event_type(api: InProcessService, event_type: str) -> None:
     """The seed's ``message`` field is kept, and says what happened to this event: stored
     (before the 201), of its type. It said "Page view event accepted and queued for
     processing" for every type, and nothing is queued (issue 21, item 6)."""
     url = None if event_type != "page_view" else "https://example.com/m"
     body = event(user="msg_user", url=url, event_type=event_type)
-    first, again = post(live, body), post(live, body)
+    first, again = post(api, body), post(api, body)
     assert (first.status_code, again.status_code) == (201, 200), (first.text, again.text)
     assert first.json()["message"] == f"{event_type} event stored"
     assert again.json()["message"] == "Duplicate event_id: already counted, nothing changed"

@@ -29,19 +29,10 @@ from event_analytics.store.streams import StreamStore
 from event_analytics.timebucket import Interval
 from tests.backends import Backend
 from tests.direct import ingest
-from tests.helpers import (
-    HTTP,
-    IST,
-    answers,
-    archive_ids,
-    assert_rebuild_reproduces,
-    cli,
-    event,
-    hammer,
-    past_minutes,
-    wait_archived,
-)
+from tests.helpers import HTTP, IST, cli, event, past_minutes
+from tests.readback import answers, archive_ids, assert_rebuild_reproduces, wait_archived
 from tests.servers import ArchiverProcess, archiving_service
+from tests.traffic import hammer
 
 pytestmark = pytest.mark.slow
 LIMIT = 1_000_000

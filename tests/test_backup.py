@@ -30,8 +30,10 @@ from event_analytics.model import EVENT_ADAPTER
 from event_analytics.store import IngestWriter
 from tests.backends import Backend
 from tests.cluster import ClusterProcess, start_cluster
-from tests.helpers import answers, archive_ids, cli, event, send_all, wait_archived
+from tests.helpers import cli, event
+from tests.readback import answers, archive_ids, wait_archived
 from tests.servers import ServiceProcess, engine_binary, stopped_after
+from tests.traffic import send_all
 
 pytestmark = pytest.mark.slow
 PREFIX = "bk:"  # the session's services share the session cluster with prefix ea:

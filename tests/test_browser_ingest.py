@@ -13,17 +13,10 @@ from typing import Any
 import pytest
 
 from tests.backends import own_engine_env
-from tests.helpers import (
-    DESKTOP_CHROME,
-    HTTP,
-    Site,
-    archived,
-    browsing,
-    event,
-    node_clients,
-    total,
-    wait_for,
-)
+from tests.clients import DESKTOP_CHROME, Site, browsing, node_clients
+from tests.helpers import HTTP, event, wait_for
+from tests.inproc import InProcessService
+from tests.readback import archived, total
 from tests.servers import ServiceProcess, stopped_after
 
 pytestmark = pytest.mark.slow
@@ -159,25 +152,27 @@ def test_plausibles_own_npm_tracker_against_api_event(
     assert len(records) == 3
 
 
-def test_api_event_answers(live: ServiceProcess) -> None:
-    ok = HTTP.post(
-        f"{live.url}/api/event",
+def test_api_event_answers(api: InProcessService) -> None:
+    ok = api.http.post(
+        f"{api.url}/api/event",
         content=b'{"n":"pageview","u":"https://a.example/","d":"a.example"}',
         headers={"content-type": "text/plain", "origin": "https://a.example"},
     )
     assert (
         ok.status_code == 202 and ok.headers["access-control-allow-origin"] == "https://a.example"
     )
-    missing = HTTP.post(f"{live.url}/api/event", json={"n": "pageview", "d": "a.example"})
+    missing = api.http.post(f"{api.url}/api/event", json={"n": "pageview", "d": "a.example"})
     assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "url"
-    bad = HTTP.post(f"{live.url}/api/event", content=b"{", headers={"content-type": "text/plain"})
+    bad = api.http.post(
+        f"{api.url}/api/event", content=b"{", headers={"content-type": "text/plain"}
+    )
     assert bad.status_code == 400
-    preflight = HTTP.options(
-        f"{live.url}/api/event",
+    preflight = api.http.options(
+        f"{api.url}/api/event",
         headers={"origin": "https://a.example", "access-control-request-method": "POST"},
     )
     assert preflight.status_code == 204
-    script = HTTP.get(f"{live.url}/js/script.js")
+    script = api.http.get(f"{api.url}/js/script.js")
     assert script.status_code == 200 and "sendBeacon" in script.text
     assert script.headers["content-type"].startswith("application/javascript")
 

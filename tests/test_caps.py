@@ -25,8 +25,8 @@ from event_analytics.store import IngestWriter, Outcome
 from event_analytics.store.reads import Reads
 from event_analytics.timebucket import Interval, floor
 from tests.backends import Backend
-from tests.helpers import HTTP, event, run_store
-from tests.servers import ServiceProcess, stopped_after
+from tests.helpers import event, run_store
+from tests.inproc import InProcessService, in_process
 
 REFUSED = Outcome.TOO_MANY_EVENT_TYPES
 PATHS = pytest.mark.parametrize("aggregate_above", [1_000_000, 0], ids=["per_event", "per_key"])
@@ -180,22 +180,22 @@ def test_pages_past_the_cap_count_into_other_and_totals_stay_exact(
 
 
 @pytest.fixture(scope="module")
-def capped(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """The service with small caps: 3 event types per shard, 2 pages per bucket."""
-    data = tmp_path_factory.mktemp(f"caps-{engine.kind}") / "data"
-    env = engine.env | {
-        "EA_KEY_PREFIX": "capsvc:",
-        "EA_MAX_EVENT_TYPES": "3",
-        "EA_MAX_PAGES_PER_BUCKET": "2",
-        "EA_SHARDS": "1",
-    }
-    with stopped_after(ServiceProcess(data, env=env, args=["--no-archiver"])) as svc:
+def capped(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessService]:
+    """The app with small caps (3 event types per shard, 2 pages per bucket), in this
+    process (tests.inproc): the caps are the ingest script's and the reads', no worker's."""
+    chosen = engine.settings(
+        data_dir=tmp_path_factory.mktemp(f"caps-{engine.kind}") / "data",
+        key_prefix="capsvc:",
+        max_event_types=3,
+        max_pages_per_bucket=2,
+        shards=1,
+    )
+    with in_process(chosen, engine.env | {"EA_KEY_PREFIX": "capsvc:", "EA_SHARDS": "1"}) as svc:
         yield svc
 
 
-@pytest.mark.slow
-def test_caps_over_http(capped: ServiceProcess, db: Backend) -> None:
-    url = capped.url
+def test_caps_over_http(capped: InProcessService, db: Backend) -> None:
+    url, http = capped.url, capped.http
     now = datetime.now(UTC)
     tag = uuid.uuid4().hex[:6]
     # page_view is one of the three types.
@@ -205,10 +205,10 @@ def test_caps_over_http(capped: ServiceProcess, db: Backend) -> None:
         event(url=pages[0], ts=now),
         *(event(event_type=t, url=None, ts=now) for t in types[1:3]),
     ]
-    r = HTTP.post(f"{url}/events/batch", json={"events": first})
+    r = http.post(f"{url}/events/batch", json={"events": first})
     assert [item["status"] for item in r.json()["results"]] == ["accepted"] * 3, r.text
     refused = event(event_type=types[3], url=None, ts=now)
-    r = HTTP.post(f"{url}/events", json=refused)
+    r = http.post(f"{url}/events", json=refused)
     assert r.status_code == 422, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     problem = r.json()
@@ -216,7 +216,7 @@ def test_caps_over_http(capped: ServiceProcess, db: Backend) -> None:
     assert "EA_MAX_EVENT_TYPES" in problem["errors"][0]["message"]
     # An existing type keeps working, in the same batch as a refused one.
     mixed = [event(event_type=types[1], url=None, ts=now), refused]
-    r = HTTP.post(f"{url}/events/batch", json={"events": mixed})
+    r = http.post(f"{url}/events/batch", json={"events": mixed})
     results = r.json()["results"]
     assert [x["status"] for x in results] == ["accepted", "rejected"], results
     assert results[1]["errors"][0]["code"] == "too_many_event_types"
@@ -225,17 +225,17 @@ def test_caps_over_http(capped: ServiceProcess, db: Backend) -> None:
     # Pages: 2 per bucket, 5 pages sent in this minute (the engine was emptied).
     minute = floor(now, Interval.MINUTE)
     bodies = [event(user=f"u{i}", url=pages[i % 5], ts=now) for i in range(10)]
-    r = HTTP.post(f"{url}/events/batch", json={"events": bodies})
+    r = http.post(f"{url}/events/batch", json={"events": bodies})
     assert [x["status"] for x in r.json()["results"]] == ["accepted"] * 10, r.text
     frm, to = minute.isoformat(), (minute + timedelta(minutes=1)).isoformat()
-    top = HTTP.get(f"{url}/analytics/top-pages", params={"from": frm, "to": to, "limit": 10}).json()
+    top = http.get(f"{url}/analytics/top-pages", params={"from": frm, "to": to, "limit": 10}).json()
     assert top["pages_capped"] is True and top["other_pages_count"] == 6, top
     assert [(p["page_url"], p["count"]) for p in top["pages"]] == [(pages[0], 3), (pages[1], 2)]
-    series = HTTP.get(
+    series = http.get(
         f"{url}/analytics/timeseries", params={"from": frm, "to": to, "interval": "minute"}
     ).json()
     assert series["total"]["count"] == 11  # exact totals
-    realtime = HTTP.get(f"{url}/analytics/realtime").json()
+    realtime = http.get(f"{url}/analytics/realtime").json()
     if floor(datetime.now(UTC), Interval.MINUTE) == minute:  # still in the window's minute
         assert realtime["pages_capped"] is True and realtime["other_pages_count"] == 6
     assert realtime["events"] == 11

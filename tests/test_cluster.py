@@ -16,17 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import ClusterProcess
-from tests.helpers import (
-    HTTP,
-    answers,
-    archive_ids,
-    assert_rebuild_reproduces,
-    event,
-    past_minutes,
-    send_all,
-    wait_archived,
-)
+from tests.helpers import HTTP, event, past_minutes
+from tests.readback import answers, archive_ids, assert_rebuild_reproduces, wait_archived
 from tests.servers import ServiceProcess, stopped_after
+from tests.traffic import send_all
 
 pytestmark = pytest.mark.slow
 

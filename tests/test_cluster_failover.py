@@ -13,16 +13,10 @@ from typing import Any
 import pytest
 
 from tests.cluster import ClusterProcess
-from tests.helpers import (
-    DEADLINE_S,
-    HTTP,
-    LOSS_BOUND,
-    archive_ids,
-    failover_traffic,
-    send_all,
-    wait_archived,
-)
+from tests.helpers import HTTP
+from tests.readback import archive_ids, wait_archived
 from tests.servers import ServiceProcess, stopped_after
+from tests.traffic import DEADLINE_S, LOSS_BOUND, failover_traffic, send_all
 
 pytestmark = pytest.mark.slow
 

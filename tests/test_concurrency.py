@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import IST, event, seed_key, send_all
+from tests.helpers import IST, event, seed_key
 from tests.servers import ServiceProcess
+from tests.traffic import send_all
 
 EVENTS = 5_000
 

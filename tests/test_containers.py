@@ -36,17 +36,10 @@ from tests.containers import (
     run,
     wait_ready,
 )
-from tests.helpers import (
-    HAMMER_CLIENTS,
-    HTTP,
-    LOSS_BOUND,
-    archive_ids,
-    event,
-    failover_traffic,
-    hammer,
-    send_all,
-)
+from tests.helpers import HTTP, event
 from tests.postman import Runner, items, load
+from tests.readback import archive_ids
+from tests.traffic import HAMMER_CLIENTS, LOSS_BOUND, failover_traffic, hammer, send_all
 
 pytestmark = pytest.mark.slow
 IMAGE_TAG = "localhost/event-analytics:pytest"

@@ -30,7 +30,8 @@ import pytest
 from event_analytics import dashboard
 from tests.backends import own_engine_env
 from tests.browser import live_page, render, run_chromium
-from tests.helpers import DESKTOP_CHROME, HTTP, event, wait_for
+from tests.clients import DESKTOP_CHROME
+from tests.helpers import HTTP, event, wait_for
 from tests.png import colour_counts, near
 from tests.scrape import scrape, value
 from tests.servers import ServiceProcess, stopped_after

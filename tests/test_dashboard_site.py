@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -28,6 +27,7 @@ from event_analytics.goals import Goal
 from tests import visits_model as model
 from tests.browser import LivePage, live_page
 from tests.helpers import HTTP, event
+from tests.readback import wait_stats_archived
 from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.slow
@@ -111,20 +111,8 @@ def sent(svc: ServiceProcess) -> list[dict[str, Any]]:
     bodies = plan()
     r = HTTP.post(f"{svc.url}/events/batch", json={"events": bodies})
     assert r.status_code == 200 and r.json()["accepted"] == len(bodies), r.text
-    sent_at = datetime.now(UTC)
-    probe = {"site_id": SITE, "metrics": ["visits"], "date_range": "7d"}
-    deadline = time.monotonic() + WAIT_S
-    while True:  # until the archive holds them (bounded)
-        meta = HTTP.post(f"{svc.url}/api/v2/query", json=probe, headers=AUTH).json()["meta"]
-        if datetime.fromisoformat(meta["archived_until"]) > sent_at:
-            break
-        assert time.monotonic() < deadline, meta
-        time.sleep(0.3)
-    out = []
-    for i, b in enumerate(bodies):
-        ts = datetime.fromisoformat(b["timestamp"]).astimezone(UTC).isoformat()
-        out.append({**b, "event_id": str(uuid.UUID(int=i)), "timestamp": ts, "received_at": ts})
-    return out
+    wait_stats_archived(svc.url, SITE, AUTH, datetime.now(UTC), WAIT_S)
+    return model.records_of(bodies)
 
 
 def expect(

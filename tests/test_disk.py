@@ -22,7 +22,9 @@ import pytest
 import redis
 
 from benchmarks.procs import EngineProcess
+from event_analytics.config import Settings
 from tests.helpers import HTTP, event, seed_key
+from tests.inproc import Service, in_process
 from tests.servers import ServiceProcess, stopped_after
 
 pytestmark = pytest.mark.slow
@@ -66,8 +68,8 @@ def _fill(path: Path) -> int:
     return written
 
 
-def _ready(svc: ServiceProcess) -> tuple[int, dict[str, object]]:
-    r = HTTP.get(f"{svc.url}/health/ready")
+def _ready(svc: Service) -> tuple[int, dict[str, object]]:
+    r = svc.http.get(f"{svc.url}/health/ready")
     return r.status_code, r.json()
 
 
@@ -136,26 +138,35 @@ def test_files_on_separate_paths(tmp_path: Path) -> None:
 def test_stream_is_bounded_while_the_archiver_is_blocked(
     own_valkey: EngineProcess, tmp_path: Path
 ) -> None:
-    """Table row: archive disk full: ingest went on and the stream grew without bound."""
+    """Table row: archive disk full: ingest went on and the stream grew without bound.
+
+    The service is the app in this process (tests.inproc): its backlog bound is the app's
+    engine watch; it runs no archiver. The archiver that comes back is a process."""
     bound = 60
     env = {"REDIS_URL": own_valkey.url, "EA_MAX_ARCHIVE_BACKLOG": str(bound),
            "EA_ARCHIVE_DIR": str(tmp_path / "archive")}  # fmt: skip
+    settings = Settings(
+        redis_url=own_valkey.url,
+        data_dir=tmp_path / "data",
+        archive_dir=tmp_path / "archive",
+        max_archive_backlog=bound,
+    )
     client = redis.Redis(port=own_valkey.port)
     minute = datetime.now(UTC).replace(second=0, microsecond=0)
     try:
         # No archiver: the backlog only grows.
-        with stopped_after(
-            ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
-        ) as svc:
+        with in_process(settings, env) as svc:
             batch = {"events": [event(ts=minute, user=f"u{i}") for i in range(bound)]}
-            r = HTTP.post(f"{svc.url}/events/batch", json=batch)
+            r = svc.http.post(f"{svc.url}/events/batch", json=batch)
             assert r.status_code == 200 and r.json()["accepted"] == bound, r.text
-            _until(lambda: HTTP.post(f"{svc.url}/events", json=event(ts=minute)).status_code == 503)
-            r = HTTP.post(f"{svc.url}/events", json=event(ts=minute))
+            _until(
+                lambda: svc.http.post(f"{svc.url}/events", json=event(ts=minute)).status_code == 503
+            )
+            r = svc.http.post(f"{svc.url}/events", json=event(ts=minute))
             assert r.json()["type"].endswith(":archive-backlog-full"), r.text
             status, body = _ready(svc)
             assert status == 503 and body["reason"] == "archive_backlog_full", body
-            stored = HTTP.get(f"{svc.url}/analytics/minute-buckets/{seed_key(minute)}").json()
+            stored = svc.http.get(f"{svc.url}/analytics/minute-buckets/{seed_key(minute)}").json()
             # Precise to what one poll interval lets in: here, the events sent before the
             # service saw the bound (none arrive concurrently in this test).
             assert bound <= stored["count"] <= bound + 1 + 20, stored
@@ -167,7 +178,7 @@ def test_stream_is_bounded_while_the_archiver_is_blocked(
                 )  # fmt: skip
                 try:
                     _until(lambda: _ready(svc)[0] == 200, timeout_s=30)
-                    r = HTTP.post(f"{svc.url}/events", json=event(ts=minute))
+                    r = svc.http.post(f"{svc.url}/events", json=event(ts=minute))
                     assert r.status_code == 201, r.text
                 finally:
                     archiver.terminate()

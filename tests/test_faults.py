@@ -3,7 +3,8 @@
 The ``embedded`` tests are about the private Valkey that ``serve`` starts and supervises
 when no engine is configured (its child process, its data dir lock, its restarts): there
 is no cluster in that mode, so they run without one. An engine restart under a running
-service runs on every engine, the cluster included (all its nodes killed and restarted).
+service runs on every engine, the cluster included (all its nodes killed and restarted),
+against the app in this process (tests.inproc): what it checks is the app's engine client.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from pathlib import Path
 import pytest
 
 from tests.backends import Backend
-from tests.helpers import HTTP, event, hammer, seed_key
+from tests.helpers import HTTP, event, seed_key
+from tests.inproc import InProcessService, Service
 from tests.servers import ServiceProcess
+from tests.traffic import hammer
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +103,7 @@ def test_embedded_engine_crash_is_restarted(embedded: ServiceProcess) -> None:
         text=True,
     ).stdout.split()
     os.kill(int(engine_pid), signal.SIGKILL)
-    statuses = _post_until_created(embedded.url, seconds=30)
+    statuses = _post_until_created(embedded, seconds=30)
     assert statuses[-1] == 201
     assert set(statuses) <= {201, 503}
     rows = HTTP.get(f"{embedded.url}/analytics/page_views_per_minute?minutes=2").json()
@@ -117,12 +120,12 @@ def test_sigterm_stops_engine_with_service(embedded: ServiceProcess) -> None:
         assert not Path(f"/proc/{pid}").exists()
 
 
-def _post_until_created(url: str, seconds: float) -> list[int]:
+def _post_until_created(svc: Service, seconds: float) -> list[int]:
     """POST fresh events until one is 201; every answer must come back (no hang)."""
     statuses: list[int] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        r = HTTP.post(f"{url}/events", json=event(), timeout=5)
+        r = svc.http.post(f"{svc.url}/events", json=event(), timeout=5)
         statuses.append(r.status_code)
         if r.status_code == 503:
             assert r.headers["retry-after"] == "1"
@@ -135,23 +138,24 @@ def _post_until_created(url: str, seconds: float) -> list[int]:
 
 @pytest.mark.parametrize("killable", ["valkey", "redis", "cluster"], indirect=True)
 def test_engine_restart_under_running_service(killable: Backend, tmp_path: Path) -> None:
-    svc = ServiceProcess(tmp_path / "data", env=killable.env)
+    settings = killable.settings(data_dir=tmp_path / "data", key_prefix=killable.prefix)
+    svc = InProcessService(settings, killable.env)
     svc.start()
     try:
         before = event()
-        assert HTTP.post(f"{svc.url}/events", json=before).status_code == 201
+        assert svc.http.post(f"{svc.url}/events", json=before).status_code == 201
         killable.kill()  # on the cluster: every node at once
-        r = HTTP.post(f"{svc.url}/events", json=event(), timeout=5)
+        r = svc.http.post(f"{svc.url}/events", json=event(), timeout=5)
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
-        ready = HTTP.get(f"{svc.url}/health/ready", timeout=5)
+        ready = svc.http.get(f"{svc.url}/health/ready", timeout=5)
         assert ready.status_code == 503 and ready.json()["engine"]["reachable"] is False
-        rows = HTTP.get(f"{svc.url}/analytics/page_views_per_minute", timeout=5)
+        rows = svc.http.get(f"{svc.url}/analytics/page_views_per_minute", timeout=5)
         assert rows.status_code == 503
         killable.start()
-        _post_until_created(svc.url, seconds=20)
+        _post_until_created(svc, seconds=20)
         # The event acknowledged before the crash survived it (AOF, fsync always).
-        dup = HTTP.post(f"{svc.url}/events", json=before, timeout=5)
+        dup = svc.http.post(f"{svc.url}/events", json=before, timeout=5)
         assert dup.status_code == 200 and dup.json()["duplicate"] is True
-        assert HTTP.get(f"{svc.url}/health/ready").status_code == 200
+        assert svc.http.get(f"{svc.url}/health/ready").status_code == 200
     finally:
         svc.stop()

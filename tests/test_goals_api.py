@@ -1,5 +1,8 @@
-"""Goals through the real service (Plausible's Sites API shape): find-or-create, list with
-cursors, delete, bad input as problem+json naming the field, keys, and a restart."""
+"""Goals over HTTP (Plausible's Sites API shape): find-or-create, list with cursors,
+delete, bad input as problem+json naming the field, keys, and a restart.
+
+The HTTP semantics run on the app in this process (tests.inproc) on each engine; the
+restart of the embedded engine runs the real service."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import pytest
 
 from tests.backends import Backend
 from tests.helpers import HTTP
+from tests.inproc import InProcessService, in_process
 from tests.servers import ServiceProcess, stopped_after
 
 GOALS = "/api/v1/sites/goals"
@@ -24,28 +28,28 @@ def _problem(reply: Any, status: int) -> dict[str, Any]:
     return body
 
 
-def test_put_list_and_delete(live: ServiceProcess) -> None:
-    url = live.url + GOALS
+def test_put_list_and_delete(api: InProcessService) -> None:
+    url, http = api.url + GOALS, api.http
     signup = {"site_id": "shop.example", "goal_type": "event", "event_name": "Signup"}
-    first = HTTP.put(url, json=signup)
+    first = http.put(url, json=signup)
     assert first.status_code == 200, first.text
     made = first.json()
     assert made == {"domain": "shop.example", "id": made["id"], "display_name": "Signup",
                     "goal_type": "event", "event_name": "Signup", "page_path": None,
                     "currency": None}  # fmt: skip
-    again = HTTP.put(url, json=signup)  # idempotent, as Plausible's
+    again = http.put(url, json=signup)  # idempotent, as Plausible's
     assert again.status_code == 200 and again.json() == made
     # Plausible's own example sends form fields (curl -d).
-    page = HTTP.put(url, content="site_id=shop.example&goal_type=page&page_path=%2Fthanks%2F**",
+    page = http.put(url, content="site_id=shop.example&goal_type=page&page_path=%2Fthanks%2F**",
                     headers=FORM)  # fmt: skip
     assert page.status_code == 200, page.text
     assert page.json()["display_name"] == "Visit /thanks/**"
-    money = HTTP.put(url, json={"site_id": "shop.example", "goal_type": "event",
+    money = http.put(url, json={"site_id": "shop.example", "goal_type": "event",
                                 "event_name": "Purchase", "currency": "eur"})  # fmt: skip
     assert money.status_code == 200 and money.json()["currency"] == "EUR"
-    extra = [HTTP.put(url, json={**signup, "event_name": f"E{i}"}).json() for i in range(4)]
+    extra = [http.put(url, json={**signup, "event_name": f"E{i}"}).json() for i in range(4)]
     every = [made, page.json(), money.json(), *extra]
-    listed = HTTP.get(url, params={"site_id": "shop.example"})
+    listed = http.get(url, params={"site_id": "shop.example"})
     assert listed.status_code == 200, listed.text
     # Newest first, as Plausible lists them.
     want = [{k: v for k, v in g.items() if k != "domain"} for g in every][::-1]
@@ -55,7 +59,7 @@ def test_put_list_and_delete(live: ServiceProcess) -> None:
     seen, cursor, pages = [], None, 0
     while True:
         params = {"site_id": "shop.example", "limit": 2} | ({"after": cursor} if cursor else {})
-        body = HTTP.get(url, params=params).json()
+        body = http.get(url, params=params).json()
         seen += body["goals"]
         pages += 1
         assert body["meta"]["before"] == (None if pages == 1 else str(body["goals"][0]["id"]))
@@ -63,20 +67,20 @@ def test_put_list_and_delete(live: ServiceProcess) -> None:
         if cursor is None:
             break
     assert seen == want and pages == 4
-    back = HTTP.get(url, params={"site_id": "shop.example", "limit": 2, "before": want[-1]["id"]})
+    back = http.get(url, params={"site_id": "shop.example", "limit": 2, "before": want[-1]["id"]})
     assert back.json()["goals"] == want[-3:-1]
-    assert HTTP.get(url, params={"site_id": "other.example"}).json()["goals"] == []
+    assert http.get(url, params={"site_id": "other.example"}).json()["goals"] == []
     # Delete: site_id in the query, or in a form body as Plausible's example sends it.
-    gone = HTTP.delete(f"{url}/{made['id']}", params={"site_id": "shop.example"})
+    gone = http.delete(f"{url}/{made['id']}", params={"site_id": "shop.example"})
     assert gone.status_code == 200 and gone.json() == {"deleted": True}
-    form = HTTP.request("DELETE", f"{url}/{page.json()['id']}", content="site_id=shop.example",
+    form = http.request("DELETE", f"{url}/{page.json()['id']}", content="site_id=shop.example",
                         headers=FORM)  # fmt: skip
     assert form.status_code == 200, form.text
-    twice = HTTP.delete(f"{url}/{made['id']}", params={"site_id": "shop.example"})
+    twice = http.delete(f"{url}/{made['id']}", params={"site_id": "shop.example"})
     assert _problem(twice, 404)["type"].endswith(":not-found")
-    other_site = HTTP.delete(f"{url}/{money.json()['id']}", params={"site_id": "other.example"})
+    other_site = http.delete(f"{url}/{money.json()['id']}", params={"site_id": "other.example"})
     _problem(other_site, 404)
-    left = HTTP.get(url, params={"site_id": "shop.example"}).json()["goals"]
+    left = http.get(url, params={"site_id": "shop.example"}).json()["goals"]
     assert [g["id"] for g in left] == [g["id"] for g in want[:-2]]
 
 
@@ -98,31 +102,31 @@ BAD_PUTS = [
 
 @pytest.mark.parametrize(("body", "fields"), BAD_PUTS)
 def test_bad_goals_are_422_naming_the_field(
-    live: ServiceProcess, body: Any, fields: list[str]
+    api: InProcessService, body: Any, fields: list[str]
 ) -> None:
-    problem = _problem(HTTP.put(live.url + GOALS, json=body), 422)
+    problem = _problem(api.http.put(api.url + GOALS, json=body), 422)
     assert [e["field"] for e in problem["errors"]] == fields
 
 
-def test_other_bad_requests(live: ServiceProcess) -> None:
-    url = live.url + GOALS
+def test_other_bad_requests(api: InProcessService) -> None:
+    url, http = api.url + GOALS, api.http
     as_json = {"content-type": "application/json"}
-    _problem(HTTP.put(url, content=b"{nope", headers=as_json), 400)
-    _problem(HTTP.put(url, content=b"x", headers={"content-type": "text/csv"}), 415)
-    _problem(HTTP.put(url, content=b"{}" + b" " * 20_000, headers=as_json), 413)
-    missing = _problem(HTTP.get(url), 422)
+    _problem(http.put(url, content=b"{nope", headers=as_json), 400)
+    _problem(http.put(url, content=b"x", headers={"content-type": "text/csv"}), 415)
+    _problem(http.put(url, content=b"{}" + b" " * 20_000, headers=as_json), 413)
+    missing = _problem(http.get(url), 422)
     assert [e["field"] for e in missing["errors"]] == ["site_id"]
-    bad_site = _problem(HTTP.get(url, params={"site_id": "a b"}), 422)
+    bad_site = _problem(http.get(url, params={"site_id": "a b"}), 422)
     assert [e["field"] for e in bad_site["errors"]] == ["site_id"]
-    assert [e["field"] for e in _problem(HTTP.get(url, params={"site_id": "a.example",
+    assert [e["field"] for e in _problem(http.get(url, params={"site_id": "a.example",
             "limit": 0}), 422)["errors"]] == ["limit"]  # fmt: skip
-    no_site = _problem(HTTP.delete(f"{url}/1"), 422)
+    no_site = _problem(http.delete(f"{url}/1"), 422)
     assert [e["field"] for e in no_site["errors"]] == ["site_id"]
-    not_id = _problem(HTTP.delete(f"{url}/abc", params={"site_id": "a.example"}), 422)
+    not_id = _problem(http.delete(f"{url}/abc", params={"site_id": "a.example"}), 422)
     assert [e["field"] for e in not_id["errors"]] == ["goal_id"]
     money = {"site_id": "a.example", "goal_type": "event", "event_name": "Buy", "currency": "USD"}
-    assert HTTP.put(url, json=money).status_code == 200
-    conflict = _problem(HTTP.put(url, json=money | {"currency": "EUR"}), 422)
+    assert http.put(url, json=money).status_code == 200
+    conflict = _problem(http.put(url, json=money | {"currency": "EUR"}), 422)
     assert [e["field"] for e in conflict["errors"]] == ["currency"]
 
 
@@ -157,15 +161,15 @@ def test_keys_and_a_restart_of_the_embedded_engine(tmp_path: Path) -> None:
         assert listed.json()["goals"] == [{k: v for k, v in made.json().items() if k != "domain"}]
 
 
-@pytest.mark.slow
 def test_with_only_read_keys_goal_changes_need_one(db: Backend, tmp_path: Path) -> None:
     # No write keys: ingest is open, but a goal change is never more open than reads.
-    env = db.env | {"EA_READ_KEYS": READ}
+    # The app in this process (the key checks are the app's), on the emptied engine.
+    settings = db.settings(data_dir=tmp_path / "data", key_prefix=db.prefix, read_keys=READ)
     goal = {"site_id": "reads.example", "goal_type": "page", "page_path": "/a"}
-    with stopped_after(ServiceProcess(tmp_path / "data", env=env)) as svc:
+    with in_process(settings, db.env) as svc:
         url = svc.url + GOALS
-        _problem(HTTP.put(url, json=goal), 401)
-        made = HTTP.put(url, json=goal, headers={"authorization": f"Bearer {READ}"})
+        _problem(svc.http.put(url, json=goal), 401)
+        made = svc.http.put(url, json=goal, headers={"authorization": f"Bearer {READ}"})
         assert made.status_code == 200, made.text
-        _problem(HTTP.delete(f"{url}/{made.json()['id']}", params={"site_id": "reads.example"}),
-                 401)  # fmt: skip
+        _problem(svc.http.delete(f"{url}/{made.json()['id']}",
+                                 params={"site_id": "reads.example"}), 401)  # fmt: skip

@@ -185,38 +185,42 @@ def test_scripts_reloaded_after_script_flush(api: InProcessService, db: Backend)
     assert got["count"] == 2 + len(users)
 
 
-@pytest.mark.slow
 def test_hung_engine_answers_503_then_recovers(killable: Backend, tmp_path: Path) -> None:
-    svc = ServiceProcess(tmp_path / "data", env=killable.env | {"EA_REDIS_TIMEOUT_S": "0.5"})
+    # The app in this process (tests.inproc): the engine's timeouts, the answers and the
+    # readiness are the app's; the engine is a real one, stopped and let go.
+    settings = killable.settings(
+        data_dir=tmp_path / "data", key_prefix=killable.prefix, redis_timeout_s=0.5
+    )
+    svc = InProcessService(settings, killable.env)
     svc.start()
     # On the cluster: every master (see Backend.pids), so no replica takes over meanwhile.
     pids = killable.pids()
     minute = datetime.now(UTC).replace(second=0, microsecond=0)
     first, during = event(ts=minute), event(ts=minute)
     try:
-        assert HTTP.post(f"{svc.url}/events", json=first).status_code == 201
+        assert svc.http.post(f"{svc.url}/events", json=first).status_code == 201
         for pid in pids:  # alive but silent: timeouts, not refusals
             os.kill(pid, signal.SIGSTOP)
-        r = HTTP.post(f"{svc.url}/events", json=during, timeout=10)
+        r = svc.http.post(f"{svc.url}/events", json=during, timeout=10)
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         # The call was sent and its reply never came: it may have run. The answer says so
         # (never "nothing was stored") and that a resend with the same event_id is safe.
         problem = r.json()
         assert problem["type"].endswith(":storage-outcome-unknown"), problem
         assert "may or may not" in problem["detail"] and "same event_id" in problem["detail"]
-        ready = HTTP.get(f"{svc.url}/health/ready", timeout=10)
+        ready = svc.http.get(f"{svc.url}/health/ready", timeout=10)
         assert ready.status_code == 503 and ready.json()["engine"]["reachable"] is False
-        assert HTTP.get(f"{svc.url}/analytics/realtime", timeout=10).status_code == 503
+        assert svc.http.get(f"{svc.url}/analytics/realtime", timeout=10).status_code == 503
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
         deadline = time.monotonic() + 20
-        while HTTP.get(f"{svc.url}/health/ready", timeout=10).status_code != 200:
+        while svc.http.get(f"{svc.url}/health/ready", timeout=10).status_code != 200:
             assert time.monotonic() < deadline, "no recovery"
             time.sleep(0.1)
         # The 503'd event was stored whole or not at all: its resend settles which, once.
-        assert HTTP.post(f"{svc.url}/events", json=during).status_code in (200, 201)
-        assert HTTP.post(f"{svc.url}/events", json=first).status_code == 200
-        got = HTTP.get(f"{svc.url}/analytics/minute-buckets/{seed_key(minute)}").json()
+        assert svc.http.post(f"{svc.url}/events", json=during).status_code in (200, 201)
+        assert svc.http.post(f"{svc.url}/events", json=first).status_code == 200
+        got = svc.http.get(f"{svc.url}/analytics/minute-buckets/{seed_key(minute)}").json()
         assert got["count"] == 2
     finally:
         for pid in pids:

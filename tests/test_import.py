@@ -26,7 +26,8 @@ import orjson
 from event_analytics.archive import files, record
 from event_analytics.keys import Keys
 from tests.backends import Backend
-from tests.helpers import archive_ids, cli
+from tests.helpers import cli
+from tests.readback import archive_ids
 
 HOUR = timedelta(hours=1)
 

@@ -59,6 +59,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "analytics",
             "counter_queries",
             "destinations",
+            "expiry",  # retention: the archive, the counters and PostgreSQL together
         ),
     ),
     (4, ("api",)),
@@ -69,6 +70,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "cli",
             "commands",
             "archive_cli",
+            "expire_cli",
             "export_cli",
             "import_cli",
             "goals_cli",

@@ -3,7 +3,9 @@ maxmemory turns readiness red, /metrics shows memory used vs limit, and the embe
 engine runs with a maxmemory and noeviction.
 
 Each test runs a private engine it reconfigures (CONFIG SET), so the session's engines
-keep their settings.
+keep their settings. The policy checks are the app's (its engine watch, readiness and
+ingest answers): they run on the app in this process (tests.inproc); the rest needs the
+service's processes (the archiver, the embedded engine, /metrics of its workers).
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import pytest
 import redis
 
 from benchmarks.procs import EngineProcess
+from event_analytics.config import Settings
 from event_analytics.store.embedded import default_maxmemory, url_file
 from tests.cluster import ClusterProcess
 from tests.helpers import HTTP, event
+from tests.inproc import Service, in_process
 from tests.scrape import scrape, value
 from tests.servers import ServiceProcess, stopped_after
-
-pytestmark = pytest.mark.slow
 
 
 def _until(check: object, timeout_s: float = 15.0) -> None:
@@ -32,8 +34,8 @@ def _until(check: object, timeout_s: float = 15.0) -> None:
         time.sleep(0.1)
 
 
-def _ready(svc: ServiceProcess) -> tuple[int, dict[str, object]]:
-    r = HTTP.get(f"{svc.url}/health/ready")
+def _ready(svc: Service) -> tuple[int, dict[str, object]]:
+    r = svc.http.get(f"{svc.url}/health/ready")
     return r.status_code, r.json()
 
 
@@ -44,29 +46,27 @@ def test_evicting_policy_is_refused_until_noeviction(
     dedup ids; the service never read the policy."""
     client = redis.Redis(port=own_valkey.port)
     client.config_set("maxmemory-policy", "allkeys-lru")
-    env = {"REDIS_URL": own_valkey.url}
-    svc = ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
-    svc.start(wait=False)  # never ready while the policy evicts
+    settings = Settings(redis_url=own_valkey.url, data_dir=tmp_path / "data")
     try:
-        svc.wait_alive()
-        status, body = _ready(svc)
-        assert status == 503 and body["reason"] == "engine_may_evict", body
-        r = HTTP.post(f"{svc.url}/events", json=event())
-        assert r.status_code == 503 and r.headers["retry-after"], r.text
-        assert r.json()["type"].endswith(":engine-may-evict"), r.text
-        batch = HTTP.post(f"{svc.url}/events/batch", json={"events": [event()]})
-        assert batch.status_code == 503, batch.text
-        assert client.dbsize() == 0  # nothing written
-        # The operator fixes the engine: the service sees it by itself.
-        client.config_set("maxmemory-policy", "noeviction")
-        _until(lambda: _ready(svc)[0] == 200)
-        assert HTTP.post(f"{svc.url}/events", json=event()).status_code == 201
-        # A policy changed under a running service (volatile-* evicts our TTL'd keys too).
-        client.config_set("maxmemory-policy", "volatile-lru")
-        _until(lambda: HTTP.post(f"{svc.url}/events", json=event()).status_code == 503)
-        assert _ready(svc)[1]["reason"] == "engine_may_evict"
+        # The app starts (never ready while the policy evicts).
+        with in_process(settings, {"REDIS_URL": own_valkey.url}) as svc:
+            status, body = _ready(svc)
+            assert status == 503 and body["reason"] == "engine_may_evict", body
+            r = svc.http.post(f"{svc.url}/events", json=event())
+            assert r.status_code == 503 and r.headers["retry-after"], r.text
+            assert r.json()["type"].endswith(":engine-may-evict"), r.text
+            batch = svc.http.post(f"{svc.url}/events/batch", json={"events": [event()]})
+            assert batch.status_code == 503, batch.text
+            assert client.dbsize() == 0  # nothing written
+            # The operator fixes the engine: the service sees it by itself.
+            client.config_set("maxmemory-policy", "noeviction")
+            _until(lambda: _ready(svc)[0] == 200)
+            assert svc.http.post(f"{svc.url}/events", json=event()).status_code == 201
+            # A policy changed under a running service (volatile-* evicts our TTL'd keys too).
+            client.config_set("maxmemory-policy", "volatile-lru")
+            _until(lambda: svc.http.post(f"{svc.url}/events", json=event()).status_code == 503)
+            assert _ready(svc)[1]["reason"] == "engine_may_evict"
     finally:
-        svc.stop()
         client.close()
 
 
@@ -75,20 +75,21 @@ def test_evicting_policy_accepted_by_the_operator(
 ) -> None:
     client = redis.Redis(port=own_valkey.port)
     client.config_set("maxmemory-policy", "allkeys-lru")
-    env = {"REDIS_URL": own_valkey.url, "EA_ALLOW_EVICTING_ENGINE": "1"}
+    settings = Settings(
+        redis_url=own_valkey.url, data_dir=tmp_path / "data", allow_evicting_engine=True
+    )
     try:
-        with stopped_after(
-            ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])
-        ) as svc:
+        with in_process(settings, {"REDIS_URL": own_valkey.url}) as svc:
             status, body = _ready(svc)
             assert status == 200, body
             memory = body["engine"]["memory"]  # type: ignore[index]
             assert memory["maxmemory_policy"] == "allkeys-lru" and "warning" in memory
-            assert HTTP.post(f"{svc.url}/events", json=event()).status_code == 201
+            assert svc.http.post(f"{svc.url}/events", json=event()).status_code == 201
     finally:
         client.close()
 
 
+@pytest.mark.slow
 def test_engine_at_maxmemory_turns_readiness_red(own_valkey: EngineProcess, tmp_path: Path) -> None:
     """Table row: at maxmemory (noeviction) ingest answered 503 but readiness said ready."""
     client = redis.Redis(port=own_valkey.port)
@@ -118,6 +119,7 @@ def test_engine_at_maxmemory_turns_readiness_red(own_valkey: EngineProcess, tmp_
         client.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["", "64mb"])
 def test_embedded_engine_has_maxmemory_and_noeviction(setting: str, tmp_path: Path) -> None:
     env = {"EA_ENGINE_MAXMEMORY": setting} if setting else {}
@@ -135,6 +137,7 @@ def test_embedded_engine_has_maxmemory_and_noeviction(setting: str, tmp_path: Pa
         assert memory["limit_bytes"] == want and memory["maxmemory_policy"] == "noeviction"
 
 
+@pytest.mark.slow
 def test_memory_metrics_are_per_master_on_a_cluster(
     cluster: ClusterProcess, tmp_path: Path
 ) -> None:

@@ -78,16 +78,16 @@ def test_timeseries_is_gap_filled_and_total_is_a_union(
 
 
 def test_hour_and_day_method_follows_ea_uniques(
-    live: ServiceProcess, exact_service: ServiceProcess, base: datetime
+    api: InProcessService, exact_app: InProcessService, base: datetime
 ) -> None:
-    assert all(_ingest(live, [event(user=f"u{i % 7}", ts=base) for i in range(20)]))
+    assert all(_ingest(api, [event(user=f"u{i % 7}", ts=base) for i in range(20)]))
     for interval in ("hour", "day"):
         params = {"interval": interval, "from": z(base), "to": z(base + timedelta(minutes=1))}
-        approx = get(live, "timeseries", **params)
+        approx = get(api, "timeseries", **params)
         assert approx["unique_users_method"] == "hll"
         assert approx["unique_users_standard_error"] == 0.0081
         assert hll_close(approx["points"][0]["unique_users"], 7)
-        exact = get(exact_service, "timeseries", **params)
+        exact = get(exact_app, "timeseries", **params)
         assert exact["unique_users_method"] == "exact"
         assert exact["unique_users_standard_error"] is None
         assert exact["points"][0]["unique_users"] == exact["total"]["unique_users"] == 7
@@ -210,7 +210,7 @@ def test_include_users_is_capped(api: InProcessService) -> None:
 
 
 def test_hour_unique_users_are_the_union_of_its_minutes(
-    live: ServiceProcess, exact_service: ServiceProcess, base: datetime
+    api: InProcessService, exact_app: InProcessService, base: datetime
 ) -> None:
     # 1,000 users in each of 60 minutes: 900 regulars every minute, plus 100 new ones.
     regulars = [f"r{i}" for i in range(900)]
@@ -220,29 +220,29 @@ def test_hour_unique_users_are_the_union_of_its_minutes(
         users = regulars + [f"n{m}_{i}" for i in range(100)]
         bodies += [event(user=u, ts=ts, url=HOME if i % 2 else A) for i, u in enumerate(users)]
     distinct, summed = 900 + 60 * 100, 60 * 1000
-    assert all(_ingest(live, bodies, uniques="exact"))
+    assert all(_ingest(api, bodies, uniques="exact"))
     window = {"from": z(base), "to": z(base + timedelta(hours=1))}
-    minutes = get(exact_service, "timeseries", **window)
+    minutes = get(exact_app, "timeseries", **window)
     assert all(p["unique_users"] == 1000 for p in minutes["points"])
     assert sum(p["unique_users"] for p in minutes["points"]) == summed
     assert minutes["total"] == {"count": summed, "unique_users": distinct}
-    exact_hour = get(exact_service, "timeseries", interval="hour", **window)
+    exact_hour = get(exact_app, "timeseries", interval="hour", **window)
     assert exact_hour["points"][0]["unique_users"] == distinct
-    approx_hour = get(live, "timeseries", interval="hour", **window)
+    approx_hour = get(api, "timeseries", interval="hour", **window)
     assert approx_hour["unique_users_method"] == "hll"
     for figure in (approx_hour["points"][0]["unique_users"], approx_hour["total"]["unique_users"]):
         assert hll_close(figure, distinct), figure
         assert figure < summed / 5
-    approx_day = get(live, "timeseries", interval="day", **window)
+    approx_day = get(api, "timeseries", interval="day", **window)
     assert hll_close(approx_day["total"]["unique_users"], distinct)
-    pages = get(live, "top-pages", **window)["pages"]
+    pages = get(api, "top-pages", **window)["pages"]
     assert {p["page_url"]: p["unique_users"] for p in pages} == {A: 450 + 3000, HOME: 450 + 3000}
     # Over more than a day, top pages read hours: per-page HyperLogLogs, unions of 60 minutes.
     long = {"from": z(base - timedelta(days=2)), "to": z(base + timedelta(hours=1))}
-    hourly = get(live, "top-pages", **long)
+    hourly = get(api, "top-pages", **long)
     assert hourly["unique_users_method"] == "hll"
     assert all(hll_close(p["unique_users"], 3450) for p in hourly["pages"]), hourly
-    page = get(live, "timeseries", interval="hour", page_url=A, **window)
+    page = get(api, "timeseries", interval="hour", page_url=A, **window)
     assert page["total"]["count"] == summed // 2 and hll_close(page["total"]["unique_users"], 3450)
 
 
@@ -321,11 +321,11 @@ def test_bucket_keys_list_every_key_ingest_writes(db: Backend, base: datetime) -
     assert len(written) == 12 + 8 + 1  # page_view: every structure; signup: none of a page's
 
 
-def test_the_exact_service_runs_no_archiver_of_its_own(
-    live: ServiceProcess, exact_service: ServiceProcess
+def test_the_exact_app_runs_no_archiver_of_its_own(
+    live: ServiceProcess, exact_app: InProcessService
 ) -> None:
-    """Both services share the engine and prefix: a second archiver would take a share of
-    the streams into its own files, and tests of ``live`` would miss their events."""
+    """Both share the engine and prefix: a second archiver would take a share of the
+    streams into its own files, and tests of ``live`` would miss their events."""
     from event_analytics.archive.worker import HEARTBEAT_S
 
     def archivers() -> set[str]:

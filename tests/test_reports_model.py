@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -30,7 +29,7 @@ from event_analytics.timebucket import Interval, bucket_count, buckets, floor
 from tests.backends import Backend
 from tests.direct import ingest
 from tests.helpers import IST, event, hll_close, seed_key, z
-from tests.servers import ServiceProcess
+from tests.inproc import InProcessService, Service
 
 TYPES = ("page_view", "click", "signup")
 USERS = tuple(f"u{i}" for i in range(6))
@@ -60,7 +59,7 @@ def parse(text: str) -> datetime:
 
 
 class AnalyticsModel(RuleBasedStateMachine):
-    svc: ClassVar[ServiceProcess]
+    svc: ClassVar[Service]
     db: ClassVar[Backend]
     exact: ClassVar[bool]
     base: ClassVar[datetime]
@@ -70,13 +69,10 @@ class AnalyticsModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.db.flush()
-        self.http = httpx.Client(base_url=self.svc.url, timeout=30)
+        self.http = self.svc.http  # the app's own client: not closed here
         self.events: list[Sent] = []
         self.crowded = False
         self.recent = floor(datetime.now(UTC), Interval.MINUTE) + timedelta(minutes=1)
-
-    def teardown(self) -> None:
-        self.http.close()
 
     # -- the model ---------------------------------------------------------------------
 
@@ -90,7 +86,7 @@ class AnalyticsModel(RuleBasedStateMachine):
         ]
 
     def get(self, path: str, **params: Any) -> Any:
-        r = self.http.get(f"/analytics/{path}", params=params)
+        r = self.http.get(f"{self.svc.url}/analytics/{path}", params=params)
         assert r.status_code == 200, r.text
         return r.json()
 
@@ -130,14 +126,14 @@ class AnalyticsModel(RuleBasedStateMachine):
                 ts = self.base + timedelta(minutes=minute, seconds=second)
             when = ts.astimezone(IST) if offset else ts
             body = event(user=user, ts=when, event_type=event_type, url=page)
-            r = self.http.post("/events", json=body)
+            r = self.http.post(f"{self.svc.url}/events", json=body)
             assert r.status_code == 201, r.text
             self.events.append(Sent(body, user, event_type, page, ts))
         return self.events[-1]
 
     @rule(sent=sent)
     def resend(self, sent: Sent) -> None:
-        r = self.http.post("/events", json=sent.body)
+        r = self.http.post(f"{self.svc.url}/events", json=sent.body)
         assert r.status_code == 200 and r.json()["duplicate"] is True, r.text
 
     @precondition(lambda self: not self.crowded)
@@ -174,7 +170,7 @@ class AnalyticsModel(RuleBasedStateMachine):
         too_many = len(points) > 1440 or (
             page and interval is Interval.DAY and len(points) * 24 > 1440
         )
-        r = self.http.get("/analytics/timeseries", params=params)
+        r = self.http.get(f"{self.svc.url}/analytics/timeseries", params=params)
         if too_many:
             assert r.status_code == 422 and r.json()["errors"][0]["code"] == "too_many_points"
             return
@@ -285,8 +281,9 @@ RUN = settings(
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["approx", "exact"])
 def test_endpoints_equal_the_model(request: pytest.FixtureRequest, db: Backend, mode: str) -> None:
-    svc: ServiceProcess = request.getfixturevalue(
-        "service" if mode == "approx" else "exact_service"
+    # The app in this process (tests.inproc): the counters and the read API, no worker.
+    svc: InProcessService = request.getfixturevalue(
+        "app_service" if mode == "approx" else "exact_app"
     )
 
     class Machine(AnalyticsModel):

@@ -3,7 +3,8 @@
 One keyed service (two workers) per engine serves the module's tests, the cluster's
 included (the rate-limit counters live in the engine); each test uses its own client
 addresses (X-Forwarded-For, trusted from loopback) and keys, so the rate-limit counters
-of one test never touch another's.
+of one test never touch another's. The event limits, the beacon and the request id are
+the app's alone: they run on the app in this process (tests.inproc), on each engine.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from event_analytics.keys import Keys
 from event_analytics.store.ratelimit import digest
 from tests.backends import Backend
 from tests.helpers import HTTP, event
+from tests.inproc import InProcessService, Service, in_process
 from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.slow
@@ -268,32 +270,32 @@ def test_cors_for_ingest_only(keyed: str) -> None:
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
 
 
-def test_beacon_text_plain_accepted(live: ServiceProcess) -> None:
+def test_beacon_text_plain_accepted(api: InProcessService) -> None:
     # navigator.sendBeacon(url, JSON.stringify(event)) sends text/plain;charset=UTF-8.
     beacon = {"content-type": "text/plain;charset=UTF-8"}
     body = event()
-    r = HTTP.post(f"{live.url}/events", content=orjson.dumps(body), headers=beacon)
+    r = api.http.post(f"{api.url}/events", content=orjson.dumps(body), headers=beacon)
     assert r.status_code == 201, r.text
-    r = HTTP.post(f"{live.url}/events", content=orjson.dumps(body), headers=beacon)
+    r = api.http.post(f"{api.url}/events", content=orjson.dumps(body), headers=beacon)
     assert r.status_code == 200 and r.json()["duplicate"] is True
     batch = orjson.dumps({"events": [event(), event()]})
-    r = HTTP.post(f"{live.url}/events/batch", content=batch, headers=beacon)
+    r = api.http.post(f"{api.url}/events/batch", content=batch, headers=beacon)
     assert r.status_code == 200 and r.json()["accepted"] == 2
-    r = HTTP.post(f"{live.url}/events", content=b"{", headers=beacon)
+    r = api.http.post(f"{api.url}/events", content=b"{", headers=beacon)
     assert r.status_code == 400
-    r = HTTP.post(f"{live.url}/events", content=orjson.dumps(event()),
-                  headers={"content-type": "text/html"})  # fmt: skip
+    r = api.http.post(f"{api.url}/events", content=orjson.dumps(event()),
+                      headers={"content-type": "text/html"})  # fmt: skip
     assert r.status_code == 415
 
 
-def test_request_id_echoed_or_made(live: ServiceProcess) -> None:
-    r = HTTP.get(f"{live.url}/health/", headers={"x-request-id": "trace-42.a:b"})
+def test_request_id_echoed_or_made(api: InProcessService) -> None:
+    r = api.http.get(f"{api.url}/health/", headers={"x-request-id": "trace-42.a:b"})
     assert r.headers["x-request-id"] == "trace-42.a:b"
-    made = HTTP.post(f"{live.url}/events", content=b"{", headers=JSON).headers["x-request-id"]
-    other = HTTP.post(f"{live.url}/events", content=b"{", headers=JSON).headers["x-request-id"]
+    made = api.http.post(f"{api.url}/events", content=b"{", headers=JSON).headers["x-request-id"]
+    other = api.http.post(f"{api.url}/events", content=b"{", headers=JSON).headers["x-request-id"]
     assert made != other and len(made) == 16
     # Something that could break a log line or a header is replaced, not echoed.
-    r = HTTP.get(f"{live.url}/health/", headers={"x-request-id": 'a b"c' + "x" * 200})
+    r = api.http.get(f"{api.url}/health/", headers={"x-request-id": 'a b"c' + "x" * 200})
     assert r.headers["x-request-id"] != 'a b"c' + "x" * 200 and len(r.headers["x-request-id"]) == 16
 
 
@@ -343,28 +345,32 @@ EVENTS_PER_ADDRESS = 150
 
 
 @pytest.fixture(scope="module")
-def event_limited(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """5 requests per key and window, as in the issue's case, plus limits of events."""
-    env = engine.env | {
-        "EA_KEY_PREFIX": "evlim:",
-        "EA_WRITE_KEYS": f"{WRITE},{WRITE_OTHER},{WRITE_LIMITED}",
-        "EA_RATE_LIMIT_PER_KEY": "5",
-        "EA_EVENT_LIMIT_PER_KEY": str(EVENTS_PER_KEY),
-        "EA_EVENT_LIMIT_PER_ADDRESS": str(EVENTS_PER_ADDRESS),
-        "EA_RATE_LIMIT_WINDOW_S": str(WINDOW_S),
-    }
-    svc = ServiceProcess(tmp_path_factory.mktemp("evlim") / "data", env=env, args=["--no-archiver"])
-    svc.start()
-    yield svc.url
-    svc.stop()
+def event_limited(
+    engine: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessService]:
+    """5 requests per key and window, as in the issue's case, plus limits of events.
+
+    The app in this process (tests.inproc): the limits are the app's and the engine's
+    counters, X-Forwarded-For trusted from loopback as `serve` does; no worker needed."""
+    settings = engine.settings(
+        data_dir=tmp_path_factory.mktemp("evlim") / "data",
+        key_prefix="evlim:",
+        write_keys=f"{WRITE},{WRITE_OTHER},{WRITE_LIMITED}",
+        rate_limit_per_key=5,
+        event_limit_per_key=EVENTS_PER_KEY,
+        event_limit_per_address=EVENTS_PER_ADDRESS,
+        rate_limit_window_s=WINDOW_S,
+    )
+    with in_process(settings, engine.env | {"EA_KEY_PREFIX": "evlim:"}) as svc:
+        yield svc
 
 
-def _batch(url: str, n: int, headers: dict[str, str], user: str) -> httpx.Response:
+def _batch(svc: Service, n: int, headers: dict[str, str], user: str) -> httpx.Response:
     body = {"events": [event(user=f"{user}-{i}") for i in range(n)]}
-    return HTTP.post(f"{url}/events/batch", json=body, headers=headers)
+    return svc.http.post(f"{svc.url}/events/batch", json=body, headers=headers)
 
 
-def test_rate_limits_count_events_not_only_requests(event_limited: str) -> None:
+def test_rate_limits_count_events_not_only_requests(event_limited: InProcessService) -> None:
     """Table row: 5 requests/min per key let 5,000 events/min in (batches of 1,000)."""
     _fresh_window()
     headers = bearer(WRITE)  # one key, one address of its own
@@ -379,18 +385,20 @@ def test_rate_limits_count_events_not_only_requests(event_limited: str) -> None:
     # A refused batch stored nothing and took nothing from the budget: 40 more still fit.
     rest = _batch(event_limited, EVENTS_PER_KEY - 60, headers, "c")
     assert rest.status_code == 200 and rest.json()["accepted"] == 40, rest.text
-    one = HTTP.post(f"{event_limited}/events", json=event(), headers=headers)
+    one = event_limited.http.post(f"{event_limited.url}/events", json=event(), headers=headers)
     assert one.status_code == 429, one.text
     # The per-address limit counts across keys: another key from the same address gets
     # what is left of the address's 150.
     other = {**headers, "authorization": f"Bearer {WRITE_OTHER}"}
     assert _batch(event_limited, 51, other, "d").status_code == 429
     assert _batch(event_limited, 50, other, "e").status_code == 200
-    realtime = HTTP.get(f"{event_limited}/analytics/realtime").json()
+    realtime = event_limited.http.get(f"{event_limited.url}/analytics/realtime").json()
     assert realtime["events"] == 150, realtime
 
 
-def test_segment_batches_count_their_messages_against_the_event_limit(event_limited: str) -> None:
+def test_segment_batches_count_their_messages_against_the_event_limit(
+    event_limited: InProcessService,
+) -> None:
     _fresh_window()
     # A key and an address of its own: only this test counts against them.
     headers = bearer(WRITE_LIMITED)
@@ -398,7 +406,9 @@ def test_segment_batches_count_their_messages_against_the_event_limit(event_limi
     def batch(n: int, tag: str) -> httpx.Response:
         messages = [{"type": "track", "event": "Signed Up", "userId": f"{tag}{i}",
                      "messageId": f"{tag}-{i}"} for i in range(n)]  # fmt: skip
-        return HTTP.post(f"{event_limited}/v1/batch", json={"batch": messages}, headers=headers)
+        return event_limited.http.post(
+            f"{event_limited.url}/v1/batch", json={"batch": messages}, headers=headers
+        )
 
     assert batch(EVENTS_PER_KEY, "s").status_code == 200
     over = batch(1, "t")

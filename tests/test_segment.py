@@ -19,9 +19,11 @@ from segment.analytics import Client
 from segment.analytics.request import APIError
 
 from event_analytics.adapters.segment import event_id
-from tests.backends import own_engine_env
-from tests.helpers import HTTP, LossyProxy, archived, total, wait_for
-from tests.inproc import InProcessService
+from tests.backends import Backend, own_engine_env
+from tests.helpers import HTTP, wait_for
+from tests.inproc import InProcessService, in_process
+from tests.lossy_proxy import LossyProxy
+from tests.readback import archived, total
 from tests.servers import ServiceProcess, stopped_after
 
 NAMES = ["Order Completed", "Signed Up", "Product Viewed"]
@@ -261,29 +263,35 @@ def test_the_routes_are_the_paths_security_knows() -> None:
     assert set(compat.ROUTES) == SEGMENT_PATHS | KEYLESS_PATHS
 
 
-@pytest.fixture(params=["embedded", "cluster"])
-def event_limited(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServiceProcess]:
-    env = own_engine_env(request, "segrl:") | {
-        "EA_EVENT_LIMIT_PER_ADDRESS": "5",
-        "EA_RATE_LIMIT_WINDOW_S": "3600",
-    }
-    with stopped_after(ServiceProcess(tmp_path / "data", env)) as svc:
+@pytest.fixture
+def event_limited(db: Backend, tmp_path: Path) -> Iterator[InProcessService]:
+    """The app in this process (tests.inproc) on each engine, emptied: the limits are the
+    app's and the engine's counters; no worker or socket needed."""
+    settings = db.settings(
+        data_dir=tmp_path / "data",
+        key_prefix="segrl:",
+        event_limit_per_address=5,
+        rate_limit_window_s=3600,
+    )
+    with in_process(settings, db.env | {"EA_KEY_PREFIX": "segrl:"}) as svc:
         yield svc
 
 
-@pytest.mark.slow
-def test_event_rate_limits_count_messages(event_limited: ServiceProcess) -> None:
+def test_event_rate_limits_count_messages(event_limited: InProcessService) -> None:
     since = datetime.now(UTC)
     msgs = [{"type": "track", "event": "E", "userId": "u", "messageId": f"r-{i}"} for i in range(4)]
-    assert HTTP.post(f"{event_limited.url}/v1/batch", json={"batch": msgs}).status_code == 200
-    over = HTTP.post(f"{event_limited.url}/v1/batch", json={"batch": msgs[:2]})
+    assert (
+        event_limited.http.post(f"{event_limited.url}/v1/batch", json={"batch": msgs}).status_code
+        == 200
+    )
+    over = event_limited.http.post(f"{event_limited.url}/v1/batch", json={"batch": msgs[:2]})
     assert over.status_code == 429 and int(over.headers["retry-after"]) >= 1
     body = b'{"n":"pageview","u":"https://a.example/","d":"a.example"}'
-    one = HTTP.post(
+    one = event_limited.http.post(
         f"{event_limited.url}/api/event", content=body, headers={"content-type": "text/plain"}
     )
     assert one.status_code == 202  # the fifth event
-    again = HTTP.post(
+    again = event_limited.http.post(
         f"{event_limited.url}/api/event", content=body, headers={"content-type": "text/plain"}
     )
     assert again.status_code == 429

@@ -12,7 +12,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.helpers import NODE_DIR, LossyProxy, node_clients, total
+from tests.clients import NODE_DIR, node_clients
+from tests.lossy_proxy import LossyProxy
+from tests.readback import total
 from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.slow

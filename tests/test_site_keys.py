@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
 from event_analytics.api.security import KEYLESS_PATHS, PUBLIC_PATHS, PUBLIC_PREFIXES
 from event_analytics.config import Settings
 from tests.helpers import HTTP, cli, event
+from tests.readback import wait_stats_archived
 from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.slow  # starts the service
@@ -62,15 +63,7 @@ def _send(svc: ServiceProcess) -> None:
     ]
     r = HTTP.post(f"{svc.url}/events/batch", json={"events": bodies}, headers=_auth(WRITE))
     assert r.status_code in (200, 201, 207), r.text
-    sent_at = datetime.now(UTC)
-    deadline = time.monotonic() + WAIT_S
-    while True:  # until the archive holds them (bounded)
-        body = {"site_id": A, "metrics": ["visits"], "date_range": "7d"}
-        meta = HTTP.post(f"{svc.url}/api/v2/query", json=body, headers=_auth(READ)).json()
-        if datetime.fromisoformat(meta["meta"]["archived_until"]) > sent_at:
-            return
-        assert time.monotonic() < deadline, meta
-        time.sleep(0.3)
+    wait_stats_archived(svc.url, A, _auth(READ), datetime.now(UTC), WAIT_S)
 
 
 def _visitors(svc: ServiceProcess, key: str, site: str) -> Any:
@@ -152,11 +145,11 @@ def _params(operation: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def test_every_route_refuses_another_sites_data(svc: ServiceProcess) -> None:
-    """Each operation of the OpenAPI, called with a key for A naming B wherever a site
-    goes: refused (403), except the sites list, which answers without B."""
+def _sweep(svc: ServiceProcess, headers: dict[str, str]) -> list[tuple[str, str, httpx.Response]]:
+    """Each operation of the OpenAPI that takes a key, called with ``headers`` naming B
+    wherever a site goes: (method, path, answer)."""
     spec = HTTP.get(f"{svc.url}/openapi.json").json()
-    tried = 0
+    answers = []
     for path, operations in spec["paths"].items():
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path in KEYLESS_PATHS:
             continue
@@ -166,14 +159,22 @@ def test_every_route_refuses_another_sites_data(svc: ServiceProcess) -> None:
             body = {"site_id": B, "metrics": ["visitors"], "date_range": "7d"}
             r = HTTP.request(method.upper(), f"{svc.url}{_fill(path)}", params=_params(operation),
                              json=body if "requestBody" in operation else None,
-                             headers=_auth(KEY_A))  # fmt: skip
-            tried += 1
-            if path == "/api/sites":
-                assert r.status_code == 200 and B not in r.text, r.text
-                continue
-            assert r.status_code == 403, (method, path, r.status_code, r.text[:300])
-            assert B not in r.text or "may not read site" in r.text, (method, path, r.text)
-    assert tried > 20  # the sweep saw the whole API, not an empty schema
+                             headers=headers)  # fmt: skip
+            answers.append((method, path, r))
+    return answers
+
+
+def test_every_route_refuses_another_sites_data(svc: ServiceProcess) -> None:
+    """Each operation of the OpenAPI, called with a key for A naming B wherever a site
+    goes: refused (403), except the sites list, which answers without B."""
+    answers = _sweep(svc, _auth(KEY_A))
+    for method, path, r in answers:
+        if path == "/api/sites":
+            assert r.status_code == 200 and B not in r.text, r.text
+            continue
+        assert r.status_code == 403, (method, path, r.status_code, r.text[:300])
+        assert B not in r.text or "may not read site" in r.text, (method, path, r.text)
+    assert len(answers) > 20  # the sweep saw the whole API, not an empty schema
 
 
 def test_other_routes_say_why(svc: ServiceProcess) -> None:
@@ -251,25 +252,14 @@ def test_links_are_managed_with_the_write_scope(svc: ServiceProcess) -> None:
 
 def test_every_route_refuses_a_link_beyond_its_site(svc: ServiceProcess) -> None:
     token = _link(svc, A)["token"]
-    spec = HTTP.get(f"{svc.url}/openapi.json").json()
-    tried = 0
-    for path, operations in spec["paths"].items():
-        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path in KEYLESS_PATHS:
+    answers = _sweep(svc, _share(token))
+    for method, path, r in answers:
+        if path == "/api/sites":
+            assert r.status_code == 200 and B not in r.text, r.text
             continue
-        for method, operation in operations.items():
-            if method not in ("get", "post", "put", "delete", "patch"):
-                continue
-            body = {"site_id": B, "metrics": ["visitors"], "date_range": "7d"}
-            r = HTTP.request(method.upper(), f"{svc.url}{_fill(path)}", params=_params(operation),
-                             json=body if "requestBody" in operation else None,
-                             headers=_share(token))  # fmt: skip
-            tried += 1
-            if path == "/api/sites":
-                assert r.status_code == 200 and B not in r.text, r.text
-                continue
-            # 401 on the write routes: a link's token is no key at all there.
-            assert r.status_code in (401, 403), (method, path, r.status_code, r.text[:300])
-    assert tried > 20
+        # 401 on the write routes: a link's token is no key at all there.
+        assert r.status_code in (401, 403), (method, path, r.status_code, r.text[:300])
+    assert len(answers) > 20
 
 
 def _visitors_with(svc: ServiceProcess, headers: dict[str, str], site: str) -> Any:

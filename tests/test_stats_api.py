@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +20,7 @@ from event_analytics.analytics.stats_spec import parse_query, with_goals
 from event_analytics.goals import Goal
 from tests import visits_model as model
 from tests.helpers import HTTP, event
+from tests.readback import wait_stats_archived
 from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.slow  # starts the service or delivery processes
@@ -84,19 +84,8 @@ def sent(svc: ServiceProcess) -> list[dict[str, Any]]:
     r = HTTP.post(f"{svc.url}/events/batch", json={"events": bodies},
                   headers={"Authorization": f"Bearer {WRITE}"})  # fmt: skip
     assert r.status_code in (200, 201, 207), r.text
-    sent_at = datetime.now(UTC)
-    deadline = time.monotonic() + WAIT_S
-    while True:  # until the archive holds them (bounded)
-        meta = _ask(svc, {"site_id": SITE, "metrics": ["visits"], "date_range": "7d"}).json()
-        if datetime.fromisoformat(meta["meta"]["archived_until"]) > sent_at:
-            break
-        assert time.monotonic() < deadline, meta
-        time.sleep(0.3)
-    out = []
-    for i, b in enumerate(bodies):
-        ts = datetime.fromisoformat(b["timestamp"]).astimezone(UTC).isoformat()
-        out.append({**b, "event_id": str(uuid.UUID(int=i)), "timestamp": ts, "received_at": ts})
-    return out
+    wait_stats_archived(svc.url, SITE, AUTH, datetime.now(UTC), WAIT_S)
+    return model.records_of(bodies)
 
 
 EXAMPLES = [

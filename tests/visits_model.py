@@ -5,6 +5,7 @@ visitor's events sorted and cut into visits in a loop, metrics counted per row."
 from __future__ import annotations
 
 import re
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -379,3 +380,13 @@ def compared(
             ],
         }
     return rows
+
+
+def records_of(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events sent, in order, as the archive's records for this model: UTC times,
+    received when they happened, and ids by position (each a tie-break of its own)."""
+    out = []
+    for i, b in enumerate(bodies):
+        ts = datetime.fromisoformat(b["timestamp"]).astimezone(UTC).isoformat()
+        out.append({**b, "event_id": str(uuid.UUID(int=i)), "timestamp": ts, "received_at": ts})
+    return out

@@ -1,6 +1,6 @@
 """Command line: serve | archiver | rebuild | verify | backup | restore | loadtest | status |
-goals | links | export | deliver | sync (and archive_cli's sql | compact | funnel | retention |
-query)."""
+goals | links | export | deliver | sync | expire (and archive_cli's sql | compact | funnel |
+retention | query)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,7 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     lock: DataDirLock | None = None
     archiver: Supervised | None = None
     delivery: Supervised | None = None
+    expiry: Supervised | None = None
     if settings.engine_kind == "embedded":
         lock = DataDirLock(settings.data_dir)
         try:
@@ -138,6 +139,11 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
         argv = [sys.executable, "-m", "event_analytics", "deliver"]
         delivery = Supervised("postgres-delivery", argv, env=dict(os.environ))
         delivery.start()
+    if settings.archive_retention_days:
+        # Its own process, on its own clock: deleting old days never holds up the archiver.
+        argv = [sys.executable, "-m", "event_analytics", "expire"]
+        expiry = Supervised("expiry", argv, env=dict(os.environ))
+        expiry.start()
     # uvicorn re-raises the signal that stopped it once it has shut down; with these
     # handlers in place that ends here, so children are stopped cleanly and we exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -165,6 +171,8 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     except _Terminated:
         pass
     finally:
+        if expiry is not None:
+            expiry.stop()
         if delivery is not None:
             delivery.stop()
         if archiver is not None:
@@ -296,6 +304,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     from event_analytics.archive import files
     from event_analytics.archive.verify import Difference, verify
     from event_analytics.console import print_differences
+    from event_analytics.expiry import set_aside
     from event_analytics.session import open_session
 
     start = args.start.replace(minute=0, second=0, microsecond=0) if args.start else None
@@ -306,12 +315,15 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
         async with open_session(settings) as (ingestor, streams):
             backlog = await streams.backlog()
             report = await verify(ingestor.store, found, settings.minute_retention_s, differences)
+        differences, note = set_aside(settings, differences, lambda d: d.minute)
         print_differences(differences)
         print(
             f"compared {report.minutes_compared} minutes ({report.events_in_archive} archived "
             f"events); {len(differences)} differ"
             + (f"; {report.unreadable} unreadable lines skipped" if report.unreadable else "")
         )
+        if note:
+            print(note)
         if backlog["stream_length"]:
             print(f"note: {backlog['stream_length']} events are not archived yet")
         return 1 if differences else 0
@@ -480,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from event_analytics import (
         archive_cli,
+        expire_cli,
         export_cli,
         goals_cli,
         import_cli,
@@ -489,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     archive_cli.add_commands(sub, add_dirs)
+    expire_cli.add_commands(sub, add_dirs)
     goals_cli.add_commands(sub, add_dirs)
     links_cli.add_commands(sub, add_dirs)
     export_cli.add_commands(sub, add_dirs)

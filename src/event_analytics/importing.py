@@ -1,7 +1,8 @@
 """Import history into the archive: each event once by id, in its own hour's file.
 
 Every item is validated by the event model, then by time: not more than the live
-future skew ahead, not before ``EARLIEST``; no maximum age. Then:
+future skew ahead, not before ``EARLIEST``, nor (with EA_ARCHIVE_RETENTION_DAYS) before
+the first day retention keeps (expiry.py); no other maximum age. Then:
 
 - Events older than the live window (``max_age_s``) are appended straight to their
   hour file under the archiver's exclusive lock (``files.locked``), fsynced, after
@@ -33,6 +34,7 @@ from pydantic import ValidationError
 from event_analytics.archive import files, rebuild
 from event_analytics.archive.record import Record, encode
 from event_analytics.config import Settings
+from event_analytics.expiry import horizon
 from event_analytics.import_read import Item
 from event_analytics.ingest import Ingestor
 from event_analytics.model import EVENT_ADAPTER, errors_from_validation
@@ -115,6 +117,14 @@ class Importer:
             return
         if ts < EARLIEST:
             self.report.reject(where, "timestamp_too_old", f"before {iso_z(EARLIEST)}")
+            return
+        days = self.settings.archive_retention_days
+        if days is not None and ts < (kept := horizon(now, days)):
+            # The retention job would delete it, and may be deleting its day right now.
+            self.report.reject(
+                where, "past_retention",
+                f"before {iso_z(kept)}, the first day EA_ARCHIVE_RETENTION_DAYS={days} keeps",
+            )  # fmt: skip
             return
         self._pending += 1
         if ts >= now - self._max_age:

@@ -19,6 +19,7 @@ from event_analytics.archive.export import id_hash, ids_checksum
 from event_analytics.config import Settings
 from event_analytics.destinations import postgres
 from event_analytics.destinations.postgres import Progress
+from event_analytics.expiry import set_aside
 from event_analytics.export_cli import BadArgument, check_range, parse_time
 from event_analytics.timebucket import iso_z
 
@@ -137,7 +138,7 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
         print(f"event-analytics verify: PostgreSQL: {postgres.describe(exc, url)}", file=sys.stderr)
         return 1
     found = files.list_files(settings.archive_path, start, end)
-    differ: list[str] = []
+    differ: list[tuple[datetime, str]] = []
     delivered = behind = 0
     for f in found:
         at = done.get(f.relative, Progress(0, 0))
@@ -146,15 +147,18 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
         delivered += want[0]
         behind += _lines(f) - at.lines
         if (got[0], got[1] % 2**64) != (want[0], want[1] % 2**64):
-            differ.append(_difference(f.hour, want, got))
+            differ.append((f.hour, _difference(f.hour, want, got)))
     for hour, got in sorted(sums.items()):  # rows of hours the archive has no file for
-        differ.append(_difference(hour, (0, 0), got))
-    for line in differ:
+        differ.append((hour, _difference(hour, (0, 0), got)))
+    differ, note = set_aside(settings, differ, lambda d: d[0])
+    for _, line in differ:
         print(line)
     print(
         f"compared {len(found)} hours ({delivered} delivered events); {len(differ)} differ"
         + (f"; {behind} events not delivered yet" if behind else "")
     )
+    if note:
+        print(note)
     return 1 if differ else 0
 
 

@@ -24,7 +24,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -149,7 +149,8 @@ QUERY_WAIT = Histogram(
 QUERY_REFUSALS = Counter(
     "ea_query_refusals",
     "Heavy reads refused before any work (503 reads-busy), by lane and reason "
-    "(busy: every slot in use; client_share: this client already holds its share)",
+    "(busy: every slot in use; client_share: this client already holds its share; budget: "
+    "the reads running and this one cost more than the lane's budget)",
     ["lane", "reason"],
 )
 QUERY_CPU = Histogram(
@@ -158,6 +159,19 @@ QUERY_CPU = Histogram(
     "time in the same process each count the whole), by lane",
     ["lane"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+QUERY_BUDGET = Gauge(
+    "ea_query_budget",
+    "The estimated cost the heavy reads of a lane may add up to at once, by lane (entries "
+    "for counter reads, bytes of archive files for archive queries; summed over processes)",
+    ["lane"],
+    multiprocess_mode="livesum",
+)
+QUERY_BUDGET_IN_USE = Gauge(
+    "ea_query_budget_in_use",
+    "The estimated cost of the heavy reads running now, by lane (units as ea_query_budget)",
+    ["lane"],
+    multiprocess_mode="livesum",
 )
 LOOP_LAG = Histogram(
     "ea_event_loop_lag_seconds",
@@ -171,7 +185,7 @@ FORWARDED_IN_FLIGHT = Gauge(
     "Reads an ingest worker has handed to the query processes and not yet answered",
     multiprocess_mode="livesum",
 )
-QUERY_LANES = ("counter", "archive")
+QUERY_LANES = ("cheap", "counter", "archive")
 
 # Series that exist from the start at 0, so that rate() and alerts see the first event.
 for _outcome in ("accepted", "duplicate", "rejected"):
@@ -180,7 +194,7 @@ for _kind in ("unreachable", "busy", "full", "refused"):
     ENGINE_ERRORS.labels(_kind)
 
 for _lane in QUERY_LANES:
-    for _reason in ("busy", "client_share"):
+    for _reason in ("busy", "client_share", "budget"):
         QUERY_REFUSALS.labels(_lane, _reason)
 
 _type_labels: set[str] = {"page_view"}
@@ -266,16 +280,30 @@ class DestinationGauges:
     seconds_behind: float
 
 
+@dataclass(frozen=True, slots=True)
+class ExpiryFigures:
+    """What the retention job (EA_ARCHIVE_RETENTION_DAYS) deleted so far, from its file."""
+
+    hours: int
+    events: int
+    postgres_rows: int
+    passes: int
+    days: int  # EA_ARCHIVE_RETENTION_DAYS
+    oldest_hour: float  # Unix time of the oldest hour left after the last pass; NaN: none
+
+
 class _ArchiveCollector(Collector):
     def __init__(
         self,
         gauges: ArchiveGauges | None,
         engine: EngineGauges | None,
         destinations: tuple[DestinationGauges, ...] = (),
+        expiry: ExpiryFigures | None = None,
     ) -> None:
         self.gauges = gauges
         self.engine = engine
         self.destinations = destinations
+        self.expiry = expiry
 
     def collect(self) -> Iterator[Metric]:
         # NaN, not 0, while unknown: a lag of 0 would claim an archiver that is caught up.
@@ -306,6 +334,8 @@ class _ArchiveCollector(Collector):
             limit.add_metric([node], float(limit_bytes))
         yield used
         yield limit
+        if self.expiry is not None:
+            yield from _expiry(self.expiry)
         if not self.destinations:
             return
         up = GaugeMetricFamily(
@@ -332,10 +362,32 @@ class _ArchiveCollector(Collector):
         yield seconds
 
 
+def _expiry(figures: ExpiryFigures) -> Iterator[Metric]:
+    for name, text, value in (
+        ("ea_expiry_hours_deleted", "Hour files deleted by retention", figures.hours),
+        ("ea_expiry_events_deleted", "Archived events deleted by retention", figures.events),
+        ("ea_expiry_postgres_rows_deleted", "PostgreSQL rows deleted by retention",
+         figures.postgres_rows),
+        ("ea_expiry_passes", "Passes of the retention job", figures.passes),
+    ):  # fmt: skip
+        yield CounterMetricFamily(name, text, value=float(value))
+    yield GaugeMetricFamily(
+        "ea_archive_retention_days", "EA_ARCHIVE_RETENTION_DAYS: days of hours kept",
+        value=float(figures.days),
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "ea_archive_oldest_hour_timestamp_seconds",
+        "Start of the oldest hour left in the archive after the retention job's last pass "
+        "(NaN: before its first pass, or no hour at all)",
+        value=figures.oldest_hour,
+    )
+
+
 def _registries(
     archive: ArchiveGauges | None,
     engine: EngineGauges | None,
     destinations: tuple[DestinationGauges, ...],
+    expiry: ExpiryFigures | None = None,
 ) -> Iterable[CollectorRegistry]:
     if MULTIPROCESS:
         merged = CollectorRegistry()
@@ -344,7 +396,7 @@ def _registries(
     else:
         yield REGISTRY
     extra = CollectorRegistry()
-    extra.register(_ArchiveCollector(archive, engine, destinations))
+    extra.register(_ArchiveCollector(archive, engine, destinations, expiry))
     yield extra
 
 
@@ -352,6 +404,8 @@ def scrape(
     archive: ArchiveGauges | None,
     engine: EngineGauges | None = None,
     destinations: tuple[DestinationGauges, ...] = (),
+    expiry: ExpiryFigures | None = None,
 ) -> bytes:
     """The Prometheus text exposition of every metric, summed over worker processes."""
-    return b"".join(generate_latest(r) for r in _registries(archive, engine, destinations))
+    registries = _registries(archive, engine, destinations, expiry)
+    return b"".join(generate_latest(r) for r in registries)

@@ -157,12 +157,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.max_heavy_reads,
             settings.heavy_read_wait_s,
             "counter",
+            budget=settings.counter_read_budget,
+            reported=serves_heavy_reads,
+        )
+        app.state.cheap_reads = HeavyReads(
+            settings.max_heavy_reads,
+            settings.heavy_read_wait_s,
+            "cheap",
             reported=serves_heavy_reads,
         )
         app.state.archive_reads = HeavyReads(
             settings.analytics_max_concurrent,
             settings.heavy_read_wait_s,
             "archive",
+            budget=settings.analytics_scan_budget_bytes,
+            unit="bytes of archive files",
             reported=serves_heavy_reads,
         )
         app.state.streams = StreamStore(store.client, store.keys)

@@ -15,6 +15,7 @@ from event_analytics.analytics import funnel, query, retention
 from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
 from event_analytics.api import deps
+from event_analytics.api.admission import archive_read
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.config import Settings
@@ -45,7 +46,7 @@ def make_engine(settings: Settings) -> QueryEngine:
 async def post_funnel(request: Request, spec: FunnelSpec) -> Response:
     until = await deps.archived(request)
     root = deps.settings(request).archive_path
-    async with deps.archive_reads(request).slot(deps.client_id(request)):
+    async with archive_read(request, [funnel.span(spec)], "from"):
         answer = await deps.query_engine(request).run(funnel.run, spec, root, until)
     return json_response(answer)
 
@@ -59,7 +60,8 @@ async def post_funnel(request: Request, spec: FunnelSpec) -> Response:
 async def post_retention(request: Request, spec: RetentionSpec) -> Response:
     until = await deps.archived(request)
     root = deps.settings(request).archive_path
-    async with deps.archive_reads(request).slot(deps.client_id(request)):
+    found = retention.span(spec)
+    async with archive_read(request, [found] if found else [], "from"):
         answer = await deps.query_engine(request).run(retention.run, spec, root, until)
     return json_response(answer)
 
@@ -74,6 +76,6 @@ async def post_query(request: Request, spec: QuerySpec) -> Response:
     until = await deps.archived(request)
     root = deps.settings(request).archive_path
     now = datetime.now(UTC)
-    async with deps.archive_reads(request).slot(deps.client_id(request)):
+    async with archive_read(request, [spec.time_range(now)], "date_range"):
         answer = await deps.query_engine(request).run(query.run, spec, root, until, now)
     return json_response(answer)

@@ -47,6 +47,15 @@ def heavy_reads(request: Request) -> HeavyReads:
     return value
 
 
+def counter_lane(request: Request, cost: int) -> HeavyReads:
+    """The lane of a counter read of estimated ``cost``: a cheap one (a few buckets) has
+    its own slots, so it never waits behind long ranges."""
+    if cost <= settings(request).cheap_read_cost:
+        cheap: HeavyReads = request.app.state.cheap_reads
+        return cheap
+    return heavy_reads(request)
+
+
 def archive_reads(request: Request) -> HeavyReads:
     value: HeavyReads = request.app.state.archive_reads
     return value

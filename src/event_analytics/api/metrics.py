@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
-from event_analytics import telemetry
+from event_analytics import expiry, telemetry
 from event_analytics.destinations import delivery
 
 router = APIRouter(tags=["metrics"])
@@ -29,9 +31,27 @@ async def prometheus(request: Request) -> Response:
     archive: ArchiveProbe = request.app.state.archive_probe
     engine: EngineProbe = request.app.state.engine_probe
     body = telemetry.scrape(
-        await archive(request.app), await engine(request.app), await _destinations(request)
+        await archive(request.app),
+        await engine(request.app),
+        await _destinations(request),
+        await _expiry(request),
     )
     return Response(body, media_type=telemetry.CONTENT_TYPE)
+
+
+async def _expiry(request: Request) -> telemetry.ExpiryFigures | None:
+    """The retention job's totals (0 before its first pass); None without retention."""
+    settings = request.app.state.settings
+    if not settings.archive_retention_days:
+        return None
+    found = await asyncio.to_thread(expiry.read_totals, settings) or expiry.Totals()
+    oldest = math.nan
+    with contextlib.suppress(TypeError, ValueError):  # None, or a file edited by hand
+        oldest = datetime.fromisoformat(str(found.oldest_hour)).timestamp()
+    return telemetry.ExpiryFigures(
+        found.hours_deleted, found.events_deleted, found.postgres_rows_deleted, found.passes,
+        settings.archive_retention_days, oldest,
+    )  # fmt: skip
 
 
 async def _destinations(request: Request) -> tuple[telemetry.DestinationGauges, ...]:

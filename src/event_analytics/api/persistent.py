@@ -7,12 +7,14 @@ loop: a slow or busy disk (the archiver fsyncs onto it) must not stall ingest.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 
+from event_analytics import expiry
 from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.archive.files import LineCounter, list_files
@@ -47,6 +49,11 @@ def _for_operator(request: Request) -> bool:
         "`archive_backlog_full`). `destinations.postgres` (with EA_POSTGRES_URL): the "
         "delivery's `state` (`running`, `unreachable`, `blocked`, `not_running`), "
         "`events_behind` and `seconds_behind` (age of the oldest undelivered event). "
+        "`retention` (with EA_ARCHIVE_RETENTION_DAYS): the days kept, what the retention "
+        "job deleted so far (hour files, events, PostgreSQL rows), its last pass, the "
+        "first day it kept (`horizon`; null if the pass failed), why a day past the limit is "
+        "`held_back`, if one is, the day a pass is deleting (`expiring`) and the "
+        "`oldest_hour` left in the archive. "
         "`archive_dir` and each archiver's `pid` are shown only "
         "when no `EA_READ_KEYS` are set (not to read-key holders)."
     ),
@@ -77,9 +84,19 @@ async def status(request: Request) -> dict[str, Any]:
     if settings.postgres_url:
         # Written by the delivery process about once a second; None: it never ran.
         destinations["postgres"] = await asyncio.to_thread(delivery.read_status, settings)
+    retention: dict[str, Any] | None = None
+    if settings.archive_retention_days:
+        # Written by the retention job after each pass; None: it never ran.
+        totals = await asyncio.to_thread(expiry.read_totals, settings)
+        retention = {"days": settings.archive_retention_days} | (
+            asdict(totals) if totals else {"passes": 0}
+        )
+        if not operator:  # an OSError's text names paths on the host
+            retention.pop("last_error", None)
     return {
         "status": state,
         "destinations": destinations,
+        **({"retention": retention} if retention is not None else {}),
         "stats": {
             "stream_length": backlog["stream_length"],
             "pending_messages": backlog["pending"],

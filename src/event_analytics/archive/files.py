@@ -40,7 +40,7 @@ def event_id_of(line: bytes) -> str:
     return line[record.ID_START : record.ID_END].decode()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -57,18 +57,34 @@ def locked(path: Path) -> Iterator[int]:
     that crashed before its entries were acknowledged, so it is cut off: those
     entries are still pending in the stream and will be written again.
     """
-    created = not path.exists()
-    if created:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    for _ in range(100):
+        created = not path.exists()
         if created:
-            _fsync_dir(path.parent)  # the new name must survive a crash as well
-        repair_tail(fd)
-        yield fd
-    finally:
-        os.close(fd)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not _still_named(fd, path):
+                continue  # expired (expiry.py unlinks under this lock): open the name again
+            if created:
+                fsync_dir(path.parent)  # the new name must survive a crash as well
+            repair_tail(fd)
+            yield fd
+            return
+        finally:
+            os.close(fd)
+    raise OSError(f"{path} was unlinked 100 times while being opened")
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file ``fd`` holds: a file unlinked by the expiry
+    job after we opened it (and before our lock) takes no more lines, which would be lost."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def repair_tail(fd: int) -> int:
@@ -147,6 +163,16 @@ def list_files(
                 ArchiveFile(path, str(path.relative_to(root)), hour, stat.st_size, stat.st_mtime)
             )
     return sorted(out, key=lambda f: f.hour)
+
+
+def oldest_hour(root: Path) -> datetime | None:
+    """The oldest hour with a file under ``root``, or None: day directories in order, up to
+    the first that holds one (not a listing of the whole archive)."""
+    for day in sorted(root.glob(ARCHIVE_GLOB.rsplit("/", 1)[0])):
+        hours = [h for path in day.glob("events_*.jsonl") if (h := hour_of(path)) is not None]
+        if hours:
+            return min(hours)
+    return None
 
 
 def by_day(found: list[ArchiveFile]) -> list[tuple[datetime, list[ArchiveFile]]]:

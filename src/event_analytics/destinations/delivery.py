@@ -154,12 +154,15 @@ class Delivery:
         oldest: float | None = None
         for found in files.list_files(self.root) if listed is None else listed:
             at = self.done.get(found.relative, Progress(0, 0))
-            waiting = self._lines(found, at) - at.lines
-            if waiting <= 0:
-                continue
+            try:
+                waiting = self._lines(found, at) - at.lines
+                if waiting <= 0:
+                    continue
+                if oldest is None:
+                    oldest = _received_at(found.path, at.offset) or found.modified
+            except FileNotFoundError:
+                continue  # deleted since it was listed (retention, expiry.py)
             behind += waiting
-            if oldest is None:
-                oldest = _received_at(found.path, at.offset) or found.modified
         self.lag = (behind, max(0.0, time.time() - oldest) if oldest is not None else 0.0)
 
     def _lines(self, found: files.ArchiveFile, at: Progress) -> int:
