@@ -129,7 +129,7 @@ class Forwarder:
 
         def refused(status: int) -> None:
             # The query process times what it answers; what this worker answers in its
-            # stead, it times here (the worker's RequestTimer never sees these routes).
+            # stead, it times here (its RequestSteps skip these: ANSWERED_ELSEWHERE_SCOPE).
             route = route_label(scope["path"])
             telemetry.http_request(scope["method"], route, status, time.perf_counter() - begun)
 
