@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from starlette.types import Receive, Scope, Send
 
@@ -38,9 +37,8 @@ from event_analytics.api import (
     stats_v1,
 )
 from event_analytics.api.heavy import HeavyReads
-from event_analytics.api.ingest_http import IngestEndpoints
-from event_analytics.api.request_context import RequestContext
 from event_analytics.api.security import Guard, ReadGuard, document_security
+from event_analytics.api.steps import ANSWERED_ELSEWHERE_SCOPE, RequestSteps, add_read_cors
 from event_analytics.archive.files import LineCounter
 from event_analytics.config import Settings, load_settings
 from event_analytics.errors import StorageUnavailable
@@ -81,10 +79,11 @@ async def engine_gauges(app: FastAPI) -> EngineGauges | None:
 
 
 class App(FastAPI):
-    """FastAPI, except that POST /events and /events/batch are answered before its
-    middleware stack: the hot path pays for no layer it does not need (ingest_http)."""
+    """FastAPI behind the steps every request takes (``steps.RequestSteps``); the ingest
+    routes are answered there, before FastAPI's routing: the hot path pays for no layer
+    it does not need (ingest_http)."""
 
-    hot = IngestEndpoints()
+    steps: RequestSteps  # around _dispatch; set by create_app
     # In an ingest worker with query processes: the heavy reads go there (api/forward.py).
     forwarder: forward.Forwarder | None = None
     # In a query process: the client's address comes from the worker that forwarded.
@@ -92,16 +91,23 @@ class App(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            route = HOT_ROUTES.get(scope["path"])
-            if route is not None:
-                scope["app"] = self  # as Starlette sets it: the handlers read app.state
-                await self.hot(route, scope, receive, send)
-                return
-            if self.forwarder is not None and forward.forwarded(scope["path"]):
-                await self.forwarder(scope, receive, send)
-                return
-            if self.trust_peer:
-                scope["client"] = _peer(scope)
+            await self.steps(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = HOT_ROUTES.get(scope["path"])
+        if route is not None:
+            scope["app"] = self  # as Starlette sets it: the handlers read app.state
+            scope["route"] = route  # the timing and the access log read its path
+            await ingest_http.answer(route, scope, receive, send)
+            return
+        if self.forwarder is not None and forward.forwarded(scope["path"]):
+            scope[ANSWERED_ELSEWHERE_SCOPE] = True  # the query process times and logs it
+            await self.forwarder(scope, receive, send)
+            return
+        if self.trust_peer:
+            scope["client"] = _peer(scope)
         await super().__call__(scope, receive, send)
 
 
@@ -233,22 +239,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.line_counter = LineCounter()
     app.state.archive_probe = archive_gauges
     app.state.engine_probe = engine_gauges
-    app.hot = IngestEndpoints(access_log=settings.access_log)
+    app.steps = RequestSteps(app._dispatch, access_log=settings.access_log)
     problems.install(app)
-    # Added last = outermost. Inside out: keys and limits of the FastAPI routes, their
-    # CORS (off unless EA_CORS_READ_ORIGINS), the timer, and the request id around them.
-    # (The hot ingest routes do these three themselves, before this stack: App.)
+    # Added last = outermost. Inside out: keys and limits of the FastAPI routes and their
+    # CORS (off unless EA_CORS_READ_ORIGINS). The request id, timing and access log are
+    # around this stack and the ingest routes alike: App.steps.
     app.add_middleware(ReadGuard)
     if settings.cors_read_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(settings.cors_read_origins),
-            allow_methods=["GET"],
-            allow_headers=["authorization", "x-api-key", "x-request-id"],
-            expose_headers=["retry-after", "x-request-id"],
-        )
-    app.add_middleware(metrics.RequestTimer)
-    app.add_middleware(RequestContext, access_log=settings.access_log)
+        add_read_cors(app, settings.cors_read_origins)
     routers = (
         health,
         analytics,

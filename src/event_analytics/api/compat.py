@@ -25,9 +25,9 @@ from event_analytics.adapters.common import Mapped
 from event_analytics.adapters.enrich import Countries, Enricher, parse_agent
 from event_analytics.api.body import decoded, header, read_ingest_body
 from event_analytics.api.ingest_http import Admission, IngestRoute, Reply, ingest_state
-from event_analytics.api.problems import problem
-from event_analytics.api.request_context import NO_ADDRESS_SCOPE
+from event_analytics.api.problems import refuse
 from event_analytics.api.security import Access, Guard
+from event_analytics.api.steps import NO_ADDRESS_SCOPE
 from event_analytics.config import Settings
 from event_analytics.errors import BodyTooLarge, InvalidEvent
 from event_analytics.ingest import ItemResult, Refused
@@ -160,7 +160,7 @@ async def plausible_route(scope: Scope, receive: Receive) -> Reply:
     scope[NO_ADDRESS_SCOPE] = True  # the address identifies a visitor: not in the access log
     settings, ingestor = ingest_state(scope)
     if not settings.browser_ingest:
-        return problem(404, "not-found", "Not Found", "browser ingest is off (EA_BROWSER_INGEST)")
+        return refuse("not-found", "browser ingest is off (EA_BROWSER_INGEST)")
     body = await read_ingest_body(scope, receive, settings.max_body_bytes, settings.body_timeout_s)
     message = segment.load(body)
     guard: Guard = scope["app"].state.guard

@@ -9,7 +9,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from event_analytics.adapters import segment
-from event_analytics.api.problems import problem_responses
+from event_analytics.api.events import body, post
+
+# Segment's SDKs and the beacon send text/plain too.
+_BODY_TYPES = ("application/json", "text/plain")
 
 
 class SegmentMessage(BaseModel):
@@ -87,91 +90,42 @@ class PlausibleAccepted(BaseModel):
     dropped: list[Dropped] | None = None
 
 
-MODELS: tuple[type[BaseModel], ...] = (
-    SegmentMessage,
-    SegmentBatch,
-    Dropped,
-    SegmentItem,
-    SegmentResult,
-    PlausibleEvent,
-    PlausibleAccepted,
-)
-
-
-def _json(name: str, *types: str) -> dict[str, Any]:
-    schema = {"schema": {"$ref": f"#/components/schemas/{name}"}}
-    return dict.fromkeys(types or ("application/json",), schema)
-
-
-_SEGMENT_ERRORS = {str(k): v for k, v in problem_responses(400, 415, 422, 503).items()}
-
-
-def _segment_path(kind: str | None) -> dict[str, Any]:
+def _segment_path(schemas: dict[str, Any], kind: str | None) -> dict[str, Any]:
     batch = kind is None
-    return {
-        "post": {
-            "tags": ["segment"],
-            "summary": "Segment batch (up to 2,500 messages, 500 KB)"
-            if batch
-            else f"Segment {kind} (one message, 32 KB)",
-            "operationId": "segment_batch" if batch else f"segment_{kind}",
-            "description": (
-                "Segment's HTTP Tracking API, for its SDKs pointed here with `host=`. The "
-                "write key is the HTTP Basic user or `writeKey` in the body. `messageId` is "
-                "the dedup key: a resend is a `duplicate`. **200** only after the engine "
-                "stored the events; one result per message (dropped properties listed). "
-                "Over-size: **400**, as Segment answers. Mapping: docs/api.md."
-                + ("" if batch else " A rejected message is a **422** problem.")
-            ),
-            "requestBody": {
-                "required": True,
-                "content": _json(
-                    "SegmentBatch" if batch else "SegmentMessage", "application/json", "text/plain"
-                ),
-            },
-            "responses": {
-                "200": {
-                    "description": "Stored (results per message)",
-                    "content": _json("SegmentResult"),
-                },
-                **_SEGMENT_ERRORS,
-            },
-        }
-    }
-
-
-PATHS: dict[str, Any] = {
-    **{
-        ("/v1/batch" if k is None else f"/v1/{k}"): _segment_path(k) for k in (None, *segment.TYPES)
-    },
-    "/api/event": {
-        "post": {
-            "tags": ["browser"],
-            "summary": "Plausible's events API (the script tag sends here)",
-            "operationId": "plausible_event",
-            "description": (
-                "Plausible's tracker (or /js/script.js) posts here, JSON or text/plain. No "
-                "key: browsers hold no secret (EA_CORS_ORIGINS and address limits apply). "
-                "The user is a visitor per day: a hash of a daily salt, the domain, the IP "
-                "and the User-Agent; the IP itself is never stored. **202** once stored."
-            ),
-            "requestBody": {
-                "required": True,
-                "content": _json("PlausibleEvent", "application/json", "text/plain"),
-            },
-            "responses": {
-                "202": {"description": "Stored", "content": _json("PlausibleAccepted")},
-                **{str(k): v for k, v in problem_responses(400, 404, 413, 415, 422, 503).items()},
-            },
-        }
-    },
-}
+    return post(
+        "segment",
+        "segment_batch" if batch else f"segment_{kind}",
+        "Segment batch (up to 2,500 messages, 500 KB)"
+        if batch
+        else f"Segment {kind} (one message, 32 KB)",
+        "Segment's HTTP Tracking API, for its SDKs pointed here with `host=`. The "
+        "write key is the HTTP Basic user or `writeKey` in the body. `messageId` is "
+        "the dedup key: a resend is a `duplicate`. **200** only after the engine "
+        "stored the events; one result per message (dropped properties listed). "
+        "Over-size: **400**, as Segment answers. Mapping: docs/api.md."
+        + ("" if batch else " A rejected message is a **422** problem."),
+        body(schemas, SegmentBatch if batch else SegmentMessage, *_BODY_TYPES),
+        {200: ("Stored (results per message)", body(schemas, SegmentResult))},
+        (400, 415, 422, 503),
+    )
 
 
 def paths(schemas: dict[str, Any]) -> dict[str, Any]:
     """The drop-in operations; the schemas they name are added to ``schemas``."""
-    for model in MODELS:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
-    return PATHS
+    segment_paths = {
+        ("/v1/batch" if k is None else f"/v1/{k}"): _segment_path(schemas, k)
+        for k in (None, *segment.TYPES)
+    }
+    plausible_path = post(
+        "browser",
+        "plausible_event",
+        "Plausible's events API (the script tag sends here)",
+        "Plausible's tracker (or /js/script.js) posts here, JSON or text/plain. No "
+        "key: browsers hold no secret (EA_CORS_ORIGINS and address limits apply). "
+        "The user is a visitor per day: a hash of a daily salt, the domain, the IP "
+        "and the User-Agent; the IP itself is never stored. **202** once stored.",
+        body(schemas, PlausibleEvent, *_BODY_TYPES),
+        {202: ("Stored", body(schemas, PlausibleAccepted))},
+        (400, 404, 413, 415, 422, 503),
+    )
+    return {**segment_paths, "/api/event": plausible_path}

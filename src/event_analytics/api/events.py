@@ -4,6 +4,7 @@ Both are answered by the plain-ASGI hot path in ``ingest_http.py``, which FastAP
 routing never sees, so FastAPI cannot describe them. Their request and response schemas
 are generated here from the objects that validate them (``model.EVENT_ADAPTER``, the
 batch limit of ``Settings``), so /docs and the service cannot disagree (tests/test_openapi.py).
+``body`` and ``post`` describe any plain-ASGI ingest route (``compat_docs`` uses them).
 """
 
 from __future__ import annotations
@@ -54,67 +55,77 @@ def batch_adapter(settings: Settings) -> TypeAdapter[Any]:
     return TypeAdapter(batch)
 
 
-def _json(schemas: dict[str, Any], what: TypeAdapter[Any] | type[BaseModel]) -> dict[str, Any]:
-    """A JSON body of what ``what`` validates: its schema (and those it uses) put into
-    ``schemas`` under their titles, and referenced from there."""
+def body(
+    schemas: dict[str, Any], what: TypeAdapter[Any] | type[BaseModel], *types: str
+) -> dict[str, Any]:
+    """A body of what ``what`` validates, as each of ``types`` (JSON by default): its
+    schema (and those it uses) put into ``schemas`` under their titles, referenced there."""
     adapter = what if isinstance(what, TypeAdapter) else TypeAdapter(what)
     schema = adapter.json_schema(ref_template=REF)
     schemas.update(schema.pop("$defs", {}))
     schemas[schema["title"]] = schema
-    return {"application/json": {"schema": {"$ref": REF.format(model=schema["title"])}}}
+    ref = {"schema": {"$ref": REF.format(model=schema["title"])}}
+    return dict.fromkeys(types or ("application/json",), ref)
+
+
+def post(
+    tag: str,
+    operation_id: str,
+    summary: str,
+    description: str,
+    request: dict[str, Any],
+    answers: dict[int, tuple[str, dict[str, Any]]],
+    problems: tuple[int, ...],
+) -> dict[str, Any]:
+    """One plain-ASGI ingest route's POST: ``request`` and each answer's content as
+    ``body`` makes them, then its problem+json answers (``problem_responses``)."""
+    responses: dict[str, Any] = {
+        str(status): {"description": text, "content": content}
+        for status, (text, content) in answers.items()
+    }
+    responses |= {str(k): v for k, v in problem_responses(*problems).items()}
+    return {
+        "post": {
+            "tags": [tag],
+            "summary": summary,
+            "operationId": operation_id,
+            "description": description,
+            "requestBody": {"required": True, "content": request},
+            "responses": responses,
+        }
+    }
 
 
 def paths(settings: Settings, schemas: dict[str, Any]) -> dict[str, Any]:
     """The two operations; the schemas they name are added to ``schemas``."""
-    problems = {str(k): v for k, v in problem_responses(400, 413, 415, 422, 503).items()}
+    problems = (400, 413, 415, 422, 503)
     limit = settings.max_batch_events
+    accepted = body(schemas, EventAccepted)
     return {
-        "/events": {
-            "post": {
-                "tags": ["events"],
-                "summary": "Ingest one event",
-                "operationId": "post_event",
-                "description": (
-                    "Validates and stores one event. **201** only after the storage engine "
-                    "acknowledged it; **200** with `duplicate: true` when this `event_id` was "
-                    "already counted (retries are safe). The body limit (64 KiB by default) "
-                    "is enforced while reading."
-                ),
-                "requestBody": {"required": True, "content": _json(schemas, EVENT_ADAPTER)},
-                "responses": {
-                    "201": {"description": "Stored", "content": _json(schemas, EventAccepted)},
-                    "200": {
-                        "description": "Duplicate: already counted",
-                        "content": _json(schemas, EventAccepted),
-                    },
-                    **problems,
-                },
-            }
-        },
-        "/events/batch": {
-            "post": {
-                "tags": ["events"],
-                "summary": f"Ingest up to {limit:,} events in one request",
-                "operationId": "post_events_batch",
-                "description": (
-                    "Each event is validated on its own: one result per event, in request "
-                    "order, `accepted`, `duplicate` or `rejected` (with `code`, `field`, "
-                    "`message`). Valid events are stored even when others are refused. "
-                    f"Limits: {limit:,} events, {settings.max_batch_bytes:,} bytes. On 503 "
-                    "nothing or part was stored: resend the whole batch, duplicates are "
-                    "recognised."
-                ),
-                "requestBody": {
-                    "required": True,
-                    "content": _json(schemas, batch_adapter(settings)),
-                },
-                "responses": {
-                    "200": {
-                        "description": "One result per event",
-                        "content": _json(schemas, BatchResult),
-                    },
-                    **problems,
-                },
-            }
-        },
+        "/events": post(
+            "events",
+            "post_event",
+            "Ingest one event",
+            "Validates and stores one event. **201** only after the storage engine "
+            "acknowledged it; **200** with `duplicate: true` when this `event_id` was "
+            "already counted (retries are safe). The body limit (64 KiB by default) "
+            "is enforced while reading.",
+            body(schemas, EVENT_ADAPTER),
+            {201: ("Stored", accepted), 200: ("Duplicate: already counted", accepted)},
+            problems,
+        ),
+        "/events/batch": post(
+            "events",
+            "post_events_batch",
+            f"Ingest up to {limit:,} events in one request",
+            "Each event is validated on its own: one result per event, in request "
+            "order, `accepted`, `duplicate` or `rejected` (with `code`, `field`, "
+            "`message`). Valid events are stored even when others are refused. "
+            f"Limits: {limit:,} events, {settings.max_batch_bytes:,} bytes. On 503 "
+            "nothing or part was stored: resend the whole batch, duplicates are "
+            "recognised.",
+            body(schemas, batch_adapter(settings)),
+            {200: ("One result per event", body(schemas, BatchResult))},
+            problems,
+        ),
     }

@@ -7,7 +7,9 @@ acknowledges events that was ingest's latency (issue 23: p99 4 ms -> 1.3 s under
 storm). Here the worker only copies bytes; the query process (a niced uvicorn on
 ``Settings.query_socket``, the same app with ``query_role``) checks keys and limits,
 admits by cost and answers. When it is down or restarting the read is answered 503 with
-Retry-After here, and ingest goes on.
+Retry-After here, and ingest goes on. The request takes the worker's steps (its id, the
+500: ``steps.RequestSteps``) before it leaves; its timing and access log are the query
+process's, which answered it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from event_analytics import telemetry
 from event_analytics.api.problems import problem
+from event_analytics.api.steps import REQUEST_ID_HEADER
+from event_analytics.logs import request_id
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +58,10 @@ _HOP = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
      b"proxy-connection", PEER_HEADER}
 )  # fmt: skip
-# Written by the worker's own server for every response: not twice.
-_OWN = frozenset({b"date", b"server"})
+_SET_HERE = _HOP | {REQUEST_ID_HEADER}
+# Written by the worker for every response (its server; its RequestSteps the id): not
+# twice. The request id goes over as the worker's, so both processes log the same one.
+_OWN = frozenset({b"date", b"server", REQUEST_ID_HEADER})
 RETRY_AFTER_S = 1
 CONNECTION_WAIT_S = 1.0
 
@@ -104,7 +110,10 @@ class Forwarder:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(k.decode("latin-1"), v.decode("latin-1"))
-                   for k, v in scope["headers"] if k.lower() not in _HOP]  # fmt: skip
+                   for k, v in scope["headers"] if k.lower() not in _SET_HERE]  # fmt: skip
+        rid = request_id.get()
+        if rid is not None:
+            headers.append((REQUEST_ID_HEADER.decode(), rid))
         client = scope.get("client")
         if client:
             headers.append((PEER_HEADER.decode(), str(client[0])))
@@ -120,7 +129,7 @@ class Forwarder:
 
         def refused(status: int) -> None:
             # The query process times what it answers; what this worker answers in its
-            # stead, it times here (the worker's RequestTimer never sees these routes).
+            # stead, it times here (its RequestSteps skip these: ANSWERED_ELSEWHERE_SCOPE).
             route = route_label(scope["path"])
             telemetry.http_request(scope["method"], route, status, time.perf_counter() - begun)
 

@@ -1,17 +1,15 @@
-"""GET /metrics (Prometheus text format) and the middleware that times every request."""
+"""GET /metrics (Prometheus text format); requests are timed by ``steps.RequestSteps``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import math
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from event_analytics import expiry, telemetry
 from event_analytics.destinations import delivery
@@ -21,8 +19,6 @@ router = APIRouter(tags=["metrics"])
 # Set on app.state by the app factory: archive lag and dead letters at scrape time.
 ArchiveProbe = Callable[[FastAPI], Awaitable[telemetry.ArchiveGauges | None]]
 EngineProbe = Callable[[FastAPI], Awaitable[telemetry.EngineGauges | None]]
-
-UNMATCHED = "unmatched"
 
 
 @router.get(
@@ -75,34 +71,3 @@ async def _destinations(request: Request) -> tuple[telemetry.DestinationGauges, 
             math.nan if seconds is None else float(seconds),
         ),
     )
-
-
-class RequestTimer:
-    """Pure ASGI middleware (no BaseHTTPMiddleware: it would cost the hot path a task).
-
-    Labels use the matched route's template, never the raw path, so a client cannot
-    create time series by requesting made-up URLs.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            template = str(getattr(route, "path_format", None) or getattr(route, "path", UNMATCHED))
-            telemetry.http_request(scope["method"], template, status, time.perf_counter() - start)

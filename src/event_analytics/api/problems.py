@@ -18,14 +18,11 @@ log = logging.getLogger(__name__)
 PROBLEM_TYPE = "application/problem+json"
 
 
-def problem(
-    status: int,
-    slug: str,
-    title: str,
-    detail: str,
-    errors: list[FieldError] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response:
+def problem_body(
+    status: int, slug: str, title: str, detail: str, errors: list[FieldError] | None = None
+) -> bytes:
+    """The JSON of one problem: what every problem+json answer carries (the HTTP
+    protocol's refusals, written before any app runs, too: ``protocol.py``)."""
     body: dict[str, Any] = {
         "type": f"urn:event-analytics:problem:{slug}",
         "title": title,
@@ -34,7 +31,61 @@ def problem(
     }
     if errors is not None:
         body["errors"] = [e.as_dict() for e in errors]
-    return Response(orjson.dumps(body), status, headers=headers, media_type=PROBLEM_TYPE)
+    return orjson.dumps(body)
+
+
+def problem(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = problem_body(status, slug, title, detail, errors)
+    return Response(body, status, headers=headers, media_type=PROBLEM_TYPE)
+
+
+# The refusals that are no domain error (who may call what, which route and method
+# exist, what the connection may send), by type slug: their status and title. Every
+# 401/403/404/405/429 the API writes itself comes from here: ``refuse`` for the routes,
+# ``refusal_body`` for the HTTP protocol's answers (``protocol.py``, written before any
+# app runs); FastAPI's own 404/405 take their slug from here.
+REFUSALS: dict[str, tuple[int, str]] = {
+    "malformed-http": (400, "Malformed HTTP"),
+    "unauthorized": (401, "Unauthorized"),
+    "forbidden": (403, "Forbidden"),
+    "origin-not-allowed": (403, "Origin not allowed"),
+    "share-link-scope": (403, "Not a shared link's route"),
+    "site-limited-key": (403, "Key limited to sites"),
+    "admin-closed": (403, "Admin routes closed"),
+    "not-found": (404, "Not Found"),
+    "method-not-allowed": (405, "Method Not Allowed"),
+    "head-timeout": (408, "Request timeout"),
+    "rate-limited": (429, "Too many requests"),
+    "too-many-connections": (429, "Too many connections"),
+    "head-too-large": (431, "Request head too large"),
+    "overloaded": (503, "Overloaded"),
+}
+_SLUG_OF_STATUS = {REFUSALS[s][0]: s for s in ("not-found", "method-not-allowed")}
+
+
+def refusal_body(slug: str, detail: str) -> tuple[int, bytes]:
+    """The status and JSON body of one of the REFUSALS."""
+    status, title = REFUSALS[slug]
+    return status, problem_body(status, slug, title, detail)
+
+
+def refuse(slug: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """The problem+json answer of one of the REFUSALS."""
+    status, body = refusal_body(slug, detail)
+    return Response(body, status, headers=headers, media_type=PROBLEM_TYPE)
+
+
+def internal_error() -> Response:
+    """The answer to an unexpected error (logged by whoever caught it)."""
+    detail = "an unexpected error; nothing was acknowledged, retry is safe"
+    return problem(500, "internal-error", "Internal server error", detail)
 
 
 PROBLEM_SCHEMA = {
@@ -119,11 +170,17 @@ def install(app: FastAPI) -> None:
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        slug = _SLUG_OF_STATUS.get(exc.status_code, "http-error")
         title = str(exc.detail)
         return problem(exc.status_code, slug, title, title, headers=dict(exc.headers or {}))
+
+    async def unexpected(_: Request, exc: Exception) -> Response:
+        # FastAPI's ServerErrorMiddleware answers with this and re-raises; the error is
+        # logged once, by steps.RequestSteps.
+        return internal_error()
 
     # Starlette looks a handler up along the exception's MRO: the base class covers all.
     app.add_exception_handler(EventAnalyticsError, domain_error)
     app.add_exception_handler(RequestValidationError, request_validation)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 import httptools
-import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from event_analytics.api.problems import PROBLEM_TYPE, REFUSALS, refusal_body
 from event_analytics.config import Settings
 
 RETRY_AFTER_S = 1
@@ -50,58 +51,52 @@ class Refused(Exception):
     error): the connection is answered ``_refusal`` and closed."""
 
 
-def _problem(status: int, reason: bytes, slug: str, title: str, detail: str) -> bytes:
-    """A whole problem+json response that closes the connection (written before, or
-    instead of, the app: these refusals need no request object)."""
-    body = orjson.dumps(
-        {"type": f"urn:event-analytics:problem:{slug}", "title": title, "status": status,
-         "detail": detail}
-    )  # fmt: skip
-    retry = b"retry-after: %d\r\n" % RETRY_AFTER_S if status in (429, 503) else b""
+def _problem(slug: str, detail: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """One of ``problems.REFUSALS`` (its status, title and body come from there) as a
+    response that closes the connection: its headers and body."""
+    status, body = refusal_body(slug, detail)
+    retry = [(b"retry-after", b"%d" % RETRY_AFTER_S)] if status in (429, 503) else []
+    headers = [(b"content-type", PROBLEM_TYPE.encode()), *retry,
+               (b"content-length", b"%d" % len(body)), (b"connection", b"close")]  # fmt: skip
+    return headers, body
+
+
+def _raw(slug: str, detail: str) -> bytes:
+    """The refusal as bytes on the wire, written before, or instead of, the app: these
+    refusals need no request object."""
+    status = REFUSALS[slug][0]
+    headers, body = _problem(slug, detail)
+    head = b"".join(b"%s: %s\r\n" % h for h in headers)
     return (
-        b"HTTP/1.1 %d " % status
-        + reason
-        + b"\r\ncontent-type: application/problem+json\r\n"
-        + retry
-        + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
-        + body
+        b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode()) + head + b"\r\n" + body
     )
 
 
-TIMEOUT_408 = _problem(
-    408, b"Request Timeout", "head-timeout", "Request timeout",
-    "the request head was not received in time; send it at once",
-)  # fmt: skip
-TOO_LARGE_431 = _problem(
-    431, b"Request Header Fields Too Large", "head-too-large", "Request head too large",
-    "the request line and headers are larger than the limit",
-)  # fmt: skip
-MALFORMED_400 = _problem(
-    400, b"Bad Request", "malformed-http", "Malformed HTTP", "the request is not valid HTTP/1.1"
-)
-TOO_MANY_CONNECTIONS_429 = _problem(
-    429, b"Too Many Requests", "too-many-connections", "Too many connections",
+TIMEOUT_408 = _raw("head-timeout", "the request head was not received in time; send it at once")
+TOO_LARGE_431 = _raw("head-too-large", "the request line and headers are larger than the limit")
+MALFORMED_400 = _raw("malformed-http", "the request is not valid HTTP/1.1")
+TOO_MANY_CONNECTIONS_429 = _raw(
+    "too-many-connections",
     f"too many open connections from this address; close idle ones or reuse one "
     f"(keep-alive), retry after {RETRY_AFTER_S} s",
-)  # fmt: skip
-NO_CONNECTION_503 = _problem(
-    503, b"Service Unavailable", "overloaded", "Overloaded",
+)
+NO_CONNECTION_503 = _raw(
+    "overloaded",
     f"every connection slot is busy with a request; retry after {RETRY_AFTER_S} s",
-)  # fmt: skip
-OVERLOADED_503 = _problem(
-    503, b"Service Unavailable", "overloaded", "Overloaded",
+)
+# Answered through the app interface (the request is parsed; uvicorn writes it).
+_OVERLOADED_HEADERS, _OVERLOADED_BODY = _problem(
+    "overloaded",
     f"too many requests in progress; nothing was done, retry after {RETRY_AFTER_S} s",
-)  # fmt: skip
+)
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
 async def _overloaded(scope: Any, receive: Any, send: Any) -> None:
     """The app of a request over the concurrency limit (its body is not read)."""
-    head, _, body = OVERLOADED_503.partition(b"\r\n\r\n")
-    headers = [tuple(line.split(b": ", 1)) for line in head.split(b"\r\n")[1:]]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.start", "status": 503, "headers": _OVERLOADED_HEADERS})
+    await send({"type": "http.response.body", "body": _OVERLOADED_BODY})
 
 
 class _HeadHolder:

@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from event_analytics.api.body import header
-from event_analytics.api.problems import problem, problem_responses, render_error
+from event_analytics.api.problems import problem_responses, refuse, render_error
 from event_analytics.config import Settings
 from event_analytics.errors import EventsRateLimited, SiteForbidden, StorageUnavailable
 from event_analytics.store.ratelimit import RateLimits
@@ -76,8 +76,6 @@ SHARED_LINKS_PATH = "/api/v1/sites/shared-links"
 # Erasing people (api/admin.py): the admin scope only (EA_ADMIN_KEYS), never open; no
 # read or write key reaches it.
 ADMIN_PREFIX = "/api/v1/admin/"
-CORS_ALLOW_HEADERS = "authorization, content-type, x-api-key, x-request-id"
-CORS_EXPOSE_HEADERS = "retry-after, x-request-id"
 
 
 class Access(StrEnum):
@@ -208,14 +206,14 @@ def site_scoped(path: str) -> bool:
 
 def unauthorized(detail: str) -> Response:
     headers = {"WWW-Authenticate": 'Bearer realm="event-analytics"'}
-    return problem(401, "unauthorized", "Unauthorized", detail, headers=headers)
+    return refuse("unauthorized", detail, headers)
 
 
 def forbidden(access: Access) -> Response:
     detail = f"this API key does not have the {access} scope"
     headers = {"WWW-Authenticate": f'Bearer realm="event-analytics", scope="{access}", '
                'error="insufficient_scope"'}  # fmt: skip
-    return problem(403, "forbidden", "Forbidden", detail, headers=headers)
+    return refuse("forbidden", detail, headers)
 
 
 class Guard:
@@ -252,7 +250,7 @@ class Guard:
             origin = header(scope, b"origin")
             if origin is not None and not self.origin_allowed(origin):
                 detail = "this browser origin may not send events here (EA_CORS_ORIGINS)"
-                return problem(403, "origin-not-allowed", "Origin not allowed", detail)
+                return refuse("origin-not-allowed", detail)
         refusal: Response | None = None
         key_id: str | None = None
         if self.keys.required[access] and not keyless:
@@ -283,13 +281,7 @@ class Guard:
                     f"more than {limited.limit} requests in {self.limits.window_s} s "
                     f"for this {per}; retry after {limited.retry_after_s} s"
                 )
-                return problem(
-                    429,
-                    "rate-limited",
-                    "Too many requests",
-                    detail,
-                    headers={"Retry-After": str(limited.retry_after_s)},
-                )
+                return refuse("rate-limited", detail, {"Retry-After": str(limited.retry_after_s)})
         return refusal
 
     async def take_events(self, scope: Scope, n: int) -> None:
@@ -357,7 +349,7 @@ async def _admit_share_token(scope: Scope, path: str, token: str) -> Response | 
             f"a shared link reads its site's stats only; {path} is not one of its routes "
             "(POST /api/v2/query, GET /api/v1/stats/*, GET /api/sites)"
         )
-        return problem(403, "share-link-scope", "Not a shared link's route", detail)
+        return refuse("share-link-scope", detail)
     store = scope["app"].state.store
     try:
         link = await SharedLinkStore(store.client, store.keys).find(token)
@@ -376,7 +368,7 @@ async def _admit_admin(guard: Guard, scope: Scope) -> Response | None:
             "the admin routes are closed: no admin key is set (EA_ADMIN_KEYS); read and "
             "write keys never open them. An operator can run `event-analytics forget`"
         )
-        return problem(403, "admin-closed", "Admin routes closed", detail)
+        return refuse("admin-closed", detail)
     try:
         return await guard.admit(scope, Access.ADMIN)
     except StorageUnavailable as exc:  # the rate limit's counter
@@ -389,7 +381,7 @@ def site_limited(path: str) -> Response:
         "site-scoped route: it reads across sites; use /api/v2/query, /api/v1/stats/*, "
         "/api/sites, /api/v1/sites/goals or /api/export?site="
     )
-    return problem(403, "site-limited-key", "Key limited to sites", detail)
+    return refuse("site-limited-key", detail)
 
 
 def document_security(schema: dict[str, Any], settings: Settings) -> None:
