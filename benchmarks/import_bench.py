@@ -7,7 +7,7 @@ runs it (AOF, fsync always). Prints events/s (wall, the whole command: reading,
 validating, the id check, appending with fsync, and the counters' rebuild), then checks
 the archive holds every event once and that a second run adds nothing.
 
-    PYTHONPATH=src:benchmarks .venv/bin/python benchmarks/import_bench.py [--events 300000]
+    .venv/bin/python benchmarks/import_bench.py [--events 300000]   (make bench: 3,000,000)
 """
 
 from __future__ import annotations
