@@ -239,6 +239,26 @@ def errors_from_validation(exc: ValidationError) -> list[FieldError]:
     ]
 
 
+def validate_events(values: list[Any]) -> list[Event | FieldError]:
+    """Each value's Event, or its first error (as ``validate_event`` would name it).
+
+    One pydantic call for the lot, and one more for the valid ones when some are not:
+    a call per event cost half again as much as the validation itself (an import's).
+    """
+    try:
+        return list(EVENTS_ADAPTER.validate_python(values))
+    except ValidationError as exc:
+        first: dict[int, FieldError] = {}
+        for err in exc.errors(include_url=False, include_input=False):
+            index = err["loc"][0]
+            assert isinstance(index, int)  # a list's errors start with the item's index
+            if index not in first:
+                first[index] = FieldError(err["type"], _field_path(err["loc"][1:]), err["msg"])
+    valid = EVENTS_ADAPTER.validate_python([v for i, v in enumerate(values) if i not in first])
+    events = iter(valid)
+    return [first[i] if i in first else next(events) for i in range(len(values))]
+
+
 def validate_event(value: Any) -> Event:
     """Validate one decoded event (see ``decode.decode_json``). Raises InvalidEvent."""
     try:
