@@ -25,6 +25,7 @@ from event_analytics.api import (
     forward,
     goals,
     health,
+    imports,
     ingest_http,
     looplag,
     metrics,
@@ -253,6 +254,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         goals,
         shared_links,
         export,
+        imports,
     )
     for module in routers:
         app.include_router(module.router)

@@ -73,6 +73,9 @@ SHARE_PATHS = frozenset(
 # Making, listing and revoking links hands out reading: the write scope when write keys
 # are set, as goal changes take.
 SHARED_LINKS_PATH = "/api/v1/sites/shared-links"
+# POST /api/import (api/imports.py) writes events, of any age: the write scope, as goal
+# changes take it (the read scope when only read keys are set).
+IMPORT_PATH = "/api/import"
 CORS_ALLOW_HEADERS = "authorization, content-type, x-api-key, x-request-id"
 CORS_EXPOSE_HEADERS = "retry-after, x-request-id"
 
@@ -314,7 +317,8 @@ class ReadGuard:
                 return
             access, active = Access.READ, guard.read_active
             links = path == SHARED_LINKS_PATH or path.startswith(SHARED_LINKS_PATH + "/")
-            if links or (scope["method"] in GOAL_WRITE_METHODS and path.startswith(GOALS_PATH)):
+            goal_write = scope["method"] in GOAL_WRITE_METHODS and path.startswith(GOALS_PATH)
+            if links or goal_write or path == IMPORT_PATH:
                 if guard.keys.required[Access.WRITE]:
                     access = Access.WRITE
                 active = guard.read_active or guard.write_active
@@ -383,6 +387,8 @@ def document_security(schema: dict[str, Any], settings: Settings) -> None:
         for method, operation in operations.items():
             keys = required
             if path.startswith(GOALS_PATH) and method.upper() in GOAL_WRITE_METHODS:
+                keys = settings.write_keys or readers
+            if path == IMPORT_PATH:
                 keys = settings.write_keys or readers
             responses = operation.setdefault("responses", {})
             for status, entry in problem_responses(*statuses).items():
