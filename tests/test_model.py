@@ -122,6 +122,31 @@ def test_validate_events_is_each_events_own_validation(values: list[object]) -> 
         assert answer == expected
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://a.example/x", None),
+        ("https://a.example/\x00x", "page_url must not contain control characters"),
+        ("https://a.example/\x7f", "page_url must not contain control characters"),
+        ("ftp://a.example/", "page_url must be an absolute http(s) URL with a host"),
+        ("/relative", "page_url must be an absolute http(s) URL with a host"),
+    ],
+)
+def test_a_page_urls_verdict_is_the_same_every_time(url: str, message: str | None) -> None:
+    """The verdict on a URL is remembered (model._url_problem): asked again, the same."""
+    value = {"event_id": str(uuid.uuid4()), "user_id": "u", "timestamp": "2026-01-01T00:00:00Z",
+             "event_type": "page_view", "payload": {"page_url": url}}  # fmt: skip
+    for _ in range(2):
+        if message is None:
+            assert validate_event(value).payload.page_url == url
+            continue
+        with pytest.raises(InvalidEvent) as exc:
+            validate_event(value)
+        first = exc.value.errors[0]
+        assert (first.code, first.field) == ("invalid_url", "payload.page_url")
+        assert first.message == message
+
+
 def test_page_url_optional_for_other_types() -> None:
     raw = orjson.dumps(
         {"event_id": str(uuid.uuid4()), "user_id": "u", "timestamp": "2026-01-01T00:00:00",
