@@ -26,7 +26,6 @@ import multiprocessing
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
@@ -36,7 +35,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.read_storm import ENV, _event, _free_port
+from benchmarks.read_storm import _event, served
 
 LIVE_PAGE = "https://ex.com/live"
 
@@ -334,34 +333,10 @@ def main() -> int:
     args = parser.parse_args()
     ok = True
     for setting in args.query_workers.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            port = _free_port()
-            data = Path(tmp) / "data"
-            log = open(Path(tmp) / "serve.log", "wb")  # noqa: SIM115
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "event_analytics", "serve", "--port", str(port),
-                 "--data-dir", str(data), "--query-workers", setting],
-                env=ENV, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            url = f"http://127.0.0.1:{port}"
-            try:
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        sys.exit("serve did not start")
-                    time.sleep(0.2)
-                print(f"--query-workers {setting}: {args.pages} pages x {args.minutes} minutes, "
-                      f"2 x {args.readers} readers, {args.seconds:g} s a phase")  # fmt: skip
-                ok &= asyncio.run(_run(url, args, proc.pid))
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
-                log.close()
+        with served(["--query-workers", setting]) as (url, _, proc):
+            print(f"--query-workers {setting}: {args.pages} pages x {args.minutes} minutes, "
+                  f"2 x {args.readers} readers, {args.seconds:g} s a phase")  # fmt: skip
+            ok &= asyncio.run(_run(url, args, proc.pid))
     return 0 if ok else 1
 
 

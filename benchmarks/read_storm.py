@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import statistics
@@ -24,6 +25,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -187,14 +189,23 @@ def main() -> int:
     parser.add_argument("--minutes", type=int, default=240)
     parser.add_argument("--pages", type=int, default=200)
     args = parser.parse_args()
+    with served([]) as (url, data, _):
+        engine = redis.Redis.from_url((data / "valkey" / "url").read_text())
+        engine.config_set("slowlog-log-slower-than", "1000")  # 1 ms
+        return asyncio.run(run(args, url, engine))
+
+
+@contextlib.contextmanager
+def served(extra: list[str]) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
+    """A ``serve`` with ``extra`` arguments on a free port and a scratch data dir, ready:
+    its URL, data dir and process; terminated after."""
     with tempfile.TemporaryDirectory() as tmp:
         port = _free_port()
         data = Path(tmp) / "data"
         log = open(Path(tmp) / "serve.log", "wb")  # noqa: SIM115
-        env = ENV
         proc = subprocess.Popen(
             [sys.executable, "-m", "event_analytics", "serve", "--port", str(port),
-             "--data-dir", str(data)], env=env, stdout=log, stderr=subprocess.STDOUT,
+             "--data-dir", str(data), *extra], env=ENV, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         try:
@@ -208,9 +219,7 @@ def main() -> int:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     sys.exit("serve did not start")
                 time.sleep(0.2)
-            engine = redis.Redis.from_url((data / "valkey" / "url").read_text())
-            engine.config_set("slowlog-log-slower-than", "1000")  # 1 ms
-            return asyncio.run(run(args, url, engine))
+            yield url, data, proc
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -110,11 +110,17 @@ def test_a_dead_query_process_is_a_503_for_reads_only_and_comes_back(tmp_path: P
     with stopped_after(svc):
         assert svc.proc is not None
         (query,) = _query_pids(svc)
+        counted = ("ea_http_request_duration_seconds_count",
+                   {"method": "GET", "route": "/analytics/top-pages", "status": "503"})  # fmt: skip
+        before = value(scrape(svc.url), counted[0], **counted[1])
         with _stopped(svc.proc.pid):  # serve itself: uvicorn's and our supervisors
             os.kill(query, signal.SIGKILL)
             _wait_gone([query])
             reads = [HTTP.get(f"{svc.url}/analytics/top-pages") for _ in range(4)]
             writes = [HTTP.post(f"{svc.url}/events", json=event()).status_code for _ in range(4)]
+            # The workers' own 503s are in the request histogram (the query process,
+            # which times what it answers, never saw them).
+            assert value(scrape(svc.url), counted[0], **counted[1]) == before + 4
         assert writes == [201] * 4
         for r in reads:
             assert r.status_code == 503, r.text

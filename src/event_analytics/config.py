@@ -197,6 +197,14 @@ class Settings(BaseSettings):
     # up to EA_HEAVY_READ_WAIT_S, then 503 reads-busy. Ingest has its own limit.
     max_heavy_reads: int = Field(default=4, ge=1)
     heavy_read_wait_s: float = Field(default=1.0, ge=0, le=60)
+    # ... and their estimated cost (entries merged + buckets read, sized before the read)
+    # running at once per process: a read over what is left waits as above; one costing
+    # more than the whole budget runs alone.
+    counter_read_budget: int = Field(default=1_000_000, ge=1)
+    # A counter read costing at most this (the live figures: the dashboard's hour of minute
+    # buckets, not a day of them) runs in a lane of its own (EA_MAX_HEAVY_READS slots),
+    # never behind long ranges.
+    cheap_read_cost: int = Field(default=240, ge=0)
     # Analytics reads from another engine, e.g. a replica of REDIS_URL (single node only).
     redis_read_url: str | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_READ_URL", "EA_REDIS_READ_URL")
@@ -211,6 +219,12 @@ class Settings(BaseSettings):
     analytics_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     analytics_memory_limit: str = Field(default="1GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
     analytics_threads: int = Field(default=2, ge=1, le=64)
+    # Archive queries are admitted by the bytes of archive files their range holds (the
+    # listing's sizes; Parquet where compacted), estimated before they start: at most this
+    # much scanned at once per process (more waits EA_HEAVY_READ_WAIT_S, then 503; one
+    # query over it runs alone), and a query over the second bound is refused, 422.
+    analytics_scan_budget_bytes: int = Field(default=2 * 1024**3, ge=1)
+    analytics_max_scan_bytes: int = Field(default=256 * 1024**3, ge=1)
     # Web analytics (Stats API): a gap of more than this since a visitor's previous
     # event on a site starts a new visit (Plausible's 30 minutes).
     session_timeout_s: int = Field(default=1800, ge=1, le=86400)

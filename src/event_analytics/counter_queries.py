@@ -274,3 +274,14 @@ def realtime_body(
         "top_pages": pages_rows(top, users),
         **capped_fields(other),
     }
+
+
+def series_cost(plan: SeriesPlan, shards: int) -> int:
+    """Admission's cost of a timeseries: the buckets it reads, each O(1), on every shard."""
+    return sum(len(group) for group in plan.groups) * shards
+
+
+def top_pages_cost(plan: PagesPlan, entries: int, shards: int) -> int:
+    """Admission's cost of top pages: the (bucket, page) entries its ranking merges, and
+    the figures of the ``limit`` pages it returns in every bucket of every shard."""
+    return entries + plan.limit * len(plan.buckets) * shards

@@ -259,16 +259,22 @@ def too_many_event_types(event_type: str, limit: int) -> FieldError:
 
 class QueryTooCostly(InvalidQuery):
     """A read would merge more (bucket, page) or (bucket, user) entries than
-    EA_MAX_QUERY_COST."""
+    EA_MAX_QUERY_COST, or scan more archive bytes than EA_ANALYTICS_MAX_SCAN_BYTES."""
 
-    def __init__(self, cost: int, bound: int, what: str = "(bucket, page)") -> None:
+    def __init__(
+        self,
+        cost: int,
+        bound: int,
+        what: str = "(bucket, page) entries",
+        field: str = "from",
+        advice: str = "ask for a shorter range or a coarser interval",
+    ) -> None:
         super().__init__(
             [
                 FieldError(
                     "query_too_costly",
-                    "from",
-                    f"this range holds {cost} {what} entries, more than the bound of "
-                    f"{bound}: ask for a shorter range or a coarser interval",
+                    field,
+                    f"this range holds {cost} {what}, more than the bound of {bound}: {advice}",
                 )
             ]
         )

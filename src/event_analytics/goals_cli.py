@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from event_analytics.config import Settings
-from event_analytics.errors import EventAnalyticsError, InvalidInput
+from event_analytics.errors import InvalidInput
 from event_analytics.goals import Goal, check_site, new_goal
 
 
@@ -34,7 +34,7 @@ def _as_api(goal: Goal) -> dict[str, Any]:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from event_analytics.store import IngestWriter
     from event_analytics.store.goals import GoalStore
-    from event_analytics.target import run_with_engine
+    from event_analytics.target import run_on_writer
 
     # Checked before any engine is reached: a typo costs no engine start.
     try:
@@ -51,37 +51,26 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"event-analytics goals {args.action}: {why}", file=sys.stderr)
         return 2
 
-    async def run(resolved: Settings) -> int:
-        store = IngestWriter.from_settings(resolved)
+    async def act(store: IngestWriter) -> None:
         goals = GoalStore(store.client, store.keys)
-        try:
-            if goal is not None:
-                stored, created = await goals.put(goal)
-                verb = "created" if created else "exists:"
-                print(f"{verb} goal {_line(stored)}" if not args.json else
-                      json.dumps(_as_api(stored) | {"created": created}))  # fmt: skip
-            elif args.action == "list":
-                found = await goals.list(site)
-                if args.json:
-                    print(json.dumps({"goals": [_as_api(g) for g in found]}))
-                else:
-                    print("id\ttype\tevent or page\tcurrency\tdisplay name")
-                    for each in found:
-                        print(_line(each))
+        if goal is not None:
+            stored, created = await goals.put(goal)
+            verb = "created" if created else "exists:"
+            print(f"{verb} goal {_line(stored)}" if not args.json else
+                  json.dumps(_as_api(stored) | {"created": created}))  # fmt: skip
+        elif args.action == "list":
+            found = await goals.list(site)
+            if args.json:
+                print(json.dumps({"goals": [_as_api(g) for g in found]}))
             else:
-                gone = await goals.delete(site, args.id)
-                print(json.dumps({"deleted": True}) if args.json else f"deleted goal {_line(gone)}")
-        except InvalidInput as exc:
-            print(f"event-analytics goals {args.action}: {exc}", file=sys.stderr)
-            return 2
-        except EventAnalyticsError as exc:
-            print(f"event-analytics goals {args.action}: {exc.detail()}", file=sys.stderr)
-            return 1
-        finally:
-            await store.close()
-        return 0
+                print("id\ttype\tevent or page\tcurrency\tdisplay name")
+                for each in found:
+                    print(_line(each))
+        else:
+            gone = await goals.delete(site, args.id)
+            print(json.dumps({"deleted": True}) if args.json else f"deleted goal {_line(gone)}")
 
-    return run_with_engine(settings, run)
+    return run_on_writer(settings, f"goals {args.action}", act)
 
 
 def add_commands(sub: Any, add_dirs: Any) -> None:

@@ -16,14 +16,14 @@ from typing import Any
 from urllib.parse import quote
 
 from event_analytics.config import Settings
-from event_analytics.errors import EventAnalyticsError, InvalidInput
+from event_analytics.errors import InvalidInput
 from event_analytics.goals import check_site
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from event_analytics.store import IngestWriter
     from event_analytics.store.shared_links import MAX_NAME, SharedLinkStore
-    from event_analytics.target import run_with_engine
+    from event_analytics.target import run_on_writer
 
     # Checked before any engine is reached: a typo costs no engine start.
     try:
@@ -36,34 +36,26 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"event-analytics links add: --name: 1 to {MAX_NAME} characters", file=sys.stderr)
         return 2
 
-    async def run(resolved: Settings) -> int:
-        store = IngestWriter.from_settings(resolved)
+    async def act(store: IngestWriter) -> None:
         links = SharedLinkStore(store.client, store.keys)
-        try:
-            if args.action == "add":
-                link, token = await links.create(site, args.name)
-                url = f"/share/{quote(site, safe='')}?auth={token}"
-                shown = link.as_dict() | {"url": url, "token": token}
-                print(json.dumps(shown) if args.json else f"created link {link.id}: {url}")
-            elif args.action == "list":
-                found = await links.list(site)
-                if args.json:
-                    print(json.dumps({"shared_links": [x.as_dict() for x in found]}))
-                else:
-                    print("id\tcreated\tname")
-                    for x in found:
-                        print(f"{x.id}\t{x.created_at}\t{x.name}")
+        if args.action == "add":
+            link, token = await links.create(site, args.name)
+            url = f"/share/{quote(site, safe='')}?auth={token}"
+            shown = link.as_dict() | {"url": url, "token": token}
+            print(json.dumps(shown) if args.json else f"created link {link.id}: {url}")
+        elif args.action == "list":
+            found = await links.list(site)
+            if args.json:
+                print(json.dumps({"shared_links": [x.as_dict() for x in found]}))
             else:
-                gone = await links.revoke(site, args.id)
-                print(json.dumps({"deleted": True}) if args.json else f"revoked link {gone.id}")
-        except EventAnalyticsError as exc:
-            print(f"event-analytics links {args.action}: {exc.detail()}", file=sys.stderr)
-            return 1
-        finally:
-            await store.close()
-        return 0
+                print("id\tcreated\tname")
+                for x in found:
+                    print(f"{x.id}\t{x.created_at}\t{x.name}")
+        else:
+            gone = await links.revoke(site, args.id)
+            print(json.dumps({"deleted": True}) if args.json else f"revoked link {gone.id}")
 
-    return run_with_engine(settings, run)
+    return run_on_writer(settings, f"links {args.action}", act)
 
 
 def add_commands(sub: Any, add_dirs: Any) -> None:

@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from event_analytics.config import Settings
+from event_analytics.errors import EventAnalyticsError, InvalidInput
 from event_analytics.store.embedded import (
     DataDirInUse,
     DataDirLock,
     EmbeddedServer,
     url_file,
 )
+
+if TYPE_CHECKING:
+    from event_analytics.store import IngestWriter
 
 
 @contextlib.contextmanager
@@ -61,3 +65,28 @@ def run_with_engine(settings: Settings, run: Callable[[Settings], Coroutine[Any,
     except DataDirInUse as exc:
         print(f"event-analytics: {exc}", file=sys.stderr)
         return 1
+
+
+def run_on_writer(
+    settings: Settings, command: str, act: Callable[[IngestWriter], Awaitable[None]]
+) -> int:
+    """Run ``act`` on a writer of the engine to use (``run_with_engine``), closed after.
+
+    What ``act`` raises of ours is one line on stderr headed ``event-analytics <command>``:
+    input the store refuses exits 2, anything else (an unknown id, the engine away) 1.
+    """
+
+    async def run(resolved: Settings) -> int:
+        from event_analytics.store import IngestWriter
+
+        store = IngestWriter.from_settings(resolved)
+        try:
+            await act(store)
+        except EventAnalyticsError as exc:
+            print(f"event-analytics {command}: {exc.detail()}", file=sys.stderr)
+            return 2 if isinstance(exc, InvalidInput) else 1
+        finally:
+            await store.close()
+        return 0
+
+    return run_with_engine(settings, run)

@@ -149,7 +149,8 @@ QUERY_WAIT = Histogram(
 QUERY_REFUSALS = Counter(
     "ea_query_refusals",
     "Heavy reads refused before any work (503 reads-busy), by lane and reason "
-    "(busy: every slot in use; client_share: this client already holds its share)",
+    "(busy: every slot in use; client_share: this client already holds its share; budget: "
+    "the reads running and this one cost more than the lane's budget)",
     ["lane", "reason"],
 )
 QUERY_CPU = Histogram(
@@ -158,6 +159,19 @@ QUERY_CPU = Histogram(
     "time in the same process each count the whole), by lane",
     ["lane"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+QUERY_BUDGET = Gauge(
+    "ea_query_budget",
+    "The estimated cost the heavy reads of a lane may add up to at once, by lane (entries "
+    "for counter reads, bytes of archive files for archive queries; summed over processes)",
+    ["lane"],
+    multiprocess_mode="livesum",
+)
+QUERY_BUDGET_IN_USE = Gauge(
+    "ea_query_budget_in_use",
+    "The estimated cost of the heavy reads running now, by lane (units as ea_query_budget)",
+    ["lane"],
+    multiprocess_mode="livesum",
 )
 LOOP_LAG = Histogram(
     "ea_event_loop_lag_seconds",
@@ -171,7 +185,7 @@ FORWARDED_IN_FLIGHT = Gauge(
     "Reads an ingest worker has handed to the query processes and not yet answered",
     multiprocess_mode="livesum",
 )
-QUERY_LANES = ("counter", "archive")
+QUERY_LANES = ("cheap", "counter", "archive")
 
 # Series that exist from the start at 0, so that rate() and alerts see the first event.
 for _outcome in ("accepted", "duplicate", "rejected"):
@@ -180,7 +194,7 @@ for _kind in ("unreachable", "busy", "full", "refused"):
     ENGINE_ERRORS.labels(_kind)
 
 for _lane in QUERY_LANES:
-    for _reason in ("busy", "client_share"):
+    for _reason in ("busy", "client_share", "budget"):
         QUERY_REFUSALS.labels(_lane, _reason)
 
 _type_labels: set[str] = {"page_view"}

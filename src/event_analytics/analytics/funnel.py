@@ -275,6 +275,11 @@ def shape(
     return answer
 
 
+def span(spec: FunnelSpec) -> tuple[datetime, datetime]:
+    """The range ``run`` reads files of: a step may end a window after the range."""
+    return spec.start, spec.end + timedelta(seconds=spec.window_s)
+
+
 def run(
     engine: QueryEngine,
     spec: FunnelSpec,
@@ -283,7 +288,7 @@ def run(
     fast_key: str | None = FAST_KEY,
 ) -> dict[str, Any]:
     """Read the hour files of ``[from, to + window)`` and answer (in the engine's pool)."""
-    with hour_files(root, spec.start, spec.end + timedelta(seconds=spec.window_s)) as files:
+    with hour_files(root, *span(spec)) as files:
         rows = engine.fetch(*build(spec, files, fast_key))
         if any(row[-1] for row in rows):
             rows = engine.fetch(*build(spec, files, None))

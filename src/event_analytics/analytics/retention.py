@@ -90,16 +90,26 @@ def shape(
     }
 
 
+def span(spec: RetentionSpec) -> tuple[datetime | None, datetime] | None:
+    """The range ``run`` reads files of (None: no cohort, nothing read)."""
+    period = Period(spec.period)
+    cohorts = period.starts(spec.start, spec.end)
+    if not cohorts:
+        return None
+    # first_time looks back to the archive's start for each user's first cohort event.
+    start = None if spec.type == "first_time" else period.start(cohorts[0])
+    return start, period.start(cohorts[-1] + spec.periods + 1)
+
+
 def run(
     engine: QueryEngine, spec: RetentionSpec, root: Path, archived_until: datetime
 ) -> dict[str, Any]:
     period = Period(spec.period)
     cohorts = period.starts(spec.start, spec.end)
-    if not cohorts:
+    found = span(spec)
+    if found is None:
         return shape(spec, [], [], archived_until)
-    # first_time looks back to the archive's start for each user's first cohort event.
-    start = None if spec.type == "first_time" else period.start(cohorts[0])
-    with hour_files(root, start, period.start(cohorts[-1] + spec.periods + 1)) as files:
+    with hour_files(root, *found) as files:
         sql, params = build(spec, files, cohorts)
         rows = engine.fetch(sql, params)
     return shape(spec, cohorts, rows, archived_until)

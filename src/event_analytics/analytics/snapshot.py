@@ -53,6 +53,33 @@ class Sources:
     jsonl: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """What a query over a range will read: files and their bytes, from the listing."""
+
+    files: int
+    bytes: int
+
+
+def estimate(root: Path, start: datetime | None, end: datetime) -> Scan:
+    """The files and bytes ``hour_files`` gives for ``[start, end)``, from the archive's
+    listing and the copies' records (no file is opened but those): admission's cost."""
+    first = floor(start, Interval.HOUR) if start is not None else None
+    files = size = 0
+    for found in list_files(root, first, end):
+        copy = covered(found.path)
+        done = 0
+        if copy is not None:
+            with contextlib.suppress(FileNotFoundError):
+                size += parquet_path(found.path).stat().st_size
+                files += 1
+            done = copy.jsonl_bytes
+        if found.size_bytes > done:  # a tail after the copy, or the whole JSONL
+            files += 1
+            size += found.size_bytes - done
+    return Scan(files, size)
+
+
 @contextlib.contextmanager
 def hour_files(root: Path, start: datetime | None, end: datetime) -> Iterator[Sources]:
     """The files to read for events with timestamps in ``[start, end)``; copies are

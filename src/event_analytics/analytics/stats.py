@@ -277,6 +277,18 @@ def resolve_start(q: StatsQuery, root: Path) -> datetime:
     return first.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def spans(q: StatsQuery, root: Path, timeout_s: int) -> list[tuple[datetime | None, datetime]]:
+    """The ranges ``run`` reads files of: the query's (from a visit's timeout before its
+    start) and its comparison's; admission's estimate."""
+    start = resolve_start(q, root)
+    back = timedelta(seconds=timeout_s)
+    out: list[tuple[datetime | None, datetime]] = [(start - back, q.end)]
+    if q.include.comparisons is not None:
+        first, end = stats_compare.comparison_range(q.include.comparisons, start, q.end)
+        out.append((first - back, end))
+    return out
+
+
 def fetch(
     engine: QueryEngine, q: StatsQuery, root: Path, start: datetime, timeout_s: int
 ) -> tuple[list[tuple[list[Any], dict[str, Any]]], Totals]:

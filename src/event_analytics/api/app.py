@@ -16,11 +16,11 @@ from starlette.types import Receive, Scope, Send
 from event_analytics import __version__
 from event_analytics.api import (
     analytics,
+    archive_queries,
     compat,
     compat_docs,
     dashboard,
     events,
-    explore,
     export,
     forward,
     goals,
@@ -152,12 +152,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.max_heavy_reads,
             settings.heavy_read_wait_s,
             "counter",
+            budget=settings.counter_read_budget,
+            reported=serves_heavy_reads,
+        )
+        app.state.cheap_reads = HeavyReads(
+            settings.max_heavy_reads,
+            settings.heavy_read_wait_s,
+            "cheap",
             reported=serves_heavy_reads,
         )
         app.state.archive_reads = HeavyReads(
             settings.analytics_max_concurrent,
             settings.heavy_read_wait_s,
             "archive",
+            budget=settings.analytics_scan_budget_bytes,
+            unit="bytes of archive files",
             reported=serves_heavy_reads,
         )
         app.state.streams = StreamStore(store.client, store.keys)
@@ -178,7 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.event_limit_per_address,
             )
         app.state.guard = Guard(settings, limits)
-        app.state.query_engine = explore.make_engine(settings)
+        app.state.query_engine = archive_queries.make_engine(settings)
         watch = EngineWatch(store, settings)
         app.state.watch = watch
         await watch.refresh()  # before the first event: an evicting engine is refused
@@ -243,7 +252,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routers = (
         health,
         analytics,
-        explore,
+        archive_queries,
         stats,
         stats_v1,
         stats_export,

@@ -9,13 +9,17 @@ under its own root are read: no parameter becomes a path.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from event_analytics.api import deps
+from event_analytics.api.admission import archive_read
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.api.security import allowed_sites, check_site_access
@@ -88,7 +92,7 @@ def _check_site(request: Request, site: str | None) -> None:
     response_class=StreamingResponse,
     responses={
         200: {"content": {m: {} for m in MEDIA.values()}, "description": "The events"},
-        **problem_responses(422),
+        **problem_responses(422, 503),
     },
 )
 async def download(
@@ -98,11 +102,30 @@ async def download(
     manifest = _manifest(start, end, format, site)
     root = deps.settings(request).archive_path
     name = f"events_{manifest.start:%Y%m%dT%H%M%SZ}_{manifest.end:%Y%m%dT%H%M%SZ}.{format}"
-    return StreamingResponse(
+    # Admitted before the answer starts (a refusal is still a 503), held while it streams.
+    held = AsyncExitStack()
+    await held.enter_async_context(archive_read(request, [(manifest.start, manifest.end)], "from"))
+    return _Held(
         export.stream(root, manifest),
+        held,
         media_type=MEDIA[format],
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
+
+
+class _Held(StreamingResponse):
+    """A streamed answer that gives its archive slot back when it ends, however it ends
+    (sent, failed, or its client gone before the first byte)."""
+
+    def __init__(self, content: Iterator[bytes], held: AsyncExitStack, **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._held = held
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._held.aclose()
 
 
 @router.get(
@@ -113,7 +136,7 @@ async def download(
         "`ids_checksum` and the `sha256` of the hour's bytes; totals. An open hour grows: "
         "compare closed hours, or fetch the manifest right after the download."
     ),
-    responses=problem_responses(422),
+    responses=problem_responses(422, 503),
 )
 async def manifest(
     request: Request, start: From = None, end: To = None, format: str = "ndjson", site: Site = None
@@ -127,4 +150,6 @@ async def manifest(
             pass
         return made.as_dict()
 
-    return json_response(await asyncio.to_thread(run))
+    async with archive_read(request, [(made.start, made.end)], "from"):
+        answer = await asyncio.to_thread(run)
+    return json_response(answer)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -64,6 +65,14 @@ def forwarded(path: str) -> bool:
     return path in _EXACT or (bool(_PREFIXES) and path.startswith(_PREFIXES))
 
 
+def route_label(path: str) -> str:
+    """The request histogram's route for a read this worker answers itself (a refusal):
+    its FORWARDED family, so a client's made-up paths make no new series."""
+    if path in _EXACT:
+        return path
+    return next((p + "{path}" for p in _PREFIXES if path.startswith(p)), path)
+
+
 class Forwarder:
     """One worker's connection pool to the query processes' socket."""
 
@@ -107,10 +116,19 @@ class Forwarder:
         # Content-Length is passed on as sent; a chunked body is re-chunked by aiohttp.
         data = _body(receive) if has_body or scope["method"] in ("POST", "PUT") else None
         started = False
+        begun = time.perf_counter()
+
+        def refused(status: int) -> None:
+            # The query process times what it answers; what this worker answers in its
+            # stead, it times here (the worker's RequestTimer never sees these routes).
+            route = route_label(scope["path"])
+            telemetry.http_request(scope["method"], route, status, time.perf_counter() - begun)
+
         try:
             await asyncio.wait_for(self._free.acquire(), CONNECTION_WAIT_S)
         except TimeoutError:
             await _all_busy(scope, receive, send, self.connections)
+            refused(503)
             return
         telemetry.FORWARDED_IN_FLIGHT.inc()
         try:
@@ -128,7 +146,7 @@ class Forwarder:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if started:
                 raise  # the head went out: only dropping the connection tells the client
-            await _refused(scope, receive, send, exc)
+            refused(await _refused(scope, receive, send, exc))
         finally:
             telemetry.FORWARDED_IN_FLIGHT.dec()
             self._free.release()
@@ -146,7 +164,8 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
             return
 
 
-async def _refused(scope: Scope, receive: Receive, send: Send, exc: BaseException) -> None:
+async def _refused(scope: Scope, receive: Receive, send: Send, exc: BaseException) -> int:
+    """Answer the read that could not be handed over; its status."""
     if isinstance(exc, TimeoutError):
         response = problem(
             504, "queries-timeout", "Query timed out",
@@ -161,6 +180,7 @@ async def _refused(scope: Scope, receive: Receive, send: Send, exc: BaseExceptio
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )  # fmt: skip
     await response(scope, receive, send)
+    return response.status_code
 
 
 async def _all_busy(scope: Scope, receive: Receive, send: Send, connections: int) -> None:

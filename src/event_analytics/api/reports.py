@@ -15,6 +15,7 @@ from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.model import EVENT_TYPE_PATTERN, MAX_URL_LENGTH
 from event_analytics.series import UserSource
+from event_analytics.store.reads import Sized
 from event_analytics.timebucket import Interval
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])
@@ -135,7 +136,8 @@ async def timeseries(
         uniques=settings.uniques,
         max_points=settings.max_query_points,
     )
-    async with deps.heavy_reads(request).slot(deps.client_id(request)):
+    cost = queries.series_cost(plan, deps.reads(request).keys.shards)
+    async with deps.counter_lane(request, cost).slot(deps.client_id(request), cost):
         series = await deps.reads(request).series(
             event_type, plan.level, plan.groups, plan.source, page_url
         )
@@ -172,8 +174,25 @@ async def top_pages(
         max_points=settings.max_query_points,
     )
     reads = deps.reads(request)
-    async with deps.heavy_reads(request).slot(deps.client_id(request)):
-        top = await reads.top_pages(event_type, plan.level, plan.buckets, limit)
+    # The figures of the pages returned are known from the plan; the entries to merge are
+    # sized with O(1) commands (over EA_MAX_QUERY_COST: 422) before any merging: at once
+    # for a few buckets (then maybe a cheap read), else once the long-range lane has room
+    # (in a storm, a refused read costs the engine nothing).
+    figures = queries.top_pages_cost(plan, 0, reads.keys.shards)
+    client = deps.client_id(request)
+    sized: list[Sized] = []
+
+    async def size() -> int:
+        sized.append(await reads.ranked_entries(event_type, plan.level, plan.buckets))
+        return sized[0].entries
+
+    if figures <= settings.cheap_read_cost:
+        cost = figures + await size()
+        slot = deps.counter_lane(request, cost).slot(client, cost)
+    else:
+        slot = deps.heavy_reads(request).slot(client, figures, size)
+    async with slot:
+        top = await reads.top_pages(event_type, plan.level, plan.buckets, limit, sized[0])
         pages = [u for u, _ in top.pages]
         users = await reads.page_users(event_type, plan.level, plan.buckets, pages, plan.source)
     return json_response(queries.top_pages_body(plan, top.pages, users, top.other))

@@ -10,6 +10,7 @@ event loop, with the limits of the other archive queries (503 busy, 504 too long
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -28,8 +29,8 @@ from event_analytics.analytics.stats_spec import (
     with_goals,
 )
 from event_analytics.api import deps
+from event_analytics.api.admission import archive_read
 from event_analytics.api.body import read_json
-from event_analytics.api.explore import _engine, _until
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.api.security import allowed_sites, check_site_access
@@ -77,7 +78,7 @@ async def with_site_goals(request: Request, query: StatsQuery) -> StatsQuery:
         "`meta.archived_until` is the receive time before which every accepted event is in "
         "the archive (so in this answer); `meta.method` is `exact`."
     ),
-    responses=problem_responses(400, 413, 503, 504),
+    responses=problem_responses(400, 413, 422, 503, 504),
     openapi_extra={"requestBody": _BODY},
 )
 async def post_query(request: Request) -> Response:
@@ -88,10 +89,14 @@ async def post_query(request: Request) -> Response:
     check_site_access(request.scope, parsed.site_id)
     query = await with_site_goals(request, parsed)
     settings = deps.settings(request)
-    until = await _until(request)
-    answer = await _engine(request).run(
-        stats.run, query, settings.archive_path, until, settings.session_timeout_s
+    until = await deps.archived(request)
+    spans = await asyncio.to_thread(
+        stats.spans, query, settings.archive_path, settings.session_timeout_s
     )
+    async with archive_read(request, spans):
+        answer = await deps.query_engine(request).run(
+            stats.run, query, settings.archive_path, until, settings.session_timeout_s
+        )
     return json_response(answer)
 
 
@@ -121,10 +126,11 @@ async def get_sites(
         raise StatsQueryError("date_range", f"{exc.message} (here: ?date_range=7d, or two ISO "
                               "dates or date-times joined by a comma)") from None  # fmt: skip
     settings = deps.settings(request)
-    until = await _until(request)
-    answer = await _engine(request).run(
-        site_list.run, settings.archive_path, start or EPOCH, end, until
-    )
+    until = await deps.archived(request)
+    async with archive_read(request, [(start or EPOCH, end)]):
+        answer = await deps.query_engine(request).run(
+            site_list.run, settings.archive_path, start or EPOCH, end, until
+        )
     sites = allowed_sites(request.scope)
     if sites is not None:  # a site-limited key lists only its own sites
         answer["sites"] = [s for s in answer["sites"] if s["site_id"].lower() in sites]

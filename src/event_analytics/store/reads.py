@@ -39,6 +39,18 @@ class Ranking(NamedTuple):
     other: int  # events counted into keys.OTHER_PAGE; 0 = no bucket was capped
 
 
+class Sized(NamedTuple):
+    """The ``:pages`` keys of a ranking, per shard, and their ZCARDs."""
+
+    names: list[list[str]]
+    sizes: list[list[int]]
+
+    @property
+    def entries(self) -> int:
+        """The (bucket, page) entries the ranking merges."""
+        return sum(map(sum, self.sizes))
+
+
 class Reads:
     """Range queries over the bucket structures written by ingest.lua.
 
@@ -168,7 +180,7 @@ class Reads:
         else:
             cost = sum(size for f in figures for shard in f for _, size in shard) if unite else 0
             if cost > self.max_cost:
-                raise QueryTooCostly(cost, self.max_cost, "(bucket, user)")
+                raise QueryTooCostly(cost, self.max_cost, "(bucket, user) entries")
             unions = await _few_at_once(
                 [
                     self._exact_unions(page_names, page_figures, unite, page, source)
@@ -263,18 +275,36 @@ class Reads:
             return pages, k.page_users(shard, event_type, level, start)
         return pages, k.page_hll(shard, event_type, level, start, page)
 
-    async def top_pages(
-        self, event_type: str, level: Interval, starts: Sequence[datetime], limit: int
-    ) -> Ranking:
-        """The ``limit`` most counted pages over the buckets: count desc, then URL asc;
-        and the events counted into OTHER_PAGE (buckets past EA_MAX_PAGES_PER_BUCKET).
+    async def ranked_entries(
+        self, event_type: str, level: Interval, starts: Sequence[datetime]
+    ) -> Sized:
+        """The keys a top-pages read over ``starts`` merges and their entries, sized with
+        O(1) commands (one pipelined ZCARD each) before any merging: admission's cost.
 
         Raises QueryTooCostly past ``max_cost`` entries."""
         names = await self._ranked_keys(event_type, level, starts)
         sizes = await self._sizes(names)
-        cost = sum(map(sum, sizes))
-        if cost > self.max_cost:
-            raise QueryTooCostly(cost, self.max_cost)
+        sized = Sized(names, sizes)
+        if sized.entries > self.max_cost:
+            raise QueryTooCostly(sized.entries, self.max_cost)
+        return sized
+
+    async def top_pages(
+        self,
+        event_type: str,
+        level: Interval,
+        starts: Sequence[datetime],
+        limit: int,
+        sized: Sized | None = None,
+    ) -> Ranking:
+        """The ``limit`` most counted pages over the buckets: count desc, then URL asc;
+        and the events counted into OTHER_PAGE (buckets past EA_MAX_PAGES_PER_BUCKET).
+        ``sized``: ``ranked_entries`` of the same buckets, when admission asked already.
+
+        Raises QueryTooCostly past ``max_cost`` entries."""
+        if sized is None:
+            sized = await self.ranked_entries(event_type, level, starts)
+        names, sizes = sized.names, sized.sizes
         chunks = [_chunks(n, z, self.chunk_entries) for n, z in zip(names, sizes, strict=True)]
         # Plain ZUNION ... WITHSCORES per chunk (read-only, no script: a replica serves it
         # as is), merged here with bytes keys; every page is needed from every chunk, or
