@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 import zlib
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, BinaryIO, ClassVar, TypeVar
 
 import orjson
@@ -150,21 +150,17 @@ async def read_json(scope: Scope, receive: Receive, limit: int, timeout_s: float
 
 async def _read(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    await _receive_into(receive, chunks.append, limit)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _spool(receive: Receive, out: BinaryIO, limit: int) -> int:
+    return await _receive_into(receive, out.write, limit)
+
+
+async def _receive_into(receive: Receive, sink: Callable[[bytes], object], limit: int) -> int:
+    """Hand each chunk of the body to ``sink`` until the last; the bytes received.
+    BodyTooLarge as soon as they pass ``limit``, ClientGone if the client left."""
     size = 0
     while True:
         message = await receive()
@@ -174,7 +170,7 @@ async def _spool(receive: Receive, out: BinaryIO, limit: int) -> int:
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge(limit)
-        out.write(chunk)
+        sink(chunk)
         if not message.get("more_body", False):
             return size
 
