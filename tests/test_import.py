@@ -32,14 +32,24 @@ from tests.readback import archive_ids
 HOUR = timedelta(hours=1)
 
 
-def env_for(db: Backend, root: Path) -> dict[str, str]:
+def env_for(db: Backend, root: Path, prefix: str | None = None) -> dict[str, str]:
+    """A key prefix of the test's own: the session's service archives (and trims) the
+    default prefix's streams on this engine, and the import reads its stream's backlog."""
     return {**db.env, "EA_MAX_AGE_S": "3600", "EA_DEDUP_WINDOW_S": "3600",
-            "EA_ARCHIVE_DIR": str(root)}  # fmt: skip
+            "EA_ARCHIVE_DIR": str(root),
+            "EA_KEY_PREFIX": prefix or f"imp-{uuid.uuid4().hex[:8]}:"}  # fmt: skip
+
+
+def settled_end() -> datetime:
+    """The end of the day before yesterday (UTC): a day wholly older than the live window
+    (one hour here), whatever the time of day; its events take the archive path."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=1)
 
 
 def history(n: int, hours: int = 4, start: datetime | None = None) -> list[dict[str, Any]]:
-    """``n`` events spread over ``hours`` hours ending two hours ago (older than the window)."""
-    first = start or (datetime.now(UTC) - timedelta(hours=hours + 2)).replace(microsecond=0)
+    """``n`` events spread over ``hours`` hours ending with a settled day (``settled_end``)."""
+    first = start or settled_end() - timedelta(hours=hours)
     span = max(hours * 3600, 600)
     return [
         {
@@ -99,10 +109,14 @@ def test_ndjson_import_is_the_model_twice_changes_nothing_verify_agrees(
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("ab") as out:
             out.write(record.encode(rec) + b"\n")
+    # ... and counted (the live path counted them as it streamed them): the import counts
+    # what it appends on top of counters that agree with the archive.
+    assert cli(["rebuild"], env).returncode == 0
     src = write_ndjson(tmp_path / "history.ndjson", events)
     done = run_import(env, str(src))
     assert done.returncode == 0, done.stderr
     assert "accepted 550, duplicate 50, rejected 0" in done.stdout
+    assert "counted into the counters: 550" in done.stdout
     got = archived(root)
     assert set(got) == {e["event_id"] for e in events}
     assert all(same(got[e["event_id"]], e) for e in events)
@@ -137,7 +151,7 @@ def test_export_csv_and_ndjson_round_trip(db: Backend, tmp_path: Path) -> None:
 
 def test_segment_file(db: Backend, tmp_path: Path) -> None:
     root = tmp_path / "archive"
-    ts = (datetime.now(UTC) - timedelta(hours=3)).replace(microsecond=0)
+    ts = settled_end() - timedelta(hours=3)
     messages = [
         {"type": "track", "event": "Signed Up", "userId": "u1", "messageId": "m-1",
          "timestamp": ts.isoformat(), "sentAt": datetime.now(UTC).isoformat(),
@@ -232,6 +246,8 @@ def test_kill_9_halfway_then_again_gives_every_event_once(db: Backend, tmp_path:
     ids = archive_ids(root)
     assert ids == Counter({e["event_id"]: 1 for e in events})
     assert f"accepted {len(events) - len(partial)}, duplicate {len(partial)}" in done.stdout
+    checked = cli(["verify"], env)
+    assert checked.returncode == 0 and "0 differ" in checked.stdout, checked.stdout
 
 
 def test_live_window_events_go_through_live_dedup(db: Backend, tmp_path: Path) -> None:
@@ -264,7 +280,7 @@ def test_import_into_a_compacted_hour_is_read_past_its_copy(db: Backend, tmp_pat
 
     root = tmp_path / "archive"
     env = env_for(db, root)
-    start = (datetime.now(UTC) - timedelta(hours=5)).replace(minute=0, second=0, microsecond=0)
+    start = settled_end() - timedelta(hours=5)
     first, second = history(30, hours=0, start=start), history(20, hours=0, start=start)
     run_import(env, str(write_ndjson(tmp_path / "one.ndjson", first)))
     path = files.hour_path(root, start)

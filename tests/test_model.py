@@ -19,6 +19,7 @@ from event_analytics.decode import decode_event
 from event_analytics.errors import InvalidEvent, MalformedJSON
 from event_analytics.ingest import Ingestor
 from event_analytics.keys import Keys
+from event_analytics.model import validate_event, validate_events
 from event_analytics.store import IngestWriter
 
 # Any printable text (emails, other trackers' ids): no control characters, no surrogates.
@@ -84,6 +85,66 @@ def test_arbitrary_json_objects_give_field_errors(obj: dict[str, object]) -> Non
         decode_event(json.dumps(obj))  # stdlib: big integers too
     except InvalidEvent as exc:
         assert exc.errors and all(e.code and e.field and e.message for e in exc.errors)
+
+
+_event_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "event_id": st.just("123e4567-e89b-12d3-a456-426614174000") | st.text(max_size=5),
+        "user_id": st.sampled_from(["u1", "", "a\x00b", "x" * 300]),
+        "timestamp": st.sampled_from(["2026-01-01T00:00:00Z", "1700000000", "nope", ""]),
+        "event_type": st.sampled_from(["page_view", "signup", "Bad-Type"]),
+        "payload": st.fixed_dictionaries(
+            {},
+            optional={
+                "page_url": st.sampled_from(["https://a.example/", "ftp://x", ""]),
+                "revenue_amount": st.just("1.50"),
+                "k": st.none() | st.integers() | st.text(max_size=5),
+            },
+        ),
+    },
+)
+
+
+# Drawing is slow on a shared machine under load, not the thing checked.
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_event_fields | st.integers(), max_size=8))
+def test_validate_events_is_each_events_own_validation(values: list[object]) -> None:
+    """A batch validated in one call answers as each value validated on its own: the same
+    Event, or the same first error (code, field, message)."""
+    got = validate_events(values)
+    assert len(got) == len(values)
+    for value, answer in zip(values, got, strict=True):
+        try:
+            expected: object = validate_event(value)
+        except InvalidEvent as exc:
+            expected = exc.errors[0]
+        assert answer == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://a.example/x", None),
+        ("https://a.example/\x00x", "page_url must not contain control characters"),
+        ("https://a.example/\x7f", "page_url must not contain control characters"),
+        ("ftp://a.example/", "page_url must be an absolute http(s) URL with a host"),
+        ("/relative", "page_url must be an absolute http(s) URL with a host"),
+    ],
+)
+def test_a_page_urls_verdict_is_the_same_every_time(url: str, message: str | None) -> None:
+    """The verdict on a URL is remembered (model._url_problem): asked again, the same."""
+    value = {"event_id": str(uuid.uuid4()), "user_id": "u", "timestamp": "2026-01-01T00:00:00Z",
+             "event_type": "page_view", "payload": {"page_url": url}}  # fmt: skip
+    for _ in range(2):
+        if message is None:
+            assert validate_event(value).payload.page_url == url
+            continue
+        with pytest.raises(InvalidEvent) as exc:
+            validate_event(value)
+        first = exc.value.errors[0]
+        assert (first.code, first.field) == ("invalid_url", "payload.page_url")
+        assert first.message == message
 
 
 def test_page_url_optional_for_other_types() -> None:

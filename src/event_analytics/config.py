@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_batch_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_batch_events: int = Field(default=1000, ge=1, le=10_000)
+    # POST /api/import: the largest body (spooled to a temporary file as it arrives, not
+    # held in memory) and the time it may take to arrive.
+    import_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    import_body_timeout_s: float = Field(default=600.0, gt=0, le=3600)
     future_skew_s: int = Field(default=5 * 60, ge=0)
     max_age_s: int = Field(default=7 * 24 * 3600, ge=60)
     # Cardinality caps, enforced by the ingest script atomically with the write. Event

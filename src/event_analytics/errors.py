@@ -147,6 +147,16 @@ class UnsupportedMediaType(EventAnalyticsError):
         return f"Content-Type {got} is not accepted; send {' or '.join(self.accepted)}"
 
 
+class ImportBusy(EventAnalyticsError):
+    """Another import into the same archive is running (one at a time: importing.py)."""
+
+    status, slug, title = 409, "import-running", "An import is running"
+    retry_after_s = 10
+
+    def detail(self) -> str:
+        return f"{self}; send it again when that one has finished (it is exactly once)"
+
+
 class StorageUnavailable(EventAnalyticsError):
     """Redis/Valkey cannot be reached or cannot take writes right now: retry later."""
 

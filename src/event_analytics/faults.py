@@ -9,6 +9,8 @@ use for them):
 - ``EA_EXPIRY_CRASH_AT``: the expiry job SIGKILLs itself at this point (``EXPIRY_POINTS``).
 - ``EA_ERASE_CRASH_AT``: ``forget`` SIGKILLs itself at this point of an hour file's
   rewrite (``ERASE_POINTS``; archive/erase.py).
+- ``EA_IMPORT_CRASH_AFTER_APPEND``: ``import`` SIGKILLs itself after appending a chunk's
+  events to the archive, before counting them (any non-empty value).
 
 Read once, when the archiver or a rebuild starts; a value outside these fails loudly.
 """
@@ -52,6 +54,11 @@ def rebuild_crash_after_batches() -> int:
     if not raw.isdigit():
         raise ValueError(f"EA_REBUILD_CRASH_AFTER_BATCHES={raw!r}: use a whole number >= 0")
     return int(raw)
+
+
+def import_crash_after_append() -> bool:
+    """Whether an import dies between appending a chunk and counting it."""
+    return bool(os.environ.get("EA_IMPORT_CRASH_AFTER_APPEND"))
 
 
 def die() -> None:

@@ -11,10 +11,13 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from event_analytics import import_read
 from event_analytics.config import Settings
+
+if TYPE_CHECKING:
+    from event_analytics.importing import ImportReport
 
 
 def _formats(args: argparse.Namespace) -> list[tuple[Path, str]] | str:
@@ -38,37 +41,45 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
         return 2
 
     async def run(settings: Settings) -> int:
-        from event_analytics.importing import Importer
-        from event_analytics.session import open_session
+        from event_analytics.errors import ImportBusy
+        from event_analytics.importing import run_import
 
-        async with open_session(settings) as (ingestor, _streams):
-            importer = Importer(settings, ingestor)
-            for path, fmt in planned:
-                try:
-                    with path.open("rb") as handle:
-                        await importer.add(path.name, import_read.read(handle, fmt))
-                except OSError as exc:
-                    print(f"event-analytics import: {path}: {exc.strerror}", file=sys.stderr)
-                    return 1
-            await importer.flush()
-            rebuilt = await importer.rebuild_days()
-        report = importer.report
-        print(
-            f"accepted {report.accepted}, duplicate {report.duplicate}, "
-            f"rejected {sum(report.rejected.values())}"
-        )
-        for code, n in sorted(report.rejected.items()):
-            print(f"  rejected {code}: {n}")
-        for example in report.examples:
-            print(f"  {example}")
-        if rebuilt is not None:
-            days = f"{rebuilt.days} day" + ("s" if rebuilt.days != 1 else "")
-            print(f"counters rebuilt for {days} ({rebuilt.events} events)")
+        sources = [(path.name, path, fmt) for path, fmt in planned]
+        try:
+            report = await run_import(settings, sources)
+        except ImportBusy as exc:
+            print(f"event-analytics import: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"event-analytics import: {where}{exc.strerror or exc}", file=sys.stderr)
+            return 1
+        for line in report_lines(report):
+            print(line)
         return 0
 
     from event_analytics.target import run_with_engine
 
     return run_with_engine(settings, run)
+
+
+def report_lines(report: ImportReport) -> list[str]:
+    """The report as the command prints it."""
+    out = [
+        f"accepted {report.accepted}, duplicate {report.duplicate}, "
+        f"rejected {sum(report.rejected.values())}"
+    ]
+    out += [f"  rejected {code}: {n}" for code, n in sorted(report.rejected.items())]
+    out += [f"  {example}" for example in report.examples]
+    if report.recovered_days:
+        out.append(f"counters rebuilt for {report.recovered_days} day(s) a killed import left")
+    out.append(f"counted into the counters: {report.counted}")
+    if report.live:
+        out.append(
+            f"through the live path: {report.live} (days the live window or the archiver's "
+            "backlog reaches; the archiver writes them)"
+        )
+    return out
 
 
 def add_commands(

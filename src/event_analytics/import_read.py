@@ -115,6 +115,13 @@ def _segment(number: int, value: dict[str, Any]) -> Item:
 
 def _csv(handle: BinaryIO) -> Iterator[Item]:
     text = io.TextIOWrapper(handle, encoding="utf-8", errors="replace", newline="")
+    try:
+        yield from _csv_rows(text)
+    finally:
+        text.detach()  # the caller closes its handle; a wrapper left behind would too, late
+
+
+def _csv_rows(text: io.TextIOWrapper) -> Iterator[Item]:
     csv.field_size_limit(MAX_LINE_BYTES)
     rows = csv.reader(text)
     try:

@@ -1,55 +1,130 @@
 """Import history into the archive: each event once by id, in its own hour's file.
 
-Every item is validated by the event model, then by time: not more than the live
-future skew ahead, not before ``EARLIEST``, nor (with EA_ARCHIVE_RETENTION_DAYS) before
-the first day retention keeps (expiry.py); no other maximum age. Then:
+Items are validated by the event model a batch at a time (``model.validate_events``),
+then by time: not more than the live future skew ahead, not before ``EARLIEST``, nor
+(with EA_ARCHIVE_RETENTION_DAYS) before the first day retention keeps (expiry.py); no
+other maximum age. Then each event takes one of two paths, by its UTC day:
 
-- Events older than the live window (``max_age_s``) are appended straight to their
-  hour file under the archiver's exclusive lock (``files.locked``), fsynced, after
-  checking the ids that file already holds (read once per run and hour, then only what
-  was appended since). The live path refuses such events, so no live copy can follow.
-- Events inside the live window go through the live ingest path (``Ingestor``): its
-  dedup memory (as long as that window by default) remembers them, so a later live
-  resend is a duplicate, and the archiver writes them. Their hour file is checked first
-  too, so an event archived before the dedup memory was lost is still a duplicate.
+- **Settled days** (the whole day is older than the live window as far as the archive
+  has caught up: ``day end + max_age < archived_until``): no live copy of such an event
+  can be accepted any more, and every copy accepted earlier is archived already. So its
+  hour file, read under the archiver's exclusive lock (``files.locked``), tells whether
+  it is there: only the new ones are appended (one append and fsync per hour and chunk)
+  and then counted, by the same ingest script a rebuild replays through. Nothing is
+  cleared, so nothing counted before is lost.
+- **The other days** (the live window, and the edge day it starts in, and whatever
+  the archiver has not caught up with): the live path, without its age limit. The
+  engine's dedup memory and counting are atomic with the stream entry, and the
+  archiver writes the hour file; the file is checked first, for a copy archived before
+  the dedup memory forgot it. Appending such an event directly could write it twice (a
+  live copy still in the stream would be archived as well), and rebuilding such a day
+  from the archive would drop the live events not archived yet: neither happens.
 
 Users on the suppression list (erased by ``forget``, ``keys.erased``) are refused on
-both paths with ``user_erased``: the live path's script refuses them, and the direct
+both paths with ``user_erased``: the live path's script refuses them, and the settled
 path asks their shards' lists before appending a chunk.
 
-The counters of the days the direct path touched (accepted or already there: a run
-killed after appending is finished by the next one) are rebuilt from the archive by
-``archive/rebuild.py``. A killed run is resumed by running it again: what it wrote is
-found by id. Parquet copies stay right: a copy covers only the JSONL bytes it was made
-from, and lines appended after it are read from the JSONL (``archive/compact.py``).
+Crash safety: a chunk's settled days are marked in the engine before their events are
+appended and unmarked once they are counted (``store/import_marks.py``). An import
+killed in between leaves them marked; the next one rebuilds those days' counters from
+the archive (``archive/rebuild.py``: they are settled, so that is exact) before its own
+work, and finds the events it had appended as duplicates. One import runs at a time
+(``run_lock``): two would otherwise rebuild and count the same day at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
+import gc
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pydantic import ValidationError
-
+from event_analytics import faults
+from event_analytics.analytics.freshness import archived_until
 from event_analytics.archive import files, rebuild
 from event_analytics.archive.record import Record, encode
 from event_analytics.config import Settings
-from event_analytics.errors import user_erased
+from event_analytics.errors import ImportBusy, user_erased
 from event_analytics.expiry import horizon
-from event_analytics.import_read import Item
+from event_analytics.import_read import Item, read
 from event_analytics.ingest import Ingestor
-from event_analytics.model import EVENT_ADAPTER, errors_from_validation
+from event_analytics.model import Event, validate_events
+from event_analytics.store import IngestWriter, Outcome, PreparedEvent, import_marks
 from event_analytics.store.errors import engine_errors
+from event_analytics.store.streams import StreamStore
 from event_analytics.timebucket import DAY, Interval, floor, iso_z, to_utc
 
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # a "sane year": older is a wrong clock
 CHUNK = 50_000  # events held before they are written
+VALIDATE_BATCH = 1000  # events per pydantic call
+COUNT_BATCH = 2000  # events per ingest script call when counting appended events
+# Count calls in flight at once (rebuild's MAX_INFLIGHT): a chunk's calls all at once held
+# the cluster's masters in scripts long enough for new connections to time out.
+COUNT_INFLIGHT = 3
 LIVE_BATCH = 1000
 EXAMPLES = 20  # rejected lines named in the report
+LOCK_NAME = ".import.lock"
+
+
+@contextlib.contextmanager
+def run_lock(root: Path) -> Iterator[None]:
+    """One import at a time per archive (a file lock: a killed holder releases it)."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ImportBusy("another import into this archive is running") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def rare_collections() -> Iterator[None]:
+    """The cyclic GC rarely, for an import's duration, then as before.
+
+    An import holds a chunk of validated events (tens of thousands of models) alive, and
+    every full collection walked them and all the modules loaded: with the default
+    thresholds an import spent 46 us of CPU per event, with these 29 (benchmarks/
+    import_bench.py's file, 100,000 events, A/B in one run). What was there before the
+    import is frozen (not walked at all) and thawed after; the thresholds come back.
+    """
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
+async def run_import(settings: Settings, sources: list[tuple[str, Path, str]]) -> ImportReport:
+    """Import files (display name, path, format) under the import lock, with an engine
+    connection of its own: the whole of ``event-analytics import`` and ``POST /api/import``.
+    Raises ImportBusy, OSError (a file), StorageUnavailable."""
+    store = IngestWriter.from_settings(settings)
+    try:
+        importer = Importer(
+            settings, Ingestor(settings, store), StreamStore(store.client, store.keys)
+        )
+        with run_lock(settings.archive_path), rare_collections():
+            await importer.recover()
+            for name, path, fmt in sources:
+                with path.open("rb") as handle:
+                    await importer.add(name, read(handle, fmt))
+            await importer.flush()
+        return importer.report
+    finally:
+        await store.close()
 
 
 @dataclass
@@ -58,12 +133,27 @@ class ImportReport:
     duplicate: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
-    days: set[datetime] = field(default_factory=set)  # direct-path days to rebuild
+    live: int = 0  # of the accepted: through the live path (the archiver writes them)
+    counted: int = 0  # of the accepted: appended here and counted here
+    recovered_days: int = 0  # left unfinished by a killed import, rebuilt first
 
     def reject(self, where: str, code: str, message: str) -> None:
         self.rejected[code] += 1
         if len(self.examples) < EXAMPLES:
             self.examples.append(f"{where}: {code}: {message}")
+
+    def as_dict(self) -> dict[str, object]:
+        """The report as ``POST /api/import`` answers it."""
+        return {
+            "accepted": self.accepted,
+            "duplicate": self.duplicate,
+            "rejected": sum(self.rejected.values()),
+            "rejected_by_reason": dict(sorted(self.rejected.items())),
+            "examples": self.examples,
+            "counted": self.counted,
+            "live": self.live,
+            "recovered_days": self.recovered_days,
+        }
 
 
 @dataclass
@@ -72,128 +162,168 @@ class _HourIds:
     ids: set[str] = field(default_factory=set)
 
 
+@dataclass(slots=True)
+class _Valid:
+    where: tuple[str, int]
+    event: Event
+    ts: datetime
+    received_at: datetime | None
+
+
 class Importer:
-    def __init__(self, settings: Settings, ingestor: Ingestor) -> None:
+    """Feed it items (``add``), then ``flush``; ``recover`` first (see the module doc)."""
+
+    def __init__(self, settings: Settings, ingestor: Ingestor, streams: StreamStore) -> None:
         self.settings = settings
         self.ingestor = ingestor
+        self.store = ingestor.store
+        self.streams = streams
         self.root = settings.archive_path
         self.report = ImportReport()
         self._known: dict[Path, _HourIds] = {}
-        # by hour: (where, user, event id, line)
-        self._direct: dict[datetime, list[tuple[str, str, str, bytes]]] = {}
-        self._live: list[tuple[str, dict[str, object]]] = []
-        self._pending = 0
+        self._pending: list[tuple[tuple[str, int], dict[str, object], str | None]] = []
         self._skew = timedelta(seconds=settings.future_skew_s)
         self._max_age = timedelta(seconds=settings.max_age_s)
-        # Read once per chunk, not per event (a clock read per event showed in profiles);
-        # stale by at most one chunk's time, far below the skew and the window.
-        self._now = datetime.now(UTC)
+        self._crash_after_append = faults.import_crash_after_append()  # the crash test's
+
+    async def recover(self) -> None:
+        """Rebuild the counters of the days a killed import left unfinished."""
+        days = await import_marks.marked(self.store)
+        found = [f for day in days for f in files.list_files(self.root, day, day + DAY)]
+        if found:
+            await rebuild.rebuild(self.settings, self.store, found)
+        await import_marks.unmark(self.store, days)
+        self.report.recovered_days = len(days)
 
     async def add(self, name: str, items: Iterable[Item]) -> None:
         for item in items:
-            where = f"{name}:{item.line}"
             if item.event is None:
-                self.report.reject(where, item.code, item.message)
+                self.report.reject(f"{name}:{item.line}", item.code, item.message)
                 continue
-            await self._one(where, item.event, _received(item.received_at))
-            if self._pending >= CHUNK:
+            self._pending.append(((name, item.line), item.event, item.received_at))
+            if len(self._pending) >= CHUNK:
                 await self.flush()
-                self._now = datetime.now(UTC)
-
-    async def _one(
-        self, where: str, value: dict[str, object], received_at: datetime | None
-    ) -> None:
-        try:
-            event = EVENT_ADAPTER.validate_python(value)
-        except ValidationError as exc:
-            first = errors_from_validation(exc)[0]
-            self.report.reject(where, first.code, f"{first.field}: {first.message}")
-            return
-        now = self._now
-        try:
-            ts = to_utc(event.timestamp)
-        except OverflowError:
-            self.report.reject(where, "invalid_timestamp", "timestamp is out of range")
-            return
-        if ts > now + self._skew:
-            self.report.reject(
-                where,
-                "timestamp_in_future",
-                f"more than {self.settings.future_skew_s} s ahead of {iso_z(now)}",
-            )
-            return
-        if ts < EARLIEST:
-            self.report.reject(where, "timestamp_too_old", f"before {iso_z(EARLIEST)}")
-            return
-        days = self.settings.archive_retention_days
-        if days is not None and ts < (kept := horizon(now, days)):
-            # The retention job would delete it, and may be deleting its day right now.
-            self.report.reject(
-                where, "past_retention",
-                f"before {iso_z(kept)}, the first day EA_ARCHIVE_RETENTION_DAYS={days} keeps",
-            )  # fmt: skip
-            return
-        self._pending += 1
-        if ts >= now - self._max_age:
-            self._live.append((where, value))
-            return
-        payload = event.payload.as_record()
-        line = encode(
-            Record(event.event_id, event.user_id, ts, event.event_type, payload, received_at or now)
-        )
-        hour = ts.replace(minute=0, second=0, microsecond=0)
-        lines = self._direct.get(hour)
-        if lines is None:
-            lines = self._direct[hour] = []
-            self.report.days.add(floor(ts, Interval.DAY))
-        lines.append((where, event.user_id, str(event.event_id), line + b"\n"))
 
     async def flush(self) -> None:
-        erased = await self._erased(
-            {user for lines in self._direct.values() for _, user, _, _ in lines}
-        )
-        for hour, lines in sorted(self._direct.items()):
-            kept = []
-            for where, user, event_id, line in lines:
-                if user in erased:
-                    refusal = user_erased()
-                    self.report.reject(where, refusal.code, refusal.message)
-                else:
-                    kept.append((event_id, line))
-            if kept:
-                self._append(files.hour_path(self.root, hour), kept)
-        self._direct.clear()
-        await self._flush_live()
-        self._pending = 0
+        pending, self._pending = self._pending, []
+        valid = self._validate(pending)
+        # Read after validating (which takes a while): the live path's own clock check
+        # is not involved, but the settled boundary should be as fresh as possible.
+        settled = await archived_until(self.streams, self.settings.redis_timeout_s + 0.5)
+        first_open_day = floor(settled - self._max_age, Interval.DAY)
+        direct: dict[datetime, list[_Valid]] = {}
+        live: list[_Valid] = []
+        for v in valid:
+            if v.ts < first_open_day:
+                direct.setdefault(v.ts.replace(minute=0, second=0, microsecond=0), []).append(v)
+            else:
+                live.append(v)
+        await self._direct(direct)
+        await self._live(live)
 
-    def _append(self, path: Path, lines: list[tuple[str, bytes]]) -> None:
+    def _validate(
+        self, pending: list[tuple[tuple[str, int], dict[str, object], str | None]]
+    ) -> list[_Valid]:
+        now = datetime.now(UTC)
+        days = self.settings.archive_retention_days
+        kept = horizon(now, days) if days is not None else EARLIEST
+        out: list[_Valid] = []
+        for start in range(0, len(pending), VALIDATE_BATCH):
+            batch = pending[start : start + VALIDATE_BATCH]
+            results = validate_events([value for _, value, _ in batch])
+            for (where, _, received), got in zip(batch, results, strict=True):
+                if not isinstance(got, Event):
+                    self._reject(where, got.code, f"{got.field}: {got.message}")
+                    continue
+                try:
+                    ts = to_utc(got.timestamp)
+                except OverflowError:
+                    self._reject(where, "invalid_timestamp", "timestamp is out of range")
+                    continue
+                if ts > now + self._skew:
+                    self._reject(
+                        where,
+                        "timestamp_in_future",
+                        f"more than {self.settings.future_skew_s} s ahead of {iso_z(now)}",
+                    )
+                elif ts < EARLIEST:
+                    self._reject(where, "timestamp_too_old", f"before {iso_z(EARLIEST)}")
+                elif ts < kept:
+                    # The retention job would delete it, and may be deleting its day now.
+                    self._reject(
+                        where, "past_retention",
+                        f"before {iso_z(kept)}, the first day EA_ARCHIVE_RETENTION_DAYS={days} "
+                        "keeps",
+                    )  # fmt: skip
+                else:
+                    out.append(_Valid(where, got, ts, _received(received)))
+        return out
+
+    def _reject(self, where: tuple[str, int], code: str, message: str) -> None:
+        self.report.reject(f"{where[0]}:{where[1]}", code, message)
+
+    # -- settled days: appended here, then counted --------------------------------------
+
+    async def _direct(self, by_hour: dict[datetime, list[_Valid]]) -> None:
+        erased = await self._erased({v.event.user_id for vs in by_hour.values() for v in vs})
+        if erased:
+            refusal = user_erased()
+            for hour, events in list(by_hour.items()):
+                for v in events:
+                    if v.event.user_id in erased:
+                        self._reject(v.where, refusal.code, refusal.message)
+                by_hour[hour] = [v for v in events if v.event.user_id not in erased]
+            by_hour = {hour: events for hour, events in by_hour.items() if events}
+        if not by_hour:
+            return
+        days = {floor(hour, Interval.DAY) for hour in by_hour}
+        await import_marks.mark(self.store, days)
+        now = datetime.now(UTC)
+        appended: list[_Valid] = []
+        for hour, events in sorted(by_hour.items()):
+            appended += self._append(files.hour_path(self.root, hour), events, now)
+        if self._crash_after_append:
+            faults.die()
+        await self._count(appended)
+        await import_marks.unmark(self.store, days)
+
+    async def _erased(self, users: set[str]) -> set[str]:
+        """Those of ``users`` on their shard's suppression list (one call per shard)."""
+        by_shard: dict[int, list[str]] = {}
+        for user in sorted(users):
+            by_shard.setdefault(self.store.keys.shard_of(user), []).append(user)
+        out: set[str] = set()
+        async with engine_errors():
+            for shard, members in by_shard.items():
+                found = await self.store.client.smismember(self.store.keys.erased(shard), members)
+                out.update(u for u, hit in zip(members, found, strict=True) if hit)
+        return out
+
+    def _append(self, path: Path, events: list[_Valid], now: datetime) -> list[_Valid]:
+        """Append the events ``path`` lacks (one write and fsync); those appended."""
         with files.locked(path) as fd:
             known = self._ids(path, fd)
             out: list[bytes] = []
-            for event_id, line in lines:
+            new: list[_Valid] = []
+            for v in events:
+                event = v.event
+                event_id = str(event.event_id)
                 if event_id in known.ids:
                     self.report.duplicate += 1
                     continue
                 known.ids.add(event_id)
-                out.append(line)
+                record = Record(
+                    event.event_id, event.user_id, v.ts, event.event_type,
+                    event.payload.as_record(), v.received_at or now,
+                )  # fmt: skip
+                out.append(encode(record) + b"\n")
+                new.append(v)
             if out:
                 data = b"".join(out)
                 files.append(fd, data)
                 known.size += len(data)
                 self.report.accepted += len(out)
-
-    async def _erased(self, users: set[str]) -> set[str]:
-        """Those of ``users`` on their shard's suppression list (one call per shard)."""
-        store = self.ingestor.store
-        by_shard: dict[int, list[str]] = {}
-        for user in sorted(users):
-            by_shard.setdefault(store.keys.shard_of(user), []).append(user)
-        out: set[str] = set()
-        async with engine_errors():
-            for shard, members in by_shard.items():
-                found = await store.client.smismember(store.keys.erased(shard), members)
-                out.update(u for u, hit in zip(members, found, strict=True) if hit)
-        return out
+        return new
 
     def _ids(self, path: Path, fd: int) -> _HourIds:
         """The ids in ``path`` (open and locked as ``fd``): read once, then its growth."""
@@ -210,47 +340,88 @@ class Importer:
             known.size = size
         return known
 
-    async def _flush_live(self) -> None:
-        for start in range(0, len(self._live), LIVE_BATCH):
-            chunk = self._live[start : start + LIVE_BATCH]
-            fresh = self._not_archived(chunk)
-            results = await self.ingestor.ingest_items(
-                [value for _, value in fresh], datetime.now(UTC), "line"
+    async def _count(self, appended: list[_Valid]) -> None:
+        """Count what was appended, as a rebuild replays it (not streamed, no dedup: the
+        archive had none of them, so the counters had none of them either)."""
+        buckets, keys = self.ingestor.buckets, self.store.keys
+        prepared = []
+        for v in appended:
+            event = v.event
+            shard = keys.shard_of(event.user_id)
+            bucket = buckets.of(shard, event.event_type, v.ts)
+            page = event.payload.page_url
+            prepared.append(
+                PreparedEvent(shard, bucket, event.event_id.bytes, event.user_id, page, b"")
             )
-            for (where, _), result in zip(fresh, results, strict=True):
-                if result.status == "accepted":
+        slots = asyncio.Semaphore(COUNT_INFLIGHT)
+
+        async def count(batch: list[PreparedEvent]) -> None:
+            async with slots:
+                flags = await self.store.ingest(batch, stream=False)
+            self.report.counted += sum(1 for f in flags if f is Outcome.NEW)
+
+        await asyncio.gather(
+            *(count(prepared[i : i + COUNT_BATCH]) for i in range(0, len(prepared), COUNT_BATCH))
+        )
+
+    # -- the other days: the live path ---------------------------------------------------
+
+    async def _live(self, events: list[_Valid]) -> None:
+        for start in range(0, len(events), LIVE_BATCH):
+            fresh = self._not_archived(events[start : start + LIVE_BATCH])
+            now = datetime.now(UTC)
+            prepared = [self._prepare_live(v, now) for v in fresh]
+            outcomes = await self.store.ingest(prepared) if prepared else []
+            for v, outcome in zip(fresh, outcomes, strict=True):
+                if outcome is Outcome.NEW:
                     self.report.accepted += 1
-                elif result.status == "duplicate":
+                    self.report.live += 1
+                elif outcome is Outcome.DUPLICATE:
+                    self.report.duplicate += 1
+                elif outcome is Outcome.USER_ERASED:
+                    refusal = user_erased()
+                    self._reject(v.where, refusal.code, refusal.message)
+                else:
+                    limit = self.store.caps.event_types
+                    self._reject(
+                        v.where,
+                        "too_many_event_types",
+                        f"more than {limit} event types: {v.event.event_type} is new",
+                    )
+
+    def _prepare_live(self, v: _Valid, now: datetime) -> PreparedEvent:
+        """As ``Ingestor.prepare``, without the live age limit (the caller checked time)."""
+        event = v.event
+        shard = self.store.keys.shard_of(event.user_id)
+        bucket = self.ingestor.buckets.of(shard, event.event_type, v.ts)
+        record = Record(
+            event.event_id, event.user_id, v.ts, event.event_type,
+            event.payload.as_record(), v.received_at or now,
+        )  # fmt: skip
+        return PreparedEvent(
+            shard, bucket, event.event_id.bytes, event.user_id, event.payload.page_url,
+            encode(record),
+        )  # fmt: skip
+
+    def _not_archived(self, chunk: list[_Valid]) -> list[_Valid]:
+        """The events whose id is not in their hour file already (one lock per hour)."""
+        by_path: dict[Path, list[_Valid]] = {}
+        for v in chunk:
+            hour = v.ts.replace(minute=0, second=0, microsecond=0)
+            by_path.setdefault(files.hour_path(self.root, hour), []).append(v)
+        out: list[_Valid] = []
+        for path, events in by_path.items():
+            if not path.exists():
+                out += events
+                continue
+            with files.locked(path) as fd:
+                ids = self._ids(path, fd).ids
+            for v in events:
+                if str(v.event.event_id) in ids:
                     self.report.duplicate += 1
                 else:
-                    first = result.errors[0]
-                    self.report.reject(where, first.code, first.message)
-        self._live.clear()
-
-    def _not_archived(
-        self, chunk: list[tuple[str, dict[str, object]]]
-    ) -> list[tuple[str, dict[str, object]]]:
-        """The live-window events whose id is not in their hour file already."""
-        out = []
-        for where, value in chunk:
-            event = EVENT_ADAPTER.validate_python(value)
-            path = files.hour_path(self.root, floor(to_utc(event.timestamp), Interval.HOUR))
-            if path.exists():
-                with files.locked(path) as fd:
-                    if str(event.event_id) in self._ids(path, fd).ids:
-                        self.report.duplicate += 1
-                        continue
-            out.append((where, value))
+                    out.append(v)
         return out
-
-    async def rebuild_days(self) -> rebuild.RebuildReport | None:
-        """Rebuild the counters of the days the direct path wrote to or found events in."""
-        found: list[files.ArchiveFile] = []
-        for day in sorted(self.report.days):
-            found.extend(files.list_files(self.root, day, day + DAY))
-        if not found:
-            return None
-        return await rebuild.rebuild(self.settings, self.ingestor.store, found)
 
 
 def _received(text: str | None) -> datetime | None:

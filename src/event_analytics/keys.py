@@ -113,6 +113,11 @@ class Keys:
         """Set (with a TTL) while a backup copies the archive: archivers write nothing."""
         return f"{self.prefix}archive-pause"
 
+    def import_unfinished(self) -> str:
+        """Set of UTC days (YYYY-MM-DD) an import appended to and has not counted yet: a
+        killed import leaves them, and the next one rebuilds their counters first."""
+        return f"{self.prefix}import-unfinished"
+
     def seen(self, shard: int, generation: int) -> str:
         """Hash event id -> call token of the ids first stored in one dedup generation.
 

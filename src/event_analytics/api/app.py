@@ -25,6 +25,7 @@ from event_analytics.api import (
     forward,
     goals,
     health,
+    imports,
     ingest_http,
     looplag,
     metrics,
@@ -262,6 +263,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         shared_links,
         export,
         admin,
+        imports,
     )
     for module in routers:
         app.include_router(module.router)

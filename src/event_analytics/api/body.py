@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import weakref
 import zlib
-from typing import Any, ClassVar
+from collections.abc import Callable, Coroutine
+from typing import Any, BinaryIO, ClassVar, TypeVar
 
 import orjson
 from starlette.types import Receive, Scope
@@ -13,6 +14,7 @@ from starlette.types import Receive, Scope
 from event_analytics import telemetry
 from event_analytics.errors import BodyTimeout, BodyTooLarge, MalformedJSON, UnsupportedMediaType
 
+T = TypeVar("T")
 JSON_TYPES = ("application/json",)
 # navigator.sendBeacon() with a string sends text/plain, the one type that needs no CORS
 # preflight: the ingest routes read it as JSON.
@@ -45,20 +47,38 @@ async def read_limited(
     body must arrive within ``timeout_s`` (BodyTimeout): a client that trickles bytes
     would otherwise hold a connection and its buffer for as long as it likes.
     """
+    _check_declared(scope, limit)
+    return await _within(_read(receive, limit), timeout_s)
+
+
+async def spool_limited(
+    scope: Scope, receive: Receive, out: BinaryIO, limit: int, timeout_s: float
+) -> int:
+    """Write the body to ``out`` as it arrives (never held whole: an import's body may
+    be large), with ``read_limited``'s size and time limits; the bytes written."""
+    _check_declared(scope, limit)
+    return await _within(_spool(receive, out, limit), timeout_s)
+
+
+def _check_declared(scope: Scope, limit: int) -> None:
     declared = header(scope, b"content-length")
     if declared is not None:
         if not declared.isdigit():
             raise MalformedJSON("invalid Content-Length header")
         if int(declared) > limit:
             raise BodyTooLarge(limit)
+
+
+async def _within(reading: Coroutine[Any, Any, T], timeout_s: float | None) -> T:
+    """Await ``reading``, or BodyTimeout once ``timeout_s`` has passed."""
     if timeout_s is None:
-        return await _read(receive, limit)
+        return await reading
     task = asyncio.current_task()
     assert task is not None
     watchdog = _Watchdog.of(asyncio.get_running_loop())
     watchdog.watch(task, timeout_s)
     try:
-        return await _read(receive, limit)
+        return await reading
     except asyncio.CancelledError:
         if not watchdog.expired(task):
             raise
@@ -130,6 +150,17 @@ async def read_json(scope: Scope, receive: Receive, limit: int, timeout_s: float
 
 async def _read(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
+    await _receive_into(receive, chunks.append, limit)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _spool(receive: Receive, out: BinaryIO, limit: int) -> int:
+    return await _receive_into(receive, out.write, limit)
+
+
+async def _receive_into(receive: Receive, sink: Callable[[bytes], object], limit: int) -> int:
+    """Hand each chunk of the body to ``sink`` until the last; the bytes received.
+    BodyTooLarge as soon as they pass ``limit``, ClientGone if the client left."""
     size = 0
     while True:
         message = await receive()
@@ -139,9 +170,9 @@ async def _read(receive: Receive, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge(limit)
-        chunks.append(chunk)
+        sink(chunk)
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return size
 
 
 async def read_ingest_body(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> bytes:

@@ -119,6 +119,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         403: "API key without the needed scope, or a browser origin not allowed",
         404: "Not found",
         408: "The body did not arrive in time",
+        409: "Another import is running; retry after the Retry-After header",
         413: "Body too large",
         415: "Unsupported media type",
         422: "Invalid input",

@@ -76,6 +76,9 @@ SHARED_LINKS_PATH = "/api/v1/sites/shared-links"
 # Erasing people (api/admin.py): the admin scope only (EA_ADMIN_KEYS), never open; no
 # read or write key reaches it.
 ADMIN_PREFIX = "/api/v1/admin/"
+# POST /api/import (api/imports.py) writes events, of any age: the write scope, as goal
+# changes take it (the read scope when only read keys are set).
+IMPORT_PATH = "/api/import"
 
 
 class Access(StrEnum):
@@ -323,7 +326,8 @@ class ReadGuard:
                 await self.app(scope, receive, send)
                 return
             links = path == SHARED_LINKS_PATH or path.startswith(SHARED_LINKS_PATH + "/")
-            if links or (scope["method"] in GOAL_WRITE_METHODS and path.startswith(GOALS_PATH)):
+            goal_write = scope["method"] in GOAL_WRITE_METHODS and path.startswith(GOALS_PATH)
+            if links or goal_write or path == IMPORT_PATH:
                 if guard.keys.required[Access.WRITE]:
                     access = Access.WRITE
                 active = guard.read_active or guard.write_active
@@ -408,6 +412,8 @@ def document_security(schema: dict[str, Any], settings: Settings) -> None:
         for method, operation in operations.items():
             keys = required
             if path.startswith(GOALS_PATH) and method.upper() in GOAL_WRITE_METHODS:
+                keys = settings.write_keys or readers
+            if path == IMPORT_PATH:
                 keys = settings.write_keys or readers
             responses = operation.setdefault("responses", {})
             for status, entry in problem_responses(*statuses).items():

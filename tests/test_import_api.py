@@ -1,0 +1,143 @@
+"""``POST /api/import``: the CLI's import over HTTP, on the app in this process (its own
+key prefix and keys) and a real engine; the archive read back against what was sent."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import gc
+import io
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.backends import Backend
+from tests.helpers import archive_ids
+from tests.inproc import InProcessService, in_process
+from tests.test_import import history
+
+WRITE, READ = "import-write-key-0123456789", "import-read-key-0123456789"
+NDJSON = "application/x-ndjson"
+
+
+@pytest.fixture(scope="module")
+def svc(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessService]:
+    """One app per engine for the module (its own key prefix, keys and archive): every
+    test sends events of its own and compares the archive before and after."""
+    settings = engine.settings(
+        data_dir=tmp_path_factory.mktemp("import-api") / "data",
+        key_prefix=f"impapi-{uuid.uuid4().hex[:8]}:", write_keys=(WRITE,), read_keys=(READ,),
+        max_age_s=3600, dedup_window_s=3600, import_max_bytes=64 * 1024,
+    )  # fmt: skip
+    with in_process(settings, engine.env) as service:
+        yield service
+
+
+def post(
+    svc: InProcessService, body: bytes, ctype: str, key: str | None = WRITE, **kw: str
+) -> httpx.Response:
+    headers = {"content-type": ctype, **kw}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    return svc.http.post("/api/import", content=body, headers=headers, timeout=120)
+
+
+def ndjson(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(e) + b"\n" for e in events)
+
+
+def test_ndjson_body_is_imported_once_with_the_clis_report(svc: InProcessService) -> None:
+    events = history(40)
+    body = ndjson(events) + b"{not json\n" + orjson.dumps({**events[0], "user_id": ""}) + b"\n"
+    collector = gc.get_threshold(), gc.get_freeze_count()
+    r = post(svc, body, NDJSON)
+    # The import's rarer collections (importing.rare_collections) end with it: the
+    # service's process (this one) collects as before.
+    assert (gc.get_threshold(), gc.get_freeze_count()) == collector
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert (report["accepted"], report["duplicate"], report["rejected"]) == (40, 0, 2)
+    assert report["rejected_by_reason"] == {"malformed_json": 1, "string_pattern_mismatch": 1}
+    assert report["examples"][0].startswith("body:41: malformed_json: ")
+    assert report["counted"] == 40
+    got = archive_ids(svc.settings.archive_path)
+    assert all(got[e["event_id"]] == 1 for e in events)
+    again = post(svc, body, NDJSON).json()
+    assert (again["accepted"], again["duplicate"], again["rejected"]) == (0, 40, 2)
+    assert archive_ids(svc.settings.archive_path) == got
+
+
+def test_segment_and_csv_by_content_type(svc: InProcessService) -> None:
+    early = history(1)[0]["timestamp"]  # on a settled day: the archive path
+    messages = [
+        {"type": "page", "anonymousId": "a1", "messageId": str(uuid.uuid4()), "timestamp": early,
+         "context": {"page": {"url": "https://a.example/x"}}},
+        {"type": "track", "userId": "u2", "messageId": str(uuid.uuid4()), "timestamp": early},
+    ]  # fmt: skip
+    r = post(svc, ndjson(messages), f"{NDJSON}; format=segment")
+    assert r.status_code == 200, r.text
+    assert (r.json()["accepted"], r.json()["rejected_by_reason"]) == (1, {"missing_event": 1})
+    rows = io.StringIO()
+    out = csv.writer(rows)
+    out.writerow(["event_id", "user_id", "timestamp", "event_type", "page_url"])
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    for event_id in ids:
+        out.writerow([event_id, "u1", early, "page_view", "https://a.example/"])
+    r = post(svc, rows.getvalue().encode(), "text/csv")
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 3
+    got = archive_ids(svc.settings.archive_path)
+    assert all(got[i] == 1 for i in ids)
+
+
+def test_keys_the_write_scope_imports(svc: InProcessService) -> None:
+    events = history(2)
+    body = ndjson(events)
+    none = post(svc, body, NDJSON, key=None)
+    assert none.status_code == 401 and none.headers["content-type"] == "application/problem+json"
+    assert post(svc, body, NDJSON, key=READ).status_code == 403
+    assert post(svc, body, NDJSON, key="wrong").status_code == 401
+    assert not set(archive_ids(svc.settings.archive_path)) & {e["event_id"] for e in events}
+    assert post(svc, body, NDJSON).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "extra", "status", "says"),
+    [
+        (b"x\n", "application/json", {}, 415, "application/x-ndjson"),
+        (b"x\n", f"{NDJSON}; format=parquet", {}, 415, "text/csv"),
+        (b"x\n", NDJSON, {"content-encoding": "gzip"}, 415, "identity"),
+        (b"", NDJSON, {}, 422, "the body is empty"),
+        (b"event_id,user_id\n1,2\n", "text/csv", {}, 422, "the header lacks timestamp"),
+        (b"{}\n" * 40_000, NDJSON, {}, 413, "65536 bytes"),
+    ],
+)
+def test_bad_bodies_are_problems_and_import_nothing(
+    svc: InProcessService, body: bytes, ctype: str, extra: dict[str, str], status: int, says: str
+) -> None:
+    before = archive_ids(svc.settings.archive_path)
+    r = post(svc, body, ctype, **extra)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert says in r.json()["detail"], r.json()
+    assert archive_ids(svc.settings.archive_path) == before
+
+
+def test_a_second_import_at_once_is_a_409(svc: InProcessService) -> None:
+    root = svc.settings.archive_path
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".import.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        r = post(svc, ndjson(history(2)), NDJSON)
+    finally:
+        os.close(fd)
+    assert r.status_code == 409, r.text
+    assert r.headers["retry-after"] == "10"
+    assert "another import into this archive is running" in r.json()["detail"]
+    assert post(svc, ndjson(history(2)), NDJSON).status_code == 200
