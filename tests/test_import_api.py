@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from tests.backends import Backend
-from tests.helpers import archive_ids
 from tests.inproc import InProcessService, in_process
+from tests.readback import archive_ids
 from tests.test_import import history
 
 WRITE, READ = "import-write-key-0123456789", "import-read-key-0123456789"

@@ -25,7 +25,8 @@ from event_analytics.store.streams import StreamStore
 from event_analytics.timebucket import Interval
 from tests.backends import Backend
 from tests.direct import ingest
-from tests.helpers import archive_ids, cli
+from tests.helpers import cli
+from tests.readback import archive_ids
 from tests.test_import import env_for, history, run_import, write_ndjson
 
 WINDOW_S = 60  # the live window in these tests (EA_MAX_AGE_S's least)
