@@ -1,0 +1,178 @@
+"""The site page's speed: every query one load of ``/dashboard/<site>`` sends for a 7-day
+range (static/site*.js), timed as a set over the analytics bench's archive (issue 25:
+the whole set in <= 2 s over the 3,000,000-event archive).
+
+    python benchmarks/site_page_bench.py [--events 3000000] [--days 7] [--runs 5]
+        [--storage parquet|jsonl] [--dir /tmp/ea-analytics-bench]
+
+The archive is analytics_bench.py's (generated once under --dir with its parameters and
+reused, the same directory as that bench by default). The set, in the order the page
+sends it, each through the code the service runs (``stats.run``, ``site_list.run``):
+the site picker (``GET /api/sites``, 12 months), the top row with the previous period
+(``include.comparisons``), the graph per day with its comparison, the current visitors
+(``GET /api/sites`` over the last 5 minutes), the four panels' first tabs (top 9 with
+``total_rows``), and with goals: conversions and revenue with comparison, the Goals
+panel, and the Goal properties panel (``event:props:plan`` of a goal). Timed one after
+another in one process: the page keeps two in flight against a pool of two query
+processes on these two cores, so the set's sum is what its wall time comes to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from analytics_bench import GOALS, SITE, generate, timed
+from rich.console import Console
+from rich.table import Table
+
+from event_analytics.analytics import site_list, stats
+from event_analytics.analytics.pool import QueryEngine
+from event_analytics.analytics.stats_spec import parse_query, with_goals
+from event_analytics.archive import files
+from event_analytics.archive.compact import compact_closed
+from event_analytics.config import Settings
+
+TARGET_S = 2.0
+TOP = ["visitors", "visits", "pageviews", "views_per_visit", "bounce_rate", "visit_duration"]
+PANELS = ["event:page", "visit:source", "visit:country", "visit:device"]
+
+
+def page_queries(today: date) -> dict[str, dict[str, Any]]:
+    """The Stats API bodies of one page load for "7d" (the 7 days ending today), as
+    site.js, site-goals.js and site-goal-props.js build them."""
+    rng = [(today - timedelta(days=6)).isoformat(), today.isoformat()]
+    compare = {"comparisons": {"mode": "previous_period"}}
+    goal_names = [g.display_name for g in GOALS]
+    out: dict[str, dict[str, Any]] = {
+        "top row, previous period": {
+            "site_id": SITE, "metrics": TOP, "filters": [], "date_range": rng,
+            "include": compare,
+        },
+        "graph per day, previous period": {
+            "site_id": SITE, "metrics": ["visitors"], "dimensions": ["time:day"], "filters": [],
+            "date_range": rng, "include": {"time_labels": True, **compare},
+        },
+    }  # fmt: skip
+    for dim in PANELS:
+        out[f"panel {dim}"] = {
+            "site_id": SITE, "metrics": ["visitors"], "dimensions": [dim], "filters": [],
+            "date_range": rng, "pagination": {"limit": 9}, "include": {"total_rows": True},
+        }  # fmt: skip
+    out["goals: conversions, revenue, previous period"] = {
+        "site_id": SITE, "metrics": ["events", "total_revenue"],
+        "filters": [["is", "event:goal", goal_names]], "date_range": rng, "include": compare,
+    }  # fmt: skip
+    out["goals panel"] = {
+        "site_id": SITE, "dimensions": ["event:goal"], "filters": [],
+        "metrics": ["visitors", "events", "conversion_rate", "total_revenue"],
+        "date_range": rng, "pagination": {"limit": 100},
+    }  # fmt: skip
+    out["goal properties: event:props:plan of Purchase"] = {
+        "site_id": SITE, "dimensions": ["event:props:plan"],
+        "filters": [["is", "event:goal", ["Purchase"]]],
+        "metrics": ["visitors", "events", "total_revenue"],
+        "date_range": rng, "pagination": {"limit": 100},
+    }  # fmt: skip
+    return out
+
+
+def page_set(root: Path, end: datetime, engine: QueryEngine) -> dict[str, Callable[[], Any]]:
+    """Each request of one page load as a call; ``end`` is "now" (the archive's end)."""
+    timeout_s = Settings.model_fields["session_timeout_s"].default
+    today = (end - timedelta(microseconds=1)).date()  # the last archived day is "today"
+    out: dict[str, Callable[[], Any]] = {}
+    year_ago = end - timedelta(days=366)
+    out["site picker: /api/sites 12mo"] = lambda: site_list.run(engine, root, year_ago, end, end)
+    for name, body in page_queries(today).items():
+        q = with_goals(parse_query(body, end), GOALS)
+        out[name] = lambda q=q: stats.run(engine, q, root, end, timeout_s)
+    five = end - timedelta(minutes=5)
+    out["current visitors: /api/sites 5 min"] = lambda: site_list.run(engine, root, five, end, end)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=3_000_000)
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--pages", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/ea-analytics-bench"))
+    parser.add_argument("--threads", type=int, default=2, help="DuckDB threads")
+    parser.add_argument(
+        "--storage",
+        choices=["parquet", "jsonl"],
+        default="parquet",
+        help="closed hours compacted to Parquet (as the archiver leaves them), or JSONL only",
+    )
+    args = parser.parse_args()
+    end = datetime(2026, 11, 1, tzinfo=UTC)  # analytics_bench's fixed end: the same archive
+    params = {k: getattr(args, k) for k in ("events", "days", "users", "pages")}
+    params["traffic"] = "visits-1"
+    stamp, root = args.dir / "params.json", args.dir / "archive"
+    console = Console()
+    if not stamp.exists() or json.loads(stamp.read_text()) != params:
+        import shutil
+
+        shutil.rmtree(args.dir, ignore_errors=True)
+        began = time.perf_counter()
+        generate(root, args.events, args.days, args.users, args.pages, end)
+        stamp.write_text(json.dumps(params))
+        console.print(f"generated {args.events:,} events in {time.perf_counter() - began:.0f} s")
+    parquet = list(root.rglob("*.parquet*"))
+    if args.storage == "jsonl":
+        for copy in parquet:
+            copy.unlink()
+    elif not parquet:
+        began = time.perf_counter()
+        hours, _ = compact_closed(root, end + timedelta(hours=1))
+        console.print(f"compacted {hours} hours in {time.perf_counter() - began:.0f} s")
+    size = sum(f.size_bytes for f in files.list_files(root))
+    engine = QueryEngine(max_concurrent=1, timeout_s=900, memory_limit="2GB", threads=args.threads)
+    calls = page_set(root, end, engine)
+    for name, call in calls.items():  # each answers, and counts something
+        answer = call()
+        assert answer.get("results") or answer.get("sites"), (name, answer)
+
+    def whole() -> None:
+        for call in calls.values():
+            call()
+
+    each = {name: timed(args.runs, call) for name, call in calls.items()}
+    total = timed(args.runs, whole)
+    table = Table(
+        title=(
+            f"The site page's queries, 7-day range, over {args.events:,} archived events "
+            f"({size / 1e6:,.0f} MB JSONL, {args.days} days, {args.storage}), {args.runs} runs, "
+            f"DuckDB threads {args.threads}"
+        )
+    )
+    for col in ("request", "p50 s", "p95 s"):
+        table.add_column(col, justify="left" if col == "request" else "right")
+    for name, t in each.items():
+        table.add_row(name, f"{t['p50_s']:.3f}", f"{t['p95_s']:.3f}")
+    verdict = "met" if total["p50_s"] <= TARGET_S else "missed"
+    table.add_row(
+        f"the whole page ({len(calls)} requests, in turn): {verdict} (p50 <= {TARGET_S:g} s)",
+        f"{total['p50_s']:.3f}",
+        f"{total['p95_s']:.3f}",
+    )
+    console.print(table)
+    out = Path(__file__).parent / "results" / "site_page.json"
+    record = {"params": params | {"storage": args.storage, "runs": args.runs,
+                                  "threads": args.threads},
+              "requests": each, "whole_page": total}  # fmt: skip
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
