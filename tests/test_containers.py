@@ -227,6 +227,10 @@ def _nodes(containers: Engine, container: str) -> list[list[str]]:
     return [line.split() for line in out.splitlines() if line.strip()]
 
 
+def _replication(containers: Engine, container: str) -> str:
+    return containers("exec", container, "valkey-cli", "info", "replication").stdout
+
+
 def test_compose_cluster_counts_exactly_and_fails_over_by_itself(project: Compose) -> None:
     containers = project.engine
     up_s = project.up("cluster")
@@ -238,11 +242,15 @@ def test_compose_cluster_counts_exactly_and_fails_over_by_itself(project: Compos
           "after `make compose-up PROFILE=cluster`")  # fmt: skip
     cluster = HTTP.get(f"{project.url}/health/ready").json()["engine"]["cluster"]
     assert (cluster["state"], cluster["masters"], cluster["replicas"]) == ("ok", 3, 3)
+    nodes = {f"valkey-{i}": project.container(f"valkey-{i}") for i in range(1, 7)}
+    # Formed means synced: a replica whose master dies before its first sync (the master waits
+    # repl-diskless-sync-delay, 5 s, to send it) counts its data as too old to take over.
+    synced = [n for n, c in nodes.items() if "master_link_status:up" in _replication(containers, c)]
+    assert len(synced) == 3, synced
 
     bodies = [event(user=f"c{i}") for i in range(600)]
     assert asyncio.run(send_all(project.url, bodies)) == [201] * len(bodies)
     assert _counts(project.url) == _model(bodies)
-    nodes = {f"valkey-{i}": project.container(f"valkey-{i}") for i in range(1, 7)}
     listing = _nodes(containers, nodes["valkey-1"])
     masters = [n[1].split(",")[1] for n in listing if "master" in n[2]]
     assert len(masters) == 3

@@ -69,7 +69,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "__main__",
             "cli",
             "commands",
-            "explore_cli",
+            "archive_cli",
             "export_cli",
             "import_cli",
             "goals_cli",

@@ -47,6 +47,9 @@ def _nested(depth: int) -> Any:
 
 # (model, body): each one is refused; together they reach every code spec.py raises.
 BAD: list[tuple[type[BaseModel], dict[str, Any]]] = [
+    (QuerySpec, QUERY | {"filters": "not a list"}),  # invalid_filters
+    (QuerySpec, _filters(*[["is", "event_type", ["x"]]] * (spec.MAX_FILTERS + 1))),  # too_long
+    (FunnelSpec, _where(*[["is", "plan", ["x"]]] * (spec.MAX_FILTERS + 1))),  # too_long
     (QuerySpec, _filters(["is", 5, ["x"]])),  # invalid_field
     (QuerySpec, _filters(["is", "no such field", ["x"]])),  # unknown_field
     (FunnelSpec, _where(["is", "-bad", ["x"]])),  # unknown_field, bare names

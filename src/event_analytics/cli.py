@@ -1,5 +1,5 @@
 """Command line: serve | archiver | rebuild | verify | backup | restore | loadtest | status |
-goals | links | export | deliver | sync (and explore_cli's sql | compact | funnel | retention |
+goals | links | export | deliver | sync (and archive_cli's sql | compact | funnel | retention |
 query)."""
 
 from __future__ import annotations
@@ -479,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_status)
 
     from event_analytics import (
-        explore_cli,
+        archive_cli,
         export_cli,
         goals_cli,
         import_cli,
@@ -488,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         stats_export_cli,
     )
 
-    explore_cli.add_commands(sub, add_dirs)
+    archive_cli.add_commands(sub, add_dirs)
     goals_cli.add_commands(sub, add_dirs)
     links_cli.add_commands(sub, add_dirs)
     export_cli.add_commands(sub, add_dirs)

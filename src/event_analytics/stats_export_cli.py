@@ -72,7 +72,7 @@ def _goals(settings: Settings, site: str) -> list[Goal]:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from event_analytics.explore_cli import _archived_until, _engine
+    from event_analytics.archive_cli import archived_until_now, cli_engine
 
     try:
         site, queries = _plan(args)
@@ -86,8 +86,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             now = datetime.now(UTC)
             plan = stats_export.plan(site, raw["date_range"], raw["filters"], args.interval, True)
             queries = [(n, b, with_goals(parse_query(b, now), goals)) for n, b in plan]
-        until = _archived_until(settings)
-        engine = _engine(settings)
+        until = archived_until_now(settings)
+        engine = cli_engine(settings)
         files = [
             (name, body, stats.run(engine, q, settings.archive_path, until,
                                    settings.session_timeout_s))

@@ -19,6 +19,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -156,6 +158,45 @@ def parse_filter(raw: Any, *, bare_is_property: bool, depth: int = 0) -> Filter:
     return Condition(op, field, values)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True, slots=True)
+class FilterList:
+    """Filters as sent (echoed back in answers) and as parsed, once, when the spec is made:
+    the SQL builders read ``parsed`` and never see the raw lists."""
+
+    raw: tuple[Any, ...]
+    parsed: tuple[Filter, ...]
+
+
+def _parse_filters(value: Any, max_items: int, *, bare_is_property: bool) -> FilterList:
+    if isinstance(value, FilterList):
+        return value
+    if not isinstance(value, list | tuple):
+        raise _invalid("invalid_filters", "filters are a list of filters")
+    if len(value) > max_items:
+        raise _invalid("too_long", "at most {n} filters", n=max_items)
+    parsed = tuple(parse_filter(f, bare_is_property=bare_is_property) for f in value)
+    return FilterList(tuple(value), parsed)
+
+
+MAX_FILTERS = 20  # in one query
+
+
+def _step_filters(value: Any) -> FilterList:
+    return _parse_filters(value, MAX_FILTERS, bare_is_property=True)
+
+
+def _query_filters(value: Any) -> FilterList:
+    return _parse_filters(value, MAX_FILTERS, bare_is_property=False)
+
+
+# Answers echo the filters as they were sent; OpenAPI describes them as sent.
+_AS_SENT = PlainSerializer(lambda f: list(f.raw), return_type=list[Any])
+_SCHEMA = WithJsonSchema({"type": "array", "items": {}, "maxItems": MAX_FILTERS})
+StepFilters = Annotated[FilterList, BeforeValidator(_step_filters), _AS_SENT, _SCHEMA]
+QueryFilters = Annotated[FilterList, BeforeValidator(_query_filters), _AS_SENT, _SCHEMA]
+NO_FILTERS = FilterList((), ())
+
+
 def _glob_ok(value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > 2048:
         raise _invalid("invalid_page_url", "page_url is 1-2048 characters, * matches any run")
@@ -169,21 +210,14 @@ class Step(BaseModel):
 
     event_type: str = Field(pattern=EVENT_TYPE_PATTERN)
     page_url: Annotated[str, BeforeValidator(_glob_ok)] | None = None
-    where: tuple[Any, ...] = Field(
-        default=(), description="Property filters, e.g. [['is', 'plan', ['pro', 'team']]]"
+    where: StepFilters = Field(
+        default=NO_FILTERS, description="Property filters, e.g. [['is', 'plan', ['pro', 'team']]]"
     )
-
-    @field_validator("where")
-    @classmethod
-    def _filters(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
-        for f in value:
-            parse_filter(f, bare_is_property=True)
-        return value
 
     @property
     def filters(self) -> tuple[Filter, ...]:
-        """``where`` parsed (it was checked when the step was made)."""
-        return tuple(parse_filter(f, bare_is_property=True) for f in self.where)
+        """``where``, parsed when the step was made."""
+        return self.where.parsed
 
 
 def _utc(value: datetime) -> datetime:
@@ -290,7 +324,7 @@ class QuerySpec(BaseModel):
         min_length=1, max_length=3
     )
     dimensions: list[str] = Field(default_factory=list, max_length=4)
-    filters: list[Any] = Field(default_factory=list, max_length=20)
+    filters: QueryFilters = NO_FILTERS
     order_by: list[tuple[str, Literal["asc", "desc"]]] = Field(default_factory=list, max_length=8)
     pagination: Pagination = Field(default_factory=lambda: Pagination())
 
@@ -320,16 +354,10 @@ class QuerySpec(BaseModel):
             raise _invalid("duplicate_dimension", "at most one time dimension")
         return out
 
-    @field_validator("filters")
-    @classmethod
-    def _filters(cls, value: list[Any]) -> list[Any]:
-        for f in value:
-            parse_filter(f, bare_is_property=False)
-        return value
-
     @property
     def parsed_filters(self) -> tuple[Filter, ...]:
-        return tuple(parse_filter(f, bare_is_property=False) for f in self.filters)
+        """``filters``, parsed when the spec was made."""
+        return self.filters.parsed
 
     @field_validator("date_range")
     @classmethod

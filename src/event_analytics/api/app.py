@@ -16,11 +16,11 @@ from starlette.types import Receive, Scope, Send
 from event_analytics import __version__
 from event_analytics.api import (
     analytics,
+    archive_queries,
     compat,
     compat_docs,
     dashboard,
     events,
-    explore,
     export,
     forward,
     goals,
@@ -177,7 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.event_limit_per_address,
             )
         app.state.guard = Guard(settings, limits)
-        app.state.query_engine = explore.make_engine(settings)
+        app.state.query_engine = archive_queries.make_engine(settings)
         watch = EngineWatch(store, settings)
         app.state.watch = watch
         await watch.refresh()  # before the first event: an evicting engine is refused
@@ -242,7 +242,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routers = (
         health,
         analytics,
-        explore,
+        archive_queries,
         stats,
         stats_v1,
         stats_export,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi import Request
 
+from event_analytics.analytics.freshness import archived_until
+from event_analytics.analytics.pool import QueryEngine
 from event_analytics.api.heavy import HeavyReads
 from event_analytics.api.security import client_address, fingerprint, presented_key
 from event_analytics.config import Settings
@@ -55,3 +59,14 @@ def client_id(request: Request) -> str:
     if key is not None:
         return "key:" + fingerprint(key)
     return "address:" + (client_address(request.scope) or "")
+
+
+def query_engine(request: Request) -> QueryEngine:
+    value: QueryEngine = request.app.state.query_engine
+    return value
+
+
+async def archived(request: Request) -> datetime:
+    """The archive's ``archived_until`` now, for an answer read from the archive."""
+    # An event is stamped at most the engine's timeout (plus a batch) before its entry.
+    return await archived_until(streams(request), settings(request).redis_timeout_s + 0.5)

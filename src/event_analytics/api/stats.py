@@ -29,7 +29,6 @@ from event_analytics.analytics.stats_spec import (
 )
 from event_analytics.api import deps
 from event_analytics.api.body import read_json
-from event_analytics.api.explore import _engine, _until
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.api.security import allowed_sites, check_site_access
@@ -88,8 +87,8 @@ async def post_query(request: Request) -> Response:
     check_site_access(request.scope, parsed.site_id)
     query = await with_site_goals(request, parsed)
     settings = deps.settings(request)
-    until = await _until(request)
-    answer = await _engine(request).run(
+    until = await deps.archived(request)
+    answer = await deps.query_engine(request).run(
         stats.run, query, settings.archive_path, until, settings.session_timeout_s
     )
     return json_response(answer)
@@ -121,8 +120,8 @@ async def get_sites(
         raise StatsQueryError("date_range", f"{exc.message} (here: ?date_range=7d, or two ISO "
                               "dates or date-times joined by a comma)") from None  # fmt: skip
     settings = deps.settings(request)
-    until = await _until(request)
-    answer = await _engine(request).run(
+    until = await deps.archived(request)
+    answer = await deps.query_engine(request).run(
         site_list.run, settings.archive_path, start or EPOCH, end, until
     )
     sites = allowed_sites(request.scope)

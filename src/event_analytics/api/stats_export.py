@@ -16,7 +16,6 @@ from event_analytics.analytics import stats, stats_export
 from event_analytics.analytics.stats_spec import StatsQueryError, parse_query
 from event_analytics.analytics.stats_spec import date_range as stats_date_range
 from event_analytics.api import deps
-from event_analytics.api.explore import _engine, _until
 from event_analytics.api.problems import problem_responses
 from event_analytics.api.stats import with_site_goals
 from event_analytics.goals import check_site
@@ -75,10 +74,10 @@ async def get_export(
     queries = [(name, body, await with_site_goals(request, parse_query(body, now)))
                for name, body in plan]  # fmt: skip
     settings = deps.settings(request)
-    until = await _until(request)
+    until = await deps.archived(request)
     files = []
     for name, body, query in queries:
-        answer = await _engine(request).run(
+        answer = await deps.query_engine(request).run(
             stats.run, query, settings.archive_path, until, settings.session_timeout_s
         )
         files.append((name, body, answer))

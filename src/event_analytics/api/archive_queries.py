@@ -12,7 +12,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from event_analytics.analytics import funnel, query, retention
-from event_analytics.analytics.freshness import archived_until
 from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.spec import FunnelSpec, QuerySpec, RetentionSpec
 from event_analytics.api import deps
@@ -37,17 +36,6 @@ def make_engine(settings: Settings) -> QueryEngine:
     )
 
 
-def _engine(request: Request) -> QueryEngine:
-    value: QueryEngine = request.app.state.query_engine
-    return value
-
-
-async def _until(request: Request) -> datetime:
-    settings = deps.settings(request)
-    # An event is stamped at most the engine's timeout (plus a batch) before its entry.
-    return await archived_until(deps.streams(request), settings.redis_timeout_s + 0.5)
-
-
 @router.post(
     "/funnel",
     summary="Funnel: users reaching each step in order within a window",
@@ -55,10 +43,10 @@ async def _until(request: Request) -> datetime:
     responses=ERRORS,
 )
 async def post_funnel(request: Request, spec: FunnelSpec) -> Response:
-    until = await _until(request)
+    until = await deps.archived(request)
     root = deps.settings(request).archive_path
     async with deps.archive_reads(request).slot(deps.client_id(request)):
-        answer = await _engine(request).run(funnel.run, spec, root, until)
+        answer = await deps.query_engine(request).run(funnel.run, spec, root, until)
     return json_response(answer)
 
 
@@ -69,10 +57,10 @@ async def post_funnel(request: Request, spec: FunnelSpec) -> Response:
     responses=ERRORS,
 )
 async def post_retention(request: Request, spec: RetentionSpec) -> Response:
-    until = await _until(request)
+    until = await deps.archived(request)
     root = deps.settings(request).archive_path
     async with deps.archive_reads(request).slot(deps.client_id(request)):
-        answer = await _engine(request).run(retention.run, spec, root, until)
+        answer = await deps.query_engine(request).run(retention.run, spec, root, until)
     return json_response(answer)
 
 
@@ -83,9 +71,9 @@ async def post_retention(request: Request, spec: RetentionSpec) -> Response:
     responses=ERRORS,
 )
 async def post_query(request: Request, spec: QuerySpec) -> Response:
-    until = await _until(request)
+    until = await deps.archived(request)
     root = deps.settings(request).archive_path
     now = datetime.now(UTC)
     async with deps.archive_reads(request).slot(deps.client_id(request)):
-        answer = await _engine(request).run(query.run, spec, root, until, now)
+        answer = await deps.query_engine(request).run(query.run, spec, root, until, now)
     return json_response(answer)

@@ -31,7 +31,7 @@ from event_analytics.errors import EventAnalyticsError
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _engine(settings: Settings) -> QueryEngine:
+def cli_engine(settings: Settings) -> QueryEngine:
     return QueryEngine(
         max_concurrent=1,
         timeout_s=settings.analytics_timeout_s,
@@ -83,7 +83,7 @@ def _sql(args: argparse.Namespace, settings: Settings) -> int:
     if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
         print("event-analytics sql: one read-only SELECT statement, please", file=sys.stderr)
         return 2
-    engine = _engine(settings)
+    engine = cli_engine(settings)
     with hour_files(settings.archive_path, None, datetime(9000, 1, 1, tzinfo=UTC)) as found:
         engine.fetch(f"CREATE OR REPLACE VIEW events AS {_view(found)}")
         try:
@@ -111,7 +111,7 @@ def _print_rows(names: list[str], rows: list[tuple[Any, ...]], fmt: str) -> None
         Console().print(table)
 
 
-def _archived_until(settings: Settings) -> datetime:
+def archived_until_now(settings: Settings) -> datetime:
     """From the engine's streams when it can be reached; else the epoch (nothing promised)."""
     from event_analytics.analytics.freshness import archived_until
     from event_analytics.session import open_session
@@ -162,8 +162,8 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
         detail = exc if not isinstance(exc, ValidationError) else _errors(exc)
         print(f"event-analytics {args.command}: {detail}", file=sys.stderr)
         return 2
-    until = _archived_until(settings)
-    engine = _engine(settings)
+    until = archived_until_now(settings)
+    engine = cli_engine(settings)
     root = settings.archive_path
     if isinstance(spec, FunnelSpec):
         answer = funnel.run(engine, spec, root, until)
