@@ -12,23 +12,33 @@ the site picker (``GET /api/sites``, 12 months), the top row with the previous p
 (``include.comparisons``), the graph per day with its comparison, the current visitors
 (``GET /api/sites`` over the last 5 minutes), the four panels' first tabs (top 9 with
 ``total_rows``), and with goals: conversions and revenue with comparison, the Goals
-panel, and the Goal properties panel (``event:props:plan`` of a goal). Timed one after
-another in one process: the page keeps two in flight against a pool of two query
-processes on these two cores, so the set's sum is what its wall time comes to.
+panel, and the Goal properties panel (``event:props:plan`` of a goal); not the goals
+list (``GET /api/v1/sites/goals``, Redis, not the archive). Timed one after another in
+one process: the page keeps two in flight against a pool of two query processes on these
+two cores, so the set's sum is what its wall time comes to.
+
+Every answer, of every run, is checked against site_page_model.py's answers computed
+from the records the generator sent (computed once per archive and kept beside it); a
+wrong answer stops the bench (exit 1) before any figure is written. Bounded: each query
+by --query-timeout, the timed runs by --budget (past it the bench stops, exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from analytics_bench import GOALS, SITE, generate, timed
+import site_page_model
+from analytics_bench import END, GOALS, SITE, archive, archive_args, hour_records
 from rich.console import Console
 from rich.table import Table
 
@@ -98,15 +108,61 @@ def page_set(root: Path, end: datetime, engine: QueryEngine) -> dict[str, Callab
     return out
 
 
+class Wrong(Exception):
+    """An answer differs from the model's."""
+
+
+class OverBudget(Exception):
+    """The timed runs passed --budget."""
+
+
+def check(name: str, answer: dict[str, Any], expected: dict[str, Any]) -> None:
+    got = site_page_model.seen(answer, expected)
+    if got != expected:
+        raise Wrong(f"{name}: answered {json.dumps(got)}\nthe model: {json.dumps(expected)}")
+
+
+def timed(
+    runs: int, work: Callable[[], list[Any]], verify: Callable[[list[Any]], None], deadline: float
+) -> dict[str, float]:
+    """p50/p95 of ``runs`` runs after one to warm (page cache, DuckDB's readers); every
+    run's answers verified after its clock stops."""
+    samples = []
+    for i in range(runs + 1):
+        if time.monotonic() > deadline:
+            raise OverBudget(f"past --budget after {len(samples)} timed runs")
+        began = time.perf_counter()
+        answers = work()
+        took = time.perf_counter() - began
+        verify(answers)
+        if i:
+            samples.append(took)
+    samples.sort()
+    return {"p50_s": statistics.median(samples),
+            "p95_s": samples[min(len(samples) - 1, round(0.95 * (len(samples) - 1)))]}  # fmt: skip
+
+
+def expected(args: argparse.Namespace, params: dict[str, Any], end: datetime) -> dict[str, Any]:
+    """The model's answers for this archive, kept in --dir beside it (computing them reads
+    every generated record again)."""
+    kept = args.dir / "site_page_model.json"
+    if kept.exists() and (got := json.loads(kept.read_text()))["params"] == params:
+        return dict(got["answers"])
+    began = time.perf_counter()
+    timeout_s = Settings.model_fields["session_timeout_s"].default
+    hours = hour_records(args.events, args.days, args.users, args.pages, end)
+    answers = site_page_model.build(hours, end, args.days, GOALS, timeout_s)
+    answers = json.loads(json.dumps(answers))  # as kept: lists, not tuples
+    kept.write_text(json.dumps({"params": params, "answers": answers}))
+    Console().print(f"modelled what was sent in {time.perf_counter() - began:.0f} s")
+    return answers
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=3_000_000)
-    parser.add_argument("--days", type=int, default=7)
-    parser.add_argument("--users", type=int, default=10_000)
-    parser.add_argument("--pages", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--dir", type=Path, default=Path("/tmp/ea-analytics-bench"))
-    parser.add_argument("--threads", type=int, default=2, help="DuckDB threads")
+    archive_args(parser, runs=5)
+    parser.add_argument("--budget", type=float, default=1200, help="seconds for the timed runs")
+    parser.add_argument("--query-timeout", type=float, default=120, help="seconds per query")
     parser.add_argument(
         "--storage",
         choices=["parquet", "jsonl"],
@@ -114,19 +170,12 @@ def main() -> int:
         help="closed hours compacted to Parquet (as the archiver leaves them), or JSONL only",
     )
     args = parser.parse_args()
-    end = datetime(2026, 11, 1, tzinfo=UTC)  # analytics_bench's fixed end: the same archive
-    params = {k: getattr(args, k) for k in ("events", "days", "users", "pages")}
-    params["traffic"] = "visits-1"
-    stamp, root = args.dir / "params.json", args.dir / "archive"
+    if args.days != 7:
+        parser.error("--days: the page's 7-day range must hold the whole archive: 7")
+    end = END  # analytics_bench's: the same archive
     console = Console()
-    if not stamp.exists() or json.loads(stamp.read_text()) != params:
-        import shutil
-
-        shutil.rmtree(args.dir, ignore_errors=True)
-        began = time.perf_counter()
-        generate(root, args.events, args.days, args.users, args.pages, end)
-        stamp.write_text(json.dumps(params))
-        console.print(f"generated {args.events:,} events in {time.perf_counter() - began:.0f} s")
+    root, params = archive(args, console)
+    model = expected(args, params, end)
     parquet = list(root.rglob("*.parquet*"))
     if args.storage == "jsonl":
         for copy in parquet:
@@ -136,23 +185,34 @@ def main() -> int:
         hours, _ = compact_closed(root, end + timedelta(hours=1))
         console.print(f"compacted {hours} hours in {time.perf_counter() - began:.0f} s")
     size = sum(f.size_bytes for f in files.list_files(root))
-    engine = QueryEngine(max_concurrent=1, timeout_s=900, memory_limit="2GB", threads=args.threads)
+    engine = QueryEngine(
+        max_concurrent=1, timeout_s=args.query_timeout, memory_limit="2GB", threads=args.threads
+    )
     calls = page_set(root, end, engine)
-    for name, call in calls.items():  # each answers, and counts something
-        answer = call()
-        assert answer.get("results") or answer.get("sites"), (name, answer)
+    deadline = time.monotonic() + args.budget
+    load_before = os.getloadavg()
+    try:
+        each = {
+            name: timed(args.runs, lambda c=call: [c()],
+                        lambda a, n=name: check(n, a[0], model[n]), deadline)
+            for name, call in calls.items()
+        }  # fmt: skip
 
-    def whole() -> None:
-        for call in calls.values():
-            call()
+        def verify_all(answers: list[Any]) -> None:
+            for name, answer in zip(calls, answers, strict=True):
+                check(name, answer, model[name])
 
-    each = {name: timed(args.runs, call) for name, call in calls.items()}
-    total = timed(args.runs, whole)
+        total = timed(args.runs, lambda: [c() for c in calls.values()], verify_all, deadline)
+    except (Wrong, OverBudget) as e:
+        console.print(f"[red]{e}[/red]")
+        return 1
+    load_after = os.getloadavg()
     table = Table(
         title=(
             f"The site page's queries, 7-day range, over {args.events:,} archived events "
             f"({size / 1e6:,.0f} MB JSONL, {args.days} days, {args.storage}), {args.runs} runs, "
-            f"DuckDB threads {args.threads}"
+            f"DuckDB threads {args.threads}; every answer equal to the model's; load average "
+            f"{load_before[0]:.2f} before, {load_after[0]:.2f} after"
         )
     )
     for col in ("request", "p50 s", "p95 s"):
@@ -167,8 +227,11 @@ def main() -> int:
     )
     console.print(table)
     out = Path(__file__).parent / "results" / "site_page.json"
-    record = {"params": params | {"storage": args.storage, "runs": args.runs,
+    record = {"command": shlex.join(["python", "benchmarks/site_page_bench.py", *sys.argv[1:]]),
+              "params": params | {"storage": args.storage, "runs": args.runs,
                                   "threads": args.threads},
+              "load_average_1m": {"before": load_before[0], "after": load_after[0]},
+              "verified": "every answer of every run equal to site_page_model.py's",
               "requests": each, "whole_page": total}  # fmt: skip
     out.write_text(json.dumps(record, indent=2) + "\n")
     return 0
