@@ -34,48 +34,32 @@ from event_analytics.store.shared_links import SharedLink, SharedLinkStore
 router = APIRouter(prefix="/api/v1/sites/shared-links", tags=["shared links"])
 pages = APIRouter(tags=["shared links"])
 MAX_BODY = 4 * 1024
-_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["site_id", "name"],
-                    "properties": {
-                        "site_id": {"type": "string", "example": "example.com"},
-                        "name": {"type": "string", "example": "Weekly report for the client"},
-                        "password": {
-                            "type": "string",
-                            "minLength": MIN_LEN,
-                            "maxLength": MAX_LEN,
-                            "description": "optional: the link's page asks for it",
-                            "example": "correct horse battery",
-                        },
-                    },
-                }
-            }
-        },
-    }
-}
 
 
-_UNLOCK_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["password"],
-                    "properties": {
-                        "password": {"type": "string", "example": "correct horse battery"}
-                    },
-                }
-            }
+def _json_body(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI's ``openapi_extra`` for a required JSON object body (the routes read the
+    body themselves, within its size limit, so FastAPI does not declare it)."""
+    schema = {"type": "object", "required": required, "properties": properties}
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": schema}}}}  # fmt: skip
+
+
+_PASSWORD = {"type": "string", "example": "correct horse battery"}
+_BODY = _json_body(
+    ["site_id", "name"],
+    {
+        "site_id": {"type": "string", "example": "example.com"},
+        "name": {"type": "string", "example": "Weekly report for the client"},
+        "password": _PASSWORD
+        | {
+            "minLength": MIN_LEN,
+            "maxLength": MAX_LEN,
+            "description": "optional: the link's page asks for it",
         },
-    }
-}
+    },
+)
+_UNLOCK_BODY = _json_body(["password"], {"password": _PASSWORD})
+
 # One scrypt (16 MB, tens of ms) at a time, off the event loop: a burst of guesses queues
 # here instead of taking the service's memory or its loop.
 _SCRYPT = asyncio.Semaphore(1)
