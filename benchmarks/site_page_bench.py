@@ -17,10 +17,12 @@ list (``GET /api/v1/sites/goals``, Redis, not the archive). Timed one after anot
 one process: the page keeps two in flight against a pool of two query processes on these
 two cores, so the set's sum is what its wall time comes to.
 
-Every answer, of every run, is checked against site_page_model.py's answers computed
-from the records the generator sent (computed once per archive and kept beside it); a
-wrong answer stops the bench (exit 1) before any figure is written. Bounded: each query
-by --query-timeout, the timed runs by --budget (past it the bench stops, exit 1).
+Each page load (one to warm, then --runs) sends the set in turn, timing each request;
+its whole time is the sum. Every answer, of every load, is checked against
+site_page_model.py's answers computed from the records the generator sent (computed once
+per archive and kept beside it); a wrong answer stops the bench (exit 1) before any
+figure is written. Bounded: each query by --query-timeout, the loads by --budget (past
+either the bench stops, exit 1). Each request's time is printed as it comes.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 from event_analytics.analytics import site_list, stats
-from event_analytics.analytics.pool import QueryEngine
+from event_analytics.analytics.pool import QueryEngine, QueryTimeout
 from event_analytics.analytics.stats_spec import parse_query, with_goals
 from event_analytics.archive import files
 from event_analytics.archive.compact import compact_closed
@@ -122,24 +124,44 @@ def check(name: str, answer: dict[str, Any], expected: dict[str, Any]) -> None:
         raise Wrong(f"{name}: answered {json.dumps(got)}\nthe model: {json.dumps(expected)}")
 
 
-def timed(
-    runs: int, work: Callable[[], list[Any]], verify: Callable[[list[Any]], None], deadline: float
-) -> dict[str, float]:
-    """p50/p95 of ``runs`` runs after one to warm (page cache, DuckDB's readers); every
-    run's answers verified after its clock stops."""
-    samples = []
-    for i in range(runs + 1):
-        if time.monotonic() > deadline:
-            raise OverBudget(f"past --budget after {len(samples)} timed runs")
-        began = time.perf_counter()
-        answers = work()
-        took = time.perf_counter() - began
-        verify(answers)
-        if i:
-            samples.append(took)
-    samples.sort()
+def quantiles(samples: list[float]) -> dict[str, float]:
+    samples = sorted(samples)
     return {"p50_s": statistics.median(samples),
             "p95_s": samples[min(len(samples) - 1, round(0.95 * (len(samples) - 1)))]}  # fmt: skip
+
+
+def page_loads(
+    calls: dict[str, Callable[[], Any]],
+    model: dict[str, Any],
+    runs: int,
+    deadline: float,
+    say: Callable[[str], None],
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """``runs`` page loads after one to warm (page cache, DuckDB's readers), each the
+    requests in turn, each request timed and its answer checked after its clock stops:
+    each request's p50/p95, and the whole load's (the sum of its requests' times)."""
+    each: dict[str, list[float]] = {name: [] for name in calls}
+    whole = []
+    for i in range(runs + 1):
+        total = 0.0
+        for name, call in calls.items():
+            if time.monotonic() > deadline:
+                raise OverBudget(f"past --budget in page load {i} (0 is the warm-up), at {name}")
+            began = time.perf_counter()
+            try:
+                answer = call()
+            except QueryTimeout as e:
+                raise OverBudget(f"page load {i} (0 is the warm-up), {name}: {e}") from None
+            took = time.perf_counter() - began
+            check(name, answer, model[name])
+            say(f"load {i}{' (warm)' if i == 0 else ''}: {name}: {took:.3f} s, as the model")
+            total += took
+            if i:
+                each[name].append(took)
+        say(f"load {i}: the whole page {total:.3f} s (load average {os.getloadavg()[0]:.2f})")
+        if i:
+            whole.append(total)
+    return {name: quantiles(t) for name, t in each.items()}, quantiles(whole)
 
 
 def expected(args: argparse.Namespace, params: dict[str, Any], end: datetime) -> dict[str, Any]:
@@ -192,17 +214,7 @@ def main() -> int:
     deadline = time.monotonic() + args.budget
     load_before = os.getloadavg()
     try:
-        each = {
-            name: timed(args.runs, lambda c=call: [c()],
-                        lambda a, n=name: check(n, a[0], model[n]), deadline)
-            for name, call in calls.items()
-        }  # fmt: skip
-
-        def verify_all(answers: list[Any]) -> None:
-            for name, answer in zip(calls, answers, strict=True):
-                check(name, answer, model[name])
-
-        total = timed(args.runs, lambda: [c() for c in calls.values()], verify_all, deadline)
+        each, total = page_loads(calls, model, args.runs, deadline, console.print)
     except (Wrong, OverBudget) as e:
         console.print(f"[red]{e}[/red]")
         return 1
