@@ -57,14 +57,17 @@ IMPORT_BENCH_ARGS ?= --events 3000000
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/analytics_bench.py $(ANALYTICS_BENCH_ARGS)
+	$(BIN)/python benchmarks/site_page_bench.py $(SITE_BENCH_ARGS)
 	$(BIN)/python benchmarks/query_storm.py $(STORM_BENCH_ARGS)
 	@# PostgreSQL delivery: events/s, the delivery process's and PostgreSQL's CPU per event.
 	$(BIN)/python benchmarks/postgres_bench.py $(POSTGRES_BENCH_ARGS)
 	$(BIN)/python benchmarks/import_bench.py $(IMPORT_BENCH_ARGS)
 
-# Re-render docs/dashboard.png: the dashboard test's screenshot (needs chromium).
+# Re-render docs/dashboard.png and the site page's docs/dashboard-site{,-phone}.png: the
+# dashboard tests' screenshots of a real run (needs chromium).
 screenshot: $(VENV)/.installed-dev
 	EA_DOCS_SCREENSHOT=1 $(BIN)/python -m pytest tests/test_dashboard.py -k renders_what_was_sent
+	EA_DOCS_SCREENSHOT=1 $(BIN)/python -m pytest tests/test_dashboard_site.py -k phone_width_and_screenshots
 
 # --- Containers --------------------------------------------------------------------
 # docker if its daemon answers (a docker CLI alone is not enough), else podman. With podman and ../shared/containers/base-images.sh

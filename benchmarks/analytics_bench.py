@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -93,10 +93,12 @@ def _visit(
     return out
 
 
-def generate(root: Path, events: int, days: int, users: int, pages: int, end: datetime) -> None:
+def hour_records(
+    events: int, days: int, users: int, pages: int, end: datetime
+) -> Iterator[tuple[datetime, list[record.Record]]]:
     """``events`` records spread over ``days`` before ``end`` as visits (see ``_visit``),
-    hour file by hour file, encoded by the archive's record codec and appended by its
-    file code."""
+    hour by hour: each hour's records, in the order they are written. The same arguments
+    give the same records (one seeded generator), so a model can read them again."""
     rng = random.Random(42)
     hours = days * 24
     start = end - timedelta(hours=hours)
@@ -106,24 +108,33 @@ def generate(root: Path, events: int, days: int, users: int, pages: int, end: da
     for h in range(hours):
         hour = start + timedelta(hours=h)
         count = per_hour + (1 if h < events % hours else 0)
-        lines: list[bytes] = []
-        while len(lines) < count:
+        out: list[record.Record] = []
+        while len(out) < count:
             user = f"user_{rng.randrange(users)}"
             began = hour + timedelta(microseconds=rng.randrange(3_600_000_000))
             for ts, kind, payload in _visit(rng, began, hour + timedelta(hours=1), urls, pages):
-                if len(lines) == count:
+                if len(out) == count:
                     break
-                event = record.Record(
-                    event_id=uuid.UUID(int=rng.getrandbits(128)),
-                    user_id=user,
-                    timestamp=ts,
-                    event_type=kind,
-                    payload=payload,
-                    received_at=ts + timedelta(milliseconds=rng.randrange(1, 500)),
+                out.append(
+                    record.Record(
+                        event_id=uuid.UUID(int=rng.getrandbits(128)),
+                        user_id=user,
+                        timestamp=ts,
+                        event_type=kind,
+                        payload=payload,
+                        received_at=ts + timedelta(milliseconds=rng.randrange(1, 500)),
+                    )
                 )
-                lines.append(record.encode(event) + b"\n")
+        yield hour, out
+
+
+def generate(root: Path, events: int, days: int, users: int, pages: int, end: datetime) -> None:
+    """``hour_records``, encoded by the archive's record codec and appended hour file by
+    hour file by its file code."""
+    for hour, records in hour_records(events, days, users, pages, end):
+        lines = b"".join(record.encode(r) + b"\n" for r in records)
         with files.locked(files.hour_path(root, hour)) as fd:
-            files.append(fd, b"".join(lines))
+            files.append(fd, lines)
 
 
 def timed(runs: int, work: Callable[[], Any]) -> dict[str, float]:
@@ -275,15 +286,43 @@ def print_ingest(r: dict[str, Any], args: argparse.Namespace) -> None:
         console.print(f"threads {t}: query answers by status {x['query_statuses']}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+# A fixed end (a past hour) so a kept archive is the same archive.
+END = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def archive_args(parser: argparse.ArgumentParser, runs: int) -> None:
+    """The archive's arguments (and runs, threads), shared with site_page_bench.py."""
     parser.add_argument("--events", type=int, default=3_000_000)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--pages", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=runs)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/ea-analytics-bench"))
     parser.add_argument("--threads", type=int, default=2, help="DuckDB threads")
+
+
+def archive(args: argparse.Namespace, console: Console) -> tuple[Path, dict[str, Any]]:
+    """The archive under ``args.dir`` and its parameters: kept when it was made with the
+    same ones, else made again."""
+    stamp = args.dir / "params.json"
+    # "traffic": the generator's shape; a kept archive of another shape is made again.
+    params = {k: getattr(args, k) for k in ("events", "days", "users", "pages")}
+    params["traffic"] = "visits-1"
+    root = args.dir / "archive"
+    if not stamp.exists() or json.loads(stamp.read_text()) != params:
+        import shutil
+
+        shutil.rmtree(args.dir, ignore_errors=True)
+        began = time.perf_counter()
+        generate(root, args.events, args.days, args.users, args.pages, END)
+        stamp.write_text(json.dumps(params))
+        console.print(f"generated {args.events:,} events in {time.perf_counter() - began:.0f} s")
+    return root, params
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    archive_args(parser, runs=7)
     parser.add_argument(
         "--ingest-seconds",
         type=float,
@@ -305,22 +344,9 @@ def main() -> int:
         help="analytics clients at once (the pool's default size)",
     )
     args = parser.parse_args()
-    # A fixed end (a past hour) so a kept archive is the same archive.
-    end = datetime(2026, 11, 1, tzinfo=UTC)
-    stamp = args.dir / "params.json"
-    # "traffic": the generator's shape; a kept archive of another shape is made again.
-    params = {k: getattr(args, k) for k in ("events", "days", "users", "pages")}
-    params["traffic"] = "visits-1"
-    root = args.dir / "archive"
+    end = END
     console = Console()
-    if not stamp.exists() or json.loads(stamp.read_text()) != params:
-        import shutil
-
-        shutil.rmtree(args.dir, ignore_errors=True)
-        began = time.perf_counter()
-        generate(root, args.events, args.days, args.users, args.pages, end)
-        stamp.write_text(json.dumps(params))
-        console.print(f"generated {args.events:,} events in {time.perf_counter() - began:.0f} s")
+    root, params = archive(args, console)
     size = sum(f.size_bytes for f in files.list_files(root))
     engine = QueryEngine(max_concurrent=1, timeout_s=900, memory_limit="2GB", threads=args.threads)
     for copy in root.rglob("*.parquet*"):  # JSONL first, then compacted

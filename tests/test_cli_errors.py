@@ -79,6 +79,12 @@ CASES: list[tuple[list[str], dict[str, str], int, str]] = [
     (["links", "add", "--site", "example.com"], {}, 2, "required: --name"),
     (["links", "add", "--site", "not a site", "--name", "x"], {}, 2, "--site: a domain"),
     (["links", "add", "--site", "example.com", "--name", " "], {}, 2, "--name: 1 to 200"),
+    (
+        ["links", "add", "--site", "example.com", "--name", "x", "--password-stdin"],
+        {},
+        2,
+        "--password-stdin: 8 to 200 characters",
+    ),
     (["links", "list"], {}, 2, "required: --site"),
     (["links", "revoke", "--site", "example.com"], {}, 2, "required: id"),
     (["export", "--from", "yesterday", "--to", "2026-12-01"], {}, 2, "--from 'yesterday'"),
@@ -123,7 +129,7 @@ def test_bad_arguments_give_one_line_and_the_exit_code(
     done = subprocess.run(
         [sys.executable, "-m", "event_analytics", *argv],
         env=base | {"EA_DATA_DIR": str(tmp_path / "data")} | env,
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     # status is a report: what it found, the failure included, goes to stdout.
     said = done.stdout if args[:1] == ["status"] and code == 1 else done.stderr

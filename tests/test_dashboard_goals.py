@@ -100,3 +100,68 @@ def test_goals_panel_top_row_and_click_to_filter(
         assert got["chips"] == [["is", "event:goal", "Visit /pricing"]]
         check_goals(page, sent, goals, chosen)
         assert page.console() == []
+
+
+PROPS_SHOWN = """JSON.stringify({
+  hidden: getComputedStyle(document.getElementById('panel-goal-props')).display === 'none',
+  rows: [...document.querySelectorAll('#goal-props-rows li[data-metrics]')].map((li) =>
+    [li.dataset.value, JSON.parse(li.dataset.metrics)]),
+  search: location.search,
+})"""
+
+
+def check_props(
+    page: LivePage, records: list[dict[str, Any]], goals: tuple[Goal, ...], goal: str, prop: str
+) -> None:
+    frm, to, _, _ = days()
+    page.wait_until(
+        "document.getElementById('goal-props-rows').dataset.shown === "
+        f"{json.dumps(json.dumps([goal, prop], separators=(',', ':')))}"
+        " && document.body.dataset.ready === '1'",
+        60,
+    )
+    got = json.loads(page.evaluate(PROPS_SHOWN))
+    rows = expect(records, frm, to, ["visitors", "events", "total_revenue"], goals,
+                  dimensions=[f"event:props:{prop}"],
+                  filters=[["is", "event:goal", [goal]]])  # fmt: skip
+    assert len([r for r in rows if r["dimensions"][0] is not None]) >= 2, rows
+    assert not got["hidden"]
+    assert got["rows"] == [
+        ["" if r["dimensions"][0] is None else r["dimensions"][0],
+         [*r["metrics"][:2], money_value(r["metrics"][2])]]
+        for r in rows
+    ]  # fmt: skip
+    assert f"prop={prop}" in got["search"]
+
+
+def test_goal_properties_panel(
+    svc: ServiceProcess, sent: list[dict[str, Any]], chromium: str, tmp_path: Path
+) -> None:
+    """For a chosen goal and property name, each value's visitors, conversions and revenue
+    equal the model; a bookmark with ?goal=&prop= reopens the same view."""
+    goals = make_goals(svc)
+    signup = next(g.display_name for g in goals if g.event_name == "signup")
+    pricing = next(g.display_name for g in goals if g.page_path == "/pricing")
+    frm, to, _, _ = days()
+    url = f"{svc.url}/dashboard/{SITE}?range=custom&from={frm}&to={to}#key={READ}"
+    with live_page(chromium, tmp_path / "profile") as page:
+        page.open(url)
+        settle(page, 1)
+        assert page.evaluate("document.getElementById('goal-props-rows').children.length") == 0
+        page.evaluate(
+            f"document.getElementById('goal-props-goal').value = {json.dumps(signup)};"
+            "document.getElementById('goal-props-name').value = 'browser';"
+            "document.getElementById('goal-props-form').requestSubmit()"
+        )
+        check_props(page, sent, goals, signup, "browser")
+        bookmark = page.evaluate("location.href")
+        page.evaluate(
+            f"document.getElementById('goal-props-goal').value = {json.dumps(pricing)};"
+            "document.getElementById('goal-props-goal').dispatchEvent(new Event('change'))"
+        )
+        check_props(page, sent, goals, pricing, "browser")
+        assert page.console() == []
+    with live_page(chromium, tmp_path / "profile2") as page:
+        page.open(bookmark + f"#key={READ}")
+        settle(page, 1)
+        check_props(page, sent, goals, signup, "browser")

@@ -243,7 +243,9 @@ def test_site_page_shows_the_model_and_filters_by_click(
         assert XSS["source"] in values and XSS["page"] in values
         injected = "document.querySelectorAll('img, svg, iframe, object, embed').length"
         assert page.evaluate(injected) == 0
-        assert page.evaluate("document.scripts.length") == 8
+        # No script beyond the page's own tags (site.html's).
+        html = (REPO / "src" / "event_analytics" / "dashboard" / "site.html").read_text()
+        assert page.evaluate("document.scripts.length") == html.count("<script ") == 10
         assert page.evaluate("typeof window.__xss") == "undefined"
         # No goals on this site: no goal numbers and no Goals panel on the page.
         shown_goals = (
@@ -534,3 +536,46 @@ def test_shared_link_page_shows_the_site_without_a_key(
     with live_page(chromium, tmp_path / "profile2") as page:
         page.open(url)
         page.wait_until("document.body && /401/.test(document.body.innerText)", WAIT_S)
+
+
+def test_password_link_page_asks_before_showing_anything(
+    svc: ServiceProcess, sent: list[dict[str, Any]], chromium: str, tmp_path: Path
+) -> None:
+    """A link with a password: its page shows a password dialog and no number; a wrong
+    password is said so and still shows nothing; the right one shows the model's numbers."""
+    password = "page-password-25"
+    made = HTTP.post(f"{svc.url}/api/v1/sites/shared-links",
+                     json={"site_id": SITE, "name": "locked", "password": password},
+                     headers=AUTH)  # fmt: skip
+    assert made.status_code == 201, made.text
+    frm, to, _, _ = days()
+    url = f"{svc.url}{made.json()['url']}&range=custom&from={frm}&to={to}"
+    submit = (
+        "(() => { document.getElementById('share-password-input').value = {pw};"
+        " document.getElementById('share-password-form').requestSubmit(); return 1; })()"
+    )
+    with live_page(chromium, tmp_path / "profile") as page:
+        page.open(url)
+        # ?. : the element is not there while the page is still loading.
+        page.wait_until("document.getElementById('share-password')?.open === true", WAIT_S)
+        settle(page, 1)
+        assert (
+            page.evaluate("document.getElementById('m-visitors').textContent") == "\u2013"
+        )  # the placeholder dash
+        page.evaluate(submit.replace("{pw}", json.dumps(password + "-wrong")))
+        page.wait_until(
+            "document.getElementById('share-password-said').textContent === 'wrong password'",
+            WAIT_S,
+        )
+        assert (
+            page.evaluate("document.getElementById('m-visitors').textContent") == "\u2013"
+        )  # the placeholder dash
+        page.evaluate(submit.replace("{pw}", json.dumps(password)))
+        # The page reloads with the unlock: its first round then shows the numbers.
+        page.wait_until(
+            "document.getElementById('share-password')?.open === false"
+            " && document.body?.dataset.ready === '1'",
+            WAIT_S,
+        )
+        got = check_numbers(page, sent, [])
+        assert "Secret-B-Source" not in got["text"] and "b-secret" not in got["text"]

@@ -39,6 +39,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "sites",  # an event's site, path and host (Python and SQL texts)
             "goals",  # goal definitions and their matcher (Python and SQL texts)
             "revenue",  # the exact revenue shape
+            "passwords",  # a shared link's password hash and unlock value
             "adapters",
             "logs",
             "telemetry",

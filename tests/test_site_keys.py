@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +20,12 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from event_analytics.api.security import KEYLESS_PATHS, PUBLIC_PATHS, PUBLIC_PREFIXES
+from event_analytics.api.security import (
+    KEYLESS_PATHS,
+    PUBLIC_PATHS,
+    PUBLIC_PREFIXES,
+    SHARE_UNLOCK_PATH,
+)
 from event_analytics.config import Settings
 from tests.helpers import HTTP, cli, event
 from tests.readback import wait_stats_archived
@@ -206,17 +213,25 @@ def test_site_keys_survive_the_hand_off(tmp_path: Path) -> None:
 # -- shared links: the same sweep with a link's token instead of a key
 
 
-def _link(svc: ServiceProcess, site: str) -> dict[str, Any]:
-    r = HTTP.post(f"{svc.url}/api/v1/sites/shared-links", json={"site_id": site, "name": "client"},
-                  headers=_auth(WRITE))  # fmt: skip
+def _link(svc: ServiceProcess, site: str, password: str | None = None) -> dict[str, Any]:
+    body = {"site_id": site, "name": "client"} | (
+        {} if password is None else {"password": password}
+    )
+    r = HTTP.post(f"{svc.url}/api/v1/sites/shared-links", json=body, headers=_auth(WRITE))
     assert r.status_code == 201, r.text
     link: dict[str, Any] = r.json()
     assert link["url"] == f"/share/{site}?auth={link['token']}"
+    assert link["password_protected"] is (password is not None)
     return link
 
 
-def _share(token: str) -> dict[str, str]:
-    return {"X-Share-Token": token}
+def _share(token: str, unlock: str | None = None) -> dict[str, str]:
+    return {"X-Share-Token": token} | ({} if unlock is None else {"X-Share-Unlock": unlock})
+
+
+def _unlock(svc: ServiceProcess, token: str, password: str) -> Any:
+    return HTTP.post(f"{svc.url}{SHARE_UNLOCK_PATH}", json={"password": password},
+                     headers=_share(token))  # fmt: skip
 
 
 def test_shared_link_reads_its_site_until_revoked(svc: ServiceProcess) -> None:
@@ -250,10 +265,19 @@ def test_links_are_managed_with_the_write_scope(svc: ServiceProcess) -> None:
     assert other.status_code == 404
 
 
-def test_every_route_refuses_a_link_beyond_its_site(svc: ServiceProcess) -> None:
-    token = _link(svc, A)["token"]
-    answers = _sweep(svc, _share(token))
+@pytest.mark.parametrize("protected", [False, True], ids=["plain", "unlocked-password"])
+def test_every_route_refuses_a_link_beyond_its_site(svc: ServiceProcess, protected: bool) -> None:
+    """The sweep with a link's token, and with a password link's token and its unlock."""
+    token = _link(svc, A, PASSWORD if protected else None)["token"]
+    unlock = None
+    if protected:
+        unlock = _unlock(svc, token, PASSWORD).json()["unlock"]
+        assert _visitors_with(svc, _share(token, unlock), A).status_code == 200
+    answers = _sweep(svc, _share(token, unlock))
     for method, path, r in answers:
+        if path == SHARE_UNLOCK_PATH:  # reads nothing: no password in the body (or none set)
+            assert r.status_code in (403, 422) and B not in r.text, r.text
+            continue
         if path == "/api/sites":
             assert r.status_code == 200 and B not in r.text, r.text
             continue
@@ -295,3 +319,98 @@ def test_embedding_only_when_asked_and_enabled(svc: ServiceProcess) -> None:
     assert plain.headers["content-security-policy"] == "frame-ancestors 'none'"
     assert plain.headers["x-frame-options"] == "DENY"
     assert plain.headers["referrer-policy"] == "no-referrer"
+
+
+# -- shared links with a password
+
+PASSWORD = "correct horse battery"
+
+
+def test_password_link_refuses_without_the_password(svc: ServiceProcess) -> None:
+    link = _link(svc, A, PASSWORD)
+    token = link["token"]
+    for headers in (_share(token), _share(token, "9999999999.00"), _share(token, "garbage")):
+        r = _visitors_with(svc, headers, A)
+        assert r.status_code == 401 and "results" not in r.text, r.text
+        assert r.json()["type"].endswith("share-password-required")
+        sites = HTTP.get(f"{svc.url}/api/sites", params={"date_range": "7d"}, headers=headers)
+        assert sites.status_code == 401 and A not in sites.text
+    wrong = _unlock(svc, token, PASSWORD + "!")
+    assert wrong.status_code == 401 and "unlock" not in wrong.json(), wrong.text
+    assert "wrong password" in wrong.json()["detail"]
+    assert _unlock(svc, token, "").status_code == 401
+    listed = HTTP.get(f"{svc.url}/api/v1/sites/shared-links", params={"site_id": A},
+                      headers=_auth(WRITE)).json()["shared_links"]  # fmt: skip
+    mine = [x for x in listed if x["id"] == link["id"]]
+    assert mine and mine[0]["password_protected"] is True
+    assert PASSWORD not in str(listed) and "scrypt" not in str(listed) and token not in str(listed)
+
+
+def test_password_link_reads_its_site_once_unlocked_until_revoked(svc: ServiceProcess) -> None:
+    link = _link(svc, A, PASSWORD)
+    token = link["token"]
+    r = _unlock(svc, token, PASSWORD)
+    assert r.status_code == 200, r.text
+    unlock = r.json()["unlock"]
+    assert PASSWORD not in r.text
+    ok = _visitors_with(svc, _share(token, unlock), A)
+    assert ok.status_code == 200 and ok.json()["results"][0]["metrics"] == [2], ok.text
+    assert _visitors_with(svc, _share(token, unlock), B).status_code == 403
+    sites = HTTP.get(f"{svc.url}/api/sites", params={"date_range": "7d"},
+                     headers=_share(token, unlock))  # fmt: skip
+    assert [s["site_id"] for s in sites.json()["sites"]] == [A]
+    # An unlock is its link's only: another link with the same password needs its own.
+    other = _link(svc, A, PASSWORD)["token"]
+    assert _visitors_with(svc, _share(other, unlock), A).status_code == 401
+    # Its expiry is inside its MAC: moved later, it is refused.
+    expires, mac = unlock.split(".")
+    assert _visitors_with(svc, _share(token, f"{int(expires) + 60}.{mac}"), A).status_code == 401
+    # An unlock value does not stand in for the token.
+    assert _visitors_with(svc, {"X-Share-Unlock": unlock}, A).status_code == 401
+    gone = HTTP.delete(f"{svc.url}/api/v1/sites/shared-links/{link['id']}",
+                       params={"site_id": A}, headers=_auth(WRITE))  # fmt: skip
+    assert gone.status_code == 200, gone.text
+    refused = _visitors_with(svc, _share(token, unlock), A)
+    assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
+    assert _unlock(svc, token, PASSWORD).status_code == 401
+
+
+def test_password_rules_and_unlock_of_a_plain_link(svc: ServiceProcess) -> None:
+    url = f"{svc.url}/api/v1/sites/shared-links"
+    for bad in ("short", 12345678, "x" * 201):
+        r = HTTP.post(url, json={"site_id": A, "name": "x", "password": bad}, headers=_auth(WRITE))
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "password", r.text
+    plain = _link(svc, A)["token"]
+    r = _unlock(svc, plain, PASSWORD)
+    assert r.status_code == 403 and r.json()["type"].endswith("share-no-password"), r.text
+    # Without a token the route has no link to unlock (a key is no link).
+    keyed = HTTP.post(f"{svc.url}{SHARE_UNLOCK_PATH}", json={"password": PASSWORD},
+                      headers=_auth(WRITE))  # fmt: skip
+    assert keyed.status_code == 401, keyed.text
+
+
+def test_links_cli_with_a_password(svc: ServiceProcess) -> None:
+    where = ["--data-dir", str(svc.data_dir), "--site", A]
+    added = subprocess.run(
+        [sys.executable, "-m", "event_analytics", "links", "add", *where, "--name", "cli",
+         "--password-stdin", "--json"],
+        input=PASSWORD + "\n", capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    link = json.loads(added.stdout)
+    assert link["password_protected"] is True and PASSWORD not in added.stdout
+    assert _visitors_with(svc, _share(link["token"]), A).status_code == 401
+    unlock = _unlock(svc, link["token"], PASSWORD).json()["unlock"]
+    assert _visitors_with(svc, _share(link["token"], unlock), A).status_code == 200
+    listed = cli(["links", "list", *where], {})
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(link["id"]))
+    assert row.split("\t")[2] == "yes" and PASSWORD not in listed.stdout
+
+
+def test_the_password_is_in_no_log(svc: ServiceProcess) -> None:
+    """After every test above sent it (right and wrong), the service's log has no trace."""
+    token = _link(svc, A, PASSWORD)["token"]
+    _unlock(svc, token, PASSWORD)
+    _unlock(svc, token, PASSWORD + "!")
+    logged = svc.log_path.read_text(errors="replace")
+    assert logged and PASSWORD not in logged

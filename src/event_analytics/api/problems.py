@@ -54,9 +54,11 @@ def problem(
 REFUSALS: dict[str, tuple[int, str]] = {
     "malformed-http": (400, "Malformed HTTP"),
     "unauthorized": (401, "Unauthorized"),
+    "share-password-required": (401, "Shared link password required"),
     "forbidden": (403, "Forbidden"),
     "origin-not-allowed": (403, "Origin not allowed"),
     "share-link-scope": (403, "Not a shared link's route"),
+    "share-no-password": (403, "Shared link has no password"),
     "site-limited-key": (403, "Key limited to sites"),
     "admin-closed": (403, "Admin routes closed"),
     "not-found": (404, "Not Found"),

@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
+import time
 from enum import StrEnum
 from typing import Any
 
@@ -22,6 +23,7 @@ from event_analytics.api.body import header
 from event_analytics.api.problems import problem_responses, refuse, render_error
 from event_analytics.config import Settings
 from event_analytics.errors import EventsRateLimited, SiteForbidden, StorageUnavailable
+from event_analytics.passwords import unlock_valid
 from event_analytics.store.ratelimit import RateLimits
 from event_analytics.store.shared_links import SharedLinkStore
 
@@ -79,6 +81,12 @@ ADMIN_PREFIX = "/api/v1/admin/"
 # POST /api/import (api/imports.py) writes events, of any age: the write scope, as goal
 # changes take it (the read scope when only read keys are set).
 IMPORT_PATH = "/api/import"
+# A link with a password: its token opens this route only, which trades the password for
+# an unlock value (passwords.py) that every other request of the link then carries.
+SHARE_UNLOCK_PATH = SHARED_LINKS_PATH + "/unlock"
+SHARE_UNLOCK_HEADER = b"x-share-unlock"
+# The link a token request was admitted for (store.shared_links.SharedLink).
+SHARE_LINK_SCOPE = "ea.share_link"
 
 
 class Access(StrEnum):
@@ -346,22 +354,43 @@ class ReadGuard:
 
 async def _admit_share_token(scope: Scope, path: str, token: str) -> Response | None:
     """None when ``token`` is a live shared link and ``path`` one of its read routes (its
-    site is then the request's only site); otherwise the refusal. Looked up on every
-    request, so a revoked link is refused at once."""
-    if path not in SHARE_PATHS or scope["method"] not in ("GET", "POST", "HEAD"):
+    site is then the request's only site), unlocked when it has a password; otherwise the
+    refusal. Looked up on every request, so a revoked link is refused at once."""
+    unlocking = path == SHARE_UNLOCK_PATH and scope["method"] == "POST"
+    if not unlocking and (
+        path not in SHARE_PATHS or scope["method"] not in ("GET", "POST", "HEAD")
+    ):
         detail = (
             f"a shared link reads its site's stats only; {path} is not one of its routes "
             "(POST /api/v2/query, GET /api/v1/stats/*, GET /api/sites)"
         )
         return refuse("share-link-scope", detail)
-    store = scope["app"].state.store
+    app = scope["app"]
+    limits: RateLimits | None = app.state.guard.limits
     try:
-        link = await SharedLinkStore(store.client, store.keys).find(token)
+        if unlocking and limits is not None:  # each try costs a scrypt: bounded per address
+            limited = await limits.hit(None, client_address(scope))
+            if limited is not None:
+                detail = (f"more than {limited.limit} requests in {limits.window_s} s for this "
+                          f"client address; retry after {limited.retry_after_s} s")  # fmt: skip
+                return refuse("rate-limited", detail,
+                              headers={"Retry-After": str(limited.retry_after_s)})  # fmt: skip
+        link = await SharedLinkStore(app.state.store.client, app.state.store.keys).find(token)
     except StorageUnavailable as exc:
         return render_error(exc)
     if link is None:
         return unauthorized("unknown or revoked shared link (X-Share-Token)")
+    if link.password_hash is not None and not unlocking:
+        value = header(scope, SHARE_UNLOCK_HEADER)
+        if value is None or not unlock_valid(link.password_hash, link.id, value, time.time()):
+            detail = (
+                "this shared link has a password: POST it to "
+                f"{SHARE_UNLOCK_PATH} and send the answer's unlock as X-Share-Unlock"
+                + ("" if value is None else " (the one sent is expired or not this link's)")
+            )
+            return refuse("share-password-required", detail)
     scope[SITES_SCOPE] = frozenset({link.site})
+    scope[SHARE_LINK_SCOPE] = link
     return None
 
 

@@ -2,13 +2,18 @@
 
 ``POST /api/v1/sites/shared-links`` makes one and shows its token once (in ``url``),
 ``GET ...?site_id=`` lists a site's links (no tokens: only their digests are kept),
-``DELETE .../{link_id}?site_id=`` revokes one at once. Managing links takes the write scope
-when write keys are set (a link hands out reading, so a read key may not make one), and a
-site-limited key may not: ReadGuard keeps these paths out of its site-scoped list.
+``DELETE .../{link_id}?site_id=`` revokes one at once, ``POST .../unlock`` trades a
+protected link's password for the unlock value its requests then carry. Managing links
+takes the write scope when write keys are set (a link hands out reading, so a read key may
+not make one), and a site-limited key may not: ReadGuard keeps these paths out of its
+site-scoped list; unlocking takes the link's token (security._admit_share_token).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -17,23 +22,37 @@ from fastapi.responses import HTMLResponse, Response
 
 from event_analytics.api import deps
 from event_analytics.api.body import read_json
-from event_analytics.api.problems import json_body, problem_responses
+from event_analytics.api.problems import json_body, problem_responses, refuse
 from event_analytics.api.render import json_response
+from event_analytics.api.security import SHARE_LINK_SCOPE, unauthorized
 from event_analytics.dashboard import page
 from event_analytics.errors import FieldError, InvalidInput
 from event_analytics.goals import check_site
+from event_analytics.passwords import MAX_LEN, MIN_LEN, unlock_value, verify_password
 from event_analytics.store.shared_links import SharedLink, SharedLinkStore
 
 router = APIRouter(prefix="/api/v1/sites/shared-links", tags=["shared links"])
 pages = APIRouter(tags=["shared links"])
 MAX_BODY = 4 * 1024
+_PASSWORD = {"type": "string", "example": "correct horse battery"}
 _BODY = json_body(
     ["site_id", "name"],
     {
         "site_id": {"type": "string", "example": "example.com"},
         "name": {"type": "string", "example": "Weekly report for the client"},
+        "password": _PASSWORD
+        | {
+            "minLength": MIN_LEN,
+            "maxLength": MAX_LEN,
+            "description": "optional: the link's page asks for it",
+        },
     },
 )
+_UNLOCK_BODY = json_body(["password"], {"password": _PASSWORD})
+
+# One scrypt (16 MB, tens of ms) at a time, off the event loop: a burst of guesses queues
+# here instead of taking the service's memory or its loop.
+_SCRYPT = asyncio.Semaphore(1)
 
 
 def _store(request: Request) -> SharedLinkStore:
@@ -42,7 +61,8 @@ def _store(request: Request) -> SharedLinkStore:
 
 
 def shown(link: SharedLink) -> dict[str, Any]:
-    return {"id": link.id, "name": link.name, "site_id": link.site, "created_at": link.created_at}
+    return {"id": link.id, "name": link.name, "site_id": link.site, "created_at": link.created_at,
+            "password_protected": link.password_hash is not None}  # fmt: skip
 
 
 @pages.get(
@@ -94,11 +114,15 @@ async def create(request: Request) -> Response:
     )
     if not isinstance(fields, dict):
         raise InvalidInput([FieldError("invalid_body", "body", "the body is a JSON object")])
-    unknown = sorted(set(fields) - {"site_id", "name"})
+    unknown = sorted(set(fields) - {"site_id", "name", "password"})
     if unknown:
-        raise InvalidInput([FieldError("unknown_field", unknown[0], "known fields: site_id, name")])
+        raise InvalidInput(
+            [FieldError("unknown_field", unknown[0], "known fields: site_id, name, password")]
+        )
     site = check_site(fields.get("site_id"))
-    link, token = await _store(request).create(site, fields.get("name"))  # type: ignore[arg-type]
+    store = _store(request)
+    async with _SCRYPT:
+        link, token = await store.create(site, fields.get("name"), fields.get("password"))  # type: ignore[arg-type]
     url = f"/share/{quote(site, safe='')}?auth={token}"
     return json_response({**shown(link), "url": url, "token": token}, status=201)
 
@@ -127,3 +151,39 @@ async def revoke(
 ) -> Response:
     link = await _store(request).revoke(check_site(site_id), link_id)
     return json_response({"deleted": True, **shown(link)})
+
+
+@router.post(
+    "/unlock",
+    summary="Give a shared link's password: the unlock value its requests then carry",
+    description=(
+        "With the link's token in `X-Share-Token`. The answer's `unlock` goes with every "
+        "request of the link as `X-Share-Unlock` until `expires_at` (12 h), or until the link "
+        "is revoked. A wrong password is 401 and reads nothing."
+    ),
+    responses=problem_responses(400, 401, 403, 413, 422),
+    openapi_extra=_UNLOCK_BODY,
+)
+async def unlock(request: Request) -> Response:
+    link: SharedLink | None = request.scope.get(SHARE_LINK_SCOPE)
+    if link is None:  # admitted by a key, not by a link's token (security.ReadGuard)
+        return unauthorized("send the shared link's token in X-Share-Token")
+    if link.password_hash is None:
+        return refuse(
+            "share-no-password", "this shared link has no password: it reads without unlocking"
+        )
+    fields = await read_json(
+        request.scope, request.receive, MAX_BODY, deps.settings(request).body_timeout_s
+    )
+    password = fields.get("password") if isinstance(fields, dict) else None
+    if not isinstance(password, str) or len(password) > MAX_LEN:
+        raise InvalidInput(
+            [FieldError("invalid_password", "password", "password: the link's password, a string")]
+        )
+    async with _SCRYPT:
+        right = await asyncio.to_thread(verify_password, password, link.password_hash)
+    if not right:
+        return unauthorized("wrong password for this shared link")
+    value, expires = unlock_value(link.password_hash, link.id, time.time())
+    expires_at = datetime.fromtimestamp(expires, UTC).isoformat().replace("+00:00", "Z")
+    return json_response({"unlock": value, "expires_at": expires_at})

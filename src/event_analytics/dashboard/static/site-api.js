@@ -31,7 +31,11 @@
   async function request(path, body, asBlob) {
     const init = { method: body === undefined ? "GET" : "POST", cache: "no-store", headers: {} };
     if (KEY) init.headers["X-API-Key"] = KEY;
-    if (window.EA_SHARE_TOKEN) init.headers["X-Share-Token"] = window.EA_SHARE_TOKEN;
+    if (window.EA_SHARE_TOKEN) {
+      init.headers["X-Share-Token"] = window.EA_SHARE_TOKEN;
+      const unlock = window.EASharePassword.unlock();
+      if (unlock) init.headers["X-Share-Unlock"] = unlock;
+    }
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -48,11 +52,15 @@
     }
     if (!response.ok) {
       let detail = response.statusText;
+      let type = "";
       try {
         const problem = await response.json();
         detail = [problem.title, problem.detail].filter(Boolean).join(": ") || detail;
+        type = String(problem.type || "");
       } catch (_) { /* not JSON */ }
-      if (response.status === 401 || response.status === 403) {
+      if (type.endsWith(":share-password-required")) {
+        window.EASharePassword.ask();
+      } else if (response.status === 401 || response.status === 403) {
         detail += " (this page needs a read key: open it with #key=YOUR_READ_KEY)";
       }
       throw new ApiError(`${name}: ${response.status} ${detail}`);

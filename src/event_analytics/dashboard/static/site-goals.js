@@ -103,7 +103,8 @@
       note.textContent = `${goals.length} goals · archive up to ${answer.meta.archived_until.slice(11, 19)} UTC`;
     }
 
-    return { load: () => Promise.all([loadTop(), loadPanel()]) };
+    const props = window.EASiteGoalProps.install(ctx, goals);
+    return { load: () => Promise.all([loadTop(), loadPanel(), props.load()]) };
   }
 
   window.EASiteGoals = { install };

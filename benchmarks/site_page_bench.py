@@ -1,0 +1,253 @@
+"""The site page's speed: every query one load of ``/dashboard/<site>`` sends for a 7-day
+range (static/site*.js), timed as a set over the analytics bench's archive (issue 25:
+the whole set in <= 2 s over the 3,000,000-event archive).
+
+    python benchmarks/site_page_bench.py [--events 3000000] [--days 7] [--runs 5]
+        [--storage parquet|jsonl] [--dir /tmp/ea-analytics-bench]
+
+The archive is analytics_bench.py's (generated once under --dir with its parameters and
+reused, the same directory as that bench by default). The set, in the order the page
+sends it, each through the code the service runs (``stats.run``, ``site_list.run``):
+the site picker (``GET /api/sites``, 12 months), the top row with the previous period
+(``include.comparisons``), the graph per day with its comparison, the current visitors
+(``GET /api/sites`` over the last 5 minutes), the four panels' first tabs (top 9 with
+``total_rows``), and with goals: conversions and revenue with comparison, the Goals
+panel, and the Goal properties panel (``event:props:plan`` of a goal); not the goals
+list (``GET /api/v1/sites/goals``, Redis, not the archive). Timed one after another in
+one process: the page keeps two in flight against a pool of two query processes on these
+two cores, so the set's sum is what its wall time comes to.
+
+Each page load (one to warm, then --runs) sends the set in turn, timing each request;
+its whole time is the sum. Every answer, of every load, is checked against
+site_page_model.py's answers computed from the records the generator sent (computed once
+per archive and kept beside it); a wrong answer stops the bench (exit 1) before any
+figure is written. Bounded: each query by --query-timeout, the loads by --budget (past
+either the bench stops, exit 1). Each request's time is printed as it comes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import site_page_model
+from analytics_bench import END, GOALS, SITE, archive, archive_args, hour_records
+from rich.console import Console
+from rich.table import Table
+
+from event_analytics.analytics import site_list, stats
+from event_analytics.analytics.pool import QueryEngine, QueryTimeout
+from event_analytics.analytics.stats_spec import parse_query, with_goals
+from event_analytics.archive import files
+from event_analytics.archive.compact import compact_closed
+from event_analytics.config import Settings
+
+TARGET_S = 2.0
+TOP = ["visitors", "visits", "pageviews", "views_per_visit", "bounce_rate", "visit_duration"]
+PANELS = ["event:page", "visit:source", "visit:country", "visit:device"]
+
+
+def page_queries(today: date) -> dict[str, dict[str, Any]]:
+    """The Stats API bodies of one page load for "7d" (the 7 days ending today), as
+    site.js, site-goals.js and site-goal-props.js build them."""
+    rng = [(today - timedelta(days=6)).isoformat(), today.isoformat()]
+    compare = {"comparisons": {"mode": "previous_period"}}
+    goal_names = [g.display_name for g in GOALS]
+    out: dict[str, dict[str, Any]] = {
+        "top row, previous period": {
+            "site_id": SITE, "metrics": TOP, "filters": [], "date_range": rng,
+            "include": compare,
+        },
+        "graph per day, previous period": {
+            "site_id": SITE, "metrics": ["visitors"], "dimensions": ["time:day"], "filters": [],
+            "date_range": rng, "include": {"time_labels": True, **compare},
+        },
+    }  # fmt: skip
+    for dim in PANELS:
+        out[f"panel {dim}"] = {
+            "site_id": SITE, "metrics": ["visitors"], "dimensions": [dim], "filters": [],
+            "date_range": rng, "pagination": {"limit": 9}, "include": {"total_rows": True},
+        }  # fmt: skip
+    out["goals: conversions, revenue, previous period"] = {
+        "site_id": SITE, "metrics": ["events", "total_revenue"],
+        "filters": [["is", "event:goal", goal_names]], "date_range": rng, "include": compare,
+    }  # fmt: skip
+    out["goals panel"] = {
+        "site_id": SITE, "dimensions": ["event:goal"], "filters": [],
+        "metrics": ["visitors", "events", "conversion_rate", "total_revenue"],
+        "date_range": rng, "pagination": {"limit": 100},
+    }  # fmt: skip
+    out["goal properties: event:props:plan of Purchase"] = {
+        "site_id": SITE, "dimensions": ["event:props:plan"],
+        "filters": [["is", "event:goal", ["Purchase"]]],
+        "metrics": ["visitors", "events", "total_revenue"],
+        "date_range": rng, "pagination": {"limit": 100},
+    }  # fmt: skip
+    return out
+
+
+def page_set(root: Path, end: datetime, engine: QueryEngine) -> dict[str, Callable[[], Any]]:
+    """Each request of one page load as a call; ``end`` is "now" (the archive's end)."""
+    timeout_s = Settings.model_fields["session_timeout_s"].default
+    today = (end - timedelta(microseconds=1)).date()  # the last archived day is "today"
+    out: dict[str, Callable[[], Any]] = {}
+    year_ago = end - timedelta(days=366)
+    out["site picker: /api/sites 12mo"] = lambda: site_list.run(engine, root, year_ago, end, end)
+    for name, body in page_queries(today).items():
+        q = with_goals(parse_query(body, end), GOALS)
+        out[name] = lambda q=q: stats.run(engine, q, root, end, timeout_s)
+    five = end - timedelta(minutes=5)
+    out["current visitors: /api/sites 5 min"] = lambda: site_list.run(engine, root, five, end, end)
+    return out
+
+
+class Wrong(Exception):
+    """An answer differs from the model's."""
+
+
+class OverBudget(Exception):
+    """The timed runs passed --budget."""
+
+
+def check(name: str, answer: dict[str, Any], expected: dict[str, Any]) -> None:
+    got = site_page_model.seen(answer, expected)
+    if got != expected:
+        raise Wrong(f"{name}: answered {json.dumps(got)}\nthe model: {json.dumps(expected)}")
+
+
+def quantiles(samples: list[float]) -> dict[str, float]:
+    samples = sorted(samples)
+    return {"p50_s": statistics.median(samples),
+            "p95_s": samples[min(len(samples) - 1, round(0.95 * (len(samples) - 1)))]}  # fmt: skip
+
+
+def page_loads(
+    calls: dict[str, Callable[[], Any]],
+    model: dict[str, Any],
+    runs: int,
+    deadline: float,
+    say: Callable[[str], None],
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """``runs`` page loads after one to warm (page cache, DuckDB's readers), each the
+    requests in turn, each request timed and its answer checked after its clock stops:
+    each request's p50/p95, and the whole load's (the sum of its requests' times)."""
+    each: dict[str, list[float]] = {name: [] for name in calls}
+    whole = []
+    for i in range(runs + 1):
+        total = 0.0
+        for name, call in calls.items():
+            if time.monotonic() > deadline:
+                raise OverBudget(f"past --budget in page load {i} (0 is the warm-up), at {name}")
+            began = time.perf_counter()
+            try:
+                answer = call()
+            except QueryTimeout as e:
+                raise OverBudget(f"page load {i} (0 is the warm-up), {name}: {e}") from None
+            took = time.perf_counter() - began
+            check(name, answer, model[name])
+            say(f"load {i}{' (warm)' if i == 0 else ''}: {name}: {took:.3f} s, as the model")
+            total += took
+            if i:
+                each[name].append(took)
+        say(f"load {i}: the whole page {total:.3f} s (load average {os.getloadavg()[0]:.2f})")
+        if i:
+            whole.append(total)
+    return {name: quantiles(t) for name, t in each.items()}, quantiles(whole)
+
+
+def expected(args: argparse.Namespace, params: dict[str, Any], end: datetime) -> dict[str, Any]:
+    """The model's answers for this archive, kept in --dir beside it (computing them reads
+    every generated record again)."""
+    kept = args.dir / "site_page_model.json"
+    if kept.exists() and (got := json.loads(kept.read_text()))["params"] == params:
+        return dict(got["answers"])
+    began = time.perf_counter()
+    timeout_s = Settings.model_fields["session_timeout_s"].default
+    hours = hour_records(args.events, args.days, args.users, args.pages, end)
+    answers = site_page_model.build(hours, end, args.days, GOALS, timeout_s)
+    answers = json.loads(json.dumps(answers))  # as kept: lists, not tuples
+    kept.write_text(json.dumps({"params": params, "answers": answers}))
+    Console().print(f"modelled what was sent in {time.perf_counter() - began:.0f} s")
+    return answers
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    archive_args(parser, runs=5)
+    parser.add_argument("--budget", type=float, default=1200, help="seconds for the timed runs")
+    parser.add_argument("--query-timeout", type=float, default=120, help="seconds per query")
+    parser.add_argument(
+        "--storage",
+        choices=["parquet", "jsonl"],
+        default="parquet",
+        help="closed hours compacted to Parquet (as the archiver leaves them), or JSONL only",
+    )
+    args = parser.parse_args()
+    if args.days != 7:
+        parser.error("--days: the page's 7-day range must hold the whole archive: 7")
+    end = END  # analytics_bench's: the same archive
+    console = Console()
+    root, params = archive(args, console)
+    model = expected(args, params, end)
+    parquet = list(root.rglob("*.parquet*"))
+    if args.storage == "jsonl":
+        for copy in parquet:
+            copy.unlink()
+    elif not parquet:
+        began = time.perf_counter()
+        hours, _ = compact_closed(root, end + timedelta(hours=1))
+        console.print(f"compacted {hours} hours in {time.perf_counter() - began:.0f} s")
+    size = sum(f.size_bytes for f in files.list_files(root))
+    engine = QueryEngine(
+        max_concurrent=1, timeout_s=args.query_timeout, memory_limit="2GB", threads=args.threads
+    )
+    calls = page_set(root, end, engine)
+    deadline = time.monotonic() + args.budget
+    load_before = os.getloadavg()
+    try:
+        each, total = page_loads(calls, model, args.runs, deadline, console.print)
+    except (Wrong, OverBudget) as e:
+        console.print(f"[red]{e}[/red]")
+        return 1
+    load_after = os.getloadavg()
+    table = Table(
+        title=(
+            f"The site page's queries, 7-day range, over {args.events:,} archived events "
+            f"({size / 1e6:,.0f} MB JSONL, {args.days} days, {args.storage}), {args.runs} runs, "
+            f"DuckDB threads {args.threads}; every answer equal to the model's; load average "
+            f"{load_before[0]:.2f} before, {load_after[0]:.2f} after"
+        )
+    )
+    for col in ("request", "p50 s", "p95 s"):
+        table.add_column(col, justify="left" if col == "request" else "right")
+    for name, t in each.items():
+        table.add_row(name, f"{t['p50_s']:.3f}", f"{t['p95_s']:.3f}")
+    verdict = "met" if total["p50_s"] <= TARGET_S else "missed"
+    table.add_row(
+        f"the whole page ({len(calls)} requests, in turn): {verdict} (p50 <= {TARGET_S:g} s)",
+        f"{total['p50_s']:.3f}",
+        f"{total['p95_s']:.3f}",
+    )
+    console.print(table)
+    out = Path(__file__).parent / "results" / "site_page.json"
+    record = {"command": shlex.join(["python", "benchmarks/site_page_bench.py", *sys.argv[1:]]),
+              "params": params | {"storage": args.storage, "runs": args.runs,
+                                  "threads": args.threads},
+              "load_average_1m": {"before": load_before[0], "after": load_after[0]},
+              "verified": "every answer of every run equal to site_page_model.py's",
+              "requests": each, "whole_page": total}  # fmt: skip
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
