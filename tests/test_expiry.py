@@ -501,9 +501,9 @@ def test_import_refuses_what_retention_would_delete(db: Backend, tmp_path: Path)
     assert past
     assert f"rejected past_retention: {len(past)}" in done.stdout
     assert f"the first day EA_ARCHIVE_RETENTION_DAYS={DAYS} keeps" in done.stdout
-    # Older than the live window: written straight to the archive; newer events go
-    # through live ingest (no archiver runs here).
-    live_from = datetime.now(UTC) - timedelta(days=7, hours=1)
+    # The days wholly older than the live window (importing.py's settled days): written
+    # straight to the archive; the rest go through live ingest (no archiver runs here).
+    live_from = floor(datetime.now(UTC) - timedelta(days=7), Interval.DAY)
     direct = {floor(r.timestamp, Interval.HOUR) for r in records if first_kept <= r.timestamp}
     found = {f.hour for f in files.list_files(tmp_path / "archive")}
     assert {h for h in direct if h < live_from} <= found <= direct

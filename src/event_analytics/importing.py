@@ -98,13 +98,18 @@ def rare_collections() -> Iterator[None]:
     import is frozen (not walked at all) and thawed after; the thresholds come back.
     """
     before = gc.get_threshold()
-    gc.freeze()
+    # unfreeze() thaws everything: what someone else froze stays frozen, so only an import
+    # that found nothing frozen freezes (and thaws after).
+    freezing = gc.get_freeze_count() == 0
+    if freezing:
+        gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     try:
         yield
     finally:
         gc.set_threshold(*before)
-        gc.unfreeze()
+        if freezing:
+            gc.unfreeze()
 
 
 async def run_import(settings: Settings, sources: list[tuple[str, Path, str]]) -> ImportReport:
