@@ -7,6 +7,7 @@ none; tests/test_containers.py runs the other profiles for real.)
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -47,10 +48,17 @@ def test_the_postgres_profile_wires_the_api_to_its_database() -> None:
     )
 
 
+# Under `make test` the suite inherits MAKELEVEL and MAKEFLAGS, and a make run from it
+# would print "make[1]: Leaving directory" after the plan: run it as from a shell.
+_OUTSIDE_MAKE = {
+    k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")
+}
+
+
 def test_make_compose_up_names_the_profiles_service() -> None:
     for profile, service in (("postgres", "api-postgres"), ("cluster", "api-cluster"), ("", "api")):
         out = subprocess.run(
             ["make", "-n", "compose-up", f"PROFILE={profile}", "CONTAINER_ENGINE=docker"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True, env=_OUTSIDE_MAKE,
         ).stdout  # fmt: skip
         assert out.rstrip().endswith(f"up -d --no-build {service}"), out
