@@ -276,6 +276,7 @@ def test_the_files_default_to_the_public_images() -> None:
     compose = (ROOT / "compose.yaml").read_text()
     assert set(re.findall(r"^\s+image: (\S+)", compose, re.M)) == {
         "${EA_IMAGE:-event-analytics:latest}",
+        "${POSTGRES_IMAGE:-postgres:16}",
         "${REDIS_IMAGE:-redis:7.4}",
         "${VALKEY_IMAGE:-valkey/valkey:8.1}",
     }

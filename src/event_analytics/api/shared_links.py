@@ -73,7 +73,11 @@ def shown(link: SharedLink) -> dict[str, Any]:
         "The page holds no data, so it loads without a key."
     ),
     response_class=HTMLResponse,
-    responses={200: {"content": {"text/html": {}}, "description": "The page"}},
+    # 422: an `embed` that is not a boolean (FastAPI's own check, as problem+json).
+    responses={
+        200: {"content": {"text/html": {}}, "description": "The page"},
+        **problem_responses(422),
+    },
 )
 async def share_page(
     request: Request,
