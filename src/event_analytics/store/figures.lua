@@ -24,6 +24,12 @@ for i = 1, #KEYS, 2 do
   end
   if mode == 'set' then
     out[i + 1] = redis.call('SCARD', users_key)
+  elseif by_page and out[i] == 0 then
+    -- The page has no event in the bucket, so no user either: ingest.lua writes a page's
+    -- users (its pairs, its HLL) only with its count, in the same call, to the same
+    -- expiry. Most buckets of a long range lack most pages: their second command is
+    -- saved (top pages over a day of minutes asks 1440 buckets per page).
+    out[i + 1] = 0
   elseif mode == 'page' then
     out[i + 1] = redis.call('ZLEXCOUNT', users_key, lo, hi)
   else

@@ -306,21 +306,24 @@ class Reads:
             sized = await self.ranked_entries(event_type, level, starts)
         names, sizes = sized.names, sized.sizes
         chunks = [_chunks(n, z, self.chunk_entries) for n, z in zip(names, sizes, strict=True)]
-        # Plain ZUNION ... WITHSCORES per chunk (read-only, no script: a replica serves it
-        # as is), merged here with bytes keys; every page is needed from every chunk, or
-        # a page ranked just below the limit in each could be missed although first in
-        # the sum. Profiled at 240 minutes x 1,000 pages, the script's Lua ranking of
-        # each chunk's reply and the per-pair decode were most of the time.
+        # Each key read whole by a plain ZRANGE ... WITHSCORES (read-only, no script: a
+        # replica serves it as is) and summed here with bytes keys; every page is needed
+        # from every key, or a page ranked just below the limit in each could be missed
+        # although first in the sum. Not ZUNION of a chunk's keys: the engine builds and
+        # sorts a sorted set for its reply, ~10 x the engine time of ZRANGE per entry
+        # (benchmarks/top_pages_day.py: a day of 20,000 pages an hour, 24 hour keys,
+        # 2.4 s of engine time against 0.1 s), and the engine is what ingest shares.
         totals: dict[bytes, int] = {}
         get = totals.get
         for round_ in range(max((len(c) for c in chunks), default=0)):
-            # A round: at most one chunk per shard (on a cluster, shards on other masters
-            # run in parallel); the next round only after this one answered.
+            # A round: at most one chunk per shard, its keys' ZRANGEs pipelined (on a
+            # cluster, shards on other masters run in parallel); the next round only
+            # after this one answered, so ingest's calls run in between.
             async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
                 for shard_chunks in chunks:
                     if round_ < len(shard_chunks):
-                        chunk = shard_chunks[round_]
-                        pipe.execute_command("ZUNION", len(chunk), *chunk, "WITHSCORES")
+                        for name in shard_chunks[round_]:
+                            pipe.execute_command("ZRANGE", name, 0, -1, "WITHSCORES")
                 replies = await pipe.execute()
             for reply in replies:
                 # redis-py 8 pairs a WITHSCORES reply itself; older ones leave it flat.
