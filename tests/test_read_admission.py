@@ -28,6 +28,8 @@ from event_analytics.analytics.snapshot import estimate, hour_files
 from event_analytics.api.heavy import HeavyReads
 from event_analytics.archive import compact
 from event_analytics.archive.files import hour_path
+from event_analytics.series import UserSource
+from event_analytics.store.reads import BucketFigures
 from event_analytics.timebucket import Interval
 from tests.backends import Backend
 from tests.helpers import event
@@ -147,12 +149,14 @@ def _send(svc: InProcessService, events: list[dict[str, Any]]) -> None:
 
 
 MINUTES = 20
+# A series this long is sized in the long-range lane (its buckets alone cost more than
+# EA_CHEAP_READ_COST, 240), the MINUTES written at its start.
+SERIES_MINUTES = 300
 
 
-def _pages_in_minutes(svc: InProcessService) -> tuple[datetime, int]:
+def _sent_in_minutes(svc: InProcessService) -> tuple[datetime, list[dict[str, Any]]]:
     """Page views over MINUTES minutes inside one clock hour (no hour bucket stands in):
-    their first minute, and the distinct (shard, minute, page) entries of the events
-    sent (the model of what top pages merges)."""
+    their first minute, and the events sent."""
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     start = now.replace(minute=0) - timedelta(hours=2) + timedelta(minutes=5)
     sent = [
@@ -161,11 +165,28 @@ def _pages_in_minutes(svc: InProcessService) -> tuple[datetime, int]:
         for m in range(MINUTES) for p in range(m % 9 + 1) for k in range(1 + p % 2)
     ]  # fmt: skip
     _send(svc, sent)
+    return start, sent
+
+
+def _pages_in_minutes(svc: InProcessService) -> tuple[datetime, int]:
+    """``_sent_in_minutes``: their first minute, and the distinct (shard, minute, page)
+    entries of the events sent (the model of what top pages merges)."""
+    start, sent = _sent_in_minutes(svc)
     keys = svc.app.state.reads.keys
     model = {
         (keys.shard_of(e["user_id"]), e["timestamp"][:16], e["payload"]["page_url"]) for e in sent
     }
     return start, len(model)
+
+
+def _members(svc: InProcessService, sent: list[dict[str, Any]], page: str | None = None) -> int:
+    """The model of what an exact series over the minutes sent merges: its distinct
+    (shard, minute, user) entries (of ``page`` only, with one)."""
+    keys = svc.app.state.reads.keys
+    return len({
+        (keys.shard_of(e["user_id"]), e["timestamp"][:16], e["user_id"])
+        for e in sent if page in (None, e["payload"]["page_url"])
+    })  # fmt: skip
 
 
 def test_the_top_pages_estimate_is_the_entries_the_engine_holds(app: InProcessService) -> None:
@@ -179,27 +200,66 @@ def test_the_top_pages_estimate_is_the_entries_the_engine_holds(app: InProcessSe
     assert sized.entries == entries
 
 
-def test_a_counter_read_is_admitted_by_its_estimated_cost(app: InProcessService) -> None:
-    """Top pages over MINUTES minutes, limit 100, costs the entries it merges (the model)
-    plus 100 figures a minute on each shard. Another client holds the lane's budget but
-    for that cost less one: the read is refused for the budget (503 reads-busy, a slot
-    free beside it), naming its cost; held but for that cost exactly, it is answered."""
-    start, entries = _pages_in_minutes(app)
-    cost = entries + 100 * MINUTES * app.app.state.reads.keys.shards
-    params = {"from": _iso(start), "to": _iso(start + timedelta(minutes=MINUTES)), "limit": 100}
-    lane = app.app.state.heavy_reads
-    with _Held(app, lane, "address:10.3.3.3", COUNTER_BUDGET - cost + 1):
-        r = app.http.get("/analytics/top-pages", params=params)
+def test_the_series_estimate_is_the_members_the_engine_holds(app: InProcessService) -> None:
+    """Entries sized before an exact series merges = the model's distinct (shard, minute,
+    user) of the events sent, of every user and of one page's; a series of one bucket
+    (no union) and one of hour HyperLogLogs merge none."""
+    start, sent = _sent_in_minutes(app)
+    minutes = [[start + timedelta(minutes=m)] for m in range(MINUTES)]
+    hours = [[start.replace(minute=0)], [start.replace(minute=0) + timedelta(hours=1)]]
+    page = "https://example.com/3"
+    reads = app.app.state.reads
+
+    def entries(level: Interval, groups: list[list[datetime]], source: UserSource,
+                page: str | None = None) -> int:  # fmt: skip
+        sized = reads.series_figures("page_view", level, groups, source, page)
+        figures: BucketFigures = asyncio.run_coroutine_threadsafe(sized, app.loop).result(30)
+        return figures.entries
+
+    assert entries(Interval.MINUTE, minutes, UserSource.SETS) == _members(app, sent)
+    assert entries(Interval.MINUTE, minutes, UserSource.PAGE, page) == _members(app, sent, page)
+    assert entries(Interval.MINUTE, minutes[:1], UserSource.SETS) == 0
+    assert entries(Interval.HOUR, hours, UserSource.HLL) == 0
+
+
+def _admitted_at(svc: InProcessService, path: str, params: dict[str, Any], cost: int) -> Any:
+    """Another client holds the counter lane's budget but for ``cost`` less one: the read
+    is refused for the budget (503 reads-busy, a slot free beside it), naming ``cost``;
+    held but for ``cost`` exactly, it is answered: its JSON."""
+    lane = svc.app.state.heavy_reads
+    with _Held(svc, lane, "address:10.3.3.3", COUNTER_BUDGET - cost + 1):
+        r = svc.http.get(path, params=params)
         assert r.status_code == 503, r.text
         assert r.json()["type"].endswith(":reads-busy") and r.headers["retry-after"] == "1"
         assert (
             f"cost {COUNTER_BUDGET - cost + 1} of the {COUNTER_BUDGET} entries allowed at "
             f"once, and this one needs {cost} more;" in r.json()["detail"]
         ), r.text
-    with _Held(app, lane, "address:10.3.3.3", COUNTER_BUDGET - cost):
-        r = app.http.get("/analytics/top-pages", params=params)
+    with _Held(svc, lane, "address:10.3.3.3", COUNTER_BUDGET - cost):
+        r = svc.http.get(path, params=params)
         assert r.status_code == 200, r.text
-        assert len(r.json()["pages"]) == 9
+        return r.json()
+
+
+def test_an_exact_series_is_admitted_by_its_estimated_cost(app: InProcessService) -> None:
+    """A minute series over SERIES_MINUTES minutes (the MINUTES written among them) costs
+    its buckets on each shard plus the members its total's union merges (the model), to
+    the entry (``_admitted_at``)."""
+    start, sent = _sent_in_minutes(app)
+    cost = SERIES_MINUTES * app.app.state.reads.keys.shards + _members(app, sent)
+    params = {"from": _iso(start), "to": _iso(start + timedelta(minutes=SERIES_MINUTES)),
+              "interval": "minute"}  # fmt: skip
+    body = _admitted_at(app, "/analytics/timeseries", params, cost)
+    assert body["total"]["count"] == len(sent)
+
+
+def test_a_counter_read_is_admitted_by_its_estimated_cost(app: InProcessService) -> None:
+    """Top pages over MINUTES minutes, limit 100, costs the entries it merges (the model)
+    plus 100 figures a minute on each shard, to the entry (``_admitted_at``)."""
+    start, entries = _pages_in_minutes(app)
+    cost = entries + 100 * MINUTES * app.app.state.reads.keys.shards
+    params = {"from": _iso(start), "to": _iso(start + timedelta(minutes=MINUTES)), "limit": 100}
+    assert len(_admitted_at(app, "/analytics/top-pages", params, cost)["pages"]) == 9
 
 
 def test_a_cheap_read_is_answered_while_the_long_range_lane_is_full(app: InProcessService) -> None:

@@ -276,9 +276,10 @@ def realtime_body(
     }
 
 
-def series_cost(plan: SeriesPlan, shards: int) -> int:
-    """Admission's cost of a timeseries: the buckets it reads, each O(1), on every shard."""
-    return sum(len(group) for group in plan.groups) * shards
+def series_cost(plan: SeriesPlan, entries: int, shards: int) -> int:
+    """Admission's cost of a timeseries: the buckets it reads, each O(1), on every shard,
+    and the (bucket, user) entries its exact unions merge (``Reads.series_figures``)."""
+    return sum(len(group) for group in plan.groups) * shards + entries
 
 
 def top_pages_cost(plan: PagesPlan, entries: int, shards: int) -> int:

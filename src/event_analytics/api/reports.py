@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -15,7 +17,7 @@ from event_analytics.api.problems import problem_responses
 from event_analytics.api.render import json_response
 from event_analytics.model import EVENT_TYPE_PATTERN, MAX_URL_LENGTH
 from event_analytics.series import UserSource
-from event_analytics.store.reads import Sized
+from event_analytics.store.reads import BucketFigures, Sized
 from event_analytics.timebucket import Interval
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])
@@ -101,6 +103,24 @@ class Realtime(Capped):
     top_pages: list[PageRow]
 
 
+@asynccontextmanager
+async def _admitted(
+    request: Request, known: int, size: Callable[[], Awaitable[int]]
+) -> AsyncIterator[None]:
+    """Hold a counter lane for a read whose cost is ``known`` plus what ``size`` finds
+    with O(1) commands (ZCARDs, a bucket's figures; over EA_MAX_QUERY_COST: 422): sized at
+    once when ``known`` is small (a few buckets, then maybe a cheap read), else only once
+    the long-range lane has room (in a storm, a refused read costs the engine nothing)."""
+    client = deps.client_id(request)
+    if known <= deps.settings(request).cheap_read_cost:
+        cost = known + await size()
+        slot = deps.counter_lane(request, cost).slot(client, cost)
+    else:
+        slot = deps.heavy_reads(request).slot(client, known, size)
+    async with slot:
+        yield
+
+
 @router.get(
     "/timeseries",
     summary="Counts and unique users per minute, hour or day over a range",
@@ -136,10 +156,21 @@ async def timeseries(
         uniques=settings.uniques,
         max_points=settings.max_query_points,
     )
-    cost = queries.series_cost(plan, deps.reads(request).keys.shards)
-    async with deps.counter_lane(request, cost).slot(deps.client_id(request), cost):
-        series = await deps.reads(request).series(
+    reads = deps.reads(request)
+    # With exact users, a series of several points merges the members of every bucket
+    # (the total's union): sized by the figures read first (O(1) per bucket).
+    sized: list[BucketFigures] = []
+
+    async def size() -> int:
+        figures = await reads.series_figures(
             event_type, plan.level, plan.groups, plan.source, page_url
+        )
+        sized.append(figures)
+        return figures.entries
+
+    async with _admitted(request, queries.series_cost(plan, 0, reads.keys.shards), size):
+        series = await reads.series(
+            event_type, plan.level, plan.groups, plan.source, page_url, sized[0]
         )
     return json_response(queries.series_body(plan, series))
 
@@ -175,23 +206,14 @@ async def top_pages(
     )
     reads = deps.reads(request)
     # The figures of the pages returned are known from the plan; the entries to merge are
-    # sized with O(1) commands (over EA_MAX_QUERY_COST: 422) before any merging: at once
-    # for a few buckets (then maybe a cheap read), else once the long-range lane has room
-    # (in a storm, a refused read costs the engine nothing).
-    figures = queries.top_pages_cost(plan, 0, reads.keys.shards)
-    client = deps.client_id(request)
+    # sized with O(1) commands before any merging (_admitted).
     sized: list[Sized] = []
 
     async def size() -> int:
         sized.append(await reads.ranked_entries(event_type, plan.level, plan.buckets))
         return sized[0].entries
 
-    if figures <= settings.cheap_read_cost:
-        cost = figures + await size()
-        slot = deps.counter_lane(request, cost).slot(client, cost)
-    else:
-        slot = deps.heavy_reads(request).slot(client, figures, size)
-    async with slot:
+    async with _admitted(request, queries.top_pages_cost(plan, 0, reads.keys.shards), size):
         top = await reads.top_pages(event_type, plan.level, plan.buckets, limit, sized[0])
         pages = [u for u, _ in top.pages]
         users = await reads.page_users(event_type, plan.level, plan.buckets, pages, plan.source)

@@ -51,6 +51,16 @@ class Sized(NamedTuple):
         return sum(map(sum, self.sizes))
 
 
+class BucketFigures(NamedTuple):
+    """What a series reads before its unions: per page (one without a page), per shard,
+    the (count, users) keys of each bucket and their figures; and the (bucket, user)
+    entries its exact unions merge (0 with HyperLogLogs or without a union)."""
+
+    names: list[list[list[tuple[str, str]]]]
+    figures: list[list[list[tuple[int, int]]]]
+    entries: int
+
+
 class Reads:
     """Range queries over the bucket structures written by ingest.lua.
 
@@ -121,6 +131,20 @@ class Reads:
             out.append([(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)])
         return out
 
+    async def series_figures(
+        self,
+        event_type: str,
+        level: Interval,
+        groups: Sequence[Sequence[datetime]],
+        source: UserSource,
+        page: str | None = None,
+    ) -> BucketFigures:
+        """The figures ``series`` starts from (O(1) commands per bucket) and the members
+        its exact unions will merge: admission's cost, read before any merging.
+
+        Raises QueryTooCostly past ``max_cost`` members."""
+        return await self._read_figures(event_type, level, groups, source, [page or ""])
+
     async def series(
         self,
         event_type: str,
@@ -128,18 +152,63 @@ class Reads:
         groups: Sequence[Sequence[datetime]],
         source: UserSource,
         page: str | None = None,
+        figures: BucketFigures | None = None,
     ) -> Series:
         """Count and unique users of each group of ``level`` buckets, plus their union.
 
         Counts and single buckets' users come from O(1) commands; unions of several
         buckets are PFCOUNTs (HyperLogLogs: ~2 us per key, and a query reads at most
         EA_MAX_QUERY_POINTS x 24 keys) or, exact, the members fetched in bounded rounds
-        and united here (refused past max_cost members).
+        and united here (refused past max_cost members). ``figures``: ``series_figures``
+        of the same buckets, when admission read them already.
         """
         if source in (UserSource.PAGE, UserSource.PAGE_HLL):
             assert page is not None
-        (series,) = await self._unions(event_type, level, groups, source, [page or ""])
+        (series,) = await self._unions(event_type, level, groups, source, [page or ""], figures)
         return series
+
+    def _names(
+        self,
+        event_type: str,
+        level: Interval,
+        flat: Sequence[datetime],
+        source: UserSource,
+        pages: Sequence[str],
+    ) -> list[list[list[tuple[str, str]]]]:
+        """Per page, per shard, the (count, users) keys of each bucket."""
+        # Only a page's HLL key names the page: the other sources' keys are built once.
+        once = source is not UserSource.PAGE_HLL
+        names = [
+            [
+                [self._pair(source, s, event_type, level, b, page) for b in flat]
+                for s in range(self.keys.shards)
+            ]
+            for page in (pages[:1] if once else pages)
+        ]
+        return names * len(pages) if once else names
+
+    async def _read_figures(
+        self,
+        event_type: str,
+        level: Interval,
+        groups: Sequence[Sequence[datetime]],
+        source: UserSource,
+        pages: Sequence[str],
+    ) -> BucketFigures:
+        """``series_figures`` of each page (one "" without a page), their cost together."""
+        flat, _, unite = _spans(groups)
+        names = self._names(event_type, level, flat, source, pages)
+        figures = await _few_at_once(
+            [self._bucket_figures(source, p, n) for p, n in zip(pages, names, strict=True)]
+        )
+        # Each bucket's members are fetched once whatever the spans it is in (one set per
+        # span is united from them): its users figure is what it adds.
+        entries = 0
+        if source.exact and unite:
+            entries = sum(size for f in figures for shard in f for _, size in shard)
+        if entries > self.max_cost:
+            raise QueryTooCostly(entries, self.max_cost, "(bucket, user) entries")
+        return BucketFigures(names, figures, entries)
 
     async def _unions(
         self,
@@ -148,39 +217,16 @@ class Reads:
         groups: Sequence[Sequence[datetime]],
         source: UserSource,
         pages: Sequence[str],
+        sized: BucketFigures | None = None,
     ) -> list[Series]:
         """``series`` of each page (one "" without a page), their cost bounded together."""
-        k = self.keys
-        flat = [b for group in groups for b in group]
-        # Spans of ``flat`` whose users need a union: each group of several buckets, and
-        # all of them for the total (one group's total is its own figure).
-        spans, at = [], 0
-        for group in groups:
-            spans.append(range(at, at + len(group)))
-            at += len(group)
-        unite = [span for span in spans if len(span) > 1]
-        if len(spans) > 1:
-            unite.append(range(len(flat)))
-        # Only a page's HLL key names the page: the other sources' keys are built once.
-        once = source is not UserSource.PAGE_HLL
-        names = [
-            [
-                [self._pair(source, s, event_type, level, b, page) for b in flat]
-                for s in range(k.shards)
-            ]
-            for page in (pages[:1] if once else pages)
-        ]
-        if once:
-            names = names * len(pages)
-        figures = await _few_at_once(
-            [self._bucket_figures(source, p, n) for p, n in zip(pages, names, strict=True)]
-        )
+        if sized is None:
+            sized = await self._read_figures(event_type, level, groups, source, pages)
+        names, figures = sized.names, sized.figures
+        _, spans, unite = _spans(groups)
         if not source.exact:
             unions = await self._hll_unions(names, unite)
         else:
-            cost = sum(size for f in figures for shard in f for _, size in shard) if unite else 0
-            if cost > self.max_cost:
-                raise QueryTooCostly(cost, self.max_cost, "(bucket, user) entries")
             unions = await _few_at_once(
                 [
                     self._exact_unions(page_names, page_figures, unite, page, source)
@@ -438,6 +484,21 @@ async def _few_at_once(work: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
     except ExceptionGroup as errors:
         raise errors.exceptions[0] from None
     return [t.result() for t in tasks]
+
+
+def _spans(groups: Sequence[Sequence[datetime]]) -> tuple[list[datetime], list[range], list[range]]:
+    """The buckets of the groups in order, each group's span of them, and the spans whose
+    users need a union: each group of several buckets, and all of them for the total (one
+    group's total is its own figure)."""
+    flat = [b for group in groups for b in group]
+    spans, at = [], 0
+    for group in groups:
+        spans.append(range(at, at + len(group)))
+        at += len(group)
+    unite = [span for span in spans if len(span) > 1]
+    if len(spans) > 1:
+        unite.append(range(len(flat)))
+    return flat, spans, unite
 
 
 def _chunks(names: list[str], sizes: list[int], budget: int) -> list[list[str]]:
