@@ -6,8 +6,9 @@ buckets hold every page: EA_MAX_PAGES_PER_BUCKET = PAGES), then times what
 ``GET /analytics/top-pages`` over those 24 hours does (plan_top_pages, the ZCARDs, the
 ranking, the unique users of the pages returned), alternating the ``--base`` revision's
 store/reads.py and Lua scripts (``git show``) and this tree's in one process, and prints
-each run's time, the engine's time (INFO commandstats) and the load average beside it.
-Both answers are checked against the model (every page once an hour, by its own users).
+each run's time, the engine's time (INFO commandstats), this process's CPU time (what a
+query process spends) and the load average. Both answers are checked against the model
+(every page once an hour, by its own users).
 
     .venv/bin/python benchmarks/top_pages_day.py --pages 20000 --repeat 3
 """
@@ -102,6 +103,7 @@ async def _route(reads: Any, engine: redis.Redis, start: datetime, limit: int) -
                           now=start + timedelta(hours=HOURS + 1), uniques="approx",
                           max_points=1440)  # fmt: skip
     _engine_ms(engine)
+    cpu = time.process_time()
     t0 = time.perf_counter()
     sized = await reads.ranked_entries("page_view", plan.level, plan.buckets)
     top = await reads.top_pages("page_view", plan.level, plan.buckets, limit, sized)
@@ -111,8 +113,10 @@ async def _route(reads: Any, engine: redis.Redis, start: datetime, limit: int) -
     t2 = time.perf_counter()
     users = await reads.page_users("page_view", plan.level, plan.buckets, pages, plan.source)
     t3 = time.perf_counter()
+    cpu = time.process_time() - cpu
     return {"ranking": (t1 - t0) * 1000, "users": (t3 - t2) * 1000,
             "ranking_engine": ranking_engine, "users_engine": _engine_ms(engine),
+            "cpu": cpu * 1000,
             "answer": (top.pages, users)}  # fmt: skip
 
 
@@ -136,7 +140,8 @@ async def run(args: argparse.Namespace, url: str, engine: redis.Redis, base: Mod
                 same = got["answer"] == model
                 print(f"  {name:10} {got['ranking'] + got['users']:6.0f} ms: ranking "
                       f"{got['ranking']:5.0f} ms (engine {got['ranking_engine']:5.0f}), users "
-                      f"{got['users']:5.0f} ms (engine {got['users_engine']:5.0f}); load "
+                      f"{got['users']:5.0f} ms (engine {got['users_engine']:5.0f}); this "
+                      f"process's CPU {got['cpu']:5.0f} ms; load "
                       f"{os.getloadavg()[0]:.1f}; answer as the model: {same}")  # fmt: skip
     finally:
         await store.close()
