@@ -117,8 +117,13 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
         socket = query_server.socket_path(settings)
         settings = settings.model_copy(update={"query_socket": socket})
         queries = query_server.supervised(settings)
+        queries.start(wait=False)
+        # The query process imports what this one is about to import (the app): both at
+        # once, then wait for it, so a start costs one import, not two in a row.
+        import event_analytics.api.app  # noqa: F401
+
         try:
-            queries.start()
+            queries.ready()
         except RuntimeError as exc:
             print(f"event-analytics: {exc}", file=sys.stderr)
             queries.stop()

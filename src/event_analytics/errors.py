@@ -32,7 +32,7 @@ class EventAnalyticsError(Exception):
 
     status: ClassVar[int] = 500
     slug: ClassVar[str] = "internal-error"
-    title: ClassVar[str] = "Internal error"
+    title: ClassVar[str] = "Internal server error"
     # Seconds a client should wait before retrying (a Retry-After header), when it may.
     retry_after_s: ClassVar[int | None] = None
     errors: list[FieldError] | None = None
@@ -87,7 +87,7 @@ class InvalidQuery(InvalidInput):
 class NotFound(EventAnalyticsError):
     """A thing the request names by id (a goal) does not exist."""
 
-    status, slug, title = 404, "not-found", "Not found"
+    status, slug, title = 404, "not-found", "Not Found"
 
     def detail(self) -> str:
         return f"{self}; list them to see which exist"

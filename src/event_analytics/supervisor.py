@@ -47,7 +47,7 @@ class Supervised:
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
 
-    def _spawn(self) -> None:
+    def _spawn(self, wait: bool = True) -> None:
         self._started = time.monotonic()
         if self.before_start:
             self.before_start()
@@ -63,11 +63,18 @@ class Supervised:
             # Its own session: a Ctrl+C meant for serve must not stop the child first.
             start_new_session=True,
         )
-        if self.wait_ready:
+        if wait:
+            self.ready()
+
+    def ready(self) -> None:
+        """Until the child is ready (its ``wait_ready``; at once without one)."""
+        if self.wait_ready and self.proc is not None:
             self.wait_ready(self.proc)
 
-    def start(self) -> None:
-        self._spawn()
+    def start(self, wait: bool = True) -> None:
+        """Spawn the child and watch it; without ``wait`` the caller calls ``ready`` when
+        it needs the child (its start-up then overlaps the caller's own)."""
+        self._spawn(wait)
         # Restarts happen on this thread; PDEATHSIG follows the thread that forked,
         # and this one lives as long as serve does.
         self._watcher = threading.Thread(target=self._watch, name=f"watch-{self.name}", daemon=True)

@@ -37,9 +37,10 @@ SCRIPT_PATH = "/js/script.js"
 
 
 class SegmentTooLarge(BodyTooLarge):
-    """Segment answers 400 to an over-size message or batch; its SDKs expect that."""
+    """Segment answers 400 to an over-size message or batch; its SDKs expect that. A type
+    of its own: one problem type has one status (tests/test_problem_types.py)."""
 
-    status = 400
+    status, slug, title = 400, "segment-too-large", "Too large for Segment's API"
 
 
 @dataclass(frozen=True, slots=True)
