@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -253,15 +254,51 @@ def test_the_admin_route_takes_the_admin_scope_only(tmp_path: Path) -> None:
             refused = HTTP.post(url, json=bad, headers=admin, timeout=30)
             assert refused.status_code == 422, refused.text
             assert refused.json()["errors"][0]["code"] == code
-        done = HTTP.post(url, json=body, headers=admin, timeout=300)
-        assert done.status_code == 200, done.text
-        audit = done.json()
+        queued = HTTP.post(url, json=body, headers=admin, timeout=30)
+        assert queued.status_code == 202, queued.text
+        job = queued.json()
+        assert queued.headers["location"] == f"/api/v1/admin/forget/{job['id']}"
+        assert job["state"] in ("queued", "running") and job["result"] is None
+        assert job["user_sha256"] == [hashlib.sha256(b"carol").hexdigest()]
+        assert "carol" not in queued.text
+        # Refused from the 202 on, before the job has run.
+        late = HTTP.post(
+            f"{svc.url}/events",
+            json=event(user="carol"),
+            headers={"Authorization": f"Bearer {WRITE}"},
+            timeout=10,
+        )
+        assert late.status_code == 422 and late.json()["errors"][0]["code"] == "user_erased"
+        for headers in ({"Authorization": f"Bearer {READ}"}, {}):
+            refused = HTTP.get(f"{svc.url}{queued.headers['location']}", headers=headers)
+            assert refused.status_code in (401, 403), refused.text
+        ended = wait_job(svc.url, job["id"], admin)
+        assert ended["state"] == "done", ended
+        assert ended["attempts"] == 1 and ended["error"] is None
+        audit = ended["result"]
         assert audit["events_removed"] == 2
         assert audit["user_sha256"] == [hashlib.sha256(b"carol").hexdigest()]
         assert audit["backups_holding_data"] == []
+        assert ended["progress"]["events_removed"] == 2 and ended["progress"]["phase"] == "done"
         assert [r["user_id"] for r in archived(data)] == ["dave"]
+        for unknown in ("0" * 32, "not-a-job"):
+            missing = HTTP.get(f"{url}/{unknown}", headers=admin, timeout=10)
+            assert missing.status_code == 404, missing.text
+            assert missing.headers["content-type"].startswith("application/problem+json")
         checked = cli(["verify", "--data-dir", str(data)], {"EA_DATA_DIR": str(data)})
         assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def wait_job(url: str, job_id: str, headers: dict[str, str], timeout_s: float = 300) -> Any:
+    """The erasure job once it has ended (done or failed)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = HTTP.get(f"{url}/api/v1/admin/forget/{job_id}", headers=headers, timeout=10)
+        assert got.status_code == 200, got.text
+        if got.json()["state"] in ("done", "failed"):
+            return got.json()
+        assert time.monotonic() < deadline, got.text
+        time.sleep(0.2)
 
 
 def test_the_admin_route_is_closed_without_admin_keys(api: InProcessService) -> None:

@@ -191,10 +191,12 @@ def erase(
 
 
 def _crash_from_env() -> Crash:
-    point = faults.erase_crash_at()
+    point, hang = faults.erase_crash_at(), faults.erase_stop_at()
 
     def crash(at: str) -> None:
         if at == point:
             faults.die()
+        if at == hang:
+            faults.stop()
 
     return crash
