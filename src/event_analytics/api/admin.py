@@ -127,7 +127,7 @@ async def forget_users(request: Request) -> Response:
     ),
     responses={
         200: {"description": "The job", "content": _JOB_JSON},
-        **problem_responses(403, 404, 503),
+        **problem_responses(403, 404, 422, 503),
     },
 )
 async def forget_job(
