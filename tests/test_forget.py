@@ -189,27 +189,45 @@ def test_a_killed_erasure_leaves_whole_hours_and_the_next_run_finishes(
             done = cli(["forget", *ERASED, "--data-dir", str(data)], env, timeout=300)
         assert done.returncode == 0, done.stderr
         assert live.sent
-        audit = orjson.loads(done.stdout)
-        left = [old[1]] if point == "erase_renamed" else old
-        assert audit["events_removed"] == sum(
-            d.count(b"\n") - _without_erased(d).count(b"\n") for d in left
-        )
-        assert audit["days_rebuilt"] == 2
-        assert [path.read_bytes() for path in hours] == new
-        assert not list(root.glob("**/.*erase-tmp"))
+        finished(orjson.loads(done.stdout), point, old, hours)
+        as_if_never(svc.url, data, tmp_path, sent, live.sent, firsts)
 
-        wait_archived(svc.url)
-        kept = [e for e in sent if e["user_id"] not in ERASED]
-        assert sorted(r["event_id"] for r in archived(data)) == sorted(
-            e["event_id"] for e in kept + live.sent
-        )  # other users' events, each exactly once
-        checked = cli(["verify", "--data-dir", str(data)], env)
-        assert checked.returncode == 0, checked.stdout + checked.stderr
-        assert " 0 differ" in checked.stdout
-        never = tmp_path / "never"
-        model.archive(never, [_as_record(e) for e in kept + live.sent])
-        for first in firsts:
-            assert answers(root, first, 1) == answers(never, first, 1)
+
+def finished(audit: dict[str, Any], point: str, old: list[bytes], hours: list[Path]) -> None:
+    """A run that finished one killed at ``point`` (in the first of ``hours``, which
+    held ``old``) removed the rest, rebuilt both days, left every hour new and whole."""
+    left = [old[1]] if point == "erase_renamed" else old
+    assert audit["events_removed"] == sum(
+        d.count(b"\n") - _without_erased(d).count(b"\n") for d in left
+    )
+    assert audit["days_rebuilt"] == 2  # the killed run's first hour's day included
+    assert [path.read_bytes() for path in hours] == [_without_erased(d) for d in old]
+    root = hours[0].parents[3]  # root/YYYY/MM/DD/events_….jsonl
+    assert not list(root.glob("**/.*erase-tmp"))
+
+
+def as_if_never(
+    url: str,
+    data: Path,
+    tmp_path: Path,
+    sent: list[dict[str, Any]],
+    during: list[dict[str, Any]],
+    firsts: list[datetime],
+) -> None:
+    """The archive holds every other user's event exactly once, ``verify`` finds 0
+    differences, and the answers equal those over an archive that never had ERASED."""
+    wait_archived(url)
+    kept = [e for e in sent if e["user_id"] not in ERASED]
+    assert sorted(r["event_id"] for r in archived(data)) == sorted(
+        e["event_id"] for e in kept + during
+    )  # other users' events, each exactly once
+    checked = cli(["verify", "--data-dir", str(data)], {"EA_DATA_DIR": str(data)})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert " 0 differ" in checked.stdout
+    never = tmp_path / "never"
+    model.archive(never, [_as_record(e) for e in kept + during])
+    for first in firsts:
+        assert answers(data / "persistent_events", first, 1) == answers(never, first, 1)
 
 
 def _as_record(sent: dict[str, Any]) -> dict[str, Any]:

@@ -18,17 +18,16 @@ import pytest
 
 from event_analytics.archive import files
 from event_analytics.faults import ERASE_POINTS
-from tests import analytics_model as model
-from tests.helpers import HTTP, cli, wait_for
-from tests.readback import archived, wait_archived
+from tests.helpers import HTTP, wait_for
+from tests.readback import wait_archived
 from tests.servers import ServiceProcess, _descendants, stopped_after
-from tests.test_archive_compaction import answers
 from tests.test_forget import (
     ADMIN,
     ERASED,
     LiveTraffic,
-    _as_record,
     _without_erased,
+    as_if_never,
+    finished,
     post_batch,
     sent_events,
     wait_job,
@@ -101,26 +100,8 @@ def test_a_job_killed_with_the_service_finishes_after_the_restart(
             ended = wait_job(svc.url, job_id, HEADERS)
         assert ended["state"] == "done", ended
         assert ended["attempts"] == 2
-        audit = ended["result"]
-        left = [old[1]] if point == "erase_renamed" else old
-        assert audit["events_removed"] == sum(
-            d.count(b"\n") - _without_erased(d).count(b"\n") for d in left
-        )
-        assert audit["days_rebuilt"] == 2  # the killed run's first hour's day included
-        assert [path.read_bytes() for path in hours] == new
-        assert not list(root.glob("**/.*erase-tmp"))
-        wait_archived(svc.url)
-        kept = [e for e in sent if e["user_id"] not in ERASED]
-        assert sorted(r["event_id"] for r in archived(data)) == sorted(
-            e["event_id"] for e in kept + live.sent
-        )  # other users' events, each exactly once
-        checked = cli(["verify", "--data-dir", str(data)], {"EA_DATA_DIR": str(data)})
-        assert checked.returncode == 0, checked.stdout + checked.stderr
-        assert " 0 differ" in checked.stdout
-    never = tmp_path / "never"
-    model.archive(never, [_as_record(e) for e in kept + live.sent])
-    for first in firsts:
-        assert answers(root, first, 1) == answers(never, first, 1)
+        finished(ended["result"], point, old, hours)
+        as_if_never(svc.url, data, tmp_path, sent, live.sent, firsts)
 
 
 def test_a_second_job_waits_for_the_first(tmp_path: Path) -> None:

@@ -94,9 +94,8 @@ CHECKS = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path"), _operations())
-def test_api_conforms(api_schema: BaseSchema, method: str, path: str) -> None:
-    operation = api_schema[path][method]
+def fuzz(operation: Any, max_examples: int, headers: dict[str, str] | None = None) -> None:
+    """Valid and invalid requests for ``operation``, each answered as documented."""
     cases = st.one_of(
         operation.as_strategy(GenerationMode.POSITIVE),
         operation.as_strategy(GenerationMode.NEGATIVE),
@@ -104,16 +103,23 @@ def test_api_conforms(api_schema: BaseSchema, method: str, path: str) -> None:
 
     @given(case=cases)
     @settings(
-        max_examples=30,
+        max_examples=max_examples,
         deadline=None,
         derandomize=True,
         database=None,
         suppress_health_check=list(HealthCheck),
     )
     def run(case: Case) -> None:
+        if headers:
+            case.headers = {**(case.headers or {}), **headers}
         case.call_and_validate(checks=CHECKS, timeout=10)
 
     run()
+
+
+@pytest.mark.parametrize(("method", "path"), _operations())
+def test_api_conforms(api_schema: BaseSchema, method: str, path: str) -> None:
+    fuzz(api_schema[path][method], 30)
 
 
 ADMIN_KEY = "fuzz-admin-key-0123456789abcdef"
@@ -142,22 +148,4 @@ def admin_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseSchem
 def test_admin_routes_conform_with_an_admin_key(
     admin_schema: BaseSchema, method: str, path: str
 ) -> None:
-    operation = admin_schema[path][method]
-    cases = st.one_of(
-        operation.as_strategy(GenerationMode.POSITIVE),
-        operation.as_strategy(GenerationMode.NEGATIVE),
-    )
-
-    @given(case=cases)
-    @settings(
-        max_examples=60,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    def run(case: Case) -> None:
-        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {ADMIN_KEY}"}
-        case.call_and_validate(checks=CHECKS, timeout=10)
-
-    run()
+    fuzz(admin_schema[path][method], 60, {"Authorization": f"Bearer {ADMIN_KEY}"})
