@@ -105,6 +105,7 @@ CASES: list[tuple[list[str], dict[str, str], int, str]] = [
     (["expire", "--dry-run"], {}, 2, "set EA_ARCHIVE_RETENTION_DAYS"),
     (["deliver", "extra"], {}, 2, "unrecognized arguments: extra"),
     (["query-server", "extra"], {}, 2, "unrecognized arguments: extra"),
+    (["forget-worker", "extra"], {}, 2, "unrecognized arguments: extra"),
     (["sync", "--from", "x", "--to", "y"], {}, 2, "set EA_POSTGRES_URL"),
     (["verify", "--postgres"], {}, 2, "set EA_POSTGRES_URL"),
     (["rebuild"], {"REDIS_URL": f"redis://{CLOSED}/0"}, 1, CLOSED.split(":")[0]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -188,27 +189,45 @@ def test_a_killed_erasure_leaves_whole_hours_and_the_next_run_finishes(
             done = cli(["forget", *ERASED, "--data-dir", str(data)], env, timeout=300)
         assert done.returncode == 0, done.stderr
         assert live.sent
-        audit = orjson.loads(done.stdout)
-        left = [old[1]] if point == "erase_renamed" else old
-        assert audit["events_removed"] == sum(
-            d.count(b"\n") - _without_erased(d).count(b"\n") for d in left
-        )
-        assert audit["days_rebuilt"] == 2
-        assert [path.read_bytes() for path in hours] == new
-        assert not list(root.glob("**/.*erase-tmp"))
+        finished(orjson.loads(done.stdout), point, old, hours)
+        as_if_never(svc.url, data, tmp_path, sent, live.sent, firsts)
 
-        wait_archived(svc.url)
-        kept = [e for e in sent if e["user_id"] not in ERASED]
-        assert sorted(r["event_id"] for r in archived(data)) == sorted(
-            e["event_id"] for e in kept + live.sent
-        )  # other users' events, each exactly once
-        checked = cli(["verify", "--data-dir", str(data)], env)
-        assert checked.returncode == 0, checked.stdout + checked.stderr
-        assert " 0 differ" in checked.stdout
-        never = tmp_path / "never"
-        model.archive(never, [_as_record(e) for e in kept + live.sent])
-        for first in firsts:
-            assert answers(root, first, 1) == answers(never, first, 1)
+
+def finished(audit: dict[str, Any], point: str, old: list[bytes], hours: list[Path]) -> None:
+    """A run that finished one killed at ``point`` (in the first of ``hours``, which
+    held ``old``) removed the rest, rebuilt both days, left every hour new and whole."""
+    left = [old[1]] if point == "erase_renamed" else old
+    assert audit["events_removed"] == sum(
+        d.count(b"\n") - _without_erased(d).count(b"\n") for d in left
+    )
+    assert audit["days_rebuilt"] == 2  # the killed run's first hour's day included
+    assert [path.read_bytes() for path in hours] == [_without_erased(d) for d in old]
+    root = hours[0].parents[3]  # root/YYYY/MM/DD/events_….jsonl
+    assert not list(root.glob("**/.*erase-tmp"))
+
+
+def as_if_never(
+    url: str,
+    data: Path,
+    tmp_path: Path,
+    sent: list[dict[str, Any]],
+    during: list[dict[str, Any]],
+    firsts: list[datetime],
+) -> None:
+    """The archive holds every other user's event exactly once, ``verify`` finds 0
+    differences, and the answers equal those over an archive that never had ERASED."""
+    wait_archived(url)
+    kept = [e for e in sent if e["user_id"] not in ERASED]
+    assert sorted(r["event_id"] for r in archived(data)) == sorted(
+        e["event_id"] for e in kept + during
+    )  # other users' events, each exactly once
+    checked = cli(["verify", "--data-dir", str(data)], {"EA_DATA_DIR": str(data)})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert " 0 differ" in checked.stdout
+    never = tmp_path / "never"
+    model.archive(never, [_as_record(e) for e in kept + during])
+    for first in firsts:
+        assert answers(data / "persistent_events", first, 1) == answers(never, first, 1)
 
 
 def _as_record(sent: dict[str, Any]) -> dict[str, Any]:
@@ -253,15 +272,51 @@ def test_the_admin_route_takes_the_admin_scope_only(tmp_path: Path) -> None:
             refused = HTTP.post(url, json=bad, headers=admin, timeout=30)
             assert refused.status_code == 422, refused.text
             assert refused.json()["errors"][0]["code"] == code
-        done = HTTP.post(url, json=body, headers=admin, timeout=300)
-        assert done.status_code == 200, done.text
-        audit = done.json()
+        queued = HTTP.post(url, json=body, headers=admin, timeout=30)
+        assert queued.status_code == 202, queued.text
+        job = queued.json()
+        assert queued.headers["location"] == f"/api/v1/admin/forget/{job['id']}"
+        assert job["state"] in ("queued", "running") and job["result"] is None
+        assert job["user_sha256"] == [hashlib.sha256(b"carol").hexdigest()]
+        assert "carol" not in queued.text
+        # Refused from the 202 on, before the job has run.
+        late = HTTP.post(
+            f"{svc.url}/events",
+            json=event(user="carol"),
+            headers={"Authorization": f"Bearer {WRITE}"},
+            timeout=10,
+        )
+        assert late.status_code == 422 and late.json()["errors"][0]["code"] == "user_erased"
+        for headers in ({"Authorization": f"Bearer {READ}"}, {}):
+            refused = HTTP.get(f"{svc.url}{queued.headers['location']}", headers=headers)
+            assert refused.status_code in (401, 403), refused.text
+        ended = wait_job(svc.url, job["id"], admin)
+        assert ended["state"] == "done", ended
+        assert ended["attempts"] == 1 and ended["error"] is None
+        audit = ended["result"]
         assert audit["events_removed"] == 2
         assert audit["user_sha256"] == [hashlib.sha256(b"carol").hexdigest()]
         assert audit["backups_holding_data"] == []
+        assert ended["progress"]["events_removed"] == 2 and ended["progress"]["phase"] == "done"
         assert [r["user_id"] for r in archived(data)] == ["dave"]
+        for unknown in ("0" * 32, "not-a-job"):
+            missing = HTTP.get(f"{url}/{unknown}", headers=admin, timeout=10)
+            assert missing.status_code == 404, missing.text
+            assert missing.headers["content-type"].startswith("application/problem+json")
         checked = cli(["verify", "--data-dir", str(data)], {"EA_DATA_DIR": str(data)})
         assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def wait_job(url: str, job_id: str, headers: dict[str, str], timeout_s: float = 300) -> Any:
+    """The erasure job once it has ended (done or failed)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = HTTP.get(f"{url}/api/v1/admin/forget/{job_id}", headers=headers, timeout=10)
+        assert got.status_code == 200, got.text
+        if got.json()["state"] in ("done", "failed"):
+            return got.json()
+        assert time.monotonic() < deadline, got.text
+        time.sleep(0.2)
 
 
 def test_the_admin_route_is_closed_without_admin_keys(api: InProcessService) -> None:

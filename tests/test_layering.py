@@ -58,6 +58,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "ingest",
             "importing",
             "forgetting",  # erasing a person: archive, PostgreSQL, counters
+            "forget_worker",  # the erasure jobs of the admin API, one at a time
             "import_read",
             "batcher",
             "analytics",

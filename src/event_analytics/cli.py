@@ -86,6 +86,7 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     archiver: Supervised | None = None
     delivery: Supervised | None = None
     expiry: Supervised | None = None
+    erasures: Supervised | None = None
     if settings.engine_kind == "embedded":
         lock = DataDirLock(settings.data_dir)
         try:
@@ -149,6 +150,12 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
         argv = [sys.executable, "-m", "event_analytics", "expire"]
         expiry = Supervised("expiry", argv, env=dict(os.environ))
         expiry.start()
+    if settings.admin_keys:
+        # The erasure jobs of POST /api/v1/admin/forget: its own process (forget_worker.py),
+        # so an erasure never runs on the event loop that acknowledges events.
+        argv = [sys.executable, "-m", "event_analytics", "forget-worker"]
+        erasures = Supervised("forget-worker", argv, env=dict(os.environ))
+        erasures.start()
     # uvicorn re-raises the signal that stopped it once it has shut down; with these
     # handlers in place that ends here, so children are stopped cleanly and we exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -176,6 +183,8 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     except _Terminated:
         pass
     finally:
+        if erasures is not None:
+            erasures.stop()
         if expiry is not None:
             expiry.stop()
         if delivery is not None:

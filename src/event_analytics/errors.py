@@ -157,6 +157,23 @@ class ImportBusy(EventAnalyticsError):
         return f"{self}; send it again when that one has finished (it is exactly once)"
 
 
+class ErasureJobNotFound(NotFound):
+    """No erasure job with the id asked for (never made, or ended long ago)."""
+
+    def detail(self) -> str:
+        return str(self)
+
+
+class ErasureQueueFull(EventAnalyticsError):
+    """Too many erasure jobs wait already (store/forget_jobs.py ``MAX_QUEUED``)."""
+
+    status, slug, title = 503, "erasure-queue-full", "Too many erasures waiting"
+    retry_after_s = 60
+
+    def detail(self) -> str:
+        return f"{self}; send it again later, or run `event-analytics forget` on the host"
+
+
 class StorageUnavailable(EventAnalyticsError):
     """Redis/Valkey cannot be reached or cannot take writes right now: retry later."""
 

@@ -9,6 +9,8 @@ use for them):
 - ``EA_EXPIRY_CRASH_AT``: the expiry job SIGKILLs itself at this point (``EXPIRY_POINTS``).
 - ``EA_ERASE_CRASH_AT``: ``forget`` SIGKILLs itself at this point of an hour file's
   rewrite (``ERASE_POINTS``; archive/erase.py).
+- ``EA_ERASE_STOP_AT``: an erasure stops itself (SIGSTOP, a hang) at this point, for a
+  test to SIGKILL the whole service at that instant (``ERASE_POINTS``).
 - ``EA_IMPORT_CRASH_AFTER_APPEND``: ``import`` SIGKILLs itself after appending a chunk's
   events to the archive, before counting them (any non-empty value).
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 ARCHIVER_POINTS = ("after_write", "mid_line", "compact_written", "compact_renamed")
 # expiry.py, per day: counters cleared; PostgreSQL rows gone; the first hour file gone.
@@ -46,6 +49,18 @@ def expiry_crash_at() -> str:
 def erase_crash_at() -> str:
     """The point an erasure dies at; "" (the default) for none."""
     return _point("EA_ERASE_CRASH_AT", ERASE_POINTS)
+
+
+def erase_stop_at() -> str:
+    """The point an erasure stops (SIGSTOP) at; "" (the default) for none."""
+    return _point("EA_ERASE_STOP_AT", ERASE_POINTS)
+
+
+def stop() -> None:
+    """SIGSTOP this process: it hangs there until killed (or continued). Sent to the
+    calling thread: one sent to the process may be taken by another thread, and this one
+    would run on past the point before the whole process stops."""
+    signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
 
 
 def rebuild_crash_after_batches() -> int:

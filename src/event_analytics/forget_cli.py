@@ -9,6 +9,7 @@ the backups taken before that still hold the data.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,31 @@ def _forget(args: argparse.Namespace, settings: Settings) -> int:
     return run_with_engine(settings, run)
 
 
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the erasure jobs the API queues until stopped (``serve`` starts it)."""
+    import asyncio
+    import signal
+
+    from event_analytics.forget_worker import NICENESS, ForgetWorker
+    from event_analytics.store import IngestWriter
+
+    os.nice(NICENESS)
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        store = IngestWriter.from_settings(settings)
+        try:
+            await ForgetWorker(settings, store).run(stop)
+        finally:
+            await store.close()
+        return 0
+
+    return asyncio.run(run())
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -81,3 +107,10 @@ def add_commands(
         help="seconds to wait for the archiver to catch up and pause (default 60)",
     )
     p.set_defaults(func=_forget)
+    w = sub.add_parser(
+        "forget-worker",
+        help="run the erasure jobs of POST /api/v1/admin/forget, one at a time "
+        "(serve starts it while EA_ADMIN_KEYS is set)",
+    )
+    add_dirs(w)
+    w.set_defaults(func=_worker)

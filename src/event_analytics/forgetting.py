@@ -36,7 +36,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -86,12 +86,24 @@ def user_hash(user: str) -> str:
 
 
 @dataclass
+class Progress(erase.Progress):
+    """How far an erasure is (a job's state shows it): its step, and the file pass's
+    counts (archive/erase.py)."""
+
+    phase: str = "queued"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class ForgetReport:
     at: str
     users: list[str]  # hashes
     events_removed: int
     hours: dict[str, int]  # hour file -> events removed
     files_scanned: int
+    files_read: int
     postgres_rows_removed: int | None
     days_rebuilt: int
     backups_holding_data: list[dict[str, Any]]
@@ -103,6 +115,7 @@ class ForgetReport:
             "events_removed": self.events_removed,
             "hours": self.hours,
             "files_scanned": self.files_scanned,
+            "files_read": self.files_read,
             "postgres_rows_removed": self.postgres_rows_removed,
             "days_rebuilt": self.days_rebuilt,
             "backups_holding_data": self.backups_holding_data,
@@ -250,12 +263,17 @@ async def forget(
     store: IngestWriter,
     users: Sequence[str],
     wait_s: float = 60.0,
+    progress: Progress | None = None,
 ) -> ForgetReport:
-    """Erase ``users`` (checked by ``check_users``) everywhere; the audit record."""
+    """Erase ``users`` (checked by ``check_users``) everywhere; the audit record.
+    ``progress`` is kept up to date as it goes."""
     users = check_users(users)
+    done = progress or Progress()
     streams = StreamStore(store.client, store.keys)
+    done.phase = "suppressing"
     await suppress(store, users)
     started = datetime.now(UTC)
+    done.phase = "waiting_for_archiver"
     await wait_archived(store, await stream_tips(store), wait_s)
     loop = asyncio.get_running_loop()
 
@@ -263,27 +281,35 @@ async def forget(
         # From erase's thread, before the hour's rename: on record in the engine first.
         asyncio.run_coroutine_threadsafe(_journal(store, relative, hour, types), loop).result()
 
+    done.phase = "pausing_archivers"
     async with paused(settings, streams, wait_s):
-        erased = await asyncio.to_thread(erase.erase, settings.archive_path, users, None, note)
+        done.phase = "rewriting_hours"
+        erased = await asyncio.to_thread(
+            erase.erase, settings.archive_path, users, None, note, done
+        )
         pending = await journaled(store)
         rows = None
         if settings.postgres_url and pending:
+            done.phase = "postgres"
             hours = {relative: hour for relative, (hour, _) in pending.items()}
             rows = await asyncio.to_thread(_postgres, settings, hours)
         types: dict[datetime, set[str]] = {}
         for hour, kinds in pending.values():
             types.setdefault(floor(hour, Interval.DAY), set()).update(kinds)
         days = sorted(types)
+        done.phase = "rebuilding_counters"
         found: list[files.ArchiveFile] = []
         for day in days:
             found.extend(files.list_files(settings.archive_path, day, day + DAY))
         await rebuild.rebuild(settings, store, found, with_stream=True, also_clear=types)
+    done.phase = "recording"
     report = ForgetReport(
         at=iso_z(started),
         users=[user_hash(u) for u in users],
         events_removed=erased.removed,
         hours={h.relative: h.removed for h in erased.hours},
         files_scanned=erased.files_scanned,
+        files_read=erased.files_read,
         postgres_rows_removed=rows,
         days_rebuilt=len(days),
         backups_holding_data=await backups(store),
@@ -292,4 +318,5 @@ async def forget(
         await store.client.rpush(store.keys.erasures(), orjson.dumps(report.record()))
         if pending:  # re-derived: a later run has nothing of these hours to finish
             await store.client.hdel(store.keys.erasing(), *pending)
+    done.phase = "done"
     return report

@@ -158,6 +158,23 @@ class Keys:
         finished by the next one (forgetting.py); deleted at the end of a run."""
         return f"{self.prefix}erasing"
 
+    # -- erasure jobs (POST /api/v1/admin/forget, forget_worker.py): under one hash tag,
+    # so forget_submit.lua touches one slot on a cluster. A job id is 32 hex digits the
+    # service made (checked before it becomes part of a key name).
+
+    def forget_queue(self) -> str:
+        """List of erasure job ids, oldest first: the head is the job running (or next);
+        a job leaves it only once it has ended (done or failed)."""
+        return f"{self.prefix}{{forget}}:queue"
+
+    def forget_job(self, job_id: str) -> str:
+        """Hash of one erasure job: its state, counts so far, answer (store/forget_jobs.py)."""
+        return f"{self.prefix}{{forget}}:job:{job_id}"
+
+    def forget_lease(self) -> str:
+        """The lease of the one worker that runs erasure jobs (one at a time)."""
+        return f"{self.prefix}{{forget}}:lease"
+
     def backups(self) -> str:
         """List of the backups taken (JSON: directory, when, archive watermark), oldest
         first: an erasure names those that still hold the erased events."""
@@ -256,6 +273,7 @@ class Keys:
             f"{self.prefix}{{*}}:archiver-lease",
             self.archivers(),
             self.archive_pause(),
+            self.forget_lease(),
             f"{self.prefix}rl:*",
         ]
 

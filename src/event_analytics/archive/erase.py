@@ -22,10 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import orjson
-
 from event_analytics import faults
-from event_analytics.archive import compact, files, record
+from event_analytics.archive import compact, files, holders, record
 
 Crash = Callable[[str], None]
 # Told (relative path, hour, event types of the removed lines) before an hour is renamed:
@@ -65,11 +63,6 @@ def _scratch(path: Path) -> Path:
     return path.with_name(f".{path.name}.erase-tmp")
 
 
-def _needles(users: Collection[str]) -> list[bytes]:
-    # The codec writes user_id with orjson, so its bytes in a line are these exactly.
-    return [b'"user_id":' + orjson.dumps(user) for user in users]
-
-
 def _decoded(line: bytes) -> record.Record | None:
     try:
         return record.decode(line)
@@ -87,7 +80,7 @@ def erase_hour(
 ) -> HourErased | None:
     """Rewrite one hour file without the events of ``users``; None if it held none."""
     wanted = set(users)
-    needles = _needles(wanted)
+    needles = holders.Needles.of(wanted)
     with files.locked(path) as fd:
         size = os.fstat(fd).st_size
         kept: list[bytes] = []
@@ -100,7 +93,7 @@ def erase_hour(
                 if at + len(line) > size:
                     break
                 # A cheap test of the bytes first; the codec decides.
-                got = _decoded(line) if any(n in line for n in needles) else None
+                got = _decoded(line) if needles.found_in(line) else None
                 if got is not None and got.user_id in wanted:
                     spans.append((at, len(line)))
                     types.add(got.event_type)
@@ -143,9 +136,20 @@ def stale_copies(root: Path) -> list[Path]:
 
 
 @dataclass
+class Progress:
+    """How far an erasure is; written by its thread, read by whoever reports on it."""
+
+    files_total: int = 0  # hour files in the archive, each looked at by the pre-pass
+    files_to_read: int = 0  # the pre-pass's hits: hours that can hold the users' events
+    files_read: int = 0  # of those, read line by line so far
+    events_removed: int = 0
+
+
+@dataclass
 class EraseReport:
     hours: list[HourErased] = field(default_factory=list)
-    files_scanned: int = 0
+    files_scanned: int = 0  # every hour file (the pre-pass)
+    files_read: int = 0  # the hours that could hold the users, read line by line
     copies_refreshed: int = 0
 
     @property
@@ -154,19 +158,32 @@ class EraseReport:
 
 
 def erase(
-    root: Path, users: Collection[str], crash: Crash | None = None, note: Note | None = None
+    root: Path,
+    users: Collection[str],
+    crash: Crash | None = None,
+    note: Note | None = None,
+    progress: Progress | None = None,
 ) -> EraseReport:
     """Remove every event of ``users`` from the archive under ``root`` (``note``: told of
-    each hour before its rename)."""
+    each hour before its rename). Only the hours the pre-pass (holders.py) finds that can
+    hold their events are read line by line."""
     die = crash or _crash_from_env()
+    done = progress or Progress()
     report = EraseReport()
-    for found in files.list_files(root):
-        report.files_scanned += 1
+    found = files.list_files(root)
+    report.files_scanned = done.files_total = len(found)
+    for f in found:
         with contextlib.suppress(FileNotFoundError):  # deleted meanwhile (retention)
-            _scratch(found.path).unlink(missing_ok=True)
-        done = erase_hour(found.path, users, found.relative, found.hour, die, note)
-        if done is not None:
-            report.hours.append(done)
+            _scratch(f.path).unlink(missing_ok=True)
+    maybe = holders.hours_holding(found, users)
+    done.files_to_read = len(maybe)
+    for f in maybe:
+        hour = erase_hour(f.path, users, f.relative, f.hour, die, note)
+        report.files_read += 1
+        done.files_read = report.files_read
+        if hour is not None:
+            report.hours.append(hour)
+            done.events_removed += hour.removed
     for path in stale_copies(root):
         refresh_copy(path)
         report.copies_refreshed += 1
@@ -174,10 +191,12 @@ def erase(
 
 
 def _crash_from_env() -> Crash:
-    point = faults.erase_crash_at()
+    point, hang = faults.erase_crash_at(), faults.erase_stop_at()
 
     def crash(at: str) -> None:
         if at == point:
             faults.die()
+        if at == hang:
+            faults.stop()
 
     return crash

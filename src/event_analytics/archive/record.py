@@ -101,12 +101,21 @@ def decode(raw: bytes) -> Record:
         raise InvalidRecord(f"unreadable event record: {exc}") from exc
 
 
+def user_field(user_id: str) -> bytes:
+    """The bytes of ``user_id``'s field in every archived line of that user, exactly as
+    ``encode`` writes them (orjson's escaping: ``"`` and ``\\`` escaped, the rest as UTF-8).
+    A line without these bytes holds no event of that user (``archive_line`` keeps that
+    true for records laid out otherwise), so an erasure searches bytes before parsing."""
+    return b'"user_id":' + orjson.dumps(user_id)
+
+
 def archive_line(raw: bytes) -> tuple[Record, bytes]:
     """A streamed record and the bytes to archive for it: ``raw`` itself, or for a record
-    laid out otherwise (not written by the service), the same fields with ``event_id``
-    moved first, so that its id can be found at ``ID_START``."""
+    laid out otherwise (not written by the service: its id not first, or its user id
+    written in another way, spaced or escaped), the same fields re-encoded with
+    ``event_id`` first, so that its id is at ``ID_START`` and its ``user_field`` in it."""
     record = decode(raw)
-    if raw.startswith(ID_PREFIX):
+    if raw.startswith(ID_PREFIX) and user_field(record.user_id) in raw:
         return record, raw
     fields = orjson.loads(raw)
     return record, orjson.dumps({"event_id": fields["event_id"], **fields})

@@ -41,6 +41,7 @@ class Lua(StrEnum):
     GOAL_PUT = "goal_put"
     GOAL_DELETE = "goal_delete"
     CLEAR_DAY = "clear_day"
+    FORGET_SUBMIT = "forget_submit"
 
 
 @functools.cache
