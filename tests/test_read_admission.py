@@ -96,7 +96,7 @@ def test_the_archive_estimate_is_what_a_query_reads(
         found = estimate(root, start, end)
         assert (found.files, found.bytes) == (want_files, want_bytes)
         with hour_files(root, start, end) as read:
-            paths = read.parquet + read.jsonl
+            paths = read.parquet + read.parquet_old + read.jsonl
             assert len(paths) == found.files
             assert sum(Path(p).stat().st_size for p in paths) == found.bytes
 

@@ -49,9 +49,12 @@ def _view(found: Sources) -> str:
     names) are quoted literals."""
     names = ", ".join(f'"{c}"' for c in COLUMNS)
     parts = []
-    if found.parquet:
-        listed = ", ".join(_literal(p) for p in found.parquet)
-        parts.append(f"SELECT {names} FROM read_parquet([{listed}])")
+    # The record's columns are in copies of every schema; one read per schema, as the
+    # files of one read_parquet must agree on their columns.
+    for copies in (found.parquet, found.parquet_old):
+        if copies:
+            listed = ", ".join(_literal(p) for p in copies)
+            parts.append(f"SELECT {names} FROM read_parquet([{listed}])")
     if found.jsonl:
         listed = ", ".join(_literal(p) for p in found.jsonl)
         columns = "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in COLUMNS.items())

@@ -11,7 +11,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from event_analytics import sites
 from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.snapshot import hour_files
 from event_analytics.analytics.sql import Params, source
@@ -23,7 +22,7 @@ MAX_SITES = 1000
 def build(files: Any, start: datetime, end: datetime) -> tuple[str, dict[str, Any]]:
     p = Params()
     sql = f"""WITH events AS ({source(p, files)}),
-ev AS (SELECT {sites.SITE_SQL} AS site, user_id FROM events
+ev AS (SELECT site, user_id FROM events
     WHERE ts >= {p.bind(start)} AND ts < {p.bind(end)} AND NOT starts_with(event_type, 'bot_'))
 SELECT site, count(DISTINCT user_id) AS visitors, count(*) AS events FROM ev
 WHERE site IS NOT NULL GROUP BY site ORDER BY events DESC, site LIMIT {p.bind(MAX_SITES)}"""

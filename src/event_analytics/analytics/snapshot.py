@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from event_analytics.archive.compact import covered, parquet_path
+from event_analytics.archive.derived import SCHEMA_VERSION
 from event_analytics.archive.files import list_files
 from event_analytics.timebucket import Interval, floor
 
@@ -47,10 +48,13 @@ def _copy_range(fd: int, start: int, end: int, target: Path) -> None:
 
 @dataclass(slots=True)
 class Sources:
-    """What to read: Parquet copies (compact.py) and JSONL files or their tails."""
+    """What to read: Parquet copies (compact.py) and JSONL files or their tails.
+    ``parquet`` copies hold the derived columns (``derived.SCHEMA_VERSION``);
+    ``parquet_old`` ones, written before, only the record's (the reader derives the rest)."""
 
     parquet: list[str] = field(default_factory=list)
     jsonl: list[str] = field(default_factory=list)
+    parquet_old: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +101,10 @@ def hour_files(root: Path, start: datetime | None, end: datetime) -> Iterator[So
                 size = os.fstat(fd).st_size
                 done = 0
                 if copy is not None:
-                    out.parquet.append(str(parquet_path(found.path)))
+                    fresh = copy.schema == SCHEMA_VERSION
+                    (out.parquet if fresh else out.parquet_old).append(
+                        str(parquet_path(found.path))
+                    )
                     done = copy.jsonl_bytes
                 if size <= done:
                     continue

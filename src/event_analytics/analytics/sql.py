@@ -9,15 +9,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from event_analytics.analytics.spec import Condition, Field_, Filter, Not, Or, Step, glob_to_like
-from event_analytics.archive import record
+from event_analytics.archive import derived, record
 
 if TYPE_CHECKING:
     from event_analytics.analytics.snapshot import Sources
 
 # The archive record as DuckDB reads it: its codec's column list (archive/record.py).
 COLUMNS = dict(record.COLUMNS)
-# The columns of the ``events`` relation every plan reads.
-EVENT_COLUMNS = "event_id, user_id, ts, event_type, page_url, payload, received_at"
+# The columns of a Parquet copy after its id, user and time, in ``events``' order.
+BASE_COLUMNS = "event_type, page_url, payload::JSON AS payload, received_at"
 
 
 class Params:
@@ -33,7 +33,9 @@ class Params:
 
 
 def source(params: Params, files: Sources) -> str:
-    """A SELECT of the ``events`` columns from Parquet copies and JSONL files.
+    """A SELECT of the ``events`` columns from Parquet copies and JSONL files: the
+    record's columns and the derived ones (``derived.DERIVED``), read from a copy that
+    holds them, else computed here by the same SQL compaction ran.
 
     ``ignore_errors`` reads a line a live archiver is appending at this moment as a row
     of NULLs instead of failing the query; ``event_id IS NOT NULL`` drops it. (A torn
@@ -42,22 +44,27 @@ def source(params: Params, files: Sources) -> str:
     parts = []
     if files.parquet:
         parts.append(
-            f'SELECT {EVENT_COLUMNS} FROM (SELECT event_id, user_id, "timestamp" AS ts, '
-            "event_type, page_url, payload::JSON AS payload, received_at "
-            f"FROM read_parquet({params.bind(files.parquet)}))"
+            f'SELECT event_id, user_id, "timestamp" AS ts, {BASE_COLUMNS}, '
+            f"{', '.join(derived.NAMES)} FROM read_parquet({params.bind(files.parquet)})"
+        )
+    if files.parquet_old:
+        parts.append(
+            f'SELECT *, {derived.select_sql()} FROM (SELECT event_id, user_id, "timestamp" AS '
+            f"ts, {BASE_COLUMNS} FROM read_parquet({params.bind(files.parquet_old)}))"
         )
     if files.jsonl:
         parts.append(
-            'SELECT event_id, user_id, "timestamp" AS ts, event_type, '
-            "payload->>'page_url' AS page_url, payload, received_at "
+            f'SELECT *, {derived.select_sql()} FROM (SELECT event_id, user_id, "timestamp" AS '
+            "ts, event_type, payload->>'page_url' AS page_url, payload, received_at "
             f"FROM read_json({params.bind(files.jsonl)}, format='newline_delimited', "
-            f"columns={params.bind(COLUMNS)}, ignore_errors=true) WHERE event_id IS NOT NULL"
+            f"columns={params.bind(COLUMNS)}, ignore_errors=true) WHERE event_id IS NOT NULL)"
         )
     if not parts:
         return (
             "SELECT NULL::VARCHAR AS event_id, NULL::VARCHAR AS user_id, "
             "NULL::TIMESTAMPTZ AS ts, NULL::VARCHAR AS event_type, NULL::VARCHAR AS page_url, "
-            "NULL::JSON AS payload, NULL::TIMESTAMPTZ AS received_at WHERE false"
+            f"NULL::JSON AS payload, NULL::TIMESTAMPTZ AS received_at, {derived.nulls_sql()} "
+            "WHERE false"
         )
     return " UNION ALL ".join(parts)
 

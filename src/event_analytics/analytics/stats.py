@@ -19,7 +19,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from event_analytics import sites
 from event_analytics.analytics import stats_compare, stats_goals, visits
 from event_analytics.analytics.periods import Period
 from event_analytics.analytics.pool import QueryEngine
@@ -130,8 +129,8 @@ def order_terms(q: StatsQuery) -> list[tuple[str, str]]:
     return terms + [(d, "asc") for d in q.dimensions if d not in named]
 
 
-def _attributes(q: StatsQuery) -> frozenset[str]:
-    """The visit columns the query's dimensions and filters read."""
+def _dimensions_read(q: StatsQuery) -> set[str]:
+    """The dimensions the query groups by or filters on."""
     names = set(q.dimensions)
     stack: list[Filter] = list(q.filters)
     while stack:
@@ -142,7 +141,18 @@ def _attributes(q: StatsQuery) -> frozenset[str]:
             stack.extend(f.items)
         else:
             stack.append(f.inner)
+    return names
+
+
+def _attributes(q: StatsQuery) -> frozenset[str]:
+    """The visit columns the query's dimensions and filters read."""
+    names = _dimensions_read(q)
     return frozenset(visits.VISIT_COLUMNS[n] for n in names if n in visits.VISIT_COLUMNS)
+
+
+def _reads_props(q: StatsQuery) -> bool:
+    """Whether the query reads custom properties (the only reader of events' payload)."""
+    return any(n.startswith("event:props:") for n in _dimensions_read(q))
 
 
 def build(
@@ -159,10 +169,19 @@ def build(
     by_goal = GOAL in q.dimensions
     conversion = bool({"conversion_rate", "group_conversion_rate"} & set(q.metrics))
     # Only these read ``vev`` (events' own fields); the others read ``visits`` alone, and
-    # their windows need not carry each event's payload (benchmarks/analytics_bench.py).
-    payload = q.event_scoped or by_goal or bool(q.filters) or conversion
+    # their windows need not carry each event's columns (benchmarks/analytics_bench.py).
+    events = q.event_scoped or by_goal or bool(q.filters) or conversion
     ctes = visits.ctes(
-        p, files, q.site_id, start, end, timeout_s, _attributes(q), payload, fast_key
+        p,
+        files,
+        q.site_id,
+        start,
+        end,
+        timeout_s,
+        _attributes(q),
+        events,
+        fast_key,
+        payload=_reads_props(q),
     )
     dims = [_dimension_sql(p, d, start, end) for d in q.dimensions]
     rows = "gev" if by_goal else "vev"
@@ -470,6 +489,6 @@ def current_visitors(engine: QueryEngine, site: str, root: Path, now: datetime) 
     with hour_files(root, now - REALTIME, now) as files:
         sql = f"""SELECT count(DISTINCT user_id) FROM ({source(p, files)})
 WHERE ts >= {p.bind(now - REALTIME)} AND ts < {p.bind(now)}
-    AND NOT starts_with(event_type, 'bot_') AND {sites.SITE_SQL} = {p.bind(site)}"""
+    AND NOT starts_with(event_type, 'bot_') AND site = {p.bind(site)}"""
         rows = engine.fetch(sql, p.values)
     return int(rows[0][0])

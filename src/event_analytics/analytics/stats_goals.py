@@ -18,7 +18,6 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from event_analytics import goals as goal_rules
-from event_analytics import sites
 from event_analytics.analytics.sql import Params
 from event_analytics.analytics.stats_spec import (
     GOAL,
@@ -29,15 +28,13 @@ from event_analytics.analytics.stats_spec import (
     name_holds,
 )
 from event_analytics.goals import Goal
-from event_analytics.revenue import amount_sql, currency_sql
 
-# An event's name as goals see it (goals.event_name_of): a string ``event_name``, else its type.
-NAME_SQL = (
-    "(CASE WHEN json_type(payload->'event_name') = 'VARCHAR' "
-    "THEN payload->>'event_name' ELSE event_type END)"
-)
-AMOUNT_SQL = amount_sql("payload")
-CURRENCY_SQL = currency_sql("payload")
+# An event's name as goals see it, its path, revenue amount and currency: columns derived
+# at compaction (archive/derived.py), carried by ``vev``.
+NAME_SQL = "goal_event_name"
+PATH_SQL = "path"
+AMOUNT_SQL = "revenue_amount"
+CURRENCY_SQL = "revenue_currency"
 
 
 def goal_sql(p: Params, goal: Goal) -> str:
@@ -48,11 +45,7 @@ def goal_sql(p: Params, goal: Goal) -> str:
     )
     for value in values:
         sql = sql.replace("?", p.bind(value), 1)
-    return (
-        sql.replace("\x00T", "event_type")
-        .replace("\x00N", NAME_SQL)
-        .replace("\x00P", sites.path_sql("page_url"))
-    )
+    return sql.replace("\x00T", "event_type").replace("\x00N", NAME_SQL).replace("\x00P", PATH_SQL)
 
 
 def any_goal_sql(p: Params, c: Condition, goals: tuple[Goal, ...]) -> str:

@@ -30,16 +30,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from event_analytics import sites
 from event_analytics.analytics.snapshot import Sources
 from event_analytics.analytics.sql import Params, source
+from event_analytics.archive.derived import FIELDS, UTM
 
 ORDER = "ts, received_at, event_id"
 # The fast plan's visitor key (a test passes a colliding one).
 FAST_KEY = "hash(user_id)"
 NON_INTERACTIVE = "coalesce(f_interactive, '') = 'false'"
 DIRECT = "Direct / None"
-UTM = ("utm_medium", "utm_source", "utm_campaign", "utm_content", "utm_term")
 # visit:* dimension -> its column in ``visits`` (and ``vev``).
 VISIT_COLUMNS = {
     "visit:entry_page": "entry_page",
@@ -52,13 +51,12 @@ VISIT_COLUMNS = {
     "visit:os": "os",
     "visit:country": "country",
 }
-# event:* dimension -> its SQL over one event row of ``vev``.
-EVENT_SQL = {
-    "event:page": sites.path_sql("page_url"),
-    "event:hostname": sites.host_sql("page_url"),
-    "event:name": "(CASE WHEN event_type = 'page_view' THEN 'pageview' "
-    "ELSE coalesce(payload->>'event_name', event_type) END)",
-}
+# event:* dimension -> its column in ``vev`` (derived at compaction: archive/derived.py).
+EVENT_SQL = {"event:page": "path", "event:hostname": "hostname", "event:name": "event_name"}
+# The derived columns ``vev`` carries for the event-scoped queries (pages, names, goals,
+# revenue); ``payload`` only for custom properties.
+EVENT_COLUMNS = ("path", "hostname", "event_name", "goal_event_name", "revenue_amount",
+                 "revenue_currency")  # fmt: skip
 NONE = "(none)"  # a custom property an event lacks, as Plausible shows it
 
 
@@ -72,18 +70,15 @@ def _first(expr: str) -> str:
     return f"arg_min_null({expr}, seq)"
 
 
-# The payload fields the visit columns read, each read once per event into a column
-# ``f_<name>`` before the windows: the windows then sort narrow rows, not the payload.
-FIELDS = ("interactive", "source", "referrer", *UTM, "device", "browser", "os", "country")
-
-
+# The payload fields the visit columns read are the derived columns ``f_<name>``: the
+# windows sort narrow rows, not the payload.
 def _field(name: str) -> str:
     assert name in FIELDS  # a fixed list, not request text
     return f"f_{name}"
 
 
 def _visit_columns(attributes: frozenset[str]) -> str:
-    page = sites.path_sql("page_url")
+    page = "path"
     device = _field("device")
     columns = {
         "start": "min(ts)",
@@ -112,7 +107,7 @@ def _visit_columns(attributes: frozenset[str]) -> str:
 def _fields(attributes: frozenset[str]) -> str:
     """The ``f_*`` columns the visit columns of ``attributes`` read."""
     wanted = {"interactive"} | (set(attributes) & set(FIELDS))
-    return "".join(f", payload->>'{n}' AS {_field(n)}" for n in FIELDS if n in wanted)
+    return "".join(f", {_field(n)}" for n in FIELDS if n in wanted)
 
 
 def ctes(
@@ -123,17 +118,23 @@ def ctes(
     end: datetime,
     timeout_s: int,
     attributes: frozenset[str] = frozenset(VISIT_COLUMNS.values()),
-    payload: bool = True,
+    events: bool = True,
     fast_key: str | None = FAST_KEY,
+    payload: bool = True,
 ) -> str:
     """The CTE list (without ``WITH``) ending in ``visits`` and ``vev``; ``visits`` has
     the columns of ``attributes`` (names from VISIT_COLUMNS) besides the metrics'.
-    Without ``payload``, ``vev``'s payload is NULL: the windows then sort no payloads
-    (for queries that read no event's payload). With ``fast_key``, ``visits`` has a
+    Without ``events``, ``vev`` has no event columns (``EVENT_COLUMNS``), and
+    without ``payload`` its payload is NULL: the windows then sort only what the query
+    reads. With ``fast_key``, ``visits`` has a
     column ``suspect``: true on some row when the fast plan's order may be wrong, and then
     rows that do not start in the range may be in it too (the answer is thrown away)."""
     lookback = start - timedelta(seconds=timeout_s)
     carried = ("payload" if payload else "NULL::JSON AS payload") + _fields(attributes)
+    pages = {"entry_page", "exit_page"} & attributes
+    wanted = EVENT_COLUMNS if events else ("path",) if pages else ()
+    carried += "".join(f", {name}" for name in wanted)
+    own = "".join(f", n.{name}" for name in EVENT_COLUMNS) if events else ""
     if fast_key is None:
         uk, order, suspect, keep = "user_id", ORDER, "false", ""
     else:
@@ -142,9 +143,9 @@ def ctes(
         # A suspect visit is kept wherever it starts: its row must reach the answer.
         keep = " OR bool_or(suspect)"
     return f"""events AS ({source(p, files)}),
-ev AS (SELECT event_id, {uk} AS uk, user_id, ts, received_at, event_type, page_url, {carried}
+ev AS (SELECT event_id, {uk} AS uk, user_id, ts, received_at, event_type, {carried}
     FROM events WHERE ts >= {p.bind(lookback)} AND ts < {p.bind(end)}
-    AND NOT starts_with(event_type, 'bot_') AND {sites.SITE_SQL} = {p.bind(site)}),
+    AND NOT starts_with(event_type, 'bot_') AND site = {p.bind(site)}),
 seq AS (SELECT * EXCLUDE (user_id), CASE WHEN epoch_us(ts) - epoch_us(lag(ts) OVER w)
     <= {p.bind(timeout_s * 1_000_000)} THEN 0 ELSE 1 END AS starts, row_number() OVER w AS seq,
     {suspect} AS suspect FROM ev WINDOW w AS (PARTITION BY uk ORDER BY {order})),
@@ -153,5 +154,5 @@ numbered AS (SELECT *, sum(starts) OVER (PARTITION BY uk ORDER BY seq
 visits AS (SELECT uk, vn,
     {_visit_columns(attributes)}, bool_or(suspect) AS suspect
     FROM numbered GROUP BY uk, vn HAVING min(ts) >= {p.bind(start)}{keep}),
-vev AS (SELECT n.event_id, n.ts, n.received_at, n.event_type, n.payload, n.page_url,
+vev AS (SELECT n.event_id, n.ts, n.received_at, n.event_type, n.payload{own},
     v.* FROM numbered n JOIN visits v USING (uk, vn))"""

@@ -3,10 +3,12 @@
 ``compact`` writes ``events_…-HH.parquet`` beside an hour's JSONL from its complete
 lines, then checks the copy against the JSONL itself (event count and a checksum of the
 event ids, read from the JSONL by plain Python, not DuckDB) and records the JSONL's
-inode and byte length it covers in ``events_…-HH.parquet.json``. The JSONL stays the
-source of truth: a copy is read only while that record still matches the JSONL's inode,
-and covers at most its length; lines appended after it (late events) are read from the
-JSONL, so a grown hour is still answered exactly.
+inode and byte length it covers in ``events_…-HH.parquet.json``. Besides the record's
+columns a copy holds the columns derived from each event (``derived.DERIVED``, computed
+by the same SQL the JSONL read runs), and its record says which list (``schema``).
+The JSONL stays the source of truth: a copy is read only while that record still matches
+the JSONL's inode, and covers at most its length; lines appended after it (late events)
+are read from the JSONL, so a grown hour is still answered exactly.
 
 One compaction of an hour at a time (an flock on ``events_…-HH.parquet.lock``): two
 archivers, or an archiver and ``event-analytics compact``, never write one copy at once.
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import duckdb
 
+from event_analytics.archive import derived
 from event_analytics.archive import record as codec
 from event_analytics.archive.files import event_id_of, list_files
 
@@ -70,6 +73,8 @@ class Covered:
     events: int
     checksum: int
     head: str
+    # derived.SCHEMA_VERSION when written; a record without it is of a version-1 copy.
+    schema: int = 1
 
 
 def _head(line: bytes) -> str:
@@ -152,9 +157,10 @@ def _compact(jsonl: Path, crash_point: Callable[[str], None]) -> Covered | None:
     try:
         connection.execute("SET TimeZone = 'UTC'")
         connection.execute(
-            'COPY (SELECT event_id, user_id, "timestamp", event_type, payload, received_at, '
+            f"COPY (SELECT *, {derived.select_sql()} FROM (SELECT event_id, user_id, "
+            '"timestamp", event_type, payload, received_at, '
             "payload->>'page_url' AS page_url FROM read_json($path, format='newline_delimited', "
-            "columns=$columns)) TO '" + str(scratch).replace("'", "''") + "' (FORMAT parquet)",
+            "columns=$columns))) TO '" + str(scratch).replace("'", "''") + "' (FORMAT parquet)",
             {"path": str(prefix), "columns": COLUMNS},
         )
         stored = [
@@ -175,7 +181,14 @@ def _compact(jsonl: Path, crash_point: Callable[[str], None]) -> Covered | None:
     crash_point("compact_written")
     os.replace(scratch, target)
     crash_point("compact_renamed")
-    record = Covered(inode=inode, jsonl_bytes=length, events=want[0], checksum=want[1], head=head)
+    record = Covered(
+        inode=inode,
+        jsonl_bytes=length,
+        events=want[0],
+        checksum=want[1],
+        head=head,
+        schema=derived.SCHEMA_VERSION,
+    )
     staged = jsonl.with_suffix(".parquet.json.tmp")
     staged.write_text(json.dumps(asdict(record)))
     os.replace(staged, _record_path(jsonl))
