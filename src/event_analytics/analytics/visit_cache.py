@@ -1,0 +1,261 @@
+"""A bounded cache of sessionized visits, in the process that answers archive queries.
+
+Cutting a range's events into visits (``visits.ctes``: every event of the site in
+``[from - timeout, to)`` read and sorted by visitor and time) is nearly all of a Stats API
+query's cost, and one load of the site page asks eleven queries of the same range. An
+entry holds what ``ctes`` gives for one (site, range, timeout, plan): ``visits`` with
+every visit column and ``vev`` with every event's payload (the widest: any later query
+of that key reads it), as two tables of an in-memory DuckDB database of its own, attached
+to the engine's and compressed (``COMPRESS`` and a checkpoint: about an eighth of the
+plain tables' memory); the queries then read those tables instead of the archive.
+
+Exact, never stale: the key holds the identity of every archive file the range reads,
+taken *before* they are read: each hour file's path, inode, size, modification and
+change times; its Parquet copy's the same; and its copy record (``compact.covered``).
+An appended line changes a size; a compaction adds a copy and a record; an erasure and
+retention's rewrite rename a new file over the old (a new inode) or delete it; an import
+creates or appends to hour files. Any of these makes a new key: the old entry is never
+read again and ages out. Files read a moment after the key was taken can only be newer
+than it, never older.
+
+Bounded by memory (``EA_VISIT_CACHE_BYTES``): an entry's size is what DuckDB reports its
+tables hold (``duckdb_memory()``, measured around the fill; fills run one at a time for
+that); past the bound the least recently used entries not being read are detached. An
+entry larger than the bound answers the queries that wait for it and is then dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from event_analytics.analytics import visits
+from event_analytics.analytics.snapshot import hour_files
+from event_analytics.analytics.sql import Params
+from event_analytics.archive.compact import covered, parquet_path
+from event_analytics.archive.files import list_files
+from event_analytics.timebucket import Interval, floor
+
+Run = Callable[..., list[tuple[Any, ...]]]
+# ``vev``'s own columns; the rest of it is its visit's row of ``visits``.
+EVENT_COLUMNS = "event_id, ts, received_at, event_type, payload, page_url"
+_MEMORY_SQL = (
+    "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = 'IN_MEMORY_TABLE'"
+)
+
+
+def _telemetry() -> ModuleType:
+    # Imported when first counted, not with this module: the command line imports the
+    # query engine before ``serve`` points prometheus_client at its directory.
+    from event_analytics import telemetry
+
+    return telemetry
+
+
+def _stat(path: Path) -> tuple[int, ...] | None:
+    try:
+        s = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns
+
+
+def sources(root: Path, start: datetime, end: datetime) -> tuple[tuple[Any, ...], ...]:
+    """The identity of the files ``hour_files(root, start, end)`` reads (see the module's
+    docstring for why each part is there)."""
+    out = []
+    for found in list_files(root, floor(start, Interval.HOUR), end):
+        copy = covered(found.path)
+        kept = parquet_path(found.path) if copy is not None else None
+        out.append((str(found.path), _stat(found.path), copy, kept and _stat(kept)))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    site: str
+    start: datetime
+    end: datetime
+    timeout_s: int
+    fast_key: str | None  # the plan (visits.ctes): None is the exact one
+    sources: tuple[tuple[Any, ...], ...]
+
+
+@dataclass(slots=True)
+class _Entry:
+    name: str  # the attached database's name, made here (never request text)
+    users: int = 0
+    size: int = 0
+    kept: bool = True  # False: in no map any more, detached when its last user leaves
+    failed: bool = False
+    ready: threading.Event = field(default_factory=threading.Event)
+
+
+class VisitCache:
+    """Entries of sessionized visits; ``run`` runs one statement (the engine's fetch)."""
+
+    def __init__(self, run: Run, bound_bytes: int, wait_s: float) -> None:
+        self.bound_bytes = bound_bytes
+        self._run = run
+        self._wait_s = wait_s
+        self._entries: OrderedDict[Key, _Entry] = OrderedDict()
+        self._lock = threading.Lock()  # the map, sizes and users
+        self._memory = threading.Lock()  # one fill or detach at a time: sizes by difference
+        self._detach: list[str] = []  # detached by the next holder of ``_memory``
+        self._ids = itertools.count(1)
+        self.hits = self.misses = self.evictions = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.bound_bytes > 0
+
+    def key(self, root: Path, site: str, start: datetime, end: datetime, timeout_s: int,
+            fast_key: str | None) -> Key:  # fmt: skip
+        found = sources(root, start - timedelta(seconds=timeout_s), end)
+        return Key(site, start, end, timeout_s, fast_key, found)
+
+    def size(self) -> int:
+        with self._lock:
+            return sum(e.size for e in self._entries.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def clear(self) -> None:
+        """Drop every entry (those being read go when their readers leave)."""
+        with self._lock:
+            for e in self._entries.values():
+                e.kept = False
+                if e.users == 0:
+                    self._detach.append(e.name)
+            self._entries.clear()
+            _telemetry().VISIT_CACHE_BYTES.set(0)
+        with self._memory:
+            self._detach_pending()
+
+    @contextlib.contextmanager
+    def lease(self, root: Path, key: Key) -> Iterator[str | None]:
+        """The name of the database holding ``key``'s ``visits`` and ``vev`` (filled now
+        on a miss), kept while the block runs; None: answer without the cache (it is off,
+        or the fill another query was making failed)."""
+        if not self.enabled:
+            yield None
+            return
+        with self._lock:
+            entry = self._entries.get(key)
+            hit = entry is not None
+            if entry is None:
+                entry = _Entry(f"visit_cache_{next(self._ids)}")
+                self._entries[key] = entry
+            self._entries.move_to_end(key)
+            entry.users += 1
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1
+        _telemetry().VISIT_CACHE.labels("hit" if hit else "miss").inc()
+        try:
+            if not hit:
+                self._fill(root, key, entry)
+            elif not entry.ready.wait(self._wait_s) or entry.failed:
+                yield None
+                return
+            yield entry.name
+        finally:
+            self._release(entry)
+
+    def _fill(self, root: Path, key: Key, entry: _Entry) -> None:
+        try:
+            with self._memory:
+                self._detach_pending()
+                before = self._run(_MEMORY_SQL)[0][0]
+                self._run(f"ATTACH ':memory:' AS {entry.name} (COMPRESS)")
+                self._tables(root, key, entry.name)
+                size = max(0, self._run(_MEMORY_SQL)[0][0] - before)
+                with self._lock:
+                    entry.size = size
+                    self._evict()
+                self._detach_pending()
+        except BaseException:
+            entry.failed = True
+            with self._lock:
+                if entry.kept:
+                    del self._entries[key]
+                    entry.kept = False
+            raise
+        finally:
+            entry.ready.set()
+
+    def _tables(self, root: Path, key: Key, db: str) -> None:
+        """``vev`` by the key's plan (again by the exact plan when the fast one says its
+        order may be wrong), ``visits`` from it, then compressed."""
+        plans = [key.fast_key, None] if key.fast_key is not None else [None]
+        back = timedelta(seconds=key.timeout_s)
+        with hour_files(root, key.start - back, key.end) as files:
+            for plan in plans:
+                p = Params()
+                ctes = visits.ctes(p, files, key.site, key.start, key.end, key.timeout_s,
+                                   fast_key=plan)  # fmt: skip
+                self._run(f"CREATE OR REPLACE TABLE {db}.vev AS WITH {ctes} SELECT * FROM vev",
+                          p.values)  # fmt: skip
+                if not self._run(f"SELECT coalesce(bool_or(suspect), false) FROM {db}.vev")[0][0]:
+                    break
+        self._run(f"CREATE TABLE {db}.visits AS SELECT DISTINCT ON (uk, vn) "
+                  f"* EXCLUDE ({EVENT_COLUMNS}) FROM {db}.vev")  # fmt: skip
+        self._run(f"CHECKPOINT {db}")
+
+    def _evict(self) -> None:
+        """Under ``_lock``: drop least recently used entries not being read until the
+        rest fit; an entry over the bound alone goes when its readers leave."""
+        total = sum(e.size for e in self._entries.values())
+        for key, e in list(self._entries.items()):
+            if total <= self.bound_bytes:
+                break
+            if not e.ready.is_set() and e.size == 0:
+                continue  # being filled: not measured yet
+            if e.users == 0 or e.size > self.bound_bytes:
+                del self._entries[key]
+                e.kept = False
+                total -= e.size
+                self.evictions += 1
+                _telemetry().VISIT_CACHE_EVICTIONS.inc()
+                if e.users == 0:
+                    self._detach.append(e.name)
+        _telemetry().VISIT_CACHE_BYTES.set(total)
+
+    def _release(self, entry: _Entry) -> None:
+        with self._lock:
+            entry.users -= 1
+            if entry.users == 0 and not entry.kept and entry.ready.is_set():
+                self._detach.append(entry.name)
+            elif entry.users == 0:
+                self._evict()  # what was over the bound while read may go now
+        if self._memory.acquire(blocking=False):
+            try:
+                self._detach_pending()
+            finally:
+                self._memory.release()
+
+    def _detach_pending(self) -> None:
+        """Under ``_memory``."""
+        with self._lock:
+            names, self._detach = self._detach, []
+        for name in names:
+            with contextlib.suppress(Exception):  # never attached (its fill failed early)
+                self._run(f"DETACH DATABASE IF EXISTS {name}")
+
+
+def ctes(db: str) -> str:
+    """``visits`` and ``vev`` from an entry's tables (the same columns as visits.ctes
+    gives with every attribute and the payloads)."""
+    return f"visits AS (SELECT * FROM {db}.visits),\nvev AS (SELECT * FROM {db}.vev)"
