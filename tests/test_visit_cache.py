@@ -13,6 +13,7 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from event_analytics import expiry
 from event_analytics.analytics import stats
@@ -198,8 +199,14 @@ def _size_of_one(tmp_path: Path) -> tuple[Path, int]:
     return root, size
 
 
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_the_memory_bound_evicts_the_least_recently_used(tmp_path: Path) -> None:
     root, size = _size_of_one(tmp_path)
+    counted = [_sample("ea_visit_cache_requests_total", outcome=o) for o in ("hit", "miss")]
+    evicted = _sample("ea_visit_cache_evictions_total")
     engine = QueryEngine(max_concurrent=1, timeout_s=60, visit_cache_bytes=size * 3 // 2)
     cache = engine.visit_cache
     qa, _ = _query("a.example", 2)
@@ -213,6 +220,11 @@ def test_the_memory_bound_evicts_the_least_recently_used(tmp_path: Path) -> None
     assert cache.evictions == 1 and len(cache) == 1 and cache.size() <= size * 3 // 2
     assert _run(engine, qb, root)["results"] == want["results"] and cache.hits == 2
     assert _run(engine, qa, root) == want and cache.misses == 3 and cache.evictions == 2
+    # /metrics counts them (this process's registry, as a scrape reads it).
+    assert _sample("ea_visit_cache_requests_total", outcome="hit") == counted[0] + 2
+    assert _sample("ea_visit_cache_requests_total", outcome="miss") == counted[1] + 3
+    assert _sample("ea_visit_cache_evictions_total") == evicted + 2
+    assert _sample("ea_visit_cache_bytes") == cache.size()
     engine.close()
 
 
