@@ -62,7 +62,9 @@ def time_unit(dimension: str, start: datetime, end: datetime) -> str:
     return "hour" if span <= timedelta(days=1) else "day" if span <= timedelta(days=40) else "month"
 
 
-def _dimension_sql(p: Params, name: str, start: datetime, end: datetime) -> str:
+def _dimension_sql(
+    p: Params, name: str, start: datetime, end: datetime, exprs: stats_goals.EventExprs
+) -> str:
     if name.startswith("time"):
         unit = time_unit(name, start, end)
         assert unit in ("hour", "day", "week", "month")  # a fixed list, not request text
@@ -73,14 +75,17 @@ def _dimension_sql(p: Params, name: str, start: datetime, end: datetime) -> str:
         return visits.prop_sql(p, name.removeprefix("event:props:"))
     if name == GOAL:
         return "goal_name"  # a column of the goal rows (stats_goals.goal_rows_sql)
-    return visits.EVENT_SQL[name]
+    return exprs.dimension(name)
 
 
 class _Where:
     """Filters as SQL over rows of ``vev`` (or of the goal rows when ``goal_rows``)."""
 
-    def __init__(self, p: Params, q: StatsQuery, start: datetime, end: datetime) -> None:
-        self.p, self.q, self.start, self.end = p, q, start, end
+    def __init__(
+        self, p: Params, q: StatsQuery, start: datetime, end: datetime,
+        exprs: stats_goals.EventExprs,
+    ) -> None:  # fmt: skip
+        self.p, self.q, self.start, self.end, self.exprs = p, q, start, end, exprs
 
     def sql(self, f: Filter, goal_rows: bool) -> str:
         """A filter over one event row as a never-NULL boolean."""
@@ -94,15 +99,17 @@ class _Where:
             joiner = " AND " if f.op == "and" else " OR "
             return "(" + joiner.join(self.sql(g, goal_rows) for g in f.items) + ")"
         if f.dimension == GOAL and not goal_rows:
-            return stats_goals.any_goal_sql(self.p, f, self.q.goals)
-        return _condition_sql(self.p, f, self.start, self.end)
+            return stats_goals.any_goal_sql(self.p, f, self.q.goals, self.exprs)
+        return _condition_sql(self.p, f, self.start, self.end, self.exprs)
 
     def all(self, filters: tuple[Filter, ...], goal_rows: bool) -> str:
         return " AND ".join(self.sql(f, goal_rows) for f in filters) or "true"
 
 
-def _condition_sql(p: Params, c: Condition, start: datetime, end: datetime) -> str:
-    column = _dimension_sql(p, c.dimension, start, end)
+def _condition_sql(
+    p: Params, c: Condition, start: datetime, end: datetime, exprs: stats_goals.EventExprs
+) -> str:
+    column = _dimension_sql(p, c.dimension, start, end, exprs)
     base = c.op.removesuffix("_not")
     # case_sensitive: false lower-cases both sides with DuckDB's lower(), one judge.
     fold = (lambda sql: sql) if c.case_sensitive else (lambda sql: f"lower({sql})")
@@ -163,17 +170,18 @@ def build(
     # Only these read ``vev`` (events' own fields); the others read ``visits`` alone, and
     # their windows need not carry each event's payload (benchmarks/analytics_bench.py).
     payload = q.event_scoped or by_goal or bool(q.filters) or conversion
+    exprs = stats_goals.EXPRS
     if cached is not None:
-        ctes = visit_cache.ctes(cached)
+        ctes, exprs = visit_cache.ctes(cached), stats_goals.CACHED
     else:
         ctes = visits.ctes(
             p, files, q.site_id, start, end, timeout_s, _attributes(q), payload, fast_key
         )
-    dims = [_dimension_sql(p, d, start, end) for d in q.dimensions]
+    dims = [_dimension_sql(p, d, start, end, exprs) for d in q.dimensions]
     rows = "gev" if by_goal else "vev"
     if by_goal:
-        ctes += f",\ngev AS ({stats_goals.goal_rows_sql(p, q.goals, 'vev')})"
-    w = _Where(p, q, start, end)
+        ctes += f",\ngev AS ({stats_goals.goal_rows_sql(p, q.goals, 'vev', exprs)})"
+    w = _Where(p, q, start, end, exprs)
     where = w.all(q.filters, by_goal)
     aliases = [f"d{i}" for i in range(len(dims))]
     picked = "".join(f"{sql} AS {alias}, " for sql, alias in zip(dims, aliases, strict=True))
@@ -186,7 +194,7 @@ def build(
     )
     if q.event_scoped:
         currency = "goal_cur" if by_goal else p.bind(stats_goals.query_currency(q))
-        amount, code = stats_goals.AMOUNT_SQL, stats_goals.CURRENCY_SQL
+        amount, code = exprs.amount, exprs.currency
         sel = f"""SELECT uk, vn, {picked}count(*) AS events,
     count_if(event_type = 'page_view') AS pageviews,
     sum({amount}) FILTER (WHERE {code} = {currency}) AS rev,

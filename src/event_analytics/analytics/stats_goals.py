@@ -14,11 +14,12 @@ and revenue as Plausible writes it (docs/api.md, "Goals in the Stats API").
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from event_analytics import goals as goal_rules
-from event_analytics import sites
+from event_analytics.analytics import visits
 from event_analytics.analytics.sql import Params
 from event_analytics.analytics.stats_spec import (
     GOAL,
@@ -40,7 +41,36 @@ AMOUNT_SQL = amount_sql("payload")
 CURRENCY_SQL = currency_sql("payload")
 
 
-def goal_sql(p: Params, goal: Goal) -> str:
+@dataclass(frozen=True, slots=True)
+class EventExprs:
+    """An event row's derived values as SQL: expressions over ``vev``'s columns, or (over
+    a visit cache entry, ``CACHED``) the columns its fill computed them into once, with
+    these same expressions."""
+
+    page: str = visits.EVENT_SQL["event:page"]
+    hostname: str = visits.EVENT_SQL["event:hostname"]
+    name: str = visits.EVENT_SQL["event:name"]  # event:name
+    goal_name: str = NAME_SQL  # the name goals match
+    amount: str = AMOUNT_SQL
+    currency: str = CURRENCY_SQL
+
+    def dimension(self, name: str) -> str:
+        """An ``event:page|hostname|name`` dimension's SQL."""
+        return str(getattr(self, name.removeprefix("event:")))
+
+
+EXPRS = EventExprs()
+CACHED = EventExprs(*(f"e_{f.name}" for f in fields(EventExprs)))
+
+
+def derived_sql() -> str:
+    """The select list that computes ``CACHED``'s columns from a ``vev`` row."""
+    return ", ".join(
+        f"{getattr(EXPRS, f.name)} AS {getattr(CACHED, f.name)}" for f in fields(EventExprs)
+    )
+
+
+def goal_sql(p: Params, goal: Goal, exprs: EventExprs = EXPRS) -> str:
     """Whether the event row completes ``goal`` (goals.sql_condition, its values bound)."""
     # Placeholders without "?" (the path expression's regular expressions hold some).
     sql, values = goal_rules.sql_condition(
@@ -50,23 +80,29 @@ def goal_sql(p: Params, goal: Goal) -> str:
         sql = sql.replace("?", p.bind(value), 1)
     return (
         sql.replace("\x00T", "event_type")
-        .replace("\x00N", NAME_SQL)
-        .replace("\x00P", sites.path_sql("page_url"))
+        .replace("\x00N", exprs.goal_name)
+        .replace("\x00P", exprs.page)
     )
 
 
-def any_goal_sql(p: Params, c: Condition, goals: tuple[Goal, ...]) -> str:
+def any_goal_sql(
+    p: Params, c: Condition, goals: tuple[Goal, ...], exprs: EventExprs = EXPRS
+) -> str:
     """An ``event:goal`` condition on an event row not grouped by goal."""
     picked = [g for g in goals if name_holds(c, g.display_name)]
-    positive = "(" + " OR ".join(goal_sql(p, g) for g in picked) + ")" if picked else "false"
+    either = " OR ".join(goal_sql(p, g, exprs) for g in picked)
+    positive = f"({either})" if picked else "false"
     return f"(NOT {positive})" if c.op.endswith("_not") else positive
 
 
-def goal_rows_sql(p: Params, goals: tuple[Goal, ...], source: str) -> str:
+def goal_rows_sql(
+    p: Params, goals: tuple[Goal, ...], source: str, exprs: EventExprs = EXPRS
+) -> str:
     """``source``'s rows once per goal they complete, with ``goal_name`` and ``goal_cur``."""
     parts = [
         f"SELECT *, {p.bind(g.display_name)}::VARCHAR AS goal_name, "
-        f"{p.bind(g.currency)}::VARCHAR AS goal_cur FROM {source} WHERE {goal_sql(p, g)}"
+        f"{p.bind(g.currency)}::VARCHAR AS goal_cur FROM {source} "
+        f"WHERE {goal_sql(p, g, exprs)}"
         for g in goals
     ]
     empty = (

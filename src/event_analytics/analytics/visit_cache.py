@@ -32,13 +32,13 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from event_analytics.analytics import visits
+from event_analytics.analytics import stats_goals, visits
 from event_analytics.analytics.snapshot import hour_files
 from event_analytics.analytics.sql import Params
 from event_analytics.archive.compact import covered, parquet_path
@@ -46,8 +46,11 @@ from event_analytics.archive.files import list_files
 from event_analytics.timebucket import Interval, floor
 
 Run = Callable[..., list[tuple[Any, ...]]]
-# ``vev``'s own columns; the rest of it is its visit's row of ``visits``.
-EVENT_COLUMNS = "event_id, ts, received_at, event_type, payload, page_url"
+# ``vev``'s own columns, and those the fill derives from them once (the page's path, the
+# goals' event name, revenue: stats_goals.CACHED); the rest is its visit's row of ``visits``.
+EVENT_COLUMNS = "event_id, ts, received_at, event_type, payload, page_url, " + ", ".join(
+    getattr(stats_goals.CACHED, f.name) for f in fields(stats_goals.EventExprs)
+)
 _MEMORY_SQL = (
     "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = 'IN_MEMORY_TABLE'"
 )
@@ -206,8 +209,8 @@ class VisitCache:
                 p = Params()
                 ctes = visits.ctes(p, files, key.site, key.start, key.end, key.timeout_s,
                                    fast_key=plan)  # fmt: skip
-                self._run(f"CREATE OR REPLACE TABLE {db}.vev AS WITH {ctes} SELECT * FROM vev",
-                          p.values)  # fmt: skip
+                self._run(f"CREATE OR REPLACE TABLE {db}.vev AS WITH {ctes} SELECT *, "
+                          f"{stats_goals.derived_sql()} FROM vev", p.values)  # fmt: skip
                 if not self._run(f"SELECT coalesce(bool_or(suspect), false) FROM {db}.vev")[0][0]:
                     break
         self._run(f"CREATE TABLE {db}.visits AS SELECT DISTINCT ON (uk, vn) "
