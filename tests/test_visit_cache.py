@@ -262,3 +262,35 @@ def test_queries_of_one_range_at_once_cut_it_into_visits_once(tmp_path: Path) ->
     cache = engine.visit_cache
     assert (cache.misses, cache.hits, len(cache)) == (1, 1, 1)
     engine.close()
+
+
+def test_a_range_whose_files_change_between_its_queries_is_not_filled_again(
+    tmp_path: Path,
+) -> None:
+    """A fill costs more than one answer: a range whose files changed since its last
+    query, that query's entry never read, is answered without filling (exactly), until two
+    queries in a row find the same files."""
+    root = write(tmp_path, RECS)
+    engine = QueryEngine(max_concurrent=1, timeout_s=60, visit_cache_bytes=64 * MB)
+    cache = engine.visit_cache
+    q, _ = _query("a.example", 3)
+    recs = list(RECS)
+
+    def answer() -> tuple[int, int, int, int]:
+        assert _run(engine, q, root)["results"] == _model(recs, q, None)
+        return cache.misses, cache.hits, cache.bypasses, len(cache)
+
+    assert answer() == (1, 0, 0, 1)
+    for n in range(2):  # the archiver writes between any two queries
+        late = [_rec(f"late{n}", 3600 * 4 + 10 * n, page="/late")]
+        analytics_model.archive(root, late)
+        recs += late
+        assert answer() == (1, 0, n + 1, 0)  # the unread entry dropped, none filled
+    assert answer() == (2, 0, 2, 1)  # the same files twice in a row: filled
+    assert answer() == (2, 1, 2, 1)
+    late = [_rec("late9", 3600 * 4 + 90, page="/late")]
+    analytics_model.archive(root, late)
+    recs += late
+    assert answer() == (3, 1, 2, 1)  # its last entry was read: filled again
+    assert _sample("ea_visit_cache_requests_total", outcome="bypass") >= 2
+    engine.close()

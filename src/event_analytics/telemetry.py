@@ -189,7 +189,8 @@ FORWARDED_IN_FLIGHT = Gauge(
 VISIT_CACHE = Counter(
     "ea_visit_cache_requests",
     "Stats API queries' visit reads, by outcome (hit: answered from a cached entry, one "
-    "being filled included; miss: the range was read from the archive and cut into visits)",
+    "being filled included; miss: the range was read and cut into visits, and kept; bypass: "
+    "read without keeping it, its files having changed since its last query unread)",
     ["outcome"],
 )
 VISIT_CACHE_EVICTIONS = Counter(
@@ -209,7 +210,7 @@ for _outcome in ("accepted", "duplicate", "rejected"):
 for _kind in ("unreachable", "busy", "full", "refused"):
     ENGINE_ERRORS.labels(_kind)
 
-for _outcome in ("hit", "miss"):
+for _outcome in ("hit", "miss", "bypass"):
     VISIT_CACHE.labels(_outcome)
 for _lane in QUERY_LANES:
     for _reason in ("busy", "client_share", "budget"):

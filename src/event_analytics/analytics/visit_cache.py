@@ -22,6 +22,11 @@ Bounded by memory (``EA_VISIT_CACHE_BYTES``): an entry's size is what DuckDB rep
 tables hold (``duckdb_memory()``, measured around the fill; fills run one at a time for
 that); past the bound the least recently used entries not being read are detached. An
 entry larger than the bound answers the queries that wait for it and is then dropped.
+
+A fill costs more than one answer (about the dearest query of the page), so filling a
+range whose files change between any two of its queries (a range holding the hour being
+appended to on a busy site) would make every query dearer: such a range is answered
+without filling until two queries in a row find the same files (``_churning``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from event_analytics.archive.files import list_files
 from event_analytics.timebucket import Interval, floor
 
 Run = Callable[..., list[tuple[Any, ...]]]
+MAX_QUESTIONS = 1024  # questions whose latest files are remembered (_churning)
 # ``vev``'s own columns, and those the fill derives from them once (the page's path, the
 # goals' event name, revenue: stats_goals.CACHED); the rest is its visit's row of ``visits``.
 EVENT_COLUMNS = "event_id, ts, received_at, event_type, payload, page_url, " + ", ".join(
@@ -92,11 +98,17 @@ class Key:
     fast_key: str | None  # the plan (visits.ctes): None is the exact one
     sources: tuple[tuple[Any, ...], ...]
 
+    @property
+    def shape(self) -> tuple[Any, ...]:
+        """The key but its files: the same question of a changed archive."""
+        return self.site, self.start, self.end, self.timeout_s, self.fast_key
+
 
 @dataclass(slots=True)
 class _Entry:
     name: str  # the attached database's name, made here (never request text)
     users: int = 0
+    hits: int = 0
     size: int = 0
     kept: bool = True  # False: in no map any more, detached when its last user leaves
     failed: bool = False
@@ -115,7 +127,9 @@ class VisitCache:
         self._memory = threading.Lock()  # one fill or detach at a time: sizes by difference
         self._detach: list[str] = []  # detached by the next holder of ``_memory``
         self._ids = itertools.count(1)
-        self.hits = self.misses = self.evictions = 0
+        # Per question (root and Key.shape): the files of its latest query, the newest first.
+        self._latest: OrderedDict[tuple[Any, ...], Key] = OrderedDict()
+        self.hits = self.misses = self.bypasses = self.evictions = 0
 
     @property
     def enabled(self) -> bool:
@@ -157,16 +171,24 @@ class VisitCache:
         with self._lock:
             entry = self._entries.get(key)
             hit = entry is not None
-            if entry is None:
+            if entry is None and self._churning((str(root), *key.shape), key):
+                self.bypasses += 1
+                entry = None
+            elif entry is None:
                 entry = _Entry(f"visit_cache_{next(self._ids)}")
                 self._entries[key] = entry
-            self._entries.move_to_end(key)
-            entry.users += 1
-            if hit:
-                self.hits += 1
-            else:
                 self.misses += 1
-        _telemetry().VISIT_CACHE.labels("hit" if hit else "miss").inc()
+            else:
+                self.hits += 1
+                entry.hits += 1
+            if entry is not None:
+                self._entries.move_to_end(key)
+                entry.users += 1
+        outcome = "hit" if hit else "miss" if entry is not None else "bypass"
+        _telemetry().VISIT_CACHE.labels(outcome).inc()
+        if entry is None:
+            yield None
+            return
         try:
             if not hit:
                 self._fill(root, key, entry)
@@ -176,6 +198,25 @@ class VisitCache:
             yield entry.name
         finally:
             self._release(entry)
+
+    def _churning(self, shape: tuple[Any, ...], key: Key) -> bool:
+        """Under ``_lock``, on a miss: whether the archive this question reads changes
+        faster than it is asked (its files changed since its last query, and that query's
+        entry was never read again, or there was none): then a fill, dearer than one
+        answer, would be thrown away unread; answer without filling, and fill again once
+        two queries in a row find the same files. The superseded entry is dropped."""
+        last = self._latest.pop(shape, None)
+        self._latest[shape] = key
+        while len(self._latest) > MAX_QUESTIONS:
+            self._latest.popitem(last=False)
+        if last is None or last.sources == key.sources:
+            return False
+        old = self._entries.pop(last, None)
+        if old is not None:
+            old.kept = False
+            if old.users == 0 and old.ready.is_set():
+                self._detach.append(old.name)
+        return old is None or old.hits == 0
 
     def _fill(self, root: Path, key: Key, entry: _Entry) -> None:
         try:
