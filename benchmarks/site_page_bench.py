@@ -4,6 +4,7 @@ the whole set in <= 2 s over the 3,000,000-event archive).
 
     python benchmarks/site_page_bench.py [--events 3000000] [--days 7] [--runs 5]
         [--storage parquet|jsonl] [--dir /tmp/ea-analytics-bench]
+        [--visit-cache ab|on|off] [--visit-cache-bytes N]
 
 The archive is analytics_bench.py's (generated once under --dir with its parameters and
 reused, the same directory as that bench by default). The set, in the order the page
@@ -23,6 +24,11 @@ site_page_model.py's answers computed from the records the generator sent (compu
 per archive and kept beside it); a wrong answer stops the bench (exit 1) before any
 figure is written. Bounded: each query by --query-timeout, the loads by --budget (past
 either the bench stops, exit 1). Each request's time is printed as it comes.
+
+With ``--visit-cache ab`` (the default) each load runs three times in turn: without the
+visit cache (analytics/visit_cache.py), with it emptied first (cold: the first load after
+the archive changed, whose first query fills the range's entries), and again (warm: a
+repeat load over an unchanged archive); ``--visit-cache-bytes`` is its bound.
 """
 
 from __future__ import annotations
