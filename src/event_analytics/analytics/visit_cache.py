@@ -11,7 +11,7 @@ plain tables' memory); the queries then read those tables instead of the archive
 
 Exact, never stale: the key holds the identity of every archive file the range reads,
 taken *before* they are read: each hour file's path, inode, size, modification and
-change times; its Parquet copy's the same; and its copy record (``compact.covered``).
+change times, and the same of its Parquet copy and of the copy's record.
 An appended line changes a size; a compaction adds a copy and a record; an erasure and
 retention's rewrite rename a new file over the old (a new inode) or delete it; an import
 creates or appends to hour files. Any of these makes a new key: the old entry is never
@@ -46,7 +46,7 @@ from typing import Any
 from event_analytics.analytics import stats_goals, visits
 from event_analytics.analytics.snapshot import hour_files
 from event_analytics.analytics.sql import Params
-from event_analytics.archive.compact import covered, parquet_path
+from event_analytics.archive.compact import parquet_path
 from event_analytics.archive.files import list_files
 from event_analytics.timebucket import Interval, floor
 
@@ -79,13 +79,18 @@ def _stat(path: Path) -> tuple[int, ...] | None:
 
 
 def sources(root: Path, start: datetime, end: datetime) -> tuple[tuple[Any, ...], ...]:
-    """The identity of the files ``hour_files(root, start, end)`` reads (see the module's
-    docstring for why each part is there)."""
+    """The identity of the files ``hour_files(root, start, end)`` reads: each hour file's,
+    its copy record's and its Parquet copy's (path, inode, size, times). Whether a copy is
+    read instead of its JSONL (``compact.covered``) depends on nothing else: the record's
+    content, the JSONL's inode, size and first line, the copy being there; each of those
+    files is replaced by a rename or appended to, never rewritten in place. Stats only:
+    this runs before every cached answer (``covered`` reads two files per hour)."""
     out = []
     for found in list_files(root, floor(start, Interval.HOUR), end):
-        copy = covered(found.path)
-        kept = parquet_path(found.path) if copy is not None else None
-        out.append((str(found.path), _stat(found.path), copy, kept and _stat(kept)))
+        path = found.path
+        # compact.py's copy record, beside the copy (as erase.py names it).
+        record = path.with_suffix(".parquet.json")
+        out.append((str(path), _stat(path), _stat(record), _stat(parquet_path(path))))
     return tuple(out)
 
 
