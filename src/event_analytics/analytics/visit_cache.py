@@ -12,11 +12,12 @@ plain tables' memory); the queries then read those tables instead of the archive
 Exact, never stale: the key holds the identity of every archive file the range reads,
 taken *before* they are read: each hour file's path, inode, size, modification and
 change times, and the same of its Parquet copy and of the copy's record.
-An appended line changes a size; a compaction adds a copy and a record; an erasure and
-retention's rewrite rename a new file over the old (a new inode) or delete it; an import
-creates or appends to hour files. Any of these makes a new key: the old entry is never
-read again and ages out. Files read a moment after the key was taken can only be newer
-than it, never older.
+An appended line changes a size; a compaction adds a copy and a record; an erasure
+renames a rewritten hour file over the old one (a new inode) and redoes its copy;
+retention deletes hours; an import creates or appends to hour files. Any of these makes
+a new key: the old entry is never read again (dropped when the next query of its range
+finds the new files, else it ages out). Files read a moment after the key was taken can
+only be newer than it, never older.
 
 Bounded by memory (``EA_VISIT_CACHE_BYTES``): an entry's size is what DuckDB reports its
 tables hold (``duckdb_memory()``, measured around the fill; fills run one at a time for
