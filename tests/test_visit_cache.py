@@ -294,3 +294,34 @@ def test_a_range_whose_files_change_between_its_queries_is_not_filled_again(
     assert answer() == (3, 1, 2, 1)  # its last entry was read: filled again
     assert _sample("ea_visit_cache_requests_total", outcome="bypass") >= 2
     engine.close()
+
+
+def test_queries_at_once_under_a_bound_of_one_entry_answer_right(tmp_path: Path) -> None:
+    """Two threads asking two sites' ranges in turn, with room for one entry: entries are
+    filled, read, evicted and filled again while the other thread reads; every answer is
+    the cold run's, and nothing is left attached but the entries kept."""
+    root, size = _size_of_one(tmp_path)
+    engine = QueryEngine(max_concurrent=2, timeout_s=60, visit_cache_bytes=size * 3 // 2)
+    qs = [_query(site, which)[0] for site in ("a.example", "b.example") for which in (2, 3, 4)]
+    want = [_run(ENGINE, q, root)["results"] for q in qs]
+    wrong: list[str] = []
+
+    def ask(offset: int) -> None:
+        for n in range(12):
+            i = (n + offset) % len(qs)
+            if _run(engine, qs[i], root)["results"] != want[i]:
+                wrong.append(f"query {i}")
+
+    threads = [threading.Thread(target=ask, args=(k * 3,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads) and wrong == []
+    cache = engine.visit_cache
+    assert cache.evictions > 0 and len(cache) == 1
+    attached = engine.fetch(
+        "SELECT count(*) FROM duckdb_databases() WHERE database_name LIKE 'visit_cache_%'"
+    )
+    assert attached == [(1,)]
+    engine.close()
