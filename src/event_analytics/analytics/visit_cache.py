@@ -97,6 +97,7 @@ def sources(root: Path, start: datetime, end: datetime) -> tuple[tuple[Any, ...]
 
 @dataclass(frozen=True, slots=True)
 class Key:
+    root: str  # the archive (its files' paths say it, but a range may have none)
     site: str
     start: datetime
     end: datetime
@@ -107,7 +108,7 @@ class Key:
     @property
     def shape(self) -> tuple[Any, ...]:
         """The key but its files: the same question of a changed archive."""
-        return self.site, self.start, self.end, self.timeout_s, self.fast_key
+        return self.root, self.site, self.start, self.end, self.timeout_s, self.fast_key
 
 
 @dataclass(slots=True)
@@ -133,7 +134,7 @@ class VisitCache:
         self._memory = threading.Lock()  # one fill or detach at a time: sizes by difference
         self._detach: list[str] = []  # detached by the next holder of ``_memory``
         self._ids = itertools.count(1)
-        # Per question (root and Key.shape): the files of its latest query, the newest first.
+        # Per question (Key.shape): the files of its latest query, the newest first.
         self._latest: OrderedDict[tuple[Any, ...], Key] = OrderedDict()
         self.hits = self.misses = self.bypasses = self.evictions = 0
 
@@ -144,7 +145,7 @@ class VisitCache:
     def key(self, root: Path, site: str, start: datetime, end: datetime, timeout_s: int,
             fast_key: str | None) -> Key:  # fmt: skip
         found = sources(root, start - timedelta(seconds=timeout_s), end)
-        return Key(site, start, end, timeout_s, fast_key, found)
+        return Key(str(root), site, start, end, timeout_s, fast_key, found)
 
     def size(self) -> int:
         with self._lock:
@@ -177,7 +178,7 @@ class VisitCache:
         with self._lock:
             entry = self._entries.get(key)
             hit = entry is not None
-            if entry is None and self._churning((str(root), *key.shape), key):
+            if entry is None and self._churning(key.shape, key):
                 self.bypasses += 1
                 entry = None
             elif entry is None:
