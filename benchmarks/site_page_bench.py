@@ -4,6 +4,7 @@ the whole set in <= 2 s over the 3,000,000-event archive).
 
     python benchmarks/site_page_bench.py [--events 3000000] [--days 7] [--runs 5]
         [--storage parquet|jsonl] [--dir /tmp/ea-analytics-bench]
+        [--visit-cache ab|on|off] [--visit-cache-bytes N]
 
 The archive is analytics_bench.py's (generated once under --dir with its parameters and
 reused, the same directory as that bench by default). The set, in the order the page
@@ -23,6 +24,12 @@ site_page_model.py's answers computed from the records the generator sent (compu
 per archive and kept beside it); a wrong answer stops the bench (exit 1) before any
 figure is written. Bounded: each query by --query-timeout, the loads by --budget (past
 either the bench stops, exit 1). Each request's time is printed as it comes.
+
+Each load runs twice in turn (``--visit-cache on``, the default): with the visit cache
+(analytics/visit_cache.py) emptied first (cold: the first load after the archive
+changed, whose first query fills the range's entries), and again (warm: a repeat load
+over an unchanged archive); ``--visit-cache ab`` runs it without the cache first (the
+A/B in one run), ``off`` only without; ``--visit-cache-bytes`` is its bound.
 """
 
 from __future__ import annotations
@@ -130,38 +137,52 @@ def quantiles(samples: list[float]) -> dict[str, float]:
             "p95_s": samples[min(len(samples) - 1, round(0.95 * (len(samples) - 1)))]}  # fmt: skip
 
 
+Calls = dict[str, Callable[[], Any]]
+# Each page load, three ways in turn (--visit-cache ab): without the visit cache; with it
+# emptied first (the first load after the archive changed: on a live site, most loads);
+# and again (a repeat load over an unchanged archive).
+MODES = ("no cache", "cache, cold", "cache, warm")
+
+
 def page_loads(
-    calls: dict[str, Callable[[], Any]],
+    modes: dict[str, tuple[Calls, Callable[[], None] | None]],
     model: dict[str, Any],
     runs: int,
     deadline: float,
     say: Callable[[str], None],
-) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+) -> dict[str, tuple[dict[str, dict[str, float]], dict[str, float]]]:
     """``runs`` page loads after one to warm (page cache, DuckDB's readers), each the
-    requests in turn, each request timed and its answer checked after its clock stops:
-    each request's p50/p95, and the whole load's (the sum of its requests' times)."""
-    each: dict[str, list[float]] = {name: [] for name in calls}
-    whole = []
+    requests in turn once per mode (its calls, and what to do before the load), each
+    request timed and its answer checked after its clock stops: per mode, each request's
+    p50/p95, and the whole load's (the sum of its requests' times)."""
+    each = {m: {name: [] for name in calls} for m, (calls, _) in modes.items()}
+    whole: dict[str, list[float]] = {m: [] for m in modes}
     for i in range(runs + 1):
-        total = 0.0
-        for name, call in calls.items():
-            if time.monotonic() > deadline:
-                raise OverBudget(f"past --budget in page load {i} (0 is the warm-up), at {name}")
-            began = time.perf_counter()
-            try:
-                answer = call()
-            except QueryTimeout as e:
-                raise OverBudget(f"page load {i} (0 is the warm-up), {name}: {e}") from None
-            took = time.perf_counter() - began
-            check(name, answer, model[name])
-            say(f"load {i}{' (warm)' if i == 0 else ''}: {name}: {took:.3f} s, as the model")
-            total += took
+        for mode, (calls, before) in modes.items():
+            if before is not None:
+                before()
+            total = 0.0
+            for name, call in calls.items():
+                if time.monotonic() > deadline:
+                    raise OverBudget(f"past --budget in page load {i} (0 is the warm-up), "
+                                     f"{mode}, at {name}")  # fmt: skip
+                began = time.perf_counter()
+                try:
+                    answer = call()
+                except QueryTimeout as e:
+                    raise OverBudget(f"page load {i} (0 is the warm-up), {name}: {e}") from None
+                took = time.perf_counter() - began
+                check(name, answer, model[name])
+                say(f"load {i}{' (warm)' if i == 0 else ''}, {mode}: {name}: {took:.3f} s, "
+                    "as the model")  # fmt: skip
+                total += took
+                if i:
+                    each[mode][name].append(took)
+            say(f"load {i}, {mode}: the whole page {total:.3f} s "
+                f"(load average {os.getloadavg()[0]:.2f})")  # fmt: skip
             if i:
-                each[name].append(took)
-        say(f"load {i}: the whole page {total:.3f} s (load average {os.getloadavg()[0]:.2f})")
-        if i:
-            whole.append(total)
-    return {name: quantiles(t) for name, t in each.items()}, quantiles(whole)
+                whole[mode].append(total)
+    return {m: ({n: quantiles(t) for n, t in each[m].items()}, quantiles(whole[m])) for m in modes}
 
 
 def expected(args: argparse.Namespace, params: dict[str, Any], end: datetime) -> dict[str, Any]:
@@ -191,6 +212,20 @@ def main() -> int:
         default="parquet",
         help="closed hours compacted to Parquet (as the archiver leaves them), or JSONL only",
     )
+    parser.add_argument(
+        "--visit-cache",
+        choices=["ab", "on", "off"],
+        default="on",
+        help="on: each load with the visit cache emptied (cold), then again (warm), as the "
+        "service runs; ab: without it first (slow: the whole page per load without the "
+        "cache, mind --budget); off: without only",
+    )
+    parser.add_argument(
+        "--visit-cache-bytes",
+        type=int,
+        default=Settings.model_fields["visit_cache_bytes"].default,
+        help="the visit cache's bound (EA_VISIT_CACHE_BYTES)",
+    )
     args = parser.parse_args()
     if args.days != 7:
         parser.error("--days: the page's 7-day range must hold the whole archive: 7")
@@ -207,14 +242,23 @@ def main() -> int:
         hours, _ = compact_closed(root, end + timedelta(hours=1))
         console.print(f"compacted {hours} hours in {time.perf_counter() - began:.0f} s")
     size = sum(f.size_bytes for f in files.list_files(root))
-    engine = QueryEngine(
-        max_concurrent=1, timeout_s=args.query_timeout, memory_limit="2GB", threads=args.threads
-    )
-    calls = page_set(root, end, engine)
+
+    def engine(cache_bytes: int) -> QueryEngine:
+        return QueryEngine(max_concurrent=1, timeout_s=args.query_timeout, memory_limit="2GB",
+                           threads=args.threads, visit_cache_bytes=cache_bytes)  # fmt: skip
+
+    plain, cached = engine(0), engine(args.visit_cache_bytes)
+    every: dict[str, tuple[Calls, Callable[[], None] | None]] = {
+        MODES[0]: (page_set(root, end, plain), None),
+        MODES[1]: (page_set(root, end, cached), cached.visit_cache.clear),
+        MODES[2]: (page_set(root, end, cached), None),
+    }
+    wanted = {"ab": MODES, "off": MODES[:1], "on": MODES[1:]}[args.visit_cache]
+    modes = {m: every[m] for m in wanted}
     deadline = time.monotonic() + args.budget
     load_before = os.getloadavg()
     try:
-        each, total = page_loads(calls, model, args.runs, deadline, console.print)
+        measured = page_loads(modes, model, args.runs, deadline, console.print)
     except (Wrong, OverBudget) as e:
         console.print(f"[red]{e}[/red]")
         return 1
@@ -223,28 +267,39 @@ def main() -> int:
         title=(
             f"The site page's queries, 7-day range, over {args.events:,} archived events "
             f"({size / 1e6:,.0f} MB JSONL, {args.days} days, {args.storage}), {args.runs} runs, "
-            f"DuckDB threads {args.threads}; every answer equal to the model's; load average "
-            f"{load_before[0]:.2f} before, {load_after[0]:.2f} after"
+            f"DuckDB threads {args.threads}, visit cache {args.visit_cache_bytes / 2**20:,.0f} "
+            f"MiB; every answer equal to the model's; load average {load_before[0]:.2f} "
+            f"before, {load_after[0]:.2f} after"
         )
     )
-    for col in ("request", "p50 s", "p95 s"):
-        table.add_column(col, justify="left" if col == "request" else "right")
-    for name, t in each.items():
-        table.add_row(name, f"{t['p50_s']:.3f}", f"{t['p95_s']:.3f}")
-    verdict = "met" if total["p50_s"] <= TARGET_S else "missed"
+    table.add_column("request", justify="left")
+    for mode in modes:
+        table.add_column(f"{mode}: p50 s", justify="right")
+        table.add_column("p95 s", justify="right")
+    calls = modes[wanted[0]][0]
+    for name in calls:
+        table.add_row(name, *(f"{measured[m][0][name][k]:.3f}" for m in modes
+                              for k in ("p50_s", "p95_s")))  # fmt: skip
     table.add_row(
-        f"the whole page ({len(calls)} requests, in turn): {verdict} (p50 <= {TARGET_S:g} s)",
-        f"{total['p50_s']:.3f}",
-        f"{total['p95_s']:.3f}",
+        f"the whole page ({len(calls)} requests, in turn; target p50 <= {TARGET_S:g} s)",
+        *(f"{measured[m][1][k]:.3f}" for m in modes for k in ("p50_s", "p95_s")),
     )
     console.print(table)
+    for mode in modes:
+        p50 = measured[mode][1]["p50_s"]
+        ratio = measured[wanted[0]][1]["p50_s"] / p50 if p50 else float("inf")
+        verdict = "met" if p50 <= TARGET_S else "missed"
+        console.print(f"{mode}: the whole page p50 {p50:.3f} s, {verdict}; "
+                      f"{ratio:.1f}x faster than {wanted[0]}")  # fmt: skip
     out = Path(__file__).parent / "results" / "site_page.json"
     record = {"command": shlex.join(["python", "benchmarks/site_page_bench.py", *sys.argv[1:]]),
               "params": params | {"storage": args.storage, "runs": args.runs,
                                   "threads": args.threads},
               "load_average_1m": {"before": load_before[0], "after": load_after[0]},
               "verified": "every answer of every run equal to site_page_model.py's",
-              "requests": each, "whole_page": total}  # fmt: skip
+              "visit_cache_bytes": args.visit_cache_bytes,
+              "modes": {m: {"requests": measured[m][0], "whole_page": measured[m][1]}
+                        for m in modes}}  # fmt: skip
     out.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 

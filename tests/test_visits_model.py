@@ -194,6 +194,34 @@ def suspect_in_sql(root: Path, q: StatsQuery, key: str, start: datetime) -> bool
     return bool(rows[0][-1])
 
 
+def model_answer(
+    recs: list[dict[str, Any]], q: StatsQuery, compare: str | None
+) -> tuple[list[dict[str, Any]], int, int]:
+    """The model's results of ``q`` (whose range is set) compared with ``compare`` (a
+    mode; "custom" is BASE + 30 min to BASE + 2.5 h), its total rows and dropped revenue
+    events."""
+    start, end = q.start, q.end
+    assert start is not None
+    times = [d for d in q.dimensions if d.startswith("time")]
+    unit = stats.time_unit(times[0], start, end) if times else None
+    want, total, dropped = model.query(recs, q, start, end, TIMEOUT, unit)
+    if compare:
+        other = {
+            "previous_period": (start - (end - start), start),
+            "year_over_year": (start.replace(year=start.year - 1), end.replace(year=end.year - 1)),
+            "custom": (BASE + timedelta(seconds=1800), BASE + timedelta(seconds=9000)),
+        }
+        want = model.compared(recs, q, (start, end), other[compare], TIMEOUT, unit)  # fmt: skip
+    for row in want:
+        for part in (row, row.get("comparison", {})):
+            if part:
+                part["dimensions"] = [
+                    stats.label(v, unit or "") if d.startswith("time") else v
+                    for d, v in zip(q.dimensions, part["dimensions"], strict=True)
+                ]
+    return want, total, dropped
+
+
 @HYPOTHESIS
 @given(
     recs=st.booleans().flatmap(lambda ties: sequences(ties=ties)),  # tie-free or not
@@ -268,23 +296,7 @@ def test_stats_match_model(
         assert suspect_in_sql(root, q, PLANS[plan], start) == suspect_in_python(
             recs, plan, site, start, end
         )
-    times = [d for d in dimensions if d.startswith("time")]
-    unit = stats.time_unit(times[0], start, end) if times else None
-    want, total, dropped = model.query(recs, q, start, end, TIMEOUT, unit)
-    if compare:
-        other = {
-            "previous_period": (start - (end - start), start),
-            "year_over_year": (start.replace(year=start.year - 1), end.replace(year=end.year - 1)),
-            "custom": (BASE + timedelta(seconds=1800), BASE + timedelta(seconds=9000)),
-        }
-        want = model.compared(recs, q, (start, end), other[compare], TIMEOUT, unit)  # fmt: skip
-    for row in want:
-        for part in (row, row.get("comparison", {})):
-            if part:
-                part["dimensions"] = [
-                    stats.label(v, unit or "") if d.startswith("time") else v
-                    for d, v in zip(dimensions, part["dimensions"], strict=True)
-                ]
+    want, total, dropped = model_answer(recs, q, compare)
     assert got["meta"]["total_rows"] == total
     assert got["results"] == want
     if {"total_revenue", "average_revenue"} & set(metrics):

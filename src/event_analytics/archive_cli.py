@@ -37,6 +37,7 @@ def cli_engine(settings: Settings) -> QueryEngine:
         timeout_s=settings.analytics_timeout_s,
         memory_limit=settings.analytics_memory_limit,
         threads=settings.analytics_threads,
+        visit_cache_bytes=settings.visit_cache_bytes,  # an export asks one range many times
     )
 
 

@@ -237,6 +237,11 @@ class Settings(BaseSettings):
     # Web analytics (Stats API): a gap of more than this since a visitor's previous
     # event on a site starts a new visit (Plausible's 30 minutes).
     session_timeout_s: int = Field(default=1800, ge=1, le=86400)
+    # Sessionized visits kept in memory per query process (analytics/visit_cache.py), so
+    # the site page's queries of one range cut its events into visits once: at most this
+    # many bytes (DuckDB's measure of the compressed tables; least recently used evicted);
+    # 0 turns the cache off. Counted within EA_ANALYTICS_MEMORY_LIMIT: keep it well below.
+    visit_cache_bytes: int = Field(default=384 * 1024**2, ge=0)
 
     @field_validator("engine_maxmemory", mode="before")
     @classmethod

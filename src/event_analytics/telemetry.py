@@ -185,6 +185,23 @@ FORWARDED_IN_FLIGHT = Gauge(
     "Reads an ingest worker has handed to the query processes and not yet answered",
     multiprocess_mode="livesum",
 )
+# The cache of sessionized visits in the query processes (analytics/visit_cache.py).
+VISIT_CACHE = Counter(
+    "ea_visit_cache_requests",
+    "Stats API queries' visit reads, by outcome (hit: answered from a cached entry, one "
+    "being filled included; miss: the range was read and cut into visits, and kept; bypass: "
+    "read without keeping it, its files having changed since its last query unread)",
+    ["outcome"],
+)
+VISIT_CACHE_EVICTIONS = Counter(
+    "ea_visit_cache_evictions",
+    "Entries of the visit cache dropped to keep it within EA_VISIT_CACHE_BYTES",
+)
+VISIT_CACHE_BYTES = Gauge(
+    "ea_visit_cache_bytes",
+    "Memory the visit cache's entries hold (DuckDB's measure; summed over processes)",
+    multiprocess_mode="livesum",
+)
 QUERY_LANES = ("cheap", "counter", "archive")
 
 # Series that exist from the start at 0, so that rate() and alerts see the first event.
@@ -193,6 +210,8 @@ for _outcome in ("accepted", "duplicate", "rejected"):
 for _kind in ("unreachable", "busy", "full", "refused"):
     ENGINE_ERRORS.labels(_kind)
 
+for _outcome in ("hit", "miss", "bypass"):
+    VISIT_CACHE.labels(_outcome)
 for _lane in QUERY_LANES:
     for _reason in ("busy", "client_share", "budget"):
         QUERY_REFUSALS.labels(_lane, _reason)

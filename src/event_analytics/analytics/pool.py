@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from event_analytics.analytics.visit_cache import VisitCache
 from event_analytics.errors import EventAnalyticsError
 
 T = TypeVar("T")
@@ -42,7 +43,8 @@ class QueryTimeout(EventAnalyticsError):
 
 
 class QueryEngine:
-    """One in-memory DuckDB database; each query runs on its own cursor in the pool."""
+    """One in-memory DuckDB database; each query runs on its own cursor in the pool.
+    ``visit_cache_bytes`` bounds its cache of sessionized visits (0: none)."""
 
     def __init__(
         self,
@@ -51,12 +53,15 @@ class QueryEngine:
         timeout_s: float = 30.0,
         memory_limit: str = "1GB",
         threads: int = 2,
+        visit_cache_bytes: int = 0,
     ) -> None:
         self.max_concurrent = max_concurrent
         self.timeout_s = timeout_s
         self._db = duckdb.connect(
             ":memory:", config={"memory_limit": memory_limit, "threads": threads}
         )
+        # A fill is a few statements, each within the time limit: waiters wait that long.
+        self.visit_cache = VisitCache(self.fetch, visit_cache_bytes, wait_s=4 * timeout_s)
         self._pool = ThreadPoolExecutor(max_concurrent, thread_name_prefix="analytics")
         self._running = 0
         self._lock = threading.Lock()

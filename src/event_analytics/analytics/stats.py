@@ -19,7 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from event_analytics.analytics import stats_compare, stats_goals, visits
+from event_analytics.analytics import stats_compare, stats_goals, visit_cache, visits
 from event_analytics.analytics.periods import Period
 from event_analytics.analytics.pool import QueryEngine
 from event_analytics.analytics.snapshot import Sources, hour_files
@@ -162,27 +162,32 @@ def build(
     end: datetime,
     timeout_s: int,
     fast_key: str | None = visits.FAST_KEY,
+    cached: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The statement; its rows end with ``suspect`` (the fast plan's order may be wrong
-    here: run it with ``fast_key=None``)."""
+    here: run it with ``fast_key=None``). With ``cached`` (a visit cache entry's
+    database), ``visits`` and ``vev`` are that entry's tables and ``files`` is not read."""
     p = Params()
     by_goal = GOAL in q.dimensions
     conversion = bool({"conversion_rate", "group_conversion_rate"} & set(q.metrics))
     # Only these read ``vev`` (events' own fields); the others read ``visits`` alone, and
     # their windows need not carry each event's columns (benchmarks/analytics_bench.py).
     events = q.event_scoped or by_goal or bool(q.filters) or conversion
-    ctes = visits.ctes(
-        p,
-        files,
-        q.site_id,
-        start,
-        end,
-        timeout_s,
-        _attributes(q),
-        events,
-        fast_key,
-        payload=_reads_props(q),
-    )
+    if cached is not None:
+        ctes = visit_cache.ctes(cached)
+    else:
+        ctes = visits.ctes(
+            p,
+            files,
+            q.site_id,
+            start,
+            end,
+            timeout_s,
+            _attributes(q),
+            events,
+            fast_key,
+            payload=_reads_props(q),
+        )
     dims = [_dimension_sql(p, d, start, end) for d in q.dimensions]
     rows = "gev" if by_goal else "vev"
     if by_goal:
@@ -322,8 +327,15 @@ def _rows(
     engine: QueryEngine, q: StatsQuery, root: Path, start: datetime, timeout_s: int,
     fast_key: str | None,
 ) -> list[Any]:  # fmt: skip
-    """The statement's rows: the fast plan's, else the exact plan's (when the fast one is
-    suspect, or has no row to say whether it is)."""
+    """The statement's rows: from the engine's visit cache when it is on, else the fast
+    plan's, else the exact plan's (when the fast one is suspect, or has no row to say
+    whether it is)."""
+    cache = engine.visit_cache
+    if cache.enabled:
+        key = cache.key(root, q.site_id, start, q.end, timeout_s, fast_key)
+        with cache.lease(root, key) as db:
+            if db is not None:
+                return engine.fetch(*build(q, Sources(), start, q.end, timeout_s, cached=db))
     with hour_files(root, start - timedelta(seconds=timeout_s), q.end) as files:
         if fast_key is not None:
             rows = engine.fetch(*build(q, files, start, q.end, timeout_s, fast_key))
