@@ -3,10 +3,11 @@
 Scopes, refusals, CORS, the OpenAPI, per-key and event limits, the beacon and the request
 id are the app's: they run on the keyed app in this process (tests.inproc), on each
 engine, the cluster's included (the rate-limit counters live in the engine). What needs
-processes stays on a keyed service of two workers per engine: one address's limit shared
-by both workers, the CLI talking to it over a socket, and the archiver's files behind
-/persistent. Each test uses its own client addresses (X-Forwarded-For, trusted from
-loopback) and keys, so the rate-limit counters of one test never touch another's.
+processes stays on service processes, marked slow: the keyed service of two workers (one
+address's limit shared by both, the CLI reaching it over a socket) and a read-keyed
+service whose archiver writes the files /persistent shows. Each test uses its own client
+addresses (X-Forwarded-For, trusted from loopback) and keys, so the rate-limit counters
+of one test never touch another's.
 """
 
 from __future__ import annotations
