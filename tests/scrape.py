@@ -8,9 +8,10 @@ from prometheus_client.parser import text_string_to_metric_families
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(url: str) -> Samples:
-    """Every sample of ``url``/metrics, keyed by (name, labels)."""
-    r = httpx.get(f"{url}/metrics", timeout=10)
+def scrape(url: str, client: httpx.Client | None = None) -> Samples:
+    """Every sample of ``url``/metrics, keyed by (name, labels); through ``client`` where
+    given (an in-process app's, tests.inproc), else over a socket."""
+    r = (client or httpx).get(f"{url}/metrics", timeout=10)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
     return {

@@ -1,4 +1,8 @@
-"""GET /metrics over HTTP: outcomes, route templates, engine errors, and several workers."""
+"""GET /metrics over HTTP: outcomes, route templates, engine errors, and several workers.
+
+Outcomes, routes and engine errors are the app's: they run on the app in this process
+(tests.inproc). A client leaving mid-body (a socket) and workers adding up stay on
+service processes."""
 
 from __future__ import annotations
 
@@ -8,18 +12,21 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
-import httpx
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from benchmarks.procs import free_port, free_ports
 from event_analytics import metrics_dir
+from event_analytics.config import Settings
 from tests.helpers import event, seed_key
+from tests.inproc import InProcessService, in_process
 from tests.scrape import Samples, events, scrape, value
 from tests.servers import ServiceProcess
 
@@ -31,22 +38,22 @@ def delta(after: Samples, before: Samples, name: str, **labels: str) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
 
 
-def test_outcomes_reasons_and_routes(live: ServiceProcess) -> None:
-    url = live.url
-    before = scrape(url)
+def test_outcomes_reasons_and_routes(api: InProcessService) -> None:
+    url, http = api.url, api.http
+    before = scrape(url, http)
     ok = [event(user=f"m{i}") for i in range(3)]
     for body in ok:
-        assert httpx.post(f"{url}/events", json=body).status_code == 201
-    assert httpx.post(f"{url}/events", json=ok[0]).status_code == 200
+        assert http.post(f"{url}/events", json=body).status_code == 201
+    assert http.post(f"{url}/events", json=ok[0]).status_code == 200
     old = event(event_type="signup", url=None, ts=datetime.now(UTC) - timedelta(days=30))
-    assert httpx.post(f"{url}/events", json=old).status_code == 422
-    assert httpx.post(f"{url}/events", json=event(user="bad\tuser")).status_code == 422
-    assert httpx.post(f"{url}/events", content=b"{", headers=JSON).status_code == 400
-    assert httpx.post(f"{url}/events", content=b"{}").status_code == 415
+    assert http.post(f"{url}/events", json=old).status_code == 422
+    assert http.post(f"{url}/events", json=event(user="bad\tuser")).status_code == 422
+    assert http.post(f"{url}/events", content=b"{", headers=JSON).status_code == 400
+    assert http.post(f"{url}/events", content=b"{}").status_code == 415
     key = seed_key(datetime.now(UTC))
-    assert httpx.get(f"{url}/analytics/minute-buckets/{key}").status_code == 200
-    assert httpx.get(f"{url}/no/such/{key}").status_code == 404
-    after = scrape(url)
+    assert http.get(f"{url}/analytics/minute-buckets/{key}").status_code == 200
+    assert http.get(f"{url}/no/such/{key}").status_code == 404
+    after = scrape(url, http)
 
     assert events(after, "accepted") - events(before, "accepted") == 3
     assert events(after, "duplicate") - events(before, "duplicate") == 1
@@ -66,7 +73,7 @@ def test_outcomes_reasons_and_routes(live: ServiceProcess) -> None:
     assert not any(key in v for v in label_values)
     # Exposed before the batch endpoint exists to feed it.
     assert ("ea_batch_size_events_count", frozenset()) in after
-    # The archiver runs inside serve: its lag is known (finite) and nothing is dead-lettered.
+    # The engine answers: the archive's lag is known (finite) and nothing is dead-lettered.
     assert math.isfinite(value(after, "ea_archive_lag_seconds"))
     assert value(after, "ea_archive_dead_letters") == 0
 
@@ -93,11 +100,31 @@ def test_client_gone_before_its_answer_is_499(live: ServiceProcess) -> None:
     assert events(after, "accepted") == events(before, "accepted")
 
 
-def test_engine_errors_are_counted(engine_down: ServiceProcess) -> None:
-    before = scrape(engine_down.url)
-    r = httpx.post(f"{engine_down.url}/events", json=event(), timeout=10)
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def app_engine_down(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessService]:
+    """The app in this process pointed at ports where no engine listens (``engine_down``'s
+    twin: a REDIS_URL of one node, or a REDIS_CLUSTER_URL of three seed nodes)."""
+    data_dir = tmp_path_factory.mktemp(f"inproc-down-{request.param}") / "data"
+    if request.param == "cluster":
+        seeds = ",".join(f"127.0.0.1:{port}" for port in free_ports(3))
+        env = {"REDIS_CLUSTER_URL": f"redis://{seeds}"}
+        settings = Settings(redis_cluster_url=env["REDIS_CLUSTER_URL"], redis_url=None,
+                            data_dir=data_dir)  # fmt: skip
+    else:
+        env = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+        settings = Settings(redis_url=env["REDIS_URL"], data_dir=data_dir)
+    with in_process(settings, env) as svc:
+        yield svc
+
+
+def test_engine_errors_are_counted(app_engine_down: InProcessService) -> None:
+    down = app_engine_down
+    before = scrape(down.url, down.http)
+    r = down.http.post(f"{down.url}/events", json=event(), timeout=10)
     assert r.status_code == 503
-    after = scrape(engine_down.url)
+    after = scrape(down.url, down.http)
     assert delta(after, before, "ea_engine_errors_total", kind="unreachable") >= 1
     assert events(after, "accepted") == events(before, "accepted")
     # With the engine down the archive's state is unknown: NaN, never a reassuring 0.

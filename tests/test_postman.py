@@ -2,7 +2,8 @@
 
 It must name every path of the service's OpenAPI (plus /dashboard and /metrics), and
 each of its requests, sent to the real service, must get the status and the shape of
-its example response, so the collection cannot go stale silently.
+its example response, so the collection cannot go stale silently. Both run on the app
+in this process (tests.inproc): they ask HTTP questions only.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from tests.helpers import HTTP
+from tests.inproc import InProcessService, Service
 from tests.postman import SCRIPT_SETS, SCRIPTED, VARIABLE, Item, Runner, items, load
-from tests.servers import ServiceProcess
 
 EXTRA = {("GET", "/dashboard"), ("GET", "/metrics")}
 
@@ -26,8 +26,8 @@ def collection() -> dict[str, Any]:
     return load()
 
 
-def openapi_operations(url: str) -> set[tuple[str, str]]:
-    spec = HTTP.get(f"{url}/openapi.json").json()
+def openapi_operations(svc: Service) -> set[tuple[str, str]]:
+    spec = svc.http.get(f"{svc.url}/openapi.json").json()
     methods = {"get", "post", "put", "patch", "delete"}
     return {(m.upper(), path) for path, ops in spec["paths"].items() for m in ops if m in methods}
 
@@ -39,9 +39,9 @@ def template_regex(path: str) -> re.Pattern[str]:
 
 
 def test_every_endpoint_is_in_the_collection(
-    collection: dict[str, Any], live: ServiceProcess
+    collection: dict[str, Any], api: InProcessService
 ) -> None:
-    operations = openapi_operations(live.url) | EXTRA
+    operations = openapi_operations(api) | EXTRA
     assert ("POST", "/events/batch") in operations and ("GET", "/dashboard") in operations
     requests = [(i.method, i.path) for i in items(collection)]
     missing = [
@@ -108,13 +108,13 @@ def shape(body: Any) -> Any:
     return type(body).__name__
 
 
-def test_collection_runs_against_the_service(live: ServiceProcess) -> None:
+def test_collection_runs_against_the_service(api: InProcessService) -> None:
     """Each request, in order, as Postman's runner would send it: its example still holds."""
-    runner = Runner(live.url)
+    runner = Runner(api.url)
     for item in items(load()):
         where = f"{item.folder} / {item.name}"
         example = item.examples[0]
-        response = runner.send(HTTP, item)
+        response = runner.send(api.http, item)
         assert response.status_code == example["code"], f"{where}: {response.text[:500]}"
         kind = {h["key"].lower(): h["value"] for h in example["header"]}["content-type"]
         assert response.headers["content-type"].split(";")[0] == kind.split(";")[0], where

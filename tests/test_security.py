@@ -1,10 +1,13 @@
 """API keys with scopes, rate limits shared by the workers, browser origins, beacons.
 
-One keyed service (two workers) per engine serves the module's tests, the cluster's
-included (the rate-limit counters live in the engine); each test uses its own client
+Scopes, refusals, CORS, the OpenAPI, per-key and event limits, the beacon and the request
+id are the app's: they run on the keyed app in this process (tests.inproc), on each
+engine, the cluster's included (the rate-limit counters live in the engine). What needs
+processes stays on service processes, marked slow: the keyed service of two workers (one
+address's limit shared by both, the CLI reaching it over a socket) and a read-keyed
+service whose archiver writes the files /persistent shows. Each test uses its own client
 addresses (X-Forwarded-For, trusted from loopback) and keys, so the rate-limit counters
-of one test never touch another's. The event limits, the beacon and the request id are
-the app's alone: they run on the app in this process (tests.inproc), on each engine.
+of one test never touch another's.
 """
 
 from __future__ import annotations
@@ -30,8 +33,6 @@ from tests.helpers import HTTP, event
 from tests.inproc import InProcessService, Service, in_process
 from tests.servers import ServiceProcess
 
-pytestmark = pytest.mark.slow
-
 WRITE = "write-key-aaaaaaaaaaaaaaaa"
 WRITE_LIMITED = "write-key-limited-bbbbbbbb"
 WRITE_OTHER = "write-key-other-cccccccccc"
@@ -44,20 +45,46 @@ WINDOW_S = 3600
 JSON = {"content-type": "application/json"}
 
 
+KEYED_ENV = {
+    "EA_WRITE_KEYS": f"{WRITE},{WRITE_LIMITED}, {WRITE_OTHER},{BOTH}",
+    "EA_READ_KEYS": f"{READ},{BOTH}",
+    "EA_RATE_LIMIT_PER_KEY": str(PER_KEY),
+    "EA_RATE_LIMIT_PER_ADDRESS": str(PER_ADDRESS),
+    "EA_RATE_LIMIT_WINDOW_S": str(WINDOW_S),
+    "EA_CORS_ORIGINS": ORIGIN,
+}
+
+
 @pytest.fixture(scope="module")
 def keyed(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    env = engine.env | {
-        "EA_WRITE_KEYS": f"{WRITE},{WRITE_LIMITED}, {WRITE_OTHER},{BOTH}",
-        "EA_READ_KEYS": f"{READ},{BOTH}",
-        "EA_RATE_LIMIT_PER_KEY": str(PER_KEY),
-        "EA_RATE_LIMIT_PER_ADDRESS": str(PER_ADDRESS),
-        "EA_RATE_LIMIT_WINDOW_S": str(WINDOW_S),
-        "EA_CORS_ORIGINS": ORIGIN,
-    }
+    """The keyed service, two worker processes: for what needs processes (marked slow)."""
+    env = engine.env | KEYED_ENV
     svc = ServiceProcess(tmp_path_factory.mktemp("keyed") / "data", env=env, workers=2)
     svc.start()
     yield svc.url
     svc.stop()
+
+
+@pytest.fixture(scope="module")
+def keyed_app(
+    engine: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessService]:
+    """The same keys, limits and origins on the app in this process (``keyed``'s twin).
+
+    On the engine's own prefix, as ``keyed``, with no archiver (``app_service``'s rule).
+    """
+    settings = engine.settings(
+        data_dir=tmp_path_factory.mktemp("keyed-app") / "data",
+        key_prefix=engine.prefix,
+        write_keys=KEYED_ENV["EA_WRITE_KEYS"],
+        read_keys=KEYED_ENV["EA_READ_KEYS"],
+        rate_limit_per_key=PER_KEY,
+        rate_limit_per_address=PER_ADDRESS,
+        rate_limit_window_s=WINDOW_S,
+        cors_origins=ORIGIN,
+    )
+    with in_process(settings, engine.env | KEYED_ENV) as svc:
+        yield svc
 
 
 # The three documentation ranges: never contacted, and enough for every engine's run.
@@ -81,27 +108,28 @@ def problem_type(r: httpx.Response) -> str:
     return slug
 
 
-def test_write_scope(keyed: str) -> None:
+def test_write_scope(keyed_app: InProcessService) -> None:
+    url, http = keyed_app.url, keyed_app.http
     body = event()
-    r = HTTP.post(f"{keyed}/events", json=body, headers=address())
+    r = http.post(f"{url}/events", json=body, headers=address())
     assert r.status_code == 401 and problem_type(r) == "unauthorized"
     assert r.headers["www-authenticate"].startswith("Bearer")
-    r = HTTP.post(f"{keyed}/events", json=body, headers=bearer("not-a-key-not-a-key-000"))
+    r = http.post(f"{url}/events", json=body, headers=bearer("not-a-key-not-a-key-000"))
     assert r.status_code == 401
     # Basic auth is not a key.
     basic = {"authorization": f"Basic {WRITE}", **address()}
-    assert HTTP.post(f"{keyed}/events", json=body, headers=basic).status_code == 401
-    r = HTTP.post(f"{keyed}/events", json=body, headers=bearer(READ))
+    assert http.post(f"{url}/events", json=body, headers=basic).status_code == 401
+    r = http.post(f"{url}/events", json=body, headers=bearer(READ))
     assert r.status_code == 403 and problem_type(r) == "forbidden"
     assert "insufficient_scope" in r.headers["www-authenticate"]
     # Nothing refused was stored: the first accepted send is new.
-    assert HTTP.post(f"{keyed}/events", json=body, headers=bearer(WRITE)).status_code == 201
+    assert http.post(f"{url}/events", json=body, headers=bearer(WRITE)).status_code == 201
     lower = {"authorization": f"bearer {BOTH}", **address()}
-    assert HTTP.post(f"{keyed}/events", json=event(), headers=lower).status_code == 201
+    assert http.post(f"{url}/events", json=event(), headers=lower).status_code == 201
     x_key = {"x-api-key": WRITE_OTHER, **address()}
-    r = HTTP.post(f"{keyed}/events/batch", json={"events": [event()]}, headers=x_key)
+    r = http.post(f"{url}/events/batch", json={"events": [event()]}, headers=x_key)
     assert r.status_code == 200 and r.json()["accepted"] == 1
-    r = HTTP.post(f"{keyed}/events/batch", json={"events": [event()]}, headers=address())
+    r = http.post(f"{url}/events/batch", json={"events": [event()]}, headers=address())
     assert r.status_code == 401
 
 
@@ -111,14 +139,15 @@ def test_write_scope(keyed: str) -> None:
      "/analytics/top-pages", "/analytics/minute-buckets/page_view_2026-01-01_00:00",
      "/persistent/status", "/persistent/files", "/metrics", "/no-such-route"],
 )  # fmt: skip
-def test_read_scope(keyed: str, path: str) -> None:
-    r = HTTP.get(f"{keyed}{path}", headers=address())
+def test_read_scope(keyed_app: InProcessService, path: str) -> None:
+    url, http = keyed_app.url, keyed_app.http
+    r = http.get(f"{url}{path}", headers=address())
     assert r.status_code == 401 and problem_type(r) == "unauthorized"
-    assert HTTP.get(f"{keyed}{path}", headers=bearer(WRITE)).status_code == 403
+    assert http.get(f"{url}{path}", headers=bearer(WRITE)).status_code == 403
     expected = 404 if path == "/no-such-route" else 200
-    assert HTTP.get(f"{keyed}{path}", headers=bearer(READ)).status_code == expected
+    assert http.get(f"{url}{path}", headers=bearer(READ)).status_code == expected
     assert (
-        HTTP.get(f"{keyed}{path}", headers={"x-api-key": BOTH, **address()}).status_code == expected
+        http.get(f"{url}{path}", headers={"x-api-key": BOTH, **address()}).status_code == expected
     )
 
 
@@ -140,6 +169,7 @@ def read_keyed(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> Ite
     svc.stop()
 
 
+@pytest.mark.slow  # a keyed service process
 def test_read_keys_see_no_archive_path_nor_pids(read_keyed: str, live: ServiceProcess) -> None:
     """Issue 21, item 7: with EA_READ_KEYS set, /persistent/status and /persistent/files
     show a read-key holder the figures and the files' relative paths, not the archive's
@@ -166,24 +196,28 @@ def test_read_keys_see_no_archive_path_nor_pids(read_keyed: str, live: ServicePr
     assert HTTP.get(f"{live.url}/persistent/files").json()["directory"].startswith("/")
 
 
-def test_probes_and_docs_stay_public_and_say_so(keyed: str, live: ServiceProcess) -> None:
+def test_probes_and_docs_stay_public_and_say_so(
+    keyed_app: InProcessService, api: InProcessService
+) -> None:
+    url, http = keyed_app.url, keyed_app.http
     for path in ("/health/", "/health/ready", "/openapi.json", "/docs"):
-        assert HTTP.get(f"{keyed}{path}").status_code == 200, path
-    access = HTTP.get(f"{keyed}/health/ready").json()["access"]
+        assert http.get(f"{url}{path}").status_code == 200, path
+    access = http.get(f"{url}/health/ready").json()["access"]
     assert (access["write"], access["read"]) == ("api_key", "api_key")
     assert "warning" not in access
     assert access["rate_limits"] == {"per_key": 20, "per_address": 5, "events_per_key": None,
                                      "events_per_address": None, "window_s": 3600}  # fmt: skip
     # The default service: open, and readiness says it plainly.
-    access = HTTP.get(f"{live.url}/health/ready").json()["access"]
+    access = api.http.get(f"{api.url}/health/ready").json()["access"]
     assert (access["write"], access["read"]) == ("open", "open")
     assert "anyone" in access["warning"]
 
 
 # The schema does not depend on the engine.
 @pytest.mark.parametrize("engine", ["valkey"], indirect=True)
-def test_openapi_documents_keys_and_refusals(keyed: str) -> None:
-    schema = HTTP.get(f"{keyed}/openapi.json").json()
+def test_openapi_documents_keys_and_refusals(keyed_app: InProcessService) -> None:
+    url, http = keyed_app.url, keyed_app.http
+    schema = http.get(f"{url}/openapi.json").json()
     assert {"bearer", "apiKey"} <= schema["components"]["securitySchemes"].keys()
     for path in ("/events", "/events/batch"):  # both ingest routes take the write scope
         post = schema["paths"][path]["post"]
@@ -200,6 +234,7 @@ def _fresh_window() -> None:
         time.sleep(left + 0.5)
 
 
+@pytest.mark.slow  # a keyed service process
 def test_rate_limit_per_address_is_shared_by_workers(keyed: str, engine: Backend) -> None:
     _fresh_window()
     client_address = address()
@@ -227,14 +262,15 @@ def test_rate_limit_per_address_is_shared_by_workers(keyed: str, engine: Backend
     assert HTTP.post(f"{keyed}/events", json=event(), headers=bearer(WRITE)).status_code == 201
 
 
-def test_rate_limit_per_key(keyed: str, engine: Backend) -> None:
+def test_rate_limit_per_key(keyed_app: InProcessService, engine: Backend) -> None:
+    url, http = keyed_app.url, keyed_app.http
     _fresh_window()
     statuses = [
-        HTTP.post(f"{keyed}/events", json=event(), headers=bearer(WRITE_LIMITED)).status_code
+        http.post(f"{url}/events", json=event(), headers=bearer(WRITE_LIMITED)).status_code
         for _ in range(PER_KEY + 2)
     ]
     assert statuses == [201] * PER_KEY + [429] * 2
-    r = HTTP.post(f"{keyed}/events", json=event(), headers=bearer(WRITE_LIMITED))
+    r = http.post(f"{url}/events", json=event(), headers=bearer(WRITE_LIMITED))
     assert "API key" in r.json()["detail"] and int(r.headers["retry-after"]) >= 1
     # The counter's name holds a fingerprint of the key, never the key.
     names = engine.scan("ea:rl:*")
@@ -242,31 +278,32 @@ def test_rate_limit_per_key(keyed: str, engine: Backend) -> None:
     assert not any(WRITE_LIMITED in n or WRITE in n for n in names)
 
 
-def test_cors_for_ingest_only(keyed: str) -> None:
+def test_cors_for_ingest_only(keyed_app: InProcessService) -> None:
+    url, http = keyed_app.url, keyed_app.http
     preflight = {"origin": ORIGIN, "access-control-request-method": "POST",
                  "access-control-request-headers": "authorization, content-type"}  # fmt: skip
-    r = HTTP.options(f"{keyed}/events", headers=preflight)
+    r = http.options(f"{url}/events", headers=preflight)
     assert r.status_code == 204
     assert r.headers["access-control-allow-origin"] == ORIGIN
     assert "authorization" in r.headers["access-control-allow-headers"]
     assert "POST" in r.headers["access-control-allow-methods"]
     evil = {**preflight, "origin": "https://evil.example"}
-    r = HTTP.options(f"{keyed}/events/batch", headers=evil)
+    r = http.options(f"{url}/events/batch", headers=evil)
     assert r.status_code == 405 and "access-control-allow-origin" not in r.headers
     # A simple request from the allowed origin can read its answer...
-    r = HTTP.post(
-        f"{keyed}/events", content=orjson.dumps(event()),
+    r = http.post(
+        f"{url}/events", content=orjson.dumps(event()),
         headers={**bearer(WRITE), "origin": ORIGIN, "content-type": "text/plain"},
     )  # fmt: skip
     assert r.status_code == 201 and r.headers["access-control-allow-origin"] == ORIGIN
     assert "x-request-id" in r.headers["access-control-expose-headers"]
     # ... one from another origin is refused, not only hidden by the browser.
-    r = HTTP.post(
-        f"{keyed}/events", json=event(), headers={**bearer(WRITE), "origin": "https://evil.example"}
+    r = http.post(
+        f"{url}/events", json=event(), headers={**bearer(WRITE), "origin": "https://evil.example"}
     )
     assert r.status_code == 403 and problem_type(r) == "origin-not-allowed"
     # Reads: no CORS unless EA_CORS_READ_ORIGINS.
-    r = HTTP.get(f"{keyed}/analytics/realtime", headers={**bearer(READ), "origin": ORIGIN})
+    r = http.get(f"{url}/analytics/realtime", headers={**bearer(READ), "origin": ORIGIN})
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
 
 
@@ -308,6 +345,7 @@ def test_keys_must_be_long(tmp_path: Path) -> None:
     assert ok.write_keys == ("a-long-enough-key-123",) and ok.cors_origins == ("*",)
 
 
+@pytest.mark.slow  # a keyed service process
 def test_cli_status_sends_ea_api_key(keyed: str) -> None:
     def status(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -332,11 +370,14 @@ def test_cli_status_sends_ea_api_key(keyed: str) -> None:
                                "return_event": {"event_type": "b"}}),
      ("/analytics/query", {"date_range": "24h", "metrics": ["events"]})],
 )  # fmt: skip
-def test_archive_analytics_need_the_read_scope(keyed: str, path: str, body: dict) -> None:
-    r = HTTP.post(f"{keyed}{path}", json=body, headers=address())
+def test_archive_analytics_need_the_read_scope(
+    keyed_app: InProcessService, path: str, body: dict
+) -> None:
+    url, http = keyed_app.url, keyed_app.http
+    r = http.post(f"{url}{path}", json=body, headers=address())
     assert r.status_code == 401 and problem_type(r) == "unauthorized"
-    assert HTTP.post(f"{keyed}{path}", json=body, headers=bearer(WRITE)).status_code == 403
-    r = HTTP.post(f"{keyed}{path}", json=body, headers=bearer(READ))
+    assert http.post(f"{url}{path}", json=body, headers=bearer(WRITE)).status_code == 403
+    r = http.post(f"{url}{path}", json=body, headers=bearer(READ))
     assert r.status_code == 200 and r.json()
 
 
