@@ -51,7 +51,7 @@ test: lint
 # start no service process, on the real engines still; not the tests marked slow (service
 # processes, fuzzing, the large Hypothesis models). `make test` runs everything.
 test-fast: lint
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

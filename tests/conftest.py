@@ -133,9 +133,20 @@ def api(app_service: InProcessService, db: Backend) -> InProcessService:
 SERVICE_FIXTURES = frozenset({"service", "live", "two_workers", "engine_down"})
 
 
+# Modules whose tests run the CLI as processes on every engine (import, expiry, export,
+# the archive's SQL), or the large Hypothesis models: minutes of the suite between them
+# (--durations), so out of make test-fast (issue 22: the edit-run loop in ~2 minutes).
+HEAVY_MODULES = frozenset({
+    "test_expiry", "test_import", "test_import_window", "test_export", "test_archive_cli",
+    "test_goals_cli", "test_loadtest", "test_erase_prepass", "test_visits_plans",
+    "test_visits_model",
+})  # fmt: skip
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        heavy = item.module is not None and item.module.__name__.rpartition(".")[2] in HEAVY_MODULES
+        if heavy or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 
