@@ -49,7 +49,8 @@ test: lint
 
 # The edit-run loop: lint, the in-process HTTP tests (tests/inproc.py) and the tests that
 # start no service process, on the real engines still; not the tests marked slow (service
-# processes, fuzzing, the large Hypothesis models). `make test` runs everything.
+# processes, fuzzing, the large Hypothesis models, the modules that run the CLI on every
+# engine: tests/conftest.py). `make test` runs everything.
 test-fast: lint
 	$(BIN)/python -m pytest -n $(TEST_PROCS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
