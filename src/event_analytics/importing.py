@@ -223,12 +223,14 @@ class Importer:
         await self._settle()
 
     async def abandon(self) -> None:
-        """Stop counting in the background (after an error: its days stay marked)."""
+        """Stop counting in the background (after an error: its days stay marked, the
+        next import rebuilds them). Its own error, if it had one, is not raised: the
+        error that stopped the import is the one to report."""
         if self._counting is not None:
-            self._counting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._counting
-            self._counting = None
+            task, self._counting = self._counting, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def _settle(self) -> None:
         """Wait for the last chunk's counting: its days are unmarked after it. A chunk's

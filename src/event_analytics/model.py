@@ -287,7 +287,6 @@ _PLAIN_TIMESTAMP = re.compile(
     r"\d{4}-\d{2}-\d{2}T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?"
     r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)"
 )
-_EVENT_FIELDS = frozenset(("event_id", "user_id", "timestamp", "event_type", "payload"))
 _NOT_EXTRA = frozenset(("page_url", "revenue_amount", "revenue_currency"))
 
 
@@ -319,7 +318,7 @@ class PlainEvent:
 def plain_event(value: Any) -> PlainEvent | None:
     """``value`` read without pydantic when it is plainly valid (see above); None: it is
     not that plain, ``validate_events`` decides."""
-    if type(value) is not dict or not value.keys() <= _EVENT_FIELDS:
+    if type(value) is not dict:  # other keys are no matter: the model ignores them too
         return None
     event_id, user_id, ts = value.get("event_id"), value.get("user_id"), value.get("timestamp")
     event_type = value.get("event_type", "page_view")
