@@ -54,11 +54,11 @@ def ndjson(events: list[dict[str, Any]]) -> bytes:
 def test_ndjson_body_is_imported_once_with_the_clis_report(svc: InProcessService) -> None:
     events = history(40)
     body = ndjson(events) + b"{not json\n" + orjson.dumps({**events[0], "user_id": ""}) + b"\n"
-    collector = gc.get_threshold(), gc.get_freeze_count()
+    collector = gc.isenabled(), gc.get_threshold(), gc.get_freeze_count()
     r = post(svc, body, NDJSON)
-    # The import's rarer collections (importing.rare_collections) end with it: the
+    # The import's own collections (importing.rare_collections) end with it: the
     # service's process (this one) collects as before.
-    assert (gc.get_threshold(), gc.get_freeze_count()) == collector
+    assert (gc.isenabled(), gc.get_threshold(), gc.get_freeze_count()) == collector
     assert r.status_code == 200, r.text
     report = r.json()
     assert (report["accepted"], report["duplicate"], report["rejected"]) == (40, 0, 2)

@@ -1,6 +1,6 @@
 """Import history into the archive: each event once by id, in its own hour's file.
 
-Items are validated by the event model a batch at a time (``model.validate_events``),
+Items are validated by the event model's rules a batch at a time (see Validation below),
 then by time: not more than the live future skew ahead, not before ``EARLIEST``, nor
 (with EA_ARCHIVE_RETENTION_DAYS) before the first day retention keeps (expiry.py); no
 other maximum age. Then each event takes one of two paths, by its UTC day:
@@ -23,6 +23,10 @@ other maximum age. Then each event takes one of two paths, by its UTC day:
 Users on the suppression list (erased by ``forget``, ``keys.erased``) are refused on
 both paths with ``user_erased``: the live path's script refuses them, and the settled
 path asks their shards' lists before appending a chunk.
+
+Validation: plain events (our own records, nearly all) by ``model.plain_event``, the
+others by the model (``validate_events``); the reasons are the model's. A chunk is
+counted while the next one is read and validated, so the engine and Python work at once.
 
 Crash safety: a chunk's settled days are marked in the engine before their events are
 appended and unmarked once they are counted (``store/import_marks.py``). An import
@@ -90,25 +94,31 @@ def run_lock(root: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def rare_collections() -> Iterator[None]:
-    """The cyclic GC rarely, for an import's duration, then as before.
+    """No automatic cyclic GC for an import's duration (it collects once a chunk,
+    ``Importer._chunk``), then as before.
 
-    An import holds a chunk of validated events (tens of thousands of models) alive, and
-    every full collection walked them and all the modules loaded: with the default
-    thresholds an import spent 46 us of CPU per event, with these 29 (benchmarks/
-    import_bench.py's file, 100,000 events, A/B in one run). What was there before the
-    import is frozen (not walked at all) and thawed after; the thresholds come back.
+    An import holds a chunk or two of events (hundreds of thousands of objects) alive,
+    and the collections that the allocations set off walked them again and again: with
+    the default thresholds an import spent 46 us of CPU per event, with thresholds of
+    (50,000, 20, 100) 29 (benchmarks/import_bench.py's file, 100,000 events), and still
+    ~3.5 us per event of its ~23 more than with none (300,000 events, A/B in one run).
+    One full collection per chunk walks each object about once, and keeps the garbage
+    cycles that accumulate meanwhile (the process's, in the service) to one chunk's
+    time. What was there before the import is frozen (not walked at all) and thawed
+    after.
     """
-    before = gc.get_threshold()
+    enabled = gc.isenabled()
     # unfreeze() thaws everything: what someone else froze stays frozen, so only an import
     # that found nothing frozen freezes (and thaws after).
     freezing = gc.get_freeze_count() == 0
     if freezing:
         gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.disable()
     try:
         yield
     finally:
-        gc.set_threshold(*before)
+        if enabled:
+            gc.enable()
         if freezing:
             gc.unfreeze()
 
@@ -245,6 +255,7 @@ class Importer:
         pending, self._pending = self._pending, []
         valid = await self._validate(pending)
         await self._settle()
+        gc.collect()  # the one collection a chunk (rare_collections): the last one's is free
         # Read after validating (which takes a while): the live path's own clock check
         # is not involved, but the settled boundary should be as fresh as possible.
         settled = await archived_until(self.streams, self.settings.redis_timeout_s + 0.5)
