@@ -4,8 +4,10 @@ Writes ``--events`` of our own records (``--users`` users, ``--pages`` pages, sp
 ``--hours`` hours ten days ago: older than the live window, so all take the archive
 path) and runs the real command as a subprocess on a private engine run as the service
 runs it (AOF, fsync always). Prints events/s (wall, the whole command: reading,
-validating, the id check, appending with fsync, and counting what was appended), then checks
-the archive holds every event once and that a second run adds nothing.
+validating, the id check, appending with fsync, and counting what was appended) and the
+CPU per event of the import process and of the engine (on 2 cores the two together bound
+the rate), then checks the archive holds every event once and that a second run adds
+nothing.
 
     .venv/bin/python benchmarks/import_bench.py [--events 300000]   (make bench: 3,000,000)
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -24,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import redis
 from procs import EngineProcess
 
 from event_analytics.archive import files
@@ -42,8 +46,20 @@ def write_file(path: Path, n: int, users: int, pages: int, hours: int) -> None:
             }) + b"\n")  # fmt: skip
 
 
-def run_import(url: str, root: Path, src: Path) -> tuple[float, str]:
+def _engine_cpu(url: str) -> float:
+    info = redis.Redis.from_url(url).info("cpu")
+    return float(info["used_cpu_user"] + info["used_cpu_sys"])
+
+
+def _children_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def run_import(url: str, root: Path, src: Path) -> tuple[float, str, float, float]:
+    """Wall seconds, the command's output, its CPU seconds and the engine's."""
     env = {**os.environ, "REDIS_URL": url, "EA_ARCHIVE_DIR": str(root)}
+    engine, own = _engine_cpu(url), _children_cpu()
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "event_analytics", "import", str(src)],
@@ -52,7 +68,7 @@ def run_import(url: str, root: Path, src: Path) -> tuple[float, str]:
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"import failed: {done.stderr}")
-    return seconds, done.stdout
+    return seconds, done.stdout, _children_cpu() - own, _engine_cpu(url) - engine
 
 
 def main() -> None:
@@ -67,15 +83,17 @@ def main() -> None:
         src, root = work / "history.ndjson", work / "archive"
         write_file(src, args.events, args.users, args.pages, args.hours)
         with EngineProcess(find_server_binary(), work / "engine") as engine:
-            seconds, out = run_import(engine.url, root, src)
-            again_s, again = run_import(engine.url, root, src)
+            seconds, out, cpu, engine_cpu = run_import(engine.url, root, src)
+            again_s, again, _, _ = run_import(engine.url, root, src)
         lines = sum(1 for f in files.list_files(root) for _ in files.read_lines([f.path]))
         assert f"accepted {args.events}, duplicate 0" in out, out
         assert f"accepted 0, duplicate {args.events}" in again, again
         assert lines == args.events, (lines, args.events)
         print(
             f"import of {args.events:,} events: {args.events / seconds:,.0f} events/s "
-            f"(wall {seconds:.1f} s, the whole command); a second run (all duplicates) "
+            f"(wall {seconds:.1f} s, the whole command; load {os.getloadavg()[0]:.1f}); CPU per "
+            f"event: import {cpu * 1e6 / args.events:.1f} µs, engine "
+            f"{engine_cpu * 1e6 / args.events:.1f} µs; a second run (all duplicates) "
             f"{again_s:.1f} s; archive checked: every event once"
         )
         print(out.strip())

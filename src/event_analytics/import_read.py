@@ -87,13 +87,15 @@ def read(handle: BinaryIO, fmt: str) -> Iterator[Item]:
 
 
 def _native(number: int, value: dict[str, Any]) -> Item:
-    """Our own record: the event's fields (``received_at`` is the archive's, not sent)."""
-    event: dict[str, Any] = {
-        k: value[k] for k in ("event_id", "user_id", "timestamp", "event_type") if k in value
-    }
-    event["payload"] = value.get("payload") if value.get("payload") is not None else {}
+    """Our own record: the event's fields (``received_at`` is the archive's, not sent).
+
+    The record itself, not a copy of its event fields: the model ignores the others
+    (``received_at``, a later version's ``v``), and copying was a tenth of an import's
+    reading. Only a ``"payload": null`` is made ``{}``, as the archive reads it."""
+    if value.get("payload", False) is None:
+        value["payload"] = {}
     received = value.get("received_at")
-    return Item(number, event, received_at=received if isinstance(received, str) else None)
+    return Item(number, value, received_at=received if isinstance(received, str) else None)
 
 
 def _segment(number: int, value: dict[str, Any]) -> Item:

@@ -1,6 +1,6 @@
 """Import history into the archive: each event once by id, in its own hour's file.
 
-Items are validated by the event model a batch at a time (``model.validate_events``),
+Items are validated by the event model's rules a batch at a time (see Validation below),
 then by time: not more than the live future skew ahead, not before ``EARLIEST``, nor
 (with EA_ARCHIVE_RETENTION_DAYS) before the first day retention keeps (expiry.py); no
 other maximum age. Then each event takes one of two paths, by its UTC day:
@@ -23,6 +23,10 @@ other maximum age. Then each event takes one of two paths, by its UTC day:
 Users on the suppression list (erased by ``forget``, ``keys.erased``) are refused on
 both paths with ``user_erased``: the live path's script refuses them, and the settled
 path asks their shards' lists before appending a chunk.
+
+Validation: plain events (our own records, nearly all) by ``model.plain_event``, the
+others by the model (``validate_events``); the reasons are the model's. A chunk is
+counted while the next one is read and validated, so the engine and Python work at once.
 
 Crash safety: a chunk's settled days are marked in the engine before their events are
 appended and unmarked once they are counted (``store/import_marks.py``). An import
@@ -54,7 +58,7 @@ from event_analytics.errors import ImportBusy, user_erased
 from event_analytics.expiry import horizon
 from event_analytics.import_read import Item, read
 from event_analytics.ingest import Ingestor
-from event_analytics.model import Event, validate_events
+from event_analytics.model import Event, PlainEvent, plain_event, validate_events
 from event_analytics.store import IngestWriter, Outcome, PreparedEvent, import_marks
 from event_analytics.store.errors import engine_errors
 from event_analytics.store.streams import StreamStore
@@ -68,6 +72,7 @@ COUNT_BATCH = 2000  # events per ingest script call when counting appended event
 # the cluster's masters in scripts long enough for new connections to time out.
 COUNT_INFLIGHT = 3
 LIVE_BATCH = 1000
+YIELD_EVERY = 1000  # items read between turns of the event loop (a chunk's count runs)
 EXAMPLES = 20  # rejected lines named in the report
 LOCK_NAME = ".import.lock"
 
@@ -89,25 +94,32 @@ def run_lock(root: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def rare_collections() -> Iterator[None]:
-    """The cyclic GC rarely, for an import's duration, then as before.
+    """No automatic cyclic GC for an import's duration (it collects once a chunk,
+    ``Importer._chunk``), then as before.
 
-    An import holds a chunk of validated events (tens of thousands of models) alive, and
-    every full collection walked them and all the modules loaded: with the default
-    thresholds an import spent 46 us of CPU per event, with these 29 (benchmarks/
-    import_bench.py's file, 100,000 events, A/B in one run). What was there before the
-    import is frozen (not walked at all) and thawed after; the thresholds come back.
+    An import holds a chunk or two of events (hundreds of thousands of objects) alive,
+    and the collections that the allocations set off walked them again and again: with
+    the default thresholds an import spent 46 us of CPU per event, with thresholds of
+    (50,000, 20, 100) 29 (benchmarks/import_bench.py's file, 100,000 events), and still
+    ~3.5 us per event of its ~23 more than with none (300,000 events, A/B in one run).
+    One collection of the young generations per chunk walks each object about once; a
+    garbage cycle (rare here: the import's objects are freed by their reference counts)
+    is found at the next chunk, or, once it is in the oldest generation, after the
+    import (the process's too, in the service). What was there before the import is
+    frozen (not walked at all) and thawed after.
     """
-    before = gc.get_threshold()
+    enabled = gc.isenabled()
     # unfreeze() thaws everything: what someone else froze stays frozen, so only an import
     # that found nothing frozen freezes (and thaws after).
     freezing = gc.get_freeze_count() == 0
     if freezing:
         gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.disable()
     try:
         yield
     finally:
-        gc.set_threshold(*before)
+        if enabled:
+            gc.enable()
         if freezing:
             gc.unfreeze()
 
@@ -122,11 +134,14 @@ async def run_import(settings: Settings, sources: list[tuple[str, Path, str]]) -
             settings, Ingestor(settings, store), StreamStore(store.client, store.keys)
         )
         with run_lock(settings.archive_path), rare_collections():
-            await importer.recover()
-            for name, path, fmt in sources:
-                with path.open("rb") as handle:
-                    await importer.add(name, read(handle, fmt))
-            await importer.flush()
+            try:
+                await importer.recover()
+                for name, path, fmt in sources:
+                    with path.open("rb") as handle:
+                        await importer.add(name, read(handle, fmt))
+                await importer.flush()
+            finally:
+                await importer.abandon()
         return importer.report
     finally:
         await store.close()
@@ -170,8 +185,7 @@ class _HourIds:
 @dataclass(slots=True)
 class _Valid:
     where: tuple[str, int]
-    event: Event
-    ts: datetime
+    event: PlainEvent
     received_at: datetime | None
 
 
@@ -190,6 +204,9 @@ class Importer:
         self._skew = timedelta(seconds=settings.future_skew_s)
         self._max_age = timedelta(seconds=settings.max_age_s)
         self._crash_after_append = faults.import_crash_after_append()  # the crash test's
+        # The last chunk's counting (then unmarking), running while the next chunk is read
+        # and validated: the engine works while Python does. One at a time (``_settle``).
+        self._counting: asyncio.Task[None] | None = None
 
     async def recover(self) -> None:
         """Rebuild the counters of the days a killed import left unfinished."""
@@ -207,26 +224,61 @@ class Importer:
                 continue
             self._pending.append(((name, item.line), item.event, item.received_at))
             if len(self._pending) >= CHUNK:
-                await self.flush()
+                await self._chunk()
+            elif len(self._pending) % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let the last chunk's counting send its next batch
 
     async def flush(self) -> None:
+        """Write what is pending, and wait until every event appended is counted."""
+        await self._chunk()
+        await self._settle()
+
+    async def abandon(self) -> None:
+        """Stop counting in the background (after an error: its days stay marked, the
+        next import rebuilds them). Its own error, if it had one, is not raised: the
+        error that stopped the import is the one to report."""
+        if self._counting is not None:
+            task, self._counting = self._counting, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _settle(self) -> None:
+        """Wait for the last chunk's counting: its days are unmarked after it. A chunk's
+        days are marked, appended and counted before the next chunk's are marked, so a
+        day an uncounted event was appended to is always marked (and the marks, a set,
+        are never removed under a later chunk that shares a day)."""
+        if self._counting is not None:
+            task, self._counting = self._counting, None
+            await task
+
+    async def _chunk(self) -> None:
         pending, self._pending = self._pending, []
-        valid = self._validate(pending)
+        valid = await self._validate(pending)
+        await self._settle()
+        # The one collection a chunk (rare_collections), of what is new since the last one
+        # (generations 0 and 1): what survives goes to the oldest generation, not walked
+        # again while the import runs; a full one walked every id of ``_known`` (its
+        # sets) each time, 8 % of the import's time.
+        gc.collect(1)
         # Read after validating (which takes a while): the live path's own clock check
         # is not involved, but the settled boundary should be as fresh as possible.
         settled = await archived_until(self.streams, self.settings.redis_timeout_s + 0.5)
         first_open_day = floor(settled - self._max_age, Interval.DAY)
-        direct: dict[datetime, list[_Valid]] = {}
+        # By (year, month, day, hour): a tuple of four attributes costs a tenth of
+        # ``ts.replace(minute=0, ...)`` (5 % of the import's time, once per event).
+        by_hour: dict[tuple[int, int, int, int], list[_Valid]] = {}
         live: list[_Valid] = []
         for v in valid:
-            if v.ts < first_open_day:
-                direct.setdefault(v.ts.replace(minute=0, second=0, microsecond=0), []).append(v)
+            ts = v.event.timestamp
+            if ts < first_open_day:
+                by_hour.setdefault((ts.year, ts.month, ts.day, ts.hour), []).append(v)
             else:
                 live.append(v)
-        await self._direct(direct)
+        await self._direct({datetime(*hour, tzinfo=UTC): vs for hour, vs in by_hour.items()})
         await self._live(live)
 
-    def _validate(
+    async def _validate(
         self, pending: list[tuple[tuple[str, int], dict[str, object], str | None]]
     ) -> list[_Valid]:
         now = datetime.now(UTC)
@@ -235,16 +287,8 @@ class Importer:
         out: list[_Valid] = []
         for start in range(0, len(pending), VALIDATE_BATCH):
             batch = pending[start : start + VALIDATE_BATCH]
-            results = validate_events([value for _, value, _ in batch])
-            for (where, _, received), got in zip(batch, results, strict=True):
-                if not isinstance(got, Event):
-                    self._reject(where, got.code, f"{got.field}: {got.message}")
-                    continue
-                try:
-                    ts = to_utc(got.timestamp)
-                except OverflowError:
-                    self._reject(where, "invalid_timestamp", "timestamp is out of range")
-                    continue
+            for where, got, received in self._events(batch):
+                ts = got.timestamp
                 if ts > now + self._skew:
                     self._reject(
                         where,
@@ -261,8 +305,30 @@ class Importer:
                         "keeps",
                     )  # fmt: skip
                 else:
-                    out.append(_Valid(where, got, ts, _received(received)))
+                    out.append(_Valid(where, got, _received(received)))
+            await asyncio.sleep(0)  # the last chunk's counting goes on meanwhile
         return out
+
+    def _events(
+        self, batch: list[tuple[tuple[str, int], dict[str, object], str | None]]
+    ) -> Iterator[tuple[tuple[str, int], PlainEvent, str | None]]:
+        """The batch's valid events, in order; the others are rejected with the model's
+        reason. Plain ones without pydantic (``plain_event``), the rest in one call."""
+        plain = [plain_event(value) for _, value, _ in batch]
+        others = [value for (_, value, _), got in zip(batch, plain, strict=True) if got is None]
+        checked = iter(validate_events(others) if others else [])
+        for (where, _, received), got in zip(batch, plain, strict=True):
+            if got is None:
+                model = next(checked)
+                if not isinstance(model, Event):
+                    self._reject(where, model.code, f"{model.field}: {model.message}")
+                    continue
+                try:
+                    got = PlainEvent.of(model)
+                except OverflowError:
+                    self._reject(where, "invalid_timestamp", "timestamp is out of range")
+                    continue
+            yield where, got, received
 
     def _reject(self, where: tuple[str, int], code: str, message: str) -> None:
         self.report.reject(f"{where[0]}:{where[1]}", code, message)
@@ -289,6 +355,9 @@ class Importer:
             appended += self._append(files.hour_path(self.root, hour), events, now)
         if self._crash_after_append:
             faults.die()
+        self._counting = asyncio.create_task(self._count_then_unmark(appended, days))
+
+    async def _count_then_unmark(self, appended: list[_Valid], days: set[datetime]) -> None:
         await self._count(appended)
         await import_marks.unmark(self.store, days)
 
@@ -318,8 +387,8 @@ class Importer:
                     continue
                 known.ids.add(event_id)
                 record = Record(
-                    event.event_id, event.user_id, v.ts, event.event_type,
-                    event.payload.as_record(), v.received_at or now,
+                    event.event_id, event.user_id, event.timestamp, event.event_type,
+                    event.payload, v.received_at or now,
                 )  # fmt: skip
                 out.append(encode(record) + b"\n")
                 new.append(v)
@@ -353,10 +422,11 @@ class Importer:
         for v in appended:
             event = v.event
             shard = keys.shard_of(event.user_id)
-            bucket = buckets.of(shard, event.event_type, v.ts)
-            page = event.payload.page_url
+            bucket = buckets.of(shard, event.event_type, event.timestamp)
             prepared.append(
-                PreparedEvent(shard, bucket, event.event_id.bytes, event.user_id, page, b"")
+                PreparedEvent(
+                    shard, bucket, event.event_id.bytes, event.user_id, event.page_url, b""
+                )
             )
         slots = asyncio.Semaphore(COUNT_INFLIGHT)
 
@@ -398,21 +468,20 @@ class Importer:
         """As ``Ingestor.prepare``, without the live age limit (the caller checked time)."""
         event = v.event
         shard = self.store.keys.shard_of(event.user_id)
-        bucket = self.ingestor.buckets.of(shard, event.event_type, v.ts)
+        bucket = self.ingestor.buckets.of(shard, event.event_type, event.timestamp)
         record = Record(
-            event.event_id, event.user_id, v.ts, event.event_type,
-            event.payload.as_record(), v.received_at or now,
+            event.event_id, event.user_id, event.timestamp, event.event_type,
+            event.payload, v.received_at or now,
         )  # fmt: skip
         return PreparedEvent(
-            shard, bucket, event.event_id.bytes, event.user_id, event.payload.page_url,
-            encode(record),
-        )  # fmt: skip
+            shard, bucket, event.event_id.bytes, event.user_id, event.page_url, encode(record)
+        )
 
     def _not_archived(self, chunk: list[_Valid]) -> list[_Valid]:
         """The events whose id is not in their hour file already (one lock per hour)."""
         by_path: dict[Path, list[_Valid]] = {}
         for v in chunk:
-            hour = v.ts.replace(minute=0, second=0, microsecond=0)
+            hour = v.event.timestamp.replace(minute=0, second=0, microsecond=0)
             by_path.setdefault(files.hour_path(self.root, hour), []).append(v)
         out: list[_Valid] = []
         for path, events in by_path.items():

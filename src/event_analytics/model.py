@@ -7,7 +7,8 @@ from __future__ import annotations
 import functools
 import math
 import re
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -265,3 +266,95 @@ def validate_event(value: Any) -> Event:
         return EVENT_ADAPTER.validate_python(value)
     except ValidationError as exc:
         raise InvalidEvent(errors_from_validation(exc)) from None
+
+
+# -- the plain case without pydantic --------------------------------------------------
+#
+# An import validates millions of events, nearly all of one plain shape (our own records:
+# a lower-case UUID, a "Z" or "+00:00" timestamp, a page URL, a few string properties).
+# ``plain_event`` reads exactly those, and only those, with the same rules; anything else
+# (every error, and every value the model would coerce or that needs a closer look) is
+# None: ask ``validate_events``. So an event it accepts is one the model accepts with the
+# same values (tests/test_model_plain.py compares the two on generated events), and
+# every refusal's reason is the model's own.
+
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# fullmatch, not USER_ID_PATTERN/EVENT_TYPE_PATTERN: Python's "$" also matches before a
+# final newline, the model's (pydantic's regex) does not.
+_USER_ID = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,255}")
+_EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_PLAIN_TIMESTAMP = re.compile(
+    r"\d{4}-\d{2}-\d{2}T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?"
+    r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)"
+)
+_NOT_EXTRA = frozenset(("page_url", "revenue_amount", "revenue_currency"))
+
+
+@dataclass(slots=True)
+class PlainEvent:
+    """A valid event's values as the archive record holds them (``timestamp`` in UTC,
+    ``payload`` as ``Payload.as_record`` gives it)."""
+
+    event_id: UUID
+    user_id: str
+    timestamp: datetime
+    event_type: str
+    payload: dict[str, Any]
+    page_url: str | None
+
+    @classmethod
+    def of(cls, event: Event) -> PlainEvent:
+        """The model's event, the same way. Raises OverflowError (a timestamp whose UTC
+        instant is beyond year 1..9999)."""
+        ts = event.timestamp
+        utc = ts.replace(tzinfo=UTC) if ts.utcoffset() is None else ts.astimezone(UTC)
+        payload = event.payload
+        return cls(
+            event.event_id, event.user_id, utc, event.event_type, payload.as_record(),
+            payload.page_url,
+        )  # fmt: skip
+
+
+def plain_event(value: Any) -> PlainEvent | None:
+    """``value`` read without pydantic when it is plainly valid (see above); None: it is
+    not that plain, ``validate_events`` decides."""
+    if type(value) is not dict:  # other keys are no matter: the model ignores them too
+        return None
+    event_id, user_id, ts = value.get("event_id"), value.get("user_id"), value.get("timestamp")
+    event_type = value.get("event_type", "page_view")
+    payload = value.get("payload", {})
+    if not (
+        type(event_id) is str and _UUID_TEXT.fullmatch(event_id)
+        and type(user_id) is str and _USER_ID.fullmatch(user_id)
+        and type(ts) is str and _PLAIN_TIMESTAMP.fullmatch(ts)
+        and type(event_type) is str and _EVENT_TYPE.fullmatch(event_type)
+        and type(payload) is dict and len(payload) <= MAX_PROPERTIES
+    ):  # fmt: skip
+        return None
+    page_url = payload.get("page_url")
+    record: dict[str, Any] = {}
+    if page_url is not None:
+        if type(page_url) is not str or len(page_url) > MAX_URL_LENGTH or _url_problem(page_url):
+            return None
+        record["page_url"] = page_url
+    elif event_type == "page_view" or "page_url" in payload:
+        return None
+    for name, item in payload.items():
+        if name in _NOT_EXTRA:
+            if name == "page_url":
+                continue
+            return None  # revenue: the model's own rules
+        kind = type(item)
+        if not PROPERTY_NAME_PATTERN.match(name) or not (
+            (kind is str and len(item) <= MAX_PROPERTY_STRING)
+            or kind is bool
+            or (kind is int and MIN_INT <= item <= MAX_INT)
+            or (kind is float and math.isfinite(item))
+        ):
+            return None
+        record[name] = item
+    try:
+        utc = datetime.fromisoformat(ts).astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+    return PlainEvent(UUID(event_id), user_id, utc, event_type, record, page_url)
