@@ -133,17 +133,15 @@ def test_archiver_sigkill_amid_entries_of_many_events_leaves_each_once(
 
 def test_rebuild_sigkilled_halfway_then_rerun(killable: Backend, tmp_path: Path) -> None:
     with archiving_service(killable, tmp_path, {"EA_ARCHIVER_LEASE_S": "2"}) as (svc, env, root):
-        # Three days of events (the rebuild works day by day), 1,500 in all: fewer than
-        # a batch a day, so the crash comes at the end of the first day (as it did with
-        # 5,000), two days left to do.
+        # Three days of events (the rebuild works day by day) , 5,000 in all.
         now = datetime.now(UTC)
         bodies = [
             event(user=f"u{i % 101}", ts=now - timedelta(days=i % 3, minutes=1 + i % 50))
-            for i in range(1500)
+            for i in range(5000)
         ]
         asyncio.run(hammer(svc.url, bodies, len(bodies) + 1, lambda: None))
         wait_archived(svc.url)
-        assert sum(archive_ids(root).values()) == 1500
+        assert sum(archive_ids(root).values()) == 5000
         minutes = sorted(
             {
                 datetime.fromisoformat(b["timestamp"]).replace(second=0, microsecond=0)
