@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from event_analytics.ingest import Ingestor
 from event_analytics.model import EVENT_ADAPTER
 from event_analytics.store import IngestWriter
 from tests.backends import Backend
-from tests.cluster import ClusterProcess, start_cluster
+from tests.cluster import ClusterProcess
 from tests.helpers import cli, event
 from tests.readback import answers, archive_ids, wait_archived
 from tests.servers import ServiceProcess, engine_binary, stopped_after
@@ -57,15 +58,13 @@ def _fresh(kind: str, where: Path, cluster: ClusterProcess | None = None) -> Bac
 def _engines(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[Backend, Backend]]:
-    """(source, target): for the cluster, the session's (emptied) and a new 3+3 one."""
+    """(source, target): for the cluster, the session's (emptied) twice: the test empties
+    it again before it restores (FLUSHALL leaves a fresh engine, without the seconds a
+    new 3+3 cluster takes to start)."""
     if kind == "cluster":
         source = _fresh(kind, tmp_path, request.getfixturevalue("cluster"))
         source.flush()
-        target_cluster = start_cluster(tmp_path / "target-cluster")
-        try:
-            yield source, Backend(kind, target_cluster, prefix=PREFIX)
-        finally:
-            target_cluster.stop()
+        yield source, source
         return
     source, target = _fresh(kind, tmp_path / "source"), _fresh(kind, tmp_path / "target")
     try:
@@ -133,6 +132,8 @@ def test_backup_under_load_restores_into_a_fresh_engine_with_identical_answers(
 
         manifest = json.loads((dest / "manifest.json").read_text())
         assert len(manifest["snapshots"]) == (3 if kind == "cluster" else 1)
+        target.flush()  # the cluster's is its source; nothing else runs on it now
+        assert target.scan("*") == []
         assert manifest["archive_events"] == sum(f["events"] for f in manifest["archive"])
 
         restored_env = target.env | {"EA_ARCHIVE_DIR": str(tmp_path / "restored-archive")}
@@ -519,18 +520,24 @@ def test_restore_refuses_an_unsafe_or_malformed_manifest_and_writes_nothing(
     outside = tmp_path / "outside"
     outside.mkdir()
     archive = Path(env["EA_ARCHIVE_DIR"])
+    copies = {}
     for name, change in _evil_cases(backup, outside).items():
-        copy = tmp_path / "copies" / name.replace(" ", "-")
+        copies[name] = copy = tmp_path / "copies" / name.replace(" ", "-")
         shutil.copytree(backup, copy, symlinks=True)
         change(copy)
-        before = sorted(p.relative_to(outside) for p in outside.rglob("*"))
-        done = cli(["restore", str(copy)], env)
+    # The restores at once (each a process: one after the other, their start-up was most
+    # of this test's time); every one is refused, so none may write anything anywhere.
+    before = sorted(p.relative_to(outside) for p in outside.rglob("*"))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        runs = dict(zip(copies, pool.map(lambda c: cli(["restore", str(c)], env),
+                                         copies.values()), strict=True))  # fmt: skip
+    for name, done in runs.items():
         assert done.returncode == 1, (name, done.stdout, done.stderr)
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, (
             name, done.stderr)  # fmt: skip
-        assert sorted(p.relative_to(outside) for p in outside.rglob("*")) == before, name
-        assert not (tmp_path / "P").exists(), name  # where the '..' entry led
-        assert target.scan("*") == [] and not archive.exists(), (name, done.stderr)
+    assert sorted(p.relative_to(outside) for p in outside.rglob("*")) == before
+    assert not (tmp_path / "P").exists()  # where the '..' entry led
+    assert target.scan("*") == [] and not archive.exists(), runs
     # A link inside the (empty) target archive directory, where a file would go.
     first = json.loads((backup / "manifest.json").read_text())["archive"][0]["path"]
     year = Path(first).relative_to("archive").parts[0]

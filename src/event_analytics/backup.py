@@ -18,7 +18,7 @@ nothing moves from the streams to the archive between the two copies:
 ``restore`` (``restore.py``) checks the manifest and every file, then loads them into an
 empty engine and archive directory.
 
-A cluster's masters are snapshotted one after the other, not at one instant, so a backup
+A cluster's masters are snapshotted at once, yet not at one instant, so a backup
 taken under load holds events in flight between shards (docs/dedup.md): claimed in their
 id shard's outbox, and applied on their user's shard or not, depending on which master's
 snapshot came first. ``restore`` applies every such parked event before it returns (the
@@ -204,11 +204,18 @@ async def backup(settings: Settings, dest: Path) -> dict[str, Any]:
                 # On record as soon as it holds events: an erasure names it as holding them.
                 await _on_record(store, where, started, watermark)
                 backlog = await streams.backlog()
-                snapshots = []
-                for i, (node, args) in enumerate(masters):
-                    path = dest / "engine" / f"node-{i}.rdb"
-                    await asyncio.to_thread(_snapshot, cli, args, path)
-                    snapshots.append(_file_entry(dest, path) | {"node": node})
+                # All masters at once: each waits repl-diskless-sync-delay (5 s by
+                # default) before it streams, so one after the other held the pause
+                # for that wait times the masters.
+                paths = [dest / "engine" / f"node-{i}.rdb" for i in range(len(masters))]
+                await asyncio.gather(*(
+                    asyncio.to_thread(_snapshot, cli, args, path)
+                    for (_, args), path in zip(masters, paths, strict=True)
+                ))  # fmt: skip
+                snapshots = [
+                    _file_entry(dest, path) | {"node": node}
+                    for (node, _), path in zip(masters, paths, strict=True)
+                ]
         except PauseFailed as exc:
             raise BackupError(_PAUSE_FAILED[exc.kind].format(", ".join(exc.waiting))) from None
     finally:
