@@ -116,7 +116,10 @@ def _storm_process(url: str, readers: int, address: str, seconds: float, out: An
             await asyncio.gather(*(loop(i) for i in range(readers)))
         return dict(results)
 
-    out.put(asyncio.run(main()))
+    reads = asyncio.run(main())
+    # The readers' own CPU: on this 2-core machine the storm's clients share the cores
+    # with the service, which remote readers would not.
+    out.put((reads, time.process_time()))
 
 
 async def _cheap(client: httpx.AsyncClient, url: str, stop: asyncio.Event) -> list[float]:
@@ -240,21 +243,26 @@ async def _phase(
     stop = asyncio.Event()
     cheap = asyncio.create_task(_cheap(client, url, stop))
     cpu0 = _cpu(root)
+    own0 = time.process_time()
     lag0 = await _loop_lag(client, url)
     lat, st, offered = await _ingest(client, url, args.seconds, rate, tag, minute)
     lag1 = await _loop_lag(client, url)
     cpu1 = _cpu(root)
+    own = time.process_time() - own0
     stop.set()
     cheap_took = await cheap
     reads: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    readers_cpu = 0.0
     for q, p in zip(queues, procs, strict=True):
-        for kind, rows in q.get(timeout=180).items():
+        got, spent = q.get(timeout=180)
+        readers_cpu += spent
+        for kind, rows in got.items():
             reads[kind] += rows
         p.join(timeout=60)
     return {
         "offered": offered, "statuses": st, "latencies": lat, "cheap": cheap_took,
         "reads": reads, "cpu": {g: cpu1.get(g, 0) - cpu0.get(g, 0) for g in cpu1},
-        "minute": minute,
+        "minute": minute, "clients_cpu": (own, readers_cpu),
         "lag": {role: (_late(lag0, lag1, role, "0.025"), _late(lag0, lag1, role, "0.1"))
                 for role in ("ingest", "query")},
     }  # fmt: skip
@@ -267,7 +275,10 @@ def _report(name: str, ph: dict[str, Any], seconds: float) -> None:
           f"{len(lat) / seconds:7.1f}/s  p50 {_pct(lat, 50):7.1f} ms  p99 {_pct(lat, 99):7.1f} ms"
           f"  cheap reads p99 {_pct(ph['cheap'], 99):6.1f} ms  CPU {cpu}")  # fmt: skip
     lag = "; ".join(f"{role} {a} > 25 ms, {b} > 100 ms" for role, (a, b) in ph["lag"].items())
-    print(f"      event-loop samples late: {lag}")
+    print(
+        f"      event-loop samples late: {lag}; clients' CPU: ingest and cheap reads "
+        f"{ph['clients_cpu'][0]:.1f}s, storm readers {ph['clients_cpu'][1]:.1f}s"
+    )
     for kind, rows in sorted(ph["reads"].items()):
         codes = Counter(s for s, _ in rows)
         ok = [t for s, t in rows if s == 200]
