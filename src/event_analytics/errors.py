@@ -165,13 +165,20 @@ class ErasureJobNotFound(NotFound):
 
 
 class ErasureQueueFull(EventAnalyticsError):
-    """Too many erasure jobs wait already (store/forget_jobs.py ``MAX_QUEUED``)."""
+    """Too many erasure jobs wait already (store/forget_jobs.py ``MAX_QUEUED``).
+
+    Raised only after the request's users were put on the suppression list (api/admin.py
+    suppresses first, so that a full queue never lets their events in): the detail says
+    so, and that nothing stored was erased."""
 
     status, slug, title = 503, "erasure-queue-full", "Too many erasures waiting"
     retry_after_s = 60
 
     def detail(self) -> str:
-        return f"{self}; send it again later, or run `event-analytics forget` on the host"
+        return (
+            f"{self}; these users' later events are refused already, but what is stored "
+            "is not erased: send it again later, or run `event-analytics forget` on the host"
+        )
 
 
 class StorageUnavailable(EventAnalyticsError):
