@@ -69,6 +69,10 @@ class EngineProcess:
             "--dir", str(self.dir),
             *persistence,
             "--save", "",
+            # A snapshot (backup's valkey-cli --rdb) or a replica's first sync starts at
+            # once: by default the engine waits 5 s for more replicas to share the
+            # transfer, which every backup test and every cluster's forming paid.
+            "--repl-diskless-sync-delay", "0",
             "--logfile", str(self.dir / "server.log"),
             *self.extra_args,
         ]  # fmt: skip

@@ -111,16 +111,33 @@ class InProcessService:
 
     def stop(self) -> None:
         self.http.close()
+        left: list[str] = []
         if self._running is not None:
             if self._stop is not None:
                 self.loop.call_soon_threadsafe(self._stop.set)
             self._running.result(timeout=WAIT_S)
+            ended = asyncio.run_coroutine_threadsafe(_end_tasks_left(), self.loop)
+            left = ended.result(timeout=WAIT_S)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=WAIT_S)
         self.loop.close()
         # The lifespan froze what was alive then (gc.freeze, for a worker's latency);
         # in the test process those objects would never be collected afterwards.
         gc.unfreeze()
+        # What the lifespan started must have ended with it (uvicorn's asyncio.run would
+        # cancel what is left, hiding it). A task left pending here is destroyed by a later
+        # test's collection, its connection still open: pytest would blame that test.
+        assert not left, f"the app's lifespan ended with tasks still running: {left}"
+
+
+async def _end_tasks_left() -> list[str]:
+    """The tasks still on the app's loop after its lifespan, cancelled and ended (bounded)."""
+    tasks = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=WAIT_S)
+    return sorted(repr(task) for task in tasks)
 
 
 @contextmanager

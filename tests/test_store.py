@@ -31,6 +31,7 @@ from event_analytics.store.scripts import Lua, call_per_shard, source
 from event_analytics.store.streams import archive_lag_s
 from event_analytics.store.writer import AGGREGATE_ABOVE
 from event_analytics.timebucket import Interval, floor, to_utc
+from event_analytics.timebucket import label as bucket_label
 from tests.backends import Backend
 from tests.helpers import event, run_store
 
@@ -280,6 +281,29 @@ def test_clear_day_deletes_exactly_that_days_keys(db: Backend) -> None:
     assert any(
         f":page_view:d:{(day + timedelta(days=1)).strftime('%Y-%m-%d')}:" in k for k in typed
     )
+
+
+def test_bucket_keys_at_names_what_bucket_keys_names() -> None:
+    # clear_day and minute_stats name a day's keys from labels cut once for every shard:
+    # the same names, in the same order, as bucket_keys, count and users give one by one.
+    keys = Keys("st:", 8)
+    day = datetime(2026, 3, 29, tzinfo=UTC)  # a day some zones shorten: UTC does not
+    for interval, step, n in ((Interval.MINUTE, timedelta(minutes=1), 1440),
+                              (Interval.HOUR, timedelta(hours=1), 24),
+                              (Interval.DAY, timedelta(days=1), 1)):  # fmt: skip
+        starts = [day + step * i for i in range(n)]
+        for shard in (0, 7):
+            want = [k for t in starts for k in keys.bucket_keys(shard, "page_view", interval, t)]
+            labels = [bucket_label(t, interval) for t in starts]
+            assert keys.bucket_keys_at(shard, "page_view", interval, labels) == want
+            pairs = [
+                (
+                    keys.count(shard, "page_view", interval, t),
+                    keys.users(shard, "page_view", interval, t),
+                )
+                for t in starts
+            ]
+            assert keys.counts_and_users_at(shard, "page_view", interval, labels) == pairs
 
 
 def test_archive_lag_is_the_age_of_the_oldest_unarchived_event() -> None:

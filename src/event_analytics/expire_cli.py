@@ -15,8 +15,6 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-
 from event_analytics.config import Settings
 from event_analytics.errors import StorageUnavailable
 
@@ -25,6 +23,8 @@ if TYPE_CHECKING:
 
 
 def expire(args: argparse.Namespace, settings: Settings) -> int:
+    import psycopg  # here, not at the top: every CLI call builds this module's parser
+
     from event_analytics.expiry import Expiry, describe
     from event_analytics.store import IngestWriter
     from event_analytics.target import run_with_engine

@@ -14,13 +14,16 @@ import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import orjson
 
-from event_analytics.archive import export
 from event_analytics.config import Settings
 from event_analytics.timebucket import to_utc
+
+# The exporter is imported by the command: every CLI call builds this module's parser.
+if TYPE_CHECKING:
+    from event_analytics.archive import export
 
 
 class BadArgument(ValueError):
@@ -46,6 +49,8 @@ def check_range(start: datetime, end: datetime) -> None:
 
 
 def _export(args: argparse.Namespace, settings: Settings) -> int:
+    from event_analytics.archive import export
+
     try:
         start, end = parse_time("--from", args.start), parse_time("--to", args.end)
         check_range(start, end)
@@ -89,6 +94,8 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
 
 def _to_file(root: Path, manifest: export.Manifest, output: Path) -> None:
     """Written under a temporary name and renamed: a file by that name is a whole export."""
+    from event_analytics.archive import export
+
     if manifest.format == "parquet":
         scratch = output.with_name(f".{output.name}.{os.getpid()}.tmp")
         try:
@@ -106,6 +113,8 @@ def _to_file(root: Path, manifest: export.Manifest, output: Path) -> None:
 
 
 def _to_stdout(root: Path, manifest: export.Manifest) -> None:
+    from event_analytics.archive import export
+
     out = sys.stdout.buffer
     if manifest.format == "parquet":
         with tempfile.TemporaryDirectory(prefix="ea-export-") as scratch:

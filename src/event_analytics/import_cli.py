@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from event_analytics import import_read
 from event_analytics.config import Settings
 
 if TYPE_CHECKING:
@@ -21,6 +20,9 @@ if TYPE_CHECKING:
 
 
 def _formats(args: argparse.Namespace) -> list[tuple[Path, str]] | str:
+    # The readers (and the adapters they use) here: every CLI call builds this parser.
+    from event_analytics import import_read
+
     if args.format is not None and args.format not in import_read.FORMATS:
         return f"--format must be one of {', '.join(import_read.FORMATS)}"
     out = []

@@ -12,13 +12,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import psycopg
-
 from event_analytics.archive import files, record
 from event_analytics.archive.export import id_hash, ids_checksum
 from event_analytics.config import Settings
-from event_analytics.destinations import postgres
-from event_analytics.destinations.postgres import Progress
 from event_analytics.export_cli import BadArgument, check_range, parse_time
 from event_analytics.timebucket import iso_z
 
@@ -56,6 +52,11 @@ def _range(args: argparse.Namespace, required: bool) -> tuple[datetime | None, d
 
 def sync(args: argparse.Namespace, settings: Settings) -> int:
     """Make PostgreSQL's rows of the range exactly the archive's, hour by hour."""
+    # psycopg here, not at the top: every CLI call builds this module's parser.
+    import psycopg
+
+    from event_analytics.destinations import postgres
+
     url = _need_url(settings, "sync")
     if url is None:
         return 2
@@ -123,6 +124,10 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
     """Per hour: the rows' count and id checksum against the archive's delivered lines."""
     # Here, not at the top: expiry reaches the store and so prometheus_client, which every
     # command's parser would then load before serve points it at its directory (cli._serve).
+    import psycopg
+
+    from event_analytics.destinations import postgres
+    from event_analytics.destinations.postgres import Progress
     from event_analytics.expiry import set_aside
 
     url = _need_url(settings, "verify")

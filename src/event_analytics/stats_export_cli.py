@@ -12,25 +12,25 @@ import argparse
 import json
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from event_analytics.analytics import stats, stats_export
-from event_analytics.analytics.stats_spec import (
-    StatsQuery,
-    StatsQueryError,
-    date_range,
-    parse_query,
-    with_goals,
-)
+from event_analytics.analytics import stats_export
 from event_analytics.config import Settings
 from event_analytics.errors import EventAnalyticsError, InvalidInput
 from event_analytics.goals import Goal, check_site
+
+# The query planner and its parser are imported by the command: every CLI call builds
+# this module's parser.
+if TYPE_CHECKING:
+    from event_analytics.analytics.stats_spec import StatsQuery
 
 NAME = "event-analytics stats-export"
 
 
 def _plan(args: argparse.Namespace) -> tuple[str, list[tuple[str, dict[str, Any], StatsQuery]]]:
     """The site and every query, parsed (InvalidInput or ValueError on bad arguments)."""
+    from event_analytics.analytics.stats_spec import StatsQueryError, date_range, parse_query
+
     site = check_site(args.site)
     filters = []
     for text in args.filter or []:
@@ -72,6 +72,8 @@ def _goals(settings: Settings, site: str) -> list[Goal]:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from event_analytics.analytics import stats
+    from event_analytics.analytics.stats_spec import StatsQueryError, parse_query, with_goals
     from event_analytics.archive_cli import archived_until_now, cli_engine
 
     try:

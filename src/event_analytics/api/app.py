@@ -58,6 +58,8 @@ HOT_ROUTES = {**ingest_http.ROUTES, **compat.ROUTES}
 # Connections from one worker to the query processes: enough that every read reaches
 # their admission (which refuses in a moment) rather than queue unseen in the worker.
 FORWARD_CONNECTIONS = 64
+# Bounds the wait for cancelled background tasks at shutdown (they end in milliseconds).
+TASK_END_WAIT_S = 5.0
 
 
 async def archive_gauges(app: FastAPI) -> ArchiveGauges | None:
@@ -129,6 +131,16 @@ async def _freeze_after(startup: Awaitable[None]) -> None:
     await startup
     gc.collect()
     gc.freeze()
+
+
+async def _ended(*tasks: asyncio.Task[None]) -> None:
+    """Cancel the lifespan's background tasks and wait until they have ended, before the
+    clients they use close: cancelled mid-command (the engine watch reads every second),
+    a task takes a few more turns of the loop to unwind, and a loop stopped before then
+    keeps it pending with its connection open (found later by the collector, broken)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks, timeout=TASK_END_WAIT_S)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -207,8 +219,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            watching.cancel()
-            lagging.cancel()
+            watch.stop()
+            await _ended(watching, lagging)
             if forwarder is not None:
                 await forwarder.close()
             app.state.query_engine.close()
