@@ -12,14 +12,16 @@ ASGI transport runs none): its batcher, engine watch and connections live there 
 do in a worker. Tests call it through a synchronous ``httpx.Client``, like ``HTTP``.
 
 On request it runs the archiver on the same loop (``worker.Archiver``, what the
-``archiver`` command runs), for tests that read the archive through the API, and writes
+``archiver`` command runs), for tests that read the archive through the API; writes
 its log as ``serve`` does (the service's JSON lines, uvicorn's "Exception in ASGI
-application" included), for tests that read the log.
+application" included), for tests that read the log; and listens on a socket too
+(``listen``: uvicorn on the same loop), for a client that runs as a process of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import logging
 import threading
@@ -29,10 +31,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from benchmarks.procs import free_port
 from event_analytics.api.app import create_app
+from event_analytics.api.protocol import GuardedHttpToolsProtocol
 from event_analytics.archive.worker import Archiver
 from event_analytics.config import Settings
 from event_analytics.logs import JsonFormatter
@@ -119,6 +124,7 @@ class InProcessService:
         self.archiver = archiver
         self.log_path = log_path
         self._log: logging.Handler | None = None
+        self._servers: list[tuple[uvicorn.Server, concurrent.futures.Future[None]]] = []
         self._root_level = logging.getLogger().level
         self.app = create_app(settings)
         self.loop = asyncio.new_event_loop()
@@ -176,8 +182,37 @@ class InProcessService:
                 self._running.result()  # startup failed: its exception, here
             assert time.monotonic() < deadline, "the app's startup did not finish"
 
+    def listen(self) -> str:
+        """Serve the app on a socket of 127.0.0.1 too, as ``serve`` runs uvicorn (its HTTP
+        protocol, no access log), until ``stop``; the base URL."""
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=free_port(),
+            http=GuardedHttpToolsProtocol,
+            h11_max_incomplete_event_size=self.settings.max_header_bytes,
+            lifespan="off",  # the app's lifespan runs already (``_run``)
+            log_config=None,
+            access_log=False,
+            timeout_keep_alive=5,
+            forwarded_allow_ips=self.settings.forwarded_allow_ips,
+        )
+        server = uvicorn.Server(config)
+        serving = asyncio.run_coroutine_threadsafe(server.serve(), self.loop)
+        self._servers.append((server, serving))
+        deadline = time.monotonic() + WAIT_S
+        while not server.started:
+            if serving.done():
+                serving.result()  # it failed to start: its exception, here
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{config.port}"
+
     def stop(self) -> None:
         self.http.close()
+        for server, serving in self._servers:
+            server.should_exit = True
+            serving.result(timeout=WAIT_S)
         if self._running is not None:
             if self._stop is not None:
                 self.loop.call_soon_threadsafe(self._stop.set)
