@@ -4,8 +4,9 @@ transport instead of a socket.
 For tests about HTTP semantics (status codes, problem+json, validation, query shapes,
 OpenAPI, headers): they need the app and a real engine, not uvicorn, workers or a
 supervisor, and starting a process per engine costs seconds. What needs processes
-(workers, signals, kill -9, the archiver, the embedded engine, the HTTP protocol layer:
-head limits, slow and oversized bodies on a socket) stays on ``tests.servers``.
+(workers, signals, kill -9, the archiver as a process of its own: its crashes and
+leases, the embedded engine's life under ``serve``, the HTTP protocol layer: head
+limits, slow and oversized bodies on a socket) stays on ``tests.servers``.
 
 The app runs on an event loop of its own, in a thread, with its lifespan around it (the
 ASGI transport runs none): its batcher, engine watch and connections live there as they
