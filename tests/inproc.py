@@ -4,18 +4,27 @@ transport instead of a socket.
 For tests about HTTP semantics (status codes, problem+json, validation, query shapes,
 OpenAPI, headers): they need the app and a real engine, not uvicorn, workers or a
 supervisor, and starting a process per engine costs seconds. What needs processes
-(workers, signals, kill -9, the archiver, the embedded engine, the HTTP protocol layer:
-head limits, slow and oversized bodies on a socket) stays on ``tests.servers``.
+(workers, signals, kill -9, the archiver as a process of its own: its crashes and
+leases, the embedded engine's life under ``serve``, the HTTP protocol layer: head
+limits, slow and oversized bodies on a socket) stays on ``tests.servers``.
 
 The app runs on an event loop of its own, in a thread, with its lifespan around it (the
 ASGI transport runs none): its batcher, engine watch and connections live there as they
 do in a worker. Tests call it through a synchronous ``httpx.Client``, like ``HTTP``.
+
+On request it runs the archiver on the same loop (``worker.Archiver``, what the
+``archiver`` command runs), for tests that read the archive through the API; writes
+its log as ``serve`` does (the service's JSON lines, uvicorn's "Exception in ASGI
+application" included), for tests that read the log; and listens on a socket too
+(``listen``: uvicorn on the same loop), for a client that runs as a process of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -23,10 +32,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from benchmarks.procs import free_port
 from event_analytics.api.app import create_app
+from event_analytics.api.protocol import GuardedHttpToolsProtocol
+from event_analytics.archive.worker import Archiver
 from event_analytics.config import Settings
+from event_analytics.logs import JsonFormatter
+from event_analytics.store import IngestWriter
+from event_analytics.store.streams import StreamStore
 from tests.servers import ServiceProcess
 
 # Bounds every wait on the app's loop (startup, one request, shutdown).
@@ -65,6 +82,20 @@ class _LoopTransport(httpx.BaseTransport):
         return httpx.Response(status, headers=headers, content=content, request=request)
 
 
+def _logged(app: ASGIApp) -> ASGIApp:
+    """``app``, with an exception it raises logged as uvicorn logs it (the ASGI transport
+    only turns it into the 500 the client sees)."""
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await app(scope, receive, send)
+        except Exception:
+            logging.getLogger("uvicorn.error").exception("Exception in ASGI application\n")
+            raise
+
+    return asgi
+
+
 class InProcessService:
     """``create_app(settings)`` running with its lifespan; ``http`` is a client of it.
 
@@ -74,11 +105,28 @@ class InProcessService:
 
     url = "http://127.0.0.1"
 
-    def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
-        """``env``: what a CLI or a direct ingest needs to reach the same engine."""
+    def __init__(
+        self,
+        settings: Settings,
+        env: dict[str, str] | None = None,
+        archiver: bool = False,
+        log_path: Path | None = None,
+    ) -> None:
+        """``env``: what a CLI or a direct ingest needs to reach the same engine.
+
+        ``archiver``: run the archiver into ``settings.archive_path`` beside the app (as
+        ``serve`` does; then no other archiver may read the engine's streams under the
+        same key prefix). ``log_path``: write the log records of this process at INFO
+        and above there while it runs, as ``serve`` writes its log (``logs.config``):
+        the app's and the archiver's, not those of the thread that started it."""
         self.settings = settings
         self.env = env or {}
         self.data_dir = Path(settings.data_dir)
+        self.archiver = archiver
+        self.log_path = log_path
+        self._log: logging.Handler | None = None
+        self._servers: list[tuple[uvicorn.Server, concurrent.futures.Future[None]]] = []
+        self._root_level = logging.getLogger().level
         self.app = create_app(settings)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -87,20 +135,46 @@ class InProcessService:
         self._running: asyncio.Future[None] | None = None
         # As `serve` runs it: uvicorn puts a trusted proxy's X-Forwarded-For in the scope
         # (the client address of rate limits); httpx's ASGI transport calls from 127.0.0.1.
-        proxied = ProxyHeadersMiddleware(self.app, trusted_hosts=settings.forwarded_allow_ips)  # type: ignore[arg-type]
+        logged = _logged(self.app)
+        proxied = ProxyHeadersMiddleware(logged, trusted_hosts=settings.forwarded_allow_ips)  # type: ignore[arg-type]
         # No timeout of its own beyond WAIT_S: a request that gives one is bounded by it.
         self.http = httpx.Client(
             transport=_LoopTransport(proxied, self.loop), base_url=self.url, timeout=WAIT_S
         )
 
     async def _run(self) -> None:
-        """The lifespan, entered and left in one task, as uvicorn does."""
+        """The lifespan, entered and left in one task, as uvicorn does; the archiver
+        beside it, stopped first."""
         self._stop = asyncio.Event()
         async with self.app.router.lifespan_context(self.app):
+            archiving = asyncio.create_task(self._archive(self._stop)) if self.archiver else None
             self._started.set()
             await self._stop.wait()
+            if archiving is not None:
+                await archiving
+
+    async def _archive(self, stop: asyncio.Event) -> None:
+        """As the ``archiver`` command runs it (cli._archiver), until ``stop``."""
+        store = IngestWriter.from_settings(self.settings)
+        try:
+            streams = StreamStore(store.client, store.keys)
+            await Archiver(self.settings, streams, self.settings.archive_path).run(stop)
+        finally:
+            await store.close()
 
     def start(self) -> None:
+        if self.log_path is not None:
+            self._log = logging.FileHandler(self.log_path)
+            self._log.setFormatter(JsonFormatter())
+            self._log.setLevel(logging.INFO)
+            # Not the records of the test's own thread (its client's "HTTP Request" lines):
+            # the app, its archiver and their worker threads run on other threads.
+            caller = threading.get_ident()
+            self._log.addFilter(lambda record: record.thread != caller)
+            root = logging.getLogger()
+            root.addHandler(self._log)
+            if root.getEffectiveLevel() > logging.INFO:
+                root.setLevel(logging.INFO)
         self._thread.start()
         self._running = asyncio.run_coroutine_threadsafe(self._run(), self.loop)
         deadline = time.monotonic() + WAIT_S
@@ -109,9 +183,38 @@ class InProcessService:
                 self._running.result()  # startup failed: its exception, here
             assert time.monotonic() < deadline, "the app's startup did not finish"
 
+    def listen(self) -> str:
+        """Serve the app on a socket of 127.0.0.1 too, as ``serve`` runs uvicorn (its HTTP
+        protocol, no access log), until ``stop``; the base URL."""
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=free_port(),
+            http=GuardedHttpToolsProtocol,
+            h11_max_incomplete_event_size=self.settings.max_header_bytes,
+            lifespan="off",  # the app's lifespan runs already (``_run``)
+            log_config=None,
+            access_log=False,
+            timeout_keep_alive=5,
+            forwarded_allow_ips=self.settings.forwarded_allow_ips,
+        )
+        server = uvicorn.Server(config)
+        serving = asyncio.run_coroutine_threadsafe(server.serve(), self.loop)
+        self._servers.append((server, serving))
+        deadline = time.monotonic() + WAIT_S
+        while not server.started:
+            if serving.done():
+                serving.result()  # it failed to start: its exception, here
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{config.port}"
+
     def stop(self) -> None:
         self.http.close()
         left: list[str] = []
+        for server, serving in self._servers:
+            server.should_exit = True
+            serving.result(timeout=WAIT_S)
         if self._running is not None:
             if self._stop is not None:
                 self.loop.call_soon_threadsafe(self._stop.set)
@@ -121,6 +224,10 @@ class InProcessService:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=WAIT_S)
         self.loop.close()
+        if self._log is not None:
+            logging.getLogger().removeHandler(self._log)
+            logging.getLogger().setLevel(self._root_level)
+            self._log.close()
         # The lifespan froze what was alive then (gc.freeze, for a worker's latency);
         # in the test process those objects would never be collected afterwards.
         gc.unfreeze()
@@ -141,9 +248,12 @@ async def _end_tasks_left() -> list[str]:
 
 
 @contextmanager
-def in_process(settings: Settings, env: dict[str, str]) -> Iterator[InProcessService]:
-    """The app on ``settings``, started; stopped afterwards (``env``: its engine's)."""
-    svc = InProcessService(settings, env)
+def in_process(
+    settings: Settings, env: dict[str, str], archiver: bool = False, log_path: Path | None = None
+) -> Iterator[InProcessService]:
+    """The app on ``settings``, started; stopped afterwards (``env``: its engine's; the
+    rest as ``InProcessService`` takes them)."""
+    svc = InProcessService(settings, env, archiver=archiver, log_path=log_path)
     try:
         svc.start()
         yield svc

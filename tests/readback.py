@@ -85,14 +85,15 @@ def archived(data_dir: Path) -> list[dict[str, Any]]:
 
 
 def wait_stats_archived(
-    url: str, site: str, headers: dict[str, str], sent_at: datetime, timeout_s: float
+    svc: Service, site: str, headers: dict[str, str], sent_at: datetime, timeout_s: float
 ) -> None:
     """Ask the Stats API about ``site`` until its ``archived_until`` passes ``sent_at``
     (the archive holds what was sent before it); bounded by ``timeout_s``."""
     probe = {"site_id": site, "metrics": ["visits"], "date_range": "7d"}
     deadline = time.monotonic() + timeout_s
     while True:
-        meta = HTTP.post(f"{url}/api/v2/query", json=probe, headers=headers).json()["meta"]
+        reply = svc.http.post(f"{svc.url}/api/v2/query", json=probe, headers=headers)
+        meta = reply.json()["meta"]
         if datetime.fromisoformat(meta["archived_until"]) > sent_at:
             return
         assert time.monotonic() < deadline, meta

@@ -111,7 +111,7 @@ def sent(svc: ServiceProcess) -> list[dict[str, Any]]:
     bodies = plan()
     r = HTTP.post(f"{svc.url}/events/batch", json={"events": bodies})
     assert r.status_code == 200 and r.json()["accepted"] == len(bodies), r.text
-    wait_stats_archived(svc.url, SITE, AUTH, datetime.now(UTC), WAIT_S)
+    wait_stats_archived(svc, SITE, AUTH, datetime.now(UTC), WAIT_S)
     return model.records_of(bodies)
 
 

@@ -2,6 +2,10 @@
 
 The slow-client and head-size tests end before the engine is used: they run on one
 engine only. Everything that stores or reads runs on the cluster too.
+
+What a socket shows (deadlines, head limits, interim answers: the HTTP protocol layer)
+runs on service processes, marked slow; the rest on the app in this process
+(tests.inproc), the logs too: the app's log records, written as ``serve`` writes them.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from event_analytics.config import Settings
 from event_analytics.logs import JsonFormatter
 from event_analytics.model import EVENT_ADAPTER
 from tests.backends import Backend
 from tests.helpers import HTTP, event, seed_key
-from tests.inproc import InProcessService
+from tests.inproc import InProcessService, in_process
 from tests.servers import ServiceProcess
 
 WRITE = "hardening-write-key-0001"
@@ -53,6 +58,24 @@ def strict(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     svc.start()
     yield svc
     svc.stop()
+
+
+@pytest.fixture(scope="module")
+def strict_app(
+    engine: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessService]:
+    """``strict``'s keys and access log on the app in this process, writing its log as
+    ``serve`` does (tests.inproc); no archiver (``app_service``'s rule)."""
+    root = tmp_path_factory.mktemp("strict-app")
+    settings: Settings = engine.settings(
+        data_dir=root / "data",
+        key_prefix=engine.prefix,
+        write_keys=WRITE,
+        read_keys=READ,
+        access_log=True,
+    )
+    with in_process(settings, engine.env, log_path=root / "serve.log") as svc:
+        yield svc
 
 
 def _connect(svc: ServiceProcess) -> socket.socket:
@@ -229,8 +252,9 @@ def test_hung_engine_answers_503_then_recovers(killable: Backend, tmp_path: Path
         svc.stop()
 
 
-@pytest.mark.slow
-def test_logs_are_json_with_request_ids_and_no_user_data(strict: ServiceProcess) -> None:
+def test_logs_are_json_with_request_ids_and_no_user_data(strict_app: InProcessService) -> None:
+    strict, log_path = strict_app, strict_app.log_path
+    assert log_path is not None
     secrets = ["Secret_User_7731", "secret-page-8842.example", "unknown-key-secret-99321", WRITE]
     write = {"authorization": f"Bearer {WRITE}", **JSON}
     sent = [
@@ -248,23 +272,23 @@ def test_logs_are_json_with_request_ids_and_no_user_data(strict: ServiceProcess)
     ids = []
     for body, headers in sent:
         content = body if isinstance(body, bytes) else orjson.dumps(body)
-        r = HTTP.post(f"{strict.url}/events", content=content, headers=headers)
+        r = strict.http.post(f"{strict.url}/events", content=content, headers=headers)
         assert r.status_code < 500
         ids.append(r.headers["x-request-id"])
-    r = HTTP.post(f"{strict.url}/events/batch", json={"events": [event(user=secrets[0])] * 2},
-                  headers=write)  # fmt: skip
+    r = strict.http.post(f"{strict.url}/events/batch",
+                         json={"events": [event(user=secrets[0])] * 2}, headers=write)  # fmt: skip
     ids.append(r.headers["x-request-id"])
     wrong_scope = {"authorization": f"Bearer {WRITE}", "x-request-id": "mine-1"}
-    r = HTTP.get(
+    r = strict.http.get(
         f"{strict.url}/analytics/timeseries?page_url=https://{secrets[1]}/", headers=wrong_scope
     )
     assert r.status_code == 403
     ids.append("mine-1")
     deadline = time.monotonic() + 10
-    while not all(i in strict.log_path.read_text() for i in ids):
+    while not all(i in log_path.read_text() for i in ids):
         assert time.monotonic() < deadline, "access log lines missing"
         time.sleep(0.1)
-    text = strict.log_path.read_text()
+    text = log_path.read_text()
     for secret in secrets:
         assert secret not in text
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -3,6 +3,12 @@ site-scoped routes and nothing else, on the real service (docs/deploy.md, "Keys 
 
 The route sweep takes every operation from the service's own OpenAPI, so a route added
 later is tried too: it must refuse a key limited to site A, or name its site and refuse B.
+
+The app runs in this process (tests.inproc) with its archiver beside it on the same loop
+and its data dir's embedded engine, as ``serve`` runs them: what is asked here is the
+app's (keys, sites, links, problem+json). The ``links`` CLI still runs as a process on
+the app's data dir, and the log the last test reads is the one the app writes in this
+process, as ``serve`` writes it.
 """
 
 from __future__ import annotations
@@ -27,11 +33,10 @@ from event_analytics.api.security import (
     SHARE_UNLOCK_PATH,
 )
 from event_analytics.config import Settings
-from tests.helpers import HTTP, cli, event
+from event_analytics.target import engine_settings
+from tests.helpers import cli, event
+from tests.inproc import InProcessService, in_process
 from tests.readback import wait_stats_archived
-from tests.servers import ServiceProcess
-
-pytestmark = pytest.mark.slow  # starts the service
 
 READ, WRITE = "site-keys-read-0000001", "site-keys-write-000001"
 A, B = "a-shop.example", "b-shop.example"
@@ -45,52 +50,57 @@ def _auth(key: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessService]:
+    """The keyed app with its archiver, on its data dir's embedded engine, started as
+    ``serve`` starts it (target.engine_settings: the data dir's lock held, the engine's
+    URL in the data dir, where the ``links`` CLI finds it)."""
     root = tmp_path_factory.mktemp("sitekeys")
-    env = {
-        "EA_ARCHIVE_DIR": str(root / "archive"),
-        "EA_READ_KEYS": READ,
-        "EA_WRITE_KEYS": WRITE,
+    settings = Settings(
+        data_dir=root / "data",
+        archive_dir=root / "archive",
+        read_keys=READ,  # type: ignore[arg-type]
+        write_keys=WRITE,  # type: ignore[arg-type]
         # Upper case on purpose: sites are domains, compared lower-cased.
-        "EA_SITE_KEYS": f"{KEY_A}@{A.upper()},{KEY_AB}@{A}|{B}",
-        "EA_SHARE_EMBED_ORIGINS": "https://blog.example, https://intranet.example:8443",
-    }
-    proc = ServiceProcess(root / "data", env=env)
-    proc.start()
-    _send(proc)
-    yield proc
-    proc.stop()
+        site_keys=f"{KEY_A}@{A.upper()},{KEY_AB}@{A}|{B}",  # type: ignore[arg-type]
+        share_embed_origins="https://blog.example, https://intranet.example:8443",  # type: ignore[arg-type]
+    )
+    with (
+        engine_settings(settings) as resolved,
+        in_process(resolved, {}, archiver=True, log_path=root / "serve.log") as app,
+    ):
+        _send(app)
+        yield app
 
 
-def _send(svc: ServiceProcess) -> None:
+def _send(svc: InProcessService) -> None:
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     bodies = [
         event(user=f"u{i}", ts=t0 + timedelta(minutes=i), url=f"https://{site}/p{i}", domain=site)
         for i, site in enumerate([A, A, B, B, B])
     ]
-    r = HTTP.post(f"{svc.url}/events/batch", json={"events": bodies}, headers=_auth(WRITE))
+    r = svc.http.post(f"{svc.url}/events/batch", json={"events": bodies}, headers=_auth(WRITE))
     assert r.status_code in (200, 201, 207), r.text
-    wait_stats_archived(svc.url, A, _auth(READ), datetime.now(UTC), WAIT_S)
+    wait_stats_archived(svc, A, _auth(READ), datetime.now(UTC), WAIT_S)
 
 
-def _visitors(svc: ServiceProcess, key: str, site: str) -> Any:
+def _visitors(svc: InProcessService, key: str, site: str) -> Any:
     body = {"site_id": site, "metrics": ["visitors"], "date_range": "7d"}
-    return HTTP.post(f"{svc.url}/api/v2/query", json=body, headers=_auth(key))
+    return svc.http.post(f"{svc.url}/api/v2/query", json=body, headers=_auth(key))
 
 
-def _sites(svc: ServiceProcess, key: str) -> list[str]:
-    r = HTTP.get(f"{svc.url}/api/sites", params={"date_range": "7d"}, headers=_auth(key))
+def _sites(svc: InProcessService, key: str) -> list[str]:
+    r = svc.http.get(f"{svc.url}/api/sites", params={"date_range": "7d"}, headers=_auth(key))
     assert r.status_code == 200, r.text
     return sorted(s["site_id"] for s in r.json()["sites"])
 
 
-def test_sites_list_shows_only_the_keys_sites(svc: ServiceProcess) -> None:
+def test_sites_list_shows_only_the_keys_sites(svc: InProcessService) -> None:
     assert _sites(svc, READ) == [A, B]
     assert _sites(svc, KEY_A) == [A]
     assert _sites(svc, KEY_AB) == [A, B]
 
 
-def test_stats_of_own_site_only(svc: ServiceProcess) -> None:
+def test_stats_of_own_site_only(svc: InProcessService) -> None:
     r = _visitors(svc, KEY_A, A)
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["metrics"] == [2]
@@ -107,32 +117,32 @@ def test_stats_of_own_site_only(svc: ServiceProcess) -> None:
         if path == "realtime/visitors":
             params = {"site_id": B}
         url = f"{svc.url}/api/v1/stats/{path}"
-        assert HTTP.get(url, params=params, headers=_auth(KEY_A)).status_code == 403, path
-        ok = HTTP.get(url, params={**params, "site_id": A}, headers=_auth(KEY_A))
+        assert svc.http.get(url, params=params, headers=_auth(KEY_A)).status_code == 403, path
+        ok = svc.http.get(url, params={**params, "site_id": A}, headers=_auth(KEY_A))
         assert ok.status_code == 200, (path, ok.text)
 
 
-def test_export_needs_an_allowed_site(svc: ServiceProcess) -> None:
+def test_export_needs_an_allowed_site(svc: InProcessService) -> None:
     url = f"{svc.url}/api/export"
     now = datetime.now(UTC)
     span = {"from": (now - timedelta(days=1)).isoformat(), "to": now.isoformat()}
-    own = HTTP.get(url, params={**span, "site": A}, headers=_auth(KEY_A))
+    own = svc.http.get(url, params={**span, "site": A}, headers=_auth(KEY_A))
     assert own.status_code == 200, own.text
     assert own.text.count("\n") == 2 and B not in own.text
-    assert HTTP.get(url, params={**span, "site": B}, headers=_auth(KEY_A)).status_code == 403
-    whole = HTTP.get(url, params=span, headers=_auth(KEY_A))
+    assert svc.http.get(url, params={**span, "site": B}, headers=_auth(KEY_A)).status_code == 403
+    whole = svc.http.get(url, params=span, headers=_auth(KEY_A))
     assert whole.status_code == 403 and "?site=" in whole.json()["detail"]
-    everything = HTTP.get(url, params=span, headers=_auth(READ))
+    everything = svc.http.get(url, params=span, headers=_auth(READ))
     assert everything.status_code == 200 and everything.text.count("\n") == 5
 
 
-def test_goals_of_own_site_only(svc: ServiceProcess) -> None:
+def test_goals_of_own_site_only(svc: InProcessService) -> None:
     url = f"{svc.url}/api/v1/sites/goals"
-    assert HTTP.get(url, params={"site_id": A}, headers=_auth(KEY_A)).status_code == 200
-    assert HTTP.get(url, params={"site_id": B}, headers=_auth(KEY_A)).status_code == 403
+    assert svc.http.get(url, params={"site_id": A}, headers=_auth(KEY_A)).status_code == 200
+    assert svc.http.get(url, params={"site_id": B}, headers=_auth(KEY_A)).status_code == 403
     # Goal changes take the write scope (write keys are set): a read key has none.
     goal = {"site_id": A, "goal_type": "event", "event_name": "Signup"}
-    assert HTTP.put(url, json=goal, headers=_auth(KEY_A)).status_code == 403
+    assert svc.http.put(url, json=goal, headers=_auth(KEY_A)).status_code == 403
 
 
 def _fill(path: str) -> str:
@@ -152,10 +162,10 @@ def _params(operation: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _sweep(svc: ServiceProcess, headers: dict[str, str]) -> list[tuple[str, str, httpx.Response]]:
+def _sweep(svc: InProcessService, headers: dict[str, str]) -> list[tuple[str, str, httpx.Response]]:
     """Each operation of the OpenAPI that takes a key, called with ``headers`` naming B
     wherever a site goes: (method, path, answer)."""
-    spec = HTTP.get(f"{svc.url}/openapi.json").json()
+    spec = svc.http.get(f"{svc.url}/openapi.json").json()
     answers = []
     for path, operations in spec["paths"].items():
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path in KEYLESS_PATHS:
@@ -164,14 +174,15 @@ def _sweep(svc: ServiceProcess, headers: dict[str, str]) -> list[tuple[str, str,
             if method not in ("get", "post", "put", "delete", "patch"):
                 continue
             body = {"site_id": B, "metrics": ["visitors"], "date_range": "7d"}
-            r = HTTP.request(method.upper(), f"{svc.url}{_fill(path)}", params=_params(operation),
-                             json=body if "requestBody" in operation else None,
-                             headers=headers)  # fmt: skip
+            r = svc.http.request(method.upper(), f"{svc.url}{_fill(path)}",
+                                 params=_params(operation),
+                                 json=body if "requestBody" in operation else None,
+                                 headers=headers)  # fmt: skip
             answers.append((method, path, r))
     return answers
 
 
-def test_every_route_refuses_another_sites_data(svc: ServiceProcess) -> None:
+def test_every_route_refuses_another_sites_data(svc: InProcessService) -> None:
     """Each operation of the OpenAPI, called with a key for A naming B wherever a site
     goes: refused (403), except the sites list, which answers without B."""
     answers = _sweep(svc, _auth(KEY_A))
@@ -184,13 +195,13 @@ def test_every_route_refuses_another_sites_data(svc: ServiceProcess) -> None:
     assert len(answers) > 20  # the sweep saw the whole API, not an empty schema
 
 
-def test_other_routes_say_why(svc: ServiceProcess) -> None:
-    r = HTTP.get(f"{svc.url}/analytics/realtime", headers=_auth(KEY_A))
+def test_other_routes_say_why(svc: InProcessService) -> None:
+    r = svc.http.get(f"{svc.url}/analytics/realtime", headers=_auth(KEY_A))
     assert r.status_code == 403
     assert r.json()["type"].endswith("site-limited-key")
     assert "site-scoped" in r.json()["detail"]
     # The same route with an unlimited read key answers: the refusal is the key's limit.
-    assert HTTP.get(f"{svc.url}/analytics/realtime", headers=_auth(READ)).status_code == 200
+    assert svc.http.get(f"{svc.url}/analytics/realtime", headers=_auth(READ)).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -213,11 +224,11 @@ def test_site_keys_survive_the_hand_off(tmp_path: Path) -> None:
 # -- shared links: the same sweep with a link's token instead of a key
 
 
-def _link(svc: ServiceProcess, site: str, password: str | None = None) -> dict[str, Any]:
+def _link(svc: InProcessService, site: str, password: str | None = None) -> dict[str, Any]:
     body = {"site_id": site, "name": "client"} | (
         {} if password is None else {"password": password}
     )
-    r = HTTP.post(f"{svc.url}/api/v1/sites/shared-links", json=body, headers=_auth(WRITE))
+    r = svc.http.post(f"{svc.url}/api/v1/sites/shared-links", json=body, headers=_auth(WRITE))
     assert r.status_code == 201, r.text
     link: dict[str, Any] = r.json()
     assert link["url"] == f"/share/{site}?auth={link['token']}"
@@ -229,44 +240,44 @@ def _share(token: str, unlock: str | None = None) -> dict[str, str]:
     return {"X-Share-Token": token} | ({} if unlock is None else {"X-Share-Unlock": unlock})
 
 
-def _unlock(svc: ServiceProcess, token: str, password: str) -> Any:
-    return HTTP.post(f"{svc.url}{SHARE_UNLOCK_PATH}", json={"password": password},
-                     headers=_share(token))  # fmt: skip
+def _unlock(svc: InProcessService, token: str, password: str) -> Any:
+    return svc.http.post(f"{svc.url}{SHARE_UNLOCK_PATH}", json={"password": password},
+                         headers=_share(token))  # fmt: skip
 
 
-def test_shared_link_reads_its_site_until_revoked(svc: ServiceProcess) -> None:
+def test_shared_link_reads_its_site_until_revoked(svc: InProcessService) -> None:
     link = _link(svc, A)
     token = link["token"]
     r = _visitors_with(svc, _share(token), A)
     assert r.status_code == 200 and r.json()["results"][0]["metrics"] == [2], r.text
     assert _visitors_with(svc, _share(token), B).status_code == 403
-    sites = HTTP.get(f"{svc.url}/api/sites", params={"date_range": "7d"}, headers=_share(token))
+    sites = svc.http.get(f"{svc.url}/api/sites", params={"date_range": "7d"}, headers=_share(token))
     assert [s["site_id"] for s in sites.json()["sites"]] == [A]
-    listed = HTTP.get(f"{svc.url}/api/v1/sites/shared-links", params={"site_id": A},
-                      headers=_auth(WRITE)).json()["shared_links"]  # fmt: skip
+    listed = svc.http.get(f"{svc.url}/api/v1/sites/shared-links", params={"site_id": A},
+                          headers=_auth(WRITE)).json()["shared_links"]  # fmt: skip
     assert link["id"] in [x["id"] for x in listed] and token not in str(listed)
-    gone = HTTP.delete(f"{svc.url}/api/v1/sites/shared-links/{link['id']}",
-                       params={"site_id": A}, headers=_auth(WRITE))  # fmt: skip
+    gone = svc.http.delete(f"{svc.url}/api/v1/sites/shared-links/{link['id']}",
+                           params={"site_id": A}, headers=_auth(WRITE))  # fmt: skip
     assert gone.status_code == 200, gone.text
     refused = _visitors_with(svc, _share(token), A)
     assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
     assert _visitors_with(svc, _share("made-up-token"), A).status_code == 401
 
 
-def test_links_are_managed_with_the_write_scope(svc: ServiceProcess) -> None:
+def test_links_are_managed_with_the_write_scope(svc: InProcessService) -> None:
     url = f"{svc.url}/api/v1/sites/shared-links"
     for key in (READ, KEY_A):
-        r = HTTP.post(url, json={"site_id": A, "name": "x"}, headers=_auth(key))
+        r = svc.http.post(url, json={"site_id": A, "name": "x"}, headers=_auth(key))
         assert r.status_code == 403, r.text
-        assert HTTP.get(url, params={"site_id": A}, headers=_auth(key)).status_code == 403
-    bad = HTTP.post(url, json={"site_id": A, "name": ""}, headers=_auth(WRITE))
+        assert svc.http.get(url, params={"site_id": A}, headers=_auth(key)).status_code == 403
+    bad = svc.http.post(url, json={"site_id": A, "name": ""}, headers=_auth(WRITE))
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "name"
-    other = HTTP.delete(f"{url}/nosuchlink", params={"site_id": A}, headers=_auth(WRITE))
+    other = svc.http.delete(f"{url}/nosuchlink", params={"site_id": A}, headers=_auth(WRITE))
     assert other.status_code == 404
 
 
 @pytest.mark.parametrize("protected", [False, True], ids=["plain", "unlocked-password"])
-def test_every_route_refuses_a_link_beyond_its_site(svc: ServiceProcess, protected: bool) -> None:
+def test_every_route_refuses_a_link_beyond_its_site(svc: InProcessService, protected: bool) -> None:
     """The sweep with a link's token, and with a password link's token and its unlock."""
     token = _link(svc, A, PASSWORD if protected else None)["token"]
     unlock = None
@@ -286,12 +297,12 @@ def test_every_route_refuses_a_link_beyond_its_site(svc: ServiceProcess, protect
     assert len(answers) > 20
 
 
-def _visitors_with(svc: ServiceProcess, headers: dict[str, str], site: str) -> Any:
+def _visitors_with(svc: InProcessService, headers: dict[str, str], site: str) -> Any:
     body = {"site_id": site, "metrics": ["visitors"], "date_range": "7d"}
-    return HTTP.post(f"{svc.url}/api/v2/query", json=body, headers=headers)
+    return svc.http.post(f"{svc.url}/api/v2/query", json=body, headers=headers)
 
 
-def test_links_cli_against_the_running_service(svc: ServiceProcess) -> None:
+def test_links_cli_against_the_running_service(svc: InProcessService) -> None:
     """``links add`` on the service's data dir makes a token the service admits; ``list``
     shows it without the token; ``revoke`` closes it for the next request."""
     where = ["--data-dir", str(svc.data_dir), "--site", A]
@@ -309,13 +320,13 @@ def test_links_cli_against_the_running_service(svc: ServiceProcess) -> None:
     assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
 
 
-def test_embedding_only_when_asked_and_enabled(svc: ServiceProcess) -> None:
-    framed = HTTP.get(f"{svc.url}/share/{A}", params={"auth": "t", "embed": "true"})
+def test_embedding_only_when_asked_and_enabled(svc: InProcessService) -> None:
+    framed = svc.http.get(f"{svc.url}/share/{A}", params={"auth": "t", "embed": "true"})
     assert framed.status_code == 200 and '<base href="/dashboard/">' in framed.text
     csp = "frame-ancestors https://blog.example https://intranet.example:8443"
     assert framed.headers["content-security-policy"] == csp
     assert "x-frame-options" not in framed.headers
-    plain = HTTP.get(f"{svc.url}/share/{A}", params={"auth": "t"})
+    plain = svc.http.get(f"{svc.url}/share/{A}", params={"auth": "t"})
     assert plain.headers["content-security-policy"] == "frame-ancestors 'none'"
     assert plain.headers["x-frame-options"] == "DENY"
     assert plain.headers["referrer-policy"] == "no-referrer"
@@ -326,27 +337,27 @@ def test_embedding_only_when_asked_and_enabled(svc: ServiceProcess) -> None:
 PASSWORD = "correct horse battery"
 
 
-def test_password_link_refuses_without_the_password(svc: ServiceProcess) -> None:
+def test_password_link_refuses_without_the_password(svc: InProcessService) -> None:
     link = _link(svc, A, PASSWORD)
     token = link["token"]
     for headers in (_share(token), _share(token, "9999999999.00"), _share(token, "garbage")):
         r = _visitors_with(svc, headers, A)
         assert r.status_code == 401 and "results" not in r.text, r.text
         assert r.json()["type"].endswith("share-password-required")
-        sites = HTTP.get(f"{svc.url}/api/sites", params={"date_range": "7d"}, headers=headers)
+        sites = svc.http.get(f"{svc.url}/api/sites", params={"date_range": "7d"}, headers=headers)
         assert sites.status_code == 401 and A not in sites.text
     wrong = _unlock(svc, token, PASSWORD + "!")
     assert wrong.status_code == 401 and "unlock" not in wrong.json(), wrong.text
     assert "wrong password" in wrong.json()["detail"]
     assert _unlock(svc, token, "").status_code == 401
-    listed = HTTP.get(f"{svc.url}/api/v1/sites/shared-links", params={"site_id": A},
-                      headers=_auth(WRITE)).json()["shared_links"]  # fmt: skip
+    listed = svc.http.get(f"{svc.url}/api/v1/sites/shared-links", params={"site_id": A},
+                          headers=_auth(WRITE)).json()["shared_links"]  # fmt: skip
     mine = [x for x in listed if x["id"] == link["id"]]
     assert mine and mine[0]["password_protected"] is True
     assert PASSWORD not in str(listed) and "scrypt" not in str(listed) and token not in str(listed)
 
 
-def test_password_link_reads_its_site_once_unlocked_until_revoked(svc: ServiceProcess) -> None:
+def test_password_link_reads_its_site_once_unlocked_until_revoked(svc: InProcessService) -> None:
     link = _link(svc, A, PASSWORD)
     token = link["token"]
     r = _unlock(svc, token, PASSWORD)
@@ -356,8 +367,8 @@ def test_password_link_reads_its_site_once_unlocked_until_revoked(svc: ServicePr
     ok = _visitors_with(svc, _share(token, unlock), A)
     assert ok.status_code == 200 and ok.json()["results"][0]["metrics"] == [2], ok.text
     assert _visitors_with(svc, _share(token, unlock), B).status_code == 403
-    sites = HTTP.get(f"{svc.url}/api/sites", params={"date_range": "7d"},
-                     headers=_share(token, unlock))  # fmt: skip
+    sites = svc.http.get(f"{svc.url}/api/sites", params={"date_range": "7d"},
+                         headers=_share(token, unlock))  # fmt: skip
     assert [s["site_id"] for s in sites.json()["sites"]] == [A]
     # An unlock is its link's only: another link with the same password needs its own.
     other = _link(svc, A, PASSWORD)["token"]
@@ -367,29 +378,30 @@ def test_password_link_reads_its_site_once_unlocked_until_revoked(svc: ServicePr
     assert _visitors_with(svc, _share(token, f"{int(expires) + 60}.{mac}"), A).status_code == 401
     # An unlock value does not stand in for the token.
     assert _visitors_with(svc, {"X-Share-Unlock": unlock}, A).status_code == 401
-    gone = HTTP.delete(f"{svc.url}/api/v1/sites/shared-links/{link['id']}",
-                       params={"site_id": A}, headers=_auth(WRITE))  # fmt: skip
+    gone = svc.http.delete(f"{svc.url}/api/v1/sites/shared-links/{link['id']}",
+                           params={"site_id": A}, headers=_auth(WRITE))  # fmt: skip
     assert gone.status_code == 200, gone.text
     refused = _visitors_with(svc, _share(token, unlock), A)
     assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
     assert _unlock(svc, token, PASSWORD).status_code == 401
 
 
-def test_password_rules_and_unlock_of_a_plain_link(svc: ServiceProcess) -> None:
+def test_password_rules_and_unlock_of_a_plain_link(svc: InProcessService) -> None:
     url = f"{svc.url}/api/v1/sites/shared-links"
     for bad in ("short", 12345678, "x" * 201):
-        r = HTTP.post(url, json={"site_id": A, "name": "x", "password": bad}, headers=_auth(WRITE))
+        body = {"site_id": A, "name": "x", "password": bad}
+        r = svc.http.post(url, json=body, headers=_auth(WRITE))
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == "password", r.text
     plain = _link(svc, A)["token"]
     r = _unlock(svc, plain, PASSWORD)
     assert r.status_code == 403 and r.json()["type"].endswith("share-no-password"), r.text
     # Without a token the route has no link to unlock (a key is no link).
-    keyed = HTTP.post(f"{svc.url}{SHARE_UNLOCK_PATH}", json={"password": PASSWORD},
-                      headers=_auth(WRITE))  # fmt: skip
+    keyed = svc.http.post(f"{svc.url}{SHARE_UNLOCK_PATH}", json={"password": PASSWORD},
+                          headers=_auth(WRITE))  # fmt: skip
     assert keyed.status_code == 401, keyed.text
 
 
-def test_links_cli_with_a_password(svc: ServiceProcess) -> None:
+def test_links_cli_with_a_password(svc: InProcessService) -> None:
     where = ["--data-dir", str(svc.data_dir), "--site", A]
     added = subprocess.run(
         [sys.executable, "-m", "event_analytics", "links", "add", *where, "--name", "cli",
@@ -407,7 +419,7 @@ def test_links_cli_with_a_password(svc: ServiceProcess) -> None:
     assert row.split("\t")[2] == "yes" and PASSWORD not in listed.stdout
 
 
-def test_the_password_is_in_no_log(svc: ServiceProcess) -> None:
+def test_the_password_is_in_no_log(svc: InProcessService) -> None:
     """After every test above sent it (right and wrong), the service's log has no trace."""
     token = _link(svc, A, PASSWORD)["token"]
     _unlock(svc, token, PASSWORD)

@@ -1,6 +1,12 @@
 """``POST /api/v2/query`` through the real service: events sent over HTTP, asked with
 Plausible's documented example requests and a Bearer read key, answered as the visits
-model says; bad queries are 400 problem+json naming the field, never a 5xx."""
+model says; bad queries are 400 problem+json naming the field, never a 5xx.
+
+The app runs in this process (tests.inproc) with its archiver beside it on the same loop
+and its data dir's embedded engine, as ``serve`` runs them: queries, shapes and problems
+are the app's. The third-party client runs as a process of its own, over a socket the
+app listens on in this process (uvicorn, as ``serve`` runs it).
+"""
 
 from __future__ import annotations
 
@@ -17,13 +23,13 @@ from typing import Any
 import pytest
 
 from event_analytics.analytics.stats_spec import parse_query, with_goals
+from event_analytics.config import Settings
 from event_analytics.goals import Goal
+from event_analytics.target import engine_settings
 from tests import visits_model as model
-from tests.helpers import HTTP, event
+from tests.helpers import event
+from tests.inproc import InProcessService, in_process
 from tests.readback import wait_stats_archived
-from tests.servers import ServiceProcess
-
-pytestmark = pytest.mark.slow  # starts the service or delivery processes
 
 READ, WRITE = "stats-read-key-000000001", "stats-write-key-00000001"
 AUTH = {"Authorization": f"Bearer {READ}"}
@@ -32,21 +38,26 @@ WAIT_S = 30
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessService]:
+    """The keyed app with its archiver, on its data dir's embedded engine, started as
+    ``serve`` starts it (target.engine_settings)."""
     root = tmp_path_factory.mktemp("stats")
-    env = {"EA_ARCHIVE_DIR": str(root / "archive"), "EA_READ_KEYS": READ, "EA_WRITE_KEYS": WRITE}
-    proc = ServiceProcess(root / "data", env=env)
-    proc.start()
-    yield proc
-    proc.stop()
+    settings = Settings(
+        data_dir=root / "data",
+        archive_dir=root / "archive",
+        read_keys=READ,  # type: ignore[arg-type]
+        write_keys=WRITE,  # type: ignore[arg-type]
+    )
+    with engine_settings(settings) as resolved, in_process(resolved, {}, archiver=True) as app:
+        yield app
 
 
-def _ask(svc: ServiceProcess, body: Any) -> Any:
-    return HTTP.post(f"{svc.url}/api/v2/query", json=body, headers=AUTH)
+def _ask(svc: InProcessService, body: Any) -> Any:
+    return svc.http.post(f"{svc.url}/api/v2/query", json=body, headers=AUTH)
 
 
 @pytest.fixture(scope="module")
-def sent(svc: ServiceProcess) -> list[dict[str, Any]]:
+def sent(svc: InProcessService) -> list[dict[str, Any]]:
     """Visits of three visitors in the last day: a bounce from Google, a two-page visit
     from Twitter, a visit split by a 31-minute gap, and another site's event. All in the
     past (no future skew) and inside "7d" whatever the time of day."""
@@ -77,14 +88,14 @@ def sent(svc: ServiceProcess) -> list[dict[str, Any]]:
     ]  # fmt: skip
     for goal in ({"goal_type": "event", "event_name": "Purchase", "currency": "USD"},
                  {"goal_type": "page", "page_path": "/pric*"}):  # fmt: skip
-        r = HTTP.put(f"{svc.url}/api/v1/sites/goals", json={"site_id": SITE, **goal},
-                     headers={"Authorization": f"Bearer {WRITE}"})  # fmt: skip
+        r = svc.http.put(f"{svc.url}/api/v1/sites/goals", json={"site_id": SITE, **goal},
+                         headers={"Authorization": f"Bearer {WRITE}"})  # fmt: skip
         assert r.status_code == 200, r.text
     bodies.append(event(user="a", ts=t0 + timedelta(seconds=5), url="https://other.example/"))
-    r = HTTP.post(f"{svc.url}/events/batch", json={"events": bodies},
-                  headers={"Authorization": f"Bearer {WRITE}"})  # fmt: skip
+    r = svc.http.post(f"{svc.url}/events/batch", json={"events": bodies},
+                      headers={"Authorization": f"Bearer {WRITE}"})  # fmt: skip
     assert r.status_code in (200, 201, 207), r.text
-    wait_stats_archived(svc.url, SITE, AUTH, datetime.now(UTC), WAIT_S)
+    wait_stats_archived(svc, SITE, AUTH, datetime.now(UTC), WAIT_S)
     return model.records_of(bodies)
 
 
@@ -112,8 +123,8 @@ EXAMPLES = [
 ]  # fmt: skip
 
 
-def _goals(svc: ServiceProcess) -> list[Goal]:
-    r = HTTP.get(f"{svc.url}/api/v1/sites/goals", params={"site_id": SITE}, headers=AUTH)
+def _goals(svc: InProcessService) -> list[Goal]:
+    r = svc.http.get(f"{svc.url}/api/v1/sites/goals", params={"site_id": SITE}, headers=AUTH)
     assert r.status_code == 200, r.text
     return sorted((Goal.from_dict({**g, "site": SITE, "kind": g["goal_type"]})
                    for g in r.json()["goals"]), key=lambda g: g.id)  # fmt: skip
@@ -121,7 +132,7 @@ def _goals(svc: ServiceProcess) -> list[Goal]:
 
 @pytest.mark.parametrize("body", EXAMPLES)
 def test_documented_examples_answer_as_the_model(
-    svc: ServiceProcess, sent: list[dict[str, Any]], body: dict[str, Any]
+    svc: InProcessService, sent: list[dict[str, Any]], body: dict[str, Any]
 ) -> None:
     r = _ask(svc, body)
     assert r.status_code == 200, r.text
@@ -148,7 +159,7 @@ def test_documented_examples_answer_as_the_model(
         assert len(got["meta"]["time_labels"]) == 7
 
 
-def test_aggregate_numbers(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
+def test_aggregate_numbers(svc: InProcessService, sent: list[dict[str, Any]]) -> None:
     """By hand: 4 visits (c's split in two), 3 of them bounces."""
     body = {"site_id": SITE, "metrics": ["visitors", "visits", "pageviews", "bounce_rate",
             "visit_duration", "views_per_visit"], "date_range": "7d"}  # fmt: skip
@@ -156,7 +167,7 @@ def test_aggregate_numbers(svc: ServiceProcess, sent: list[dict[str, Any]]) -> N
     assert got == [{"metrics": [3, 4, 5, 75, 15, 1.25], "dimensions": []}]
 
 
-def test_comparison_previous_period(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
+def test_comparison_previous_period(svc: InProcessService, sent: list[dict[str, Any]]) -> None:
     """Nothing the week before: every count 100 % up, the bounce rate's change none."""
     body = {"site_id": SITE, "metrics": ["visitors", "bounce_rate"], "date_range": "7d",
             "include": {"comparisons": {"mode": "previous_period"}}}  # fmt: skip
@@ -168,7 +179,7 @@ def test_comparison_previous_period(svc: ServiceProcess, sent: list[dict[str, An
         start - (end - start), start]  # fmt: skip
 
 
-def test_goal_numbers(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
+def test_goal_numbers(svc: InProcessService, sent: list[dict[str, Any]]) -> None:
     """By hand: b bought (one USD purchase of 1322.22 summed, the EUR one dropped); b and
     c saw /pricing, of 3 visitors."""
     body = {"site_id": SITE, "metrics": ["visitors", "conversion_rate", "total_revenue"],
@@ -217,7 +228,7 @@ BAD = [
 
 
 @pytest.mark.parametrize(("body", "field"), BAD)
-def test_bad_queries_are_400_naming_the_field(svc: ServiceProcess, body: Any, field: str) -> None:
+def test_bad_queries_are_400_naming_the_field(svc: InProcessService, body: Any, field: str) -> None:
     r = _ask(svc, body)
     assert r.status_code == 400, r.text
     assert r.headers["content-type"] == "application/problem+json"
@@ -226,10 +237,10 @@ def test_bad_queries_are_400_naming_the_field(svc: ServiceProcess, body: Any, fi
     assert "SELECT" not in r.text and "{" not in problem["detail"]
 
 
-def test_key_and_body_checks(svc: ServiceProcess) -> None:
+def test_key_and_body_checks(svc: InProcessService) -> None:
     body = {"site_id": SITE, "metrics": ["visits"], "date_range": "7d"}
-    assert HTTP.post(f"{svc.url}/api/v2/query", json=body).status_code == 401
-    r = HTTP.post(f"{svc.url}/api/v2/query", content=b"{nope", headers=AUTH)
+    assert svc.http.post(f"{svc.url}/api/v2/query", json=body).status_code == 401
+    r = svc.http.post(f"{svc.url}/api/v2/query", content=b"{nope", headers=AUTH)
     assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
     big = {**body, "filters": [["is", "event:page", ["x" * 70_000]]]}
     assert _ask(svc, big).status_code == 413
@@ -244,10 +255,10 @@ TODAY = datetime.now(UTC).date()
 FIRST = TODAY - timedelta(days=6)
 
 
-def _v1(svc: ServiceProcess, path: str, **params: Any) -> Any:
+def _v1(svc: InProcessService, path: str, **params: Any) -> Any:
     if path != "realtime/visitors" and params.get("period") != "custom":
         params = {"date": TODAY.isoformat(), **params}
-    return HTTP.get(f"{svc.url}/api/v1/stats/{path}", params=params, headers=AUTH)
+    return svc.http.get(f"{svc.url}/api/v1/stats/{path}", params=params, headers=AUTH)
 
 
 def _model(sent: list[dict[str, Any]], body: dict[str, Any], unit: str | None = None) -> Any:
@@ -266,7 +277,7 @@ def _model(sent: list[dict[str, Any]], body: dict[str, Any], unit: str | None = 
 GOALS_SEEN: list[Goal] = []
 
 
-def test_v1_aggregate_with_compare(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
+def test_v1_aggregate_with_compare(svc: InProcessService, sent: list[dict[str, Any]]) -> None:
     metrics = ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]
     r = _v1(svc, "aggregate", site_id=SITE, period="7d", metrics=",".join(metrics),
             compare="previous_period")  # fmt: skip
@@ -279,7 +290,7 @@ def test_v1_aggregate_with_compare(svc: ServiceProcess, sent: list[dict[str, Any
     assert r.json()["results"]["visitors"] == {"value": 3, "comparison_value": 0, "change": 100}
 
 
-def test_v1_timeseries(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
+def test_v1_timeseries(svc: InProcessService, sent: list[dict[str, Any]]) -> None:
     r = _v1(svc, "timeseries", site_id=SITE, period="7d", metrics="visitors,pageviews")
     assert r.status_code == 200, r.text
     got = r.json()["results"]
@@ -306,7 +317,7 @@ def test_v1_timeseries(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
       {"dimensions": ["event:goal"], "metrics": ["visitors", "conversion_rate"]})],
 )  # fmt: skip
 def test_v1_breakdown(
-    svc: ServiceProcess, sent: list[dict[str, Any]], params: dict[str, str], body: dict[str, Any]
+    svc: InProcessService, sent: list[dict[str, Any]], params: dict[str, str], body: dict[str, Any]
 ) -> None:
     GOALS_SEEN[:] = _goals(svc)
     r = _v1(svc, "breakdown", site_id=SITE, period="7d", **params)
@@ -320,13 +331,13 @@ def test_v1_breakdown(
     assert r.json() == {"results": rows}
 
 
-def test_v1_realtime(svc: ServiceProcess) -> None:
+def test_v1_realtime(svc: InProcessService) -> None:
     """Visitors with an event in the last five minutes, once it is archived (bounded)."""
     site = "live.example"
     assert _v1(svc, "realtime/visitors", site_id=site).json() == 0
     bodies = [event(user=u, url=f"https://{site}/", domain=site) for u in ("x", "y", "x")]
-    r = HTTP.post(f"{svc.url}/events/batch", json={"events": bodies},
-                  headers={"Authorization": f"Bearer {WRITE}"})  # fmt: skip
+    r = svc.http.post(f"{svc.url}/events/batch", json={"events": bodies},
+                      headers={"Authorization": f"Bearer {WRITE}"})  # fmt: skip
     assert r.status_code in (200, 201, 207), r.text
     sent_at = datetime.now(UTC)
     deadline = time.monotonic() + WAIT_S
@@ -362,7 +373,7 @@ V1_BAD = [
 
 @pytest.mark.parametrize(("path", "params", "field"), V1_BAD)
 def test_v1_bad_parameters_are_400_naming_them(
-    svc: ServiceProcess, path: str, params: dict[str, str], field: str
+    svc: InProcessService, path: str, params: dict[str, str], field: str
 ) -> None:
     r = _v1(svc, path, **params)
     assert r.status_code == 400, r.text
@@ -371,10 +382,10 @@ def test_v1_bad_parameters_are_400_naming_them(
     assert "{" not in r.json()["detail"]
 
 
-def test_third_party_v1_client(svc: ServiceProcess, sent: list[dict[str, Any]]) -> None:
+def test_third_party_v1_client(svc: InProcessService, sent: list[dict[str, Any]]) -> None:
     """The ``plausible-mcp`` package (PyPI), pointed at the service by its base URL,
     reads the model's numbers through v1 (it parses our answers: an error would be text)."""
-    env = {**os.environ, "PLAUSIBLE_BASE_URL": svc.url, "PLAUSIBLE_API_KEY": READ,
+    env = {**os.environ, "PLAUSIBLE_BASE_URL": svc.listen(), "PLAUSIBLE_API_KEY": READ,
            "DO_NOT_TRACK": "1"}  # fmt: skip
     run = subprocess.run(
         [sys.executable, "-m", "tests.stats_client_mcp", SITE, FIRST.isoformat(),
