@@ -183,3 +183,22 @@ def test_one_client_cannot_take_every_query_slot(tmp_path: Path) -> None:
             hour.unlink()
             holder.join(timeout=60)
         assert held["reply"].status_code == 200, held["reply"].text
+
+
+def _autogroup(pid: int) -> str:
+    """``/autogroup-N nice K``: the scheduling group of the process's session."""
+    return Path(f"/proc/{pid}/autogroup").read_text().strip()
+
+
+def test_the_query_process_session_runs_at_a_lower_priority(service: ServiceProcess) -> None:
+    """With autogroups (Linux's default) the CPU is shared between sessions first, and a
+    nice weighs only within a session: the query process leads a session of its own, so
+    its nice alone left it an equal share against the ingest worker's session. Its
+    session's nice is lowered too (where the kernel has autogroups, as here)."""
+    (query,) = _query_pids(service)
+    assert service.proc is not None
+    assert _nice(query) > _nice(service.proc.pid)
+    if Path("/proc/self/autogroup").exists():
+        group, worker_group = _autogroup(query), _autogroup(service.proc.pid)
+        assert group.split()[0] != worker_group.split()[0], "a session of its own"
+        assert group.endswith("nice 10"), group
