@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from event_analytics.config import Settings
-from event_analytics.supervisor import Supervised
+from event_analytics.supervisor import Supervised, lower_priority
 
 # Below the workers': the kernel gives ingest the CPU first when both want it (2 cores,
 # one worker and one query process: a read storm takes the idle time, not ingest's).
@@ -73,24 +73,6 @@ def _accepts(path: Path) -> bool:
     return True
 
 
-def _lower_priority() -> None:
-    """NICENESS for this process and its session, inherited by uvicorn's workers.
-
-    Linux with autogroups (``kernel.sched_autogroup_enabled``, the default of most
-    distributions) shares the CPU between sessions first, and a process's nice weighs
-    only against the processes of its own session. Supervised starts this process in a
-    session of its own, so its nice alone changed nothing against serve's ingest worker
-    (nor did SCHED_IDLE): under benchmarks/query_storm.py it took 2.6-3.1 s of CPU in
-    10 s and ingest fell to 33-41 % of its rate alone; with the session's nice too, 0.4-0.6
-    s and 65-102 %. Set only when this process leads its session: a session shared with
-    other processes is not this one's to lower."""
-    os.nice(NICENESS)
-    if os.getsid(0) == os.getpid():
-        # No autogroups (kernel without them, or not Linux): the nice above is all.
-        with contextlib.suppress(OSError):
-            Path("/proc/self/autogroup").write_text(str(NICENESS))
-
-
 def run(settings: Settings) -> int:
     """Serve the app in the query role on ``settings.query_socket`` until stopped."""
     import uvicorn
@@ -101,7 +83,7 @@ def run(settings: Settings) -> int:
         print("event-analytics: query-server is started by serve --query-workers",
               file=sys.stderr)  # fmt: skip
         return 2
-    _lower_priority()
+    lower_priority(NICENESS)  # inherited by uvicorn's worker processes
     uvicorn.run(
         "event_analytics.api.app:create_app",
         factory=True,
