@@ -213,8 +213,8 @@ async def read_whole(
 ) -> dict[bytes, int]:
     """Every page's count summed over the keys, each key read whole."""
     chunks = [_chunks(n, z, budget) for n, z in zip(names, sizes, strict=True)]
-    # Each key read whole by a plain ZRANGE ... WITHSCORES (read-only, no script: a
-    # replica serves it as is) and summed here with bytes keys; every page is needed
+    # Each key read whole by plain ZRANGEs (read-only, no script: a replica serves
+    # them as they are) and summed here with bytes keys; every page is needed
     # from every key, or a page ranked just below the limit in each could be missed
     # although first in the sum. Not ZUNION of a chunk's keys: the engine builds and
     # sorts a sorted set for its reply, ~10 x the engine time of ZRANGE per entry
