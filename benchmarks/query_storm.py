@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
@@ -44,8 +45,20 @@ def _iso(t: datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
 
-def _reads(now: datetime) -> list[tuple[str, str, str, dict[str, Any]]]:
-    """(kind, method, path, params or body) of every heavy read of the storm."""
+COUNTER_READS = ("top-pages", "timeseries")
+
+
+def _reads(now: datetime, mix: str = "all") -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(kind, method, path, params or body) of every heavy read of the storm; ``mix``
+    "counter" or "archive": only the counter reads (engine) or the archive queries."""
+    every = _all_reads(now)
+    if mix == "all":
+        return every
+    counter = [r for r in every if r[0].startswith(COUNTER_READS)]
+    return counter if mix == "counter" else [r for r in every if r not in counter]
+
+
+def _all_reads(now: datetime) -> list[tuple[str, str, str, dict[str, Any]]]:
     hours = {h: _iso(now - timedelta(hours=h)) for h in (4, 23)}
     days = {d: _iso(now - timedelta(days=d)) for d in (7, 30)}
     end = _iso(now)
@@ -94,10 +107,16 @@ async def _read(client: httpx.AsyncClient, url: str, read: tuple[str, str, str, 
     return r.status_code, time.perf_counter() - t0, float(r.headers.get("retry-after", "0"))
 
 
-def _storm_process(url: str, readers: int, address: str, seconds: float, out: Any) -> None:
+def _storm_process(
+    url: str, readers: int, address: str, seconds: float, mix: str, nice: int, out: Any
+) -> None:
+    # The readers share this machine's cores with the service: niced, they stand for
+    # clients on other machines (--readers-nice), not for load on the service's host.
+    os.nice(nice)
+
     async def main() -> dict[str, list[tuple[int, float]]]:
         results: dict[str, list[tuple[int, float]]] = defaultdict(list)
-        reads = _reads(datetime.now(UTC).replace(second=0, microsecond=0))
+        reads = _reads(datetime.now(UTC).replace(second=0, microsecond=0), mix)
         headers = {"X-Forwarded-For": address} if address else {}
         deadline = time.monotonic() + seconds
         limits = httpx.Limits(max_connections=readers + 4)
@@ -116,10 +135,9 @@ def _storm_process(url: str, readers: int, address: str, seconds: float, out: An
             await asyncio.gather(*(loop(i) for i in range(readers)))
         return dict(results)
 
-    reads = asyncio.run(main())
-    # The readers' own CPU: on this 2-core machine the storm's clients share the cores
-    # with the service, which remote readers would not.
-    out.put((reads, time.process_time()))
+    results = asyncio.run(main())
+    # This reader process's own CPU: it shares the machine's cores with the service.
+    out.put((results, time.process_time()))
 
 
 async def _cheap(client: httpx.AsyncClient, url: str, stop: asyncio.Event) -> list[float]:
@@ -194,6 +212,13 @@ def _cpu(root: int) -> dict[str, float]:
         group = ("query" if b"query-server" in cmd else "engine" if b"valkey" in cmd
                  else "archiver" if b"archiver" in cmd else "api")  # fmt: skip
         groups[group] += (int(fields[11]) + int(fields[12])) / 100  # utime + stime, ticks
+        # Time its threads were runnable but waited for a core (schedstat's run delay):
+        # how much of a process's latency is the machine's CPU, not its own work.
+        for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                groups[f"{group} waiting"] += int(task.read_text().split()[1]) / 1e9
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
     return dict(groups)
 
 
@@ -234,7 +259,8 @@ async def _phase(
         for address in ("", "10.23.0.2"):
             q: Any = multiprocessing.Queue()
             p = multiprocessing.Process(
-                target=_storm_process, args=(url, args.readers, address, args.seconds + 2, q)
+                target=_storm_process,
+                args=(url, args.readers, address, args.seconds + 2, args.mix, args.readers_nice, q),
             )
             p.start()  # fmt: skip
             queues.append(q)
@@ -243,26 +269,25 @@ async def _phase(
     stop = asyncio.Event()
     cheap = asyncio.create_task(_cheap(client, url, stop))
     cpu0 = _cpu(root)
-    own0 = time.process_time()
     lag0 = await _loop_lag(client, url)
     lat, st, offered = await _ingest(client, url, args.seconds, rate, tag, minute)
     lag1 = await _loop_lag(client, url)
     cpu1 = _cpu(root)
-    own = time.process_time() - own0
     stop.set()
     cheap_took = await cheap
     reads: dict[str, list[tuple[int, float]]] = defaultdict(list)
     readers_cpu = 0.0
     for q, p in zip(queues, procs, strict=True):
-        got, spent = q.get(timeout=180)
-        readers_cpu += spent
-        for kind, rows in got.items():
+        results, cpu = q.get(timeout=180)
+        readers_cpu += cpu
+        for kind, rows in results.items():
             reads[kind] += rows
         p.join(timeout=60)
     return {
         "offered": offered, "statuses": st, "latencies": lat, "cheap": cheap_took,
         "reads": reads, "cpu": {g: cpu1.get(g, 0) - cpu0.get(g, 0) for g in cpu1},
-        "minute": minute, "clients_cpu": (own, readers_cpu),
+        "readers_cpu": readers_cpu,
+        "minute": minute,
         "lag": {role: (_late(lag0, lag1, role, "0.025"), _late(lag0, lag1, role, "0.1"))
                 for role in ("ingest", "query")},
     }  # fmt: skip
@@ -271,14 +296,13 @@ async def _phase(
 def _report(name: str, ph: dict[str, Any], seconds: float) -> None:
     lat = ph["latencies"]
     cpu = " ".join(f"{g} {s:.1f}s" for g, s in sorted(ph["cpu"].items()))
+    if ph["readers_cpu"]:
+        cpu += f"; the bench's readers {ph['readers_cpu']:.1f}s"
     print(f"  {name:24} offered {ph['offered']:6} answered {dict(ph['statuses'])} "
           f"{len(lat) / seconds:7.1f}/s  p50 {_pct(lat, 50):7.1f} ms  p99 {_pct(lat, 99):7.1f} ms"
           f"  cheap reads p99 {_pct(ph['cheap'], 99):6.1f} ms  CPU {cpu}")  # fmt: skip
     lag = "; ".join(f"{role} {a} > 25 ms, {b} > 100 ms" for role, (a, b) in ph["lag"].items())
-    print(
-        f"      event-loop samples late: {lag}; clients' CPU: ingest and cheap reads "
-        f"{ph['clients_cpu'][0]:.1f}s, storm readers {ph['clients_cpu'][1]:.1f}s"
-    )
+    print(f"      event-loop samples late: {lag}")
     for kind, rows in sorted(ph["reads"].items()):
         codes = Counter(s for s, _ in rows)
         ok = [t for s, t in rows if s == 200]
@@ -341,12 +365,18 @@ def main() -> int:
     parser.add_argument("--minutes", type=int, default=120)
     parser.add_argument("--pages", type=int, default=300)
     parser.add_argument("--query-workers", default="0,1", help="settings to compare")
+    parser.add_argument("--mix", choices=["all", "counter", "archive"], default="all",
+                        help="the storm's reads: all, only the counter reads, only the "
+                        "archive queries")  # fmt: skip
+    parser.add_argument("--readers-nice", type=int, default=0,
+                        help="niceness of the storm's reader processes (0-19)")  # fmt: skip
     args = parser.parse_args()
     ok = True
     for setting in args.query_workers.split(","):
         with served(["--query-workers", setting]) as (url, _, proc):
             print(f"--query-workers {setting}: {args.pages} pages x {args.minutes} minutes, "
-                  f"2 x {args.readers} readers, {args.seconds:g} s a phase")  # fmt: skip
+                  f"2 x {args.readers} readers ({args.mix} reads, nice {args.readers_nice}), "
+                  f"{args.seconds:g} s a phase")  # fmt: skip
             ok &= asyncio.run(_run(url, args, proc.pid))
     return 0 if ok else 1
 

@@ -20,6 +20,7 @@ import asyncio
 import importlib.util
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -65,6 +66,19 @@ def _base_module(rev: str, scratch: Path) -> ModuleType:
         return client.register_script(text)
 
     module.register = register  # type: ignore[attr-defined]
+    # From session 24 the ranking lives in store/ranking.py: the revision's own, where
+    # it has one (reads.py imported this tree's by name).
+    try:
+        ranking = _git_show(rev, "src/event_analytics/store/ranking.py")
+    except subprocess.CalledProcessError:
+        return module
+    (scratch / "ranking_base.py").write_bytes(ranking)
+    spec = importlib.util.spec_from_file_location("ranking_base", scratch / "ranking_base.py")
+    assert spec is not None and spec.loader is not None
+    base_ranking = importlib.util.module_from_spec(spec)
+    sys.modules["ranking_base"] = base_ranking  # dataclasses look their module up
+    spec.loader.exec_module(base_ranking)
+    module.rank = base_ranking.rank  # type: ignore[attr-defined]
     return module
 
 

@@ -183,3 +183,46 @@ def test_one_client_cannot_take_every_query_slot(tmp_path: Path) -> None:
             hour.unlink()
             holder.join(timeout=60)
         assert held["reply"].status_code == 200, held["reply"].text
+
+
+def _autogroup(pid: int) -> str:
+    """``/autogroup-N nice K``: the scheduling group of the process's session."""
+    return Path(f"/proc/{pid}/autogroup").read_text().strip()
+
+
+def _children(svc: ServiceProcess, name: bytes) -> list[int]:
+    assert svc.proc is not None
+    found = []
+    for pid in _descendants(svc.proc.pid):
+        with contextlib.suppress(FileNotFoundError):  # a short-lived child, gone since
+            if name in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
+def test_the_query_and_erasure_sessions_run_at_a_lower_priority(tmp_path: Path) -> None:
+    """With autogroups (Linux's default) the CPU is shared between sessions first, and a
+    nice weighs only within a session: the query process and the forget worker each lead
+    a session of their own, so their nice alone left them an equal share against the
+    ingest worker's session. Their sessions' nice is lowered too (where the kernel has
+    autogroups, as here)."""
+    env = {"EA_ADMIN_KEYS": "admin-key-for-the-forget-worker-0123456789"}
+    grouped = Path("/proc/self/autogroup").exists()
+    with stopped_after(ServiceProcess(tmp_path / "data", env=env, args=["--no-archiver"])) as svc:
+        assert svc.proc is not None
+        serve = svc.proc.pid
+        wait_for(lambda: len(_children(svc, b"forget-worker")) == 1, 30, svc.output)
+        (query,) = _children(svc, b"query-server")
+        (erasures,) = _children(svc, b"forget-worker")
+
+        def lowered(pid: int) -> bool:
+            # The forget worker lowers itself once started (the query server before it
+            # listens, so before serve is ready): waited for, within a bound.
+            if _nice(pid) <= _nice(serve):
+                return False
+            return not grouped or _autogroup(pid).endswith("nice 10")
+
+        for pid in (query, erasures):
+            wait_for(lambda: lowered(pid), 30, lambda: f"{_autogroup(pid)} {svc.output()}")  # noqa: B023
+            if grouped:
+                assert _autogroup(pid).split()[0] != _autogroup(serve).split()[0]

@@ -9,7 +9,6 @@ the backups taken before that still hold the data.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -63,8 +62,9 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from event_analytics.forget_worker import NICENESS, ForgetWorker
     from event_analytics.store import IngestWriter
+    from event_analytics.supervisor import lower_priority
 
-    os.nice(NICENESS)
+    lower_priority(NICENESS)
 
     async def run() -> int:
         stop = asyncio.Event()

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from event_analytics.config import Settings
-from event_analytics.supervisor import Supervised
+from event_analytics.supervisor import Supervised, lower_priority
 
 # Below the workers': the kernel gives ingest the CPU first when both want it (2 cores,
 # one worker and one query process: a read storm takes the idle time, not ingest's).
@@ -83,7 +83,7 @@ def run(settings: Settings) -> int:
         print("event-analytics: query-server is started by serve --query-workers",
               file=sys.stderr)  # fmt: skip
         return 2
-    os.nice(NICENESS)  # inherited by uvicorn's worker processes
+    lower_priority(NICENESS)  # inherited by uvicorn's worker processes
     uvicorn.run(
         "event_analytics.api.app:create_app",
         factory=True,

@@ -7,8 +7,7 @@ included, add up exactly; event counts add up too.
 from __future__ import annotations
 
 import asyncio
-import heapq
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
@@ -17,6 +16,7 @@ from event_analytics.keys import OTHER_PAGE, Keys
 from event_analytics.series import Series, UserSource
 from event_analytics.store.connect import Client
 from event_analytics.store.errors import engine_errors
+from event_analytics.store.ranking import TRY_SHARE, WHOLE_BELOW, Ranking, rank
 from event_analytics.store.rounds import Held, members, script_rounds
 from event_analytics.store.scripts import Lua, register
 from event_analytics.store.writer import IngestWriter
@@ -25,18 +25,14 @@ from event_analytics.timebucket import Interval, floor, label
 # Buckets per figures.lua call: ~2 us each (GET + SCARD in Lua, measured on Valkey 8),
 # so ~1 ms a call.
 FIGURES_PER_CALL = 500
+# (bucket, page) figures per figures.lua call in "pages" mode: one ZMSCORE a bucket,
+# ~0.1 us a page, and a ZLEXCOUNT only where the page has events.
+PAGE_FIGURES_PER_CALL = 4_000
 MINUTES_PER_HOUR = 60
 # Pages whose users are read at the same time (several engine connections, each call
 # bounded as before).
 PAGES_AT_ONCE = 8
 T = TypeVar("T")
-
-
-class Ranking(NamedTuple):
-    """Top pages, and the events of pages past EA_MAX_PAGES_PER_BUCKET (not ranked)."""
-
-    pages: list[tuple[str, int]]  # (URL, events), count desc then URL asc
-    other: int  # events counted into keys.OTHER_PAGE; 0 = no bucket was capped
 
 
 class Sized(NamedTuple):
@@ -79,6 +75,8 @@ class Reads:
         chunk_entries: int = 10_000,
         *,
         read_only: bool = False,
+        whole_below: int = WHOLE_BELOW,
+        try_share: int = TRY_SHARE,
     ) -> None:
         # ``client``: another engine for reads (REDIS_READ_URL, e.g. a replica).
         # ``read_only``: scripts as EVALSHA_RO, which a cluster client sends to replicas.
@@ -87,8 +85,12 @@ class Reads:
         self.max_cost = max_cost
         self.chunk_entries = chunk_entries
         self.read_only = read_only
+        # The ranking's thresholds (store/ranking.py); tests lower them.
+        self.whole_below = whole_below
+        self.try_share = try_share
         self._figures = register(self.client, Lua.FIGURES)
         self._members = register(self.client, Lua.MEMBERS)
+        self._ranked = register(self.client, Lua.RANKED)
 
     async def minute_stats(
         self, event_type: str, minutes: Sequence[datetime]
@@ -127,6 +129,34 @@ class Reads:
         for shard_replies in replies:
             flat = [int(v) for reply in shard_replies for v in reply]
             out.append([(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)])
+        return out
+
+    async def _page_figures(
+        self, pages: Sequence[str], pairs: list[list[tuple[str, str]]]
+    ) -> list[list[list[tuple[int, int]]]]:
+        """Per page, per shard, (count, users) of each bucket of exact page figures: one
+        ZMSCORE per bucket for all the pages (figures.lua, "pages"), not a call per page
+        (top pages over a day of minutes asked 1,440 buckets for each page returned). At
+        most FIGURES_PER_CALL buckets and PAGE_FIGURES_PER_CALL (bucket, page) pairs a call."""
+        width = len(pages)
+        step = max(
+            1, min(FIGURES_PER_CALL, PAGE_FIGURES_PER_CALL // width, self.chunk_entries // 2)
+        )
+        calls = [
+            [
+                ([name for pair in shard_pairs[i : i + step] for name in pair], ["pages", *pages])
+                for i in range(0, len(shard_pairs), step)
+            ]
+            for shard_pairs in pairs
+        ]
+        replies = await script_rounds(self.client, self._figures, calls, read_only=self.read_only)
+        out: list[list[list[tuple[int, int]]]] = [[] for _ in pages]
+        for shard_replies in replies:
+            flat = [int(v) for reply in shard_replies for v in reply]
+            for j, page_out in enumerate(out):
+                page_out.append(
+                    [(flat[i], flat[i + 1]) for i in range(2 * j, len(flat), 2 * width)]
+                )
         return out
 
     async def series_figures(
@@ -196,9 +226,12 @@ class Reads:
         """``series_figures`` of each page (one "" without a page), their cost together."""
         flat, _, unite = _spans(groups)
         names = self._names(event_type, level, flat, source, pages)
-        figures = await _few_at_once(
-            [self._bucket_figures(source, p, n) for p, n in zip(pages, names, strict=True)]
-        )
+        if source is UserSource.PAGE:
+            figures = await self._page_figures(pages, names[0])
+        else:
+            figures = await _few_at_once(
+                [self._bucket_figures(source, p, n) for p, n in zip(pages, names, strict=True)]
+            )
         # Each bucket's members are fetched once whatever the spans it is in (one set per
         # span is united from them): its users figure is what it adds.
         entries = 0
@@ -348,39 +381,17 @@ class Reads:
         Raises QueryTooCostly past ``max_cost`` entries."""
         if sized is None:
             sized = await self.ranked_entries(event_type, level, starts)
-        names, sizes = sized.names, sized.sizes
-        chunks = [_chunks(n, z, self.chunk_entries) for n, z in zip(names, sizes, strict=True)]
-        # Each key read whole by a plain ZRANGE ... WITHSCORES (read-only, no script: a
-        # replica serves it as is) and summed here with bytes keys; every page is needed
-        # from every key, or a page ranked just below the limit in each could be missed
-        # although first in the sum. Not ZUNION of a chunk's keys: the engine builds and
-        # sorts a sorted set for its reply, ~10 x the engine time of ZRANGE per entry
-        # (benchmarks/top_pages_day.py: a day of 20,000 pages an hour, 24 hour keys,
-        # 2.4 s of engine time against 0.1 s), and the engine is what ingest shares. The
-        # price: many keys holding the same pages (118 minutes x 1,000 pages) are summed
-        # here rather than in the engine, ~3 x less engine time (20-40 ms against 90-120
-        # at load 14) for ~6 x the CPU of this process (90-130 ms against 15), which
-        # runs niced in a query process.
-        totals: dict[bytes, int] = {}
-        get = totals.get
-        for round_ in range(max((len(c) for c in chunks), default=0)):
-            # A round: at most one chunk per shard, its keys' ZRANGEs pipelined (on a
-            # cluster, shards on other masters run in parallel); the next round only
-            # after this one answered, so ingest's calls run in between.
-            async with engine_errors(), self.client.pipeline(transaction=False) as pipe:
-                for shard_chunks in chunks:
-                    if round_ < len(shard_chunks):
-                        for name in shard_chunks[round_]:
-                            pipe.execute_command("ZRANGE", name, 0, -1, "WITHSCORES")
-                replies = await pipe.execute()
-            for reply in replies:
-                # redis-py 8 pairs a WITHSCORES reply itself; older ones leave it flat.
-                pairs = reply if reply and isinstance(reply[0], list | tuple) else _paired(reply)
-                for page, score in pairs:
-                    totals[page] = get(page, 0) + int(score)
-        other = totals.pop(OTHER_PAGE.encode(), 0)  # counted, never ranked
-        top = heapq.nsmallest(limit, totals.items(), key=lambda item: (-item[1], item[0]))
-        return Ranking([(_text(page), count) for page, count in top], other)
+        return await rank(
+            self.client,
+            self._ranked,
+            sized.names,
+            sized.sizes,
+            limit,
+            self.chunk_entries,
+            read_only=self.read_only,
+            whole_below=self.whole_below,
+            try_share=self.try_share,
+        )
 
     async def _ranked_keys(
         self, event_type: str, level: Interval, starts: Sequence[datetime]
@@ -501,30 +512,6 @@ def _spans(groups: Sequence[Sequence[datetime]]) -> tuple[list[datetime], list[r
     if len(spans) > 1:
         unite.append(range(len(flat)))
     return flat, spans, unite
-
-
-def _chunks(names: list[str], sizes: list[int], budget: int) -> list[list[str]]:
-    """Consecutive keys grouped so that each group holds at most ``budget`` entries (a
-    key bigger than that alone); empty keys are left out."""
-    out: list[list[str]] = []
-    current: list[str] = []
-    held = 0
-    for name, size in zip(names, sizes, strict=True):
-        if not size:
-            continue
-        if current and held + size > budget:
-            out.append(current)
-            current, held = [], 0
-        current.append(name)
-        held += size
-    if current:
-        out.append(current)
-    return out
-
-
-def _paired(flat: list[Any]) -> Iterator[tuple[Any, Any]]:
-    it = iter(flat)
-    return zip(it, it, strict=True)
 
 
 def _text(value: bytes | str) -> str:

@@ -34,6 +34,7 @@ class Lua(StrEnum):
     UNCLAIM = "unclaim"
     FIGURES = "figures"
     MEMBERS = "members"
+    RANKED = "ranked"
     LEASE_RENEW = "lease_renew"
     LEASE_RELEASE = "lease_release"
     STREAM_ACK = "stream_ack"
