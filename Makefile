@@ -24,6 +24,10 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(VENV)/.installed $@
 
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $(VENV)/.installed $(VENV)/.installed-dev $@
+
 run: $(VENV)/.installed
 	$(BIN)/event-analytics serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) $(if $(WORKERS),--workers $(WORKERS))
 
@@ -60,7 +64,10 @@ clean:
 # Throughput/latency ratios measured in one run (not part of `make test`).
 # The import's rate is measured at the issue's size (#26): 3,000,000 events.
 IMPORT_BENCH_ARGS ?= --events 3000000
-bench: $(VENV)/.installed-dev
+# The archive queries against archive size, beside ClickHouse (#23): each size's archive is
+# generated once (~20,000 events/s at load 7) and kept under /tmp/ea-scale-<events>.
+SCALE_BENCH_ARGS ?= --sizes 3000000,10000000,30000000
+bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/analytics_bench.py $(ANALYTICS_BENCH_ARGS)
 	$(BIN)/python benchmarks/site_page_bench.py $(SITE_BENCH_ARGS)
@@ -68,6 +75,7 @@ bench: $(VENV)/.installed-dev
 	@# PostgreSQL delivery: events/s, the delivery process's and PostgreSQL's CPU per event.
 	$(BIN)/python benchmarks/postgres_bench.py $(POSTGRES_BENCH_ARGS)
 	$(BIN)/python benchmarks/import_bench.py $(IMPORT_BENCH_ARGS)
+	$(BIN)/python benchmarks/scale_bench.py $(SCALE_BENCH_ARGS)
 
 # Re-render docs/dashboard.png and the site page's docs/dashboard-site{,-phone}.png: the
 # dashboard tests' screenshots of a real run (needs chromium).

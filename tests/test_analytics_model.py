@@ -444,14 +444,45 @@ def test_fast_funnel_at_the_window_edges(tmp_path: Path, order: str) -> None:
         "d": [(0, "page_view"), (31, "signup")],
         "e": [(0, "page_view"), (5, "signup"), (6, "page_view"), (20, "signup"), (36, "purchase")],
     }
+    body = {"from": iso(BASE), "to": iso(BASE + timedelta(minutes=1)), "window_s": 30,
+            "order": order, "steps": [{"event_type": "page_view"}, {"event_type": "signup"},
+                                      {"event_type": "purchase"}]}  # fmt: skip
+    got, want = _fast_funnel(tmp_path, users, body)
+    assert [s["users"] for s in got] == [s["users"] for s in want] == [5, 4, 2]
+    if order == "ordered":  # step 2 from a, b, c (10, 10, 30 s) and e's 6 s entry (14 s)
+        assert [s["median_s_from_previous"] for s in got] == [None, 12.0, 18.0]
+    same_steps(got, want)
+
+
+def test_fast_funnel_steps_past_repeated_events(tmp_path: Path) -> None:
+    """The fast ordered plan finds step k > 2 from the step k-1 event among that user's
+    step k-1 and step k events only: a repeat of step k-1 (or of step k before it) lies
+    between the event and its next step-k match, which still counts (g reaches all four
+    steps; h's purchase comes before its add_to_cart, so h stops at step 3)."""
+    users = {
+        "g": [(0, "page_view"), (2, "signup"), (3, "signup"), (4, "add_to_cart"),
+              (5, "add_to_cart"), (6, "purchase")],
+        "h": [(0, "page_view"), (1, "add_to_cart"), (2, "signup"), (3, "purchase"),
+              (4, "add_to_cart")],
+    }  # fmt: skip
+    steps = [{"event_type": k} for k in ("page_view", "signup", "add_to_cart", "purchase")]
+    body = {"from": iso(BASE), "to": iso(BASE + timedelta(minutes=1)), "window_s": 60,
+            "steps": steps}  # fmt: skip
+    got, want = _fast_funnel(tmp_path, users, body)
+    assert [s["users"] for s in got] == [s["users"] for s in want] == [2, 2, 2, 1]
+    same_steps(got, want)
+
+
+def _fast_funnel(
+    tmp_path: Path, users: dict[str, list[tuple[int, str]]], body: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The funnel's steps over ``users``' events (seconds after BASE, type), checked to
+    be the fast plan's answer, and the model's steps."""
     recs = [
         {"event_id": str(uuid.uuid4()), "user_id": u, "event_type": kind,
          "timestamp": iso(BASE + timedelta(seconds=t)), "payload": {}, "received_at": iso(BASE)}
         for u, events in users.items() for t, kind in events
     ]  # fmt: skip
-    body = {"from": iso(BASE), "to": iso(BASE + timedelta(minutes=1)), "window_s": 30,
-            "order": order, "steps": [{"event_type": "page_view"}, {"event_type": "signup"},
-                                      {"event_type": "purchase"}]}  # fmt: skip
     spec = FunnelSpec.model_validate(body)
     root = write(tmp_path, recs)
     with hour_files(root, spec.start, spec.end + timedelta(minutes=1)) as files:
@@ -460,7 +491,4 @@ def test_fast_funnel_at_the_window_edges(tmp_path: Path, order: str) -> None:
     got = funnel.run(ENGINE, spec, root, BASE)["steps"]
     want = model.funnel(recs, {**body, "from": body["from"][:-1] + "+00:00",
                                "to": body["to"][:-1] + "+00:00"})["steps"]  # fmt: skip
-    assert [s["users"] for s in got] == [s["users"] for s in want] == [5, 4, 2]
-    if order == "ordered":  # step 2 from a, b, c (10, 10, 30 s) and e's 6 s entry (14 s)
-        assert [s["median_s_from_previous"] for s in got] == [None, 12.0, 18.0]
-    same_steps(got, want)
+    return got, want
