@@ -210,3 +210,24 @@ def test_a_killed_import_takes_its_workers_and_the_next_run_finishes(
     assert f"accepted {len(events) - len(partial)}, duplicate {len(partial)}" in done.stdout
     checked = cli(["verify"], env)
     assert checked.returncode == 0 and "0 differ" in checked.stdout, checked.stdout
+
+
+def test_workers_leave_no_metrics_files_in_the_services_directory(
+    db: Backend, tmp_path: Path
+) -> None:
+    """``serve`` sets PROMETHEUS_MULTIPROC_DIR (``POST /api/import`` runs in its process):
+    the workers record nothing, so they must leave no values files there (1 MiB each)."""
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    env = {**env_for(db, tmp_path / "archive"), "EA_IMPORT_BLOCK_BYTES": BLOCK,
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics)}  # fmt: skip
+    src = write_ndjson(tmp_path / "h.ndjson", history(3000))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "event_analytics", "import", "--workers", "2", str(src)],
+        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "accepted 3000, duplicate 0, rejected 0" in out
+    pids = {f.stem.rpartition("_")[2] for f in metrics.glob("*.db")}
+    assert pids <= {str(proc.pid)}, sorted(f.name for f in metrics.glob("*.db"))

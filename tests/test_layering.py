@@ -61,6 +61,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "forget_worker",  # the erasure jobs of the admin API, one at a time
             "import_read",
             "import_work",  # an import's blocks read and checked (in worker processes)
+            "import_worker",  # an import's worker process: its start and its task
             "batcher",
             "analytics",
             "counter_queries",

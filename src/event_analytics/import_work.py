@@ -18,16 +18,11 @@ day the archive's retention keeps (``kept``); no other maximum age.
 
 from __future__ import annotations
 
-import gc
-import os
-import signal
-import threading
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from event_analytics.archive.record import ID_END, ID_START, Record, encode
 from event_analytics.config import Settings
@@ -199,38 +194,3 @@ def _received(text: str | None) -> datetime | None:
         return to_utc(datetime.fromisoformat(text))
     except (ValueError, OverflowError):
         return None
-
-
-# -- in a worker process ----------------------------------------------------------------
-
-_checker: Checker | None = None
-_PARENT_POLL_S = 1.0
-
-
-def start_worker(settings: Settings) -> None:
-    """A worker process's start (the pool's initializer): its Checker, no Ctrl-C of its
-    own (the import process stops the pool), and an exit when the import process is gone
-    (killed with -9, its pool cannot tell it: its queues would wait for ever)."""
-    global _checker
-    _checker = Checker(settings)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-    # As the import process does (importing.rare_collections): no collections set off by
-    # a block's many allocations, one of the young generations per block instead.
-    gc.freeze()
-    gc.disable()
-
-
-def _exit_with(parent: int) -> None:
-    stop = threading.Event()
-    while not stop.wait(_PARENT_POLL_S):
-        if os.getppid() != parent:
-            os._exit(1)
-
-
-def check_file_block(path: Path, start: int, end: int, fmt: str, kept: datetime) -> Block:
-    """The worker's task: ``Checker.file_block`` with the worker's Checker."""
-    assert _checker is not None, "start_worker runs first"
-    gc.collect(1)  # the last block's objects are gone by now: little to walk
-    return _checker.file_block(str(path), start, end, fmt, kept)

@@ -72,9 +72,9 @@ from event_analytics.import_work import (
     Block,
     Checker,
     Group,
-    check_file_block,
-    start_worker,
 )
+from event_analytics.import_worker import check_file_block
+from event_analytics.import_worker import start as start_worker
 from event_analytics.ingest import Ingestor
 from event_analytics.store import IngestWriter, Outcome, PreparedEvent, import_marks
 from event_analytics.store.errors import engine_errors
