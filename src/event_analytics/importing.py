@@ -1,7 +1,7 @@
 """Import history into the archive: each event once by id, in its own hour's file.
 
-Items are validated by the event model's rules a batch at a time (see Validation below),
-then by time: not more than the live future skew ahead, not before ``EARLIEST``, nor
+Items are validated by the event model's rules (see Reading and validating below), then
+by time: not more than the live future skew ahead, not before ``EARLIEST``, nor
 (with EA_ARCHIVE_RETENTION_DAYS) before the first day retention keeps (expiry.py); no
 other maximum age. Then each event takes one of two paths, by its UTC day:
 
