@@ -96,6 +96,7 @@ CASES: list[tuple[list[str], dict[str, str], int, str]] = [
     ),
     (["import", "x.ndjson", "--format", "xml"], {}, 2, "--format must be one of"),
     (["import", "history.txt"], {}, 2, "cannot tell the format"),
+    (["import", "x.ndjson", "--workers", "-1"], {}, 2, "--workers must be 0 to 64"),
     (["forget", "bad\x01id"], {}, 2, "user id number 1 is not a user id"),
     (["forget", "alice", "--wait", "0"], {}, 2, "--wait"),
     (["deliver"], {}, 2, "set EA_POSTGRES_URL"),

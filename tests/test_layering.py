@@ -60,6 +60,8 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "forgetting",  # erasing a person: archive, PostgreSQL, counters
             "forget_worker",  # the erasure jobs of the admin API, one at a time
             "import_read",
+            "import_work",  # an import's blocks read and checked (in worker processes)
+            "import_worker",  # an import's worker process: its start and its task
             "batcher",
             "analytics",
             "counter_queries",

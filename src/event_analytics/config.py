@@ -131,6 +131,13 @@ class Settings(BaseSettings):
     # held in memory) and the time it may take to arrive.
     import_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     import_body_timeout_s: float = Field(default=600.0, gt=0, le=3600)
+    # Imports (importing.py): worker processes that read, validate and encode an NDJSON
+    # file's blocks while the import process appends and counts (0: all in the import
+    # process). One on a 2-core machine: the engine, counting, needs the other core.
+    import_workers: int = Field(default=1, ge=0, le=64)
+    # The bytes of a file one worker takes at a time (a block: ~10,000 of our records at
+    # the default); a few blocks per worker are in flight.
+    import_block_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     future_skew_s: int = Field(default=5 * 60, ge=0)
     max_age_s: int = Field(default=7 * 24 * 3600, ge=60)
     # Cardinality caps, enforced by the ingest script atomically with the write. Event

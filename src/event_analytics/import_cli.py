@@ -38,6 +38,8 @@ def _formats(args: argparse.Namespace) -> list[tuple[Path, str]] | str:
 
 def _import(args: argparse.Namespace, settings: Settings) -> int:
     planned = _formats(args)
+    if args.import_workers is not None and not 0 <= args.import_workers <= 64:
+        planned = "--workers must be 0 to 64"
     if isinstance(planned, str):
         print(f"event-analytics import: {planned}", file=sys.stderr)
         return 2
@@ -48,7 +50,7 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
 
         sources = [(path.name, path, fmt) for path, fmt in planned]
         try:
-            report = await run_import(settings, sources)
+            report = await run_import(settings, sources, args.import_workers)
         except ImportBusy as exc:
             print(f"event-analytics import: {exc}", file=sys.stderr)
             return 1
@@ -95,5 +97,12 @@ def add_commands(
         "--format",
         help="ndjson (our records), segment (one message a line) or csv "
         "(default: from the name: .csv, .ndjson/.jsonl/.json)",
+    )
+    p.add_argument(
+        "--workers",
+        dest="import_workers",  # not serve's --workers (EA_WORKERS), a setting of its own
+        type=int,
+        help="worker processes that read and validate NDJSON files (default "
+        "EA_IMPORT_WORKERS, 1; 0: all in the import process)",
     )
     p.set_defaults(func=_import)

@@ -50,40 +50,76 @@ def detect(path: Path) -> str | None:
     return None
 
 
-def _lines(handle: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, bytes) of each non-blank line; None for a line over MAX_LINE_BYTES."""
+def numbered_lines(
+    handle: BinaryIO, limit: int | None = None
+) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes) of each line, blank ones too; None for a line over
+    MAX_LINE_BYTES. ``limit``: stop after that many bytes (a block's range, which ends
+    at a line's end)."""
     number = 0
-    while True:
+    left = -1 if limit is None else limit
+    while left:
         raw = handle.readline(MAX_LINE_BYTES + 1)
         if not raw:
             return
         number += 1
+        left -= len(raw)
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
             while raw and not raw.endswith(b"\n"):  # skip the rest of the long line
                 raw = handle.readline(MAX_LINE_BYTES)
+                left -= len(raw)
             yield number, None
             continue
-        if raw.strip():
-            yield number, raw
+        yield number, raw
+
+
+def block_ranges(handle: BinaryIO, size: int) -> Iterator[tuple[int, int]]:
+    """The file cut into blocks of about ``size`` bytes, each (start, end) ending at a
+    line's end (or the file's): what one worker reads and checks (``import_work``).
+    Reads only the line at each cut, in pieces of at most MAX_LINE_BYTES."""
+    handle.seek(0, io.SEEK_END)
+    total = handle.tell()
+    start = 0
+    while start < total:
+        end = start + size
+        if end >= total:
+            end = total
+        else:
+            # From the byte before the cut (a cut right after a newline stays where it
+            # is) to the end of the line it falls in.
+            handle.seek(end - 1)
+            while True:
+                piece = handle.readline(MAX_LINE_BYTES)
+                if not piece or piece.endswith(b"\n"):
+                    break
+            end = handle.tell()
+        yield start, end
+        start = end
+
+
+def parse_line(number: int, raw: bytes | None, fmt: str) -> Item | None:
+    """One line of an ``ndjson`` or ``segment`` file: its Item (None: a blank line)."""
+    if raw is None:
+        return Item(number, code="line_too_long", message=f"over {MAX_LINE_BYTES} bytes")
+    if not raw.strip():
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Item(number, code="malformed_json", message=str(exc))
+    if not isinstance(value, dict):
+        return Item(number, code="invalid_line", message="a line must be one JSON object")
+    return _segment(number, value) if fmt == "segment" else _native(number, value)
 
 
 def read(handle: BinaryIO, fmt: str) -> Iterator[Item]:
     if fmt == "csv":
         yield from _csv(handle)
         return
-    for number, raw in _lines(handle):
-        if raw is None:
-            yield Item(number, code="line_too_long", message=f"over {MAX_LINE_BYTES} bytes")
-            continue
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            yield Item(number, code="malformed_json", message=str(exc))
-            continue
-        if not isinstance(value, dict):
-            yield Item(number, code="invalid_line", message="a line must be one JSON object")
-            continue
-        yield _segment(number, value) if fmt == "segment" else _native(number, value)
+    for number, raw in numbered_lines(handle):
+        item = parse_line(number, raw, fmt)
+        if item is not None:
+            yield item
 
 
 def _native(number: int, value: dict[str, Any]) -> Item:

@@ -1,7 +1,7 @@
 """Import history into the archive: each event once by id, in its own hour's file.
 
-Items are validated by the event model's rules a batch at a time (see Validation below),
-then by time: not more than the live future skew ahead, not before ``EARLIEST``, nor
+Items are validated by the event model's rules (see Reading and validating below), then
+by time: not more than the live future skew ahead, not before ``EARLIEST``, nor
 (with EA_ARCHIVE_RETENTION_DAYS) before the first day retention keeps (expiry.py); no
 other maximum age. Then each event takes one of two paths, by its UTC day:
 
@@ -24,9 +24,13 @@ Users on the suppression list (erased by ``forget``, ``keys.erased``) are refuse
 both paths with ``user_erased``: the live path's script refuses them, and the settled
 path asks their shards' lists before appending a chunk.
 
-Validation: plain events (our own records, nearly all) by ``model.plain_event``, the
-others by the model (``validate_events``); the reasons are the model's. A chunk is
-counted while the next one is read and validated, so the engine and Python work at once.
+Reading and validating (``import_work.py``): an NDJSON file is cut into blocks of
+``EA_IMPORT_BLOCK_BYTES`` that ``EA_IMPORT_WORKERS`` worker processes read, validate and
+encode (archive lines, count calls), a few blocks ahead; this process takes their results
+in the file's order and decides, alone, what is appended and counted: the same report and
+the same archive whatever the number of workers (0: all in this process; CSV is always
+read here). A chunk is counted while the next one is read and validated, so the engine
+and Python work at once.
 
 Crash safety: a chunk's settled days are marked in the engine before their events are
 appended and unmarked once they are counted (``store/import_marks.py``). An import
@@ -42,38 +46,48 @@ import asyncio
 import contextlib
 import fcntl
 import gc
+import multiprocessing
 import os
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import chain, islice
 from pathlib import Path
 
 from event_analytics import faults
 from event_analytics.analytics.freshness import archived_until
 from event_analytics.archive import files, rebuild
-from event_analytics.archive.record import Record, encode
+from event_analytics.archive.record import Record, decode
 from event_analytics.config import Settings
 from event_analytics.errors import ImportBusy, user_erased
 from event_analytics.expiry import horizon
-from event_analytics.import_read import Item, read
+from event_analytics.import_read import block_ranges, read
+from event_analytics.import_work import (
+    COUNT_BATCH,
+    CSV_ROWS,
+    EARLIEST,
+    EXAMPLES,
+    Block,
+    Checker,
+    Group,
+)
+from event_analytics.import_worker import check_file_block
+from event_analytics.import_worker import start as start_worker
 from event_analytics.ingest import Ingestor
-from event_analytics.model import Event, PlainEvent, plain_event, validate_events
 from event_analytics.store import IngestWriter, Outcome, PreparedEvent, import_marks
 from event_analytics.store.errors import engine_errors
+from event_analytics.store.scripts import Call
 from event_analytics.store.streams import StreamStore
-from event_analytics.timebucket import DAY, Interval, floor, iso_z, to_utc
+from event_analytics.timebucket import DAY, Interval, floor
 
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # a "sane year": older is a wrong clock
 CHUNK = 50_000  # events held before they are written
-VALIDATE_BATCH = 1000  # events per pydantic call
-COUNT_BATCH = 2000  # events per ingest script call when counting appended events
 # Count calls in flight at once (rebuild's MAX_INFLIGHT): a chunk's calls all at once held
 # the cluster's masters in scripts long enough for new connections to time out.
 COUNT_INFLIGHT = 3
 LIVE_BATCH = 1000
-YIELD_EVERY = 1000  # items read between turns of the event loop (a chunk's count runs)
-EXAMPLES = 20  # rejected lines named in the report
+AHEAD = 2  # blocks in the workers' hands per worker (memory: a few blocks' results)
 LOCK_NAME = ".import.lock"
 
 
@@ -124,24 +138,27 @@ def rare_collections() -> Iterator[None]:
             gc.unfreeze()
 
 
-async def run_import(settings: Settings, sources: list[tuple[str, Path, str]]) -> ImportReport:
+async def run_import(
+    settings: Settings, sources: list[tuple[str, Path, str]], workers: int | None = None
+) -> ImportReport:
     """Import files (display name, path, format) under the import lock, with an engine
     connection of its own: the whole of ``event-analytics import`` and ``POST /api/import``.
-    Raises ImportBusy, OSError (a file), StorageUnavailable."""
+    ``workers``: worker processes (default EA_IMPORT_WORKERS). Raises ImportBusy, OSError
+    (a file), StorageUnavailable."""
     store = IngestWriter.from_settings(settings)
     try:
         importer = Importer(
-            settings, Ingestor(settings, store), StreamStore(store.client, store.keys)
+            settings, Ingestor(settings, store), StreamStore(store.client, store.keys), workers
         )
         with run_lock(settings.archive_path), rare_collections():
             try:
                 await importer.recover()
                 for name, path, fmt in sources:
-                    with path.open("rb") as handle:
-                        await importer.add(name, read(handle, fmt))
+                    await importer.add_file(name, path, fmt)
                 await importer.flush()
             finally:
                 await importer.abandon()
+                importer.close()
         return importer.report
     finally:
         await store.close()
@@ -161,6 +178,12 @@ class ImportReport:
         self.rejected[code] += 1
         if len(self.examples) < EXAMPLES:
             self.examples.append(f"{where}: {code}: {message}")
+
+    def take(self, name: str, base: int, block: Block) -> None:
+        """A checked block's refusals (its lines follow ``base`` in file ``name``)."""
+        self.rejected.update(block.rejected)
+        for line, code, message in block.examples[: EXAMPLES - len(self.examples)]:
+            self.examples.append(f"{name}:{base + line}: {code}: {message}")
 
     def as_dict(self) -> dict[str, object]:
         """The report as ``POST /api/import`` answers it."""
@@ -184,24 +207,45 @@ class _HourIds:
 
 @dataclass(slots=True)
 class _Valid:
+    """An event of the live path (or one set apart from its group), from its archive line."""
+
     where: tuple[str, int]
-    event: PlainEvent
-    received_at: datetime | None
+    record: Record
+    line: bytes  # the archive line, without its newline
+
+    @classmethod
+    def of(cls, name: str, base: int, group: Group, i: int) -> _Valid:
+        line = group.line(i)
+        return cls((name, base + group.lines[i]), decode(line), line)
+
+
+_Part = tuple[Group, list[int] | None]  # a group, and which of its events (None: all)
 
 
 class Importer:
-    """Feed it items (``add``), then ``flush``; ``recover`` first (see the module doc)."""
+    """Feed it files (``add_file``), then ``flush``; ``recover`` first (see the module
+    doc); ``close`` at the end (the worker processes)."""
 
-    def __init__(self, settings: Settings, ingestor: Ingestor, streams: StreamStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ingestor: Ingestor,
+        streams: StreamStore,
+        workers: int | None = None,
+    ) -> None:
         self.settings = settings
         self.ingestor = ingestor
         self.store = ingestor.store
         self.streams = streams
         self.root = settings.archive_path
         self.report = ImportReport()
+        self.checker = Checker(settings)
+        self.workers = settings.import_workers if workers is None else workers
+        self._pool: ProcessPoolExecutor | None = None
         self._known: dict[Path, _HourIds] = {}
-        self._pending: list[tuple[tuple[str, int], dict[str, object], str | None]] = []
-        self._skew = timedelta(seconds=settings.future_skew_s)
+        # The chunk being gathered: (file name, its line base, group) in the file's order.
+        self._pending: list[tuple[str, int, Group]] = []
+        self._pending_events = 0
         self._max_age = timedelta(seconds=settings.max_age_s)
         self._crash_after_append = faults.import_crash_after_append()  # the crash test's
         # The last chunk's counting (then unmarking), running while the next chunk is read
@@ -217,20 +261,70 @@ class Importer:
         await import_marks.unmark(self.store, days)
         self.report.recovered_days = len(days)
 
-    async def add(self, name: str, items: Iterable[Item]) -> None:
-        for item in items:
-            if item.event is None:
-                self.report.reject(f"{name}:{item.line}", item.code, item.message)
-                continue
-            self._pending.append(((name, item.line), item.event, item.received_at))
-            if len(self._pending) >= CHUNK:
+    async def add_file(self, name: str, path: Path, fmt: str) -> None:
+        """Import one file (its events are written a chunk at a time, the last at
+        ``flush``). Raises OSError."""
+        base = 0
+        async for block in self._blocks(path, fmt):
+            self.report.take(name, base, block)
+            base += block.lines
+            self._pending += ((name, base - block.lines, g) for g in block.groups)
+            self._pending_events += block.valid
+            if self._pending_events >= CHUNK:
                 await self._chunk()
-            elif len(self._pending) % YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # let the last chunk's counting send its next batch
+
+    async def _blocks(self, path: Path, fmt: str) -> AsyncIterator[Block]:
+        """The file's blocks checked, in order: by the workers when there are any and the
+        file has more than one block, else here."""
+        with path.open("rb") as handle:
+            if fmt == "csv":
+                items = read(handle, fmt)
+                while batch := list(islice(items, CSV_ROWS)):
+                    yield self.checker.check(batch, 0, self._kept())
+                    await asyncio.sleep(0)  # the last chunk's counting goes on meanwhile
+                return
+            ranges = block_ranges(handle, self.settings.import_block_bytes)
+            first = list(islice(ranges, 2))
+            if not self.workers or len(first) < 2:
+                for start, end in chain(first, ranges):
+                    yield self.checker.file_block(str(path), start, end, fmt, self._kept())
+                    await asyncio.sleep(0)
+                return
+            pool = self._workers()
+            ahead: deque[Future[Block]] = deque()
+            for start, end in chain(first, ranges):
+                ahead.append(pool.submit(check_file_block, path, start, end, fmt, self._kept()))
+                if len(ahead) >= AHEAD * self.workers:
+                    yield await asyncio.wrap_future(ahead.popleft())
+            while ahead:
+                yield await asyncio.wrap_future(ahead.popleft())
+
+    def _kept(self) -> datetime:
+        """The first day an event may be of: retention's first kept day, or EARLIEST."""
+        days = self.settings.archive_retention_days
+        return horizon(datetime.now(UTC), days) if days is not None else EARLIEST
+
+    def _workers(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn, not fork: POST /api/import runs in a thread of the service's process.
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=start_worker,
+                initargs=(self.settings,),
+            )
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker processes (what they still had to do is dropped)."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=True, cancel_futures=True)
 
     async def flush(self) -> None:
         """Write what is pending, and wait until every event appended is counted."""
-        await self._chunk()
+        if self._pending:
+            await self._chunk()
         await self._settle()
 
     async def abandon(self) -> None:
@@ -253,112 +347,66 @@ class Importer:
             await task
 
     async def _chunk(self) -> None:
-        pending, self._pending = self._pending, []
-        valid = await self._validate(pending)
+        pending, self._pending, self._pending_events = self._pending, [], 0
         await self._settle()
         # The one collection a chunk (rare_collections), of what is new since the last one
         # (generations 0 and 1): what survives goes to the oldest generation, not walked
         # again while the import runs; a full one walked every id of ``_known`` (its
         # sets) each time, 8 % of the import's time.
         gc.collect(1)
-        # Read after validating (which takes a while): the live path's own clock check
-        # is not involved, but the settled boundary should be as fresh as possible.
         settled = await archived_until(self.streams, self.settings.redis_timeout_s + 0.5)
-        first_open_day = floor(settled - self._max_age, Interval.DAY)
-        # By (year, month, day, hour): a tuple of four attributes costs a tenth of
-        # ``ts.replace(minute=0, ...)`` (5 % of the import's time, once per event).
-        by_hour: dict[tuple[int, int, int, int], list[_Valid]] = {}
-        live: list[_Valid] = []
-        for v in valid:
-            ts = v.event.timestamp
-            if ts < first_open_day:
-                by_hour.setdefault((ts.year, ts.month, ts.day, ts.hour), []).append(v)
-            else:
-                live.append(v)
-        await self._direct({datetime(*hour, tzinfo=UTC): vs for hour, vs in by_hour.items()})
-        await self._live(live)
-
-    async def _validate(
-        self, pending: list[tuple[tuple[str, int], dict[str, object], str | None]]
-    ) -> list[_Valid]:
-        now = datetime.now(UTC)
-        days = self.settings.archive_retention_days
-        kept = horizon(now, days) if days is not None else EARLIEST
-        out: list[_Valid] = []
-        for start in range(0, len(pending), VALIDATE_BATCH):
-            batch = pending[start : start + VALIDATE_BATCH]
-            for where, got, received in self._events(batch):
-                ts = got.timestamp
-                if ts > now + self._skew:
-                    self._reject(
-                        where,
-                        "timestamp_in_future",
-                        f"more than {self.settings.future_skew_s} s ahead of {iso_z(now)}",
-                    )
-                elif ts < EARLIEST:
-                    self._reject(where, "timestamp_too_old", f"before {iso_z(EARLIEST)}")
-                elif ts < kept:
-                    # The retention job would delete it, and may be deleting its day now.
-                    self._reject(
-                        where, "past_retention",
-                        f"before {iso_z(kept)}, the first day EA_ARCHIVE_RETENTION_DAYS={days} "
-                        "keeps",
-                    )  # fmt: skip
-                else:
-                    out.append(_Valid(where, got, _received(received)))
-            await asyncio.sleep(0)  # the last chunk's counting goes on meanwhile
-        return out
-
-    def _events(
-        self, batch: list[tuple[tuple[str, int], dict[str, object], str | None]]
-    ) -> Iterator[tuple[tuple[str, int], PlainEvent, str | None]]:
-        """The batch's valid events, in order; the others are rejected with the model's
-        reason. Plain ones without pydantic (``plain_event``), the rest in one call."""
-        plain = [plain_event(value) for _, value, _ in batch]
-        others = [value for (_, value, _), got in zip(batch, plain, strict=True) if got is None]
-        checked = iter(validate_events(others) if others else [])
-        for (where, _, received), got in zip(batch, plain, strict=True):
-            if got is None:
-                model = next(checked)
-                if not isinstance(model, Event):
-                    self._reject(where, model.code, f"{model.field}: {model.message}")
-                    continue
-                try:
-                    got = PlainEvent.of(model)
-                except OverflowError:
-                    self._reject(where, "invalid_timestamp", "timestamp is out of range")
-                    continue
-            yield where, got, received
+        first_open = int(floor(settled - self._max_age, Interval.DAY).timestamp()) // 3600
+        await self._direct([p for p in pending if p[2].hour < first_open])
+        await self._live([
+            _Valid.of(name, base, g, i)
+            for name, base, g in pending if g.hour >= first_open
+            for i in range(len(g.ids))
+        ])  # fmt: skip
 
     def _reject(self, where: tuple[str, int], code: str, message: str) -> None:
         self.report.reject(f"{where[0]}:{where[1]}", code, message)
 
     # -- settled days: appended here, then counted --------------------------------------
 
-    async def _direct(self, by_hour: dict[datetime, list[_Valid]]) -> None:
-        erased = await self._erased({v.event.user_id for vs in by_hour.values() for v in vs})
-        if erased:
-            refusal = user_erased()
-            for hour, events in list(by_hour.items()):
-                for v in events:
-                    if v.event.user_id in erased:
-                        self._reject(v.where, refusal.code, refusal.message)
-                by_hour[hour] = [v for v in events if v.event.user_id not in erased]
-            by_hour = {hour: events for hour, events in by_hour.items() if events}
-        if not by_hour:
+    async def _direct(self, groups: list[tuple[str, int, Group]]) -> None:
+        if not groups:
             return
-        days = {floor(hour, Interval.DAY) for hour in by_hour}
+        erased = await self._erased(set().union(*(g.users for _, _, g in groups)))
+        by_hour: dict[int, list[_Part]] = {}
+        for name, base, g in groups:
+            keep: list[int] | None = None
+            if erased and not g.users.isdisjoint(erased):
+                refusal = user_erased()
+                keep = []
+                for i in range(len(g.ids)):
+                    if decode(g.line(i)).user_id in erased:
+                        self._reject((name, base + g.lines[i]), refusal.code, refusal.message)
+                    else:
+                        keep.append(i)
+            by_hour.setdefault(g.hour, []).append((g, keep))
+        days = {datetime.fromtimestamp(hour // 24 * 86400, UTC) for hour in by_hour}
         await import_marks.mark(self.store, days)
-        now = datetime.now(UTC)
-        appended: list[_Valid] = []
-        for hour, events in sorted(by_hour.items()):
-            appended += self._append(files.hour_path(self.root, hour), events, now)
+        prepared: list[list[Call]] = []
+        replayed: list[PreparedEvent] = []
+        for hour, parts in sorted(by_hour.items()):
+            path = files.hour_path(self.root, datetime.fromtimestamp(hour * 3600, UTC))
+            self._append(path, parts, prepared, replayed)
         if self._crash_after_append:
             faults.die()
-        self._counting = asyncio.create_task(self._count_then_unmark(appended, days))
+        self._counting = asyncio.create_task(self._count_then_unmark(prepared, replayed, days))
 
-    async def _count_then_unmark(self, appended: list[_Valid], days: set[datetime]) -> None:
-        await self._count(appended)
+    async def _count_then_unmark(
+        self, prepared: list[list[Call]], replayed: list[PreparedEvent], days: set[datetime]
+    ) -> None:
+        slots = asyncio.Semaphore(COUNT_INFLIGHT)
+
+        async def send(calls: list[Call]) -> None:
+            async with slots:
+                replies = await self.store.send(calls)
+            self.report.counted += sum(reply.count(Outcome.NEW) for reply in replies)
+
+        await asyncio.gather(*(send(calls) for calls in prepared))
+        await self._count(replayed)
         await import_marks.unmark(self.store, days)
 
     async def _erased(self, users: set[str]) -> set[str]:
@@ -373,31 +421,61 @@ class Importer:
                 out.update(u for u, hit in zip(members, found, strict=True) if hit)
         return out
 
-    def _append(self, path: Path, events: list[_Valid], now: datetime) -> list[_Valid]:
-        """Append the events ``path`` lacks (one write and fsync); those appended."""
+    def _append(
+        self,
+        path: Path,
+        parts: list[_Part],
+        prepared: list[list[Call]],
+        replayed: list[PreparedEvent],
+    ) -> None:
+        """Append the events of ``parts`` that ``path`` lacks (one write and fsync); their
+        counting goes to ``prepared`` (whole groups: the calls the workers made) or
+        ``replayed`` (the rest, made here)."""
         with files.locked(path) as fd:
             known = self._ids(path, fd)
+            if all(keep is None for _, keep in parts):
+                ids = [event_id for g, _ in parts for event_id in g.ids]
+                fresh = set(ids)
+                if len(fresh) == len(ids) and known.ids.isdisjoint(fresh):
+                    # The usual case, without a step per event: none of them is there.
+                    known.ids |= fresh
+                    self._write(fd, known, [g.data for g, _ in parts], len(ids))
+                    prepared += (calls for g, _ in parts for calls in g.counts)
+                    return
             out: list[bytes] = []
-            new: list[_Valid] = []
-            for v in events:
-                event = v.event
-                event_id = str(event.event_id)
-                if event_id in known.ids:
-                    self.report.duplicate += 1
+            new = 0
+            for g, keep in parts:
+                kept = []
+                for i in range(len(g.ids)) if keep is None else keep:
+                    event_id = g.ids[i]
+                    if event_id in known.ids:
+                        self.report.duplicate += 1
+                        continue
+                    known.ids.add(event_id)
+                    kept.append(i)
+                new += len(kept)
+                if keep is None and len(kept) == len(g.ids):
+                    out.append(g.data)
+                    prepared += g.counts
                     continue
-                known.ids.add(event_id)
-                record = Record(
-                    event.event_id, event.user_id, event.timestamp, event.event_type,
-                    event.payload, v.received_at or now,
-                )  # fmt: skip
-                out.append(encode(record) + b"\n")
-                new.append(v)
-            if out:
-                data = b"".join(out)
-                files.append(fd, data)
-                known.size += len(data)
-                self.report.accepted += len(out)
-        return new
+                for i in kept:
+                    line = g.line(i)
+                    out.append(line + b"\n")
+                    replayed.append(self._replay(decode(line)))
+            self._write(fd, known, out, new)
+
+    def _write(self, fd: int, known: _HourIds, lines: list[bytes], events: int) -> None:
+        if events:
+            data = b"".join(lines)
+            files.append(fd, data)
+            known.size += len(data)
+            self.report.accepted += events
+
+    def _replay(self, rec: Record) -> PreparedEvent:
+        """What counting an appended event takes, made here (not by a worker)."""
+        shard = self.store.keys.shard_of(rec.user_id)
+        bucket = self.ingestor.buckets.of(shard, rec.event_type, rec.timestamp)
+        return PreparedEvent(shard, bucket, rec.event_id.bytes, rec.user_id, _page(rec), b"")
 
     def _ids(self, path: Path, fd: int) -> _HourIds:
         """The ids in ``path`` (open and locked as ``fd``): read once, then its growth."""
@@ -414,20 +492,9 @@ class Importer:
             known.size = size
         return known
 
-    async def _count(self, appended: list[_Valid]) -> None:
+    async def _count(self, appended: list[PreparedEvent]) -> None:
         """Count what was appended, as a rebuild replays it (not streamed, no dedup: the
         archive had none of them, so the counters had none of them either)."""
-        buckets, keys = self.ingestor.buckets, self.store.keys
-        prepared = []
-        for v in appended:
-            event = v.event
-            shard = keys.shard_of(event.user_id)
-            bucket = buckets.of(shard, event.event_type, event.timestamp)
-            prepared.append(
-                PreparedEvent(
-                    shard, bucket, event.event_id.bytes, event.user_id, event.page_url, b""
-                )
-            )
         slots = asyncio.Semaphore(COUNT_INFLIGHT)
 
         async def count(batch: list[PreparedEvent]) -> None:
@@ -436,7 +503,7 @@ class Importer:
             self.report.counted += sum(1 for f in flags if f is Outcome.NEW)
 
         await asyncio.gather(
-            *(count(prepared[i : i + COUNT_BATCH]) for i in range(0, len(prepared), COUNT_BATCH))
+            *(count(appended[i : i + COUNT_BATCH]) for i in range(0, len(appended), COUNT_BATCH))
         )
 
     # -- the other days: the live path ---------------------------------------------------
@@ -444,8 +511,7 @@ class Importer:
     async def _live(self, events: list[_Valid]) -> None:
         for start in range(0, len(events), LIVE_BATCH):
             fresh = self._not_archived(events[start : start + LIVE_BATCH])
-            now = datetime.now(UTC)
-            prepared = [self._prepare_live(v, now) for v in fresh]
+            prepared = [self._prepare_live(v) for v in fresh]
             outcomes = await self.store.ingest(prepared) if prepared else []
             for v, outcome in zip(fresh, outcomes, strict=True):
                 if outcome is Outcome.NEW:
@@ -461,27 +527,21 @@ class Importer:
                     self._reject(
                         v.where,
                         "too_many_event_types",
-                        f"more than {limit} event types: {v.event.event_type} is new",
+                        f"more than {limit} event types: {v.record.event_type} is new",
                     )
 
-    def _prepare_live(self, v: _Valid, now: datetime) -> PreparedEvent:
+    def _prepare_live(self, v: _Valid) -> PreparedEvent:
         """As ``Ingestor.prepare``, without the live age limit (the caller checked time)."""
-        event = v.event
-        shard = self.store.keys.shard_of(event.user_id)
-        bucket = self.ingestor.buckets.of(shard, event.event_type, event.timestamp)
-        record = Record(
-            event.event_id, event.user_id, event.timestamp, event.event_type,
-            event.payload, v.received_at or now,
-        )  # fmt: skip
-        return PreparedEvent(
-            shard, bucket, event.event_id.bytes, event.user_id, event.page_url, encode(record)
-        )
+        rec = v.record
+        shard = self.store.keys.shard_of(rec.user_id)
+        bucket = self.ingestor.buckets.of(shard, rec.event_type, rec.timestamp)
+        return PreparedEvent(shard, bucket, rec.event_id.bytes, rec.user_id, _page(rec), v.line)
 
     def _not_archived(self, chunk: list[_Valid]) -> list[_Valid]:
         """The events whose id is not in their hour file already (one lock per hour)."""
         by_path: dict[Path, list[_Valid]] = {}
         for v in chunk:
-            hour = v.event.timestamp.replace(minute=0, second=0, microsecond=0)
+            hour = v.record.timestamp.replace(minute=0, second=0, microsecond=0)
             by_path.setdefault(files.hour_path(self.root, hour), []).append(v)
         out: list[_Valid] = []
         for path, events in by_path.items():
@@ -491,18 +551,13 @@ class Importer:
             with files.locked(path) as fd:
                 ids = self._ids(path, fd).ids
             for v in events:
-                if str(v.event.event_id) in ids:
+                if str(v.record.event_id) in ids:
                     self.report.duplicate += 1
                 else:
                     out.append(v)
         return out
 
 
-def _received(text: str | None) -> datetime | None:
-    """An imported record's own ``received_at`` (None: unreadable or absent, then now)."""
-    if not text:
-        return None
-    try:
-        return to_utc(datetime.fromisoformat(text))
-    except (ValueError, OverflowError):
-        return None
+def _page(rec: Record) -> str | None:
+    page = rec.payload.get("page_url")
+    return page if isinstance(page, str) else None

@@ -144,69 +144,14 @@ class IngestWriter:
     def _calls(
         self, events: Sequence[PreparedEvent], stream: bool
     ) -> tuple[dict[int, list[int]], list[Call]]:
-        """Group events by shard: one script call (keys, args) per shard.
+        """Group events by shard: one script call (keys, args) per shard (``ingest_calls``)."""
+        return ingest_calls(self.keys, self.caps, self.aggregate_above, events, stream)
 
-        Per call each distinct bucket's names and each distinct page once, per event five
-        values (``IngestCall``; store/ingest.lua documents the layout). ``stream=False``
-        (replay) counts without dedup and without streaming.
-        """
-        by_shard: dict[int, list[int]] = defaultdict(list)
-        for index, event in enumerate(events):
-            by_shard[event.shard].append(index)
-        calls: list[Call] = []
-        for shard, indexes in by_shard.items():
-            buckets: dict[Bucket, int] = {}
-            pages: dict[str, int] = {}
-            bucket_stems: list[str] = []
-            bucket_args: list[str | int] = []
-            page_args: list[str] = []
-            event_args: list[str | bytes | int] = []
-            for i in indexes:
-                event = events[i]
-                b = buckets.get(event.bucket)
-                if b is None:
-                    b = buckets[event.bucket] = len(buckets) + 1
-                    bucket_stems.extend(event.bucket.stems)
-                    bucket_args.append(event.bucket.event_type)
-                    bucket_args.extend(event.bucket.expire_at)
-                p = 0
-                if event.page_url:
-                    p = pages.get(event.page_url, 0)
-                    if not p:
-                        p = pages[event.page_url] = len(pages) + 1
-                        page_args += (event.page_url, page_digest(event.page_url))
-                event_args += (event.event_id, event.user_id, p, b, event.record)
-            rules = events[indexes[0]].bucket
-            call = IngestCall(
-                stream=self.keys.stream(shard),
-                # Live: dedup by id. Replay: a marker of the call, applied once.
-                dedup_stem=self.keys.seen_stem(shard) if stream else self.keys.replayed_stem(shard),
-                stream_extra=self.keys.stream_extra(shard),
-                event_types=self.keys.event_types(shard),
-                erased=self.keys.erased(shard),
-                events=len(indexes),
-                buckets=len(buckets),
-                pages=len(pages),
-                live=stream,
-                exact=rules.exact,
-                aggregate=len(indexes) > self.aggregate_above,
-                # The window in DEDUP_GENERATIONS generations, plus the one being filled.
-                generation_s=dedup_generation_s(rules.dedup_window_s),
-                generations=DEDUP_GENERATIONS,
-                # Lets the script recognise its own earlier write if this very call is sent
-                # again (a client-side retry after a lost reply): never a false duplicate.
-                token=secrets.token_bytes(8),
-                max_event_types=self.caps.event_types,
-                max_pages=self.caps.pages_per_bucket,
-                other_page=OTHER_PAGE,
-                other_page_digest=page_digest(OTHER_PAGE),
-                bucket_stems=bucket_stems,
-                bucket_args=bucket_args,
-                page_args=page_args,
-                event_args=event_args,
-            )
-            calls.append(call.call())
-        return by_shard, calls
+    async def send(self, calls: Sequence[Call]) -> list[list[int]]:
+        """The flags of calls made by ``ingest_calls`` elsewhere (an import's worker
+        processes prepare them), all in one round trip."""
+        async with engine_errors(write=True):
+            return await call_per_shard(self.client, self._ingest_script, calls)
 
     async def stream_length(self) -> int:
         """Events in all shards' streams (not yet trimmed by the archiver)."""
@@ -219,3 +164,75 @@ class IngestWriter:
     async def engine_info(self) -> dict[str, Any]:
         """Reachability and durability facts for /health/ready (``connect.engine_info``)."""
         return await engine_info(self.client)
+
+
+def ingest_calls(
+    keys: Keys,
+    caps: Caps,
+    aggregate_above: int,
+    events: Sequence[PreparedEvent],
+    stream: bool,
+) -> tuple[dict[int, list[int]], list[Call]]:
+    """Group events by shard: one script call (keys, args) per shard.
+
+    Per call each distinct bucket's names and each distinct page once, per event five
+    values (``IngestCall``; store/ingest.lua documents the layout). ``stream=False``
+    (replay) counts without dedup and without streaming.
+    """
+    by_shard: dict[int, list[int]] = defaultdict(list)
+    for index, event in enumerate(events):
+        by_shard[event.shard].append(index)
+    calls: list[Call] = []
+    for shard, indexes in by_shard.items():
+        buckets: dict[Bucket, int] = {}
+        pages: dict[str, int] = {}
+        bucket_stems: list[str] = []
+        bucket_args: list[str | int] = []
+        page_args: list[str] = []
+        event_args: list[str | bytes | int] = []
+        for i in indexes:
+            event = events[i]
+            b = buckets.get(event.bucket)
+            if b is None:
+                b = buckets[event.bucket] = len(buckets) + 1
+                bucket_stems.extend(event.bucket.stems)
+                bucket_args.append(event.bucket.event_type)
+                bucket_args.extend(event.bucket.expire_at)
+            p = 0
+            if event.page_url:
+                p = pages.get(event.page_url, 0)
+                if not p:
+                    p = pages[event.page_url] = len(pages) + 1
+                    page_args += (event.page_url, page_digest(event.page_url))
+            event_args += (event.event_id, event.user_id, p, b, event.record)
+        rules = events[indexes[0]].bucket
+        call = IngestCall(
+            stream=keys.stream(shard),
+            # Live: dedup by id. Replay: a marker of the call, applied once.
+            dedup_stem=keys.seen_stem(shard) if stream else keys.replayed_stem(shard),
+            stream_extra=keys.stream_extra(shard),
+            event_types=keys.event_types(shard),
+            erased=keys.erased(shard),
+            events=len(indexes),
+            buckets=len(buckets),
+            pages=len(pages),
+            live=stream,
+            exact=rules.exact,
+            aggregate=len(indexes) > aggregate_above,
+            # The window in DEDUP_GENERATIONS generations, plus the one being filled.
+            generation_s=dedup_generation_s(rules.dedup_window_s),
+            generations=DEDUP_GENERATIONS,
+            # Lets the script recognise its own earlier write if this very call is sent
+            # again (a client-side retry after a lost reply): never a false duplicate.
+            token=secrets.token_bytes(8),
+            max_event_types=caps.event_types,
+            max_pages=caps.pages_per_bucket,
+            other_page=OTHER_PAGE,
+            other_page_digest=page_digest(OTHER_PAGE),
+            bucket_stems=bucket_stems,
+            bucket_args=bucket_args,
+            page_args=page_args,
+            event_args=event_args,
+        )
+        calls.append(call.call())
+    return by_shard, calls
