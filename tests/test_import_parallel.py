@@ -231,3 +231,53 @@ def test_workers_leave_no_metrics_files_in_the_services_directory(
     assert "accepted 3000, duplicate 0, rejected 0" in out
     pids = {f.stem.rpartition("_")[2] for f in metrics.glob("*.db")}
     assert pids <= {str(proc.pid)}, sorted(f.name for f in metrics.glob("*.db"))
+
+
+def _worker_pids(pid: int) -> set[int]:
+    """The import's worker processes (spawned: ``multiprocessing.spawn``), not its
+    resource tracker."""
+    found = set()
+    for child in _children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            found.add(child)
+    return found
+
+
+def test_a_killed_worker_stops_the_import_with_a_line_and_the_next_run_finishes(
+    db: Backend, tmp_path: Path
+) -> None:
+    root = tmp_path / "archive"
+    env = {**env_for(db, root), "EA_IMPORT_BLOCK_BYTES": "65536"}
+    events = history(60_000, hours=24)
+    src = write_ndjson(tmp_path / "big.ndjson", events)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "event_analytics", "import", "--workers", "1", str(src)],
+        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    workers: set[int] = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers = _worker_pids(proc.pid)
+        if workers and files.list_files(root):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the import ended before its worker could be killed"
+    assert len(workers) == 1, workers
+    os.kill(workers.pop(), signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, (out, err)
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err.decode(), err.decode()
+    assert lines[0].startswith("event-analytics import: an import worker process ended"), err
+    assert "send it again to finish" in lines[0]
+    partial = archive_ids(root)
+    assert set(partial.values()) <= {1}
+    done = run_import(env, "--workers", "1", str(src))
+    assert done.returncode == 0, done.stderr
+    assert archive_ids(root) == Counter({e["event_id"]: 1 for e in events})
+    checked = cli(["verify"], env)
+    assert checked.returncode == 0 and "0 differ" in checked.stdout, checked.stdout

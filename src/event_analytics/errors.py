@@ -157,6 +157,21 @@ class ImportBusy(EventAnalyticsError):
         return f"{self}; send it again when that one has finished (it is exactly once)"
 
 
+class ImportWorkerLost(EventAnalyticsError):
+    """A worker process of an import died (importing.py): the import stopped there."""
+
+    status, slug, title = 503, "import-worker-lost", "An import worker was lost"
+    retry_after_s = 10
+
+    def detail(self) -> str:
+        # True of every import (importing.py): appends are exactly once and the days the
+        # stopped import left uncounted stay marked, so the next import rebuilds them.
+        return (
+            f"{self}; what it appended is kept exactly once: send it again to finish "
+            "(events already imported count as duplicates)"
+        )
+
+
 class ErasureJobNotFound(NotFound):
     """No erasure job with the id asked for (never made, or ended long ago)."""
 

@@ -45,7 +45,7 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
         return 2
 
     async def run(settings: Settings) -> int:
-        from event_analytics.errors import ImportBusy
+        from event_analytics.errors import ImportBusy, ImportWorkerLost
         from event_analytics.importing import run_import
 
         sources = [(path.name, path, fmt) for path, fmt in planned]
@@ -53,6 +53,9 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
             report = await run_import(settings, sources, args.import_workers)
         except ImportBusy as exc:
             print(f"event-analytics import: {exc}", file=sys.stderr)
+            return 1
+        except ImportWorkerLost as exc:
+            print(f"event-analytics import: {exc.detail()}", file=sys.stderr)
             return 1
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""

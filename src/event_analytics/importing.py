@@ -51,6 +51,7 @@ import os
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import chain, islice
@@ -61,7 +62,7 @@ from event_analytics.analytics.freshness import archived_until
 from event_analytics.archive import files, rebuild
 from event_analytics.archive.record import Record, decode
 from event_analytics.config import Settings
-from event_analytics.errors import ImportBusy, user_erased
+from event_analytics.errors import ImportBusy, ImportWorkerLost, user_erased
 from event_analytics.expiry import horizon
 from event_analytics.import_read import block_ranges, read
 from event_analytics.import_work import (
@@ -292,12 +293,20 @@ class Importer:
                 return
             pool = self._workers()
             ahead: deque[Future[Block]] = deque()
-            for start, end in chain(first, ranges):
-                ahead.append(pool.submit(check_file_block, path, start, end, fmt, self._kept()))
-                if len(ahead) >= AHEAD * self.workers:
+            try:
+                for start, end in chain(first, ranges):
+                    ahead.append(pool.submit(check_file_block, path, start, end, fmt, self._kept()))
+                    if len(ahead) >= AHEAD * self.workers:
+                        yield await asyncio.wrap_future(ahead.popleft())
+                while ahead:
                     yield await asyncio.wrap_future(ahead.popleft())
-            while ahead:
-                yield await asyncio.wrap_future(ahead.popleft())
+            except BrokenProcessPool as exc:
+                # A worker died (killed, out of memory): the pool refuses every block
+                # after it. A line for the command and the API, not the pool's traceback.
+                raise ImportWorkerLost(
+                    "an import worker process ended before finishing its part "
+                    "(killed, or out of memory)"
+                ) from exc
 
     def _kept(self) -> datetime:
         """The first day an event may be of: retention's first kept day, or EARLIEST."""
