@@ -139,7 +139,7 @@ SERVICE_FIXTURES = frozenset({"service", "live", "two_workers", "engine_down"})
 HEAVY_MODULES = frozenset({
     "test_expiry", "test_import", "test_import_window", "test_export", "test_archive_cli",
     "test_goals_cli", "test_loadtest", "test_erase_prepass", "test_visits_plans",
-    "test_visits_model", "test_copy_schema",
+    "test_visits_model", "test_copy_schema", "test_import_parallel",
 })  # fmt: skip
 
 
