@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import uvicorn
@@ -104,6 +105,9 @@ class InProcessService:
     """
 
     url = "http://127.0.0.1"
+    # The apps running in this test process: each freezes the process's collector once
+    # it has warmed up (api/app.py), so a test of the collector's counts waits for all.
+    running: ClassVar[set[InProcessService]] = set()
 
     def __init__(
         self,
@@ -148,6 +152,7 @@ class InProcessService:
         self._stop = asyncio.Event()
         async with self.app.router.lifespan_context(self.app):
             archiving = asyncio.create_task(self._archive(self._stop)) if self.archiver else None
+            InProcessService.running.add(self)
             self._started.set()
             await self._stop.wait()
             if archiving is not None:
@@ -231,6 +236,7 @@ class InProcessService:
         # The lifespan froze what was alive then (gc.freeze, for a worker's latency);
         # in the test process those objects would never be collected afterwards.
         gc.unfreeze()
+        InProcessService.running.discard(self)
         # What the lifespan started must have ended with it (uvicorn's asyncio.run would
         # cancel what is left, hiding it). A task left pending here is destroyed by a later
         # test's collection, its connection still open: pytest would blame that test.

@@ -216,6 +216,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The enrichment data (a second or so to load) loads beside startup, not in it: the
         # service is ready at once, and a request that needs it first waits for it.
         warming = asyncio.create_task(_freeze_after(asyncio.to_thread(app.state.compat.warm)))
+        # Whether this app has frozen what it keeps: the freeze moves the process's
+        # collector counts, and a test measuring them waits for this app's, not another's.
+        app.state.warming = warming
         try:
             yield
         finally:
