@@ -176,28 +176,37 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-def test_a_killed_import_takes_its_workers_and_the_next_run_finishes(
-    db: Backend, tmp_path: Path
-) -> None:
+def _under_way(
+    db: Backend, tmp_path: Path, workers: int
+) -> tuple[Path, dict[str, str], list[dict[str, Any]], Path, subprocess.Popen[bytes], set[int]]:
+    """An import of 60,000 events with ``workers`` worker processes, once they all run
+    and its first hour file is written: (archive, env, events, file, process, workers)."""
     root = tmp_path / "archive"
     env = {**env_for(db, root), "EA_IMPORT_BLOCK_BYTES": "65536"}
     events = history(60_000, hours=24)
     src = write_ndjson(tmp_path / "big.ndjson", events)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "event_analytics", "import", "--workers", "2", str(src)],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "event_analytics", "import", "--workers", str(workers), str(src)],
+        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    workers: set[int] = set()
+    found: set[int] = set()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        workers |= _children(proc.pid)
-        if len(workers) >= 2 and files.list_files(root):
+        found = _worker_pids(proc.pid)
+        if len(found) >= workers and files.list_files(root):
             break
         time.sleep(0.01)
     assert proc.poll() is None, "the import ended before it could be killed"
-    assert len(workers) >= 2, workers
+    assert len(found) >= workers, found
+    return root, env, events, src, proc, found
+
+
+def test_a_killed_import_takes_its_workers_and_the_next_run_finishes(
+    db: Backend, tmp_path: Path
+) -> None:
+    root, env, events, src, proc, workers = _under_way(db, tmp_path, 2)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.communicate(timeout=30)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
         time.sleep(0.05)
@@ -250,22 +259,7 @@ def _worker_pids(pid: int) -> set[int]:
 def test_a_killed_worker_stops_the_import_with_a_line_and_the_next_run_finishes(
     db: Backend, tmp_path: Path
 ) -> None:
-    root = tmp_path / "archive"
-    env = {**env_for(db, root), "EA_IMPORT_BLOCK_BYTES": "65536"}
-    events = history(60_000, hours=24)
-    src = write_ndjson(tmp_path / "big.ndjson", events)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "event_analytics", "import", "--workers", "1", str(src)],
-        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    workers: set[int] = set()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        workers = _worker_pids(proc.pid)
-        if workers and files.list_files(root):
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the import ended before its worker could be killed"
+    root, env, events, src, proc, workers = _under_way(db, tmp_path, 1)
     assert len(workers) == 1, workers
     os.kill(workers.pop(), signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
