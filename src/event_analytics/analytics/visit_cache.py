@@ -11,23 +11,24 @@ plain tables' memory); the queries then read those tables instead of the archive
 
 Exact, never stale: the key holds the identity of every archive file the range reads,
 taken *before* they are read: each hour file's path, inode, size, modification and
-change times, and the same of its Parquet copy and of the copy's record.
-An appended line changes a size; a compaction adds a copy and a record; an erasure
-renames a rewritten hour file over the old one (a new inode) and redoes its copy;
-retention deletes hours; an import creates or appends to hour files. Any of these makes
-a new key: the old entry is never read again (dropped when the next query of its range
-finds the new files, else it ages out). Files read a moment after the key was taken can
-only be newer than it, never older.
+change times, and the same of its Parquet copy and of the copy's record. A query of the
+same files reads the entry as it is. When they changed only by appended lines (the hour
+being written, a late line, an import, a compaction: ``visit_cache_delta``), the entry
+is brought up in place: only the visitors of the appended lines are cut into visits
+again. Any other change (an erasure renames a rewritten hour file over the old one,
+retention deletes hours) fills the entry again. Files read a moment after the key was
+taken can only be newer than it, never older.
 
 Bounded by memory (``EA_VISIT_CACHE_BYTES``): an entry's size is what DuckDB reports its
-tables hold (``duckdb_memory()``, measured around the fill; fills run one at a time for
-that); past the bound the least recently used entries not being read are detached. An
-entry larger than the bound answers the queries that wait for it and is then dropped.
+tables hold (``duckdb_memory()``, measured around the fill or update; fills and updates
+run one at a time for that); past the bound the least recently used entries not being
+read are detached. An entry larger than the bound answers the queries that wait for it
+and is then dropped.
 
 A fill costs more than one answer (about the dearest query of the page), so filling a
-range whose files change between any two of its queries (a range holding the hour being
-appended to on a busy site) would make every query dearer: such a range is answered
-without filling until two queries in a row find the same files (``_churning``).
+range whose files change other than by appended lines between any two of its queries
+would make every query dearer: such a range is answered without filling until two
+queries in a row find the same files (``_churning``).
 """
 
 from __future__ import annotations

@@ -145,11 +145,12 @@ def ctes(
         suspect = "coalesce(lag(user_id) OVER w <> user_id OR lag(ts) OVER w = ts, false)"
         # A suspect visit is kept wherever it starts: its row must reach the answer.
         keep = " OR bool_or(suspect)"
-    among = f" AND {uk} IN (SELECT uk FROM {only})" if only is not None else ""
-    return f"""events AS ({source(p, files)}),
+    # Restricted in the read itself: the rows of other visitors are never converted.
+    among = f"{uk} IN (SELECT uk FROM {only})" if only is not None else None
+    return f"""events AS ({source(p, files, among)}),
 ev AS (SELECT event_id, {uk} AS uk, user_id, ts, received_at, event_type, {carried}
     FROM events WHERE ts >= {p.bind(lookback)} AND ts < {p.bind(end)}
-    AND NOT starts_with(event_type, 'bot_') AND site = {p.bind(site)}{among}),
+    AND NOT starts_with(event_type, 'bot_') AND site = {p.bind(site)}),
 seq AS (SELECT * EXCLUDE (user_id), CASE WHEN epoch_us(ts) - epoch_us(lag(ts) OVER w)
     <= {p.bind(timeout_s * 1_000_000)} THEN 0 ELSE 1 END AS starts, row_number() OVER w AS seq,
     {suspect} AS suspect FROM ev WINDOW w AS (PARTITION BY uk ORDER BY {order})),
