@@ -67,7 +67,7 @@ class Read:
     mark: bytes
 
 
-def _copy_range(fd: int, start: int, end: int, target: Path) -> None:
+def copy_range(fd: int, start: int, end: int, target: Path) -> None:
     with target.open("wb") as out:
         offset = start
         while offset < end:
@@ -152,7 +152,7 @@ def hour_files(
                     out.jsonl.append(str(found.path))
                 else:  # a tail after the copy, or a file whose last line is not whole
                     part = Path(scratch) / f"{found.path.stem}.{done}.jsonl"
-                    _copy_range(fd, done, whole, part)
+                    copy_range(fd, done, whole, part)
                     out.jsonl.append(str(part))
             finally:
                 os.close(fd)

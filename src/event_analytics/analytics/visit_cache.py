@@ -234,18 +234,10 @@ class VisitCache:
         query may have brought it up to them meanwhile), or is brought up to the files now
         by the lines appended since it read them (an update); False: they are not."""
         if entry.key == key:
-            with self._lock:
-                self.hits += 1
-                entry.hits += 1
-            self._count("hit")
-            return True
+            return self._hit(entry)
         with entry.updating:
             if entry.key == key:
-                with self._lock:
-                    self.hits += 1
-                    entry.hits += 1
-                self._count("hit")
-                return True
+                return self._hit(entry)
             if not self.incremental or not entry.kept:
                 return False
             back = key.start - timedelta(seconds=key.timeout_s)
@@ -275,6 +267,13 @@ class VisitCache:
                 entry.hits += 1
             self._count("update")
             return True
+
+    def _hit(self, entry: _Entry) -> bool:
+        with self._lock:
+            self.hits += 1
+            entry.hits += 1
+        self._count("hit")
+        return True
 
     def _new(self, key: Key, dropped: _Entry | None) -> _Entry | None:
         """Under ``_lock``, no entry for ``key.shape``: a new one with a user, to fill (a

@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from event_analytics.analytics import visits
-from event_analytics.analytics.snapshot import Read, Sources, hour_files, mark, whole_lines
+from event_analytics.analytics.snapshot import (
+    Read,
+    Sources,
+    copy_range,
+    hour_files,
+    mark,
+    whole_lines,
+)
 from event_analytics.analytics.sql import Params, source
 from event_analytics.archive.files import list_files
 from event_analytics.timebucket import Interval, floor
@@ -72,13 +79,7 @@ def _tail(path: str, old: Read | None, scratch: str, n: int) -> tuple[Read, str 
         if whole <= begin:
             return (old or Read(stat.st_dev, stat.st_ino, 0, mark(fd, 0))), None
         part = os.path.join(scratch, f"{n}.jsonl")
-        with open(part, "wb") as out:
-            offset = begin
-            while offset < whole:
-                sent = os.sendfile(out.fileno(), fd, offset, whole - offset)
-                if sent == 0:
-                    break
-                offset += sent
+        copy_range(fd, begin, whole, Path(part))
         return Read(stat.st_dev, stat.st_ino, whole, mark(fd, whole)), part
     finally:
         os.close(fd)
