@@ -4,7 +4,7 @@ the whole set in <= 2 s over the 3,000,000-event archive).
 
     python benchmarks/site_page_bench.py [--events 3000000] [--days 7] [--runs 5]
         [--storage parquet|jsonl] [--dir /tmp/ea-analytics-bench]
-        [--visit-cache ab|on|off] [--visit-cache-bytes N]
+        [--visit-cache ab|on|off] [--visit-cache-bytes N] [--churn N]
 
 The archive is analytics_bench.py's (generated once under --dir with its parameters and
 reused, the same directory as that bench by default). The set, in the order the page
@@ -30,6 +30,15 @@ Each load runs twice in turn (``--visit-cache on``, the default): with the visit
 changed, whose first query fills the range's entries), and again (warm: a repeat load
 over an unchanged archive); ``--visit-cache ab`` runs it without the cache first (the
 A/B in one run), ``off`` only without; ``--visit-cache-bytes`` is its bound.
+
+``--churn N`` adds two modes over a live copy of the archive (``--dir``/churn: hard
+links, but the last hour, the one being written, a JSONL file of its own and not
+compacted, as on a live site): before each load a writer appends N events (visits of
+the bench's visitors, some of them seen before) to that hour, and the load runs with
+the cache's incremental update off (each change fills the range again, as before
+visit_cache_delta) and then on (the entries brought up by the appended lines). Their
+answers cannot be the model's (events were added): each churning load's answers are
+checked against a run without the cache over the same files, after its clock stops.
 """
 
 from __future__ import annotations
@@ -37,24 +46,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shlex
+import shutil
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import site_page_model
-from analytics_bench import END, GOALS, SITE, archive, archive_args, hour_records
+from analytics_bench import END, GOALS, SITE, _visit, archive, archive_args, hour_records
 from rich.console import Console
 from rich.table import Table
 
 from event_analytics.analytics import site_list, stats
 from event_analytics.analytics.pool import QueryEngine, QueryTimeout
 from event_analytics.analytics.stats_spec import parse_query, with_goals
-from event_analytics.archive import files
+from event_analytics.archive import files, record
 from event_analytics.archive.compact import compact_closed
 from event_analytics.config import Settings
 
@@ -138,6 +150,9 @@ def quantiles(samples: list[float]) -> dict[str, float]:
 
 
 Calls = dict[str, Callable[[], Any]]
+# A mode: its calls, what to do before each load, and calls whose answers its answers must
+# equal (None: the model's).
+Mode = tuple[Calls, Callable[[], None] | None, Calls | None]
 # Each page load, three ways in turn (--visit-cache ab): without the visit cache; with it
 # emptied first (the first load after the archive changed: on a live site, most loads);
 # and again (a repeat load over an unchanged archive).
@@ -145,7 +160,7 @@ MODES = ("no cache", "cache, cold", "cache, warm")
 
 
 def page_loads(
-    modes: dict[str, tuple[Calls, Callable[[], None] | None]],
+    modes: dict[str, Mode],
     model: dict[str, Any],
     runs: int,
     deadline: float,
@@ -155,13 +170,14 @@ def page_loads(
     requests in turn once per mode (its calls, and what to do before the load), each
     request timed and its answer checked after its clock stops: per mode, each request's
     p50/p95, and the whole load's (the sum of its requests' times)."""
-    each = {m: {name: [] for name in calls} for m, (calls, _) in modes.items()}
+    each = {m: {name: [] for name in calls} for m, (calls, _, _) in modes.items()}
     whole: dict[str, list[float]] = {m: [] for m in modes}
     for i in range(runs + 1):
-        for mode, (calls, before) in modes.items():
+        for mode, (calls, before, reference) in modes.items():
             if before is not None:
                 before()
             total = 0.0
+            answers = {}
             for name, call in calls.items():
                 if time.monotonic() > deadline:
                     raise OverBudget(f"past --budget in page load {i} (0 is the warm-up), "
@@ -172,17 +188,68 @@ def page_loads(
                 except QueryTimeout as e:
                     raise OverBudget(f"page load {i} (0 is the warm-up), {name}: {e}") from None
                 took = time.perf_counter() - began
-                check(name, answer, model[name])
-                say(f"load {i}{' (warm)' if i == 0 else ''}, {mode}: {name}: {took:.3f} s, "
-                    "as the model")  # fmt: skip
+                if reference is None:
+                    check(name, answer, model[name])
+                answers[name] = answer
+                say(f"load {i}{' (warm)' if i == 0 else ''}, {mode}: {name}: {took:.3f} s"
+                    f"{', as the model' if reference is None else ''}")  # fmt: skip
                 total += took
                 if i:
                     each[mode][name].append(took)
             say(f"load {i}, {mode}: the whole page {total:.3f} s "
                 f"(load average {os.getloadavg()[0]:.2f})")  # fmt: skip
+            for name, call in (reference or {}).items():
+                if answers[name] != (want := call()):
+                    raise Wrong(f"{mode}: {name}: answered {json.dumps(answers[name])}\n"
+                                f"without the cache: {json.dumps(want)}")  # fmt: skip
+            if reference is not None:
+                say(f"load {i}, {mode}: every answer as without the cache")
             if i:
                 whole[mode].append(total)
     return {m: ({n: quantiles(t) for n, t in each[m].items()}, quantiles(whole[m])) for m in modes}
+
+
+CHURN_MODES = {"churning, incremental off": False, "churning, incremental": True}
+
+
+def churn_copy(root: Path, where: Path, end: datetime) -> Path:
+    """A copy of the archive to append to: hard links, but the hour before ``end`` a file
+    of its own without its Parquet copy (a live site's current hour is not compacted)."""
+    shutil.rmtree(where, ignore_errors=True)
+    live = where / "archive"
+    last = files.hour_path(root, end - timedelta(hours=1))
+    for path in root.rglob("*"):
+        if path.is_dir() or (path.parent == last.parent and path.name.startswith(last.stem + ".")):
+            continue
+        target = live / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, target)
+    target = live / last.relative_to(root)
+    shutil.copyfile(last, target)
+    return live
+
+
+class Writer:
+    """Appends visits of the bench's visitors to the last hour, as the archiver does."""
+
+    def __init__(self, root: Path, end: datetime, events: int, users: int, pages: int):
+        self.root, self.end, self.events, self.users = root, end, events, users
+        self.urls = [f"https://{SITE}/p/{i}" for i in range(pages)]
+        self.rng = random.Random(7)
+
+    def append(self) -> None:
+        hour = self.end - timedelta(hours=1)
+        out: list[record.Record] = []
+        while len(out) < self.events:
+            user = f"user_{self.rng.randrange(self.users)}"
+            began = hour + timedelta(microseconds=self.rng.randrange(3_600_000_000))
+            for ts, kind, payload in _visit(self.rng, began, self.end, self.urls, len(self.urls)):
+                out.append(record.Record(event_id=uuid.uuid4(), user_id=user, timestamp=ts,
+                                         event_type=kind, payload=payload,
+                                         received_at=ts))  # fmt: skip
+        lines = b"".join(record.encode(r) + b"\n" for r in out[: self.events])
+        with files.locked(files.hour_path(self.root, hour)) as fd:
+            files.append(fd, lines)
 
 
 def expected(args: argparse.Namespace, params: dict[str, Any], end: datetime) -> dict[str, Any]:
@@ -226,6 +293,13 @@ def main() -> int:
         default=Settings.model_fields["visit_cache_bytes"].default,
         help="the visit cache's bound (EA_VISIT_CACHE_BYTES)",
     )
+    parser.add_argument(
+        "--churn",
+        type=int,
+        default=0,
+        help="N > 0: also two churning modes, N events appended to the hour being written "
+        "before each load (the cache's incremental update off, then on)",
+    )
     args = parser.parse_args()
     if args.days != 7:
         parser.error("--days: the page's 7-day range must hold the whole archive: 7")
@@ -248,13 +322,24 @@ def main() -> int:
                            threads=args.threads, visit_cache_bytes=cache_bytes)  # fmt: skip
 
     plain, cached = engine(0), engine(args.visit_cache_bytes)
-    every: dict[str, tuple[Calls, Callable[[], None] | None]] = {
-        MODES[0]: (page_set(root, end, plain), None),
-        MODES[1]: (page_set(root, end, cached), cached.visit_cache.clear),
-        MODES[2]: (page_set(root, end, cached), None),
+    every: dict[str, Mode] = {
+        MODES[0]: (page_set(root, end, plain), None, None),
+        MODES[1]: (page_set(root, end, cached), cached.visit_cache.clear, None),
+        MODES[2]: (page_set(root, end, cached), None, None),
     }
     wanted = {"ab": MODES, "off": MODES[:1], "on": MODES[1:]}[args.visit_cache]
     modes = {m: every[m] for m in wanted}
+    churners: list[QueryEngine] = []
+    if args.churn:
+        live = churn_copy(root, args.dir / "churn", end)
+        writer = Writer(live, end, args.churn, args.users, args.pages)
+        reference = page_set(live, end, plain)
+        for mode, incremental in CHURN_MODES.items():
+            churner = engine(args.visit_cache_bytes)
+            churner.visit_cache.incremental = incremental
+            churners.append(churner)
+            modes[mode] = (page_set(live, end, churner), writer.append, reference)
+        wanted = (*wanted, *CHURN_MODES)
     deadline = time.monotonic() + args.budget
     load_before = os.getloadavg()
     try:
@@ -263,6 +348,11 @@ def main() -> int:
         console.print(f"[red]{e}[/red]")
         return 1
     load_after = os.getloadavg()
+    for mode, churner in zip(CHURN_MODES, churners, strict=False):
+        c = churner.visit_cache
+        console.print(f"{mode}: fills {c.misses}, updates {c.updates} (visitors cut again: "
+                      f"{c.updated_visitors}), hits {c.hits}, bypasses {c.bypasses}; "
+                      f"entries {c.size() / 2**20:.0f} MiB")  # fmt: skip
     table = Table(
         title=(
             f"The site page's queries, 7-day range, over {args.events:,} archived events "
@@ -277,6 +367,9 @@ def main() -> int:
         table.add_column(f"{mode}: p50 s", justify="right")
         table.add_column("p95 s", justify="right")
     calls = modes[wanted[0]][0]
+    if args.churn:
+        title = f", churning: {args.churn} events appended to the last hour before each load"
+        table.title = f"{table.title}{title}"
     for name in calls:
         table.add_row(name, *(f"{measured[m][0][name][k]:.3f}" for m in modes
                               for k in ("p50_s", "p95_s")))  # fmt: skip
@@ -297,7 +390,7 @@ def main() -> int:
                                   "threads": args.threads},
               "load_average_1m": {"before": load_before[0], "after": load_after[0]},
               "verified": "every answer of every run equal to site_page_model.py's",
-              "visit_cache_bytes": args.visit_cache_bytes,
+              "visit_cache_bytes": args.visit_cache_bytes, "churn_events": args.churn,
               "modes": {m: {"requests": measured[m][0], "whole_page": measured[m][1]}
                         for m in modes}}  # fmt: skip
     out.write_text(json.dumps(record, indent=2) + "\n")

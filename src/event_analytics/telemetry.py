@@ -189,8 +189,10 @@ FORWARDED_IN_FLIGHT = Gauge(
 VISIT_CACHE = Counter(
     "ea_visit_cache_requests",
     "Stats API queries' visit reads, by outcome (hit: answered from a cached entry, one "
-    "being filled included; miss: the range was read and cut into visits, and kept; bypass: "
-    "read without keeping it, its files having changed since its last query unread)",
+    "being filled included; update: from a cached entry brought up to its files by the "
+    "lines appended since, only the visitors of those lines cut into visits again; miss: "
+    "the range was read and cut into visits, and kept; bypass: read without keeping it, "
+    "its files having changed other than by appended lines since its last query unread)",
     ["outcome"],
 )
 VISIT_CACHE_EVICTIONS = Counter(

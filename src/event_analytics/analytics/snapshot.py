@@ -9,6 +9,7 @@ written this instant) is copied up to its last newline, and the copy is read ins
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -16,12 +17,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from event_analytics.archive.compact import covered, parquet_path
+from event_analytics.archive.compact import Covered, covered, parquet_path
 from event_analytics.archive.derived import SCHEMA_VERSION
 from event_analytics.archive.files import list_files
 from event_analytics.timebucket import Interval, floor
 
 _BLOCK = 1 << 16
+_MARK = 4096  # bytes hashed at each end of a read prefix (``Read.mark``)
 
 
 def _last_newline(fd: int, size: int) -> int:
@@ -36,7 +38,36 @@ def _last_newline(fd: int, size: int) -> int:
     return 0
 
 
-def _copy_range(fd: int, start: int, end: int, target: Path) -> None:
+def whole_lines(fd: int, size: int) -> int:
+    """The complete-line prefix of a file of ``size`` bytes."""
+    if size == 0:
+        return 0
+    return size if os.pread(fd, 1, size - 1) == b"\n" else _last_newline(fd, size)
+
+
+def mark(fd: int, length: int) -> bytes:
+    """A hash of the first and the last bytes of the prefix ``[0, length)``: with the inode
+    and a size of at least ``length``, what says the prefix is still the one read (an
+    inode number is reused once a file is deleted; compaction's record checks the first
+    line likewise)."""
+    n = min(_MARK, length)
+    return hashlib.sha256(os.pread(fd, n, 0) + os.pread(fd, n, length - n)).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Of one hour file a query read: its JSONL's device and inode, the length of its
+    complete lines whose events the query read for sure (from a copy or the JSONL; lines
+    after it may have been read too), and the ``mark`` of that prefix. An inode of -1:
+    what was read is not provably a prefix of this file (a copy of another inode)."""
+
+    dev: int
+    ino: int
+    length: int
+    mark: bytes
+
+
+def copy_range(fd: int, start: int, end: int, target: Path) -> None:
     with target.open("wb") as out:
         offset = start
         while offset < end:
@@ -85,9 +116,11 @@ def estimate(root: Path, start: datetime | None, end: datetime) -> Scan:
 
 
 @contextlib.contextmanager
-def hour_files(root: Path, start: datetime | None, end: datetime) -> Iterator[Sources]:
+def hour_files(
+    root: Path, start: datetime | None, end: datetime, reads: dict[str, Read] | None = None
+) -> Iterator[Sources]:
     """The files to read for events with timestamps in ``[start, end)``; copies are
-    removed after."""
+    removed after. ``reads`` is given each opened hour file's ``Read``."""
     first = floor(start, Interval.HOUR) if start is not None else None
     with tempfile.TemporaryDirectory(prefix="ea-query-") as scratch:
         out = Sources()
@@ -98,8 +131,10 @@ def hour_files(root: Path, start: datetime | None, end: datetime) -> Iterator[So
             except FileNotFoundError:
                 continue
             try:
-                size = os.fstat(fd).st_size
+                stat = os.fstat(fd)
+                size = stat.st_size
                 done = 0
+                provable = reads is not None and _note(reads, str(found.path), fd, stat, copy)
                 if copy is not None:
                     fresh = copy.schema == SCHEMA_VERSION
                     (out.parquet if fresh else out.parquet_old).append(
@@ -108,15 +143,34 @@ def hour_files(root: Path, start: datetime | None, end: datetime) -> Iterator[So
                     done = copy.jsonl_bytes
                 if size <= done:
                     continue
-                whole = size if os.pread(fd, 1, size - 1) == b"\n" else _last_newline(fd, size)
+                whole = whole_lines(fd, size)
+                if reads is not None and provable and whole > done:
+                    reads[str(found.path)] = _read(fd, stat, whole)
                 if whole <= done:
                     continue
                 if done == 0 and whole == size:
                     out.jsonl.append(str(found.path))
                 else:  # a tail after the copy, or a file whose last line is not whole
                     part = Path(scratch) / f"{found.path.stem}.{done}.jsonl"
-                    _copy_range(fd, done, whole, part)
+                    copy_range(fd, done, whole, part)
                     out.jsonl.append(str(part))
             finally:
                 os.close(fd)
         yield out
+
+
+def _read(fd: int, stat: os.stat_result, length: int) -> Read:
+    return Read(stat.st_dev, stat.st_ino, length, mark(fd, length))
+
+
+def _note(reads: dict[str, Read], path: str, fd: int, stat: os.stat_result,
+          copy: Covered | None) -> bool:  # fmt: skip
+    """Note the read of a file before its tail (the copy's prefix, or none); False: what is
+    read is not provably a prefix of this file."""
+    if copy is not None and copy.inode != stat.st_ino:
+        # Renamed over since ``covered`` looked (an erasure): the copy is of another file.
+        reads[path] = Read(stat.st_dev, -1, 0, b"")
+        return False
+    done = copy.jsonl_bytes if copy is not None else 0
+    reads[path] = _read(fd, stat, min(done, stat.st_size))
+    return True

@@ -32,32 +32,36 @@ class Params:
         return f"${name}"
 
 
-def source(params: Params, files: Sources) -> str:
+def source(params: Params, files: Sources, where: str | None = None) -> str:
     """A SELECT of the ``events`` columns from Parquet copies and JSONL files: the
     record's columns and the derived ones (``derived.DERIVED``), read from a copy that
-    holds them, else computed here by the same SQL compaction ran.
+    holds them, else computed here by the same SQL compaction ran. ``where`` (SQL made by
+    the caller, on the record's columns) keeps only the rows it holds for, before any
+    column is converted or derived.
 
     ``ignore_errors`` reads a line a live archiver is appending at this moment as a row
     of NULLs instead of failing the query; ``event_id IS NOT NULL`` drops it. (A torn
     tail left by a crash is never read at all: see ``snapshot.hour_files``.)
     """
     parts = []
+    only = f" WHERE {where}" if where is not None else ""
     if files.parquet:
         parts.append(
             f'SELECT event_id, user_id, "timestamp" AS ts, {BASE_COLUMNS}, '
-            f"{', '.join(derived.NAMES)} FROM read_parquet({params.bind(files.parquet)})"
+            f"{', '.join(derived.NAMES)} FROM read_parquet({params.bind(files.parquet)}){only}"
         )
     if files.parquet_old:
         parts.append(
             f'SELECT *, {derived.select_sql()} FROM (SELECT event_id, user_id, "timestamp" AS '
-            f"ts, {BASE_COLUMNS} FROM read_parquet({params.bind(files.parquet_old)}))"
+            f"ts, {BASE_COLUMNS} FROM read_parquet({params.bind(files.parquet_old)}){only})"
         )
     if files.jsonl:
         parts.append(
             f'SELECT *, {derived.select_sql()} FROM (SELECT event_id, user_id, "timestamp" AS '
             "ts, event_type, payload->>'page_url' AS page_url, payload, received_at "
             f"FROM read_json({params.bind(files.jsonl)}, format='newline_delimited', "
-            f"columns={params.bind(COLUMNS)}, ignore_errors=true) WHERE event_id IS NOT NULL)"
+            f"columns={params.bind(COLUMNS)}, ignore_errors=true) WHERE event_id IS NOT NULL "
+            f"AND {where or 'true'})"
         )
     if not parts:
         return (

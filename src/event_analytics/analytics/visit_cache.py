@@ -11,23 +11,24 @@ plain tables' memory); the queries then read those tables instead of the archive
 
 Exact, never stale: the key holds the identity of every archive file the range reads,
 taken *before* they are read: each hour file's path, inode, size, modification and
-change times, and the same of its Parquet copy and of the copy's record.
-An appended line changes a size; a compaction adds a copy and a record; an erasure
-renames a rewritten hour file over the old one (a new inode) and redoes its copy;
-retention deletes hours; an import creates or appends to hour files. Any of these makes
-a new key: the old entry is never read again (dropped when the next query of its range
-finds the new files, else it ages out). Files read a moment after the key was taken can
-only be newer than it, never older.
+change times, and the same of its Parquet copy and of the copy's record. A query of the
+same files reads the entry as it is. When they changed only by appended lines (the hour
+being written, a late line, an import, a compaction: ``visit_cache_delta``), the entry
+is brought up in place: only the visitors of the appended lines are cut into visits
+again. Any other change (an erasure renames a rewritten hour file over the old one,
+retention deletes hours) fills the entry again. Files read a moment after the key was
+taken can only be newer than it, never older.
 
 Bounded by memory (``EA_VISIT_CACHE_BYTES``): an entry's size is what DuckDB reports its
-tables hold (``duckdb_memory()``, measured around the fill; fills run one at a time for
-that); past the bound the least recently used entries not being read are detached. An
-entry larger than the bound answers the queries that wait for it and is then dropped.
+tables hold (``duckdb_memory()``, measured around the fill or update; fills and updates
+run one at a time for that); past the bound the least recently used entries not being
+read are detached. An entry larger than the bound answers the queries that wait for it
+and is then dropped.
 
 A fill costs more than one answer (about the dearest query of the page), so filling a
-range whose files change between any two of its queries (a range holding the hour being
-appended to on a busy site) would make every query dearer: such a range is answered
-without filling until two queries in a row find the same files (``_churning``).
+range whose files change other than by appended lines between any two of its queries
+would make every query dearer: such a range is answered without filling until two
+queries in a row find the same files (``_churning``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import itertools
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -47,15 +48,12 @@ from typing import Any
 from event_analytics.analytics import visits
 from event_analytics.analytics.snapshot import hour_files
 from event_analytics.analytics.sql import Params
+from event_analytics.analytics.visit_cache_delta import EVENT_COLUMNS, Reads, Run, appended, merge
 from event_analytics.archive.compact import parquet_path
 from event_analytics.archive.files import list_files
 from event_analytics.timebucket import Interval, floor
 
-Run = Callable[..., list[tuple[Any, ...]]]
 MAX_QUESTIONS = 1024  # questions whose latest files are remembered (_churning)
-# ``vev``'s own columns (its derived ones: archive/derived.py); the rest is its visit's
-# row of ``visits``.
-EVENT_COLUMNS = "event_id, ts, received_at, event_type, payload, " + ", ".join(visits.EVENT_COLUMNS)
 _MEMORY_SQL = (
     "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = 'IN_MEMORY_TABLE'"
 )
@@ -112,22 +110,30 @@ class Key:
 @dataclass(slots=True)
 class _Entry:
     name: str  # the attached database's name, made here (never request text)
+    key: Key  # the files it answers for exactly (taken before they were read)
+    reads: Reads = field(default_factory=dict)  # what it read of each (visit_cache_delta)
+    plan: str | None = None  # the plan its tables were cut by (``uk``'s expression)
     users: int = 0
     hits: int = 0
     size: int = 0
     kept: bool = True  # False: in no map any more, detached when its last user leaves
     failed: bool = False
     ready: threading.Event = field(default_factory=threading.Event)
+    updating: threading.Lock = field(default_factory=threading.Lock)  # one update at a time
 
 
 class VisitCache:
-    """Entries of sessionized visits; ``run`` runs one statement (the engine's fetch)."""
+    """Entries of sessionized visits; ``run`` runs one statement (the engine's fetch).
+    ``incremental`` False: an entry is filled again whenever its files change (the cache
+    before visit_cache_delta; the benchmark's A/B)."""
 
     def __init__(self, run: Run, bound_bytes: int, wait_s: float) -> None:
         self.bound_bytes = bound_bytes
+        self.incremental = True
         self._run = run
         self._wait_s = wait_s
-        self._entries: OrderedDict[Key, _Entry] = OrderedDict()
+        # One entry per question (Key.shape), the least recently used first.
+        self._entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
         self._lock = threading.Lock()  # the map, sizes and users
         self._memory = threading.Lock()  # one fill or detach at a time: sizes by difference
         self._detach: list[str] = []  # detached by the next holder of ``_memory``
@@ -135,6 +141,7 @@ class VisitCache:
         # Per question (Key.shape): the files of its latest query, the newest first.
         self._latest: OrderedDict[tuple[Any, ...], Key] = OrderedDict()
         self.hits = self.misses = self.bypasses = self.evictions = 0
+        self.updates = self.updated_visitors = 0
 
     @property
     def enabled(self) -> bool:
@@ -157,9 +164,7 @@ class VisitCache:
         """Drop every entry (those being read go when their readers leave)."""
         with self._lock:
             for e in self._entries.values():
-                e.kept = False
-                if e.users == 0:
-                    self._detach.append(e.name)
+                self._drop(e)
             self._entries.clear()
             _telemetry().VISIT_CACHE_BYTES.set(0)
         with self._memory:
@@ -167,61 +172,141 @@ class VisitCache:
 
     @contextlib.contextmanager
     def lease(self, root: Path, key: Key) -> Iterator[str | None]:
-        """The name of the database holding ``key``'s ``visits`` and ``vev`` (filled now
-        on a miss), kept while the block runs; None: answer without the cache (it is off,
-        or the fill another query was making failed)."""
+        """The name of the database holding ``key``'s ``visits`` and ``vev`` (filled or
+        brought up to the files now on a miss), kept while the block runs; None: answer
+        without the cache (it is off, or the fill another query was making failed)."""
         if not self.enabled:
             yield None
             return
-        with self._lock:
-            entry = self._entries.get(key)
-            hit = entry is not None
-            if entry is None and self._churning(key.shape, key):
-                self.bypasses += 1
-                entry = None
-            elif entry is None:
-                entry = _Entry(f"visit_cache_{next(self._ids)}")
-                self._entries[key] = entry
-                self.misses += 1
-            else:
-                self.hits += 1
-                entry.hits += 1
-            if entry is not None:
-                self._entries.move_to_end(key)
-                entry.users += 1
-        outcome = "hit" if hit else "miss" if entry is not None else "bypass"
-        _telemetry().VISIT_CACHE.labels(outcome).inc()
+        entry = self._take(root, key)
         if entry is None:
             yield None
             return
         try:
-            if not hit:
-                self._fill(root, key, entry)
-            elif not entry.ready.wait(self._wait_s) or entry.failed:
-                yield None
-                return
             yield entry.name
         finally:
             self._release(entry)
 
-    def _churning(self, shape: tuple[Any, ...], key: Key) -> bool:
+    def _count(self, outcome: str) -> None:
+        _telemetry().VISIT_CACHE.labels(outcome).inc()
+
+    def _take(self, root: Path, key: Key) -> _Entry | None:
+        """The entry answering ``key``, with a user more; None: answer without it."""
+        with self._lock:
+            entry = self._entries.get(key.shape)
+            if entry is None or entry.failed:
+                fresh = self._new(key, None)
+            else:
+                fresh = None
+                self._entries.move_to_end(key.shape)
+                entry.users += 1
+        if entry is None or entry.failed:
+            return self._filled(root, key, fresh)
+        if not entry.ready.wait(self._wait_s) or entry.failed:
+            self._count("hit")  # as one: it waited for another query's fill
+            self._release(entry)
+            return None
+        if self._brought_up(root, key, entry):
+            return entry
+        self._release(entry)
+        with self._lock:
+            if self._entries.get(key.shape) is entry:
+                del self._entries[key.shape]
+                self._drop(entry)
+            if key.shape in self._entries:  # another query's entry since: this one without
+                self.bypasses += 1
+                self._count("bypass")
+                return None
+            fresh = self._new(key, entry)
+        return self._filled(root, key, fresh)
+
+    def _filled(self, root: Path, key: Key, entry: _Entry | None) -> _Entry | None:
+        if entry is not None:
+            try:
+                self._fill(root, key, entry)
+            except BaseException:
+                self._release(entry)
+                raise
+        return entry
+
+    def _brought_up(self, root: Path, key: Key, entry: _Entry) -> bool:
+        """Whether ``entry`` now answers ``key``: it read those files (a hit; another
+        query may have brought it up to them meanwhile), or is brought up to the files now
+        by the lines appended since it read them (an update); False: they are not."""
+        if entry.key == key:
+            return self._hit(entry)
+        with entry.updating:
+            if entry.key == key:
+                return self._hit(entry)
+            if not self.incremental or not entry.kept:
+                return False
+            back = key.start - timedelta(seconds=key.timeout_s)
+            with appended(root, entry.reads, back, key.end) as delta:
+                if delta is None:
+                    return False
+                changed = 0
+                if delta.tails:
+                    with self._memory:
+                        self._detach_pending()
+                        before = self._run(_MEMORY_SQL)[0][0]
+                        got = merge(self._run, entry.name, root, key.site, key.start, key.end,
+                                    key.timeout_s, entry.plan, delta.tails)  # fmt: skip
+                        if got is None:
+                            return False
+                        changed = got
+                        if changed:
+                            self._run(f"CHECKPOINT {entry.name}")
+                        grown = self._run(_MEMORY_SQL)[0][0] - before
+                        with self._lock:
+                            entry.size = max(0, entry.size + grown)
+                            self._evict()
+            entry.key, entry.reads = key, delta.reads
+            with self._lock:
+                self.updates += 1
+                self.updated_visitors += changed
+                entry.hits += 1
+            self._count("update")
+            return True
+
+    def _hit(self, entry: _Entry) -> bool:
+        with self._lock:
+            self.hits += 1
+            entry.hits += 1
+        self._count("hit")
+        return True
+
+    def _new(self, key: Key, dropped: _Entry | None) -> _Entry | None:
+        """Under ``_lock``, no entry for ``key.shape``: a new one with a user, to fill (a
+        miss), or None (a bypass: ``_churning``)."""
+        if self._churning(key, dropped):
+            self.bypasses += 1
+            self._count("bypass")
+            return None
+        entry = _Entry(f"visit_cache_{next(self._ids)}", key, users=1)
+        self._entries[key.shape] = entry
+        self.misses += 1
+        self._count("miss")
+        return entry
+
+    def _churning(self, key: Key, dropped: _Entry | None) -> bool:
         """Under ``_lock``, on a miss: whether the archive this question reads changes
-        faster than it is asked (its files changed since its last query, and that query's
-        entry was never read again, or there was none): then a fill, dearer than one
-        answer, would be thrown away unread; answer without filling, and fill again once
-        two queries in a row find the same files. The superseded entry is dropped."""
-        last = self._latest.pop(shape, None)
-        self._latest[shape] = key
+        faster than it is asked, other than by appended lines (its files changed since its
+        last query, and that query's entry was never read again, or there was none): then
+        a fill, dearer than one answer, would be thrown away unread; answer without
+        filling, and fill again once two queries in a row find the same files."""
+        last = self._latest.pop(key.shape, None)
+        self._latest[key.shape] = key
         while len(self._latest) > MAX_QUESTIONS:
             self._latest.popitem(last=False)
         if last is None or last.sources == key.sources:
             return False
-        old = self._entries.pop(last, None)
-        if old is not None:
-            old.kept = False
-            if old.users == 0 and old.ready.is_set():
-                self._detach.append(old.name)
-        return old is None or old.hits == 0
+        return dropped is None or dropped.hits == 0
+
+    def _drop(self, entry: _Entry) -> None:
+        """Under ``_lock``: out of the map (the caller's part); detached once unread."""
+        entry.kept = False
+        if entry.users == 0 and entry.ready.is_set():
+            self._detach.append(entry.name)
 
     def _fill(self, root: Path, key: Key, entry: _Entry) -> None:
         try:
@@ -229,7 +314,7 @@ class VisitCache:
                 self._detach_pending()
                 before = self._run(_MEMORY_SQL)[0][0]
                 self._run(f"ATTACH ':memory:' AS {entry.name} (COMPRESS)")
-                self._tables(root, key, entry.name)
+                entry.plan = self._tables(root, key, entry)
                 size = max(0, self._run(_MEMORY_SQL)[0][0] - before)
                 with self._lock:
                     entry.size = size
@@ -239,29 +324,33 @@ class VisitCache:
             entry.failed = True
             with self._lock:
                 if entry.kept:
-                    del self._entries[key]
+                    if self._entries.get(key.shape) is entry:
+                        del self._entries[key.shape]
                     entry.kept = False
             raise
         finally:
             entry.ready.set()
 
-    def _tables(self, root: Path, key: Key, db: str) -> None:
+    def _tables(self, root: Path, key: Key, entry: _Entry) -> str | None:
         """``vev`` by the key's plan (again by the exact plan when the fast one says its
-        order may be wrong), ``visits`` from it, then compressed."""
+        order may be wrong), ``visits`` from it, then compressed; the plan used."""
+        db = entry.name
         plans = [key.fast_key, None] if key.fast_key is not None else [None]
         back = timedelta(seconds=key.timeout_s)
-        with hour_files(root, key.start - back, key.end) as files:
-            for plan in plans:
+        for plan in plans:
+            entry.reads = {}
+            with hour_files(root, key.start - back, key.end, entry.reads) as files:
                 p = Params()
                 ctes = visits.ctes(p, files, key.site, key.start, key.end, key.timeout_s,
                                    fast_key=plan)  # fmt: skip
                 self._run(f"CREATE OR REPLACE TABLE {db}.vev AS WITH {ctes} SELECT * FROM vev",
                           p.values)  # fmt: skip
-                if not self._run(f"SELECT coalesce(bool_or(suspect), false) FROM {db}.vev")[0][0]:
-                    break
+            if not self._run(f"SELECT coalesce(bool_or(suspect), false) FROM {db}.vev")[0][0]:
+                break
         self._run(f"CREATE TABLE {db}.visits AS SELECT DISTINCT ON (uk, vn) "
                   f"* EXCLUDE ({EVENT_COLUMNS}) FROM {db}.vev")  # fmt: skip
         self._run(f"CHECKPOINT {db}")
+        return plan
 
     def _evict(self) -> None:
         """Under ``_lock``: drop least recently used entries not being read until the

@@ -121,6 +121,7 @@ def ctes(
     events: bool = True,
     fast_key: str | None = FAST_KEY,
     payload: bool = True,
+    only: str | None = None,
 ) -> str:
     """The CTE list (without ``WITH``) ending in ``visits`` and ``vev``; ``visits`` has
     the columns of ``attributes`` (names from VISIT_COLUMNS) besides the metrics'.
@@ -128,7 +129,9 @@ def ctes(
     without ``payload`` its payload is NULL: the windows then sort only what the query
     reads. With ``fast_key``, ``visits`` has a
     column ``suspect``: true on some row when the fast plan's order may be wrong, and then
-    rows that do not start in the range may be in it too (the answer is thrown away)."""
+    rows that do not start in the range may be in it too (the answer is thrown away).
+    ``only`` names a table of ``uk`` values (made by the visit cache, never request
+    text): the visits of those visitors alone, from all their events."""
     lookback = start - timedelta(seconds=timeout_s)
     carried = ("payload" if payload else "NULL::JSON AS payload") + _fields(attributes)
     pages = {"entry_page", "exit_page"} & attributes
@@ -142,7 +145,9 @@ def ctes(
         suspect = "coalesce(lag(user_id) OVER w <> user_id OR lag(ts) OVER w = ts, false)"
         # A suspect visit is kept wherever it starts: its row must reach the answer.
         keep = " OR bool_or(suspect)"
-    return f"""events AS ({source(p, files)}),
+    # Restricted in the read itself: the rows of other visitors are never converted.
+    among = f"{uk} IN (SELECT uk FROM {only})" if only is not None else None
+    return f"""events AS ({source(p, files, among)}),
 ev AS (SELECT event_id, {uk} AS uk, user_id, ts, received_at, event_type, {carried}
     FROM events WHERE ts >= {p.bind(lookback)} AND ts < {p.bind(end)}
     AND NOT starts_with(event_type, 'bot_') AND site = {p.bind(site)}),
