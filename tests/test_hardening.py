@@ -32,6 +32,7 @@ from event_analytics.model import EVENT_ADAPTER
 from tests.backends import Backend
 from tests.helpers import HTTP, event, seed_key
 from tests.inproc import InProcessService, in_process
+from tests.rawhttp import read_response
 from tests.servers import ServiceProcess
 
 WRITE = "hardening-write-key-0001"
@@ -130,24 +131,9 @@ def test_head_too_large_gets_431(strict: ServiceProcess) -> None:
 
 
 def _read_response(sock: socket.socket, to_head: bool = False) -> tuple[bytes, bytes]:
-    """One response's head and its body (by Content-Length) from a kept-alive connection;
-    ``to_head``: the answer to a HEAD request (its Content-Length, but no body)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        (int(v) for k, _, v in (h.partition(b": ") for h in head.split(b"\r\n")[1:])
-         if k.lower() == b"content-length"),
-        0,
-    )  # fmt: skip
-    while not to_head and len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, body
-        body += chunk
-    return head, body
+    """One response's head and body from a kept-alive connection (tests.rawhttp)."""
+    reply = read_response(sock, to_head)
+    return reply.head, reply.body
 
 
 def test_responses_without_body_writes_and_100_continue(live: ServiceProcess) -> None:

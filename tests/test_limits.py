@@ -17,6 +17,7 @@ import pytest
 
 from tests.backends import Backend
 from tests.helpers import event
+from tests.rawhttp import read_response
 from tests.servers import ServiceProcess, stopped_after
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("engine", ["valkey"], indirect=True)]
@@ -47,20 +48,9 @@ def _connect(svc: ServiceProcess, source: str = "127.0.0.1") -> socket.socket:
 
 
 def _response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One whole response (by Content-Length): status, headers (lower-case), body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:])}
-    while len(body) < int(headers.get("content-length", "0")):
-        chunk = sock.recv(65536)
-        assert chunk, body
-        body += chunk
-    return int(lines[0].split()[1]), headers, body
+    """One whole response (tests.rawhttp): status, headers (lower-case), body."""
+    reply = read_response(sock)
+    return reply.status, reply.headers, reply.body
 
 
 def _request(
