@@ -319,7 +319,10 @@ def test_a_locked_hour_and_a_stale_stream_hold_back(db: Backend, tmp_path: Path)
     assert done.horizon == f"{oldest.hour:%Y-%m-%dT00:00:00Z}"
     # A stream entry received long ago may hold events of any day up to EA_MAX_AGE_S
     # before it: until it is archived, those days stay.
-    received = oldest.hour + timedelta(days=7, hours=1)
+    # Received a minute past EA_MAX_AGE_S after the oldest hour began: the oldest event it
+    # may carry falls in that hour, so in the oldest day whatever the hour (an hour past
+    # it, as before, left the oldest day free when that hour was 23:00: failed at 20:40).
+    received = oldest.hour + timedelta(seconds=settings.max_age_s, minutes=1)
     with contextlib.closing(db.client()) as c:
         c.xadd(db.keys().stream(0), {"e": b"-"}, id=f"{int(received.timestamp() * 1000)}-0")
     done = expire(settings)
