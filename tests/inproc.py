@@ -114,23 +114,18 @@ class InProcessService:
         settings: Settings,
         env: dict[str, str] | None = None,
         archiver: bool = False,
-        log_path: Path | None = None,
     ) -> None:
         """``env``: what a CLI or a direct ingest needs to reach the same engine.
 
         ``archiver``: run the archiver into ``settings.archive_path`` beside the app (as
         ``serve`` does; then no other archiver may read the engine's streams under the
-        same key prefix). ``log_path``: write the log records of this process at INFO
-        and above there while it runs, as ``serve`` writes its log (``logs.config``):
-        the app's and the archiver's, not those of the thread that started it."""
+        same key prefix)."""
         self.settings = settings
         self.env = env or {}
         self.data_dir = Path(settings.data_dir)
         self.archiver = archiver
-        self.log_path = log_path
-        self._log: logging.Handler | None = None
+        self.log_path: Path | None = None
         self._servers: list[tuple[uvicorn.Server, concurrent.futures.Future[None]]] = []
-        self._root_level = logging.getLogger().level
         self.app = create_app(settings)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -168,18 +163,6 @@ class InProcessService:
             await store.close()
 
     def start(self) -> None:
-        if self.log_path is not None:
-            self._log = logging.FileHandler(self.log_path)
-            self._log.setFormatter(JsonFormatter())
-            self._log.setLevel(logging.INFO)
-            # Not the records of the test's own thread (its client's "HTTP Request" lines):
-            # the app, its archiver and their worker threads run on other threads.
-            caller = threading.get_ident()
-            self._log.addFilter(lambda record: record.thread != caller)
-            root = logging.getLogger()
-            root.addHandler(self._log)
-            if root.getEffectiveLevel() > logging.INFO:
-                root.setLevel(logging.INFO)
         self._thread.start()
         self._running = asyncio.run_coroutine_threadsafe(self._run(), self.loop)
         deadline = time.monotonic() + WAIT_S
@@ -187,6 +170,30 @@ class InProcessService:
             if self._running.done():
                 self._running.result()  # startup failed: its exception, here
             assert time.monotonic() < deadline, "the app's startup did not finish"
+
+    @contextmanager
+    def logging_to(self, path: Path) -> Iterator[Path]:
+        """Meanwhile, write the log records of this process at INFO and above to ``path``
+        (``log_path``), as ``serve`` writes its log (``logs.config``): the app's and its
+        archiver's, and any other in-process app's alive then (a superset), but not the
+        calling thread's (its client's "HTTP Request" lines): the apps run on others."""
+        handler = logging.FileHandler(path)
+        handler.setFormatter(JsonFormatter())
+        handler.setLevel(logging.INFO)
+        caller = threading.get_ident()
+        handler.addFilter(lambda record: record.thread != caller)
+        root = logging.getLogger()
+        level = root.level
+        root.addHandler(handler)
+        if root.getEffectiveLevel() > logging.INFO:
+            root.setLevel(logging.INFO)
+        self.log_path = path
+        try:
+            yield path
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
+            handler.close()
 
     def listen(self) -> str:
         """Serve the app on a socket of 127.0.0.1 too, as ``serve`` runs uvicorn (its HTTP
@@ -229,10 +236,6 @@ class InProcessService:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=WAIT_S)
         self.loop.close()
-        if self._log is not None:
-            logging.getLogger().removeHandler(self._log)
-            logging.getLogger().setLevel(self._root_level)
-            self._log.close()
         # The lifespan froze what was alive then (gc.freeze, for a worker's latency);
         # in the test process those objects would never be collected afterwards.
         gc.unfreeze()
@@ -255,11 +258,11 @@ async def _end_tasks_left() -> list[str]:
 
 @contextmanager
 def in_process(
-    settings: Settings, env: dict[str, str], archiver: bool = False, log_path: Path | None = None
+    settings: Settings, env: dict[str, str], archiver: bool = False
 ) -> Iterator[InProcessService]:
-    """The app on ``settings``, started; stopped afterwards (``env``: its engine's; the
-    rest as ``InProcessService`` takes them)."""
-    svc = InProcessService(settings, env, archiver=archiver, log_path=log_path)
+    """The app on ``settings``, started; stopped afterwards (``env``: its engine's;
+    ``archiver`` as ``InProcessService`` takes it)."""
+    svc = InProcessService(settings, env, archiver=archiver)
     try:
         svc.start()
         yield svc

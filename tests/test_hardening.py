@@ -65,17 +65,16 @@ def strict(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def strict_app(
     engine: Backend, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[InProcessService]:
-    """``strict``'s keys and access log on the app in this process, writing its log as
-    ``serve`` does (tests.inproc); no archiver (``app_service``'s rule)."""
-    root = tmp_path_factory.mktemp("strict-app")
+    """``strict``'s keys and access log on the app in this process (tests.inproc); no
+    archiver (``app_service``'s rule)."""
     settings: Settings = engine.settings(
-        data_dir=root / "data",
+        data_dir=tmp_path_factory.mktemp("strict-app") / "data",
         key_prefix=engine.prefix,
         write_keys=WRITE,
         read_keys=READ,
         access_log=True,
     )
-    with in_process(settings, engine.env, log_path=root / "serve.log") as svc:
+    with in_process(settings, engine.env) as svc:
         yield svc
 
 
@@ -238,9 +237,15 @@ def test_hung_engine_answers_503_then_recovers(killable: Backend, tmp_path: Path
         svc.stop()
 
 
-def test_logs_are_json_with_request_ids_and_no_user_data(strict_app: InProcessService) -> None:
-    strict, log_path = strict_app, strict_app.log_path
-    assert log_path is not None
+def test_logs_are_json_with_request_ids_and_no_user_data(
+    strict_app: InProcessService, tmp_path: Path
+) -> None:
+    # The app's log while the test runs, written as ``serve`` writes it (tests.inproc).
+    with strict_app.logging_to(tmp_path / "serve.log") as log_path:
+        _send_and_read_the_log(strict_app, log_path)
+
+
+def _send_and_read_the_log(strict: InProcessService, log_path: Path) -> None:
     secrets = ["Secret_User_7731", "secret-page-8842.example", "unknown-key-secret-99321", WRITE]
     write = {"authorization": f"Bearer {WRITE}", **JSON}
     sent = [

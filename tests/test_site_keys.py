@@ -66,7 +66,8 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessService]:
     )
     with (
         engine_settings(settings) as resolved,
-        in_process(resolved, {}, archiver=True, log_path=root / "serve.log") as app,
+        in_process(resolved, {}, archiver=True) as app,
+        app.logging_to(root / "serve.log"),
     ):
         _send(app)
         yield app
@@ -424,5 +425,6 @@ def test_the_password_is_in_no_log(svc: InProcessService) -> None:
     token = _link(svc, A, PASSWORD)["token"]
     _unlock(svc, token, PASSWORD)
     _unlock(svc, token, PASSWORD + "!")
+    assert svc.log_path is not None
     logged = svc.log_path.read_text(errors="replace")
     assert logged and PASSWORD not in logged
