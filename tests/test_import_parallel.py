@@ -254,24 +254,3 @@ def _worker_pids(pid: int) -> set[int]:
         if b"spawn_main" in cmdline:
             found.add(child)
     return found
-
-
-def test_a_killed_worker_stops_the_import_with_a_line_and_the_next_run_finishes(
-    db: Backend, tmp_path: Path
-) -> None:
-    root, env, events, src, proc, workers = _under_way(db, tmp_path, 1)
-    assert len(workers) == 1, workers
-    os.kill(workers.pop(), signal.SIGKILL)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, (out, err)
-    lines = err.decode().strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err.decode(), err.decode()
-    assert lines[0].startswith("event-analytics import: an import worker process ended"), err
-    assert "send it again to finish" in lines[0]
-    partial = archive_ids(root)
-    assert set(partial.values()) <= {1}
-    done = run_import(env, "--workers", "1", str(src))
-    assert done.returncode == 0, done.stderr
-    assert archive_ids(root) == Counter({e["event_id"]: 1 for e in events})
-    checked = cli(["verify"], env)
-    assert checked.returncode == 0 and "0 differ" in checked.stdout, checked.stdout
