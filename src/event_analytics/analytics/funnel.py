@@ -78,7 +78,7 @@ def _any_chains(n: int, with_oks: str) -> str:
     """``chains`` for ``any`` over a SELECT of the entries with ``ok<k>``: the level is
     the first step not reached, minus one (no step times: they have no order)."""
     level = " ".join(f"WHEN NOT ok{k} THEN {k - 1}" for k in range(2, n + 1))
-    times = ", ".join(f"NULL::TIMESTAMPTZ AS t{k}" for k in range(2, n + 1))
+    times = ", ".join(f"NULL::BIGINT AS t{k}" for k in range(2, n + 1))
     return (
         f"chains AS (SELECT uk, bd, n1, t1, {times}, CASE {level} ELSE {n} END AS level "
         f"FROM ({with_oks}))"
@@ -163,7 +163,10 @@ def build(
     src = source(p, files)
     start, end = p.bind(spec.start), p.bind(spec.end)
     read_end = p.bind(spec.end + timedelta(seconds=spec.window_s))
-    w = f"to_seconds({p.bind(spec.window_s)})"
+    # Inside the funnel a time is its epoch microseconds (BIGINT): ``t1 + window`` on a
+    # TIMESTAMPTZ is calendar arithmetic per row, ~5x an integer add; same order, same
+    # equalities. The range filter stays on the file's column, where the scan uses it.
+    w = f"{p.bind(spec.window_s * 1_000_000)}::BIGINT"
     matches = ", ".join(f"{step_sql(p, s)} AS s{i}" for i, s in enumerate(spec.steps, 1))
     bd = (
         field_sql(p, parse_field(spec.breakdown, bare_is_property=False))
@@ -171,10 +174,10 @@ def build(
         else "NULL::VARCHAR"
     )
     # Strict needs every event of the user (any other event breaks the chain); the other
-    # orders only the events that match some step.
-    relevant = (
-        "" if spec.order == "strict" else "WHERE " + " OR ".join(f"s{i}" for i in range(1, n + 1))
-    )
+    # orders only the events that are an entry or match a later step (a step-1 match
+    # after ``to`` is neither: read only for the window of the entries before it).
+    later = "".join(f" OR s{i}" for i in range(2, n + 1))
+    relevant = "" if spec.order == "strict" else f"WHERE (s1 AND ts < epoch_us({end})){later}"
     # On the fast plan ``seq`` carries nx2 (ordered) or nx2..nx<n> (any); an entry takes
     # the ones it reads itself.
     if fast_key is not None and spec.order == "ordered":
@@ -187,10 +190,7 @@ def build(
     # Each user's chain: the furthest level, then the earliest entry (n1 is unique per
     # user), chosen by one aggregate instead of a sort of every entry.
     key = "level * 4294967296 - n1"
-    durations = [
-        f"arg_max_null((epoch_us(t{k}) - epoch_us(t{k - 1})) / 1e6, {key}) AS d{k}"
-        for k in range(2, n + 1)
-    ]
+    durations = [f"arg_max_null((t{k} - t{k - 1}) / 1e6, {key}) AS d{k}" for k in range(2, n + 1)]
     aggregates = ["count(*) AS u1"]
     for k in range(2, n + 1):
         aggregates += [
@@ -201,11 +201,11 @@ def build(
     sql = f"""
 WITH events AS ({src}),
 ev AS (SELECT * FROM (
-    SELECT user_id, ts, received_at, event_id, {bd} AS bd, {matches} FROM events
-    WHERE ts >= {start} AND ts < {read_end}) {relevant}),
+    SELECT user_id, epoch_us(ts) AS ts, received_at, event_id, {bd} AS bd, {matches}
+    FROM (SELECT * FROM events WHERE ts >= {start} AND ts < {read_end})) {relevant}),
 {_sequence_sql(fast_key, seq_nexts)},
 c1 AS (SELECT uk, bd, n AS n1, ts AS t1{nexts} FROM seq
-    WHERE s1 AND ts >= {start} AND ts < {end}),
+    WHERE s1 AND ts >= epoch_us({start}) AND ts < epoch_us({end})),
 {chains},
 best AS (SELECT uk, coalesce(arg_max_null(bd, {key}), '{NONE}') AS bd, max(level) AS level,
     {", ".join(durations)} FROM chains GROUP BY uk),
