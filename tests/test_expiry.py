@@ -437,10 +437,11 @@ def test_kill_9_at_each_point_then_the_next_pass_finishes(
     db: Backend, tmp_path: Path, pgdb: str, point: str, now: datetime
 ) -> None:
     records = records_over(DAYS + 3, now)
-    # Two more hour files on the oldest day: records every 5 hours leave it one file when
-    # its first record is late in the day (this failed from ~17:00 UTC on: killed after
-    # that one file, the day had nothing left to differ, so no note). With two, the day
-    # keeps a file at mid_files and verify has differences to set aside, at any hour.
+    # Two more hour files late on the oldest day: killed after its first file, the day
+    # must keep files for verify to set aside (with one file only, as records every 5
+    # hours gave it when the layout moved with the clock, from ~17:00 UTC on, the day had
+    # nothing left to differ, so no note). The layout of ``now`` gives it more already;
+    # these keep the premise if DAYS or the step change.
     first_day = floor(min(r.timestamp for r in records), Interval.DAY)
     for h in (22, 23):
         ts = first_day + timedelta(hours=h, minutes=30)
