@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from tests.servers import HTTP
+
 ROOT = Path(__file__).resolve().parent.parent
 # Beside the clone, here and in CI (shared/ is copied next to it there).
 BASE_IMAGES = ROOT.parent / "shared" / "containers" / "base-images.sh"
@@ -57,7 +59,7 @@ def wait_ready(url: str, timeout_s: float = 90.0, what: str = "") -> float:
     last = ""
     while True:
         try:
-            r = httpx.get(f"{url}/health/ready", timeout=3)
+            r = HTTP.get(f"{url}/health/ready", timeout=3)  # one client: no TLS context per poll
             if r.status_code == 200:
                 return time.monotonic() - start
             last = f"{r.status_code} {r.text[:300]}"

@@ -8,10 +8,8 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
-
 from tests.helpers import IST, event, seed_key
-from tests.servers import ServiceProcess
+from tests.servers import HTTP, ServiceProcess
 from tests.traffic import send_all
 
 EVENTS = 5_000
@@ -45,10 +43,10 @@ def test_concurrent_offsets_and_retries_are_exact(two_workers: ServiceProcess) -
     assert again.count(200) == len(resend), {s: again.count(s) for s in set(again)}
 
     for minute in minutes:
-        r = httpx.get(f"{two_workers.url}/analytics/minute-buckets/{seed_key(minute)}")
+        r = HTTP.get(f"{two_workers.url}/analytics/minute-buckets/{seed_key(minute)}")
         got = r.json()
         assert (got["count"], got["unique_users"]) == (counts[minute], len(users[minute]))
-    rows = httpx.get(f"{two_workers.url}/analytics/page_views_per_minute?minutes=10").json()
+    rows = HTTP.get(f"{two_workers.url}/analytics/page_views_per_minute?minutes=10").json()
     served = {r["minute_timestamp"]: (r["count"], r["unique_users"]) for r in rows}
     for minute in minutes:
         key = minute.strftime("%Y-%m-%dT%H:%M:%SZ")

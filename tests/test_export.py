@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from event_analytics.archive import files, record
 from event_analytics.archive.export import CSV_COLUMNS
 from tests.helpers import event
-from tests.servers import ServiceProcess, stopped_after
+from tests.servers import HTTP, ServiceProcess, stopped_after
 
 T0 = datetime(2026, 11, 27, 8, tzinfo=UTC)
 SITES = ("a.example", "b.example")
@@ -311,7 +311,7 @@ def wait_archived_with_key(url: str, key: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     auth = {"Authorization": f"Bearer {key}"}
     while True:
-        stats = httpx.get(f"{url}/persistent/status", headers=auth, timeout=5).json()["stats"]
+        stats = HTTP.get(f"{url}/persistent/status", headers=auth, timeout=5).json()["stats"]
         if stats["stream_length"] == 0 and stats["pending_messages"] == 0:
             return
         assert time.monotonic() < deadline, f"archive did not catch up: {stats}"

@@ -8,14 +8,13 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest
 
 from event_analytics.loadtest.check import compare, model
 from event_analytics.loadtest.send import SentEvent, percentile, plan_resends
 from tests.helpers import event, seed_key
 from tests.scrape import events, scrape
-from tests.servers import ServiceProcess
+from tests.servers import HTTP, ServiceProcess
 
 MINUTE = datetime(2026, 11, 27, 22, 14, tzinfo=UTC)
 
@@ -87,7 +86,7 @@ def test_loadtest_fails_when_another_client_adds_to_its_minute(live: ServiceProc
         deadline = time.monotonic() + 60
         while True:
             minute = datetime.now(UTC).replace(second=0, microsecond=0)
-            got = httpx.get(f"{live.url}/analytics/minute-buckets/{seed_key(minute)}").json()
+            got = HTTP.get(f"{live.url}/analytics/minute-buckets/{seed_key(minute)}").json()
             if got["count"] > 0:
                 break
             assert proc.poll() is None, proc.communicate()
@@ -95,7 +94,7 @@ def test_loadtest_fails_when_another_client_adds_to_its_minute(live: ServiceProc
             time.sleep(0.05)
         # Outside the load test, into a minute it is filling: its check must notice.
         extra = event(user="intruder", ts=minute + timedelta(seconds=1))
-        assert httpx.post(f"{live.url}/events", json=extra).status_code == 201
+        assert HTTP.post(f"{live.url}/events", json=extra).status_code == 201
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:

@@ -32,7 +32,7 @@ from event_analytics.archive import files, record
 from event_analytics.config import SETTINGS_ENV
 from event_analytics.sites import site_of
 from tests.helpers import event
-from tests.servers import ServiceProcess, stopped_after
+from tests.servers import HTTP, ServiceProcess, stopped_after
 from tests.test_alerts import DESTINATION_METRICS
 from tests.test_export import make, write
 
@@ -330,7 +330,7 @@ def test_service_delivers_what_was_sent_through_a_postgres_restart(
                 send(20)
 
         def status() -> dict[str, Any]:
-            found: dict[str, Any] = httpx.get(f"{svc.url}/persistent/status", timeout=10).json()
+            found: dict[str, Any] = HTTP.get(f"{svc.url}/persistent/status", timeout=10).json()
             return found["destinations"]["postgres"] or {}
 
         def wait(check: Any, what: str) -> dict[str, Any]:
@@ -342,7 +342,7 @@ def test_service_delivers_what_was_sent_through_a_postgres_restart(
 
         send(100)
         wait(lambda s: caught_up(s) and len(table(url)) == len(sent), "first batch")
-        metrics = httpx.get(f"{svc.url}/metrics", timeout=10).text
+        metrics = HTTP.get(f"{svc.url}/metrics", timeout=10).text
         assert 'ea_destination_lag_events{destination="postgres"} 0.0' in metrics
         assert 'ea_destination_up{destination="postgres"} 1.0' in metrics
         assert 'ea_destination_lag_seconds{destination="postgres"} 0.0' in metrics
@@ -359,7 +359,7 @@ def test_service_delivers_what_was_sent_through_a_postgres_restart(
                     "lag not shown",
                 )
                 assert behind["seconds_behind"] > 0
-                metrics = httpx.get(f"{svc.url}/metrics", timeout=10).text
+                metrics = HTTP.get(f"{svc.url}/metrics", timeout=10).text
                 assert 'ea_destination_up{destination="postgres"} 0.0' in metrics
             finally:
                 pg_server.start()

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 
 from event_analytics.keys import Keys
@@ -22,7 +21,7 @@ from tests.backends import Backend
 from tests.direct import ingest
 from tests.helpers import IST, event, hll_close, wait_for, z
 from tests.inproc import InProcessService, Service
-from tests.servers import ServiceProcess
+from tests.servers import HTTP, ServiceProcess
 
 PROBLEM = "application/problem+json"
 HOME, A, A_SUB = "https://example.com/", "https://example.com/a", "https://example.com/a/b"
@@ -329,7 +328,7 @@ def test_the_exact_app_runs_no_archiver_of_its_own(
     from event_analytics.archive.worker import HEARTBEAT_S
 
     def archivers() -> set[str]:
-        status = httpx.get(f"{live.url}/persistent/status", timeout=10).json()
+        status = HTTP.get(f"{live.url}/persistent/status", timeout=10).json()
         return {str(a["name"]) for a in status["archivers"]}
 
     seen: set[str] = set()

@@ -7,11 +7,9 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
-import httpx
-
 from benchmarks.procs import free_port
 from tests.helpers import event
-from tests.servers import ServiceProcess
+from tests.servers import HTTP, ServiceProcess
 
 
 def status(url: str) -> subprocess.CompletedProcess[str]:
@@ -24,7 +22,7 @@ def status(url: str) -> subprocess.CompletedProcess[str]:
 def test_status_of_a_ready_service(live: ServiceProcess) -> None:
     now = datetime.now(UTC)
     for i in range(7):
-        assert httpx.post(f"{live.url}/events", json=event(user=f"s{i % 3}", ts=now)).status_code
+        assert HTTP.post(f"{live.url}/events", json=event(user=f"s{i % 3}", ts=now)).status_code
     run = status(live.url)
     assert run.returncode == 0, run.stdout + run.stderr
     out = run.stdout
