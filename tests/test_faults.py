@@ -71,11 +71,13 @@ def test_sigkill_of_serve_alone_takes_the_engine_down(embedded: ServiceProcess) 
     assert children, "the embedded engine should be a child of serve"
     os.kill(embedded.proc.pid, signal.SIGKILL)
     embedded.proc.wait()
+    # Closed before the check: a failure below must not leave the log open for the next
+    # test's unraisable-exception check to blame (a clean-clone run at load 20 did).
+    embedded.log.close()
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in children):
         assert time.monotonic() < deadline, "engine outlived its serve"
         time.sleep(0.05)
-    embedded.log.close()
     embedded.start()  # the data dir is free again, and the data intact
     rows = HTTP.get(f"{embedded.url}/analytics/page_views_per_minute?minutes=2").json()
     assert sum(r["count"] for r in rows) == 1
