@@ -337,8 +337,10 @@ def test_a_killed_worker_stops_the_import_with_a_line_and_the_next_run_finishes(
         kill_worker_while(doing, proc.pid, workers.pop())
     try:
         out, err = proc.communicate(timeout=120)  # a hang fails here
-    finally:
+    except subprocess.TimeoutExpired:
         proc.kill()  # and leaves no import behind
+        proc.communicate()
+        raise
     assert proc.returncode == 1, (out, err)
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err.decode(), err.decode()

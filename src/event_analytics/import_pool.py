@@ -93,16 +93,15 @@ class WorkerPool:
         return value  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        """Stop the workers: idle ones end on their pipe's end of file, a worker with a
-        block in hand is killed (what it had to do is dropped); each is waited for."""
-        busy = {id(w) for w in self._order}
+        """Stop the workers and wait for each: what they still had to do is dropped."""
         for worker in self._workers:
-            worker.tasks.close()
-            if id(worker) in busy and worker.process.is_alive():
+            worker.tasks.close()  # an idle worker ends by itself on this end of file
+            if worker.process.pid is not None and worker.process.is_alive():
+                # One with a block in hand would check it for nobody, and one that
+                # cannot read its pipe (stopped) would never end: so every wait below ends.
                 worker.process.kill()
         for worker in self._workers:
             if worker.process.pid is not None:
-                # Bounded: an idle worker has read the end of file, the rest are killed.
                 worker.process.join()
             worker.results.close()
         self._workers, self._order = [], deque()
