@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import signal
 from datetime import datetime
 from multiprocessing.connection import Connection
@@ -37,13 +38,20 @@ def serve(settings: Settings, tasks: Connection, results: Connection) -> None:
         try:
             out = ("block", check_file_block(path, first, end, fmt, kept))
         except Exception as exc:  # the import process raises it (an unreadable file)
-            out = ("error", exc)
+            out = ("error", _picklable(exc))
         try:
             results.send(out)
         except OSError:  # BrokenPipeError: the import process is gone
             return
-        except Exception:  # an error that does not pickle: its text, then
-            results.send(("error", RuntimeError(f"{type(out[1]).__name__}: {out[1]}")))
+
+
+def _picklable(exc: Exception) -> Exception:
+    """``exc``, or its text when it cannot be sent to the import process."""
+    try:
+        pickle.loads(pickle.dumps(exc))  # noqa: S301 (the bytes just made here)
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 def start(settings: Settings) -> None:
