@@ -289,12 +289,26 @@ def _thread_state(task: Path) -> str:
 # engine reply it was waiting for must not time out meanwhile.
 STOPPABLE = {"EA_REDIS_TIMEOUT_S": "60"}
 
-# Where a worker may be when it dies, told by its state and where in the kernel it sleeps.
+
+def _sending(pid: int) -> bool:
+    """Blocked writing a result's body to its pipe: the message has begun there (its
+    4-byte length header is a write of its own, done before: multiprocessing's
+    ``Connection.send`` of more than 16 KiB; a result is ~150 KB, more than a pipe holds).
+    Blocked writing the header instead, the pipe holds whole messages only."""
+    if _state(pid)[1] not in ("pipe_write", "anon_pipe_write"):  # before and after Linux 6.x
+        return False
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        call = Path(f"/proc/{pid}/syscall").read_text().split()
+        return call[0] == WRITE and int(call[3], 16) > 4  # write(fd, buf, count)
+    return False
+
+
+WRITE = {"x86_64": "1", "aarch64": "64"}.get(os.uname().machine, "?")  # the syscall number
+
+# Where a worker may be when it dies.
 DOING = {
-    "checking": lambda state, wchan: state == "R",  # a block
-    # A block's result, ~150 KB, is more than a pipe holds: part of it is in the pipe. (The
-    # kernel's name for a pipe's write, before and after Linux 6.x.)
-    "sending": lambda state, wchan: wchan in ("pipe_write", "anon_pipe_write"),
+    "checking": lambda pid: _state(pid)[0] == "R",  # a block
+    "sending": _sending,  # a block's result, part of it in the pipe
 }
 
 
@@ -310,9 +324,9 @@ def kill_worker_while(doing: str, pid: int, worker: int) -> None:
         try:
             _stopped(pid)
             settle = time.monotonic() + 1  # a block is checked in well under that
-            while time.monotonic() < settle and not at(*_state(worker)):
+            while time.monotonic() < settle and not at(worker):
                 time.sleep(0.002)
-            if at(*_state(worker)):
+            if at(worker):
                 os.kill(worker, signal.SIGKILL)
                 return
         finally:
