@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 
 EVENTS ?= 3000
 
-.PHONY: run test test-fast lint bench clean loadtest status screenshot image compose-up compose-down
+.PHONY: run test test-fast lint bench clean loadtest status screenshot image postgres-image compose-up compose-down
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -109,6 +109,9 @@ LOCAL_BASE := $(BASE_IMAGES)
 export PYTHON_IMAGE ?= localhost/ea-base/python:3.11
 export REDIS_IMAGE ?= localhost/ea-base/redis:7
 export VALKEY_IMAGE ?= localhost/ea-base/valkey:8.1
+# postgres:16 cannot be pulled either: Debian's PostgreSQL, built here (postgres-image).
+export POSTGRES_IMAGE ?= localhost/ea-postgres:15
+DEBIAN_IMAGE ?= localhost/ea-base/debian:bookworm
 endif
 else
 BUILD_FLAGS ?=
@@ -120,11 +123,17 @@ image:
 	$(if $(LOCAL_BASE),$(LOCAL_BASE) >/dev/null)
 	$(CONTAINER_ENGINE) build $(BUILD_FLAGS) $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) -t $(IMAGE) .
 
+# PostgreSQL from Debian's package (deploy/postgres), for the postgres profile where no
+# registry is reachable: on base-images.sh's Debian image there, on debian:bookworm elsewhere.
+postgres-image:
+	$(if $(LOCAL_BASE),$(LOCAL_BASE) >/dev/null)
+	$(CONTAINER_ENGINE) build $(BUILD_FLAGS) $(if $(DEBIAN_IMAGE),--build-arg BASE_IMAGE=$(DEBIAN_IMAGE)) -t $(or $(POSTGRES_IMAGE),localhost/ea-postgres:15) deploy/postgres
+
 # Detached; the API answers on EA_HTTP_PORT (8000), EA_CLUSTER_HTTP_PORT (8001) with
 # PROFILE=cluster, or EA_POSTGRES_HTTP_PORT (8002) with PROFILE=postgres, once
 # /health/ready is 200.
 COMPOSE_SERVICE = $(if $(filter cluster,$(PROFILE)),api-cluster,$(if $(filter postgres,$(PROFILE)),api-postgres,api))
-compose-up: image
+compose-up: image $(if $(and $(LOCAL_BASE),$(filter postgres,$(PROFILE))),postgres-image)
 	$(COMPOSE) -p $(COMPOSE_PROJECT) up -d --no-build $(COMPOSE_SERVICE)
 
 # Stops and removes the containers of both profiles; the volumes (data) stay unless

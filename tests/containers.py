@@ -140,7 +140,8 @@ class Compose:
     def __init__(self, engine: Engine, image: str, port: int) -> None:
         self.engine, self.image, self.port = engine, image, port
         self.project = f"{RUN_ID}-{uuid.uuid4().hex[:4]}".replace("-", "")
-        self.env = {"EA_HTTP_PORT": str(port), "EA_CLUSTER_HTTP_PORT": str(port)}
+        self.env = {"EA_HTTP_PORT": str(port), "EA_CLUSTER_HTTP_PORT": str(port),
+                    "EA_POSTGRES_HTTP_PORT": str(port)}  # fmt: skip
 
     @property
     def url(self) -> str:
@@ -154,10 +155,11 @@ class Compose:
     def up(self, profile: str = "") -> float:
         """``make compose-up``; seconds until the API is ready through the published port."""
         start = time.monotonic()
-        # -o image: the session's ``image`` fixture built it; compose-up's prerequisite
-        # would run the build (and base-images.sh) again for every project.
-        self.make("compose-up", f"PROFILE={profile}", "-o", "image")
-        wait_ready(self.url, timeout_s=180, what=self.engine.logs(self.container("api")))
+        # -o: the session's ``image`` (and ``postgres_image``) fixtures built them;
+        # compose-up's prerequisites would build again (and run base-images.sh) each time.
+        self.make("compose-up", f"PROFILE={profile}", "-o", "image", "-o", "postgres-image")
+        api = f"api-{profile}" if profile else "api"
+        wait_ready(self.url, timeout_s=180, what=self.engine.logs(self.container(api)))
         return time.monotonic() - start
 
     def compose(self, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> None:

@@ -10,7 +10,10 @@ import io
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +23,14 @@ import pytest
 from tests.backends import Backend
 from tests.inproc import InProcessService, in_process
 from tests.readback import archive_ids
-from tests.test_import import history
+from tests.servers import ServiceProcess, stopped_after
+from tests.test_import import env_for, history
+from tests.test_import_parallel import (
+    STOPPABLE,
+    kill_worker_while,
+    parent_of,
+    spawned_under,
+)
 
 WRITE, READ = "import-write-key-0123456789", "import-read-key-0123456789"
 NDJSON = "application/x-ndjson"
@@ -160,3 +170,46 @@ def test_a_second_import_at_once_is_a_409(svc: InProcessService) -> None:
     assert r.headers["retry-after"] == "10"
     assert "another import into this archive is running" in r.json()["detail"]
     assert post(svc, ndjson(history(2)), NDJSON).status_code == 200
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_result_is_a_503_and_the_body_sent_again_finishes(
+    db: Backend, tmp_path: Path
+) -> None:
+    """The service runs the import in a thread of its own process, and its worker
+    processes are that process's children: one killed -9 while it sends a block's result
+    (the instant an import once hung at: see import_pool.py) ends the request with 503
+    import-worker-lost, and the same body sent again imports the rest, each event once."""
+    root = tmp_path / "archive"
+    env = {**env_for(db, root), "EA_IMPORT_BLOCK_BYTES": "65536", "EA_WRITE_KEYS": WRITE,
+           **STOPPABLE}  # fmt: skip
+    events = history(60_000, hours=24)
+    body = ndjson(events)
+    headers = {"content-type": NDJSON, "authorization": f"Bearer {WRITE}"}
+    with stopped_after(ServiceProcess(tmp_path / "data", env=env)) as service:
+        assert service.proc is not None
+        before = spawned_under(service.proc.pid)
+        url = f"{service.url}/api/import"
+        with ThreadPoolExecutor(1) as thread:
+            # A hang fails here (ReadTimeout), not at the suite's end.
+            sent = thread.submit(httpx.post, url, content=body, headers=headers, timeout=120)
+            workers: set[int] = set()
+            deadline = time.monotonic() + 120
+            while not workers and not sent.done() and time.monotonic() < deadline:
+                workers = spawned_under(service.proc.pid) - before
+                time.sleep(0.01)
+            assert len(workers) == 1, (workers, sent.done() and sent.result().text)
+            worker = workers.pop()
+            kill_worker_while("sending", parent_of(worker), worker)
+            r = sent.result()
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.headers["retry-after"] == "10"
+        problem = r.json()
+        assert problem["type"].endswith("import-worker-lost"), problem
+        assert problem["detail"].startswith("an import worker process ended"), problem
+        assert "send it again to finish" in problem["detail"]
+        assert set(archive_ids(root).values()) <= {1}
+        again = httpx.post(url, content=body, headers=headers, timeout=300)
+        assert again.status_code == 200, again.text
+        assert archive_ids(root) == Counter({e["event_id"]: 1 for e in events})

@@ -10,6 +10,7 @@ same, and the model's. A kill -9 of the import process must take its workers wit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from event_analytics.archive import files
 from event_analytics.keys import Keys
@@ -182,7 +184,7 @@ def _under_way(
     """An import of 60,000 events with ``workers`` worker processes, once they all run
     and its first hour file is written: (archive, env, events, file, process, workers)."""
     root = tmp_path / "archive"
-    env = {**env_for(db, root), "EA_IMPORT_BLOCK_BYTES": "65536"}
+    env = {**env_for(db, root), "EA_IMPORT_BLOCK_BYTES": "65536", **STOPPABLE}
     events = history(60_000, hours=24)
     src = write_ndjson(tmp_path / "big.ndjson", events)
     proc = subprocess.Popen(
@@ -192,7 +194,7 @@ def _under_way(
     found: set[int] = set()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        found = _worker_pids(proc.pid)
+        found = spawned_under(proc.pid)
         if len(found) >= workers and files.list_files(root):
             break
         time.sleep(0.01)
@@ -242,15 +244,126 @@ def test_workers_leave_no_metrics_files_in_the_services_directory(
     assert pids <= {str(proc.pid)}, sorted(f.name for f in metrics.glob("*.db"))
 
 
-def _worker_pids(pid: int) -> set[int]:
-    """The import's worker processes (spawned: ``multiprocessing.spawn``), not its
-    resource tracker."""
-    found = set()
-    for child in _children(pid):
-        try:
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"spawn_main" in cmdline:
-            found.add(child)
+def spawned_under(pid: int) -> set[int]:
+    """Every process under ``pid`` (at any depth) that ``multiprocessing.spawn`` started."""
+    found, stack = set(), [pid]
+    while stack:
+        for child in _children(stack.pop()):
+            stack.append(child)
+            with contextlib.suppress(OSError):
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.add(child)
     return found
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def _state(pid: int) -> tuple[str, str]:
+    """A process's state letter and where in the kernel it sleeps (``wchan``)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0], Path(f"/proc/{pid}/wchan").read_text()
+
+
+def _stopped(pid: int) -> None:
+    """Wait until every thread of ``pid`` has stopped (SIGSTOP is not at once: a thread
+    still reading the result pipe would let the worker finish its result)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = {_thread_state(t) for t in Path(f"/proc/{pid}/task").glob("*")}
+        if states <= {"T", "t", ""}:
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"the import process did not stop: {states}")
+
+
+def _thread_state(task: Path) -> str:
+    try:
+        return (task / "stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:  # the thread ended
+        return ""
+
+
+# The tests below stop the import process (SIGSTOP) a moment at a time on purpose: an
+# engine reply it was waiting for must not time out meanwhile.
+STOPPABLE = {"EA_REDIS_TIMEOUT_S": "60"}
+
+
+def _sending(pid: int) -> bool:
+    """Blocked writing a result's body to its pipe: the message has begun there (its
+    4-byte length header is a write of its own, done before: multiprocessing's
+    ``Connection.send`` of more than 16 KiB; a result is ~150 KB, more than a pipe holds).
+    Blocked writing the header instead, the pipe holds whole messages only."""
+    if _state(pid)[1] not in ("pipe_write", "anon_pipe_write"):  # before and after Linux 6.x
+        return False
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        call = Path(f"/proc/{pid}/syscall").read_text().split()
+        return call[0] == WRITE and int(call[3], 16) > 4  # write(fd, buf, count)
+    return False
+
+
+WRITE = {"x86_64": "1", "aarch64": "64"}.get(os.uname().machine, "?")  # the syscall number
+
+# Where a worker may be when it dies.
+DOING = {
+    "checking": lambda pid: _state(pid)[0] == "R",  # a block
+    "sending": _sending,  # a block's result, part of it in the pipe
+}
+
+
+def kill_worker_while(doing: str, pid: int, worker: int) -> None:
+    """Kill the worker -9 while it is ``doing`` (DOING), with the import process (``pid``)
+    stopped (SIGSTOP) meanwhile, so that it reads no result: the worker is seen at that
+    point, killed there, and the import process continued. When it is not seen there
+    within a moment, the import process goes on a little and is stopped again."""
+    at = DOING[doing]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            _stopped(pid)
+            settle = time.monotonic() + 1  # a block is checked in well under that
+            while time.monotonic() < settle and not at(worker):
+                time.sleep(0.002)
+            if at(worker):
+                os.kill(worker, signal.SIGKILL)
+                return
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError(f"the worker was never seen {doing}: {_state(worker)}")
+
+
+@pytest.mark.parametrize("doing", ["anything", *DOING])
+def test_a_killed_worker_stops_the_import_with_a_line_and_the_next_run_finishes(
+    db: Backend, tmp_path: Path, doing: str
+) -> None:
+    """Wherever the worker is when it dies (``anything``: at the first hour file's write,
+    when it is mostly waiting for the import process to ask for more), with blocks still
+    to check, the import ends with one line (it once hung when the worker died sending a
+    result: import_pool.py), and the next run finishes."""
+    root, env, events, src, proc, workers = _under_way(db, tmp_path, 1)
+    assert len(workers) == 1, workers
+    if doing == "anything":
+        os.kill(workers.pop(), signal.SIGKILL)
+    else:
+        kill_worker_while(doing, proc.pid, workers.pop())
+    try:
+        out, err = proc.communicate(timeout=120)  # a hang fails here
+    except subprocess.TimeoutExpired:
+        proc.kill()  # and leaves no import behind
+        proc.communicate()
+        raise
+    assert proc.returncode == 1, (out, err)
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err.decode(), err.decode()
+    assert lines[0].startswith("event-analytics import: an import worker process ended"), err
+    assert "send it again to finish" in lines[0]
+    partial = archive_ids(root)
+    assert set(partial.values()) <= {1}
+    done = run_import(env, "--workers", "1", str(src))
+    assert done.returncode == 0, done.stderr
+    assert archive_ids(root) == Counter({e["event_id"]: 1 for e in events})
+    checked = cli(["verify"], env)
+    assert checked.returncode == 0 and "0 differ" in checked.stdout, checked.stdout

@@ -62,6 +62,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "import_read",
             "import_work",  # an import's blocks read and checked (in worker processes)
             "import_worker",  # an import's worker process: its start and its task
+            "import_pool",  # the import process's side of its workers: blocks out, results back
             "batcher",
             "analytics",
             "counter_queries",

@@ -46,12 +46,9 @@ import asyncio
 import contextlib
 import fcntl
 import gc
-import multiprocessing
 import os
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import chain, islice
@@ -62,8 +59,9 @@ from event_analytics.analytics.freshness import archived_until
 from event_analytics.archive import files, rebuild
 from event_analytics.archive.record import Record, decode
 from event_analytics.config import Settings
-from event_analytics.errors import ImportBusy, ImportWorkerLost, user_erased
+from event_analytics.errors import ImportBusy, user_erased
 from event_analytics.expiry import horizon
+from event_analytics.import_pool import WorkerPool
 from event_analytics.import_read import block_ranges, read
 from event_analytics.import_work import (
     COUNT_BATCH,
@@ -74,8 +72,6 @@ from event_analytics.import_work import (
     Checker,
     Group,
 )
-from event_analytics.import_worker import check_file_block
-from event_analytics.import_worker import start as start_worker
 from event_analytics.ingest import Ingestor
 from event_analytics.store import IngestWriter, Outcome, PreparedEvent, import_marks
 from event_analytics.store.errors import engine_errors
@@ -242,7 +238,7 @@ class Importer:
         self.report = ImportReport()
         self.checker = Checker(settings)
         self.workers = settings.import_workers if workers is None else workers
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: WorkerPool | None = None
         self._known: dict[Path, _HourIds] = {}
         # The chunk being gathered: (file name, its line base, group) in the file's order.
         self._pending: list[tuple[str, int, Group]] = []
@@ -291,44 +287,33 @@ class Importer:
                     yield self.checker.file_block(str(path), start, end, fmt, self._kept())
                     await asyncio.sleep(0)
                 return
+            # A worker's death ends these waits with ImportWorkerLost (import_pool.py).
             pool = self._workers()
-            ahead: deque[Future[Block]] = deque()
-            try:
-                for start, end in chain(first, ranges):
-                    ahead.append(pool.submit(check_file_block, path, start, end, fmt, self._kept()))
-                    if len(ahead) >= AHEAD * self.workers:
-                        yield await asyncio.wrap_future(ahead.popleft())
-                while ahead:
-                    yield await asyncio.wrap_future(ahead.popleft())
-            except BrokenProcessPool as exc:
-                # A worker died (killed, out of memory): the pool refuses every block
-                # after it. A line for the command and the API, not the pool's traceback.
-                raise ImportWorkerLost(
-                    "an import worker process ended before finishing its part "
-                    "(killed, or out of memory)"
-                ) from exc
+            ahead = 0
+            for start, end in chain(first, ranges):
+                pool.submit(path, start, end, fmt, self._kept())
+                ahead += 1
+                if ahead >= AHEAD * self.workers:
+                    yield await pool.next()
+                    ahead -= 1
+            for _ in range(ahead):
+                yield await pool.next()
 
     def _kept(self) -> datetime:
         """The first day an event may be of: retention's first kept day, or EARLIEST."""
         days = self.settings.archive_retention_days
         return horizon(datetime.now(UTC), days) if days is not None else EARLIEST
 
-    def _workers(self) -> ProcessPoolExecutor:
+    def _workers(self) -> WorkerPool:
         if self._pool is None:
-            # spawn, not fork: POST /api/import runs in a thread of the service's process.
-            self._pool = ProcessPoolExecutor(
-                self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=start_worker,
-                initargs=(self.settings,),
-            )
+            self._pool = WorkerPool(self.settings, self.workers)
         return self._pool
 
     def close(self) -> None:
         """Stop the worker processes (what they still had to do is dropped)."""
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.close()
 
     async def flush(self) -> None:
         """Write what is pending, and wait until every event appended is counted."""
