@@ -317,7 +317,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     from event_analytics.archive import files
     from event_analytics.archive.verify import Difference, verify
     from event_analytics.console import print_differences
-    from event_analytics.expiry import set_aside
+    from event_analytics.expiry_totals import set_aside
     from event_analytics.session import open_session
 
     start = args.start.replace(minute=0, second=0, microsecond=0) if args.start else None
