@@ -17,8 +17,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.backends import Backend
+from tests.helpers import wait_for
+from tests.inproc import in_process
 
 # (module a process kind imports, heavy modules it must not import): psycopg (with its
 # binary part) ~0.1-0.2 CPU-s a process, FastAPI ~0.4, DuckDB and aiohttp ~0.1 each.
@@ -140,3 +145,22 @@ def test_serve_forks_its_children_only_while_it_has_one_thread(tmp_path: Path) -
     third_pid, kind = result["third"]
     assert kind == "Popen" and seen[third_pid]["forked"] is False, "a restart: exec'd"
     assert seen[third_pid]["sid"] == third_pid
+
+
+@pytest.mark.parametrize("engine", ["valkey"], indirect=True)  # the app's start, not the engine
+@pytest.mark.parametrize("query_role", [False, True])
+def test_only_a_process_that_takes_events_loads_the_enrichment_data(
+    engine: Backend, tmp_path: Path, query_role: bool
+) -> None:
+    """A worker loads the country database and the User-Agent rules at start (beside it);
+    a query process never enriches an event (it answers forwarded reads) and loads none."""
+    settings = engine.settings(
+        data_dir=tmp_path / "data", key_prefix="warm:", query_role=query_role
+    )
+    with in_process(settings, engine.env) as svc:
+        app: Any = svc.app
+        wait_for(app.state.warming.done, 60)
+        compat = app.state.compat
+        enrichers = {compat.segment_enricher, compat.browser_enricher} - {None}
+        assert enrichers, "enrichment is on by default"
+        assert {e.countries.loaded for e in enrichers} == {not query_role}
