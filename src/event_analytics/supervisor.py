@@ -60,7 +60,11 @@ class Forked:
     def poll(self) -> int | None:
         with self._lock:
             if self.returncode is None:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                try:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                except ChildProcessError:  # reaped elsewhere: gone, its code unknown (as Popen)
+                    self.returncode = 0
+                    return 0
                 if pid:
                     self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
