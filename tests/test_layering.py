@@ -68,6 +68,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "counter_queries",
             "destinations",
             "expiry",  # retention: the archive, the counters and PostgreSQL together
+            "expiry_totals",  # what retention did (its status file): no PostgreSQL client
         ),
     ),
     (4, ("api",)),

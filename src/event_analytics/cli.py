@@ -12,12 +12,15 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 
 from event_analytics.config import Settings, load_settings
 from event_analytics.errors import StorageUnavailable
+
+if TYPE_CHECKING:
+    from event_analytics.supervisor import Supervised
 
 log = logging.getLogger("event_analytics")
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -40,7 +43,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from event_analytics import metrics_dir
+    from event_analytics import metrics_dir, supervisor
+
+    supervisor.prepare_titles()  # before the environment changes (metrics_dir's variable)
 
     # First of all: every module that imports prometheus_client must see this variable,
     # the store's included, and the worker processes inherit it.
@@ -75,7 +80,6 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
         EmbeddedServer,
         EngineNotFound,
     )
-    from event_analytics.supervisor import Supervised
 
     _raise_fd_limit(settings)
     engine: EmbeddedServer | None = None
@@ -84,6 +88,10 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     delivery: Supervised | None = None
     expiry: Supervised | None = None
     erasures: Supervised | None = None
+    # Children are started before any thread exists here, so that those running our own
+    # code may be forked from this process once it has imported the app (supervisor.py);
+    # each is watched (a thread) only once all have started.
+    started: list[Supervised] = []
     if settings.engine_kind == "embedded":
         lock = DataDirLock(settings.data_dir)
         try:
@@ -94,11 +102,12 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
                 maxmemory=settings.engine_maxmemory,
                 engine_dir=settings.engine_path,
             )
-            engine.start()
+            engine.start(watch=False)
         except (DataDirInUse, EngineNotFound, RuntimeError) as exc:
             print(f"event-analytics: {exc}", file=sys.stderr)
             lock.release()
             return 1
+        started.append(engine.child)
         settings = settings.model_copy(update={"redis_url": engine.url, "embedded_engine": True})
         log.info("storage: embedded engine, data in %s", Path(settings.data_dir).resolve())
     else:
@@ -108,20 +117,19 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     # Only serve decides these (an EA_QUERY_ROLE in the environment would make the
     # public workers trust a client's X-EA-Peer).
     settings = settings.model_copy(update={"query_socket": None, "query_role": False})
+    # What this process serves, and what the children forked from it run on: imported
+    # once here, not again in each child.
+    import event_analytics.api.app  # noqa: F401
+
     queries: Supervised | None = None
     if settings.query_workers:
         from event_analytics import query_server
 
         socket = query_server.socket_path(settings)
         settings = settings.model_copy(update={"query_socket": socket})
-        queries = query_server.supervised(settings)
-        queries.start(wait=False)
-        # The query process imports what this one is about to import (the app): both at
-        # once, then wait for it, so a start costs one import, not two in a row.
-        import event_analytics.api.app  # noqa: F401
-
+        queries = query_server.supervised(settings, entry=_command("query-server"))
         try:
-            queries.ready()
+            queries.start(watch=False)
         except RuntimeError as exc:
             print(f"event-analytics: {exc}", file=sys.stderr)
             queries.stop()
@@ -130,29 +138,28 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
             if lock is not None:
                 lock.release()
             return 1
+        started.append(queries)
     # The uvicorn workers (spawned, they inherit this environment) and the archiver run
     # with exactly these settings: the embedded engine's URL and the flags included.
     os.environ.update(settings.handoff())
     if not args.no_archiver:
-        argv = [sys.executable, "-m", "event_analytics", "archiver"]
-        archiver = Supervised("archiver", argv, env=dict(os.environ))
-        archiver.start()
+        archiver = _child("archiver", "archiver")
+        started.append(archiver)
     if settings.postgres_url:
         # Its own process: it reads the hour files only, so PostgreSQL never slows ingest.
-        argv = [sys.executable, "-m", "event_analytics", "deliver"]
-        delivery = Supervised("postgres-delivery", argv, env=dict(os.environ))
-        delivery.start()
+        delivery = _child("postgres-delivery", "deliver")
+        started.append(delivery)
     if settings.archive_retention_days:
         # Its own process, on its own clock: deleting old days never holds up the archiver.
-        argv = [sys.executable, "-m", "event_analytics", "expire"]
-        expiry = Supervised("expiry", argv, env=dict(os.environ))
-        expiry.start()
+        expiry = _child("expiry", "expire")
+        started.append(expiry)
     if settings.admin_keys:
         # The erasure jobs of POST /api/v1/admin/forget: its own process (forget_worker.py),
         # so an erasure never runs on the event loop that acknowledges events.
-        argv = [sys.executable, "-m", "event_analytics", "forget-worker"]
-        erasures = Supervised("forget-worker", argv, env=dict(os.environ))
-        erasures.start()
+        erasures = _child("forget-worker", "forget-worker")
+        started.append(erasures)
+    for child in started:
+        child.watch()
     # uvicorn re-raises the signal that stopped it once it has shut down; with these
     # handlers in place that ends here, so children are stopped cleanly and we exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -195,6 +202,21 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
         if lock is not None:
             lock.release()
     return 0
+
+
+def _command(name: str) -> Callable[[], int]:
+    """``event-analytics NAME`` as a function: what a child forked from serve runs."""
+    return lambda: main([name])
+
+
+def _child(name: str, command: str) -> Supervised:
+    """``event-analytics COMMAND`` as a child of serve, started (forked if it can be)."""
+    from event_analytics.supervisor import Supervised
+
+    argv = [sys.executable, "-m", "event_analytics", command]
+    child = Supervised(name, argv, env=dict(os.environ), entry=_command(command))
+    child.start(watch=False)
+    return child
 
 
 def _query_server(args: argparse.Namespace, settings: Settings) -> int:
@@ -317,7 +339,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     from event_analytics.archive import files
     from event_analytics.archive.verify import Difference, verify
     from event_analytics.console import print_differences
-    from event_analytics.expiry import set_aside
+    from event_analytics.expiry_totals import set_aside
     from event_analytics.session import open_session
 
     start = args.start.replace(minute=0, second=0, microsecond=0) if args.start else None

@@ -30,13 +30,12 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import orjson
 import psycopg
 
 from event_analytics import faults
@@ -45,65 +44,17 @@ from event_analytics.config import Settings
 from event_analytics.destinations import postgres, postgres_expiry
 from event_analytics.destinations.delivery import settled_size
 from event_analytics.errors import StorageUnavailable
+from event_analytics.expiry_totals import Totals, horizon, read_totals, write_totals
 from event_analytics.store import IngestWriter
 from event_analytics.store.clear import clear_day
 from event_analytics.store.streams import StreamStore
-from event_analytics.timebucket import DAY, Interval, floor, iso_z
+from event_analytics.timebucket import DAY, iso_z
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 LOCK_WAIT_S = 30.0
 # Beside the hour file: what compaction leaves (compact.py), the lock file last.
 _COMPACT_SUFFIXES = (".parquet", ".parquet.json", ".parquet.tmp", ".prefix.tmp",
                      ".parquet.json.tmp")  # fmt: skip
-
-
-def horizon(now: datetime, days: int) -> datetime:
-    """The first UTC day kept: hours before it are deleted."""
-    return floor(now - timedelta(days=days), Interval.DAY)
-
-
-def status_path(settings: Settings) -> Path:
-    return settings.data_dir / "expiry.json"
-
-
-@dataclass
-class Totals:
-    """What every pass so far deleted (kept across restarts: the metrics are counters)."""
-
-    passes: int = 0
-    hours_deleted: int = 0
-    events_deleted: int = 0
-    postgres_rows_deleted: int = 0
-    last_pass: str | None = None
-    horizon: str | None = None  # the first day kept by the last pass (None: it failed)
-    oldest_hour: str | None = None  # the oldest hour left in the archive after it
-    held_back: str | None = None  # why the last pass kept a day past the limit
-    last_error: str | None = None
-    deleted_days: list[str] = field(default_factory=list)  # by the last pass
-    # The day a pass is deleting: set before its counters go, cleared once its files are
-    # gone. A pass killed in between leaves it set, and `verify` leaves that day out.
-    expiring: str | None = None
-
-
-def read_totals(settings: Settings) -> Totals | None:
-    """The job's totals, or None if it never ran (or its file is unreadable)."""
-    try:
-        found = orjson.loads(status_path(settings).read_bytes())
-        return Totals(**{k: v for k, v in found.items() if k in Totals.__dataclass_fields__})
-    except (OSError, orjson.JSONDecodeError, TypeError):
-        return None
-
-
-def _write_totals(settings: Settings, totals: Totals) -> None:
-    path = status_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.{os.getpid()}")
-    with scratch.open("wb") as out:
-        out.write(orjson.dumps(asdict(totals)))
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(scratch, path)
 
 
 @dataclass
@@ -113,22 +64,6 @@ class Preview:
     horizon: str  # the first day the pass would keep
     days: list[tuple[str, int, int]] = field(default_factory=list)  # day, hour files, events
     held_back: str | None = None
-
-
-def set_aside(
-    settings: Settings, differences: list[T], hour: Callable[[T], datetime]
-) -> tuple[list[T], str | None]:
-    """``verify``'s differences without those of the day a pass is deleting (its counters
-    or rows may be gone while some of its files are still there), and a note saying so."""
-    totals = read_totals(settings)
-    day = totals.expiring if totals else None
-    kept = [d for d in differences if f"{hour(d):%Y-%m-%d}" != day]
-    if day is None or len(kept) == len(differences):
-        return differences, None
-    return kept, (
-        f"note: {len(differences) - len(kept)} differences in {day} not counted: the "
-        "retention job is deleting that day (its next pass finishes it)"
-    )
 
 
 class HeldBack(Exception):
@@ -180,7 +115,7 @@ class Expiry:
             with contextlib.suppress(OSError):
                 oldest = files.oldest_hour(self.root)
                 self.totals.oldest_hour = iso_z(oldest) if oldest else None
-            _write_totals(self.settings, self.totals)
+            write_totals(self.settings, self.totals)
         return self.totals
 
     async def preview(self, now: datetime | None = None) -> Preview:
@@ -233,7 +168,7 @@ class Expiry:
     ) -> None:
         await self._check(day, day_files, conn)
         self.totals.expiring = f"{day:%Y-%m-%d}"
-        _write_totals(self.settings, self.totals)  # before any of the day goes
+        write_totals(self.settings, self.totals)  # before any of the day goes
         await self._counters(day)
         self._crash_point("after_counters")
         if conn is not None:

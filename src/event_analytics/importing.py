@@ -60,7 +60,7 @@ from event_analytics.archive import files, rebuild
 from event_analytics.archive.record import Record, decode
 from event_analytics.config import Settings
 from event_analytics.errors import ImportBusy, user_erased
-from event_analytics.expiry import horizon
+from event_analytics.expiry_totals import horizon
 from event_analytics.import_pool import WorkerPool
 from event_analytics.import_read import block_ranges, read
 from event_analytics.import_work import (

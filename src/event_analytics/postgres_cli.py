@@ -128,7 +128,7 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
 
     from event_analytics.destinations import postgres
     from event_analytics.destinations.postgres import Progress
-    from event_analytics.expiry import set_aside
+    from event_analytics.expiry_totals import set_aside
 
     url = _need_url(settings, "verify")
     if url is None:

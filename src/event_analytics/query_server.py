@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from event_analytics.config import Settings
-from event_analytics.supervisor import Supervised, lower_priority
+from event_analytics.supervisor import Child, Supervised, lower_priority
 
 # Below the workers': the kernel gives ingest the CPU first when both want it (2 cores,
 # one worker and one query process: a read storm takes the idle time, not ingest's).
@@ -40,8 +40,9 @@ def socket_path(settings: Settings) -> Path:
     return (run / name).resolve()
 
 
-def supervised(settings: Settings) -> Supervised:
-    """The query server as a child of serve, with the settings it must run with."""
+def supervised(settings: Settings, entry: Callable[[], int] | None = None) -> Supervised:
+    """The query server as a child of serve, with the settings it must run with
+    (``entry``: the command as a function, for a start by fork; supervisor.py)."""
     path = settings.query_socket
     assert path is not None
     env = {**os.environ, **settings.model_copy(update={"query_role": True}).handoff()}
@@ -51,7 +52,7 @@ def supervised(settings: Settings) -> Supervised:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
-    def wait_ready(proc: subprocess.Popen[bytes]) -> None:
+    def wait_ready(proc: Child) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not _accepts(path):
             if proc.poll() is not None:
@@ -61,7 +62,9 @@ def supervised(settings: Settings) -> Supervised:
             time.sleep(0.05)
 
     argv = [sys.executable, "-m", "event_analytics", "query-server"]
-    return Supervised("queries", argv, env=env, before_start=clear, wait_ready=wait_ready)
+    return Supervised(
+        "queries", argv, env=env, before_start=clear, wait_ready=wait_ready, entry=entry
+    )
 
 
 def _accepts(path: Path) -> bool:

@@ -167,6 +167,11 @@ class Countries:
         self._lock = threading.Lock()
         self.country = lru_cache(maxsize=8192)(self._country)
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the database has been read (``load``, or the first lookup)."""
+        return self._lookup is not None
+
     def load(self) -> None:
         """Read the database (half a second for geoip2fast): at start, not in a request."""
         with self._lock:

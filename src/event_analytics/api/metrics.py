@@ -11,8 +11,8 @@ from datetime import datetime
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
-from event_analytics import expiry, telemetry
-from event_analytics.destinations import delivery
+from event_analytics import expiry_totals, telemetry
+from event_analytics.destinations import status as delivery_status
 
 router = APIRouter(tags=["metrics"])
 
@@ -44,7 +44,7 @@ async def _expiry(request: Request) -> telemetry.ExpiryFigures | None:
     settings = request.app.state.settings
     if not settings.archive_retention_days:
         return None
-    found = await asyncio.to_thread(expiry.read_totals, settings) or expiry.Totals()
+    found = await asyncio.to_thread(expiry_totals.read_totals, settings) or expiry_totals.Totals()
     oldest = math.nan
     with contextlib.suppress(TypeError, ValueError):  # None, or a file edited by hand
         oldest = datetime.fromisoformat(str(found.oldest_hour)).timestamp()
@@ -58,7 +58,7 @@ async def _destinations(request: Request) -> tuple[telemetry.DestinationGauges, 
     settings = request.app.state.settings
     if not settings.postgres_url:
         return ()
-    found = await asyncio.to_thread(delivery.read_status, settings)
+    found = await asyncio.to_thread(delivery_status.read_status, settings)
     if found is None:
         nan = math.nan
         return (telemetry.DestinationGauges("postgres", False, nan, nan),)

@@ -14,11 +14,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from event_analytics import expiry
+from event_analytics import expiry_totals
 from event_analytics.api import deps
 from event_analytics.api.problems import problem_responses
 from event_analytics.archive.files import LineCounter, list_files
-from event_analytics.destinations import delivery
+from event_analytics.destinations import status as delivery_status
 from event_analytics.store.streams import archive_lag_s
 from event_analytics.store.watch import EngineWatch
 from event_analytics.timebucket import iso_z
@@ -83,11 +83,11 @@ async def status(request: Request) -> dict[str, Any]:
     destinations: dict[str, Any] = {}
     if settings.postgres_url:
         # Written by the delivery process about once a second; None: it never ran.
-        destinations["postgres"] = await asyncio.to_thread(delivery.read_status, settings)
+        destinations["postgres"] = await asyncio.to_thread(delivery_status.read_status, settings)
     retention: dict[str, Any] | None = None
     if settings.archive_retention_days:
         # Written by the retention job after each pass; None: it never ran.
-        totals = await asyncio.to_thread(expiry.read_totals, settings)
+        totals = await asyncio.to_thread(expiry_totals.read_totals, settings)
         retention = {"days": settings.archive_retention_days} | (
             asdict(totals) if totals else {"passes": 0}
         )

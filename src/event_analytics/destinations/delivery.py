@@ -28,18 +28,13 @@ from event_analytics.archive import files, record
 from event_analytics.config import Settings
 from event_analytics.destinations import postgres
 from event_analytics.destinations.postgres import Progress
+from event_analytics.destinations.status import status_path
 from event_analytics.timebucket import iso_z
 
 log = logging.getLogger(__name__)
 IDLE_S = 0.5
 STATUS_EVERY_S = 1.0
 MAX_BACKOFF_S = 10.0
-# A status file older than this: the delivery process is not running.
-STALE_S = 15.0
-
-
-def status_path(settings: Settings) -> Path:
-    return settings.data_dir / "destinations" / "postgres.json"
 
 
 class Delivery:
@@ -295,16 +290,3 @@ def _received_at(path: Path, offset: int) -> float | None:
         return None
     stamp = rec.received_at or rec.timestamp
     return stamp.timestamp()
-
-
-def read_status(settings: Settings) -> dict[str, Any] | None:
-    """The delivery process's last status (None if it never wrote one); ``state`` is
-    ``not_running`` when it is older than STALE_S."""
-    try:
-        found: dict[str, Any] = orjson.loads(status_path(settings).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    age = time.time() - float(found.get("heartbeat") or 0)
-    if age > STALE_S:
-        found["state"] = "not_running"
-    return found

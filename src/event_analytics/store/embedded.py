@@ -8,13 +8,12 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import redis
 
-from event_analytics.supervisor import Supervised
+from event_analytics.supervisor import Child, Supervised, not_inherited
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +81,7 @@ def free_port() -> int:
         return port
 
 
-def wait_for_ping(
-    url: str, proc: subprocess.Popen[bytes], name: str, log_path: Path, timeout_s: float
-) -> None:
+def wait_for_ping(url: str, proc: Child, name: str, log_path: Path, timeout_s: float) -> None:
     """Block until the server ``proc`` runs answers PING at ``url`` (it may first replay a
     long AOF); RuntimeError if it exits or ``timeout_s`` passes first."""
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1)
@@ -141,9 +138,11 @@ class DataDirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd
+        not_inherited(fd)
 
     def release(self) -> None:
         if self.fd is not None:
+            not_inherited(self.fd, kept=False)
             os.close(self.fd)
             self.fd = None
 
@@ -209,13 +208,15 @@ class EmbeddedServer:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
 
-    def wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    def wait_ready(self, proc: Child, timeout_s: float = 60.0) -> None:
         wait_for_ping(self.url, proc, "embedded server", self.dir / "server.log", timeout_s)
 
-    def start(self) -> None:
+    def start(self, watch: bool = True) -> None:
+        """Start the engine and wait for it; without ``watch`` the caller calls
+        ``child.watch()`` (Supervised.start)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
-        self.child.start()
+        self.child.start(watch=watch)
         # Other commands (rebuild, verify, archiver) find the running engine here.
         url_file(self.data_dir).parent.mkdir(parents=True, exist_ok=True)
         url_file(self.data_dir).write_text(self.url)
