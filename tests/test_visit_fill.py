@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from event_analytics.analytics import visit_fill, visits
-from event_analytics.analytics.snapshot import hour_files
+from event_analytics.analytics.snapshot import Sources, hour_files
 from tests.test_analytics_model import ENGINE, HYPOTHESIS, STORAGE, write
 from tests.test_visits_model import BASE, TIMEOUT, sequences
 
@@ -24,8 +24,10 @@ START, END = BASE + timedelta(hours=1), BASE + timedelta(hours=6)
 _dbs = itertools.count(1)
 
 
-def _fill(root: Path, site: str, plan: str | None, only: list[str] | None = None) -> str | None:
-    """A database holding the tables (None: the fast plan said its order may be wrong)."""
+def _fill(root: Path, site: str, plan: str | None, only: list[str] | None = None,
+          old: bool = False) -> str | None:  # fmt: skip
+    """A database holding the tables (None: the fast plan said its order may be wrong);
+    ``old``: the copies read as copies of the older schema (their columns derived)."""
     db = f"fill_test_{next(_dbs)}"
     ENGINE.fetch(f"ATTACH ':memory:' AS {db}")
     table = None
@@ -36,6 +38,8 @@ def _fill(root: Path, site: str, plan: str | None, only: list[str] | None = None
         ENGINE.fetch(f"CREATE TABLE {table} AS SELECT DISTINCT {uk} AS uk FROM "
                      f"(VALUES {values}) AS t(user_id) WHERE user_id IS NOT NULL")  # fmt: skip
     with hour_files(root, START - timedelta(seconds=TIMEOUT), END) as files:
+        if old:
+            files = Sources(parquet_old=files.parquet, jsonl=files.jsonl)
         made = visit_fill.fill(ENGINE.fetch, db, files, site, START, END, TIMEOUT, plan, table)
     if not made:
         ENGINE.fetch(f"DETACH {db}")
@@ -58,16 +62,16 @@ def _users(recs: list[dict[str, Any]]) -> list[str]:
 
 
 @given(recs=sequences(), site=st.sampled_from(["a.example", "b.example"]),
-       key=st.sampled_from(KEYS), storage=STORAGE)  # fmt: skip
+       key=st.sampled_from(KEYS), storage=STORAGE, old=st.booleans())  # fmt: skip
 @HYPOTHESIS
 def test_fast_fill_makes_the_exact_fills_tables_or_says_it_cannot(
-    tmp_path: Path, recs: list[dict[str, Any]], site: str, key: str, storage: str
+    tmp_path: Path, recs: list[dict[str, Any]], site: str, key: str, storage: str, old: bool
 ) -> None:
     root = write(tmp_path, recs, storage)
     exact = _fill(root, site, None)
     assert exact is not None
     want = _tables(exact)
-    fast = _fill(root, site, key)
+    fast = _fill(root, site, key, old=old)
     if fast is not None:
         assert _tables(fast) == want
     if key == visits.FAST_KEY and fast is None:

@@ -44,9 +44,13 @@ _FIRST = VISIT_COLUMNS[9:-1]
 
 
 def _events(p: Params, files: Sources, uk: str, site: str, back: datetime, end: datetime,
-            only: str | None, columns: str) -> str:  # fmt: skip
-    """The site's events in ``[back, end)`` (no bots), ``uk`` and ``columns`` of each."""
-    among = f"{uk} IN (SELECT uk FROM {only})" if only is not None else None
+            only: str | None, columns: str, keep: str | None = None) -> str:  # fmt: skip
+    """The site's events in ``[back, end)`` (no bots), ``uk`` and ``columns`` of each;
+    ``keep``: only those whose (uk, timestamp) it selects, kept in the read itself, before
+    any column is derived (a copy of the older schema or the JSONL derives them)."""
+    terms = [f"{uk} IN (SELECT uk FROM {only})"] if only is not None else []
+    terms += [f'({uk}, "timestamp") IN ({keep})'] if keep is not None else []
+    among = " AND ".join(terms) or None
     return (
         f"SELECT {uk} AS uk, {columns} FROM ({source(p, files, among)}) WHERE ts >= "
         f"{p.bind(back)} AND ts < {p.bind(end)} AND NOT starts_with(event_type, 'bot_') "
@@ -96,7 +100,11 @@ def fill(run: Run, db: str, files: Sources, site: str, start: datetime, end: dat
         metrics = visits.visit_columns(_ALL, order="ts", names=_METRICS)
         first = visits.visit_columns(_ALL, first=lambda expr: expr, names=_FIRST)
         read = ", ".join(f"f_{name}" for name in FIELDS if name != "interactive")
-        firsts = _events(p, files, plan, site, back, end, only, f"ts, {read}")
+        # Copies of the older schema derive the visit fields from each event's payload:
+        # only for the events that start a visit (a semi-join dearer than reading them
+        # from a copy that holds them). No parameter in it: a read of no files drops it.
+        starting = f"SELECT uk, ts FROM {vmap} WHERE starts = 1" if files.parquet_old else None
+        firsts = _events(p, files, plan, site, back, end, only, f"ts, {read}", starting)
         run(f"CREATE OR REPLACE TABLE {db}.{names[1]} AS SELECT {', '.join(VISIT_COLUMNS)} "
             f"FROM (SELECT uk, vn, {metrics} FROM {db}.{names[0]} GROUP BY uk, vn) "
             f"JOIN (SELECT uk, vn, {first}, false AS suspect FROM ({firsts}) e "
