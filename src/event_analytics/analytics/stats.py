@@ -150,6 +150,12 @@ def _attributes(q: StatsQuery) -> frozenset[str]:
     return frozenset(visits.VISIT_COLUMNS[n] for n in names if n in visits.VISIT_COLUMNS)
 
 
+def _reads_visit_columns(q: StatsQuery) -> bool:
+    """Whether the query reads a visit's columns from its events' rows (a ``visit:*`` or
+    time dimension or filter: the time buckets are the visit's start)."""
+    return any(n in visits.VISIT_COLUMNS or n.startswith("time") for n in _dimensions_read(q))
+
+
 def _reads_props(q: StatsQuery) -> bool:
     """Whether the query reads custom properties (the only reader of events' payload)."""
     return any(n.startswith("event:props:") for n in _dimensions_read(q))
@@ -174,7 +180,7 @@ def build(
     # their windows need not carry each event's columns (benchmarks/analytics_bench.py).
     events = q.event_scoped or by_goal or bool(q.filters) or conversion
     if cached is not None:
-        ctes = visit_cache.ctes(cached)
+        ctes = visit_cache.ctes(cached, _reads_visit_columns(q))
     else:
         ctes = visits.ctes(
             p,

@@ -3,11 +3,12 @@
 Cutting a range's events into visits (``visits.ctes``: every event of the site in
 ``[from - timeout, to)`` read and sorted by visitor and time) is nearly all of a Stats API
 query's cost, and one load of the site page asks eleven queries of the same range. An
-entry holds what ``ctes`` gives for one (site, range, timeout, plan): ``visits`` with
-every visit column and ``vev`` with every event's payload (the widest: any later query
-of that key reads it), as two tables of an in-memory DuckDB database of its own, attached
-to the engine's and compressed (``COMPRESS`` and a checkpoint: about an eighth of the
-plain tables' memory); the queries then read those tables instead of the archive.
+entry holds the visits of one (site, range, timeout, plan), as ``visit_fill`` cuts them:
+``visits`` with every visit column and ``vev`` with every event's own columns and payload
+(the widest: any later query of that key reads it) and its visit's key, as two tables of
+an in-memory DuckDB database of its own, attached to the engine's and compressed
+(``COMPRESS`` and a checkpoint: about an eighth of the plain tables' memory); the queries
+then read those tables instead of the archive (``ctes``).
 
 Exact, never stale: the key holds the identity of every archive file the range reads,
 taken *before* they are read: each hour file's path, inode, size, modification and
@@ -45,10 +46,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from event_analytics.analytics import visits
+from event_analytics.analytics import visit_fill
 from event_analytics.analytics.snapshot import hour_files
-from event_analytics.analytics.sql import Params
-from event_analytics.analytics.visit_cache_delta import EVENT_COLUMNS, Reads, Run, appended, merge
+from event_analytics.analytics.visit_cache_delta import Reads, Run, appended, merge
 from event_analytics.archive.compact import parquet_path
 from event_analytics.archive.files import list_files
 from event_analytics.timebucket import Interval, floor
@@ -332,23 +332,17 @@ class VisitCache:
             entry.ready.set()
 
     def _tables(self, root: Path, key: Key, entry: _Entry) -> str | None:
-        """``vev`` by the key's plan (again by the exact plan when the fast one says its
-        order may be wrong), ``visits`` from it, then compressed; the plan used."""
+        """``vev`` and ``visits`` by the key's plan (again by the exact plan when the fast
+        one says its order may be wrong: visit_fill.py), then compressed; the plan used."""
         db = entry.name
         plans = [key.fast_key, None] if key.fast_key is not None else [None]
         back = timedelta(seconds=key.timeout_s)
         for plan in plans:
             entry.reads = {}
             with hour_files(root, key.start - back, key.end, entry.reads) as files:
-                p = Params()
-                ctes = visits.ctes(p, files, key.site, key.start, key.end, key.timeout_s,
-                                   fast_key=plan)  # fmt: skip
-                self._run(f"CREATE OR REPLACE TABLE {db}.vev AS WITH {ctes} SELECT * FROM vev",
-                          p.values)  # fmt: skip
-            if not self._run(f"SELECT coalesce(bool_or(suspect), false) FROM {db}.vev")[0][0]:
-                break
-        self._run(f"CREATE TABLE {db}.visits AS SELECT DISTINCT ON (uk, vn) "
-                  f"* EXCLUDE ({EVENT_COLUMNS}) FROM {db}.vev")  # fmt: skip
+                if visit_fill.fill(self._run, db, files, key.site, key.start, key.end,
+                                   key.timeout_s, plan):  # fmt: skip
+                    break
         self._run(f"CHECKPOINT {db}")
         return plan
 
@@ -393,7 +387,9 @@ class VisitCache:
                 self._run(f"DETACH DATABASE IF EXISTS {name}")
 
 
-def ctes(db: str) -> str:
-    """``visits`` and ``vev`` from an entry's tables (the same columns as visits.ctes
-    gives with every attribute and the payloads)."""
-    return f"visits AS (SELECT * FROM {db}.visits),\nvev AS (SELECT * FROM {db}.vev)"
+def ctes(db: str, visit_columns: bool = True) -> str:
+    """``visits`` and ``vev`` from an entry's tables, as visits.ctes gives them with every
+    attribute and the payloads; without ``visit_columns``, ``vev`` has only the event's
+    own columns and its visit's key (the query reads no other: no join per event)."""
+    vev = f"{db}.vev JOIN {db}.visits USING (uk, vn)" if visit_columns else f"{db}.vev"
+    return f"visits AS (SELECT * FROM {db}.visits),\nvev AS (SELECT * FROM {vev})"

@@ -15,9 +15,9 @@ The appended lines (``appended``) name the visitors with a new event of the site
 range's read window; every visit of such a visitor may change (a late event can join two
 visits, or split none but renumber them), and no other visitor's can (a visit is one
 visitor's events). ``merge`` cuts those visitors' events, all of them in the range read
-again, into visits (``visits.ctes`` restricted to them: a semi-join of the files on the
-visitors) and replaces their rows in the entry's tables in one transaction: a reader's
-statement sees the entry before or after, never between.
+again, into visits (``visit_fill`` restricted to them: a semi-join of the files on the
+visitors) and replaces their rows in the entry's tables
+in one transaction: a reader's statement sees the entry before or after, never between.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from event_analytics.analytics import visits
+from event_analytics.analytics import visit_fill
 from event_analytics.analytics.snapshot import (
     Read,
     Sources,
@@ -46,9 +46,8 @@ from event_analytics.timebucket import Interval, floor
 
 Run = Callable[..., list[tuple[Any, ...]]]
 Reads = dict[str, Read]
-# ``vev``'s own columns (its derived ones: archive/derived.py); the rest is its visit's
-# row of ``visits``.
-EVENT_COLUMNS = "event_id, ts, received_at, event_type, payload, " + ", ".join(visits.EVENT_COLUMNS)
+# The changed visitors' tables before they replace their rows in the entry's.
+FRESH = ("fresh_vev", "fresh_visits")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,20 +126,19 @@ def merge(run: Run, db: str, root: Path, site: str, start: datetime, end: dateti
         if changed == 0:
             return 0
         with hour_files(root, back, end) as files:
-            p = Params()
-            ctes = visits.ctes(p, files, site, start, end, timeout_s, fast_key=plan,
-                               only=f"{db}.changed")  # fmt: skip
-            run(f"CREATE OR REPLACE TABLE {db}.fresh AS WITH {ctes} SELECT * FROM vev", p.values)
-        if run(f"SELECT coalesce(bool_or(suspect), false) FROM {db}.fresh")[0][0]:
-            return None
+            if not visit_fill.fill(run, db, files, site, start, end, timeout_s, plan,
+                                   only=f"{db}.changed", names=FRESH):  # fmt: skip
+                return None
         # One statement list, one transaction: readers see the entry before or after.
         run(f"BEGIN TRANSACTION;"
             f"DELETE FROM {db}.vev WHERE uk IN (SELECT uk FROM {db}.changed);"
-            f"INSERT INTO {db}.vev SELECT * FROM {db}.fresh;"
+            f"INSERT INTO {db}.vev SELECT * FROM {db}.{FRESH[0]};"
             f"DELETE FROM {db}.visits WHERE uk IN (SELECT uk FROM {db}.changed);"
-            f"INSERT INTO {db}.visits SELECT DISTINCT ON (uk, vn) * EXCLUDE ({EVENT_COLUMNS}) "
-            f"FROM {db}.fresh;"
+            f"INSERT INTO {db}.visits SELECT * FROM {db}.{FRESH[1]};"
             f"COMMIT")  # fmt: skip
         return changed
     finally:
-        run(f"DROP TABLE IF EXISTS {db}.fresh; DROP TABLE IF EXISTS {db}.changed")
+        run(
+            f"DROP TABLE IF EXISTS {db}.{FRESH[0]}; DROP TABLE IF EXISTS {db}.{FRESH[1]}; "
+            f"DROP TABLE IF EXISTS {db}.changed"
+        )

@@ -28,6 +28,7 @@ thrown away and the exact plan runs (``uk`` is then the user_id itself).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 
 from event_analytics.analytics.snapshot import Sources
@@ -77,7 +78,16 @@ def _field(name: str) -> str:
     return f"f_{name}"
 
 
-def _visit_columns(attributes: frozenset[str]) -> str:
+def visit_columns(
+    attributes: frozenset[str],
+    order: str = "seq",
+    first: Callable[[str], str] = _first,
+    names: Collection[str] | None = None,
+) -> str:
+    """A visit's columns over its events: the metrics' and those of ``attributes`` (of
+    ``names`` only, when given). ``order`` orders a visit's events (``seq``, or ``ts``
+    where no two of a visitor's events share one); ``first`` takes an expression's value
+    at the visit's first event (by default an aggregate over its events)."""
     page = "path"
     device = _field("device")
     columns = {
@@ -89,22 +99,24 @@ def _visit_columns(attributes: frozenset[str]) -> str:
             "count_if(event_type = 'page_view') = 1 AND "
             f"count_if(event_type <> 'page_view' AND NOT {NON_INTERACTIVE}) = 0"
         ),
-        "entry_page": f"arg_min_null({page}, seq) FILTER (WHERE event_type = 'page_view')",
-        "exit_page": f"arg_max_null({page}, seq) FILTER (WHERE event_type = 'page_view')",
-        "source": "coalesce(" + _first(_field("source")) + f", '{DIRECT}')",
-        "referrer": "coalesce(" + _first(_field("referrer")) + f", '{DIRECT}')",
+        "entry_page": f"arg_min_null({page}, {order}) FILTER (WHERE event_type = 'page_view')",
+        "exit_page": f"arg_max_null({page}, {order}) FILTER (WHERE event_type = 'page_view')",
+        "source": "coalesce(" + first(_field("source")) + f", '{DIRECT}')",
+        "referrer": "coalesce(" + first(_field("referrer")) + f", '{DIRECT}')",
         # Plausible's device names are capitalised (Desktop, Mobile, Tablet).
-        "device": _first(f"upper({device}[1]) || {device}[2:]"),
-        **{name: _first(_field(name)) for name in (*UTM, "browser", "os", "country")},
+        "device": first(f"upper({device}[1]) || {device}[2:]"),
+        **{name: first(_field(name)) for name in (*UTM, "browser", "os", "country")},
     }
     # Only the attributes the query reads: each costs a pass over the visit's events.
     always = ("start", "duration_us", "visit_pageviews", "visit_events", "bounce")
     return ",\n    ".join(
-        f"{sql} AS {name}" for name, sql in columns.items() if name in always or name in attributes
+        f"{sql} AS {name}"
+        for name, sql in columns.items()
+        if (name in always or name in attributes) and (names is None or name in names)
     )
 
 
-def _fields(attributes: frozenset[str]) -> str:
+def fields(attributes: frozenset[str]) -> str:
     """The ``f_*`` columns the visit columns of ``attributes`` read."""
     wanted = {"interactive"} | (set(attributes) & set(FIELDS))
     return "".join(f", {_field(n)}" for n in FIELDS if n in wanted)
@@ -133,7 +145,7 @@ def ctes(
     ``only`` names a table of ``uk`` values (made by the visit cache, never request
     text): the visits of those visitors alone, from all their events."""
     lookback = start - timedelta(seconds=timeout_s)
-    carried = ("payload" if payload else "NULL::JSON AS payload") + _fields(attributes)
+    carried = ("payload" if payload else "NULL::JSON AS payload") + fields(attributes)
     pages = {"entry_page", "exit_page"} & attributes
     wanted = EVENT_COLUMNS if events else ("path",) if pages else ()
     carried += "".join(f", {name}" for name in wanted)
@@ -157,7 +169,7 @@ seq AS (SELECT * EXCLUDE (user_id), CASE WHEN epoch_us(ts) - epoch_us(lag(ts) OV
 numbered AS (SELECT *, sum(starts) OVER (PARTITION BY uk ORDER BY seq
     ROWS UNBOUNDED PRECEDING) AS vn FROM seq),
 visits AS (SELECT uk, vn,
-    {_visit_columns(attributes)}, bool_or(suspect) AS suspect
+    {visit_columns(attributes)}, bool_or(suspect) AS suspect
     FROM numbered GROUP BY uk, vn HAVING min(ts) >= {p.bind(start)}{keep}),
-vev AS (SELECT n.event_id, n.ts, n.received_at, n.event_type, n.payload{own},
+vev AS (SELECT n.event_id, n.ts, n.received_at, n.event_type, n.payload, n.f_interactive{own},
     v.* FROM numbered n JOIN visits v USING (uk, vn))"""
