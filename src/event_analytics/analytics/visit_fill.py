@@ -74,12 +74,10 @@ def fill(run: Run, db: str, files: Sources, site: str, start: datetime, end: dat
         # Each event's visit: the start of the latest event at or before it that starts
         # one (its own when it does). Narrow rows only: this sort is the fill's one.
         p = Params()
-        starts = (f"CASE WHEN epoch_us(ts) - epoch_us(lag(ts) OVER w) <= "
-                  f"{p.bind(timeout_s * 1_000_000)} THEN 0 ELSE 1 END")  # fmt: skip
-        suspect = "coalesce(lag(user_id) OVER w <> user_id OR lag(ts) OVER w = ts, false)"
         run(f"CREATE OR REPLACE TABLE {vmap} AS WITH "
             f"ev AS ({_events(p, files, plan, site, back, end, only, 'user_id, ts')}),\n"
-            f"s AS (SELECT uk, ts, {starts} AS starts, {suspect} AS suspect FROM ev "
+            f"s AS (SELECT uk, ts, {visits.starts(p, timeout_s)} AS starts, "
+            f"{visits.SUSPECT} AS suspect FROM ev "
             f"WINDOW w AS (PARTITION BY uk ORDER BY ts))\n"
             f"SELECT s.uk, s.ts, s.starts, s.suspect, epoch_us(f.ts) AS vn FROM s "
             f"ASOF JOIN (SELECT uk, ts FROM s WHERE starts = 1) f "

@@ -116,10 +116,24 @@ def visit_columns(
     )
 
 
-def fields(attributes: frozenset[str]) -> str:
+def _fields(attributes: frozenset[str]) -> str:
     """The ``f_*`` columns the visit columns of ``attributes`` read."""
     wanted = {"interactive"} | (set(attributes) & set(FIELDS))
     return "".join(f", {_field(n)}" for n in FIELDS if n in wanted)
+
+
+# Over a window ``w`` of one visitor's events in time order (``ts``, ``user_id``), by the
+# fast plan: whether its order may be wrong here (a shared key, or a tie).
+SUSPECT = "coalesce(lag(user_id) OVER w <> user_id OR lag(ts) OVER w = ts, false)"
+
+
+def starts(p: Params, timeout_s: int) -> str:
+    """1 when an event starts a visit (over the window ``w`` of its visitor's events in
+    order: more than ``timeout_s`` after the one before it, or the first), else 0."""
+    return (
+        f"CASE WHEN epoch_us(ts) - epoch_us(lag(ts) OVER w) <= "
+        f"{p.bind(timeout_s * 1_000_000)} THEN 0 ELSE 1 END"
+    )
 
 
 def ctes(
@@ -145,7 +159,7 @@ def ctes(
     ``only`` names a table of ``uk`` values (made by the visit cache, never request
     text): the visits of those visitors alone, from all their events."""
     lookback = start - timedelta(seconds=timeout_s)
-    carried = ("payload" if payload else "NULL::JSON AS payload") + fields(attributes)
+    carried = ("payload" if payload else "NULL::JSON AS payload") + _fields(attributes)
     pages = {"entry_page", "exit_page"} & attributes
     wanted = EVENT_COLUMNS if events else ("path",) if pages else ()
     carried += "".join(f", {name}" for name in wanted)
@@ -154,7 +168,7 @@ def ctes(
         uk, order, suspect, keep = "user_id", ORDER, "false", ""
     else:
         uk, order = fast_key, "ts"
-        suspect = "coalesce(lag(user_id) OVER w <> user_id OR lag(ts) OVER w = ts, false)"
+        suspect = SUSPECT
         # A suspect visit is kept wherever it starts: its row must reach the answer.
         keep = " OR bool_or(suspect)"
     # Restricted in the read itself: the rows of other visitors are never converted.
@@ -163,8 +177,7 @@ def ctes(
 ev AS (SELECT event_id, {uk} AS uk, user_id, ts, received_at, event_type, {carried}
     FROM events WHERE ts >= {p.bind(lookback)} AND ts < {p.bind(end)}
     AND NOT starts_with(event_type, 'bot_') AND site = {p.bind(site)}),
-seq AS (SELECT * EXCLUDE (user_id), CASE WHEN epoch_us(ts) - epoch_us(lag(ts) OVER w)
-    <= {p.bind(timeout_s * 1_000_000)} THEN 0 ELSE 1 END AS starts, row_number() OVER w AS seq,
+seq AS (SELECT * EXCLUDE (user_id), {starts(p, timeout_s)} AS starts, row_number() OVER w AS seq,
     {suspect} AS suspect FROM ev WINDOW w AS (PARTITION BY uk ORDER BY {order})),
 numbered AS (SELECT *, sum(starts) OVER (PARTITION BY uk ORDER BY seq
     ROWS UNBOUNDED PRECEDING) AS vn FROM seq),
