@@ -76,6 +76,11 @@ class WorkerPool:
             raise _lost() from exc
         self._order.append(worker)
 
+    @property
+    def owed(self) -> int:
+        """Blocks handed out whose results ``next`` has not taken yet."""
+        return len(self._order)
+
     async def next(self) -> Block:
         """The result of the oldest block handed out and not yet taken. Raises
         ImportWorkerLost (its worker died), or what checking the block raised."""

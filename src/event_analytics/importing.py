@@ -289,14 +289,11 @@ class Importer:
                 return
             # A worker's death ends these waits with ImportWorkerLost (import_pool.py).
             pool = self._workers()
-            ahead = 0
             for start, end in chain(first, ranges):
                 pool.submit(path, start, end, fmt, self._kept())
-                ahead += 1
-                if ahead >= AHEAD * self.workers:
+                if pool.owed >= AHEAD * self.workers:
                     yield await pool.next()
-                    ahead -= 1
-            for _ in range(ahead):
+            while pool.owed:
                 yield await pool.next()
 
     def _kept(self) -> datetime:
