@@ -7,10 +7,13 @@ runs alone and during a storm, at a steady rate and at full speed. The storm: RE
 clients from one address and READERS from another (X-Forwarded-For), each looping over
 the counter reads (top pages over 23 h and 4 h with limit=100, the minute series over
 23 h) and the archive queries (funnel, retention, query over 7 and 30 days), waiting out
-each Retry-After; beside it a process of its own times the cheap reads (/analytics/realtime,
-a minute bucket). Printed per setting: ingest p50/p99 and throughput alone and during,
-every offered event acknowledged and counted, reads answered / refused / timed out and
-their p50/p99 by kind, and CPU seconds by process group (from /proc).
+each Retry-After; beside it a process of its own times the cheap reads
+(/analytics/realtime, a minute bucket). Full speed is 8 connections whose requests are
+written by hand (``--client httpx``: through httpx, as before, which costs the bench ~2 ms
+of CPU per event and made the bench's own core the limit of "ingest alone"). Printed per
+setting: ingest p50/p99 and throughput alone and during, every offered event acknowledged
+and counted, reads answered / refused / timed out and their p50/p99 by kind, CPU seconds
+by process group (from /proc) and the bench's own ingest client's.
 
 Targets (issue 23): ingest p99 during <= max(3 x alone, 50 ms), throughput during >= 80 %
 of alone, every offered event answered 201, cheap reads p99 <= 100 ms.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import multiprocessing
 import os
 import statistics
@@ -176,11 +180,13 @@ def _own_cpu() -> tuple[float, float]:
 
 
 async def _ingest(
-    client: httpx.AsyncClient, url: str, seconds: float, rate: float, tag: str, minute: datetime
-) -> tuple[list[float], Counter[int], int]:
+    client: httpx.AsyncClient, url: str, seconds: float, rate: float, tag: str, minute: datetime,
+    raw: bool = False,
+) -> tuple[list[float], Counter[int], int]:  # fmt: skip
     """Single events for ``seconds``: ``rate`` per second offered (open loop, each on time
-    whatever the answers), or as fast as 8 connections go (``rate`` 0). Returns the
-    latencies, the statuses and the number offered."""
+    whatever the answers), or as fast as 8 connections go (``rate`` 0; ``raw``: each
+    request written on the socket by hand, not by httpx). Returns the latencies, the
+    statuses and the number offered."""
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
 
@@ -209,7 +215,31 @@ async def _ingest(
         while time.monotonic() - start < seconds:
             await one(next(counter))
 
-    await asyncio.gather(*(closed() for _ in range(8)))
+    async def lean() -> None:
+        # One kept-alive connection written and read by hand: httpx costs this process
+        # ~2 ms of CPU per event, more than the API worker and the engine together, and
+        # at full speed the bench's one core was the limit of "ingest alone".
+        url_ = httpx.URL(url)
+        reader, writer = await asyncio.open_connection(url_.host, url_.port)
+        try:
+            while time.monotonic() - start < seconds:
+                n = next(counter)
+                body = json.dumps(_event(minute, f"{tag}-{n}", LIVE_PAGE)).encode()
+                t0 = time.perf_counter()
+                writer.write(b"POST /events HTTP/1.1\r\nHost: bench\r\nContent-Type: "
+                             b"application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))  # fmt: skip
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                fields = dict(h.split(": ", 1) for h in lines[1:] if ": " in h)
+                size = int({k.lower(): v for k, v in fields.items()}["content-length"])
+                await reader.readexactly(size)
+                statuses[int(lines[0].split()[1])] += 1
+                latencies.append(time.perf_counter() - t0)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*((lean if raw else closed)() for _ in range(8)))
     return latencies, statuses, len(latencies)
 
 
@@ -293,7 +323,9 @@ async def _phase(
     cpu0 = _cpu(root)
     own0 = _own_cpu()
     lag0 = await _loop_lag(client, url)
-    lat, st, offered = await _ingest(client, url, args.seconds, rate, tag, minute)
+    lat, st, offered = await _ingest(
+        client, url, args.seconds, rate, tag, minute, args.client == "raw"
+    )
     lag1 = await _loop_lag(client, url)
     own1 = _own_cpu()
     cpu1 = _cpu(root)
@@ -395,6 +427,9 @@ def main() -> int:
     parser.add_argument("--mix", choices=["all", "counter", "archive"], default="all",
                         help="the storm's reads: all, only the counter reads, only the "
                         "archive queries")  # fmt: skip
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                        help="the full-speed ingest client: requests written by hand on 8 "
+                        "connections (raw), or httpx as before")  # fmt: skip
     parser.add_argument("--full-speed-only", action="store_true",
                         help="skip the steady rate's phases")  # fmt: skip
     parser.add_argument("--readers-nice", type=int, default=0,
