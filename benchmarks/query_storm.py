@@ -13,7 +13,9 @@ written by hand (``--client httpx``: through httpx, as before, which costs the b
 of CPU per event and made the bench's own core the limit of "ingest alone"). Printed per
 setting: ingest p50/p99 and throughput alone and during, every offered event acknowledged
 and counted, reads answered / refused / timed out and their p50/p99 by kind, CPU seconds
-by process group (from /proc) and the bench's own ingest client's.
+by process group (from /proc) and the bench's own ingest client's. ``serve`` runs in a
+session of its own, as a service does, not in the bench's beside its readers: with
+autogroups the CPU is shared between sessions first (``--same-session``: as before).
 
 Targets (issue 23): ingest p99 during <= max(3 x alone, 50 ms), throughput during >= 80 %
 of alone, every offered event answered 201, cheap reads p99 <= 100 ms.
@@ -430,6 +432,10 @@ def main() -> int:
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
                         help="the full-speed ingest client: requests written by hand on 8 "
                         "connections (raw), or httpx as before")  # fmt: skip
+    parser.add_argument("--same-session", action="store_true",
+                        help="serve in the bench's session, beside its readers and its "
+                        "client (as before); by default serve has a session of its own, as "
+                        "a service does")  # fmt: skip
     parser.add_argument("--full-speed-only", action="store_true",
                         help="skip the steady rate's phases")  # fmt: skip
     parser.add_argument("--readers-nice", type=int, default=0,
@@ -437,7 +443,7 @@ def main() -> int:
     args = parser.parse_args()
     ok = True
     for setting in args.query_workers.split(","):
-        with served(["--query-workers", setting]) as (url, _, proc):
+        with served(["--query-workers", setting], not args.same_session) as (url, _, proc):
             print(f"--query-workers {setting}: {args.pages} pages x {args.minutes} minutes, "
                   f"2 x {args.readers} readers ({args.mix} reads, nice {args.readers_nice}), "
                   f"{args.seconds:g} s a phase")  # fmt: skip
