@@ -13,9 +13,10 @@ written by hand (``--client httpx``: through httpx, as before, which costs the b
 of CPU per event and made the bench's own core the limit of "ingest alone"). Printed per
 setting: ingest p50/p99 and throughput alone and during, every offered event acknowledged
 and counted, reads answered / refused / timed out and their p50/p99 by kind, CPU seconds
-by process group (from /proc) and the bench's own ingest client's. ``serve`` runs in a
-session of its own, as a service does, not in the bench's beside its readers: with
-autogroups the CPU is shared between sessions first (``--same-session``: as before).
+by process group (from /proc) and the bench's own ingest client's. ``serve``, the
+readers and the cheap reads' client each run in a session of their own, as a service and
+clients on other machines do, not all in the bench's: with autogroups the CPU is shared
+between sessions first (``--same-session``: as before).
 
 Targets (issue 23): ingest p99 during <= max(3 x alone, 50 ms), throughput during >= 80 %
 of alone, every offered event answered 201, cheap reads p99 <= 100 ms.
@@ -115,11 +116,13 @@ async def _read(client: httpx.AsyncClient, url: str, read: tuple[str, str, str, 
 
 
 def _storm_process(
-    url: str, readers: int, address: str, seconds: float, mix: str, nice: int, out: Any
-) -> None:
+    url: str, readers: int, address: str, seconds: float, mix: str, nice: int, apart: bool,
+    out: Any,
+) -> None:  # fmt: skip
     # The readers share this machine's cores with the service: niced, they stand for
     # clients on other machines (--readers-nice), not for load on the service's host.
     os.nice(nice)
+    _own_session(apart)
 
     async def main() -> dict[str, list[tuple[int, float]]]:
         results: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -162,9 +165,19 @@ async def _cheap(client: httpx.AsyncClient, url: str, seconds: float) -> list[fl
     return took
 
 
-def _cheap_process(url: str, seconds: float, out: Any) -> None:
+def _own_session(apart: bool) -> None:
+    # Each client its own session (autogroup), as clients on other machines: in the
+    # bench's, the readers took the ingest client's CPU share (its latencies at the
+    # steady rate were its own wait for a core).
+    if apart:
+        os.setsid()
+
+
+def _cheap_process(url: str, seconds: float, apart: bool, out: Any) -> None:
     # A process of its own: on the bench's loop, beside the full-speed ingest client (8
     # connections as fast as they go), a cheap read's time was mostly that loop's lag.
+    _own_session(apart)
+
     async def main() -> list[float]:
         async with httpx.AsyncClient(timeout=60) as client:
             return await _cheap(client, url, seconds)
@@ -313,14 +326,25 @@ async def _phase(
             q: Any = multiprocessing.Queue()
             p = multiprocessing.Process(
                 target=_storm_process,
-                args=(url, args.readers, address, args.seconds + 2, args.mix, args.readers_nice, q),
+                args=(
+                    url,
+                    args.readers,
+                    address,
+                    args.seconds + 2,
+                    args.mix,
+                    args.readers_nice,
+                    not args.same_session,
+                    q,
+                ),
             )
             p.start()  # fmt: skip
             queues.append(q)
             procs.append(p)
         await asyncio.sleep(1)  # under way
     cheap_out: Any = multiprocessing.Queue()
-    cheap = multiprocessing.Process(target=_cheap_process, args=(url, args.seconds, cheap_out))
+    cheap = multiprocessing.Process(
+        target=_cheap_process, args=(url, args.seconds, not args.same_session, cheap_out)
+    )
     cheap.start()
     cpu0 = _cpu(root)
     own0 = _own_cpu()
@@ -433,9 +457,9 @@ def main() -> int:
                         help="the full-speed ingest client: requests written by hand on 8 "
                         "connections (raw), or httpx as before")  # fmt: skip
     parser.add_argument("--same-session", action="store_true",
-                        help="serve in the bench's session, beside its readers and its "
-                        "client (as before); by default serve has a session of its own, as "
-                        "a service does")  # fmt: skip
+                        help="serve and the bench's clients in one session (as before); by "
+                        "default serve, the readers and the cheap reads' client each have "
+                        "a session of their own, as a service and remote clients do")  # fmt: skip
     parser.add_argument("--full-speed-only", action="store_true",
                         help="skip the steady rate's phases")  # fmt: skip
     parser.add_argument("--readers-nice", type=int, default=0,
