@@ -7,10 +7,16 @@ runs alone and during a storm, at a steady rate and at full speed. The storm: RE
 clients from one address and READERS from another (X-Forwarded-For), each looping over
 the counter reads (top pages over 23 h and 4 h with limit=100, the minute series over
 23 h) and the archive queries (funnel, retention, query over 7 and 30 days), waiting out
-each Retry-After; beside it one client measures the cheap reads (/analytics/realtime,
-a minute bucket). Printed per setting: ingest p50/p99 and throughput alone and during,
-every offered event acknowledged and counted, reads answered / refused / timed out and
-their p50/p99 by kind, and CPU seconds by process group (from /proc).
+each Retry-After; beside it a process of its own times the cheap reads
+(/analytics/realtime, a minute bucket). Full speed is 8 connections whose requests are
+written by hand (``--client httpx``: through httpx, as before, which costs the bench ~2 ms
+of CPU per event and made the bench's own core the limit of "ingest alone"). Printed per
+setting: ingest p50/p99 and throughput alone and during, every offered event acknowledged
+and counted, reads answered / refused / timed out and their p50/p99 by kind, CPU seconds
+by process group (from /proc) and the bench's own ingest client's. ``serve``, the
+readers and the cheap reads' client each run in a session of their own, as a service and
+clients on other machines do, not all in the bench's: with autogroups the CPU is shared
+between sessions first (``--same-session``: as before).
 
 Targets (issue 23): ingest p99 during <= max(3 x alone, 50 ms), throughput during >= 80 %
 of alone, every offered event answered 201, cheap reads p99 <= 100 ms.
@@ -22,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import multiprocessing
 import os
 import statistics
@@ -108,11 +116,13 @@ async def _read(client: httpx.AsyncClient, url: str, read: tuple[str, str, str, 
 
 
 def _storm_process(
-    url: str, readers: int, address: str, seconds: float, mix: str, nice: int, out: Any
-) -> None:
+    url: str, readers: int, address: str, seconds: float, mix: str, nice: int, apart: bool,
+    out: Any,
+) -> None:  # fmt: skip
     # The readers share this machine's cores with the service: niced, they stand for
     # clients on other machines (--readers-nice), not for load on the service's host.
     os.nice(nice)
+    _own_session(apart)
 
     async def main() -> dict[str, list[tuple[int, float]]]:
         results: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -140,11 +150,12 @@ def _storm_process(
     out.put((results, time.process_time()))
 
 
-async def _cheap(client: httpx.AsyncClient, url: str, stop: asyncio.Event) -> list[float]:
+async def _cheap(client: httpx.AsyncClient, url: str, seconds: float) -> list[float]:
     minute = datetime.now(UTC) - timedelta(minutes=1)
     key = f"page_view_{minute:%Y-%m-%d_%H:%M}"
     took: list[float] = []
-    while not stop.is_set():
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         for path in ("/analytics/realtime", f"/analytics/minute-buckets/{key}"):
             t0 = time.perf_counter()
             r = await client.get(url + path)
@@ -154,12 +165,43 @@ async def _cheap(client: httpx.AsyncClient, url: str, stop: asyncio.Event) -> li
     return took
 
 
+def _own_session(apart: bool) -> None:
+    # Each client its own session (autogroup), as clients on other machines: in the
+    # bench's, the readers took the ingest client's CPU share (its latencies at the
+    # steady rate were its own wait for a core).
+    if apart:
+        os.setsid()
+
+
+def _cheap_process(url: str, seconds: float, apart: bool, out: Any) -> None:
+    # A process of its own: on the bench's loop, beside the full-speed ingest client (8
+    # connections as fast as they go), a cheap read's time was mostly that loop's lag.
+    _own_session(apart)
+
+    async def main() -> list[float]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await _cheap(client, url, seconds)
+
+    out.put(asyncio.run(main()))
+
+
+def _own_cpu() -> tuple[float, float]:
+    """This process's CPU seconds and seconds its threads waited for a core (schedstat)."""
+    waited = 0.0
+    for task in Path("/proc/self/task").glob("*/schedstat"):
+        with contextlib.suppress(FileNotFoundError, IndexError):
+            waited += int(task.read_text().split()[1]) / 1e9
+    return time.process_time(), waited
+
+
 async def _ingest(
-    client: httpx.AsyncClient, url: str, seconds: float, rate: float, tag: str, minute: datetime
-) -> tuple[list[float], Counter[int], int]:
+    client: httpx.AsyncClient, url: str, seconds: float, rate: float, tag: str, minute: datetime,
+    raw: bool = False,
+) -> tuple[list[float], Counter[int], int]:  # fmt: skip
     """Single events for ``seconds``: ``rate`` per second offered (open loop, each on time
-    whatever the answers), or as fast as 8 connections go (``rate`` 0). Returns the
-    latencies, the statuses and the number offered."""
+    whatever the answers), or as fast as 8 connections go (``rate`` 0; ``raw``: each
+    request written on the socket by hand, not by httpx). Returns the latencies, the
+    statuses and the number offered."""
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
 
@@ -188,7 +230,31 @@ async def _ingest(
         while time.monotonic() - start < seconds:
             await one(next(counter))
 
-    await asyncio.gather(*(closed() for _ in range(8)))
+    async def lean() -> None:
+        # One kept-alive connection written and read by hand: httpx costs this process
+        # ~2 ms of CPU per event, more than the API worker and the engine together, and
+        # at full speed the bench's one core was the limit of "ingest alone".
+        url_ = httpx.URL(url)
+        reader, writer = await asyncio.open_connection(url_.host, url_.port)
+        try:
+            while time.monotonic() - start < seconds:
+                n = next(counter)
+                body = json.dumps(_event(minute, f"{tag}-{n}", LIVE_PAGE)).encode()
+                t0 = time.perf_counter()
+                writer.write(b"POST /events HTTP/1.1\r\nHost: bench\r\nContent-Type: "
+                             b"application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))  # fmt: skip
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                fields = dict(h.split(": ", 1) for h in lines[1:] if ": " in h)
+                size = int({k.lower(): v for k, v in fields.items()}["content-length"])
+                await reader.readexactly(size)
+                statuses[int(lines[0].split()[1])] += 1
+                latencies.append(time.perf_counter() - t0)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*((lean if raw else closed)() for _ in range(8)))
     return latencies, statuses, len(latencies)
 
 
@@ -260,21 +326,37 @@ async def _phase(
             q: Any = multiprocessing.Queue()
             p = multiprocessing.Process(
                 target=_storm_process,
-                args=(url, args.readers, address, args.seconds + 2, args.mix, args.readers_nice, q),
+                args=(
+                    url,
+                    args.readers,
+                    address,
+                    args.seconds + 2,
+                    args.mix,
+                    args.readers_nice,
+                    not args.same_session,
+                    q,
+                ),
             )
             p.start()  # fmt: skip
             queues.append(q)
             procs.append(p)
         await asyncio.sleep(1)  # under way
-    stop = asyncio.Event()
-    cheap = asyncio.create_task(_cheap(client, url, stop))
+    cheap_out: Any = multiprocessing.Queue()
+    cheap = multiprocessing.Process(
+        target=_cheap_process, args=(url, args.seconds, not args.same_session, cheap_out)
+    )
+    cheap.start()
     cpu0 = _cpu(root)
+    own0 = _own_cpu()
     lag0 = await _loop_lag(client, url)
-    lat, st, offered = await _ingest(client, url, args.seconds, rate, tag, minute)
+    lat, st, offered = await _ingest(
+        client, url, args.seconds, rate, tag, minute, args.client == "raw"
+    )
     lag1 = await _loop_lag(client, url)
+    own1 = _own_cpu()
     cpu1 = _cpu(root)
-    stop.set()
-    cheap_took = await cheap
+    cheap_took = cheap_out.get(timeout=180)
+    cheap.join(timeout=60)
     reads: dict[str, list[tuple[int, float]]] = defaultdict(list)
     readers_cpu = 0.0
     for q, p in zip(queues, procs, strict=True):
@@ -287,6 +369,7 @@ async def _phase(
         "offered": offered, "statuses": st, "latencies": lat, "cheap": cheap_took,
         "reads": reads, "cpu": {g: cpu1.get(g, 0) - cpu0.get(g, 0) for g in cpu1},
         "readers_cpu": readers_cpu,
+        "client": (own1[0] - own0[0], own1[1] - own0[1]),
         "minute": minute,
         "lag": {role: (_late(lag0, lag1, role, "0.025"), _late(lag0, lag1, role, "0.1"))
                 for role in ("ingest", "query")},
@@ -296,8 +379,9 @@ async def _phase(
 def _report(name: str, ph: dict[str, Any], seconds: float) -> None:
     lat = ph["latencies"]
     cpu = " ".join(f"{g} {s:.1f}s" for g, s in sorted(ph["cpu"].items()))
+    cpu += f"; the bench's ingest client {ph['client'][0]:.1f}s waiting {ph['client'][1]:.1f}s"
     if ph["readers_cpu"]:
-        cpu += f"; the bench's readers {ph['readers_cpu']:.1f}s"
+        cpu += f", its readers {ph['readers_cpu']:.1f}s"
     print(f"  {name:24} offered {ph['offered']:6} answered {dict(ph['statuses'])} "
           f"{len(lat) / seconds:7.1f}/s  p50 {_pct(lat, 50):7.1f} ms  p99 {_pct(lat, 99):7.1f} ms"
           f"  cheap reads p99 {_pct(ph['cheap'], 99):6.1f} ms  CPU {cpu}")  # fmt: skip
@@ -330,7 +414,8 @@ async def _run(url: str, args: argparse.Namespace, root: int) -> bool:
         ok = True
         sent = 0
         phases = []
-        for rate, label in ((args.rate, f"steady {args.rate:g}/s"), (0.0, "full speed")):
+        rates = ((args.rate, f"steady {args.rate:g}/s"), (0.0, "full speed"))
+        for rate, label in rates[1:] if args.full_speed_only else rates:
             for storm in (False, True):
                 ph = await _phase(client, url, args, rate, storm, f"{label}-{storm}", root)
                 phases.append((f"{label}{' + storm' if storm else ''}", ph))
@@ -346,7 +431,7 @@ async def _run(url: str, args: argparse.Namespace, root: int) -> bool:
             counted += r.json()["total"]["count"]
         print(f"  every offered event acknowledged 201 and counted: {ok and counted == sent} "
               f"({counted} counted of {sent} offered)")  # fmt: skip
-        for label in (f"steady {args.rate:g}/s", "full speed"):
+        for _, label in rates[1:] if args.full_speed_only else rates:
             alone = dict(phases)[label]
             during = dict(phases)[f"{label} + storm"]
             p99a, p99b = _pct(alone["latencies"], 99), _pct(during["latencies"], 99)
@@ -368,12 +453,21 @@ def main() -> int:
     parser.add_argument("--mix", choices=["all", "counter", "archive"], default="all",
                         help="the storm's reads: all, only the counter reads, only the "
                         "archive queries")  # fmt: skip
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                        help="the full-speed ingest client: requests written by hand on 8 "
+                        "connections (raw), or httpx as before")  # fmt: skip
+    parser.add_argument("--same-session", action="store_true",
+                        help="serve and the bench's clients in one session (as before); by "
+                        "default serve, the readers and the cheap reads' client each have "
+                        "a session of their own, as a service and remote clients do")  # fmt: skip
+    parser.add_argument("--full-speed-only", action="store_true",
+                        help="skip the steady rate's phases")  # fmt: skip
     parser.add_argument("--readers-nice", type=int, default=0,
                         help="niceness of the storm's reader processes (0-19)")  # fmt: skip
     args = parser.parse_args()
     ok = True
     for setting in args.query_workers.split(","):
-        with served(["--query-workers", setting]) as (url, _, proc):
+        with served(["--query-workers", setting], not args.same_session) as (url, _, proc):
             print(f"--query-workers {setting}: {args.pages} pages x {args.minutes} minutes, "
                   f"2 x {args.readers} readers ({args.mix} reads, nice {args.readers_nice}), "
                   f"{args.seconds:g} s a phase")  # fmt: skip

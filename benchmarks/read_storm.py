@@ -196,9 +196,12 @@ def main() -> int:
 
 
 @contextlib.contextmanager
-def served(extra: list[str]) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
+def served(
+    extra: list[str], session: bool = False
+) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
     """A ``serve`` with ``extra`` arguments on a free port and a scratch data dir, ready:
-    its URL, data dir and process; terminated after."""
+    its URL, data dir and process; terminated after. ``session``: in a session of its own,
+    as a service is started (with autogroups, the CPU is shared between sessions first)."""
     with tempfile.TemporaryDirectory() as tmp:
         port = _free_port()
         data = Path(tmp) / "data"
@@ -206,6 +209,7 @@ def served(extra: list[str]) -> Iterator[tuple[str, Path, subprocess.Popen[bytes
         proc = subprocess.Popen(
             [sys.executable, "-m", "event_analytics", "serve", "--port", str(port),
              "--data-dir", str(data), *extra], env=ENV, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=session,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         try:
