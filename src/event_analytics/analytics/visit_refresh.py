@@ -15,8 +15,9 @@ previous period of one that did (``moved``: a "7d" read yesterday is asked again
 at tomorrow's start; any other range, or the same day: the same range), and brought to
 the files now, as a query would (``VisitCache.refresh``: a fill for a new key, an update
 for appended lines, nothing when the entry already reads these files). Only while no
-query runs: a query arriving waits for nothing but the statement in progress (the next
-entry waits for the next tick). An entry the refresh made is not "read": unless a reader
+query runs: a query arriving meanwhile runs beside the entry being refreshed (sharing
+the cores until it is done; one of that range waits for it, as for a query's fill), and
+the next entry waits for the next tick. An entry the refresh made is not "read": unless a reader
 comes back, it is not refreshed again, and the memory bound evicts it as any other.
 
 What it costs: per recently read question, once a day a fill (the cold page's fill: the
