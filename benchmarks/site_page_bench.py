@@ -4,7 +4,7 @@ the whole set in <= 2 s over the 3,000,000-event archive).
 
     python benchmarks/site_page_bench.py [--events 3000000] [--days 7] [--runs 5]
         [--storage parquet|jsonl] [--dir /tmp/ea-analytics-bench]
-        [--visit-cache ab|on|off] [--visit-cache-bytes N] [--churn N]
+        [--visit-cache ab|on|off] [--visit-cache-bytes N] [--churn N] [--next-day]
 
 The archive is analytics_bench.py's (generated once under --dir with its parameters and
 reused, the same directory as that bench by default). The set, in the order the page
@@ -39,6 +39,14 @@ the cache's incremental update off (each change fills the range again, as before
 visit_cache_delta) and then on (the entries brought up by the appended lines). Their
 answers cannot be the model's (events were added): each churning load's answers are
 checked against a run without the cache over the same files, after its clock stops.
+
+``--next-day`` adds the owner's first load of a day after the cache's refresh
+(analytics/visit_refresh.py): before each load, the cache emptied, the page of the day
+before read at 23:30 (its "7d" and comparison), the refresh's tick at 00:10 (timed apart,
+not in the load: it runs between loads), then the load, its answers checked against the
+model. The archive's last day is whole when the refresh reads it: on a live site the
+hourly refreshes after it keep the entries up to the files (the churning modes measure
+what a load merges between two).
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ from rich.table import Table
 from event_analytics.analytics import site_list, stats
 from event_analytics.analytics.pool import QueryEngine, QueryTimeout
 from event_analytics.analytics.stats_spec import parse_query, with_goals
+from event_analytics.analytics.visit_refresh import Refresher
 from event_analytics.archive import files, record
 from event_analytics.archive.compact import compact_closed
 from event_analytics.config import Settings
@@ -210,6 +219,31 @@ def page_loads(
 
 
 CHURN_MODES = {"churning, incremental off": False, "churning, incremental": True}
+NEXT_DAY = "cache, next day after the refresh"
+
+
+def next_day(engine: QueryEngine, root: Path, end: datetime, say: Callable[[str], None]
+             ) -> Callable[[], None]:  # fmt: skip
+    """Before a load of the page as of ``end``'s day: the cache emptied, the day before's
+    page read at 23:30, the refresh's tick at 00:10 (its time said, not counted)."""
+    yesterday = page_set(root, end - timedelta(days=1), engine)
+    midnight = end - timedelta(days=1)
+    clock = [midnight]
+    engine.visit_cache.clock = lambda: clock[0]
+
+    def before() -> None:
+        engine.visit_cache.clear()
+        clock[0] = midnight - timedelta(minutes=30)
+        for call in yesterday.values():
+            call()
+        clock[0] = midnight + timedelta(minutes=10)
+        began = time.perf_counter()
+        cpu = time.process_time()
+        n = Refresher(engine.visit_cache, lambda: True).tick(clock[0])
+        say(f"the refresh after midnight: {n} entries, {time.perf_counter() - began:.3f} s, "
+            f"{time.process_time() - cpu:.2f} CPU-s (between loads, not in the next)")  # fmt: skip
+
+    return before
 
 
 def churn_copy(root: Path, where: Path, end: datetime) -> Path:
@@ -300,6 +334,12 @@ def main() -> int:
         help="N > 0: also two churning modes, N events appended to the hour being written "
         "before each load (the cache's incremental update off, then on)",
     )
+    parser.add_argument(
+        "--next-day",
+        action="store_true",
+        help="also the first load of a day after the cache's refresh (the day before's "
+        "page read, the refresh's tick after midnight, then the load)",
+    )
     args = parser.parse_args()
     if args.days != 7:
         parser.error("--days: the page's 7-day range must hold the whole archive: 7")
@@ -340,6 +380,11 @@ def main() -> int:
             churners.append(churner)
             modes[mode] = (page_set(live, end, churner), writer.append, reference)
         wanted = (*wanted, *CHURN_MODES)
+    if args.next_day:
+        refreshed = engine(args.visit_cache_bytes)
+        before = next_day(refreshed, root, end, console.print)
+        modes[NEXT_DAY] = (page_set(root, end, refreshed), before, None)
+        wanted = (*wanted, NEXT_DAY)
     deadline = time.monotonic() + args.budget
     load_before = os.getloadavg()
     try:

@@ -6,6 +6,8 @@ keys shared by visitors) and makes nothing; restricted to some visitors, their r
 from __future__ import annotations
 
 import itertools
+import json
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -102,3 +104,54 @@ def test_a_fill_of_some_visitors_makes_their_rows(
         assert ENGINE.fetch(f"SELECT * FROM {some}.{table} ORDER BY ALL") == mine
     for db in (whole, some):
         ENGINE.fetch(f"DETACH {db}")
+
+
+def _scans(node: dict[str, Any]) -> set[str]:
+    """What a plan's subtree reads: the tables and the Parquet reads."""
+    info = node.get("extra_info") or {}
+    if "Table" in info:
+        here = {str(info["Table"]).rsplit(".", 1)[-1]}
+    elif info.get("Function") == "READ_PARQUET":
+        here = {"READ_PARQUET"}
+    else:
+        here = set()
+    for child in node.get("children", []):
+        here |= _scans(child)
+    return here
+
+
+def _joins(node: dict[str, Any]) -> list[tuple[set[str], set[str]]]:
+    """Each hash join's (probe side's, build side's) reads."""
+    found = [j for child in node.get("children", []) for j in _joins(child)]
+    if node.get("name") == "HASH_JOIN":
+        found.append((_scans(node["children"][0]), _scans(node["children"][1])))
+    return found
+
+
+def test_the_event_tables_join_builds_from_the_narrow_map(tmp_path: Path) -> None:
+    """The joins of the archive's events to the visit map hash the map, never the events
+    (with their payloads: most of a fill's memory and time when DuckDB chose so)."""
+    recs = []
+    for i in range(40):
+        ts = (BASE + timedelta(seconds=3600 + 600 * i)).isoformat().replace("+00:00", "Z")
+        page = {"domain": "a.example", "page_url": "https://a.example/p"}
+        recs.append({"event_id": str(uuid.uuid4()), "user_id": f"u{i % 7}", "timestamp": ts,
+                     "event_type": "page_view", "received_at": ts, "payload": page})  # fmt: skip
+    root = write(tmp_path, recs, "parquet")
+    joins: list[tuple[set[str], set[str]]] = []
+
+    def run(sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        if sql.startswith("CREATE OR REPLACE TABLE") and ".vmap AS" not in sql:
+            select = sql[sql.index(" AS ") + 4 :]
+            (_, plan), *_ = ENGINE.fetch(f"EXPLAIN (FORMAT JSON) {select}", params)
+            joins.extend(_joins(json.loads(plan)[0]))
+        return ENGINE.fetch(sql, params)
+
+    db = f"fill_test_{next(_dbs)}"
+    ENGINE.fetch(f"ATTACH ':memory:' AS {db}")
+    with hour_files(root, START - timedelta(seconds=TIMEOUT), END) as files:
+        assert visit_fill.fill(run, db, files, "a.example", START, END, TIMEOUT, visits.FAST_KEY)
+    ENGINE.fetch(f"DETACH {db}")
+    # The event table's join and the visits' first events': the map's side is the build.
+    mapped = [j for j in joins if {"vmap", "READ_PARQUET"} == j[0] | j[1]]
+    assert mapped == [({"READ_PARQUET"}, {"vmap"})] * 2, joins

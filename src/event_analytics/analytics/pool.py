@@ -109,6 +109,12 @@ class QueryEngine:
         future.add_done_callback(self._release)
         return await asyncio.wrap_future(future)
 
+    @property
+    def idle(self) -> bool:
+        """No query running (the visit cache's refresh works only then)."""
+        with self._lock:
+            return self._running == 0
+
     def _release(self, _: object) -> None:
         with self._lock:
             self._running -= 1

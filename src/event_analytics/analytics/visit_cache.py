@@ -30,6 +30,10 @@ A fill costs more than one answer (about the dearest query of the page), so fill
 range whose files change other than by appended lines between any two of its queries
 would make every query dearer: such a range is answered without filling until two
 queries in a row find the same files (``_churning``).
+
+Each entry remembers when a query last read it (``clock``): ``visit_refresh`` brings the
+recently read ones up to the archive between queries (``refresh``), and fills the next
+day's ranges of those ending with today, so that a reader's next load finds them warm.
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ import itertools
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -118,6 +122,7 @@ class _Entry:
     size: int = 0
     kept: bool = True  # False: in no map any more, detached when its last user leaves
     failed: bool = False
+    read_at: datetime | None = None  # when a query last read it (not a refresh)
     ready: threading.Event = field(default_factory=threading.Event)
     updating: threading.Lock = field(default_factory=threading.Lock)  # one update at a time
 
@@ -141,7 +146,8 @@ class VisitCache:
         # Per question (Key.shape): the files of its latest query, the newest first.
         self._latest: OrderedDict[tuple[Any, ...], Key] = OrderedDict()
         self.hits = self.misses = self.bypasses = self.evictions = 0
-        self.updates = self.updated_visitors = 0
+        self.updates = self.updated_visitors = self.refreshes = 0
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # a test sets it
 
     @property
     def enabled(self) -> bool:
@@ -171,10 +177,11 @@ class VisitCache:
             self._detach_pending()
 
     @contextlib.contextmanager
-    def lease(self, root: Path, key: Key) -> Iterator[str | None]:
+    def lease(self, root: Path, key: Key, read: bool = True) -> Iterator[str | None]:
         """The name of the database holding ``key``'s ``visits`` and ``vev`` (filled or
         brought up to the files now on a miss), kept while the block runs; None: answer
-        without the cache (it is off, or the fill another query was making failed)."""
+        without the cache (it is off, or the fill another query was making failed).
+        ``read``: a query's read (``recent`` lists it), not a refresh's."""
         if not self.enabled:
             yield None
             return
@@ -182,10 +189,34 @@ class VisitCache:
         if entry is None:
             yield None
             return
+        if read:
+            entry.read_at = self.clock()
         try:
             yield entry.name
         finally:
             self._release(entry)
+
+    def recent(self, since: datetime, limit: int) -> list[tuple[tuple[Any, ...], datetime]]:
+        """The questions (``Key.shape``) of at most ``limit`` entries a query read at or
+        after ``since``, the most recently read first, and when."""
+        with self._lock:
+            read = [(e.key.shape, e.read_at) for e in self._entries.values()
+                    if e.read_at is not None and e.read_at >= since]  # fmt: skip
+        return sorted(read, key=lambda r: r[1], reverse=True)[:limit]
+
+    def refresh(self, root: Path, key: Key) -> bool:
+        """Bring ``key``'s entry to its files as a query would (fill or update it),
+        unless it reads them already; whether anything was done."""
+        with self._lock:
+            entry = self._entries.get(key.shape)
+            if entry is not None and entry.key == key and not entry.failed:
+                return False
+        with self.lease(root, key, read=False) as db:
+            if db is None:
+                return False
+        with self._lock:
+            self.refreshes += 1
+        return True
 
     def _count(self, outcome: str) -> None:
         _telemetry().VISIT_CACHE.labels(outcome).inc()

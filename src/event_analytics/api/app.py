@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.types import Receive, Scope, Send
 
 from event_analytics import __version__
+from event_analytics.analytics import visit_refresh
 from event_analytics.api import (
     admin,
     analytics,
@@ -211,6 +212,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         app.state.guard = Guard(settings, limits)
         app.state.query_engine = archive_queries.make_engine(settings)
+        # Warm entries for the readers' next loads (visit_refresh): idle in a process that
+        # answers no archive read (an ingest worker beside query processes) as it reads none.
+        refresher = visit_refresh.Refresher(
+            app.state.query_engine.visit_cache, lambda: app.state.query_engine.idle
+        )
+        refresher.start()
         watch = EngineWatch(store, settings)
         app.state.watch = watch
         await watch.refresh()  # before the first event: an evicting engine is refused
@@ -233,6 +240,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await _ended(watching, lagging)
             if forwarder is not None:
                 await forwarder.close()
+            refresher.stop()
             app.state.query_engine.close()
             await warming
             await ingestor.close()
