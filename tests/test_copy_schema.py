@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,12 @@ FAR = datetime(9000, 1, 1, tzinfo=UTC)
 
 def _to_schema_1(root: Path) -> None:
     """Every copy under ``root`` as a version-1 copy: its derived columns dropped, its
-    record without ``schema``."""
-    for copy in root.rglob("*.parquet"):
-        scratch = copy.with_suffix(".v1.tmp")
-        connection = duckdb.connect()
-        try:
+    record without ``schema``. ``root`` is a copy of a compacted tree: each record is
+    also pointed at its hour file's inode here, as compaction would have recorded it."""
+    connection = duckdb.connect()
+    try:
+        for copy in root.rglob("*.parquet"):
+            scratch = copy.with_suffix(".v1.tmp")
             connection.execute(
                 f"COPY (SELECT {V1_COLUMNS} FROM read_parquet($p)) TO "
                 + "'"
@@ -46,29 +48,33 @@ def _to_schema_1(root: Path) -> None:
                 + "' (FORMAT parquet)",
                 {"p": str(copy)},
             )
-        finally:
-            connection.close()
-        os.replace(scratch, copy)
-        record_path = copy.with_suffix(".parquet.json")
-        record = json.loads(record_path.read_text())
-        assert record.pop("schema") == derived.SCHEMA_VERSION
-        record_path.write_text(json.dumps(record))
+            os.replace(scratch, copy)
+            record_path = copy.with_suffix(".parquet.json")
+            record = json.loads(record_path.read_text())
+            assert record.pop("schema") == derived.SCHEMA_VERSION
+            record["inode"] = copy.with_suffix(".jsonl").stat().st_ino
+            record_path.write_text(json.dumps(record))
+    finally:
+        connection.close()
 
 
-def _archive(tmp_path: Path, name: str, recs: list[dict[str, Any]], how: str) -> Path:
-    """``how``: jsonl; new (current copies); old (version-1 copies); with ``+tail`` the
-    second half of the records appended after compaction."""
-    root = tmp_path / name
-    if how == "jsonl":
-        model.archive(root, recs)
-        return root
-    half = len(recs) // 2 if how.endswith("+tail") else len(recs)
-    model.archive(root, recs[:half])
-    compact_closed(root, FAR)
-    if how.startswith("old"):
-        _to_schema_1(root)
-    model.archive(root, recs[half:])
-    return root
+def _archives(tmp_path: Path, recs: list[dict[str, Any]], tail: bool) -> tuple[Path, Path, Path]:
+    """Three archives of ``recs``: JSONL only; current copies; version-1 copies (a copy
+    of the current tree, converted: compaction is the same either way, so it runs once).
+    With ``tail`` the second half of the records is appended to the last two after
+    compaction."""
+    tag = os.urandom(4).hex()
+    jsonl, new, old = (tmp_path / f"{how}-{tag}" for how in ("jsonl", "new", "old"))
+    model.archive(jsonl, recs)
+    half = len(recs) // 2 if tail else len(recs)
+    model.archive(new, recs[:half])
+    compact_closed(new, FAR)
+    if new.exists():  # no records, no tree
+        shutil.copytree(new, old)
+        _to_schema_1(old)
+    for root in (new, old):
+        model.archive(root, recs[half:])
+    return jsonl, new, old
 
 
 def _rows(root: Path) -> list[tuple[Any, ...]]:
@@ -91,19 +97,19 @@ PROPS = {"site_id": "a.example", "metrics": ["visitors", "events"],
 def test_old_copies_and_tails_answer_as_new_copies(
     tmp_path: Path, recs: list[dict[str, Any]], which: int, tail: bool
 ) -> None:
-    suffix = "+tail" if tail else ""
-    roots = {how: _archive(tmp_path, f"{how}-{os.urandom(4).hex()}", recs, how)
-             for how in ("jsonl", "new" + suffix, "old" + suffix)}  # fmt: skip
-    new, old = roots["new" + suffix], roots["old" + suffix]
+    jsonl, new, old = _archives(tmp_path, recs, tail)
     assert {covered(j).schema for j in new.rglob("*.jsonl") if covered(j)} <= {2}
     assert {covered(j).schema for j in old.rglob("*.jsonl") if covered(j)} <= {1}
+    # The version-1 copies are in use wherever the current ones are.
+    in_use = [[covered(j) is not None for j in sorted(r.rglob("*.jsonl"))] for r in (new, old)]
+    assert in_use[0] == in_use[1]
     # The events with their columns, whichever file they come from...
-    want = _rows(roots["jsonl"])
+    want = _rows(jsonl)
     assert _rows(new) == want
     assert _rows(old) == want
     # ...and every dashboard query's answer.
     body = [*_bodies("a.example"), PROPS][which]
     q = with_goals(parse_query(body, BASE), SITE_GOALS)
-    answer = stats.run(ENGINE, q, roots["jsonl"], BASE, TIMEOUT)
+    answer = stats.run(ENGINE, q, jsonl, BASE, TIMEOUT)
     assert stats.run(ENGINE, q, new, BASE, TIMEOUT) == answer
     assert stats.run(ENGINE, q, old, BASE, TIMEOUT) == answer

@@ -29,7 +29,7 @@ import pytest
 
 from event_analytics import dashboard
 from tests.backends import own_engine_env
-from tests.browser import live_page, render, run_chromium
+from tests.browser import Dom, live_page, render, run_chromium
 from tests.clients import DESKTOP_CHROME
 from tests.helpers import HTTP, event, wait_for
 from tests.png import colour_counts, near
@@ -142,6 +142,22 @@ def wait_archived(svc: ServiceProcess, n: int, timeout_s: float = 30.0) -> None:
         time.sleep(0.2)
 
 
+def render_in_one_minute(chromium: str, tmp_path: Path, url: str) -> Dom:
+    """The page rendered with all its reads in one minute. The chart and the realtime
+    cards are two reads, sent at once: at a minute's turn each can answer for a minute
+    of its own (the chart ending at 22:03, the current minute 22:02), both right. A render
+    that began and ended in one minute read both in it; one that did not is done again."""
+    for _ in range(3):
+        now = datetime.now(UTC)
+        if now.second >= 50:  # a render takes seconds: begin it in the next minute
+            time.sleep(60.5 - now.second - now.microsecond / 1e6)
+        began = minute_of(datetime.now(UTC))
+        dom = render(chromium, tmp_path, url)
+        if minute_of(datetime.now(UTC)) == began:
+            return dom
+    raise AssertionError("three renders in a row each read across a minute's turn")
+
+
 # ---- tests ------------------------------------------------------------------------------
 
 
@@ -155,7 +171,7 @@ def test_dashboard_renders_what_was_sent(
     wait_archived(service, len(events))
 
     url = f"{service.url}/dashboard"
-    dom = render(chromium, tmp_path, url)
+    dom = render_in_one_minute(chromium, tmp_path, url)
 
     # Nothing failed: no banner, no greyed-out panel, a fresh "updated" time, a quiet console.
     assert dom.console == []

@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -312,21 +313,40 @@ DOING = {
 }
 
 
+def _stuck(pid: int) -> bool:
+    """Asleep on one of its pipes: the pipe it reads is empty or the one it writes full,
+    and only the import process (stopped) could change that, so it stays there."""
+    state, wchan = _state(pid)
+    return state == "S" and wchan.removeprefix("anon_") in ("pipe_read", "pipe_write")
+
+
+def _seen(at: Callable[[int], bool], worker: int, until: Callable[[int], bool]) -> bool:
+    """Whether ``at(worker)`` holds within a second, looking until ``until(worker)``."""
+    settle = time.monotonic() + 1  # a block is checked in well under that
+    while time.monotonic() < settle:
+        if at(worker):
+            return True
+        if until(worker):
+            return at(worker)
+        time.sleep(0.001)
+    return False
+
+
 def kill_worker_while(doing: str, pid: int, worker: int) -> None:
     """Kill the worker -9 while it is ``doing`` (DOING), with the import process (``pid``)
     stopped (SIGSTOP) meanwhile, so that it reads no result: the worker is seen at that
-    point, killed there, and the import process continued. When it is not seen there
-    within a moment, the import process goes on a little and is stopped again."""
+    point, killed there, and the import process continued. The import process is stopped
+    once the worker is seen there (or after a moment); when the worker is no longer there
+    then, nor gets there before it sleeps on a pipe only the stopped process could serve,
+    the import process goes on a little and is stopped again."""
     at = DOING[doing]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
+        _seen(at, worker, until=lambda _pid: False)  # while the import process runs
         os.kill(pid, signal.SIGSTOP)
         try:
             _stopped(pid)
-            settle = time.monotonic() + 1  # a block is checked in well under that
-            while time.monotonic() < settle and not at(worker):
-                time.sleep(0.002)
-            if at(worker):
+            if _seen(at, worker, until=_stuck):
                 os.kill(worker, signal.SIGKILL)
                 return
         finally:

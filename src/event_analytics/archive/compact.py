@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -153,9 +154,8 @@ def _compact(jsonl: Path, crash_point: Callable[[str], None]) -> Covered | None:
     prefix = jsonl.with_suffix(".prefix.tmp")
     with jsonl.open("rb") as src, prefix.open("wb") as out:
         out.write(src.read(length))
-    connection = duckdb.connect(config={"threads": 1})
+    connection = _connection()
     try:
-        connection.execute("SET TimeZone = 'UTC'")
         connection.execute(
             f"COPY (SELECT *, {derived.select_sql()} FROM (SELECT event_id, user_id, "
             '"timestamp", event_type, payload, received_at, '
@@ -193,6 +193,23 @@ def _compact(jsonl: Path, crash_point: Callable[[str], None]) -> Covered | None:
     staged.write_text(json.dumps(asdict(record)))
     os.replace(staged, _record_path(jsonl))
     return record
+
+
+_database: list[duckdb.DuckDBPyConnection] = []  # the process's one, once opened
+_database_lock = threading.Lock()
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    """A connection of its own (a cursor) to the process's one DuckDB database for
+    copies, on one thread (compaction runs beside the archive's writes). Opening a
+    database costs ~20 ms of CPU, as much as copying a small hour; a cursor ~0.2 ms.
+    Nothing is kept in it between copies: each is a COPY from a file to a file."""
+    with _database_lock:
+        if not _database:
+            database = duckdb.connect(config={"threads": 1})
+            database.execute("SET GLOBAL TimeZone = 'UTC'")  # every cursor's, set once
+            _database.append(database)
+        return _database[0].cursor()
 
 
 def uncompacted(root: Path, before: datetime) -> list[Path]:

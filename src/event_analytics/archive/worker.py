@@ -191,10 +191,14 @@ class Archiver:
             else:
                 self.checking.discard(shard)
         if self.state != "running":
-            self.state = "running"
-            self.last_error = None
-            await self._beat(force=True)  # show the recovery at once
+            await self._resume()
         return busy
+
+    async def _resume(self) -> None:
+        """State "running", the last error cleared, shown at once."""
+        self.state = "running"
+        self.last_error = None
+        await self._beat(force=True)
 
     # -- Parquet copies of closed hours ------------------------------------------------
 
@@ -321,6 +325,10 @@ class Archiver:
         lines = sum(len(v) for v in by_hour.values())
         self._count = max(1, self.batch * len(entries) // max(lines, len(entries)))
         written = await asyncio.to_thread(self._write, by_hour, check_files)
+        if self.state == "blocked":
+            # Writing again: said before the ack can empty the stream, so that no status
+            # shows the stream caught up by an archiver still blocked.
+            await self._resume()
         if keep:
             await self.streams.ack(shard, keep, written)
         del self.unfinished[shard]
