@@ -114,14 +114,20 @@ class ClusterProcess:
 
     def flush(self) -> None:
         """Empty every master (replicas follow); the key counts then read 0 everywhere."""
-        for node in self.masters():
-            with contextlib.closing(self.client(node)) as c:
+        # One connection per master for both steps: flushes run before each model run and
+        # each example, and asking every node its role twice, with a connection per
+        # question, cost more than the flush.
+        clients = [self.client(node) for node in self.masters()]
+        try:
+            for c in clients:
                 c.flushall()
-        # Let replicas apply it: tests count keys on masters, but a later failover must not
-        # bring old keys back.
-        for node in self.masters():
-            with contextlib.closing(self.client(node)) as c:
+            # Let replicas apply it: tests count keys on masters, but a later failover must
+            # not bring old keys back.
+            for c in clients:
                 c.execute_command("WAIT", 1, 5000)
+        finally:
+            for c in clients:
+                c.close()
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -13,6 +13,7 @@ does not describe.
 
 from __future__ import annotations
 
+import functools
 import gc
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,9 +75,11 @@ def fuzzed(
         engine.stop()
 
 
+@functools.cache
 def _operations() -> list[tuple[str, str]]:
     # Collected from the app's own schema (no server needed); each test then fuzzes the
-    # operation as the app's /openapi.json describes it.
+    # operation as the app's /openapi.json describes it. Built once: both tests'
+    # parameters come from it, and every xdist worker collects this module.
     paths = create_app(Settings()).openapi()["paths"]
     return sorted((method.upper(), path) for path, ops in paths.items() for method in ops)
 

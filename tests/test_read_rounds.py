@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -105,14 +105,40 @@ def _model(
     groups: Sequence[Sequence[datetime]],
     page: str | None = None,
 ) -> Series:
+    # The events of each bucket start, floored once (not once per group: 180 minute
+    # groups times ~2,000 events was a third of the cluster case's CPU).
+    by_start: dict[datetime, list[str]] = defaultdict(list)
+    for ts, u, p in sent:
+        if page in (None, p):
+            by_start[floor(ts, level)].append(u)
     points, every = [], set()
     for group in groups:
-        starts = set(group)
-        hits = [(u, p) for ts, u, p in sent if floor(ts, level) in starts and page in (None, p)]
-        users = {u for u, _ in hits}
+        hits = [u for start in set(group) for u in by_start.get(start, ())]
+        users = set(hits)
         every |= users
         points.append((len(hits), len(users)))
     return Series(points=points, total_users=len(every))
+
+
+class _AskedOnce:
+    """A client whose answers are kept: checking the calls' sizes asks the size of the
+    same key for every call that named it (~80,000 round trips on the cluster), and the
+    keys no longer change once the reads are done."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._answers: dict[tuple[Any, ...], Any] = {}
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._client, name)
+
+        def ask(*args: Any) -> Any:
+            key = (name, *args)
+            if key not in self._answers:
+                self._answers[key] = method(*args)
+            return self._answers[key]
+
+        return ask
 
 
 def _read(db: Backend, prefix: str, work: Callable[[Reads], Any], chunk: int = CHUNK) -> Any:
@@ -186,7 +212,8 @@ def test_split_reads_answer_like_the_model_with_bounded_calls(
     assert users == [len({u for _, u, p in sent if p == url}) for url, _ in top]
     assert stats == _model(sent, Interval.MINUTE, [[m] for m in minutes]).points
     with contextlib.closing(db.client()) as c:
-        sizes = [s for call in calls if (s := _size(c, call, prefix.encode())) is not None]
+        once = _AskedOnce(c)
+        sizes = [s for call in calls if (s := _size(once, call, prefix.encode())) is not None]
     assert len(sizes) > 50, "the reads made too few calls to have been split"
     assert max(sizes) <= CHUNK, max(sizes)
 
