@@ -38,6 +38,7 @@ def cli_engine(settings: Settings) -> QueryEngine:
         memory_limit=settings.analytics_memory_limit,
         threads=settings.analytics_threads,
         visit_cache_bytes=settings.visit_cache_bytes,  # an export asks one range many times
+        spill_dir=settings.spill_path,
     )
 
 

@@ -309,6 +309,12 @@ class Settings(BaseSettings):
         return self.engine_dir or self.data_dir / "valkey"
 
     @property
+    def spill_path(self) -> Path:
+        """Where DuckDB spills past EA_ANALYTICS_MEMORY_LIMIT: a directory per query
+        engine under it, removed when the engine closes (analytics/pool.py)."""
+        return self.data_dir / "spill"
+
+    @property
     def metrics_path(self) -> Path:
         """Root of the per-run directories of the workers' Prometheus files."""
         return self.metrics_dir or self.data_dir / "metrics"

@@ -1,11 +1,16 @@
-"""DuckDB execution: a bounded pool off the event loop, a time limit, a memory limit."""
+"""DuckDB execution: a bounded pool off the event loop, a time limit, a memory limit, and
+a directory of its own for what a query spills past that limit."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
@@ -44,7 +49,13 @@ class QueryTimeout(EventAnalyticsError):
 
 class QueryEngine:
     """One in-memory DuckDB database; each query runs on its own cursor in the pool.
-    ``visit_cache_bytes`` bounds its cache of sessionized visits (0: none)."""
+    ``visit_cache_bytes`` bounds its cache of sessionized visits (0: none).
+
+    What a query spills past ``memory_limit`` goes to a directory of this engine's own,
+    made under ``spill_dir`` (the service's and the CLI's: ``<data dir>/spill``; else the
+    system's temporary directory) and removed by ``close`` or at exit. DuckDB's own default for an
+    in-memory database is ``.tmp`` in the working directory: a repository's, or one a
+    container may not write."""
 
     def __init__(
         self,
@@ -54,11 +65,22 @@ class QueryEngine:
         memory_limit: str = "1GB",
         threads: int = 2,
         visit_cache_bytes: int = 0,
+        spill_dir: Path | None = None,
     ) -> None:
         self.max_concurrent = max_concurrent
         self.timeout_s = timeout_s
+        if spill_dir is not None:
+            spill_dir.mkdir(parents=True, exist_ok=True)
+        self._spill = Path(tempfile.mkdtemp(prefix="duckdb-", dir=spill_dir))
+        # Removed by close, or at exit by a command that never closes its engine.
+        self._remove_spill = weakref.finalize(self, shutil.rmtree, self._spill, True)
         self._db = duckdb.connect(
-            ":memory:", config={"memory_limit": memory_limit, "threads": threads}
+            ":memory:",
+            config={
+                "memory_limit": memory_limit,
+                "threads": threads,
+                "temp_directory": str(self._spill),
+            },
         )
         # Settings of every cursor (each is a connection of its own), set once for all:
         # set on each cursor they were two more statements a query (~10 % of a small one).
@@ -123,3 +145,4 @@ class QueryEngine:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._db.close()
+        self._remove_spill()

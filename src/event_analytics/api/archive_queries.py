@@ -35,6 +35,7 @@ def make_engine(settings: Settings) -> QueryEngine:
         memory_limit=settings.analytics_memory_limit,
         threads=settings.analytics_threads,
         visit_cache_bytes=settings.visit_cache_bytes,
+        spill_dir=settings.spill_path,
     )
 
 
