@@ -5,6 +5,7 @@ on. The real service, its real query process, stopped and killed with real signa
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from event_analytics import supervisor
 from tests.helpers import HTTP, event, wait_for
 from tests.scrape import scrape, value
 from tests.servers import ServiceProcess, _descendants, _wait_gone, stopped_after
@@ -226,3 +228,42 @@ def test_the_query_and_erasure_sessions_run_at_a_lower_priority(tmp_path: Path) 
             wait_for(lambda: lowered(pid), 30, lambda: f"{_autogroup(pid)} {svc.output()}")  # noqa: B023
             if grouped:
                 assert _autogroup(pid).split()[0] != _autogroup(serve).split()[0]
+
+
+def _slice_us(pid: int) -> int:
+    """The time slice the kernel gives ``pid``'s main thread (sched_getattr(2))."""
+    attr = supervisor._SchedAttr()
+    number = {"x86_64": 315, "aarch64": 275}[os.uname().machine]
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(number, pid, ctypes.byref(attr), ctypes.sizeof(attr), 0) == 0
+    return int(attr.sched_runtime) // 1000
+
+
+def test_what_acknowledges_events_asks_for_short_slices_and_the_readers_do_not(
+    tmp_path: Path,
+) -> None:
+    """serve, its embedded engine and its archiver run with EA_INGEST_SLICE_US slices (so
+    that each of an event's wake-ups takes a core from a running query: supervisor.
+    set_slice); the query process and the forget worker are back at the kernel's default,
+    as is everything when it is 0."""
+    env = {"EA_ADMIN_KEYS": "admin-key-for-the-forget-worker-0123456789"}
+    default = _slice_us(os.getpid())
+    assert default != 100  # else the test could not tell
+    with stopped_after(ServiceProcess(tmp_path / "data", env=env)) as svc:
+        assert svc.proc is not None
+        wait_for(lambda: len(_children(svc, b"forget-worker")) == 1, 30, svc.output)
+        (engine,) = _children(svc, b"valkey-server")
+        (archiver,) = _children(svc, b"archiver")
+        (query,) = _children(svc, b"query-server")
+        (erasures,) = _children(svc, b"forget-worker")
+        for pid in (svc.proc.pid, engine, archiver):
+            assert _slice_us(pid) == 100, pid
+        for pid in (query, erasures):
+            # Reset as each lowers its priority (waited for, within a bound).
+            wait_for(lambda: _slice_us(pid) == default, 30, svc.output)  # noqa: B023
+    env |= {"EA_INGEST_SLICE_US": "0"}
+    with stopped_after(ServiceProcess(tmp_path / "data0", env=env)) as svc:
+        assert svc.proc is not None
+        assert _slice_us(svc.proc.pid) == default
+        (engine,) = _children(svc, b"valkey-server")
+        assert _slice_us(engine) == default

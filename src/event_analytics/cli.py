@@ -46,6 +46,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from event_analytics import metrics_dir, supervisor
 
     supervisor.prepare_titles()  # before the environment changes (metrics_dir's variable)
+    if settings.ingest_slice_us:
+        # Before any child or thread starts: they inherit it (the query server and the
+        # forget worker go back to the default as they lower their priority).
+        supervisor.set_slice(settings.ingest_slice_us)
 
     # First of all: every module that imports prometheus_client must see this variable,
     # the store's included, and the worker processes inherit it.

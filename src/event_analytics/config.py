@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     # Query processes (api/forward.py): the heavy read routes run there, at a lower CPU
     # priority, and the workers above only pass them on; 0 = in the workers themselves.
     query_workers: int = Field(default=1, ge=0, le=16)
+    # Time slice serve asks the kernel for, in microseconds, for what acknowledges events
+    # (its workers, the embedded engine, the archiver): on Linux 6.12+ a shorter one takes
+    # a core from a query's DuckDB thread at each wake-up (supervisor.set_slice). 0 = the
+    # kernel's default; the kernel bounds it to 100-100,000.
+    ingest_slice_us: int = Field(default=100, ge=0, le=100_000)
     # Set by ``serve``: the query processes' unix socket (None = no query processes), and,
     # in those processes only, that they are one (they answer what the workers forward).
     query_socket: Path | None = None

@@ -284,6 +284,50 @@ class Supervised:
             proc.wait()
 
 
+# sched_setattr(2) by number: Python's os module has no wrapper for it.
+_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}.get(os.uname().machine)
+
+
+class _SchedAttr(ctypes.Structure):
+    _fields_ = [  # struct sched_attr (include/uapi/linux/sched/types.h)
+        ("size", ctypes.c_uint32),
+        ("sched_policy", ctypes.c_uint32),
+        ("sched_flags", ctypes.c_uint64),
+        ("sched_nice", ctypes.c_int32),
+        ("sched_priority", ctypes.c_uint32),
+        ("sched_runtime", ctypes.c_uint64),
+        ("sched_deadline", ctypes.c_uint64),
+        ("sched_period", ctypes.c_uint64),
+        ("sched_util_min", ctypes.c_uint32),
+        ("sched_util_max", ctypes.c_uint32),
+    ]
+
+
+def set_slice(us: int) -> bool:
+    """Ask for time slices of ``us`` microseconds for the calling thread (0: the kernel's
+    default), inherited by the threads and processes it starts after.
+
+    With Linux's EEVDF scheduler (6.12 and later) a thread that asks for a shorter slice
+    gets an earlier deadline and takes a core from one that runs on as soon as it wakes.
+    ``serve`` asks for short slices for what acknowledges events (its API workers, the
+    embedded engine, the archiver): each event is a few wake-ups in turn (client, worker,
+    engine, worker), and each waited for a DuckDB thread of the query process to end its
+    slice, niced or not. Under benchmarks/query_storm.py's archive storm, alternating,
+    quiet: ingest at full speed kept 37-40 % of its rate alone without, 53-59 % with
+    100 µs (docs/deploy.md). An older kernel ignores the request; False if refused."""
+    if _SCHED_SETATTR is None:
+        return False
+    attr = _SchedAttr(
+        size=ctypes.sizeof(_SchedAttr),
+        sched_policy=os.SCHED_OTHER,
+        # sched_setattr sets the nice too: keep this thread's.
+        sched_nice=os.getpriority(os.PRIO_PROCESS, 0),
+        sched_runtime=us * 1000,
+    )
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.syscall(_SCHED_SETATTR, 0, ctypes.byref(attr), 0) == 0)
+
+
 def lower_priority(niceness: int) -> None:
     """``niceness`` for this process and, when it leads one, its session: for a child
     that Supervised started (a query server, the forget worker).
@@ -297,6 +341,7 @@ def lower_priority(niceness: int) -> None:
     s and 65-102 %. Set only when this process leads its session: a session shared with
     other processes is not this one's to lower."""
     os.nice(niceness)
+    set_slice(0)  # serve's short slices are for ingest, not for this
     if os.getsid(0) == os.getpid():
         # No autogroups (kernel without them, or not Linux): the nice above is all.
         with contextlib.suppress(OSError):
