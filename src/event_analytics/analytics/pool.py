@@ -53,9 +53,9 @@ class QueryEngine:
 
     What a query spills past ``memory_limit`` goes to a directory of this engine's own,
     made under ``spill_dir`` (the service's and the CLI's: ``<data dir>/spill``; else the
-    system's temporary directory) and removed by ``close`` or at exit. DuckDB's own default for an
-    in-memory database is ``.tmp`` in the working directory: a repository's, or one a
-    container may not write."""
+    system's temporary directory) and removed by ``close`` or at exit. DuckDB's own
+    default for an in-memory database is ``.tmp`` in the working directory: a
+    repository's, or one a container may not write."""
 
     def __init__(
         self,
