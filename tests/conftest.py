@@ -8,7 +8,6 @@ says why.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,28 +20,9 @@ from tests.backends import Backend
 from tests.clients import chromium_binary
 from tests.cluster import ClusterProcess, start_cluster
 from tests.inproc import InProcessService, in_process
-from tests.kept import Kept
-from tests.servers import SERVICE_PREFIX, ServiceProcess, engine_binary, stopped_after
+from tests.servers import ServiceProcess, engine_binary, stopped_after
 
 ENGINES = ["valkey", "redis", "cluster"]
-
-# A kept service or in-process app unused this long is stopped (tests.kept: idle, a
-# service's tree costs about its start's CPU every minute).
-IDLE_S = 60.0
-
-
-@pytest.fixture(scope="session")
-def kept() -> Iterator[Kept]:
-    """The engines, services and in-process apps lent to tests (tests.kept)."""
-    pool = Kept()
-    yield pool
-    pool.close()
-
-
-@pytest.fixture(autouse=True)
-def _expire_kept(kept: Kept) -> Iterator[None]:
-    yield
-    kept.expire()
 
 
 def _binary_or_skip(kind: str) -> str:
@@ -56,35 +36,28 @@ def _binary_or_skip(kind: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def cluster(kept: Kept, tmp_path_factory: pytest.TempPathFactory) -> ClusterProcess:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess]:
     """One 3+3 cluster for the whole session (starting one takes seconds); tests flush it."""
-
-    def start(stack: contextlib.ExitStack) -> ClusterProcess:
-        proc = start_cluster(tmp_path_factory.mktemp("cluster"))
-        stack.callback(proc.stop)
-        return proc
-
-    return kept.get("cluster", start, idle_s=None)
+    proc = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture(scope="session", params=ENGINES)
 def engine(
-    request: pytest.FixtureRequest, kept: Kept, tmp_path_factory: pytest.TempPathFactory
-) -> Backend:
-    """One engine per kind for the whole session (tests flush it through ``db``), kept
-    (tests.kept) while pytest sets this fixture up again at each change of kind."""
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
+    """One engine per kind for the whole session (tests flush it through ``db``)."""
     kind = request.param
     if kind == "cluster":
-        return Backend(kind, request.getfixturevalue("cluster"))
-    binary = _binary_or_skip(kind)
-
-    def start(stack: contextlib.ExitStack) -> EngineProcess:
-        proc = EngineProcess(binary, tmp_path_factory.mktemp(f"engine-{kind}"))
-        proc.start()
-        stack.callback(proc.stop)
-        return proc
-
-    return Backend(kind, kept.get(("engine", kind), start, idle_s=None))
+        # Not stopped here: pytest may tear this fixture down between groups of tests,
+        # and the cluster outlives that (its own session fixture).
+        yield Backend(kind, request.getfixturevalue("cluster"))
+        return
+    proc = EngineProcess(_binary_or_skip(kind), tmp_path_factory.mktemp(f"engine-{kind}"))
+    proc.start()
+    yield Backend(kind, proc)
+    proc.stop()
 
 
 @pytest.fixture(params=["valkey", "cluster"])
@@ -114,26 +87,12 @@ def db(engine: Backend) -> Backend:
     return engine
 
 
-@pytest.fixture
-def service(
-    engine: Backend, kept: Kept, tmp_path_factory: pytest.TempPathFactory
-) -> ServiceProcess:
-    """The real service on the session's engine (REDIS_URL or REDIS_CLUSTER_URL), over HTTP,
-    under its own key prefix (``SERVICE_PREFIX``; ``service_keys`` reads them): one per
-    engine kind, lent to every test that asks (tests.kept)."""
-
-    def start(stack: contextlib.ExitStack) -> ServiceProcess:
-        data_dir = tmp_path_factory.mktemp(f"service-{engine.kind}")
-        env = engine.env | {"EA_KEY_PREFIX": SERVICE_PREFIX}
-        return stack.enter_context(stopped_after(ServiceProcess(data_dir / "data", env=env)))
-
-    return kept.get(("service", engine.kind), start, IDLE_S)
-
-
-@pytest.fixture
-def service_keys(db: Backend) -> Backend:
-    """The emptied engine, seen under the ``service``'s key prefix."""
-    return Backend(db.kind, db.engine, prefix=SERVICE_PREFIX)
+@pytest.fixture(scope="session")
+def service(engine: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The real service on the session's engine (REDIS_URL or REDIS_CLUSTER_URL), over HTTP."""
+    data_dir = tmp_path_factory.mktemp(f"service-{engine.kind}")
+    with stopped_after(ServiceProcess(data_dir / "data", env=engine.env)) as svc:
+        yield svc
 
 
 @pytest.fixture
@@ -149,22 +108,19 @@ def live(service: ServiceProcess, db: Backend) -> ServiceProcess:
     return service
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def app_service(
-    engine: Backend, kept: Kept, tmp_path_factory: pytest.TempPathFactory
-) -> InProcessService:
+    engine: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessService]:
     """The app in this process on the session's engine (tests.inproc): for HTTP semantics.
 
-    Its key prefix is the engine's ("ea:", what ``db`` reads), and it runs no archiver:
-    a test that reads its streams finds them as the app wrote them.
+    Its key prefix is the ``service``'s, and it runs no archiver: only the ``service``'s
+    archiver reads the streams.
     """
-
-    def start(stack: contextlib.ExitStack) -> InProcessService:
-        data_dir = tmp_path_factory.mktemp(f"inproc-{engine.kind}") / "data"
-        settings = engine.settings(data_dir=data_dir, key_prefix=engine.prefix)
-        return stack.enter_context(in_process(settings, engine.env))
-
-    return kept.get(("app_service", engine.kind), start, IDLE_S)
+    data_dir = tmp_path_factory.mktemp(f"inproc-{engine.kind}") / "data"
+    settings = engine.settings(data_dir=data_dir, key_prefix=engine.prefix)
+    with in_process(settings, engine.env) as svc:
+        yield svc
 
 
 @pytest.fixture
@@ -200,51 +156,42 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     servers.PROCESSES_ALLOWED = item.get_closest_marker("slow") is not None
 
 
-@pytest.fixture(params=["single", "cluster"])
+@pytest.fixture(scope="session", params=["single", "cluster"])
 def engine_down(
-    request: pytest.FixtureRequest, kept: Kept, tmp_path_factory: pytest.TempPathFactory
-) -> ServiceProcess:
-    """The service pointed at ports where no engine listens: alive, never ready; one of
-    each, lent to every test that asks (tests.kept).
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """The service pointed at ports where no engine listens: alive, never ready.
 
     REDIS_URL of one node, or a REDIS_CLUSTER_URL of three seed nodes.
     """
-    kind = request.param
-
-    def start(stack: contextlib.ExitStack) -> ServiceProcess:
-        data_dir = tmp_path_factory.mktemp(f"engine-down-{kind}")
-        if kind == "cluster":
-            seeds = ",".join(f"127.0.0.1:{port}" for port in free_ports(3))
-            env = {"REDIS_CLUSTER_URL": f"redis://{seeds}"}
-        else:
-            env = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
-        svc = ServiceProcess(data_dir / "data", env=env)
-        svc.start(wait=False)
-        stack.callback(svc.stop)
-        svc.wait_alive()
-        return svc
-
-    return kept.get(("engine_down", kind), start, IDLE_S)
+    data_dir = tmp_path_factory.mktemp(f"engine-down-{request.param}")
+    if request.param == "cluster":
+        seeds = ",".join(f"127.0.0.1:{port}" for port in free_ports(3))
+        env = {"REDIS_CLUSTER_URL": f"redis://{seeds}"}
+    else:
+        env = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    svc = ServiceProcess(data_dir / "data", env=env)
+    svc.start(wait=False)
+    svc.wait_alive()
+    yield svc
+    svc.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def exact_app(
-    engine: Backend, kept: Kept, tmp_path_factory: pytest.TempPathFactory
-) -> InProcessService:
+    engine: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessService]:
     """The app in this process with EA_UNIQUES=exact (hour and day unique users from sets),
-    on the session's engine with ``app_service``'s prefix, for the counter reads.
+    on the session's engine with the ``service``'s prefix, for the counter reads.
 
-    No archiver, as ``app_service``: when an archiver ran here beside a service on the
-    same prefix, it took a share of the streams into its own archive, so the service's
-    tests waited in vain for their events in the files.
+    No archiver, as ``app_service``: the ``service``'s archiver must be the only one on
+    that prefix. A second one took a share of the streams into its own archive, so later
+    tests of ``live`` waited in vain for their events in the files.
     """
-
-    def start(stack: contextlib.ExitStack) -> InProcessService:
-        data_dir = tmp_path_factory.mktemp(f"inproc-exact-{engine.kind}") / "data"
-        settings = engine.settings(data_dir=data_dir, key_prefix=engine.prefix, uniques="exact")
-        return stack.enter_context(in_process(settings, engine.env | {"EA_UNIQUES": "exact"}))
-
-    return kept.get(("exact_app", engine.kind), start, IDLE_S)
+    data_dir = tmp_path_factory.mktemp(f"inproc-exact-{engine.kind}") / "data"
+    settings = engine.settings(data_dir=data_dir, key_prefix=engine.prefix, uniques="exact")
+    with in_process(settings, engine.env | {"EA_UNIQUES": "exact"}) as svc:
+        yield svc
 
 
 @pytest.fixture(scope="module")

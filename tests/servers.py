@@ -32,12 +32,6 @@ ENGINE_VARIABLES = frozenset(
 )
 
 
-# The key prefix of conftest's session ``service``: it is kept alive for the whole test
-# process (conftest.Kept), so its archiver, expiry and erasure workers run beside every
-# later test on its engine. Under "ea:" they would read the streams and delete the keys of
-# other tests' services, CLIs and in-process apps (which use the engine's "ea:").
-SERVICE_PREFIX = "live:"
-
 # One client for all tests: httpx.post() builds a new client (and TLS context) per call,
 # ~50 ms of CPU each, which made request loops in tests slow, and the readiness polls
 # (every 0.1 s) took a core's third from the service starting beside them.

@@ -71,12 +71,11 @@ def test_the_message_is_true_for_every_event_type(api: InProcessService, event_t
     assert again.json()["message"] == "Duplicate event_id: already counted, nothing changed"
 
 
-def test_duplicate_changes_nothing(live: ServiceProcess, service_keys: Backend) -> None:
-    db = service_keys
+def test_duplicate_changes_nothing(live: ServiceProcess, db: Backend) -> None:
     body = event(user="dup_user")
     assert post(live, body).status_code == 201
     client = db.client()
-    tag = f"{db.prefix}{{{db.keys().shard_of('dup_user')}}}:"
+    tag = f"ea:{{{db.keys().shard_of('dup_user')}}}:"
 
     def counters() -> dict[str, object]:
         # Counters, user sets and dedup sets; the stream is drained by the archiver.
@@ -217,7 +216,7 @@ def test_openapi_docs(api: InProcessService) -> None:
 
 def assert_nothing_stored(db: Backend) -> None:
     """No counter, user set, dedup set or stream entry (the archiver's own keys aside)."""
-    assert db.scan(f"{db.prefix}{{*}}:*:m:*") == [] and db.scan(f"{db.prefix}{{*}}:seen:*") == []
+    assert db.scan("ea:{*}:*:m:*") == [] and db.scan("ea:{*}:seen:*") == []
     keys = db.keys()
     client = db.client()
     for shard in range(keys.shards):
@@ -372,9 +371,7 @@ def test_20mb_body_refused_before_it_is_read(live: ServiceProcess) -> None:
     assert sent < total  # answered long before the client finished sending
 
 
-def test_20mb_chunked_body_refused_while_reading(
-    live: ServiceProcess, service_keys: Backend
-) -> None:
+def test_20mb_chunked_body_refused_while_reading(live: ServiceProcess, db: Backend) -> None:
     total = 20 * 1024 * 1024
     head = (
         b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -385,7 +382,7 @@ def test_20mb_chunked_body_refused_while_reading(
     reply, sent = _send_until_answer(live.port, head, chunk, total)
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     assert sent < total
-    assert_nothing_stored(service_keys)
+    assert_nothing_stored(db)
 
 
 def test_unknown_path_is_problem_json(api: InProcessService) -> None:

@@ -37,7 +37,7 @@ from tests.servers import ServiceProcess, engine_binary, stopped_after
 from tests.traffic import send_all
 
 pytestmark = pytest.mark.slow
-PREFIX = "bk:"  # the session's services and other tests' share the session cluster
+PREFIX = "bk:"  # the session's services share the session cluster with prefix ea:
 BEFORE = 300  # events whose minutes the backup covers (all sent before it starts)
 UNDER_LOAD_ACKS = 200  # the backup starts once this many events of the load were acked
 

@@ -18,21 +18,18 @@ import pytest
 from tests.cluster import ClusterProcess
 from tests.helpers import HTTP, event, past_minutes
 from tests.readback import answers, archive_ids, assert_rebuild_reproduces, wait_archived
-from tests.servers import SERVICE_PREFIX, ServiceProcess, stopped_after
+from tests.servers import ServiceProcess, stopped_after
 from tests.traffic import send_all
 
 pytestmark = pytest.mark.slow
 
 
-def event_keys_per_master(cluster: ClusterProcess, prefix: str) -> dict[int, int]:
-    """Counter, user-set and dedup keys under ``prefix`` held by each master (by port)."""
+def event_keys_per_master(cluster: ClusterProcess) -> dict[int, int]:
+    """Counter, user-set and dedup keys held by each master (by port)."""
     out: dict[int, int] = {}
     for node in cluster.masters():
         with contextlib.closing(cluster.client(node)) as c:
-            names = [
-                *c.scan_iter(f"{prefix}{{*}}:page_view:*", 1000),
-                *c.scan_iter(f"{prefix}{{*}}:seen:*", 1000),
-            ]
+            names = [*c.scan_iter("ea:{*}:page_view:*", 1000), *c.scan_iter("ea:{*}:seen:*", 1000)]
             out[node.port] = len(names)
     return out
 
@@ -45,7 +42,7 @@ def test_keys_land_on_every_master(live: ServiceProcess, cluster: ClusterProcess
     ready = HTTP.get(f"{live.url}/health/ready").json()
     assert ready["engine"]["cluster"]["masters"] == 3
     assert ready["engine"]["cluster"]["replicas"] == 3
-    per_master = event_keys_per_master(cluster, SERVICE_PREFIX)
+    per_master = event_keys_per_master(cluster)
     total = sum(per_master.values())
     assert len(per_master) == 3 and total > 0
     # 16 shards: 6/6/4 hash tags per master, users spread evenly over the shards.

@@ -48,7 +48,7 @@ DAYS = 10
 @pytest.fixture
 def db(engine: Backend) -> Backend:
     """The emptied engine, under a key prefix of its own: the session's service (prefix
-    live:) may run beside these tests, and its archiver's heartbeat would change the keys
+    ea:) may run beside these tests, and its archiver's heartbeat would change the keys
     the dry run's snapshot compares (CI failed so after test_alerts had started it)."""
     engine.flush()
     return Backend(engine.kind, engine.engine, prefix="expiry:")
